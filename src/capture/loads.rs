@@ -1,0 +1,373 @@
+//! Load-level ingest: per-expert counts from CSV or JSON.
+//!
+//! Long form: columns `layer, expert, count` (required) and `step`, `rank`
+//! (optional), in CSV or a JSON array of objects. Matrix form: a JSON
+//! `[layers][experts]` array of counts (the DeepSeek-EPLB weight layout),
+//! bare or under a key (`counts` by default).
+
+use super::{CaptureError, CaptureOptions};
+use crate::trace::meta::{
+    command_line, tool_version, CaptureMeta, ModelMeta, RoutingFn, TraceMeta,
+};
+use crate::trace::{Loads, Trace};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// One parsed long-form row before it is placed.
+struct Row {
+    step_key: String,
+    layer: u32,
+    rank: u32,
+    expert: u32,
+    count: u64,
+}
+
+fn parse_count(raw: &str, path: &Path, line: usize) -> Result<u64, CaptureError> {
+    let t = raw.trim();
+    if let Ok(v) = t.parse::<u64>() {
+        return Ok(v);
+    }
+    let msg = match t.parse::<f64>() {
+        Ok(v) if v < 0.0 => format!("line {line}: count '{t}' is negative"),
+        Ok(v) if v.fract() == 0.0 && v.is_finite() => return Ok(v as u64),
+        Ok(_) => format!("line {line}: count '{t}' is not an integer"),
+        Err(_) if t.starts_with('-') => format!("line {line}: count '{t}' is negative"),
+        Err(_) => format!("line {line}: count '{t}' is not a number"),
+    };
+    Err(CaptureError::input(path, msg))
+}
+
+fn parse_id(raw: &str, col: &str, path: &Path, line: usize) -> Result<u32, CaptureError> {
+    raw.trim().parse::<u32>().map_err(|_| {
+        CaptureError::input(
+            path,
+            format!(
+                "line {line}: {col} '{}' is not a non-negative integer",
+                raw.trim()
+            ),
+        )
+    })
+}
+
+/// Read a long-form CSV into rows.
+fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| CaptureError::input(path, e.to_string()))?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| CaptureError::input(path, e.to_string()))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let col = |name: &str| headers.iter().position(|h| h == name);
+    let need = |name: &str| {
+        col(name).ok_or_else(|| {
+            CaptureError::input(
+                path,
+                format!("missing column '{name}' (have: {})", headers.join(", ")),
+            )
+        })
+    };
+    let (li, ei, ci) = (need("layer")?, need("expert")?, need("count")?);
+    let (si, ri) = (col("step"), col("rank"));
+    let gi = match &opts.group_by {
+        Some(g) => Some(
+            col(&g.to_ascii_lowercase())
+                .ok_or_else(|| CaptureError::input(path, format!("--group-by: no column '{g}'")))?,
+        ),
+        None => None,
+    };
+    if si.is_some() && gi.is_some() {
+        return Err(CaptureError::input(
+            path,
+            "the file has a 'step' column; --group-by would replace it: use one or the other",
+        ));
+    }
+    let filters: Vec<(usize, String)> = opts
+        .filters
+        .iter()
+        .map(|(c, v)| {
+            col(&c.to_ascii_lowercase())
+                .map(|i| (i, v.clone()))
+                .ok_or_else(|| CaptureError::input(path, format!("--filter: no column '{c}'")))
+        })
+        .collect::<Result<_, _>>()?;
+    let mut rows = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let line = i + 2;
+        let rec = rec.map_err(|e| CaptureError::input(path, format!("line {line}: {e}")))?;
+        if filters.iter().any(|(c, v)| rec.get(*c) != Some(v.as_str())) {
+            continue;
+        }
+        let get = |c: usize| rec.get(c).unwrap_or("");
+        rows.push(Row {
+            step_key: match (si, gi) {
+                (Some(s), _) => parse_id(get(s), "step", path, line)?.to_string(),
+                (_, Some(g)) => get(g).to_string(),
+                _ => String::new(),
+            },
+            layer: parse_id(get(li), "layer", path, line)?,
+            rank: match ri {
+                Some(r) => parse_id(get(r), "rank", path, line)?,
+                None => 0,
+            },
+            expert: parse_id(get(ei), "expert", path, line)?,
+            count: parse_count(get(ci), path, line)?,
+        });
+    }
+    Ok(rows)
+}
+
+fn json_str(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Read a JSON file: a matrix (bare or under `json_key`/"counts") or an
+/// array of row objects.
+fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CaptureError::input(path, e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CaptureError::input(path, format!("not valid JSON: {e}")))?;
+    let key = opts.json_key.as_deref().unwrap_or("counts");
+    let body = match &v {
+        serde_json::Value::Object(m) => m.get(key).ok_or_else(|| {
+            CaptureError::input(
+                path,
+                format!("JSON object has no '{key}' key (use --json-key)"),
+            )
+        })?,
+        other => other,
+    };
+    let arr = body.as_array().ok_or_else(|| {
+        CaptureError::input(
+            path,
+            "expected a [layers][experts] matrix or an array of {layer, expert, count} objects",
+        )
+    })?;
+    let mut rows = Vec::new();
+    if arr.first().is_some_and(|x| x.is_array()) {
+        if opts.group_by.is_some() {
+            return Err(CaptureError::input(
+                path,
+                "--group-by needs long-form rows; this is a matrix",
+            ));
+        }
+        for (layer, row) in arr.iter().enumerate() {
+            let row = row.as_array().ok_or_else(|| {
+                CaptureError::input(path, format!("matrix row {layer} is not an array"))
+            })?;
+            for (expert, c) in row.iter().enumerate() {
+                let count = parse_count(&json_str(c), path, layer + 1)?;
+                rows.push(Row {
+                    step_key: String::new(),
+                    layer: layer as u32,
+                    rank: 0,
+                    expert: expert as u32,
+                    count,
+                });
+            }
+        }
+        return Ok(rows);
+    }
+    for (i, obj) in arr.iter().enumerate() {
+        let line = i + 1;
+        let o = obj
+            .as_object()
+            .ok_or_else(|| CaptureError::input(path, format!("entry {line} is not an object")))?;
+        if opts
+            .filters
+            .iter()
+            .any(|(c, want)| o.get(c).map(json_str).as_deref() != Some(want.as_str()))
+        {
+            continue;
+        }
+        let field = |n: &str| o.get(n).map(json_str);
+        let need = |n: &str| {
+            field(n).ok_or_else(|| {
+                CaptureError::input(path, format!("entry {line}: missing field '{n}'"))
+            })
+        };
+        rows.push(Row {
+            step_key: match (field("step"), &opts.group_by) {
+                (Some(s), None) => parse_id(&s, "step", path, line)?.to_string(),
+                (_, Some(g)) => need(g)?,
+                (None, None) => String::new(),
+            },
+            layer: parse_id(&need("layer")?, "layer", path, line)?,
+            rank: field("rank")
+                .map(|r| parse_id(&r, "rank", path, line))
+                .transpose()?
+                .unwrap_or(0),
+            expert: parse_id(&need("expert")?, "expert", path, line)?,
+            count: parse_count(&need("count")?, path, line)?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Ingest one load-level file into a trace.
+pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace, CaptureError> {
+    let has_rank_col;
+    let rows = match format {
+        "load-csv" => {
+            let r = read_csv(path, opts)?;
+            has_rank_col = csv_has_column(path, "rank");
+            r
+        }
+        "load-json" => {
+            let r = read_json(path, opts)?;
+            has_rank_col = r.iter().any(|x| x.rank > 0);
+            r
+        }
+        other => {
+            return Err(CaptureError::Usage(format!(
+                "not a load-level format: {other}"
+            )))
+        }
+    };
+    if rows.is_empty() {
+        return Err(CaptureError::input(
+            path,
+            "no rows (empty input, or --filter matched nothing)",
+        ));
+    }
+    // steps: numeric ids as given, else group values in first-seen order
+    let numeric_steps = opts.group_by.is_none();
+    let mut step_keys: Vec<String> = Vec::new();
+    for r in &rows {
+        if !step_keys.contains(&r.step_key) {
+            step_keys.push(r.step_key.clone());
+        }
+    }
+    let step_ids: Vec<u32> = if numeric_steps && step_keys.iter().all(|k| !k.is_empty()) {
+        let mut v: Vec<u32> = step_keys.iter().map(|k| k.parse().unwrap()).collect();
+        v.sort_unstable();
+        v
+    } else {
+        (0..step_keys.len() as u32).collect()
+    };
+    let step_of: BTreeMap<String, usize> =
+        if numeric_steps && step_keys.iter().all(|k| !k.is_empty()) {
+            step_keys
+                .iter()
+                .map(|k| {
+                    (
+                        k.clone(),
+                        step_ids.binary_search(&k.parse().unwrap()).unwrap(),
+                    )
+                })
+                .collect()
+        } else {
+            step_keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.clone(), i))
+                .collect()
+        };
+    let mut layer_ids: Vec<u32> = rows.iter().map(|r| r.layer).collect();
+    layer_ids.sort_unstable();
+    layer_ids.dedup();
+    let max_expert = rows.iter().map(|r| r.expert).max().unwrap();
+    let num_experts = match opts.model.num_experts {
+        Some(n) if n <= max_expert => {
+            return Err(CaptureError::input(
+                path,
+                format!("expert id {max_expert} out of range for --num-experts {n}"),
+            ));
+        }
+        Some(n) => n,
+        None => max_expert + 1,
+    };
+    let ranks = rows.iter().map(|r| r.rank).max().unwrap() as usize + 1;
+    let mut loads = Loads::zeros(step_ids, layer_ids.clone(), ranks, num_experts as usize);
+    let mut seen = vec![false; loads.counts.len()];
+    for r in &rows {
+        let s = step_of[&r.step_key];
+        let l = layer_ids.binary_search(&r.layer).unwrap();
+        let idx = ((s * layer_ids.len() + l) * ranks + r.rank as usize) * num_experts as usize
+            + r.expert as usize;
+        if seen[idx] {
+            return Err(CaptureError::input(
+                path,
+                format!(
+                    "duplicate row for step '{}', layer {}, rank {}, expert {}",
+                    r.step_key, r.layer, r.rank, r.expert
+                ),
+            ));
+        }
+        seen[idx] = true;
+        loads.counts[idx] = r.count;
+    }
+    let top_k = opts
+        .model
+        .top_k
+        .ok_or_else(|| CaptureError::input(path, "the file does not say top_k: pass --top-k"))?;
+    if top_k == 0 || top_k > num_experts {
+        return Err(CaptureError::input(
+            path,
+            format!("top_k {top_k} must be between 1 and the number of experts ({num_experts})"),
+        ));
+    }
+    let total0 = loads.total(0, 0);
+    let model = ModelMeta {
+        name: opts.model.name.clone().unwrap_or_else(|| "unknown".into()),
+        num_experts,
+        top_k,
+        hidden_size: opts.model.hidden_size.unwrap_or(0),
+        intermediate_size: opts.model.intermediate_size.unwrap_or(0),
+        num_layers: opts
+            .model
+            .num_layers
+            .unwrap_or(*layer_ids.last().unwrap() + 1),
+        dtype: opts.model.dtype.clone().unwrap_or_else(|| "bf16".into()),
+        routing: opts.model.routing.unwrap_or(RoutingFn::Recorded),
+    };
+    let capture = CaptureMeta {
+        source_format: format.into(),
+        files: vec![path.display().to_string()],
+        ranks: ranks as u32,
+        tokens_per_rank: Some(total0 / (top_k as u64 * ranks as u64)),
+        rank_assignment: if has_rank_col {
+            "recorded".into()
+        } else {
+            "global".into()
+        },
+        tool_version: tool_version(),
+        command: command_line(),
+        token_level: false,
+        skipped_tokens: 0,
+        logits_kept: false,
+    };
+    let mut meta = TraceMeta::new(model, capture);
+    meta.provenance = opts.provenance.clone().unwrap_or_default();
+    meta.licence = opts.licence.clone().unwrap_or_default();
+    if !numeric_steps || step_keys.iter().any(|k| k.is_empty()) {
+        meta.step_labels = step_keys
+            .iter()
+            .filter(|k| !k.is_empty())
+            .cloned()
+            .collect();
+    }
+    Ok(Trace {
+        meta,
+        loads,
+        tokens: None,
+    })
+}
+
+fn csv_has_column(path: &Path, name: &str) -> bool {
+    csv::Reader::from_path(path)
+        .ok()
+        .and_then(|mut r| {
+            r.headers()
+                .ok()
+                .map(|h| h.iter().any(|x| x.trim().eq_ignore_ascii_case(name)))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,16 @@
+//! `llep-trace report`.
+
+use super::Printer;
+use clap::Args;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Arguments (not implemented yet).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    rest: Vec<String>,
+}
+
+pub fn run(_a: ReportArgs, _p: &Printer) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`llep-trace report` is not implemented in this build yet")
+}

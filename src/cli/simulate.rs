@@ -1,0 +1,237 @@
+//! `llep-trace simulate`: EP against LLEP (and the ideal bound) over a trace.
+
+use super::settings::{default_trace, gate_label, PlannerArgs};
+use super::table::{gib, Table};
+use super::Printer;
+use anyhow::{bail, Context};
+use clap::Args;
+use llep_trace::plan::Policy;
+use llep_trace::results::{write_results, ResultRow, ResultsMeta};
+use llep_trace::sim::{self, summarize, Profile, SimConfig, Summary};
+use llep_trace::trace::{meta::command_line, meta::tool_version, read_trace};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Trace to simulate (default: the bundled OLMoE-1B-7B trace).
+    #[arg(long)]
+    pub trace: Option<PathBuf>,
+    /// EP ranks (GPUs).
+    #[arg(long, default_value_t = 8)]
+    pub gpus: usize,
+    /// Policies to simulate, comma separated: ep, llep, ideal.
+    #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
+    pub policy: Vec<Policy>,
+    #[command(flatten)]
+    pub planner: PlannerArgs,
+    /// Hardware profile: h100, h200, or a profile JSON file.
+    #[arg(long, default_value = "h200")]
+    pub profile: String,
+    /// Tokens per rank per step: rescales load-level counts, resamples
+    /// whole sequences of token-level traces (seeded).
+    #[arg(long)]
+    pub tokens_per_rank: Option<u64>,
+    /// Seed for resampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Override the trace's hidden size D.
+    #[arg(long)]
+    pub hidden_size: Option<u32>,
+    /// Override the trace's expert intermediate size I.
+    #[arg(long)]
+    pub intermediate_size: Option<u32>,
+    /// Write one row per (step, layer, policy, ratio, alpha, m) here (Parquet).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub struct Simulated {
+    pub rows: Vec<ResultRow>,
+    pub summaries: Vec<Summary>,
+    pub profile: Profile,
+    pub trace_name: String,
+    pub input_note: String,
+    pub model: String,
+}
+
+/// Resolve arguments, read the trace and simulate (shared with `tune`).
+pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated> {
+    let path = a.trace.clone().unwrap_or_else(default_trace);
+    let mut trace = read_trace(&path, true)?;
+    if let Some(d) = a.hidden_size {
+        trace.meta.model.hidden_size = d;
+    }
+    if let Some(i) = a.intermediate_size {
+        trace.meta.model.intermediate_size = i;
+    }
+    if a.gpus == 0 {
+        bail!("--gpus must be at least 1");
+    }
+    if a.policy.is_empty() {
+        bail!("--policy: give at least one of ep, llep, ideal");
+    }
+    if a.tokens_per_rank == Some(0) {
+        bail!("--tokens-per-rank must be at least 1");
+    }
+    let profile = Profile::load(&a.profile)?;
+    let cfg = SimConfig {
+        gpus: a.gpus,
+        policies: a.policy.clone(),
+        gates: a.planner.gates()?,
+        alphas: a.planner.alphas()?,
+        min_gemms: a.planner.min_gemms(),
+        profile: profile.clone(),
+        tokens_per_rank: a.tokens_per_rank,
+        seed: a.seed,
+        threads: a.threads,
+    };
+    let trace_name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    p.status(&format!(
+        "simulating {} on {} GPUs with profile {}",
+        path.display(),
+        a.gpus,
+        profile.label()
+    ));
+    let (rows, input_note) =
+        sim::simulate(&trace, &trace_name, &cfg).with_context(|| path.display().to_string())?;
+    let summaries = summarize(&rows);
+    Ok(Simulated {
+        rows,
+        summaries,
+        profile,
+        trace_name,
+        input_note,
+        model: trace.meta.model.name.clone(),
+    })
+}
+
+pub fn results_meta(profile: &Profile) -> ResultsMeta {
+    ResultsMeta {
+        schema_version: llep_trace::results::SCHEMA_VERSION,
+        command: command_line(),
+        tool_version: tool_version(),
+        profile: serde_json::to_value(profile).ok().map(|mut v| {
+            if let Some(o) = v.as_object_mut() {
+                o.remove("raw");
+            }
+            v
+        }),
+        created: String::new(),
+    }
+}
+
+fn policy_label(s: &Summary) -> String {
+    match s.policy.as_str() {
+        "llep" => format!("llep λ={}", gate_label(s.lambda)),
+        other => other.to_string(),
+    }
+}
+
+pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
+    let mut head = vec!["policy"];
+    if show_am {
+        head.extend(["alpha", "m"]);
+    }
+    head.extend([
+        "total ms",
+        "vs EP",
+        "max/mean before",
+        "after",
+        "LLEP on",
+        "peak GiB",
+        "OOM",
+        "transfers",
+        "dup",
+    ]);
+    let mut t = Table::new(&head).left(0);
+    for s in sims {
+        let mut r = vec![policy_label(s)];
+        if show_am {
+            r.push(format!("{}", s.alpha));
+            r.push(s.min_gemm.to_string());
+        }
+        r.extend([
+            format!("{:.2}", s.total_ms),
+            if s.speedup_vs_ep.is_nan() {
+                "-".into()
+            } else {
+                format!("{:.2}x", s.speedup_vs_ep)
+            },
+            format!("{:.2}", s.mean_ratio_before),
+            format!("{:.2}", s.mean_ratio_after),
+            if s.policy == "llep" {
+                format!("{}/{}", s.llep_on, s.layer_steps)
+            } else {
+                "-".into()
+            },
+            gib(s.peak_mem_max_bytes),
+            s.oom_rows.to_string(),
+            s.transfers.to_string(),
+            s.duplicates.to_string(),
+        ]);
+        t.row(r);
+    }
+    t.render()
+}
+
+pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    let sim = simulate_args(&a, p)?;
+    if let Some(out) = &a.out {
+        write_results(out, &sim.rows, &results_meta(&sim.profile))?;
+        p.status(&format!(
+            "wrote {} rows to {}",
+            sim.rows.len(),
+            out.display()
+        ));
+    }
+    let layer_steps = sim.summaries.first().map_or(0, |s| s.layer_steps);
+    if a.json {
+        let summ: Vec<_> = sim
+            .summaries
+            .iter()
+            .map(|s| {
+                json!({
+                    "policy": s.policy, "lambda": s.lambda, "alpha": s.alpha, "min_gemm": s.min_gemm,
+                    "layer_steps": s.layer_steps, "total_ms": s.total_ms,
+                    "speedup_vs_ep": if s.speedup_vs_ep.is_nan() { None } else { Some(s.speedup_vs_ep) },
+                    "mean_ratio_before": s.mean_ratio_before, "mean_ratio_after": s.mean_ratio_after,
+                    "llep_on": s.llep_on, "peak_mem_max_bytes": s.peak_mem_max_bytes, "oom_rows": s.oom_rows,
+                    "transfers": s.transfers, "duplicate_transfers": s.duplicates,
+                    "phases_ms": {"overhead": s.phases_ms[0], "dispatch": s.phases_ms[1], "transfer": s.phases_ms[2], "compute": s.phases_ms[3], "combine": s.phases_ms[4]},
+                })
+            })
+            .collect();
+        let obj = json!({
+            "trace": sim.trace_name, "model": sim.model, "gpus": a.gpus, "input": sim.input_note,
+            "profile": sim.profile.name, "profile_status": sim.profile.label(),
+            "measured_error": sim.profile.measured_error, "summary": summ,
+        });
+        p.out(&serde_json::to_string_pretty(&obj)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show_am = a.planner.alpha.len() > 1 || a.planner.min_gemm.len() > 1;
+    let mut s = format!(
+        "{} ({}), {} layer-steps on {} GPUs; per-rank loads: {}\nprofile: {}\n\n",
+        sim.trace_name,
+        sim.model,
+        layer_steps,
+        a.gpus,
+        sim.input_note,
+        sim.profile.label()
+    );
+    s.push_str(&summary_table(&sim.summaries, show_am));
+    s.push_str("\ntotal ms: simulated layer time summed over all layer-steps; max/mean: GPU load imbalance, mean over layer-steps\n");
+    p.out(&s)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,167 @@
+//! Planning: which GPU computes which token-copies of which expert.
+//!
+//! One planner serves `plan`, `simulate`, `tune` and the GPU `replay`, so a
+//! simulated plan and a replayed plan are the same plan. Policies:
+//! - `ep`: standard expert parallelism, every copy on its native GPU;
+//! - `llep`: the `reference` least-loaded planner of `docs/planner.md`,
+//!   reproduced exactly (quirks included), gated by lambda;
+//! - `ideal`: perfect balance with free transfers, the bound no policy beats.
+
+mod dispatch;
+mod reference;
+
+pub use dispatch::{dispatch_matrix, DispatchMatrix};
+pub use reference::Planner;
+
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+
+/// Planner inputs besides the counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanParams {
+    /// EP ranks P; the number of experts must be a multiple of it.
+    pub gpus: usize,
+    /// Capacity factor (reference `max_tokens_factor`).
+    pub alpha: f64,
+    /// Minimum tokens per GEMM (reference `min_tokens_per_gemm`).
+    pub min_gemm: u64,
+    /// Imbalance gate; `None` means always plan (unset / <= 0 in the reference).
+    pub lambda: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    Ep,
+    Llep,
+    Ideal,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 3] = [Policy::Ep, Policy::Llep, Policy::Ideal];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Ep => "ep",
+            Policy::Llep => "llep",
+            Policy::Ideal => "ideal",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "ep" => Ok(Policy::Ep),
+            "llep" | "reference" => Ok(Policy::Llep),
+            "ideal" => Ok(Policy::Ideal),
+            other => Err(format!(
+                "unknown policy '{other}' (expected ep, llep or ideal)"
+            )),
+        }
+    }
+}
+
+/// One contiguous range `[start, end)` of an expert's global token order,
+/// computed on `gpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Range {
+    pub gpu: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// One expert's weights sent from its native GPU to a helper, for the
+/// token range it will compute there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Transfer {
+    pub expert: u32,
+    pub src: u32,
+    pub dst: u32,
+    pub start: u64,
+    pub end: u64,
+}
+
+/// A plan for one layer of one step. Plan entries are kept flat to make
+/// planning allocation-free: entry `i` is expert `entries[i].0` with ranges
+/// `ranges[entries[i].1 .. entries[i].2]`, in the planner's visiting order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub gpus: usize,
+    pub experts: usize,
+    pub use_llep: bool,
+    /// max/mean native GPU load, computed in float32 as the reference does.
+    pub imbalance_ratio: f64,
+    pub capacity: u64,
+    pub native_loads: Vec<u64>,
+    /// Final assigned token-copies per GPU (native loads for plain EP).
+    pub gpu_loads: Vec<u64>,
+    pub entries: Vec<(u32, u32, u32)>,
+    pub ranges: Vec<Range>,
+    pub transfers: Vec<Transfer>,
+    /// Transfers that repeat an (expert, destination) pair already sent.
+    pub duplicate_transfers: u32,
+    /// True for the `ideal` bound: its transfers are free.
+    pub free_transfers: bool,
+}
+
+impl Plan {
+    /// Iterate plan entries as (expert, ranges).
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &[Range])> + '_ {
+        self.entries
+            .iter()
+            .map(|&(e, a, b)| (e, &self.ranges[a as usize..b as usize]))
+    }
+
+    /// Ranges of expert `e`, if it has a plan entry.
+    pub fn ranges_of(&self, e: u32) -> Option<&[Range]> {
+        self.iter().find(|(x, _)| *x == e).map(|(_, r)| r)
+    }
+
+    pub fn max_load(&self) -> u64 {
+        self.gpu_loads.iter().copied().max().unwrap_or(0)
+    }
+
+    pub fn native_max_load(&self) -> u64 {
+        self.native_loads.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// Errors in planner input.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("{experts} experts cannot be split over {gpus} GPUs: the number of experts must be a multiple of the number of GPUs")]
+    NotDivisible { experts: usize, gpus: usize },
+    #[error("the number of GPUs must be at least 1")]
+    NoGpus,
+    #[error("no experts given")]
+    NoExperts,
+    #[error("alpha must be a finite number > 0 (got {0})")]
+    BadAlpha(f64),
+}
+
+pub fn check_shape(experts: usize, params: &PlanParams) -> Result<(), PlanError> {
+    if params.gpus == 0 {
+        return Err(PlanError::NoGpus);
+    }
+    if experts == 0 {
+        return Err(PlanError::NoExperts);
+    }
+    if experts % params.gpus != 0 {
+        return Err(PlanError::NotDivisible {
+            experts,
+            gpus: params.gpus,
+        });
+    }
+    if !(params.alpha.is_finite() && params.alpha > 0.0) {
+        return Err(PlanError::BadAlpha(params.alpha));
+    }
+    Ok(())
+}

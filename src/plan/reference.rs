@@ -1,0 +1,359 @@
+//! The `reference` LLEP planner (`docs/planner.md`, steps 1 and 2), and the
+//! `ep` and `ideal` policies, behind one allocation-free [`Planner`].
+
+use super::{check_shape, Plan, PlanError, PlanParams, Policy, Range, Transfer};
+
+/// Reusable planner: keeps its scratch buffers between calls so planning a
+/// layer allocates nothing once warm.
+#[derive(Debug, Default, Clone)]
+pub struct Planner {
+    order: Vec<u64>,
+    pending: Vec<i64>,
+    assigned: Vec<i64>,
+    helpers: Vec<u32>,
+    free: Vec<i64>,
+    seen: Vec<u64>,
+}
+
+/// Sort key for "counts descending, equal counts by ascending expert id".
+/// Counts are < 2^48 (checked), ids < 2^16.
+#[inline]
+fn visit_key(count: u64, expert: usize) -> u64 {
+    ((((1u64 << 48) - 1) - count) << 16) | expert as u64
+}
+
+impl Planner {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plan one layer under `policy`. `counts[e]` are global token-copies per
+    /// expert.
+    pub fn plan(
+        &mut self,
+        counts: &[u64],
+        params: &PlanParams,
+        policy: Policy,
+    ) -> Result<Plan, PlanError> {
+        let mut out = Plan::default();
+        self.plan_into(counts, params, policy, &mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Planner::plan`], reusing `out`'s buffers.
+    pub fn plan_into(
+        &mut self,
+        counts: &[u64],
+        params: &PlanParams,
+        policy: Policy,
+        out: &mut Plan,
+    ) -> Result<(), PlanError> {
+        check_shape(counts.len(), params)?;
+        let p = params.gpus;
+        let n = counts.len();
+        let per = n / p;
+        out.gpus = p;
+        out.experts = n;
+        out.entries.clear();
+        out.ranges.clear();
+        out.transfers.clear();
+        out.duplicate_transfers = 0;
+        out.free_transfers = false;
+        out.native_loads.clear();
+        out.native_loads.resize(p, 0);
+        for (e, &c) in counts.iter().enumerate() {
+            out.native_loads[e / per] += c;
+        }
+        let total: u64 = out.native_loads.iter().sum();
+        out.imbalance_ratio = imbalance_ratio_f32(&out.native_loads);
+        out.capacity = capacity(total, p, params.alpha);
+        out.gpu_loads.clear();
+        out.gpu_loads.extend_from_slice(&out.native_loads);
+        match policy {
+            Policy::Ep => {
+                out.use_llep = false;
+            }
+            Policy::Llep => {
+                out.use_llep = match params.lambda {
+                    None => true,
+                    Some(l) => out.imbalance_ratio >= l,
+                };
+                if out.use_llep {
+                    self.least_loaded(counts, p, params.min_gemm, out);
+                    self.count_duplicates(out);
+                }
+            }
+            Policy::Ideal => {
+                out.use_llep = true;
+                out.free_transfers = true;
+                ideal(counts, p, out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Step 2 of `planner.md`, line by line.
+    fn least_loaded(&mut self, counts: &[u64], p: usize, m: u64, out: &mut Plan) {
+        let n = counts.len();
+        let per = n / p;
+        let cap = out.capacity as i64;
+        let m = m as i64;
+        self.pending.clear();
+        self.pending
+            .extend(out.native_loads.iter().map(|&x| x as i64));
+        self.assigned.clear();
+        self.assigned.resize(p, 0);
+        self.order.clear();
+        for (e, &c) in counts.iter().enumerate() {
+            if c > 0 {
+                assert!(c < (1u64 << 48), "expert count {c} too large");
+                self.order.push(visit_key(c, e));
+            }
+        }
+        self.order.sort_unstable();
+
+        for oi in 0..self.order.len() {
+            let e = (self.order[oi] & 0xFFFF) as usize;
+            let t = counts[e] as i64;
+            let native = e / per;
+            self.pending[native] -= t;
+            let room = cap - (self.assigned[native] + self.pending[native]);
+            let first = out.ranges.len() as u32;
+            if room >= t {
+                // case 1: the native GPU keeps all
+                out.ranges.push(Range {
+                    gpu: native as u32,
+                    start: 0,
+                    end: t as u64,
+                });
+                self.assigned[native] += t;
+            } else if room > 0 {
+                // case 2: keep `room`, spill the rest, re-ranking helpers each chunk
+                out.ranges.push(Range {
+                    gpu: native as u32,
+                    start: 0,
+                    end: room as u64,
+                });
+                self.assigned[native] += room;
+                let mut rest = t - room;
+                let mut off = room;
+                while rest > 0 {
+                    self.sort_helpers(native, p);
+                    if self.helpers.is_empty() {
+                        out.ranges.last_mut().unwrap().end += rest as u64;
+                        self.assigned[native] += rest;
+                        break;
+                    }
+                    let mut chosen = None;
+                    for &h in &self.helpers {
+                        let h = h as usize;
+                        let free = cap - (self.assigned[h] + self.pending[h]);
+                        if free <= 0 {
+                            continue;
+                        }
+                        let chunk = rest.min(free);
+                        if chunk < m && rest > chunk {
+                            continue;
+                        }
+                        chosen = Some((h, chunk));
+                        break;
+                    }
+                    let (h, chunk) = chosen.unwrap_or((self.helpers[0] as usize, rest));
+                    push_spill(out, e, native, h, off, chunk);
+                    self.assigned[h] += chunk;
+                    off += chunk;
+                    rest -= chunk;
+                }
+            } else {
+                // case 3: the native GPU is full; helpers ranked once, availability stale
+                self.sort_helpers(native, p);
+                self.free.clear();
+                for &h in &self.helpers {
+                    let h = h as usize;
+                    self.free.push(cap - (self.assigned[h] + self.pending[h]));
+                }
+                let mut rest = t;
+                let mut off = 0i64;
+                for (hi, &h) in self.helpers.iter().enumerate() {
+                    if rest == 0 {
+                        break;
+                    }
+                    let free = self.free[hi];
+                    if free <= 0 {
+                        continue;
+                    }
+                    let chunk = rest.min(free);
+                    if chunk < m && rest > chunk {
+                        continue;
+                    }
+                    push_spill(out, e, native, h as usize, off, chunk);
+                    self.assigned[h as usize] += chunk;
+                    off += chunk;
+                    rest -= chunk;
+                }
+                if rest > 0 {
+                    if let Some(&h0) = self.helpers.first() {
+                        push_spill(out, e, native, h0 as usize, off, rest);
+                        self.assigned[h0 as usize] += rest;
+                    } else {
+                        out.ranges.push(Range {
+                            gpu: native as u32,
+                            start: 0,
+                            end: t as u64,
+                        });
+                        self.assigned[native] += t;
+                    }
+                }
+            }
+            out.entries.push((e as u32, first, out.ranges.len() as u32));
+        }
+        for (g, a) in self.assigned.iter().enumerate() {
+            out.gpu_loads[g] = *a as u64;
+        }
+    }
+
+    /// GPUs other than `native`, by effective load ascending, ties to the
+    /// lower id (a stable sort of ids in order).
+    fn sort_helpers(&mut self, native: usize, p: usize) {
+        self.helpers.clear();
+        self.helpers
+            .extend((0..p as u32).filter(|&g| g as usize != native));
+        let (assigned, pending) = (&self.assigned, &self.pending);
+        // insertion sort: P is small and the order is stable
+        for i in 1..self.helpers.len() {
+            let mut j = i;
+            while j > 0 {
+                let a = self.helpers[j - 1] as usize;
+                let b = self.helpers[j] as usize;
+                if assigned[a] + pending[a] > assigned[b] + pending[b] {
+                    self.helpers.swap(j - 1, j);
+                    j -= 1;
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn count_duplicates(&mut self, out: &mut Plan) {
+        // bitset per destination GPU over experts
+        let words = out.experts.div_ceil(64);
+        self.seen.clear();
+        self.seen.resize(words * out.gpus, 0);
+        let mut dups = 0;
+        for t in &out.transfers {
+            let idx = t.dst as usize * words + t.expert as usize / 64;
+            let bit = 1u64 << (t.expert % 64);
+            if self.seen[idx] & bit != 0 {
+                dups += 1;
+            }
+            self.seen[idx] |= bit;
+        }
+        out.duplicate_transfers = dups;
+    }
+}
+
+fn push_spill(out: &mut Plan, e: usize, native: usize, h: usize, off: i64, chunk: i64) {
+    let (start, end) = (off as u64, (off + chunk) as u64);
+    out.ranges.push(Range {
+        gpu: h as u32,
+        start,
+        end,
+    });
+    out.transfers.push(Transfer {
+        expert: e as u32,
+        src: native as u32,
+        dst: h as u32,
+        start,
+        end,
+    });
+}
+
+/// `cap = floor(alpha * (total div P))` if that quotient is positive, else
+/// `total`; at least 1.
+pub fn capacity(total: u64, p: usize, alpha: f64) -> u64 {
+    let base = total / p as u64;
+    let cap = if base > 0 {
+        (alpha * base as f64) as i64
+    } else {
+        total as i64
+    };
+    cap.max(1) as u64
+}
+
+/// max/mean of the native loads in float32, 1.0 when the mean is 0.
+pub fn imbalance_ratio_f32(loads: &[u64]) -> f64 {
+    let sum: f32 = loads.iter().map(|&x| x as f32).sum();
+    let mean = sum / loads.len() as f32;
+    if mean == 0.0 {
+        return 1.0;
+    }
+    let max = loads.iter().copied().max().unwrap_or(0) as f32;
+    (max / mean) as f64
+}
+
+/// The `ideal` bound: all copies, in expert order, cut into P contiguous
+/// near-equal shares (the first `total mod P` GPUs one more). Transfers are
+/// listed for accounting but cost nothing.
+fn ideal(counts: &[u64], p: usize, out: &mut Plan) {
+    let per = counts.len() / p;
+    let total: u64 = counts.iter().sum();
+    let (q, r) = (total / p as u64, total % p as u64);
+    let share = |g: usize| q + u64::from((g as u64) < r);
+    let mut g = 0usize;
+    let mut room = share(0);
+    for (e, &c) in counts.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let first = out.ranges.len() as u32;
+        let mut off = 0;
+        while off < c {
+            while room == 0 && g + 1 < p {
+                g += 1;
+                room = share(g);
+            }
+            // shares sum to the total, so the last GPU always has room left
+            let chunk = (c - off).min(room);
+            out.ranges.push(Range {
+                gpu: g as u32,
+                start: off,
+                end: off + chunk,
+            });
+            if g != e / per {
+                out.transfers.push(Transfer {
+                    expert: e as u32,
+                    src: (e / per) as u32,
+                    dst: g as u32,
+                    start: off,
+                    end: off + chunk,
+                });
+            }
+            room = room.saturating_sub(chunk);
+            off += chunk;
+        }
+        out.entries.push((e as u32, first, out.ranges.len() as u32));
+    }
+    for (gi, l) in out.gpu_loads.iter_mut().enumerate() {
+        *l = share(gi);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_follows_the_reference() {
+        assert_eq!(capacity(100, 4, 1.0), 25);
+        assert_eq!(capacity(103, 4, 1.1), 27); // floor(1.1 * 25) = 27
+        assert_eq!(capacity(3, 4, 1.0), 3); // total div P = 0 -> total
+        assert_eq!(capacity(0, 4, 1.0), 1); // at least 1
+    }
+
+    #[test]
+    fn ratio_is_one_when_empty() {
+        assert_eq!(imbalance_ratio_f32(&[0, 0]), 1.0);
+        assert!((imbalance_ratio_f32(&[3, 1]) - 1.5).abs() < 1e-7);
+    }
+}

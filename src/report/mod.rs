@@ -1,0 +1,1 @@
+//! Reports and plots (plotters, PNG and SVG) with HTML and Markdown pages.

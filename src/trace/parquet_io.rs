@@ -1,0 +1,498 @@
+//! Reading and writing trace files (Parquet, arrow-rs).
+
+use super::meta::{TraceMeta, SCHEMA_VERSION};
+use super::schema::{self, META_KEY};
+use super::{Loads, TokenTrace, Trace};
+use crate::io::AtomicFile;
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt16Array, UInt32Array,
+    UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, SchemaRef};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::WriterProperties;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a readable Parquet trace: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+impl TraceError {
+    pub fn invalid(path: &Path, msg: impl Into<String>) -> Self {
+        TraceError::Invalid {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        TraceError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    fn pq(path: &Path, source: parquet::errors::ParquetError) -> Self {
+        TraceError::Parquet {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<(PathBuf, arrow::error::ArrowError)> for TraceError {
+    fn from((path, e): (PathBuf, arrow::error::ArrowError)) -> Self {
+        TraceError::Invalid {
+            path,
+            msg: e.to_string(),
+        }
+    }
+}
+
+/// `traces/x.parquet` -> `traces/x.tokens.parquet`.
+pub fn tokens_path_for(path: &Path) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!("{stem}.tokens.parquet"))
+}
+
+fn props(meta: &TraceMeta) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_row_count(Some(1 << 20))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            META_KEY.to_string(),
+            serde_json::to_string(meta).expect("metadata serialises"),
+        )]))
+        .build()
+}
+
+/// Write a trace: the load file at `path`, and the tokens file beside it
+/// when the trace has token-level rows. Both appear only when complete.
+pub fn write_trace(path: &Path, trace: &Trace) -> Result<(), TraceError> {
+    let mut meta = trace.meta.clone();
+    meta.capture.token_level = trace.tokens.is_some();
+    if let Some(tokens) = &trace.tokens {
+        let tpath = tokens_path_for(path);
+        let mut w = TokenFileWriter::create(
+            &tpath,
+            &meta,
+            tokens
+                .logits
+                .as_ref()
+                .map(|_| meta.model.num_experts as usize),
+        )?;
+        w.write(tokens)?;
+        w.finish()?;
+    }
+    write_loads(path, &meta, &trace.loads)
+}
+
+/// Write the load-level file alone.
+pub fn write_loads(path: &Path, meta: &TraceMeta, loads: &Loads) -> Result<(), TraceError> {
+    let schema = schema::loads_schema();
+    let mut out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
+    {
+        let mut w = ArrowWriter::try_new(out.writer(), schema.clone(), Some(props(meta)))
+            .map_err(|e| TraceError::pq(path, e))?;
+        let (r_n, e_n) = (loads.ranks, loads.experts);
+        // one batch per step keeps memory small for long traces
+        for s in 0..loads.steps() {
+            let rows = loads.layers() * r_n * e_n;
+            let mut step = Vec::with_capacity(rows);
+            let mut layer = Vec::with_capacity(rows);
+            let mut rank = Vec::with_capacity(rows);
+            let mut expert = Vec::with_capacity(rows);
+            let mut count = Vec::with_capacity(rows);
+            for l in 0..loads.layers() {
+                for (i, &c) in loads.block(s, l).iter().enumerate() {
+                    step.push(loads.step_ids[s]);
+                    layer.push(loads.layer_ids[l]);
+                    rank.push((i / e_n) as u32);
+                    expert.push((i % e_n) as u32);
+                    count.push(c);
+                }
+            }
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(UInt32Array::from(step)),
+                Arc::new(UInt32Array::from(layer)),
+                Arc::new(UInt32Array::from(rank)),
+                Arc::new(UInt32Array::from(expert)),
+                Arc::new(UInt64Array::from(count)),
+            ];
+            let batch = RecordBatch::try_new(schema.clone(), cols)
+                .map_err(|e| TraceError::from((path.to_path_buf(), e)))?;
+            w.write(&batch).map_err(|e| TraceError::pq(path, e))?;
+        }
+        w.close().map_err(|e| TraceError::pq(path, e))?;
+    }
+    out.commit().map_err(|e| TraceError::io(path, e))
+}
+
+/// Streaming writer of a tokens file: chunks are written as they come, so
+/// capture memory stays bounded by one input file.
+pub struct TokenFileWriter {
+    path: PathBuf,
+    schema: SchemaRef,
+    top_k: usize,
+    logits_width: Option<usize>,
+    writer: Option<ArrowWriter<AtomicFile>>,
+}
+
+impl TokenFileWriter {
+    pub fn create(
+        path: &Path,
+        meta: &TraceMeta,
+        logits_width: Option<usize>,
+    ) -> Result<Self, TraceError> {
+        let top_k = meta.model.top_k as usize;
+        let schema = schema::tokens_schema(top_k, logits_width);
+        let out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
+        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props(meta)))
+            .map_err(|e| TraceError::pq(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            schema,
+            top_k,
+            logits_width,
+            writer: Some(writer),
+        })
+    }
+
+    pub fn write(&mut self, t: &TokenTrace) -> Result<(), TraceError> {
+        if t.is_empty() {
+            return Ok(());
+        }
+        let k = self.top_k as i32;
+        let list = |item: DataType, len: i32, values: ArrayRef| -> Result<ArrayRef, TraceError> {
+            let f = Arc::new(Field::new("item", item, false));
+            FixedSizeListArray::try_new(f, len, values, None)
+                .map(|a| Arc::new(a) as ArrayRef)
+                .map_err(|e| TraceError::from((self.path.clone(), e)))
+        };
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(t.step.clone())),
+            Arc::new(UInt32Array::from(t.layer.clone())),
+            Arc::new(UInt32Array::from(t.rank.clone())),
+            Arc::new(UInt32Array::from(t.token.clone())),
+            Arc::new(UInt32Array::from(t.sequence.clone())),
+            list(
+                DataType::UInt16,
+                k,
+                Arc::new(UInt16Array::from(t.experts.clone())),
+            )?,
+            list(
+                DataType::Float32,
+                k,
+                Arc::new(Float32Array::from(t.weights.clone())),
+            )?,
+        ];
+        if let Some(n) = self.logits_width {
+            let logits = t.logits.as_ref().ok_or_else(|| {
+                TraceError::invalid(&self.path, "logits requested but chunk has none")
+            })?;
+            cols.push(list(
+                DataType::Float32,
+                n as i32,
+                Arc::new(Float32Array::from(logits.clone())),
+            )?);
+        }
+        let batch = RecordBatch::try_new(self.schema.clone(), cols)
+            .map_err(|e| TraceError::from((self.path.clone(), e)))?;
+        self.writer
+            .as_mut()
+            .expect("writer open")
+            .write(&batch)
+            .map_err(|e| TraceError::pq(&self.path, e))
+    }
+
+    /// Replace the embedded metadata (e.g. with final counts) and commit.
+    pub fn finish_with(mut self, meta: Option<&TraceMeta>) -> Result<(), TraceError> {
+        let mut w = self.writer.take().expect("writer open");
+        if let Some(m) = meta {
+            w.append_key_value_metadata(KeyValue::new(
+                META_KEY.to_string(),
+                serde_json::to_string(m).expect("metadata serialises"),
+            ));
+        }
+        let out = w.into_inner().map_err(|e| TraceError::pq(&self.path, e))?;
+        out.commit().map_err(|e| TraceError::io(&self.path, e))
+    }
+
+    pub fn finish(self) -> Result<(), TraceError> {
+        self.finish_with(None)
+    }
+}
+
+fn open_reader(
+    path: &Path,
+) -> Result<(ParquetRecordBatchReaderBuilder<File>, TraceMeta), TraceError> {
+    let f = File::open(path).map_err(|e| TraceError::io(path, e))?;
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| TraceError::pq(path, e))?;
+    // The last value of the key wins (finish_with may append a newer one).
+    let raw = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().rev().find(|k| k.key == META_KEY).and_then(|k| k.value.clone()))
+        .ok_or_else(|| TraceError::invalid(path, format!("no '{META_KEY}' metadata: not an llep-trace trace (make one with `llep-trace capture`)")))?;
+    let meta: TraceMeta = serde_json::from_str(&raw)
+        .map_err(|e| TraceError::invalid(path, format!("bad trace metadata: {e}")))?;
+    if meta.schema_version > SCHEMA_VERSION {
+        return Err(TraceError::invalid(
+            path,
+            format!(
+                "trace schema version {} is newer than this tool's {}",
+                meta.schema_version, SCHEMA_VERSION
+            ),
+        ));
+    }
+    Ok((builder, meta))
+}
+
+fn column<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a T, TraceError> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| TraceError::invalid(path, format!("missing column '{name}'")))?
+        .as_any()
+        .downcast_ref::<T>()
+        .ok_or_else(|| TraceError::invalid(path, format!("column '{name}' has the wrong type")))
+}
+
+/// Read a trace's load file (and its tokens file when `with_tokens` and it
+/// exists). Load rows may be sparse; missing rows count zero.
+pub fn read_trace(path: &Path, with_tokens: bool) -> Result<Trace, TraceError> {
+    let (builder, meta) = open_reader(path)?;
+    let reader = builder.build().map_err(|e| TraceError::pq(path, e))?;
+    let e_n = meta.model.num_experts as usize;
+    if e_n == 0 {
+        return Err(TraceError::invalid(path, "metadata says num_experts = 0"));
+    }
+    let mut rows: Vec<(u32, u32, u32, u32, u64)> = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| TraceError::from((path.to_path_buf(), e)))?;
+        let s = column::<UInt32Array>(&batch, schema::STEP, path)?;
+        let l = column::<UInt32Array>(&batch, schema::LAYER, path)?;
+        let r = column::<UInt32Array>(&batch, schema::RANK, path)?;
+        let e = column::<UInt32Array>(&batch, schema::EXPERT, path)?;
+        let c = column::<UInt64Array>(&batch, schema::COUNT, path)?;
+        for i in 0..batch.num_rows() {
+            rows.push((s.value(i), l.value(i), r.value(i), e.value(i), c.value(i)));
+        }
+    }
+    if rows.is_empty() {
+        return Err(TraceError::invalid(path, "trace has no load rows"));
+    }
+    let steps: Vec<u32> = rows
+        .iter()
+        .map(|r| r.0)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let layers: Vec<u32> = rows
+        .iter()
+        .map(|r| r.1)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let ranks = rows.iter().map(|r| r.2).max().unwrap() as usize + 1;
+    let mut loads = Loads::zeros(steps.clone(), layers.clone(), ranks, e_n);
+    let s_ix: BTreeMap<u32, usize> = steps.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    let l_ix: BTreeMap<u32, usize> = layers.iter().enumerate().map(|(i, &s)| (s, i)).collect();
+    for (s, l, r, e, c) in rows {
+        if e as usize >= e_n {
+            return Err(TraceError::invalid(
+                path,
+                format!("expert id {e} out of range (num_experts = {e_n})"),
+            ));
+        }
+        loads.block_mut(s_ix[&s], l_ix[&l])[r as usize * e_n + e as usize] += c;
+    }
+    let tpath = tokens_path_for(path);
+    let tokens = if with_tokens && meta.capture.token_level && tpath.exists() {
+        Some(read_tokens(&tpath)?.1)
+    } else {
+        None
+    };
+    Ok(Trace {
+        meta,
+        loads,
+        tokens,
+    })
+}
+
+fn flat_values<'a, T: 'static>(
+    batch: &'a RecordBatch,
+    name: &str,
+    width: usize,
+    path: &Path,
+) -> Result<&'a T, TraceError> {
+    let list = column::<FixedSizeListArray>(batch, name, path)?;
+    if list.value_length() as usize != width {
+        return Err(TraceError::invalid(
+            path,
+            format!(
+                "column '{name}' has width {} (expected {width})",
+                list.value_length()
+            ),
+        ));
+    }
+    list.values().as_any().downcast_ref::<T>().ok_or_else(|| {
+        TraceError::invalid(path, format!("column '{name}' has the wrong item type"))
+    })
+}
+
+/// Read a tokens file.
+pub fn read_tokens(path: &Path) -> Result<(TraceMeta, TokenTrace), TraceError> {
+    let (builder, meta) = open_reader(path)?;
+    let k = meta.model.top_k as usize;
+    let e_n = meta.model.num_experts as usize;
+    let has_logits = builder.schema().field_with_name(schema::LOGITS).is_ok();
+    let reader = builder.build().map_err(|e| TraceError::pq(path, e))?;
+    let mut t = TokenTrace::new(k);
+    if has_logits {
+        t.logits = Some(Vec::new());
+    }
+    for batch in reader {
+        let batch = batch.map_err(|e| TraceError::from((path.to_path_buf(), e)))?;
+        t.step.extend(
+            column::<UInt32Array>(&batch, schema::STEP, path)?
+                .values()
+                .iter(),
+        );
+        t.layer.extend(
+            column::<UInt32Array>(&batch, schema::LAYER, path)?
+                .values()
+                .iter(),
+        );
+        t.rank.extend(
+            column::<UInt32Array>(&batch, schema::RANK, path)?
+                .values()
+                .iter(),
+        );
+        t.token.extend(
+            column::<UInt32Array>(&batch, schema::TOKEN, path)?
+                .values()
+                .iter(),
+        );
+        t.sequence.extend(
+            column::<UInt32Array>(&batch, schema::SEQUENCE, path)?
+                .values()
+                .iter(),
+        );
+        let ex = flat_values::<UInt16Array>(&batch, schema::EXPERTS, k, path)?;
+        if let Some(&bad) = ex.values().iter().find(|&&e| e as usize >= e_n) {
+            return Err(TraceError::invalid(
+                path,
+                format!("expert id {bad} out of range (num_experts = {e_n})"),
+            ));
+        }
+        t.experts.extend(ex.values().iter());
+        t.weights.extend(
+            flat_values::<Float32Array>(&batch, schema::WEIGHTS, k, path)?
+                .values()
+                .iter(),
+        );
+        if let Some(lg) = t.logits.as_mut() {
+            lg.extend(
+                flat_values::<Float32Array>(&batch, schema::LOGITS, e_n, path)?
+                    .values()
+                    .iter(),
+            );
+        }
+    }
+    Ok((meta, t))
+}
+
+/// Read only the metadata of a trace file.
+pub fn read_meta(path: &Path) -> Result<TraceMeta, TraceError> {
+    open_reader(path).map(|(_, m)| m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::meta::{CaptureMeta, ModelMeta, RoutingFn};
+
+    pub(crate) fn meta(e: u32, k: u32) -> TraceMeta {
+        TraceMeta::new(
+            ModelMeta {
+                name: "tiny".into(),
+                num_experts: e,
+                top_k: k,
+                hidden_size: 8,
+                intermediate_size: 4,
+                num_layers: 2,
+                dtype: "bf16".into(),
+                routing: RoutingFn::SoftmaxTopk { renormalize: true },
+            },
+            CaptureMeta {
+                source_format: "test".into(),
+                ranks: 1,
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn round_trip_loads_and_tokens() {
+        let dir = std::env::temp_dir().join(format!("llep-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("t.parquet");
+        let mut tokens = TokenTrace::new(2);
+        tokens.push(3, 1, 0, 0, 0, &[0, 3], &[0.6, 0.4]);
+        tokens.push(3, 1, 0, 1, 0, &[2, 3], &[0.7, 0.3]);
+        tokens.push(3, 4, 0, 0, 0, &[1, 0], &[0.9, 0.1]);
+        let trace = Trace::from_tokens(meta(4, 2), tokens.clone());
+        write_trace(&path, &trace).unwrap();
+        let back = read_trace(&path, true).unwrap();
+        assert_eq!(back.loads, trace.loads);
+        assert_eq!(back.tokens.unwrap(), tokens);
+        assert!(back.meta.capture.token_level);
+        assert_eq!(back.loads.layer_ids, vec![1, 4]);
+        assert_eq!(back.loads.global(0, 0), vec![1, 0, 1, 2]);
+        // no temporary files left behind
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_non_trace_parquet_is_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("llep-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("junk.parquet");
+        std::fs::write(&path, b"PAR1 not really").unwrap();
+        let err = read_trace(&path, false).unwrap_err().to_string();
+        assert!(err.contains("junk.parquet"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

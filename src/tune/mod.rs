@@ -1,0 +1,1 @@
+//! Ratio tuning: sweep lambda (and alpha, m) and recommend a setting.
