@@ -12,6 +12,7 @@ pub mod loads;
 pub mod meta;
 pub mod parquet_io;
 pub mod schema;
+pub mod synthetic;
 pub mod tokens;
 
 pub use loads::{EpSplit, Loads};
