@@ -32,7 +32,7 @@ pub struct PlannerArgs {
     /// (1.0:3.0:0.1); 'always' or a value <= 0 plans every layer.
     /// Default: $MOE_ADAPTIVE_LPT_ROUTING_RATIO, read as the reference reads
     /// it (unset, unparsable or <= 0 means always plan).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub ratio: Option<String>,
     /// Capacity factor alpha; one value or a list.
     /// Default: $EP_MAX_TOKENS_FACTOR, else 1.0.

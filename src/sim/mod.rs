@@ -209,7 +209,7 @@ pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("{0}")]
+    #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
     #[error("trace '{0}' has no model dimensions (hidden_size / intermediate_size); give --hidden-size and --intermediate-size")]
     NoDims(String),

@@ -1,0 +1,152 @@
+//! Planner and simulator benchmarks (run: `cargo bench --bench planner`).
+//!
+//! (a) reference planner time per plan on skewed loads for the sizes the
+//!     reference's Python planner was timed at (docs/anchors.md);
+//! (b) `simulate` throughput in (step, layer, ratio) evaluations per second,
+//!     cost model included, on a generated load-level trace.
+//!
+//! Prints a Markdown report to stdout; the committed copy is
+//! `reports/bench/planner.md`.
+
+use llep_trace::plan::{PlanParams, Planner, Policy};
+use llep_trace::sim::{parse_ratios, simulate, Profile, SimConfig};
+use llep_trace::trace::meta::{CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
+use llep_trace::trace::tokens::SplitMix64;
+use llep_trace::trace::{Loads, Trace};
+use std::hint::black_box;
+use std::time::Instant;
+
+/// Zipf-like skew (exponent 1.1) over a random permutation of experts, plus
+/// a little noise: every vector differs, as real layers do.
+fn skewed(rng: &mut SplitMix64, n: usize, total: u64) -> Vec<u64> {
+    let mut perm: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        perm.swap(i, rng.below(i as u64 + 1) as usize);
+    }
+    let w: Vec<f64> = (0..n)
+        .map(|i| 1.0 / ((perm[i] + 1) as f64).powf(1.1) * (0.8 + 0.4 * rng.unit_f64()))
+        .collect();
+    let s: f64 = w.iter().sum();
+    w.iter().map(|x| (x / s * total as f64) as u64).collect()
+}
+
+fn bench_planner(n: usize, p: usize) -> (f64, f64, f64) {
+    let mut rng = SplitMix64::new(42 + n as u64);
+    let vectors: Vec<Vec<u64>> = (0..1000)
+        .map(|_| skewed(&mut rng, n, 32768 * p as u64 * 4))
+        .collect();
+    let prm = PlanParams {
+        gpus: p,
+        alpha: 1.0,
+        min_gemm: 1024,
+        lambda: None,
+    };
+    let mut pl = Planner::new();
+    let mut plan = Default::default();
+    let mut dups = 0usize;
+    let mut transfers = 0usize;
+    for v in &vectors {
+        pl.plan_into(v, &prm, Policy::Llep, &mut plan).unwrap();
+        dups += (plan.duplicate_transfers > 0) as usize;
+        transfers += plan.transfers.len();
+    }
+    let reps = 200;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        for v in &vectors {
+            pl.plan_into(black_box(v), &prm, Policy::Llep, &mut plan)
+                .unwrap();
+            black_box(&plan);
+        }
+    }
+    let per = t0.elapsed().as_secs_f64() / (reps * vectors.len()) as f64;
+    (
+        per * 1e6,
+        dups as f64 / vectors.len() as f64,
+        transfers as f64 / vectors.len() as f64,
+    )
+}
+
+fn bench_simulate() -> (usize, usize, f64, f64) {
+    let (steps, layers, ranks, n) = (500usize, 40usize, 8usize, 128usize);
+    let mut rng = SplitMix64::new(7);
+    let mut loads = Loads::zeros(
+        (0..steps as u32).collect(),
+        (0..layers as u32).collect(),
+        ranks,
+        n,
+    );
+    for s in 0..steps {
+        for l in 0..layers {
+            let global = skewed(&mut rng, n, 16384 * ranks as u64 * 4);
+            let block = loads.block_mut(s, l);
+            for (e, &c) in global.iter().enumerate() {
+                for r in 0..ranks {
+                    block[r * n + e] = c / ranks as u64 + u64::from((r as u64) < c % ranks as u64);
+                }
+            }
+        }
+    }
+    let model = ModelMeta {
+        name: "bench".into(),
+        num_experts: n as u32,
+        top_k: 4,
+        hidden_size: 2880,
+        intermediate_size: 2880,
+        num_layers: layers as u32,
+        dtype: "bf16".into(),
+        routing: RoutingFn::Recorded,
+    };
+    let capture = CaptureMeta {
+        ranks: ranks as u32,
+        rank_assignment: "recorded".into(),
+        ..Default::default()
+    };
+    let trace = Trace {
+        meta: TraceMeta::new(model, capture),
+        loads,
+        tokens: None,
+    };
+    let gates = parse_ratios("1.0:3.0:0.1").unwrap();
+    let cfg = SimConfig {
+        gpus: ranks,
+        policies: Policy::ALL.to_vec(),
+        gates: gates.clone(),
+        alphas: vec![1.0],
+        min_gemms: vec![1024],
+        profile: Profile::load("h200").unwrap(),
+        tokens_per_rank: None,
+        seed: 0,
+        threads: 0,
+    };
+    let _ = simulate(&trace, "bench", &cfg).unwrap(); // warm
+    let t0 = Instant::now();
+    let (rows, _) = simulate(&trace, "bench", &cfg).unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let evals = steps * layers * gates.len();
+    (steps * layers, rows.len(), secs, evals as f64 / secs)
+}
+
+fn main() {
+    // `cargo test --benches` passes --bench-less args; only run when benched
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    println!("| planner case | time per plan | target | reference (Python) | plans with a duplicate transfer | transfers per plan |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (n, p, refms) in [(128, 8, "1.0 ms"), (256, 8, "1.9 ms"), (384, 16, "2.9 ms")] {
+        let (us, dup, tr) = bench_planner(n, p);
+        let target = if n == 128 { "<= 2 us" } else { "-" };
+        println!(
+            "| N={n}, P={p} | {us:.3} us | {target} | {refms} | {:.0}% | {tr:.1} |",
+            dup * 100.0
+        );
+    }
+    let (ls, rows, secs, eps) = bench_simulate();
+    println!();
+    println!(
+        "| simulate | layer-steps | ratios | policies | rows | seconds | evaluations/s | target |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| N=128, P=8, 21 ratios | {ls} | 21 | ep, llep, ideal | {rows} | {secs:.3} | {eps:.0} | >= 200,000 |");
+}
