@@ -8,7 +8,8 @@ use clap::Args;
 use llep_trace::plan::Policy;
 use llep_trace::results::{write_results, ResultRow, ResultsMeta};
 use llep_trace::sim::{self, summarize, Profile, SimConfig, Summary};
-use llep_trace::trace::{meta::command_line, meta::tool_version, read_trace};
+use llep_trace::trace::synthetic::{parse_scenarios, scenario_trace, SyntheticShape};
+use llep_trace::trace::{meta::command_line, meta::tool_version, read_trace, Trace};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,8 +17,20 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
     /// Trace to simulate (default: the bundled OLMoE-1B-7B trace).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "synthetic")]
     pub trace: Option<PathBuf>,
+    /// Instead of a trace, the reference's synthetic scenarios, e.g.
+    /// balanced,30:4,50:4,80:4,95:4,95:1 (shape from --experts, --top-k,
+    /// --hidden-size, --intermediate-size, --tokens-per-rank; default the
+    /// gpt-oss-120b layer with 32768 tokens per GPU).
+    #[arg(long)]
+    pub synthetic: Option<String>,
+    /// Experts of a synthetic run.
+    #[arg(long, default_value_t = 128)]
+    pub experts: u32,
+    /// Top-k of a synthetic run.
+    #[arg(long, default_value_t = 4)]
+    pub top_k: u32,
     /// EP ranks (GPUs).
     #[arg(long, default_value_t = 8)]
     pub gpus: usize,
@@ -62,8 +75,31 @@ pub struct Simulated {
     pub model: String,
 }
 
-/// Resolve arguments, read the trace and simulate (shared with `tune`).
-pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated> {
+/// The inputs a simulate-like command runs on: one trace, or one synthetic
+/// trace per scenario. Each comes as (trace name, scenario, trace).
+pub fn load_inputs(a: &SimulateArgs) -> anyhow::Result<Vec<(String, String, Trace)>> {
+    if let Some(spec) = &a.synthetic {
+        let shape = SyntheticShape {
+            experts: a.experts,
+            top_k: a.top_k,
+            hidden_size: a
+                .hidden_size
+                .unwrap_or(SyntheticShape::GPT_OSS_120B.hidden_size),
+            intermediate_size: a
+                .intermediate_size
+                .unwrap_or(SyntheticShape::GPT_OSS_120B.intermediate_size),
+        };
+        let tokens = a.tokens_per_rank.unwrap_or(32768);
+        return parse_scenarios(spec)
+            .map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?
+            .into_iter()
+            .map(|s| {
+                let t = scenario_trace(s, a.gpus as u32, tokens, shape)
+                    .map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?;
+                Ok(("synthetic".to_string(), s.to_string(), t))
+            })
+            .collect();
+    }
     let path = a.trace.clone().unwrap_or_else(default_trace);
     let mut trace = read_trace(&path, true)?;
     if let Some(d) = a.hidden_size {
@@ -72,6 +108,15 @@ pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated>
     if let Some(i) = a.intermediate_size {
         trace.meta.model.intermediate_size = i;
     }
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(vec![(name, String::new(), trace)])
+}
+
+/// Resolve arguments, read the inputs and simulate (shared with `tune`).
+pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated> {
     if a.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
@@ -82,6 +127,7 @@ pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated>
         bail!("--tokens-per-rank must be at least 1");
     }
     let profile = Profile::load(&a.profile)?;
+    let inputs = load_inputs(a)?;
     let cfg = SimConfig {
         gpus: a.gpus,
         policies: a.policy.clone(),
@@ -89,30 +135,56 @@ pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated>
         alphas: a.planner.alphas()?,
         min_gemms: a.planner.min_gemms(),
         profile: profile.clone(),
-        tokens_per_rank: a.tokens_per_rank,
+        // synthetic traces are generated at their size already
+        tokens_per_rank: if a.synthetic.is_some() {
+            None
+        } else {
+            a.tokens_per_rank
+        },
         seed: a.seed,
         threads: a.threads,
     };
-    let trace_name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    p.status(&format!(
-        "simulating {} on {} GPUs with profile {}",
-        path.display(),
-        a.gpus,
-        profile.label()
-    ));
-    let (rows, input_note) =
-        sim::simulate(&trace, &trace_name, &cfg).with_context(|| path.display().to_string())?;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut models = Vec::new();
+    for (name, scenario, trace) in &inputs {
+        let what = if scenario.is_empty() {
+            name.clone()
+        } else {
+            format!("synthetic {scenario}")
+        };
+        p.status(&format!(
+            "simulating {what} on {} GPUs with profile {}",
+            a.gpus,
+            profile.label()
+        ));
+        let (mut r, note) = sim::simulate(trace, name, &cfg).with_context(|| what.clone())?;
+        for row in &mut r {
+            row.scenario = scenario.clone();
+        }
+        rows.extend(r);
+        if !notes.contains(&note) {
+            notes.push(note);
+        }
+        if !models.contains(&trace.meta.model.name) {
+            models.push(trace.meta.model.name.clone());
+        }
+    }
+    let trace_name = match &a.synthetic {
+        Some(spec) => format!(
+            "synthetic {spec} ({} tokens/rank)",
+            a.tokens_per_rank.unwrap_or(32768)
+        ),
+        None => inputs[0].0.clone(),
+    };
     let summaries = summarize(&rows);
     Ok(Simulated {
         rows,
         summaries,
         profile,
         trace_name,
-        input_note,
-        model: trace.meta.model.name.clone(),
+        input_note: notes.join("; "),
+        model: models.join(", "),
     })
 }
 
@@ -139,7 +211,12 @@ fn policy_label(s: &Summary) -> String {
 }
 
 pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
-    let mut head = vec!["policy"];
+    let show_sc = sims.iter().any(|s| !s.scenario.is_empty());
+    let mut head = vec![];
+    if show_sc {
+        head.push("scenario");
+    }
+    head.push("policy");
     if show_am {
         head.extend(["alpha", "m"]);
     }
@@ -155,8 +232,15 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
         "dup",
     ]);
     let mut t = Table::new(&head).left(0);
+    if show_sc {
+        t = t.left(1);
+    }
     for s in sims {
-        let mut r = vec![policy_label(s)];
+        let mut r = vec![];
+        if show_sc {
+            r.push(s.scenario.clone());
+        }
+        r.push(policy_label(s));
         if show_am {
             r.push(format!("{}", s.alpha));
             r.push(s.min_gemm.to_string());
@@ -202,7 +286,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|s| {
                 json!({
-                    "policy": s.policy, "lambda": s.lambda, "alpha": s.alpha, "min_gemm": s.min_gemm,
+                    "scenario": s.scenario, "policy": s.policy, "lambda": s.lambda, "alpha": s.alpha, "min_gemm": s.min_gemm,
                     "layer_steps": s.layer_steps, "total_ms": s.total_ms,
                     "speedup_vs_ep": if s.speedup_vs_ep.is_nan() { None } else { Some(s.speedup_vs_ep) },
                     "mean_ratio_before": s.mean_ratio_before, "mean_ratio_after": s.mean_ratio_after,

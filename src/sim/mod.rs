@@ -378,6 +378,8 @@ fn simulate_range(
 /// Summary of rows for one (policy, lambda, alpha, m) setting over a trace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
+    /// Synthetic scenario ("" for traces).
+    pub scenario: String,
     pub policy: String,
     pub lambda: Option<f64>,
     pub alpha: f64,
@@ -395,19 +397,20 @@ pub struct Summary {
     pub phases_ms: [f64; 5],
 }
 
-/// Aggregate rows per setting, in first-seen order; speedups against the
-/// EP rows with the same alpha and m.
+/// Aggregate rows per (scenario, policy, lambda, alpha, m), in first-seen
+/// order; speedups against the EP rows of the same scenario, alpha and m.
 pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
     let mut out: Vec<Summary> = Vec::new();
     let key = |r: &ResultRow| {
         (
+            r.scenario.clone(),
             r.policy.clone(),
             r.lambda.map(f64::to_bits),
             r.alpha.to_bits(),
             r.min_gemm,
         )
     };
-    let mut keys: Vec<(String, Option<u64>, u64, u64)> = Vec::new();
+    let mut keys: Vec<(String, String, Option<u64>, u64, u64)> = Vec::new();
     for r in rows {
         let k = key(r);
         let idx = match keys.iter().position(|x| *x == k) {
@@ -415,6 +418,7 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
             None => {
                 keys.push(k);
                 out.push(Summary {
+                    scenario: r.scenario.clone(),
                     policy: r.policy.clone(),
                     lambda: r.lambda,
                     alpha: r.alpha,
@@ -463,15 +467,22 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
         s.mean_ratio_before /= n;
         s.mean_ratio_after /= n;
     }
-    let eps: Vec<(u64, u64, f64)> = out
+    let eps: Vec<(String, u64, u64, f64)> = out
         .iter()
         .filter(|s| s.policy == "ep")
-        .map(|s| (s.alpha.to_bits(), s.min_gemm, s.total_ms))
+        .map(|s| {
+            (
+                s.scenario.clone(),
+                s.alpha.to_bits(),
+                s.min_gemm,
+                s.total_ms,
+            )
+        })
         .collect();
     for s in &mut out {
-        if let Some((_, _, ep)) = eps
+        if let Some((_, _, _, ep)) = eps
             .iter()
-            .find(|(a, m, _)| *a == s.alpha.to_bits() && *m == s.min_gemm)
+            .find(|(sc, a, m, _)| *sc == s.scenario && *a == s.alpha.to_bits() && *m == s.min_gemm)
         {
             s.speedup_vs_ep = ep / s.total_ms;
         }

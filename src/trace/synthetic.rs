@@ -157,3 +157,73 @@ mod tests {
         assert_eq!(t.to_loads(8).block(0, 0)[..8], c[..]);
     }
 }
+
+/// Model shape of a synthetic run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SyntheticShape {
+    pub experts: u32,
+    pub top_k: u32,
+    pub hidden_size: u32,
+    pub intermediate_size: u32,
+}
+
+impl SyntheticShape {
+    /// The paper's gpt-oss-120b layer (`docs/anchors.md`).
+    pub const GPT_OSS_120B: SyntheticShape = SyntheticShape {
+        experts: 128,
+        top_k: 4,
+        hidden_size: 2880,
+        intermediate_size: 2880,
+    };
+}
+
+/// A one-step, one-layer load-level trace of `scenario` on `ranks` ranks of
+/// `tokens_per_rank` tokens each (identical on every rank, as the reference
+/// test generates it).
+pub fn scenario_trace(
+    scenario: Scenario,
+    ranks: u32,
+    tokens_per_rank: u64,
+    shape: SyntheticShape,
+) -> Result<super::Trace, String> {
+    use super::meta::{command_line, tool_version, CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
+    scenario.validate(shape.experts, shape.top_k)?;
+    let counts = scenario.rank_counts(tokens_per_rank, shape.experts as u64, shape.top_k as u64);
+    let mut loads = super::Loads::zeros(vec![0], vec![0], ranks as usize, shape.experts as usize);
+    for row in loads
+        .block_mut(0, 0)
+        .chunks_exact_mut(shape.experts as usize)
+    {
+        row.copy_from_slice(&counts);
+    }
+    let model = ModelMeta {
+        name: format!(
+            "synthetic E={} k={} D={} I={}",
+            shape.experts, shape.top_k, shape.hidden_size, shape.intermediate_size
+        ),
+        num_experts: shape.experts,
+        top_k: shape.top_k,
+        hidden_size: shape.hidden_size,
+        intermediate_size: shape.intermediate_size,
+        num_layers: 1,
+        dtype: "bf16".into(),
+        routing: RoutingFn::Recorded,
+    };
+    let capture = CaptureMeta {
+        source_format: format!("synthetic {scenario}"),
+        ranks,
+        tokens_per_rank: Some(tokens_per_rank),
+        rank_assignment: "recorded".into(),
+        tool_version: tool_version(),
+        command: command_line(),
+        ..Default::default()
+    };
+    let mut meta = TraceMeta::new(model, capture);
+    meta.provenance =
+        "generated: the reference LLEP test's synthetic routing (docs/anchors.md)".into();
+    Ok(super::Trace {
+        meta,
+        loads,
+        tokens: None,
+    })
+}
