@@ -7,15 +7,16 @@ use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::plan::Policy;
 use llep_trace::results::{write_results, ResultRow, ResultsMeta};
-use llep_trace::sim::{self, summarize, Profile, SimConfig, Summary};
+use llep_trace::sim::{self, summarize, Gate, Profile, SimConfig, Summary};
 use llep_trace::trace::synthetic::{parse_scenarios, scenario_trace, SyntheticShape};
 use llep_trace::trace::{meta::command_line, meta::tool_version, read_trace, Trace};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Args, Debug)]
-pub struct SimulateArgs {
+/// What to simulate on, shared by `simulate` and `tune`.
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
     /// Trace to simulate (default: the bundled OLMoE-1B-7B trace).
     #[arg(long, conflicts_with = "synthetic")]
     pub trace: Option<PathBuf>,
@@ -34,11 +35,6 @@ pub struct SimulateArgs {
     /// EP ranks (GPUs).
     #[arg(long, default_value_t = 8)]
     pub gpus: usize,
-    /// Policies to simulate, comma separated: ep, llep, ideal.
-    #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
-    pub policy: Vec<Policy>,
-    #[command(flatten)]
-    pub planner: PlannerArgs,
     /// Hardware profile: h100, h200, or a profile JSON file.
     #[arg(long, default_value = "h200")]
     pub profile: String,
@@ -55,15 +51,34 @@ pub struct SimulateArgs {
     /// Override the trace's expert intermediate size I.
     #[arg(long)]
     pub intermediate_size: Option<u32>,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+    /// Policies to simulate, comma separated: ep, llep, ideal.
+    #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
+    pub policy: Vec<Policy>,
+    #[command(flatten)]
+    pub planner: PlannerArgs,
     /// Write one row per (step, layer, policy, ratio, alpha, m) here (Parquet).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Print the summary as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Worker threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+}
+
+/// Planner settings to sweep.
+pub struct Sweep {
+    pub policies: Vec<Policy>,
+    pub gates: Vec<Gate>,
+    pub alphas: Vec<f64>,
+    pub min_gemms: Vec<u64>,
 }
 
 pub struct Simulated {
@@ -77,7 +92,7 @@ pub struct Simulated {
 
 /// The inputs a simulate-like command runs on: one trace, or one synthetic
 /// trace per scenario. Each comes as (trace name, scenario, trace).
-pub fn load_inputs(a: &SimulateArgs) -> anyhow::Result<Vec<(String, String, Trace)>> {
+pub fn load_inputs(a: &InputArgs) -> anyhow::Result<Vec<(String, String, Trace)>> {
     if let Some(spec) = &a.synthetic {
         let shape = SyntheticShape {
             experts: a.experts,
@@ -115,12 +130,12 @@ pub fn load_inputs(a: &SimulateArgs) -> anyhow::Result<Vec<(String, String, Trac
     Ok(vec![(name, String::new(), trace)])
 }
 
-/// Resolve arguments, read the inputs and simulate (shared with `tune`).
-pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated> {
+/// Read the inputs and simulate the sweep (shared with `tune`).
+pub fn run_sweep(a: &InputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Simulated> {
     if a.gpus == 0 {
         bail!("--gpus must be at least 1");
     }
-    if a.policy.is_empty() {
+    if sweep.policies.is_empty() {
         bail!("--policy: give at least one of ep, llep, ideal");
     }
     if a.tokens_per_rank == Some(0) {
@@ -130,10 +145,10 @@ pub fn simulate_args(a: &SimulateArgs, p: &Printer) -> anyhow::Result<Simulated>
     let inputs = load_inputs(a)?;
     let cfg = SimConfig {
         gpus: a.gpus,
-        policies: a.policy.clone(),
-        gates: a.planner.gates()?,
-        alphas: a.planner.alphas()?,
-        min_gemms: a.planner.min_gemms(),
+        policies: sweep.policies,
+        gates: sweep.gates,
+        alphas: sweep.alphas,
+        min_gemms: sweep.min_gemms,
         profile: profile.clone(),
         // synthetic traces are generated at their size already
         tokens_per_rank: if a.synthetic.is_some() {
@@ -270,7 +285,13 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
 }
 
 pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
-    let sim = simulate_args(&a, p)?;
+    let sweep = Sweep {
+        policies: a.policy.clone(),
+        gates: a.planner.gates()?,
+        alphas: a.planner.alphas()?,
+        min_gemms: a.planner.min_gemms(),
+    };
+    let sim = run_sweep(&a.input, sweep, p)?;
     if let Some(out) = &a.out {
         write_results(out, &sim.rows, &results_meta(&sim.profile))?;
         p.status(&format!(
@@ -297,7 +318,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             })
             .collect();
         let obj = json!({
-            "trace": sim.trace_name, "model": sim.model, "gpus": a.gpus, "input": sim.input_note,
+            "trace": sim.trace_name, "model": sim.model, "gpus": a.input.gpus, "input": sim.input_note,
             "profile": sim.profile.name, "profile_status": sim.profile.label(),
             "measured_error": sim.profile.measured_error, "summary": summ,
         });
@@ -310,7 +331,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         sim.trace_name,
         sim.model,
         layer_steps,
-        a.gpus,
+        a.input.gpus,
         sim.input_note,
         sim.profile.label()
     );

@@ -1,16 +1,275 @@
-//! `llep-trace tune`.
+//! `llep-trace tune`: sweep lambda (and alpha, m), recommend a setting.
 
+use super::simulate::{results_meta, run_sweep, InputArgs, Sweep};
+use super::table::{gib, Table};
 use super::Printer;
-use clap::Args;
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use llep_trace::env;
+use llep_trace::plan::Policy;
+use llep_trace::results::write_results;
+use llep_trace::sim::{parse_ratios, Gate};
+use llep_trace::tune::{fmt_lambda, tune, Objective, TuneResult};
+use serde_json::json;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum ObjectiveArg {
+    /// Minimise total layer time.
+    Time,
+    /// Minimise the largest per-GPU peak memory (then time).
+    Memory,
+}
 
 #[derive(Args, Debug)]
 pub struct TuneArgs {
-    /// Arguments (not implemented yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    #[command(flatten)]
+    input: InputArgs,
+    /// Lambda grid: values, a list or a range; "never" (plain EP) and
+    /// "always" are always added.
+    #[arg(long, default_value = "1.0:3.0:0.05", allow_hyphen_values = true)]
+    ratio: String,
+    /// Capacity factors alpha to sweep (default: $EP_MAX_TOKENS_FACTOR, else 1.0).
+    #[arg(long, value_delimiter = ',')]
+    alpha: Vec<f64>,
+    /// Minimum tokens per GEMM m to sweep (default: $EP_MIN_TOKENS_PER_GEMM, else 1024).
+    #[arg(long = "min-gemm", value_delimiter = ',')]
+    min_gemm: Vec<u64>,
+    /// What to minimise.
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Time)]
+    objective: ObjectiveArg,
+    /// Only settings whose peak memory per GPU stays under this many GiB.
+    #[arg(long, value_name = "GIB")]
+    mem_cap: Option<f64>,
+    /// Print every lambda of the grid, not only the best per alpha/m and the neighbours.
+    #[arg(long)]
+    all: bool,
+    /// Write the simulated rows of the sweep here (Parquet).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Print the recommendation as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
-pub fn run(_a: TuneArgs, _p: &Printer) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`llep-trace tune` is not implemented in this build yet")
+pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    let mut gates = parse_ratios(&a.ratio).map_err(|e| anyhow::anyhow!("--ratio: {e}"))?;
+    if !gates.contains(&Gate::Always) {
+        gates.push(Gate::Always);
+    }
+    let alphas = if a.alpha.is_empty() {
+        vec![env::alpha_default()]
+    } else {
+        a.alpha.clone()
+    };
+    if let Some(bad) = alphas.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        bail!("--alpha: {bad} is not a finite number > 0");
+    }
+    let min_gemms = if a.min_gemm.is_empty() {
+        vec![env::min_gemm_default()]
+    } else {
+        a.min_gemm.clone()
+    };
+    let mem_cap = match a.mem_cap {
+        Some(g) if !(g.is_finite() && g > 0.0) => {
+            bail!("--mem-cap: {g} is not a positive number of GiB")
+        }
+        Some(g) => Some((g * (1u64 << 30) as f64) as u64),
+        None => None,
+    };
+    let sweep = Sweep {
+        policies: vec![Policy::Ep, Policy::Llep],
+        gates,
+        alphas,
+        min_gemms,
+    };
+    let sim = run_sweep(&a.input, sweep, p)?;
+    if let Some(out) = &a.out {
+        write_results(out, &sim.rows, &results_meta(&sim.profile))?;
+        p.status(&format!(
+            "wrote {} rows to {}",
+            sim.rows.len(),
+            out.display()
+        ));
+    }
+    let objective = match a.objective {
+        ObjectiveArg::Time => Objective::Time,
+        ObjectiveArg::Memory => Objective::Memory,
+    };
+    let t = tune(&sim.rows, objective, mem_cap).context("tune")?;
+    let best = &t.scored[t.best];
+    if a.json {
+        let obj = json!({
+            "trace": sim.trace_name,
+            "profile": sim.profile.name,
+            "profile_status": sim.profile.label(),
+            "measured_error": sim.profile.measured_error,
+            "gpus": a.input.gpus,
+            "recommended": {
+                "lambda": best.setting.lambda, "never": best.setting.never, "alpha": best.setting.alpha, "min_gemm": best.setting.min_gemm,
+                "total_ms": best.total_ms, "llep_on": best.llep_on, "layer_steps": best.layer_steps, "peak_mem_max_bytes": best.peak_mem_max_bytes,
+            },
+            "speedup_vs_ep": t.ep_ms / best.total_ms,
+            "speedup_vs_lambda_1_3": t.default_ms.map(|d| d / best.total_ms),
+            "exports": exports(&t),
+            "settings": t.scored.iter().map(|s| json!({
+                "label": s.setting.label(), "lambda": s.setting.lambda, "never": s.setting.never, "alpha": s.setting.alpha,
+                "min_gemm": s.setting.min_gemm, "total_ms": s.total_ms, "regret_pct": s.regret_pct, "llep_on": s.llep_on,
+                "peak_mem_max_bytes": s.peak_mem_max_bytes, "feasible": s.feasible,
+            })).collect::<Vec<_>>(),
+        });
+        p.out(&serde_json::to_string_pretty(&obj)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    p.out(&render(&a, &sim, &t))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn exports(t: &TuneResult) -> Vec<String> {
+    let s = &t.scored[t.best].setting;
+    vec![
+        format!("export {}={}", env::ROUTING_RATIO, s.env_value()),
+        format!("export {}={}", env::MAX_TOKENS_FACTOR, s.alpha),
+        format!("export {}={}", env::MIN_TOKENS_PER_GEMM, s.min_gemm),
+    ]
+}
+
+fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> String {
+    let best = &t.scored[t.best];
+    let steps = best.layer_steps;
+    let mut s = format!(
+        "{} ({}), {} layer-steps on {} GPUs; per-rank loads: {}\nprofile: {}\n\n",
+        sim.trace_name,
+        sim.model,
+        steps,
+        a.input.gpus,
+        sim.input_note,
+        sim.profile.label()
+    );
+    let mut tab = Table::new(&[
+        "lambda", "alpha", "m", "total ms", "regret", "vs EP", "LLEP on", "peak GiB", "fits",
+    ])
+    .left(0);
+    // rows shown: every setting with --all, else the best per (alpha, m),
+    // the grid neighbours of the recommendation, never, always and 1.3
+    let near = |i: usize| -> bool {
+        let sc = &t.scored[i];
+        if a.all
+            || i == t.best
+            || sc.setting.never
+            || sc.setting.lambda.is_none()
+            || sc.setting.lambda == Some(1.3)
+        {
+            return true;
+        }
+        let same_am =
+            sc.setting.alpha == best.setting.alpha && sc.setting.min_gemm == best.setting.min_gemm;
+        match (sc.setting.lambda, best.setting.lambda) {
+            (Some(x), Some(b)) if same_am => (x - b).abs() <= 0.101,
+            _ => false,
+        }
+    };
+    for (i, sc) in t.scored.iter().enumerate() {
+        if !near(i) {
+            continue;
+        }
+        let mark = if i == t.best { " <- recommended" } else { "" };
+        tab.row(vec![
+            format!("{}{}", sc.setting.label(), mark),
+            if sc.setting.never {
+                "-".into()
+            } else {
+                format!("{}", sc.setting.alpha)
+            },
+            if sc.setting.never {
+                "-".into()
+            } else {
+                sc.setting.min_gemm.to_string()
+            },
+            format!("{:.2}", sc.total_ms),
+            format!("{:+.2}%", sc.regret_pct),
+            format!("{:.3}x", t.ep_ms / sc.total_ms),
+            format!("{}/{}", sc.llep_on, sc.layer_steps),
+            gib(sc.peak_mem_max_bytes),
+            if sc.feasible {
+                "yes".into()
+            } else {
+                "no".into()
+            },
+        ]);
+    }
+    s.push_str(&tab.render());
+    if !a.all {
+        s.push_str(&format!(
+            "({} settings simulated; --all lists every one)\n",
+            t.scored.len()
+        ));
+    }
+    if t.tied.len() > 1 {
+        let same_am = |i: &usize| {
+            t.scored[*i].setting.alpha == best.setting.alpha
+                && t.scored[*i].setting.min_gemm == best.setting.min_gemm
+        };
+        let ls: Vec<f64> = t
+            .tied
+            .iter()
+            .filter(|i| same_am(i))
+            .filter_map(|&i| t.scored[i].setting.lambda)
+            .collect();
+        if let (Some(lo), Some(hi)) = (
+            ls.iter().cloned().reduce(f64::min),
+            ls.iter().cloned().reduce(f64::max),
+        ) {
+            if hi > lo {
+                s.push_str(&format!(
+                    "every lambda in [{}, {}] is equally good on this input; the middle one is recommended\n",
+                    fmt_lambda(lo),
+                    fmt_lambda(hi)
+                ));
+            }
+        }
+    }
+    if !t.layers.is_empty() {
+        s.push_str(&format!(
+            "\n{} layers prefer another lambda (at alpha {}, m {}); what the recommendation costs there:\n",
+            t.layers.len(),
+            best.setting.alpha,
+            best.setting.min_gemm
+        ));
+        let mut lt = Table::new(&["layer", "best lambda", "ms", "recommended costs"]);
+        for l in &t.layers {
+            lt.row(vec![
+                l.layer.to_string(),
+                l.best.label(),
+                format!("{:.2}", l.best_ms),
+                format!("{:+.2}%", l.chosen_regret_pct),
+            ]);
+        }
+        s.push_str(&lt.render());
+    }
+    s.push_str("\nPaste into the shell that launches the model:\n");
+    for e in exports(t) {
+        s.push_str(&format!("  {e}\n"));
+    }
+    s.push_str(&format!(
+        "Expected on this input with profile {}: {:.3}x faster than plain EP",
+        sim.profile.name,
+        t.ep_ms / best.total_ms
+    ));
+    match t.default_ms {
+        Some(d) => s.push_str(&format!(
+            ", {:.3}x against the reference default lambda 1.3",
+            d / best.total_ms
+        )),
+        None => s.push_str(" (lambda 1.3 was not in the grid)"),
+    }
+    s.push_str(&format!(
+        "; LLEP switches on in {} of {} layer-steps.\n",
+        best.llep_on, best.layer_steps
+    ));
+    if sim.profile.measured_error.is_none() {
+        s.push_str("Note: this profile's error against measurement is not known; treat the gain as an estimate.\n");
+    }
+    s
 }

@@ -1,1 +1,370 @@
-//! Ratio tuning: sweep lambda (and alpha, m) and recommend a setting.
+//! Ratio tuning: given simulated rows over a lambda grid (and optionally
+//! alpha and m), pick the setting that minimises total time (or peak
+//! memory, or time under a memory cap), with every other setting's regret.
+
+use crate::results::ResultRow;
+use std::collections::BTreeMap;
+
+/// A candidate setting. `lambda`: `Some(x)` a threshold; `None` with
+/// `always` = plan every layer; `never` = plain EP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub never: bool,
+    pub lambda: Option<f64>,
+    pub alpha: f64,
+    pub min_gemm: u64,
+}
+
+impl Setting {
+    pub fn label(&self) -> String {
+        if self.never {
+            "never (EP)".into()
+        } else {
+            match self.lambda {
+                Some(l) => fmt_lambda(l),
+                None => "always".into(),
+            }
+        }
+    }
+
+    /// The value to export: a threshold, 0 for always (<= 0 means always
+    /// in the reference), and a threshold no layer reaches for never.
+    pub fn env_value(&self) -> String {
+        if self.never {
+            "1000000".into()
+        } else {
+            match self.lambda {
+                Some(l) => fmt_lambda(l),
+                None => "0".into(),
+            }
+        }
+    }
+}
+
+/// A threshold with at least one decimal ("1.0", "1.05", "1.125").
+pub fn fmt_lambda(l: f64) -> String {
+    let s = format!("{l}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Objective {
+    /// Minimise total simulated time.
+    Time,
+    /// Minimise the largest per-GPU peak memory (then time).
+    Memory,
+}
+
+/// A setting scored over the whole input.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub setting: Setting,
+    pub total_ms: f64,
+    pub peak_mem_max_bytes: u64,
+    pub llep_on: usize,
+    pub layer_steps: usize,
+    /// How much slower than the best feasible setting, in percent.
+    pub regret_pct: f64,
+    pub feasible: bool,
+}
+
+/// Best lambda of one layer alone, when layers disagree.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerAdvice {
+    pub layer: u32,
+    pub best: Setting,
+    pub best_ms: f64,
+    /// Regret of the global recommendation on this layer, percent.
+    pub chosen_regret_pct: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TuneResult {
+    pub scored: Vec<Scored>,
+    pub best: usize,
+    /// Indices of settings tied with the best (same total within 1e-9).
+    pub tied: Vec<usize>,
+    pub ep_ms: f64,
+    /// Total with lambda 1.3 at the best alpha/m (the paper's setting).
+    pub default_ms: Option<f64>,
+    pub layers: Vec<LayerAdvice>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TuneError {
+    #[error("no simulated rows to tune over")]
+    Empty,
+    #[error(
+        "no setting keeps every GPU under the memory cap of {0:.2} GiB (smallest peak: {1:.2} GiB)"
+    )]
+    NothingFits(f64, f64),
+}
+
+fn key(r: &ResultRow) -> (bool, Option<u64>, u64, u64) {
+    (
+        r.policy == "ep",
+        if r.policy == "ep" {
+            None
+        } else {
+            r.lambda.map(f64::to_bits)
+        },
+        r.alpha.to_bits(),
+        r.min_gemm,
+    )
+}
+
+/// Score every setting present in `rows` (ep rows stand for "never").
+pub fn tune(
+    rows: &[ResultRow],
+    objective: Objective,
+    mem_cap: Option<u64>,
+) -> Result<TuneResult, TuneError> {
+    if rows.is_empty() {
+        return Err(TuneError::Empty);
+    }
+    let mut order: Vec<(bool, Option<u64>, u64, u64)> = Vec::new();
+    let mut acc: BTreeMap<(bool, Option<u64>, u64, u64), Scored> = BTreeMap::new();
+    for r in rows
+        .iter()
+        .filter(|r| r.policy == "ep" || r.policy == "llep")
+    {
+        let k = key(r);
+        let e = acc.entry(k).or_insert_with(|| {
+            order.push(k);
+            Scored {
+                setting: Setting {
+                    never: r.policy == "ep",
+                    lambda: if r.policy == "ep" { None } else { r.lambda },
+                    alpha: r.alpha,
+                    min_gemm: r.min_gemm,
+                },
+                total_ms: 0.0,
+                peak_mem_max_bytes: 0,
+                llep_on: 0,
+                layer_steps: 0,
+                regret_pct: 0.0,
+                feasible: true,
+            }
+        });
+        e.total_ms += r.t_total_ms;
+        e.peak_mem_max_bytes = e.peak_mem_max_bytes.max(r.peak_mem_max_bytes);
+        e.llep_on += r.use_llep as usize;
+        e.layer_steps += 1;
+    }
+    // EP does not depend on alpha and m: keep one "never" row
+    let mut scored: Vec<Scored> = Vec::new();
+    for k in order {
+        let s = acc.remove(&k).unwrap();
+        if s.setting.never && scored.iter().any(|x: &Scored| x.setting.never) {
+            continue;
+        }
+        scored.push(s);
+    }
+    if scored.is_empty() {
+        return Err(TuneError::Empty);
+    }
+    if let Some(cap) = mem_cap {
+        for s in &mut scored {
+            s.feasible = s.peak_mem_max_bytes <= cap;
+        }
+        if !scored.iter().any(|s| s.feasible) {
+            let min = scored.iter().map(|s| s.peak_mem_max_bytes).min().unwrap();
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(TuneError::NothingFits(gib(cap), gib(min)));
+        }
+    }
+    let better = |a: &Scored, b: &Scored| -> bool {
+        match objective {
+            Objective::Time => a.total_ms < b.total_ms,
+            Objective::Memory => {
+                (a.peak_mem_max_bytes, a.total_ms) < (b.peak_mem_max_bytes, b.total_ms)
+            }
+        }
+    };
+    let mut best = scored.iter().position(|s| s.feasible).unwrap();
+    for (i, s) in scored.iter().enumerate() {
+        if s.feasible && better(s, &scored[best]) {
+            best = i;
+        }
+    }
+    let same = |a: &Scored, b: &Scored| match objective {
+        Objective::Time => (a.total_ms - b.total_ms).abs() <= 1e-9 * b.total_ms.abs().max(1e-12),
+        Objective::Memory => {
+            a.peak_mem_max_bytes == b.peak_mem_max_bytes
+                && (a.total_ms - b.total_ms).abs() <= 1e-9 * b.total_ms.abs().max(1e-12)
+        }
+    };
+    let tied: Vec<usize> = (0..scored.len())
+        .filter(|&i| scored[i].feasible && same(&scored[i], &scored[best]))
+        .collect();
+    // Among ties, recommend the middle threshold of the tied range at the
+    // best alpha/m: the setting with the most margin either way.
+    let lambdas: Vec<usize> = tied
+        .iter()
+        .copied()
+        .filter(|&i| {
+            scored[i].setting.lambda.is_some()
+                && scored[i].setting.alpha == scored[best].setting.alpha
+                && scored[i].setting.min_gemm == scored[best].setting.min_gemm
+        })
+        .collect();
+    if lambdas.len() > 1 {
+        let mut ls = lambdas.clone();
+        ls.sort_by(|&a, &b| {
+            scored[a]
+                .setting
+                .lambda
+                .partial_cmp(&scored[b].setting.lambda)
+                .unwrap()
+        });
+        best = ls[ls.len() / 2];
+    }
+    let best_ms = scored[best].total_ms;
+    for s in &mut scored {
+        s.regret_pct = (s.total_ms / best_ms - 1.0) * 100.0;
+    }
+    let ep_ms = scored
+        .iter()
+        .find(|s| s.setting.never)
+        .map_or(f64::NAN, |s| s.total_ms);
+    let default_ms = scored
+        .iter()
+        .find(|s| {
+            s.setting.lambda == Some(1.3)
+                && s.setting.alpha == scored[best].setting.alpha
+                && s.setting.min_gemm == scored[best].setting.min_gemm
+        })
+        .map(|s| s.total_ms);
+    let layers = per_layer(rows, &scored[best].setting);
+    Ok(TuneResult {
+        scored,
+        best,
+        tied,
+        ep_ms,
+        default_ms,
+        layers,
+    })
+}
+
+fn matches(r: &ResultRow, s: &Setting) -> bool {
+    if s.never {
+        r.policy == "ep"
+    } else {
+        r.policy == "llep" && r.lambda == s.lambda && r.alpha == s.alpha && r.min_gemm == s.min_gemm
+    }
+}
+
+/// Per layer id, at the chosen alpha and m: the best lambda on that layer
+/// alone. Only layers where the global choice costs time are returned.
+fn per_layer(rows: &[ResultRow], chosen: &Setting) -> Vec<LayerAdvice> {
+    let mut layer_ids: Vec<u32> = rows.iter().map(|r| r.layer).collect();
+    layer_ids.sort_unstable();
+    layer_ids.dedup();
+    if layer_ids.len() < 2 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for &l in &layer_ids {
+        let sub: Vec<ResultRow> = rows
+            .iter()
+            .filter(|r| {
+                r.layer == l
+                    && (r.policy == "ep"
+                        || (r.alpha == chosen.alpha && r.min_gemm == chosen.min_gemm))
+            })
+            .cloned()
+            .collect();
+        let Ok(t) = tune(&sub[..], Objective::Time, None).map_err(|_| ()) else {
+            continue;
+        };
+        let chosen_ms: f64 = sub
+            .iter()
+            .filter(|r| matches(r, chosen))
+            .map(|r| r.t_total_ms)
+            .sum();
+        let b = &t.scored[t.best];
+        out.push(LayerAdvice {
+            layer: l,
+            best: b.setting.clone(),
+            best_ms: b.total_ms,
+            chosen_regret_pct: (chosen_ms / b.total_ms - 1.0) * 100.0,
+        });
+    }
+    out.retain(|a| a.chosen_regret_pct > 1e-9);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(policy: &str, lambda: Option<f64>, layer: u32, ms: f64, on: bool) -> ResultRow {
+        ResultRow {
+            policy: policy.into(),
+            lambda,
+            layer,
+            alpha: 1.0,
+            min_gemm: 1024,
+            t_total_ms: ms,
+            use_llep: on,
+            peak_mem_max_bytes: if on { 5 } else { 9 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn picks_the_middle_of_a_tied_range_and_scores_regret() {
+        // layer 0 gains from LLEP up to lambda 1.4; layer 1 only for always
+        let mut rows = vec![
+            row("ep", None, 0, 10.0, false),
+            row("ep", None, 1, 10.0, false),
+        ];
+        for (l, ms0, ms1) in [
+            (Some(1.2), 6.0, 10.0),
+            (Some(1.3), 6.0, 10.0),
+            (Some(1.4), 6.0, 10.0),
+            (Some(1.5), 10.0, 10.0),
+            (None, 6.0, 11.0),
+        ] {
+            rows.push(row("llep", l, 0, ms0, ms0 < 10.0));
+            rows.push(row("llep", l, 1, ms1, l.is_none()));
+        }
+        let t = tune(&rows, Objective::Time, None).unwrap();
+        let b = &t.scored[t.best];
+        assert_eq!(b.setting.lambda, Some(1.3));
+        assert_eq!(t.tied.len(), 3);
+        assert_eq!(t.ep_ms, 20.0);
+        assert_eq!(t.default_ms, Some(16.0));
+        let always = t
+            .scored
+            .iter()
+            .find(|s| s.setting.label() == "always")
+            .unwrap();
+        assert!((always.regret_pct - 6.25).abs() < 1e-9);
+        assert!(
+            t.layers.is_empty(),
+            "layer 1 is indifferent among the tied lambdas"
+        );
+        // memory cap that only EP violates
+        let m = tune(&rows, Objective::Time, Some(6)).unwrap();
+        assert!(!m.scored.iter().find(|s| s.setting.never).unwrap().feasible);
+        assert!(matches!(
+            tune(&rows, Objective::Time, Some(1)),
+            Err(TuneError::NothingFits(..))
+        ));
+        assert_eq!(
+            Setting {
+                never: false,
+                lambda: None,
+                alpha: 1.0,
+                min_gemm: 1
+            }
+            .env_value(),
+            "0"
+        );
+    }
+}
