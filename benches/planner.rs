@@ -50,7 +50,11 @@ fn bench_planner(n: usize, p: usize) -> (f64, f64, f64) {
         dups += (plan.duplicate_transfers > 0) as usize;
         transfers += plan.transfers.len();
     }
-    let reps = 200;
+    // LLEP_BENCH_REPS=1 lets `valgrind --tool=callgrind` count instructions
+    let reps: usize = std::env::var("LLEP_BENCH_REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     let t0 = Instant::now();
     for _ in 0..reps {
         for v in &vectors {
@@ -141,6 +145,9 @@ fn main() {
             "| N={n}, P={p} | {us:.3} us | {target} | {refms} | {:.0}% | {tr:.1} |",
             dup * 100.0
         );
+    }
+    if std::env::var("LLEP_BENCH_REPS").is_ok() {
+        return;
     }
     let (ls, rows, secs, eps) = bench_simulate();
     println!();

@@ -145,6 +145,8 @@ pub enum PlanError {
     NoExperts,
     #[error("alpha must be a finite number > 0 (got {0})")]
     BadAlpha(f64),
+    #[error("at most 65536 experts are supported (got {0})")]
+    TooManyExperts(usize),
 }
 
 pub fn check_shape(experts: usize, params: &PlanParams) -> Result<(), PlanError> {
@@ -153,6 +155,9 @@ pub fn check_shape(experts: usize, params: &PlanParams) -> Result<(), PlanError>
     }
     if experts == 0 {
         return Err(PlanError::NoExperts);
+    }
+    if experts > 1 << 16 {
+        return Err(PlanError::TooManyExperts(experts));
     }
     if experts % params.gpus != 0 {
         return Err(PlanError::NotDivisible {

@@ -13,6 +13,9 @@ pub struct Planner {
     helpers: Vec<u32>,
     free: Vec<i64>,
     seen: Vec<u64>,
+    /// Native GPU of each expert (a table: integer division per expert
+    /// costs more than the rest of a case-1 visit).
+    native_of: Vec<u16>,
 }
 
 /// Sort key for "counts descending, equal counts by ascending expert id".
@@ -61,8 +64,8 @@ impl Planner {
         out.free_transfers = false;
         out.native_loads.clear();
         out.native_loads.resize(p, 0);
-        for (e, &c) in counts.iter().enumerate() {
-            out.native_loads[e / per] += c;
+        for (load, block) in out.native_loads.iter_mut().zip(counts.chunks_exact(per)) {
+            *load = block.iter().sum();
         }
         let total: u64 = out.native_loads.iter().sum();
         out.imbalance_ratio = imbalance_ratio_f32(&out.native_loads);
@@ -111,11 +114,15 @@ impl Planner {
             }
         }
         self.order.sort_unstable();
+        if self.native_of.len() != n || self.native_of.last().map(|&g| g as usize + 1) != Some(p) {
+            self.native_of.clear();
+            self.native_of.extend((0..n).map(|e| (e / per) as u16));
+        }
 
         for oi in 0..self.order.len() {
             let e = (self.order[oi] & 0xFFFF) as usize;
             let t = counts[e] as i64;
-            let native = e / per;
+            let native = self.native_of[e] as usize;
             self.pending[native] -= t;
             let room = cap - (self.assigned[native] + self.pending[native]);
             let first = out.ranges.len() as u32;
@@ -137,28 +144,25 @@ impl Planner {
                 self.assigned[native] += room;
                 let mut rest = t - room;
                 let mut off = room;
+                // The reference ranks the helpers by effective load and takes
+                // the first that qualifies, else forces the rest onto the
+                // first. The least-loaded helper has the most free room, so
+                // if it fails either test every later one fails too: the
+                // choice is always the least-loaded helper (ties: lower id),
+                // and only the chunk size depends on the tests. An argmin
+                // gives the same plans without sorting.
                 while rest > 0 {
-                    self.sort_helpers(native, p);
-                    if self.helpers.is_empty() {
+                    let Some(h) = self.least_loaded_helper(native, p) else {
                         out.ranges.last_mut().unwrap().end += rest as u64;
                         self.assigned[native] += rest;
                         break;
-                    }
-                    let mut chosen = None;
-                    for &h in &self.helpers {
-                        let h = h as usize;
-                        let free = cap - (self.assigned[h] + self.pending[h]);
-                        if free <= 0 {
-                            continue;
-                        }
-                        let chunk = rest.min(free);
-                        if chunk < m && rest > chunk {
-                            continue;
-                        }
-                        chosen = Some((h, chunk));
-                        break;
-                    }
-                    let (h, chunk) = chosen.unwrap_or((self.helpers[0] as usize, rest));
+                    };
+                    let free = cap - (self.assigned[h] + self.pending[h]);
+                    let chunk = if free > 0 && !(free.min(rest) < m && rest > free.min(rest)) {
+                        rest.min(free)
+                    } else {
+                        rest
+                    };
                     push_spill(out, e, native, h, off, chunk);
                     self.assigned[h] += chunk;
                     off += chunk;
@@ -210,6 +214,19 @@ impl Planner {
         for (g, a) in self.assigned.iter().enumerate() {
             out.gpu_loads[g] = *a as u64;
         }
+    }
+
+    /// The GPU other than `native` with the lowest effective load, ties to
+    /// the lower id; `None` when there is no other GPU.
+    fn least_loaded_helper(&self, native: usize, p: usize) -> Option<usize> {
+        let mut best: Option<(i64, usize)> = None;
+        for g in (0..p).filter(|&g| g != native) {
+            let eff = self.assigned[g] + self.pending[g];
+            if best.is_none_or(|(b, _)| eff < b) {
+                best = Some((eff, g));
+            }
+        }
+        best.map(|(_, g)| g)
     }
 
     /// GPUs other than `native`, by effective load ascending, ties to the
