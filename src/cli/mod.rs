@@ -3,6 +3,7 @@
 
 mod calibrate;
 mod capture;
+mod compare;
 mod plan;
 mod printer;
 mod replay;
@@ -45,6 +46,8 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Sweep lambda (and alpha, m) over a trace and recommend a setting.
     Tune(tune::TuneArgs),
+    /// Simulate the twin of every measured row and report the simulator's error.
+    Compare(compare::CompareArgs),
     /// Draw plots and write an HTML/Markdown report from results files.
     Report(report::ReportArgs),
 }
@@ -59,6 +62,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Replay(a) => replay::run(a, &printer),
         Command::Calibrate(a) => calibrate::run(a, &printer),
         Command::Tune(a) => tune::run(a, &printer),
+        Command::Compare(a) => compare::run(a, &printer),
         Command::Report(a) => report::run(a, &printer),
     }
 }

@@ -1,6 +1,7 @@
 //! Simulation: plan every (step, layer) of a trace under each policy and
 //! setting, price it with a hardware profile, and emit result rows.
 
+pub mod accuracy;
 pub mod cost;
 pub mod profile;
 

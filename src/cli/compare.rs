@@ -1,0 +1,151 @@
+//! `llep-trace compare`: how far simulation is from measurement.
+
+use super::simulate::results_meta;
+use super::table::{gib, Table};
+use super::Printer;
+use anyhow::bail;
+use clap::Args;
+use llep_trace::io::write_atomic;
+use llep_trace::results::{read_results, write_results};
+use llep_trace::sim::accuracy::{compare, default_trace_dirs};
+use llep_trace::sim::profile::MeasuredError;
+use llep_trace::sim::Profile;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// Results files with measured rows (from `llep-trace replay`).
+    #[arg(required = true)]
+    measured: Vec<PathBuf>,
+    /// Profile to simulate with: h100, h200 or a JSON file. Use the profile
+    /// of the card the rows were measured on.
+    #[arg(long, default_value = "h200")]
+    profile: String,
+    /// Directory holding the traces named in the measured rows (default: traces/).
+    #[arg(long)]
+    traces: Vec<PathBuf>,
+    /// Write measured rows and their simulated twins here (Parquet), for `report`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Write the profile with its measured error filled in here (JSON).
+    #[arg(long)]
+    stamp_profile: Option<PathBuf>,
+    /// Name of the report the stamped error points to.
+    #[arg(long, default_value = "reports/accuracy/README.md")]
+    report_path: String,
+}
+
+pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    let profile = Profile::load(&a.profile)?;
+    let mut rows = Vec::new();
+    for f in &a.measured {
+        rows.extend(read_results(f)?.1);
+    }
+    let acc = compare(&rows, &profile, &default_trace_dirs(&a.traces))?;
+    let cards: Vec<&str> = {
+        let mut v: Vec<&str> = acc
+            .pairs
+            .iter()
+            .map(|x| x.measured.device.as_str())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let mut t = Table::new(&[
+        "input",
+        "tokens/rank",
+        "D x I",
+        "policy",
+        "measured ms",
+        "simulated ms",
+        "error",
+        "measured GiB",
+        "simulated GiB",
+        "mem error",
+    ])
+    .left(0)
+    .left(3);
+    for x in &acc.pairs {
+        let m = &x.measured;
+        let input = if m.scenario.is_empty() {
+            format!("{} s{} l{}", m.trace, m.step, m.layer)
+        } else {
+            m.scenario.clone()
+        };
+        let pol = match (m.policy.as_str(), m.lambda) {
+            ("llep", Some(l)) => format!("llep λ={l}"),
+            ("llep", None) => "llep always".into(),
+            (o, _) => o.to_string(),
+        };
+        t.row(vec![
+            input,
+            m.tokens_per_rank.to_string(),
+            format!("{}x{}", m.hidden_size, m.intermediate_size),
+            pol,
+            format!("{:.3}", m.t_total_ms),
+            format!("{:.3}", x.simulated.t_total_ms),
+            format!("{:+.1}%", x.time_err * 100.0),
+            gib(m.peak_mem_max_bytes),
+            gib(x.simulated.peak_mem_max_bytes),
+            format!("{:+.1}%", x.mem_err * 100.0),
+        ]);
+    }
+    let mut s = format!(
+        "{} measured rows on {} vs profile {}\n\n{}",
+        acc.pairs.len(),
+        cards.join(", "),
+        profile.label(),
+        t.render()
+    );
+    s.push_str(&format!(
+        "\nlayer time: median |error| {:.1}%, worst {:.1}%   peak memory: median |error| {:.1}%, worst {:.1}%\n",
+        acc.median_abs_time_pct, acc.worst_abs_time_pct, acc.median_abs_mem_pct, acc.worst_abs_mem_pct
+    ));
+    if cards.iter().any(|c| {
+        !c.contains(
+            profile
+                .card
+                .trim_start_matches("NVIDIA ")
+                .split_whitespace()
+                .next()
+                .unwrap_or(""),
+        )
+    }) {
+        p.warn(&format!(
+            "rows were measured on {} but the profile is for {}",
+            cards.join(", "),
+            profile.card
+        ));
+    }
+    p.out(&s)?;
+    if let Some(out) = &a.out {
+        let mut both = Vec::with_capacity(acc.pairs.len() * 2);
+        for x in &acc.pairs {
+            both.push(x.measured.clone());
+            both.push(x.simulated.clone());
+        }
+        write_results(out, &both, &results_meta(&profile))?;
+        p.status(&format!("wrote {} rows to {}", both.len(), out.display()));
+    }
+    if let Some(path) = &a.stamp_profile {
+        if profile.status != "measured" {
+            bail!(
+                "--stamp-profile: profile {} is an estimate; stamp only a measured profile",
+                profile.name
+            );
+        }
+        let mut stamped = profile.clone();
+        stamped.measured_error = Some(MeasuredError {
+            median_abs_pct: acc.median_abs_time_pct,
+            worst_abs_pct: acc.worst_abs_time_pct,
+            mem_worst_abs_pct: acc.worst_abs_mem_pct,
+            rows: acc.pairs.len() as u32,
+            report: a.report_path.clone(),
+        });
+        write_atomic(path, serde_json::to_string_pretty(&stamped)?.as_bytes())?;
+        p.status(&format!("wrote {}", path.display()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,235 @@
+//! The simulator's error against measurement: for every measured row,
+//! simulate the same input (same per-rank loads, policy, lambda, alpha, m,
+//! GPU count) with a profile, and compare layer time and peak memory.
+
+use super::{prepare_loads, row_from, Evaluator, Profile, Shape};
+use crate::plan::{PlanParams, Policy};
+use crate::results::{ResultRow, SOURCE_MEASURED, SOURCE_SIMULATED};
+use crate::trace::synthetic::{scenario_trace, Scenario, SyntheticShape};
+use crate::trace::{read_trace, Trace};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// One measured row and its simulated twin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub measured: ResultRow,
+    pub simulated: ResultRow,
+    /// (simulated - measured) / measured, layer time.
+    pub time_err: f64,
+    /// (simulated - measured) / measured, peak memory (max over GPUs).
+    pub mem_err: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Accuracy {
+    pub pairs: Vec<Pair>,
+    pub median_abs_time_pct: f64,
+    pub worst_abs_time_pct: f64,
+    pub median_abs_mem_pct: f64,
+    pub worst_abs_mem_pct: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccuracyError {
+    #[error("no measured rows (source = measured) in the input")]
+    NoMeasured,
+    #[error("measured row for trace '{0}': cannot find the trace (looked in {1})")]
+    MissingTrace(String, String),
+    #[error("measured row: {0}")]
+    Input(String),
+    #[error(transparent)]
+    Trace(#[from] crate::trace::TraceError),
+    #[error(transparent)]
+    Plan(#[from] crate::plan::PlanError),
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Rebuild the input a measured row ran on.
+fn input_for(
+    r: &ResultRow,
+    trace_dirs: &[PathBuf],
+    cache: &mut HashMap<PathBuf, Trace>,
+) -> Result<Trace, AccuracyError> {
+    if !r.scenario.is_empty() {
+        let s: Scenario = r.scenario.parse().map_err(AccuracyError::Input)?;
+        let shape = SyntheticShape {
+            experts: r.experts,
+            top_k: r.top_k,
+            hidden_size: r.hidden_size,
+            intermediate_size: r.intermediate_size,
+        };
+        return scenario_trace(s, r.gpus, r.tokens_per_rank, shape).map_err(AccuracyError::Input);
+    }
+    let found = trace_dirs
+        .iter()
+        .map(|d| d.join(&r.trace))
+        .find(|p| p.exists());
+    let path = found.ok_or_else(|| {
+        AccuracyError::MissingTrace(
+            r.trace.clone(),
+            trace_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })?;
+    if !cache.contains_key(&path) {
+        let t = read_trace(&path, true)?;
+        cache.insert(path.clone(), t);
+    }
+    let mut t = cache[&path].clone();
+    t.meta.model.hidden_size = r.hidden_size;
+    t.meta.model.intermediate_size = r.intermediate_size;
+    Ok(t)
+}
+
+/// Simulate the twin of every measured row in `rows` with `profile`.
+pub fn compare(
+    rows: &[ResultRow],
+    profile: &Profile,
+    trace_dirs: &[PathBuf],
+) -> Result<Accuracy, AccuracyError> {
+    let measured: Vec<&ResultRow> = rows
+        .iter()
+        .filter(|r| r.source == SOURCE_MEASURED && !r.oom)
+        .collect();
+    if measured.is_empty() {
+        return Err(AccuracyError::NoMeasured);
+    }
+    let mut cache = HashMap::new();
+    let mut ev = Evaluator::default();
+    let mut pairs = Vec::with_capacity(measured.len());
+    for m in measured {
+        let trace = input_for(m, trace_dirs, &mut cache)?;
+        let rescaled = m.scenario.is_empty()
+            && (m.input_note.contains("rescaled") || m.input_note.contains("resampled"));
+        let (loads, note) = prepare_loads(
+            &trace,
+            m.gpus as usize,
+            rescaled.then_some(m.tokens_per_rank),
+            0,
+        );
+        let s = loads.step_ids.iter().position(|&x| x == m.step);
+        let l = loads.layer_ids.iter().position(|&x| x == m.layer);
+        let (Some(s), Some(l)) = (s, l) else {
+            return Err(AccuracyError::Input(format!(
+                "{}: no step {} / layer {} in the input",
+                m.trace, m.step, m.layer
+            )));
+        };
+        let global = loads.global(s, l);
+        let policy: Policy = m.policy.parse().map_err(AccuracyError::Input)?;
+        let params = PlanParams {
+            gpus: m.gpus as usize,
+            alpha: m.alpha,
+            min_gemm: m.min_gemm,
+            lambda: m.lambda,
+        };
+        let shape = Shape::from_model(&trace.meta.model);
+        let (plan, cost) = ev.eval(loads.block(s, l), &global, &params, policy, &shape, profile);
+        let mut twin = row_from(plan, &cost, m);
+        twin.source = SOURCE_SIMULATED.into();
+        twin.device = profile.card.clone();
+        twin.profile = profile.name.clone();
+        twin.input_note = note;
+        twin.runs = 0;
+        twin.t_total_p10_ms = None;
+        twin.t_total_p90_ms = None;
+        twin.rel_error = None;
+        twin.driver_mem_per_gpu = Vec::new();
+        twin.driver = String::new();
+        let time_err = (twin.t_total_ms - m.t_total_ms) / m.t_total_ms;
+        let mem_err = (twin.peak_mem_max_bytes as f64 - m.peak_mem_max_bytes as f64)
+            / m.peak_mem_max_bytes.max(1) as f64;
+        pairs.push(Pair {
+            measured: m.clone(),
+            simulated: twin,
+            time_err,
+            mem_err,
+        });
+    }
+    let mut t: Vec<f64> = pairs.iter().map(|p| p.time_err.abs() * 100.0).collect();
+    let mut mm: Vec<f64> = pairs.iter().map(|p| p.mem_err.abs() * 100.0).collect();
+    let worst_t = t.iter().cloned().fold(0.0, f64::max);
+    let worst_m = mm.iter().cloned().fold(0.0, f64::max);
+    Ok(Accuracy {
+        median_abs_time_pct: median(&mut t),
+        worst_abs_time_pct: worst_t,
+        median_abs_mem_pct: median(&mut mm),
+        worst_abs_mem_pct: worst_m,
+        pairs,
+    })
+}
+
+/// Default places to look for a measured row's trace file.
+pub fn default_trace_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = extra.to_vec();
+    v.push(PathBuf::from("traces"));
+    v.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("traces"));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twins_reproduce_the_simulation_and_measure_the_error() {
+        // A test fixture shaped like a measured row (not a measurement):
+        // the 95:1 scenario on 2 GPUs, LLEP at lambda 1.3.
+        let prof = Profile::load("h200").unwrap();
+        let mut m = ResultRow {
+            trace: "synthetic".into(),
+            scenario: "95:1".into(),
+            policy: "llep".into(),
+            lambda: Some(1.3),
+            alpha: 1.0,
+            min_gemm: 1024,
+            gpus: 2,
+            tokens_per_rank: 4096,
+            hidden_size: 2880,
+            intermediate_size: 2880,
+            experts: 128,
+            top_k: 4,
+            source: SOURCE_MEASURED.into(),
+            ..Default::default()
+        };
+        let first = compare(
+            &[ResultRow {
+                t_total_ms: 1.0,
+                peak_mem_max_bytes: 1,
+                ..m.clone()
+            }],
+            &prof,
+            &[],
+        )
+        .unwrap();
+        let sim = &first.pairs[0].simulated;
+        assert!(sim.use_llep, "95:1 is far above lambda 1.3");
+        assert_eq!(sim.source, SOURCE_SIMULATED);
+        m.t_total_ms = sim.t_total_ms * 1.25;
+        m.peak_mem_max_bytes = sim.peak_mem_max_bytes;
+        let acc = compare(&[m], &prof, &[]).unwrap();
+        assert!((acc.pairs[0].time_err + 0.2).abs() < 1e-12);
+        assert_eq!(acc.pairs[0].mem_err, 0.0);
+        assert!((acc.median_abs_time_pct - 20.0).abs() < 1e-9);
+        assert!(matches!(
+            compare(&[], &prof, &[]),
+            Err(AccuracyError::NoMeasured)
+        ));
+    }
+}
