@@ -413,6 +413,9 @@ proptest! {
 
 // ---- cross-check against an independent transcription ------------------
 
+/// (expert, [(gpu, start, end)]) in plan order.
+type PlanEntries = Vec<(u32, Vec<(u32, u64, u64)>)>;
+
 #[test]
 fn agrees_with_an_independent_python_transcription() {
     let script = concat!(
@@ -451,9 +454,8 @@ fn agrees_with_an_independent_python_transcription() {
         );
         let want_loads: Vec<u64> = serde_json::from_value(v["gpu_loads"].clone()).unwrap();
         assert_eq!(p.gpu_loads, want_loads, "{ctx}");
-        let want_plan: Vec<(u32, Vec<(u32, u64, u64)>)> =
-            serde_json::from_value(v["plan"].clone()).unwrap();
-        let got_plan: Vec<(u32, Vec<(u32, u64, u64)>)> = p
+        let want_plan: PlanEntries = serde_json::from_value(v["plan"].clone()).unwrap();
+        let got_plan: PlanEntries = p
             .iter()
             .map(|(e, rs)| (e, rs.iter().map(|r| (r.gpu, r.start, r.end)).collect()))
             .collect();

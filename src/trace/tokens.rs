@@ -47,6 +47,9 @@ impl TokenTrace {
         }
     }
 
+    // One argument per column of a token row: a struct would only be
+    // unpacked again on the next line.
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         step: u32,
