@@ -30,7 +30,21 @@ fn skewed(rng: &mut SplitMix64, n: usize, total: u64) -> Vec<u64> {
     w.iter().map(|x| (x / s * total as f64) as u64).collect()
 }
 
-fn bench_planner(n: usize, p: usize) -> (f64, f64, f64) {
+/// On-CPU time of this thread in seconds (Linux schedstat): a busy machine
+/// inflates wall time but not this.
+fn thread_cpu_secs() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    Some(s.split_whitespace().next()?.parse::<f64>().ok()? * 1e-9)
+}
+
+struct PlannerBench {
+    wall_us: f64,
+    cpu_us: f64,
+    dup_share: f64,
+    transfers: f64,
+}
+
+fn bench_planner(n: usize, p: usize) -> PlannerBench {
     let mut rng = SplitMix64::new(42 + n as u64);
     let vectors: Vec<Vec<u64>> = (0..1000)
         .map(|_| skewed(&mut rng, n, 32768 * p as u64 * 4))
@@ -55,6 +69,7 @@ fn bench_planner(n: usize, p: usize) -> (f64, f64, f64) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
+    let c0 = thread_cpu_secs();
     let t0 = Instant::now();
     for _ in 0..reps {
         for v in &vectors {
@@ -63,12 +78,18 @@ fn bench_planner(n: usize, p: usize) -> (f64, f64, f64) {
             black_box(&plan);
         }
     }
-    let per = t0.elapsed().as_secs_f64() / (reps * vectors.len()) as f64;
-    (
-        per * 1e6,
-        dups as f64 / vectors.len() as f64,
-        transfers as f64 / vectors.len() as f64,
-    )
+    let plans = (reps * vectors.len()) as f64;
+    let wall = t0.elapsed().as_secs_f64() / plans;
+    let cpu = match (c0, thread_cpu_secs()) {
+        (Some(a), Some(b)) => (b - a) / plans,
+        _ => f64::NAN,
+    };
+    PlannerBench {
+        wall_us: wall * 1e6,
+        cpu_us: cpu * 1e6,
+        dup_share: dups as f64 / vectors.len() as f64,
+        transfers: transfers as f64 / vectors.len() as f64,
+    }
 }
 
 fn bench_simulate() -> (usize, usize, f64, f64) {
@@ -136,14 +157,32 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    println!("| planner case | time per plan | target | reference (Python) | plans with a duplicate transfer | transfers per plan |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "machine load average while running: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!();
+    println!("| planner case | wall time per plan | on-CPU time per plan | target | reference (Python) | plans with a duplicate transfer | transfers per plan |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let only: Option<usize> = std::env::var("LLEP_BENCH_N")
+        .ok()
+        .and_then(|s| s.parse().ok());
     for (n, p, refms) in [(128, 8, "1.0 ms"), (256, 8, "1.9 ms"), (384, 16, "2.9 ms")] {
-        let (us, dup, tr) = bench_planner(n, p);
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
+        let b = bench_planner(n, p);
         let target = if n == 128 { "<= 2 us" } else { "-" };
         println!(
-            "| N={n}, P={p} | {us:.3} us | {target} | {refms} | {:.0}% | {tr:.1} |",
-            dup * 100.0
+            "| N={n}, P={p} | {:.3} us | {:.3} us | {target} | {refms} | {:.0}% | {:.1} |",
+            b.wall_us,
+            b.cpu_us,
+            b.dup_share * 100.0,
+            b.transfers
         );
     }
     if std::env::var("LLEP_BENCH_REPS").is_ok() {
@@ -151,9 +190,7 @@ fn main() {
     }
     let (ls, rows, secs, eps) = bench_simulate();
     println!();
-    println!(
-        "| simulate | layer-steps | ratios | policies | rows | seconds | evaluations/s | target |"
-    );
+    println!("| simulate | layer-steps | ratios | policies | rows | seconds (wall, 2 threads) | evaluations/s | target |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     println!("| N=128, P=8, 21 ratios | {ls} | 21 | ep, llep, ideal | {rows} | {secs:.3} | {eps:.0} | >= 200,000 |");
 }

@@ -37,7 +37,10 @@ fn t(expert: u32, src: u32, dst: u32, start: u64, end: u64) -> Transfer {
 }
 
 fn entries(p: &Plan) -> Vec<(u32, Vec<Range>)> {
-    p.iter().map(|(e, rs)| (e, rs.to_vec())).collect()
+    p.in_visit_order()
+        .into_iter()
+        .map(|(e, rs)| (e, rs.to_vec()))
+        .collect()
 }
 
 #[test]
@@ -456,7 +459,8 @@ fn agrees_with_an_independent_python_transcription() {
         assert_eq!(p.gpu_loads, want_loads, "{ctx}");
         let want_plan: PlanEntries = serde_json::from_value(v["plan"].clone()).unwrap();
         let got_plan: PlanEntries = p
-            .iter()
+            .in_visit_order()
+            .into_iter()
             .map(|(e, rs)| (e, rs.iter().map(|r| (r.gpu, r.start, r.end)).collect()))
             .collect();
         assert_eq!(got_plan, want_plan, "{ctx}");

@@ -48,7 +48,7 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let plan = Planner::new().plan(&counts, &params, a.policy)?;
     if a.json {
         let mut entries = serde_json::Map::new();
-        for (e, ranges) in plan.iter() {
+        for (e, ranges) in plan.in_visit_order() {
             entries.insert(
                 e.to_string(),
                 json!(ranges

@@ -91,7 +91,9 @@ pub struct Transfer {
 
 /// A plan for one layer of one step. Plan entries are kept flat to make
 /// planning allocation-free: entry `i` is expert `entries[i].0` with ranges
-/// `ranges[entries[i].1 .. entries[i].2]`, in the planner's visiting order.
+/// `ranges[entries[i].1 .. entries[i].2]`, listed by expert id; the
+/// reference's own order (the order it visits experts, counts descending) is
+/// [`Plan::in_visit_order`]. Transfers are in the reference's order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub gpus: usize,
@@ -118,6 +120,15 @@ impl Plan {
         self.entries
             .iter()
             .map(|&(e, a, b)| (e, &self.ranges[a as usize..b as usize]))
+    }
+
+    /// Entries in the reference's visiting order: token-copies descending,
+    /// equal counts by ascending expert id (an expert's count is the end of
+    /// its last range, since its ranges cover it contiguously).
+    pub fn in_visit_order(&self) -> Vec<(u32, &[Range])> {
+        let mut v: Vec<(u32, &[Range])> = self.iter().collect();
+        v.sort_by_key(|(e, r)| (std::cmp::Reverse(r.last().map_or(0, |x| x.end)), *e));
+        v
     }
 
     /// Ranges of expert `e`, if it has a plan entry.

@@ -7,15 +7,24 @@ use super::{check_shape, Plan, PlanError, PlanParams, Policy, Range, Transfer};
 /// layer allocates nothing once warm.
 #[derive(Debug, Default, Clone)]
 pub struct Planner {
-    order: Vec<u64>,
-    pending: Vec<i64>,
-    assigned: Vec<i64>,
+    /// Effective load per GPU: work placed so far plus native work not yet
+    /// visited (`assigned + pending` of `planner.md`). The reference's state
+    /// enters every decision only through this sum.
+    eff: Vec<i64>,
+    /// Per GPU, its nonzero experts' visit keys in visit order, built the
+    /// first time the GPU goes over capacity (most never do): GPU g's are
+    /// `keys[g * per .. g * per + len[g]]`.
+    keys: Vec<u64>,
+    len: Vec<usize>,
+    built: Vec<bool>,
+    /// Next unvisited position of each GPU in its keys.
+    next: Vec<usize>,
     helpers: Vec<u32>,
     free: Vec<i64>,
     seen: Vec<u64>,
-    /// Native GPU of each expert (a table: integer division per expert
-    /// costs more than the rest of a case-1 visit).
-    native_of: Vec<u16>,
+    /// Ranges of the experts that spilled, and where each expert's are.
+    spilled: Vec<Range>,
+    spill_span: Vec<(u32, u32)>,
 }
 
 /// Sort key for "counts descending, equal counts by ascending expert id".
@@ -24,6 +33,8 @@ pub struct Planner {
 fn visit_key(count: u64, expert: usize) -> u64 {
     ((((1u64 << 48) - 1) - count) << 16) | expert as u64
 }
+
+const NO_SPILL: (u32, u32) = (u32::MAX, u32::MAX);
 
 impl Planner {
     pub fn new() -> Self {
@@ -95,76 +106,106 @@ impl Planner {
         Ok(())
     }
 
-    /// Step 2 of `planner.md`, line by line.
+    /// Step 2 of `planner.md`, exactly, but visiting only the experts that
+    /// can change anything.
+    ///
+    /// With `E` the effective load of an expert's native GPU when it is
+    /// visited, case 1 (keep all) happens iff `E <= cap`, and leaves `E`
+    /// unchanged (pending moves to assigned). So a GPU at or below capacity
+    /// keeps every expert it is visited for, with no effect on any state, until
+    /// a forced spill pushes it over capacity. Only experts of GPUs above
+    /// capacity need visiting, still in the global order (counts descending,
+    /// ties by id): each GPU's experts are sorted once, and the next event is
+    /// the smallest key among GPUs above capacity, each resuming after the
+    /// last visited key. Every other expert is "case 1": one native range.
     fn least_loaded(&mut self, counts: &[u64], p: usize, m: u64, out: &mut Plan) {
         let n = counts.len();
         let per = n / p;
         let cap = out.capacity as i64;
         let m = m as i64;
-        self.pending.clear();
-        self.pending
-            .extend(out.native_loads.iter().map(|&x| x as i64));
-        self.assigned.clear();
-        self.assigned.resize(p, 0);
-        self.order.clear();
-        for (e, &c) in counts.iter().enumerate() {
-            if c > 0 {
-                assert!(c < (1u64 << 48), "expert count {c} too large");
-                self.order.push(visit_key(c, e));
-            }
-        }
-        self.order.sort_unstable();
-        if self.native_of.len() != n || self.native_of.last().map(|&g| g as usize + 1) != Some(p) {
-            self.native_of.clear();
-            self.native_of.extend((0..n).map(|e| (e / per) as u16));
-        }
+        self.eff.clear();
+        self.eff.extend(out.native_loads.iter().map(|&x| x as i64));
+        self.keys.resize(n, 0);
+        self.len.clear();
+        self.len.resize(p, 0);
+        self.built.clear();
+        self.built.resize(p, false);
+        self.next.clear();
+        self.next.resize(p, 0);
+        self.spilled.clear();
+        self.spill_span.clear();
+        self.spill_span.resize(n, NO_SPILL);
 
-        for oi in 0..self.order.len() {
-            let e = (self.order[oi] & 0xFFFF) as usize;
+        let mut last_key = 0u64;
+        loop {
+            // next event: the smallest unvisited key among GPUs above capacity
+            let mut event: Option<(u64, usize)> = None;
+            for g in 0..p {
+                if self.eff[g] <= cap {
+                    continue;
+                }
+                if !self.built[g] {
+                    // first time over capacity: order this GPU's experts now
+                    let keys = &mut self.keys[g * per..(g + 1) * per];
+                    let mut len = 0;
+                    for (i, &c) in counts[g * per..(g + 1) * per].iter().enumerate() {
+                        if c > 0 {
+                            assert!(c < (1u64 << 48), "expert count {c} too large");
+                            keys[len] = visit_key(c, g * per + i);
+                            len += 1;
+                        }
+                    }
+                    keys[..len].sort_unstable();
+                    self.len[g] = len;
+                    self.built[g] = true;
+                }
+                let keys = &self.keys[g * per..g * per + self.len[g]];
+                let mut i = self.next[g];
+                while i < keys.len() && keys[i] < last_key {
+                    i += 1; // visited as case 1 while the GPU was not over capacity
+                }
+                self.next[g] = i;
+                if i < keys.len() && event.is_none_or(|(k, _)| keys[i] < k) {
+                    event = Some((keys[i], g));
+                }
+            }
+            let Some((key, native)) = event else { break };
+            self.next[native] += 1;
+            last_key = key;
+            let e = (key & 0xFFFF) as usize;
             let t = counts[e] as i64;
-            let native = self.native_of[e] as usize;
-            self.pending[native] -= t;
-            let room = cap - (self.assigned[native] + self.pending[native]);
-            let first = out.ranges.len() as u32;
-            if room >= t {
-                // case 1: the native GPU keeps all
-                out.ranges.push(Range {
-                    gpu: native as u32,
-                    start: 0,
-                    end: t as u64,
-                });
-                self.assigned[native] += t;
-            } else if room > 0 {
-                // case 2: keep `room`, spill the rest, re-ranking helpers each chunk
-                out.ranges.push(Range {
+            self.eff[native] -= t;
+            let room = cap - self.eff[native];
+            let first = self.spilled.len() as u32;
+            if room > 0 {
+                // case 2: keep `room`, spill the rest. The reference ranks the
+                // helpers by effective load and takes the first that
+                // qualifies, else forces the rest onto the first. The
+                // least-loaded helper has the most free room, so if it fails
+                // either test every later one fails too: the choice is always
+                // the least-loaded helper (ties: lower id), and only the chunk
+                // size depends on the tests.
+                self.spilled.push(Range {
                     gpu: native as u32,
                     start: 0,
                     end: room as u64,
                 });
-                self.assigned[native] += room;
+                self.eff[native] += room;
                 let mut rest = t - room;
                 let mut off = room;
-                // The reference ranks the helpers by effective load and takes
-                // the first that qualifies, else forces the rest onto the
-                // first. The least-loaded helper has the most free room, so
-                // if it fails either test every later one fails too: the
-                // choice is always the least-loaded helper (ties: lower id),
-                // and only the chunk size depends on the tests. An argmin
-                // gives the same plans without sorting.
                 while rest > 0 {
                     let Some(h) = self.least_loaded_helper(native, p) else {
-                        out.ranges.last_mut().unwrap().end += rest as u64;
-                        self.assigned[native] += rest;
+                        self.spilled.last_mut().unwrap().end += rest as u64;
+                        self.eff[native] += rest;
                         break;
                     };
-                    let free = cap - (self.assigned[h] + self.pending[h]);
+                    let free = cap - self.eff[h];
                     let chunk = if free > 0 && !(free.min(rest) < m && rest > free.min(rest)) {
                         rest.min(free)
                     } else {
                         rest
                     };
-                    push_spill(out, e, native, h, off, chunk);
-                    self.assigned[h] += chunk;
+                    self.spill(out, e, native, h, off, chunk);
                     off += chunk;
                     rest -= chunk;
                 }
@@ -173,12 +214,11 @@ impl Planner {
                 self.sort_helpers(native, p);
                 self.free.clear();
                 for &h in &self.helpers {
-                    let h = h as usize;
-                    self.free.push(cap - (self.assigned[h] + self.pending[h]));
+                    self.free.push(cap - self.eff[h as usize]);
                 }
                 let mut rest = t;
                 let mut off = 0i64;
-                for (hi, &h) in self.helpers.iter().enumerate() {
+                for hi in 0..self.helpers.len() {
                     if rest == 0 {
                         break;
                     }
@@ -190,30 +230,72 @@ impl Planner {
                     if chunk < m && rest > chunk {
                         continue;
                     }
-                    push_spill(out, e, native, h as usize, off, chunk);
-                    self.assigned[h as usize] += chunk;
+                    let h = self.helpers[hi] as usize;
+                    self.spill(out, e, native, h, off, chunk);
                     off += chunk;
                     rest -= chunk;
                 }
                 if rest > 0 {
                     if let Some(&h0) = self.helpers.first() {
-                        push_spill(out, e, native, h0 as usize, off, rest);
-                        self.assigned[h0 as usize] += rest;
+                        self.spill(out, e, native, h0 as usize, off, rest);
                     } else {
-                        out.ranges.push(Range {
+                        self.spilled.push(Range {
                             gpu: native as u32,
                             start: 0,
                             end: t as u64,
                         });
-                        self.assigned[native] += t;
+                        self.eff[native] += t;
                     }
                 }
             }
-            out.entries.push((e as u32, first, out.ranges.len() as u32));
+            self.spill_span[e] = (first, self.spilled.len() as u32);
         }
-        for (g, a) in self.assigned.iter().enumerate() {
-            out.gpu_loads[g] = *a as u64;
+
+        // entries by expert id: spilled experts' ranges, else one native range
+        out.ranges.reserve(n + self.spilled.len());
+        out.entries.reserve(n);
+        for (g, block) in counts.chunks_exact(per).enumerate() {
+            for (i, &c) in block.iter().enumerate() {
+                if c == 0 {
+                    continue;
+                }
+                let e = g * per + i;
+                let first = out.ranges.len() as u32;
+                match self.spill_span[e] {
+                    NO_SPILL => out.ranges.push(Range {
+                        gpu: g as u32,
+                        start: 0,
+                        end: c,
+                    }),
+                    (a, b) => out
+                        .ranges
+                        .extend_from_slice(&self.spilled[a as usize..b as usize]),
+                }
+                out.entries.push((e as u32, first, out.ranges.len() as u32));
+            }
         }
+        for (g, &x) in self.eff.iter().enumerate() {
+            out.gpu_loads[g] = x as u64;
+        }
+    }
+
+    /// Move `chunk` copies of expert `e` from `native` to `h`: a range and
+    /// a weight transfer.
+    fn spill(&mut self, out: &mut Plan, e: usize, native: usize, h: usize, off: i64, chunk: i64) {
+        let (start, end) = (off as u64, (off + chunk) as u64);
+        self.spilled.push(Range {
+            gpu: h as u32,
+            start,
+            end,
+        });
+        out.transfers.push(Transfer {
+            expert: e as u32,
+            src: native as u32,
+            dst: h as u32,
+            start,
+            end,
+        });
+        self.eff[h] += chunk;
     }
 
     /// The GPU other than `native` with the lowest effective load, ties to
@@ -221,7 +303,7 @@ impl Planner {
     fn least_loaded_helper(&self, native: usize, p: usize) -> Option<usize> {
         let mut best: Option<(i64, usize)> = None;
         for g in (0..p).filter(|&g| g != native) {
-            let eff = self.assigned[g] + self.pending[g];
+            let eff = self.eff[g];
             if best.is_none_or(|(b, _)| eff < b) {
                 best = Some((eff, g));
             }
@@ -235,21 +317,9 @@ impl Planner {
         self.helpers.clear();
         self.helpers
             .extend((0..p as u32).filter(|&g| g as usize != native));
-        let (assigned, pending) = (&self.assigned, &self.pending);
-        // insertion sort: P is small and the order is stable
-        for i in 1..self.helpers.len() {
-            let mut j = i;
-            while j > 0 {
-                let a = self.helpers[j - 1] as usize;
-                let b = self.helpers[j] as usize;
-                if assigned[a] + pending[a] > assigned[b] + pending[b] {
-                    self.helpers.swap(j - 1, j);
-                    j -= 1;
-                } else {
-                    break;
-                }
-            }
-        }
+        let eff = &self.eff;
+        // stable: equal loads keep ascending ids
+        self.helpers.sort_by_key(|&g| eff[g as usize]);
     }
 
     fn count_duplicates(&mut self, out: &mut Plan) {
@@ -268,22 +338,6 @@ impl Planner {
         }
         out.duplicate_transfers = dups;
     }
-}
-
-fn push_spill(out: &mut Plan, e: usize, native: usize, h: usize, off: i64, chunk: i64) {
-    let (start, end) = (off as u64, (off + chunk) as u64);
-    out.ranges.push(Range {
-        gpu: h as u32,
-        start,
-        end,
-    });
-    out.transfers.push(Transfer {
-        expert: e as u32,
-        src: native as u32,
-        dst: h as u32,
-        start,
-        end,
-    });
 }
 
 /// `cap = floor(alpha * (total div P))` if that quotient is positive, else
