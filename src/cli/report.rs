@@ -1,16 +1,73 @@
-//! `llep-trace report`.
+//! `llep-trace report`: results files (simulated and/or measured) -> a
+//! folder with an HTML page, a Markdown summary and PNG + SVG plots.
 
 use super::Printer;
+use anyhow::{bail, Context};
 use clap::Args;
+use llep_trace::progress::bar;
+use llep_trace::report::{figure_count, read_input, write_report, ReportOptions};
+use llep_trace::trace::meta::command_line;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Arguments (not implemented yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    /// Results files (Parquet) from `simulate --out` or `replay --out`;
+    /// simulated and measured rows may be mixed.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Folder to write index.html, summary.md and the plots into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Show LLEP at this lambda (default: the best simulated lambda of each setup).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Page title.
+    #[arg(long, default_value = "llep-trace report: EP against LLEP")]
+    pub title: String,
+    /// A line to add under "how this report was made" (repeatable).
+    #[arg(long)]
+    pub note: Vec<String>,
 }
 
-pub fn run(_a: ReportArgs, _p: &Printer) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`llep-trace report` is not implemented in this build yet")
+pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    if let Some(l) = a.lambda {
+        if !(l.is_finite() && l > 0.0) {
+            bail!("--lambda must be a number > 0 (got {l})");
+        }
+    }
+    // Read and check every input before writing anything.
+    let pb = bar(a.results.len() as u64, "reading", p.quiet);
+    let mut inputs = Vec::with_capacity(a.results.len());
+    for path in &a.results {
+        pb.set_message(path.display().to_string());
+        inputs.push(read_input(path)?);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let opts = ReportOptions {
+        title: a.title.clone(),
+        lambda: a.lambda,
+        command: command_line(),
+        notes: a.note.clone(),
+    };
+    let pb = bar(figure_count(&inputs) as u64, "plotting", p.quiet);
+    let written = write_report(&inputs, &opts, &a.out, &|name| {
+        pb.set_message(name.to_string());
+        pb.inc(1);
+    })
+    .with_context(|| format!("writing the report into {}", a.out.display()))?;
+    pb.finish_and_clear();
+    for s in &written.sections {
+        if let Some(m) = &s.missing {
+            p.status(&format!("{}: no plot: {m}", s.title));
+        }
+    }
+    p.status(&format!(
+        "wrote {} files into {}",
+        written.files.len(),
+        written.dir.display()
+    ));
+    p.out(&written.dir.join("index.html").display().to_string())?;
+    Ok(ExitCode::SUCCESS)
 }
