@@ -560,7 +560,7 @@ fn build(
         let mut s = Section {
             id: "accuracy".into(),
             title: "Simulated against measured layer time".into(),
-            caption: "Each point is one measured layer-step under one policy and λ, against the simulation of the same layer-step, setup and policy. On the dashed y = x line the simulation is exact; the dotted lines are ±20%. Error = (simulated − measured) / measured.".into(),
+            caption: "Each point is one measured layer-step under one policy and λ, against the simulation of the same layer-step, setup and policy. On the dashed y = x line the simulation is exact; the dotted lines are measured = simulated × 1.2 and ÷ 1.2. Error = (simulated − measured) / measured.".into(),
             figures: vec![],
             missing: None,
             numbers: vec![],

@@ -310,8 +310,13 @@ impl Figure for SpeedupFig {
                                 .map(|&p| Circle::new(p, 7, col.filled().stroke_width(1))),
                         )
                         .s()?;
+                    let bars = if c.spread.iter().any(Option::is_some) {
+                        " (bars: p10-p90 of timed runs)"
+                    } else {
+                        ""
+                    };
                     entries.push(entry(
-                        format!("LLEP, {name} (bars: p10-p90 of runs)"),
+                        format!("LLEP, {name}{bars}"),
                         col,
                         Mark::Point,
                     ));
@@ -1013,11 +1018,11 @@ impl Figure for ScatterFig {
                 BLACK.stroke_width(2),
             ))
             .s()?;
-        for (band, lbl) in [(1.2, 0), (1.0 / 1.2, 1)] {
-            let _ = lbl;
+        // measured = simulated x 1.2 and / 1.2, each ending inside the chart
+        for end in [(hi / 1.2, hi), (hi, hi / 1.2)] {
             chart
                 .draw_series(DashedLineSeries::new(
-                    vec![(0.0, 0.0), (hi, hi * band)],
+                    vec![(0.0, 0.0), end],
                     3,
                     5,
                     GREY.stroke_width(1),
@@ -1041,13 +1046,13 @@ impl Figure for ScatterFig {
             e.sort_by(f64::total_cmp);
             let med = e[e.len() / 2];
             entries.push(entry(
-                format!("{pol}: {} layer-steps, median |error| {med:.1}%", ps.len()),
+                format!("{pol}: {} points, median |error| {med:.1}%", ps.len()),
                 col,
                 Mark::Point,
             ));
         }
         entries.push(entry("y = x (simulation exact)", BLACK, Mark::Dashed));
-        entries.push(entry("±20%", GREY, Mark::Dotted));
+        entries.push(entry("measured = simulated × 1.2 and ÷ 1.2", GREY, Mark::Dotted));
         legend(&legend_area.margin(40, 0, 0, 0), "legend", &entries)
     }
 }
