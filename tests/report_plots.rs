@@ -132,7 +132,10 @@ fn heatmap_is_load_over_capacity() {
     // OLMoE's worst layer-step is 2.14x the mean: EP is well over capacity.
     assert!(h.ep.iter().flatten().any(|&v| v > 1.5));
     // A lambda that was not simulated falls back to the nearest one.
-    assert_eq!(data::heatmap(rs, key, Some(1.45)).unwrap().lambda, Some(1.5));
+    assert_eq!(
+        data::heatmap(rs, key, Some(1.45)).unwrap().lambda,
+        Some(1.5)
+    );
 }
 
 #[test]
@@ -198,7 +201,7 @@ fn report_writes_every_plot_and_says_what_is_missing() {
         ..Default::default()
     };
     let out = dir.join("out");
-    let w = write_report(&[input.clone()], &opts, &out, &|_| {}).unwrap();
+    let w = write_report(std::slice::from_ref(&input), &opts, &out, &|_| {}).unwrap();
     for stem in [
         "load_heatmap_1",
         "imbalance_cdf",
@@ -206,9 +209,15 @@ fn report_writes_every_plot_and_says_what_is_missing() {
         "phases",
         "memory",
     ] {
-        assert!(png_has_dark_text(&out.join(format!("{stem}.png"))), "{stem}");
+        assert!(
+            png_has_dark_text(&out.join(format!("{stem}.png"))),
+            "{stem}"
+        );
         let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
-        assert!(svg.contains("<text") && svg.contains("sans-serif"), "{stem}");
+        assert!(
+            svg.contains("<text") && svg.contains("sans-serif"),
+            "{stem}"
+        );
     }
     assert!(!out.join("sim_vs_measured.png").exists());
     let html = std::fs::read_to_string(out.join("index.html")).unwrap();
@@ -220,7 +229,12 @@ fn report_writes_every_plot_and_says_what_is_missing() {
     assert_eq!(
         std::fs::read_dir(&out)
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'))
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.'))
             .count(),
         0
     );
@@ -236,7 +250,10 @@ fn report_writes_every_plot_and_says_what_is_missing() {
     write_report(&[input, meas], &opts, &out2, &|_| {}).unwrap();
     assert!(png_has_dark_text(&out2.join("sim_vs_measured.png")));
     let html = std::fs::read_to_string(out2.join("index.html")).unwrap();
-    assert!(html.contains("median |error| 9.09%"), "accuracy numbers on the page");
+    assert!(
+        html.contains("median |error| 9.09%"),
+        "accuracy numbers on the page"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -280,7 +297,9 @@ fn cli_report_end_to_end_and_bad_input() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stdout).trim().ends_with("index.html"));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .ends_with("index.html"));
     assert!(o.stderr.is_empty(), "--quiet prints nothing on stderr");
     assert!(out.join("sim_vs_measured.svg").exists());
     assert_eq!(read_input(&sp).unwrap().rows.len(), sim.len());

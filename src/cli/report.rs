@@ -45,6 +45,17 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if let Some(l) = a.lambda {
+        let present = inputs
+            .iter()
+            .flat_map(|i| &i.rows)
+            .any(|r| r.policy == "llep" && r.lambda == Some(l));
+        if !present {
+            p.warn(&format!(
+                "no LLEP rows at λ={l} in the inputs; the plots show the nearest λ each setup has"
+            ));
+        }
+    }
     let opts = ReportOptions {
         title: a.title.clone(),
         lambda: a.lambda,

@@ -224,7 +224,9 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
             spread: vec![],
             layer_steps: ep.len(),
         };
-        let mut pts: Vec<(f64, f64, f64, Option<(f64, f64)>)> = Vec::new();
+        // (lambda, speedup, total ms, p10-p90 speedup spread)
+        type Point = (f64, f64, f64, Option<(f64, f64)>);
+        let mut pts: Vec<Point> = Vec::new();
         for ((policy, l), a) in acc {
             if a.t <= 0.0 {
                 continue;
@@ -253,21 +255,22 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
     out
 }
 
-/// The lambda the report shows LLEP at, per setup: the user's choice, else
-/// the simulated best (least total time), else the best measured, else
+/// The lambda the report shows LLEP at, per setup: the user's choice
+/// (snapped to the nearest lambda the setup has rows for), else the
+/// simulated best (least total time), else the best measured, else
 /// "always" (`None`).
-pub fn chosen_lambda(
-    curves: &[SpeedupCurve],
-    setup: &SetupKey,
-    user: Option<f64>,
-) -> Option<f64> {
-    if user.is_some() {
-        return user;
+pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64>) -> Option<f64> {
+    let mine: Vec<&SpeedupCurve> = curves.iter().filter(|c| &c.key.setup == setup).collect();
+    if let Some(u) = user {
+        return mine
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.0))
+            .min_by(|a, b| (a - u).abs().total_cmp(&(b - u).abs()))
+            .or(Some(u));
     }
     let pick = |measured: bool| {
-        curves
-            .iter()
-            .filter(|c| &c.key.setup == setup && c.key.measured() == measured)
+        mine.iter()
+            .filter(|c| c.key.measured() == measured)
             .find_map(|c| c.best().map(|b| b.0))
     };
     pick(false).or_else(|| pick(true))
@@ -400,8 +403,18 @@ pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Opt
         let cap = capacity(total, gpus, e.alpha).max(1);
         h.columns.push(*ls);
         h.capacity.push(cap);
-        h.ep.push(e.loads_before.iter().map(|&x| x as f64 / cap as f64).collect());
-        h.llep.push(l.loads_after.iter().map(|&x| x as f64 / cap as f64).collect());
+        h.ep.push(
+            e.loads_before
+                .iter()
+                .map(|&x| x as f64 / cap as f64)
+                .collect(),
+        );
+        h.llep.push(
+            l.loads_after
+                .iter()
+                .map(|&x| x as f64 / cap as f64)
+                .collect(),
+        );
         h.ep_raw.push(e.loads_before.clone());
         h.llep_raw.push(l.loads_after.clone());
         if h.columns.len() == HEATMAP_MAX_COLUMNS {
@@ -411,7 +424,13 @@ pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Opt
     (!h.columns.is_empty()).then_some(h)
 }
 
-pub const PHASES: [&str; 5] = ["overhead", "dispatch", "weight transfer", "compute", "combine"];
+pub const PHASES: [&str; 5] = [
+    "overhead",
+    "dispatch",
+    "weight transfer",
+    "compute",
+    "combine",
+];
 
 /// Mean per-layer-step phase times of one policy in one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -435,7 +454,10 @@ impl PhaseBar {
 }
 
 /// EP, LLEP at the chosen lambda and ideal, per series.
-pub fn phase_bars(rows: &[ResultRow], lambda_of: &dyn Fn(&SetupKey) -> Option<f64>) -> Vec<PhaseBar> {
+pub fn phase_bars(
+    rows: &[ResultRow],
+    lambda_of: &dyn Fn(&SetupKey) -> Option<f64>,
+) -> Vec<PhaseBar> {
     let mut out = Vec::new();
     for (key, rs) in by_series(rows) {
         let lam = lambda_of(&key.setup);

@@ -170,7 +170,8 @@ fn card_bytes(key: &SeriesKey, metas: &[&ResultsMeta]) -> Option<(u64, String)> 
         return builtins
             .iter()
             .find(|p| {
-                p.card.eq_ignore_ascii_case(&key.origin) || dev.contains(&p.name.to_ascii_uppercase())
+                p.card.eq_ignore_ascii_case(&key.origin)
+                    || dev.contains(&p.name.to_ascii_uppercase())
             })
             .map(|p| {
                 (
@@ -190,10 +191,12 @@ fn card_bytes(key: &SeriesKey, metas: &[&ResultsMeta]) -> Option<(u64, String)> 
             }
         }
     }
-    builtins
-        .iter()
-        .find(|p| p.name == key.origin)
-        .map(|p| (p.gpu_mem_bytes, format!("built-in {} profile ({})", p.name, p.card)))
+    builtins.iter().find(|p| p.name == key.origin).map(|p| {
+        (
+            p.gpu_mem_bytes,
+            format!("built-in {} profile ({})", p.name, p.card),
+        )
+    })
 }
 
 const FIG_LIMIT: usize = 6;
@@ -434,8 +437,9 @@ fn build(
                 Some("No series has both EP and LLEP rows, so there is no speedup to plot.".into());
         } else {
             if !curves.iter().any(|c| c.key.measured()) {
-                s.numbers
-                    .push("No measured rows in the inputs: only simulated curves are drawn.".into());
+                s.numbers.push(
+                    "No measured rows in the inputs: only simulated curves are drawn.".into(),
+                );
             }
             fig(
                 stage,

@@ -60,7 +60,15 @@ fn input_lines(inputs: &[Input]) -> Vec<(String, String, usize, String)> {
                 i.path.display().to_string(),
                 i.meta.command.clone(),
                 i.rows.len(),
-                format!("{}{}", sources.join(" + "), if profile.is_empty() { String::new() } else { format!("; profile {profile}") }),
+                format!(
+                    "{}{}",
+                    sources.join(" + "),
+                    if profile.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; profile {profile}")
+                    }
+                ),
             )
         })
         .collect()
@@ -176,7 +184,9 @@ pub fn markdown(
         let cells: Vec<String> = summary_cells(r).iter().map(|c| cell(c)).collect();
         m.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
-    m.push_str("\nSpeedup: EP layer time divided by LLEP layer time, summed over the same layer-steps.\n");
+    m.push_str(
+        "\nSpeedup: EP layer time divided by LLEP layer time, summed over the same layer-steps.\n",
+    );
     for s in sections {
         m.push_str(&format!("\n## {}\n\n{}\n\n", s.title, s.caption));
         if let Some(x) = &s.missing {
@@ -189,7 +199,9 @@ pub fn markdown(
             m.push_str(&format!("- {n}\n"));
         }
     }
-    m.push_str("\n## Inputs\n\n| results file | rows | source | command |\n| --- | --- | --- | --- |\n");
+    m.push_str(
+        "\n## Inputs\n\n| results file | rows | source | command |\n| --- | --- | --- | --- |\n",
+    );
     for (p, cmd, n, src) in input_lines(inputs) {
         m.push_str(&format!(
             "| `{}` | {n} | {} | `{}` |\n",
@@ -201,6 +213,9 @@ pub fn markdown(
     for n in &opts.notes {
         m.push_str(&format!("\n{n}\n"));
     }
-    m.push_str(&format!("\nReport command:\n\n```\n{}\n```\n", opts.command));
+    m.push_str(&format!(
+        "\nReport command:\n\n```\n{}\n```\n",
+        opts.command
+    ));
     m
 }

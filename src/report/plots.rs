@@ -166,18 +166,27 @@ fn legend<DB: DrawingBackend>(
         let c = e.color;
         match e.mark {
             Mark::Line => area
-                .draw(&PathElement::new(vec![(8, yc), (44, yc)], c.stroke_width(3)))
+                .draw(&PathElement::new(
+                    vec![(8, yc), (44, yc)],
+                    c.stroke_width(3),
+                ))
                 .s()?,
             Mark::Dashed => {
                 for x in [8, 22, 36] {
-                    area.draw(&PathElement::new(vec![(x, yc), (x + 9, yc)], c.stroke_width(3)))
-                        .s()?;
+                    area.draw(&PathElement::new(
+                        vec![(x, yc), (x + 9, yc)],
+                        c.stroke_width(3),
+                    ))
+                    .s()?;
                 }
             }
             Mark::Dotted => {
                 for x in (8..44).step_by(7) {
-                    area.draw(&PathElement::new(vec![(x, yc), (x + 3, yc)], c.stroke_width(3)))
-                        .s()?;
+                    area.draw(&PathElement::new(
+                        vec![(x, yc), (x + 3, yc)],
+                        c.stroke_width(3),
+                    ))
+                    .s()?;
                 }
             }
             Mark::Point => area.draw(&Circle::new((26, yc), 6, c.filled())).s()?,
@@ -185,7 +194,10 @@ fn legend<DB: DrawingBackend>(
                 .draw(&Rectangle::new([(10, yc - 8), (42, yc + 8)], c.filled()))
                 .s()?,
             Mark::Tick => area
-                .draw(&PathElement::new(vec![(26, yc - 9), (26, yc + 9)], c.stroke_width(3)))
+                .draw(&PathElement::new(
+                    vec![(26, yc - 9), (26, yc + 9)],
+                    c.stroke_width(3),
+                ))
                 .s()?,
         }
         for (i, line) in wrap(&e.label, chars).iter().enumerate() {
@@ -315,11 +327,7 @@ impl Figure for SpeedupFig {
                     } else {
                         ""
                     };
-                    entries.push(entry(
-                        format!("LLEP, {name}{bars}"),
-                        col,
-                        Mark::Point,
-                    ));
+                    entries.push(entry(format!("LLEP, {name}{bars}"), col, Mark::Point));
                 } else {
                     chart
                         .draw_series(LineSeries::new(c.points.clone(), col.stroke_width(3)))
@@ -679,7 +687,10 @@ impl Figure for HeatmapFig {
                         let x = SegmentValue::Exact(c as i32 + 1);
                         chart
                             .draw_series(std::iter::once(PathElement::new(
-                                vec![(x.clone(), SegmentValue::Exact(0)), (x, SegmentValue::Exact(p))],
+                                vec![
+                                    (x.clone(), SegmentValue::Exact(0)),
+                                    (x, SegmentValue::Exact(p)),
+                                ],
                                 WHITE.stroke_width(3),
                             )))
                             .s()?;
@@ -707,7 +718,10 @@ impl Figure for HeatmapFig {
         cb.draw_series((0..steps_n).map(|i| {
             let a = vmax * i as f64 / steps_n as f64;
             let b = vmax * (i + 1) as f64 / steps_n as f64;
-            Rectangle::new([(0.0, a), (1.0, b)], heat_color((a + b) / 2.0, vmax).filled())
+            Rectangle::new(
+                [(0.0, a), (1.0, b)],
+                heat_color((a + b) / 2.0, vmax).filled(),
+            )
         }))
         .s()?;
         cb.draw_series(std::iter::once(PathElement::new(
@@ -818,9 +832,7 @@ impl Figure for PhaseFig {
                     PHASE_COLORS[k].filled(),
                 );
                 rect.set_margin(6, 6, 0, 0);
-                chart
-                    .draw_series(std::iter::once(rect))
-                    .s()?;
+                chart.draw_series(std::iter::once(rect)).s()?;
                 x0 += v;
             }
             chart
@@ -869,14 +881,7 @@ impl Figure for MemoryFig {
         let mut notes = vec![];
         for (area, p) in areas.iter().zip(&self.panels) {
             let g = p.ep.len().max(p.llep.len());
-            let used = p
-                .ep
-                .iter()
-                .chain(&p.llep)
-                .copied()
-                .max()
-                .unwrap_or(0) as f64
-                / GIB;
+            let used = p.ep.iter().chain(&p.llep).copied().max().unwrap_or(0) as f64 / GIB;
             let cap = p.card_bytes.map(|b| b as f64 / GIB);
             // Draw the capacity in the chart when the bars stay visible
             // beside it; otherwise zoom in and say where the capacity is.
@@ -1052,7 +1057,11 @@ impl Figure for ScatterFig {
             ));
         }
         entries.push(entry("y = x (simulation exact)", BLACK, Mark::Dashed));
-        entries.push(entry("measured = simulated × 1.2 and ÷ 1.2", GREY, Mark::Dotted));
+        entries.push(entry(
+            "measured = simulated × 1.2 and ÷ 1.2",
+            GREY,
+            Mark::Dotted,
+        ));
         legend(&legend_area.margin(40, 0, 0, 0), "legend", &entries)
     }
 }
