@@ -322,3 +322,24 @@ fn cli_report_end_to_end_and_bad_input() {
     assert!(!out_bad.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn same_trace_at_another_batch_size_is_another_series() {
+    let a = olmoe_rows(gates());
+    let b: Vec<ResultRow> = a
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.input_note = "even-split; counts rescaled to 4096 tokens/rank".into();
+            r.t_total_ms *= if r.policy == "ep" { 1.0 } else { 2.0 };
+            r
+        })
+        .collect();
+    let all: Vec<ResultRow> = a.iter().chain(&b).cloned().collect();
+    let curves = data::speedup_curves(&all);
+    assert_eq!(curves.len(), 2);
+    assert!((curves[0].points[0].1 - 2.0 * curves[1].points[0].1).abs() < 1e-9);
+    assert!(data::knobs_vary(&all));
+    assert!(curves[1].key.label(true).contains("4096 tokens/rank"));
+    assert!(!data::knobs_vary(&a));
+}

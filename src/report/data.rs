@@ -13,6 +13,9 @@ pub struct SetupKey {
     pub gpus: u32,
     pub alpha_bits: u64,
     pub min_gemm: u64,
+    /// How the per-rank loads were made (`input_note`): the same trace
+    /// rescaled to another batch size is another setup.
+    pub input: String,
 }
 
 impl SetupKey {
@@ -23,6 +26,15 @@ impl SetupKey {
             gpus: r.gpus,
             alpha_bits: r.alpha.to_bits(),
             min_gemm: r.min_gemm,
+            input: r.input_note.clone(),
+        }
+    }
+    /// The same setup whatever the input note says (for joining measured
+    /// rows to simulated ones, whose notes may be worded differently).
+    fn loose(&self) -> Self {
+        Self {
+            input: String::new(),
+            ..self.clone()
         }
     }
     pub fn alpha(&self) -> f64 {
@@ -37,6 +49,9 @@ impl SetupKey {
         s.push_str(&format!(", {} GPUs", self.gpus));
         if with_knobs {
             s.push_str(&format!(", α={} m={}", self.alpha(), self.min_gemm));
+            if !self.input.is_empty() {
+                s.push_str(&format!(", loads: {}", self.input));
+            }
         }
         s
     }
@@ -98,15 +113,14 @@ fn trim_float(v: f64) -> String {
     s.to_string()
 }
 
-/// True when more than one (alpha, m) pair appears, so labels must say which.
+/// True when more than one (alpha, m, input note) appears among the rows of
+/// one trace, so labels must say which.
 pub fn knobs_vary(rows: &[ResultRow]) -> bool {
-    let mut seen: Option<(u64, u64)> = None;
-    for r in rows {
-        let k = (r.alpha.to_bits(), r.min_gemm);
-        match seen {
-            None => seen = Some(k),
-            Some(s) if s != k => return true,
-            _ => {}
+    let mut seen: HashMap<&str, (u64, u64, &str)> = HashMap::new();
+    for r in rows.iter().filter(|r| r.source != SOURCE_MEASURED) {
+        let k = (r.alpha.to_bits(), r.min_gemm, r.input_note.as_str());
+        if *seen.entry(r.trace.as_str()).or_insert(k) != k {
+            return true;
         }
     }
     false
@@ -517,6 +531,8 @@ pub struct MemoryPanel {
     pub ep: Vec<u64>,
     pub llep: Vec<u64>,
     pub oom_rows: usize,
+    /// Layer-steps that run out of memory under EP.
+    pub ep_oom_rows: usize,
     /// The card's memory, when known (filled by the caller from profiles).
     pub card_bytes: Option<u64>,
 }
@@ -546,12 +562,14 @@ pub fn memory_panels(
             ep: vec![0; gpus],
             llep: vec![0; gpus],
             oom_rows: 0,
+            ep_oom_rows: 0,
             card_bytes: None,
         };
         let mut any = (false, false);
         for r in &rs {
             let dst = if r.policy == "ep" {
                 any.0 = true;
+                p.ep_oom_rows += r.oom as usize;
                 &mut p.ep
             } else if r.policy == "llep" && lkey(r.lambda) == lkey(lam) {
                 any.1 = true;
@@ -599,7 +617,7 @@ pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
     type K = (SetupKey, u32, u32, String, Option<u64>);
     let k = |r: &ResultRow| -> K {
         (
-            SetupKey::of(r),
+            SetupKey::of(r).loose(),
             r.step,
             r.layer,
             r.policy.clone(),
@@ -615,10 +633,8 @@ pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
         let Some(cands) = sims.get(&k(m)) else {
             continue;
         };
-        let s = cands
-            .iter()
-            .find(|s| s.device == m.device)
-            .unwrap_or(&cands[0]);
+        let rank = |s: &&&ResultRow| (s.input_note != m.input_note, s.device != m.device);
+        let s = cands.iter().min_by_key(rank).unwrap_or(&cands[0]);
         if m.t_total_ms <= 0.0 {
             continue;
         }

@@ -239,7 +239,12 @@ pub fn write_report(
 pub fn figure_count(inputs: &[Input]) -> usize {
     let rows: Vec<ResultRow> = inputs.iter().flat_map(|i| i.rows.iter().cloned()).collect();
     let series = data::by_series(&rows).len().min(FIG_LIMIT);
-    (series + 5) * 2
+    let measured = rows
+        .iter()
+        .any(|r| r.source == crate::results::SOURCE_MEASURED) as usize;
+    // heatmaps, then CDF, speedup, phases, memory, and the accuracy plot
+    // when there are measured rows; each as PNG and SVG
+    (series + 4 + measured) * 2
 }
 
 fn fig(
@@ -520,7 +525,7 @@ fn build(
             p.card_bytes = cap.as_ref().map(|c| c.0);
             let mx = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
             s.numbers.push(format!(
-                "{}: peak EP {:.3} GiB (GPU {}), LLEP {} {:.3} GiB (GPU {}); card {}; {} OOM layer-steps under LLEP.",
+                "{}: peak EP {:.3} GiB (GPU {}), LLEP {} {:.3} GiB (GPU {}); card {}; out of memory in {} layer-steps under EP and {} under LLEP.",
                 p.key.label(knobs),
                 gib(mx(&p.ep)),
                 argmax(&p.ep),
@@ -531,6 +536,7 @@ fn build(
                     Some((b, src)) => format!("{:.1} GiB from the {src}", gib(*b)),
                     None => "capacity unknown".into(),
                 },
+                p.ep_oom_rows,
                 p.oom_rows
             ));
         }

@@ -15,8 +15,9 @@ fn opt(v: Option<f64>, digits: usize, suffix: &str) -> String {
         .map_or("-".into(), |x| format!("{x:.digits$}{suffix}"))
 }
 
-fn summary_cells(r: &SummaryRow) -> [String; 8] {
+fn summary_cells(i: usize, r: &SummaryRow) -> [String; 9] {
     [
+        format!("#{}", i + 1),
         r.series.clone(),
         r.layer_steps.to_string(),
         opt(Some(r.mean_ratio), 3, ""),
@@ -28,7 +29,8 @@ fn summary_cells(r: &SummaryRow) -> [String; 8] {
     ]
 }
 
-const SUMMARY_HEAD: [&str; 8] = [
+const SUMMARY_HEAD: [&str; 9] = [
+    "#",
     "series",
     "layer-steps",
     "mean max/mean load",
@@ -91,7 +93,7 @@ body {{ font-family: "DejaVu Sans", "Helvetica Neue", Arial, sans-serif; margin:
 h1 {{ font-size: 1.7em; }} h2 {{ margin-top: 2em; border-bottom: 1px solid #ddd; padding-bottom: .2em; }}
 table {{ border-collapse: collapse; margin: 1em 0; font-size: .92em; }}
 th, td {{ border: 1px solid #ccc; padding: .3em .6em; text-align: right; }}
-th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child, td:nth-child(2), th:nth-child(2) {{ text-align: left; }}
 img {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 .missing {{ background: #fff7e0; border-left: 4px solid #e0a800; padding: .6em 1em; }}
 .numbers {{ font-size: .9em; color: #333; }}
@@ -111,9 +113,9 @@ nav a {{ margin-right: 1em; }}
         h.push_str(&format!("<th>{}</th>", esc(c)));
     }
     h.push_str("</tr>\n");
-    for r in summary {
+    for (i, r) in summary.iter().enumerate() {
         h.push_str("<tr>");
-        for c in summary_cells(r) {
+        for c in summary_cells(i, r) {
             h.push_str(&format!("<td>{}</td>", esc(&c)));
         }
         h.push_str("</tr>\n");
@@ -180,8 +182,8 @@ pub fn markdown(
     let mut m = format!("# {}\n\n## Summary\n\n", opts.title);
     m.push_str(&format!("| {} |\n", SUMMARY_HEAD.join(" | ")));
     m.push_str(&format!("|{}\n", " --- |".repeat(SUMMARY_HEAD.len())));
-    for r in summary {
-        let cells: Vec<String> = summary_cells(r).iter().map(|c| cell(c)).collect();
+    for (i, r) in summary.iter().enumerate() {
+        let cells: Vec<String> = summary_cells(i, r).iter().map(|c| cell(c)).collect();
         m.push_str(&format!("| {} |\n", cells.join(" | ")));
     }
     m.push_str(

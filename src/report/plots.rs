@@ -222,6 +222,19 @@ fn seg(n: i32) -> std::ops::Range<i32> {
     }
 }
 
+/// Tick label with as many decimals as the axis span needs.
+fn ms_label(v: f64, span: f64) -> String {
+    if span >= 100.0 {
+        format!("{v:.0}")
+    } else if span >= 10.0 {
+        format!("{v:.1}")
+    } else if span >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
 fn pad_range(lo: f64, hi: f64, frac: f64) -> (f64, f64) {
     let span = (hi - lo).abs().max(1e-9);
     (lo - span * frac, hi + span * frac)
@@ -607,14 +620,14 @@ impl Figure for HeatmapFig {
             (
                 &h.ep,
                 format!(
-                    "EP: native token-copies per GPU (peak {:.2}× capacity)",
+                    "EP: native token-copies per GPU (peak {:.3}× capacity)",
                     h.ep.iter().flatten().copied().fold(0.0f64, f64::max)
                 ),
             ),
             (
                 &h.llep,
                 format!(
-                    "LLEP {}: token-copies each GPU computes (peak {:.2}× capacity)",
+                    "LLEP {}: token-copies each GPU computes (peak {:.3}× capacity)",
                     lambda_label(h.lambda),
                     h.llep.iter().flatten().copied().fold(0.0f64, f64::max)
                 ),
@@ -775,10 +788,17 @@ impl Figure for PhaseFig {
             .fold(0.0f64, f64::max)
             .max(1e-6)
             * 1.05;
+        let mut order: Vec<&super::data::SeriesKey> = vec![];
+        for b in &self.bars {
+            if !order.contains(&&b.key) {
+                order.push(&b.key);
+            }
+        }
         let labels: Vec<String> = self
             .bars
             .iter()
             .map(|b| {
+                let idx = order.iter().position(|k| *k == &b.key).unwrap_or(0) + 1;
                 let src = if b.key.measured() {
                     "measured".to_string()
                 } else {
@@ -788,7 +808,11 @@ impl Figure for PhaseFig {
                 if !b.key.setup.scenario.is_empty() {
                     s = format!("{} [{}]", s, b.key.setup.scenario);
                 }
-                format!("{s} P={} {src} · {}", b.key.setup.gpus, b.policy_label())
+                format!(
+                    "#{idx} {s} P={} {src} · {}",
+                    b.key.setup.gpus,
+                    b.policy_label()
+                )
             })
             .collect();
         let longest = labels.iter().map(|l| l.chars().count()).max().unwrap_or(10) as u32;
@@ -803,10 +827,10 @@ impl Figure for PhaseFig {
             .configure_mesh()
             .disable_y_mesh()
             .y_labels(n as usize)
-            .x_desc("mean time per layer-step (ms)")
+            .x_desc("mean time per layer-step (ms); #n = row n of the summary table")
             .axis_desc_style(text(17))
             .label_style(text(14))
-            .x_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| ms_label(*v, xmax))
             .y_label_formatter(&|v| match v {
                 SegmentValue::CenterOf(i) => labels
                     .get((n - 1 - *i) as usize)
@@ -893,9 +917,17 @@ impl Figure for MemoryFig {
             let mut chart = ChartBuilder::on(area)
                 .caption(
                     format!(
-                        "{} · LLEP {}",
+                        "{} · LLEP {}{}",
                         p.key.label(self.with_knobs),
-                        lambda_label(p.lambda)
+                        lambda_label(p.lambda),
+                        if p.ep_oom_rows + p.oom_rows > 0 {
+                            format!(
+                                " · out of memory in {} (EP) and {} (LLEP) layer-steps",
+                                p.ep_oom_rows, p.oom_rows
+                            )
+                        } else {
+                            String::new()
+                        }
                     ),
                     text(16),
                 )
@@ -1010,8 +1042,8 @@ impl Figure for ScatterFig {
             .y_desc("measured layer time (ms)")
             .axis_desc_style(text(17))
             .label_style(text(15))
-            .x_label_formatter(&|v| format!("{v:.3}"))
-            .y_label_formatter(&|v| format!("{v:.3}"))
+            .x_label_formatter(&|v| ms_label(*v, hi))
+            .y_label_formatter(&|v| ms_label(*v, hi))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()
             .s()?;
