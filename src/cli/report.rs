@@ -6,7 +6,6 @@ use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::progress::bar;
 use llep_trace::report::{figure_count, read_input, write_report, ReportOptions};
-use llep_trace::trace::meta::command_line;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -59,7 +58,7 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let opts = ReportOptions {
         title: a.title.clone(),
         lambda: a.lambda,
-        command: command_line(),
+        command: quoted_command_line(),
         notes: a.note.clone(),
     };
     let pb = bar(figure_count(&inputs) as u64, "plotting", p.quiet);
@@ -81,4 +80,21 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     ));
     p.out(&written.dir.join("index.html").display().to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The command line, quoted so it can be pasted back into a POSIX shell.
+fn quoted_command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

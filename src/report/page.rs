@@ -99,6 +99,7 @@ img {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 .numbers {{ font-size: .9em; color: #333; }}
 code, pre {{ background: #f6f6f6; font-size: .88em; }} pre {{ padding: .6em; overflow-x: auto; white-space: pre-wrap; }}
 nav a {{ margin-right: 1em; }}
+table.inputs td, table.inputs th {{ text-align: left; }}
 </style></head><body>
 <h1>{t}</h1>
 "#,
@@ -151,7 +152,7 @@ nav a {{ margin-right: 1em; }}
             h.push_str("</ul>\n");
         }
     }
-    h.push_str("<h2 id=\"inputs\">Inputs and how this report was made</h2>\n<table><tr><th>results file</th><th>rows</th><th>source</th><th>command that wrote it</th></tr>\n");
+    h.push_str("<h2 id=\"inputs\">Inputs and how this report was made</h2>\n<table class=\"inputs\"><tr><th>results file</th><th>rows</th><th>source</th><th>command that wrote it</th></tr>\n");
     for (p, cmd, n, src) in input_lines(inputs) {
         h.push_str(&format!(
             "<tr><td><code>{}</code></td><td>{n}</td><td>{}</td><td style=\"text-align:left\"><code>{}</code></td></tr>\n",
