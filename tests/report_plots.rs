@@ -247,13 +247,19 @@ fn report_writes_every_plot_and_says_what_is_missing() {
         rows: fixture_measured(&sim, 1.1),
     };
     let out2 = dir.join("out2");
-    write_report(&[input, meas], &opts, &out2, &|_| {}).unwrap();
+    write_report(&[input.clone(), meas], &opts, &out2, &|_| {}).unwrap();
     assert!(png_has_dark_text(&out2.join("sim_vs_measured.png")));
     let html = std::fs::read_to_string(out2.join("index.html")).unwrap();
     assert!(
         html.contains("median |error| 9.09%"),
         "accuracy numbers on the page"
     );
+    // Rewriting with simulated rows only drops the stale accuracy plot and
+    // the measured series' heatmap.
+    write_report(std::slice::from_ref(&input), &opts, &out2, &|_| {}).unwrap();
+    assert!(!out2.join("sim_vs_measured.png").exists());
+    assert!(!out2.join("load_heatmap_2.svg").exists());
+    assert!(out2.join("load_heatmap_1.svg").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

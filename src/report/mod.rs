@@ -227,12 +227,45 @@ pub fn write_report(
             std::fs::rename(f, &dest).map_err(|e| ReportError::Io(dest.clone(), e))?;
             moved.push(dest);
         }
+        remove_stale_figures(out, &moved);
         w.files = moved;
         w.dir = out.to_path_buf();
         Ok(w)
     });
     let _ = std::fs::remove_dir_all(&stage);
     res
+}
+
+/// Figures an earlier report left in `out` that this one did not draw
+/// (fewer heatmaps, no accuracy plot) would sit beside a page that no
+/// longer mentions them; remove them. Only names this module writes.
+fn remove_stale_figures(out: &Path, keep: &[PathBuf]) {
+    let ours = |name: &str| {
+        let stem = name
+            .strip_suffix(".png")
+            .or_else(|| name.strip_suffix(".svg"));
+        stem.is_some_and(|s| {
+            s.starts_with("load_heatmap_")
+                || [
+                    "imbalance_cdf",
+                    "speedup_vs_lambda",
+                    "phases",
+                    "memory",
+                    "sim_vs_measured",
+                ]
+                .contains(&s)
+        })
+    };
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if ours(&name) && !keep.contains(&p) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// Number of figure files `write_report` will draw (for a progress bar).
