@@ -326,6 +326,23 @@ fn cli_report_end_to_end_and_bad_input() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("bad.parquet"), "{err}");
     assert!(!out_bad.exists());
+
+    // A trace instead of results: the error says what to run.
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/olmoe-1b-7b.parquet");
+    let o = Command::new(exe)
+        .arg("report")
+        .arg(&trace)
+        .arg("--out")
+        .arg(&out_bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("this is a trace") && err.contains("llep-trace simulate"),
+        "{err}"
+    );
+    assert!(!out_bad.exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -40,7 +40,16 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let mut inputs = Vec::with_capacity(a.results.len());
     for path in &a.results {
         pb.set_message(path.display().to_string());
-        inputs.push(read_input(path)?);
+        match read_input(path) {
+            Ok(i) => inputs.push(i),
+            // A trace is the most likely wrong input: say what to run.
+            Err(_) if llep_trace::trace::parquet_io::read_meta(path).is_ok() => bail!(
+                "{}: this is a trace, not a results file; run `llep-trace simulate --trace {} --ratio always,1.0:3.0:0.05 --out results.parquet` and report on that",
+                path.display(),
+                path.display()
+            ),
+            Err(e) => return Err(e.into()),
+        }
         pb.inc(1);
     }
     pb.finish_and_clear();
