@@ -1,16 +1,109 @@
-//! `llep-trace report`.
+//! `llep-trace report`: results files (simulated and/or measured) -> a
+//! folder with an HTML page, a Markdown summary and PNG + SVG plots.
 
 use super::Printer;
+use anyhow::{bail, Context};
 use clap::Args;
+use llep_trace::progress::bar;
+use llep_trace::report::{figure_count, read_input, write_report, ReportOptions};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct ReportArgs {
-    /// Arguments (not implemented yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    rest: Vec<String>,
+    /// Results files (Parquet) from `simulate --out` or `replay --out`;
+    /// simulated and measured rows may be mixed.
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Folder to write index.html, summary.md and the plots into.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Show LLEP at this lambda (default: the best simulated lambda of each setup).
+    #[arg(long)]
+    pub lambda: Option<f64>,
+    /// Page title.
+    #[arg(long, default_value = "llep-trace report: EP against LLEP")]
+    pub title: String,
+    /// A line to add under "how this report was made" (repeatable).
+    #[arg(long)]
+    pub note: Vec<String>,
 }
 
-pub fn run(_a: ReportArgs, _p: &Printer) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`llep-trace report` is not implemented in this build yet")
+pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    if let Some(l) = a.lambda {
+        if !(l.is_finite() && l > 0.0) {
+            bail!("--lambda must be a number > 0 (got {l})");
+        }
+    }
+    // Read and check every input before writing anything.
+    let pb = bar(a.results.len() as u64, "reading", p.quiet);
+    let mut inputs = Vec::with_capacity(a.results.len());
+    for path in &a.results {
+        pb.set_message(path.display().to_string());
+        match read_input(path) {
+            Ok(i) => inputs.push(i),
+            // A trace is the most likely wrong input: say what to run.
+            Err(_) if llep_trace::trace::parquet_io::read_meta(path).is_ok() => bail!(
+                "{}: this is a trace, not a results file; run `llep-trace simulate --trace {} --ratio always,1.0:3.0:0.05 --out results.parquet` and report on that",
+                path.display(),
+                path.display()
+            ),
+            Err(e) => return Err(e.into()),
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if let Some(l) = a.lambda {
+        let present = inputs
+            .iter()
+            .flat_map(|i| &i.rows)
+            .any(|r| r.policy == "llep" && r.lambda == Some(l));
+        if !present {
+            p.warn(&format!(
+                "no LLEP rows at λ={l} in the inputs; the plots show the nearest λ each setup has"
+            ));
+        }
+    }
+    let opts = ReportOptions {
+        title: a.title.clone(),
+        lambda: a.lambda,
+        command: quoted_command_line(),
+        notes: a.note.clone(),
+    };
+    let pb = bar(figure_count(&inputs) as u64, "plotting", p.quiet);
+    let written = write_report(&inputs, &opts, &a.out, &|name| {
+        pb.set_message(name.to_string());
+        pb.inc(1);
+    })
+    .with_context(|| format!("writing the report into {}", a.out.display()))?;
+    pb.finish_and_clear();
+    for s in &written.sections {
+        if let Some(m) = &s.missing {
+            p.status(&format!("{}: no plot: {m}", s.title));
+        }
+    }
+    p.status(&format!(
+        "wrote {} files into {}",
+        written.files.len(),
+        written.dir.display()
+    ));
+    p.out(&written.dir.join("index.html").display().to_string())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The command line, quoted so it can be pasted back into a POSIX shell.
+fn quoted_command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }

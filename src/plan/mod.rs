@@ -11,7 +11,7 @@ mod dispatch;
 mod reference;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
-pub use reference::Planner;
+pub use reference::{capacity, Planner};
 
 use serde::Serialize;
 use std::fmt;

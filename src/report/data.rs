@@ -1,0 +1,670 @@
+//! What the plots show, computed from result rows alone (no drawing here), so
+//! every number on a chart can be tested against the rows it came from.
+
+use crate::plan::capacity;
+use crate::results::{ResultRow, SOURCE_MEASURED, SOURCE_SIMULATED};
+use std::collections::{BTreeMap, HashMap};
+
+/// One experimental setup: the same routing under the same planner knobs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetupKey {
+    pub trace: String,
+    pub scenario: String,
+    pub gpus: u32,
+    pub alpha_bits: u64,
+    pub min_gemm: u64,
+    /// How the per-rank loads were made (`input_note`): the same trace
+    /// rescaled to another batch size is another setup.
+    pub input: String,
+}
+
+impl SetupKey {
+    pub fn of(r: &ResultRow) -> Self {
+        Self {
+            trace: r.trace.clone(),
+            scenario: r.scenario.clone(),
+            gpus: r.gpus,
+            alpha_bits: r.alpha.to_bits(),
+            min_gemm: r.min_gemm,
+            input: r.input_note.clone(),
+        }
+    }
+    /// The same setup whatever the input note says (for joining measured
+    /// rows to simulated ones, whose notes may be worded differently).
+    fn loose(&self) -> Self {
+        Self {
+            input: String::new(),
+            ..self.clone()
+        }
+    }
+    pub fn alpha(&self) -> f64 {
+        f64::from_bits(self.alpha_bits)
+    }
+    /// Short label, e.g. "olmoe-1b-7b.parquet, 8 GPUs" or with the scenario.
+    pub fn label(&self, with_knobs: bool) -> String {
+        let mut s = trace_stem(&self.trace);
+        if !self.scenario.is_empty() {
+            s.push_str(&format!(" [{}]", self.scenario));
+        }
+        s.push_str(&format!(", {} GPUs", self.gpus));
+        if with_knobs {
+            s.push_str(&format!(", α={} m={}", self.alpha(), self.min_gemm));
+            if !self.input.is_empty() {
+                s.push_str(&format!(", loads: {}", self.input));
+            }
+        }
+        s
+    }
+}
+
+/// Setup plus where the numbers came from: simulated with a profile, or
+/// measured on a device.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub setup: SetupKey,
+    pub source: String,
+    /// Profile name for simulated rows, device name for measured ones.
+    pub origin: String,
+}
+
+impl SeriesKey {
+    pub fn of(r: &ResultRow) -> Self {
+        Self {
+            setup: SetupKey::of(r),
+            source: r.source.clone(),
+            origin: if r.source == SOURCE_MEASURED {
+                r.device.clone()
+            } else {
+                r.profile.clone()
+            },
+        }
+    }
+    pub fn measured(&self) -> bool {
+        self.source == SOURCE_MEASURED
+    }
+    pub fn label(&self, with_knobs: bool) -> String {
+        let how = if self.measured() {
+            format!("measured on {}", self.origin)
+        } else if self.source == SOURCE_SIMULATED {
+            format!("simulated, {} profile", self.origin)
+        } else {
+            format!("{}, {}", self.source, self.origin)
+        };
+        format!("{} ({how})", self.setup.label(with_knobs))
+    }
+}
+
+/// "olmoe-1b-7b.parquet" -> "olmoe-1b-7b".
+pub fn trace_stem(t: &str) -> String {
+    t.strip_suffix(".parquet").unwrap_or(t).to_string()
+}
+
+/// "λ=1.3" or "λ=always".
+pub fn lambda_label(l: Option<f64>) -> String {
+    match l {
+        Some(v) => format!("λ={}", trim_float(v)),
+        None => "λ=always".into(),
+    }
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_string()
+}
+
+/// True when more than one (alpha, m, input note) appears among the rows of
+/// one trace, so labels must say which.
+pub fn knobs_vary(rows: &[ResultRow]) -> bool {
+    let mut seen: HashMap<&str, (u64, u64, &str)> = HashMap::new();
+    for r in rows.iter().filter(|r| r.source != SOURCE_MEASURED) {
+        let k = (r.alpha.to_bits(), r.min_gemm, r.input_note.as_str());
+        if *seen.entry(r.trace.as_str()).or_insert(k) != k {
+            return true;
+        }
+    }
+    false
+}
+
+fn lkey(l: Option<f64>) -> Option<u64> {
+    l.map(f64::to_bits)
+}
+
+/// Rows of each series, in first-seen order.
+pub fn by_series(rows: &[ResultRow]) -> Vec<(SeriesKey, Vec<&ResultRow>)> {
+    let mut order: Vec<SeriesKey> = Vec::new();
+    let mut map: HashMap<SeriesKey, Vec<&ResultRow>> = HashMap::new();
+    for r in rows {
+        let k = SeriesKey::of(r);
+        map.entry(k.clone())
+            .or_insert_with(|| {
+                order.push(k.clone());
+                Vec::new()
+            })
+            .push(r);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let v = map.remove(&k).unwrap_or_default();
+            (k, v)
+        })
+        .collect()
+}
+
+/// Speedup over EP of LLEP at each lambda for one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeedupCurve {
+    pub key: SeriesKey,
+    /// (lambda, EP time / LLEP time) for numeric lambdas, sorted by lambda.
+    pub points: Vec<(f64, f64)>,
+    /// Speedup of LLEP with the gate off (always plan), if present.
+    pub always: Option<f64>,
+    /// Speedup of the ideal bound, if present.
+    pub ideal: Option<f64>,
+    /// (lambda, total ms) for the numeric lambdas, summed over the
+    /// layer-steps that have an EP row, sorted by lambda.
+    pub totals: Vec<(f64, f64)>,
+    /// p10 and p90 of measured totals turned into speedups, per point.
+    pub spread: Vec<Option<(f64, f64)>>,
+    pub layer_steps: usize,
+}
+
+impl SpeedupCurve {
+    /// The lambda with the least total time (ties: the smaller lambda), and
+    /// its speedup.
+    pub fn best(&self) -> Option<(f64, f64)> {
+        let i = (0..self.totals.len())
+            .min_by(|&a, &b| self.totals[a].1.total_cmp(&self.totals[b].1))?;
+        Some(self.points[i])
+    }
+}
+
+/// Speedup curves, one per series that has EP rows and LLEP rows. Each
+/// speedup sums EP time and policy time over the same layer-steps (those
+/// present under both), so a partial measured run is compared fairly.
+pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
+    let mut out = Vec::new();
+    for (key, rs) in by_series(rows) {
+        let ep: HashMap<(u32, u32), &ResultRow> = rs
+            .iter()
+            .filter(|r| r.policy == "ep")
+            .map(|r| ((r.step, r.layer), *r))
+            .collect();
+        if ep.is_empty() {
+            continue;
+        }
+        // policy/lambda -> (policy sum, matching EP sum, p10 sum, p90 sum, all spreads present)
+        #[derive(Default)]
+        struct Acc {
+            t: f64,
+            ep: f64,
+            p10: f64,
+            p90: f64,
+            spread: bool,
+            n: usize,
+        }
+        let mut acc: BTreeMap<(String, Option<u64>), Acc> = BTreeMap::new();
+        for r in &rs {
+            if r.policy == "ep" {
+                continue;
+            }
+            let Some(e) = ep.get(&(r.step, r.layer)) else {
+                continue;
+            };
+            let a = acc
+                .entry((r.policy.clone(), lkey(r.lambda)))
+                .or_insert_with(|| Acc {
+                    spread: true,
+                    ..Default::default()
+                });
+            a.t += r.t_total_ms;
+            a.ep += e.t_total_ms;
+            a.n += 1;
+            match (r.t_total_p10_ms, r.t_total_p90_ms) {
+                (Some(lo), Some(hi)) => {
+                    a.p10 += lo;
+                    a.p90 += hi;
+                }
+                _ => a.spread = false,
+            }
+        }
+        let mut c = SpeedupCurve {
+            key,
+            points: vec![],
+            always: None,
+            ideal: None,
+            totals: vec![],
+            spread: vec![],
+            layer_steps: ep.len(),
+        };
+        // (lambda, speedup, total ms, p10-p90 speedup spread)
+        type Point = (f64, f64, f64, Option<(f64, f64)>);
+        let mut pts: Vec<Point> = Vec::new();
+        for ((policy, l), a) in acc {
+            if a.t <= 0.0 {
+                continue;
+            }
+            let s = a.ep / a.t;
+            match (policy.as_str(), l) {
+                ("llep", Some(b)) => {
+                    // The p90 time gives the low speedup and the p10 the high one.
+                    let sp = (a.spread && a.p10 > 0.0).then(|| (a.ep / a.p90, a.ep / a.p10));
+                    pts.push((f64::from_bits(b), s, a.t, sp));
+                }
+                ("llep", None) => c.always = Some(s),
+                ("ideal", _) => c.ideal = Some(s),
+                _ => {}
+            }
+        }
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        c.points = pts.iter().map(|p| (p.0, p.1)).collect();
+        c.totals = pts.iter().map(|p| (p.0, p.2)).collect();
+        c.spread = pts.iter().map(|p| p.3).collect();
+        if c.points.is_empty() && c.always.is_none() && c.ideal.is_none() {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The lambda the report shows LLEP at, per setup: the user's choice
+/// (snapped to the nearest lambda the setup has rows for), else the
+/// simulated best (least total time), else the best measured, else
+/// "always" (`None`).
+pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64>) -> Option<f64> {
+    let mine: Vec<&SpeedupCurve> = curves.iter().filter(|c| &c.key.setup == setup).collect();
+    if let Some(u) = user {
+        return mine
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.0))
+            .min_by(|a, b| (a - u).abs().total_cmp(&(b - u).abs()))
+            .or(Some(u));
+    }
+    let pick = |measured: bool| {
+        mine.iter()
+            .filter(|c| c.key.measured() == measured)
+            .find_map(|c| c.best().map(|b| b.0))
+    };
+    pick(false).or_else(|| pick(true))
+}
+
+/// Imbalance (max/mean native GPU load) of every layer-step of a setup.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImbalanceCdf {
+    pub setup: SetupKey,
+    /// Sorted ascending.
+    pub ratios: Vec<f64>,
+}
+
+impl ImbalanceCdf {
+    /// Fraction of layer-steps on which LLEP switches on at `lambda`
+    /// (ratio >= lambda, as the reference gates it).
+    pub fn on_fraction(&self, lambda: f64) -> f64 {
+        if self.ratios.is_empty() {
+            return 0.0;
+        }
+        let off = self.ratios.partition_point(|&r| r < lambda);
+        (self.ratios.len() - off) as f64 / self.ratios.len() as f64
+    }
+}
+
+/// One CDF per setup; each layer-step counted once whatever its policies.
+pub fn imbalance_cdfs(rows: &[ResultRow]) -> Vec<ImbalanceCdf> {
+    let mut order: Vec<SetupKey> = vec![];
+    let mut seen: HashMap<SetupKey, BTreeMap<(u32, u32), f64>> = HashMap::new();
+    for r in rows {
+        let k = SetupKey::of(r);
+        let m = seen.entry(k.clone()).or_insert_with(|| {
+            order.push(k.clone());
+            BTreeMap::new()
+        });
+        // EP rows carry the native ratio; every policy's row does too.
+        m.entry((r.step, r.layer)).or_insert(r.imbalance_ratio);
+    }
+    order
+        .into_iter()
+        .map(|k| {
+            let mut ratios: Vec<f64> = seen.remove(&k).unwrap_or_default().into_values().collect();
+            ratios.sort_by(f64::total_cmp);
+            ImbalanceCdf { setup: k, ratios }
+        })
+        .collect()
+}
+
+/// Per-GPU load over layer-steps, EP (native) against LLEP at one lambda,
+/// in units of the planner's capacity for that layer-step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    pub key: SeriesKey,
+    pub lambda: Option<f64>,
+    /// (step, layer) of each column, step-major.
+    pub columns: Vec<(u32, u32)>,
+    pub capacity: Vec<u64>,
+    /// `ep[c][g]`: load of GPU g at column c divided by capacity.
+    pub ep: Vec<Vec<f64>>,
+    pub llep: Vec<Vec<f64>>,
+    /// Raw token-copies, same layout.
+    pub ep_raw: Vec<Vec<u64>>,
+    pub llep_raw: Vec<Vec<u64>>,
+    pub gpus: usize,
+}
+
+/// Columns beyond this are left out of a heatmap (and the page says so).
+pub const HEATMAP_MAX_COLUMNS: usize = 1200;
+
+/// The heatmap of one series at `lambda` (falls back to the LLEP rows of
+/// the nearest lambda present, reported in `Heatmap::lambda`).
+pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Option<Heatmap> {
+    let llep_lambdas: Vec<Option<f64>> = {
+        let mut v: Vec<Option<f64>> = rows
+            .iter()
+            .filter(|r| r.policy == "llep")
+            .map(|r| r.lambda)
+            .collect();
+        v.sort_by(|a, b| match (a, b) {
+            (None, None) => std::cmp::Ordering::Equal,
+            (None, _) => std::cmp::Ordering::Less,
+            (_, None) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => x.total_cmp(y),
+        });
+        v.dedup();
+        v
+    };
+    let lam = if llep_lambdas.contains(&lambda) {
+        lambda
+    } else {
+        match lambda {
+            Some(l) => llep_lambdas
+                .iter()
+                .copied()
+                .min_by(|a, b| {
+                    let d = |x: &Option<f64>| x.map_or(f64::INFINITY, |v| (v - l).abs());
+                    d(a).total_cmp(&d(b))
+                })
+                .flatten(),
+            None => llep_lambdas.first().copied().flatten(),
+        }
+    };
+    let mut ep: BTreeMap<(u32, u32), &ResultRow> = BTreeMap::new();
+    let mut ll: BTreeMap<(u32, u32), &ResultRow> = BTreeMap::new();
+    for r in rows {
+        if r.policy == "ep" {
+            ep.entry((r.step, r.layer)).or_insert(r);
+        } else if r.policy == "llep" && lkey(r.lambda) == lkey(lam) {
+            ll.entry((r.step, r.layer)).or_insert(r);
+        }
+    }
+    let gpus = key.setup.gpus as usize;
+    let mut h = Heatmap {
+        key: key.clone(),
+        lambda: lam,
+        columns: vec![],
+        capacity: vec![],
+        ep: vec![],
+        llep: vec![],
+        ep_raw: vec![],
+        llep_raw: vec![],
+        gpus,
+    };
+    for (ls, e) in &ep {
+        let Some(l) = ll.get(ls) else { continue };
+        if e.loads_before.len() != gpus || l.loads_after.len() != gpus {
+            continue;
+        }
+        let total: u64 = e.loads_before.iter().sum();
+        let cap = capacity(total, gpus, e.alpha).max(1);
+        h.columns.push(*ls);
+        h.capacity.push(cap);
+        h.ep.push(
+            e.loads_before
+                .iter()
+                .map(|&x| x as f64 / cap as f64)
+                .collect(),
+        );
+        h.llep.push(
+            l.loads_after
+                .iter()
+                .map(|&x| x as f64 / cap as f64)
+                .collect(),
+        );
+        h.ep_raw.push(e.loads_before.clone());
+        h.llep_raw.push(l.loads_after.clone());
+        if h.columns.len() == HEATMAP_MAX_COLUMNS {
+            break;
+        }
+    }
+    (!h.columns.is_empty()).then_some(h)
+}
+
+pub const PHASES: [&str; 5] = [
+    "overhead",
+    "dispatch",
+    "weight transfer",
+    "compute",
+    "combine",
+];
+
+/// Mean per-layer-step phase times of one policy in one series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseBar {
+    pub key: SeriesKey,
+    pub policy: String,
+    pub lambda: Option<f64>,
+    pub phases_ms: [f64; 5],
+    pub total_ms: f64,
+    pub layer_steps: usize,
+}
+
+impl PhaseBar {
+    pub fn policy_label(&self) -> String {
+        if self.policy == "llep" {
+            format!("llep {}", lambda_label(self.lambda))
+        } else {
+            self.policy.clone()
+        }
+    }
+}
+
+/// EP, LLEP at the chosen lambda and ideal, per series.
+pub fn phase_bars(
+    rows: &[ResultRow],
+    lambda_of: &dyn Fn(&SetupKey) -> Option<f64>,
+) -> Vec<PhaseBar> {
+    let mut out = Vec::new();
+    for (key, rs) in by_series(rows) {
+        let lam = lambda_of(&key.setup);
+        let have_lam = rs
+            .iter()
+            .any(|r| r.policy == "llep" && lkey(r.lambda) == lkey(lam));
+        for policy in ["ep", "llep", "ideal"] {
+            let mut b = PhaseBar {
+                key: key.clone(),
+                policy: policy.into(),
+                lambda: None,
+                phases_ms: [0.0; 5],
+                total_ms: 0.0,
+                layer_steps: 0,
+            };
+            for r in &rs {
+                if r.policy != policy {
+                    continue;
+                }
+                if policy == "llep" {
+                    let want = if have_lam { lam } else { r.lambda };
+                    if b.layer_steps == 0 {
+                        b.lambda = want;
+                    }
+                    if lkey(r.lambda) != lkey(b.lambda) {
+                        continue;
+                    }
+                }
+                for (acc, v) in b.phases_ms.iter_mut().zip([
+                    r.t_overhead_ms,
+                    r.t_dispatch_ms,
+                    r.t_transfer_ms,
+                    r.t_compute_ms,
+                    r.t_combine_ms,
+                ]) {
+                    *acc += v;
+                }
+                b.total_ms += r.t_total_ms;
+                b.layer_steps += 1;
+            }
+            if b.layer_steps > 0 {
+                let n = b.layer_steps as f64;
+                b.phases_ms.iter_mut().for_each(|x| *x /= n);
+                b.total_ms /= n;
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+/// Peak memory per GPU (max over layer-steps), EP against LLEP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryPanel {
+    pub key: SeriesKey,
+    pub lambda: Option<f64>,
+    pub ep: Vec<u64>,
+    pub llep: Vec<u64>,
+    pub oom_rows: usize,
+    /// Layer-steps that run out of memory under EP.
+    pub ep_oom_rows: usize,
+    /// The card's memory, when known (filled by the caller from profiles).
+    pub card_bytes: Option<u64>,
+}
+
+pub fn memory_panels(
+    rows: &[ResultRow],
+    lambda_of: &dyn Fn(&SetupKey) -> Option<f64>,
+) -> Vec<MemoryPanel> {
+    let mut out = Vec::new();
+    for (key, rs) in by_series(rows) {
+        let lam = lambda_of(&key.setup);
+        let lam = if rs
+            .iter()
+            .any(|r| r.policy == "llep" && lkey(r.lambda) == lkey(lam))
+        {
+            lam
+        } else {
+            match rs.iter().find(|r| r.policy == "llep") {
+                Some(r) => r.lambda,
+                None => continue,
+            }
+        };
+        let gpus = key.setup.gpus as usize;
+        let mut p = MemoryPanel {
+            key: key.clone(),
+            lambda: lam,
+            ep: vec![0; gpus],
+            llep: vec![0; gpus],
+            oom_rows: 0,
+            ep_oom_rows: 0,
+            card_bytes: None,
+        };
+        let mut any = (false, false);
+        for r in &rs {
+            let dst = if r.policy == "ep" {
+                any.0 = true;
+                p.ep_oom_rows += r.oom as usize;
+                &mut p.ep
+            } else if r.policy == "llep" && lkey(r.lambda) == lkey(lam) {
+                any.1 = true;
+                p.oom_rows += r.oom as usize;
+                &mut p.llep
+            } else {
+                continue;
+            };
+            for (d, &v) in dst.iter_mut().zip(&r.peak_mem_per_gpu) {
+                *d = (*d).max(v);
+            }
+        }
+        if any.0 && any.1 {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A measured layer-step and its simulated twin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pair {
+    pub policy: String,
+    pub lambda: Option<f64>,
+    pub step: u32,
+    pub layer: u32,
+    pub setup: SetupKey,
+    pub device: String,
+    pub profile: String,
+    pub simulated_ms: f64,
+    pub measured_ms: f64,
+}
+
+impl Pair {
+    /// (simulated - measured) / measured.
+    pub fn rel_error(&self) -> f64 {
+        (self.simulated_ms - self.measured_ms) / self.measured_ms
+    }
+}
+
+/// Join measured rows to simulated rows of the same setup, layer-step,
+/// policy and lambda. Where several profiles simulated it, the one whose
+/// card is the measured device wins, else the first.
+pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
+    type K = (SetupKey, u32, u32, String, Option<u64>);
+    let k = |r: &ResultRow| -> K {
+        (
+            SetupKey::of(r).loose(),
+            r.step,
+            r.layer,
+            r.policy.clone(),
+            lkey(r.lambda),
+        )
+    };
+    let mut sims: HashMap<K, Vec<&ResultRow>> = HashMap::new();
+    for r in rows.iter().filter(|r| r.source == SOURCE_SIMULATED) {
+        sims.entry(k(r)).or_default().push(r);
+    }
+    let mut out = Vec::new();
+    for m in rows.iter().filter(|r| r.source == SOURCE_MEASURED) {
+        let Some(cands) = sims.get(&k(m)) else {
+            continue;
+        };
+        let rank = |s: &&&ResultRow| (s.input_note != m.input_note, s.device != m.device);
+        let s = cands.iter().min_by_key(rank).unwrap_or(&cands[0]);
+        if m.t_total_ms <= 0.0 {
+            continue;
+        }
+        out.push(Pair {
+            policy: m.policy.clone(),
+            lambda: m.lambda,
+            step: m.step,
+            layer: m.layer,
+            setup: SetupKey::of(m),
+            device: m.device.clone(),
+            profile: s.profile.clone(),
+            simulated_ms: s.t_total_ms,
+            measured_ms: m.t_total_ms,
+        });
+    }
+    out
+}
+
+/// Median and worst absolute relative error, in percent.
+pub fn error_stats(pairs: &[Pair]) -> Option<(f64, f64)> {
+    if pairs.is_empty() {
+        return None;
+    }
+    let mut e: Vec<f64> = pairs.iter().map(|p| p.rel_error().abs() * 100.0).collect();
+    e.sort_by(f64::total_cmp);
+    let n = e.len();
+    let median = if n % 2 == 1 {
+        e[n / 2]
+    } else {
+        (e[n / 2 - 1] + e[n / 2]) / 2.0
+    };
+    Some((median, e[n - 1]))
+}

@@ -1,0 +1,368 @@
+//! Report: the numbers behind each plot, the files written, the page, and
+//! the `llep-trace report` command's handling of bad input.
+//!
+//! Measured rows here are a TEST FIXTURE: simulated rows relabelled
+//! "measured" with their times scaled by a known factor, so the expected
+//! error and speedups are known exactly. They are never written outside a
+//! temporary folder.
+
+use llep_trace::plan::{capacity, Policy};
+use llep_trace::report::{data, plot_speedup_vs_lambda, plot_tune, read_input, write_report};
+use llep_trace::report::{Input, ReportOptions};
+use llep_trace::results::{write_results, ResultRow, ResultsMeta, SOURCE_MEASURED};
+use llep_trace::sim::{simulate, Gate, Profile, SimConfig};
+use llep_trace::trace::read_trace;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("llep-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn olmoe_rows(gates: Vec<Gate>) -> Vec<ResultRow> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let trace = read_trace(&root.join("traces/olmoe-1b-7b.parquet"), true).unwrap();
+    let cfg = SimConfig {
+        gpus: 8,
+        policies: vec![Policy::Ep, Policy::Llep, Policy::Ideal],
+        gates,
+        alphas: vec![1.0],
+        min_gemms: vec![1024],
+        profile: Profile::load("h100").unwrap(),
+        tokens_per_rank: None,
+        seed: 0,
+        threads: 1,
+    };
+    simulate(&trace, "olmoe-1b-7b.parquet", &cfg).unwrap().0
+}
+
+/// TEST FIXTURE: pretend-measured twins of simulated rows, times x `scale`.
+fn fixture_measured(sim: &[ResultRow], scale: f64) -> Vec<ResultRow> {
+    sim.iter()
+        .filter(|r| r.policy != "ideal")
+        .map(|r| {
+            let mut m = r.clone();
+            m.source = SOURCE_MEASURED.into();
+            m.device = "NVIDIA H100 80GB HBM3".into();
+            m.profile = String::new();
+            m.input_note = "TEST FIXTURE, not a measurement".into();
+            m.t_total_ms *= scale;
+            m.t_total_p10_ms = Some(m.t_total_ms * 0.95);
+            m.t_total_p90_ms = Some(m.t_total_ms * 1.05);
+            m.runs = 5;
+            m
+        })
+        .collect()
+}
+
+fn gates() -> Vec<Gate> {
+    vec![
+        Gate::Always,
+        Gate::Ratio(1.2),
+        Gate::Ratio(1.5),
+        Gate::Ratio(3.0),
+    ]
+}
+
+#[test]
+fn speedup_matches_sums_of_the_rows() {
+    let rows = olmoe_rows(gates());
+    let curves = data::speedup_curves(&rows);
+    assert_eq!(curves.len(), 1);
+    let c = &curves[0];
+    let sum = |pol: &str, l: Option<f64>| -> f64 {
+        rows.iter()
+            .filter(|r| r.policy == pol && r.lambda == l)
+            .map(|r| r.t_total_ms)
+            .sum()
+    };
+    let ep = sum("ep", None);
+    assert_eq!(c.points.len(), 3);
+    for &(l, s) in &c.points {
+        assert!((s - ep / sum("llep", Some(l))).abs() < 1e-12, "lambda {l}");
+    }
+    assert!((c.always.unwrap() - ep / sum("llep", None)).abs() < 1e-12);
+    assert!((c.ideal.unwrap() - ep / sum("ideal", None)).abs() < 1e-12);
+    // lambda 3.0 is above every OLMoE ratio (max 2.14): LLEP never plans.
+    assert_eq!(c.points[2], (3.0, 1.0));
+    let (bl, _) = c.best().unwrap();
+    let best_total = sum("llep", Some(bl));
+    for &(l, _) in &c.points {
+        assert!(best_total <= sum("llep", Some(l)));
+    }
+}
+
+#[test]
+fn imbalance_cdf_counts_each_layer_step_once() {
+    let rows = olmoe_rows(gates());
+    let cdfs = data::imbalance_cdfs(&rows);
+    assert_eq!(cdfs.len(), 1);
+    let c = &cdfs[0];
+    assert_eq!(c.ratios.len(), 18); // 6 steps x 3 layers
+    let on = rows
+        .iter()
+        .filter(|r| r.policy == "llep" && r.lambda == Some(1.5))
+        .filter(|r| r.use_llep)
+        .count();
+    assert!((c.on_fraction(1.5) - on as f64 / 18.0).abs() < 1e-12);
+    assert_eq!(c.on_fraction(1.0), 1.0);
+    assert_eq!(c.on_fraction(3.0), 0.0);
+}
+
+#[test]
+fn heatmap_is_load_over_capacity() {
+    let rows = olmoe_rows(gates());
+    let series = data::by_series(&rows);
+    let (key, rs) = &series[0];
+    let h = data::heatmap(rs, key, Some(1.5)).unwrap();
+    assert_eq!(h.lambda, Some(1.5));
+    assert_eq!(h.columns.len(), 18);
+    let ep0 = rows
+        .iter()
+        .find(|r| r.policy == "ep" && (r.step, r.layer) == h.columns[0])
+        .unwrap();
+    let cap = capacity(ep0.loads_before.iter().sum(), 8, 1.0);
+    assert_eq!(h.capacity[0], cap);
+    for g in 0..8 {
+        assert!((h.ep[0][g] - ep0.loads_before[g] as f64 / cap as f64).abs() < 1e-12);
+    }
+    // OLMoE's worst layer-step is 2.14x the mean: EP is well over capacity.
+    assert!(h.ep.iter().flatten().any(|&v| v > 1.5));
+    // A lambda that was not simulated falls back to the nearest one.
+    assert_eq!(
+        data::heatmap(rs, key, Some(1.45)).unwrap().lambda,
+        Some(1.5)
+    );
+}
+
+#[test]
+fn phases_and_memory_are_means_and_maxima() {
+    let rows = olmoe_rows(gates());
+    let bars = data::phase_bars(&rows, &|_| Some(1.2));
+    assert_eq!(bars.len(), 3);
+    let ll = bars.iter().find(|b| b.policy == "llep").unwrap();
+    assert_eq!(ll.lambda, Some(1.2));
+    let sel: Vec<&ResultRow> = rows
+        .iter()
+        .filter(|r| r.policy == "llep" && r.lambda == Some(1.2))
+        .collect();
+    let mean = sel.iter().map(|r| r.t_compute_ms).sum::<f64>() / sel.len() as f64;
+    assert!((ll.phases_ms[3] - mean).abs() < 1e-12);
+    let panels = data::memory_panels(&rows, &|_| Some(1.2));
+    assert_eq!(panels.len(), 1);
+    let max_g3 = sel.iter().map(|r| r.peak_mem_per_gpu[3]).max().unwrap();
+    assert_eq!(panels[0].llep[3], max_g3);
+}
+
+#[test]
+fn measured_fixture_joins_its_simulated_twin() {
+    let sim = olmoe_rows(gates());
+    let meas = fixture_measured(&sim, 1.1);
+    let all: Vec<ResultRow> = sim.iter().chain(&meas).cloned().collect();
+    let pairs = data::sim_measured_pairs(&all);
+    assert_eq!(pairs.len(), meas.len());
+    let (med, worst) = data::error_stats(&pairs).unwrap();
+    // simulated = measured / 1.1 -> error = 1/1.1 - 1 = -9.09%
+    assert!((med - 100.0 / 11.0).abs() < 1e-9, "{med}");
+    assert!((worst - 100.0 / 11.0).abs() < 1e-9);
+    // Measured speedups equal simulated ones: every time scaled alike.
+    let curves = data::speedup_curves(&all);
+    assert_eq!(curves.len(), 2);
+    let (s, m) = (&curves[0], &curves[1]);
+    assert!(m.key.measured() && !s.key.measured());
+    for (a, b) in s.points.iter().zip(&m.points) {
+        assert!((a.1 - b.1).abs() < 1e-9);
+    }
+    assert!(m.spread.iter().all(|x| x.is_some()));
+}
+
+fn png_has_dark_text(path: &Path) -> bool {
+    // Decoding is not a dependency; check the PNG signature and that the
+    // file is big enough to hold drawn text (a blank 1280x600 PNG is tiny).
+    let b = std::fs::read(path).unwrap();
+    b.starts_with(b"\x89PNG\r\n\x1a\n") && b.len() > 20_000
+}
+
+#[test]
+fn report_writes_every_plot_and_says_what_is_missing() {
+    let dir = tmp("page");
+    let sim = olmoe_rows(gates());
+    let input = Input {
+        path: dir.join("sim.parquet"),
+        meta: ResultsMeta::default(),
+        rows: sim.clone(),
+    };
+    let opts = ReportOptions {
+        title: "test".into(),
+        command: "llep-trace report sim.parquet".into(),
+        ..Default::default()
+    };
+    let out = dir.join("out");
+    let w = write_report(std::slice::from_ref(&input), &opts, &out, &|_| {}).unwrap();
+    for stem in [
+        "load_heatmap_1",
+        "imbalance_cdf",
+        "speedup_vs_lambda",
+        "phases",
+        "memory",
+    ] {
+        assert!(
+            png_has_dark_text(&out.join(format!("{stem}.png"))),
+            "{stem}"
+        );
+        let svg = std::fs::read_to_string(out.join(format!("{stem}.svg"))).unwrap();
+        assert!(
+            svg.contains("<text") && svg.contains("sans-serif"),
+            "{stem}"
+        );
+    }
+    assert!(!out.join("sim_vs_measured.png").exists());
+    let html = std::fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("No measured rows in the inputs"));
+    assert!(std::fs::read_to_string(out.join("summary.md"))
+        .unwrap()
+        .contains("![Speedup over EP against λ](speedup_vs_lambda.png)"));
+    // No staging folder left behind.
+    assert_eq!(
+        std::fs::read_dir(&out)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.'))
+            .count(),
+        0
+    );
+    assert_eq!(w.files.len(), 12);
+
+    // With the measured fixture the accuracy plot appears with its error.
+    let meas = Input {
+        path: dir.join("meas.parquet"),
+        meta: ResultsMeta::default(),
+        rows: fixture_measured(&sim, 1.1),
+    };
+    let out2 = dir.join("out2");
+    write_report(&[input.clone(), meas], &opts, &out2, &|_| {}).unwrap();
+    assert!(png_has_dark_text(&out2.join("sim_vs_measured.png")));
+    let html = std::fs::read_to_string(out2.join("index.html")).unwrap();
+    assert!(
+        html.contains("median |error| 9.09%"),
+        "accuracy numbers on the page"
+    );
+    // Rewriting with simulated rows only drops the stale accuracy plot and
+    // the measured series' heatmap.
+    write_report(std::slice::from_ref(&input), &opts, &out2, &|_| {}).unwrap();
+    assert!(!out2.join("sim_vs_measured.png").exists());
+    assert!(!out2.join("load_heatmap_2.svg").exists());
+    assert!(out2.join("load_heatmap_1.svg").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn plot_functions_for_simulate_and_tune() {
+    let dir = tmp("api");
+    let rows = olmoe_rows(gates());
+    plot_speedup_vs_lambda(&rows, &dir.join("s.svg")).unwrap();
+    plot_speedup_vs_lambda(&rows, &dir.join("s.png")).unwrap();
+    plot_tune(&rows, Some(1.2), &dir.join("t.png")).unwrap();
+    assert!(png_has_dark_text(&dir.join("s.png")));
+    assert!(png_has_dark_text(&dir.join("t.png")));
+    let svg = std::fs::read_to_string(dir.join("s.svg")).unwrap();
+    assert!(svg.contains("speedup over EP"));
+    assert!(matches!(
+        plot_speedup_vs_lambda(&rows, &dir.join("s.jpg")),
+        Err(llep_trace::report::ReportError::Extension(_))
+    ));
+    let only_ep: Vec<ResultRow> = rows.into_iter().filter(|r| r.policy == "ep").collect();
+    assert!(plot_tune(&only_ep, None, &dir.join("x.png")).is_err());
+    assert!(!dir.join("x.png").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn cli_report_end_to_end_and_bad_input() {
+    let dir = tmp("cli");
+    let sim = olmoe_rows(gates());
+    let sp = dir.join("sim.parquet");
+    write_results(&sp, &sim, &ResultsMeta::default()).unwrap();
+    let mp = dir.join("fixture-measured.parquet");
+    write_results(&mp, &fixture_measured(&sim, 1.1), &ResultsMeta::default()).unwrap();
+    let exe = env!("CARGO_BIN_EXE_llep-trace");
+    let out = dir.join("rep");
+    let o = Command::new(exe)
+        .args(["report", "--quiet"])
+        .arg(&sp)
+        .arg(&mp)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .ends_with("index.html"));
+    assert!(o.stderr.is_empty(), "--quiet prints nothing on stderr");
+    assert!(out.join("sim_vs_measured.svg").exists());
+    assert_eq!(read_input(&sp).unwrap().rows.len(), sim.len());
+
+    // Not a results file: one-line error naming the file, nothing written.
+    let bad = dir.join("bad.parquet");
+    std::fs::write(&bad, b"not parquet").unwrap();
+    let out_bad = dir.join("rep-bad");
+    let o = Command::new(exe)
+        .args(["report"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(&out_bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("bad.parquet"), "{err}");
+    assert!(!out_bad.exists());
+
+    // A trace instead of results: the error says what to run.
+    let trace = Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/olmoe-1b-7b.parquet");
+    let o = Command::new(exe)
+        .arg("report")
+        .arg(&trace)
+        .arg("--out")
+        .arg(&out_bad)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("this is a trace") && err.contains("llep-trace simulate"),
+        "{err}"
+    );
+    assert!(!out_bad.exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn same_trace_at_another_batch_size_is_another_series() {
+    let a = olmoe_rows(gates());
+    let b: Vec<ResultRow> = a
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.input_note = "even-split; counts rescaled to 4096 tokens/rank".into();
+            r.t_total_ms *= if r.policy == "ep" { 1.0 } else { 2.0 };
+            r
+        })
+        .collect();
+    let all: Vec<ResultRow> = a.iter().chain(&b).cloned().collect();
+    let curves = data::speedup_curves(&all);
+    assert_eq!(curves.len(), 2);
+    assert!((curves[0].points[0].1 - 2.0 * curves[1].points[0].1).abs() < 1e-9);
+    assert!(data::knobs_vary(&all));
+    assert!(curves[1].key.label(true).contains("4096 tokens/rank"));
+    assert!(!data::knobs_vary(&a));
+}
