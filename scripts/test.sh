@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust tests (release build, as CI runs them) plus the
-# Python read-back checks they call. Installs the Python packages it needs.
+# The whole test suite: Rust tests (one release build, as CI runs them),
+# which include the Python read-back checks, then the notebooks executed
+# headless on the bundled data. Installs the Python packages it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 cargo test --release
+LLEP_NB_NO_INSTALL=1 bash scripts/run_notebooks.sh

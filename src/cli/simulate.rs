@@ -71,6 +71,10 @@ pub struct SimulateArgs {
     /// Print the summary as JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the key plot, speedup over EP against lambda (.png or .svg);
+    /// give a list or range to --ratio for a curve.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// Planner settings to sweep.
@@ -292,6 +296,10 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         min_gemms: a.planner.min_gemms(),
     };
     let sim = run_sweep(&a.input, sweep, p)?;
+    if let Some(plot) = &a.plot {
+        llep_trace::report::plot_speedup_vs_lambda(&sim.rows, plot)?;
+        p.status(&format!("wrote {}", plot.display()));
+    }
     if let Some(out) = &a.out {
         write_results(out, &sim.rows, &results_meta(&sim.profile))?;
         p.status(&format!(

@@ -51,6 +51,10 @@ pub struct TuneArgs {
     /// Print the recommendation as JSON.
     #[arg(long)]
     json: bool,
+    /// Also draw speedup and regret against lambda, the recommendation marked
+    /// (.png or .svg).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
@@ -99,6 +103,24 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     let t = tune(&sim.rows, objective, mem_cap).context("tune")?;
     let best = &t.scored[t.best];
+    if let Some(plot) = &a.plot {
+        // the plot shows the recommended alpha/m's lambda curve
+        let rows: Vec<_> = sim
+            .rows
+            .iter()
+            .filter(|r| {
+                r.policy == "ep"
+                    || (r.alpha == best.setting.alpha && r.min_gemm == best.setting.min_gemm)
+            })
+            .cloned()
+            .collect();
+        llep_trace::report::plot_tune(
+            &rows,
+            best.setting.lambda.filter(|_| !best.setting.never),
+            plot,
+        )?;
+        p.status(&format!("wrote {}", plot.display()));
+    }
     if a.json {
         let obj = json!({
             "trace": sim.trace_name,
