@@ -60,25 +60,35 @@ impl PlannerArgs {
     }
 
     pub fn alphas(&self) -> anyhow::Result<Vec<f64>> {
-        let v = if self.alpha.is_empty() {
-            vec![env::alpha_default()]
-        } else {
-            self.alpha.clone()
-        };
-        for &a in &v {
-            if !(a.is_finite() && a > 0.0) {
-                bail!("--alpha: {a} is not a finite number > 0");
-            }
-        }
-        Ok(v)
+        resolve_alphas(&self.alpha)
     }
 
     pub fn min_gemms(&self) -> Vec<u64> {
-        if self.min_gemm.is_empty() {
-            vec![env::min_gemm_default()]
-        } else {
-            self.min_gemm.clone()
+        resolve_min_gemms(&self.min_gemm)
+    }
+}
+
+/// `--alpha` values, else `$EP_MAX_TOKENS_FACTOR`, else 1.0; each > 0.
+pub fn resolve_alphas(given: &[f64]) -> anyhow::Result<Vec<f64>> {
+    let v = if given.is_empty() {
+        vec![env::alpha_default()]
+    } else {
+        given.to_vec()
+    };
+    for &a in &v {
+        if !(a.is_finite() && a > 0.0) {
+            bail!("--alpha: {a} is not a finite number > 0");
         }
+    }
+    Ok(v)
+}
+
+/// `--min-gemm` values, else `$EP_MIN_TOKENS_PER_GEMM`, else 1024.
+pub fn resolve_min_gemms(given: &[u64]) -> Vec<u64> {
+    if given.is_empty() {
+        vec![env::min_gemm_default()]
+    } else {
+        given.to_vec()
     }
 }
 

@@ -207,6 +207,23 @@ pub fn run_sweep(a: &InputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Sim
     })
 }
 
+/// Write the simulated rows to `out` (Parquet), when asked.
+pub fn write_rows(
+    out: Option<&std::path::Path>,
+    sim: &Simulated,
+    p: &Printer,
+) -> anyhow::Result<()> {
+    if let Some(out) = out {
+        write_results(out, &sim.rows, &results_meta(&sim.profile))?;
+        p.status(&format!(
+            "wrote {} rows to {}",
+            sim.rows.len(),
+            out.display()
+        ));
+    }
+    Ok(())
+}
+
 pub fn results_meta(profile: &Profile) -> ResultsMeta {
     ResultsMeta {
         schema_version: llep_trace::results::SCHEMA_VERSION,
@@ -300,14 +317,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         llep_trace::report::plot_speedup_vs_lambda(&sim.rows, plot)?;
         p.status(&format!("wrote {}", plot.display()));
     }
-    if let Some(out) = &a.out {
-        write_results(out, &sim.rows, &results_meta(&sim.profile))?;
-        p.status(&format!(
-            "wrote {} rows to {}",
-            sim.rows.len(),
-            out.display()
-        ));
-    }
+    write_rows(a.out.as_deref(), &sim, p)?;
     let layer_steps = sim.summaries.first().map_or(0, |s| s.layer_steps);
     if a.json {
         let summ: Vec<_> = sim

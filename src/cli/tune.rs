@@ -1,13 +1,13 @@
 //! `llep-trace tune`: sweep lambda (and alpha, m), recommend a setting.
 
-use super::simulate::{results_meta, run_sweep, InputArgs, Sweep};
+use super::settings::{resolve_alphas, resolve_min_gemms};
+use super::simulate::{run_sweep, write_rows, InputArgs, Sweep};
 use super::table::{gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use llep_trace::env;
 use llep_trace::plan::Policy;
-use llep_trace::results::write_results;
 use llep_trace::sim::{parse_ratios, Gate};
 use llep_trace::tune::{fmt_lambda, tune, Objective, TuneResult};
 use serde_json::json;
@@ -62,19 +62,8 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if !gates.contains(&Gate::Always) {
         gates.push(Gate::Always);
     }
-    let alphas = if a.alpha.is_empty() {
-        vec![env::alpha_default()]
-    } else {
-        a.alpha.clone()
-    };
-    if let Some(bad) = alphas.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
-        bail!("--alpha: {bad} is not a finite number > 0");
-    }
-    let min_gemms = if a.min_gemm.is_empty() {
-        vec![env::min_gemm_default()]
-    } else {
-        a.min_gemm.clone()
-    };
+    let alphas = resolve_alphas(&a.alpha)?;
+    let min_gemms = resolve_min_gemms(&a.min_gemm);
     let mem_cap = match a.mem_cap {
         Some(g) if !(g.is_finite() && g > 0.0) => {
             bail!("--mem-cap: {g} is not a positive number of GiB")
@@ -89,14 +78,7 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         min_gemms,
     };
     let sim = run_sweep(&a.input, sweep, p)?;
-    if let Some(out) = &a.out {
-        write_results(out, &sim.rows, &results_meta(&sim.profile))?;
-        p.status(&format!(
-            "wrote {} rows to {}",
-            sim.rows.len(),
-            out.display()
-        ));
-    }
+    write_rows(a.out.as_deref(), &sim, p)?;
     let objective = match a.objective {
         ObjectiveArg::Time => Objective::Time,
         ObjectiveArg::Memory => Objective::Memory,
