@@ -13,8 +13,8 @@ use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
 use llep_trace::plan::Policy;
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::sim::{self, Gate, Profile, SimConfig};
-use llep_trace::trace::synthetic::Scenario;
 use llep_trace::trace::read_trace;
+use llep_trace::trace::synthetic::Scenario;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -114,7 +114,9 @@ fn build_inputs(a: &ReplayArgs) -> anyhow::Result<Inputs> {
         let mut cases = Vec::new();
         let mut sims = Vec::new();
         for s in &a.synthetic {
-            let sc: Scenario = s.parse().map_err(|e: String| anyhow::anyhow!("--synthetic: {e}"))?;
+            let sc: Scenario = s
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("--synthetic: {e}"))?;
             cases.push(
                 inputs::synthetic_case(sc, a.gpus, t, n, k, d, i)
                     .map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?,
@@ -179,7 +181,12 @@ fn build_inputs(a: &ReplayArgs) -> anyhow::Result<Inputs> {
 
 /// Simulated rows for the same inputs and settings, keyed like the
 /// measured rows (only the (step, layer) pairs that were replayed).
-fn simulated(a: &ReplayArgs, inp: &Inputs, prof: &Profile, gates: &[Gate]) -> anyhow::Result<Vec<ResultRow>> {
+fn simulated(
+    a: &ReplayArgs,
+    inp: &Inputs,
+    prof: &Profile,
+    gates: &[Gate],
+) -> anyhow::Result<Vec<ResultRow>> {
     let cfg = SimConfig {
         gpus: a.gpus,
         policies: a.policy.clone(),
@@ -187,7 +194,11 @@ fn simulated(a: &ReplayArgs, inp: &Inputs, prof: &Profile, gates: &[Gate]) -> an
         alphas: a.planner.alphas()?,
         min_gemms: a.planner.min_gemms(),
         profile: prof.clone(),
-        tokens_per_rank: if a.synthetic.is_empty() { a.tokens_per_rank } else { None },
+        tokens_per_rank: if a.synthetic.is_empty() {
+            a.tokens_per_rank
+        } else {
+            None
+        },
         seed: a.seed,
         threads: 0,
     };
@@ -195,11 +206,9 @@ fn simulated(a: &ReplayArgs, inp: &Inputs, prof: &Profile, gates: &[Gate]) -> an
     for (tr, name, scen) in &inp.sims {
         let (rows, _) = sim::simulate(tr, name, &cfg)?;
         for mut r in rows {
-            if !inp
-                .cases
-                .iter()
-                .any(|c| c.base.step == r.step && c.base.layer == r.layer && c.base.scenario == *scen)
-            {
+            if !inp.cases.iter().any(|c| {
+                c.base.step == r.step && c.base.layer == r.layer && c.base.scenario == *scen
+            }) {
                 continue;
             }
             r.scenario = scen.clone();
@@ -226,9 +235,25 @@ fn gib(b: u64) -> String {
 
 fn render(rows: &[ResultRow]) -> String {
     let mut t = Table::new(&[
-        "input", "step", "layer", "policy", "source", "total ms", "p10-p90", "overhead", "dispatch",
-        "transfer", "compute", "combine", "max/mean", "loads after", "xfers", "peak GiB/GPU",
-        "driver GiB/GPU", "rel err", "oom",
+        "input",
+        "step",
+        "layer",
+        "policy",
+        "source",
+        "total ms",
+        "p10-p90",
+        "overhead",
+        "dispatch",
+        "transfer",
+        "compute",
+        "combine",
+        "max/mean",
+        "loads after",
+        "xfers",
+        "peak GiB/GPU",
+        "driver GiB/GPU",
+        "rel err",
+        "oom",
     ])
     .left(0)
     .left(3)
@@ -298,6 +323,9 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         Some(s) => Some(Profile::load(s)?),
         None => None,
     };
+    if a.samples == 0 {
+        p.warn("--samples 0: outputs are not checked against the dense reference (rel err stays empty)");
+    }
     let inp = build_inputs(&a)?;
     let (d, i, n, k) = inp.dims;
     let mut settings = Vec::new();
@@ -333,7 +361,11 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if let Some(out) = &a.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.is_dir() {
-                bail!("--out {}: directory {} does not exist", out.display(), dir.display());
+                bail!(
+                    "--out {}: directory {} does not exist",
+                    out.display(),
+                    dir.display()
+                );
             }
         }
     }
@@ -350,17 +382,26 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if let Some(prof) = &prof {
         rows.extend(simulated(&a, &inp, prof, &gates)?);
         rows.sort_by(|x, y| {
-            (x.scenario.as_str(), x.step, x.layer, x.policy.as_str(), x.source.as_str()).cmp(&(
-                y.scenario.as_str(),
-                y.step,
-                y.layer,
-                y.policy.as_str(),
-                y.source.as_str(),
-            ))
+            (
+                x.scenario.as_str(),
+                x.step,
+                x.layer,
+                x.policy.as_str(),
+                x.source.as_str(),
+            )
+                .cmp(&(
+                    y.scenario.as_str(),
+                    y.step,
+                    y.layer,
+                    y.policy.as_str(),
+                    y.source.as_str(),
+                ))
         });
     }
     if let Some(out) = &a.out {
-        let meta_prof = prof.clone().unwrap_or_else(|| Profile::load("h200").expect("built-in"));
+        let meta_prof = prof
+            .clone()
+            .unwrap_or_else(|| Profile::load("h200").expect("built-in"));
         let mut meta = results_meta(&meta_prof);
         if prof.is_none() {
             meta.profile = None;

@@ -140,7 +140,8 @@ fn token_ranks(tok: &TokenTrace, step: u32, layer: u32, gpus: usize) -> Vec<Rank
     let push = |rr: &mut RankRouting, i: usize| {
         rr.ids
             .extend(tok.experts[i * k..(i + 1) * k].iter().map(|&e| e as i32));
-        rr.weights.extend_from_slice(&tok.weights[i * k..(i + 1) * k]);
+        rr.weights
+            .extend_from_slice(&tok.weights[i * k..(i + 1) * k]);
     };
     if tok.ranks() == gpus {
         for &i in &rows {
@@ -280,7 +281,8 @@ mod tests {
 
     #[test]
     fn trace_cases_match_simulate_loads() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/olmoe-1b-7b.parquet");
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("traces/olmoe-1b-7b.parquet");
         let tr = read_trace(&path, true).unwrap();
         let n = tr.meta.model.num_experts as usize;
         for tpr in [None, Some(4096)] {

@@ -376,8 +376,10 @@ mod tests {
             assert_eq!(at, rl.compute_rows);
             // receive buffer rows are tiled exactly once, and each piece's
             // send and receive rows agree in size and order
-            let mut rr: Vec<(u64, u64)> =
-                lay.remote_in(g).map(|pc| (pc.recv_row, pc.rows())).collect();
+            let mut rr: Vec<(u64, u64)> = lay
+                .remote_in(g)
+                .map(|pc| (pc.recv_row, pc.rows()))
+                .collect();
             rr.sort();
             let mut at = 0;
             for (s, l) in rr {
@@ -458,6 +460,9 @@ mod tests {
         let plan = Planner::new()
             .plan(&[10, 0, 0, 0], &params, Policy::Ideal)
             .unwrap();
-        assert_eq!(build(&plan, &[5, 0, 0, 0, 5, 0, 0, 0]), Err(LayoutError::Ideal));
+        assert_eq!(
+            build(&plan, &[5, 0, 0, 0, 5, 0, 0, 0]),
+            Err(LayoutError::Ideal)
+        );
     }
 }

@@ -28,7 +28,8 @@ impl ProcessRank {
             return Ok(None);
         };
         let num = |k: &str, v: Option<String>| -> Result<usize, GpuError> {
-            let v = v.ok_or_else(|| GpuError::Launch(format!("WORLD_SIZE is set but {k} is not")))?;
+            let v =
+                v.ok_or_else(|| GpuError::Launch(format!("WORLD_SIZE is set but {k} is not")))?;
             v.trim()
                 .parse()
                 .map_err(|_| GpuError::Launch(format!("{k}='{v}' is not a non-negative integer")))
@@ -61,12 +62,18 @@ impl ProcessRank {
 }
 
 fn to_bytes(ids: &[NcclId]) -> Vec<u8> {
-    ids.iter().flat_map(|id| id.iter().map(|&c| c as u8)).collect()
+    ids.iter()
+        .flat_map(|id| id.iter().map(|&c| c as u8))
+        .collect()
 }
 
 /// Share `ids` (made by rank 0) with every rank. Rank 0 passes its ids and
 /// gets them back; other ranks pass `None` and get rank 0's.
-pub fn exchange(pr: &ProcessRank, ids: Option<Vec<NcclId>>, n: usize) -> Result<Vec<NcclId>, GpuError> {
+pub fn exchange(
+    pr: &ProcessRank,
+    ids: Option<Vec<NcclId>>,
+    n: usize,
+) -> Result<Vec<NcclId>, GpuError> {
     let addr = format!("{}:{}", pr.master_addr, pr.master_port);
     let net = |e: std::io::Error| GpuError::Launch(format!("rendezvous on {addr}: {e}"));
     if pr.rank == 0 {

@@ -133,6 +133,33 @@ struct CopySeg {
     dst: u64,
 }
 
+/// Events of one run (main stream unless noted).
+const E_START: usize = 0;
+const E_PLANNED: usize = 1;
+const E_PACKED: usize = 2;
+/// On the net stream: remote copies received and placed.
+const E_DISPATCHED: usize = 3;
+const E_BS: usize = 4;
+const E_BE: usize = 5;
+const E_RET: usize = 6;
+/// On the net stream: results back home.
+const E_RETURNED: usize = 7;
+const E_END: usize = 8;
+const N_EV: usize = 9;
+
+/// Largest GEMM unit (rows): bounds the gate_up and activation buffers.
+const CHUNK: u64 = 16_384;
+
+/// A run of rows of one group computed by one GEMM pair.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    group: u32,
+    row: u64,
+    rows: u64,
+    local: bool,
+    foreign: bool,
+}
+
 /// Per-run phase times, ms: overhead, dispatch, transfer, compute, combine, total.
 type Times = [f64; 6];
 
@@ -193,9 +220,19 @@ impl<'a> Worker<'a> {
         let (d, i) = (self.cfg.hidden, self.cfg.inter);
         let b = self.blob;
         let s = self.cfg.seed;
-        self.gen(ptr + 2 * b.wgu as u64, d * 2 * i, part_seed(s, e, 0), 1.0 / (d as f32).sqrt())?;
+        self.gen(
+            ptr + 2 * b.wgu as u64,
+            d * 2 * i,
+            part_seed(s, e, 0),
+            1.0 / (d as f32).sqrt(),
+        )?;
         self.gen(ptr + 2 * b.bgu as u64, 2 * i, part_seed(s, e, 1), 0.1)?;
-        self.gen(ptr + 2 * b.wd as u64, i * d, part_seed(s, e, 2), 1.0 / (i as f32).sqrt())?;
+        self.gen(
+            ptr + 2 * b.wd as u64,
+            i * d,
+            part_seed(s, e, 2),
+            1.0 / (i as f32).sqrt(),
+        )?;
         self.gen(ptr + 2 * b.bd as u64, d, part_seed(s, e, 3), 0.1)
     }
 
@@ -209,10 +246,20 @@ impl<'a> Worker<'a> {
         let d = self.cfg.hidden;
         let bt = self.dev.arena.get("bias_table", self.cfg.experts * d * 2)?;
         for e in 0..self.cfg.experts {
-            self.gen(bt + (e * d * 2) as u64, d, part_seed(self.cfg.seed, e, 3), 0.1)?;
+            self.gen(
+                bt + (e * d * 2) as u64,
+                d,
+                part_seed(self.cfg.seed, e, 3),
+                0.1,
+            )?;
         }
         let x = self.dev.arena.get("x", max_tokens.max(1) * d * 2)?;
-        self.gen(x, max_tokens * d, part_seed(self.cfg.seed, 1_000_000 + self.rank, 9), 1.0)?;
+        self.gen(
+            x,
+            max_tokens * d,
+            part_seed(self.cfg.seed, 1_000_000 + self.rank, 9),
+            1.0,
+        )?;
         self.dev.sync()
     }
 
@@ -243,8 +290,8 @@ impl<'a> Worker<'a> {
             ("send", rl.send_total as usize * rb),
             ("recv", rl.recv_total as usize * rb),
             ("comp", rl.compute_rows as usize * rb),
-            ("h", rl.max_group_rows as usize * 2 * i * 2),
-            ("act", rl.max_group_rows as usize * i * 2),
+            ("h", rl.max_group_rows.min(CHUNK) as usize * 2 * i * 2),
+            ("act", rl.max_group_rows.min(CHUNK) as usize * i * 2),
             ("foreign", rl.recv_transfers.len() * self.blob.len * 2),
             ("packsegs", npack * std::mem::size_of::<PackSeg>()),
             ("segs_in", nin * std::mem::size_of::<CopySeg>()),
@@ -322,7 +369,7 @@ impl<'a> Worker<'a> {
         let bias_table = self.ptr("bias_table")?;
 
         // -- count exchange and planning --
-        self.ev[0].record(main)?;
+        self.ev[E_START].record(main)?;
         self.dev.memset0(counts, n * 4)?;
         let (nc, ni) = (copies as i32, n as i32);
         // SAFETY: ids/slot hold `copies` ints, counts n ints; shared memory
@@ -399,8 +446,18 @@ impl<'a> Worker<'a> {
         for pc in lay.remote_in(r) {
             let (a, b) = (recv + pc.recv_row * rb, comp + pc.comp_row * rb);
             let len = pc.rows() as i64;
-            sin.push(CopySeg { vstart: v, len, src: a, dst: b });
-            sout.push(CopySeg { vstart: v, len, src: b, dst: a });
+            sin.push(CopySeg {
+                vstart: v,
+                len,
+                src: a,
+                dst: b,
+            });
+            sout.push(CopySeg {
+                vstart: v,
+                len,
+                src: b,
+                dst: a,
+            });
             v += len;
         }
         let remote_rows = v;
@@ -411,7 +468,7 @@ impl<'a> Worker<'a> {
             self.dev.upload(segs_in, &sin)?;
             self.dev.upload(segs_out, &sout)?;
         }
-        self.ev[1].record(main)?;
+        self.ev[E_PLANNED].record(main)?;
 
         // -- weight transfers on their own stream and communicator --
         let rl = &lay.ranks[r];
@@ -419,7 +476,7 @@ impl<'a> Worker<'a> {
         let per = n / p;
         let has_x = !rl.send_transfers.is_empty() || !rl.recv_transfers.is_empty();
         if has_x {
-            self.dev.wait(self.dev.xfer, &self.ev[1])?;
+            self.dev.wait(self.dev.xfer, &self.ev[E_PLANNED])?;
             self.xev[0].record(self.dev.xfer)?;
             Comm::group_start()?;
             // SAFETY: native blobs and foreign slots are allocated; peers
@@ -430,16 +487,22 @@ impl<'a> Worker<'a> {
                     self.xcomm.send(src, bb, m.peer as usize, self.dev.xfer)?;
                 }
                 for (i, m) in rl.recv_transfers.iter().enumerate() {
-                    self.xcomm
-                        .recv(foreign + (i * bb) as u64, bb, m.peer as usize, self.dev.xfer)?;
+                    self.xcomm.recv(
+                        foreign + (i * bb) as u64,
+                        bb,
+                        m.peer as usize,
+                        self.dev.xfer,
+                    )?;
                 }
             }
             Comm::group_end()?;
             self.xev[1].record(self.dev.xfer)?;
         }
 
-        // -- dispatch --
+        // -- dispatch: pack (local copies straight into the compute buffer),
+        // then the token exchange on its own stream --
         let (topk, rbi) = (k as i32, rb as i32);
+        let net = self.dev.net;
         // SAFETY: tables uploaded above; every row pointer they hold lies in
         // send or comp, sized by the layout.
         unsafe {
@@ -452,32 +515,9 @@ impl<'a> Worker<'a> {
                 params!(x, ids, slot, nc, topk, seg_start, packsegs, rbi, ret_ptr, bias_ptr),
             )?;
         }
-        Comm::group_start()?;
-        // SAFETY: offsets and sizes from the layout, mirrored on the peers.
-        unsafe {
-            for q in 0..p {
-                if q == r {
-                    continue;
-                }
-                if rl.send_rows[q] > 0 {
-                    self.comm.send(
-                        send + rl.send_off[q] * rb,
-                        (rl.send_rows[q] * rb) as usize,
-                        q,
-                        main,
-                    )?;
-                }
-                if rl.recv_rows[q] > 0 {
-                    self.comm.recv(
-                        recv + rl.recv_off[q] * rb,
-                        (rl.recv_rows[q] * rb) as usize,
-                        q,
-                        main,
-                    )?;
-                }
-            }
-        }
-        Comm::group_end()?;
+        self.ev[E_PACKED].record(main)?;
+        self.dev.wait(net, &self.ev[E_PACKED])?;
+        self.exchange(rl, send, recv, rb, net, true)?;
         let nseg = sin.len() as i32;
         // SAFETY: segment tables list rows inside recv and comp.
         unsafe {
@@ -486,38 +526,217 @@ impl<'a> Worker<'a> {
                 (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
                 256,
                 0,
-                main,
+                net,
                 params!(segs_in, nseg, remote_rows, rbi),
             )?;
         }
-        self.ev[2].record(main)?;
+        self.ev[E_DISPATCHED].record(net)?;
 
-        // -- expert compute: gate_up GEMM, activation, down GEMM per group --
+        // -- expert compute, in GEMM units, once the remote copies are in
+        // place (overlapping the exchange with local compute was measured
+        // slower on 2 x H200: NCCL's kernels and the split GEMMs cost more
+        // than the overlap saved) --
+        let units = self.units(&lay, r);
         let mut waited = false;
+        self.dev.wait(main, &self.ev[E_DISPATCHED])?;
+        self.ev[E_BS].record(main)?;
+        self.compute(&units, rl, comp, h, act, native, foreign, &mut waited)?;
+        self.ev[E_BE].record(main)?;
+
+        // -- combine: remote results back to their ranks, weighted sum --
+        // SAFETY: as for dispatch, with source and destination swapped.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.copy_rows,
+                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
+                256,
+                0,
+                main,
+                params!(segs_out, nseg, remote_rows, rbi),
+            )?;
+        }
+        self.ev[E_RET].record(main)?;
+        self.dev.wait(net, &self.ev[E_RET])?;
+        self.exchange(rl, send, recv, rb, net, false)?;
+        self.ev[E_RETURNED].record(net)?;
+        self.dev.wait(main, &self.ev[E_RETURNED])?;
+        let di = d as i32;
+        // SAFETY: ret_ptr/bias_ptr were filled by pack_rows for every copy
+        // and point at result rows written above; out holds t x D.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.combine_rows,
+                (t as u32, 1, 1),
+                (d / 2).min(256) as u32,
+                0,
+                main,
+                params!(ret_ptr, bias_ptr, wts, topk, di, out),
+            )?;
+        }
+        self.ev[E_END].record(main)?;
+        self.ev[E_END].sync()?;
+        let mut xfer_ms = 0.0;
+        if has_x {
+            self.xev[1].sync()?;
+            xfer_ms = self.xev[1].ms_since(&self.xev[0])?;
+        }
+        self.driver_peak = self.driver_peak.max(self.dev.driver_used());
+        let e = &self.ev;
+        let compute = e[E_BE].ms_since(&e[E_BS])?;
+        let _ = inter;
+        Ok(RunOut::Done([
+            e[E_PLANNED].ms_since(&e[E_START])?,
+            e[E_DISPATCHED].ms_since(&e[E_PLANNED])?,
+            xfer_ms,
+            compute,
+            e[E_END].ms_since(&e[E_BE])?,
+            e[E_END].ms_since(&e[E_START])?,
+        ]))
+    }
+
+    /// Token exchange of one layer on stream `s`: dispatch (send buffer out,
+    /// receive buffer in) or its mirror for the combine.
+    fn exchange(
+        &self,
+        rl: &layout::RankLayout,
+        send: u64,
+        recv: u64,
+        rb: u64,
+        s: cudarc::driver::sys::CUstream,
+        dispatch: bool,
+    ) -> Result<(), GpuError> {
+        let (out_buf, in_buf, out_rows, out_off, in_rows, in_off) = if dispatch {
+            (
+                send,
+                recv,
+                &rl.send_rows,
+                &rl.send_off,
+                &rl.recv_rows,
+                &rl.recv_off,
+            )
+        } else {
+            (
+                recv,
+                send,
+                &rl.recv_rows,
+                &rl.recv_off,
+                &rl.send_rows,
+                &rl.send_off,
+            )
+        };
+        Comm::group_start()?;
+        // SAFETY: offsets and sizes from the layout, mirrored on the peers;
+        // both buffers hold them.
+        let res = (|| unsafe {
+            for q in 0..self.world {
+                if q == self.rank {
+                    continue;
+                }
+                if out_rows[q] > 0 {
+                    self.comm
+                        .send(out_buf + out_off[q] * rb, (out_rows[q] * rb) as usize, q, s)?;
+                }
+                if in_rows[q] > 0 {
+                    self.comm
+                        .recv(in_buf + in_off[q] * rb, (in_rows[q] * rb) as usize, q, s)?;
+                }
+            }
+            Ok(())
+        })();
+        Comm::group_end()?;
+        res
+    }
+
+    /// GEMM units of GPU `r`: each group's rows cut to at most `CHUNK` rows
+    /// (bounding the activation buffers whatever the skew); native weights
+    /// before foreign ones, so compute starts before the transfers finish.
+    fn units(&self, lay: &Layout, r: usize) -> Vec<Unit> {
+        let rl = &lay.ranks[r];
+        let mut ps: Vec<&layout::Piece> = lay
+            .pieces
+            .iter()
+            .filter(|pc| pc.dst as usize == r)
+            .collect();
+        ps.sort_by_key(|pc| pc.comp_row);
+        let mut runs: Vec<Unit> = Vec::new();
+        for pc in ps {
+            let local = pc.src as usize == r;
+            let g = &rl.groups[pc.group as usize];
+            let foreign = matches!(g.weights, WeightSrc::Foreign(_));
+            match runs.last_mut() {
+                Some(u) if u.group == pc.group && u.row + u.rows == pc.comp_row => {
+                    u.local &= local;
+                    u.rows += pc.rows();
+                }
+                _ => runs.push(Unit {
+                    group: pc.group,
+                    row: pc.comp_row,
+                    rows: pc.rows(),
+                    local,
+                    foreign,
+                }),
+            }
+        }
+        let mut out = Vec::new();
+        for u in runs {
+            let mut at = 0;
+            while at < u.rows {
+                let n = (u.rows - at).min(CHUNK);
+                out.push(Unit {
+                    row: u.row + at,
+                    rows: n,
+                    ..u
+                });
+                at += n;
+            }
+        }
+        out.sort_by_key(|u| u.foreign);
+        out
+    }
+
+    /// Run GEMM units on the main stream: gate_up GEMM, activation, down
+    /// GEMM (written in place over the unit's input rows).
+    #[allow(clippy::too_many_arguments)]
+    fn compute(
+        &self,
+        units: &[Unit],
+        rl: &layout::RankLayout,
+        comp: u64,
+        h: u64,
+        act: u64,
+        native: u64,
+        foreign: u64,
+        waited: &mut bool,
+    ) -> Result<(), GpuError> {
+        let main = self.dev.main;
+        let rb = self.rb();
+        let (d, inter) = (self.cfg.hidden, self.cfg.inter);
+        let bb = self.blob.len * 2;
         let b = self.blob;
         let kind: i32 = match self.cfg.act {
             Act::GptOss => 0,
             Act::SwiGlu => 1,
         };
         let inter_i = inter as i32;
-        for g in &rl.groups {
+        for u in units {
+            let g = &rl.groups[u.group as usize];
             let w = match g.weights {
                 WeightSrc::Native(j) => native + (j as usize * bb) as u64,
                 WeightSrc::Foreign(i) => {
-                    if !waited {
+                    if !*waited {
                         self.dev.wait(main, &self.xev[1])?;
-                        waited = true;
+                        *waited = true;
                     }
                     foreign + (i as usize * bb) as u64
                 }
             };
-            let xg = comp + g.row * rb;
-            let rows = g.rows as usize;
-            let rows_i = g.rows as i64;
+            let xg = comp + u.row * rb;
+            let rows = u.rows as usize;
+            let rows_i = u.rows as i64;
             let bgu = w + 2 * b.bgu as u64;
             let pairs = rows * inter / 2;
-            // SAFETY: xg holds rows x D, h rows x 2I, act rows x I (sized
-            // by max_group_rows); w is a full blob.
+            // SAFETY: xg holds rows x D inside comp; h holds CHUNK x 2I and
+            // act CHUNK x I (rows <= CHUNK); w is a full blob.
             unsafe {
                 self.dev
                     .gemm_bf16(rows, 2 * inter, d, xg, w + 2 * b.wgu as u64, h)?;
@@ -533,76 +752,7 @@ impl<'a> Worker<'a> {
                     .gemm_bf16(rows, d, inter, act, w + 2 * b.wd as u64, xg)?;
             }
         }
-        self.ev[3].record(main)?;
-
-        // -- combine: results back to their ranks, weighted sum --
-        // SAFETY: as for dispatch, with source and destination swapped.
-        unsafe {
-            self.dev.launch(
-                self.dev.k.copy_rows,
-                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
-                256,
-                0,
-                main,
-                params!(segs_out, nseg, remote_rows, rbi),
-            )?;
-        }
-        Comm::group_start()?;
-        // SAFETY: mirror of the dispatch exchange.
-        unsafe {
-            for q in 0..p {
-                if q == r {
-                    continue;
-                }
-                if rl.recv_rows[q] > 0 {
-                    self.comm.send(
-                        recv + rl.recv_off[q] * rb,
-                        (rl.recv_rows[q] * rb) as usize,
-                        q,
-                        main,
-                    )?;
-                }
-                if rl.send_rows[q] > 0 {
-                    self.comm.recv(
-                        send + rl.send_off[q] * rb,
-                        (rl.send_rows[q] * rb) as usize,
-                        q,
-                        main,
-                    )?;
-                }
-            }
-        }
-        Comm::group_end()?;
-        let di = d as i32;
-        // SAFETY: ret_ptr/bias_ptr were filled by pack_rows for every copy
-        // and point at result rows written above; out holds t x D.
-        unsafe {
-            self.dev.launch(
-                self.dev.k.combine_rows,
-                (t as u32, 1, 1),
-                (d / 2).min(256) as u32,
-                0,
-                main,
-                params!(ret_ptr, bias_ptr, wts, topk, di, out),
-            )?;
-        }
-        self.ev[4].record(main)?;
-        self.ev[4].sync()?;
-        let mut xfer_ms = 0.0;
-        if has_x {
-            self.xev[1].sync()?;
-            xfer_ms = self.xev[1].ms_since(&self.xev[0])?;
-        }
-        self.driver_peak = self.driver_peak.max(self.dev.driver_used());
-        let e = &self.ev;
-        Ok(RunOut::Done([
-            e[1].ms_since(&e[0])?,
-            e[2].ms_since(&e[1])?,
-            xfer_ms,
-            e[3].ms_since(&e[2])?,
-            e[4].ms_since(&e[3])?,
-            e[4].ms_since(&e[0])?,
-        ]))
+        Ok(())
     }
 
     /// Dense fp32 reference of sampled tokens of this rank against the last
@@ -636,7 +786,9 @@ impl<'a> Worker<'a> {
         for slot in 0..k {
             let mut by_e: std::collections::BTreeMap<i32, Vec<usize>> = Default::default();
             for (j, &tk) in toks.iter().enumerate() {
-                by_e.entry(rt.ids[tk as usize * k + slot]).or_default().push(j);
+                by_e.entry(rt.ids[tk as usize * k + slot])
+                    .or_default()
+                    .push(j);
             }
             for (e, js) in by_e {
                 self.gen_blob(blob, e as usize)?;
@@ -716,7 +868,12 @@ impl<'a> Worker<'a> {
     }
 
     /// Run one case under one setting; rank 0 gets the row.
-    fn measure(&mut self, case: &Case, policy: Policy, gate: Gate) -> Result<Option<ResultRow>, GpuError> {
+    fn measure(
+        &mut self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+    ) -> Result<Option<ResultRow>, GpuError> {
         let k = self.cfg.top_k;
         let rt = &case.routing[self.rank];
         let copies = rt.ids.len();
@@ -782,19 +939,39 @@ impl<'a> Worker<'a> {
         Ok(Some(self.row(case, policy, gate, &plan, &all, runs)))
     }
 
-    fn row(&self, case: &Case, policy: Policy, gate: Gate, plan: &Plan, all: &[f64], runs: usize) -> ResultRow {
+    fn row(
+        &self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+        plan: &Plan,
+        all: &[f64],
+        runs: usize,
+    ) -> ResultRow {
         let p = self.world;
         let stride = runs * 6 + 5;
         let per = |q: usize| &all[q * stride..(q + 1) * stride];
         let oom = (0..p).any(|q| per(q)[runs * 6 + 4] != 0.0);
-        // per run, each phase's max over GPUs; then the median over runs
+        // per run, the phases of the GPU that finished last (they lie on
+        // the layer's critical path; the weight transfer, overlapped, is the
+        // max over GPUs); then the median over runs
         let mut phase = vec![Vec::new(); 6];
         for i in 0..runs {
+            // the GPU whose compute ends last (all GPUs end the layer
+            // together, waiting on each other in the combine)
+            let busy = |q: usize| per(q)[i * 6] + per(q)[i * 6 + 1] + per(q)[i * 6 + 3];
+            let crit = (0..p)
+                .max_by(|&a, &b| busy(a).total_cmp(&busy(b)))
+                .unwrap_or(0);
             for (j, ph) in phase.iter_mut().enumerate() {
-                let m = (0..p)
-                    .map(|q| per(q)[i * 6 + j])
-                    .fold(f64::NEG_INFINITY, f64::max);
-                ph.push(m);
+                ph.push(match j {
+                    2 => (0..p).map(|q| per(q)[i * 6 + 2]).fold(0.0, f64::max),
+                    // the layer ends when the last GPU ends
+                    5 => (0..p).map(|q| per(q)[i * 6 + 5]).fold(0.0, f64::max),
+                    // what remains after its compute, waiting included
+                    4 => (0..p).map(|q| per(q)[i * 6 + 5]).fold(0.0, f64::max) - busy(crit),
+                    _ => per(crit)[i * 6 + j],
+                });
             }
         }
         let med: Vec<f64> = phase.iter().map(|v| quantile(v, 0.5)).collect();
@@ -803,7 +980,11 @@ impl<'a> Worker<'a> {
             .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         let mut r = case.base.clone();
         r.policy = policy.as_str().into();
-        r.lambda = if policy == Policy::Llep { gate.lambda() } else { None };
+        r.lambda = if policy == Policy::Llep {
+            gate.lambda()
+        } else {
+            None
+        };
         r.alpha = self.cfg.alpha;
         r.min_gemm = self.cfg.min_gemm;
         r.gpus = p as u32;
@@ -842,7 +1023,7 @@ impl<'a> Worker<'a> {
             r.t_total_ms = med[5];
             r.t_total_p10_ms = Some(quantile(&phase[5], 0.1));
             r.t_total_p90_ms = Some(quantile(&phase[5], 0.9));
-            r.rel_error = Some(if den > 0.0 { (num / den).sqrt() } else { 0.0 });
+            r.rel_error = (den > 0.0).then(|| (num / den).sqrt());
         }
         r
     }
@@ -860,16 +1041,34 @@ pub fn quantile(v: &[f64], q: f64) -> f64 {
     s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
 }
 
-/// CUDA driver version as "major.minor".
+/// NVIDIA driver version (from /proc/driver/nvidia/version, when readable)
+/// and the CUDA version the driver supports, e.g. "580.159.04 (CUDA 13.0)".
 pub fn driver_version() -> String {
     let mut v = 0i32;
     // SAFETY: writes one int.
     let ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
-    if ok == cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
+    let cuda = if ok == cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
         format!("CUDA {}.{}", v / 1000, (v % 1000) / 10)
     } else {
         String::new()
+    };
+    let kmod = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|t| kernel_module_version(&t));
+    match kmod {
+        Some(k) if !cuda.is_empty() => format!("{k} ({cuda})"),
+        Some(k) => k,
+        None => cuda,
     }
+}
+
+/// The version in "NVRM version: NVIDIA UNIX ... Kernel Module  580.159.04  ...".
+fn kernel_module_version(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.contains("Kernel Module"))?;
+    let rest = line.split("Kernel Module").nth(1)?;
+    rest.split_whitespace()
+        .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .map(str::to_string)
 }
 
 /// Validate the configuration against the cases before touching a GPU.
@@ -905,7 +1104,9 @@ pub fn validate(cfg: &ReplayConfig, cases: &[Case]) -> Result<(), GpuError> {
         }
         for rt in &c.routing {
             if rt.ids.len() % cfg.top_k != 0 || rt.ids.len() != rt.weights.len() {
-                return Err(GpuError::Input("routing length is not tokens x top_k".into()));
+                return Err(GpuError::Input(
+                    "routing length is not tokens x top_k".into(),
+                ));
             }
             if let Some(&bad) = rt.ids.iter().find(|&&e| e < 0 || e as usize >= cfg.experts) {
                 return Err(GpuError::Input(format!(
@@ -918,6 +1119,7 @@ pub fn validate(cfg: &ReplayConfig, cases: &[Case]) -> Result<(), GpuError> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn worker_main(
     rank: usize,
     world: usize,
@@ -941,7 +1143,7 @@ fn worker_main(
         blob: BlobLayout::new(cfg.hidden, cfg.inter),
         planner: Planner::new(),
         plan: Plan::default(),
-        ev: (0..5).map(|_| Event::new()).collect::<Result<_, _>>()?,
+        ev: (0..N_EV).map(|_| Event::new()).collect::<Result<_, _>>()?,
         xev: (0..2).map(|_| Event::new()).collect::<Result<_, _>>()?,
         seen: Vec::new(),
         driver_peak: 0,
@@ -995,7 +1197,8 @@ pub fn replay(
         return Err(GpuError::NoDevice);
     }
     let cc = {
-        let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
+        let ctx =
+            cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
         ctx.compute_capability()
             .map_err(|e| GpuError::Cuda(format!("{e:?}")))?
     };
@@ -1021,11 +1224,17 @@ pub fn replay(
                     .enumerate()
                     .map(|(rank, &o)| {
                         let (ids, ptx) = (&ids, &ptx);
-                        s.spawn(move || worker_main(rank, cfg.gpus, o, ids, ptx, cfg, cases, progress))
+                        s.spawn(move || {
+                            worker_main(rank, cfg.gpus, o, ids, ptx, cfg, cases, progress)
+                        })
                     })
                     .collect();
                 hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(GpuError::Cuda("worker thread panicked".into()))))
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(GpuError::Cuda("worker thread panicked".into()))
+                        })
+                    })
                     .collect()
             });
             let mut first = None;
@@ -1057,10 +1266,325 @@ pub fn replay(
                 None
             };
             let ids = rendezvous::exchange(pr, mine, 2)?;
-            let rows = worker_main(pr.rank, pr.world, pr.local_rank, &ids, &ptx, cfg, cases, progress)?;
+            let rows = worker_main(
+                pr.rank,
+                pr.world,
+                pr.local_rank,
+                &ids,
+                &ptx,
+                cfg,
+                cases,
+                progress,
+            )?;
             Ok(if pr.rank == 0 { Some(rows) } else { None })
         }
     }
+}
+
+/// What `calibrate` measures.
+#[derive(Debug, Clone)]
+pub struct CalibConfig {
+    pub gpus: usize,
+    /// (hidden, intermediate) shapes for the GEMM curves; the first also
+    /// sizes the planning-overhead and weight-transfer measurements.
+    pub shapes: Vec<(usize, usize)>,
+    pub tokens: Vec<u64>,
+    pub reps: usize,
+    pub seed: u64,
+}
+
+/// (hidden, intermediate, [(tokens, ms)]) of one expert shape.
+pub type ShapeCurve = (usize, usize, Vec<(f64, f64)>);
+
+/// Raw calibration measurements (rank 0's view; link figures are the max
+/// over GPUs of each exchange).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Calibration {
+    pub card: String,
+    pub driver: String,
+    pub gpus: usize,
+    pub total_mem: u64,
+    /// Per shape: (hidden, intermediate, [(tokens, ms)]).
+    pub gemm: Vec<ShapeCurve>,
+    /// Token exchange: (bytes each GPU sends to each peer, ms).
+    pub link: Vec<(f64, f64)>,
+    /// Weight transfer, one direction: (bytes, ms).
+    pub p2p: Vec<(f64, f64)>,
+    /// Count exchange + planning per layer, ms (median), on balanced
+    /// routing of the first shape with 128 experts, top-4, 32768 tokens.
+    pub overhead_ms: f64,
+    /// Memory in use on a GPU beyond this tool's buffers (context, NCCL,
+    /// cuBLAS), bytes.
+    pub mem_baseline: u64,
+}
+
+impl Worker<'_> {
+    /// Time one expert group (gate_up, activation, down) of `tokens` rows
+    /// of shape (d, i), as the replay computes it.
+    fn time_group(
+        &mut self,
+        d: usize,
+        i: usize,
+        tokens: u64,
+        reps: usize,
+    ) -> Result<f64, GpuError> {
+        let bl = BlobLayout::new(d, i);
+        let t = tokens as usize;
+        let x = self.dev.arena.get("cal_x", t * d * 2)?;
+        let w = self.dev.arena.get("cal_w", bl.len * 2)?;
+        let rows = (t as u64).min(CHUNK) as usize;
+        let h = self.dev.arena.get("cal_h", rows * 2 * i * 2)?;
+        let a = self.dev.arena.get("cal_a", rows * i * 2)?;
+        self.gen(x, t * d, 77, 1.0)?;
+        self.gen(w, bl.len, 78, 1.0 / (d as f32).sqrt())?;
+        let main = self.dev.main;
+        let mut v = Vec::new();
+        for rep in 0..reps + 2 {
+            self.ev[E_START].record(main)?;
+            let mut at = 0;
+            while at < t {
+                let n = (t - at).min(CHUNK as usize);
+                let xg = x + (at * d * 2) as u64;
+                let (rows_i, inter_i, kind) = (n as i64, i as i32, 0i32);
+                let bgu = w + 2 * bl.bgu as u64;
+                // SAFETY: buffers sized above for n <= CHUNK rows.
+                unsafe {
+                    self.dev.gemm_bf16(n, 2 * i, d, xg, w, h)?;
+                    self.dev.launch(
+                        self.dev.k.act_rows,
+                        ((n * i / 2).div_ceil(256).min(1 << 20) as u32, 1, 1),
+                        256,
+                        0,
+                        main,
+                        params!(h, bgu, a, rows_i, inter_i, kind),
+                    )?;
+                    self.dev.gemm_bf16(n, d, i, a, w + 2 * bl.wd as u64, xg)?;
+                }
+                at += n;
+            }
+            self.ev[E_END].record(main)?;
+            self.ev[E_END].sync()?;
+            if rep >= 2 {
+                v.push(self.ev[E_END].ms_since(&self.ev[E_START])?);
+            }
+        }
+        Ok(quantile(&v, 0.5))
+    }
+
+    /// Every rank sends `bytes` to every peer and receives as much (the
+    /// token exchange), or, with `one_way`, rank 0 sends to rank 1 on the
+    /// weight communicator. Median ms over `reps`, max over ranks.
+    fn time_exchange(&mut self, bytes: usize, one_way: bool, reps: usize) -> Result<f64, GpuError> {
+        let p = self.world;
+        let sb = self.dev.arena.get("cal_s", bytes * p.max(1))?;
+        let rbuf = self.dev.arena.get("cal_r", bytes * p.max(1))?;
+        let s = if one_way { self.dev.xfer } else { self.dev.net };
+        let mut v = Vec::new();
+        for rep in 0..reps + 2 {
+            self.dev.sync()?;
+            let _ = self.gather_f64(&[0.0])?; // line the ranks up
+            self.ev[E_START].record(s)?;
+            Comm::group_start()?;
+            // SAFETY: both buffers hold bytes * p.
+            let res = (|| unsafe {
+                if one_way {
+                    if self.rank == 0 && p > 1 {
+                        self.xcomm.send(sb, bytes, 1, s)?;
+                    } else if self.rank == 1 {
+                        self.xcomm.recv(rbuf, bytes, 0, s)?;
+                    }
+                } else {
+                    for q in 0..p {
+                        if q != self.rank {
+                            self.comm.send(sb + (q * bytes) as u64, bytes, q, s)?;
+                            self.comm.recv(rbuf + (q * bytes) as u64, bytes, q, s)?;
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            Comm::group_end()?;
+            res?;
+            self.ev[E_END].record(s)?;
+            self.ev[E_END].sync()?;
+            if rep >= 2 {
+                v.push(self.ev[E_END].ms_since(&self.ev[E_START])?);
+            }
+        }
+        let mine = quantile(&v, 0.5);
+        let all = self.gather_f64(&[mine])?;
+        Ok(all.into_iter().fold(0.0, f64::max))
+    }
+}
+
+fn calib_main(
+    rank: usize,
+    world: usize,
+    ordinal: usize,
+    ids: &[NcclId],
+    ptx: &cudarc::nvrtc::Ptx,
+    cc: &CalibConfig,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Calibration, GpuError> {
+    let (d0, i0) = cc.shapes[0];
+    let (n, k, t) = (128usize, 4usize, 32_768u64);
+    let n = n.max(world).div_ceil(world) * world;
+    let cfg = ReplayConfig {
+        gpus: world,
+        hidden: d0,
+        inter: i0,
+        experts: n,
+        top_k: k,
+        act: Act::GptOss,
+        alpha: 1.0,
+        min_gemm: 1024,
+        settings: vec![(Policy::Ep, Gate::Always)],
+        warmup: 3,
+        runs: cc.reps,
+        seed: cc.seed,
+        samples: 0,
+    };
+    let case = super::inputs::synthetic_case(
+        crate::trace::synthetic::Scenario::Balanced,
+        world,
+        t,
+        n as u32,
+        k as u32,
+        d0 as u32,
+        i0 as u32,
+    )
+    .map_err(GpuError::Input)?;
+    let dev = Dev::new(ordinal, ptx)?;
+    let comm = Comm::init(world, rank, &ids[0])?;
+    let xcomm = Comm::init(world, rank, &ids[1])?;
+    let mut w = Worker {
+        dev,
+        comm,
+        xcomm,
+        cfg: &cfg,
+        rank,
+        world,
+        blob: BlobLayout::new(d0, i0),
+        planner: Planner::new(),
+        plan: Plan::default(),
+        ev: (0..N_EV).map(|_| Event::new()).collect::<Result<_, _>>()?,
+        xev: (0..2).map(|_| Event::new()).collect::<Result<_, _>>()?,
+        seen: Vec::new(),
+        driver_peak: 0,
+    };
+    w.setup(t as usize)?;
+    let mut out = Calibration {
+        card: w.dev.name.clone(),
+        driver: driver_version(),
+        gpus: world,
+        total_mem: w.dev.total_mem as u64,
+        ..Default::default()
+    };
+    if rank == 0 {
+        progress("planning overhead (balanced gpt-oss layer)");
+    }
+    let row = w.measure(&case, Policy::Ep, Gate::Always)?;
+    out.overhead_ms = row.as_ref().map_or(0.0, |r| r.t_overhead_ms);
+    // after a full layer ran: NCCL's buffers and cuBLAS's workspace exist
+    w.dev.sync()?;
+    out.mem_baseline = w.dev.driver_used().saturating_sub(w.dev.arena.held) as u64;
+    if world > 1 {
+        if rank == 0 {
+            progress("token exchange and weight transfer bandwidth");
+        }
+        for mb in [1usize, 4, 16, 64, 256] {
+            let b = mb << 20;
+            out.link
+                .push((b as f64, w.time_exchange(b, false, cc.reps)?));
+        }
+        let bb = w.blob.len * 2;
+        for nb in [1usize, 2, 4, 8] {
+            out.p2p
+                .push(((nb * bb) as f64, w.time_exchange(nb * bb, true, cc.reps)?));
+        }
+    }
+    if rank == 0 {
+        for &(d, i) in &cc.shapes {
+            progress(&format!("expert GEMM curve D={d} I={i}"));
+            let mut pts = Vec::new();
+            for &tk in &cc.tokens {
+                pts.push((tk as f64, w.time_group(d, i, tk, cc.reps)?));
+            }
+            out.gemm.push((d, i, pts));
+            w.dev.arena.release_except(&PERSISTENT)?;
+        }
+    }
+    let _ = w.gather_f64(&[0.0])?; // keep the other ranks until rank 0 is done
+    w.dev.sync()?;
+    Ok(out)
+}
+
+/// Measure the hardware for the cost model on `cc.gpus` local GPUs (a
+/// thread each). Returns rank 0's calibration.
+pub fn calibrate(
+    cc: &CalibConfig,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Calibration, GpuError> {
+    if cc.shapes.is_empty() || cc.tokens.is_empty() || cc.reps == 0 || cc.gpus == 0 {
+        return Err(GpuError::Input(
+            "calibrate needs shapes, token counts, reps and GPUs".into(),
+        ));
+    }
+    runtime::check_libraries()?;
+    let count = runtime::device_count()?;
+    if count < cc.gpus {
+        return Err(GpuError::Input(format!(
+            "{} GPUs requested but {count} visible (check CUDA_VISIBLE_DEVICES)",
+            cc.gpus
+        )));
+    }
+    let ccap = {
+        let ctx =
+            cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
+        ctx.compute_capability()
+            .map_err(|e| GpuError::Cuda(format!("{e:?}")))?
+    };
+    let ptx = runtime::compile_kernels(ccap)?;
+    let ids = vec![runtime::nccl_new_id()?, runtime::nccl_new_id()?];
+    let results: Vec<Result<Calibration, GpuError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..cc.gpus)
+            .map(|rank| {
+                let (ids, ptx) = (&ids, &ptx);
+                s.spawn(move || calib_main(rank, cc.gpus, rank, ids, ptx, cc, progress))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(GpuError::Cuda("worker thread panicked".into())))
+            })
+            .collect()
+    });
+    let mut first = None;
+    for (i, r) in results.into_iter().enumerate() {
+        let c = r?;
+        if i == 0 {
+            first = Some(c);
+        }
+    }
+    Ok(first.expect("at least one GPU"))
+}
+
+/// Least-squares line y = a + b x; returns (a, b).
+pub fn fit_line(pts: &[(f64, f64)]) -> (f64, f64) {
+    let n = pts.len() as f64;
+    if pts.len() < 2 {
+        return (0.0, pts.first().map_or(0.0, |p| p.1 / p.0.max(1e-12)));
+    }
+    let (sx, sy) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+    let (mx, my) = (sx / n, sy / n);
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for p in pts {
+        sxy += (p.0 - mx) * (p.1 - my);
+        sxx += (p.0 - mx) * (p.0 - mx);
+    }
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
 }
 
 #[cfg(test)]
@@ -1079,6 +1603,23 @@ mod tests {
         for off in [b.bgu, b.wd, b.bd, b.len] {
             assert_eq!((off * 2) % 256, 0);
         }
+    }
+
+    #[test]
+    fn line_fit_recovers_latency_and_bandwidth() {
+        let pts: Vec<(f64, f64)> = (1..6)
+            .map(|i| (i as f64 * 1e6, 0.02 + i as f64 * 1e6 / 3e8))
+            .collect();
+        let (a, b) = fit_line(&pts);
+        assert!((a - 0.02).abs() < 1e-9 && (1.0 / b - 3e8).abs() < 1.0);
+    }
+
+    #[test]
+    fn driver_version_is_read_from_the_kernel_module_line() {
+        let t = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)\nGCC version:  gcc 12\n";
+        assert_eq!(kernel_module_version(t).as_deref(), Some("580.159.04"));
+        let t = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Sun Jan  1\n";
+        assert_eq!(kernel_module_version(t).as_deref(), Some("580.159.04"));
     }
 
     #[test]

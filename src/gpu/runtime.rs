@@ -139,9 +139,7 @@ impl Arena {
     /// Whether `name` already holds `bytes`.
     pub fn has(&self, name: &str, bytes: usize) -> bool {
         let bytes = bytes.max(256).div_ceil(GRAIN) * GRAIN;
-        self.bufs
-            .iter()
-            .any(|(n, b)| *n == name && b.cap >= bytes)
+        self.bufs.iter().any(|(n, b)| *n == name && b.cap >= bytes)
     }
 
     /// Free every buffer whose name is not in `keep`.
@@ -183,7 +181,7 @@ impl Event {
             .map(Event)
             .map_err(drv_err("cuEventCreate"))
     }
-    pub fn record(&self, s: drv_sys::CUstream) -> Result<(), GpuError> {
+    pub(crate) fn record(&self, s: drv_sys::CUstream) -> Result<(), GpuError> {
         // SAFETY: live event and stream of the current context.
         unsafe { drv::event::record(self.0, s) }.map_err(drv_err("cuEventRecord"))
     }
@@ -332,6 +330,8 @@ pub struct Dev {
     pub blas: blas_sys::cublasHandle_t,
     pub main: drv_sys::CUstream,
     pub xfer: drv_sys::CUstream,
+    /// Token exchange (dispatch and combine), overlapped with compute.
+    pub net: drv_sys::CUstream,
     pub name: String,
     pub total_mem: usize,
     _module: Arc<CudaModule>,
@@ -369,6 +369,7 @@ impl Dev {
         };
         let main = mk()?;
         let xfer = mk()?;
+        let net = mk()?;
         let handle = blas::create_handle().map_err(blas_err("cublasCreate"))?;
         // SAFETY: live handle and stream.
         unsafe { blas::set_stream(handle, main as _) }.map_err(blas_err("cublasSetStream"))?;
@@ -380,6 +381,7 @@ impl Dev {
             blas: handle,
             main,
             xfer,
+            net,
             name,
             total_mem,
             _module: module,
@@ -456,6 +458,7 @@ impl Dev {
         // SAFETY: live streams.
         unsafe {
             drv::stream::synchronize(self.main).map_err(drv_err("cuStreamSynchronize"))?;
+            drv::stream::synchronize(self.net).map_err(drv_err("cuStreamSynchronize"))?;
             drv::stream::synchronize(self.xfer).map_err(drv_err("cuStreamSynchronize"))
         }
     }
@@ -494,7 +497,7 @@ impl Dev {
 
     /// Make the transfer stream wait for work queued so far on `main`, or
     /// the reverse.
-    pub fn wait(&self, waiter: drv_sys::CUstream, ev: &Event) -> Result<(), GpuError> {
+    pub(crate) fn wait(&self, waiter: drv_sys::CUstream, ev: &Event) -> Result<(), GpuError> {
         // SAFETY: live stream and event.
         unsafe {
             drv::stream::wait_event(
@@ -516,6 +519,7 @@ impl Drop for Dev {
             let _ = blas::destroy_handle(self.blas);
             let _ = drv::stream::destroy(self.main);
             let _ = drv::stream::destroy(self.xfer);
+            let _ = drv::stream::destroy(self.net);
         }
     }
 }
