@@ -208,7 +208,6 @@ pub fn trace_cases(
             ));
         }
     }
-    let _ = m;
     Ok(out)
 }
 

@@ -156,7 +156,6 @@ struct Unit {
     group: u32,
     row: u64,
     rows: u64,
-    local: bool,
     foreign: bool,
 }
 
@@ -283,7 +282,7 @@ impl<'a> Worker<'a> {
     fn needs(&self, lay: &Layout, q: usize) -> Vec<(&'static str, usize)> {
         let rl = &lay.ranks[q];
         let rb = self.rb() as usize;
-        let (d, i) = (self.cfg.hidden, self.cfg.inter);
+        let i = self.cfg.inter;
         let npack = lay.pieces.iter().filter(|p| p.src as usize == q).count();
         let nin = lay.remote_in(q).count();
         vec![
@@ -298,12 +297,6 @@ impl<'a> Worker<'a> {
             ("segs_out", nin * std::mem::size_of::<CopySeg>()),
             ("seg_start", (self.cfg.experts + 1) * 4),
         ]
-        .into_iter()
-        .map(|(n, b)| {
-            let _ = d;
-            (n, b)
-        })
-        .collect()
     }
 
     /// Grow buffers for `lay` on every rank in step; false if any rank ran
@@ -353,7 +346,7 @@ impl<'a> Worker<'a> {
         let copies = rt.ids.len();
         let t = copies / k;
         let rb = self.rb();
-        let (d, inter) = (self.cfg.hidden, self.cfg.inter);
+        let d = self.cfg.hidden;
         let main = self.dev.main;
 
         let ids = self.ptr("ids")?;
@@ -583,7 +576,6 @@ impl<'a> Worker<'a> {
         self.driver_peak = self.driver_peak.max(self.dev.driver_used());
         let e = &self.ev;
         let compute = e[E_BE].ms_since(&e[E_BS])?;
-        let _ = inter;
         Ok(RunOut::Done([
             e[E_PLANNED].ms_since(&e[E_START])?,
             e[E_DISPATCHED].ms_since(&e[E_PLANNED])?,
@@ -660,19 +652,16 @@ impl<'a> Worker<'a> {
         ps.sort_by_key(|pc| pc.comp_row);
         let mut runs: Vec<Unit> = Vec::new();
         for pc in ps {
-            let local = pc.src as usize == r;
             let g = &rl.groups[pc.group as usize];
             let foreign = matches!(g.weights, WeightSrc::Foreign(_));
             match runs.last_mut() {
                 Some(u) if u.group == pc.group && u.row + u.rows == pc.comp_row => {
-                    u.local &= local;
                     u.rows += pc.rows();
                 }
                 _ => runs.push(Unit {
                     group: pc.group,
                     row: pc.comp_row,
                     rows: pc.rows(),
-                    local,
                     foreign,
                 }),
             }
