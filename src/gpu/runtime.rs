@@ -523,3 +523,37 @@ impl Drop for Dev {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KERNEL_SRC;
+
+    /// The kernels `Dev::new` loads exist in the embedded source with C
+    /// linkage, and the table structs the host fills have the fields, in
+    /// the order, that `replay.rs` lays out (`#[repr(C)]` there).
+    #[test]
+    fn embedded_kernels_and_tables_match_the_host() {
+        for k in [
+            "gen_bf16",
+            "route_slots",
+            "pack_rows",
+            "copy_rows",
+            "act_rows",
+            "combine_rows",
+            "ref_gate_up",
+            "ref_act",
+            "ref_down",
+            "gather_out",
+        ] {
+            assert!(
+                KERNEL_SRC.contains(&format!("extern \"C\" __global__ void {k}(")),
+                "kernel {k} missing from kernels/moe.cu"
+            );
+        }
+        let flat: String = KERNEL_SRC.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("struct PackSeg { long long lo, hi; u64 dst, ret, bias; };"));
+        assert!(flat.contains("struct CopySeg { long long vstart, len; u64 src, dst; };"));
+        // no headers: NVRTC must compile it with its built-ins alone
+        assert!(!KERNEL_SRC.contains("#include"));
+    }
+}
