@@ -415,7 +415,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; {} warm-up + {} timed runs, medians (max over GPUs per run)\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last\n\n{}",
         a.warmup,
         a.runs,
         render(&rows)
