@@ -1,0 +1,225 @@
+// Kernels of the replayed MoE layer (compiled at run time by NVRTC for the
+// card in use; see src/gpu/kernels.rs). No headers: bf16 values travel as
+// unsigned short and are converted with bit operations, so NVRTC needs
+// nothing beyond its built-ins.
+
+typedef unsigned short bf16_t;
+typedef unsigned long long u64;
+
+__device__ __forceinline__ float bf2f(bf16_t h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+// Round to nearest even; NaN stays NaN.
+__device__ __forceinline__ bf16_t f2bf(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+
+__device__ __forceinline__ u64 mix64(u64 z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Seeded uniform values in [-scale, scale): element i depends only on
+// (seed, i), so any GPU can regenerate any expert's weights bit for bit.
+extern "C" __global__ void gen_bf16(bf16_t* out, u64 n, u64 seed, float scale) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n;
+         i += (u64)gridDim.x * blockDim.x) {
+        u64 h = mix64(seed ^ mix64(i));
+        float u = (float)(h >> 40) * (1.0f / 16777216.0f);  // [0, 1)
+        out[i] = f2bf((2.0f * u - 1.0f) * scale);
+    }
+}
+
+// For every token-copy c: its index among this rank's copies of the same
+// expert (slot[c]) and the per-expert counts. A shared-memory histogram per
+// block keeps a hot expert from serialising on one global atomic.
+// counts must be zeroed; dynamic shared memory: 2 * n_experts ints.
+extern "C" __global__ void route_slots(const int* ids, int n_copies, int n_experts,
+                                       int* counts, int* slot) {
+    extern __shared__ int sh[];
+    int* local = sh;
+    int* base = sh + n_experts;
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) local[e] = 0;
+    __syncthreads();
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int e = -1, li = 0;
+    if (c < n_copies) {
+        e = ids[c];
+        li = atomicAdd(&local[e], 1);
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < n_experts; x += blockDim.x) {
+        int n = local[x];
+        base[x] = n ? atomicAdd(&counts[x], n) : 0;
+    }
+    __syncthreads();
+    if (c < n_copies) slot[c] = base[e] + li;
+}
+
+// One segment of an expert's copies on this rank: local in-expert indices
+// [lo, hi) go to rows starting at dst (token rows of row_bytes), and their
+// results will come back to rows starting at ret, with the down bias at bias.
+struct PackSeg {
+    long long lo, hi;
+    u64 dst, ret, bias;
+};
+
+// Copy each token-copy's input row to where the plan sends it (the send
+// buffer for remote GPUs, the compute buffer for this one), and remember
+// where its result will be for the combine. One warp per copy.
+extern "C" __global__ void pack_rows(const bf16_t* x, const int* ids, const int* slot,
+                                     int n_copies, int top_k, const int* seg_start,
+                                     const PackSeg* segs, int row_bytes, u64* ret_ptr,
+                                     u64* bias_ptr) {
+    int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (warp >= n_copies) return;
+    int e = ids[warp];
+    long long i = slot[warp];
+    int s = seg_start[e], s_end = seg_start[e + 1];
+    while (s < s_end - 1 && i >= segs[s].hi) s++;
+    PackSeg g = segs[s];
+    long long row = i - g.lo;
+    const uint4* src = (const uint4*)((const char*)x + (long long)(warp / top_k) * row_bytes);
+    uint4* dst = (uint4*)((char*)g.dst + row * row_bytes);
+    int n16 = row_bytes >> 4;
+    for (int j = lane; j < n16; j += 32) dst[j] = src[j];
+    if (lane == 0) {
+        ret_ptr[warp] = g.ret + row * row_bytes;
+        bias_ptr[warp] = g.bias;
+    }
+}
+
+// Rows [vstart, vstart + len) of a virtual row space map to len contiguous
+// rows at src and at dst.
+struct CopySeg {
+    long long vstart, len;
+    u64 src, dst;
+};
+
+// Copy many row segments in one launch; one warp per row, segments found
+// by binary search on vstart.
+extern "C" __global__ void copy_rows(const CopySeg* segs, int nseg, long long total_rows,
+                                     int row_bytes) {
+    long long warp = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (warp >= total_rows) return;
+    int lo = 0, hi = nseg - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (segs[mid].vstart <= warp) lo = mid; else hi = mid - 1;
+    }
+    CopySeg g = segs[lo];
+    long long row = warp - g.vstart;
+    const uint4* src = (const uint4*)((const char*)g.src + row * row_bytes);
+    uint4* dst = (uint4*)((char*)g.dst + row * row_bytes);
+    int n16 = row_bytes >> 4;
+    for (int j = lane; j < n16; j += 32) dst[j] = src[j];
+}
+
+// gpt-oss clamped SwiGLU (alpha 1.702, limit 7) or plain SwiGLU, on a
+// gate_up row laid out [gate (I) | up (I)], with the gate_up bias.
+__device__ __forceinline__ float swiglu(float g, float u, int kind) {
+    if (kind == 0) {
+        g = fminf(g, 7.0f);
+        u = fminf(fmaxf(u, -7.0f), 7.0f);
+        float glu = g / (1.0f + __expf(-1.702f * g));
+        return (u + 1.0f) * glu;
+    }
+    return g / (1.0f + __expf(-g)) * u;
+}
+
+extern "C" __global__ void act_rows(const bf16_t* h, const bf16_t* bias, bf16_t* out,
+                                    long long rows, int inter, int kind) {
+    long long n = rows * (long long)(inter / 2);
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long r = idx / (inter / 2);
+        int j = (int)(idx % (inter / 2)) * 2;
+        const bf16_t* hr = h + r * 2 * inter;
+        unsigned int gg = *(const unsigned int*)(hr + j);
+        unsigned int uu = *(const unsigned int*)(hr + inter + j);
+        unsigned int bg = *(const unsigned int*)(bias + j);
+        unsigned int bu = *(const unsigned int*)(bias + inter + j);
+        float g0 = bf2f(gg & 0xffff) + bf2f(bg & 0xffff);
+        float g1 = bf2f(gg >> 16) + bf2f(bg >> 16);
+        float u0 = bf2f(uu & 0xffff) + bf2f(bu & 0xffff);
+        float u1 = bf2f(uu >> 16) + bf2f(bu >> 16);
+        unsigned int o = (unsigned int)f2bf(swiglu(g0, u0, kind)) |
+                         ((unsigned int)f2bf(swiglu(g1, u1, kind)) << 16);
+        *(unsigned int*)(out + r * inter + j) = o;
+    }
+}
+
+// out[t] = sum_k w[t,k] * (y_k + down_bias_k), fp32 accumulation. One block
+// per token; each thread handles pairs of columns.
+extern "C" __global__ void combine_rows(const u64* ret_ptr, const u64* bias_ptr,
+                                        const float* w, int top_k, int hidden,
+                                        bf16_t* out) {
+    int t = blockIdx.x;
+    for (int j = threadIdx.x * 2; j < hidden; j += blockDim.x * 2) {
+        float a0 = 0.f, a1 = 0.f;
+        for (int k = 0; k < top_k; k++) {
+            int c = t * top_k + k;
+            float wk = w[c];
+            unsigned int y = *(const unsigned int*)((const bf16_t*)ret_ptr[c] + j);
+            unsigned int b = *(const unsigned int*)((const bf16_t*)bias_ptr[c] + j);
+            a0 += wk * (bf2f(y & 0xffff) + bf2f(b & 0xffff));
+            a1 += wk * (bf2f(y >> 16) + bf2f(b >> 16));
+        }
+        *(unsigned int*)(out + (long long)t * hidden + j) =
+            (unsigned int)f2bf(a0) | ((unsigned int)f2bf(a1) << 16);
+    }
+}
+
+// ---- dense fp32 reference for sampled tokens, one expert at a time ----
+
+// h[s, j] = sum_d x[tok[s], d] * Wgu[d, j] + b[j], fp32; s over the samples
+// routed to this expert.
+extern "C" __global__ void ref_gate_up(const bf16_t* x, const int* tok, int ns,
+                                       const bf16_t* wgu, const bf16_t* bgu, int hidden,
+                                       int inter, float* h) {
+    int s = blockIdx.y;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= ns || j >= 2 * inter) return;
+    const bf16_t* xr = x + (long long)tok[s] * hidden;
+    float acc = 0.f;
+    for (int d = 0; d < hidden; d++) acc += bf2f(xr[d]) * bf2f(wgu[(long long)d * 2 * inter + j]);
+    h[(long long)s * 2 * inter + j] = acc + bf2f(bgu[j]);
+}
+
+extern "C" __global__ void ref_act(const float* h, int ns, int inter, int kind, float* a) {
+    int s = blockIdx.y;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= ns || j >= inter) return;
+    const float* hr = h + (long long)s * 2 * inter;
+    a[(long long)s * inter + j] = swiglu(hr[j], hr[inter + j], kind);
+}
+
+// out[slot[s], j] += w[s] * (sum_i a[s, i] * Wd[i, j] + bd[j])
+extern "C" __global__ void ref_down(const float* a, int ns, const bf16_t* wd, const bf16_t* bd,
+                                    int hidden, int inter, const int* out_row, const float* w,
+                                    float* out) {
+    int s = blockIdx.y;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= ns || j >= hidden) return;
+    const float* ar = a + (long long)s * inter;
+    float acc = 0.f;
+    for (int i = 0; i < inter; i++) acc += ar[i] * bf2f(wd[(long long)i * hidden + j]);
+    out[(long long)out_row[s] * hidden + j] += w[s] * (acc + bf2f(bd[j]));
+}
+
+// Gather sampled output rows (bf16) as fp32.
+extern "C" __global__ void gather_out(const bf16_t* out, const int* tok, int ns, int hidden,
+                                      float* dst) {
+    int s = blockIdx.y;
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (s >= ns || j >= hidden) return;
+    dst[(long long)s * hidden + j] = bf2f(out[(long long)tok[s] * hidden + j]);
+}

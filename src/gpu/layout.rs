@@ -1,0 +1,468 @@
+//! Host-side layout of one replayed layer: from a plan and the per-rank
+//! counts, where every token-copy goes (send buffers, compute buffers), which
+//! GEMM groups each GPU runs with which weights, and which weight transfers
+//! it sends and receives. Pure arithmetic, identical on every rank, and
+//! tested without a GPU.
+//!
+//! Conventions (shared with `kernels/moe.cu`):
+//! - a *group* is one plan range (or, for plain EP, one native expert with
+//!   copies): one gate_up GEMM, one activation, one down GEMM;
+//! - a GPU's compute buffer holds its groups one after another, each group's
+//!   rows in global token order (rank 0's copies first);
+//! - a *piece* is the overlap of one group with one source rank's copies;
+//!   rank r's send buffer holds, per destination g != r, the pieces for g in
+//!   g's group order; g receives them in that order, so its receive buffer
+//!   from r has the same layout;
+//! - pieces whose source is the computing GPU skip the network: they are
+//!   packed straight into the compute buffer.
+
+use crate::plan::{DispatchMatrix, Plan};
+
+/// Where a group's weights live on its GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightSrc {
+    /// Native expert, local index `e % experts_per_gpu`.
+    Native(u32),
+    /// Received in foreign slot `i` (index into [`Layout::recv_transfers`]).
+    Foreign(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group {
+    pub expert: u32,
+    pub weights: WeightSrc,
+    /// First row in the GPU's compute buffer.
+    pub row: u64,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub src: u32,
+    pub dst: u32,
+    /// Index of the group on `dst`.
+    pub group: u32,
+    pub expert: u32,
+    /// Local in-expert indices on `src`: copies `[lo, hi)` of this expert.
+    pub lo: u64,
+    pub hi: u64,
+    /// Row in `src`'s send buffer (meaningless when src == dst).
+    pub send_row: u64,
+    /// Row in `dst`'s receive buffer (meaningless when src == dst).
+    pub recv_row: u64,
+    /// Row in `dst`'s compute buffer.
+    pub comp_row: u64,
+}
+
+impl Piece {
+    pub fn rows(&self) -> u64 {
+        self.hi - self.lo
+    }
+}
+
+/// One weight transfer as a GPU sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightMove {
+    pub expert: u32,
+    pub peer: u32,
+}
+
+/// Everything one GPU needs for one layer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RankLayout {
+    pub groups: Vec<Group>,
+    /// Rows this GPU computes (sum of its group rows).
+    pub compute_rows: u64,
+    pub max_group_rows: u64,
+    /// Per peer: rows sent / received, and their first row in the send /
+    /// receive buffer (0 for self).
+    pub send_rows: Vec<u64>,
+    pub send_off: Vec<u64>,
+    pub recv_rows: Vec<u64>,
+    pub recv_off: Vec<u64>,
+    pub send_total: u64,
+    pub recv_total: u64,
+    /// Weight transfers this GPU sends / receives, in plan order (NCCL pairs
+    /// them in issue order, so both sides list them the same way).
+    pub send_transfers: Vec<WeightMove>,
+    pub recv_transfers: Vec<WeightMove>,
+}
+
+/// The layout of all GPUs for one layer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    pub gpus: usize,
+    pub experts: usize,
+    pub ranks: Vec<RankLayout>,
+    /// All pieces, ordered by (dst, group, src).
+    pub pieces: Vec<Piece>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LayoutError {
+    #[error("plan range of expert {expert} on GPU {gpu} [{start}, {end}) has no matching weight transfer")]
+    NoTransfer {
+        expert: u32,
+        gpu: u32,
+        start: u64,
+        end: u64,
+    },
+    #[error("the plan does not cover all {count} copies of expert {expert}")]
+    Uncovered { expert: u32, count: u64 },
+    #[error("the ideal policy has free weight transfers and cannot be replayed")]
+    Ideal,
+}
+
+/// Build the layout of `plan` for per-rank counts `per_rank` (`[P][N]`).
+pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
+    if plan.free_transfers {
+        return Err(LayoutError::Ideal);
+    }
+    let p = plan.gpus;
+    let n = plan.experts;
+    let per = n / p;
+    let global: Vec<u64> = (0..n)
+        .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+        .collect();
+
+    // groups per GPU, as (expert, start, end, weights)
+    let mut gl: Vec<Vec<(u32, u64, u64, WeightSrc)>> = vec![Vec::new(); p];
+    let mut ranks: Vec<RankLayout> = (0..p).map(|_| RankLayout::default()).collect();
+    if plan.entries.is_empty() {
+        for (e, &c) in global.iter().enumerate() {
+            if c > 0 {
+                gl[e / per].push((e as u32, 0, c, WeightSrc::Native((e % per) as u32)));
+            }
+        }
+    } else {
+        // match helper ranges to their transfers, in plan order
+        let mut used = vec![false; plan.transfers.len()];
+        for t in &plan.transfers {
+            ranks[t.src as usize].send_transfers.push(WeightMove {
+                expert: t.expert,
+                peer: t.dst,
+            });
+            ranks[t.dst as usize].recv_transfers.push(WeightMove {
+                expert: t.expert,
+                peer: t.src,
+            });
+        }
+        // slot index of transfer i on its destination
+        let mut slot_of = vec![0u32; plan.transfers.len()];
+        let mut next = vec![0u32; p];
+        for (i, t) in plan.transfers.iter().enumerate() {
+            slot_of[i] = next[t.dst as usize];
+            next[t.dst as usize] += 1;
+        }
+        let mut covered = vec![0u64; n];
+        for (e, rs) in plan.iter() {
+            let native = e as usize / per;
+            for r in rs {
+                covered[e as usize] += r.end - r.start;
+                let w = if r.gpu as usize == native {
+                    WeightSrc::Native((e as usize % per) as u32)
+                } else {
+                    let i = plan
+                        .transfers
+                        .iter()
+                        .enumerate()
+                        .position(|(i, t)| {
+                            !used[i]
+                                && t.expert == e
+                                && t.dst == r.gpu
+                                && t.start == r.start
+                                && t.end == r.end
+                        })
+                        .ok_or(LayoutError::NoTransfer {
+                            expert: e,
+                            gpu: r.gpu,
+                            start: r.start,
+                            end: r.end,
+                        })?;
+                    used[i] = true;
+                    WeightSrc::Foreign(slot_of[i])
+                };
+                if r.end > r.start {
+                    gl[r.gpu as usize].push((e, r.start, r.end, w));
+                }
+            }
+        }
+        for (e, &c) in global.iter().enumerate() {
+            if covered[e] != c {
+                return Err(LayoutError::Uncovered {
+                    expert: e as u32,
+                    count: c,
+                });
+            }
+        }
+    }
+    // Native groups first, foreign ones last, so compute can start before
+    // the weight transfers finish.
+    for g in gl.iter_mut() {
+        g.sort_by_key(|&(e, s, _, w)| (matches!(w, WeightSrc::Foreign(_)), e, s));
+    }
+
+    // cumulative per-rank offsets of each expert's global order
+    let mut pieces = Vec::new();
+    for (g, groups) in gl.iter().enumerate() {
+        let rl = &mut ranks[g];
+        let mut row = 0u64;
+        for (gi, &(e, start, end, w)) in groups.iter().enumerate() {
+            rl.groups.push(Group {
+                expert: e,
+                weights: w,
+                row,
+                rows: end - start,
+            });
+            let mut cum = 0u64;
+            for r in 0..p {
+                let cnt = per_rank[r * n + e as usize];
+                let (a, b) = (cum.max(start), (cum + cnt).min(end));
+                if b > a {
+                    pieces.push(Piece {
+                        src: r as u32,
+                        dst: g as u32,
+                        group: gi as u32,
+                        expert: e,
+                        lo: a - cum,
+                        hi: b - cum,
+                        send_row: 0,
+                        recv_row: 0,
+                        comp_row: row + (a - start),
+                    });
+                }
+                cum += cnt;
+            }
+            row += end - start;
+            rl.max_group_rows = rl.max_group_rows.max(end - start);
+        }
+        rl.compute_rows = row;
+    }
+
+    // send/recv sizes and offsets; pieces are in (dst, group, src) order
+    for rl in ranks.iter_mut() {
+        rl.send_rows = vec![0; p];
+        rl.recv_rows = vec![0; p];
+        rl.send_off = vec![0; p];
+        rl.recv_off = vec![0; p];
+    }
+    for pc in &pieces {
+        if pc.src != pc.dst {
+            ranks[pc.src as usize].send_rows[pc.dst as usize] += pc.rows();
+            ranks[pc.dst as usize].recv_rows[pc.src as usize] += pc.rows();
+        }
+    }
+    for rl in ranks.iter_mut() {
+        let mut o = 0;
+        for (q, &c) in rl.send_rows.iter().enumerate() {
+            rl.send_off[q] = o;
+            o += c;
+        }
+        rl.send_total = o;
+        let mut o = 0;
+        for (q, &c) in rl.recv_rows.iter().enumerate() {
+            rl.recv_off[q] = o;
+            o += c;
+        }
+        rl.recv_total = o;
+    }
+    let mut s_fill: Vec<Vec<u64>> = ranks.iter().map(|r| r.send_off.clone()).collect();
+    let mut r_fill: Vec<Vec<u64>> = ranks.iter().map(|r| r.recv_off.clone()).collect();
+    for pc in pieces.iter_mut() {
+        if pc.src != pc.dst {
+            let (s, d) = (pc.src as usize, pc.dst as usize);
+            pc.send_row = s_fill[s][d];
+            s_fill[s][d] += pc.rows();
+            pc.recv_row = r_fill[d][s];
+            r_fill[d][s] += pc.rows();
+        }
+    }
+    Ok(Layout {
+        gpus: p,
+        experts: n,
+        ranks,
+        pieces,
+    })
+}
+
+impl Layout {
+    /// Copies each rank sends to each GPU, as a dispatch matrix (for
+    /// checking against [`crate::plan::dispatch_matrix`]).
+    pub fn dispatch(&self) -> DispatchMatrix {
+        let p = self.gpus;
+        let mut send = vec![0u64; p * p];
+        for pc in &self.pieces {
+            send[pc.src as usize * p + pc.dst as usize] += pc.rows();
+        }
+        DispatchMatrix { gpus: p, send }
+    }
+
+    /// Pieces rank `r` packs, ordered by (expert, lo): the pack kernel's
+    /// per-expert segment lists.
+    pub fn pack_pieces(&self, r: usize) -> Vec<Piece> {
+        let mut v: Vec<Piece> = self
+            .pieces
+            .iter()
+            .filter(|pc| pc.src as usize == r)
+            .copied()
+            .collect();
+        v.sort_by_key(|pc| (pc.expert, pc.lo));
+        v
+    }
+
+    /// Pieces GPU `g` receives from other ranks.
+    pub fn remote_in(&self, g: usize) -> impl Iterator<Item = &Piece> + '_ {
+        self.pieces
+            .iter()
+            .filter(move |pc| pc.dst as usize == g && pc.src as usize != g)
+    }
+
+    /// Pieces rank `r` sends to other GPUs.
+    pub fn remote_out(&self, r: usize) -> impl Iterator<Item = &Piece> + '_ {
+        self.pieces
+            .iter()
+            .filter(move |pc| pc.src as usize == r && pc.dst as usize != r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{dispatch_matrix, PlanParams, Planner, Policy};
+    use crate::trace::tokens::SplitMix64;
+
+    fn check(per_rank: &[u64], p: usize, n: usize, policy: Policy) {
+        let global: Vec<u64> = (0..n)
+            .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+            .collect();
+        let params = PlanParams {
+            gpus: p,
+            alpha: 1.0,
+            min_gemm: 16,
+            lambda: None,
+        };
+        let plan = Planner::new().plan(&global, &params, policy).unwrap();
+        let lay = build(&plan, per_rank).unwrap();
+        // same amounts as the planner's dispatch matrix
+        let mut dm = DispatchMatrix::default();
+        dispatch_matrix(&plan, per_rank, &mut dm);
+        assert_eq!(lay.dispatch(), dm);
+        // every local copy of every expert on every rank is packed once
+        for r in 0..p {
+            let mut seen = vec![0u64; n];
+            let mut last_hi = vec![0u64; n];
+            for pc in lay.pack_pieces(r) {
+                assert_eq!(pc.lo, last_hi[pc.expert as usize], "pieces tile [0, cnt)");
+                last_hi[pc.expert as usize] = pc.hi;
+                seen[pc.expert as usize] += pc.rows();
+            }
+            assert_eq!(&seen[..], &per_rank[r * n..(r + 1) * n]);
+        }
+        for (g, rl) in lay.ranks.iter().enumerate() {
+            assert_eq!(rl.compute_rows, plan.gpu_loads[g]);
+            // compute rows are tiled exactly once by the pieces
+            let mut rows: Vec<(u64, u64)> = lay
+                .pieces
+                .iter()
+                .filter(|pc| pc.dst as usize == g)
+                .map(|pc| (pc.comp_row, pc.rows()))
+                .collect();
+            rows.sort();
+            let mut at = 0;
+            for (s, l) in rows {
+                assert_eq!(s, at);
+                at += l;
+            }
+            assert_eq!(at, rl.compute_rows);
+            // receive buffer rows are tiled exactly once, and each piece's
+            // send and receive rows agree in size and order
+            let mut rr: Vec<(u64, u64)> = lay
+                .remote_in(g)
+                .map(|pc| (pc.recv_row, pc.rows()))
+                .collect();
+            rr.sort();
+            let mut at = 0;
+            for (s, l) in rr {
+                assert_eq!(s, at);
+                at += l;
+            }
+            assert_eq!(at, rl.recv_total);
+            for pc in lay.remote_in(g) {
+                let src = &lay.ranks[pc.src as usize];
+                let off_s = pc.send_row - src.send_off[g];
+                let off_r = pc.recv_row - rl.recv_off[pc.src as usize];
+                assert_eq!(off_s, off_r, "send and receive orders agree");
+            }
+            // foreign groups name valid slots with the right expert
+            for grp in &rl.groups {
+                if let WeightSrc::Foreign(i) = grp.weights {
+                    assert_eq!(rl.recv_transfers[i as usize].expert, grp.expert);
+                }
+            }
+        }
+        let sent: usize = lay.ranks.iter().map(|r| r.send_transfers.len()).sum();
+        assert_eq!(sent, plan.transfers.len());
+    }
+
+    #[test]
+    fn layout_agrees_with_dispatch_matrix_on_random_skewed_loads() {
+        let mut rng = SplitMix64::new(7);
+        for case in 0..200 {
+            let p = [1usize, 2, 4, 8][case % 4];
+            let n = p * (1 + (case % 5)) * 2;
+            let mut per_rank = vec![0u64; p * n];
+            let hot = rng.below(n as u64) as usize;
+            for r in 0..p {
+                for e in 0..n {
+                    let base = rng.below(50);
+                    per_rank[r * n + e] = if e == hot { base * 20 } else { base };
+                }
+            }
+            check(&per_rank, p, n, Policy::Ep);
+            check(&per_rank, p, n, Policy::Llep);
+        }
+    }
+
+    #[test]
+    fn native_groups_come_before_foreign_ones() {
+        let (p, n) = (2usize, 4usize);
+        let per_rank = vec![900, 10, 10, 10, 900, 10, 10, 10];
+        let global: Vec<u64> = (0..n).map(|e| per_rank[e] + per_rank[n + e]).collect();
+        let params = PlanParams {
+            gpus: p,
+            alpha: 1.0,
+            min_gemm: 1,
+            lambda: None,
+        };
+        let plan = Planner::new().plan(&global, &params, Policy::Llep).unwrap();
+        let lay = build(&plan, &per_rank).unwrap();
+        let g1 = &lay.ranks[1].groups;
+        assert!(g1
+            .iter()
+            .any(|g| matches!(g.weights, WeightSrc::Foreign(_))));
+        let first_foreign = g1
+            .iter()
+            .position(|g| matches!(g.weights, WeightSrc::Foreign(_)))
+            .unwrap();
+        assert!(g1[first_foreign..]
+            .iter()
+            .all(|g| matches!(g.weights, WeightSrc::Foreign(_))));
+    }
+
+    #[test]
+    fn ideal_is_refused() {
+        let params = PlanParams {
+            gpus: 2,
+            alpha: 1.0,
+            min_gemm: 1,
+            lambda: None,
+        };
+        let plan = Planner::new()
+            .plan(&[10, 0, 0, 0], &params, Policy::Ideal)
+            .unwrap();
+        assert_eq!(
+            build(&plan, &[5, 0, 0, 0, 5, 0, 0, 0]),
+            Err(LayoutError::Ideal)
+        );
+    }
+}

@@ -1,0 +1,559 @@
+//! One GPU as the replay uses it: context, two streams (tokens and weight
+//! transfers), the NVRTC-compiled kernels of `kernels/moe.cu`, a cuBLAS
+//! handle, NCCL communicators, and a caching allocator that keeps a
+//! high-water mark. Raw driver calls throughout: no hidden synchronisation
+//! inside the timed region.
+
+use super::GpuError;
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaModule};
+use cudarc::nccl::{result as nccl, sys as nccl_sys};
+use std::ffi::c_void;
+use std::sync::Arc;
+
+/// The kernels, as CUDA C source embedded in the binary.
+pub const KERNEL_SRC: &str = include_str!("../../kernels/moe.cu");
+
+fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> GpuError + '_ {
+    move |e| {
+        if e.0 == drv_sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+            GpuError::Oom(what.to_string())
+        } else {
+            GpuError::Cuda(format!("{what}: {e:?}"))
+        }
+    }
+}
+
+fn nccl_err(what: &str) -> impl Fn(nccl::NcclError) -> GpuError + '_ {
+    move |e| GpuError::Nccl(format!("{what}: {e:?}"))
+}
+
+fn blas_err(what: &str) -> impl Fn(blas::CublasError) -> GpuError + '_ {
+    move |e| GpuError::Cuda(format!("{what}: {e:?}"))
+}
+
+/// Check the CUDA libraries are loadable before cudarc touches them (it
+/// panics on a missing library).
+pub fn check_libraries() -> Result<(), GpuError> {
+    // SAFETY: only tries to dlopen the libraries by name.
+    let present = unsafe {
+        [
+            ("libcuda (the NVIDIA driver)", drv_sys::is_culib_present()),
+            (
+                "libnvrtc (CUDA toolkit)",
+                cudarc::nvrtc::sys::is_culib_present(),
+            ),
+            ("libcublas (CUDA toolkit)", blas_sys::is_culib_present()),
+            ("libnccl", nccl_sys::is_culib_present()),
+        ]
+    };
+    let missing: Vec<&str> = present
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(GpuError::NoLibrary(missing.join(", ")))
+    }
+}
+
+/// Number of visible GPUs (after the library check).
+pub fn device_count() -> Result<usize, GpuError> {
+    drv::init().map_err(drv_err("cuInit"))?;
+    let n = drv::device::get_count().map_err(drv_err("cuDeviceGetCount"))?;
+    Ok(n.max(0) as usize)
+}
+
+/// Compile the kernels for compute capability `cc` (e.g. (9, 0)).
+pub fn compile_kernels(cc: (i32, i32)) -> Result<cudarc::nvrtc::Ptx, GpuError> {
+    let arch: &'static str = Box::leak(format!("sm_{}{}", cc.0, cc.1).into_boxed_str());
+    let opts = cudarc::nvrtc::CompileOptions {
+        arch: Some(arch),
+        use_fast_math: Some(false),
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SRC, opts)
+        .map_err(|e| GpuError::Compile(format!("{e:?}")))
+}
+
+pub struct Kernels {
+    pub gen_bf16: drv_sys::CUfunction,
+    pub route_slots: drv_sys::CUfunction,
+    pub pack_rows: drv_sys::CUfunction,
+    pub copy_rows: drv_sys::CUfunction,
+    pub act_rows: drv_sys::CUfunction,
+    pub combine_rows: drv_sys::CUfunction,
+    pub ref_gate_up: drv_sys::CUfunction,
+    pub ref_act: drv_sys::CUfunction,
+    pub ref_down: drv_sys::CUfunction,
+    pub gather_out: drv_sys::CUfunction,
+}
+
+/// A device allocation owned by the [`Arena`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Buf {
+    pub ptr: u64,
+    pub cap: usize,
+}
+
+/// Caching allocator: named buffers that only grow, freed together at the
+/// end of a case; `peak` is the high-water mark of bytes held.
+#[derive(Debug, Default)]
+pub struct Arena {
+    bufs: Vec<(&'static str, Buf)>,
+    pub held: usize,
+    pub peak: usize,
+}
+
+const GRAIN: usize = 2 << 20;
+
+impl Arena {
+    /// Pointer to buffer `name` of at least `bytes`, growing it if needed.
+    pub fn get(&mut self, name: &'static str, bytes: usize) -> Result<u64, GpuError> {
+        let bytes = bytes.max(256).div_ceil(GRAIN) * GRAIN;
+        if let Some((_, b)) = self.bufs.iter_mut().find(|(n, _)| *n == name) {
+            if b.cap >= bytes {
+                return Ok(b.ptr);
+            }
+            // SAFETY: the pointer came from cuMemAlloc and no queued work
+            // uses it: buffers only grow between layer runs, after a sync.
+            unsafe { drv::free_sync(b.ptr) }.map_err(drv_err("cuMemFree"))?;
+            self.held -= b.cap;
+            b.cap = 0;
+            // SAFETY: plain device allocation.
+            let p = unsafe { drv::malloc_sync(bytes) }.map_err(drv_err(name))?;
+            b.ptr = p;
+            b.cap = bytes;
+        } else {
+            // SAFETY: plain device allocation.
+            let p = unsafe { drv::malloc_sync(bytes) }.map_err(drv_err(name))?;
+            self.bufs.push((name, Buf { ptr: p, cap: bytes }));
+        }
+        self.held += bytes;
+        self.peak = self.peak.max(self.held);
+        Ok(self.bufs.iter().find(|(n, _)| *n == name).unwrap().1.ptr)
+    }
+
+    /// Whether `name` already holds `bytes`.
+    pub fn has(&self, name: &str, bytes: usize) -> bool {
+        let bytes = bytes.max(256).div_ceil(GRAIN) * GRAIN;
+        self.bufs.iter().any(|(n, b)| *n == name && b.cap >= bytes)
+    }
+
+    /// Free every buffer whose name is not in `keep`.
+    pub fn release_except(&mut self, keep: &[&str]) -> Result<(), GpuError> {
+        let mut kept = Vec::new();
+        for (n, b) in self.bufs.drain(..) {
+            if keep.contains(&n) {
+                kept.push((n, b));
+            } else {
+                // SAFETY: called after a device sync; nothing uses it.
+                unsafe { drv::free_sync(b.ptr) }.map_err(drv_err("cuMemFree"))?;
+                self.held -= b.cap;
+            }
+        }
+        self.bufs = kept;
+        Ok(())
+    }
+
+    pub fn reset_peak(&mut self) {
+        self.peak = self.held;
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        for (_, b) in self.bufs.drain(..) {
+            // SAFETY: the context outlives the arena (field order in Dev).
+            let _ = unsafe { drv::free_sync(b.ptr) };
+        }
+    }
+}
+
+/// A device event (timing enabled).
+pub struct Event(pub drv_sys::CUevent);
+
+impl Event {
+    pub fn new() -> Result<Self, GpuError> {
+        drv::event::create(drv_sys::CUevent_flags::CU_EVENT_DEFAULT)
+            .map(Event)
+            .map_err(drv_err("cuEventCreate"))
+    }
+    pub(crate) fn record(&self, s: drv_sys::CUstream) -> Result<(), GpuError> {
+        // SAFETY: live event and stream of the current context.
+        unsafe { drv::event::record(self.0, s) }.map_err(drv_err("cuEventRecord"))
+    }
+    pub fn ms_since(&self, start: &Event) -> Result<f64, GpuError> {
+        // SAFETY: both events recorded and complete (caller synchronised).
+        unsafe { drv::event::elapsed(start.0, self.0) }
+            .map(f64::from)
+            .map_err(drv_err("cuEventElapsedTime"))
+    }
+    pub fn sync(&self) -> Result<(), GpuError> {
+        // SAFETY: live event.
+        unsafe { drv::event::synchronize(self.0) }.map_err(drv_err("cuEventSynchronize"))
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: live event, destroyed once.
+        let _ = unsafe { drv::event::destroy(self.0) };
+    }
+}
+
+/// An NCCL communicator (not Send: one per thread or process).
+pub struct Comm {
+    pub comm: nccl_sys::ncclComm_t,
+    pub rank: usize,
+    pub world: usize,
+}
+
+pub type NcclId = [std::ffi::c_char; 128];
+
+pub fn nccl_new_id() -> Result<NcclId, GpuError> {
+    nccl::get_uniqueid()
+        .map(|id| id.internal)
+        .map_err(nccl_err("ncclGetUniqueId"))
+}
+
+impl Comm {
+    pub fn init(world: usize, rank: usize, id: &NcclId) -> Result<Comm, GpuError> {
+        let mut c = std::mem::MaybeUninit::uninit();
+        // SAFETY: c is written by NCCL on success.
+        let comm = unsafe {
+            nccl::comm_init_rank(
+                c.as_mut_ptr(),
+                world as i32,
+                nccl_sys::ncclUniqueId { internal: *id },
+                rank as i32,
+            )
+            .map_err(nccl_err("ncclCommInitRank"))?;
+            c.assume_init()
+        };
+        Ok(Comm { comm, rank, world })
+    }
+
+    /// # Safety
+    /// `ptr` must hold `bytes` bytes on this communicator's device until
+    /// the stream passes this point.
+    pub unsafe fn send(
+        &self,
+        ptr: u64,
+        bytes: usize,
+        peer: usize,
+        s: drv_sys::CUstream,
+    ) -> Result<(), GpuError> {
+        nccl::send(
+            ptr as *const c_void,
+            bytes,
+            nccl_sys::ncclDataType_t::ncclUint8,
+            peer as i32,
+            self.comm,
+            s as _,
+        )
+        .map(|_| ())
+        .map_err(nccl_err("ncclSend"))
+    }
+
+    /// # Safety
+    /// As [`Comm::send`], for writing.
+    pub unsafe fn recv(
+        &self,
+        ptr: u64,
+        bytes: usize,
+        peer: usize,
+        s: drv_sys::CUstream,
+    ) -> Result<(), GpuError> {
+        nccl::recv(
+            ptr as *mut c_void,
+            bytes,
+            nccl_sys::ncclDataType_t::ncclUint8,
+            peer as i32,
+            self.comm,
+            s as _,
+        )
+        .map(|_| ())
+        .map_err(nccl_err("ncclRecv"))
+    }
+
+    /// # Safety
+    /// `send` holds `count` elements, `recv` holds `count * world`.
+    pub unsafe fn all_gather(
+        &self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        ty: nccl_sys::ncclDataType_t,
+        s: drv_sys::CUstream,
+    ) -> Result<(), GpuError> {
+        nccl::all_gather(
+            send as *const c_void,
+            recv as *mut c_void,
+            count,
+            ty,
+            self.comm,
+            s as _,
+        )
+        .map(|_| ())
+        .map_err(nccl_err("ncclAllGather"))
+    }
+
+    pub fn group_start() -> Result<(), GpuError> {
+        nccl::group_start()
+            .map(|_| ())
+            .map_err(nccl_err("ncclGroupStart"))
+    }
+    pub fn group_end() -> Result<(), GpuError> {
+        nccl::group_end()
+            .map(|_| ())
+            .map_err(nccl_err("ncclGroupEnd"))
+    }
+}
+
+impl Drop for Comm {
+    fn drop(&mut self) {
+        // SAFETY: live communicator, destroyed once, no work pending (the
+        // owner synchronised before dropping).
+        unsafe {
+            let _ = nccl::comm_destroy(self.comm);
+        }
+    }
+}
+
+/// One GPU, bound to the calling thread.
+pub struct Dev {
+    pub arena: Arena,
+    pub k: Kernels,
+    pub blas: blas_sys::cublasHandle_t,
+    pub main: drv_sys::CUstream,
+    pub xfer: drv_sys::CUstream,
+    /// Token exchange (dispatch and combine), overlapped with compute.
+    pub net: drv_sys::CUstream,
+    pub name: String,
+    pub total_mem: usize,
+    _module: Arc<CudaModule>,
+    pub ctx: Arc<CudaContext>,
+}
+
+impl Dev {
+    pub fn new(ordinal: usize, ptx: &cudarc::nvrtc::Ptx) -> Result<Dev, GpuError> {
+        let ctx = CudaContext::new(ordinal).map_err(drv_err("cuCtxCreate"))?;
+        ctx.bind_to_thread().map_err(drv_err("cuCtxSetCurrent"))?;
+        let module = ctx
+            .load_module(ptx.clone())
+            .map_err(drv_err("cuModuleLoadData"))?;
+        let f = |n: &str| -> Result<drv_sys::CUfunction, GpuError> {
+            Ok(module
+                .load_function(n)
+                .map_err(|e| GpuError::Cuda(format!("kernel {n}: {e:?}")))?
+                .cu_function())
+        };
+        let k = Kernels {
+            gen_bf16: f("gen_bf16")?,
+            route_slots: f("route_slots")?,
+            pack_rows: f("pack_rows")?,
+            copy_rows: f("copy_rows")?,
+            act_rows: f("act_rows")?,
+            combine_rows: f("combine_rows")?,
+            ref_gate_up: f("ref_gate_up")?,
+            ref_act: f("ref_act")?,
+            ref_down: f("ref_down")?,
+            gather_out: f("gather_out")?,
+        };
+        let mk = || {
+            drv::stream::create(drv::stream::StreamKind::NonBlocking)
+                .map_err(drv_err("cuStreamCreate"))
+        };
+        let main = mk()?;
+        let xfer = mk()?;
+        let net = mk()?;
+        let handle = blas::create_handle().map_err(blas_err("cublasCreate"))?;
+        // SAFETY: live handle and stream.
+        unsafe { blas::set_stream(handle, main as _) }.map_err(blas_err("cublasSetStream"))?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let total_mem = ctx.total_mem().unwrap_or(0);
+        Ok(Dev {
+            arena: Arena::default(),
+            k,
+            blas: handle,
+            main,
+            xfer,
+            net,
+            name,
+            total_mem,
+            _module: module,
+            ctx,
+        })
+    }
+
+    /// Launch `f` on stream `s`.
+    ///
+    /// # Safety
+    /// `params` must match the kernel's signature and every pointer in them
+    /// must stay valid until the stream passes the kernel.
+    pub unsafe fn launch(
+        &self,
+        f: drv_sys::CUfunction,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        s: drv_sys::CUstream,
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        drv::launch_kernel(f, grid, (block, 1, 1), smem, s, params)
+            .map_err(drv_err("cuLaunchKernel"))
+    }
+
+    /// Row-major bf16 GEMM C[m,n] = A[m,k] B[k,n] with fp32 accumulation
+    /// (cuBLAS column-major: C^T = B^T A^T).
+    ///
+    /// # Safety
+    /// The pointers must hold the stated matrices.
+    pub unsafe fn gemm_bf16(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<(), GpuError> {
+        if m == 0 {
+            return Ok(());
+        }
+        let alpha = 1.0f32;
+        let beta = 0.0f32;
+        let bf = blas_sys::cudaDataType_t::CUDA_R_16BF;
+        blas::gemm_ex(
+            self.blas,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            blas_sys::cublasOperation_t::CUBLAS_OP_N,
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const c_void,
+            b as *const c_void,
+            bf,
+            n as i32,
+            a as *const c_void,
+            bf,
+            k as i32,
+            &beta as *const f32 as *const c_void,
+            c as *mut c_void,
+            bf,
+            n as i32,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(blas_err("cublasGemmEx"))
+    }
+
+    pub fn sync(&self) -> Result<(), GpuError> {
+        // SAFETY: live streams.
+        unsafe {
+            drv::stream::synchronize(self.main).map_err(drv_err("cuStreamSynchronize"))?;
+            drv::stream::synchronize(self.net).map_err(drv_err("cuStreamSynchronize"))?;
+            drv::stream::synchronize(self.xfer).map_err(drv_err("cuStreamSynchronize"))
+        }
+    }
+
+    /// # Safety
+    /// `dst` must hold `src.len()` elements.
+    pub unsafe fn upload<T>(&self, dst: u64, src: &[T]) -> Result<(), GpuError> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        drv::memcpy_htod_async(dst, src, self.main).map_err(drv_err("cuMemcpyHtoD"))
+    }
+
+    /// Copy device memory to the host and wait.
+    ///
+    /// # Safety
+    /// `src` must hold `dst.len()` elements.
+    pub unsafe fn download<T>(&self, dst: &mut [T], src: u64) -> Result<(), GpuError> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        drv::memcpy_dtoh_async(dst, src, self.main).map_err(drv_err("cuMemcpyDtoH"))?;
+        drv::stream::synchronize(self.main).map_err(drv_err("cuStreamSynchronize"))
+    }
+
+    pub fn memset0(&self, ptr: u64, bytes: usize) -> Result<(), GpuError> {
+        // SAFETY: ptr holds bytes (caller's arena buffer).
+        unsafe { drv::memset_d8_async(ptr, 0, bytes, self.main) }.map_err(drv_err("cuMemset"))
+    }
+
+    /// Device memory in use as the driver sees it (all processes' view of
+    /// this GPU: total - free).
+    pub fn driver_used(&self) -> usize {
+        drv::mem_get_info().map(|(f, t)| t - f).unwrap_or(0)
+    }
+
+    /// Make the transfer stream wait for work queued so far on `main`, or
+    /// the reverse.
+    pub(crate) fn wait(&self, waiter: drv_sys::CUstream, ev: &Event) -> Result<(), GpuError> {
+        // SAFETY: live stream and event.
+        unsafe {
+            drv::stream::wait_event(
+                waiter,
+                ev.0,
+                drv_sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(drv_err("cuStreamWaitEvent"))
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.sync();
+        // SAFETY: live handle and streams, destroyed once; the arena frees
+        // its buffers when dropped, before the context (field order).
+        unsafe {
+            let _ = blas::destroy_handle(self.blas);
+            let _ = drv::stream::destroy(self.main);
+            let _ = drv::stream::destroy(self.xfer);
+            let _ = drv::stream::destroy(self.net);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KERNEL_SRC;
+
+    /// The kernels `Dev::new` loads exist in the embedded source with C
+    /// linkage, and the table structs the host fills have the fields, in
+    /// the order, that `replay.rs` lays out (`#[repr(C)]` there).
+    #[test]
+    fn embedded_kernels_and_tables_match_the_host() {
+        for k in [
+            "gen_bf16",
+            "route_slots",
+            "pack_rows",
+            "copy_rows",
+            "act_rows",
+            "combine_rows",
+            "ref_gate_up",
+            "ref_act",
+            "ref_down",
+            "gather_out",
+        ] {
+            assert!(
+                KERNEL_SRC.contains(&format!("extern \"C\" __global__ void {k}(")),
+                "kernel {k} missing from kernels/moe.cu"
+            );
+        }
+        let flat: String = KERNEL_SRC.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("struct PackSeg { long long lo, hi; u64 dst, ret, bias; };"));
+        assert!(flat.contains("struct CopySeg { long long vstart, len; u64 src, dst; };"));
+        // no headers: NVRTC must compile it with its built-ins alone
+        assert!(!KERNEL_SRC.contains("#include"));
+    }
+}
