@@ -61,7 +61,7 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         "measured ms",
         "simulated ms",
         "error",
-        "measured GiB",
+        "measured GiB (driver)",
         "simulated GiB",
         "mem error",
     ])
@@ -87,7 +87,7 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             format!("{:.3}", m.t_total_ms),
             format!("{:.3}", x.simulated.t_total_ms),
             format!("{:+.1}%", x.time_err * 100.0),
-            gib(m.peak_mem_max_bytes),
+            gib(x.measured_peak),
             gib(x.simulated.peak_mem_max_bytes),
             format!("{:+.1}%", x.mem_err * 100.0),
         ]);

@@ -148,7 +148,8 @@ const E_END: usize = 8;
 const N_EV: usize = 9;
 
 /// Largest GEMM unit (rows): bounds the gate_up and activation buffers.
-const CHUNK: u64 = 16_384;
+/// The cost model sizes that scratch by it (`Profile::act_chunk_tokens`).
+pub const CHUNK: u64 = 16_384;
 
 /// A run of rows of one group computed by one GEMM pair.
 #[derive(Debug, Clone, Copy)]

@@ -316,12 +316,9 @@ pub fn read_results(path: &Path) -> Result<(ResultsMeta, Vec<ResultRow>), Result
                 .and_then(|k| k.value.clone())
         })
         .and_then(|s| serde_json::from_str::<ResultsMeta>(&s).ok())
-        .ok_or_else(|| {
-            ResultsError::Invalid(
-                path.into(),
-                "no llep-trace results metadata (is this a results file?)".into(),
-            )
-        })?;
+        // Files rewritten by other tools (polars, duckdb) lose the key-value
+        // metadata; the columns still say whether this is a results file.
+        .unwrap_or_default();
     let reader = builder
         .build()
         .map_err(|e| ResultsError::Parquet(path.into(), e))?;

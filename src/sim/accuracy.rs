@@ -17,6 +17,10 @@ pub struct Pair {
     pub simulated: ResultRow,
     /// (simulated - measured) / measured, layer time.
     pub time_err: f64,
+    /// Measured peak memory compared: the driver's view (max over GPUs)
+    /// when recorded, since the simulated peak includes the CUDA context,
+    /// NCCL and cuBLAS baseline; else the allocator's high-water mark.
+    pub measured_peak: u64,
     /// (simulated - measured) / measured, peak memory (max over GPUs).
     pub mem_err: f64,
 }
@@ -153,12 +157,19 @@ pub fn compare(
         twin.driver_mem_per_gpu = Vec::new();
         twin.driver = String::new();
         let time_err = (twin.t_total_ms - m.t_total_ms) / m.t_total_ms;
-        let mem_err = (twin.peak_mem_max_bytes as f64 - m.peak_mem_max_bytes as f64)
-            / m.peak_mem_max_bytes.max(1) as f64;
+        let measured_peak = m
+            .driver_mem_per_gpu
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(m.peak_mem_max_bytes);
+        let mem_err =
+            (twin.peak_mem_max_bytes as f64 - measured_peak as f64) / measured_peak.max(1) as f64;
         pairs.push(Pair {
             measured: m.clone(),
             simulated: twin,
             time_err,
+            measured_peak,
             mem_err,
         });
     }

@@ -49,6 +49,7 @@ pub struct Cost {
 #[derive(Debug, Default, Clone)]
 pub struct CostScratch {
     compute: Vec<f64>,
+    largest: Vec<u64>,
     w_sent: Vec<u64>,
     w_recv: Vec<u64>,
     w_count: Vec<u64>,
@@ -81,6 +82,15 @@ impl Profile {
         }
     }
 
+    /// On-device copy, counting bytes read plus written.
+    fn copy_ms(&self, bytes: u64) -> f64 {
+        if self.copy_gbps > 0.0 {
+            bytes as f64 / (self.copy_gbps * 1e9) * 1e3
+        } else {
+            0.0
+        }
+    }
+
     fn p2p_ms(&self, bytes: u64) -> f64 {
         if bytes == 0 {
             0.0
@@ -107,7 +117,7 @@ fn interp(points: &[(f64, f64)], t: f64) -> f64 {
 }
 
 /// Price `plan` with dispatch matrix `dm` (per-rank counts already folded
-/// in). `native[e]` are global counts per expert, needed for plain-EP groups.
+/// in). `counts[e]` are global counts per expert, needed for plain-EP groups.
 pub fn price(
     plan: &Plan,
     dm: &DispatchMatrix,
@@ -118,42 +128,36 @@ pub fn price(
 ) -> Cost {
     let p = plan.gpus;
     let per = plan.experts / p;
-    let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let b = shape.dtype_bytes;
+    let (d, i) = (shape.hidden, shape.intermediate);
+    let tok_bytes = d * b;
 
-    // compute: one group per plan range; experts without an entry are
-    // computed whole on their native GPU
+    // compute: one GEMM group per plan range; without a plan, each expert
+    // whole on its native GPU. The largest group sizes the activation scratch.
     scratch.compute.clear();
     scratch.compute.resize(p, 0.0);
+    scratch.largest.clear();
+    scratch.largest.resize(p, 0);
+    let group = |g: usize, tokens: u64, scratch: &mut CostScratch| {
+        scratch.compute[g] += prof.gemm_ms(tokens, shape);
+        scratch.largest[g] = scratch.largest[g].max(tokens);
+    };
     if plan.entries.is_empty() {
-        for (e, &c) in counts.iter().enumerate() {
-            if c > 0 {
-                scratch.compute[e / per] += prof.gemm_ms(c, shape);
+        for (g, block) in counts.chunks_exact(per).enumerate() {
+            for &c in block.iter().filter(|&&c| c > 0) {
+                group(g, c, scratch);
             }
         }
     } else {
+        // every nonzero expert has an entry when the planner ran
         for (_, ranges) in plan.iter() {
             for r in ranges {
-                scratch.compute[r.gpu as usize] += prof.gemm_ms(r.end - r.start, shape);
+                group(r.gpu as usize, r.end - r.start, scratch);
             }
         }
-        // Zero-count experts have no entry and no work; every nonzero expert
-        // has an entry when the planner ran.
     }
 
-    // dispatch / combine: bytes out and in per GPU over the link
-    let mut dispatch = 0f64;
-    let mut combine = 0f64;
-    let mut dispatch_bytes_max = 0u64;
-    for g in 0..p {
-        let out_b = dm.sent_off(g) * tok_bytes;
-        let in_b = dm.received(g) * tok_bytes;
-        dispatch_bytes_max = dispatch_bytes_max.max(out_b.max(in_b));
-        // dispatch: g sends its copies out, receives others'; combine mirrors it
-        dispatch = dispatch.max(prof.link_ms(out_b.max(in_b)));
-        combine = combine.max(prof.link_ms(out_b.max(in_b)));
-    }
-
-    // weight transfers, overlapped with dispatch per GPU
+    // weight transfers (one full expert per transfer entry, duplicates too)
     scratch.w_sent.clear();
     scratch.w_sent.resize(p, 0);
     scratch.w_recv.clear();
@@ -169,32 +173,43 @@ pub fn price(
             transfer_bytes += shape.expert_bytes;
         }
     }
-    let mut transfer = 0f64;
-    let mut disp_or_xfer = 0f64;
+
+    // Dispatch per GPU: its own copies are packed (read + write on the
+    // device), those for other GPUs cross the link (the larger of bytes out
+    // and in); combine mirrors it. Weight transfers run on their own stream,
+    // overlapped with dispatch.
+    let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
+    let mut dispatch_bytes_max = 0u64;
     for g in 0..p {
-        let d = prof.link_ms(dm.sent_off(g).max(dm.received(g)) * tok_bytes);
+        let link_b = dm.sent_off(g).max(dm.received(g)) * tok_bytes;
+        dispatch_bytes_max = dispatch_bytes_max.max(link_b);
+        let dsp = prof.link_ms(link_b) + prof.copy_ms(2 * dm.row_sum(g) * tok_bytes);
         let x = prof.p2p_ms(scratch.w_sent[g].max(scratch.w_recv[g]));
+        dispatch = dispatch.max(dsp);
+        combine = combine.max(dsp);
         transfer = transfer.max(x);
-        disp_or_xfer = disp_or_xfer.max(d.max(x));
+        disp_or_xfer = disp_or_xfer.max(dsp.max(x));
     }
     let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
     let overhead = prof.overhead_us * 1e-3;
     let total = overhead + disp_or_xfer + compute + combine;
 
-    // memory per GPU: baseline + native and received weights + token
-    // buffers (own input and output, dispatch receive, combine receive) and
-    // activations of the copies it computes (gate_up out 2I, act I, down out D)
+    // Memory per GPU, as the replay allocates it: baseline (context, NCCL,
+    // cuBLAS) + native and received expert weights + own tokens' input and
+    // output + send and receive buffers of the exchange + one row per
+    // computed copy (the down output overwrites its input) + gate_up and
+    // activation scratch for one chunk of the largest group + routing tables.
     let mut peak = Vec::with_capacity(p);
     let mut oom = false;
-    let b = shape.dtype_bytes;
-    let (d, i) = (shape.hidden, shape.intermediate);
     for g in 0..p {
-        let own_tokens = dm.row_sum(g) / shape.top_k.max(1);
-        let computed = dm.col_sum(g);
+        let own = dm.row_sum(g);
+        let own_tokens = own / shape.top_k.max(1);
         let weights = (per as u64 + scratch.w_count[g]) * shape.expert_bytes;
-        let tokens = own_tokens * d * b * 2 + dm.row_sum(g) * d * b;
-        let acts = computed * (d + 2 * i + i + d) * b;
-        let m = prof.mem_baseline_bytes + weights + tokens + acts;
+        let tokens = own_tokens * tok_bytes * 2
+            + (dm.sent_off(g) + dm.received(g) + dm.col_sum(g)) * tok_bytes;
+        let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
+        let tables = (own + dm.col_sum(g)) * 14;
+        let m = prof.mem_baseline_bytes + weights + tokens + act + tables;
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }

@@ -50,6 +50,14 @@ pub struct Profile {
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
     pub mem_baseline_bytes: u64,
+    /// On-device copy bandwidth, GB/s of bytes read plus written (packing
+    /// and unpacking token rows); 0 leaves copies unpriced.
+    #[serde(default)]
+    pub copy_gbps: f64,
+    /// Rows of one activation chunk (gate_up and activation scratch are
+    /// sized for this many copies at most).
+    #[serde(default = "default_act_chunk")]
+    pub act_chunk_tokens: u64,
     #[serde(default)]
     pub measured_error: Option<MeasuredError>,
     #[serde(default)]
@@ -73,6 +81,10 @@ pub enum ProfileError {
     Parse(String, serde_json::Error),
     #[error("{0}: {1}")]
     Invalid(String, String),
+}
+
+fn default_act_chunk() -> u64 {
+    16384
 }
 
 const BUILTIN_H100: &str = include_str!("../../profiles/h100.json");
