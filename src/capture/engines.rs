@@ -118,17 +118,18 @@ pub fn capture_sglang(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Trace
             let t = lc
                 .as_tensor()
                 .ok_or_else(|| CaptureError::input(file, "'logical_count' is not a tensor"))?;
-            let (p_n, l_n, e_n) =
-                match t.shape.as_slice() {
-                    &[p, l, e] => (p, l, e),
-                    &[l, e] => (1, l, e),
-                    s => return Err(CaptureError::input(
+            let (p_n, l_n, e_n) = match t.shape.as_slice() {
+                &[p, l, e] => (p, l, e),
+                &[l, e] => (1, l, e),
+                s => {
+                    return Err(CaptureError::input(
                         file,
                         format!(
                             "'logical_count' has shape {s:?}, expected [passes, layers, experts]"
                         ),
-                    )),
-                };
+                    ))
+                }
+            };
             let c = t.to_i64(file, "logical_count")?;
             for p in 0..p_n {
                 for l in 0..l_n {

@@ -364,7 +364,8 @@ fn route_jobs(
         for t in job.t0..job.t1 {
             let start = b.base + job.step * b.step_stride + t * e;
             b.logits.f32_range_into(start, &mut row);
-            if let Some(bad) = row.iter().position(|x| !x.is_finite()) {
+            if !super::routing::all_finite(&row) {
+                let bad = row.iter().position(|x| !x.is_finite()).unwrap();
                 if nan_skip {
                     part.skipped += 1;
                     continue;
@@ -505,8 +506,11 @@ pub fn capture(
     let mut layers_seen = std::collections::BTreeSet::new();
     let (mut skipped, mut checked, mut mismatched, mut logit_bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut next_step: u32 = 0;
+    let mut timing = [0f64; 3];
     for (fi, file) in files.iter().enumerate() {
+        let t_read = std::time::Instant::now();
         let blocks = load_blocks(file, &pat, &ids_pat, &bias_pat)?;
+        timing[0] += t_read.elapsed().as_secs_f64();
         let e = blocks[0].experts;
         for b in &blocks {
             if b.experts != e || experts.is_some_and(|x| x != b.experts) {
@@ -623,6 +627,7 @@ pub fn capture(
                 }
             }
         }
+        let t_route = std::time::Instant::now();
         let parts: Vec<Part> = std::thread::scope(|sc| {
             let handles: Vec<_> = slices
                 .iter()
@@ -646,6 +651,8 @@ pub fn capture(
                 .map(|h| h.join().expect("routing thread panicked"))
                 .collect()
         });
+        timing[1] += t_route.elapsed().as_secs_f64();
+        let t_write = std::time::Instant::now();
         let sink_ref = sink.as_mut().unwrap();
         for p in parts {
             if let Some(msg) = p.bad {
@@ -656,9 +663,16 @@ pub fn capture(
             mismatched += p.mismatched;
             sink_ref.write(&p.tokens, file)?;
         }
+        timing[2] += t_write.elapsed().as_secs_f64();
         pb.inc(1);
     }
     pb.finish_and_clear();
+    if std::env::var_os("LLEP_CAPTURE_TIMING").is_some() {
+        eprintln!(
+            "timing: read {:.3} s, route {:.3} s, write {:.3} s",
+            timing[0], timing[1], timing[2]
+        );
+    }
     let sink = sink.ok_or_else(|| CaptureError::input(&what, "no input files"))?;
     let tokens = sink.tokens;
     let mut meta = meta.unwrap();

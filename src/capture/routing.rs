@@ -225,20 +225,44 @@ pub fn top_k_into(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
         len += 1;
     }
     let mut floor = vals[k - 1];
-    for (i, &v) in row.iter().enumerate().skip(k) {
-        // strict: an equal later (higher) id never displaces an earlier one
-        if v > floor {
-            let mut j = k - 1;
-            while j > 0 && vals[j - 1] < v {
-                vals[j] = vals[j - 1];
-                ids[j] = ids[j - 1];
-                j -= 1;
+    // Most values lose to the floor: test 16 at a time with a vectorisable
+    // max and look inside a chunk only when one of them can get in.
+    let mut i = k;
+    while i < row.len() {
+        let end = (i + 16).min(row.len());
+        let chunk = &row[i..end];
+        let m = chunk
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+        if m > floor {
+            for (off, &v) in chunk.iter().enumerate() {
+                // strict: an equal later (higher) id never displaces an earlier one
+                if v > floor {
+                    let mut j = k - 1;
+                    while j > 0 && vals[j - 1] < v {
+                        vals[j] = vals[j - 1];
+                        ids[j] = ids[j - 1];
+                        j -= 1;
+                    }
+                    vals[j] = v;
+                    ids[j] = (i + off) as u16;
+                    floor = vals[k - 1];
+                }
             }
-            vals[j] = v;
-            ids[j] = i as u16;
-            floor = vals[k - 1];
         }
+        i = end;
     }
+}
+
+/// True when every value is finite (no NaN, no +-Inf); branch-free so it
+/// vectorises.
+#[inline]
+pub fn all_finite(row: &[f32]) -> bool {
+    let mut bad = 0u32;
+    for &x in row {
+        bad |= u32::from((x.to_bits() & 0x7f80_0000) == 0x7f80_0000);
+    }
+    bad == 0
 }
 
 #[cfg(test)]
