@@ -76,15 +76,18 @@ pub fn tokens_path_for(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}.tokens.parquet"))
 }
 
-fn props(meta: &TraceMeta) -> WriterProperties {
-    WriterProperties::builder()
+fn props(meta: Option<&TraceMeta>) -> WriterProperties {
+    let b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 20))
-        .set_key_value_metadata(Some(vec![KeyValue::new(
+        .set_max_row_group_row_count(Some(1 << 20));
+    match meta {
+        Some(meta) => b.set_key_value_metadata(Some(vec![KeyValue::new(
             META_KEY.to_string(),
             serde_json::to_string(meta).expect("metadata serialises"),
-        )]))
-        .build()
+        )])),
+        None => b,
+    }
+    .build()
 }
 
 /// Write a trace: the load file at `path`, and the tokens file beside it
@@ -113,7 +116,7 @@ pub fn write_loads(path: &Path, meta: &TraceMeta, loads: &Loads) -> Result<(), T
     let schema = schema::loads_schema();
     let mut out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
     {
-        let mut w = ArrowWriter::try_new(out.writer(), schema.clone(), Some(props(meta)))
+        let mut w = ArrowWriter::try_new(out.writer(), schema.clone(), Some(props(Some(meta))))
             .map_err(|e| TraceError::pq(path, e))?;
         let (r_n, e_n) = (loads.ranks, loads.experts);
         // one batch per step keeps memory small for long traces
@@ -157,6 +160,9 @@ pub struct TokenFileWriter {
     top_k: usize,
     logits_width: Option<usize>,
     writer: Option<ArrowWriter<AtomicFile>>,
+    /// Embedded once, at finish: a key written up front and replaced later
+    /// would leave two values, and readers other than ours take the first.
+    meta: TraceMeta,
 }
 
 impl TokenFileWriter {
@@ -168,7 +174,7 @@ impl TokenFileWriter {
         let top_k = meta.model.top_k as usize;
         let schema = schema::tokens_schema(top_k, logits_width);
         let out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
-        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props(meta)))
+        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props(None)))
             .map_err(|e| TraceError::pq(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -176,6 +182,7 @@ impl TokenFileWriter {
             top_k,
             logits_width,
             writer: Some(writer),
+            meta: meta.clone(),
         })
     }
 
@@ -229,12 +236,11 @@ impl TokenFileWriter {
     /// Replace the embedded metadata (e.g. with final counts) and commit.
     pub fn finish_with(mut self, meta: Option<&TraceMeta>) -> Result<(), TraceError> {
         let mut w = self.writer.take().expect("writer open");
-        if let Some(m) = meta {
-            w.append_key_value_metadata(KeyValue::new(
-                META_KEY.to_string(),
-                serde_json::to_string(m).expect("metadata serialises"),
-            ));
-        }
+        let m = meta.unwrap_or(&self.meta);
+        w.append_key_value_metadata(KeyValue::new(
+            META_KEY.to_string(),
+            serde_json::to_string(m).expect("metadata serialises"),
+        ));
         let out = w.into_inner().map_err(|e| TraceError::pq(&self.path, e))?;
         out.commit().map_err(|e| TraceError::io(&self.path, e))
     }
