@@ -65,6 +65,30 @@ fn main() {
         }
         paths.push(p);
     }
+    // routing alone, one thread, rows already in memory
+    {
+        use llep_trace::capture::routing::Router;
+        let mut r = SplitMix64::new(2);
+        let rows: Vec<f32> = (0..65536 * EXPERTS).map(|_| r.unit_f64() as f32).collect();
+        for (label, routing) in [
+            ("renorm", RoutingFn::SoftmaxTopk { renormalize: true }),
+            ("no-renorm", RoutingFn::SoftmaxTopk { renormalize: false }),
+        ] {
+            let mut router = Router::new(routing, 4);
+            let (mut ids, mut w) = ([0u16; 4], [0f32; 4]);
+            let t = Instant::now();
+            let mut sink = 0u64;
+            for row in rows.chunks_exact(EXPERTS) {
+                router.route(row, &mut ids, &mut w);
+                sink += ids[0] as u64;
+            }
+            let ns = t.elapsed().as_nanos() as f64 / 65536.0;
+            println!(
+                "route only ({label}): {ns:.0} ns/token = {:.2} GB/s per core (checksum {sink})",
+                (EXPERTS * 4) as f64 / ns
+            );
+        }
+    }
     let out = std::env::temp_dir().join("llep-capture-bench-out/trace.parquet");
     for (label, routing) in [
         (

@@ -495,185 +495,231 @@ pub fn capture(
         v.windows(2).all(|w| w[0] != w[1])
     };
 
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(8);
+    let threads = std::env::var("LLEP_CAPTURE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(8)
+        });
     let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
-    let mut sink: Option<TokenSink> = None;
-    let mut experts: Option<usize> = None;
     let mut meta: Option<TraceMeta> = None;
+    let mut experts: Option<usize> = None;
     let mut layers_seen = std::collections::BTreeSet::new();
     let (mut skipped, mut checked, mut mismatched, mut logit_bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut next_step: u32 = 0;
-    let mut timing = [0f64; 3];
-    for (fi, file) in files.iter().enumerate() {
-        let t_read = std::time::Instant::now();
-        let blocks = load_blocks(file, &pat, &ids_pat, &bias_pat)?;
-        timing[0] += t_read.elapsed().as_secs_f64();
-        let e = blocks[0].experts;
-        for b in &blocks {
-            if b.experts != e || experts.is_some_and(|x| x != b.experts) {
-                return Err(CaptureError::input(
-                    file,
-                    format!(
-                        "layer {} has {} experts, expected {}",
-                        b.layer,
-                        b.experts,
-                        experts.unwrap_or(e)
-                    ),
-                ));
+    let mut timing = [0f64; 2];
+    let files_ref = &files;
+    let (pat_r, ids_r, bias_r) = (&pat, &ids_pat, &bias_pat);
+    type Writer<'s> = (
+        std::sync::mpsc::SyncSender<(TokenTrace, usize)>,
+        std::thread::ScopedJoinHandle<'s, Result<TokenSink, CaptureError>>,
+    );
+    // Three stages overlap: the next file is read while this one is routed,
+    // and routed chunks are encoded to Parquet by a writer thread. At most
+    // one file is read ahead, so memory stays about two input files.
+    let result: Result<Option<TokenSink>, CaptureError> = std::thread::scope(|sc| {
+        let (ftx, frx) = std::sync::mpsc::sync_channel::<Result<Vec<Block>, CaptureError>>(1);
+        sc.spawn(move || {
+            for file in files_ref {
+                if ftx.send(load_blocks(file, pat_r, ids_r, bias_r)).is_err() {
+                    break;
+                }
             }
-            if let Some((_, k)) = &b.ids {
-                if *k != top_k {
+        });
+        let mut writer: Option<Writer> = None;
+        for (fi, file) in files.iter().enumerate() {
+            let t_read = std::time::Instant::now();
+            let blocks = frx.recv().expect("reader thread ended early")?;
+            timing[0] += t_read.elapsed().as_secs_f64();
+            let e = blocks[0].experts;
+            for b in &blocks {
+                if b.experts != e || experts.is_some_and(|x| x != b.experts) {
                     return Err(CaptureError::input(
                         file,
                         format!(
-                            "layer {}: recorded ids have top-k {k}, expected {top_k}",
-                            b.layer
+                            "layer {} has {} experts, expected {}",
+                            b.layer,
+                            b.experts,
+                            experts.unwrap_or(e)
                         ),
                     ));
                 }
+                if let Some((_, k)) = &b.ids {
+                    if *k != top_k {
+                        return Err(CaptureError::input(
+                            file,
+                            format!(
+                                "layer {}: recorded ids have top-k {k}, expected {top_k}",
+                                b.layer
+                            ),
+                        ));
+                    }
+                }
+                if matches!(routing, RoutingFn::SigmoidGroupTopk { .. }) && b.bias.is_none() {
+                    return Err(CaptureError::input(
+                        file,
+                        format!(
+                            "layer {}: the sigmoid routing function needs the correction bias '{}'",
+                            b.layer,
+                            bias_pat.name(b.layer)
+                        ),
+                    ));
+                }
+                layers_seen.insert(b.layer);
+                logit_bytes += (b.steps * b.tokens * e * b.logits.dtype.size()) as u64;
             }
-            if matches!(routing, RoutingFn::SigmoidGroupTopk { .. }) && b.bias.is_none() {
+            if top_k > e {
                 return Err(CaptureError::input(
                     file,
-                    format!(
-                        "layer {}: the sigmoid routing function needs the correction bias '{}'",
-                        b.layer,
-                        bias_pat.name(b.layer)
-                    ),
+                    format!("top-k {top_k} is larger than the number of experts ({e})"),
                 ));
             }
-            layers_seen.insert(b.layer);
-            logit_bytes += (b.steps * b.tokens * e * b.logits.dtype.size()) as u64;
-        }
-        if top_k > e {
-            return Err(CaptureError::input(
-                file,
-                format!("top-k {top_k} is larger than the number of experts ({e})"),
-            ));
-        }
-        if let RoutingFn::SigmoidGroupTopk {
-            n_group,
-            topk_group,
-            ..
-        } = routing
-        {
-            if n_group == 0 || e % n_group as usize != 0 || topk_group == 0 || topk_group > n_group
+            if let RoutingFn::SigmoidGroupTopk {
+                n_group,
+                topk_group,
+                ..
+            } = routing
             {
-                return Err(CaptureError::input(
-                    file,
-                    format!("{e} experts cannot form {n_group} groups with {topk_group} kept"),
-                ));
-            }
-        }
-        if let Some(m) = opts.model.num_experts {
-            if m as usize != e {
-                return Err(CaptureError::input(
-                    file,
-                    format!("logits have {e} experts, --num-experts says {m}"),
-                ));
-            }
-        }
-        experts = Some(e);
-        if sink.is_none() {
-            let model = model_meta(opts, source_model, e as u32, top_k as u32, routing, 0);
-            let format = format!(
-                "logits-{}",
-                file.extension().and_then(|x| x.to_str()).unwrap_or("")
-            );
-            let m = trace_meta(opts, model, capture_meta(&format, &files, "contiguous"));
-            sink = Some(TokenSink::create(out, &m, opts.keep_logits)?);
-            meta = Some(m);
-        }
-        let steps = blocks.iter().map(|b| b.steps).max().unwrap_or(1);
-        let step_base = if steps == 1 && numbered {
-            numbers[fi].unwrap()
-        } else {
-            next_step
-        };
-        next_step = step_base + steps as u32;
-        // jobs in output order: step, then layer; split rows over threads
-        let mut jobs = Vec::new();
-        for s in 0..steps {
-            for b in &blocks {
-                if s < b.steps {
-                    jobs.push((b, s));
+                if n_group == 0
+                    || e % n_group as usize != 0
+                    || topk_group == 0
+                    || topk_group > n_group
+                {
+                    return Err(CaptureError::input(
+                        file,
+                        format!("{e} experts cannot form {n_group} groups with {topk_group} kept"),
+                    ));
                 }
             }
-        }
-        let total: usize = jobs.iter().map(|(b, _)| b.tokens).sum();
-        let per = total.div_ceil(threads).max(1);
-        let mut slices: Vec<Vec<Job>> = vec![Vec::new()];
-        let mut filled = 0usize;
-        for (b, s) in jobs {
-            let mut t = 0;
-            while t < b.tokens {
-                let room = per - filled;
-                let t1 = (t + room).min(b.tokens);
-                slices.last_mut().unwrap().push(Job {
-                    block: b,
-                    step: s,
-                    step_id: step_base + s as u32,
-                    t0: t,
-                    t1,
+            if let Some(m) = opts.model.num_experts {
+                if m as usize != e {
+                    return Err(CaptureError::input(
+                        file,
+                        format!("logits have {e} experts, --num-experts says {m}"),
+                    ));
+                }
+            }
+            experts = Some(e);
+            if writer.is_none() {
+                let model = model_meta(opts, source_model, e as u32, top_k as u32, routing, 0);
+                let format = format!(
+                    "logits-{}",
+                    file.extension().and_then(|x| x.to_str()).unwrap_or("")
+                );
+                let m = trace_meta(opts, model, capture_meta(&format, files_ref, "contiguous"));
+                let mut sink = TokenSink::create(out, &m, opts.keep_logits)?;
+                meta = Some(m);
+                let (wtx, wrx) = std::sync::mpsc::sync_channel::<(TokenTrace, usize)>(2);
+                let h = sc.spawn(move || {
+                    for (t, fi) in wrx {
+                        sink.write(&t, &files_ref[fi])?;
+                    }
+                    Ok(sink)
                 });
-                filled += t1 - t;
-                t = t1;
-                if filled == per {
-                    slices.push(Vec::new());
-                    filled = 0;
+                writer = Some((wtx, h));
+            }
+            let steps = blocks.iter().map(|b| b.steps).max().unwrap_or(1);
+            let step_base = if steps == 1 && numbered {
+                numbers[fi].unwrap()
+            } else {
+                next_step
+            };
+            next_step = step_base + steps as u32;
+            // jobs in output order: step, then layer; split rows over threads
+            let mut jobs = Vec::new();
+            for s in 0..steps {
+                for b in &blocks {
+                    if s < b.steps {
+                        jobs.push((b, s));
+                    }
                 }
             }
-        }
-        let t_route = std::time::Instant::now();
-        let parts: Vec<Part> = std::thread::scope(|sc| {
-            let handles: Vec<_> = slices
-                .iter()
-                .map(|js| {
-                    sc.spawn(|| {
-                        route_jobs(
-                            js,
-                            routing,
-                            top_k,
-                            seq_len,
-                            opts.keep_logits,
-                            opts.nan_skip,
-                            use_recorded,
-                            rank,
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("routing thread panicked"))
-                .collect()
-        });
-        timing[1] += t_route.elapsed().as_secs_f64();
-        let t_write = std::time::Instant::now();
-        let sink_ref = sink.as_mut().unwrap();
-        for p in parts {
-            if let Some(msg) = p.bad {
-                return Err(CaptureError::input(file, msg));
+            let total: usize = jobs.iter().map(|(b, _)| b.tokens).sum();
+            let per = total.div_ceil(threads).max(1);
+            let mut slices: Vec<Vec<Job>> = vec![Vec::new()];
+            let mut filled = 0usize;
+            for (b, s) in jobs {
+                let mut t = 0;
+                while t < b.tokens {
+                    let room = per - filled;
+                    let t1 = (t + room).min(b.tokens);
+                    slices.last_mut().unwrap().push(Job {
+                        block: b,
+                        step: s,
+                        step_id: step_base + s as u32,
+                        t0: t,
+                        t1,
+                    });
+                    filled += t1 - t;
+                    t = t1;
+                    if filled == per {
+                        slices.push(Vec::new());
+                        filled = 0;
+                    }
+                }
             }
-            skipped += p.skipped;
-            checked += p.checked;
-            mismatched += p.mismatched;
-            sink_ref.write(&p.tokens, file)?;
+            let t_route = std::time::Instant::now();
+            let parts: Vec<Part> = std::thread::scope(|sc| {
+                let handles: Vec<_> = slices
+                    .iter()
+                    .map(|js| {
+                        sc.spawn(|| {
+                            route_jobs(
+                                js,
+                                routing,
+                                top_k,
+                                seq_len,
+                                opts.keep_logits,
+                                opts.nan_skip,
+                                use_recorded,
+                                rank,
+                            )
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("routing thread panicked"))
+                    .collect()
+            });
+            timing[1] += t_route.elapsed().as_secs_f64();
+            for p in parts {
+                if let Some(msg) = p.bad {
+                    return Err(CaptureError::input(file, msg));
+                }
+                skipped += p.skipped;
+                checked += p.checked;
+                mismatched += p.mismatched;
+                let (tx, _) = writer.as_ref().unwrap();
+                if tx.send((p.tokens, fi)).is_err() {
+                    // the writer stopped on an error: report it
+                    let (tx, h) = writer.take().unwrap();
+                    drop(tx);
+                    return Err(h.join().expect("writer thread panicked").err().unwrap());
+                }
+            }
+            pb.inc(1);
         }
-        timing[2] += t_write.elapsed().as_secs_f64();
-        pb.inc(1);
-    }
+        match writer {
+            Some((tx, h)) => {
+                drop(tx);
+                h.join().expect("writer thread panicked").map(Some)
+            }
+            None => Ok(None),
+        }
+    });
     pb.finish_and_clear();
     if std::env::var_os("LLEP_CAPTURE_TIMING").is_some() {
         eprintln!(
-            "timing: read {:.3} s, route {:.3} s, write {:.3} s",
-            timing[0], timing[1], timing[2]
+            "timing: waiting for reads {:.3} s, routing {:.3} s",
+            timing[0], timing[1]
         );
     }
-    let sink = sink.ok_or_else(|| CaptureError::input(&what, "no input files"))?;
+    let sink = result?.ok_or_else(|| CaptureError::input(&what, "no input files"))?;
     let tokens = sink.tokens;
     let mut meta = meta.unwrap();
     meta.capture.skipped_tokens = skipped;

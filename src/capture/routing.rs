@@ -25,6 +25,8 @@ pub struct Router {
     pub bias: Vec<f32>,
     scratch: Vec<f32>,
     group_scores: Vec<(f32, usize)>,
+    cand_v: Vec<f32>,
+    cand_i: Vec<u16>,
 }
 
 impl Router {
@@ -42,7 +44,7 @@ impl Router {
         let k = self.top_k;
         match self.routing.expect("router has a routing function") {
             RoutingFn::SoftmaxTopk { renormalize } => {
-                top_k_into(logits, k, ids, weights);
+                top_k_with(logits, k, ids, weights, &mut self.cand_v, &mut self.cand_i);
                 let max = weights[0];
                 if renormalize {
                     // exp(l - max) over the chosen only: the full denominator
@@ -63,7 +65,7 @@ impl Router {
                 }
             }
             RoutingFn::TopkSoftmax => {
-                top_k_into(logits, k, ids, weights);
+                top_k_with(logits, k, ids, weights, &mut self.cand_v, &mut self.cand_i);
                 let max = weights[0];
                 let mut s = 0.0f32;
                 for w in weights.iter_mut() {
@@ -195,7 +197,10 @@ pub fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
-    let n = (x * LOG2E).round();
+    // round to nearest by the 1.5 * 2^23 trick: `f32::round` is a libm
+    // call on baseline x86-64 and would stop the loop from vectorising.
+    const SHIFT: f32 = 12_582_912.0;
+    let n = (x * LOG2E + SHIFT) - SHIFT;
     let r = x - n * LN2_HI - n * LN2_LO;
     // exp(r) on |r| <= ln2/2
     let p = 1.0
@@ -208,8 +213,100 @@ pub fn fast_exp(x: f32) -> f32 {
 
 /// The k largest values of `row` with their indices, in decreasing order,
 /// ties to the lower index. `ids`/`vals` have length k.
+///
+/// Wide rows (the usual 64..512 experts) take a filter first: the k-th
+/// largest of the 16-wide chunk maxima is a lower bound of the k-th largest
+/// value (the k best chunk maxima are k distinct elements), so only values
+/// at or above it, collected branch-free in index order, can be chosen.
+/// Selection over those few candidates follows the same rule as the plain
+/// path, so both give identical results (tested against a sort).
 #[inline]
 pub fn top_k_into(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
+    top_k_with(row, k, ids, vals, &mut Vec::new(), &mut Vec::new());
+}
+
+/// [`top_k_into`] with caller-owned candidate buffers (no per-row
+/// allocation or clearing).
+#[inline]
+pub fn top_k_with(
+    row: &[f32],
+    k: usize,
+    ids: &mut [u16],
+    vals: &mut [f32],
+    cv: &mut Vec<f32>,
+    ci: &mut Vec<u16>,
+) {
+    const MAXN: usize = 512;
+    let n = row.len();
+    if (64..=MAXN).contains(&n) && n / 16 >= k {
+        let chunks = n.div_ceil(16);
+        let mut maxima = [f32::NEG_INFINITY; MAXN / 16];
+        for (c, m) in maxima.iter_mut().enumerate().take(chunks) {
+            *m = chunk_max(&row[c * 16..(c * 16 + 16).min(n)]);
+        }
+        // k-th largest of the chunk maxima (partial selection sort; k small)
+        let ms = &mut maxima[..chunks];
+        for i in 0..k {
+            let mut b = i;
+            for j in i + 1..ms.len() {
+                if ms[j] > ms[b] {
+                    b = j;
+                }
+            }
+            ms.swap(i, b);
+        }
+        let floor0 = ms[k - 1];
+        if cv.len() < n + 1 {
+            cv.resize(n + 1, 0.0);
+            ci.resize(n + 1, 0);
+        }
+        let mut m = 0usize;
+        for (i, &v) in row.iter().enumerate() {
+            cv[m] = v;
+            ci[m] = i as u16;
+            m += usize::from(v >= floor0);
+        }
+        if m >= k {
+            select(&cv[..m], &ci[..m], k, ids, vals);
+            return;
+        }
+    }
+    select_plain(row, k, ids, vals);
+}
+
+/// Top-k of candidates given with their ids, in id order.
+#[inline]
+fn select(cv: &[f32], ci: &[u16], k: usize, ids: &mut [u16], vals: &mut [f32]) {
+    let mut len = 0usize;
+    for (&v, &id) in cv.iter().zip(ci).take(k) {
+        let mut j = len;
+        while j > 0 && vals[j - 1] < v {
+            vals[j] = vals[j - 1];
+            ids[j] = ids[j - 1];
+            j -= 1;
+        }
+        vals[j] = v;
+        ids[j] = id;
+        len += 1;
+    }
+    let mut floor = vals[k - 1];
+    for (&v, &id) in cv.iter().zip(ci).skip(k) {
+        if v > floor {
+            let mut j = k - 1;
+            while j > 0 && vals[j - 1] < v {
+                vals[j] = vals[j - 1];
+                ids[j] = ids[j - 1];
+                j -= 1;
+            }
+            vals[j] = v;
+            ids[j] = id;
+            floor = vals[k - 1];
+        }
+    }
+}
+
+#[inline]
+fn select_plain(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
     debug_assert!(k >= 1 && k <= row.len());
     // seed with the first k, insertion-sorted (stable: equal keeps order)
     let mut len = 0usize;
@@ -231,10 +328,7 @@ pub fn top_k_into(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
     while i < row.len() {
         let end = (i + 16).min(row.len());
         let chunk = &row[i..end];
-        let m = chunk
-            .iter()
-            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-        if m > floor {
+        if chunk_max(chunk) > floor {
             for (off, &v) in chunk.iter().enumerate() {
                 // strict: an equal later (higher) id never displaces an earlier one
                 if v > floor {
@@ -251,6 +345,28 @@ pub fn top_k_into(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
             }
         }
         i = end;
+    }
+}
+
+/// Largest value of a chunk of up to 16. Lane-wise maxima vectorise; a
+/// plain fold over floats would not (the compiler keeps its order).
+#[inline(always)]
+fn chunk_max(chunk: &[f32]) -> f32 {
+    if chunk.len() == 16 {
+        let mut m = [f32::NEG_INFINITY; 8];
+        for j in 0..8 {
+            let (a, b) = (chunk[j], chunk[j + 8]);
+            m[j] = if a > b { a } else { b };
+        }
+        let mut best = m[0];
+        for &x in &m[1..] {
+            best = if x > best { x } else { best };
+        }
+        best
+    } else {
+        chunk
+            .iter()
+            .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
     }
 }
 
@@ -390,11 +506,20 @@ mod tests {
     #[test]
     fn topk_matches_a_sort_on_random_rows() {
         let mut rng = crate::trace::tokens::SplitMix64::new(7);
-        for _ in 0..500 {
-            let n = 1 + rng.below(130) as usize;
-            let k = 1 + rng.below(n.min(9) as u64) as usize;
+        for _ in 0..3000 {
+            let n = 1 + rng.below(600) as usize;
+            let k = 1 + rng.below(n.min(40) as u64) as usize;
             // coarse values so ties happen
-            let row: Vec<f32> = (0..n).map(|_| rng.below(7) as f32).collect();
+            let coarse = rng.below(2) == 0;
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    if coarse {
+                        rng.below(7) as f32
+                    } else {
+                        rng.unit_f64() as f32
+                    }
+                })
+                .collect();
             let mut ids = vec![0u16; k];
             let mut vals = vec![0f32; k];
             top_k_into(&row, k, &mut ids, &mut vals);

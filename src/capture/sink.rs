@@ -55,26 +55,34 @@ impl TokenSink {
         }
         let k = self.top_k;
         let e_n = self.experts;
-        for i in 0..chunk.len() {
+        // rows come in runs of one (step, layer, rank): one map lookup a run
+        let mut i = 0;
+        while i < chunk.len() {
             let key = (chunk.step[i], chunk.layer[i], chunk.rank[i]);
+            let mut j = i + 1;
+            while j < chunk.len() && (chunk.step[j], chunk.layer[j], chunk.rank[j]) == key {
+                j += 1;
+            }
             let row = self.counts.entry(key).or_insert_with(|| vec![0; e_n]);
-            for &e in &chunk.experts[i * k..(i + 1) * k] {
+            for (slot, &e) in chunk.experts[i * k..j * k].iter().enumerate() {
                 let e = e as usize;
                 if e_n == 0 {
                     if e >= row.len() {
                         row.resize(e + 1, 0);
                     }
                 } else if e >= e_n {
+                    let t = i + slot / k;
                     return Err(CaptureError::input(
                         file,
                         format!(
                             "expert id {e} out of range (num_experts = {e_n}) at step {}, layer {}, token {}",
-                            chunk.step[i], chunk.layer[i], chunk.token[i]
+                            chunk.step[t], chunk.layer[t], chunk.token[t]
                         ),
                     ));
                 }
                 row[e] += 1;
             }
+            i = j;
         }
         if self.keep_logits && chunk.logits.as_ref().map(Vec::len) != Some(chunk.len() * e_n) {
             return Err(CaptureError::input(

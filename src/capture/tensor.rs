@@ -117,6 +117,18 @@ impl Tensor {
         let sz = self.dtype.size();
         let b = &self.bytes()[start * sz..(start + out.len()) * sz];
         match self.dtype {
+            DType::F32 if cfg!(target_endian = "little") => {
+                // SAFETY: `b` holds exactly out.len() * 4 bytes (sliced
+                // above), `out` is a distinct &mut buffer of that many bytes,
+                // and any bit pattern is a valid f32 on a little-endian host.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        b.as_ptr(),
+                        out.as_mut_ptr() as *mut u8,
+                        out.len() * 4,
+                    );
+                }
+            }
             DType::F32 => {
                 for (o, c) in out.iter_mut().zip(b.chunks_exact(4)) {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -446,8 +458,8 @@ mod tests {
             .to_string();
         assert!(e.contains("bad.npy") && e.contains("truncated"), "{e}");
         let mut b = npy_bytes("<f4", &[1], &[0; 4]);
-        let s = String::from_utf8_lossy(&b).replace("False", "True ");
-        b = s.into_bytes();
+        let at = b.windows(5).position(|w| w == b"False").unwrap();
+        b[at..at + 5].copy_from_slice(b"True ");
         let e = parse_npy(Arc::new(b), p).unwrap_err().to_string();
         assert!(e.contains("Fortran"), "{e}");
         let e = parse_npy(Arc::new(npy_bytes(">f4", &[1], &[0; 4])), p)
