@@ -51,7 +51,7 @@ impl Router {
                     // cancels.
                     let mut s = 0.0f32;
                     for w in weights.iter_mut() {
-                        *w = (*w - max).exp();
+                        *w = fast_exp(*w - max);
                         s += *w;
                     }
                     for w in weights.iter_mut() {
@@ -60,7 +60,7 @@ impl Router {
                 } else {
                     let s = sum_exp(logits, max);
                     for w in weights.iter_mut() {
-                        *w = (*w - max).exp() / s;
+                        *w = fast_exp(*w - max) / s;
                     }
                 }
             }
@@ -69,7 +69,7 @@ impl Router {
                 let max = weights[0];
                 let mut s = 0.0f32;
                 for w in weights.iter_mut() {
-                    *w = (*w - max).exp();
+                    *w = fast_exp(*w - max);
                     s += *w;
                 }
                 for w in weights.iter_mut() {

@@ -125,6 +125,9 @@ fn parse_routing(s: &str, a: &CaptureArgs) -> anyhow::Result<RoutingFn> {
 /// Decide the source format from the extension and, where needed, a look
 /// at the content.
 fn detect(path: &Path) -> anyhow::Result<&'static str> {
+    if !path.exists() {
+        bail!("{}: no such file or directory", path.display());
+    }
     if path.is_dir() {
         if path.join("capture.json").exists() {
             return Ok("logits");

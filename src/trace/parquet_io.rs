@@ -174,7 +174,13 @@ impl TokenFileWriter {
         let top_k = meta.model.top_k as usize;
         let schema = schema::tokens_schema(top_k, logits_width);
         let out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
-        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props(None)))
+        // Dictionary encoding costs a hash per value and buys little on token
+        // rows (weights are near-unique, ids small): plain + snappy instead.
+        let tprops = props(None)
+            .into_builder()
+            .set_dictionary_enabled(false)
+            .build();
+        let writer = ArrowWriter::try_new(out, schema.clone(), Some(tprops))
             .map_err(|e| TraceError::pq(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
