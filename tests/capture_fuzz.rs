@@ -42,7 +42,9 @@ fn mutate(seed: &[u8], rng: &mut SplitMix64) -> Vec<u8> {
         }
         3 => {
             let i = rng.below(n) as usize;
-            let extra: Vec<u8> = (0..1 + rng.below(32)).map(|_| rng.below(256) as u8).collect();
+            let extra: Vec<u8> = (0..1 + rng.below(32))
+                .map(|_| rng.below(256) as u8)
+                .collect();
             v.splice(i.min(v.len())..i.min(v.len()), extra);
         }
         4 => {
@@ -90,7 +92,8 @@ fn safetensors_seed() -> Vec<u8> {
 }
 
 fn small_pt() -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routing_small.pt")).unwrap()
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/routing_small.pt"))
+        .unwrap()
 }
 
 /// Rebuild a zip with `pkl` as data.pkl and the other entries unchanged
@@ -98,7 +101,8 @@ fn small_pt() -> Vec<u8> {
 fn with_pickle(pt: &[u8], pkl: &[u8]) -> Vec<u8> {
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(pt)).unwrap();
     let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for i in 0..z.len() {
         let mut e = z.by_index(i).unwrap();
         let name = e.name().unwrap().to_string();
@@ -146,7 +150,9 @@ fn run(target: &str, seed: &[u8], f: impl Fn(&[u8]) -> bool) {
 fn fuzz_npy() {
     let p = Path::new("fuzz.npy");
     run("npy", &npy_seed(), |b| {
-        parse_npy(Arc::new(b.to_vec()), p).map(|t| t.to_f32()).is_ok()
+        parse_npy(Arc::new(b.to_vec()), p)
+            .map(|t| t.to_f32())
+            .is_ok()
     });
 }
 
@@ -171,5 +177,7 @@ fn fuzz_unpickler() {
     let pt = small_pt();
     let pkl = pickle_of(&pt);
     let p = Path::new("fuzz.pt");
-    run("pickle", &pkl, |b| parse_pt(&with_pickle(&pt, b), p).is_ok());
+    run("pickle", &pkl, |b| {
+        parse_pt(&with_pickle(&pt, b), p).is_ok()
+    });
 }

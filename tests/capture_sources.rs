@@ -55,7 +55,7 @@ fn flame_pt_loads_match_a_count_of_the_raw_storages() {
     let out = d.join("flame.parquet");
     let mut opts = quiet();
     opts.model.num_experts = Some(64);
-    let r = routed::capture_pt(&[src.clone()], &out, &opts).unwrap();
+    let r = routed::capture_pt(std::slice::from_ref(&src), &out, &opts).unwrap();
     assert_eq!(r.tokens, 8 * 2048);
     // independent count: the ids storage is archive entry data/2 (int64,
     // 2048 x 6), read with the zip crate alone, no pickle involved
@@ -475,7 +475,7 @@ fn logits_in_every_container_and_dtype_match_a_naive_topk() {
         opts.model.routing = Some(RoutingFn::SoftmaxTopk { renormalize: true });
         opts.keep_logits = true;
         opts.sequence_length = Some(10);
-        let r = logits::capture(&[src.clone()], &out, &opts).unwrap();
+        let r = logits::capture(std::slice::from_ref(&src), &out, &opts).unwrap();
         assert_eq!(r.tokens as usize, steps * layers * tokens);
         let back = read_trace(&out, true).unwrap();
         assert_eq!(back.loads.step_ids, vec![0, 10, 20], "{container} {dtype}");
@@ -546,11 +546,11 @@ fn recorded_ids_are_checked_and_sigmoid_needs_its_bias() {
     let mut opts = quiet();
     opts.model.top_k = Some(k as u32);
     opts.model.routing = Some(RoutingFn::TopkSoftmax);
-    let r = logits::capture(&[src.clone()], &d.join("a.parquet"), &opts).unwrap();
+    let r = logits::capture(std::slice::from_ref(&src), &d.join("a.parquet"), &opts).unwrap();
     assert_eq!((r.ids_checked, r.ids_mismatched), (20, 1));
     // recorded: the ids as given
     opts.model.routing = Some(RoutingFn::Recorded);
-    let r = logits::capture(&[src.clone()], &d.join("b.parquet"), &opts).unwrap();
+    let r = logits::capture(std::slice::from_ref(&src), &d.join("b.parquet"), &opts).unwrap();
     let mut want = vec![0u64; e];
     for &i in &ids {
         want[i as usize] += 1;
@@ -563,7 +563,7 @@ fn recorded_ids_are_checked_and_sigmoid_needs_its_bias() {
         routed_scaling_factor: 1.0,
         renormalize: true,
     });
-    let err = logits::capture(&[src.clone()], &d.join("c.parquet"), &opts)
+    let err = logits::capture(std::slice::from_ref(&src), &d.join("c.parquet"), &opts)
         .unwrap_err()
         .to_string();
     assert!(

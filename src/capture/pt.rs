@@ -183,6 +183,9 @@ fn read_entry<R: std::io::Read + std::io::Seek>(
     Ok(v)
 }
 
+/// Loads a storage's bytes by key from the archive.
+type StorageLoader<'l> = dyn FnMut(&str) -> Result<Arc<Vec<u8>>, CaptureError> + 'l;
+
 struct Unpickler<'a> {
     b: &'a [u8],
     pos: usize,
@@ -265,10 +268,7 @@ impl<'a> Unpickler<'a> {
         })
     }
 
-    fn run(
-        mut self,
-        load: &mut dyn FnMut(&str) -> Result<Arc<Vec<u8>>, CaptureError>,
-    ) -> Result<Value, CaptureError> {
+    fn run(mut self, load: &mut StorageLoader) -> Result<Value, CaptureError> {
         loop {
             let at = self.pos;
             let op = self.u8()?;
@@ -344,7 +344,7 @@ impl<'a> Unpickler<'a> {
                 0x88 => self.stack.push(Value::Bool(true)),
                 0x89 => self.stack.push(Value::Bool(false)),
                 b'N' => self.stack.push(Value::None),
-                0x85 | 0x86 | 0x87 => {
+                0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let mut items = Vec::with_capacity(n);
                     for _ in 0..n {
@@ -513,11 +513,7 @@ impl<'a> Unpickler<'a> {
         Ok(s)
     }
 
-    fn persistent(
-        &mut self,
-        pid: Value,
-        load: &mut dyn FnMut(&str) -> Result<Arc<Vec<u8>>, CaptureError>,
-    ) -> Result<Value, CaptureError> {
+    fn persistent(&mut self, pid: Value, load: &mut StorageLoader) -> Result<Value, CaptureError> {
         let Value::Tuple(items) = pid else {
             return Err(self.err("persistent id is not a tuple"));
         };

@@ -706,7 +706,7 @@ pub fn capture_csv(
 }
 
 fn split_list(s: &str) -> impl Iterator<Item = &str> {
-    s.split(|c: char| c == ' ' || c == ';' || c == '|' || c == ',' || c == '[' || c == ']')
+    s.split([' ', ';', '|', ',', '[', ']'])
         .filter(|x| !x.is_empty())
 }
 

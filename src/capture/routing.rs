@@ -277,8 +277,7 @@ pub fn top_k_with(
 /// Top-k of candidates given with their ids, in id order.
 #[inline]
 fn select(cv: &[f32], ci: &[u16], k: usize, ids: &mut [u16], vals: &mut [f32]) {
-    let mut len = 0usize;
-    for (&v, &id) in cv.iter().zip(ci).take(k) {
+    for (len, (&v, &id)) in cv.iter().zip(ci).take(k).enumerate() {
         let mut j = len;
         while j > 0 && vals[j - 1] < v {
             vals[j] = vals[j - 1];
@@ -287,7 +286,6 @@ fn select(cv: &[f32], ci: &[u16], k: usize, ids: &mut [u16], vals: &mut [f32]) {
         }
         vals[j] = v;
         ids[j] = id;
-        len += 1;
     }
     let mut floor = vals[k - 1];
     for (&v, &id) in cv.iter().zip(ci).skip(k) {
@@ -309,8 +307,7 @@ fn select(cv: &[f32], ci: &[u16], k: usize, ids: &mut [u16], vals: &mut [f32]) {
 fn select_plain(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
     debug_assert!(k >= 1 && k <= row.len());
     // seed with the first k, insertion-sorted (stable: equal keeps order)
-    let mut len = 0usize;
-    for (i, &v) in row.iter().enumerate().take(k) {
+    for (len, (i, &v)) in row.iter().enumerate().take(k).enumerate() {
         let mut j = len;
         while j > 0 && vals[j - 1] < v {
             vals[j] = vals[j - 1];
@@ -319,7 +316,6 @@ fn select_plain(row: &[f32], k: usize, ids: &mut [u16], vals: &mut [f32]) {
         }
         vals[j] = v;
         ids[j] = i as u16;
-        len += 1;
     }
     let mut floor = vals[k - 1];
     // Most values lose to the floor: test 16 at a time with a vectorisable

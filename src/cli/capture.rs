@@ -44,6 +44,35 @@ pub struct CaptureArgs {
     /// Weight/activation dtype (bf16, f32, fp8).
     #[arg(long)]
     dtype: Option<String>,
+    /// Routing-function and logits options (boxed: keeps the command enum small).
+    #[command(flatten)]
+    lg: Box<LogitsArgs>,
+    /// Map a trace field to the source's name: expert, weight, layer, step,
+    /// rank, token, sequence, sequence_length (repeatable).
+    #[arg(long, value_name = "FIELD=SOURCE")]
+    field: Vec<String>,
+    /// Rank of every token when the source does not record it.
+    #[arg(long)]
+    rank: Option<u32>,
+    /// Map the distinct values of this column to steps (e.g. --group-by domain).
+    #[arg(long)]
+    group_by: Option<String>,
+    /// Keep only rows where COLUMN equals VALUE (repeatable).
+    #[arg(long, value_name = "COLUMN=VALUE")]
+    filter: Vec<String>,
+    /// JSON key holding the counts matrix (default: counts).
+    #[arg(long)]
+    json_key: Option<String>,
+    /// Provenance text recorded in the trace.
+    #[arg(long)]
+    provenance: Option<String>,
+    /// Licence of the recorded data.
+    #[arg(long)]
+    licence: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct LogitsArgs {
     /// Routing function: softmax-topk, softmax-topk-renorm (Mixtral,
     /// Qwen-MoE with norm_topk_prob), topk-softmax (gpt-oss),
     /// sigmoid-group-topk (DeepSeek-V3; see --n-group), recorded.
@@ -82,31 +111,9 @@ pub struct CaptureArgs {
     /// Tokens per sequence (fills the sequence column: token / N).
     #[arg(long)]
     sequence_length: Option<u32>,
-    /// Map a trace field to the source's name: expert, weight, layer, step,
-    /// rank, token, sequence, sequence_length (repeatable).
-    #[arg(long, value_name = "FIELD=SOURCE")]
-    field: Vec<String>,
-    /// Rank of every token when the source does not record it.
-    #[arg(long)]
-    rank: Option<u32>,
-    /// Map the distinct values of this column to steps (e.g. --group-by domain).
-    #[arg(long)]
-    group_by: Option<String>,
-    /// Keep only rows where COLUMN equals VALUE (repeatable).
-    #[arg(long, value_name = "COLUMN=VALUE")]
-    filter: Vec<String>,
-    /// JSON key holding the counts matrix (default: counts).
-    #[arg(long)]
-    json_key: Option<String>,
-    /// Provenance text recorded in the trace.
-    #[arg(long)]
-    provenance: Option<String>,
-    /// Licence of the recorded data.
-    #[arg(long)]
-    licence: Option<String>,
 }
 
-fn parse_routing(s: &str, a: &CaptureArgs) -> anyhow::Result<RoutingFn> {
+fn parse_routing(s: &str, a: &LogitsArgs) -> anyhow::Result<RoutingFn> {
     Ok(match s {
         "softmax-topk" => RoutingFn::SoftmaxTopk { renormalize: false },
         "softmax-topk-renorm" => RoutingFn::SoftmaxTopk { renormalize: true },
@@ -257,9 +264,10 @@ pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             num_layers: a.num_layers,
             dtype: a.dtype.clone(),
             routing: a
+                .lg
                 .routing
                 .as_deref()
-                .map(|r| parse_routing(r, &a))
+                .map(|r| parse_routing(r, &a.lg))
                 .transpose()?,
         },
         group_by: a.group_by.clone(),
@@ -268,12 +276,12 @@ pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         licence: a.licence.clone(),
         json_key: a.json_key.clone(),
         quiet: p.quiet,
-        keep_logits: a.keep_logits,
-        nan_skip: a.nan == "skip",
-        tensor_pattern: a.tensor_pattern.clone(),
-        ids_pattern: a.ids_pattern.clone(),
-        bias_pattern: a.bias_pattern.clone(),
-        sequence_length: a.sequence_length,
+        keep_logits: a.lg.keep_logits,
+        nan_skip: a.lg.nan == "skip",
+        tensor_pattern: a.lg.tensor_pattern.clone(),
+        ids_pattern: a.lg.ids_pattern.clone(),
+        bias_pattern: a.lg.bias_pattern.clone(),
+        sequence_length: a.lg.sequence_length,
         fields,
         rank: a.rank,
     };

@@ -1,7 +1,7 @@
 //! The cost model: prices one plan of one layer with a [`Profile`].
 //!
 //! Layer time = overhead + max over GPUs of max(dispatch, weight transfer)
-//! + max over GPUs of compute + max over GPUs of combine
+//! plus max over GPUs of compute plus max over GPUs of combine
 //! (`docs/design.md`, "Planning and simulation"). Every term is kept.
 
 use super::profile::Profile;

@@ -47,6 +47,7 @@ impl TokenTrace {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn push(
         &mut self,
         step: u32,
