@@ -519,10 +519,12 @@ pub fn capture(
         std::thread::ScopedJoinHandle<'s, Result<TokenSink, CaptureError>>,
     );
     // Three stages overlap: the next file is read while this one is routed,
-    // and routed chunks are encoded to Parquet by a writer thread. At most
-    // one file is read ahead, so memory stays about two input files.
+    // and routed chunks are encoded to Parquet by a writer thread. The
+    // reader hands files over through a rendezvous channel, so at most one
+    // file waits beside the one being routed: memory stays about two input
+    // files plus one Parquet row group, whatever the number of files.
     let result: Result<Option<TokenSink>, CaptureError> = std::thread::scope(|sc| {
-        let (ftx, frx) = std::sync::mpsc::sync_channel::<Result<Vec<Block>, CaptureError>>(1);
+        let (ftx, frx) = std::sync::mpsc::sync_channel::<Result<Vec<Block>, CaptureError>>(0);
         sc.spawn(move || {
             for file in files_ref {
                 if ftx.send(load_blocks(file, pat_r, ids_r, bias_r)).is_err() {

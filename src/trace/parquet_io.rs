@@ -232,11 +232,14 @@ impl TokenFileWriter {
         }
         let batch = RecordBatch::try_new(self.schema.clone(), cols)
             .map_err(|e| TraceError::from((self.path.clone(), e)))?;
-        self.writer
-            .as_mut()
-            .expect("writer open")
-            .write(&batch)
-            .map_err(|e| TraceError::pq(&self.path, e))
+        let w = self.writer.as_mut().expect("writer open");
+        w.write(&batch).map_err(|e| TraceError::pq(&self.path, e))?;
+        // Close row groups at ~256k rows so a long capture buffers about
+        // one input file's rows, not a million.
+        if w.in_progress_rows() >= 1 << 18 {
+            w.flush().map_err(|e| TraceError::pq(&self.path, e))?;
+        }
+        Ok(())
     }
 
     /// Replace the embedded metadata (e.g. with final counts) and commit.
