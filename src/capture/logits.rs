@@ -352,19 +352,27 @@ fn route_jobs(
     } else {
         Router::new(routing, top_k)
     };
-    let mut row = Vec::new();
+    let mut buf = Vec::new();
     let mut ids = vec![0u16; top_k];
     let mut w = vec![0f32; top_k];
     let mut rec = vec![0i64; top_k];
     for job in jobs {
         let b = job.block;
         let e = b.experts;
-        row.resize(e, 0.0);
+        buf.resize(e, 0.0);
         router.bias = b.bias.clone().unwrap_or_default();
+        // f32 dumps are routed in place; other dtypes through a row buffer
+        let view = b.logits.as_f32();
         for t in job.t0..job.t1 {
             let start = b.base + job.step * b.step_stride + t * e;
-            b.logits.f32_range_into(start, &mut row);
-            if !super::routing::all_finite(&row) {
+            let row: &[f32] = match view {
+                Some(v) => &v[start..start + e],
+                None => {
+                    b.logits.f32_range_into(start, &mut buf);
+                    &buf
+                }
+            };
+            if !super::routing::all_finite(row) {
                 let bad = row.iter().position(|x| !x.is_finite()).unwrap();
                 if nan_skip {
                     part.skipped += 1;
@@ -410,7 +418,7 @@ fn route_jobs(
                     *wv = (row[i as usize] - max).exp() / s;
                 }
             } else {
-                router.route(&row, &mut ids, &mut w);
+                router.route(row, &mut ids, &mut w);
                 if recorded.is_some() {
                     part.checked += 1;
                     let mut a: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
@@ -425,7 +433,7 @@ fn route_jobs(
             let seq = seq_len.map_or(0, |n| (t / n.max(1) as usize) as u32);
             out.push(job.step_id, b.layer, rank, t as u32, seq, &ids, &w);
             if let Some(l) = out.logits.as_mut() {
-                l.extend_from_slice(&row);
+                l.extend_from_slice(row);
             }
         }
     }

@@ -157,6 +157,23 @@ impl Tensor {
         }
     }
 
+    /// The values as an f32 slice without copying, when the tensor is f32,
+    /// the host little-endian and the data 4-byte aligned.
+    pub fn as_f32(&self) -> Option<&[f32]> {
+        let b = self.bytes();
+        if self.dtype != DType::F32
+            || cfg!(target_endian = "big")
+            || b.as_ptr() as usize % std::mem::align_of::<f32>() != 0
+        {
+            return None;
+        }
+        // SAFETY: the pointer is f32-aligned (checked), `b.len()` is
+        // numel * 4 so the slice covers exactly the tensor's bytes, every bit
+        // pattern is a valid f32, and the slice borrows `self`, which keeps
+        // the buffer alive and unmodified (it is never mutated once shared).
+        Some(unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) })
+    }
+
     pub fn to_f32(&self) -> Vec<f32> {
         let mut v = vec![0f32; self.numel()];
         self.f32_range_into(0, &mut v);
