@@ -19,6 +19,11 @@
 //! - a directory may hold `capture.json` (written by the hook) giving the
 //!   model (experts, top_k, dims, routing function), the patterns and the
 //!   sequence length; command-line options override it.
+//!
+//! Diagnostics (not settings): `LLEP_CAPTURE_THREADS=N` sets the number of
+//! routing threads (default: the available cores, at most 8) and
+//! `LLEP_CAPTURE_TIMING=1` prints the time spent waiting for reads and
+//! routing, for benchmarking.
 
 use super::routing::Router;
 use super::sink::{capture_meta, model_meta, trace_meta, trailing_number, TokenSink};
