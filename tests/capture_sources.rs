@@ -796,3 +796,71 @@ fn broken_inputs_fail_with_the_file_name_and_leave_no_output() {
     );
     assert!(!out.exists() || names(&out).is_empty(), "{:?}", names(&out));
 }
+
+// ---------------------------------------------------------------- detection
+
+#[test]
+fn auto_format_detection_by_extension_and_content() {
+    let d = tmp("detect");
+    // .pt: routing dict vs SGLang dump
+    let run = |input: &Path, extra: &[&str], out: &str| {
+        let o = bin()
+            .arg("capture")
+            .arg(input)
+            .args(extra)
+            .arg("--out")
+            .arg(d.join(out))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        read_trace(&d.join(out), false)
+            .unwrap()
+            .meta
+            .capture
+            .source_format
+    };
+    assert_eq!(
+        run(&data("routing_small.pt"), &[], "a.parquet"),
+        "pt-routing"
+    );
+    assert_eq!(
+        run(&data("sglang_stat.pt"), &["--top-k", "2"], "b.parquet"),
+        "sglang-expert-distribution"
+    );
+    // .npy: integer ids -> vLLM routed experts; floats -> logits
+    let ids: Vec<u8> = [1i16, 2, 0, 3]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    std::fs::write(d.join("r.npy"), npy("<i2", &[2, 1, 2], &ids)).unwrap();
+    assert_eq!(run(&d.join("r.npy"), &[], "c.parquet"), "vllm-routed");
+    let lg: Vec<u8> = (0..2 * 3 * 4)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
+    std::fs::write(d.join("l.npy"), npy("<f4", &[2, 3, 4], &lg)).unwrap();
+    assert_eq!(
+        run(
+            &d.join("l.npy"),
+            &["--top-k", "2", "--routing", "topk-softmax"],
+            "e.parquet"
+        ),
+        "logits-npy"
+    );
+    // token CSV (no count column) vs load CSV
+    std::fs::write(d.join("t.csv"), "layer,expert\n0,1 2\n").unwrap();
+    assert_eq!(run(&d.join("t.csv"), &[], "f.parquet"), "csv");
+    // Megatron JSONL by its field names
+    std::fs::write(
+        d.join("m.jsonl"),
+        "{\"step\": 0, \"layer\": 0, \"rank\": 0, \"num_tokens\": 1, \"topk\": 1, \"top_indices\": [[2]]}\n",
+    )
+    .unwrap();
+    assert_eq!(run(&d.join("m.jsonl"), &[], "g.parquet"), "megatron-jsonl");
+    // a missing input says so
+    let o = bin()
+        .args(["capture", "/nonexistent/x.pt", "--out"])
+        .arg(d.join("h.parquet"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no such file"));
+}
