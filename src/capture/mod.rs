@@ -1,9 +1,26 @@
 //! Capture: turn what users recorded into one trace format.
 //!
-//! Sources so far: load-level counts (CSV/JSON `layer, expert, count` with
-//! optional `step`/`rank`, or a `[layers][experts]` JSON matrix).
+//! Sources:
+//! - router logits (`.npy`, `.npz`, `.safetensors`, and capture directories
+//!   written by the `llep_capture` Python hook): [`logits`], with the
+//!   routing functions of [`routing`];
+//! - per-token routing: `.pt` dicts of ids and scores (FLAME-MoE), JSONL/CSV
+//!   with a field mapping (Megatron-LM preset), vLLM routed-experts arrays:
+//!   [`routed`];
+//! - aggregate loads: CSV/JSON counts ([`loads`]), SGLang expert-distribution
+//!   dumps and TensorRT-LLM load statistics ([`engines`]).
+//!
+//! Binary inputs go through the readers of [`tensor`] (npy/npz/safetensors)
+//! and [`pt`] (restricted pickle: nothing in a file is ever executed).
 
+pub mod engines;
 pub mod loads;
+pub mod logits;
+pub mod pt;
+pub mod routed;
+pub mod routing;
+pub mod sink;
+pub mod tensor;
 
 use crate::trace::{RoutingFn, TraceError};
 use std::path::PathBuf;
@@ -34,6 +51,23 @@ pub struct CaptureOptions {
     /// JSON key holding the matrix when the file is an object.
     pub json_key: Option<String>,
     pub quiet: bool,
+    /// Keep the raw router logits in the tokens file.
+    pub keep_logits: bool,
+    /// Drop tokens with NaN/Inf logits (counted) instead of failing.
+    pub nan_skip: bool,
+    /// Tensor-name pattern of the per-layer logits, `{layer}` standing for
+    /// the layer id (default `layer.{layer}.logits`).
+    pub tensor_pattern: Option<String>,
+    /// Pattern of the per-layer chosen ids (default `layer.{layer}.ids`).
+    pub ids_pattern: Option<String>,
+    /// Pattern of the per-layer correction bias (default `layer.{layer}.bias`).
+    pub bias_pattern: Option<String>,
+    /// Tokens per sequence, for the `sequence` column.
+    pub sequence_length: Option<u32>,
+    /// Field mapping for record sources: trace field -> source field.
+    pub fields: Vec<(String, String)>,
+    /// Rank of every token when the source does not say (e.g. one file per rank).
+    pub rank: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

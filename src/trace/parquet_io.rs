@@ -76,15 +76,18 @@ pub fn tokens_path_for(path: &Path) -> PathBuf {
     path.with_file_name(format!("{stem}.tokens.parquet"))
 }
 
-fn props(meta: &TraceMeta) -> WriterProperties {
-    WriterProperties::builder()
+fn props(meta: Option<&TraceMeta>) -> WriterProperties {
+    let b = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_max_row_group_row_count(Some(1 << 20))
-        .set_key_value_metadata(Some(vec![KeyValue::new(
+        .set_max_row_group_row_count(Some(1 << 20));
+    match meta {
+        Some(meta) => b.set_key_value_metadata(Some(vec![KeyValue::new(
             META_KEY.to_string(),
             serde_json::to_string(meta).expect("metadata serialises"),
-        )]))
-        .build()
+        )])),
+        None => b,
+    }
+    .build()
 }
 
 /// Write a trace: the load file at `path`, and the tokens file beside it
@@ -113,7 +116,7 @@ pub fn write_loads(path: &Path, meta: &TraceMeta, loads: &Loads) -> Result<(), T
     let schema = schema::loads_schema();
     let mut out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
     {
-        let mut w = ArrowWriter::try_new(out.writer(), schema.clone(), Some(props(meta)))
+        let mut w = ArrowWriter::try_new(out.writer(), schema.clone(), Some(props(Some(meta))))
             .map_err(|e| TraceError::pq(path, e))?;
         let (r_n, e_n) = (loads.ranks, loads.experts);
         // one batch per step keeps memory small for long traces
@@ -157,6 +160,9 @@ pub struct TokenFileWriter {
     top_k: usize,
     logits_width: Option<usize>,
     writer: Option<ArrowWriter<AtomicFile>>,
+    /// Embedded once, at finish: a key written up front and replaced later
+    /// would leave two values, and readers other than ours take the first.
+    meta: TraceMeta,
 }
 
 impl TokenFileWriter {
@@ -168,7 +174,13 @@ impl TokenFileWriter {
         let top_k = meta.model.top_k as usize;
         let schema = schema::tokens_schema(top_k, logits_width);
         let out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
-        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props(meta)))
+        // Dictionary encoding costs a hash per value and buys little on token
+        // rows (weights are near-unique, ids small): plain + snappy instead.
+        let tprops = props(None)
+            .into_builder()
+            .set_dictionary_enabled(false)
+            .build();
+        let writer = ArrowWriter::try_new(out, schema.clone(), Some(tprops))
             .map_err(|e| TraceError::pq(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -176,6 +188,7 @@ impl TokenFileWriter {
             top_k,
             logits_width,
             writer: Some(writer),
+            meta: meta.clone(),
         })
     }
 
@@ -219,22 +232,24 @@ impl TokenFileWriter {
         }
         let batch = RecordBatch::try_new(self.schema.clone(), cols)
             .map_err(|e| TraceError::from((self.path.clone(), e)))?;
-        self.writer
-            .as_mut()
-            .expect("writer open")
-            .write(&batch)
-            .map_err(|e| TraceError::pq(&self.path, e))
+        let w = self.writer.as_mut().expect("writer open");
+        w.write(&batch).map_err(|e| TraceError::pq(&self.path, e))?;
+        // Close row groups at ~256k rows so a long capture buffers about
+        // one input file's rows, not a million.
+        if w.in_progress_rows() >= 1 << 18 {
+            w.flush().map_err(|e| TraceError::pq(&self.path, e))?;
+        }
+        Ok(())
     }
 
     /// Replace the embedded metadata (e.g. with final counts) and commit.
     pub fn finish_with(mut self, meta: Option<&TraceMeta>) -> Result<(), TraceError> {
         let mut w = self.writer.take().expect("writer open");
-        if let Some(m) = meta {
-            w.append_key_value_metadata(KeyValue::new(
-                META_KEY.to_string(),
-                serde_json::to_string(m).expect("metadata serialises"),
-            ));
-        }
+        let m = meta.unwrap_or(&self.meta);
+        w.append_key_value_metadata(KeyValue::new(
+            META_KEY.to_string(),
+            serde_json::to_string(m).expect("metadata serialises"),
+        ));
         let out = w.into_inner().map_err(|e| TraceError::pq(&self.path, e))?;
         out.commit().map_err(|e| TraceError::io(&self.path, e))
     }

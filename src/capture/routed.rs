@@ -1,0 +1,777 @@
+//! Per-token routing (chosen expert ids, maybe weights) -> token-level trace.
+//!
+//! Formats:
+//! - `pt-routing`: `torch.save` dicts, one file per (step, layer), with an
+//!   ids tensor `[tokens, k]` and optionally a weights tensor and scalars for
+//!   layer, step and sequence length. Default keys are FLAME-MoE's
+//!   (`indices`, `scores`, `layer`, `epoch` as the step, `sequence_length`);
+//!   `--field expert=KEY --field weight=KEY --field layer=KEY --field
+//!   step=KEY --field sequence_length=KEY` rename them.
+//! - `jsonl`/`csv`: one record per token, fields mapped with `--field`
+//!   (`expert` required: a list, or in CSV ids separated by spaces, `;` or
+//!   `|`; `weight`, `layer`, `step`, `rank`, `token`, `sequence` optional;
+//!   defaults are the same names).
+//! - `megatron-jsonl`: Megatron-LM router trace lines `{step, layer, rank,
+//!   num_tokens, topk, top_indices}`, `top_indices` nested `[tokens][k]` or
+//!   flat.
+//! - `vllm-routed`: vLLM routed-experts arrays, `.npy` integer
+//!   `[tokens, layers, k]`, one file per step (layer ids 0..L).
+//!
+//! Weights are the source's when it has them; otherwise every slot gets
+//! 1/k (stated in the trace provenance), since a trace row always has k
+//! weights. Expert ids are checked against `--num-experts` when given, else
+//! the number of experts is the largest id + 1.
+
+use super::pt::{read_pt, Value};
+use super::sink::{capture_meta, model_meta, trace_meta, trailing_number, TokenSink};
+use super::tensor::read_npy;
+use super::{CaptureError, CaptureOptions};
+use crate::trace::{Loads, RoutingFn, TokenTrace, TraceMeta};
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+/// Result of a routed capture.
+#[derive(Debug, Clone)]
+pub struct RoutedReport {
+    pub loads: Loads,
+    pub meta: TraceMeta,
+    pub tokens: u64,
+    pub had_weights: bool,
+}
+
+fn field<'a>(opts: &'a CaptureOptions, name: &str) -> Option<&'a str> {
+    opts.fields
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Expand directories into files with one of `exts`, in name order.
+pub fn expand(inputs: &[PathBuf], exts: &[&str]) -> Result<Vec<PathBuf>, CaptureError> {
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| CaptureError::input(p, format!("cannot list: {e}")))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.extension()
+                        .and_then(|e| e.to_str())
+                        .is_some_and(|e| exts.contains(&e.to_ascii_lowercase().as_str()))
+                })
+                .collect();
+            v.sort();
+            if v.is_empty() {
+                return Err(CaptureError::input(
+                    p,
+                    format!("directory holds no .{} files", exts.join(" or .")),
+                ));
+            }
+            out.extend(v);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Shared driver: stream chunks from `files` through a sink.
+struct Driver<'a> {
+    opts: &'a CaptureOptions,
+    out: &'a Path,
+    format: &'a str,
+    files: Vec<PathBuf>,
+    sink: Option<TokenSink>,
+    top_k: Option<usize>,
+    had_weights: bool,
+    missing_weights: bool,
+}
+
+impl<'a> Driver<'a> {
+    fn new(opts: &'a CaptureOptions, out: &'a Path, format: &'a str, files: Vec<PathBuf>) -> Self {
+        Self {
+            opts,
+            out,
+            format,
+            files,
+            sink: None,
+            top_k: None,
+            had_weights: false,
+            missing_weights: false,
+        }
+    }
+
+    fn provisional(&self, k: usize) -> TraceMeta {
+        let model = model_meta(
+            self.opts,
+            None,
+            self.opts.model.num_experts.unwrap_or(0),
+            k as u32,
+            RoutingFn::Recorded,
+            0,
+        );
+        trace_meta(
+            self.opts,
+            model,
+            capture_meta(self.format, &self.files, "contiguous"),
+        )
+    }
+
+    fn push(&mut self, chunk: &TokenTrace, file: &Path, weights: bool) -> Result<(), CaptureError> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match self.top_k {
+            None => self.top_k = Some(chunk.top_k),
+            Some(k) if k != chunk.top_k => {
+                return Err(CaptureError::input(
+                    file,
+                    format!("top-k {} where earlier files have {k}", chunk.top_k),
+                ))
+            }
+            _ => {}
+        }
+        if weights {
+            self.had_weights = true;
+        } else {
+            self.missing_weights = true;
+        }
+        if self.sink.is_none() {
+            if self.opts.keep_logits {
+                return Err(CaptureError::Usage(format!(
+                    "--keep-logits: the {} format has no logits",
+                    self.format
+                )));
+            }
+            let m = self.provisional(chunk.top_k);
+            self.sink = Some(TokenSink::create(self.out, &m, false)?);
+        }
+        self.sink.as_mut().unwrap().write(chunk, file)
+    }
+
+    fn finish(self, rank_assignment: &str) -> Result<RoutedReport, CaptureError> {
+        let what = self.files.first().cloned().unwrap_or_default();
+        let sink = self
+            .sink
+            .ok_or_else(|| CaptureError::input(&what, "no token rows found in the input"))?;
+        let k = self.top_k.unwrap();
+        let seen = sink.experts_seen() as u32;
+        let e_n = self.opts.model.num_experts.unwrap_or(seen);
+        let layers = 0;
+        let model = model_meta(
+            self.opts,
+            None,
+            e_n,
+            k as u32,
+            self.opts.model.routing.unwrap_or(RoutingFn::Recorded),
+            layers,
+        );
+        let mut meta = trace_meta(
+            self.opts,
+            model,
+            capture_meta(self.format, &self.files, rank_assignment),
+        );
+        if self.missing_weights {
+            let note = "weights: the source has none for some or all tokens; those rows carry 1/k";
+            meta.provenance = if meta.provenance.is_empty() {
+                note.into()
+            } else {
+                format!("{}; {note}", meta.provenance)
+            };
+        }
+        let tokens = sink.tokens;
+        let loads = sink.finish(meta.clone(), &what)?;
+        if meta.model.num_layers == 0 {
+            meta.model.num_layers = loads.layer_ids.last().map_or(0, |&l| l + 1);
+        }
+        Ok(RoutedReport {
+            loads,
+            meta,
+            tokens,
+            had_weights: self.had_weights,
+        })
+    }
+}
+
+fn check_id(v: i64, file: &Path, what: &str) -> Result<u16, CaptureError> {
+    if v < 0 || v > u16::MAX as i64 {
+        return Err(CaptureError::input(
+            file,
+            format!("{what}: expert id {v} out of range"),
+        ));
+    }
+    Ok(v as u16)
+}
+
+fn scalar(v: &Value, key: &str) -> Option<i64> {
+    v.get(key).and_then(Value::as_int)
+}
+
+/// `torch.save` dicts of per-token ids (FLAME-MoE layout by default).
+pub fn capture_pt(
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &CaptureOptions,
+) -> Result<RoutedReport, CaptureError> {
+    let files = expand(inputs, &["pt"])?;
+    let mut d = Driver::new(opts, out, "pt-routing", files.clone());
+    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    for file in &files {
+        let v = read_pt(file)?;
+        if !matches!(v, Value::Dict(_)) {
+            return Err(CaptureError::input(
+                file,
+                format!("expected a dict of tensors, found a {}", v.kind()),
+            ));
+        }
+        let pick = |name: &str, defaults: &[&'static str]| -> Option<String> {
+            match field(opts, name) {
+                Some(k) => Some(k.to_string()),
+                None => defaults
+                    .iter()
+                    .find(|k| v.get(k).is_some())
+                    .map(|k| k.to_string()),
+            }
+        };
+        let ekey =
+            pick("expert", &["indices", "topk_ids", "expert_ids", "experts"]).ok_or_else(|| {
+                CaptureError::input(
+                    file,
+                    format!(
+                        "no expert-id tensor (keys: {}); pass --field expert=KEY",
+                        v.keys().join(", ")
+                    ),
+                )
+            })?;
+        let ids = v.get(&ekey).and_then(Value::as_tensor).ok_or_else(|| {
+            CaptureError::input(file, format!("'{ekey}' is missing or not a tensor"))
+        })?;
+        let &[t_n, k] = ids.shape.as_slice() else {
+            return Err(CaptureError::input(
+                file,
+                format!("'{ekey}' has shape {:?}, expected [tokens, k]", ids.shape),
+            ));
+        };
+        if k == 0 {
+            return Err(CaptureError::input(file, format!("'{ekey}' has k = 0")));
+        }
+        let ids = ids.to_i64(file, &ekey)?;
+        let wkey = pick("weight", &["scores", "topk_weights", "weights", "probs"]);
+        let weights = match &wkey {
+            Some(w) => {
+                let t = v.get(w).and_then(Value::as_tensor).ok_or_else(|| {
+                    CaptureError::input(file, format!("'{w}' is missing or not a tensor"))
+                })?;
+                if t.shape != [t_n, k] || !t.dtype.is_float() {
+                    return Err(CaptureError::input(
+                        file,
+                        format!(
+                            "'{w}' is {} {:?}, expected floats of shape [{t_n}, {k}]",
+                            t.dtype.name(),
+                            t.shape
+                        ),
+                    ));
+                }
+                Some(t.to_f32())
+            }
+            None => None,
+        };
+        let layer = match pick("layer", &["layer", "layer_id", "layer_idx"]) {
+            Some(key) => scalar(&v, &key).ok_or_else(|| {
+                CaptureError::input(file, format!("layer key '{key}' is not an integer"))
+            })?,
+            None => {
+                return Err(CaptureError::input(
+                    file,
+                    "no layer scalar in the file: pass --field layer=KEY",
+                ))
+            }
+        };
+        let step = match pick("step", &["step", "iteration", "epoch"]) {
+            Some(key) => scalar(&v, &key).ok_or_else(|| {
+                CaptureError::input(file, format!("step key '{key}' is not an integer"))
+            })?,
+            None => 0,
+        };
+        let seq_len = opts.sequence_length.map(i64::from).or_else(|| {
+            pick("sequence_length", &["sequence_length", "seq_len"])
+                .and_then(|key| scalar(&v, &key))
+        });
+        if let Some(n) = v.get("num_tokens").and_then(Value::as_int) {
+            if n as usize != t_n {
+                return Err(CaptureError::input(
+                    file,
+                    format!("num_tokens says {n}, the ids tensor has {t_n} rows"),
+                ));
+            }
+        }
+        if layer < 0 || step < 0 || seq_len.is_some_and(|s| s <= 0) {
+            return Err(CaptureError::input(
+                file,
+                "layer, step and sequence length must be positive",
+            ));
+        }
+        let mut chunk = TokenTrace::new(k);
+        let uniform = vec![1.0 / k as f32; k];
+        let mut row = vec![0u16; k];
+        for t in 0..t_n {
+            for j in 0..k {
+                row[j] = check_id(ids[t * k + j], file, &format!("token {t}"))?;
+            }
+            let w = weights
+                .as_ref()
+                .map_or(&uniform[..], |w| &w[t * k..(t + 1) * k]);
+            let seq = seq_len.map_or(0, |s| (t as i64 / s) as u32);
+            chunk.push(
+                step as u32,
+                layer as u32,
+                opts.rank.unwrap_or(0),
+                t as u32,
+                seq,
+                &row,
+                w,
+            );
+        }
+        d.push(&chunk, file, weights.is_some())?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    d.finish("contiguous")
+}
+
+/// Ids from a JSON value: a list of ints (or nested lists, flattened).
+fn json_ids(v: &serde_json::Value, out: &mut Vec<i64>) -> bool {
+    match v {
+        serde_json::Value::Array(a) => a.iter().all(|x| json_ids(x, out)),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => {
+                out.push(i);
+                true
+            }
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+fn json_floats(v: &serde_json::Value, out: &mut Vec<f32>) -> bool {
+    match v {
+        serde_json::Value::Array(a) => a.iter().all(|x| json_floats(x, out)),
+        serde_json::Value::Number(n) => n.as_f64().map(|f| out.push(f as f32)).is_some(),
+        _ => false,
+    }
+}
+
+/// Token counter per (step, layer, rank) for sources without token ids.
+#[derive(Default)]
+struct Counter(BTreeMap<(u32, u32, u32), u32>);
+impl Counter {
+    fn next(&mut self, key: (u32, u32, u32)) -> u32 {
+        let c = self.0.entry(key).or_insert(0);
+        *c += 1;
+        *c - 1
+    }
+}
+
+/// JSONL records, generic (field mapping) or Megatron-LM router traces.
+pub fn capture_jsonl(
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &CaptureOptions,
+    megatron: bool,
+) -> Result<RoutedReport, CaptureError> {
+    let files = expand(inputs, &["jsonl", "json"])?;
+    let format = if megatron { "megatron-jsonl" } else { "jsonl" };
+    let mut d = Driver::new(opts, out, format, files.clone());
+    let f = |name: &'static str| field(opts, name).unwrap_or(name).to_string();
+    let (fe, fw, fl, fs, fr, ft, fq) = if megatron {
+        (
+            field(opts, "expert").unwrap_or("top_indices").to_string(),
+            f("weight"),
+            f("layer"),
+            f("step"),
+            f("rank"),
+            f("token"),
+            f("sequence"),
+        )
+    } else {
+        (
+            f("expert"),
+            f("weight"),
+            f("layer"),
+            f("step"),
+            f("rank"),
+            f("token"),
+            f("sequence"),
+        )
+    };
+    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    for file in &files {
+        let rd = std::fs::File::open(file)
+            .map_err(|e| CaptureError::input(file, format!("cannot read: {e}")))?;
+        let mut chunk: Option<TokenTrace> = None;
+        let mut counter = Counter::default();
+        let mut has_w = true;
+        let mut ids = Vec::new();
+        let mut ws = Vec::new();
+        for (i, line) in std::io::BufReader::new(rd).lines().enumerate() {
+            let ln = i + 1;
+            let line = line.map_err(|e| CaptureError::input(file, format!("line {ln}: {e}")))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let rec: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| CaptureError::input(file, format!("line {ln}: not JSON: {e}")))?;
+            if opts
+                .filters
+                .iter()
+                .any(|(c, want)| rec.get(c).map(json_scalar).as_deref() != Some(want.as_str()))
+            {
+                continue;
+            }
+            let int = |name: &str, default: Option<u32>| -> Result<u32, CaptureError> {
+                match rec.get(name) {
+                    Some(v) => v
+                        .as_u64()
+                        .and_then(|x| u32::try_from(x).ok())
+                        .ok_or_else(|| {
+                            CaptureError::input(
+                                file,
+                                format!("line {ln}: '{name}' is not a non-negative integer"),
+                            )
+                        }),
+                    None => default.ok_or_else(|| {
+                        CaptureError::input(
+                            file,
+                            format!("line {ln}: missing field '{name}' (map it with --field)"),
+                        )
+                    }),
+                }
+            };
+            let step = int(&fs, Some(0))?;
+            let layer = int(&fl, if megatron { None } else { Some(0) })?;
+            let rank = int(&fr, Some(opts.rank.unwrap_or(0)))?;
+            ids.clear();
+            let ev = rec.get(&fe).ok_or_else(|| {
+                CaptureError::input(
+                    file,
+                    format!("line {ln}: missing field '{fe}' (map it with --field expert=NAME)"),
+                )
+            })?;
+            if !json_ids(ev, &mut ids) {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: '{fe}' is not a list of integer ids"),
+                ));
+            }
+            ws.clear();
+            let got_w = match rec.get(&fw) {
+                Some(v) => {
+                    if !json_floats(v, &mut ws) {
+                        return Err(CaptureError::input(
+                            file,
+                            format!("line {ln}: '{fw}' is not a list of numbers"),
+                        ));
+                    }
+                    true
+                }
+                None => false,
+            };
+            has_w &= got_w;
+            let (n_tok, k) = if megatron {
+                let n = int("num_tokens", None)? as usize;
+                let k = int("topk", None)? as usize;
+                (n, k)
+            } else {
+                (1, ids.len())
+            };
+            if k == 0 || ids.len() != n_tok * k {
+                return Err(CaptureError::input(
+                    file,
+                    format!(
+                        "line {ln}: {} ids where {n_tok} tokens x top-k {k} were expected",
+                        ids.len()
+                    ),
+                ));
+            }
+            if got_w && ws.len() != ids.len() {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: {} weights for {} ids", ws.len(), ids.len()),
+                ));
+            }
+            let c = chunk.get_or_insert_with(|| TokenTrace::new(k));
+            if c.top_k != k {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: top-k {k} where earlier lines have {}", c.top_k),
+                ));
+            }
+            let uniform = vec![1.0 / k as f32; k];
+            let mut row = vec![0u16; k];
+            for t in 0..n_tok {
+                for j in 0..k {
+                    row[j] = check_id(ids[t * k + j], file, &format!("line {ln}"))?;
+                }
+                let token = if megatron {
+                    counter.next((step, layer, rank))
+                } else {
+                    match rec.get(&ft) {
+                        Some(_) => int(&ft, None)?,
+                        None => counter.next((step, layer, rank)),
+                    }
+                };
+                let seq = match rec.get(&fq) {
+                    Some(_) => int(&fq, None)?,
+                    None => opts.sequence_length.map_or(0, |s| token / s.max(1)),
+                };
+                let w = if got_w {
+                    &ws[t * k..(t + 1) * k]
+                } else {
+                    &uniform[..]
+                };
+                c.push(step, layer, rank, token, seq, &row, w);
+            }
+        }
+        if let Some(c) = chunk {
+            d.push(&c, file, has_w)?;
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    d.finish(if megatron { "recorded" } else { "contiguous" })
+}
+
+fn json_scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// CSV records: one token per row, ids in one column separated by spaces,
+/// `;`, `|` or brackets/commas inside quotes.
+pub fn capture_csv(
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &CaptureOptions,
+) -> Result<RoutedReport, CaptureError> {
+    let files = expand(inputs, &["csv"])?;
+    let mut d = Driver::new(opts, out, "csv", files.clone());
+    let f = |name: &'static str| field(opts, name).unwrap_or(name).to_ascii_lowercase();
+    let (fe, fw, fl, fs, fr, ft, fq) = (
+        f("expert"),
+        f("weight"),
+        f("layer"),
+        f("step"),
+        f("rank"),
+        f("token"),
+        f("sequence"),
+    );
+    for file in &files {
+        let mut rdr = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_path(file)
+            .map_err(|e| CaptureError::input(file, e.to_string()))?;
+        let headers: Vec<String> = rdr
+            .headers()
+            .map_err(|e| CaptureError::input(file, e.to_string()))?
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let col = |n: &str| headers.iter().position(|h| h == n);
+        let ei = col(&fe).ok_or_else(|| {
+            CaptureError::input(
+                file,
+                format!(
+                    "no column '{fe}' (have: {}); map it with --field expert=COLUMN",
+                    headers.join(", ")
+                ),
+            )
+        })?;
+        let (wi, li, si, ri, ti, qi) = (col(&fw), col(&fl), col(&fs), col(&fr), col(&ft), col(&fq));
+        let filters: Vec<(usize, String)> = opts
+            .filters
+            .iter()
+            .map(|(c, v)| {
+                col(&c.to_ascii_lowercase())
+                    .map(|i| (i, v.clone()))
+                    .ok_or_else(|| CaptureError::input(file, format!("--filter: no column '{c}'")))
+            })
+            .collect::<Result<_, _>>()?;
+        let mut chunk: Option<TokenTrace> = None;
+        let mut counter = Counter::default();
+        let mut has_w = wi.is_some();
+        for (i, rec) in rdr.records().enumerate() {
+            let ln = i + 2;
+            let rec = rec.map_err(|e| CaptureError::input(file, format!("line {ln}: {e}")))?;
+            if filters.iter().any(|(c, v)| rec.get(*c) != Some(v.as_str())) {
+                continue;
+            }
+            let int = |c: Option<usize>, name: &str, default: u32| -> Result<u32, CaptureError> {
+                match c {
+                    Some(c) => rec.get(c).unwrap_or("").parse::<u32>().map_err(|_| {
+                        CaptureError::input(
+                            file,
+                            format!(
+                                "line {ln}: {name} '{}' is not a non-negative integer",
+                                rec.get(c).unwrap_or("")
+                            ),
+                        )
+                    }),
+                    None => Ok(default),
+                }
+            };
+            let (step, layer, rank) = (
+                int(si, "step", 0)?,
+                int(li, "layer", 0)?,
+                int(ri, "rank", opts.rank.unwrap_or(0))?,
+            );
+            let ids: Vec<i64> = split_list(rec.get(ei).unwrap_or(""))
+                .map(|x| {
+                    x.parse::<i64>().map_err(|_| {
+                        CaptureError::input(
+                            file,
+                            format!("line {ln}: expert id '{x}' is not an integer"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+            let k = ids.len();
+            if k == 0 {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: no expert ids"),
+                ));
+            }
+            let ws: Option<Vec<f32>> = match wi {
+                Some(w) => Some(
+                    split_list(rec.get(w).unwrap_or(""))
+                        .map(|x| {
+                            x.parse::<f32>().map_err(|_| {
+                                CaptureError::input(
+                                    file,
+                                    format!("line {ln}: weight '{x}' is not a number"),
+                                )
+                            })
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                None => None,
+            };
+            if ws.as_ref().is_some_and(|w| w.len() != k) {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: {} weights for {k} ids", ws.unwrap().len()),
+                ));
+            }
+            has_w &= ws.is_some();
+            let c = chunk.get_or_insert_with(|| TokenTrace::new(k));
+            if c.top_k != k {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: top-k {k} where earlier rows have {}", c.top_k),
+                ));
+            }
+            let row: Vec<u16> = ids
+                .iter()
+                .map(|&x| check_id(x, file, &format!("line {ln}")))
+                .collect::<Result<_, _>>()?;
+            let token = match ti {
+                Some(_) => int(ti, "token", 0)?,
+                None => counter.next((step, layer, rank)),
+            };
+            let seq = match qi {
+                Some(_) => int(qi, "sequence", 0)?,
+                None => opts.sequence_length.map_or(0, |s| token / s.max(1)),
+            };
+            let uniform = vec![1.0 / k as f32; k];
+            c.push(
+                step,
+                layer,
+                rank,
+                token,
+                seq,
+                &row,
+                ws.as_deref().unwrap_or(&uniform),
+            );
+        }
+        if let Some(c) = chunk {
+            d.push(&c, file, has_w)?;
+        }
+    }
+    d.finish("contiguous")
+}
+
+fn split_list(s: &str) -> impl Iterator<Item = &str> {
+    s.split([' ', ';', '|', ',', '[', ']'])
+        .filter(|x| !x.is_empty())
+}
+
+/// vLLM routed-experts arrays: `.npy` integer `[tokens, layers, k]`.
+pub fn capture_vllm(
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &CaptureOptions,
+) -> Result<RoutedReport, CaptureError> {
+    let files = expand(inputs, &["npy"])?;
+    let mut d = Driver::new(opts, out, "vllm-routed", files.clone());
+    let numbers: Vec<Option<u32>> = files.iter().map(|f| trailing_number(f)).collect();
+    let numbered = numbers.iter().all(Option::is_some) && {
+        let mut v: Vec<u32> = numbers.iter().map(|x| x.unwrap()).collect();
+        v.sort_unstable();
+        v.windows(2).all(|w| w[0] != w[1])
+    };
+    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    for (fi, file) in files.iter().enumerate() {
+        let t = read_npy(file)?;
+        let &[t_n, l_n, k] = t.shape.as_slice() else {
+            return Err(CaptureError::input(
+                file,
+                format!(
+                    "routed experts must be [tokens, layers, k], found {:?}",
+                    t.shape
+                ),
+            ));
+        };
+        if k == 0 {
+            return Err(CaptureError::input(file, "k = 0"));
+        }
+        let ids = t.to_i64(file, "routed experts")?;
+        let step = if numbered {
+            numbers[fi].unwrap()
+        } else {
+            fi as u32
+        };
+        let mut chunk = TokenTrace::new(k);
+        let uniform = vec![1.0 / k as f32; k];
+        let mut row = vec![0u16; k];
+        for l in 0..l_n {
+            for tok in 0..t_n {
+                for j in 0..k {
+                    row[j] = check_id(
+                        ids[(tok * l_n + l) * k + j],
+                        file,
+                        &format!("token {tok} layer {l}"),
+                    )?;
+                }
+                let seq = opts.sequence_length.map_or(0, |s| tok as u32 / s.max(1));
+                chunk.push(
+                    step,
+                    l as u32,
+                    opts.rank.unwrap_or(0),
+                    tok as u32,
+                    seq,
+                    &row,
+                    &uniform,
+                );
+            }
+        }
+        d.push(&chunk, file, false)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    d.finish("contiguous")
+}
