@@ -297,9 +297,18 @@ fn bad_load_files_are_refused_with_the_file_and_line() {
         let f = d.join(name);
         std::fs::write(&f, body).unwrap();
         let out = d.join("t.parquet");
+        // name the load-level format: a CSV without `count` would otherwise
+        // be read as per-token routing, one expert per row
+        let format = if name.ends_with(".csv") {
+            "load-csv"
+        } else {
+            "load-json"
+        };
         let err = fails(&[
             "capture",
             f.to_str().unwrap(),
+            "--format",
+            format,
             "--top-k",
             "1",
             "--out",

@@ -614,7 +614,17 @@ impl Pair {
 /// policy and lambda. Where several profiles simulated it, the one whose
 /// card is the measured device wins, else the first.
 pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
-    type K = (SetupKey, u32, u32, String, Option<u64>);
+    // batch and layer shape too: one scenario replayed at two batch sizes
+    // or on two model shapes is four different measurements
+    type K = (
+        SetupKey,
+        u32,
+        u32,
+        String,
+        Option<u64>,
+        u64,
+        (u32, u32, u32, u32),
+    );
     let k = |r: &ResultRow| -> K {
         (
             SetupKey::of(r).loose(),
@@ -622,6 +632,8 @@ pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
             r.layer,
             r.policy.clone(),
             lkey(r.lambda),
+            r.tokens_per_rank,
+            (r.hidden_size, r.intermediate_size, r.experts, r.top_k),
         )
     };
     let mut sims: HashMap<K, Vec<&ResultRow>> = HashMap::new();
