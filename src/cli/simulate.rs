@@ -54,6 +54,12 @@ pub struct InputArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Only these step ids of the trace (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<u32>,
+    /// Only these layer ids of the trace (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -126,6 +132,40 @@ pub fn load_inputs(a: &InputArgs) -> anyhow::Result<Vec<(String, String, Trace)>
     }
     if let Some(i) = a.intermediate_size {
         trace.meta.model.intermediate_size = i;
+    }
+    if !a.steps.is_empty() || !a.layers.is_empty() {
+        trace.loads = trace.loads.select(&a.steps, &a.layers).with_context(|| {
+            format!(
+                "{}: no such steps {:?} / layers {:?} (it has steps {:?}, layers {:?})",
+                path.display(),
+                a.steps,
+                a.layers,
+                trace.loads.step_ids,
+                trace.loads.layer_ids
+            )
+        })?;
+        if let Some(t) = trace.tokens.as_mut() {
+            let keep: Vec<usize> = (0..t.len())
+                .filter(|&i| {
+                    (a.steps.is_empty() || a.steps.contains(&t.step[i]))
+                        && (a.layers.is_empty() || a.layers.contains(&t.layer[i]))
+                })
+                .collect();
+            let mut sub = llep_trace::trace::TokenTrace::new(t.top_k);
+            let k = t.top_k;
+            for i in keep {
+                sub.push(
+                    t.step[i],
+                    t.layer[i],
+                    t.rank[i],
+                    t.token[i],
+                    t.sequence[i],
+                    &t.experts[i * k..(i + 1) * k],
+                    &t.weights[i * k..(i + 1) * k],
+                );
+            }
+            *t = sub;
+        }
     }
     let name = path
         .file_name()

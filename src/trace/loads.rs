@@ -130,6 +130,32 @@ impl Loads {
         (out, EpSplit::EvenSplit)
     }
 
+    /// Keep only the given step ids and layer ids (empty keeps all); `None`
+    /// when nothing is left.
+    pub fn select(&self, steps: &[u32], layers: &[u32]) -> Option<Loads> {
+        let s_keep: Vec<usize> = (0..self.steps())
+            .filter(|&s| steps.is_empty() || steps.contains(&self.step_ids[s]))
+            .collect();
+        let l_keep: Vec<usize> = (0..self.layers())
+            .filter(|&l| layers.is_empty() || layers.contains(&self.layer_ids[l]))
+            .collect();
+        if s_keep.is_empty() || l_keep.is_empty() {
+            return None;
+        }
+        let mut out = Loads::zeros(
+            s_keep.iter().map(|&s| self.step_ids[s]).collect(),
+            l_keep.iter().map(|&l| self.layer_ids[l]).collect(),
+            self.ranks,
+            self.experts,
+        );
+        for (si, &s) in s_keep.iter().enumerate() {
+            for (li, &l) in l_keep.iter().enumerate() {
+                out.block_mut(si, li).copy_from_slice(self.block(s, l));
+            }
+        }
+        Some(out)
+    }
+
     /// Scale every (step, layer) so each rank holds about `tokens_per_rank`
     /// tokens (`tokens_per_rank * ranks * top_k` token-copies), keeping the
     /// expert distribution. Rounding uses largest remainders so the total is
