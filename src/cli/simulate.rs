@@ -217,7 +217,10 @@ pub fn run_sweep(a: &InputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Sim
             a.gpus,
             profile.label()
         ));
-        let (mut r, note) = sim::simulate(trace, name, &cfg).with_context(|| what.clone())?;
+        let pb = llep_trace::progress::bar(trace.loads.layer_steps() as u64, "simulate", p.quiet);
+        let (mut r, note) =
+            sim::simulate_with_progress(trace, name, &cfg, &pb).with_context(|| what.clone())?;
+        pb.finish_and_clear();
         for row in &mut r {
             row.scenario = scenario.clone();
         }

@@ -225,6 +225,16 @@ pub fn simulate(
     trace_name: &str,
     cfg: &SimConfig,
 ) -> Result<(Vec<ResultRow>, String), SimError> {
+    simulate_with_progress(trace, trace_name, cfg, &indicatif::ProgressBar::hidden())
+}
+
+/// [`simulate`], advancing `progress` by one per layer-step.
+pub fn simulate_with_progress(
+    trace: &Trace,
+    trace_name: &str,
+    cfg: &SimConfig,
+    progress: &indicatif::ProgressBar,
+) -> Result<(Vec<ResultRow>, String), SimError> {
     let model = &trace.meta.model;
     if !model.has_dims() {
         return Err(SimError::NoDims(trace_name.into()));
@@ -275,7 +285,7 @@ pub fn simulate(
                 s.spawn(move || {
                     let lo = t * chunk;
                     let hi = ((t + 1) * chunk).min(n_ls);
-                    simulate_range(loads, lo..hi, base, shape, cfg)
+                    simulate_range(loads, lo..hi, base, shape, cfg, progress)
                 })
             })
             .collect();
@@ -293,6 +303,7 @@ fn simulate_range(
     base: &ResultRow,
     shape: &Shape,
     cfg: &SimConfig,
+    progress: &indicatif::ProgressBar,
 ) -> Vec<ResultRow> {
     let mut ev = Evaluator::default();
     let mut rows = Vec::with_capacity(
@@ -301,6 +312,7 @@ fn simulate_range(
     let mut global = Vec::new();
     let layers = loads.layers();
     for ls in range {
+        progress.inc(1);
         let (s, l) = (ls / layers, ls % layers);
         loads.global_into(s, l, &mut global);
         let per_rank = loads.block(s, l);
