@@ -51,16 +51,7 @@ fn parse_id(raw: &str, col: &str, path: &Path, line: usize) -> Result<u32, Captu
 
 /// Read a long-form CSV into rows.
 fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureError> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .map_err(|e| CaptureError::input(path, e.to_string()))?;
-    let headers: Vec<String> = rdr
-        .headers()
-        .map_err(|e| CaptureError::input(path, e.to_string()))?
-        .iter()
-        .map(|h| h.to_ascii_lowercase())
-        .collect();
+    let (mut rdr, headers) = super::open_csv(path)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let need = |name: &str| {
         col(name).ok_or_else(|| {

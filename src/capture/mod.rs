@@ -80,6 +80,24 @@ pub enum CaptureError {
     Usage(String),
 }
 
+/// Open a CSV file (fields trimmed) and read its header, lower-cased, so
+/// every CSV source names columns case-insensitively and fails the same way.
+pub(crate) fn open_csv(
+    path: &std::path::Path,
+) -> Result<(csv::Reader<std::fs::File>, Vec<String>), CaptureError> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| CaptureError::input(path, e.to_string()))?;
+    let headers: Vec<String> = rdr
+        .headers()
+        .map_err(|e| CaptureError::input(path, e.to_string()))?
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    Ok((rdr, headers))
+}
+
 impl CaptureError {
     pub fn input(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         CaptureError::Input {

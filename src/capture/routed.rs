@@ -571,16 +571,7 @@ pub fn capture_csv(
         f("sequence"),
     );
     for file in &files {
-        let mut rdr = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_path(file)
-            .map_err(|e| CaptureError::input(file, e.to_string()))?;
-        let headers: Vec<String> = rdr
-            .headers()
-            .map_err(|e| CaptureError::input(file, e.to_string()))?
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
+        let (mut rdr, headers) = super::open_csv(file)?;
         let col = |n: &str| headers.iter().position(|h| h == n);
         let ei = col(&fe).ok_or_else(|| {
             CaptureError::input(
