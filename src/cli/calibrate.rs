@@ -124,7 +124,10 @@ pub fn fit_profile(c: &Calibration, name: &str) -> Profile {
         p2p_gbps: if p2p_gbps > 0.0 { p2p_gbps } else { 1.0 },
         p2p_latency_us: p2p_lat,
         overhead_us: c.overhead_ms * 1e3,
+        // one calibration sees one GPU count, so it cannot split its
+        // baseline into context and per-peer communicator buffers
         mem_baseline_bytes: c.mem_baseline,
+        mem_per_peer_bytes: 0,
         copy_gbps: anchor_copy_gbps(&c.card),
         act_chunk_tokens: llep_trace::gpu::replay::CHUNK,
         measured_error: None,

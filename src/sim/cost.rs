@@ -194,8 +194,8 @@ pub fn price(
     let overhead = prof.overhead_us * 1e-3;
     let total = overhead + disp_or_xfer + compute + combine;
 
-    // Memory per GPU, as the replay allocates it: baseline (context, NCCL,
-    // cuBLAS) + native and received expert weights + own tokens' input and
+    // Memory per GPU, as the replay allocates it: baseline (context,
+    // cuBLAS) + communicator buffers per peer + native and received expert weights + own tokens' input and
     // output + send and receive buffers of the exchange + one row per
     // computed copy (the down output overwrites its input) + gate_up and
     // activation scratch for one chunk of the largest group + routing tables.
@@ -209,7 +209,8 @@ pub fn price(
             + (dm.sent_off(g) + dm.received(g) + dm.col_sum(g)) * tok_bytes;
         let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
         let tables = (own + dm.col_sum(g)) * 14;
-        let m = prof.mem_baseline_bytes + weights + tokens + act + tables;
+        let comm = (p as u64 - 1) * prof.mem_per_peer_bytes;
+        let m = prof.mem_baseline_bytes + comm + weights + tokens + act + tables;
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }

@@ -50,6 +50,9 @@ pub struct Profile {
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
     pub mem_baseline_bytes: u64,
+    /// Communicator buffers per peer GPU (NCCL grows with the EP size), bytes.
+    #[serde(default)]
+    pub mem_per_peer_bytes: u64,
     /// On-device copy bandwidth, GB/s of bytes read plus written (packing
     /// and unpacking token rows); 0 leaves copies unpriced.
     #[serde(default)]
