@@ -50,7 +50,8 @@ fn parse_id(raw: &str, col: &str, path: &Path, line: usize) -> Result<u32, Captu
 }
 
 /// Read a long-form CSV into rows.
-fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureError> {
+/// Rows, and whether the file names ranks.
+fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<(Vec<Row>, bool), CaptureError> {
     let (mut rdr, headers) = super::open_csv(path)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let need = |name: &str| {
@@ -108,7 +109,7 @@ fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureError
             count: parse_count(get(ci), path, line)?,
         });
     }
-    Ok(rows)
+    Ok((rows, ri.is_some()))
 }
 
 fn json_str(v: &serde_json::Value) -> String {
@@ -204,17 +205,12 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
 
 /// Ingest one load-level file into a trace.
 pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace, CaptureError> {
-    let has_rank_col;
-    let rows = match format {
-        "load-csv" => {
-            let r = read_csv(path, opts)?;
-            has_rank_col = csv_has_column(path, "rank");
-            r
-        }
+    let (rows, has_rank_col) = match format {
+        "load-csv" => read_csv(path, opts)?,
         "load-json" => {
             let r = read_json(path, opts)?;
-            has_rank_col = r.iter().any(|x| x.rank > 0);
-            r
+            let ranked = r.iter().any(|x| x.rank > 0);
+            (r, ranked)
         }
         other => {
             return Err(CaptureError::Usage(format!(
@@ -350,15 +346,4 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
         loads,
         tokens: None,
     })
-}
-
-fn csv_has_column(path: &Path, name: &str) -> bool {
-    csv::Reader::from_path(path)
-        .ok()
-        .and_then(|mut r| {
-            r.headers()
-                .ok()
-                .map(|h| h.iter().any(|x| x.trim().eq_ignore_ascii_case(name)))
-        })
-        .unwrap_or(false)
 }

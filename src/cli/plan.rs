@@ -6,7 +6,6 @@ use super::Printer;
 use anyhow::bail;
 use clap::Args;
 use llep_trace::plan::{PlanParams, Planner, Policy};
-use llep_trace::sim::Gate;
 use serde_json::json;
 use std::process::ExitCode;
 
@@ -80,17 +79,13 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         p.out(&serde_json::to_string(&obj)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let gate = match gates[0] {
-        Gate::Always => "always".to_string(),
-        Gate::Ratio(r) => format!(">= {r}"),
-    };
     let mut s = format!(
         "policy {}  gpus {}  alpha {}  m {}  lambda {}\nimbalance max/mean {:.4}  capacity {}  -> {}\n\n",
         a.policy,
         a.gpus,
         params.alpha,
         params.min_gemm,
-        gate_label(params.lambda).replace("always", &gate),
+        gate_label(params.lambda),
         plan.imbalance_ratio,
         plan.capacity,
         if plan.use_llep { "LLEP plans this layer" } else { "plain EP (below the gate)" }

@@ -5,6 +5,7 @@
 
 use super::runtime::NcclId;
 use super::GpuError;
+use crate::env;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -24,7 +25,7 @@ impl ProcessRank {
     /// `get` (the environment in practice). `None` when WORLD_SIZE is unset:
     /// then one process drives all local GPUs.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, GpuError> {
-        let Some(ws) = get("WORLD_SIZE") else {
+        let Some(ws) = get(env::WORLD_SIZE) else {
             return Ok(None);
         };
         let num = |k: &str, v: Option<String>| -> Result<usize, GpuError> {
@@ -34,10 +35,10 @@ impl ProcessRank {
                 .parse()
                 .map_err(|_| GpuError::Launch(format!("{k}='{v}' is not a non-negative integer")))
         };
-        let world = num("WORLD_SIZE", Some(ws))?;
-        let rank = num("RANK", get("RANK"))?;
-        let local_rank = match get("LOCAL_RANK") {
-            Some(v) => num("LOCAL_RANK", Some(v))?,
+        let world = num(env::WORLD_SIZE, Some(ws))?;
+        let rank = num(env::RANK, get(env::RANK))?;
+        let local_rank = match get(env::LOCAL_RANK) {
+            Some(v) => num(env::LOCAL_RANK, Some(v))?,
             None => rank,
         };
         if world == 0 || rank >= world {
@@ -45,8 +46,8 @@ impl ProcessRank {
                 "RANK {rank} must be below WORLD_SIZE {world}"
             )));
         }
-        let master_addr = get("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-        let port = get("MASTER_PORT").unwrap_or_else(|| "29500".into());
+        let master_addr = get(env::MASTER_ADDR).unwrap_or_else(|| "127.0.0.1".into());
+        let port = get(env::MASTER_PORT).unwrap_or_else(|| "29500".into());
         let master_port = port
             .trim()
             .parse()

@@ -982,18 +982,10 @@ impl<'a> Worker<'a> {
         r.device = self.dev.name.clone();
         r.profile = String::new();
         r.driver = driver_version();
-        r.use_llep = plan.use_llep;
-        r.imbalance_ratio = plan.imbalance_ratio;
-        r.max_load_before = plan.native_max_load();
-        r.mean_load = plan.native_loads.iter().sum::<u64>() as f64 / p as f64;
-        r.max_load_after = plan.max_load();
-        r.min_load_after = plan.gpu_loads.iter().copied().min().unwrap_or(0);
-        r.loads_before = plan.native_loads.clone();
-        r.loads_after = plan.gpu_loads.clone();
-        r.transfers = plan.transfers.len() as u32;
-        r.duplicate_transfers = plan.duplicate_transfers;
+        crate::sim::fill_plan_stats(&mut r, plan);
         let (d, i) = (self.cfg.hidden as u64, self.cfg.inter as u64);
-        r.transfer_bytes = plan.transfers.len() as u64 * (d * 2 * i + 2 * i + i * d + d) * 2;
+        // bf16 weights
+        r.transfer_bytes = plan.transfers.len() as u64 * crate::trace::meta::expert_bytes(d, i, 2);
         r.runs = runs as u32;
         r.oom = oom;
         r.peak_mem_per_gpu = (0..p).map(|q| per(q)[runs * 6] as u64).collect();

@@ -131,11 +131,6 @@ impl Plan {
         v
     }
 
-    /// Ranges of expert `e`, if it has a plan entry.
-    pub fn ranges_of(&self, e: u32) -> Option<&[Range]> {
-        self.iter().find(|(x, _)| *x == e).map(|(_, r)| r)
-    }
-
     pub fn max_load(&self) -> u64 {
         self.gpu_loads.iter().copied().max().unwrap_or(0)
     }

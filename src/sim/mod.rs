@@ -178,34 +178,39 @@ impl Evaluator {
 
 /// Fill a result row from a plan and its cost.
 pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
-    let mean = plan.native_loads.iter().sum::<u64>() as f64 / plan.gpus as f64;
     let mut r = base.clone();
-    r.use_llep = plan.use_llep;
-    r.imbalance_ratio = plan.imbalance_ratio;
-    r.max_load_before = plan.native_max_load();
-    r.mean_load = mean;
-    r.max_load_after = plan.max_load();
-    r.min_load_after = plan.gpu_loads.iter().copied().min().unwrap_or(0);
+    fill_plan_stats(&mut r, plan);
     r.t_overhead_ms = cost.overhead_ms;
     r.t_dispatch_ms = cost.dispatch_ms;
     r.t_transfer_ms = cost.transfer_ms;
     r.t_compute_ms = cost.compute_ms;
     r.t_combine_ms = cost.combine_ms;
     r.t_total_ms = cost.total_ms;
+    r.transfer_bytes = cost.transfer_bytes;
+    r.dispatch_bytes_max = cost.dispatch_bytes_max;
+    r.peak_mem_max_bytes = cost.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
+    r.peak_mem_per_gpu = cost.peak_mem_per_gpu.clone();
+    r.oom = cost.oom;
+    r
+}
+
+/// The columns a plan decides, whoever prices it (the cost model or a
+/// replay): gate, loads before and after, transfers.
+pub fn fill_plan_stats(r: &mut ResultRow, plan: &Plan) {
+    r.use_llep = plan.use_llep;
+    r.imbalance_ratio = plan.imbalance_ratio;
+    r.max_load_before = plan.native_max_load();
+    r.mean_load = plan.native_loads.iter().sum::<u64>() as f64 / plan.gpus as f64;
+    r.max_load_after = plan.max_load();
+    r.min_load_after = plan.gpu_loads.iter().copied().min().unwrap_or(0);
+    r.loads_before = plan.native_loads.clone();
+    r.loads_after = plan.gpu_loads.clone();
     r.transfers = if plan.free_transfers {
         0
     } else {
         plan.transfers.len() as u32
     };
     r.duplicate_transfers = plan.duplicate_transfers;
-    r.transfer_bytes = cost.transfer_bytes;
-    r.dispatch_bytes_max = cost.dispatch_bytes_max;
-    r.peak_mem_max_bytes = cost.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
-    r.peak_mem_per_gpu = cost.peak_mem_per_gpu.clone();
-    r.loads_before = plan.native_loads.clone();
-    r.loads_after = plan.gpu_loads.clone();
-    r.oom = cost.oom;
-    r
 }
 
 #[derive(Debug, thiserror::Error)]

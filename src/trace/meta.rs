@@ -30,22 +30,6 @@ pub enum RoutingFn {
     Recorded,
 }
 
-impl RoutingFn {
-    pub fn describe(&self) -> String {
-        match self {
-            RoutingFn::SoftmaxTopk { renormalize: true } => "softmax -> top-k, renormalised".into(),
-            RoutingFn::SoftmaxTopk { renormalize: false } => "softmax -> top-k".into(),
-            RoutingFn::TopkSoftmax => "top-k on logits -> softmax over k".into(),
-            RoutingFn::SigmoidGroupTopk {
-                n_group,
-                topk_group,
-                ..
-            } => format!("sigmoid + bias, group-limited top-k ({topk_group} of {n_group} groups)"),
-            RoutingFn::Recorded => "recorded (ids or counts from the source)".into(),
-        }
-    }
-}
-
 /// The model whose routing was recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelMeta {
@@ -75,9 +59,11 @@ impl ModelMeta {
     /// Bytes of one expert's weights: gate_up D x 2I + bias 2I, down I x D +
     /// bias D (`planner.md`, "Costs that follow from a plan").
     pub fn expert_bytes(&self) -> u64 {
-        let d = self.hidden_size as u64;
-        let i = self.intermediate_size as u64;
-        (d * 2 * i + 2 * i + i * d + d) * self.dtype_bytes()
+        expert_bytes(
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.dtype_bytes(),
+        )
     }
 
     pub fn has_dims(&self) -> bool {
@@ -138,6 +124,12 @@ impl TraceMeta {
             step_labels: Vec::new(),
         }
     }
+}
+
+/// Bytes of one expert: gate_up `D x 2I` + bias `2I`, down `I x D` + bias `D`.
+pub fn expert_bytes(hidden: u64, intermediate: u64, dtype_bytes: u64) -> u64 {
+    let (d, i) = (hidden, intermediate);
+    (d * 2 * i + 2 * i + i * d + d) * dtype_bytes
 }
 
 /// The command line that produced an output, for provenance.

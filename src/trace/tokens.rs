@@ -1,7 +1,7 @@
 //! The token level of a trace: per token, its top-k expert ids and weights.
 
 use super::loads::{EpSplit, Loads};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Column-wise token rows. Row `i` is one token of one (step, layer) on one
 /// source rank; its expert ids are `experts[i*k..(i+1)*k]` in the router's
@@ -38,15 +38,6 @@ impl TokenTrace {
         self.step.is_empty()
     }
 
-    pub fn clear(&mut self) {
-        let k = self.top_k;
-        let keep_logits = self.logits.is_some();
-        *self = Self::new(k);
-        if keep_logits {
-            self.logits = Some(Vec::new());
-        }
-    }
-
     // One argument per column of a token row: a struct would only be
     // unpacked again on the next line.
     #[allow(clippy::too_many_arguments)]
@@ -68,19 +59,6 @@ impl TokenTrace {
         self.sequence.push(sequence);
         self.experts.extend_from_slice(experts);
         self.weights.extend_from_slice(weights);
-    }
-
-    pub fn append(&mut self, other: &TokenTrace) {
-        self.step.extend_from_slice(&other.step);
-        self.layer.extend_from_slice(&other.layer);
-        self.rank.extend_from_slice(&other.rank);
-        self.token.extend_from_slice(&other.token);
-        self.sequence.extend_from_slice(&other.sequence);
-        self.experts.extend_from_slice(&other.experts);
-        self.weights.extend_from_slice(&other.weights);
-        if let (Some(a), Some(b)) = (self.logits.as_mut(), other.logits.as_ref()) {
-            a.extend_from_slice(b);
-        }
     }
 
     fn ids(col: &[u32]) -> Vec<u32> {
@@ -168,39 +146,45 @@ impl TokenTrace {
     pub fn resampled(&self, tokens: usize, seed: u64) -> TokenTrace {
         let k = self.top_k;
         let mut out = TokenTrace::new(k);
-        let steps = Self::ids(&self.step);
-        for &s in &steps {
-            // sequences of this step, each with its rows per layer
-            let rows: Vec<usize> = (0..self.len()).filter(|&i| self.step[i] == s).collect();
-            let seqs = Self::ids(&rows.iter().map(|&i| self.sequence[i]).collect::<Vec<_>>());
-            let layers = Self::ids(&rows.iter().map(|&i| self.layer[i]).collect::<Vec<_>>());
-            if seqs.is_empty() {
+        // rows of each (step, layer, sequence), in row order
+        let mut groups: BTreeMap<(u32, u32, u32), Vec<usize>> = BTreeMap::new();
+        for i in 0..self.len() {
+            groups
+                .entry((self.step[i], self.layer[i], self.sequence[i]))
+                .or_default()
+                .push(i);
+        }
+        for s in Self::ids(&self.step) {
+            let in_step = || groups.range((s, 0, 0)..=(s, u32::MAX, u32::MAX));
+            let layers: Vec<u32> = in_step()
+                .map(|(key, _)| key.1)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let seqs: Vec<u32> = in_step()
+                .map(|(key, _)| key.2)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let lens: Vec<usize> = seqs
+                .iter()
+                .map(|&q| groups.get(&(s, layers[0], q)).map_or(0, Vec::len))
+                .collect();
+            if lens.iter().all(|&x| x == 0) {
                 continue;
             }
             let mut rng = SplitMix64::new(seed ^ (s as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut picks = Vec::new();
             let mut have = 0usize;
-            let seq_len = |q: u32| {
-                rows.iter()
-                    .filter(|&&i| self.sequence[i] == q && self.layer[i] == layers[0])
-                    .count()
-            };
-            let lens: Vec<usize> = seqs.iter().map(|&q| seq_len(q)).collect();
             while have < tokens {
                 let j = rng.below(seqs.len() as u64) as usize;
-                if lens[j] == 0 && lens.iter().all(|&x| x == 0) {
-                    break;
-                }
                 picks.push(j);
                 have += lens[j];
             }
             for &l in &layers {
                 let mut n = 0usize;
                 'outer: for (new_seq, &j) in picks.iter().enumerate() {
-                    for &i in rows
-                        .iter()
-                        .filter(|&&i| self.layer[i] == l && self.sequence[i] == seqs[j])
-                    {
+                    for &i in groups.get(&(s, l, seqs[j])).map_or(&[][..], Vec::as_slice) {
                         if n == tokens {
                             break 'outer;
                         }
@@ -282,7 +266,16 @@ mod tests {
         let b = tiny().resampled(7, 42);
         assert_eq!(a, b);
         assert_eq!(a.len(), 7);
-        // whole sequences: tokens come in source pairs
-        assert_eq!(a.experts[0..2].len(), 2);
+        // whole sequences: each pair of output tokens is one source sequence
+        let seq0: &[u16] = &[0, 1, 0, 2];
+        let seq1: &[u16] = &[3, 1, 3, 2];
+        for pair in a.experts[..12].chunks(4) {
+            assert!(pair == seq0 || pair == seq1, "{pair:?}");
+        }
+        assert_ne!(
+            a,
+            tiny().resampled(7, 43),
+            "another seed draws other sequences"
+        );
     }
 }
