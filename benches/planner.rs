@@ -9,7 +9,10 @@
 //! `reports/bench/planner.md`.
 
 use llep_trace::plan::{PlanParams, Planner, Policy};
-use llep_trace::sim::{parse_ratios, simulate, Profile, SimConfig};
+use llep_trace::plan::Gate;
+use llep_trace::progress::Silent;
+use llep_trace::sim::{simulate, Profile, SimConfig};
+use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick};
 use llep_trace::trace::meta::{CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
 use llep_trace::trace::tokens::SplitMix64;
 use llep_trace::trace::{Loads, Trace};
@@ -53,7 +56,7 @@ fn bench_planner(n: usize, p: usize) -> PlannerBench {
         gpus: p,
         alpha: 1.0,
         min_gemm: 1024,
-        lambda: None,
+        gate: llep_trace::plan::Gate::Always,
     };
     let mut pl = Planner::new();
     let mut plan = Default::default();
@@ -132,21 +135,28 @@ fn bench_simulate() -> (usize, usize, f64, f64) {
         loads,
         tokens: None,
     };
-    let gates = parse_ratios("1.0:3.0:0.1").unwrap();
-    let cfg = SimConfig {
+    let gates = Gate::parse_list("1.0:3.0:0.1").unwrap();
+    let spec = InputSpec {
+        source: InputSource::Trace("bench".into()),
+        dims: DimOverrides::default(),
         gpus: ranks,
+        tokens_per_rank: None,
+        seed: 0,
+        steps: StepPick::All,
+        layers: Vec::new(),
+    };
+    let w = spec.resolve_trace("bench".as_ref(), trace).unwrap();
+    let cfg = SimConfig {
         policies: Policy::ALL.to_vec(),
         gates: gates.clone(),
         alphas: vec![1.0],
         min_gemms: vec![1024],
         profile: Profile::load("h200").unwrap(),
-        tokens_per_rank: None,
-        seed: 0,
         threads: 0,
     };
-    let _ = simulate(&trace, "bench", &cfg).unwrap(); // warm
+    let _ = simulate(&w, &cfg, &Silent).unwrap(); // warm
     let t0 = Instant::now();
-    let (rows, _) = simulate(&trace, "bench", &cfg).unwrap();
+    let rows = simulate(&w, &cfg, &Silent).unwrap();
     let secs = t0.elapsed().as_secs_f64();
     let evals = steps * layers * gates.len();
     (steps * layers, rows.len(), secs, evals as f64 / secs)

@@ -2,7 +2,8 @@
 //!
 //! The three planner variables are read by the deployed LLEP reference
 //! implementation; reading them here as defaults means a user's shell setting
-//! means the same thing in both tools (`docs/planner.md`, step 1).
+//! means the same thing in both tools (`docs/planner.md`, step 1); [`crate::plan::Gate::from_reference`] does the
+//! reading.
 
 /// Imbalance gate lambda: the planner runs iff max/mean GPU load >= lambda.
 /// Unset, unparsable or <= 0 means "always plan".
@@ -24,11 +25,33 @@ pub const DEFAULT_ALPHA: f64 = 1.0;
 pub const DEFAULT_MIN_GEMM: u64 = 1024;
 pub const DEFAULT_RATIO: f64 = 1.3;
 
-/// The lambda gate as the reference reads it: `None` means "always plan"
-/// (unset, unparsable or <= 0 all mean that).
-pub fn gate_from_str(raw: Option<&str>) -> Option<f64> {
-    let v: f64 = raw?.trim().parse().ok()?;
-    (v.is_finite() && v > 0.0).then_some(v)
+/// Diagnostics of `capture`: worker threads for logits routing (default:
+/// all cores) and per-stage timing on stderr.
+pub const CAPTURE_THREADS: &str = "LLEP_CAPTURE_THREADS";
+pub const CAPTURE_TIMING: &str = "LLEP_CAPTURE_TIMING";
+
+/// The raw value of `MOE_ADAPTIVE_LPT_ROUTING_RATIO`, if set; read it with
+/// [`crate::plan::Gate::from_reference`].
+pub fn routing_ratio_raw() -> Option<String> {
+    std::env::var(ROUTING_RATIO).ok()
+}
+
+/// `LLEP_CAPTURE_THREADS` if set to a positive integer.
+pub fn capture_threads() -> Option<usize> {
+    std::env::var(CAPTURE_THREADS)
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+}
+
+/// Whether `LLEP_CAPTURE_TIMING` is set.
+pub fn capture_timing() -> bool {
+    std::env::var_os(CAPTURE_TIMING).is_some()
+}
+
+/// The launcher's view of one variable (`RANK`, `SLURM_PROCID`, ...).
+pub fn launcher_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 /// `EP_MAX_TOKENS_FACTOR` if set and parsable, else the reference default.
@@ -45,18 +68,4 @@ pub fn min_gemm_default() -> u64 {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(DEFAULT_MIN_GEMM)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gate_parsing_follows_the_reference() {
-        assert_eq!(gate_from_str(None), None);
-        assert_eq!(gate_from_str(Some("abc")), None);
-        assert_eq!(gate_from_str(Some("0")), None);
-        assert_eq!(gate_from_str(Some("-1.5")), None);
-        assert_eq!(gate_from_str(Some(" 1.3 ")), Some(1.3));
-    }
 }

@@ -2,7 +2,8 @@
 //! measured EP against Least-Loaded EP -> reports and tuning advice.
 //!
 //! The flow, module by module:
-//! `capture` (dumps -> [`trace`]) -> [`plan`] (the one planner) ->
+//! `capture` (dumps -> [`trace`]) -> [`workload`] (what a command runs on,
+//! resolved once) -> [`plan`] (the one planner and its gate) ->
 //! [`sim`] (cost model) and [`gpu`] (real replay) -> [`results`] (one schema
 //! for simulated and measured rows) -> [`tune`] and [`report`].
 
@@ -17,3 +18,4 @@ pub mod results;
 pub mod sim;
 pub mod trace;
 pub mod tune;
+pub mod workload;

@@ -3,7 +3,7 @@
 //! against an independent Python transcription on thousands of random loads.
 
 use llep_trace::plan::{
-    dispatch_matrix, DispatchMatrix, Plan, PlanError, PlanParams, Planner, Policy, Range, Transfer,
+    dispatch_matrix, DispatchMatrix, Gate, Plan, PlanError, PlanParams, Planner, Policy, Range, Transfer,
 };
 use proptest::prelude::*;
 
@@ -12,7 +12,7 @@ fn params(gpus: usize, alpha: f64, m: u64, lambda: Option<f64>) -> PlanParams {
         gpus,
         alpha,
         min_gemm: m,
-        lambda,
+        gate: lambda.map_or(Gate::Always, Gate::Ratio),
     }
 }
 
@@ -397,7 +397,7 @@ fn case_strategy() -> impl Strategy<Value = (Vec<u64>, Vec<u64>, PlanParams)> {
                         gpus: p,
                         alpha,
                         min_gemm: m,
-                        lambda,
+                        gate: lambda.map_or(Gate::Always, Gate::Ratio),
                     },
                 )
             })

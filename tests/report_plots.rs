@@ -10,8 +10,10 @@ use llep_trace::plan::{capacity, Policy};
 use llep_trace::report::{data, plot_speedup_vs_lambda, plot_tune, read_input, write_report};
 use llep_trace::report::{Input, ReportOptions};
 use llep_trace::results::{write_results, ResultRow, ResultsMeta, SOURCE_MEASURED};
-use llep_trace::sim::{simulate, Gate, Profile, SimConfig};
-use llep_trace::trace::read_trace;
+use llep_trace::plan::Gate;
+use llep_trace::progress::Silent;
+use llep_trace::sim::{simulate, Profile, SimConfig};
+use llep_trace::workload::InputSpec;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -24,19 +26,19 @@ fn tmp(name: &str) -> PathBuf {
 
 fn olmoe_rows(gates: Vec<Gate>) -> Vec<ResultRow> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let trace = read_trace(&root.join("traces/olmoe-1b-7b.parquet"), true).unwrap();
+    let w = InputSpec::trace(root.join("traces/olmoe-1b-7b.parquet"), 8)
+        .resolve()
+        .unwrap()
+        .remove(0);
     let cfg = SimConfig {
-        gpus: 8,
         policies: vec![Policy::Ep, Policy::Llep, Policy::Ideal],
         gates,
         alphas: vec![1.0],
         min_gemms: vec![1024],
         profile: Profile::load("h100").unwrap(),
-        tokens_per_rank: None,
-        seed: 0,
         threads: 1,
     };
-    simulate(&trace, "olmoe-1b-7b.parquet", &cfg).unwrap().0
+    simulate(&w, &cfg, &Silent).unwrap()
 }
 
 /// TEST FIXTURE: pretend-measured twins of simulated rows, times x `scale`.

@@ -1,6 +1,6 @@
 //! `llep-trace plan`: the planner from the command line.
 
-use super::settings::{gate_label, parse_counts, PlannerArgs};
+use super::settings::{parse_counts, PlannerArgs};
 use super::table::Table;
 use super::Printer;
 use anyhow::bail;
@@ -32,7 +32,7 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if counts.is_empty() {
         bail!("--counts: no counts given");
     }
-    let gates = a.planner.gates()?;
+    let gates = a.planner.gates(p)?;
     let alphas = a.planner.alphas()?;
     let mins = a.planner.min_gemms();
     if gates.len() != 1 || alphas.len() != 1 || mins.len() != 1 {
@@ -42,7 +42,7 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         gpus: a.gpus,
         alpha: alphas[0],
         min_gemm: mins[0],
-        lambda: gates[0].lambda(),
+        gate: gates[0],
     };
     let plan = Planner::new().plan(&counts, &params, a.policy)?;
     if a.json {
@@ -66,7 +66,7 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "gpus": a.gpus,
             "alpha": params.alpha,
             "min_gemm": params.min_gemm,
-            "lambda": params.lambda,
+            "lambda": params.gate.lambda(),
             "use_llep": plan.use_llep,
             "imbalance_ratio": plan.imbalance_ratio,
             "capacity": plan.capacity,
@@ -85,7 +85,7 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         a.gpus,
         params.alpha,
         params.min_gemm,
-        gate_label(params.lambda),
+        params.gate,
         plan.imbalance_ratio,
         plan.capacity,
         if plan.use_llep { "LLEP plans this layer" } else { "plain EP (below the gate)" }

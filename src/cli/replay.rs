@@ -2,19 +2,20 @@
 //! them, and (optionally) put the simulated rows for the same inputs beside
 //! them.
 
-use super::settings::{gate_label, PlannerArgs};
+use super::settings::{positive_count, InputArgs, PlannerArgs};
 use super::simulate::results_meta;
 use super::table::Table;
 use super::Printer;
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
+use llep_trace::env;
 use llep_trace::gpu::rendezvous::ProcessRank;
 use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
-use llep_trace::plan::Policy;
+use llep_trace::plan::{Gate, Policy};
 use llep_trace::results::{write_results, ResultRow};
-use llep_trace::sim::{self, Gate, Profile, SimConfig};
-use llep_trace::trace::read_trace;
-use llep_trace::trace::synthetic::Scenario;
+use llep_trace::sim::accuracy::twin;
+use llep_trace::sim::{Evaluator, Profile};
+use llep_trace::workload::Workload;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -28,40 +29,15 @@ pub enum ActArg {
 
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// Trace to replay (token level replays its tokens; load level
-    /// synthesises tokens from the counts).
-    #[arg(long, conflicts_with = "synthetic")]
-    pub trace: Option<PathBuf>,
-    /// Synthetic scenarios of the reference test instead of a trace, e.g.
-    /// balanced,30:4,50:4,80:4,95:4,95:1.
-    #[arg(long, value_delimiter = ',')]
-    pub synthetic: Vec<String>,
-    /// Steps of the trace to replay (ids; default: the first).
-    #[arg(long, value_delimiter = ',')]
-    pub steps: Vec<u32>,
-    /// Layers of the trace to replay (ids; default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub layers: Vec<u32>,
+    /// What to replay: --trace (token level replays its tokens; load level
+    /// synthesises tokens from the counts; default the first step) or
+    /// --synthetic scenarios of the reference test.
+    #[command(flatten)]
+    pub input: InputArgs,
     /// GPUs (EP ranks). One process drives this many local GPUs, a thread
     /// each; under a launcher (WORLD_SIZE set) it must equal WORLD_SIZE.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value = "2", value_parser = positive_count, allow_hyphen_values = true)]
     pub gpus: usize,
-    /// Tokens per rank: synthetic batch size, or the trace's resampled /
-    /// rescaled batch.
-    #[arg(long)]
-    pub tokens_per_rank: Option<u64>,
-    /// Experts (synthetic; default 128, the gpt-oss-120b layer).
-    #[arg(long)]
-    pub experts: Option<u32>,
-    /// Top-k (synthetic; default 4).
-    #[arg(long)]
-    pub top_k: Option<u32>,
-    /// Hidden size D (default 2880 for synthetic, the trace's otherwise).
-    #[arg(long)]
-    pub hidden_size: Option<u32>,
-    /// Expert intermediate size I (default 2880 for synthetic, the trace's otherwise).
-    #[arg(long)]
-    pub intermediate_size: Option<u32>,
     /// Expert activation.
     #[arg(long, value_enum, default_value = "gpt-oss")]
     pub act: ActArg,
@@ -76,9 +52,6 @@ pub struct ReplayArgs {
     /// Timed runs per case.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
-    /// Seed of weights, inputs and resampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Tokens per rank checked against the dense fp32 reference.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
@@ -91,132 +64,21 @@ pub struct ReplayArgs {
     pub out: Option<PathBuf>,
 }
 
-struct Inputs {
-    cases: Vec<Case>,
-    /// (trace, name, scenario) for the simulated twins
-    sims: Vec<(llep_trace::trace::Trace, String, String)>,
-    dims: (u32, u32, u32, u32),
-}
-
-fn build_inputs(a: &ReplayArgs) -> anyhow::Result<Inputs> {
-    if a.gpus == 0 {
-        bail!("--gpus must be at least 1");
-    }
-    if a.tokens_per_rank == Some(0) {
-        bail!("--tokens-per-rank must be at least 1");
-    }
-    if !a.synthetic.is_empty() {
-        let n = a.experts.unwrap_or(128);
-        let k = a.top_k.unwrap_or(4);
-        let d = a.hidden_size.unwrap_or(2880);
-        let i = a.intermediate_size.unwrap_or(2880);
-        let t = a.tokens_per_rank.unwrap_or(32_768);
-        let mut cases = Vec::new();
-        let mut sims = Vec::new();
-        for s in &a.synthetic {
-            let sc: Scenario = s
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!("--synthetic: {e}"))?;
-            cases.push(
-                inputs::synthetic_case(sc, a.gpus, t, n, k, d, i)
-                    .map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?,
-            );
-            if a.with_sim.is_some() {
-                let tr = inputs::synthetic_trace(sc, a.gpus as u32, t as u32, n, k, d, i);
-                sims.push((tr, "synthetic".to_string(), sc.to_string()));
-            }
-        }
-        return Ok(Inputs {
-            cases,
-            sims,
-            dims: (d, i, n, k),
-        });
-    }
-    let Some(path) = &a.trace else {
-        bail!("give --trace PATH or --synthetic SCENARIOS");
-    };
-    let mut tr = read_trace(path, true)?;
-    if let Some(d) = a.hidden_size {
-        tr.meta.model.hidden_size = d;
-    }
-    if let Some(i) = a.intermediate_size {
-        tr.meta.model.intermediate_size = i;
-    }
-    let m = &tr.meta.model;
-    if !m.has_dims() {
-        bail!(
-            "{}: the trace has no hidden/intermediate size; give --hidden-size and --intermediate-size",
-            path.display()
-        );
-    }
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let steps: Vec<u32> = if a.steps.is_empty() {
-        tr.loads.step_ids.first().copied().into_iter().collect()
-    } else {
-        a.steps.clone()
-    };
-    let layers = (!a.layers.is_empty()).then_some(a.layers.as_slice());
-    let cases = inputs::trace_cases(
-        &tr,
-        &name,
-        a.gpus,
-        a.tokens_per_rank,
-        a.seed,
-        Some(&steps),
-        layers,
-    )
-    .map_err(|e| anyhow::anyhow!(e))
-    .with_context(|| path.display().to_string())?;
-    let dims = (m.hidden_size, m.intermediate_size, m.num_experts, m.top_k);
-    let sims = if a.with_sim.is_some() {
-        vec![(tr.clone(), name, String::new())]
-    } else {
-        Vec::new()
-    };
-    Ok(Inputs { cases, sims, dims })
-}
-
-/// Simulated rows for the same inputs and settings, keyed like the
-/// measured rows (only the (step, layer) pairs that were replayed).
+/// The simulated twin of every measured row, through the same path as
+/// `compare`, on the very workloads that were replayed.
 fn simulated(
-    a: &ReplayArgs,
-    inp: &Inputs,
+    measured: &[ResultRow],
+    workloads: &[Workload],
     prof: &Profile,
-    gates: &[Gate],
 ) -> anyhow::Result<Vec<ResultRow>> {
-    let cfg = SimConfig {
-        gpus: a.gpus,
-        policies: a.policy.clone(),
-        gates: gates.to_vec(),
-        alphas: a.planner.alphas()?,
-        min_gemms: a.planner.min_gemms(),
-        profile: prof.clone(),
-        tokens_per_rank: if a.synthetic.is_empty() {
-            a.tokens_per_rank
-        } else {
-            None
-        },
-        seed: a.seed,
-        threads: 0,
-    };
-    let mut out = Vec::new();
-    for (tr, name, scen) in &inp.sims {
-        let (rows, _) = sim::simulate(tr, name, &cfg)?;
-        for mut r in rows {
-            if !inp.cases.iter().any(|c| {
-                c.base.step == r.step && c.base.layer == r.layer && c.base.scenario == *scen
-            }) {
-                continue;
-            }
-            r.scenario = scen.clone();
-            if !scen.is_empty() {
-                r.input_note = "synthetic".into();
-            }
-            out.push(r);
-        }
+    let mut ev = Evaluator::default();
+    let mut out = Vec::with_capacity(measured.len());
+    for m in measured {
+        let w = workloads
+            .iter()
+            .find(|w| w.scenario_label() == m.scenario)
+            .expect("every measured row comes from a replayed workload");
+        out.push(twin(m, w, prof, &mut ev)?);
     }
     Ok(out)
 }
@@ -265,7 +127,7 @@ fn render(rows: &[ResultRow]) -> String {
             r.scenario.clone()
         };
         let pol = if r.policy == "llep" {
-            format!("llep λ={}", gate_label(r.lambda))
+            format!("llep λ={}", r.lambda.map_or(Gate::Always, Gate::Ratio))
         } else {
             r.policy.clone()
         };
@@ -318,7 +180,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if alphas.len() != 1 || mgs.len() != 1 {
         bail!("replay takes one --alpha and one --min-gemm");
     }
-    let gates = a.planner.gates()?;
+    let gates = a.planner.gates(p)?;
     let prof = match &a.with_sim {
         Some(s) => Some(Profile::load(s)?),
         None => None,
@@ -326,13 +188,26 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if a.samples == 0 {
         p.warn("--samples 0: outputs are not checked against the dense reference (rel err stays empty)");
     }
-    let inp = build_inputs(&a)?;
-    let (d, i, n, k) = inp.dims;
+    let workloads = a.input.spec(a.gpus, None, true)?.resolve()?;
+    for w in &workloads {
+        for warning in &w.warnings {
+            p.warn(warning);
+        }
+    }
+    let m = &workloads[0].model;
+    if !m.has_dims() {
+        bail!(
+            "{}: the trace has no hidden/intermediate size; give --hidden-size and --intermediate-size",
+            workloads[0].name
+        );
+    }
+    let (d, i, n, k) = (m.hidden_size, m.intermediate_size, m.num_experts, m.top_k);
+    let cases: Vec<Case> = workloads.iter().flat_map(inputs::cases).collect();
     let mut settings = Vec::new();
     for &pol in &a.policy {
         match pol {
             Policy::Llep => settings.extend(gates.iter().map(|&g| (pol, g))),
-            _ => settings.push((pol, Gate::Always)),
+            _ => settings.push((pol, Gate::Never)),
         }
     }
     let cfg = ReplayConfig {
@@ -350,10 +225,10 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         settings,
         warmup: a.warmup,
         runs: a.runs,
-        seed: a.seed,
+        seed: a.input.seed,
         samples: a.samples,
     };
-    let launch = match ProcessRank::from_env(|k| std::env::var(k).ok())? {
+    let launch = match ProcessRank::from_env(env::launcher_var)? {
         Some(pr) => Launch::Process(pr),
         None => Launch::Threads((0..a.gpus).collect()),
     };
@@ -371,16 +246,17 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     }
     p.status(&format!(
         "replaying {} case(s) x {} setting(s) on {} GPU(s): D={d} I={i} E={n} k={k}",
-        inp.cases.len(),
+        cases.len(),
         cfg.settings.len(),
         a.gpus
     ));
     let progress = |s: &str| p.status(s);
-    let Some(mut rows) = replay(&cfg, &inp.cases, &launch, &progress)? else {
+    let Some(mut rows) = replay(&cfg, &cases, &launch, &progress)? else {
         return Ok(ExitCode::SUCCESS); // not the reporting rank
     };
     if let Some(prof) = &prof {
-        rows.extend(simulated(&a, &inp, prof, &gates)?);
+        let twins = simulated(&rows, &workloads, prof)?;
+        rows.extend(twins);
         rows.sort_by(|x, y| {
             (
                 x.scenario.as_str(),

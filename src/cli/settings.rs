@@ -1,10 +1,13 @@
 //! Arguments shared by several commands, and their resolution into library
 //! settings (environment defaults included).
 
+use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::env;
-use llep_trace::sim::{parse_ratios, Gate};
+use llep_trace::plan::Gate;
+use llep_trace::trace::synthetic::parse_scenarios;
+use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick};
 use std::path::PathBuf;
 
 /// The bundled default trace (real OLMoE-1B-7B routing counts).
@@ -31,7 +34,8 @@ pub struct PlannerArgs {
     /// Imbalance gate lambda: one value, a list (1.1,1.3) or a range
     /// (1.0:3.0:0.1); 'always' or a value <= 0 plans every layer.
     /// Default: $MOE_ADAPTIVE_LPT_ROUTING_RATIO, read as the reference reads
-    /// it (unset, unparsable or <= 0 means always plan).
+    /// it (unset, unparsable or <= 0 means always plan); for tune, the grid
+    /// 1.0:3.0:0.05.
     #[arg(long, allow_hyphen_values = true)]
     pub ratio: Option<String>,
     /// Capacity factor alpha; one value or a list.
@@ -45,17 +49,12 @@ pub struct PlannerArgs {
 }
 
 impl PlannerArgs {
-    /// Lambda gates: from --ratio, else from the environment.
-    pub fn gates(&self) -> anyhow::Result<Vec<Gate>> {
+    /// Lambda gates: from --ratio, else from the environment as the
+    /// reference reads it (with a warning where that reading is a quirk).
+    pub fn gates(&self, p: &Printer) -> anyhow::Result<Vec<Gate>> {
         match &self.ratio {
-            Some(spec) => parse_ratios(spec).map_err(|e| anyhow::anyhow!("--ratio: {e}")),
-            None => {
-                let raw = std::env::var(env::ROUTING_RATIO).ok();
-                Ok(vec![match env::gate_from_str(raw.as_deref()) {
-                    Some(r) => Gate::Ratio(r),
-                    None => Gate::Always,
-                }])
-            }
+            Some(spec) => Gate::parse_list(spec).map_err(|e| anyhow::anyhow!("--ratio: {e}")),
+            None => Ok(vec![env_gate(p)]),
         }
     }
 
@@ -65,6 +64,115 @@ impl PlannerArgs {
 
     pub fn min_gemms(&self) -> Vec<u64> {
         resolve_min_gemms(&self.min_gemm)
+    }
+}
+
+/// `$MOE_ADAPTIVE_LPT_ROUTING_RATIO` read as the reference reads it; an
+/// unparsable value gets a one-line warning (the reference silently plans
+/// every layer then).
+pub fn env_gate(p: &Printer) -> Gate {
+    let reading = Gate::from_reference(env::routing_ratio_raw().as_deref());
+    if let Some(q) = &reading.quirk {
+        p.warn(&format!("{}: {q}", env::ROUTING_RATIO));
+    }
+    reading.gate
+}
+
+/// A GPU count: a positive integer, with a plain message otherwise (clap
+/// would take `-1` for a flag).
+pub fn positive_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i64>() {
+        Ok(v) if v >= 1 => Ok(v as usize),
+        Ok(v) => Err(format!("{v} is not a positive integer (at least 1)")),
+        Err(_) => Err(format!("'{s}' is not a positive integer")),
+    }
+}
+
+/// What to run on, shared by `simulate`, `tune` and `replay`.
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
+    /// Trace to run on (default for simulate and tune: the bundled
+    /// OLMoE-1B-7B trace).
+    #[arg(long, conflicts_with = "synthetic")]
+    pub trace: Option<PathBuf>,
+    /// Instead of a trace, the reference's synthetic scenarios, e.g.
+    /// balanced,30:4,50:4,80:4,95:4,95:1 (shape from --experts, --top-k,
+    /// --hidden-size, --intermediate-size, --tokens-per-rank; default the
+    /// gpt-oss-120b layer with 32768 tokens per GPU).
+    #[arg(long)]
+    pub synthetic: Option<String>,
+    /// Experts of a synthetic run (default 128).
+    #[arg(long)]
+    pub experts: Option<u32>,
+    /// Top-k of a synthetic run (default 4).
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Hidden size D (default 2880 for synthetic; overrides a trace's).
+    #[arg(long)]
+    pub hidden_size: Option<u32>,
+    /// Expert intermediate size I (default 2880 for synthetic; overrides a trace's).
+    #[arg(long)]
+    pub intermediate_size: Option<u32>,
+    /// MoE layers of the whole model, for the all-layer memory figure
+    /// (default: the trace's; 36 for the default synthetic shape).
+    #[arg(long)]
+    pub num_layers: Option<u32>,
+    /// Tokens per rank per step: synthetic batch size; rescales load-level
+    /// counts or resamples whole sequences of token-level traces (seeded).
+    #[arg(long)]
+    pub tokens_per_rank: Option<u64>,
+    /// Seed for resampling (and, in replay, weights and inputs).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Only these step ids of the trace (default: all; replay: the first).
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<u32>,
+    /// Only these layer ids of the trace (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<u32>,
+}
+
+impl InputArgs {
+    /// The flags as a library input spec; `default_trace` fills a missing
+    /// `--trace`, `first_step` makes "the first step" the default.
+    pub fn spec(
+        &self,
+        gpus: usize,
+        default_trace: Option<PathBuf>,
+        first_step: bool,
+    ) -> anyhow::Result<InputSpec> {
+        let source = match (&self.synthetic, &self.trace, default_trace) {
+            (Some(spec), _, _) => InputSource::Synthetic(
+                parse_scenarios(spec).map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?,
+            ),
+            (None, Some(t), _) => InputSource::Trace(t.clone()),
+            (None, None, Some(t)) => InputSource::Trace(t),
+            (None, None, None) => bail!("give --trace PATH or --synthetic SCENARIOS"),
+        };
+        if matches!(source, InputSource::Synthetic(_))
+            && (!self.steps.is_empty() || !self.layers.is_empty())
+        {
+            bail!("--steps and --layers select from a trace; a synthetic scenario has one step and one layer");
+        }
+        Ok(InputSpec {
+            source,
+            dims: DimOverrides {
+                experts: self.experts,
+                top_k: self.top_k,
+                hidden_size: self.hidden_size,
+                intermediate_size: self.intermediate_size,
+                num_layers: self.num_layers,
+            },
+            gpus,
+            tokens_per_rank: self.tokens_per_rank,
+            seed: self.seed,
+            steps: match (self.steps.is_empty(), first_step) {
+                (false, _) => StepPick::Ids(self.steps.clone()),
+                (true, true) => StepPick::First,
+                (true, false) => StepPick::All,
+            },
+            layers: self.layers.clone(),
+        })
     }
 }
 
@@ -89,14 +197,6 @@ pub fn resolve_min_gemms(given: &[u64]) -> Vec<u64> {
         vec![env::min_gemm_default()]
     } else {
         given.to_vec()
-    }
-}
-
-/// Describe a gate for tables.
-pub fn gate_label(lambda: Option<f64>) -> String {
-    match lambda {
-        Some(l) => format!("{l}"),
-        None => "always".into(),
     }
 }
 

@@ -1,71 +1,40 @@
 //! `llep-trace simulate`: EP against LLEP (and the ideal bound) over a trace.
 
-use super::settings::{default_trace, gate_label, PlannerArgs};
+use super::settings::{default_trace, positive_count, InputArgs, PlannerArgs};
 use super::table::{gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
-use llep_trace::plan::Policy;
+use llep_trace::plan::{Gate, Policy};
+use llep_trace::progress::Progress;
 use llep_trace::results::{write_results, ResultRow, ResultsMeta};
-use llep_trace::sim::{self, summarize, Gate, Profile, SimConfig, Summary};
-use llep_trace::trace::synthetic::{parse_scenarios, scenario_trace, SyntheticShape};
-use llep_trace::trace::{meta::command_line, meta::tool_version, read_trace, Trace};
+use llep_trace::sim::{self, summarize, Profile, SimConfig, Summary};
+use llep_trace::trace::{meta::command_line, meta::tool_version};
+use llep_trace::workload::{InputSource, Workload};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// What to simulate on, shared by `simulate` and `tune`.
+/// Where and how to simulate, shared by `simulate` and `tune`.
 #[derive(Args, Debug, Clone)]
-pub struct InputArgs {
-    /// Trace to simulate (default: the bundled OLMoE-1B-7B trace).
-    #[arg(long, conflicts_with = "synthetic")]
-    pub trace: Option<PathBuf>,
-    /// Instead of a trace, the reference's synthetic scenarios, e.g.
-    /// balanced,30:4,50:4,80:4,95:4,95:1 (shape from --experts, --top-k,
-    /// --hidden-size, --intermediate-size, --tokens-per-rank; default the
-    /// gpt-oss-120b layer with 32768 tokens per GPU).
-    #[arg(long)]
-    pub synthetic: Option<String>,
-    /// Experts of a synthetic run.
-    #[arg(long, default_value_t = 128)]
-    pub experts: u32,
-    /// Top-k of a synthetic run.
-    #[arg(long, default_value_t = 4)]
-    pub top_k: u32,
+pub struct SimInputArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
     /// EP ranks (GPUs).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value = "8", value_parser = positive_count, allow_hyphen_values = true)]
     pub gpus: usize,
     /// Hardware profile: h100, h200, or a profile JSON file.
     #[arg(long, default_value = "h200")]
     pub profile: String,
-    /// Tokens per rank per step: rescales load-level counts, resamples
-    /// whole sequences of token-level traces (seeded).
-    #[arg(long)]
-    pub tokens_per_rank: Option<u64>,
-    /// Seed for resampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Override the trace's hidden size D.
-    #[arg(long)]
-    pub hidden_size: Option<u32>,
-    /// Override the trace's expert intermediate size I.
-    #[arg(long)]
-    pub intermediate_size: Option<u32>,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
-    /// Only these step ids of the trace (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub steps: Vec<u32>,
-    /// Only these layer ids of the trace (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub layers: Vec<u32>,
 }
 
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
     #[command(flatten)]
-    pub input: InputArgs,
+    pub input: SimInputArgs,
     /// Policies to simulate, comma separated: ep, llep, ideal.
     #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
     pub policy: Vec<Policy>,
@@ -93,6 +62,7 @@ pub struct Sweep {
 
 pub struct Simulated {
     pub rows: Vec<ResultRow>,
+    pub workloads: Vec<Workload>,
     pub summaries: Vec<Summary>,
     pub profile: Profile,
     pub trace_name: String,
@@ -100,145 +70,62 @@ pub struct Simulated {
     pub model: String,
 }
 
-/// The inputs a simulate-like command runs on: one trace, or one synthetic
-/// trace per scenario. Each comes as (trace name, scenario, trace).
-pub fn load_inputs(a: &InputArgs) -> anyhow::Result<Vec<(String, String, Trace)>> {
-    if let Some(spec) = &a.synthetic {
-        let shape = SyntheticShape {
-            experts: a.experts,
-            top_k: a.top_k,
-            hidden_size: a
-                .hidden_size
-                .unwrap_or(SyntheticShape::GPT_OSS_120B.hidden_size),
-            intermediate_size: a
-                .intermediate_size
-                .unwrap_or(SyntheticShape::GPT_OSS_120B.intermediate_size),
-        };
-        let tokens = a.tokens_per_rank.unwrap_or(32768);
-        return parse_scenarios(spec)
-            .map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?
-            .into_iter()
-            .map(|s| {
-                let t = scenario_trace(s, a.gpus as u32, tokens, shape)
-                    .map_err(|e| anyhow::anyhow!("--synthetic: {e}"))?;
-                Ok(("synthetic".to_string(), s.to_string(), t))
-            })
-            .collect();
-    }
-    let path = a.trace.clone().unwrap_or_else(default_trace);
-    let mut trace = read_trace(&path, true)?;
-    if let Some(d) = a.hidden_size {
-        trace.meta.model.hidden_size = d;
-    }
-    if let Some(i) = a.intermediate_size {
-        trace.meta.model.intermediate_size = i;
-    }
-    if !a.steps.is_empty() || !a.layers.is_empty() {
-        trace.loads = trace.loads.select(&a.steps, &a.layers).with_context(|| {
-            format!(
-                "{}: no such steps {:?} / layers {:?} (it has steps {:?}, layers {:?})",
-                path.display(),
-                a.steps,
-                a.layers,
-                trace.loads.step_ids,
-                trace.loads.layer_ids
-            )
-        })?;
-        if let Some(t) = trace.tokens.as_mut() {
-            let keep: Vec<usize> = (0..t.len())
-                .filter(|&i| {
-                    (a.steps.is_empty() || a.steps.contains(&t.step[i]))
-                        && (a.layers.is_empty() || a.layers.contains(&t.layer[i]))
-                })
-                .collect();
-            let mut sub = llep_trace::trace::TokenTrace::new(t.top_k);
-            let k = t.top_k;
-            for i in keep {
-                sub.push(
-                    t.step[i],
-                    t.layer[i],
-                    t.rank[i],
-                    t.token[i],
-                    t.sequence[i],
-                    &t.experts[i * k..(i + 1) * k],
-                    &t.weights[i * k..(i + 1) * k],
-                );
-            }
-            *t = sub;
-        }
-    }
-    let name = path
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(vec![(name, String::new(), trace)])
-}
-
-/// Read the inputs and simulate the sweep (shared with `tune`).
-pub fn run_sweep(a: &InputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Simulated> {
-    if a.gpus == 0 {
-        bail!("--gpus must be at least 1");
-    }
+/// Resolve the inputs and simulate the sweep (shared with `tune`).
+pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Simulated> {
     if sweep.policies.is_empty() {
         bail!("--policy: give at least one of ep, llep, ideal");
     }
-    if a.tokens_per_rank == Some(0) {
-        bail!("--tokens-per-rank must be at least 1");
-    }
     let profile = Profile::load(&a.profile)?;
-    let inputs = load_inputs(a)?;
+    let spec = a.input.spec(a.gpus, Some(default_trace()), false)?;
+    let synthetic = matches!(spec.source, InputSource::Synthetic(_));
+    let workloads = spec.resolve()?;
+    for w in &workloads {
+        for warning in &w.warnings {
+            p.warn(warning);
+        }
+    }
     let cfg = SimConfig {
-        gpus: a.gpus,
         policies: sweep.policies,
         gates: sweep.gates,
         alphas: sweep.alphas,
         min_gemms: sweep.min_gemms,
         profile: profile.clone(),
-        // synthetic traces are generated at their size already
-        tokens_per_rank: if a.synthetic.is_some() {
-            None
-        } else {
-            a.tokens_per_rank
-        },
-        seed: a.seed,
         threads: a.threads,
     };
+    let trace_name = match &a.input.synthetic {
+        Some(spec) => format!(
+            "synthetic {spec} ({} tokens/rank)",
+            a.input
+                .tokens_per_rank
+                .unwrap_or(llep_trace::workload::DEFAULT_SYNTHETIC_TOKENS)
+        ),
+        None => workloads[0].name.clone(),
+    };
+    p.status(&format!(
+        "simulating {} on {} GPUs with profile {}",
+        if synthetic { &trace_name } else { &workloads[0].name },
+        a.gpus,
+        profile.label()
+    ));
+    let total: usize = workloads.iter().map(|w| w.loads.layer_steps()).sum();
+    p.start("simulate", total as u64);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut models = Vec::new();
-    for (name, scenario, trace) in &inputs {
-        let what = if scenario.is_empty() {
-            name.clone()
-        } else {
-            format!("synthetic {scenario}")
-        };
-        p.status(&format!(
-            "simulating {what} on {} GPUs with profile {}",
-            a.gpus,
-            profile.label()
-        ));
-        let pb = llep_trace::progress::bar(trace.loads.layer_steps() as u64, "simulate", p.quiet);
-        let (mut r, note) =
-            sim::simulate_with_progress(trace, name, &cfg, &pb).with_context(|| what.clone())?;
-        pb.finish_and_clear();
+    for w in &workloads {
+        let mut r = sim::simulate(w, &cfg, p).with_context(|| w.label())?;
         for row in &mut r {
-            row.scenario = scenario.clone();
+            row.scenario = w.scenario_label();
         }
         rows.extend(r);
-        if !notes.contains(&note) {
-            notes.push(note);
+        if !notes.contains(&w.note) {
+            notes.push(w.note.clone());
         }
-        if !models.contains(&trace.meta.model.name) {
-            models.push(trace.meta.model.name.clone());
+        if !models.contains(&w.model.name) {
+            models.push(w.model.name.clone());
         }
     }
-    let trace_name = match &a.synthetic {
-        Some(spec) => format!(
-            "synthetic {spec} ({} tokens/rank)",
-            a.tokens_per_rank.unwrap_or(32768)
-        ),
-        None => inputs[0].0.clone(),
-    };
+    p.finish();
     let summaries = summarize(&rows);
     Ok(Simulated {
         rows,
@@ -247,6 +134,7 @@ pub fn run_sweep(a: &InputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Sim
         trace_name,
         input_note: notes.join("; "),
         model: models.join(", "),
+        workloads,
     })
 }
 
@@ -284,7 +172,7 @@ pub fn results_meta(profile: &Profile) -> ResultsMeta {
 
 fn policy_label(s: &Summary) -> String {
     match s.policy.as_str() {
-        "llep" => format!("llep λ={}", gate_label(s.lambda)),
+        "llep" => format!("llep λ={}", s.lambda.map_or(Gate::Always, Gate::Ratio)),
         other => other.to_string(),
     }
 }
@@ -351,7 +239,7 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
 pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let sweep = Sweep {
         policies: a.policy.clone(),
-        gates: a.planner.gates()?,
+        gates: a.planner.gates(p)?,
         alphas: a.planner.alphas()?,
         min_gemms: a.planner.min_gemms(),
     };

@@ -1,18 +1,20 @@
 //! `llep-trace tune`: sweep lambda (and alpha, m), recommend a setting.
 
-use super::settings::{resolve_alphas, resolve_min_gemms};
-use super::simulate::{run_sweep, write_rows, InputArgs, Sweep};
+use super::settings::PlannerArgs;
+use super::simulate::{run_sweep, write_rows, SimInputArgs, Sweep};
 use super::table::{gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use llep_trace::env;
-use llep_trace::plan::Policy;
-use llep_trace::sim::{parse_ratios, Gate};
+use llep_trace::plan::{Gate, Policy};
 use llep_trace::tune::{fmt_lambda, tune, Objective, TuneResult};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+/// The lambda grid `tune` sweeps when --ratio is not given.
+const DEFAULT_GRID: &str = "1.0:3.0:0.05";
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 enum ObjectiveArg {
@@ -25,17 +27,11 @@ enum ObjectiveArg {
 #[derive(Args, Debug)]
 pub struct TuneArgs {
     #[command(flatten)]
-    input: InputArgs,
-    /// Lambda grid: values, a list or a range; "never" (plain EP) and
-    /// "always" are always added.
-    #[arg(long, default_value = "1.0:3.0:0.05", allow_hyphen_values = true)]
-    ratio: String,
-    /// Capacity factors alpha to sweep (default: $EP_MAX_TOKENS_FACTOR, else 1.0).
-    #[arg(long, value_delimiter = ',')]
-    alpha: Vec<f64>,
-    /// Minimum tokens per GEMM m to sweep (default: $EP_MIN_TOKENS_PER_GEMM, else 1024).
-    #[arg(long = "min-gemm", value_delimiter = ',')]
-    min_gemm: Vec<u64>,
+    input: SimInputArgs,
+    /// The lambda grid is --ratio (default 1.0:3.0:0.05); "never" (plain EP)
+    /// and "always" are always added. --alpha and --min-gemm lists are swept too.
+    #[command(flatten)]
+    planner: PlannerArgs,
     /// What to minimise.
     #[arg(long, value_enum, default_value_t = ObjectiveArg::Time)]
     objective: ObjectiveArg,
@@ -58,12 +54,14 @@ pub struct TuneArgs {
 }
 
 pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
-    let mut gates = parse_ratios(&a.ratio).map_err(|e| anyhow::anyhow!("--ratio: {e}"))?;
+    let grid = a.planner.ratio.as_deref().unwrap_or(DEFAULT_GRID);
+    let mut gates = Gate::parse_list(grid).map_err(|e| anyhow::anyhow!("--ratio: {e}"))?;
+    gates.retain(|g| *g != Gate::Never); // EP rows stand for "never"
     if !gates.contains(&Gate::Always) {
         gates.push(Gate::Always);
     }
-    let alphas = resolve_alphas(&a.alpha)?;
-    let min_gemms = resolve_min_gemms(&a.min_gemm);
+    let alphas = a.planner.alphas()?;
+    let min_gemms = a.planner.min_gemms();
     let mem_cap = match a.mem_cap {
         Some(g) if !(g.is_finite() && g > 0.0) => {
             bail!("--mem-cap: {g} is not a positive number of GiB")
@@ -163,7 +161,7 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
             || i == t.best
             || sc.setting.never
             || sc.setting.lambda.is_none()
-            || sc.setting.lambda == Some(1.3)
+            || sc.setting.lambda == Some(env::DEFAULT_RATIO)
         {
             return true;
         }
@@ -263,10 +261,14 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
     ));
     match t.default_ms {
         Some(d) => s.push_str(&format!(
-            ", {:.3}x against the reference default lambda 1.3",
-            d / best.total_ms
+            ", {:.3}x against the reference default lambda {}",
+            d / best.total_ms,
+            env::DEFAULT_RATIO
         )),
-        None => s.push_str(" (lambda 1.3 was not in the grid)"),
+        None => s.push_str(&format!(
+            " (lambda {} was not in the grid)",
+            env::DEFAULT_RATIO
+        )),
     }
     s.push_str(&format!(
         "; LLEP switches on in {} of {} layer-steps.\n",

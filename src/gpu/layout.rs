@@ -339,7 +339,7 @@ mod tests {
             gpus: p,
             alpha: 1.0,
             min_gemm: 16,
-            lambda: None,
+            gate: crate::plan::Gate::Always,
         };
         let plan = Planner::new().plan(&global, &params, policy).unwrap();
         let lay = build(&plan, per_rank).unwrap();
@@ -432,7 +432,7 @@ mod tests {
             gpus: p,
             alpha: 1.0,
             min_gemm: 1,
-            lambda: None,
+            gate: crate::plan::Gate::Always,
         };
         let plan = Planner::new().plan(&global, &params, Policy::Llep).unwrap();
         let lay = build(&plan, &per_rank).unwrap();
@@ -455,7 +455,7 @@ mod tests {
             gpus: 2,
             alpha: 1.0,
             min_gemm: 1,
-            lambda: None,
+            gate: crate::plan::Gate::Always,
         };
         let plan = Planner::new()
             .plan(&[10, 0, 0, 0], &params, Policy::Ideal)

@@ -12,7 +12,7 @@ use super::runtime::{self, Comm, Dev, Event, NcclId};
 use super::GpuError;
 use crate::plan::{Plan, PlanParams, Planner, Policy};
 use crate::results::{ResultRow, SOURCE_MEASURED};
-use crate::sim::Gate;
+use crate::plan::Gate;
 use cudarc::nccl::sys::ncclDataType_t;
 use std::ffi::c_void;
 
@@ -26,11 +26,7 @@ pub enum Act {
 }
 
 /// One rank's routing for one layer: `ids[t * k + j]`, router weights alike.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RankRouting {
-    pub ids: Vec<i32>,
-    pub weights: Vec<f32>,
-}
+pub use crate::workload::RankRouting;
 
 /// One layer input to replay: result-row keys plus every rank's routing.
 #[derive(Debug, Clone)]
@@ -391,7 +387,7 @@ impl<'a> Worker<'a> {
             gpus: p,
             alpha: self.cfg.alpha,
             min_gemm: self.cfg.min_gemm,
-            lambda: gate.lambda(),
+            gate,
         };
         let mut plan = std::mem::take(&mut self.plan);
         self.planner
@@ -982,7 +978,7 @@ impl<'a> Worker<'a> {
         r.device = self.dev.name.clone();
         r.profile = String::new();
         r.driver = driver_version();
-        crate::sim::fill_plan_stats(&mut r, plan);
+        r.fill_plan_stats(plan);
         let (d, i) = (self.cfg.hidden as u64, self.cfg.inter as u64);
         // bf16 weights
         r.transfer_bytes = plan.transfers.len() as u64 * crate::trace::meta::expert_bytes(d, i, 2);

@@ -3,14 +3,16 @@
 //! One planner serves `plan`, `simulate`, `tune` and the GPU `replay`, so a
 //! simulated plan and a replayed plan are the same plan. Policies:
 //! - `ep`: standard expert parallelism, every copy on its native GPU;
-//! - `llep`: the `reference` least-loaded planner of `docs/planner.md`,
+//! - `llep`: the `reference` least-loaded planner (see [`reference`]),
 //!   reproduced exactly (quirks included), gated by lambda;
 //! - `ideal`: perfect balance with free transfers, the bound no policy beats.
 
 mod dispatch;
+mod gate;
 mod reference;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
+pub use gate::{Gate, GateError, ReferenceReading};
 pub use reference::{capacity, Planner};
 
 use serde::Serialize;
@@ -26,8 +28,8 @@ pub struct PlanParams {
     pub alpha: f64,
     /// Minimum tokens per GEMM (reference `min_tokens_per_gemm`).
     pub min_gemm: u64,
-    /// Imbalance gate; `None` means always plan (unset / <= 0 in the reference).
-    pub lambda: Option<f64>,
+    /// When the `llep` policy switches on (the lambda gate).
+    pub gate: Gate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

@@ -88,10 +88,7 @@ impl Planner {
                 out.use_llep = false;
             }
             Policy::Llep => {
-                out.use_llep = match params.lambda {
-                    None => true,
-                    Some(l) => out.imbalance_ratio >= l,
-                };
+                out.use_llep = params.gate.admits(out.imbalance_ratio);
                 if out.use_llep {
                     self.least_loaded(counts, p, params.min_gemm, out);
                     self.count_duplicates(out);

@@ -85,6 +85,27 @@ pub struct ResultRow {
     pub driver: String,
 }
 
+impl ResultRow {
+    /// The columns a plan decides, whoever prices it (the cost model or a
+    /// replay): gate, loads before and after, transfers.
+    pub fn fill_plan_stats(&mut self, plan: &crate::plan::Plan) {
+        self.use_llep = plan.use_llep;
+        self.imbalance_ratio = plan.imbalance_ratio;
+        self.max_load_before = plan.native_max_load();
+        self.mean_load = plan.native_loads.iter().sum::<u64>() as f64 / plan.gpus as f64;
+        self.max_load_after = plan.max_load();
+        self.min_load_after = plan.gpu_loads.iter().copied().min().unwrap_or(0);
+        self.loads_before = plan.native_loads.clone();
+        self.loads_after = plan.gpu_loads.clone();
+        self.transfers = if plan.free_transfers {
+            0
+        } else {
+            plan.transfers.len() as u32
+        };
+        self.duplicate_transfers = plan.duplicate_transfers;
+    }
+}
+
 /// File-level metadata of a results file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultsMeta {

@@ -2,11 +2,11 @@
 //! simulate the same input (same per-rank loads, policy, lambda, alpha, m,
 //! GPU count) with a profile, and compare layer time and peak memory.
 
-use super::{prepare_loads, row_from, Evaluator, Profile, Shape};
-use crate::plan::{PlanParams, Policy};
+use super::{row_from, simulated_base, Evaluator, Profile, Shape};
+use crate::plan::{Gate, PlanParams, Policy};
 use crate::results::{ResultRow, SOURCE_MEASURED, SOURCE_SIMULATED};
-use crate::trace::synthetic::{scenario_trace, Scenario, SyntheticShape};
 use crate::trace::{read_trace, Trace};
+use crate::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload, WorkloadError};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +45,8 @@ pub enum AccuracyError {
     #[error(transparent)]
     Trace(#[from] crate::trace::TraceError),
     #[error(transparent)]
+    Workload(#[from] WorkloadError),
+    #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
 }
 
@@ -61,44 +63,104 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Rebuild the input a measured row ran on.
-fn input_for(
+/// The simulated twin of a measured row: the same layer-step of the same
+/// workload under the same policy, gate, alpha and m, priced with `profile`.
+/// `simulate`, `replay --with-sim` and `compare` all pair rows through here.
+pub fn twin(
+    measured: &ResultRow,
+    w: &Workload,
+    profile: &Profile,
+    ev: &mut Evaluator,
+) -> Result<ResultRow, AccuracyError> {
+    let loads = &w.loads;
+    let s = loads.step_ids.iter().position(|&x| x == measured.step);
+    let l = loads.layer_ids.iter().position(|&x| x == measured.layer);
+    let (Some(s), Some(l)) = (s, l) else {
+        return Err(AccuracyError::Input(format!(
+            "{}: no step {} / layer {} in the input",
+            measured.trace, measured.step, measured.layer
+        )));
+    };
+    let policy: Policy = measured.policy.parse().map_err(AccuracyError::Input)?;
+    let params = PlanParams {
+        gpus: w.gpus,
+        alpha: measured.alpha,
+        min_gemm: measured.min_gemm,
+        gate: match (policy, measured.lambda) {
+            (_, Some(l)) => Gate::Ratio(l),
+            (Policy::Ep, None) => Gate::Never,
+            (_, None) => Gate::Always,
+        },
+    };
+    let shape = Shape::from_model(&w.model);
+    let global = loads.global(s, l);
+    let (plan, cost) = ev.eval(loads.block(s, l), &global, &params, policy, &shape, profile);
+    let mut base = simulated_base(w, s, l, profile);
+    base.policy = measured.policy.clone();
+    base.lambda = measured.lambda;
+    base.alpha = measured.alpha;
+    base.min_gemm = measured.min_gemm;
+    Ok(row_from(plan, &cost, &base))
+}
+
+/// The seed a row's input was resampled with (recorded in its note).
+fn seed_of(note: &str) -> u64 {
+    note.split("(seed ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Rebuild the workload a measured row ran on (one layer-step of it).
+fn workload_for(
     r: &ResultRow,
     trace_dirs: &[PathBuf],
     cache: &mut HashMap<PathBuf, Trace>,
-) -> Result<Trace, AccuracyError> {
+) -> Result<Workload, AccuracyError> {
+    let mut spec = InputSpec {
+        source: InputSource::Synthetic(Vec::new()),
+        dims: DimOverrides {
+            hidden_size: Some(r.hidden_size),
+            intermediate_size: Some(r.intermediate_size),
+            ..Default::default()
+        },
+        gpus: r.gpus as usize,
+        tokens_per_rank: None,
+        seed: seed_of(&r.input_note),
+        steps: StepPick::Ids(vec![r.step]),
+        layers: vec![r.layer],
+    };
     if !r.scenario.is_empty() {
-        let s: Scenario = r.scenario.parse().map_err(AccuracyError::Input)?;
-        let shape = SyntheticShape {
-            experts: r.experts,
-            top_k: r.top_k,
-            hidden_size: r.hidden_size,
-            intermediate_size: r.intermediate_size,
-        };
-        return scenario_trace(s, r.gpus, r.tokens_per_rank, shape).map_err(AccuracyError::Input);
+        let s = r.scenario.parse().map_err(AccuracyError::Input)?;
+        spec.source = InputSource::Synthetic(vec![s]);
+        spec.dims.experts = Some(r.experts);
+        spec.dims.top_k = Some(r.top_k);
+        spec.tokens_per_rank = Some(r.tokens_per_rank);
+        return Ok(spec.resolve()?.remove(0));
     }
-    let found = trace_dirs
+    let path = trace_dirs
         .iter()
         .map(|d| d.join(&r.trace))
-        .find(|p| p.exists());
-    let path = found.ok_or_else(|| {
-        AccuracyError::MissingTrace(
-            r.trace.clone(),
-            trace_dirs
-                .iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        )
-    })?;
+        .find(|p| p.exists())
+        .ok_or_else(|| {
+            AccuracyError::MissingTrace(
+                r.trace.clone(),
+                trace_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })?;
     if !cache.contains_key(&path) {
         let t = read_trace(&path, true)?;
         cache.insert(path.clone(), t);
     }
-    let mut t = cache[&path].clone();
-    t.meta.model.hidden_size = r.hidden_size;
-    t.meta.model.intermediate_size = r.intermediate_size;
-    Ok(t)
+    let rescaled = r.input_note.contains("rescaled") || r.input_note.contains("resampled");
+    spec.tokens_per_rank = rescaled.then_some(r.tokens_per_rank);
+    spec.source = InputSource::Trace(path.clone());
+    Ok(spec.resolve_trace(&path, cache[&path].clone())?)
 }
 
 /// Simulate the twin of every measured row in `rows` with `profile`.
@@ -118,60 +180,9 @@ pub fn compare(
     let mut ev = Evaluator::default();
     let mut pairs = Vec::with_capacity(measured.len());
     for m in measured {
-        let trace = input_for(m, trace_dirs, &mut cache)?;
-        let rescaled = m.scenario.is_empty()
-            && (m.input_note.contains("rescaled") || m.input_note.contains("resampled"));
-        let (loads, note) = prepare_loads(
-            &trace,
-            m.gpus as usize,
-            rescaled.then_some(m.tokens_per_rank),
-            0,
-        );
-        let s = loads.step_ids.iter().position(|&x| x == m.step);
-        let l = loads.layer_ids.iter().position(|&x| x == m.layer);
-        let (Some(s), Some(l)) = (s, l) else {
-            return Err(AccuracyError::Input(format!(
-                "{}: no step {} / layer {} in the input",
-                m.trace, m.step, m.layer
-            )));
-        };
-        let global = loads.global(s, l);
-        let policy: Policy = m.policy.parse().map_err(AccuracyError::Input)?;
-        let params = PlanParams {
-            gpus: m.gpus as usize,
-            alpha: m.alpha,
-            min_gemm: m.min_gemm,
-            lambda: m.lambda,
-        };
-        let shape = Shape::from_model(&trace.meta.model);
-        let (plan, cost) = ev.eval(loads.block(s, l), &global, &params, policy, &shape, profile);
-        let mut twin = row_from(plan, &cost, m);
-        twin.source = SOURCE_SIMULATED.into();
-        twin.device = profile.card.clone();
-        twin.profile = profile.name.clone();
-        twin.input_note = note;
-        twin.runs = 0;
-        twin.t_total_p10_ms = None;
-        twin.t_total_p90_ms = None;
-        twin.rel_error = None;
-        twin.driver_mem_per_gpu = Vec::new();
-        twin.driver = String::new();
-        let time_err = (twin.t_total_ms - m.t_total_ms) / m.t_total_ms;
-        let measured_peak = m
-            .driver_mem_per_gpu
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(m.peak_mem_max_bytes);
-        let mem_err =
-            (twin.peak_mem_max_bytes as f64 - measured_peak as f64) / measured_peak.max(1) as f64;
-        pairs.push(Pair {
-            measured: m.clone(),
-            simulated: twin,
-            time_err,
-            measured_peak,
-            mem_err,
-        });
+        let w = workload_for(m, trace_dirs, &mut cache)?;
+        let sim = twin(m, &w, profile, &mut ev)?;
+        pairs.push(pair(m, sim));
     }
     let mut t: Vec<f64> = pairs.iter().map(|p| p.time_err.abs() * 100.0).collect();
     let mut mm: Vec<f64> = pairs.iter().map(|p| p.mem_err.abs() * 100.0).collect();
@@ -184,6 +195,26 @@ pub fn compare(
         worst_abs_mem_pct: worst_m,
         pairs,
     })
+}
+
+fn pair(m: &ResultRow, simulated: ResultRow) -> Pair {
+    debug_assert_eq!(simulated.source, SOURCE_SIMULATED);
+    let time_err = (simulated.t_total_ms - m.t_total_ms) / m.t_total_ms;
+    let measured_peak = m
+        .driver_mem_per_gpu
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(m.peak_mem_max_bytes);
+    let mem_err =
+        (simulated.peak_mem_max_bytes as f64 - measured_peak as f64) / measured_peak.max(1) as f64;
+    Pair {
+        measured: m.clone(),
+        simulated,
+        time_err,
+        measured_peak,
+        mem_err,
+    }
 }
 
 /// Default places to look for a measured row's trace file.

@@ -96,6 +96,10 @@ pub struct CaptureMeta {
     /// Raw router logits kept in the tokens file (`--keep-logits`).
     #[serde(default)]
     pub logits_kept: bool,
+    /// Forward passes the counts are summed over, when the source says
+    /// (engine statistics windows); `None` when each step is one pass.
+    #[serde(default)]
+    pub passes_aggregated: Option<u64>,
 }
 
 /// Metadata embedded in every trace file.
