@@ -4,8 +4,8 @@
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
-use llep_trace::gpu::replay::{calibrate, fit_line, CalibConfig, Calibration};
-use llep_trace::sim::profile::GemmCurve;
+use llep_trace::gpu::calibrate::{calibrate, CalibConfig};
+use llep_trace::sim::profile::fit_profile;
 use llep_trace::sim::Profile;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,85 +57,6 @@ fn utc_date() -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// Device-to-device copy bandwidth (bytes read + written) of the cards
-/// `docs/anchors.md` measured; calibrate does not measure it yet, so other
-/// cards get 0 (copies unpriced) and the note says so.
-fn anchor_copy_gbps(card: &str) -> f64 {
-    if card.contains("H200") {
-        4300.0
-    } else if card.contains("H100") {
-        3000.0
-    } else {
-        0.0
-    }
-}
-
-/// Fit the profile's fields from the raw measurements.
-pub fn fit_profile(c: &Calibration, name: &str) -> Profile {
-    let (d0, i0, pts0) = &c.gemm[0];
-    let flops = |t: f64| 6.0 * t * *d0 as f64 * *i0 as f64;
-    let peak = pts0
-        .iter()
-        .map(|&(t, ms)| flops(t) / (ms * 1e-3) / 1e12)
-        .fold(0.0, f64::max);
-    let mut halves: Vec<f64> = pts0
-        .iter()
-        .filter(|&&(t, _)| (64.0..=4096.0).contains(&t))
-        .map(|&(t, ms)| {
-            let eff = flops(t) / (ms * 1e-3) / 1e12 / peak;
-            t * (1.0 / eff - 1.0)
-        })
-        .collect();
-    halves.sort_by(f64::total_cmp);
-    let half = halves.get(halves.len() / 2).copied().unwrap_or(256.0);
-    let launch_us = pts0.first().map_or(10.0, |p| p.1 * 1e3);
-    let bw = |pts: &[(f64, f64)]| -> (f64, f64) {
-        let (a, b) = fit_line(pts);
-        // ms per byte -> GB/s; intercept ms -> us
-        (if b > 0.0 { 1e-6 / b } else { 0.0 }, (a * 1e3).max(0.0))
-    };
-    let (link_gbps, link_lat) = bw(&c.link);
-    let (p2p_gbps, p2p_lat) = bw(&c.p2p);
-    Profile {
-        name: name.into(),
-        card: c.card.clone(),
-        status: "measured".into(),
-        note: format!(
-            "measured by llep-trace calibrate on {} x {} ({}); GEMM curves are one expert group (gate_up + activation + down) as replay runs it",
-            c.gpus, c.card, c.driver
-        ),
-        gpu_mem_bytes: c.total_mem,
-        gemm_peak_tflops: peak,
-        gemm_half_tokens: half,
-        gemm_launch_us: launch_us,
-        gemm_curves: c
-            .gemm
-            .iter()
-            .map(|(d, i, p)| GemmCurve {
-                hidden_size: *d as u32,
-                intermediate_size: *i as u32,
-                points: p.clone(),
-            })
-            .collect(),
-        link_gbps: if link_gbps > 0.0 { link_gbps } else { 1.0 },
-        link_latency_us: link_lat,
-        p2p_gbps: if p2p_gbps > 0.0 { p2p_gbps } else { 1.0 },
-        p2p_latency_us: p2p_lat,
-        overhead_us: c.overhead_ms * 1e3,
-        // one calibration sees one GPU count, so it cannot split its
-        // baseline into context and per-peer communicator buffers
-        mem_baseline_bytes: c.mem_baseline,
-        mem_per_peer_bytes: 0,
-        copy_gbps: anchor_copy_gbps(&c.card),
-        act_chunk_tokens: llep_trace::gpu::replay::CHUNK,
-        measured_error: None,
-        driver: c.driver.clone(),
-        date: utc_date(),
-        gpus: c.gpus as u32,
-        raw: serde_json::to_value(c).ok(),
-    }
 }
 
 pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
@@ -191,7 +112,7 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "measured".into()
         }
     });
-    let mut prof = fit_profile(&c, &name);
+    let mut prof = fit_profile(&c, &name, &utc_date());
     if c.link.is_empty() {
         // one GPU: nothing to exchange; keep the built-in figures for links
         let base = Profile::load(&name).map_err(|_| {

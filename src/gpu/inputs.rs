@@ -4,7 +4,7 @@
 //! (re-chunked or resampled there), the synthetic generator, or tokens
 //! synthesised from counts.
 
-use super::replay::Case;
+use super::Case;
 use crate::trace::synthetic::Scenario;
 use crate::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload};
 

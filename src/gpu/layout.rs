@@ -120,14 +120,38 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
     }
     let p = plan.gpus;
     let n = plan.experts;
+    let mut ranks: Vec<RankLayout> = (0..p).map(|_| RankLayout::default()).collect();
+    let gl = group_spans(plan, per_rank, &mut ranks)?;
+    let mut pieces = place_groups(&gl, per_rank, n, &mut ranks);
+    place_exchange(&mut ranks, &mut pieces);
+    Ok(Layout {
+        gpus: p,
+        experts: n,
+        ranks,
+        pieces,
+    })
+}
+
+/// One group of a GPU: (expert, start, end, weights), `[start, end)` in
+/// the expert's global copy order.
+type Span = (u32, u64, u64, WeightSrc);
+
+/// Every GPU's groups, native weights first; fills each rank's weight
+/// transfers (in plan order) on the way.
+fn group_spans(
+    plan: &Plan,
+    per_rank: &[u64],
+    ranks: &mut [RankLayout],
+) -> Result<Vec<Vec<Span>>, LayoutError> {
+    let p = plan.gpus;
+    let n = plan.experts;
     let per = n / p;
     let global: Vec<u64> = (0..n)
         .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
         .collect();
 
     // groups per GPU, as (expert, start, end, weights)
-    let mut gl: Vec<Vec<(u32, u64, u64, WeightSrc)>> = vec![Vec::new(); p];
-    let mut ranks: Vec<RankLayout> = (0..p).map(|_| RankLayout::default()).collect();
+    let mut gl: Vec<Vec<Span>> = vec![Vec::new(); p];
     if plan.entries.is_empty() {
         for (e, &c) in global.iter().enumerate() {
             if c > 0 {
@@ -201,7 +225,18 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
     for g in gl.iter_mut() {
         g.sort_by_key(|&(e, s, _, w)| (matches!(w, WeightSrc::Foreign(_)), e, s));
     }
+    Ok(gl)
+}
 
+/// Each GPU's groups in its compute buffer, and the pieces (group x source
+/// rank) that fill them, in (dst, group, src) order.
+fn place_groups(
+    gl: &[Vec<Span>],
+    per_rank: &[u64],
+    n: usize,
+    ranks: &mut [RankLayout],
+) -> Vec<Piece> {
+    let p = ranks.len();
     // cumulative per-rank offsets of each expert's global order
     let mut pieces = Vec::new();
     for (g, groups) in gl.iter().enumerate() {
@@ -238,7 +273,13 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
         }
         rl.compute_rows = row;
     }
+    pieces
+}
 
+/// Per-peer send / receive sizes and offsets, and each remote piece's rows
+/// in its source's send buffer and its destination's receive buffer.
+fn place_exchange(ranks: &mut [RankLayout], pieces: &mut [Piece]) {
+    let p = ranks.len();
     // send/recv sizes and offsets; pieces are in (dst, group, src) order
     for rl in ranks.iter_mut() {
         rl.send_rows = vec![0; p];
@@ -246,7 +287,7 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
         rl.send_off = vec![0; p];
         rl.recv_off = vec![0; p];
     }
-    for pc in &pieces {
+    for pc in pieces.iter() {
         if pc.src != pc.dst {
             ranks[pc.src as usize].send_rows[pc.dst as usize] += pc.rows();
             ranks[pc.dst as usize].recv_rows[pc.src as usize] += pc.rows();
@@ -277,12 +318,6 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
             r_fill[d][s] += pc.rows();
         }
     }
-    Ok(Layout {
-        gpus: p,
-        experts: n,
-        ranks,
-        pieces,
-    })
 }
 
 impl Layout {

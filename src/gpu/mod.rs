@@ -7,16 +7,32 @@
 //! - [`inputs`]: replay cases from synthetic scenarios or traces, with the
 //!   same row keys `simulate` emits;
 //! - [`runtime`]: one GPU (streams, kernels, cuBLAS, NCCL, allocator);
-//! - [`replay`]: the layer, its timing and its dense check;
+//! - `config`: what a replay is asked to do (the layer, its cases);
+//! - `worker`: one rank's GPU, communicators, planner and buffers;
+//! - `phases`: one run of the layer, phase by phase;
+//! - `dense`: the dense fp32 check of sampled tokens;
+//! - `timing`: warm-ups, timed runs, and the result rows;
+//! - [`replay`]: validation and the entry that starts the ranks;
+//! - [`calibrate`]: the hardware measurements behind a profile;
 //! - [`rendezvous`]: multi-process start under torchrun / srun / mpirun.
 
+pub mod calibrate;
+mod config;
+mod dense;
 pub mod inputs;
 pub mod layout;
+mod phases;
 pub mod rendezvous;
 pub mod replay;
 pub mod runtime;
+mod timing;
+mod worker;
 
 pub use replay::{replay, Act, Case, Launch, RankRouting, ReplayConfig};
+pub use timing::{driver_version, quantile};
+pub use worker::CHUNK;
+
+use crate::plan::Gate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {

@@ -11,6 +11,15 @@ use cudarc::nccl::{result as nccl, sys as nccl_sys};
 use std::ffi::c_void;
 use std::sync::Arc;
 
+/// Kernel arguments for [`Dev::launch`]: the address of each value, as
+/// `cuLaunchKernel` takes them (the values must live until the call returns).
+macro_rules! params {
+    ($($x:expr),* $(,)?) => {
+        &mut [$(&$x as *const _ as *mut ::std::ffi::c_void),*]
+    };
+}
+pub(super) use params;
+
 /// The kernels, as CUDA C source embedded in the binary.
 pub const KERNEL_SRC: &str = include_str!("../../kernels/moe.cu");
 
@@ -98,11 +107,115 @@ pub struct Buf {
     pub cap: usize,
 }
 
-/// Caching allocator: named buffers that only grow, freed together at the
-/// end of a case; `peak` is the high-water mark of bytes held.
+/// The buffers the replay and calibration keep in the [`Arena`], one
+/// allocation each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufKind {
+    /// This rank's experts' weight blobs.
+    Native,
+    /// Every expert's down bias, one row each (`pack_rows` points at it).
+    BiasTable,
+    /// This rank's input tokens.
+    X,
+    /// `gather_f64` send and receive.
+    GatherSend,
+    GatherRecv,
+    /// Token rows out to and in from peers (dispatch; reversed to combine).
+    Send,
+    Recv,
+    /// Rows this rank computes, grouped by expert.
+    Comp,
+    /// gate_up output and activation of one GEMM unit.
+    H,
+    Act,
+    /// Weight blobs received from peers.
+    Foreign,
+    /// Pack and copy segment tables.
+    PackSegs,
+    SegsIn,
+    SegsOut,
+    SegStart,
+    /// Routing of this rank: expert ids, router weights, slots.
+    Ids,
+    W,
+    Slot,
+    /// Per-expert counts of this rank and of all ranks.
+    Counts,
+    CountsAll,
+    /// Per copy: where its result lands and its expert's bias.
+    RetPtr,
+    BiasPtr,
+    /// The layer's output rows.
+    Out,
+    /// Dense check scratch.
+    RefBlob,
+    RefH,
+    RefA,
+    RefOut,
+    RefGot,
+    RefTok,
+    RefRow,
+    RefW,
+    /// Calibration scratch.
+    CalX,
+    CalW,
+    CalH,
+    CalA,
+    CalSend,
+    CalRecv,
+}
+
+impl BufKind {
+    /// The name an out-of-memory error reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BufKind::Native => "native",
+            BufKind::BiasTable => "bias_table",
+            BufKind::X => "x",
+            BufKind::GatherSend => "gather_s",
+            BufKind::GatherRecv => "gather_r",
+            BufKind::Send => "send",
+            BufKind::Recv => "recv",
+            BufKind::Comp => "comp",
+            BufKind::H => "h",
+            BufKind::Act => "act",
+            BufKind::Foreign => "foreign",
+            BufKind::PackSegs => "packsegs",
+            BufKind::SegsIn => "segs_in",
+            BufKind::SegsOut => "segs_out",
+            BufKind::SegStart => "seg_start",
+            BufKind::Ids => "ids",
+            BufKind::W => "w",
+            BufKind::Slot => "slot",
+            BufKind::Counts => "counts",
+            BufKind::CountsAll => "counts_all",
+            BufKind::RetPtr => "ret_ptr",
+            BufKind::BiasPtr => "bias_ptr",
+            BufKind::Out => "out",
+            BufKind::RefBlob => "ref_blob",
+            BufKind::RefH => "ref_h",
+            BufKind::RefA => "ref_a",
+            BufKind::RefOut => "ref_out",
+            BufKind::RefGot => "ref_got",
+            BufKind::RefTok => "ref_tok",
+            BufKind::RefRow => "ref_row",
+            BufKind::RefW => "ref_w",
+            BufKind::CalX => "cal_x",
+            BufKind::CalW => "cal_w",
+            BufKind::CalH => "cal_h",
+            BufKind::CalA => "cal_a",
+            BufKind::CalSend => "cal_s",
+            BufKind::CalRecv => "cal_r",
+        }
+    }
+}
+
+/// Caching allocator: one buffer per [`BufKind`], each only growing, freed
+/// together at the end of a case; `peak` is the high-water mark of bytes
+/// held.
 #[derive(Debug, Default)]
 pub struct Arena {
-    bufs: Vec<(&'static str, Buf)>,
+    bufs: Vec<(BufKind, Buf)>,
     pub held: usize,
     pub peak: usize,
 }
@@ -110,10 +223,10 @@ pub struct Arena {
 const GRAIN: usize = 2 << 20;
 
 impl Arena {
-    /// Pointer to buffer `name` of at least `bytes`, growing it if needed.
-    pub fn get(&mut self, name: &'static str, bytes: usize) -> Result<u64, GpuError> {
+    /// Pointer to buffer `kind` of at least `bytes`, growing it if needed.
+    pub fn get(&mut self, kind: BufKind, bytes: usize) -> Result<u64, GpuError> {
         let bytes = bytes.max(256).div_ceil(GRAIN) * GRAIN;
-        if let Some((_, b)) = self.bufs.iter_mut().find(|(n, _)| *n == name) {
+        if let Some((_, b)) = self.bufs.iter_mut().find(|(n, _)| *n == kind) {
             if b.cap >= bytes {
                 return Ok(b.ptr);
             }
@@ -123,27 +236,27 @@ impl Arena {
             self.held -= b.cap;
             b.cap = 0;
             // SAFETY: plain device allocation.
-            let p = unsafe { drv::malloc_sync(bytes) }.map_err(drv_err(name))?;
+            let p = unsafe { drv::malloc_sync(bytes) }.map_err(drv_err(kind.as_str()))?;
             b.ptr = p;
             b.cap = bytes;
         } else {
             // SAFETY: plain device allocation.
-            let p = unsafe { drv::malloc_sync(bytes) }.map_err(drv_err(name))?;
-            self.bufs.push((name, Buf { ptr: p, cap: bytes }));
+            let p = unsafe { drv::malloc_sync(bytes) }.map_err(drv_err(kind.as_str()))?;
+            self.bufs.push((kind, Buf { ptr: p, cap: bytes }));
         }
         self.held += bytes;
         self.peak = self.peak.max(self.held);
-        Ok(self.bufs.iter().find(|(n, _)| *n == name).unwrap().1.ptr)
+        Ok(self.bufs.iter().find(|(n, _)| *n == kind).unwrap().1.ptr)
     }
 
-    /// Whether `name` already holds `bytes`.
-    pub fn has(&self, name: &str, bytes: usize) -> bool {
+    /// Whether `kind` already holds `bytes`.
+    pub fn has(&self, kind: BufKind, bytes: usize) -> bool {
         let bytes = bytes.max(256).div_ceil(GRAIN) * GRAIN;
-        self.bufs.iter().any(|(n, b)| *n == name && b.cap >= bytes)
+        self.bufs.iter().any(|(n, b)| *n == kind && b.cap >= bytes)
     }
 
-    /// Free every buffer whose name is not in `keep`.
-    pub fn release_except(&mut self, keep: &[&str]) -> Result<(), GpuError> {
+    /// Free every buffer whose kind is not in `keep`.
+    pub fn release_except(&mut self, keep: &[BufKind]) -> Result<(), GpuError> {
         let mut kept = Vec::new();
         for (n, b) in self.bufs.drain(..) {
             if keep.contains(&n) {
@@ -530,7 +643,7 @@ mod tests {
 
     /// The kernels `Dev::new` loads exist in the embedded source with C
     /// linkage, and the table structs the host fills have the fields, in
-    /// the order, that `replay.rs` lays out (`#[repr(C)]` there).
+    /// the order, that `worker.rs` lays out (`#[repr(C)]` there).
     #[test]
     fn embedded_kernels_and_tables_match_the_host() {
         for k in [

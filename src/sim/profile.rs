@@ -1,6 +1,9 @@
 //! Hardware profiles: the parameters the cost model prices a plan with.
 //! A profile is a JSON file a user can write; `h100` and `h200` are built in.
+//! [`fit_profile`] turns `calibrate`'s raw measurements into one.
 
+use crate::gpu::calibrate::Calibration;
+use crate::gpu::CHUNK;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -157,5 +160,163 @@ impl Profile {
             ),
             None => format!("{} ({}; error not measured)", self.name, self.status),
         }
+    }
+}
+
+/// Device-to-device copy bandwidth (bytes read + written) of the cards
+/// `docs/anchors.md` measured; calibrate does not measure it yet, so other
+/// cards get 0 (copies unpriced) and the note says so.
+fn anchor_copy_gbps(card: &str) -> f64 {
+    if card.contains("H200") {
+        4300.0
+    } else if card.contains("H100") {
+        3000.0
+    } else {
+        0.0
+    }
+}
+
+/// Fit the profile's fields from the raw measurements.
+/// `date` is the day it was measured (YYYY-MM-DD).
+pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
+    let (d0, i0, pts0) = &c.gemm[0];
+    let flops = |t: f64| 6.0 * t * *d0 as f64 * *i0 as f64;
+    let peak = pts0
+        .iter()
+        .map(|&(t, ms)| flops(t) / (ms * 1e-3) / 1e12)
+        .fold(0.0, f64::max);
+    let mut halves: Vec<f64> = pts0
+        .iter()
+        .filter(|&&(t, _)| (64.0..=4096.0).contains(&t))
+        .map(|&(t, ms)| {
+            let eff = flops(t) / (ms * 1e-3) / 1e12 / peak;
+            t * (1.0 / eff - 1.0)
+        })
+        .collect();
+    halves.sort_by(f64::total_cmp);
+    let half = halves.get(halves.len() / 2).copied().unwrap_or(256.0);
+    let launch_us = pts0.first().map_or(10.0, |p| p.1 * 1e3);
+    let bw = |pts: &[(f64, f64)]| -> (f64, f64) {
+        let (a, b) = fit_line(pts);
+        // ms per byte -> GB/s; intercept ms -> us
+        (if b > 0.0 { 1e-6 / b } else { 0.0 }, (a * 1e3).max(0.0))
+    };
+    let (link_gbps, link_lat) = bw(&c.link);
+    let (p2p_gbps, p2p_lat) = bw(&c.p2p);
+    Profile {
+        name: name.into(),
+        card: c.card.clone(),
+        status: "measured".into(),
+        note: format!(
+            "measured by llep-trace calibrate on {} x {} ({}); GEMM curves are one expert group (gate_up + activation + down) as replay runs it",
+            c.gpus, c.card, c.driver
+        ),
+        gpu_mem_bytes: c.total_mem,
+        gemm_peak_tflops: peak,
+        gemm_half_tokens: half,
+        gemm_launch_us: launch_us,
+        gemm_curves: c
+            .gemm
+            .iter()
+            .map(|(d, i, p)| GemmCurve {
+                hidden_size: *d as u32,
+                intermediate_size: *i as u32,
+                points: p.clone(),
+            })
+            .collect(),
+        link_gbps: if link_gbps > 0.0 { link_gbps } else { 1.0 },
+        link_latency_us: link_lat,
+        p2p_gbps: if p2p_gbps > 0.0 { p2p_gbps } else { 1.0 },
+        p2p_latency_us: p2p_lat,
+        overhead_us: c.overhead_ms * 1e3,
+        // one calibration sees one GPU count, so it cannot split its
+        // baseline into context and per-peer communicator buffers
+        mem_baseline_bytes: c.mem_baseline,
+        mem_per_peer_bytes: 0,
+        copy_gbps: anchor_copy_gbps(&c.card),
+        act_chunk_tokens: CHUNK,
+        measured_error: None,
+        driver: c.driver.clone(),
+        date: date.into(),
+        gpus: c.gpus as u32,
+        raw: serde_json::to_value(c).ok(),
+    }
+}
+
+/// Least-squares line y = a + b x; returns (a, b).
+pub fn fit_line(pts: &[(f64, f64)]) -> (f64, f64) {
+    let n = pts.len() as f64;
+    if pts.len() < 2 {
+        return (0.0, pts.first().map_or(0.0, |p| p.1 / p.0.max(1e-12)));
+    }
+    let (sx, sy) = pts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+    let (mx, my) = (sx / n, sy / n);
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for p in pts {
+        sxy += (p.0 - mx) * (p.1 - my);
+        sxx += (p.0 - mx) * (p.0 - mx);
+    }
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_fit_recovers_latency_and_bandwidth() {
+        let pts: Vec<(f64, f64)> = (1..6)
+            .map(|i| (i as f64 * 1e6, 0.02 + i as f64 * 1e6 / 3e8))
+            .collect();
+        let (a, b) = fit_line(&pts);
+        assert!((a - 0.02).abs() < 1e-9 && (1.0 / b - 3e8).abs() < 1.0);
+    }
+
+    #[test]
+    fn fitted_profile_recovers_link_figures_and_validates() {
+        // 50 GB/s + 10 us token exchange, 25 GB/s + 20 us weight transfer
+        let line = |gbps: f64, us: f64| -> Vec<(f64, f64)> {
+            [1e6, 4e6, 16e6, 64e6]
+                .iter()
+                .map(|&b| (b, us * 1e-3 + b / (gbps * 1e9) * 1e3))
+                .collect()
+        };
+        // a group of t tokens: 20 us launch, then 400 TFLOP/s with half
+        // efficiency at 512 tokens
+        let (d, i) = (2880usize, 2880usize);
+        let gemm: Vec<(f64, f64)> = [1.0, 64.0, 256.0, 1024.0, 4096.0, 65536.0]
+            .iter()
+            .map(|&t| {
+                let fl = 6.0 * t * d as f64 * i as f64;
+                (t, 0.02 + fl / (400e12 * t / (t + 512.0)) * 1e3)
+            })
+            .collect();
+        let c = Calibration {
+            card: "NVIDIA H200".into(),
+            driver: "580.159.04 (CUDA 13.0)".into(),
+            gpus: 2,
+            total_mem: 150_000_000_000,
+            gemm: vec![(d, i, gemm)],
+            link: line(50.0, 10.0),
+            p2p: line(25.0, 20.0),
+            overhead_ms: 0.25,
+            mem_baseline: 1 << 30,
+        };
+        let p = fit_profile(&c, "h200", "2026-11-29");
+        assert!((p.link_gbps - 50.0).abs() < 1e-6, "{}", p.link_gbps);
+        assert!((p.link_latency_us - 10.0).abs() < 1e-6);
+        assert!((p.p2p_gbps - 25.0).abs() < 1e-6, "{}", p.p2p_gbps);
+        assert!((p.p2p_latency_us - 20.0).abs() < 1e-6);
+        assert!((p.overhead_us - 250.0).abs() < 1e-9);
+        assert!(p.gemm_peak_tflops > 0.0 && p.gemm_peak_tflops < 400.0);
+        assert_eq!(p.act_chunk_tokens, CHUNK);
+        assert_eq!(p.copy_gbps, 4300.0);
+        assert_eq!(
+            (p.status.as_str(), p.date.as_str()),
+            ("measured", "2026-11-29")
+        );
+        assert_eq!(p.gemm_curves.len(), 1);
+        p.validate().unwrap();
     }
 }

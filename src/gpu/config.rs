@@ -1,0 +1,46 @@
+//! What a replay is asked to do: the expert layer's configuration and its
+//! inputs (every rank's routing of one layer, keyed like a result row).
+
+use super::Gate;
+use crate::plan::Policy;
+use crate::results::ResultRow;
+
+/// Activation of the experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// gpt-oss: clamped SwiGLU (alpha 1.702, limit 7, up + 1).
+    GptOss,
+    /// silu(gate) * up.
+    SwiGlu,
+}
+
+/// One rank's routing for one layer: `ids[t * k + j]`, router weights alike.
+pub use crate::workload::RankRouting;
+
+/// One layer input to replay: result-row keys plus every rank's routing.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// Row keys: trace, scenario, step, layer, tokens_per_rank, input_note,
+    /// model dimensions.
+    pub base: ResultRow,
+    pub routing: Vec<RankRouting>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplayConfig {
+    pub gpus: usize,
+    pub hidden: usize,
+    pub inter: usize,
+    pub experts: usize,
+    pub top_k: usize,
+    pub act: Act,
+    pub alpha: f64,
+    pub min_gemm: u64,
+    /// (policy, gate) pairs; the gate matters for llep only.
+    pub settings: Vec<(Policy, Gate)>,
+    pub warmup: usize,
+    pub runs: usize,
+    pub seed: u64,
+    /// Tokens per rank checked against the dense reference.
+    pub samples: usize,
+}

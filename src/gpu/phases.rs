@@ -1,0 +1,568 @@
+//! The replayed layer, one run: count exchange + planning -> dispatch
+//! (+ weight transfers on their own stream and communicator) -> expert
+//! GEMMs -> combine, each phase a method of the [`Worker`] bracketed by the
+//! events `timing` reads. `run_once` only strings the phases together.
+
+use super::config::{Act, Case};
+use super::layout::{self, Layout, WeightSrc};
+use super::runtime::{params, BufKind, Comm};
+use super::worker::{
+    CopySeg, PackSeg, RunOut, Worker, CHUNK, E_BE, E_BS, E_DISPATCHED, E_END, E_PACKED, E_PLANNED,
+    E_RET, E_RETURNED, E_START,
+};
+use super::{Gate, GpuError};
+use crate::plan::{PlanParams, Policy};
+use cudarc::nccl::sys::ncclDataType_t;
+
+/// A run of rows of one group computed by one GEMM pair.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    group: u32,
+    row: u64,
+    rows: u64,
+    foreign: bool,
+}
+
+/// Buffers every run of a case uses (sized by `setup` and `measure`).
+struct CaseBufs {
+    ids: u64,
+    wts: u64,
+    slot: u64,
+    counts: u64,
+    counts_all: u64,
+    ret_ptr: u64,
+    bias_ptr: u64,
+    out: u64,
+    x: u64,
+    native: u64,
+    bias_table: u64,
+}
+
+/// Buffers sized for this run's layout (by `ensure`).
+struct LayoutBufs {
+    send: u64,
+    recv: u64,
+    comp: u64,
+    h: u64,
+    act: u64,
+    foreign: u64,
+    packsegs: u64,
+    segs_in: u64,
+    segs_out: u64,
+    seg_start: u64,
+}
+
+/// The remote copies the segment tables move: table entries and rows.
+struct Remote {
+    nseg: i32,
+    rows: i64,
+}
+
+impl Worker<'_> {
+    /// One run of the layer on this rank, phase after phase, each queued on
+    /// its stream between the events `run_times` reads; the host waits only
+    /// for the counts and, at the end, for the run to finish.
+    pub(super) fn run_once(
+        &mut self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+    ) -> Result<RunOut, GpuError> {
+        let copies = case.routing[self.rank].ids.len();
+        let t = copies / self.cfg.top_k;
+        let cb = self.case_bufs()?;
+        let Some(lay) = self.count_exchange(&cb, copies, policy, gate)? else {
+            return Ok(RunOut::Oom);
+        };
+        let lb = self.layout_bufs()?;
+        let remote = self.upload_tables(&lay, &cb, &lb)?;
+        let has_x = self.transfer_weights(&lay, cb.native, lb.foreign)?;
+        self.dispatch(&lay, &cb, &lb, &remote, copies)?;
+        self.expert_compute(&lay, &lb, cb.native)?;
+        self.combine(&lay, &cb, &lb, &remote, t)?;
+        Ok(RunOut::Done(self.run_times(has_x)?))
+    }
+
+    fn case_bufs(&mut self) -> Result<CaseBufs, GpuError> {
+        Ok(CaseBufs {
+            ids: self.ptr(BufKind::Ids)?,
+            wts: self.ptr(BufKind::W)?,
+            slot: self.ptr(BufKind::Slot)?,
+            counts: self.ptr(BufKind::Counts)?,
+            counts_all: self.ptr(BufKind::CountsAll)?,
+            ret_ptr: self.ptr(BufKind::RetPtr)?,
+            bias_ptr: self.ptr(BufKind::BiasPtr)?,
+            out: self.ptr(BufKind::Out)?,
+            x: self.ptr(BufKind::X)?,
+            native: self.ptr(BufKind::Native)?,
+            bias_table: self.ptr(BufKind::BiasTable)?,
+        })
+    }
+
+    fn layout_bufs(&mut self) -> Result<LayoutBufs, GpuError> {
+        Ok(LayoutBufs {
+            send: self.ptr(BufKind::Send)?,
+            recv: self.ptr(BufKind::Recv)?,
+            comp: self.ptr(BufKind::Comp)?,
+            h: self.ptr(BufKind::H)?,
+            act: self.ptr(BufKind::Act)?,
+            foreign: self.ptr(BufKind::Foreign)?,
+            packsegs: self.ptr(BufKind::PackSegs)?,
+            segs_in: self.ptr(BufKind::SegsIn)?,
+            segs_out: self.ptr(BufKind::SegsOut)?,
+            seg_start: self.ptr(BufKind::SegStart)?,
+        })
+    }
+
+    /// Count exchange and planning: route this rank's copies to experts,
+    /// all-gather the counts (the one host sync), plan, lay the plan out and
+    /// grow the buffers for it. `None` when a rank ran out of memory.
+    fn count_exchange(
+        &mut self,
+        cb: &CaseBufs,
+        copies: usize,
+        policy: Policy,
+        gate: Gate,
+    ) -> Result<Option<Layout>, GpuError> {
+        let (p, n) = (self.world, self.cfg.experts);
+        let main = self.dev.main;
+        let (ids, slot, counts, counts_all) = (cb.ids, cb.slot, cb.counts, cb.counts_all);
+
+        self.ev[E_START].record(main)?;
+        self.dev.memset0(counts, n * 4)?;
+        let (nc, ni) = (copies as i32, n as i32);
+        // SAFETY: ids/slot hold `copies` ints, counts n ints; shared memory
+        // is 2n ints as the kernel expects.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.route_slots,
+                (copies.div_ceil(256) as u32, 1, 1),
+                256,
+                (2 * n * 4) as u32,
+                main,
+                params!(ids, nc, ni, counts, slot),
+            )?;
+            self.comm
+                .all_gather(counts, counts_all, n, ncclDataType_t::ncclInt32, main)?;
+        }
+        let mut host_counts = vec![0i32; p * n];
+        // SAFETY: counts_all holds p*n ints; this is the one host sync.
+        unsafe { self.dev.download(&mut host_counts, counts_all)? };
+        let per_rank: Vec<u64> = host_counts.iter().map(|&c| c as u64).collect();
+        let global: Vec<u64> = (0..n)
+            .map(|e| (0..p).map(|q| per_rank[q * n + e]).sum())
+            .collect();
+        let params = PlanParams {
+            gpus: p,
+            alpha: self.cfg.alpha,
+            min_gemm: self.cfg.min_gemm,
+            gate,
+        };
+        let mut plan = std::mem::take(&mut self.plan);
+        self.planner
+            .plan_into(&global, &params, policy, &mut plan)
+            .map_err(|e| GpuError::Input(e.to_string()))?;
+        let lay = layout::build(&plan, &per_rank).map_err(|e| GpuError::Input(e.to_string()))?;
+        self.plan = plan;
+        if !self.ensure(&lay)? {
+            return Ok(None);
+        }
+        Ok(Some(lay))
+    }
+
+    /// The rest of planning: the pack table (where each of this rank's
+    /// copies goes, local ones straight into the compute buffer) and the
+    /// tables placing remote copies, uploaded; ends the overhead phase.
+    fn upload_tables(
+        &mut self,
+        lay: &Layout,
+        cb: &CaseBufs,
+        lb: &LayoutBufs,
+    ) -> Result<Remote, GpuError> {
+        let (n, r) = (self.cfg.experts, self.rank);
+        let rb = self.rb();
+        let main = self.dev.main;
+        let bias_table = cb.bias_table;
+        let (send, recv, comp) = (lb.send, lb.recv, lb.comp);
+        let (packsegs, segs_in, segs_out, seg_start) =
+            (lb.packsegs, lb.segs_in, lb.segs_out, lb.seg_start);
+
+        let pieces = lay.pack_pieces(r);
+        let mut starts = vec![0i32; n + 1];
+        let mut segs = Vec::with_capacity(pieces.len());
+        for pc in &pieces {
+            starts[pc.expert as usize + 1] += 1;
+            let at = if pc.dst as usize == r {
+                comp + pc.comp_row * rb
+            } else {
+                send + pc.send_row * rb
+            };
+            segs.push(PackSeg {
+                lo: pc.lo as i64,
+                hi: pc.hi as i64,
+                dst: at,
+                ret: at,
+                bias: bias_table + (pc.expert as u64) * rb,
+            });
+        }
+        for e in 0..n {
+            starts[e + 1] += starts[e];
+        }
+        let mut sin = Vec::new();
+        let mut sout = Vec::new();
+        let mut v = 0i64;
+        for pc in lay.remote_in(r) {
+            let (a, b) = (recv + pc.recv_row * rb, comp + pc.comp_row * rb);
+            let len = pc.rows() as i64;
+            sin.push(CopySeg {
+                vstart: v,
+                len,
+                src: a,
+                dst: b,
+            });
+            sout.push(CopySeg {
+                vstart: v,
+                len,
+                src: b,
+                dst: a,
+            });
+            v += len;
+        }
+        let remote_rows = v;
+        // SAFETY: table buffers sized by `ensure` for these lengths.
+        unsafe {
+            self.dev.upload(packsegs, &segs)?;
+            self.dev.upload(seg_start, &starts)?;
+            self.dev.upload(segs_in, &sin)?;
+            self.dev.upload(segs_out, &sout)?;
+        }
+        self.ev[E_PLANNED].record(main)?;
+        Ok(Remote {
+            nseg: sin.len() as i32,
+            rows: remote_rows,
+        })
+    }
+
+    /// Weight transfers on their own stream and communicator, started once
+    /// planning is done. Returns whether this rank moves any weights.
+    fn transfer_weights(&self, lay: &Layout, native: u64, foreign: u64) -> Result<bool, GpuError> {
+        let (p, n) = (self.world, self.cfg.experts);
+        let rl = &lay.ranks[self.rank];
+        let bb = self.blob.len * 2;
+        let per = n / p;
+        let has_x = !rl.send_transfers.is_empty() || !rl.recv_transfers.is_empty();
+        if has_x {
+            self.dev.wait(self.dev.xfer, &self.ev[E_PLANNED])?;
+            self.xev[0].record(self.dev.xfer)?;
+            Comm::group_start()?;
+            // SAFETY: native blobs and foreign slots are allocated; peers
+            // issue the matching calls in the same (plan) order.
+            unsafe {
+                for m in &rl.send_transfers {
+                    let src = native + ((m.expert as usize % per) * bb) as u64;
+                    self.xcomm.send(src, bb, m.peer as usize, self.dev.xfer)?;
+                }
+                for (i, m) in rl.recv_transfers.iter().enumerate() {
+                    self.xcomm.recv(
+                        foreign + (i * bb) as u64,
+                        bb,
+                        m.peer as usize,
+                        self.dev.xfer,
+                    )?;
+                }
+            }
+            Comm::group_end()?;
+            self.xev[1].record(self.dev.xfer)?;
+        }
+        Ok(has_x)
+    }
+
+    /// Dispatch: pack (local copies straight into the compute buffer), then
+    /// the token exchange on its own stream and the placing of the received
+    /// rows into the compute buffer.
+    fn dispatch(
+        &self,
+        lay: &Layout,
+        cb: &CaseBufs,
+        lb: &LayoutBufs,
+        remote: &Remote,
+        copies: usize,
+    ) -> Result<(), GpuError> {
+        let k = self.cfg.top_k;
+        let rb = self.rb();
+        let main = self.dev.main;
+        let rl = &lay.ranks[self.rank];
+        let (x, ids, slot, ret_ptr, bias_ptr) = (cb.x, cb.ids, cb.slot, cb.ret_ptr, cb.bias_ptr);
+        let (seg_start, packsegs, segs_in) = (lb.seg_start, lb.packsegs, lb.segs_in);
+        let (nseg, remote_rows) = (remote.nseg, remote.rows);
+        let nc = copies as i32;
+
+        let (topk, rbi) = (k as i32, rb as i32);
+        let net = self.dev.net;
+        // SAFETY: tables uploaded by `upload_tables`; every row pointer they
+        // hold lies in send or comp, sized by the layout.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.pack_rows,
+                ((copies * 32).div_ceil(256) as u32, 1, 1),
+                256,
+                0,
+                main,
+                params!(x, ids, slot, nc, topk, seg_start, packsegs, rbi, ret_ptr, bias_ptr),
+            )?;
+        }
+        self.ev[E_PACKED].record(main)?;
+        self.dev.wait(net, &self.ev[E_PACKED])?;
+        self.exchange(rl, lb.send, lb.recv, rb, net, true)?;
+        // SAFETY: segment tables list rows inside recv and comp.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.copy_rows,
+                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
+                256,
+                0,
+                net,
+                params!(segs_in, nseg, remote_rows, rbi),
+            )?;
+        }
+        self.ev[E_DISPATCHED].record(net)?;
+        Ok(())
+    }
+
+    /// Expert compute, in GEMM units, once the remote copies are in place
+    /// (overlapping the exchange with local compute was measured slower on
+    /// 2 x H200: NCCL's kernels and the split GEMMs cost more than the
+    /// overlap saved).
+    fn expert_compute(&self, lay: &Layout, lb: &LayoutBufs, native: u64) -> Result<(), GpuError> {
+        let r = self.rank;
+        let main = self.dev.main;
+        let rl = &lay.ranks[r];
+        let units = self.units(lay, r);
+        let mut waited = false;
+        self.dev.wait(main, &self.ev[E_DISPATCHED])?;
+        self.ev[E_BS].record(main)?;
+        self.compute(
+            &units,
+            rl,
+            lb.comp,
+            lb.h,
+            lb.act,
+            native,
+            lb.foreign,
+            &mut waited,
+        )?;
+        self.ev[E_BE].record(main)?;
+        Ok(())
+    }
+
+    /// Combine: remote results back to their ranks, then the weighted sum
+    /// of each token's copies (and its experts' down biases) into `out`.
+    fn combine(
+        &self,
+        lay: &Layout,
+        cb: &CaseBufs,
+        lb: &LayoutBufs,
+        remote: &Remote,
+        t: usize,
+    ) -> Result<(), GpuError> {
+        let (d, k) = (self.cfg.hidden, self.cfg.top_k);
+        let rb = self.rb();
+        let main = self.dev.main;
+        let net = self.dev.net;
+        let rl = &lay.ranks[self.rank];
+        let (ret_ptr, bias_ptr, wts, out) = (cb.ret_ptr, cb.bias_ptr, cb.wts, cb.out);
+        let segs_out = lb.segs_out;
+        let (nseg, remote_rows) = (remote.nseg, remote.rows);
+        let (topk, rbi) = (k as i32, rb as i32);
+
+        // SAFETY: as for dispatch, with source and destination swapped.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.copy_rows,
+                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
+                256,
+                0,
+                main,
+                params!(segs_out, nseg, remote_rows, rbi),
+            )?;
+        }
+        self.ev[E_RET].record(main)?;
+        self.dev.wait(net, &self.ev[E_RET])?;
+        self.exchange(rl, lb.send, lb.recv, rb, net, false)?;
+        self.ev[E_RETURNED].record(net)?;
+        self.dev.wait(main, &self.ev[E_RETURNED])?;
+        let di = d as i32;
+        // SAFETY: ret_ptr/bias_ptr were filled by pack_rows for every copy
+        // and point at result rows written above; out holds t x D.
+        unsafe {
+            self.dev.launch(
+                self.dev.k.combine_rows,
+                (t as u32, 1, 1),
+                (d / 2).min(256) as u32,
+                0,
+                main,
+                params!(ret_ptr, bias_ptr, wts, topk, di, out),
+            )?;
+        }
+        self.ev[E_END].record(main)?;
+        Ok(())
+    }
+
+    /// Token exchange of one layer on stream `s`: dispatch (send buffer out,
+    /// receive buffer in) or its mirror for the combine.
+    fn exchange(
+        &self,
+        rl: &layout::RankLayout,
+        send: u64,
+        recv: u64,
+        rb: u64,
+        s: cudarc::driver::sys::CUstream,
+        dispatch: bool,
+    ) -> Result<(), GpuError> {
+        let (out_buf, in_buf, out_rows, out_off, in_rows, in_off) = if dispatch {
+            (
+                send,
+                recv,
+                &rl.send_rows,
+                &rl.send_off,
+                &rl.recv_rows,
+                &rl.recv_off,
+            )
+        } else {
+            (
+                recv,
+                send,
+                &rl.recv_rows,
+                &rl.recv_off,
+                &rl.send_rows,
+                &rl.send_off,
+            )
+        };
+        Comm::group_start()?;
+        // SAFETY: offsets and sizes from the layout, mirrored on the peers;
+        // both buffers hold them.
+        let res = (|| unsafe {
+            for q in 0..self.world {
+                if q == self.rank {
+                    continue;
+                }
+                if out_rows[q] > 0 {
+                    self.comm
+                        .send(out_buf + out_off[q] * rb, (out_rows[q] * rb) as usize, q, s)?;
+                }
+                if in_rows[q] > 0 {
+                    self.comm
+                        .recv(in_buf + in_off[q] * rb, (in_rows[q] * rb) as usize, q, s)?;
+                }
+            }
+            Ok(())
+        })();
+        Comm::group_end()?;
+        res
+    }
+
+    /// GEMM units of GPU `r`: each group's rows cut to at most `CHUNK` rows
+    /// (bounding the activation buffers whatever the skew); native weights
+    /// before foreign ones, so compute starts before the transfers finish.
+    fn units(&self, lay: &Layout, r: usize) -> Vec<Unit> {
+        let rl = &lay.ranks[r];
+        let mut ps: Vec<&layout::Piece> = lay
+            .pieces
+            .iter()
+            .filter(|pc| pc.dst as usize == r)
+            .collect();
+        ps.sort_by_key(|pc| pc.comp_row);
+        let mut runs: Vec<Unit> = Vec::new();
+        for pc in ps {
+            let g = &rl.groups[pc.group as usize];
+            let foreign = matches!(g.weights, WeightSrc::Foreign(_));
+            match runs.last_mut() {
+                Some(u) if u.group == pc.group && u.row + u.rows == pc.comp_row => {
+                    u.rows += pc.rows();
+                }
+                _ => runs.push(Unit {
+                    group: pc.group,
+                    row: pc.comp_row,
+                    rows: pc.rows(),
+                    foreign,
+                }),
+            }
+        }
+        let mut out = Vec::new();
+        for u in runs {
+            let mut at = 0;
+            while at < u.rows {
+                let n = (u.rows - at).min(CHUNK);
+                out.push(Unit {
+                    row: u.row + at,
+                    rows: n,
+                    ..u
+                });
+                at += n;
+            }
+        }
+        out.sort_by_key(|u| u.foreign);
+        out
+    }
+
+    /// Run GEMM units on the main stream: gate_up GEMM, activation, down
+    /// GEMM (written in place over the unit's input rows).
+    #[allow(clippy::too_many_arguments)]
+    fn compute(
+        &self,
+        units: &[Unit],
+        rl: &layout::RankLayout,
+        comp: u64,
+        h: u64,
+        act: u64,
+        native: u64,
+        foreign: u64,
+        waited: &mut bool,
+    ) -> Result<(), GpuError> {
+        let main = self.dev.main;
+        let rb = self.rb();
+        let (d, inter) = (self.cfg.hidden, self.cfg.inter);
+        let bb = self.blob.len * 2;
+        let b = self.blob;
+        let kind: i32 = match self.cfg.act {
+            Act::GptOss => 0,
+            Act::SwiGlu => 1,
+        };
+        let inter_i = inter as i32;
+        for u in units {
+            let g = &rl.groups[u.group as usize];
+            let w = match g.weights {
+                WeightSrc::Native(j) => native + (j as usize * bb) as u64,
+                WeightSrc::Foreign(i) => {
+                    if !*waited {
+                        self.dev.wait(main, &self.xev[1])?;
+                        *waited = true;
+                    }
+                    foreign + (i as usize * bb) as u64
+                }
+            };
+            let xg = comp + u.row * rb;
+            let rows = u.rows as usize;
+            let rows_i = u.rows as i64;
+            let bgu = w + 2 * b.bgu as u64;
+            let pairs = rows * inter / 2;
+            // SAFETY: xg holds rows x D inside comp; h holds CHUNK x 2I and
+            // act CHUNK x I (rows <= CHUNK); w is a full blob.
+            unsafe {
+                self.dev
+                    .gemm_bf16(rows, 2 * inter, d, xg, w + 2 * b.wgu as u64, h)?;
+                self.dev.launch(
+                    self.dev.k.act_rows,
+                    (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
+                    256,
+                    0,
+                    main,
+                    params!(h, bgu, act, rows_i, inter_i, kind),
+                )?;
+                self.dev
+                    .gemm_bf16(rows, d, inter, act, w + 2 * b.wd as u64, xg)?;
+            }
+        }
+        Ok(())
+    }
+}

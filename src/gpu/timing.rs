@@ -1,0 +1,252 @@
+//! Measuring the layer: per case and setting, warm-ups then timed runs and
+//! the dense check; each run's phase times read from its events; rank 0
+//! gathers every rank's numbers and builds the result row (per run, the
+//! phases of the GPU on the critical path; medians over runs).
+
+use super::config::Case;
+use super::runtime::BufKind;
+use super::worker::{
+    RunOut, Times, Worker, E_BE, E_BS, E_DISPATCHED, E_END, E_PLANNED, E_START, PERSISTENT,
+};
+use super::{Gate, GpuError};
+use crate::plan::{Plan, Policy};
+use crate::results::{ResultRow, SOURCE_MEASURED};
+
+impl Worker<'_> {
+    /// Phase times of the run just queued, once it finished.
+    pub(super) fn run_times(&mut self, has_x: bool) -> Result<Times, GpuError> {
+        self.ev[E_END].sync()?;
+        let mut xfer_ms = 0.0;
+        if has_x {
+            self.xev[1].sync()?;
+            xfer_ms = self.xev[1].ms_since(&self.xev[0])?;
+        }
+        self.driver_peak = self.driver_peak.max(self.dev.driver_used());
+        let e = &self.ev;
+        let compute = e[E_BE].ms_since(&e[E_BS])?;
+        Ok([
+            e[E_PLANNED].ms_since(&e[E_START])?,
+            e[E_DISPATCHED].ms_since(&e[E_PLANNED])?,
+            xfer_ms,
+            compute,
+            e[E_END].ms_since(&e[E_BE])?,
+            e[E_END].ms_since(&e[E_START])?,
+        ])
+    }
+
+    /// Run one case under one setting; rank 0 gets the row.
+    pub(super) fn measure(
+        &mut self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+    ) -> Result<Option<ResultRow>, GpuError> {
+        let k = self.cfg.top_k;
+        let rt = &case.routing[self.rank];
+        let copies = rt.ids.len();
+        let t = copies / k;
+        self.dev.arena.reset_peak();
+        self.driver_peak = self.dev.driver_used();
+        self.seen.clear();
+        let n = self.cfg.experts;
+        for (kind, bytes) in [
+            (BufKind::Ids, copies * 4),
+            (BufKind::W, copies * 4),
+            (BufKind::Slot, copies * 4),
+            (BufKind::Counts, n * 4),
+            (BufKind::CountsAll, n * 4 * self.world),
+            (BufKind::RetPtr, copies * 8),
+            (BufKind::BiasPtr, copies * 8),
+            (BufKind::Out, t * self.cfg.hidden * 2),
+        ] {
+            self.dev.arena.get(kind, bytes)?;
+        }
+        let (ids, w) = (self.ptr(BufKind::Ids)?, self.ptr(BufKind::W)?);
+        // SAFETY: sized above.
+        unsafe {
+            self.dev.upload(ids, &rt.ids)?;
+            self.dev.upload(w, &rt.weights)?;
+        }
+        self.dev.sync()?;
+        let mut times: Vec<Times> = Vec::new();
+        let mut oom = false;
+        for i in 0..self.cfg.warmup + self.cfg.runs {
+            match self.run_once(case, policy, gate)? {
+                RunOut::Oom => {
+                    oom = true;
+                    break;
+                }
+                RunOut::Done(tm) => {
+                    if i >= self.cfg.warmup {
+                        times.push(tm);
+                    }
+                }
+            }
+        }
+        let (num, den) = if oom { (0.0, 0.0) } else { self.check(case)? };
+        self.dev.sync()?;
+        let runs = self.cfg.runs;
+        let mut mine: Vec<f64> = Vec::with_capacity(runs * 6 + 5);
+        for i in 0..runs {
+            mine.extend_from_slice(times.get(i).unwrap_or(&[f64::NAN; 6]));
+        }
+        mine.extend([
+            self.dev.arena.peak as f64,
+            self.driver_peak as f64,
+            num,
+            den,
+            if oom { 1.0 } else { 0.0 },
+        ]);
+        let all = self.gather_f64(&mine)?;
+        let plan = self.plan.clone();
+        self.dev.arena.release_except(&PERSISTENT)?;
+        if self.rank != 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.row(case, policy, gate, &plan, &all, runs)))
+    }
+
+    fn row(
+        &self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+        plan: &Plan,
+        all: &[f64],
+        runs: usize,
+    ) -> ResultRow {
+        let p = self.world;
+        let stride = runs * 6 + 5;
+        let per = |q: usize| &all[q * stride..(q + 1) * stride];
+        let oom = (0..p).any(|q| per(q)[runs * 6 + 4] != 0.0);
+        // per run, the phases of the GPU that finished last (they lie on
+        // the layer's critical path; the weight transfer, overlapped, is the
+        // max over GPUs); then the median over runs
+        let mut phase = vec![Vec::new(); 6];
+        for i in 0..runs {
+            // the GPU whose compute ends last (all GPUs end the layer
+            // together, waiting on each other in the combine)
+            let busy = |q: usize| per(q)[i * 6] + per(q)[i * 6 + 1] + per(q)[i * 6 + 3];
+            let crit = (0..p)
+                .max_by(|&a, &b| busy(a).total_cmp(&busy(b)))
+                .unwrap_or(0);
+            for (j, ph) in phase.iter_mut().enumerate() {
+                ph.push(match j {
+                    2 => (0..p).map(|q| per(q)[i * 6 + 2]).fold(0.0, f64::max),
+                    // the layer ends when the last GPU ends
+                    5 => (0..p).map(|q| per(q)[i * 6 + 5]).fold(0.0, f64::max),
+                    // what remains after its compute, waiting included
+                    4 => (0..p).map(|q| per(q)[i * 6 + 5]).fold(0.0, f64::max) - busy(crit),
+                    _ => per(crit)[i * 6 + j],
+                });
+            }
+        }
+        let med: Vec<f64> = phase.iter().map(|v| quantile(v, 0.5)).collect();
+        let (num, den): (f64, f64) = (0..p)
+            .map(|q| (per(q)[runs * 6 + 2], per(q)[runs * 6 + 3]))
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let mut r = case.base.clone();
+        r.policy = policy.as_str().into();
+        r.lambda = if policy == Policy::Llep {
+            gate.lambda()
+        } else {
+            None
+        };
+        r.alpha = self.cfg.alpha;
+        r.min_gemm = self.cfg.min_gemm;
+        r.gpus = p as u32;
+        r.source = SOURCE_MEASURED.into();
+        r.device = self.dev.name.clone();
+        r.profile = String::new();
+        r.driver = driver_version();
+        r.fill_plan_stats(plan);
+        let (d, i) = (self.cfg.hidden as u64, self.cfg.inter as u64);
+        // bf16 weights
+        r.transfer_bytes = plan.transfers.len() as u64 * crate::trace::meta::expert_bytes(d, i, 2);
+        r.runs = runs as u32;
+        r.oom = oom;
+        r.peak_mem_per_gpu = (0..p).map(|q| per(q)[runs * 6] as u64).collect();
+        r.driver_mem_per_gpu = (0..p).map(|q| per(q)[runs * 6 + 1] as u64).collect();
+        r.peak_mem_max_bytes = r.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
+        if oom {
+            let nan = f64::NAN;
+            (r.t_overhead_ms, r.t_dispatch_ms, r.t_transfer_ms) = (nan, nan, nan);
+            (r.t_compute_ms, r.t_combine_ms, r.t_total_ms) = (nan, nan, nan);
+            r.rel_error = None;
+        } else {
+            r.t_overhead_ms = med[0];
+            r.t_dispatch_ms = med[1];
+            r.t_transfer_ms = med[2];
+            r.t_compute_ms = med[3];
+            r.t_combine_ms = med[4];
+            r.t_total_ms = med[5];
+            r.t_total_p10_ms = Some(quantile(&phase[5], 0.1));
+            r.t_total_p90_ms = Some(quantile(&phase[5], 0.9));
+            r.rel_error = (den > 0.0).then(|| (num / den).sqrt());
+        }
+        r
+    }
+}
+
+/// Linear-interpolated quantile (NaN-free input expected).
+pub fn quantile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pos = q * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+/// NVIDIA driver version (from /proc/driver/nvidia/version, when readable)
+/// and the CUDA version the driver supports, e.g. "580.159.04 (CUDA 13.0)".
+pub fn driver_version() -> String {
+    let mut v = 0i32;
+    // SAFETY: writes one int.
+    let ok = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+    let cuda = if ok == cudarc::driver::sys::cudaError_enum::CUDA_SUCCESS {
+        format!("CUDA {}.{}", v / 1000, (v % 1000) / 10)
+    } else {
+        String::new()
+    };
+    let kmod = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|t| kernel_module_version(&t));
+    match kmod {
+        Some(k) if !cuda.is_empty() => format!("{k} ({cuda})"),
+        Some(k) => k,
+        None => cuda,
+    }
+}
+
+/// The version in "NVRM version: NVIDIA UNIX ... Kernel Module  580.159.04  ...".
+fn kernel_module_version(text: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.contains("Kernel Module"))?;
+    let rest = line.split("Kernel Module").nth(1)?;
+    rest.split_whitespace()
+        .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_version_is_read_from_the_kernel_module_line() {
+        let t = "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs-builder@U22)\nGCC version:  gcc 12\n";
+        assert_eq!(kernel_module_version(t).as_deref(), Some("580.159.04"));
+        let t = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.159.04  Sun Jan  1\n";
+        assert_eq!(kernel_module_version(t).as_deref(), Some("580.159.04"));
+    }
+
+    #[test]
+    fn quantiles_interpolate() {
+        let v = [3.0, 1.0, 2.0, 4.0];
+        assert_eq!(quantile(&v, 0.5), 2.5);
+        assert_eq!(quantile(&v, 0.0), 1.0);
+        assert_eq!(quantile(&v, 1.0), 4.0);
+    }
+}
