@@ -87,7 +87,7 @@ pub enum WorkloadError {
     #[error("--tokens-per-rank must be at least 1")]
     NoTokens,
     #[error("--synthetic: {0}")]
-    Scenario(String),
+    Scenario(#[from] crate::trace::synthetic::ScenarioError),
     #[error("{path}: {option} applies to --synthetic inputs only; the trace records {what}")]
     NotApplicable {
         path: String,
@@ -221,8 +221,7 @@ impl InputSpec {
     fn scenario_workload(&self, scenario: Scenario) -> Result<Workload, WorkloadError> {
         let shape = self.synthetic_shape();
         let tokens = self.tokens_per_rank.unwrap_or(DEFAULT_SYNTHETIC_TOKENS);
-        let trace = scenario_trace(scenario, self.gpus as u32, tokens, shape)
-            .map_err(WorkloadError::Scenario)?;
+        let trace = scenario_trace(scenario, self.gpus as u32, tokens, shape)?;
         let mut model = trace.meta.model;
         model.num_layers = match self.dims.num_layers {
             Some(n) => n,

@@ -100,8 +100,7 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         reps: a.reps.max(1),
         seed: 0,
     };
-    let progress = |s: &str| p.status(s);
-    let c = calibrate(&cc, &progress)?;
+    let c = calibrate(&cc, p)?;
     let name = a.name.clone().unwrap_or_else(|| {
         let card = c.card.to_ascii_lowercase();
         if card.contains("h200") {

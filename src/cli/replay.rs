@@ -250,8 +250,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         cfg.settings.len(),
         a.gpus
     ));
-    let progress = |s: &str| p.status(s);
-    let Some(mut rows) = replay(&cfg, &cases, &launch, &progress)? else {
+    let Some(mut rows) = replay(&cfg, &cases, &launch, p)? else {
         return Ok(ExitCode::SUCCESS); // not the reporting rank
     };
     if let Some(prof) = &prof {

@@ -177,6 +177,47 @@ fn policy_label(s: &Summary) -> String {
     }
 }
 
+/// One layer's simulated peak is not what a GPU holds for the whole model:
+/// every MoE layer's native experts stay resident. The whole-model figure is
+/// the worst layer's peak plus the other layers' native expert weights.
+pub fn whole_model_memory(sim: &Simulated, summaries: &[&Summary]) -> String {
+    let Some(w) = sim.workloads.first() else {
+        return String::new();
+    };
+    let m = &w.model;
+    let layers = m.num_layers as u64;
+    if layers == 0 {
+        return "whole model: the number of MoE layers is unknown (give --num-layers), so only one layer's peak is shown\n".into();
+    }
+    let per_layer = (m.num_experts as u64 / w.gpus as u64) * m.expert_bytes();
+    let mut seen: Vec<String> = Vec::new();
+    let mut parts = Vec::new();
+    let mut fits = true;
+    for s in summaries {
+        let label = policy_label(s);
+        if seen.contains(&label) {
+            continue;
+        }
+        let worst = summaries
+            .iter()
+            .filter(|x| policy_label(x) == label)
+            .map(|x| x.peak_mem_max_bytes)
+            .max()
+            .unwrap_or(0);
+        let whole = worst + (layers - 1) * per_layer;
+        fits &= whole <= sim.profile.gpu_mem_bytes;
+        parts.push(format!("{label} {}", gib(whole)));
+        seen.push(label);
+    }
+    format!(
+        "whole model ({layers} MoE layers): expert weights resident on each GPU {} GiB; with the worst layer's peak on top: {} GiB of {} GiB{}\n",
+        gib(layers * per_layer),
+        parts.join(", "),
+        gib(sim.profile.gpu_mem_bytes),
+        if fits { "" } else { " (does NOT fit)" }
+    )
+}
+
 pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
     let show_sc = sims.iter().any(|s| !s.scenario.is_empty());
     let mut head = vec![];
@@ -270,6 +311,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "trace": sim.trace_name, "model": sim.model, "gpus": a.input.gpus, "input": sim.input_note,
             "profile": sim.profile.name, "profile_status": sim.profile.label(),
             "measured_error": sim.profile.measured_error, "summary": summ,
+            "whole_model_memory": whole_model_memory(&sim, &sim.summaries.iter().collect::<Vec<_>>()).trim(),
         });
         p.out(&serde_json::to_string_pretty(&obj)?)?;
         return Ok(ExitCode::SUCCESS);
@@ -285,7 +327,11 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         sim.profile.label()
     );
     s.push_str(&summary_table(&sim.summaries, show_am));
-    s.push_str("\ntotal ms: simulated layer time summed over all layer-steps; max/mean: GPU load imbalance, mean over layer-steps\n");
+    s.push_str("\ntotal ms: simulated layer time summed over all layer-steps; max/mean: GPU load imbalance, mean over layer-steps; peak GiB: one layer's peak per GPU\n");
+    s.push_str(&whole_model_memory(
+        &sim,
+        &sim.summaries.iter().collect::<Vec<_>>(),
+    ));
     p.out(&s)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -274,6 +274,19 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
         "; LLEP switches on in {} of {} layer-steps.\n",
         best.llep_on, best.layer_steps
     ));
+    let chosen: Vec<&llep_trace::sim::Summary> = sim
+        .summaries
+        .iter()
+        .filter(|x| {
+            x.policy == "ep"
+                || (x.policy == "llep"
+                    && !best.setting.never
+                    && x.lambda == best.setting.lambda
+                    && x.alpha == best.setting.alpha
+                    && x.min_gemm == best.setting.min_gemm)
+        })
+        .collect();
+    s.push_str(&super::simulate::whole_model_memory(sim, &chosen));
     if sim.profile.measured_error.is_none() {
         s.push_str("Note: this profile's error against measurement is not known; treat the gain as an estimate.\n");
     }

@@ -3,6 +3,7 @@
 //! timed with the replay's own kernels and communicators. Fitting a
 //! profile to them is the cost model's business (`sim::profile`).
 
+use crate::progress::Progress;
 use super::config::{Act, ReplayConfig};
 use super::runtime::{self, params, BufKind, Comm, NcclId};
 use super::timing::{driver_version, quantile};
@@ -159,7 +160,7 @@ fn calib_main(
     ids: &[NcclId],
     ptx: &cudarc::nvrtc::Ptx,
     cc: &CalibConfig,
-    progress: &(dyn Fn(&str) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Calibration, GpuError> {
     let (d0, i0) = cc.shapes[0];
     let (n, k, t) = (128usize, 4usize, 32_768u64);
@@ -188,7 +189,7 @@ fn calib_main(
         d0 as u32,
         i0 as u32,
     )
-    .map_err(GpuError::Input)?;
+    .map_err(|e| GpuError::Input(e.to_string()))?;
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     w.setup(t as usize)?;
     let mut out = Calibration {
@@ -199,7 +200,7 @@ fn calib_main(
         ..Default::default()
     };
     if rank == 0 {
-        progress("planning overhead (balanced gpt-oss layer)");
+        progress.status("planning overhead (balanced gpt-oss layer)");
     }
     let row = w.measure(&case, Policy::Ep, Gate::Always)?;
     out.overhead_ms = row.as_ref().map_or(0.0, |r| r.t_overhead_ms);
@@ -208,7 +209,7 @@ fn calib_main(
     out.mem_baseline = w.dev.driver_used().saturating_sub(w.dev.arena.held) as u64;
     if world > 1 {
         if rank == 0 {
-            progress("token exchange and weight transfer bandwidth");
+            progress.status("token exchange and weight transfer bandwidth");
         }
         for mb in [1usize, 4, 16, 64, 256] {
             let b = mb << 20;
@@ -223,7 +224,7 @@ fn calib_main(
     }
     if rank == 0 {
         for &(d, i) in &cc.shapes {
-            progress(&format!("expert GEMM curve D={d} I={i}"));
+            progress.status(&format!("expert GEMM curve D={d} I={i}"));
             let mut pts = Vec::new();
             for &tk in &cc.tokens {
                 pts.push((tk as f64, w.time_group(d, i, tk, cc.reps)?));
@@ -241,7 +242,7 @@ fn calib_main(
 /// thread each). Returns rank 0's calibration.
 pub fn calibrate(
     cc: &CalibConfig,
-    progress: &(dyn Fn(&str) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Calibration, GpuError> {
     if cc.shapes.is_empty() || cc.tokens.is_empty() || cc.reps == 0 || cc.gpus == 0 {
         return Err(GpuError::Input(

@@ -6,7 +6,7 @@
 
 use super::Case;
 use crate::trace::synthetic::Scenario;
-use crate::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload};
+use crate::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload, WorkloadError};
 
 /// Every layer-step of `w` as a replay case.
 pub fn cases(w: &Workload) -> Vec<Case> {
@@ -31,7 +31,7 @@ pub fn synthetic_case(
     top_k: u32,
     hidden: u32,
     inter: u32,
-) -> Result<Case, String> {
+) -> Result<Case, WorkloadError> {
     let spec = InputSpec {
         source: InputSource::Synthetic(vec![sc]),
         dims: DimOverrides {
@@ -47,6 +47,6 @@ pub fn synthetic_case(
         steps: StepPick::All,
         layers: Vec::new(),
     };
-    let w = spec.resolve().map_err(|e| e.to_string())?.remove(0);
+    let w = spec.resolve()?.remove(0);
     Ok(cases(&w).remove(0))
 }

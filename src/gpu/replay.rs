@@ -6,6 +6,7 @@
 //! gathers everyone's numbers over NCCL and builds the rows (`timing`).
 
 pub use super::config::{Act, Case, RankRouting, ReplayConfig};
+use crate::progress::Progress;
 use super::rendezvous::{self, ProcessRank};
 use super::runtime::{self, NcclId};
 use super::worker::Worker;
@@ -79,7 +80,7 @@ fn worker_main(
     ptx: &cudarc::nvrtc::Ptx,
     cfg: &ReplayConfig,
     cases: &[Case],
-    progress: &(dyn Fn(&str) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Vec<ResultRow>, GpuError> {
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, cfg)?;
     let max_t = cases
@@ -92,7 +93,7 @@ fn worker_main(
     for (ci, case) in cases.iter().enumerate() {
         for &(policy, gate) in &cfg.settings {
             if rank == 0 {
-                progress(&format!(
+                progress.status(&format!(
                     "case {}/{} ({}{} step {} layer {}), {}",
                     ci + 1,
                     cases.len(),
@@ -122,7 +123,7 @@ pub fn replay(
     cfg: &ReplayConfig,
     cases: &[Case],
     launch: &Launch,
-    progress: &(dyn Fn(&str) + Sync),
+    progress: &dyn Progress,
 ) -> Result<Option<Vec<ResultRow>>, GpuError> {
     validate(cfg, cases)?;
     runtime::check_libraries()?;

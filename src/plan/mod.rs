@@ -57,16 +57,19 @@ impl fmt::Display for Policy {
     }
 }
 
+/// A policy name this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy '{0}' (expected ep, llep or ideal)")]
+pub struct UnknownPolicy(pub String);
+
 impl FromStr for Policy {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownPolicy;
+    fn from_str(s: &str) -> Result<Self, UnknownPolicy> {
         match s.trim().to_ascii_lowercase().as_str() {
             "ep" => Ok(Policy::Ep),
             "llep" | "reference" => Ok(Policy::Llep),
             "ideal" => Ok(Policy::Ideal),
-            other => Err(format!(
-                "unknown policy '{other}' (expected ep, llep or ideal)"
-            )),
+            other => Err(UnknownPolicy(other.into())),
         }
     }
 }

@@ -81,7 +81,10 @@ pub fn twin(
             measured.trace, measured.step, measured.layer
         )));
     };
-    let policy: Policy = measured.policy.parse().map_err(AccuracyError::Input)?;
+    let policy: Policy = measured
+        .policy
+        .parse()
+        .map_err(|e: crate::plan::UnknownPolicy| AccuracyError::Input(e.to_string()))?;
     let params = PlanParams {
         gpus: w.gpus,
         alpha: measured.alpha,
@@ -132,7 +135,9 @@ fn workload_for(
         layers: vec![r.layer],
     };
     if !r.scenario.is_empty() {
-        let s = r.scenario.parse().map_err(AccuracyError::Input)?;
+        let s = r.scenario.parse().map_err(
+            |e: crate::trace::synthetic::ScenarioError| AccuracyError::Input(e.to_string()),
+        )?;
         spec.source = InputSource::Synthetic(vec![s]);
         spec.dims.experts = Some(r.experts);
         spec.dims.top_k = Some(r.top_k);

@@ -119,11 +119,18 @@ impl Profile {
         };
         let prof: Profile =
             serde_json::from_str(&text).map_err(|e| ProfileError::Parse(src.clone(), e))?;
-        prof.validate().map_err(|m| ProfileError::Invalid(src, m))?;
+        prof.validate().map_err(|e| match e {
+            ProfileError::Invalid(_, m) => ProfileError::Invalid(src, m),
+            other => other,
+        })?;
         Ok(prof)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        self.check().map_err(|m| ProfileError::Invalid(self.name.clone(), m))
+    }
+
+    fn check(&self) -> Result<(), String> {
         let pos = |v: f64, n: &str| {
             if v.is_finite() && v > 0.0 {
                 Ok(())

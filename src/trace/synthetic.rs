@@ -14,6 +14,11 @@ use super::tokens::TokenTrace;
 use std::fmt;
 use std::str::FromStr;
 
+/// A scenario the generator cannot make.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ScenarioError(pub String);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
     Balanced,
@@ -21,8 +26,14 @@ pub enum Scenario {
 }
 
 impl FromStr for Scenario {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ScenarioError;
+    fn from_str(s: &str) -> Result<Self, ScenarioError> {
+        Self::parse(s).map_err(ScenarioError)
+    }
+}
+
+impl Scenario {
+    fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("balanced") {
             return Ok(Scenario::Balanced);
@@ -72,18 +83,18 @@ impl Scenario {
         }
     }
 
-    pub fn validate(&self, experts: u32, top_k: u32) -> Result<(), String> {
+    pub fn validate(&self, experts: u32, top_k: u32) -> Result<(), ScenarioError> {
         if let Scenario::Hot { hot, .. } = *self {
             if hot >= experts {
-                return Err(format!(
+                return Err(ScenarioError(format!(
                     "scenario {self}: H = {hot} must be below the number of experts ({experts})"
-                ));
+                )));
             }
         }
         if top_k == 0 || top_k > experts {
-            return Err(format!(
+            return Err(ScenarioError(format!(
                 "top_k {top_k} must be between 1 and the number of experts ({experts})"
-            ));
+            )));
         }
         Ok(())
     }
@@ -119,7 +130,7 @@ impl Scenario {
 }
 
 /// Parse `balanced,30:4,95:1`.
-pub fn parse_scenarios(spec: &str) -> Result<Vec<Scenario>, String> {
+pub fn parse_scenarios(spec: &str) -> Result<Vec<Scenario>, ScenarioError> {
     let v: Result<Vec<_>, _> = spec
         .split(',')
         .filter(|s| !s.trim().is_empty())
@@ -127,7 +138,7 @@ pub fn parse_scenarios(spec: &str) -> Result<Vec<Scenario>, String> {
         .collect();
     let v = v?;
     if v.is_empty() {
-        return Err("no scenario given".into());
+        return Err(ScenarioError("no scenario given".into()));
     }
     Ok(v)
 }
@@ -185,7 +196,7 @@ pub fn scenario_trace(
     ranks: u32,
     tokens_per_rank: u64,
     shape: SyntheticShape,
-) -> Result<super::Trace, String> {
+) -> Result<super::Trace, ScenarioError> {
     use super::meta::{command_line, tool_version, CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
     scenario.validate(shape.experts, shape.top_k)?;
     let counts = scenario.rank_counts(tokens_per_rank, shape.experts as u64, shape.top_k as u64);
