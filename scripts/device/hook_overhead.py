@@ -26,8 +26,13 @@ logits (model dtype) equal the sync logits (f32) exactly, the ids equal,
 and counts.csv equals the counts of those ids. With --llep-trace BIN the
 async directory and the counts CSV are also read by `llep-trace capture`.
 
-Writes DIR/hook_overhead.json and DIR/hook_overhead.md; the captures go to
---scratch (deleted at the end unless --keep).
+Writes DIR/hook_overhead.json (also after each MoE implementation, so a
+later failure keeps what was measured) and DIR/hook_overhead.md; the
+captures go to --scratch (deleted at the end unless --keep). A failed check
+or probe is recorded in the JSON and the timing still runs. --device cpu
+with tiny sizes tries the script where there is no GPU (its times mean
+nothing), e.g. --device cpu --layers 2 --hidden 64 --inter 128 --heads 4
+--kv-heads 2 --tokens 256 --batch 2.
 """
 
 import argparse
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 
 import torch
@@ -405,6 +411,13 @@ def markdown(res):
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
+def save(a, res):
+    path = os.path.join(a.out, "hook_overhead.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(res, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, help="directory for hook_overhead.json / .md")
@@ -425,6 +438,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--llep-trace", help="llep-trace binary: read the check captures back")
+    ap.add_argument("--budget-s", type=float, default=180.0,
+                    help="skip the MoE implementations not started by then")
     ap.add_argument("--device", default="cuda",
                     help="cuda; cpu only to try the script with tiny sizes")
     a = ap.parse_args()
@@ -445,13 +460,25 @@ def main():
                                       "gpu": torch.cuda.get_device_name() if a.cuda else "cpu"},
            "results": {}}
     model.set_impl("capacity")
-    res["check"] = check(a, model, dev, a.scratch, a.llep_trace)
+    # a failed check or probe is recorded, and the timing still runs
+    try:
+        res["check"] = check(a, model, dev, a.scratch, a.llep_trace)
+    except Exception:
+        res["check"] = {"error": traceback.format_exc()[-3000:]}
     print("check:", json.dumps(res["check"]), file=sys.stderr, flush=True)
     x = inputs(a, dev, 1, seed=3)[0]
-    res["probe"] = {m: probe(a, model, m, x, a.scratch) for m in MODES}
+    res["probe"] = {}
+    for m in MODES:
+        try:
+            res["probe"][m] = probe(a, model, m, x, a.scratch)
+        except Exception:
+            res["probe"][m] = {"error": traceback.format_exc()[-3000:]}
     print("probe:", json.dumps(res["probe"]), file=sys.stderr, flush=True)
     xs = inputs(a, dev, a.warmup + a.steps, seed=2)
     for impl in a.impl.split(","):
+        if time.perf_counter() - t_start > a.budget_s:
+            res.setdefault("skipped", []).append(f"{impl}: past --budget-s {a.budget_s}")
+            continue
         model.set_impl(impl)
         times = {m: [] for m in MODES}
         walls = {m: [] for m in MODES}
@@ -475,21 +502,26 @@ def main():
             last["exit_s"] = max(s["exit_s"] for s in stats[mode])
             out[mode]["stats"] = last
         res["results"][impl] = out
+        save(a, res)  # what is measured survives a later failure
     res["elapsed_s"] = time.perf_counter() - t_start
     targets = {}
     for impl, r in res["results"].items():
         targets[impl] = {"counts_le_2pct": r["counts"]["overhead_pct"] <= 2.0,
                          "async_le_10pct": r["async"]["overhead_pct"] <= 10.0}
     res["targets"] = targets
-    with open(os.path.join(a.out, "hook_overhead.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    save(a, res)
     md = markdown(res)
     md += "\n| probe (capacity) | enqueue (ms) | GPU (ms) | syncs in the model's thread |\n" \
         "| --- | ---: | ---: | ---: |\n"
     for m, p in res["probe"].items():
-        md += f"| {m} | {p['enqueue_ms']:.2f} | {p['gpu_ms']:.2f} | {p['syncs']} |\n"
+        if "error" in p:
+            md += f"| {m} | failed | | |\n"
+        else:
+            md += f"| {m} | {p['enqueue_ms']:.2f} | {p['gpu_ms']:.2f} | {p['syncs']} |\n"
     md += "\nCheck: " + json.dumps(res["check"]) + "\n\nTargets (forward median): " \
         + json.dumps(targets) + f"\n\nElapsed {res['elapsed_s']:.0f} s.\n"
+    if res.get("skipped"):
+        md += "\nSkipped: " + "; ".join(res["skipped"]) + "\n"
     with open(os.path.join(a.out, "hook_overhead.md"), "w") as f:
         f.write(md)
     print(md)
