@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 cargo test --release
+# the capture hook's torch-free tests (its torch tests skip without torch)
+python3 -m unittest discover -s python/tests
 LLEP_NB_NO_INSTALL=1 bash scripts/run_notebooks.sh
