@@ -8,14 +8,14 @@
 //! Prints a Markdown report to stdout; the committed copy is
 //! `reports/bench/planner.md`.
 
-use llep_trace::plan::{PlanParams, Planner, Policy};
 use llep_trace::plan::Gate;
+use llep_trace::plan::{PlanParams, Planner, Policy};
 use llep_trace::progress::Silent;
 use llep_trace::sim::{simulate, Profile, SimConfig};
-use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick};
 use llep_trace::trace::meta::{CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
 use llep_trace::trace::tokens::SplitMix64;
 use llep_trace::trace::{Loads, Trace};
+use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick};
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -424,9 +424,7 @@ fn select(
     if step_ids.is_empty() && layers.is_empty() {
         return Ok(());
     }
-    let missing = step_ids
-        .iter()
-        .any(|s| !trace.loads.step_ids.contains(s))
+    let missing = step_ids.iter().any(|s| !trace.loads.step_ids.contains(s))
         || layers.iter().any(|l| !trace.loads.layer_ids.contains(l));
     let picked = (!missing)
         .then(|| trace.loads.select(&step_ids, layers))
@@ -685,7 +683,10 @@ mod tests {
             assert_eq!(counts_of(&rr, 16), want);
         }
         assert_eq!(w.tokens_per_rank(0, 0), 1000);
-        assert_eq!(w.model.num_layers, 0, "not the gpt-oss shape: layers unknown");
+        assert_eq!(
+            w.model.num_layers, 0,
+            "not the gpt-oss shape: layers unknown"
+        );
     }
 
     #[test]
@@ -693,11 +694,18 @@ mod tests {
         let mut sp = spec(InputSource::Trace(olmoe()), 8, None);
         sp.dims.experts = Some(64);
         let e = sp.resolve().unwrap_err().to_string();
-        assert!(e.contains("--experts applies to --synthetic inputs only"), "{e}");
+        assert!(
+            e.contains("--experts applies to --synthetic inputs only"),
+            "{e}"
+        );
         assert!(e.contains("experts 64 (given 64)"), "{e}");
         let mut sp = spec(InputSource::Trace(olmoe()), 8, None);
         sp.steps = StepPick::Ids(vec![12345]);
-        assert!(sp.resolve().unwrap_err().to_string().contains("no such steps"));
+        assert!(sp
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("no such steps"));
     }
 
     #[test]
@@ -728,7 +736,11 @@ mod tests {
         }
         let sp = spec(InputSource::Trace(olmoe()), 8, None);
         let w = sp.resolve_trace(&olmoe(), big).unwrap();
-        assert!(w.warnings[0].contains("probably summed over many passes"), "{:?}", w.warnings);
+        assert!(
+            w.warnings[0].contains("probably summed over many passes"),
+            "{:?}",
+            w.warnings
+        );
         assert_eq!(w.tokens_per_rank(0, 0), DEFAULT_AGGREGATE_TOKENS);
         let w = sp.resolve_trace(&olmoe(), tr).unwrap();
         assert!(w.warnings.is_empty());

@@ -1,7 +1,9 @@
 //! The command line, end to end: real runs of the binary on the bundled
 //! traces, environment defaults, and every bad input refused cleanly.
 
+use llep_trace::plan::Policy;
 use llep_trace::results::read_results;
+use llep_trace::results::Source;
 use llep_trace::trace::read_trace;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -95,16 +97,16 @@ fn simulate_writes_one_row_per_setting_and_json() {
     assert!(meta.profile.is_some());
     assert!(rows
         .iter()
-        .all(|r| r.source == "simulated" && r.gpus == 8 && r.profile == "h200"));
+        .all(|r| r.source == Source::Simulated && r.gpus == 8 && r.profile == "h200"));
     // llep rows below their gate equal the ep row of the same layer-step
     let twin = rows
         .iter()
-        .find(|r| r.policy == "llep" && !r.use_llep)
+        .find(|r| r.policy == Policy::Llep && !r.use_llep)
         .expect("some llep row gated off");
     let ep = rows
         .iter()
         .find(|r| {
-            r.policy == "ep"
+            r.policy == Policy::Ep
                 && r.step == twin.step
                 && r.layer == twin.layer
                 && r.alpha == twin.alpha
@@ -430,11 +432,11 @@ fn traces_and_results_read_back_in_polars_pandas_and_duckdb() {
     assert_eq!(v["result_rows"].as_u64().unwrap() as usize, rows.len());
     let ep_total: f64 = rows
         .iter()
-        .filter(|r| r.policy == "ep")
+        .filter(|r| r.policy == Policy::Ep)
         .map(|r| r.t_total_ms)
         .sum();
     assert!((v["policy_totals"]["ep"].as_f64().unwrap() - ep_total).abs() < 1e-9);
-    let first_ep = rows.iter().find(|r| r.policy == "ep").unwrap();
+    let first_ep = rows.iter().find(|r| r.policy == Policy::Ep).unwrap();
     assert_eq!(
         v["first_ep_loads"],
         serde_json::json!(first_ep.loads_before)

@@ -63,7 +63,7 @@ fn replay_small_layer_or_fail_cleanly_without_gpu() {
     let rows = llep_trace::results::read_results(&out).unwrap().1;
     assert_eq!(rows.len(), 4);
     for r in &rows {
-        assert_eq!(r.source, "measured");
+        assert_eq!(r.source, llep_trace::results::Source::Measured);
         let e = r.rel_error.expect("checked against the dense reference");
         assert!(e < 1e-2, "relative error {e}");
         assert!(r.t_total_ms > 0.0);

@@ -3,7 +3,8 @@
 //! against an independent Python transcription on thousands of random loads.
 
 use llep_trace::plan::{
-    dispatch_matrix, DispatchMatrix, Gate, Plan, PlanError, PlanParams, Planner, Policy, Range, Transfer,
+    dispatch_matrix, DispatchMatrix, Gate, Plan, PlanError, PlanParams, Planner, Policy, Range,
+    Transfer,
 };
 use proptest::prelude::*;
 

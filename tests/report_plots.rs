@@ -6,12 +6,12 @@
 //! error and speedups are known exactly. They are never written outside a
 //! temporary folder.
 
+use llep_trace::plan::Gate;
 use llep_trace::plan::{capacity, Policy};
+use llep_trace::progress::Silent;
 use llep_trace::report::{data, plot_speedup_vs_lambda, plot_tune, read_input, write_report};
 use llep_trace::report::{Input, ReportOptions};
-use llep_trace::results::{write_results, ResultRow, ResultsMeta, SOURCE_MEASURED};
-use llep_trace::plan::Gate;
-use llep_trace::progress::Silent;
+use llep_trace::results::{write_results, ResultRow, ResultsMeta, Source};
 use llep_trace::sim::{simulate, Profile, SimConfig};
 use llep_trace::workload::InputSpec;
 use std::path::{Path, PathBuf};
@@ -44,10 +44,10 @@ fn olmoe_rows(gates: Vec<Gate>) -> Vec<ResultRow> {
 /// TEST FIXTURE: pretend-measured twins of simulated rows, times x `scale`.
 fn fixture_measured(sim: &[ResultRow], scale: f64) -> Vec<ResultRow> {
     sim.iter()
-        .filter(|r| r.policy != "ideal")
+        .filter(|r| r.policy != Policy::Ideal)
         .map(|r| {
             let mut m = r.clone();
-            m.source = SOURCE_MEASURED.into();
+            m.source = Source::Measured;
             m.device = "NVIDIA H100 80GB HBM3".into();
             m.profile = String::new();
             m.input_note = "TEST FIXTURE, not a measurement".into();
@@ -77,7 +77,7 @@ fn speedup_matches_sums_of_the_rows() {
     let c = &curves[0];
     let sum = |pol: &str, l: Option<f64>| -> f64 {
         rows.iter()
-            .filter(|r| r.policy == pol && r.lambda == l)
+            .filter(|r| r.policy.as_str() == pol && r.lambda() == l)
             .map(|r| r.t_total_ms)
             .sum()
     };
@@ -106,7 +106,7 @@ fn imbalance_cdf_counts_each_layer_step_once() {
     assert_eq!(c.ratios.len(), 18); // 6 steps x 3 layers
     let on = rows
         .iter()
-        .filter(|r| r.policy == "llep" && r.lambda == Some(1.5))
+        .filter(|r| r.policy == Policy::Llep && r.lambda() == Some(1.5))
         .filter(|r| r.use_llep)
         .count();
     assert!((c.on_fraction(1.5) - on as f64 / 18.0).abs() < 1e-12);
@@ -124,7 +124,7 @@ fn heatmap_is_load_over_capacity() {
     assert_eq!(h.columns.len(), 18);
     let ep0 = rows
         .iter()
-        .find(|r| r.policy == "ep" && (r.step, r.layer) == h.columns[0])
+        .find(|r| r.policy == Policy::Ep && (r.step, r.layer) == h.columns[0])
         .unwrap();
     let cap = capacity(ep0.loads_before.iter().sum(), 8, 1.0);
     assert_eq!(h.capacity[0], cap);
@@ -149,7 +149,7 @@ fn phases_and_memory_are_means_and_maxima() {
     assert_eq!(ll.lambda, Some(1.2));
     let sel: Vec<&ResultRow> = rows
         .iter()
-        .filter(|r| r.policy == "llep" && r.lambda == Some(1.2))
+        .filter(|r| r.policy == Policy::Llep && r.lambda() == Some(1.2))
         .collect();
     let mean = sel.iter().map(|r| r.t_compute_ms).sum::<f64>() / sel.len() as f64;
     assert!((ll.phases_ms[3] - mean).abs() < 1e-12);
@@ -280,7 +280,10 @@ fn plot_functions_for_simulate_and_tune() {
         plot_speedup_vs_lambda(&rows, &dir.join("s.jpg")),
         Err(llep_trace::report::ReportError::Extension(_))
     ));
-    let only_ep: Vec<ResultRow> = rows.into_iter().filter(|r| r.policy == "ep").collect();
+    let only_ep: Vec<ResultRow> = rows
+        .into_iter()
+        .filter(|r| r.policy == Policy::Ep)
+        .collect();
     assert!(plot_tune(&only_ep, None, &dir.join("x.png")).is_err());
     assert!(!dir.join("x.png").exists());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -356,7 +359,7 @@ fn same_trace_at_another_batch_size_is_another_series() {
         .map(|r| {
             let mut r = r.clone();
             r.input_note = "even-split; counts rescaled to 4096 tokens/rank".into();
-            r.t_total_ms *= if r.policy == "ep" { 1.0 } else { 2.0 };
+            r.t_total_ms *= if r.policy == Policy::Ep { 1.0 } else { 2.0 };
             r
         })
         .collect();

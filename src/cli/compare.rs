@@ -74,7 +74,7 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         } else {
             m.scenario.clone()
         };
-        let pol = match (m.policy.as_str(), m.lambda) {
+        let pol = match (m.policy.as_str(), m.lambda()) {
             ("llep", Some(l)) => format!("llep λ={l}"),
             ("llep", None) => "llep always".into(),
             (o, _) => o.to_string(),

@@ -12,6 +12,7 @@ use llep_trace::env;
 use llep_trace::gpu::rendezvous::ProcessRank;
 use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
 use llep_trace::plan::{Gate, Policy};
+use llep_trace::results::Source;
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::sim::accuracy::twin;
 use llep_trace::sim::{Evaluator, Profile};
@@ -126,18 +127,14 @@ fn render(rows: &[ResultRow]) -> String {
         } else {
             r.scenario.clone()
         };
-        let pol = if r.policy == "llep" {
-            format!("llep λ={}", r.lambda.map_or(Gate::Always, Gate::Ratio))
-        } else {
-            r.policy.clone()
-        };
+        let pol = r.setting_label();
         let list = |v: &[u64]| v.iter().map(|&b| gib(b)).collect::<Vec<_>>().join("/");
         t.row(vec![
             input,
             r.step.to_string(),
             r.layer.to_string(),
             pol,
-            r.source.clone(),
+            r.source.to_string(),
             ms(r.t_total_ms),
             match (r.t_total_p10_ms, r.t_total_p90_ms) {
                 (Some(a), Some(b)) => format!("{a:.2}-{b:.2}"),
@@ -286,7 +283,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     }
     let dev = rows
         .iter()
-        .find(|r| r.source == "measured")
+        .find(|r| r.source == Source::Measured)
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(

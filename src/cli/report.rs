@@ -4,6 +4,7 @@
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
+use llep_trace::plan::Policy;
 use llep_trace::progress::bar;
 use llep_trace::report::{figure_count, read_input, write_report, ReportOptions};
 use std::path::PathBuf;
@@ -57,7 +58,7 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         let present = inputs
             .iter()
             .flat_map(|i| &i.rows)
-            .any(|r| r.policy == "llep" && r.lambda == Some(l));
+            .any(|r| r.policy == Policy::Llep && r.lambda() == Some(l));
         if !present {
             p.warn(&format!(
                 "no LLEP rows at λ={l} in the inputs; the plots show the nearest λ each setup has"

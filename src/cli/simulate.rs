@@ -103,7 +103,11 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
     };
     p.status(&format!(
         "simulating {} on {} GPUs with profile {}",
-        if synthetic { &trace_name } else { &workloads[0].name },
+        if synthetic {
+            &trace_name
+        } else {
+            &workloads[0].name
+        },
         a.gpus,
         profile.label()
     ));
@@ -171,10 +175,7 @@ pub fn results_meta(profile: &Profile) -> ResultsMeta {
 }
 
 fn policy_label(s: &Summary) -> String {
-    match s.policy.as_str() {
-        "llep" => format!("llep λ={}", s.lambda.map_or(Gate::Always, Gate::Ratio)),
-        other => other.to_string(),
-    }
+    llep_trace::results::setting_label(s.policy, s.gate)
 }
 
 /// One layer's simulated peak is not what a GPU holds for the whole model:
@@ -262,7 +263,7 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
             },
             format!("{:.2}", s.mean_ratio_before),
             format!("{:.2}", s.mean_ratio_after),
-            if s.policy == "llep" {
+            if s.policy == Policy::Llep {
                 format!("{}/{}", s.llep_on, s.layer_steps)
             } else {
                 "-".into()
@@ -297,7 +298,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|s| {
                 json!({
-                    "scenario": s.scenario, "policy": s.policy, "lambda": s.lambda, "alpha": s.alpha, "min_gemm": s.min_gemm,
+                    "scenario": s.scenario, "policy": s.policy, "lambda": s.gate.lambda(), "alpha": s.alpha, "min_gemm": s.min_gemm,
                     "layer_steps": s.layer_steps, "total_ms": s.total_ms,
                     "speedup_vs_ep": if s.speedup_vs_ep.is_nan() { None } else { Some(s.speedup_vs_ep) },
                     "mean_ratio_before": s.mean_ratio_before, "mean_ratio_after": s.mean_ratio_after,

@@ -89,7 +89,7 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             .rows
             .iter()
             .filter(|r| {
-                r.policy == "ep"
+                r.policy == Policy::Ep
                     || (r.alpha == best.setting.alpha && r.min_gemm == best.setting.min_gemm)
             })
             .cloned()
@@ -278,10 +278,10 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
         .summaries
         .iter()
         .filter(|x| {
-            x.policy == "ep"
-                || (x.policy == "llep"
+            x.policy == Policy::Ep
+                || (x.policy == Policy::Llep
                     && !best.setting.never
-                    && x.lambda == best.setting.lambda
+                    && x.gate.lambda() == best.setting.lambda
                     && x.alpha == best.setting.alpha
                     && x.min_gemm == best.setting.min_gemm)
         })

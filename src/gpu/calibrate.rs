@@ -3,13 +3,13 @@
 //! timed with the replay's own kernels and communicators. Fitting a
 //! profile to them is the cost model's business (`sim::profile`).
 
-use crate::progress::Progress;
 use super::config::{Act, ReplayConfig};
 use super::runtime::{self, params, BufKind, Comm, NcclId};
 use super::timing::{driver_version, quantile};
 use super::worker::{BlobLayout, Worker, CHUNK, E_END, E_START, PERSISTENT};
 use super::{Gate, GpuError};
 use crate::plan::Policy;
+use crate::progress::Progress;
 
 /// What `calibrate` measures.
 #[derive(Debug, Clone)]
@@ -240,10 +240,7 @@ fn calib_main(
 
 /// Measure the hardware for the cost model on `cc.gpus` local GPUs (a
 /// thread each). Returns rank 0's calibration.
-pub fn calibrate(
-    cc: &CalibConfig,
-    progress: &dyn Progress,
-) -> Result<Calibration, GpuError> {
+pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibration, GpuError> {
     if cc.shapes.is_empty() || cc.tokens.is_empty() || cc.reps == 0 || cc.gpus == 0 {
         return Err(GpuError::Input(
             "calibrate needs shapes, token counts, reps and GPUs".into(),

@@ -6,12 +6,12 @@
 //! gathers everyone's numbers over NCCL and builds the rows (`timing`).
 
 pub use super::config::{Act, Case, RankRouting, ReplayConfig};
-use crate::progress::Progress;
 use super::rendezvous::{self, ProcessRank};
 use super::runtime::{self, NcclId};
 use super::worker::Worker;
 use super::GpuError;
 use crate::plan::Policy;
+use crate::progress::Progress;
 use crate::results::ResultRow;
 
 /// How the ranks are started.

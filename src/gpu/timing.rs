@@ -10,7 +10,7 @@ use super::worker::{
 };
 use super::{Gate, GpuError};
 use crate::plan::{Plan, Policy};
-use crate::results::{ResultRow, SOURCE_MEASURED};
+use crate::results::{ResultRow, Source};
 
 impl Worker<'_> {
     /// Phase times of the run just queued, once it finished.
@@ -146,16 +146,16 @@ impl Worker<'_> {
             .map(|q| (per(q)[runs * 6 + 2], per(q)[runs * 6 + 3]))
             .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         let mut r = case.base.clone();
-        r.policy = policy.as_str().into();
-        r.lambda = if policy == Policy::Llep {
-            gate.lambda()
+        r.policy = policy;
+        r.gate = if policy == Policy::Llep {
+            gate
         } else {
-            None
+            Gate::Never
         };
         r.alpha = self.cfg.alpha;
         r.min_gemm = self.cfg.min_gemm;
         r.gpus = p as u32;
-        r.source = SOURCE_MEASURED.into();
+        r.source = Source::Measured;
         r.device = self.dev.name.clone();
         r.profile = String::new();
         r.driver = driver_version();

@@ -10,9 +10,10 @@
 use std::fmt;
 
 /// A lambda setting.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Gate {
     /// Plain EP: LLEP never switches on.
+    #[default]
     Never,
     /// LLEP switches on iff the imbalance ratio is at least this value.
     Ratio(f64),

@@ -32,9 +32,10 @@ pub struct PlanParams {
     pub gate: Gate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
+    #[default]
     Ep,
     Llep,
     Ideal,

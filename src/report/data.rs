@@ -2,7 +2,8 @@
 //! every number on a chart can be tested against the rows it came from.
 
 use crate::plan::capacity;
-use crate::results::{ResultRow, SOURCE_MEASURED, SOURCE_SIMULATED};
+use crate::plan::Policy;
+use crate::results::{ResultRow, Source};
 use std::collections::{BTreeMap, HashMap};
 
 /// One experimental setup: the same routing under the same planner knobs.
@@ -62,7 +63,7 @@ impl SetupKey {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesKey {
     pub setup: SetupKey,
-    pub source: String,
+    pub source: Source,
     /// Profile name for simulated rows, device name for measured ones.
     pub origin: String,
 }
@@ -71,8 +72,8 @@ impl SeriesKey {
     pub fn of(r: &ResultRow) -> Self {
         Self {
             setup: SetupKey::of(r),
-            source: r.source.clone(),
-            origin: if r.source == SOURCE_MEASURED {
+            source: r.source,
+            origin: if r.source == Source::Measured {
                 r.device.clone()
             } else {
                 r.profile.clone()
@@ -80,12 +81,12 @@ impl SeriesKey {
         }
     }
     pub fn measured(&self) -> bool {
-        self.source == SOURCE_MEASURED
+        self.source == Source::Measured
     }
     pub fn label(&self, with_knobs: bool) -> String {
         let how = if self.measured() {
             format!("measured on {}", self.origin)
-        } else if self.source == SOURCE_SIMULATED {
+        } else if self.source == Source::Simulated {
             format!("simulated, {} profile", self.origin)
         } else {
             format!("{}, {}", self.source, self.origin)
@@ -117,7 +118,7 @@ fn trim_float(v: f64) -> String {
 /// one trace, so labels must say which.
 pub fn knobs_vary(rows: &[ResultRow]) -> bool {
     let mut seen: HashMap<&str, (u64, u64, &str)> = HashMap::new();
-    for r in rows.iter().filter(|r| r.source != SOURCE_MEASURED) {
+    for r in rows.iter().filter(|r| r.source != Source::Measured) {
         let k = (r.alpha.to_bits(), r.min_gemm, r.input_note.as_str());
         if *seen.entry(r.trace.as_str()).or_insert(k) != k {
             return true;
@@ -188,7 +189,7 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
     for (key, rs) in by_series(rows) {
         let ep: HashMap<(u32, u32), &ResultRow> = rs
             .iter()
-            .filter(|r| r.policy == "ep")
+            .filter(|r| r.policy == Policy::Ep)
             .map(|r| ((r.step, r.layer), *r))
             .collect();
         if ep.is_empty() {
@@ -206,14 +207,14 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
         }
         let mut acc: BTreeMap<(String, Option<u64>), Acc> = BTreeMap::new();
         for r in &rs {
-            if r.policy == "ep" {
+            if r.policy == Policy::Ep {
                 continue;
             }
             let Some(e) = ep.get(&(r.step, r.layer)) else {
                 continue;
             };
             let a = acc
-                .entry((r.policy.clone(), lkey(r.lambda)))
+                .entry((r.policy.to_string(), lkey(r.lambda())))
                 .or_insert_with(|| Acc {
                     spread: true,
                     ..Default::default()
@@ -360,8 +361,8 @@ pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Opt
     let llep_lambdas: Vec<Option<f64>> = {
         let mut v: Vec<Option<f64>> = rows
             .iter()
-            .filter(|r| r.policy == "llep")
-            .map(|r| r.lambda)
+            .filter(|r| r.policy == Policy::Llep)
+            .map(|r| r.lambda())
             .collect();
         v.sort_by(|a, b| match (a, b) {
             (None, None) => std::cmp::Ordering::Equal,
@@ -390,9 +391,9 @@ pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Opt
     let mut ep: BTreeMap<(u32, u32), &ResultRow> = BTreeMap::new();
     let mut ll: BTreeMap<(u32, u32), &ResultRow> = BTreeMap::new();
     for r in rows {
-        if r.policy == "ep" {
+        if r.policy == Policy::Ep {
             ep.entry((r.step, r.layer)).or_insert(r);
-        } else if r.policy == "llep" && lkey(r.lambda) == lkey(lam) {
+        } else if r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam) {
             ll.entry((r.step, r.layer)).or_insert(r);
         }
     }
@@ -477,7 +478,7 @@ pub fn phase_bars(
         let lam = lambda_of(&key.setup);
         let have_lam = rs
             .iter()
-            .any(|r| r.policy == "llep" && lkey(r.lambda) == lkey(lam));
+            .any(|r| r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam));
         for policy in ["ep", "llep", "ideal"] {
             let mut b = PhaseBar {
                 key: key.clone(),
@@ -488,15 +489,15 @@ pub fn phase_bars(
                 layer_steps: 0,
             };
             for r in &rs {
-                if r.policy != policy {
+                if r.policy.as_str() != policy {
                     continue;
                 }
                 if policy == "llep" {
-                    let want = if have_lam { lam } else { r.lambda };
+                    let want = if have_lam { lam } else { r.lambda() };
                     if b.layer_steps == 0 {
                         b.lambda = want;
                     }
-                    if lkey(r.lambda) != lkey(b.lambda) {
+                    if lkey(r.lambda()) != lkey(b.lambda) {
                         continue;
                     }
                 }
@@ -546,12 +547,12 @@ pub fn memory_panels(
         let lam = lambda_of(&key.setup);
         let lam = if rs
             .iter()
-            .any(|r| r.policy == "llep" && lkey(r.lambda) == lkey(lam))
+            .any(|r| r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam))
         {
             lam
         } else {
-            match rs.iter().find(|r| r.policy == "llep") {
-                Some(r) => r.lambda,
+            match rs.iter().find(|r| r.policy == Policy::Llep) {
+                Some(r) => r.lambda(),
                 None => continue,
             }
         };
@@ -567,11 +568,11 @@ pub fn memory_panels(
         };
         let mut any = (false, false);
         for r in &rs {
-            let dst = if r.policy == "ep" {
+            let dst = if r.policy == Policy::Ep {
                 any.0 = true;
                 p.ep_oom_rows += r.oom as usize;
                 &mut p.ep
-            } else if r.policy == "llep" && lkey(r.lambda) == lkey(lam) {
+            } else if r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam) {
                 any.1 = true;
                 p.oom_rows += r.oom as usize;
                 &mut p.llep
@@ -630,18 +631,18 @@ pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
             SetupKey::of(r).loose(),
             r.step,
             r.layer,
-            r.policy.clone(),
-            lkey(r.lambda),
+            r.policy.to_string(),
+            lkey(r.lambda()),
             r.tokens_per_rank,
             (r.hidden_size, r.intermediate_size, r.experts, r.top_k),
         )
     };
     let mut sims: HashMap<K, Vec<&ResultRow>> = HashMap::new();
-    for r in rows.iter().filter(|r| r.source == SOURCE_SIMULATED) {
+    for r in rows.iter().filter(|r| r.source == Source::Simulated) {
         sims.entry(k(r)).or_default().push(r);
     }
     let mut out = Vec::new();
-    for m in rows.iter().filter(|r| r.source == SOURCE_MEASURED) {
+    for m in rows.iter().filter(|r| r.source == Source::Measured) {
         let Some(cands) = sims.get(&k(m)) else {
             continue;
         };
@@ -651,8 +652,8 @@ pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
             continue;
         }
         out.push(Pair {
-            policy: m.policy.clone(),
-            lambda: m.lambda,
+            policy: m.policy.to_string(),
+            lambda: m.lambda(),
             step: m.step,
             layer: m.layer,
             setup: SetupKey::of(m),

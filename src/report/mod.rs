@@ -274,7 +274,7 @@ pub fn figure_count(inputs: &[Input]) -> usize {
     let series = data::by_series(&rows).len().min(FIG_LIMIT);
     let measured = rows
         .iter()
-        .any(|r| r.source == crate::results::SOURCE_MEASURED) as usize;
+        .any(|r| r.source == crate::results::Source::Measured) as usize;
     // heatmaps, then CDF, speedup, phases, memory, and the accuracy plot
     // when there are measured rows; each as PNG and SVG
     (series + 4 + measured) * 2
@@ -598,7 +598,7 @@ fn build(
         let pairs = data::sim_measured_pairs(rows);
         let measured = rows
             .iter()
-            .filter(|r| r.source == crate::results::SOURCE_MEASURED)
+            .filter(|r| r.source == crate::results::Source::Measured)
             .count();
         let mut s = Section {
             id: "accuracy".into(),

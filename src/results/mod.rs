@@ -1,91 +1,218 @@
 //! The results schema, declared once, shared by simulated and measured rows
 //! (`source` says which), so every comparison is a join.
+//!
+//! [`ResultRow`]'s fields are listed once below, each with its column name;
+//! the struct, the Arrow schema, the writer and the reader are all generated
+//! from that list (the per-type column mapping is in [`column`]). A snapshot
+//! test pins the column names and types.
+
+mod column;
 
 use crate::io::AtomicFile;
-use arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array,
-    UInt64Array,
-};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, UInt64Type};
+use crate::plan::{Gate, Policy};
+use arrow::array::{Array, ArrayRef, RecordBatch};
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use column::Column;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// Parquet key-value key holding the JSON [`ResultsMeta`].
 pub const META_KEY: &str = "llep_trace.results";
 pub const SCHEMA_VERSION: u32 = 1;
 
-pub const SOURCE_SIMULATED: &str = "simulated";
-pub const SOURCE_MEASURED: &str = "measured";
+/// Whether a row was priced by the cost model or measured on GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Source {
+    #[default]
+    Simulated,
+    Measured,
+}
 
-/// One row: one (step, layer) of one input under one setting, simulated or
-/// measured. Times are milliseconds per layer; memory in bytes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ResultRow {
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Simulated => "simulated",
+            Source::Measured => "measured",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A source name this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown source '{0}' (expected simulated or measured)")]
+pub struct UnknownSource(pub String);
+
+impl FromStr for Source {
+    type Err = UnknownSource;
+    fn from_str(s: &str) -> Result<Self, UnknownSource> {
+        match s {
+            "simulated" => Ok(Source::Simulated),
+            "measured" => Ok(Source::Measured),
+            other => Err(UnknownSource(other.into())),
+        }
+    }
+}
+
+macro_rules! results_columns {
+    ($( $(#[$doc:meta])* $field:ident : $ty:ty = $col:literal ),* $(,)?) => {
+        /// One row: one (step, layer) of one input under one setting,
+        /// simulated or measured. Times are milliseconds per layer; memory in
+        /// bytes.
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct ResultRow {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        /// Column names, in file order.
+        pub const COLUMNS: &[&str] = &[$($col),*];
+
+        /// The Arrow schema of a results file.
+        pub fn schema() -> SchemaRef {
+            Arc::new(Schema::new(vec![
+                $( Field::new($col, <$ty as Column>::data_type(), <$ty as Column>::NULLABLE), )*
+            ]))
+        }
+
+        /// Rows as one record batch in [`schema`] order.
+        pub fn to_batch(rows: &[ResultRow]) -> RecordBatch {
+            let cols: Vec<ArrayRef> = vec![
+                $( <$ty as Column>::to_array(rows.iter().map(|r| &r.$field)), )*
+            ];
+            RecordBatch::try_new(schema(), cols).expect("results columns match the schema")
+        }
+
+        fn from_batch(b: &RecordBatch, path: &Path) -> Result<Vec<ResultRow>, ResultsError> {
+            $(
+                let $field = column_of::<$ty>(b, $col, path)?;
+            )*
+            (0..b.num_rows())
+                .map(|i| {
+                    let mut r = ResultRow {
+                        $( $field: <$ty as Column>::get($field, i).map_err(|e| {
+                            ResultsError::Invalid(path.into(), format!("column '{}', row {i}: {e}", $col))
+                        })?, )*
+                    };
+                    r.settle_gate();
+                    Ok(r)
+                })
+                .collect()
+        }
+    };
+}
+
+results_columns! {
     /// Trace file name or synthetic scenario input ("synthetic").
-    pub trace: String,
+    trace: String = "trace",
     /// Synthetic scenario ("balanced", "95:1", ...) or "" for traces.
-    pub scenario: String,
-    pub step: u32,
-    pub layer: u32,
-    pub policy: String,
-    /// The lambda gate; `None` for ep/ideal rows and for "always".
-    pub lambda: Option<f64>,
-    pub alpha: f64,
-    pub min_gemm: u64,
-    pub gpus: u32,
-    pub tokens_per_rank: u64,
-    /// "simulated" or "measured".
-    pub source: String,
+    scenario: String = "scenario",
+    step: u32 = "step",
+    layer: u32 = "layer",
+    policy: Policy = "policy",
+    /// When LLEP switches on (column `lambda`: the threshold, null for
+    /// "always" and for ep/ideal rows).
+    gate: Gate = "lambda",
+    alpha: f64 = "alpha",
+    min_gemm: u64 = "min_gemm",
+    gpus: u32 = "gpus",
+    tokens_per_rank: u64 = "tokens_per_rank",
+    /// Simulated or measured.
+    source: Source = "source",
     /// Card name for measured rows, the profile's card for simulated ones.
-    pub device: String,
+    device: String = "device",
     /// Profile name the simulation used ("" for measured rows).
-    pub profile: String,
+    profile: String = "profile",
     /// How per-rank loads were made (as-recorded, even-split, rechunked,
     /// synthetic) and any rescale/resample, for honesty in reports.
-    pub input_note: String,
-    pub hidden_size: u32,
-    pub intermediate_size: u32,
-    pub experts: u32,
-    pub top_k: u32,
-    pub use_llep: bool,
-    pub imbalance_ratio: f64,
-    pub max_load_before: u64,
-    pub mean_load: f64,
-    pub max_load_after: u64,
-    pub min_load_after: u64,
-    pub t_overhead_ms: f64,
-    pub t_dispatch_ms: f64,
-    pub t_transfer_ms: f64,
-    pub t_compute_ms: f64,
-    pub t_combine_ms: f64,
-    pub t_total_ms: f64,
+    input_note: String = "input_note",
+    hidden_size: u32 = "hidden_size",
+    intermediate_size: u32 = "intermediate_size",
+    experts: u32 = "experts",
+    top_k: u32 = "top_k",
+    use_llep: bool = "use_llep",
+    imbalance_ratio: f64 = "imbalance_ratio",
+    max_load_before: u64 = "max_load_before",
+    mean_load: f64 = "mean_load",
+    max_load_after: u64 = "max_load_after",
+    min_load_after: u64 = "min_load_after",
+    t_overhead_ms: f64 = "t_overhead_ms",
+    t_dispatch_ms: f64 = "t_dispatch_ms",
+    t_transfer_ms: f64 = "t_transfer_ms",
+    t_compute_ms: f64 = "t_compute_ms",
+    t_combine_ms: f64 = "t_combine_ms",
+    t_total_ms: f64 = "t_total_ms",
     /// Spread of measured totals (p10 and p90 over the timed runs).
-    pub t_total_p10_ms: Option<f64>,
-    pub t_total_p90_ms: Option<f64>,
-    pub runs: u32,
-    pub transfers: u32,
-    pub duplicate_transfers: u32,
-    pub transfer_bytes: u64,
-    pub dispatch_bytes_max: u64,
-    pub peak_mem_max_bytes: u64,
-    pub peak_mem_per_gpu: Vec<u64>,
+    t_total_p10_ms: Option<f64> = "t_total_p10_ms",
+    t_total_p90_ms: Option<f64> = "t_total_p90_ms",
+    runs: u32 = "runs",
+    transfers: u32 = "transfers",
+    duplicate_transfers: u32 = "duplicate_transfers",
+    transfer_bytes: u64 = "transfer_bytes",
+    dispatch_bytes_max: u64 = "dispatch_bytes_max",
+    peak_mem_max_bytes: u64 = "peak_mem_max_bytes",
+    peak_mem_per_gpu: Vec<u64> = "peak_mem_per_gpu",
     /// Driver's view of peak memory per GPU (measured rows only).
-    pub driver_mem_per_gpu: Vec<u64>,
-    pub loads_before: Vec<u64>,
-    pub loads_after: Vec<u64>,
-    pub oom: bool,
+    driver_mem_per_gpu: Vec<u64> = "driver_mem_per_gpu",
+    loads_before: Vec<u64> = "loads_before",
+    loads_after: Vec<u64> = "loads_after",
+    oom: bool = "oom",
     /// Relative error of the replay's output against the dense reference.
-    pub rel_error: Option<f64>,
-    pub driver: String,
+    rel_error: Option<f64> = "rel_error",
+    driver: String = "driver",
+}
+
+fn column_of<'a, T: Column>(
+    b: &'a RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a dyn Array, ResultsError> {
+    let a = b.column_by_name(name).ok_or_else(|| {
+        ResultsError::Invalid(
+            path.into(),
+            format!("missing column '{name}' (is this a results file from `llep-trace simulate` or `replay`?)"),
+        )
+    })?;
+    if !T::accepts(a.as_ref()) {
+        return Err(ResultsError::Invalid(
+            path.into(),
+            format!("column '{name}' has the wrong type"),
+        ));
+    }
+    Ok(a.as_ref())
 }
 
 impl ResultRow {
+    /// The numeric lambda, when the row has one.
+    pub fn lambda(&self) -> Option<f64> {
+        self.gate.lambda()
+    }
+
+    /// Only `llep` rows have a gate; the file stores null for the others,
+    /// which reads back as "always".
+    fn settle_gate(&mut self) {
+        if self.policy != Policy::Llep {
+            self.gate = Gate::Never;
+        }
+    }
+
+    /// "llep λ=1.3", "ep": the row's setting as every table labels it.
+    pub fn setting_label(&self) -> String {
+        setting_label(self.policy, self.gate)
+    }
+
     /// The columns a plan decides, whoever prices it (the cost model or a
     /// replay): gate, loads before and after, transfers.
     pub fn fill_plan_stats(&mut self, plan: &crate::plan::Plan) {
@@ -106,6 +233,14 @@ impl ResultRow {
     }
 }
 
+/// "llep λ=1.3" for LLEP, the policy's name otherwise.
+pub fn setting_label(policy: Policy, gate: Gate) -> String {
+    match policy {
+        Policy::Llep => format!("llep λ={gate}"),
+        other => other.to_string(),
+    }
+}
+
 /// File-level metadata of a results file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultsMeta {
@@ -117,63 +252,6 @@ pub struct ResultsMeta {
     pub created: String,
 }
 
-fn list_u64() -> DataType {
-    DataType::List(Arc::new(Field::new("item", DataType::UInt64, true)))
-}
-
-/// The Arrow schema of a results file.
-pub fn schema() -> SchemaRef {
-    use DataType::*;
-    let f = |n: &str, t: DataType, null: bool| Field::new(n, t, null);
-    Arc::new(Schema::new(vec![
-        f("trace", Utf8, false),
-        f("scenario", Utf8, false),
-        f("step", UInt32, false),
-        f("layer", UInt32, false),
-        f("policy", Utf8, false),
-        f("lambda", Float64, true),
-        f("alpha", Float64, false),
-        f("min_gemm", UInt64, false),
-        f("gpus", UInt32, false),
-        f("tokens_per_rank", UInt64, false),
-        f("source", Utf8, false),
-        f("device", Utf8, false),
-        f("profile", Utf8, false),
-        f("input_note", Utf8, false),
-        f("hidden_size", UInt32, false),
-        f("intermediate_size", UInt32, false),
-        f("experts", UInt32, false),
-        f("top_k", UInt32, false),
-        f("use_llep", Boolean, false),
-        f("imbalance_ratio", Float64, false),
-        f("max_load_before", UInt64, false),
-        f("mean_load", Float64, false),
-        f("max_load_after", UInt64, false),
-        f("min_load_after", UInt64, false),
-        f("t_overhead_ms", Float64, false),
-        f("t_dispatch_ms", Float64, false),
-        f("t_transfer_ms", Float64, false),
-        f("t_compute_ms", Float64, false),
-        f("t_combine_ms", Float64, false),
-        f("t_total_ms", Float64, false),
-        f("t_total_p10_ms", Float64, true),
-        f("t_total_p90_ms", Float64, true),
-        f("runs", UInt32, false),
-        f("transfers", UInt32, false),
-        f("duplicate_transfers", UInt32, false),
-        f("transfer_bytes", UInt64, false),
-        f("dispatch_bytes_max", UInt64, false),
-        f("peak_mem_max_bytes", UInt64, false),
-        f("peak_mem_per_gpu", list_u64(), false),
-        f("driver_mem_per_gpu", list_u64(), false),
-        f("loads_before", list_u64(), false),
-        f("loads_after", list_u64(), false),
-        f("oom", Boolean, false),
-        f("rel_error", Float64, true),
-        f("driver", Utf8, false),
-    ]))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
     #[error("{0}: {1}")]
@@ -182,101 +260,6 @@ pub enum ResultsError {
     Parquet(PathBuf, parquet::errors::ParquetError),
     #[error("{0}: {1}")]
     Invalid(PathBuf, String),
-}
-
-fn list_col(rows: &[ResultRow], get: impl Fn(&ResultRow) -> &Vec<u64>) -> ArrayRef {
-    Arc::new(ListArray::from_iter_primitive::<UInt64Type, _, _>(
-        rows.iter()
-            .map(|r| Some(get(r).iter().map(|&x| Some(x)).collect::<Vec<_>>())),
-    ))
-}
-
-/// Rows as one record batch in [`schema`] order.
-pub fn to_batch(rows: &[ResultRow]) -> RecordBatch {
-    macro_rules! s {
-        ($f:ident) => {
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.$f.as_str()),
-            )) as ArrayRef
-        };
-    }
-    macro_rules! u32c {
-        ($f:ident) => {
-            Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.$f))) as ArrayRef
-        };
-    }
-    macro_rules! u64c {
-        ($f:ident) => {
-            Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.$f))) as ArrayRef
-        };
-    }
-    macro_rules! f64c {
-        ($f:ident) => {
-            Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.$f))) as ArrayRef
-        };
-    }
-    macro_rules! of64 {
-        ($f:ident) => {
-            Arc::new(Float64Array::from(
-                rows.iter().map(|r| r.$f).collect::<Vec<_>>(),
-            )) as ArrayRef
-        };
-    }
-    macro_rules! b {
-        ($f:ident) => {
-            Arc::new(BooleanArray::from(
-                rows.iter().map(|r| r.$f).collect::<Vec<_>>(),
-            )) as ArrayRef
-        };
-    }
-    let cols: Vec<ArrayRef> = vec![
-        s!(trace),
-        s!(scenario),
-        u32c!(step),
-        u32c!(layer),
-        s!(policy),
-        of64!(lambda),
-        f64c!(alpha),
-        u64c!(min_gemm),
-        u32c!(gpus),
-        u64c!(tokens_per_rank),
-        s!(source),
-        s!(device),
-        s!(profile),
-        s!(input_note),
-        u32c!(hidden_size),
-        u32c!(intermediate_size),
-        u32c!(experts),
-        u32c!(top_k),
-        b!(use_llep),
-        f64c!(imbalance_ratio),
-        u64c!(max_load_before),
-        f64c!(mean_load),
-        u64c!(max_load_after),
-        u64c!(min_load_after),
-        f64c!(t_overhead_ms),
-        f64c!(t_dispatch_ms),
-        f64c!(t_transfer_ms),
-        f64c!(t_compute_ms),
-        f64c!(t_combine_ms),
-        f64c!(t_total_ms),
-        of64!(t_total_p10_ms),
-        of64!(t_total_p90_ms),
-        u32c!(runs),
-        u32c!(transfers),
-        u32c!(duplicate_transfers),
-        u64c!(transfer_bytes),
-        u64c!(dispatch_bytes_max),
-        u64c!(peak_mem_max_bytes),
-        list_col(rows, |r| &r.peak_mem_per_gpu),
-        list_col(rows, |r| &r.driver_mem_per_gpu),
-        list_col(rows, |r| &r.loads_before),
-        list_col(rows, |r| &r.loads_after),
-        b!(oom),
-        of64!(rel_error),
-        s!(driver),
-    ];
-    RecordBatch::try_new(schema(), cols).expect("results columns match the schema")
 }
 
 /// Write rows atomically to a Parquet file.
@@ -306,22 +289,6 @@ pub fn write_results(
     out.commit().map_err(|e| ResultsError::Io(path.into(), e))
 }
 
-fn col<'a, T: 'static>(b: &'a RecordBatch, name: &str, path: &Path) -> Result<&'a T, ResultsError> {
-    b.column_by_name(name)
-        .ok_or_else(|| ResultsError::Invalid(path.into(), format!("missing column '{name}' (is this a results file from `llep-trace simulate` or `replay`?)")))?
-        .as_any()
-        .downcast_ref::<T>()
-        .ok_or_else(|| ResultsError::Invalid(path.into(), format!("column '{name}' has the wrong type")))
-}
-
-fn list_values(a: &ListArray, i: usize) -> Vec<u64> {
-    let v = a.value(i);
-    v.as_any()
-        .downcast_ref::<UInt64Array>()
-        .map(|x| x.values().to_vec())
-        .unwrap_or_default()
-}
-
 /// Read a results file written by [`write_results`].
 pub fn read_results(path: &Path) -> Result<(ResultsMeta, Vec<ResultRow>), ResultsError> {
     let f = std::fs::File::open(path).map_err(|e| ResultsError::Io(path.into(), e))?;
@@ -346,116 +313,7 @@ pub fn read_results(path: &Path) -> Result<(ResultsMeta, Vec<ResultRow>), Result
     let mut rows = Vec::new();
     for batch in reader {
         let b = batch.map_err(|e| ResultsError::Invalid(path.into(), e.to_string()))?;
-        let s = |n| col::<StringArray>(&b, n, path);
-        let u32c = |n| col::<UInt32Array>(&b, n, path);
-        let u64c = |n| col::<UInt64Array>(&b, n, path);
-        let f64c = |n| col::<Float64Array>(&b, n, path);
-        let bc = |n| col::<BooleanArray>(&b, n, path);
-        let lc = |n| col::<ListArray>(&b, n, path);
-        let opt = |a: &Float64Array, i: usize| if a.is_null(i) { None } else { Some(a.value(i)) };
-        let (trace, scenario, policy, source, device, profile, input_note, driver) = (
-            s("trace")?,
-            s("scenario")?,
-            s("policy")?,
-            s("source")?,
-            s("device")?,
-            s("profile")?,
-            s("input_note")?,
-            s("driver")?,
-        );
-        let (step, layer, gpus, hs, is, ex, tk, runs, tr, dup) = (
-            u32c("step")?,
-            u32c("layer")?,
-            u32c("gpus")?,
-            u32c("hidden_size")?,
-            u32c("intermediate_size")?,
-            u32c("experts")?,
-            u32c("top_k")?,
-            u32c("runs")?,
-            u32c("transfers")?,
-            u32c("duplicate_transfers")?,
-        );
-        let (mg, tpr, mlb, mla, mina, tb, dbm, pm) = (
-            u64c("min_gemm")?,
-            u64c("tokens_per_rank")?,
-            u64c("max_load_before")?,
-            u64c("max_load_after")?,
-            u64c("min_load_after")?,
-            u64c("transfer_bytes")?,
-            u64c("dispatch_bytes_max")?,
-            u64c("peak_mem_max_bytes")?,
-        );
-        let (lambda, alpha, ir, ml, to, td, tt, tc, tcb, ttot, p10, p90, re) = (
-            f64c("lambda")?,
-            f64c("alpha")?,
-            f64c("imbalance_ratio")?,
-            f64c("mean_load")?,
-            f64c("t_overhead_ms")?,
-            f64c("t_dispatch_ms")?,
-            f64c("t_transfer_ms")?,
-            f64c("t_compute_ms")?,
-            f64c("t_combine_ms")?,
-            f64c("t_total_ms")?,
-            f64c("t_total_p10_ms")?,
-            f64c("t_total_p90_ms")?,
-            f64c("rel_error")?,
-        );
-        let (ul, oom) = (bc("use_llep")?, bc("oom")?);
-        let (pmg, dmg, lb, la) = (
-            lc("peak_mem_per_gpu")?,
-            lc("driver_mem_per_gpu")?,
-            lc("loads_before")?,
-            lc("loads_after")?,
-        );
-        for i in 0..b.num_rows() {
-            rows.push(ResultRow {
-                trace: trace.value(i).into(),
-                scenario: scenario.value(i).into(),
-                step: step.value(i),
-                layer: layer.value(i),
-                policy: policy.value(i).into(),
-                lambda: opt(lambda, i),
-                alpha: alpha.value(i),
-                min_gemm: mg.value(i),
-                gpus: gpus.value(i),
-                tokens_per_rank: tpr.value(i),
-                source: source.value(i).into(),
-                device: device.value(i).into(),
-                profile: profile.value(i).into(),
-                input_note: input_note.value(i).into(),
-                hidden_size: hs.value(i),
-                intermediate_size: is.value(i),
-                experts: ex.value(i),
-                top_k: tk.value(i),
-                use_llep: ul.value(i),
-                imbalance_ratio: ir.value(i),
-                max_load_before: mlb.value(i),
-                mean_load: ml.value(i),
-                max_load_after: mla.value(i),
-                min_load_after: mina.value(i),
-                t_overhead_ms: to.value(i),
-                t_dispatch_ms: td.value(i),
-                t_transfer_ms: tt.value(i),
-                t_compute_ms: tc.value(i),
-                t_combine_ms: tcb.value(i),
-                t_total_ms: ttot.value(i),
-                t_total_p10_ms: opt(p10, i),
-                t_total_p90_ms: opt(p90, i),
-                runs: runs.value(i),
-                transfers: tr.value(i),
-                duplicate_transfers: dup.value(i),
-                transfer_bytes: tb.value(i),
-                dispatch_bytes_max: dbm.value(i),
-                peak_mem_max_bytes: pm.value(i),
-                peak_mem_per_gpu: list_values(pmg, i),
-                driver_mem_per_gpu: list_values(dmg, i),
-                loads_before: list_values(lb, i),
-                loads_after: list_values(la, i),
-                oom: oom.value(i),
-                rel_error: opt(re, i),
-                driver: driver.value(i).into(),
-            });
-        }
+        rows.extend(from_batch(&b, path)?);
     }
     Ok((meta, rows))
 }
@@ -468,9 +326,9 @@ mod tests {
     fn round_trip() {
         let row = ResultRow {
             trace: "t".into(),
-            policy: "llep".into(),
-            lambda: Some(1.3),
-            source: SOURCE_SIMULATED.into(),
+            policy: Policy::Llep,
+            gate: Gate::Ratio(1.3),
+            source: Source::Measured,
             peak_mem_per_gpu: vec![1, 2],
             loads_before: vec![5, 6],
             t_total_p10_ms: None,
@@ -488,6 +346,35 @@ mod tests {
         let (_, back) = read_results(&path).unwrap();
         assert_eq!(back[0], row);
         assert_eq!(back[1], ResultRow::default());
+        let always = ResultRow {
+            policy: Policy::Llep,
+            gate: Gate::Always,
+            ..Default::default()
+        };
+        write_results(&path, &[always.clone()], &ResultsMeta::default()).unwrap();
+        assert_eq!(read_results(&path).unwrap().1[0], always);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The file format is public (polars, pandas, duckdb read it): a change
+    /// of a column's name, order or type must be deliberate. Update the
+    /// snapshot and SCHEMA_VERSION together.
+    #[test]
+    fn schema_matches_the_committed_snapshot() {
+        let got: String = schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {} {}\n",
+                    f.name(),
+                    f.data_type(),
+                    if f.is_nullable() { "null" } else { "not null" }
+                )
+            })
+            .collect();
+        let want = include_str!("schema.snapshot");
+        assert_eq!(got, want, "results schema changed; new schema:\n{got}");
+        assert_eq!(COLUMNS.len(), schema().fields().len());
     }
 }

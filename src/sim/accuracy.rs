@@ -3,8 +3,8 @@
 //! GPU count) with a profile, and compare layer time and peak memory.
 
 use super::{row_from, simulated_base, Evaluator, Profile, Shape};
-use crate::plan::{Gate, PlanParams, Policy};
-use crate::results::{ResultRow, SOURCE_MEASURED, SOURCE_SIMULATED};
+use crate::plan::PlanParams;
+use crate::results::{ResultRow, Source};
 use crate::trace::{read_trace, Trace};
 use crate::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload, WorkloadError};
 use std::collections::HashMap;
@@ -81,26 +81,19 @@ pub fn twin(
             measured.trace, measured.step, measured.layer
         )));
     };
-    let policy: Policy = measured
-        .policy
-        .parse()
-        .map_err(|e: crate::plan::UnknownPolicy| AccuracyError::Input(e.to_string()))?;
+    let policy = measured.policy;
     let params = PlanParams {
         gpus: w.gpus,
         alpha: measured.alpha,
         min_gemm: measured.min_gemm,
-        gate: match (policy, measured.lambda) {
-            (_, Some(l)) => Gate::Ratio(l),
-            (Policy::Ep, None) => Gate::Never,
-            (_, None) => Gate::Always,
-        },
+        gate: measured.gate,
     };
     let shape = Shape::from_model(&w.model);
     let global = loads.global(s, l);
     let (plan, cost) = ev.eval(loads.block(s, l), &global, &params, policy, &shape, profile);
     let mut base = simulated_base(w, s, l, profile);
-    base.policy = measured.policy.clone();
-    base.lambda = measured.lambda;
+    base.policy = measured.policy;
+    base.gate = measured.gate;
     base.alpha = measured.alpha;
     base.min_gemm = measured.min_gemm;
     Ok(row_from(plan, &cost, &base))
@@ -135,9 +128,12 @@ fn workload_for(
         layers: vec![r.layer],
     };
     if !r.scenario.is_empty() {
-        let s = r.scenario.parse().map_err(
-            |e: crate::trace::synthetic::ScenarioError| AccuracyError::Input(e.to_string()),
-        )?;
+        let s = r
+            .scenario
+            .parse()
+            .map_err(|e: crate::trace::synthetic::ScenarioError| {
+                AccuracyError::Input(e.to_string())
+            })?;
         spec.source = InputSource::Synthetic(vec![s]);
         spec.dims.experts = Some(r.experts);
         spec.dims.top_k = Some(r.top_k);
@@ -176,7 +172,7 @@ pub fn compare(
 ) -> Result<Accuracy, AccuracyError> {
     let measured: Vec<&ResultRow> = rows
         .iter()
-        .filter(|r| r.source == SOURCE_MEASURED && !r.oom)
+        .filter(|r| r.source == Source::Measured && !r.oom)
         .collect();
     if measured.is_empty() {
         return Err(AccuracyError::NoMeasured);
@@ -203,7 +199,7 @@ pub fn compare(
 }
 
 fn pair(m: &ResultRow, simulated: ResultRow) -> Pair {
-    debug_assert_eq!(simulated.source, SOURCE_SIMULATED);
+    debug_assert_eq!(simulated.source, Source::Simulated);
     let time_err = (simulated.t_total_ms - m.t_total_ms) / m.t_total_ms;
     let measured_peak = m
         .driver_mem_per_gpu
@@ -233,6 +229,8 @@ pub fn default_trace_dirs(extra: &[PathBuf]) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::{Gate, Policy};
+    use crate::results::Source;
 
     #[test]
     fn twins_reproduce_the_simulation_and_measure_the_error() {
@@ -242,8 +240,8 @@ mod tests {
         let mut m = ResultRow {
             trace: "synthetic".into(),
             scenario: "95:1".into(),
-            policy: "llep".into(),
-            lambda: Some(1.3),
+            policy: Policy::Llep,
+            gate: Gate::Ratio(1.3),
             alpha: 1.0,
             min_gemm: 1024,
             gpus: 2,
@@ -252,7 +250,7 @@ mod tests {
             intermediate_size: 2880,
             experts: 128,
             top_k: 4,
-            source: SOURCE_MEASURED.into(),
+            source: Source::Measured,
             ..Default::default()
         };
         let first = compare(
@@ -267,7 +265,7 @@ mod tests {
         .unwrap();
         let sim = &first.pairs[0].simulated;
         assert!(sim.use_llep, "95:1 is far above lambda 1.3");
-        assert_eq!(sim.source, SOURCE_SIMULATED);
+        assert_eq!(sim.source, Source::Simulated);
         m.t_total_ms = sim.t_total_ms * 1.25;
         m.peak_mem_max_bytes = sim.peak_mem_max_bytes;
         let acc = compare(&[m], &prof, &[]).unwrap();

@@ -10,7 +10,7 @@ pub use profile::{Profile, ProfileError};
 
 use crate::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
 use crate::progress::Progress;
-use crate::results::{ResultRow, SOURCE_SIMULATED};
+use crate::results::{ResultRow, Source};
 use crate::trace::Loads;
 use crate::workload::Workload;
 
@@ -138,7 +138,7 @@ pub fn simulate(
 /// The keys of a simulated row of layer-step `(s, l)`.
 pub fn simulated_base(w: &Workload, s: usize, l: usize, prof: &Profile) -> ResultRow {
     ResultRow {
-        source: SOURCE_SIMULATED.into(),
+        source: Source::Simulated,
         device: prof.card.clone(),
         profile: prof.name.clone(),
         runs: 0,
@@ -182,7 +182,7 @@ fn simulate_range(
                 if wants(Policy::Ep) || wants(Policy::Llep) {
                     let (plan, cost) = ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
                     let mut r = row_from(plan, &cost, &b);
-                    r.policy = "ep".into();
+                    r.policy = Policy::Ep;
                     ep_row = Some(r);
                 }
                 if wants(Policy::Ep) {
@@ -192,17 +192,17 @@ fn simulate_range(
                     let (plan, cost) =
                         ev.eval(per_rank, &global, &params, Policy::Llep, shape, prof);
                     let mut on = row_from(plan, &cost, &b);
-                    on.policy = "llep".into();
+                    on.policy = Policy::Llep;
                     let ratio = plan.imbalance_ratio;
                     for &g in &cfg.gates {
                         let mut r = if g.admits(ratio) {
                             on.clone()
                         } else {
                             let mut r = ep_row.clone().unwrap();
-                            r.policy = "llep".into();
+                            r.policy = Policy::Llep;
                             r
                         };
-                        r.lambda = g.lambda();
+                        r.gate = g;
                         rows.push(r);
                     }
                 }
@@ -210,7 +210,7 @@ fn simulate_range(
                     let (plan, cost) =
                         ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
                     let mut r = row_from(plan, &cost, &b);
-                    r.policy = "ideal".into();
+                    r.policy = Policy::Ideal;
                     rows.push(r);
                 }
             }
@@ -224,8 +224,8 @@ fn simulate_range(
 pub struct Summary {
     /// Synthetic scenario ("" for traces).
     pub scenario: String,
-    pub policy: String,
-    pub lambda: Option<f64>,
+    pub policy: Policy,
+    pub gate: Gate,
     pub alpha: f64,
     pub min_gemm: u64,
     pub layer_steps: usize,
@@ -248,13 +248,13 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
     let key = |r: &ResultRow| {
         (
             r.scenario.clone(),
-            r.policy.clone(),
-            r.lambda.map(f64::to_bits),
+            r.policy,
+            r.lambda().map(f64::to_bits),
             r.alpha.to_bits(),
             r.min_gemm,
         )
     };
-    let mut keys: Vec<(String, String, Option<u64>, u64, u64)> = Vec::new();
+    let mut keys: Vec<(String, Policy, Option<u64>, u64, u64)> = Vec::new();
     for r in rows {
         let k = key(r);
         let idx = match keys.iter().position(|x| *x == k) {
@@ -263,8 +263,8 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
                 keys.push(k);
                 out.push(Summary {
                     scenario: r.scenario.clone(),
-                    policy: r.policy.clone(),
-                    lambda: r.lambda,
+                    policy: r.policy,
+                    gate: r.gate,
                     alpha: r.alpha,
                     min_gemm: r.min_gemm,
                     layer_steps: 0,
@@ -313,7 +313,7 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
     }
     let eps: Vec<(String, u64, u64, f64)> = out
         .iter()
-        .filter(|s| s.policy == "ep")
+        .filter(|s| s.policy == Policy::Ep)
         .map(|s| {
             (
                 s.scenario.clone(),

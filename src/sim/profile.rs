@@ -127,7 +127,8 @@ impl Profile {
     }
 
     pub fn validate(&self) -> Result<(), ProfileError> {
-        self.check().map_err(|m| ProfileError::Invalid(self.name.clone(), m))
+        self.check()
+            .map_err(|m| ProfileError::Invalid(self.name.clone(), m))
     }
 
     fn check(&self) -> Result<(), String> {

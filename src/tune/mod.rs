@@ -2,6 +2,7 @@
 //! alpha and m), pick the setting that minimises total time (or peak
 //! memory, or time under a memory cap), with every other setting's regret.
 
+use crate::plan::Policy;
 use crate::results::ResultRow;
 use std::collections::BTreeMap;
 
@@ -106,11 +107,11 @@ pub enum TuneError {
 
 fn key(r: &ResultRow) -> (bool, Option<u64>, u64, u64) {
     (
-        r.policy == "ep",
-        if r.policy == "ep" {
+        r.policy == Policy::Ep,
+        if r.policy == Policy::Ep {
             None
         } else {
-            r.lambda.map(f64::to_bits)
+            r.lambda().map(f64::to_bits)
         },
         r.alpha.to_bits(),
         r.min_gemm,
@@ -130,15 +131,19 @@ pub fn tune(
     let mut acc: BTreeMap<(bool, Option<u64>, u64, u64), Scored> = BTreeMap::new();
     for r in rows
         .iter()
-        .filter(|r| r.policy == "ep" || r.policy == "llep")
+        .filter(|r| r.policy == Policy::Ep || r.policy == Policy::Llep)
     {
         let k = key(r);
         let e = acc.entry(k).or_insert_with(|| {
             order.push(k);
             Scored {
                 setting: Setting {
-                    never: r.policy == "ep",
-                    lambda: if r.policy == "ep" { None } else { r.lambda },
+                    never: r.policy == Policy::Ep,
+                    lambda: if r.policy == Policy::Ep {
+                        None
+                    } else {
+                        r.lambda()
+                    },
                     alpha: r.alpha,
                     min_gemm: r.min_gemm,
                 },
@@ -252,9 +257,12 @@ pub fn tune(
 
 fn matches(r: &ResultRow, s: &Setting) -> bool {
     if s.never {
-        r.policy == "ep"
+        r.policy == Policy::Ep
     } else {
-        r.policy == "llep" && r.lambda == s.lambda && r.alpha == s.alpha && r.min_gemm == s.min_gemm
+        r.policy == Policy::Llep
+            && r.lambda() == s.lambda
+            && r.alpha == s.alpha
+            && r.min_gemm == s.min_gemm
     }
 }
 
@@ -273,7 +281,7 @@ fn per_layer(rows: &[ResultRow], chosen: &Setting) -> Vec<LayerAdvice> {
             .iter()
             .filter(|r| {
                 r.layer == l
-                    && (r.policy == "ep"
+                    && (r.policy == Policy::Ep
                         || (r.alpha == chosen.alpha && r.min_gemm == chosen.min_gemm))
             })
             .cloned()
@@ -304,8 +312,12 @@ mod tests {
 
     fn row(policy: &str, lambda: Option<f64>, layer: u32, ms: f64, on: bool) -> ResultRow {
         ResultRow {
-            policy: policy.into(),
-            lambda,
+            policy: policy.parse().unwrap(),
+            gate: match (policy, lambda) {
+                ("ep", _) => crate::plan::Gate::Never,
+                (_, Some(l)) => crate::plan::Gate::Ratio(l),
+                (_, None) => crate::plan::Gate::Always,
+            },
             layer,
             alpha: 1.0,
             min_gemm: 1024,
