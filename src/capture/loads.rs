@@ -330,6 +330,7 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
         token_level: false,
         skipped_tokens: 0,
         logits_kept: false,
+        passes_aggregated: None,
     };
     let mut meta = TraceMeta::new(model, capture);
     meta.provenance = opts.provenance.clone().unwrap_or_default();

@@ -213,6 +213,7 @@ pub fn capture_meta(format: &str, files: &[PathBuf], rank_assignment: &str) -> C
         token_level: false,
         skipped_tokens: 0,
         logits_kept: false,
+        passes_aggregated: None,
     }
 }
 
