@@ -140,6 +140,66 @@ fn sglang_per_token_counts_ids_and_infers_top_k() {
 }
 
 #[test]
+fn sglang_per_token_as_token_rows() {
+    let d = tmp("sgl-tok");
+    for dir in ["sglang_per_token", "sglang_per_token_old"] {
+        let out = d.join(format!("{dir}.parquet"));
+        let r = routed::capture_sglang_tokens(&[data(dir)], &out, &quiet()).unwrap();
+        // The fixture's expected counts are summed over the two ranks; the
+        // token rows keep each token's rank.
+        assert_eq!(r.loads.ranks, 2);
+        assert_eq!(r.meta.model.top_k, 4);
+        let sums = engines::capture_sglang(&[data(dir)], &quiet()).unwrap();
+        assert_eq!(r.loads.step_ids, sums.loads.step_ids);
+        assert_eq!(r.loads.layer_ids, sums.loads.layer_ids);
+        for s in 0..r.loads.steps() {
+            for l in 0..r.loads.layers() {
+                assert_eq!(r.loads.global(s, l), sums.loads.global(s, l), "{dir}");
+            }
+        }
+        check_global(&r.loads, &format!("{dir}/all.expected"));
+        assert!(
+            r.meta.provenance.contains("layers [0]"),
+            "{}",
+            r.meta.provenance
+        );
+    }
+}
+
+#[test]
+fn sglang_per_token_tensor_parallel_copies_count_once() {
+    let dir = "sglang_per_token_tp";
+    let t = engines::capture_sglang(&[data(dir)], &quiet()).unwrap();
+    check(&t.loads, &t.meta, &format!("{dir}/all.expected"));
+    let out = tmp("sgl-tp").join("t.parquet");
+    let r = routed::capture_sglang_tokens(&[data(dir)], &out, &quiet()).unwrap();
+    assert_eq!(r.loads.ranks, 1);
+    check_global(&r.loads, &format!("{dir}/all.expected"));
+    assert!(
+        r.meta.provenance.contains("identical"),
+        "{}",
+        r.meta.provenance
+    );
+}
+
+/// Rank-summed counts against a single-rank expected table.
+fn check_global(loads: &Loads, expected: &str) {
+    let text = std::fs::read_to_string(data(expected)).unwrap();
+    let want: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for (s, by_layer) in want["counts"].as_array().unwrap().iter().enumerate() {
+        for (l, row) in by_layer.as_array().unwrap().iter().enumerate() {
+            let row: Vec<u64> = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
+            assert_eq!(loads.global(s, l), row, "{expected}: step {s} layer {l}");
+        }
+    }
+}
+
+#[test]
 fn sglang_csv_window_and_tensor_parallel_duplicates() {
     let t = engines::capture_sglang(&[data("sglang_csv")], &with_top_k(2)).unwrap();
     check(&t.loads, &t.meta, "sglang_csv/all.expected");
@@ -277,4 +337,32 @@ fn eplb_rejects_fractional_loads() {
     let e =
         engines::capture_eplb_matrix(&[f], &with_top_k(1), &EplbOptions::default()).unwrap_err();
     assert!(err_text(e).contains("not a whole count"));
+}
+
+#[test]
+fn trtllm_node_directories_merge_and_overlaps_are_refused() {
+    let d = tmp("trt-nodes");
+    let (a, b) = (d.join("node0"), d.join("node1"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    for f in ["meta_info.json", "rank0.safetensors"] {
+        std::fs::copy(data(&format!("trtllm/{f}")), a.join(f)).unwrap();
+    }
+    std::fs::copy(
+        data("trtllm/rank1.safetensors"),
+        b.join("rank1.safetensors"),
+    )
+    .unwrap();
+    let t = engines::capture_trtllm(&[a.clone(), b.clone()], &quiet()).unwrap();
+    check(&t.loads, &t.meta, "trtllm/all.expected");
+    // Without rank 0's directory nothing says top-k or the expert count.
+    let e = engines::capture_trtllm(std::slice::from_ref(&b), &quiet()).unwrap_err();
+    assert!(err_text(e).contains("meta_info.json"));
+    std::fs::copy(
+        data("trtllm/rank1.safetensors"),
+        a.join("rank1.safetensors"),
+    )
+    .unwrap();
+    let e = engines::capture_trtllm(&[a, b], &quiet()).unwrap_err();
+    assert!(err_text(e).contains("another input directory"));
 }

@@ -140,7 +140,7 @@ fn drop_empty(counts: &mut Counts, f: &mut Finish) {
         if empty > 0 && empty < by_step.len() {
             counts.retain(|k, _| !by_step[&k.0]);
             f.notes.push(format!(
-                "{empty} all-zero pass slots (unused recorder buffer) were left out"
+                "{empty} all-zero pass slots (unused recorder buffer, or passes that routed nothing) were left out"
             ));
         }
     }

@@ -23,13 +23,17 @@
 //! - `vllm-routed`: vLLM routed-experts arrays (`--enable-return-routed-experts`),
 //!   `.npy` integer `[tokens, num_hidden_layers, k]`, one file per request:
 //!   [`vllm`].
+//! - `sglang-per-token`: SGLang expert-distribution `per_token` dumps, the
+//!   per-token physical ids mapped to logical experts: [`sglang_tokens`].
 //!
 //! Weights are the source's when it has them; otherwise every slot gets
 //! 1/k (stated in the trace provenance), since a trace row always has k
 //! weights. Expert ids are checked against `--num-experts` when given, else
 //! the number of experts is the largest id + 1.
 
+pub mod sglang_tokens;
 pub mod vllm;
+pub use sglang_tokens::capture_sglang_tokens;
 pub use vllm::{capture_vllm, capture_vllm_with, VllmOptions};
 
 use super::pt::{read_pt, Value};

@@ -73,12 +73,13 @@ fn rank_files(dir: &Path) -> Result<Vec<(u32, PathBuf)>, CaptureError> {
     Ok(ranks)
 }
 
-/// TensorRT-LLM statistics directories (one per run; their ranks and
-/// iterations are merged).
+/// TensorRT-LLM statistics directories (one per node or run; their ranks
+/// and iterations are merged). At least one must hold `meta_info.json`.
 pub fn capture_trtllm(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Trace, CaptureError> {
     let mut files = Vec::new();
     let mut per_rank: BTreeMap<u32, Counts> = BTreeMap::new();
     let (mut experts, mut top_k) = (None, None);
+    let mut metas = 0;
     for dir in inputs {
         if !dir.is_dir() {
             return Err(CaptureError::input(
@@ -86,11 +87,15 @@ pub fn capture_trtllm(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Trace
                 "TensorRT-LLM statistics are a directory (meta_info.json + rank{r}.safetensors)",
             ));
         }
+        // Only rank 0 writes meta_info.json: a node's directory without it
+        // is read when another input directory has one.
         let meta = dir.join("meta_info.json");
-        if !meta.exists() {
-            return Err(CaptureError::input(dir, "no meta_info.json"));
-        }
-        let (e, k) = meta_info(&meta)?;
+        let (e, k) = if meta.exists() {
+            metas += 1;
+            meta_info(&meta)?
+        } else {
+            (None, None)
+        };
         for (old, new, name) in [(&mut experts, e, "num_experts"), (&mut top_k, k, "top-k")] {
             match (*old, new) {
                 (Some(a), Some(b)) if a != b => {
@@ -103,11 +108,19 @@ pub fn capture_trtllm(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Trace
                 _ => {}
             }
         }
-        files.push(meta);
+        if meta.exists() {
+            files.push(meta);
+        }
         for (rank, file) in rank_files(dir)? {
             read_rank(&file, rank, per_rank.entry(rank).or_default())?;
             files.push(file);
         }
+    }
+    if metas == 0 {
+        return Err(CaptureError::input(
+            inputs.first().map_or(Path::new(""), |p| p.as_path()),
+            "no meta_info.json (rank 0 writes it into its EXPERT_STATISTIC_PATH)",
+        ));
     }
     let mut f = Finish::new("trtllm-load-stats", &files, "recorded");
     f.what = inputs.first().map_or(Path::new(""), |p| p.as_path());
@@ -128,6 +141,12 @@ fn read_rank(file: &Path, rank: u32, counts: &mut Counts) -> Result<(), CaptureE
                 format!("tensor '{key}' is not named {{iter}}_{{layer}}"),
             ));
         };
+        if counts.contains_key(&(iter, layer, rank)) {
+            return Err(CaptureError::input(
+                file,
+                format!("iteration {iter} layer {layer} of rank {rank} is also in another input directory"),
+            ));
+        }
         if t.shape.len() != 1 {
             return Err(CaptureError::input(
                 file,

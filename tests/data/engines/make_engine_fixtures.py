@@ -94,11 +94,15 @@ def save_pt(build, path):
     P(buf, protocol=2).dump(obj)
     name = os.path.splitext(os.path.basename(path))[0]
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(f"{name}/data.pkl", buf.getvalue())
-        z.writestr(f"{name}/byteorder", "little")
+        def put(entry, data):
+            # fixed timestamps: the same script writes the same bytes
+            z.writestr(zipfile.ZipInfo(f"{name}/{entry}", (2024, 1, 1, 0, 0, 0)), data)
+
+        put("data.pkl", buf.getvalue())
+        put("byteorder", "little")
         for s in storages:
-            z.writestr(f"{name}/data/{s.key}", s.arr.tobytes())
-        z.writestr(f"{name}/version", "3\n")
+            put(f"data/{s.key}", s.arr.tobytes())
+        put("version", "3\n")
 
 
 def save_safetensors(tensors, path):
@@ -200,24 +204,31 @@ expected(os.path.join(d, "all"), table, E, None)
 K, SLOTS_K = 4, 8
 
 
-def per_token(dirname, old):
+def per_token(dirname, old, tp=False):
+    """tp: rank 1 routes the same tokens as rank 0 (tensor parallelism)."""
     d = fresh(dirname)
     table = {}
+    rank0 = {}
     for rank in range(2):
         records = []
         misc = [{"layer_id": 1, "num_tokens_per_rank": [3, 4]}]
         for pass_id in (7, 8):
-            n = int(rng.integers(4, 12))
-            ids = np.full((L, n, SLOTS_K), -1, dtype=np.int32)
-            gpc = np.zeros((L, P), dtype=np.int32)
-            for l in range(1, L):
-                rows = topk_rows(n, P, K)
-                ids[l, :, :K] = rows
-                for ph in rows.flatten():
-                    gpc[l, ph] += 1
-                    key = (pass_id, l, 0)
-                    table.setdefault(key, np.zeros(E, dtype=np.int64))
-                    table[key][p2l[l, ph]] += 1
+            if tp and rank == 1:
+                ids, gpc = rank0[pass_id]
+                n = ids.shape[1]
+            else:
+                n = int(rng.integers(4, 12))
+                ids = np.full((L, n, SLOTS_K), -1, dtype=np.int32)
+                gpc = np.zeros((L, P), dtype=np.int32)
+                for l in range(1, L):
+                    rows = topk_rows(n, P, K)
+                    ids[l, :, :K] = rows
+                    for ph in rows.flatten():
+                        gpc[l, ph] += 1
+                        key = (pass_id, l, 0)
+                        table.setdefault(key, np.zeros(E, dtype=np.int64))
+                        table[key][p2l[l, ph]] += 1
+                rank0[pass_id] = (ids, gpc)
             rec = dict(forward_pass_id=pass_id, rank=rank, gatherer_key="primary",
                        input_ids=[int(x) for x in rng.integers(0, 1000, n)],
                        positions=list(range(n)), extend_seq_lens=[n], forward_mode=1,
@@ -239,6 +250,7 @@ def per_token(dirname, old):
 
 per_token("sglang_per_token", old=False)
 per_token("sglang_per_token_old", old=True)
+per_token("sglang_per_token_tp", old=False, tp=True)
 
 # ------------------------------------------------------------ SGLang old CSV
 # dump_record of SGLang <= 0.4.5: expert_distribution_rank{r}_timestamp{t}.csv,
