@@ -319,6 +319,11 @@ fn eplb_matrices_in_every_container() {
         .unwrap();
         check(&t.loads, &t.meta, "eplb/init_expert_location.expected");
     }
+    // SGLang's own reader takes the same dict (a stat dump is also a valid
+    // --init-expert-location input, and the other way round).
+    let t =
+        engines::capture_sglang(&[data("eplb/init_expert_location.pt")], &with_top_k(2)).unwrap();
+    check(&t.loads, &t.meta, "eplb/init_expert_location.expected");
     // A known window is recorded.
     let t = engines::capture_eplb_matrix(
         &[data("eplb/weight.npy")],

@@ -12,6 +12,12 @@ formats"); the counts the trace must hold are computed here independently
 `.pt` files reproduce torch.save's zip layout with the standard library (a
 fake `torch` module names the globals; no torch code runs). Run from the
 repository root: python3 tests/data/engines/make_engine_fixtures.py
+
+With `--torch` (PyTorch installed) the same objects go through the real
+`torch.save`, on the GPU where the engine keeps them when CUDA is there:
+the same counts, the genuine archive. `cargo test --release --test
+capture_engines` must then pass unchanged; restore the committed files
+with `git checkout tests/data/engines` afterwards.
 """
 
 import io
@@ -32,6 +38,10 @@ rng = np.random.default_rng(11)
 
 # ------------------------------------------------------------------ torch.save
 
+REAL_TORCH = "--torch" in sys.argv
+if REAL_TORCH:
+    import torch as real_torch
+
 torch = types.ModuleType("torch")
 utils = types.ModuleType("torch._utils")
 
@@ -45,8 +55,9 @@ utils._rebuild_tensor_v2 = _rebuild_tensor_v2
 torch._utils = utils
 for n in ("LongStorage", "IntStorage"):
     setattr(torch, n, type(n, (), {"__module__": "torch"}))
-sys.modules["torch"] = torch
-sys.modules["torch._utils"] = utils
+if not REAL_TORCH:
+    sys.modules["torch"] = torch
+    sys.modules["torch._utils"] = utils
 STORAGE = {np.dtype("int64"): torch.LongStorage, np.dtype("int32"): torch.IntStorage}
 
 
@@ -74,6 +85,15 @@ def save_pt(build, path):
     `build(t)` returns the object; `t(array, location="cpu")` makes a tensor.
     Protocol 2, archive folder named after the file stem, as torch >= 1.6.
     """
+    if REAL_TORCH:
+        def real(arr, location="cpu"):
+            x = real_torch.from_numpy(np.ascontiguousarray(arr).copy())
+            if location.startswith("cuda") and real_torch.cuda.is_available():
+                x = x.to(location)
+            return x
+
+        real_torch.save(build(real), path)
+        return
     storages = []
 
     def t(arr, location="cpu"):
