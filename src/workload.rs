@@ -350,10 +350,12 @@ impl InputSpec {
         let k = trace.meta.model.top_k.max(1) as u64;
         let (loads, split) = trace.loads.at_ranks(self.gpus);
         let implied = implied_tokens_per_rank(&loads, k);
-        let passes = trace.meta.capture.passes_aggregated.filter(|&p| p > 1);
+        // Some(0): the source sums several passes without saying how many
+        let passes = trace.meta.capture.passes_aggregated.filter(|&p| p != 1);
         let mut tpr = self.tokens_per_rank;
         if tpr.is_none() && (passes.is_some() || implied > IMPLAUSIBLE_TOKENS_PER_RANK) {
             let why = match passes {
+                Some(0) => "its counts are summed over several forward passes".to_string(),
                 Some(p) => format!("its counts are summed over {p} forward passes"),
                 None => format!(
                     "its counts imply {implied} tokens per GPU in one pass, more than one forward pass holds; they were probably summed over many passes"

@@ -1,30 +1,40 @@
 //! Aggregate expert loads recorded by serving engines -> load-level trace.
 //!
-//! - `sglang`: SGLang's expert-distribution recorder dump (`.pt`, read with
-//!   the restricted pickle reader). Stat mode: `logical_count`, integers
-//!   `[passes, layers, experts]` (or `[layers, experts]`), one step per
-//!   forward pass. Per-pass mode: `records`, a list with per pass
-//!   `global_physical_count` `[layers, physical_experts]` and
-//!   `last_physical_to_logical_map` `[layers, physical_experts]` (in the
-//!   record or at the top level); physical counts are summed onto their
-//!   logical expert.
-//! - `trtllm`: TensorRT-LLM load statistics, a directory with
-//!   `meta_info.json` and `rank{r}.safetensors` files whose tensors are named
-//!   `{iter}_{layer}` and hold per-expert token counts of that rank.
+//! One reader per engine dump, each checked against the engine's own source
+//! (file and commit cited in the reader's doc comment and in
+//! `traces/README.md`, "Engine dump formats"):
+//! - [`capture_sglang`]: SGLang's expert-distribution recorder (`stat`,
+//!   `per_pass`, `per_token` `.pt` dumps and the older per-rank CSVs), in
+//!   [`sglang`];
+//! - [`capture_trtllm`]: TensorRT-LLM's `EXPERT_STATISTIC_PATH` directory, in
+//!   [`trtllm`];
+//! - [`capture_eplb_matrix`]: a DeepSeek-EPLB / SGLang
+//!   `--init-expert-location` load matrix `[layers, logical_experts]`, in
+//!   [`eplb`].
 //!
-//! Neither says top-k: `--top-k` is required.
+//! This file holds what they share: the count table keyed by (step, layer,
+//! rank) and [`finish`], which turns it into a [`Trace`] and records in the
+//! metadata how many forward passes a step's counts sum
+//! (`CaptureMeta::passes_aggregated`).
 
-use super::pt::{read_pt, Value};
+pub mod eplb;
+pub mod sglang;
+pub mod trtllm;
+
+pub use eplb::{capture_eplb_matrix, EplbOptions};
+pub use sglang::capture_sglang;
+pub use trtllm::capture_trtllm;
+
 use super::sink::{capture_meta, model_meta, trace_meta};
-use super::tensor::{read_safetensors, Tensor};
 use super::{CaptureError, CaptureOptions};
 use crate::trace::{Loads, RoutingFn, Trace};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-type Counts = BTreeMap<(u32, u32, u32), Vec<u64>>;
+/// Per-expert counts keyed by (step, layer, rank).
+pub(crate) type Counts = BTreeMap<(u32, u32, u32), Vec<u64>>;
 
-fn add(counts: &mut Counts, key: (u32, u32, u32), e: usize, c: u64) {
+pub(crate) fn add(counts: &mut Counts, key: (u32, u32, u32), e: usize, c: u64) {
     let row = counts.entry(key).or_default();
     if row.len() <= e {
         row.resize(e + 1, 0);
@@ -32,35 +42,133 @@ fn add(counts: &mut Counts, key: (u32, u32, u32), e: usize, c: u64) {
     row[e] += c;
 }
 
-fn nonneg(v: i64, file: &Path, what: &str) -> Result<u64, CaptureError> {
+pub(crate) fn nonneg(v: i64, file: &Path, what: &str) -> Result<u64, CaptureError> {
     u64::try_from(v).map_err(|_| CaptureError::input(file, format!("{what}: negative count {v}")))
 }
 
-fn finish(
-    counts: Counts,
-    opts: &CaptureOptions,
-    format: &str,
-    files: &[PathBuf],
-    rank_assignment: &str,
+/// Integer counts from a tensor; float tensors must hold whole numbers.
+pub(crate) fn whole_counts(
+    t: &super::tensor::Tensor,
+    file: &Path,
+    what: &str,
+) -> Result<Vec<i64>, CaptureError> {
+    if !t.dtype.is_float() {
+        return t.to_i64(file, what);
+    }
+    let f = t.to_f32();
+    if f.iter().any(|x| !x.is_finite() || x.fract() != 0.0) {
+        return Err(CaptureError::input(
+            file,
+            format!("'{what}': counts are not whole numbers"),
+        ));
+    }
+    Ok(f.iter().map(|&x| x as i64).collect())
+}
+
+/// What a reader knows besides the counts.
+pub(crate) struct Finish<'a> {
+    pub format: &'a str,
+    pub files: &'a [PathBuf],
+    pub rank_assignment: &'a str,
+    /// File named in errors about the whole input.
+    pub what: &'a Path,
+    /// Top-k / expert count the source states (checked against the options).
+    pub top_k: Option<u32>,
+    pub num_experts: Option<u32>,
+    pub passes_aggregated: Option<u64>,
+    /// Drop layers whose counts are zero at every step and rank: engines
+    /// that size the layer axis by all hidden layers leave dense layers at 0.
+    pub drop_empty_layers: bool,
+    /// Drop steps whose counts are all zero (unused buffer slots).
+    pub drop_empty_steps: bool,
+    /// Facts about the reading, appended to the provenance.
+    pub notes: Vec<String>,
+}
+
+impl<'a> Finish<'a> {
+    pub fn new(format: &'a str, files: &'a [PathBuf], rank_assignment: &'a str) -> Self {
+        Finish {
+            format,
+            files,
+            rank_assignment,
+            what: files.first().map_or(Path::new(""), |p| p.as_path()),
+            top_k: None,
+            num_experts: None,
+            passes_aggregated: None,
+            drop_empty_layers: false,
+            drop_empty_steps: false,
+            notes: Vec::new(),
+        }
+    }
+}
+
+/// A value the source states and the user may also give: they must agree.
+fn agree(
+    given: Option<u32>,
+    stated: Option<u32>,
     what: &Path,
+    name: &str,
+) -> Result<Option<u32>, CaptureError> {
+    match (given, stated) {
+        (Some(g), Some(s)) if g != s => Err(CaptureError::input(
+            what,
+            format!("the dump says {name} {s}, the command line {g}"),
+        )),
+        (g, s) => Ok(g.or(s)),
+    }
+}
+
+fn drop_empty(counts: &mut Counts, f: &mut Finish) {
+    let zero = |v: &Vec<u64>| v.iter().all(|&x| x == 0);
+    let mut by_layer: BTreeMap<u32, bool> = BTreeMap::new();
+    let mut by_step: BTreeMap<u32, bool> = BTreeMap::new();
+    for ((s, l, _), row) in counts.iter() {
+        *by_layer.entry(*l).or_insert(true) &= zero(row);
+        *by_step.entry(*s).or_insert(true) &= zero(row);
+    }
+    if f.drop_empty_layers {
+        let empty: Vec<u32> = by_layer.iter().filter(|e| *e.1).map(|e| *e.0).collect();
+        if !empty.is_empty() && empty.len() < by_layer.len() {
+            counts.retain(|k, _| !empty.contains(&k.1));
+            f.notes.push(format!(
+                "layers {empty:?} route no token in the whole dump (dense layers) and were left out"
+            ));
+        }
+    }
+    if f.drop_empty_steps {
+        let empty = by_step.values().filter(|&&z| z).count();
+        if empty > 0 && empty < by_step.len() {
+            counts.retain(|k, _| !by_step[&k.0]);
+            f.notes.push(format!(
+                "{empty} all-zero pass slots (unused recorder buffer, or passes that routed nothing) were left out"
+            ));
+        }
+    }
+}
+
+/// Turn the count table into a load-level trace.
+pub(crate) fn finish(
+    mut counts: Counts,
+    opts: &CaptureOptions,
+    mut f: Finish,
 ) -> Result<Trace, CaptureError> {
     if counts.is_empty() {
-        return Err(CaptureError::input(what, "no counts found"));
+        return Err(CaptureError::input(f.what, "no counts found"));
     }
+    drop_empty(&mut counts, &mut f);
+    let what = f.what;
     let seen = counts.values().map(Vec::len).max().unwrap_or(0);
-    let e_n = match opts.model.num_experts {
+    let e_n = match agree(opts.model.num_experts, f.num_experts, what, "num_experts")? {
         Some(n) if (n as usize) < seen => {
             return Err(CaptureError::input(
                 what,
-                format!("expert id {} out of range for --num-experts {n}", seen - 1),
+                format!("expert id {} out of range for {n} experts", seen - 1),
             ))
         }
         Some(n) => n as usize,
         None => seen,
     };
-    let top_k = opts
-        .model
-        .top_k
+    let top_k = agree(opts.model.top_k, f.top_k, what, "top_k")?
         .ok_or_else(|| CaptureError::input(what, "the dump does not say top_k: pass --top-k"))?;
     if top_k == 0 || top_k as usize > e_n {
         return Err(CaptureError::input(
@@ -69,7 +177,6 @@ fn finish(
         ));
     }
     let mut steps: Vec<u32> = counts.keys().map(|k| k.0).collect();
-    steps.dedup();
     steps.sort_unstable();
     steps.dedup();
     let mut layers: Vec<u32> = counts.keys().map(|k| k.1).collect();
@@ -91,203 +198,70 @@ fn finish(
         opts.model.routing.unwrap_or(RoutingFn::Recorded),
         layers.last().map_or(0, |&l| l + 1),
     );
-    let mut cap = capture_meta(format, files, rank_assignment);
+    let mut cap = capture_meta(f.format, f.files, f.rank_assignment);
     cap.ranks = ranks as u32;
     cap.tokens_per_rank = Some(loads.total(0, 0) / (top_k as u64 * ranks as u64));
+    cap.passes_aggregated = f.passes_aggregated;
+    let mut meta = trace_meta(opts, model, cap);
+    if !f.notes.is_empty() {
+        let notes = f.notes.join("; ");
+        meta.provenance = if meta.provenance.is_empty() {
+            notes
+        } else {
+            format!("{}; {notes}", meta.provenance)
+        };
+    }
     Ok(Trace {
-        meta: trace_meta(opts, model, cap),
+        meta,
         loads,
         tokens: None,
     })
 }
 
-fn tensor<'a>(v: &'a Value, key: &str, file: &Path) -> Result<&'a Tensor, CaptureError> {
-    v.get(key)
-        .and_then(Value::as_tensor)
-        .ok_or_else(|| CaptureError::input(file, format!("'{key}' is missing or not a tensor")))
-}
-
-/// SGLang expert-distribution recorder dump.
-pub fn capture_sglang(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Trace, CaptureError> {
-    let files = super::routed::expand(inputs, &["pt"])?;
-    let mut counts = Counts::new();
-    let mut step_base = 0u32;
-    for file in &files {
-        let v = read_pt(file)?;
-        if let Some(lc) = v.get("logical_count") {
-            let t = lc
-                .as_tensor()
-                .ok_or_else(|| CaptureError::input(file, "'logical_count' is not a tensor"))?;
-            let (p_n, l_n, e_n) = match t.shape.as_slice() {
-                &[p, l, e] => (p, l, e),
-                &[l, e] => (1, l, e),
-                s => {
-                    return Err(CaptureError::input(
-                        file,
-                        format!(
-                            "'logical_count' has shape {s:?}, expected [passes, layers, experts]"
-                        ),
-                    ))
-                }
-            };
-            let c = t.to_i64(file, "logical_count")?;
-            for p in 0..p_n {
-                for l in 0..l_n {
-                    for e in 0..e_n {
-                        let x = nonneg(c[(p * l_n + l) * e_n + e], file, "logical_count")?;
-                        add(&mut counts, (step_base + p as u32, l as u32, 0), e, x);
-                    }
-                }
+/// When every rank's counts are identical (tensor parallelism without DP
+/// attention: each rank routes the same tokens), keep one copy on rank 0
+/// instead of counting each token once per rank. Otherwise sum the ranks
+/// (`sum_ranks`) or keep them apart.
+pub(crate) fn merge_ranks(
+    per_rank: BTreeMap<u32, Counts>,
+    sum_ranks: bool,
+    notes: &mut Vec<String>,
+) -> Counts {
+    let ranks: Vec<u32> = per_rank.keys().copied().collect();
+    let strip = |c: &Counts| -> BTreeMap<(u32, u32), Vec<u64>> {
+        let mut m: BTreeMap<(u32, u32), Vec<u64>> = BTreeMap::new();
+        for ((s, l, _), row) in c {
+            let e = m.entry((*s, *l)).or_default();
+            if e.len() < row.len() {
+                e.resize(row.len(), 0);
             }
-            step_base += p_n as u32;
-        } else if let Some(Value::List(records)) = v.get("records") {
-            let top_map = v.get("last_physical_to_logical_map");
-            for (p, rec) in records.iter().enumerate() {
-                let gpc = tensor(rec, "global_physical_count", file)?;
-                let map = match rec.get("last_physical_to_logical_map").or(top_map) {
-                    Some(Value::Tensor(m)) => m,
-                    _ => {
-                        return Err(CaptureError::input(
-                            file,
-                            format!("record {p}: no 'last_physical_to_logical_map'"),
-                        ))
-                    }
-                };
-                let &[l_n, ph_n] = gpc.shape.as_slice() else {
-                    return Err(CaptureError::input(
-                        file,
-                        format!("record {p}: 'global_physical_count' has shape {:?}, expected [layers, physical_experts]", gpc.shape),
-                    ));
-                };
-                if map.shape != gpc.shape {
-                    return Err(CaptureError::input(
-                        file,
-                        format!(
-                            "record {p}: physical-to-logical map has shape {:?}, counts {:?}",
-                            map.shape, gpc.shape
-                        ),
-                    ));
-                }
-                let c = gpc.to_i64(file, "global_physical_count")?;
-                let m = map.to_i64(file, "last_physical_to_logical_map")?;
-                for l in 0..l_n {
-                    for ph in 0..ph_n {
-                        let logical = m[l * ph_n + ph];
-                        if !(0..=u16::MAX as i64).contains(&logical) {
-                            return Err(CaptureError::input(
-                                file,
-                                format!("record {p}: logical expert id {logical} out of range"),
-                            ));
-                        }
-                        let x = nonneg(c[l * ph_n + ph], file, "global_physical_count")?;
-                        add(
-                            &mut counts,
-                            (step_base + p as u32, l as u32, 0),
-                            logical as usize,
-                            x,
-                        );
-                    }
-                }
+            for (a, b) in e.iter_mut().zip(row) {
+                *a += b;
             }
-            step_base += records.len() as u32;
-        } else {
-            return Err(CaptureError::input(
-                file,
-                format!(
-                    "not an SGLang expert-distribution dump: no 'logical_count' or 'records' (keys: {})",
-                    v.keys().join(", ")
-                ),
+        }
+        m
+    };
+    if ranks.len() > 1 {
+        let first = strip(&per_rank[&ranks[0]]);
+        if per_rank.values().skip(1).all(|c| strip(c) == first) {
+            notes.push(format!(
+                "the {} rank files hold identical counts (tensor parallelism: every rank routes the same tokens); counted once",
+                ranks.len()
             ));
+            return first
+                .into_iter()
+                .map(|((s, l), row)| ((s, l, 0), row))
+                .collect();
         }
     }
-    let what = files.first().cloned().unwrap_or_default();
-    finish(
-        counts,
-        opts,
-        "sglang-expert-distribution",
-        &files,
-        "global",
-        &what,
-    )
-}
-
-/// TensorRT-LLM load statistics directory.
-pub fn capture_trtllm(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Trace, CaptureError> {
-    let mut files = Vec::new();
-    for dir in inputs {
-        if !dir.is_dir() {
-            return Err(CaptureError::input(
-                dir,
-                "TensorRT-LLM statistics are a directory (meta_info.json + rank{r}.safetensors)",
-            ));
-        }
-        let meta = dir.join("meta_info.json");
-        if !meta.exists() {
-            return Err(CaptureError::input(dir, "no meta_info.json"));
-        }
-        let text = std::fs::read_to_string(&meta)
-            .map_err(|e| CaptureError::input(&meta, format!("cannot read: {e}")))?;
-        serde_json::from_str::<serde_json::Value>(&text)
-            .map_err(|e| CaptureError::input(&meta, format!("not valid JSON: {e}")))?;
-        files.push(meta);
-        let mut ranks: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)
-            .map_err(|e| CaptureError::input(dir, format!("cannot list: {e}")))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter_map(|p| {
-                let name = p.file_name()?.to_str()?.to_string();
-                let r = name.strip_prefix("rank")?.strip_suffix(".safetensors")?;
-                Some((r.parse().ok()?, p))
-            })
-            .collect();
-        ranks.sort();
-        if ranks.is_empty() {
-            return Err(CaptureError::input(dir, "no rank{r}.safetensors files"));
-        }
-        files.extend(ranks.into_iter().map(|(_, p)| p));
-    }
-    let mut counts = Counts::new();
-    for file in files
-        .iter()
-        .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
-    {
-        let name = file.file_name().unwrap().to_string_lossy().into_owned();
-        let rank: u32 = name["rank".len()..name.len() - ".safetensors".len()]
-            .parse()
-            .unwrap();
-        for (key, t) in read_safetensors(file)? {
-            let parsed = key
-                .split_once('_')
-                .and_then(|(i, l)| Some((i.parse::<u32>().ok()?, l.parse::<u32>().ok()?)));
-            let Some((iter, layer)) = parsed else {
-                return Err(CaptureError::input(
-                    file,
-                    format!("tensor '{key}' is not named {{iter}}_{{layer}}"),
-                ));
-            };
-            if t.shape.len() != 1 {
-                return Err(CaptureError::input(
-                    file,
-                    format!("tensor '{key}' has shape {:?}, expected [experts]", t.shape),
-                ));
-            }
-            let c: Vec<i64> = if t.dtype.is_float() {
-                let f = t.to_f32();
-                if f.iter().any(|x| x.fract() != 0.0 || !x.is_finite()) {
-                    return Err(CaptureError::input(
-                        file,
-                        format!("tensor '{key}': counts are not whole numbers"),
-                    ));
-                }
-                f.iter().map(|&x| x as i64).collect()
-            } else {
-                t.to_i64(file, &key)?
-            };
-            for (e, &x) in c.iter().enumerate() {
-                let x = nonneg(x, file, &key)?;
-                add(&mut counts, (iter, layer, rank), e, x);
+    let mut out = Counts::new();
+    for (r, c) in per_rank {
+        for ((s, l, _), row) in c {
+            let key = (s, l, if sum_ranks { 0 } else { r });
+            for (e, x) in row.into_iter().enumerate() {
+                add(&mut out, key, e, x);
             }
         }
     }
-    let what = inputs.first().cloned().unwrap_or_default();
-    finish(counts, opts, "trtllm-load-stats", &files, "recorded", &what)
+    out
 }

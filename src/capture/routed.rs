@@ -11,20 +11,33 @@
 //!   (`expert` required: a list, or in CSV ids separated by spaces, `;` or
 //!   `|`; `weight`, `layer`, `step`, `rank`, `token`, `sequence` optional;
 //!   defaults are the same names).
-//! - `megatron-jsonl`: Megatron-LM router trace lines `{step, layer, rank,
-//!   num_tokens, topk, top_indices}`, `top_indices` nested `[tokens][k]` or
-//!   flat.
-//! - `vllm-routed`: vLLM routed-experts arrays, `.npy` integer
-//!   `[tokens, layers, k]`, one file per step (layer ids 0..L).
+//! - `megatron-jsonl`: Megatron-LM `--moe-routing-trace-path` files
+//!   `router_trace_rank{r}.jsonl`, one line per (step, block, layer): `{step,
+//!   stage, block, layer, rank, num_tokens, topk, top_indices}` (+ `mtp_idx`
+//!   on MTP heads, which are left out: see [`megatron_decoder`]);
+//!   `top_indices` nested `[tokens][k]` (flat accepted). `layer` is the index
+//!   in the model chunk's `decoder.layers` (0-based, local to a pipeline
+//!   stage); dense layers have no router and no record. A training step
+//!   holds every micro-batch of the iteration, and a router recomputed for
+//!   activation checkpointing records its tokens twice.
+//! - `vllm-routed`: vLLM routed-experts arrays (`--enable-return-routed-experts`),
+//!   `.npy` integer `[tokens, num_hidden_layers, k]`, one file per request:
+//!   [`vllm`].
+//! - `sglang-per-token`: SGLang expert-distribution `per_token` dumps, the
+//!   per-token physical ids mapped to logical experts: [`sglang_tokens`].
 //!
 //! Weights are the source's when it has them; otherwise every slot gets
 //! 1/k (stated in the trace provenance), since a trace row always has k
 //! weights. Expert ids are checked against `--num-experts` when given, else
 //! the number of experts is the largest id + 1.
 
+pub mod sglang_tokens;
+pub mod vllm;
+pub use sglang_tokens::capture_sglang_tokens;
+pub use vllm::{capture_vllm, capture_vllm_with, VllmOptions};
+
 use super::pt::{read_pt, Value};
-use super::sink::{capture_meta, model_meta, trace_meta, trailing_number, TokenSink};
-use super::tensor::read_npy;
+use super::sink::{capture_meta, model_meta, trace_meta, TokenSink};
 use super::{CaptureError, CaptureOptions};
 use crate::trace::{Loads, RoutingFn, TokenTrace, TraceMeta};
 use std::collections::BTreeMap;
@@ -87,6 +100,8 @@ struct Driver<'a> {
     top_k: Option<usize>,
     had_weights: bool,
     missing_weights: bool,
+    /// Facts about the reading, appended to the provenance.
+    notes: Vec<String>,
 }
 
 impl<'a> Driver<'a> {
@@ -100,7 +115,12 @@ impl<'a> Driver<'a> {
             top_k: None,
             had_weights: false,
             missing_weights: false,
+            notes: Vec::new(),
         }
+    }
+
+    fn note(&mut self, n: String) {
+        self.notes.push(n);
     }
 
     fn provisional(&self, k: usize) -> TraceMeta {
@@ -173,10 +193,16 @@ impl<'a> Driver<'a> {
             model,
             capture_meta(self.format, &self.files, rank_assignment),
         );
+        let mut notes = self.notes;
         if self.missing_weights {
-            let note = "weights: the source has none for some or all tokens; those rows carry 1/k";
+            notes.push(
+                "weights: the source has none for some or all tokens; those rows carry 1/k".into(),
+            );
+        }
+        if !notes.is_empty() {
+            let note = notes.join("; ");
             meta.provenance = if meta.provenance.is_empty() {
-                note.into()
+                note
             } else {
                 format!("{}; {note}", meta.provenance)
             };
@@ -408,6 +434,7 @@ pub fn capture_jsonl(
         )
     };
     let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    let mut skipped = BTreeMap::new();
     for file in &files {
         let rd = std::fs::File::open(file)
             .map_err(|e| CaptureError::input(file, format!("cannot read: {e}")))?;
@@ -429,6 +456,9 @@ pub fn capture_jsonl(
                 .iter()
                 .any(|(c, want)| rec.get(c).map(json_scalar).as_deref() != Some(want.as_str()))
             {
+                continue;
+            }
+            if megatron && !megatron_decoder(&rec, &mut skipped) {
                 continue;
             }
             let int = |name: &str, default: Option<u32>| -> Result<u32, CaptureError> {
@@ -541,7 +571,36 @@ pub fn capture_jsonl(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    for (what, n) in skipped {
+        d.note(format!("{n} Megatron records of {what} left out"));
+    }
     d.finish(if megatron { "recorded" } else { "contiguous" })
+}
+
+/// Megatron-LM router traces (`megatron/core/transformer/moe/router_trace.py`,
+/// NVIDIA/Megatron-LM commit d98e8a64ddf34856e74b24714e3bedb2f5a39553) also
+/// hold MTP heads (`block` "mtp", `layer` the index inside the head, plus
+/// `mtp_idx`): their layer ids collide with decoder layers, so only decoder
+/// records at the one stage written, "pre_dispatch", are read. Records
+/// without `block`/`stage` (older traces) are decoder records.
+fn megatron_decoder(rec: &serde_json::Value, skipped: &mut BTreeMap<String, u64>) -> bool {
+    let block = rec
+        .get("block")
+        .and_then(|b| b.as_str())
+        .unwrap_or("decoder");
+    let stage = rec
+        .get("stage")
+        .and_then(|b| b.as_str())
+        .unwrap_or("pre_dispatch");
+    let what = if block != "decoder" {
+        format!("block '{block}'")
+    } else if stage != "pre_dispatch" {
+        format!("stage '{stage}'")
+    } else {
+        return true;
+    };
+    *skipped.entry(what).or_insert(0) += 1;
+    false
 }
 
 fn json_scalar(v: &serde_json::Value) -> String {
@@ -699,70 +758,4 @@ pub fn capture_csv(
 fn split_list(s: &str) -> impl Iterator<Item = &str> {
     s.split([' ', ';', '|', ',', '[', ']'])
         .filter(|x| !x.is_empty())
-}
-
-/// vLLM routed-experts arrays: `.npy` integer `[tokens, layers, k]`.
-pub fn capture_vllm(
-    inputs: &[PathBuf],
-    out: &Path,
-    opts: &CaptureOptions,
-) -> Result<RoutedReport, CaptureError> {
-    let files = expand(inputs, &["npy"])?;
-    let mut d = Driver::new(opts, out, "vllm-routed", files.clone());
-    let numbers: Vec<Option<u32>> = files.iter().map(|f| trailing_number(f)).collect();
-    let numbered = numbers.iter().all(Option::is_some) && {
-        let mut v: Vec<u32> = numbers.iter().map(|x| x.unwrap()).collect();
-        v.sort_unstable();
-        v.windows(2).all(|w| w[0] != w[1])
-    };
-    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
-    for (fi, file) in files.iter().enumerate() {
-        let t = read_npy(file)?;
-        let &[t_n, l_n, k] = t.shape.as_slice() else {
-            return Err(CaptureError::input(
-                file,
-                format!(
-                    "routed experts must be [tokens, layers, k], found {:?}",
-                    t.shape
-                ),
-            ));
-        };
-        if k == 0 {
-            return Err(CaptureError::input(file, "k = 0"));
-        }
-        let ids = t.to_i64(file, "routed experts")?;
-        let step = if numbered {
-            numbers[fi].unwrap()
-        } else {
-            fi as u32
-        };
-        let mut chunk = TokenTrace::new(k);
-        let uniform = vec![1.0 / k as f32; k];
-        let mut row = vec![0u16; k];
-        for l in 0..l_n {
-            for tok in 0..t_n {
-                for j in 0..k {
-                    row[j] = check_id(
-                        ids[(tok * l_n + l) * k + j],
-                        file,
-                        &format!("token {tok} layer {l}"),
-                    )?;
-                }
-                let seq = opts.sequence_length.map_or(0, |s| tok as u32 / s.max(1));
-                chunk.push(
-                    step,
-                    l as u32,
-                    opts.rank.unwrap_or(0),
-                    tok as u32,
-                    seq,
-                    &row,
-                    &uniform,
-                );
-            }
-        }
-        d.push(&chunk, file, false)?;
-        pb.inc(1);
-    }
-    pb.finish_and_clear();
-    d.finish("contiguous")
 }

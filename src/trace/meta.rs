@@ -96,8 +96,11 @@ pub struct CaptureMeta {
     /// Raw router logits kept in the tokens file (`--keep-logits`).
     #[serde(default)]
     pub logits_kept: bool,
-    /// Forward passes the counts are summed over, when the source says
-    /// (engine statistics windows); `None` when each step is one pass.
+    /// Forward passes summed into each step's counts, for sources that
+    /// aggregate (engine statistics windows, EPLB load matrices): `Some(n)`
+    /// with n passes per step, `Some(0)` when the source sums several passes
+    /// without saying how many. `None`: each step is one forward pass (or
+    /// one recorded batch) as the source defines it.
     #[serde(default)]
     pub passes_aggregated: Option<u64>,
 }
