@@ -9,6 +9,7 @@
 //! synthetic builder, one resampling and one re-chunking, so a simulated
 //! layer and a replayed layer are always the same input.
 
+use crate::progress::{Progress, Silent};
 use crate::results::ResultRow;
 use crate::trace::synthetic::{scenario_trace, Scenario, SyntheticShape};
 use crate::trace::{read_trace, EpSplit, Loads, ModelMeta, TokenTrace, Trace, TraceError};
@@ -178,6 +179,11 @@ impl InputSpec {
 
     /// Read and derive every workload the spec names.
     pub fn resolve(&self) -> Result<Vec<Workload>, WorkloadError> {
+        self.resolve_with(&Silent)
+    }
+
+    /// [`InputSpec::resolve`], reporting slow stages (reading, resampling).
+    pub fn resolve_with(&self, progress: &dyn Progress) -> Result<Vec<Workload>, WorkloadError> {
         self.check()?;
         match &self.source {
             InputSource::Synthetic(scenarios) => scenarios
@@ -186,7 +192,7 @@ impl InputSpec {
                 .collect::<Result<_, _>>(),
             InputSource::Trace(path) => {
                 let trace = read_trace(path, true)?;
-                Ok(vec![self.from_trace(path, trace)?])
+                Ok(vec![self.from_trace(path, trace, progress)?])
             }
         }
     }
@@ -194,7 +200,7 @@ impl InputSpec {
     /// Resolve a trace already in memory (read once, used many times).
     pub fn resolve_trace(&self, path: &Path, trace: Trace) -> Result<Workload, WorkloadError> {
         self.check()?;
-        self.from_trace(path, trace)
+        self.from_trace(path, trace, &Silent)
     }
 
     fn check(&self) -> Result<(), WorkloadError> {
@@ -240,7 +246,12 @@ impl InputSpec {
         })
     }
 
-    fn from_trace(&self, path: &Path, mut trace: Trace) -> Result<Workload, WorkloadError> {
+    fn from_trace(
+        &self,
+        path: &Path,
+        mut trace: Trace,
+        progress: &dyn Progress,
+    ) -> Result<Workload, WorkloadError> {
         let shown = path.display().to_string();
         let m = &trace.meta.model;
         for (option, given, has) in [
@@ -271,7 +282,7 @@ impl InputSpec {
             .unwrap_or_default();
         let mut warnings = Vec::new();
         let (loads, routing, note) = match trace.tokens.take() {
-            Some(tok) => self.token_loads(&trace, tok, &shown, &mut warnings)?,
+            Some(tok) => self.token_loads(&trace, tok, &shown, &mut warnings, progress)?,
             None => self.count_loads(&trace, &shown, &mut warnings),
         };
         Ok(Workload {
@@ -293,6 +304,7 @@ impl InputSpec {
         tok: TokenTrace,
         shown: &str,
         warnings: &mut Vec<String>,
+        progress: &dyn Progress,
     ) -> Result<(Loads, Routing, String), WorkloadError> {
         let e_n = trace.meta.model.num_experts as usize;
         let gpus = self.gpus;
@@ -315,6 +327,11 @@ impl InputSpec {
                 if let Some(w) = thin_resampling(&tok, tpr * gpus as u64) {
                     warnings.push(format!("{shown}: {w}"));
                 }
+                progress.status(&format!(
+                    "resampling {shown}: whole sequences to {tpr} tokens/rank x {gpus} GPUs over {layer_steps} layer-step{} ({rows} token rows, about {:.1} GiB)",
+                    if layer_steps == 1 { "" } else { "s" },
+                    bytes as f64 / (1u64 << 30) as f64
+                ));
                 (
                     tok.resampled(tpr as usize * gpus, self.seed),
                     format!(

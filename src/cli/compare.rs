@@ -55,8 +55,9 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     let mut t = Table::new(&[
         "input",
+        "GPUs",
         "tokens/rank",
-        "D x I",
+        "shape E/k/DxI",
         "policy",
         "measured ms",
         "simulated ms",
@@ -66,7 +67,8 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         "mem error",
     ])
     .left(0)
-    .left(3);
+    .left(3)
+    .left(4);
     for x in &acc.pairs {
         let m = &x.measured;
         let input = if m.scenario.is_empty() {
@@ -74,16 +76,15 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         } else {
             m.scenario.clone()
         };
-        let pol = match (m.policy.as_str(), m.lambda()) {
-            ("llep", Some(l)) => format!("llep λ={l}"),
-            ("llep", None) => "llep always".into(),
-            (o, _) => o.to_string(),
-        };
         t.row(vec![
             input,
+            m.gpus.to_string(),
             m.tokens_per_rank.to_string(),
-            format!("{}x{}", m.hidden_size, m.intermediate_size),
-            pol,
+            format!(
+                "{}/{}/{}x{}",
+                m.experts, m.top_k, m.hidden_size, m.intermediate_size
+            ),
+            m.setting_label(),
             format!("{:.3}", m.t_total_ms),
             format!("{:.3}", x.simulated.t_total_ms),
             format!("{:+.1}%", x.time_err * 100.0),

@@ -185,7 +185,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if a.samples == 0 {
         p.warn("--samples 0: outputs are not checked against the dense reference (rel err stays empty)");
     }
-    let workloads = a.input.spec(a.gpus, None, true)?.resolve()?;
+    let workloads = a.input.spec(a.gpus, None, true)?.resolve_with(p)?;
     for w in &workloads {
         for warning in &w.warnings {
             p.warn(warning);

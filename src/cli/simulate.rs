@@ -1,7 +1,7 @@
 //! `llep-trace simulate`: EP against LLEP (and the ideal bound) over a trace.
 
 use super::settings::{default_trace, positive_count, InputArgs, PlannerArgs};
-use super::table::{gib, Table};
+use super::table::{count, gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
@@ -78,7 +78,7 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
     let profile = Profile::load(&a.profile)?;
     let spec = a.input.spec(a.gpus, Some(default_trace()), false)?;
     let synthetic = matches!(spec.source, InputSource::Synthetic(_));
-    let workloads = spec.resolve()?;
+    let workloads = spec.resolve_with(p)?;
     for w in &workloads {
         for warning in &w.warnings {
             p.warn(warning);
@@ -319,10 +319,10 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     }
     let show_am = a.planner.alpha.len() > 1 || a.planner.min_gemm.len() > 1;
     let mut s = format!(
-        "{} ({}), {} layer-steps on {} GPUs; per-rank loads: {}\nprofile: {}\n\n",
+        "{} ({}), {} on {} GPUs; per-rank loads: {}\nprofile: {}\n\n",
         sim.trace_name,
         sim.model,
-        layer_steps,
+        count(layer_steps as u64, "layer-step"),
         a.input.gpus,
         sim.input_note,
         sim.profile.label()

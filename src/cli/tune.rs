@@ -2,7 +2,7 @@
 
 use super::settings::PlannerArgs;
 use super::simulate::{run_sweep, write_rows, SimInputArgs, Sweep};
-use super::table::{gib, Table};
+use super::table::{count, gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
@@ -141,10 +141,10 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
     let best = &t.scored[t.best];
     let steps = best.layer_steps;
     let mut s = format!(
-        "{} ({}), {} layer-steps on {} GPUs; per-rank loads: {}\nprofile: {}\n\n",
+        "{} ({}), {} on {} GPUs; per-rank loads: {}\nprofile: {}\n\n",
         sim.trace_name,
         sim.model,
-        steps,
+        count(steps as u64, "layer-step"),
         a.input.gpus,
         sim.input_note,
         sim.profile.label()
@@ -271,8 +271,9 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
         )),
     }
     s.push_str(&format!(
-        "; LLEP switches on in {} of {} layer-steps.\n",
-        best.llep_on, best.layer_steps
+        "; LLEP switches on in {} of {}.\n",
+        best.llep_on,
+        count(best.layer_steps as u64, "layer-step")
     ));
     let chosen: Vec<&llep_trace::sim::Summary> = sim
         .summaries
