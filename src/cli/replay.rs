@@ -2,7 +2,7 @@
 //! them, and (optionally) put the simulated rows for the same inputs beside
 //! them.
 
-use super::settings::{positive_count, InputArgs, PlannerArgs};
+use super::settings::{expand_auto, positive_count, InputArgs, PlannerArgs};
 use super::simulate::results_meta;
 use super::table::Table;
 use super::Printer;
@@ -11,14 +11,15 @@ use clap::{Args, ValueEnum};
 use llep_trace::env;
 use llep_trace::gpu::rendezvous::ProcessRank;
 use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
-use llep_trace::plan::{Gate, Policy};
+use llep_trace::plan::{Arbiter, Gate, Policy};
 use llep_trace::results::Source;
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::sim::accuracy::twin;
-use llep_trace::sim::{Evaluator, Profile};
+use llep_trace::sim::{CostArbiter, Evaluator, Profile, Shape};
 use llep_trace::workload::Workload;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ActArg {
@@ -56,6 +57,10 @@ pub struct ReplayArgs {
     /// Tokens per rank checked against the dense fp32 reference.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
+    /// Profile the cost-aware gate (llep-auto, --ratio auto) prices plans
+    /// with, when --with-sim names none.
+    #[arg(long, default_value = "h200")]
+    pub profile: String,
     /// Also simulate the same inputs with this profile (h100, h200 or a
     /// JSON file) and show the simulated rows beside the measured ones.
     #[arg(long)]
@@ -177,7 +182,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if alphas.len() != 1 || mgs.len() != 1 {
         bail!("replay takes one --alpha and one --min-gemm");
     }
-    let gates = a.planner.gates(p)?;
+    let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let prof = match &a.with_sim {
         Some(s) => Some(Profile::load(s)?),
         None => None,
@@ -201,12 +206,26 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let (d, i, n, k) = (m.hidden_size, m.intermediate_size, m.num_experts, m.top_k);
     let cases: Vec<Case> = workloads.iter().flat_map(inputs::cases).collect();
     let mut settings = Vec::new();
-    for &pol in &a.policy {
+    for &pol in &policies {
         match pol {
             Policy::Llep => settings.extend(gates.iter().map(|&g| (pol, g))),
+            Policy::LlepAuto => settings.push((pol, Gate::Auto)),
             _ => settings.push((pol, Gate::Never)),
         }
     }
+    let arbiter: Option<Arc<dyn Arbiter>> = if policies.contains(&Policy::LlepAuto) {
+        let profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
+        p.status(&format!(
+            "llep-auto decides with profile {}",
+            profile.label()
+        ));
+        Some(Arc::new(CostArbiter {
+            shape: Shape::from_model(&workloads[0].model),
+            profile,
+        }))
+    } else {
+        None
+    };
     let cfg = ReplayConfig {
         gpus: a.gpus,
         hidden: d as usize,
@@ -224,6 +243,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         runs: a.runs,
         seed: a.input.seed,
         samples: a.samples,
+        arbiter,
     };
     let launch = match ProcessRank::from_env(env::launcher_var)? {
         Some(pr) => Launch::Process(pr),

@@ -5,7 +5,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::env;
-use llep_trace::plan::Gate;
+use llep_trace::plan::{Gate, Policy};
 use llep_trace::trace::synthetic::parse_scenarios;
 use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick};
 use std::path::PathBuf;
@@ -65,6 +65,24 @@ impl PlannerArgs {
     pub fn min_gemms(&self) -> Vec<u64> {
         resolve_min_gemms(&self.min_gemm)
     }
+}
+
+/// `--ratio auto` is the `llep-auto` policy: take it out of the gates and
+/// put the policy in (replacing `llep` when no other gate is left).
+pub fn expand_auto(policies: &[Policy], gates: &[Gate]) -> (Vec<Policy>, Vec<Gate>) {
+    let had_auto = gates.contains(&Gate::Auto);
+    let gates: Vec<Gate> = gates.iter().copied().filter(|g| *g != Gate::Auto).collect();
+    let mut policies = policies.to_vec();
+    if had_auto && policies.contains(&Policy::Llep) {
+        if !policies.contains(&Policy::LlepAuto) {
+            let i = policies.iter().position(|p| *p == Policy::Llep).unwrap();
+            policies.insert(i + 1, Policy::LlepAuto);
+        }
+        if gates.is_empty() {
+            policies.retain(|p| *p != Policy::Llep);
+        }
+    }
+    (policies, gates)
 }
 
 /// `$MOE_ADAPTIVE_LPT_ROUTING_RATIO` read as the reference reads it; an

@@ -1,6 +1,6 @@
 //! `llep-trace simulate`: EP against LLEP (and the ideal bound) over a trace.
 
-use super::settings::{default_trace, positive_count, InputArgs, PlannerArgs};
+use super::settings::{default_trace, expand_auto, positive_count, InputArgs, PlannerArgs};
 use super::table::{count, gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
@@ -35,7 +35,8 @@ pub struct SimInputArgs {
 pub struct SimulateArgs {
     #[command(flatten)]
     pub input: SimInputArgs,
-    /// Policies to simulate, comma separated: ep, llep, ideal.
+    /// Policies to simulate, comma separated: ep, llep, ideal, llep-auto
+    /// (LLEP where the cost model predicts a gain; also `--ratio auto`).
     #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
     pub policy: Vec<Policy>,
     #[command(flatten)]
@@ -263,7 +264,7 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
             },
             format!("{:.2}", s.mean_ratio_before),
             format!("{:.2}", s.mean_ratio_after),
-            if s.policy == Policy::Llep {
+            if matches!(s.policy, Policy::Llep | Policy::LlepAuto) {
                 format!("{}/{}", s.llep_on, s.layer_steps)
             } else {
                 "-".into()
@@ -279,9 +280,10 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
 }
 
 pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let sweep = Sweep {
-        policies: a.policy.clone(),
-        gates: a.planner.gates(p)?,
+        policies,
+        gates,
         alphas: a.planner.alphas()?,
         min_gemms: a.planner.min_gemms(),
     };

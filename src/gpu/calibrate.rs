@@ -179,6 +179,7 @@ fn calib_main(
         runs: cc.reps,
         seed: cc.seed,
         samples: 0,
+        arbiter: None,
     };
     let case = super::inputs::synthetic_case(
         crate::trace::synthetic::Scenario::Balanced,

@@ -43,4 +43,6 @@ pub struct ReplayConfig {
     pub seed: u64,
     /// Tokens per rank checked against the dense reference.
     pub samples: usize,
+    /// The cost-aware gate's judge, for `llep-auto` settings.
+    pub arbiter: Option<std::sync::Arc<dyn crate::plan::Arbiter>>,
 }

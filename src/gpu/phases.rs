@@ -11,7 +11,7 @@ use super::worker::{
     E_RET, E_RETURNED, E_START,
 };
 use super::{Gate, GpuError};
-use crate::plan::{PlanParams, Policy};
+use crate::plan::{Plan, PlanParams, Policy};
 use cudarc::nccl::sys::ncclDataType_t;
 
 /// A run of rows of one group computed by one GEMM pair.
@@ -162,6 +162,19 @@ impl Worker<'_> {
         self.planner
             .plan_into(&global, &params, policy, &mut plan)
             .map_err(|e| GpuError::Input(e.to_string()))?;
+        if policy == Policy::LlepAuto && plan.use_llep {
+            // the same decision `simulate` makes: price both plans
+            let arbiter = self.cfg.arbiter.clone().ok_or_else(|| {
+                GpuError::Input("llep-auto needs a cost model (a profile)".into())
+            })?;
+            let mut ep = Plan::default();
+            self.planner
+                .plan_into(&global, &params, Policy::Ep, &mut ep)
+                .map_err(|e| GpuError::Input(e.to_string()))?;
+            if !arbiter.prefers_llep(&ep, &plan, &per_rank, &global) {
+                plan = ep;
+            }
+        }
         let lay = layout::build(&plan, &per_rank).map_err(|e| GpuError::Input(e.to_string()))?;
         self.plan = plan;
         if !self.ensure(&lay)? {

@@ -147,10 +147,10 @@ impl Worker<'_> {
             .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         let mut r = case.base.clone();
         r.policy = policy;
-        r.gate = if policy == Policy::Llep {
-            gate
-        } else {
-            Gate::Never
+        r.gate = match policy {
+            Policy::Llep => gate,
+            Policy::LlepAuto => Gate::Auto,
+            _ => Gate::Never,
         };
         r.alpha = self.cfg.alpha;
         r.min_gemm = self.cfg.min_gemm;

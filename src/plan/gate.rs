@@ -19,6 +19,9 @@ pub enum Gate {
     Ratio(f64),
     /// LLEP plans every layer (the reference's unset / <= 0 lambda).
     Always,
+    /// Beyond the reference: LLEP where the cost model predicts a gain
+    /// (the `llep-auto` policy; the planner plans, an Arbiter decides).
+    Auto,
 }
 
 /// Why a `--ratio` or environment value was refused.
@@ -57,7 +60,7 @@ impl Gate {
         match self {
             Gate::Never => false,
             Gate::Ratio(l) => imbalance_ratio >= l,
-            Gate::Always => true,
+            Gate::Always | Gate::Auto => true,
         }
     }
 
@@ -77,6 +80,8 @@ impl Gate {
             Gate::Ratio(l) => format!("{l}"),
             Gate::Always => "0".into(),
             Gate::Never => "1000000".into(),
+            // no reference setting reproduces it; the closest is always
+            Gate::Auto => "0".into(),
         }
     }
 
@@ -109,7 +114,7 @@ impl Gate {
 
     /// Parse one value, a comma list or ranges `start:end:step` (inclusive of
     /// `end` within rounding). `always` or a value <= 0 means always plan (as
-    /// in the reference); `never` means plain EP.
+    /// in the reference); `never` means plain EP; `auto` the cost-aware gate.
     pub fn parse_list(spec: &str) -> Result<Vec<Gate>, GateError> {
         let mut out = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -119,6 +124,10 @@ impl Gate {
             }
             if part.eq_ignore_ascii_case("never") {
                 out.push(Gate::Never);
+                continue;
+            }
+            if part.eq_ignore_ascii_case("auto") {
+                out.push(Gate::Auto);
                 continue;
             }
             let nums: Vec<&str> = part.split(':').collect();
@@ -178,6 +187,7 @@ impl fmt::Display for Gate {
             Gate::Ratio(l) => write!(f, "{l}"),
             Gate::Always => f.write_str("always"),
             Gate::Never => f.write_str("never"),
+            Gate::Auto => f.write_str("auto"),
         }
     }
 }

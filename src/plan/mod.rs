@@ -5,6 +5,10 @@
 //! - `ep`: standard expert parallelism, every copy on its native GPU;
 //! - `llep`: the `reference` least-loaded planner (see [`reference`]),
 //!   reproduced exactly (quirks included), gated by lambda;
+//! - `llep-auto`: beyond the reference, a cost-aware gate: the `llep` plan
+//!   is used only where the cost model predicts it beats plain EP by more
+//!   than the model's own error ([`Arbiter`] makes that call, for the
+//!   simulator and the replay alike);
 //! - `ideal`: perfect balance with free transfers, the bound no policy beats.
 
 mod dispatch;
@@ -39,17 +43,28 @@ pub enum Policy {
     Ep,
     Llep,
     Ideal,
+    LlepAuto,
 }
 
 impl Policy {
+    /// The policies the planner itself plans (`llep-auto` is `llep`'s plan
+    /// plus an [`Arbiter`]'s decision).
     pub const ALL: [Policy; 3] = [Policy::Ep, Policy::Llep, Policy::Ideal];
     pub fn as_str(self) -> &'static str {
         match self {
             Policy::Ep => "ep",
             Policy::Llep => "llep",
             Policy::Ideal => "ideal",
+            Policy::LlepAuto => "llep-auto",
         }
     }
+}
+
+/// The cost-aware gate's judge: given a layer's EP plan and its LLEP plan,
+/// is LLEP worth it? Implemented by the cost model (`sim::CostArbiter`);
+/// the replay takes one so that it decides exactly as `simulate` does.
+pub trait Arbiter: Send + Sync + std::fmt::Debug {
+    fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool;
 }
 
 impl fmt::Display for Policy {
@@ -60,7 +75,7 @@ impl fmt::Display for Policy {
 
 /// A policy name this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy '{0}' (expected ep, llep or ideal)")]
+#[error("unknown policy '{0}' (expected ep, llep, llep-auto or ideal)")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
@@ -70,6 +85,7 @@ impl FromStr for Policy {
             "ep" => Ok(Policy::Ep),
             "llep" | "reference" => Ok(Policy::Llep),
             "ideal" => Ok(Policy::Ideal),
+            "llep-auto" | "auto" => Ok(Policy::LlepAuto),
             other => Err(UnknownPolicy(other.into())),
         }
     }

@@ -87,7 +87,8 @@ impl Planner {
             Policy::Ep => {
                 out.use_llep = false;
             }
-            Policy::Llep => {
+            // llep-auto plans as llep; an Arbiter then decides
+            Policy::Llep | Policy::LlepAuto => {
                 out.use_llep = params.gate.admits(out.imbalance_ratio);
                 if out.use_llep {
                     self.least_loaded(counts, p, params.min_gemm, out);

@@ -203,8 +203,10 @@ impl ResultRow {
     /// Only `llep` rows have a gate; the file stores null for the others,
     /// which reads back as "always".
     fn settle_gate(&mut self) {
-        if self.policy != Policy::Llep {
-            self.gate = Gate::Never;
+        match self.policy {
+            Policy::Llep => {}
+            Policy::LlepAuto => self.gate = Gate::Auto,
+            _ => self.gate = Gate::Never,
         }
     }
 

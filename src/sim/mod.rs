@@ -178,38 +178,53 @@ fn simulate_range(
                 };
                 b.alpha = alpha;
                 b.min_gemm = m;
-                let mut ep_row = None;
-                if wants(Policy::Ep) || wants(Policy::Llep) {
-                    let (plan, cost) = ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
-                    let mut r = row_from(plan, &cost, &b);
-                    r.policy = Policy::Ep;
-                    ep_row = Some(r);
-                }
+                let need_llep =
+                    wants(Policy::Llep) || wants(Policy::Ideal) || wants(Policy::LlepAuto);
+                let (ep_plan, ep_cost) =
+                    ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
+                let mut ep_row = row_from(ep_plan, &ep_cost, &b);
+                ep_row.policy = Policy::Ep;
                 if wants(Policy::Ep) {
-                    rows.push(ep_row.clone().unwrap());
+                    rows.push(ep_row.clone());
                 }
-                if wants(Policy::Llep) {
+                let mut llep_cost = None;
+                if need_llep {
                     let (plan, cost) =
                         ev.eval(per_rank, &global, &params, Policy::Llep, shape, prof);
                     let mut on = row_from(plan, &cost, &b);
                     on.policy = Policy::Llep;
                     let ratio = plan.imbalance_ratio;
-                    for &g in &cfg.gates {
-                        let mut r = if g.admits(ratio) {
+                    if wants(Policy::Llep) {
+                        for &g in &cfg.gates {
+                            let mut r = if g.admits(ratio) {
+                                on.clone()
+                            } else {
+                                let mut r = ep_row.clone();
+                                r.policy = Policy::Llep;
+                                r
+                            };
+                            r.gate = g;
+                            rows.push(r);
+                        }
+                    }
+                    if wants(Policy::LlepAuto) {
+                        let mut r = if auto_prefers_llep(&ep_cost, &cost, prof) {
                             on.clone()
                         } else {
-                            let mut r = ep_row.clone().unwrap();
-                            r.policy = Policy::Llep;
-                            r
+                            ep_row.clone()
                         };
-                        r.gate = g;
+                        r.policy = Policy::LlepAuto;
+                        r.gate = Gate::Auto;
                         rows.push(r);
                     }
+                    llep_cost = Some(cost);
                 }
                 if wants(Policy::Ideal) {
                     let (plan, cost) =
                         ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
-                    let mut r = row_from(plan, &cost, &b);
+                    let llep = llep_cost.as_ref().expect("planned above");
+                    let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
+                    let mut r = row_from(plan, &bound, &b);
                     r.policy = Policy::Ideal;
                     rows.push(r);
                 }
@@ -217,6 +232,75 @@ fn simulate_range(
         }
     }
     rows
+}
+
+/// The safety margin of the cost-aware gate: LLEP must win by more than the
+/// profile's measured median error (5% when it was never measured).
+pub fn auto_margin(prof: &Profile) -> f64 {
+    prof.measured_error
+        .as_ref()
+        .map_or(0.05, |e| e.median_abs_pct / 100.0)
+}
+
+/// The cost-aware gate's rule, shared by `simulate` and (through
+/// [`CostArbiter`]) `replay`: use LLEP only when its predicted layer time,
+/// inflated by the margin, still beats EP's.
+pub fn auto_prefers_llep(ep: &Cost, llep: &Cost, prof: &Profile) -> bool {
+    llep.total_ms * (1.0 + auto_margin(prof)) < ep.total_ms
+}
+
+/// [`crate::plan::Arbiter`] by the cost model, for the replay's `llep-auto`.
+#[derive(Debug, Clone)]
+pub struct CostArbiter {
+    pub shape: Shape,
+    pub profile: Profile,
+}
+
+impl crate::plan::Arbiter for CostArbiter {
+    fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool {
+        let mut scratch = CostScratch::default();
+        let mut dm = DispatchMatrix::default();
+        let mut cost = |plan: &Plan| {
+            dispatch_matrix(plan, per_rank, &mut dm);
+            price(plan, &dm, global, &self.shape, &self.profile, &mut scratch)
+        };
+        let (e, l) = (cost(ep), cost(llep));
+        auto_prefers_llep(&e, &l, &self.profile)
+    }
+}
+
+/// The `ideal` policy's price: a lower bound on every policy's layer time in
+/// this cost model. Compute is every expert's whole-group GEMM time spread
+/// perfectly over the GPUs (splitting an expert only loses efficiency), and
+/// never more than EP's or LLEP's; the exchange is the cheaper of EP's and
+/// LLEP's; weights move for free. Memory is that of the balanced plan.
+#[allow(clippy::too_many_arguments)]
+pub fn ideal_bound(
+    balanced: Cost,
+    ep: &Cost,
+    llep: &Cost,
+    global: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    gpus: usize,
+) -> Cost {
+    let whole: f64 = global.iter().map(|&c| prof.gemm_ms(c, shape)).sum();
+    let compute = (whole / gpus as f64)
+        .min(ep.compute_ms)
+        .min(llep.compute_ms);
+    let dispatch = ep.dispatch_ms.min(llep.dispatch_ms);
+    let combine = ep.combine_ms.min(llep.combine_ms);
+    let overhead = ep.overhead_ms.min(llep.overhead_ms);
+    Cost {
+        overhead_ms: overhead,
+        dispatch_ms: dispatch,
+        transfer_ms: 0.0,
+        compute_ms: compute,
+        combine_ms: combine,
+        total_ms: overhead + dispatch + compute + combine,
+        transfer_bytes: 0,
+        ..balanced
+    }
 }
 
 /// Summary of rows for one (policy, lambda, alpha, m) setting over a trace.
@@ -332,4 +416,72 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::Silent;
+    use crate::trace::tokens::SplitMix64;
+    use crate::workload::InputSpec;
+
+    /// Random skewed workloads from decode to prefill sizes.
+    fn workload(rng: &mut SplitMix64, gpus: usize, tokens: u64) -> Workload {
+        let sc = match rng.below(4) {
+            0 => "balanced".to_string(),
+            _ => format!("{}:{}", 10 + rng.below(90), 1 + rng.below(8)),
+        };
+        let mut spec = InputSpec::synthetic(vec![sc.parse().unwrap()], gpus);
+        spec.tokens_per_rank = Some(tokens);
+        spec.resolve().unwrap().remove(0)
+    }
+
+    #[test]
+    fn ideal_is_a_lower_bound_and_auto_never_loses_by_more_than_its_margin() {
+        let prof = Profile::load("h200").unwrap();
+        let margin = auto_margin(&prof);
+        let cfg = SimConfig {
+            policies: vec![Policy::Ep, Policy::Llep, Policy::LlepAuto, Policy::Ideal],
+            gates: vec![Gate::Always, Gate::Ratio(1.3)],
+            alphas: vec![1.0],
+            min_gemms: vec![1024, 64],
+            profile: prof,
+            threads: 1,
+        };
+        let mut rng = SplitMix64::new(7);
+        for _ in 0..40 {
+            let gpus = [2, 4, 8][rng.below(3) as usize];
+            let tokens = [64, 512, 2048, 8192, 32768][rng.below(5) as usize];
+            let w = workload(&mut rng, gpus, tokens);
+            let rows = simulate(&w, &cfg, &Silent).unwrap();
+            for set in rows.chunks(5) {
+                let t = |p: Policy, g: Gate| {
+                    set.iter()
+                        .find(|r| r.policy == p && (p != Policy::Llep || r.gate == g))
+                        .unwrap()
+                        .t_total_ms
+                };
+                let (ep, llep, llep13) = (
+                    t(Policy::Ep, Gate::Never),
+                    t(Policy::Llep, Gate::Always),
+                    t(Policy::Llep, Gate::Ratio(1.3)),
+                );
+                let (auto, ideal) = (
+                    t(Policy::LlepAuto, Gate::Auto),
+                    t(Policy::Ideal, Gate::Never),
+                );
+                let best = ep.min(llep);
+                assert!(
+                    ideal <= best + 1e-12,
+                    "ideal {ideal} above min(ep {ep}, llep {llep})"
+                );
+                assert!(ideal <= llep13 + 1e-12);
+                assert!(auto <= ep + 1e-12, "auto {auto} above ep {ep}");
+                assert!(
+                    auto <= best * (1.0 + margin) + 1e-12,
+                    "auto {auto}, best {best}"
+                );
+            }
+        }
+    }
 }
