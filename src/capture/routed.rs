@@ -23,6 +23,7 @@
 //! the number of experts is the largest id + 1.
 
 use super::pt::{read_pt, Value};
+use super::records::{JsonFilter, StepGroups};
 use super::sink::{capture_meta, model_meta, trace_meta, trailing_number, TokenSink};
 use super::tensor::read_npy;
 use super::{CaptureError, CaptureOptions};
@@ -407,6 +408,7 @@ pub fn capture_jsonl(
             f("sequence"),
         )
     };
+    let (mut groups, mut jf) = (StepGroups::new(opts), JsonFilter::new(opts));
     let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
     for file in &files {
         let rd = std::fs::File::open(file)
@@ -424,11 +426,7 @@ pub fn capture_jsonl(
             }
             let rec: serde_json::Value = serde_json::from_str(&line)
                 .map_err(|e| CaptureError::input(file, format!("line {ln}: not JSON: {e}")))?;
-            if opts
-                .filters
-                .iter()
-                .any(|(c, want)| rec.get(c).map(json_scalar).as_deref() != Some(want.as_str()))
-            {
+            if !jf.keep(&rec) {
                 continue;
             }
             let int = |name: &str, default: Option<u32>| -> Result<u32, CaptureError> {
@@ -450,7 +448,10 @@ pub fn capture_jsonl(
                     }),
                 }
             };
-            let step = int(&fs, Some(0))?;
+            let step = match groups.as_mut() {
+                Some(g) => g.json_step(&rec, &fs, file, ln)?,
+                None => int(&fs, Some(0))?,
+            };
             let layer = int(&fl, if megatron { None } else { Some(0) })?;
             let rank = int(&fr, Some(opts.rank.unwrap_or(0)))?;
             ids.clear();
@@ -535,20 +536,17 @@ pub fn capture_jsonl(
                 c.push(step, layer, rank, token, seq, &row, w);
             }
         }
+        jf.check(file)?;
         if let Some(c) = chunk {
             d.push(&c, file, has_w)?;
         }
         pb.inc(1);
     }
     pb.finish_and_clear();
-    d.finish(if megatron { "recorded" } else { "contiguous" })
-}
-
-fn json_scalar(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+    if let (Some(g), Some(sink)) = (groups, d.sink.as_mut()) {
+        sink.set_step_labels(g.into_labels());
     }
+    d.finish(if megatron { "recorded" } else { "contiguous" })
 }
 
 /// CSV records: one token per row, ids in one column separated by spaces,
@@ -570,8 +568,11 @@ pub fn capture_csv(
         f("token"),
         f("sequence"),
     );
+    let mut groups = StepGroups::new(opts);
     for file in &files {
         let (mut rdr, headers) = super::open_csv(file)?;
+        let gi = groups.as_ref().map(|g| g.csv_column(&headers, &fs, file));
+        let gi = gi.transpose()?;
         let col = |n: &str| headers.iter().position(|h| h == n);
         let ei = col(&fe).ok_or_else(|| {
             CaptureError::input(
@@ -616,7 +617,10 @@ pub fn capture_csv(
                 }
             };
             let (step, layer, rank) = (
-                int(si, "step", 0)?,
+                match (gi, groups.as_mut()) {
+                    (Some(c), Some(g)) => g.step(rec.get(c).unwrap_or("")),
+                    _ => int(si, "step", 0)?,
+                },
                 int(li, "layer", 0)?,
                 int(ri, "rank", opts.rank.unwrap_or(0))?,
             );
@@ -692,6 +696,9 @@ pub fn capture_csv(
         if let Some(c) = chunk {
             d.push(&c, file, has_w)?;
         }
+    }
+    if let (Some(g), Some(sink)) = (groups, d.sink.as_mut()) {
+        sink.set_step_labels(g.into_labels());
     }
     d.finish("contiguous")
 }
