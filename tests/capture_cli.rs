@@ -430,3 +430,50 @@ fn warm_up_like_routing_is_warned_about() {
     assert_eq!(String::from_utf8(o.stderr).unwrap().lines().count(), 2);
     assert!(d.join("q.parquet").exists());
 }
+
+/// Every `llep-trace capture` example of the README, run, prints what the
+/// README shows (the output file goes to a temporary directory).
+#[test]
+fn readme_capture_examples_print_what_the_readme_shows() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).unwrap();
+    let d = tmpdir("readme");
+    let lines: Vec<&str> = readme.lines().collect();
+    let mut ran = 0;
+    let mut i = 0;
+    while i < lines.len() {
+        let Some(cmd) = lines[i].strip_prefix("$ llep-trace capture ") else {
+            i += 1;
+            continue;
+        };
+        let mut cmd = cmd.to_string();
+        while cmd.ends_with('\\') {
+            cmd.pop();
+            i += 1;
+            cmd.push(' ');
+            cmd.push_str(lines[i].trim());
+        }
+        // the expected output: the lines up to the next command or fence
+        let want: Vec<&str> = lines[i + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with('$') && !l.starts_with("```"))
+            .copied()
+            .collect();
+        let mut args: Vec<String> = vec!["capture".into()];
+        let mut words = cmd.split_whitespace();
+        let mut out_name = String::new();
+        while let Some(w) = words.next() {
+            args.push(w.to_string());
+            if w == "--out" {
+                out_name = words.next().unwrap().to_string();
+                args.push(s(&d.join(&out_name)).to_string());
+            }
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = ok(&argv);
+        let got = err.replace(s(&d.join(&out_name)), &out_name);
+        assert_eq!(got.lines().collect::<Vec<_>>(), want, "{cmd}");
+        ran += 1;
+        i += 1;
+    }
+    assert!(ran >= 2, "README capture examples found: {ran}");
+}
