@@ -241,8 +241,27 @@ impl Format {
                     FIELDS.join(", ")
                 )));
             }
+            let read = self.fields_read();
+            if !read.contains(&field.as_str()) {
+                return Err(CaptureError::Usage(format!(
+                    "--field {field}=... does not apply to {}: the {} format maps only {}",
+                    input.display(),
+                    self.name(),
+                    read.join(", ")
+                )));
+            }
         }
         Ok(())
+    }
+
+    /// The trace fields `--field` can rename in this format.
+    fn fields_read(self) -> &'static [&'static str] {
+        match self {
+            // one dict per (step, layer): scalars, not per-token fields
+            Format::PtRouting => &["expert", "weight", "layer", "step", "sequence_length"],
+            Format::Jsonl | Format::Csv | Format::MegatronJsonl => &FIELDS[..7],
+            _ => &[],
+        }
     }
 
     /// What the format does not have, for the error above.
@@ -477,6 +496,19 @@ mod tests {
             .to_string();
         assert!(
             e.contains("'experts'") && e.contains("expert, weight"),
+            "{e}"
+        );
+        let opts = CaptureOptions {
+            fields: vec![("token".into(), "tok".into())],
+            ..Default::default()
+        };
+        Format::Csv.check_options(&opts, Path::new("x")).unwrap();
+        let e = Format::PtRouting
+            .check_options(&opts, Path::new("d.pt"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--field token=... does not apply to d.pt"),
             "{e}"
         );
         let opts = CaptureOptions {
