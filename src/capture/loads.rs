@@ -5,6 +5,7 @@
 //! `[layers][experts]` array of counts (the DeepSeek-EPLB weight layout),
 //! bare or under a key (`counts` by default).
 
+use super::records::{json_scalar, JsonFilter};
 use super::{CaptureError, CaptureOptions};
 use crate::trace::meta::{
     command_line, tool_version, CaptureMeta, ModelMeta, RoutingFn, TraceMeta,
@@ -112,13 +113,6 @@ fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<(Vec<Row>, bool), Capt
     Ok((rows, ri.is_some()))
 }
 
-fn json_str(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Read a JSON file: a matrix (bare or under `json_key`/"counts") or an
 /// array of row objects.
 fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureError> {
@@ -155,7 +149,7 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
                 CaptureError::input(path, format!("matrix row {layer} is not an array"))
             })?;
             for (expert, c) in row.iter().enumerate() {
-                let count = parse_count(&json_str(c), path, layer + 1)?;
+                let count = parse_count(&json_scalar(c), path, layer + 1)?;
                 rows.push(Row {
                     step_key: String::new(),
                     layer: layer as u32,
@@ -167,19 +161,16 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
         }
         return Ok(rows);
     }
+    let mut filter = JsonFilter::new(opts);
     for (i, obj) in arr.iter().enumerate() {
         let line = i + 1;
         let o = obj
             .as_object()
             .ok_or_else(|| CaptureError::input(path, format!("entry {line} is not an object")))?;
-        if opts
-            .filters
-            .iter()
-            .any(|(c, want)| o.get(c).map(json_str).as_deref() != Some(want.as_str()))
-        {
+        if !filter.keep(obj) {
             continue;
         }
-        let field = |n: &str| o.get(n).map(json_str);
+        let field = |n: &str| o.get(n).map(json_scalar);
         let need = |n: &str| {
             field(n).ok_or_else(|| {
                 CaptureError::input(path, format!("entry {line}: missing field '{n}'"))
@@ -188,7 +179,13 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
         rows.push(Row {
             step_key: match (field("step"), &opts.group_by) {
                 (Some(s), None) => parse_id(&s, "step", path, line)?.to_string(),
-                (_, Some(g)) => need(g)?,
+                (Some(_), Some(g)) => {
+                    return Err(CaptureError::input(
+                        path,
+                        format!("entry {line} has a 'step' field; --group-by {g} would replace it: use one or the other"),
+                    ))
+                }
+                (None, Some(g)) => need(g)?,
                 (None, None) => String::new(),
             },
             layer: parse_id(&need("layer")?, "layer", path, line)?,
@@ -200,6 +197,7 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
             count: parse_count(&need("count")?, path, line)?,
         });
     }
+    filter.check(path)?;
     Ok(rows)
 }
 

@@ -12,15 +12,27 @@
 //!
 //! Binary inputs go through the readers of [`tensor`] (npy/npz/safetensors)
 //! and [`pt`] (restricted pickle: nothing in a file is ever executed).
+//!
+//! Around the readers: [`format`] names the sources and detects them,
+//! [`records`] groups and filters record sources, [`checks`] holds options
+//! against the data, [`sanity`] spots warm-up-like routing, and [`staging`]
+//! commits the two output files together.
 
+pub mod checks;
 pub mod engines;
+pub mod format;
 pub mod loads;
 pub mod logits;
 pub mod pt;
+pub mod records;
 pub mod routed;
 pub mod routing;
+pub mod sanity;
 pub mod sink;
+pub mod staging;
 pub mod tensor;
+
+pub use format::{DetectError, Format};
 
 use crate::trace::{RoutingFn, TraceError};
 use std::path::PathBuf;

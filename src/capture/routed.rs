@@ -37,6 +37,7 @@ pub use sglang_tokens::capture_sglang_tokens;
 pub use vllm::{capture_vllm, capture_vllm_with, VllmOptions};
 
 use super::pt::{read_pt, Value};
+use super::records::{JsonFilter, StepGroups};
 use super::sink::{capture_meta, model_meta, trace_meta, TokenSink};
 use super::{CaptureError, CaptureOptions};
 use crate::trace::{Loads, RoutingFn, TokenTrace, TraceMeta};
@@ -433,6 +434,7 @@ pub fn capture_jsonl(
             f("sequence"),
         )
     };
+    let (mut groups, mut jf) = (StepGroups::new(opts), JsonFilter::new(opts));
     let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
     let mut skipped = BTreeMap::new();
     for file in &files {
@@ -451,11 +453,7 @@ pub fn capture_jsonl(
             }
             let rec: serde_json::Value = serde_json::from_str(&line)
                 .map_err(|e| CaptureError::input(file, format!("line {ln}: not JSON: {e}")))?;
-            if opts
-                .filters
-                .iter()
-                .any(|(c, want)| rec.get(c).map(json_scalar).as_deref() != Some(want.as_str()))
-            {
+            if !jf.keep(&rec) {
                 continue;
             }
             if megatron && !megatron_decoder(&rec, &mut skipped) {
@@ -480,7 +478,10 @@ pub fn capture_jsonl(
                     }),
                 }
             };
-            let step = int(&fs, Some(0))?;
+            let step = match groups.as_mut() {
+                Some(g) => g.json_step(&rec, &fs, file, ln)?,
+                None => int(&fs, Some(0))?,
+            };
             let layer = int(&fl, if megatron { None } else { Some(0) })?;
             let rank = int(&fr, Some(opts.rank.unwrap_or(0)))?;
             ids.clear();
@@ -565,6 +566,7 @@ pub fn capture_jsonl(
                 c.push(step, layer, rank, token, seq, &row, w);
             }
         }
+        jf.check(file)?;
         if let Some(c) = chunk {
             d.push(&c, file, has_w)?;
         }
@@ -573,6 +575,9 @@ pub fn capture_jsonl(
     pb.finish_and_clear();
     for (what, n) in skipped {
         d.note(format!("{n} Megatron records of {what} left out"));
+    }
+    if let (Some(g), Some(sink)) = (groups, d.sink.as_mut()) {
+        sink.set_step_labels(g.into_labels());
     }
     d.finish(if megatron { "recorded" } else { "contiguous" })
 }
@@ -603,13 +608,6 @@ fn megatron_decoder(rec: &serde_json::Value, skipped: &mut BTreeMap<String, u64>
     false
 }
 
-fn json_scalar(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// CSV records: one token per row, ids in one column separated by spaces,
 /// `;`, `|` or brackets/commas inside quotes.
 pub fn capture_csv(
@@ -629,8 +627,11 @@ pub fn capture_csv(
         f("token"),
         f("sequence"),
     );
+    let mut groups = StepGroups::new(opts);
     for file in &files {
         let (mut rdr, headers) = super::open_csv(file)?;
+        let gi = groups.as_ref().map(|g| g.csv_column(&headers, &fs, file));
+        let gi = gi.transpose()?;
         let col = |n: &str| headers.iter().position(|h| h == n);
         let ei = col(&fe).ok_or_else(|| {
             CaptureError::input(
@@ -675,7 +676,10 @@ pub fn capture_csv(
                 }
             };
             let (step, layer, rank) = (
-                int(si, "step", 0)?,
+                match (gi, groups.as_mut()) {
+                    (Some(c), Some(g)) => g.step(rec.get(c).unwrap_or("")),
+                    _ => int(si, "step", 0)?,
+                },
                 int(li, "layer", 0)?,
                 int(ri, "rank", opts.rank.unwrap_or(0))?,
             );
@@ -751,6 +755,9 @@ pub fn capture_csv(
         if let Some(c) = chunk {
             d.push(&c, file, has_w)?;
         }
+    }
+    if let (Some(g), Some(sink)) = (groups, d.sink.as_mut()) {
+        sink.set_step_labels(g.into_labels());
     }
     d.finish("contiguous")
 }

@@ -1,7 +1,9 @@
 //! Where token-level sources write: the tokens file, streamed one chunk per
 //! input file, and the load counts accumulated on the way. Nothing is
 //! visible at the output path until [`TokenSink::finish`] has written both
-//! files (each through a temporary file renamed at the end).
+//! files (each through a temporary file renamed at the end; if the load file
+//! fails, the tokens file is removed again). The command line stages both in
+//! a directory of their own ([`super::staging`]) and moves them together.
 
 use super::{CaptureError, CaptureOptions};
 use crate::trace::meta::{command_line, tool_version, CaptureMeta, ModelMeta, TraceMeta};
@@ -17,7 +19,9 @@ pub struct TokenSink {
     top_k: usize,
     keep_logits: bool,
     counts: BTreeMap<(u32, u32, u32), Vec<u64>>,
+    /// Token rows written (one per token and layer).
     pub tokens: u64,
+    step_labels: Vec<String>,
 }
 
 impl TokenSink {
@@ -42,6 +46,7 @@ impl TokenSink {
             keep_logits,
             counts: BTreeMap::new(),
             tokens: 0,
+            step_labels: Vec::new(),
         })
     }
 
@@ -93,6 +98,11 @@ impl TokenSink {
         self.tokens += chunk.len() as u64;
         self.writer.as_mut().expect("open").write(chunk)?;
         Ok(())
+    }
+
+    /// Labels of the step ids (`--group-by`), recorded at [`TokenSink::finish`].
+    pub fn set_step_labels(&mut self, labels: Vec<String>) {
+        self.step_labels = labels;
     }
 
     /// Largest expert id seen plus one (for sources that do not say).
@@ -151,13 +161,23 @@ impl TokenSink {
         let loads = self.loads();
         meta.capture.token_level = true;
         meta.capture.logits_kept = self.keep_logits;
+        if meta.model.num_layers == 0 {
+            meta.model.num_layers = loads.layer_ids.last().map_or(0, |&l| l + 1);
+        }
+        if !self.step_labels.is_empty() {
+            meta.step_labels = std::mem::take(&mut self.step_labels);
+        }
         meta.capture.ranks = loads.ranks as u32;
         if loads.layer_steps() > 0 {
             let t0 = loads.total(0, 0) / (self.top_k as u64 * loads.ranks as u64).max(1);
             meta.capture.tokens_per_rank.get_or_insert(t0);
         }
         self.writer.take().expect("open").finish_with(Some(&meta))?;
-        write_loads(&self.out, &meta, &loads)?;
+        // a tokens file without its load file is half a trace
+        if let Err(e) = write_loads(&self.out, &meta, &loads) {
+            let _ = std::fs::remove_file(tokens_path_for(&self.out));
+            return Err(e.into());
+        }
         Ok(loads)
     }
 }

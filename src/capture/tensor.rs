@@ -223,8 +223,14 @@ fn read_all(path: &Path) -> Result<Vec<u8>, CaptureError> {
 
 /// Parse one `.npy` image held in `buf`.
 pub fn parse_npy(buf: Arc<Vec<u8>>, path: &Path) -> Result<Tensor, CaptureError> {
+    let (dtype, shape, data_start) = npy_header(&buf, path)?;
+    Tensor::new(dtype, shape, buf.clone(), data_start, path)
+}
+
+/// Dtype, shape and data offset from the start of a `.npy` image (`b` may
+/// stop after the header).
+fn npy_header(b: &[u8], path: &Path) -> Result<(DType, Vec<usize>, usize), CaptureError> {
     let bad = |m: String| CaptureError::input(path, format!("not a valid .npy file: {m}"));
-    let b = &buf[..];
     if b.len() < 10 || &b[..6] != b"\x93NUMPY" {
         return Err(bad("missing the \\x93NUMPY magic".into()));
     }
@@ -280,8 +286,20 @@ pub fn parse_npy(buf: Arc<Vec<u8>>, path: &Path) -> Result<Tensor, CaptureError>
             ))
         }
     };
-    let t = Tensor::new(dtype, shape, buf.clone(), data_start, path)?;
-    Ok(t)
+    Ok((dtype, shape, data_start))
+}
+
+/// The dtype of a `.npy` file, from its header alone (format detection
+/// should not read a multi-gigabyte array).
+pub fn read_npy_dtype(path: &Path) -> Result<DType, CaptureError> {
+    let f = std::fs::File::open(path)
+        .map_err(|e| CaptureError::input(path, format!("cannot read: {e}")))?;
+    let mut head = Vec::new();
+    // 64 KiB covers any header numpy writes (they are padded to 64 bytes)
+    f.take(1 << 16)
+        .read_to_end(&mut head)
+        .map_err(|e| CaptureError::input(path, format!("cannot read: {e}")))?;
+    npy_header(&head, path).map(|(d, _, _)| d)
 }
 
 /// Value text after `'key':` in a Python dict literal, up to the next

@@ -1,12 +1,32 @@
-//! `llep-trace capture`: recorded routing -> trace.
+//! `llep-trace capture`: recorded routing -> trace. Arguments, the options
+//! each format reads, the output staged and committed as a pair, and the
+//! summary and warnings on stderr.
 
 use super::Printer;
 use anyhow::{bail, Context};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::Args;
-use llep_trace::capture::{self, CaptureOptions, ModelOverrides};
-use llep_trace::trace::{write_trace, RoutingFn};
+use llep_trace::capture::format::{Level, AUTO};
+use llep_trace::capture::staging::Staged;
+use llep_trace::capture::{self, checks, sanity, CaptureOptions, Format, ModelOverrides};
+use llep_trace::trace::parquet_io::read_meta;
+use llep_trace::trace::{write_trace, Loads, RoutingFn, TraceMeta};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// `--format`: a format, or `auto` (None).
+#[derive(Debug, Clone, Copy)]
+pub struct FormatChoice(Option<Format>);
+
+fn format_parser() -> impl TypedValueParser<Value = FormatChoice> {
+    let values = std::iter::once(PossibleValue::new(AUTO).help("decide by extension and content"))
+        .chain(
+            Format::ALL
+                .into_iter()
+                .map(|f| PossibleValue::new(f.name()).help(f.help())),
+        );
+    PossibleValuesParser::new(values).map(|s: String| FormatChoice(s.parse().ok()))
+}
 
 #[derive(Args, Debug)]
 pub struct CaptureArgs {
@@ -18,18 +38,16 @@ pub struct CaptureArgs {
     #[arg(long, short)]
     out: PathBuf,
     /// Source format; 'auto' decides by extension and content.
-    /// Router logits: logits (.npy/.npz/.safetensors files or a capture
-    /// directory). Per token: pt-routing, jsonl, csv, megatron-jsonl,
-    /// vllm-routed. Load level: load-csv, load-json, sglang, trtllm.
-    #[arg(long, default_value = "auto")]
-    format: String,
+    #[arg(long, default_value = AUTO, value_parser = format_parser())]
+    format: FormatChoice,
     /// Model name recorded in the trace.
     #[arg(long)]
     model_name: Option<String>,
     /// Number of experts (default: largest expert id + 1).
     #[arg(long)]
     num_experts: Option<u32>,
-    /// Experts per token (required when the source does not say).
+    /// Experts per token (required when the source does not say; must
+    /// agree with the source when it does).
     #[arg(long)]
     top_k: Option<u32>,
     /// Hidden size D of the model.
@@ -38,10 +56,10 @@ pub struct CaptureArgs {
     /// Expert intermediate size I of the model.
     #[arg(long)]
     intermediate_size: Option<u32>,
-    /// Number of MoE layers of the model.
+    /// Number of MoE layers of the model (at least the layers recorded).
     #[arg(long)]
     num_layers: Option<u32>,
-    /// Weight/activation dtype (bf16, f32, fp8).
+    /// Weight/activation dtype: bf16, fp16, f32 or fp8 (what the simulator prices).
     #[arg(long)]
     dtype: Option<String>,
     /// Routing-function and logits options (boxed: keeps the command enum small).
@@ -54,7 +72,8 @@ pub struct CaptureArgs {
     /// Rank of every token when the source does not record it.
     #[arg(long)]
     rank: Option<u32>,
-    /// Map the distinct values of this column to steps (e.g. --group-by domain).
+    /// Map the distinct values of this column to steps, in first-seen order
+    /// (e.g. --group-by domain); the values become the trace's step labels.
     #[arg(long)]
     group_by: Option<String>,
     /// Keep only rows where COLUMN equals VALUE (repeatable).
@@ -79,15 +98,15 @@ struct LogitsArgs {
     /// Ties go to the lower expert id.
     #[arg(long)]
     routing: Option<String>,
-    /// sigmoid-group-topk: number of expert groups (n_group).
-    #[arg(long, default_value_t = 1)]
-    n_group: u32,
-    /// sigmoid-group-topk: groups kept per token (topk_group).
-    #[arg(long, default_value_t = 1)]
-    topk_group: u32,
-    /// sigmoid-group-topk: routed_scaling_factor applied to the weights.
-    #[arg(long, default_value_t = 1.0)]
-    routed_scaling_factor: f32,
+    /// sigmoid-group-topk: number of expert groups (n_group; default 1).
+    #[arg(long)]
+    n_group: Option<u32>,
+    /// sigmoid-group-topk: groups kept per token (topk_group; default 1).
+    #[arg(long)]
+    topk_group: Option<u32>,
+    /// sigmoid-group-topk: routed_scaling_factor applied to the weights (default 1).
+    #[arg(long)]
+    routed_scaling_factor: Option<f32>,
     /// sigmoid-group-topk: do not renormalise the chosen weights (norm_topk_prob false).
     #[arg(long)]
     no_renormalize: bool,
@@ -113,148 +132,49 @@ struct LogitsArgs {
     sequence_length: Option<u32>,
 }
 
-fn parse_routing(s: &str, a: &LogitsArgs) -> anyhow::Result<RoutingFn> {
-    Ok(match s {
+fn parse_routing(s: Option<&str>, a: &LogitsArgs) -> anyhow::Result<Option<RoutingFn>> {
+    let group_opts = [
+        ("--n-group", a.n_group.is_some()),
+        ("--topk-group", a.topk_group.is_some()),
+        ("--routed-scaling-factor", a.routed_scaling_factor.is_some()),
+        ("--no-renormalize", a.no_renormalize),
+    ];
+    if s != Some("sigmoid-group-topk") {
+        if let Some((opt, _)) = group_opts.iter().find(|(_, given)| *given) {
+            bail!(
+                "{opt} applies only with --routing sigmoid-group-topk (given: {})",
+                s.map_or("no --routing".to_string(), |r| format!("--routing {r}"))
+            );
+        }
+    }
+    let Some(s) = s else { return Ok(None) };
+    Ok(Some(match s {
         "softmax-topk" => RoutingFn::SoftmaxTopk { renormalize: false },
         "softmax-topk-renorm" => RoutingFn::SoftmaxTopk { renormalize: true },
         "topk-softmax" => RoutingFn::TopkSoftmax,
         "sigmoid-group-topk" => RoutingFn::SigmoidGroupTopk {
-            n_group: a.n_group,
-            topk_group: a.topk_group,
-            routed_scaling_factor: a.routed_scaling_factor,
+            n_group: a.n_group.unwrap_or(1),
+            topk_group: a.topk_group.unwrap_or(1),
+            routed_scaling_factor: a.routed_scaling_factor.unwrap_or(1.0),
             renormalize: !a.no_renormalize,
         },
         "recorded" => RoutingFn::Recorded,
         other => bail!("--routing: unknown routing function '{other}' (softmax-topk, softmax-topk-renorm, topk-softmax, sigmoid-group-topk, recorded)"),
-    })
+    }))
 }
 
-/// Decide the source format from the extension and, where needed, a look
-/// at the content.
-fn detect(path: &Path) -> anyhow::Result<&'static str> {
-    if !path.exists() {
-        bail!("{}: no such file or directory", path.display());
-    }
-    if path.is_dir() {
-        if path.join("capture.json").exists() {
-            return Ok("logits");
-        }
-        if path.join("meta_info.json").exists() {
-            return Ok("trtllm");
-        }
-        let mut exts: Vec<String> = std::fs::read_dir(path)
-            .with_context(|| format!("{}: cannot list", path.display()))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.path()
-                    .extension()
-                    .map(|x| x.to_string_lossy().to_ascii_lowercase())
-            })
-            .collect();
-        exts.sort();
-        exts.dedup();
-        for (ext, first) in [
-            ("safetensors", None),
-            ("npz", None),
-            ("pt", Some("pt")),
-            ("npy", Some("npy")),
-            ("jsonl", Some("jsonl")),
-        ] {
-            if exts.iter().any(|e| e == ext) {
-                return match first {
-                    None => Ok("logits"),
-                    Some(_) => {
-                        let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
-                            .filter_map(|e| e.ok().map(|e| e.path()))
-                            .filter(|p| p.extension().is_some_and(|x| x == ext))
-                            .collect();
-                        files.sort();
-                        detect(&files[0])
-                    }
-                };
-            }
-        }
-        bail!(
-            "{}: no recognisable dump files in the directory; pass --format",
-            path.display()
-        );
-    }
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    Ok(match ext.as_str() {
-        "csv" => {
-            let mut r = csv::Reader::from_path(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?;
-            let has_count = r
-                .headers()
-                .map(|h| h.iter().any(|x| x.trim().eq_ignore_ascii_case("count")))
-                .unwrap_or(true);
-            if has_count {
-                "load-csv"
-            } else {
-                "csv"
-            }
-        }
-        "json" => "load-json",
-        "jsonl" => {
-            use std::io::BufRead;
-            let f = std::fs::File::open(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?;
-            let mut line = String::new();
-            std::io::BufReader::new(f).read_line(&mut line)?;
-            if line.contains("\"top_indices\"") {
-                "megatron-jsonl"
-            } else {
-                "jsonl"
-            }
-        }
-        "npz" | "safetensors" => "logits",
-        "npy" => {
-            let t = capture::tensor::read_npy(path)?;
-            if t.dtype.is_float() {
-                "logits"
-            } else {
-                "vllm-routed"
-            }
-        }
-        "pt" => {
-            let v = capture::pt::read_pt(path)?;
-            if v.get("logical_count").is_some() || v.get("records").is_some() {
-                "sglang"
-            } else {
-                "pt-routing"
-            }
-        }
-        _ => bail!(
-            "{}: cannot tell the format from the extension; pass --format",
-            path.display()
-        ),
-    })
-}
-
-pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
-    let filters = a
-        .filter
-        .iter()
+fn pairs(raw: &[String], opt: &str, form: &str) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
         .map(|f| {
             f.split_once('=')
                 .map(|(c, v)| (c.trim().to_string(), v.trim().to_string()))
-                .with_context(|| format!("--filter '{f}': expected COLUMN=VALUE"))
+                .with_context(|| format!("{opt} '{f}': expected {form}"))
         })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let fields = a
-        .field
-        .iter()
-        .map(|f| {
-            f.split_once('=')
-                .map(|(c, v)| (c.trim().to_string(), v.trim().to_string()))
-                .with_context(|| format!("--field '{f}': expected FIELD=SOURCE"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let opts = CaptureOptions {
+        .collect()
+}
+
+fn options(a: &CaptureArgs, p: &Printer) -> anyhow::Result<CaptureOptions> {
+    Ok(CaptureOptions {
         model: ModelOverrides {
             name: a.model_name.clone(),
             num_experts: a.num_experts,
@@ -262,16 +182,16 @@ pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             hidden_size: a.hidden_size,
             intermediate_size: a.intermediate_size,
             num_layers: a.num_layers,
-            dtype: a.dtype.clone(),
-            routing: a
-                .lg
-                .routing
+            dtype: a
+                .dtype
                 .as_deref()
-                .map(|r| parse_routing(r, &a.lg))
-                .transpose()?,
+                .map(checks::parse_dtype)
+                .transpose()?
+                .map(String::from),
+            routing: parse_routing(a.lg.routing.as_deref(), &a.lg)?,
         },
         group_by: a.group_by.clone(),
-        filters,
+        filters: pairs(&a.filter, "--filter", "COLUMN=VALUE")?,
         provenance: a.provenance.clone(),
         licence: a.licence.clone(),
         json_key: a.json_key.clone(),
@@ -282,47 +202,84 @@ pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         ids_pattern: a.lg.ids_pattern.clone(),
         bias_pattern: a.lg.bias_pattern.clone(),
         sequence_length: a.lg.sequence_length,
-        fields,
+        fields: pairs(&a.field, "--field", "FIELD=SOURCE")?,
         rank: a.rank,
-    };
-    let first = &a.inputs[0];
-    let format = if a.format == "auto" {
-        detect(first)?
-    } else {
-        a.format.as_str()
-    };
+    })
+}
+
+/// What a capture produced, before it is committed.
+struct Captured {
+    meta: TraceMeta,
+    loads: Loads,
+    /// Extra summary text (logits throughput, skipped tokens).
+    note: String,
+    /// The token rows carry weights the source recorded (not 1/k filled in,
+    /// not computed from logits): worth checking for uniform weights.
+    recorded_weights: bool,
+}
+
+/// Read `inputs` as `format` and write the trace at `out` (a staged path).
+fn capture_into(
+    format: Format,
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &CaptureOptions,
+    p: &Printer,
+) -> anyhow::Result<Captured> {
+    let first = &inputs[0];
     let started = std::time::Instant::now();
-    let (meta, loads, note) = match format {
-        "load-csv" | "load-json" | "sglang" | "trtllm" => {
-            let trace = match format {
-                "sglang" => capture::engines::capture_sglang(&a.inputs, &opts)?,
-                "trtllm" => capture::engines::capture_trtllm(&a.inputs, &opts)?,
-                _ => {
-                    if a.inputs.len() != 1 {
-                        bail!("{format} takes one input file");
-                    }
-                    capture::loads::ingest(first, &opts, format)?
-                }
-            };
-            write_trace(&a.out, &trace)?;
-            (trace.meta, trace.loads, String::new())
+    let loads_only = |trace: llep_trace::trace::Trace| -> anyhow::Result<Captured> {
+        write_trace(out, &trace)?;
+        Ok(Captured {
+            meta: trace.meta,
+            loads: trace.loads,
+            note: String::new(),
+            recorded_weights: false,
+        })
+    };
+    let routed = |r: capture::routed::RoutedReport| Captured {
+        note: if r.had_weights {
+            String::new()
+        } else {
+            ", no weights in the source (1/k each)".into()
+        },
+        meta: r.meta,
+        loads: r.loads,
+        recorded_weights: r.had_weights,
+    };
+    Ok(match format {
+        Format::Sglang => loads_only(capture::engines::capture_sglang(inputs, opts)?)?,
+        Format::Trtllm => loads_only(capture::engines::capture_trtllm(inputs, opts)?)?,
+        Format::LoadCsv | Format::LoadJson => {
+            if inputs.len() != 1 {
+                bail!("{format} takes one input file ({} given)", inputs.len());
+            }
+            loads_only(capture::loads::ingest(first, opts, format.name())?)?
         }
-        "logits" => {
-            let r = capture::logits::capture(&a.inputs, &a.out, &opts)?;
+        Format::PtRouting => routed(capture::routed::capture_pt(inputs, out, opts)?),
+        Format::Jsonl => routed(capture::routed::capture_jsonl(inputs, out, opts, false)?),
+        Format::MegatronJsonl => routed(capture::routed::capture_jsonl(inputs, out, opts, true)?),
+        Format::Csv => routed(capture::routed::capture_csv(inputs, out, opts)?),
+        Format::VllmRouted => routed(capture::routed::capture_vllm(inputs, out, opts)?),
+        Format::Logits => {
+            let r = capture::logits::capture(inputs, out, opts)?;
             let secs = started.elapsed().as_secs_f64();
+            let gb = r.logit_bytes as f64 / 1e9;
             let mut note = format!(
-                ", {} tokens, {:.2} GB of logits in {secs:.2} s ({:.2} GB/s)",
-                r.tokens,
-                r.logit_bytes as f64 / 1e9,
-                r.logit_bytes as f64 / 1e9 / secs.max(1e-9)
+                ", {gb:.2} GB of logits in {secs:.2} s ({:.2} GB/s)",
+                gb / secs.max(1e-9)
             );
             if r.skipped > 0 {
-                note += &format!(", {} tokens with NaN/Inf logits skipped", r.skipped);
+                note += &format!(
+                    ", {} with NaN/Inf logits skipped",
+                    plural(r.skipped, "token")
+                );
             }
             if r.ids_checked > 0 {
                 note += &format!(
-                    ", recorded ids checked on {} tokens: {} differ",
-                    r.ids_checked, r.ids_mismatched
+                    ", recorded ids checked on {}: {} differ",
+                    plural(r.ids_checked, "token"),
+                    r.ids_mismatched
                 );
                 if r.ids_mismatched > 0 {
                     p.warn(&format!(
@@ -331,33 +288,76 @@ pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
                     ));
                 }
             }
-            (r.meta, r.loads, note)
-        }
-        "pt-routing" | "jsonl" | "megatron-jsonl" | "csv" | "vllm-routed" => {
-            let r = match format {
-                "pt-routing" => capture::routed::capture_pt(&a.inputs, &a.out, &opts)?,
-                "jsonl" => capture::routed::capture_jsonl(&a.inputs, &a.out, &opts, false)?,
-                "megatron-jsonl" => capture::routed::capture_jsonl(&a.inputs, &a.out, &opts, true)?,
-                "csv" => capture::routed::capture_csv(&a.inputs, &a.out, &opts)?,
-                _ => capture::routed::capture_vllm(&a.inputs, &a.out, &opts)?,
-            };
-            let mut note = format!(", {} tokens", r.tokens);
-            if !r.had_weights {
-                note += ", no weights in the source (1/k each)";
+            Captured {
+                meta: r.meta,
+                loads: r.loads,
+                note,
+                recorded_weights: false,
             }
-            (r.meta, r.loads, note)
         }
-        other => bail!("unknown --format '{other}'"),
+    })
+}
+
+/// "1 step", "8 layers".
+fn plural(n: impl Into<u64>, word: &str) -> String {
+    let n = n.into();
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    let opts = options(&a, p)?;
+    // every reader would fail on a missing input, some only after asking
+    // for options the file would have answered
+    if let Some(m) = a.inputs.iter().find(|i| !i.exists()) {
+        bail!("{}: no such file or directory", m.display());
+    }
+    let first = &a.inputs[0];
+    let format = match a.format.0 {
+        Some(f) => f,
+        None => Format::detect(first)?,
     };
+    format.check_options(&opts, first)?;
+    let staged = Staged::new(&a.out, format.level() != Level::Loads)?;
+    let mut c = capture_into(format, &a.inputs, staged.path(), &opts, p)?;
+    // judge and report what was written, not a reader's copy of it
+    c.meta = read_meta(staged.path())?;
+    checks::check_against_data(&opts.model, &c.meta, &c.loads, first)?;
+    let k = c.meta.model.top_k;
+    if let Some(f) = sanity::constant_routing(&c.loads, k) {
+        p.warn(&f.to_string());
+    }
+    if c.recorded_weights {
+        if let Some(f) = sanity::uniform_weights(&staged.tokens_path())? {
+            p.warn(&f.to_string());
+        }
+    }
+    staged.commit()?;
+    let tokens = if format.level() == Level::Loads {
+        String::new()
+    } else {
+        let (tokens, rows) = sanity::token_counts(&c.loads, k);
+        format!(
+            ", {}, {}",
+            plural(tokens, "token"),
+            plural(rows, "token-layer row")
+        )
+    };
+    let l = &c.loads;
     p.status(&format!(
-        "wrote {}: {} steps x {} layers x {} ranks x {} experts ({}), top-{}{note}",
+        "wrote {}: {} x {} x {} x {} ({}), top-{k}{tokens}{}",
         a.out.display(),
-        loads.steps(),
-        loads.layers(),
-        loads.ranks,
-        loads.experts,
-        meta.capture.source_format,
-        meta.model.top_k
+        plural(l.steps() as u64, "step"),
+        plural(l.layers() as u64, "layer"),
+        plural(l.ranks as u64, "rank"),
+        plural(l.experts as u64, "expert"),
+        c.meta.capture.source_format,
+        c.note
     ));
+    if let (Some(col), false) = (&opts.group_by, c.meta.step_labels.is_empty()) {
+        let steps: Vec<String> = (l.step_ids.iter().zip(&c.meta.step_labels))
+            .map(|(s, label)| format!("{s} = {label}"))
+            .collect();
+        p.status(&format!("steps by {col}: {}", steps.join(", ")));
+    }
     Ok(ExitCode::SUCCESS)
 }

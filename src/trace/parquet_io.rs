@@ -19,19 +19,16 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// The cause of `Io` and `Parquet` is shown in the message and is not also
+/// a `source()`: the CLI prints the whole error chain, which would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: not a readable Parquet trace: {source}")]
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{path}: not a readable Parquet trace: {err}")]
     Parquet {
         path: PathBuf,
-        #[source]
-        source: parquet::errors::ParquetError,
+        err: parquet::errors::ParquetError,
     },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
@@ -44,16 +41,16 @@ impl TraceError {
             msg: msg.into(),
         }
     }
-    fn io(path: &Path, source: std::io::Error) -> Self {
+    fn io(path: &Path, err: std::io::Error) -> Self {
         TraceError::Io {
             path: path.to_path_buf(),
-            source,
+            err,
         }
     }
-    fn pq(path: &Path, source: parquet::errors::ParquetError) -> Self {
+    fn pq(path: &Path, err: parquet::errors::ParquetError) -> Self {
         TraceError::Parquet {
             path: path.to_path_buf(),
-            source,
+            err,
         }
     }
 }
