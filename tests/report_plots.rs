@@ -577,9 +577,16 @@ fn tune_and_report_recommend_the_same_lambda() {
         assert_eq!(w.summary.len(), 1);
         assert_eq!(w.summary[0].lambda, Some(lambda), "{t}: λ shown");
         let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
-        let said = format!("`tune` recommends {}", data::lambda_label(Some(lambda)));
+        let said = format!(
+            "llep-trace tune recommends {}",
+            data::lambda_label(Some(lambda))
+        );
         assert!(md.contains(&said), "{t}: {said}");
         assert!(md.contains(&format!("| {} |", data::lambda_label(Some(lambda)))));
+        // and the speedup plot marks it
+        let svg = std::fs::read_to_string(out.join("speedup_vs_lambda.svg")).unwrap();
+        let mark = format!("recommended {}", data::lambda_label(Some(lambda)));
+        assert!(svg.contains(&mark), "{t}: {mark}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -309,7 +309,8 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
 
 /// The lambda the report shows LLEP at, per setup: the user's choice
 /// (snapped to the nearest lambda the setup has rows for), else what
-/// `tune` recommends on the simulated rows (see [`SpeedupCurve::shown`]),
+/// `tune` recommends on the simulated rows (see [`SpeedupCurve::shown`]) of
+/// the setup, else of its simulated twin (the same setup, any input note),
 /// else on the measured rows, else "always" (`None`).
 pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64>) -> Option<f64> {
     let mine: Vec<&SpeedupCurve> = curves.iter().filter(|c| &c.key.setup == setup).collect();
@@ -325,7 +326,15 @@ pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64
             .filter(|c| c.key.measured() == measured)
             .find_map(|c| c.shown)
     };
-    pick(false).or_else(|| pick(true)).flatten()
+    // A measured series is shown at its simulated twin's lambda (input
+    // notes of measured and simulated rows may be worded differently).
+    let twin = || {
+        curves
+            .iter()
+            .filter(|c| !c.key.measured() && c.key.setup.loose() == setup.loose())
+            .find_map(|c| c.shown)
+    };
+    pick(false).or_else(twin).or_else(|| pick(true)).flatten()
 }
 
 /// Imbalance (max/mean native GPU load) of every layer-step of a setup.

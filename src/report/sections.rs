@@ -213,7 +213,7 @@ impl<'a> Build<'a> {
         let mut s = section(
             "speedup",
             "Speedup over EP against λ",
-            "Total layer time of EP divided by that of LLEP at each λ, summed over the same layer-steps. Simulated results are lines, measured results points (with the p10-p90 spread of their timed runs where recorded). Dashed: LLEP with no gate; dotted: the ideal-balance bound. When no input has two λ, a line would be a single dot: the speedups are drawn as bars per input instead.",
+            "Total layer time of EP divided by that of LLEP at each λ, summed over the same layer-steps. Simulated results are lines, measured results points (with the p10-p90 spread of their timed runs where recorded). Dashed: LLEP with no gate; dotted: the ideal-balance bound; the black dashed line, where drawn, is the λ that llep-trace tune recommends. When no input has two λ, a line would be a single dot: the speedups are drawn as bars per input instead.",
         );
         for c in &self.curves {
             s.numbers.push(speedup_line(c, self.knobs));
@@ -227,10 +227,23 @@ impl<'a> Build<'a> {
             s.numbers
                 .push("No measured rows in the inputs: only simulated curves are drawn.".into());
         }
+        // Mark what `tune` recommends when the simulated inputs agree on one
+        // threshold (and the user did not pick the λ to show).
+        let mut shown: Vec<f64> = self
+            .curves
+            .iter()
+            .filter(|c| !c.key.measured())
+            .filter_map(|c| c.shown.flatten())
+            .collect();
+        shown.dedup();
+        let recommended = match shown.as_slice() {
+            [l] if self.opts.lambda.is_none() => Some(*l),
+            _ => None,
+        };
         let f = SpeedupFig {
             curves: self.curves.clone(),
             title: "LLEP speedup over EP against λ".into(),
-            recommended: None,
+            recommended,
             regret: false,
             with_knobs: self.knobs,
         };
@@ -413,7 +426,7 @@ fn speedup_line(c: &SpeedupCurve, knobs: bool) -> String {
         } else {
             format!("λ={}", r.label())
         };
-        line.push_str(&format!(" `tune` recommends {what}"));
+        line.push_str(&format!(" llep-trace tune recommends {what}"));
         if let Some(g) = gain {
             line.push_str(&format!(", {g:.4}× over EP"));
         }
