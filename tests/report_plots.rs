@@ -90,11 +90,15 @@ fn speedup_matches_sums_of_the_rows() {
     assert!((c.ideal.unwrap() - ep / sum("ideal", None)).abs() < 1e-12);
     // lambda 3.0 is above every OLMoE ratio (max 2.14): LLEP never plans.
     assert_eq!(c.points[2], (3.0, 1.0));
-    let (bl, _) = c.best().unwrap();
-    let best_total = sum("llep", Some(bl));
+    // The recommendation (tune's rule) has the least total of every setting.
+    let rec = c.recommended.clone().unwrap();
+    assert!(!rec.never);
+    let rec_total = sum("llep", rec.lambda);
     for &(l, _) in &c.points {
-        assert!(best_total <= sum("llep", Some(l)));
+        assert!(rec_total <= sum("llep", Some(l)) * (1.0 + 1e-9));
     }
+    assert!(rec_total <= ep);
+    assert_eq!(c.shown, Some(rec.lambda));
 }
 
 #[test]
@@ -370,4 +374,224 @@ fn same_trace_at_another_batch_size_is_another_series() {
     assert!(data::knobs_vary(&all));
     assert!(curves[1].key.label(true).contains("4096 tokens/rank"));
     assert!(!data::knobs_vary(&a));
+}
+
+/// Run the release binary; panic with its stderr when it fails.
+fn cli(args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_llep-trace"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Synthetic scenarios, one layer-step each, simulated by the CLI.
+fn synthetic(dir: &Path, scenarios: &str, ratio: &str) -> Input {
+    let p = dir.join(format!(
+        "syn-{}.parquet",
+        scenarios.replace([',', ':'], "_")
+    ));
+    let ps = p.to_str().unwrap();
+    cli(&[
+        "simulate",
+        "-q",
+        "--synthetic",
+        scenarios,
+        "--gpus",
+        "8",
+        "--ratio",
+        ratio,
+        "--out",
+        ps,
+    ]);
+    read_input(&p).unwrap()
+}
+
+fn report_opts() -> ReportOptions {
+    ReportOptions {
+        title: "test".into(),
+        command: "llep-trace report".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn one_lambda_draws_bars_and_many_draw_lines() {
+    use llep_trace::report::plots::{SpeedupFig, SpeedupStyle};
+    let fig = |rows: &[ResultRow]| SpeedupFig {
+        curves: data::speedup_curves(rows),
+        title: String::new(),
+        recommended: None,
+        regret: false,
+        with_knobs: false,
+    };
+    let many = olmoe_rows(gates());
+    assert_eq!(fig(&many).style(), SpeedupStyle::Lines);
+    // one numeric lambda and "always": a line would be one dot
+    let one = olmoe_rows(vec![Gate::Ratio(1.3), Gate::Always]);
+    assert_eq!(fig(&one).style(), SpeedupStyle::Bars);
+    let dir = tmp("bars");
+    plot_speedup_vs_lambda(&one, &dir.join("one.svg")).unwrap();
+    plot_speedup_vs_lambda(&many, &dir.join("many.svg")).unwrap();
+    let one_svg = std::fs::read_to_string(dir.join("one.svg")).unwrap();
+    let many_svg = std::fs::read_to_string(dir.join("many.svg")).unwrap();
+    // the bar chart writes each bar's value; the line chart has a λ axis
+    let c = &data::speedup_curves(&one)[0];
+    let label = format!("LLEP λ=1.3: {:.3}×", c.points[0].1);
+    assert!(one_svg.contains(&label), "{label}");
+    assert!(!one_svg.contains("MOE_ADAPTIVE_LPT_ROUTING_RATIO"));
+    assert!(many_svg.contains("MOE_ADAPTIVE_LPT_ROUTING_RATIO"));
+    // The legend grows the figure instead of running off it: many series
+    // of many lambdas make a taller figure than one series.
+    let mut several = many.clone();
+    for k in 1..8 {
+        several.extend(many.iter().map(|r| {
+            let mut r = r.clone();
+            r.scenario = format!("copy {k}");
+            r
+        }));
+    }
+    let height = |rows: &[ResultRow]| llep_trace::report::plots::Figure::size(&fig(rows)).1;
+    assert!(
+        height(&several) > height(&many),
+        "legend of 24 entries fits"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn one_layer_step_draws_per_gpu_bars_against_capacity() {
+    let dir = tmp("loadbars");
+    let one = synthetic(&dir, "balanced,30:4,95:1", "1.3");
+    let series = data::by_series(&one.rows);
+    assert_eq!(series.len(), 3);
+    for (key, rs) in &series {
+        let h = data::heatmap(rs, key, Some(1.3)).unwrap();
+        assert_eq!(h.columns.len(), 1);
+        assert_eq!(data::load_chart(&h), data::LoadChart::Bars);
+    }
+    let out = dir.join("rep");
+    write_report(std::slice::from_ref(&one), &report_opts(), &out, &|_| {}).unwrap();
+    let svg = std::fs::read_to_string(out.join("load_heatmap_2.svg")).unwrap();
+    assert!(svg.contains("token-copies per GPU"), "bars, not a heatmap");
+    assert!(svg.contains("capacity ⌊α·(total div P)⌋"));
+    // 18 layer-steps stay a heatmap, with the capacity on its colour bar
+    let rows = olmoe_rows(gates());
+    let series = data::by_series(&rows);
+    let h = data::heatmap(&series[0].1, &series[0].0, Some(1.5)).unwrap();
+    assert_eq!(data::load_chart(&h), data::LoadChart::Heatmap);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn heat_scale_is_continuous_across_capacity() {
+    use llep_trace::report::plots::heat_color;
+    let d = |a: f64, b: f64| {
+        let (x, y) = (heat_color(a, 2.0), heat_color(b, 2.0));
+        [(x.0, y.0), (x.1, y.1), (x.2, y.2)]
+            .iter()
+            .map(|(p, q)| (*p as i32 - *q as i32).abs())
+            .max()
+            .unwrap()
+    };
+    // 8172 against 8168 token-copies of capacity 8168: the same colour
+    assert!(d(8172.0 / 8168.0, 1.0) <= 1);
+    assert!(d(1.0005, 0.9995) <= 1);
+    // while the scale still spans a visible range
+    assert!(d(0.0, 2.0) > 150);
+    assert!(d(0.5, 1.5) > 60);
+}
+
+#[test]
+fn scenarios_keep_the_users_order_balanced_first() {
+    let dir = tmp("order");
+    let inp = synthetic(&dir, "95:1,30:4,balanced", "1.3");
+    let order = |inputs: &[Input]| -> Vec<String> {
+        let out = dir.join("rep");
+        let w = write_report(inputs, &report_opts(), &out, &|_| {}).unwrap();
+        w.summary
+            .iter()
+            .map(|r| {
+                let s = r.series.split('[').nth(1).unwrap();
+                s.split(']').next().unwrap().to_string()
+            })
+            .collect()
+    };
+    // as the command gave them, the baseline first
+    assert_eq!(
+        order(std::slice::from_ref(&inp)),
+        ["balanced", "95:1", "30:4"]
+    );
+    // a file whose rows were sorted as strings (as `replay` writes them):
+    // the command's --synthetic list still gives the order
+    let mut sorted = inp.clone();
+    sorted.rows.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+    assert_eq!(sorted.rows[0].scenario, "30:4");
+    assert!(sorted
+        .meta
+        .command
+        .contains("--synthetic 95:1,30:4,balanced"));
+    assert_eq!(
+        order(std::slice::from_ref(&sorted)),
+        ["balanced", "95:1", "30:4"]
+    );
+    // and with no command, first appearance, balanced first
+    sorted.meta.command = String::new();
+    assert_eq!(order(&[sorted]), ["balanced", "30:4", "95:1"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `tune` and `report` recommend the same lambda on the bundled traces:
+/// both go through `llep_trace::tune::tune`. Before, the report took the
+/// smallest of tied lambdas and `tune` the middle one (OLMoE 1.0 against
+/// 1.05, FLAME 1.2 against 2.1).
+#[test]
+fn tune_and_report_recommend_the_same_lambda() {
+    let dir = tmp("agree");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for t in ["olmoe-1b-7b", "mixtral-8x7b", "flame-moe-290m"] {
+        let trace = root.join(format!("traces/{t}.parquet"));
+        let trace = trace.to_str().unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&cli(&["tune", "-q", "--trace", trace, "--json"])).unwrap();
+        let rec = &json["recommended"];
+        assert_eq!(rec["never"], false, "{t}: tune recommends a lambda");
+        let lambda = rec["lambda"].as_f64().expect("a numeric lambda");
+        // the same grid as tune's default, as a results file
+        let res = dir.join(format!("{t}.parquet"));
+        let res = res.to_str().unwrap();
+        cli(&[
+            "simulate",
+            "-q",
+            "--trace",
+            trace,
+            "--ratio",
+            "always,1.0:3.0:0.05",
+            "--out",
+            res,
+        ]);
+        let out = dir.join(t);
+        cli(&["report", "-q", res, "--out", out.to_str().unwrap()]);
+        let input = read_input(Path::new(res)).unwrap();
+        let w = write_report(&[input], &report_opts(), &out, &|_| {}).unwrap();
+        assert_eq!(w.summary.len(), 1);
+        assert_eq!(w.summary[0].lambda, Some(lambda), "{t}: λ shown");
+        let md = std::fs::read_to_string(out.join("summary.md")).unwrap();
+        let said = format!(
+            "llep-trace tune recommends {}",
+            data::lambda_label(Some(lambda))
+        );
+        assert!(md.contains(&said), "{t}: {said}");
+        assert!(md.contains(&format!("| {} |", data::lambda_label(Some(lambda)))));
+        // and the speedup plot marks it
+        let svg = std::fs::read_to_string(out.join("speedup_vs_lambda.svg")).unwrap();
+        let mark = format!("recommended {}", data::lambda_label(Some(lambda)));
+        assert!(svg.contains(&mark), "{t}: {mark}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

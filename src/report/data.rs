@@ -4,6 +4,7 @@
 use crate::plan::capacity;
 use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
+use crate::tune::{tune, Objective, Setting};
 use std::collections::{BTreeMap, HashMap};
 
 /// One experimental setup: the same routing under the same planner knobs.
@@ -169,16 +170,48 @@ pub struct SpeedupCurve {
     /// p10 and p90 of measured totals turned into speedups, per point.
     pub spread: Vec<Option<(f64, f64)>>,
     pub layer_steps: usize,
+    /// What `llep-trace tune` recommends on these rows: [`crate::tune::tune`]
+    /// itself, so the page and `tune` never disagree. May be "never (EP)".
+    pub recommended: Option<Setting>,
+    /// The LLEP gate the report shows by default: the recommendation, or,
+    /// when that is plain EP, what the same rule picks among the LLEP
+    /// settings alone. `Some(None)` is "always".
+    pub shown: Option<Option<f64>>,
 }
 
 impl SpeedupCurve {
-    /// The lambda with the least total time (ties: the smaller lambda), and
-    /// its speedup.
+    /// The recommended numeric lambda (see [`Self::shown`]) and its speedup.
     pub fn best(&self) -> Option<(f64, f64)> {
-        let i = (0..self.totals.len())
-            .min_by(|&a, &b| self.totals[a].1.total_cmp(&self.totals[b].1))?;
-        Some(self.points[i])
+        let l = self.shown??;
+        self.points.iter().find(|p| p.0 == l).copied()
     }
+}
+
+/// `tune`'s recommendation on one series' EP and LLEP rows, and the LLEP
+/// gate to show (see [`SpeedupCurve::shown`]).
+fn recommendation(rs: &[&ResultRow]) -> (Option<Setting>, Option<Option<f64>>) {
+    let pick = |rows: Vec<ResultRow>| {
+        tune(&rows, Objective::Time, None)
+            .ok()
+            .map(|t| t.scored[t.best].setting.clone())
+    };
+    let all: Vec<ResultRow> = rs
+        .iter()
+        .filter(|r| r.policy == Policy::Ep || r.policy == Policy::Llep)
+        .map(|r| (*r).clone())
+        .collect();
+    let rec = pick(all.clone());
+    let shown = match &rec {
+        Some(s) if !s.never => Some(s.lambda),
+        _ => pick(
+            all.into_iter()
+                .filter(|r| r.policy == Policy::Llep)
+                .collect(),
+        )
+        .filter(|s| !s.never)
+        .map(|s| s.lambda),
+    };
+    (rec, shown)
 }
 
 /// Speedup curves, one per series that has EP rows and LLEP rows. Each
@@ -238,6 +271,8 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
             totals: vec![],
             spread: vec![],
             layer_steps: ep.len(),
+            recommended: None,
+            shown: None,
         };
         // (lambda, speedup, total ms, p10-p90 speedup spread)
         type Point = (f64, f64, f64, Option<(f64, f64)>);
@@ -265,15 +300,23 @@ pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
         if c.points.is_empty() && c.always.is_none() && c.ideal.is_none() {
             continue;
         }
+        // Only layer-steps with an EP row, as the speedups above.
+        let matched: Vec<&ResultRow> = rs
+            .iter()
+            .copied()
+            .filter(|r| ep.contains_key(&(r.step, r.layer)))
+            .collect();
+        (c.recommended, c.shown) = recommendation(&matched);
         out.push(c);
     }
     out
 }
 
 /// The lambda the report shows LLEP at, per setup: the user's choice
-/// (snapped to the nearest lambda the setup has rows for), else the
-/// simulated best (least total time), else the best measured, else
-/// "always" (`None`).
+/// (snapped to the nearest lambda the setup has rows for), else what
+/// `tune` recommends on the simulated rows (see [`SpeedupCurve::shown`]) of
+/// the setup, else of its simulated twin (the same setup, any input note),
+/// else on the measured rows, else "always" (`None`).
 pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64>) -> Option<f64> {
     let mine: Vec<&SpeedupCurve> = curves.iter().filter(|c| &c.key.setup == setup).collect();
     if let Some(u) = user {
@@ -286,9 +329,17 @@ pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64
     let pick = |measured: bool| {
         mine.iter()
             .filter(|c| c.key.measured() == measured)
-            .find_map(|c| c.best().map(|b| b.0))
+            .find_map(|c| c.shown)
     };
-    pick(false).or_else(|| pick(true))
+    // A measured series is shown at its simulated twin's lambda (input
+    // notes of measured and simulated rows may be worded differently).
+    let twin = || {
+        curves
+            .iter()
+            .filter(|c| !c.key.measured() && c.key.setup.loose() == setup.loose())
+            .find_map(|c| c.shown)
+    };
+    pick(false).or_else(twin).or_else(|| pick(true)).flatten()
 }
 
 /// Imbalance (max/mean native GPU load) of every layer-step of a setup.
@@ -680,4 +731,77 @@ pub fn error_stats(pairs: &[Pair]) -> Option<(f64, f64)> {
         (e[n / 2 - 1] + e[n / 2]) / 2.0
     };
     Some((median, e[n - 1]))
+}
+
+/// How a series' per-GPU load is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadChart {
+    /// GPUs against layer-steps, coloured by load over capacity.
+    Heatmap,
+    /// A single layer-step: per-GPU bars, EP beside LLEP, against the
+    /// capacity line (a one-column heatmap would fill half the frame).
+    Bars,
+}
+
+pub fn load_chart(h: &Heatmap) -> LoadChart {
+    if h.columns.len() == 1 {
+        LoadChart::Bars
+    } else {
+        LoadChart::Heatmap
+    }
+}
+
+/// The scenarios of `--synthetic A,B,...` in the commands, in order.
+fn synthetic_lists(commands: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = vec![];
+    for c in commands {
+        let words: Vec<&str> = c.split_whitespace().collect();
+        for (i, w) in words.iter().enumerate() {
+            let list = match w.strip_prefix("--synthetic") {
+                Some("") => words.get(i + 1).copied(),
+                Some(v) => v.strip_prefix('='),
+                None => None,
+            };
+            for s in list.unwrap_or("").trim_matches(['\'', '"']).split(',') {
+                if !s.is_empty() && !out.iter().any(|o| o == s) {
+                    out.push(s.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Rows reordered (stably) so that each trace's scenarios come in the
+/// order the user gave them: "balanced" (the baseline) first, then the
+/// order of the `--synthetic` lists in `commands` (the commands that made
+/// the results files), then first appearance. Files can hold scenarios
+/// sorted as strings ("30:4" < "95:1" < "balanced"); the page should not.
+pub fn in_user_order(rows: Vec<ResultRow>, commands: &[&str]) -> Vec<ResultRow> {
+    let listed = synthetic_lists(commands);
+    let mut traces: Vec<String> = vec![];
+    let mut seen: Vec<String> = vec![];
+    for r in &rows {
+        if !traces.contains(&r.trace) {
+            traces.push(r.trace.clone());
+        }
+        if !seen.contains(&r.scenario) {
+            seen.push(r.scenario.clone());
+        }
+    }
+    let rank = |r: &ResultRow| {
+        let t = traces.iter().position(|t| *t == r.trace).unwrap_or(0);
+        let s = &r.scenario;
+        let within = if s == "balanced" {
+            (0, 0)
+        } else if let Some(p) = listed.iter().position(|l| l == s) {
+            (1, p)
+        } else {
+            (2, seen.iter().position(|x| x == s).unwrap_or(0))
+        };
+        (t, within)
+    };
+    let mut keyed: Vec<_> = rows.into_iter().map(|r| (rank(&r), r)).collect();
+    keyed.sort_by_key(|k| k.0);
+    keyed.into_iter().map(|k| k.1).collect()
 }

@@ -7,11 +7,12 @@ pub mod data;
 mod font;
 mod page;
 pub mod plots;
+mod sections;
 
+use crate::results::Source;
 use crate::results::{ResultRow, ResultsMeta};
-use crate::sim::Profile;
-use data::{SeriesKey, SetupKey};
-use plots::{render, CdfFig, HeatmapFig, MemoryFig, PhaseFig, ScatterFig, SpeedupFig};
+use data::SeriesKey;
+use plots::{render, SpeedupFig};
 use std::path::{Path, PathBuf};
 
 pub use font::FAMILY;
@@ -157,48 +158,6 @@ pub struct Written {
     pub summary: Vec<SummaryRow>,
 }
 
-/// Card memory per series: the profile a simulation used (from the results
-/// metadata, else the built-in of that name); for measured rows the
-/// built-in profile whose card matches the device.
-fn card_bytes(key: &SeriesKey, metas: &[&ResultsMeta]) -> Option<(u64, String)> {
-    let builtins: Vec<Profile> = ["h100", "h200"]
-        .iter()
-        .filter_map(|n| Profile::load(n).ok())
-        .collect();
-    if key.measured() {
-        let dev = key.origin.to_ascii_uppercase();
-        return builtins
-            .iter()
-            .find(|p| {
-                p.card.eq_ignore_ascii_case(&key.origin)
-                    || dev.contains(&p.name.to_ascii_uppercase())
-            })
-            .map(|p| {
-                (
-                    p.gpu_mem_bytes,
-                    format!("built-in {} profile ({})", p.name, p.card),
-                )
-            });
-    }
-    for m in metas {
-        if let Some(p) = m
-            .profile
-            .as_ref()
-            .and_then(|v| serde_json::from_value::<Profile>(v.clone()).ok())
-        {
-            if p.name == key.origin {
-                return Some((p.gpu_mem_bytes, format!("profile {} ({})", p.name, p.card)));
-            }
-        }
-    }
-    builtins.iter().find(|p| p.name == key.origin).map(|p| {
-        (
-            p.gpu_mem_bytes,
-            format!("built-in {} profile ({})", p.name, p.card),
-        )
-    })
-}
-
 const FIG_LIMIT: usize = 6;
 
 /// Draw every figure and write `index.html` and `summary.md` into `out`.
@@ -210,7 +169,7 @@ pub fn write_report(
     out: &Path,
     tick: &dyn Fn(&str),
 ) -> Result<Written, ReportError> {
-    let rows: Vec<ResultRow> = inputs.iter().flat_map(|i| i.rows.iter().cloned()).collect();
+    let rows = ordered_rows(inputs);
     if rows.is_empty() {
         return Err(ReportError::NoData("no result rows in the inputs".into()));
     }
@@ -268,36 +227,24 @@ fn remove_stale_figures(out: &Path, keep: &[PathBuf]) {
     }
 }
 
+/// Every input's rows, scenarios in the order the user gave them: the
+/// `--synthetic` lists of the commands that made the files, else first
+/// appearance (a file may hold them sorted as strings), and "balanced",
+/// the baseline, first.
+fn ordered_rows(inputs: &[Input]) -> Vec<ResultRow> {
+    let rows: Vec<ResultRow> = inputs.iter().flat_map(|i| i.rows.iter().cloned()).collect();
+    let commands: Vec<&str> = inputs.iter().map(|i| i.meta.command.as_str()).collect();
+    data::in_user_order(rows, &commands)
+}
+
 /// Number of figure files `write_report` will draw (for a progress bar).
 pub fn figure_count(inputs: &[Input]) -> usize {
     let rows: Vec<ResultRow> = inputs.iter().flat_map(|i| i.rows.iter().cloned()).collect();
     let series = data::by_series(&rows).len().min(FIG_LIMIT);
-    let measured = rows
-        .iter()
-        .any(|r| r.source == crate::results::Source::Measured) as usize;
+    let measured = rows.iter().any(|r| r.source == Source::Measured) as usize;
     // heatmaps, then CDF, speedup, phases, memory, and the accuracy plot
     // when there are measured rows; each as PNG and SVG
     (series + 4 + measured) * 2
-}
-
-fn fig(
-    stage: &Path,
-    stem: &str,
-    f: &impl plots::Figure,
-    files: &mut Vec<PathBuf>,
-    tick: &dyn Fn(&str),
-) -> Result<(), ReportError> {
-    for ext in ["png", "svg"] {
-        let p = stage.join(format!("{stem}.{ext}"));
-        render(f, &p)?;
-        tick(&format!("{stem}.{ext}"));
-        files.push(p);
-    }
-    Ok(())
-}
-
-fn gib(b: u64) -> f64 {
-    b as f64 / (1024.0 * 1024.0 * 1024.0)
 }
 
 fn build(
@@ -307,385 +254,10 @@ fn build(
     stage: &Path,
     tick: &dyn Fn(&str),
 ) -> Result<Written, ReportError> {
-    let knobs = data::knobs_vary(rows);
-    let curves = data::speedup_curves(rows);
-    let lambda_of = |s: &SetupKey| data::chosen_lambda(&curves, s, opts.lambda);
-    let metas: Vec<&ResultsMeta> = inputs.iter().map(|i| &i.meta).collect();
-    let mut files = vec![];
-    let mut sections = vec![];
-    let series = data::by_series(rows);
-    let cdfs = data::imbalance_cdfs(rows);
-
-    // 1. Heatmaps.
-    {
-        let mut s = Section {
-            id: "load".into(),
-            title: "Per-GPU load over steps and layers: EP against LLEP".into(),
-            caption: "Each cell is one GPU in one layer-step; colour is its token-copies divided by the planner's capacity ⌊α·(total div P)⌋ for that layer-step. Blues stay under capacity; oranges and reds are over it, with the capacity marked as the black line on the colour bar. Top: EP (every copy on its native GPU). Bottom: what each GPU computes under LLEP at the λ shown.".into(),
-            figures: vec![],
-            missing: None,
-            numbers: vec![],
-        };
-        let mut drawn = 0;
-        for (i, (key, rs)) in series.iter().enumerate() {
-            if drawn == FIG_LIMIT {
-                s.numbers.push(format!(
-                    "{} more series not drawn (at most {FIG_LIMIT} heatmaps per page).",
-                    series.len() - FIG_LIMIT
-                ));
-                break;
-            }
-            let Some(h) = data::heatmap(rs, key, lambda_of(&key.setup)) else {
-                continue;
-            };
-            let stem = format!("load_heatmap_{}", i + 1);
-            let (c, e) = (h.columns[0], &h.ep_raw[0]);
-            let peak_ep = h.ep.iter().flatten().copied().fold(0.0f64, f64::max);
-            let peak_ll = h.llep.iter().flatten().copied().fold(0.0f64, f64::max);
-            s.numbers.push(format!(
-                "{}: step {} layer {}: capacity {} token-copies; EP loads per GPU {:?}; LLEP {} loads {:?}. Peak load/capacity: EP {:.3}, LLEP {:.3}.",
-                key.label(knobs),
-                c.0,
-                c.1,
-                h.capacity[0],
-                e,
-                data::lambda_label(h.lambda),
-                h.llep_raw[0],
-                peak_ep,
-                peak_ll
-            ));
-            if h.columns.len() == data::HEATMAP_MAX_COLUMNS {
-                s.numbers.push(format!(
-                    "{}: only the first {} layer-steps are drawn.",
-                    key.label(knobs),
-                    data::HEATMAP_MAX_COLUMNS
-                ));
-            }
-            let title = format!("Per-GPU load · {}", key.label(knobs));
-            fig(
-                stage,
-                &stem,
-                &HeatmapFig {
-                    map: h,
-                    title,
-                    with_knobs: knobs,
-                },
-                &mut files,
-                tick,
-            )?;
-            s.figures.push(stem);
-            drawn += 1;
-        }
-        if s.figures.is_empty() {
-            s.missing = Some("No series has both EP rows and LLEP rows with per-GPU loads, so there is no EP/LLEP load map to draw.".into());
-        }
-        sections.push(s);
-    }
-
-    // 2. Imbalance CDF.
-    {
-        let mut s = Section {
-            id: "imbalance".into(),
-            title: "How often would LLEP switch on? Distribution of max/mean load".into(),
-            caption: "Cumulative distribution of the max/mean native GPU load over all layer-steps of each input (EP placement). LLEP plans a layer-step when its ratio is at least λ, so the share of layer-steps right of the dashed λ line is how often LLEP switches on.".into(),
-            figures: vec![],
-            missing: None,
-            numbers: vec![],
-        };
-        let with_l: Vec<(data::ImbalanceCdf, Option<f64>)> = cdfs
-            .iter()
-            .map(|c| (c.clone(), lambda_of(&c.setup)))
-            .collect();
-        for (c, l) in &with_l {
-            let n = c.ratios.len();
-            let median = c.ratios[n / 2];
-            let mut line = format!(
-                "{}: {} layer-steps, max/mean from {:.3} to {:.3} (median {:.3})",
-                c.setup.label(knobs),
-                n,
-                c.ratios[0],
-                c.ratios[n - 1],
-                median
-            );
-            if let Some(l) = l {
-                line.push_str(&format!(
-                    "; at {} LLEP is on in {:.1}% of layer-steps",
-                    data::lambda_label(Some(*l)),
-                    c.on_fraction(*l) * 100.0
-                ));
-            }
-            s.numbers.push(line + ".");
-        }
-        if with_l.is_empty() {
-            s.missing = Some("No layer-steps in the inputs.".into());
-        } else {
-            fig(
-                stage,
-                "imbalance_cdf",
-                &CdfFig {
-                    cdfs: with_l,
-                    title: "Max/mean GPU load over all layer-steps".into(),
-                    with_knobs: knobs,
-                },
-                &mut files,
-                tick,
-            )?;
-            s.figures.push("imbalance_cdf".into());
-        }
-        sections.push(s);
-    }
-
-    // 3. Speedup against lambda.
-    {
-        let mut s = Section {
-            id: "speedup".into(),
-            title: "Speedup over EP against λ".into(),
-            caption: "Total layer time of EP divided by that of LLEP at each λ, summed over the same layer-steps. Simulated results are lines, measured results points (with the p10-p90 spread of their timed runs where recorded). Dashed: LLEP with no gate; dotted: the ideal-balance bound.".into(),
-            figures: vec![],
-            missing: None,
-            numbers: vec![],
-        };
-        for c in &curves {
-            let mut line = format!("{}:", c.key.label(knobs));
-            if let Some((l, sp)) = c.best() {
-                line.push_str(&format!(
-                    " best {} gives {sp:.4}× over EP",
-                    data::lambda_label(Some(l))
-                ));
-            }
-            if let (Some(f), Some(l)) = (c.points.first(), c.points.last()) {
-                line.push_str(&format!(
-                    "; {} gives {:.4}×, {} gives {:.4}×",
-                    data::lambda_label(Some(f.0)),
-                    f.1,
-                    data::lambda_label(Some(l.0)),
-                    l.1
-                ));
-            }
-            if let Some(a) = c.always {
-                line.push_str(&format!("; no gate {a:.4}×"));
-            }
-            if let Some(b) = c.ideal {
-                line.push_str(&format!("; ideal {b:.4}×"));
-            }
-            s.numbers.push(line + ".");
-        }
-        if curves.is_empty() {
-            s.missing =
-                Some("No series has both EP and LLEP rows, so there is no speedup to plot.".into());
-        } else {
-            if !curves.iter().any(|c| c.key.measured()) {
-                s.numbers.push(
-                    "No measured rows in the inputs: only simulated curves are drawn.".into(),
-                );
-            }
-            fig(
-                stage,
-                "speedup_vs_lambda",
-                &SpeedupFig {
-                    curves: curves.clone(),
-                    title: "LLEP speedup over EP against λ".into(),
-                    recommended: None,
-                    regret: false,
-                    with_knobs: knobs,
-                },
-                &mut files,
-                tick,
-            )?;
-            s.figures.push("speedup_vs_lambda".into());
-        }
-        sections.push(s);
-    }
-
-    // 4. Phases.
-    {
-        let bars = data::phase_bars(rows, &lambda_of);
-        let mut s = Section {
-            id: "phases".into(),
-            title: "Where the time goes: per-phase time per policy".into(),
-            caption: "Mean time per layer-step in each phase (overhead, dispatch, weight transfer, compute, combine) for EP, LLEP at the λ shown, and the ideal bound. Dispatch and weight transfer overlap (the layer waits for the longer), so the black tick, the layer time, can end before the stack does.".into(),
-            figures: vec![],
-            missing: None,
-            numbers: vec![],
-        };
-        for b in &bars {
-            s.numbers.push(format!(
-                "{} · {}: {} layer-steps, mean layer time {:.4} ms (overhead {:.4}, dispatch {:.4}, weight transfer {:.4}, compute {:.4}, combine {:.4}).",
-                b.key.label(knobs),
-                b.policy_label(),
-                b.layer_steps,
-                b.total_ms,
-                b.phases_ms[0],
-                b.phases_ms[1],
-                b.phases_ms[2],
-                b.phases_ms[3],
-                b.phases_ms[4]
-            ));
-        }
-        if bars.is_empty() {
-            s.missing = Some("No rows with phase times.".into());
-        } else {
-            let bars = bars.into_iter().take(36).collect();
-            fig(
-                stage,
-                "phases",
-                &PhaseFig {
-                    bars,
-                    title: "Mean per-phase time per layer-step".into(),
-                    with_knobs: knobs,
-                },
-                &mut files,
-                tick,
-            )?;
-            s.figures.push("phases".into());
-        }
-        sections.push(s);
-    }
-
-    // 5. Memory.
-    {
-        let mut panels = data::memory_panels(rows, &lambda_of);
-        let mut s = Section {
-            id: "memory".into(),
-            title: "Peak memory per GPU against the card's capacity".into(),
-            caption: "Peak memory of each GPU (max over layer-steps): native expert weights, received foreign weights, token buffers and activations; EP against LLEP at the λ shown. The card's capacity is the dashed line, or stated above the chart when the bars would be invisible beside it.".into(),
-            figures: vec![],
-            missing: None,
-            numbers: vec![],
-        };
-        for p in &mut panels {
-            let cap = card_bytes(&p.key, &metas);
-            p.card_bytes = cap.as_ref().map(|c| c.0);
-            let mx = |v: &[u64]| v.iter().copied().max().unwrap_or(0);
-            s.numbers.push(format!(
-                "{}: peak EP {:.3} GiB (GPU {}), LLEP {} {:.3} GiB (GPU {}); card {}; out of memory in {} layer-steps under EP and {} under LLEP.",
-                p.key.label(knobs),
-                gib(mx(&p.ep)),
-                argmax(&p.ep),
-                data::lambda_label(p.lambda),
-                gib(mx(&p.llep)),
-                argmax(&p.llep),
-                match &cap {
-                    Some((b, src)) => format!("{:.1} GiB from the {src}", gib(*b)),
-                    None => "capacity unknown".into(),
-                },
-                p.ep_oom_rows,
-                p.oom_rows
-            ));
-        }
-        if panels.is_empty() {
-            s.missing = Some("No series has both EP and LLEP rows with memory figures.".into());
-        } else {
-            let panels = panels.into_iter().take(FIG_LIMIT).collect();
-            fig(
-                stage,
-                "memory",
-                &MemoryFig {
-                    panels,
-                    title: "Peak memory per GPU".into(),
-                    with_knobs: knobs,
-                },
-                &mut files,
-                tick,
-            )?;
-            s.figures.push("memory".into());
-        }
-        sections.push(s);
-    }
-
-    // 6. Simulated against measured.
-    {
-        let pairs = data::sim_measured_pairs(rows);
-        let measured = rows
-            .iter()
-            .filter(|r| r.source == crate::results::Source::Measured)
-            .count();
-        let mut s = Section {
-            id: "accuracy".into(),
-            title: "Simulated against measured layer time".into(),
-            caption: "Each point is one measured layer-step under one policy and λ, against the simulation of the same layer-step, setup and policy. On the dashed y = x line the simulation is exact; the dotted lines are measured = simulated × 1.2 and ÷ 1.2. Error = (simulated − measured) / measured.".into(),
-            figures: vec![],
-            missing: None,
-            numbers: vec![],
-        };
-        match data::error_stats(&pairs) {
-            None if measured == 0 => {
-                s.missing = Some("No measured rows in the inputs. Give the results of `llep-trace replay` together with their simulated twins to draw this plot.".into());
-            }
-            None => {
-                s.missing = Some(format!("{measured} measured rows, but none has a simulated twin (same trace, scenario, GPUs, α, m, step, layer, policy and λ) in the inputs; simulate the same trace and settings and pass both files."));
-            }
-            Some((med, worst)) => {
-                s.numbers.push(format!(
-                    "{} matched layer-steps ({} measured rows in all): median |error| {med:.2}%, worst {worst:.2}%.",
-                    pairs.len(),
-                    measured
-                ));
-                for p in pairs.iter().take(2) {
-                    s.numbers.push(format!(
-                        "step {} layer {} {} {}: simulated {:.4} ms ({} profile), measured {:.4} ms on {} (error {:+.1}%).",
-                        p.step,
-                        p.layer,
-                        p.policy,
-                        if p.policy == "llep" { data::lambda_label(p.lambda) } else { String::new() },
-                        p.simulated_ms,
-                        p.profile,
-                        p.measured_ms,
-                        p.device,
-                        p.rel_error() * 100.0
-                    ));
-                }
-                fig(
-                    stage,
-                    "sim_vs_measured",
-                    &ScatterFig {
-                        title: format!(
-                            "Simulated vs measured layer time: median |error| {med:.1}%, worst {worst:.1}%"
-                        ),
-                        pairs,
-                    },
-                    &mut files,
-                    tick,
-                )?;
-                s.figures.push("sim_vs_measured".into());
-            }
-        }
-        sections.push(s);
-    }
-
-    // Summary.
-    let mut summary = vec![];
-    for (key, rs) in &series {
-        let lam = lambda_of(&key.setup);
-        let c = curves.iter().find(|c| &c.key == key);
-        let cdf = cdfs.iter().find(|c| c.setup == key.setup);
-        let n_ls = {
-            let mut v: Vec<(u32, u32)> = rs.iter().map(|r| (r.step, r.layer)).collect();
-            v.sort();
-            v.dedup();
-            v.len()
-        };
-        summary.push(SummaryRow {
-            series: key.label(knobs),
-            layer_steps: n_ls,
-            mean_ratio: cdf.map_or(f64::NAN, |c| {
-                c.ratios.iter().sum::<f64>() / c.ratios.len().max(1) as f64
-            }),
-            lambda: lam,
-            llep_on_pct: match (cdf, lam) {
-                (Some(c), Some(l)) => Some(c.on_fraction(l) * 100.0),
-                (Some(_), None) => Some(100.0),
-                _ => None,
-            },
-            speedup: c.and_then(|c| match lam {
-                Some(l) => c.points.iter().find(|p| p.0 == l).map(|p| p.1),
-                None => c.always,
-            }),
-            always: c.and_then(|c| c.always),
-            ideal: c.and_then(|c| c.ideal),
-        });
-    }
-
+    let mut b = sections::Build::new(inputs, rows, opts, stage, tick);
+    let sections = b.sections()?;
+    let summary = b.summary();
+    let mut files = std::mem::take(&mut b.files);
     let html = page::html(inputs, opts, &sections, &summary);
     let md = page::markdown(inputs, opts, &sections, &summary);
     for (name, text) in [("index.html", html), ("summary.md", md)] {
@@ -701,14 +273,7 @@ fn build(
     })
 }
 
-fn argmax(v: &[u64]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by_key(|(i, x)| (**x, std::cmp::Reverse(*i)))
-        .map_or(0, |(i, _)| i)
-}
-
 /// The card capacity used for a series (exposed for tests and notebooks).
 pub fn card_capacity(key: &SeriesKey, metas: &[&ResultsMeta]) -> Option<u64> {
-    card_bytes(key, metas).map(|c| c.0)
+    sections::card_bytes(key, metas).map(|c| c.0)
 }

@@ -3,6 +3,9 @@
 
 use super::{data::lambda_label, Input, ReportOptions, Section, SummaryRow};
 
+/// How the report picks the λ it shows when `--lambda` is not given.
+const LAMBDA_RULE: &str = "what <code>llep-trace tune</code> recommends on the simulated rows of each setup: the least total time, and among λ tied with it the middle one; where it recommends plain EP, the best LLEP setting by the same rule.";
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -125,7 +128,7 @@ table.inputs td, table.inputs th {{ text-align: left; }}
     h.push_str(if opts.lambda.is_some() {
         "given with <code>--lambda</code>."
     } else {
-        "the λ with the least total time in the simulated rows of each setup (the smallest such λ on ties)."
+        LAMBDA_RULE
     });
     h.push_str("</p>\n");
     for s in sections {

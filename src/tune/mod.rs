@@ -182,52 +182,7 @@ pub fn tune(
             return Err(TuneError::NothingFits(gib(cap), gib(min)));
         }
     }
-    let better = |a: &Scored, b: &Scored| -> bool {
-        match objective {
-            Objective::Time => a.total_ms < b.total_ms,
-            Objective::Memory => {
-                (a.peak_mem_max_bytes, a.total_ms) < (b.peak_mem_max_bytes, b.total_ms)
-            }
-        }
-    };
-    let mut best = scored.iter().position(|s| s.feasible).unwrap();
-    for (i, s) in scored.iter().enumerate() {
-        if s.feasible && better(s, &scored[best]) {
-            best = i;
-        }
-    }
-    let same = |a: &Scored, b: &Scored| match objective {
-        Objective::Time => (a.total_ms - b.total_ms).abs() <= 1e-9 * b.total_ms.abs().max(1e-12),
-        Objective::Memory => {
-            a.peak_mem_max_bytes == b.peak_mem_max_bytes
-                && (a.total_ms - b.total_ms).abs() <= 1e-9 * b.total_ms.abs().max(1e-12)
-        }
-    };
-    let tied: Vec<usize> = (0..scored.len())
-        .filter(|&i| scored[i].feasible && same(&scored[i], &scored[best]))
-        .collect();
-    // Among ties, recommend the middle threshold of the tied range at the
-    // best alpha/m: the setting with the most margin either way.
-    let lambdas: Vec<usize> = tied
-        .iter()
-        .copied()
-        .filter(|&i| {
-            scored[i].setting.lambda.is_some()
-                && scored[i].setting.alpha == scored[best].setting.alpha
-                && scored[i].setting.min_gemm == scored[best].setting.min_gemm
-        })
-        .collect();
-    if lambdas.len() > 1 {
-        let mut ls = lambdas.clone();
-        ls.sort_by(|&a, &b| {
-            scored[a]
-                .setting
-                .lambda
-                .partial_cmp(&scored[b].setting.lambda)
-                .unwrap()
-        });
-        best = ls[ls.len() / 2];
-    }
+    let (best, tied) = recommend(&scored, objective);
     let best_ms = scored[best].total_ms;
     for s in &mut scored {
         s.regret_pct = (s.total_ms / best_ms - 1.0) * 100.0;
@@ -253,6 +208,69 @@ pub fn tune(
         default_ms,
         layers,
     })
+}
+
+/// Two totals closer than this (relative) are the same time: summing the
+/// same layer times in another order must not change the recommendation.
+pub const TIE_REL: f64 = 1e-9;
+
+/// The recommendation rule, the one `tune` prints and `report` marks (the
+/// report calls [`tune`], which calls this): among the feasible settings,
+/// the best by `objective` (first in `scored` order on exact equality);
+/// then, among the lambdas tied with it (within [`TIE_REL`]) at its alpha
+/// and m, the middle one (upper middle for an even count), the threshold
+/// with the most margin either way. Returns the index of the
+/// recommendation and of every setting tied with the best. `scored` must
+/// hold at least one feasible setting.
+pub fn recommend(scored: &[Scored], objective: Objective) -> (usize, Vec<usize>) {
+    let better = |a: &Scored, b: &Scored| -> bool {
+        match objective {
+            Objective::Time => a.total_ms < b.total_ms,
+            Objective::Memory => {
+                (a.peak_mem_max_bytes, a.total_ms) < (b.peak_mem_max_bytes, b.total_ms)
+            }
+        }
+    };
+    let mut best = scored
+        .iter()
+        .position(|s| s.feasible)
+        .expect("recommend needs a feasible setting");
+    for (i, s) in scored.iter().enumerate() {
+        if s.feasible && better(s, &scored[best]) {
+            best = i;
+        }
+    }
+    let same_time = |a: &Scored, b: &Scored| {
+        (a.total_ms - b.total_ms).abs() <= TIE_REL * b.total_ms.abs().max(1e-12)
+    };
+    let same = |a: &Scored, b: &Scored| match objective {
+        Objective::Time => same_time(a, b),
+        Objective::Memory => a.peak_mem_max_bytes == b.peak_mem_max_bytes && same_time(a, b),
+    };
+    let tied: Vec<usize> = (0..scored.len())
+        .filter(|&i| scored[i].feasible && same(&scored[i], &scored[best]))
+        .collect();
+    let mut lambdas: Vec<usize> = tied
+        .iter()
+        .copied()
+        .filter(|&i| {
+            scored[i].setting.lambda.is_some()
+                && !scored[i].setting.never
+                && scored[i].setting.alpha == scored[best].setting.alpha
+                && scored[i].setting.min_gemm == scored[best].setting.min_gemm
+        })
+        .collect();
+    if lambdas.len() > 1 {
+        lambdas.sort_by(|&a, &b| {
+            scored[a]
+                .setting
+                .lambda
+                .partial_cmp(&scored[b].setting.lambda)
+                .unwrap()
+        });
+        best = lambdas[lambdas.len() / 2];
+    }
+    (best, tied)
 }
 
 fn matches(r: &ResultRow, s: &Setting) -> bool {
