@@ -8,6 +8,7 @@
 //! - `ideal`: perfect balance with free transfers, the bound no policy beats.
 
 mod dispatch;
+pub mod eplb;
 mod reference;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
