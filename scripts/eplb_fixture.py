@@ -15,10 +15,11 @@ Usage (repository root, python3 with torch; about 20 s on 16 cores):
   python3 scripts/eplb_fixture.py --dry-run --cases 20   # no torch: cases only
 
 Output (compact JSON): {"generator", "torch_version", "cpu_capability",
-"eplb_sha256", "seed", "sums": [{"values", "sum"}], "cases": [{"kind",
-"weights", "gpus", "redundant", "nodes", "groups", "phy2log", "log2phy",
-"logcnt"}]}; float32 values are written exactly; log2phy rows are written
-without the -1 padding; "sums" are PyTorch's float32 sums of random rows.
+"eplb_sha256", "seed", "sorts": [{"values", "order"}], "sums": [{"values",
+"sum"}], "cases": [{"kind", "weights", "gpus", "redundant", "nodes",
+"groups", "phy2log", "log2phy", "logcnt"}]}; float32 values are written exactly; log2phy rows are written
+without the -1 padding; "sums" are PyTorch's float32 sums of random rows,
+"sorts" its descending sort of tie-heavy rows (how it orders equal values).
 """
 import argparse
 import hashlib
@@ -145,6 +146,28 @@ def torch_sums(rows):
     return out
 
 
+def make_sort_rows(seed, n):
+    """Tie-heavy rows for PyTorch's descending sort: whether it orders equal
+    values as libstdc++'s std::sort does, which the port replays."""
+    rng = random.Random(seed + 2)
+    rows = []
+    for _ in range(n):
+        length = rng.randint(1, 300)
+        distinct = rng.choice([1, 2, 3, 8, 50, 1000])
+        rows.append([f32_text(rng.randrange(distinct) * 0.5) for _ in range(length)])
+    return rows
+
+
+def torch_sorts(rows):
+    import torch
+    torch.set_num_threads(1)
+    out = []
+    for r in rows:
+        w = torch.tensor([[float(x) for x in r]], dtype=torch.float32)
+        out.append(w.sort(-1, descending=True).indices[0].tolist())
+    return out
+
+
 _EPLB = None
 
 
@@ -190,7 +213,7 @@ def write_atomically(path, text):
 
 def dump(doc):
     # One case per line: compact, yet diffs stay readable.
-    head = {k: v for k, v in doc.items() if k not in ("cases", "sums")}
+    head = {k: v for k, v in doc.items() if k not in ("cases", "sums", "sorts")}
     sums = ",\n".join('{"values":[%s],"sum":%s}' % (",".join(r["values"]), json.dumps(r["sum"]))
                        for r in doc["sums"])
     lines = []
@@ -201,7 +224,9 @@ def dump(doc):
             json.dumps(c["kind"]), ",".join(c["weights"]),
             json.dumps(rest, separators=(",", ":"))[1:]))
     text = json.dumps(head, separators=(",", ":"))[:-1]
-    return (text + ',"sums":[\n' + sums + '\n],"cases":[\n' + ",\n".join(lines)
+    sorts = ",\n".join('{"values":[%s],"order":%s}' % (",".join(r["values"]), json.dumps(r["order"]))
+                        for r in doc["sorts"])
+    return (text + ',"sorts":[\n' + sorts + '\n],"sums":[\n' + sums + '\n],"cases":[\n' + ",\n".join(lines)
             + "\n]}\n")
 
 
@@ -239,6 +264,9 @@ def main():
     rows = make_sum_rows(a.seed, 100)
     sums = [None] * len(rows) if a.dry_run else torch_sums(rows)
     doc["sums"] = [{"values": r, "sum": t} for r, t in zip(rows, sums)]
+    rows = make_sort_rows(a.seed, 200)
+    orders = [None] * len(rows) if a.dry_run else torch_sorts(rows)
+    doc["sorts"] = [{"values": r, "order": o} for r, o in zip(rows, orders)]
     doc["cases"] = cases
     text = dump(doc)
     if a.out:

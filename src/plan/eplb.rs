@@ -27,9 +27,11 @@
 //! - the pack chosen is the first among the not-full packs with the least
 //!   float32 accumulated load (Python's `min` keeps the first minimum).
 //!
-//! Where a sort meets equal loads, [`EplbPlacement::sort_ties`] says so: the
-//! placement then rests on the introsort replay (and on PyTorch being built
-//! with libstdc++), not on the loads alone.
+//! Where a sort meets equal loads, [`EplbPlacement::sort_ties`] says so and
+//! what rests on their order (see [`SortTies`]): then the placement equals
+//! PyTorch's only where PyTorch sorts with libstdc++'s `std::sort`. PyTorch
+//! builds that sort float32 with x86-simd-sort (recent x86 wheels may) order
+//! equal values their own way, and no port can promise their tie order.
 
 use serde::Serialize;
 
@@ -100,17 +102,24 @@ impl EplbPolicy {
     }
 }
 
-/// Whether a packing sort met equal loads, and whose.
+/// Whether a packing sort met equal loads, and whose: what of the
+/// placement rests on how the sort orders equal values (the worst kind met).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SortTies {
-    /// Every sorted load was distinct.
+    /// Every sorted load was distinct: the placement follows from the loads.
     None,
-    /// Only replicas of one expert were equal: swapping them changes which
-    /// replica rank sits where (`log2phy`), never `phy2log` or `logcnt`.
+    /// Only replicas of one expert were equal: another order changes which
+    /// replica rank sits where (`log2phy`), never `phy2log`, `logcnt` or
+    /// the GPU loads.
     Replicas,
-    /// Loads of different groups or experts were equal.
+    /// Replicas of different experts had equal loads: another order swaps
+    /// them between GPUs (`phy2log`), never `logcnt` or the GPU loads.
     Loads,
+    /// Expert groups had equal loads: another order swaps them between
+    /// nodes, which can change which experts are replicated (`logcnt`) and
+    /// the GPU loads; only each node's total load is fixed.
+    Groups,
 }
 
 /// One layer's placement, with `eplb.py`'s outputs for that layer.
@@ -374,8 +383,8 @@ fn replicate_experts(w: &[f32], physical: usize) -> (Vec<usize>, Vec<usize>, Vec
 
 /// `balanced_packing`: items by load descending (PyTorch's sort), each to
 /// the first not-full pack with the least load. `owner` names the expert
-/// behind each item, to tell replica ties from load ties. Returns (pack,
-/// rank in pack, ties met by the sort).
+/// behind each replica (`None`: the items are groups), to classify ties.
+/// Returns (pack, rank in pack, ties met by the sort).
 fn balanced_packing(
     w: &[f32],
     packs: usize,
@@ -389,11 +398,10 @@ fn balanced_packing(
     let mut ties = SortTies::None;
     for pair in order.windows(2) {
         if w[pair[0]] == w[pair[1]] {
-            let same = owner.is_some_and(|o| o[pair[0]] == o[pair[1]]);
-            ties = ties.max(if same {
-                SortTies::Replicas
-            } else {
-                SortTies::Loads
+            ties = ties.max(match owner {
+                None => SortTies::Groups,
+                Some(o) if o[pair[0]] == o[pair[1]] => SortTies::Replicas,
+                Some(_) => SortTies::Loads,
             });
         }
     }
