@@ -152,6 +152,10 @@ fn bad_shapes_are_refused() {
         Err(EplbError::BadLoad { expert: 1, .. })
     ));
     assert_eq!(rebalance(&w, &params(0, 0, 1, 1)), Err(EplbError::NoGpus));
+    assert_eq!(
+        rebalance(&w, &params(4, 1 << 20, 1, 1)),
+        Err(EplbError::TooManyRedundant(1 << 20))
+    );
 }
 
 #[test]

@@ -39,8 +39,8 @@ pub struct PlanArgs {
     #[arg(long, allow_negative_numbers = true, value_parser = positive())]
     nodes: Option<usize>,
     /// eplb: expert groups; must divide the number of experts (default 1).
-    /// A multiple of --nodes selects EPLB's hierarchical policy, anything
-    /// else its global one.
+    /// A multiple of --nodes (other than one group on one node) selects
+    /// EPLB's hierarchical policy, anything else its global one.
     #[arg(long, allow_negative_numbers = true, value_parser = positive())]
     groups: Option<usize>,
     #[command(flatten)]

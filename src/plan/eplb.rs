@@ -153,6 +153,8 @@ pub enum EplbError {
     NoExperts,
     #[error("at most 65536 experts are supported (got {0})")]
     TooManyExperts(usize),
+    #[error("at most 65536 redundant experts are supported (got {0})")]
+    TooManyRedundant(usize),
     #[error("the number of GPUs must be at least 1")]
     NoGpus,
     #[error("the number of nodes must be at least 1")]
@@ -184,6 +186,9 @@ pub fn check(loads: &[f64], p: &EplbParams) -> Result<(), EplbError> {
     }
     if e > 1 << 16 {
         return Err(EplbError::TooManyExperts(e));
+    }
+    if p.redundant > 1 << 16 {
+        return Err(EplbError::TooManyRedundant(p.redundant));
     }
     if p.gpus == 0 {
         return Err(EplbError::NoGpus);
@@ -717,15 +722,29 @@ mod tests {
     }
 
     #[test]
-    fn heap_sort_sorts() {
-        let mut v: Vec<(f32, usize)> = (0..50).map(|i| (((i * 7) % 13) as f32, i)).collect();
-        introsort_heap(&mut v);
-        assert!(v.windows(2).all(|p| p[0].0 >= p[1].0));
-    }
-
-    fn introsort_heap(v: &mut [(f32, usize)]) {
-        // depth 0 forces the heapsort fallback on the whole range.
-        introsort::sort_with_depth_for_test(v, 0);
+    fn heap_sort_replays_std_partial_sort() {
+        // Orders from the real libstdc++ (tests/support/std_sort_cases.cpp).
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/std_sort_cases.json"
+        );
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut checked = 0;
+        for c in &cases {
+            let values: Vec<f32> = serde_json::from_value(c["values"].clone()).unwrap();
+            let want: Vec<usize> = serde_json::from_value(c["heap"].clone()).unwrap();
+            if values.len() <= 16 {
+                continue; // introsort never heapsorts so short a range
+            }
+            let mut v: Vec<(f32, usize)> = values.iter().copied().zip(0..).collect();
+            // depth 0: the heapsort fallback over the whole range
+            introsort::sort_with_depth_for_test(&mut v, 0);
+            let got: Vec<usize> = v.into_iter().map(|(_, i)| i).collect();
+            assert_eq!(got, want, "{values:?}");
+            checked += 1;
+        }
+        assert!(checked > 300, "{checked}");
     }
 
     #[test]
