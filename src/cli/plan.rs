@@ -1,33 +1,109 @@
-//! `llep-trace plan`: the planner from the command line.
+//! `llep-trace plan`: the planners from the command line, for one layer.
+//!
+//! `ep`, `llep` and `ideal` run the one planner (`plan::Planner`) once per
+//! combination of the given lambdas, alphas and minimum GEMM sizes; `eplb`
+//! runs DeepSeek's EPLB placement (`plan::eplb`), which has none of those
+//! knobs but takes GPUs, redundant experts, nodes and expert groups.
 
 use super::settings::{parse_counts, PlannerArgs};
 use super::table::Table;
 use super::Printer;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Args;
-use llep_trace::plan::{PlanParams, Planner, Policy};
+use llep_trace::plan::eplb::{self, EplbParams, EplbPlacement};
+use llep_trace::plan::{Plan, PlanParams, Planner, Policy};
 use serde_json::json;
 use std::process::ExitCode;
+use std::str::FromStr;
 
 #[derive(Args, Debug)]
 pub struct PlanArgs {
-    /// Global token-copies per expert for one layer, comma separated.
+    /// Global token-copies per expert for one layer, comma separated
+    /// (for eplb: loads, which may be fractional, e.g. window averages).
     #[arg(long, required = true)]
     counts: String,
-    /// EP ranks (GPUs); the number of experts must be a multiple of it.
-    #[arg(long, default_value_t = 8)]
+    /// EP ranks (GPUs); the number of experts must be a multiple of it
+    /// (for eplb: the experts plus --redundant).
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true,
+          value_parser = positive())]
     gpus: usize,
-    /// Policy: llep (the reference planner), ep or ideal.
+    /// Policy: llep (the reference planner), ep, ideal, or eplb (DeepSeek's
+    /// expert-parallelism load balancer: replicas and their placement).
     #[arg(long, default_value = "llep")]
-    policy: Policy,
+    policy: PlanPolicy,
+    /// eplb: redundant physical experts beyond one per expert (default 0);
+    /// experts + redundant must be a multiple of --gpus.
+    #[arg(long, allow_negative_numbers = true, value_parser = non_negative())]
+    redundant: Option<usize>,
+    /// eplb: server nodes; must divide --gpus (default 1).
+    #[arg(long, allow_negative_numbers = true, value_parser = positive())]
+    nodes: Option<usize>,
+    /// eplb: expert groups; must divide the number of experts (default 1).
+    /// A multiple of --nodes (other than one group on one node) selects
+    /// EPLB's hierarchical policy, anything else its global one.
+    #[arg(long, allow_negative_numbers = true, value_parser = positive())]
+    groups: Option<usize>,
     #[command(flatten)]
     planner: PlannerArgs,
-    /// Print one JSON object instead of a table.
+    /// Print JSON instead of a table: one object, or a list of objects when
+    /// several lambdas, alphas or minimum GEMM sizes are given.
     #[arg(long)]
     json: bool,
 }
 
+/// `--policy`: the simulator's policies plus EPLB, which only `plan` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlanPolicy {
+    Planner(Policy),
+    Eplb,
+}
+
+impl FromStr for PlanPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("eplb") {
+            return Ok(PlanPolicy::Eplb);
+        }
+        Policy::from_str(s).map(PlanPolicy::Planner).map_err(|_| {
+            format!(
+                "unknown policy '{}' (expected ep, llep, ideal or eplb)",
+                s.trim()
+            )
+        })
+    }
+}
+
+/// A clap value parser for an integer >= `min`, with one clear message
+/// (negative numbers included, which clap would otherwise read as flags).
+fn int_at_least(
+    min: usize,
+    what: &'static str,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| match s.trim().parse::<usize>() {
+        Ok(v) if v >= min => Ok(v),
+        _ => Err(format!("must be a {what}")),
+    }
+}
+
+fn positive() -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    int_at_least(1, "positive integer")
+}
+
+fn non_negative() -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    int_at_least(0, "non-negative integer")
+}
+
 pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    match a.policy {
+        PlanPolicy::Eplb => run_eplb(&a, p),
+        PlanPolicy::Planner(policy) => run_planner(&a, policy, p),
+    }
+}
+
+fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<ExitCode> {
+    if a.redundant.is_some() || a.nodes.is_some() || a.groups.is_some() {
+        bail!("--redundant, --nodes and --groups apply to --policy eplb only");
+    }
     let counts = parse_counts(&a.counts, "--counts")?;
     if counts.is_empty() {
         bail!("--counts: no counts given");
@@ -35,66 +111,97 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let gates = a.planner.gates(p)?;
     let alphas = a.planner.alphas()?;
     let mins = a.planner.min_gemms();
-    if gates.len() != 1 || alphas.len() != 1 || mins.len() != 1 {
-        bail!("plan takes one --ratio, --alpha and --min-gemm (use `simulate` or `tune` to sweep)");
-    }
-    let params = PlanParams {
-        gpus: a.gpus,
-        alpha: alphas[0],
-        min_gemm: mins[0],
-        gate: gates[0],
-    };
-    let plan = Planner::new().plan(&counts, &params, a.policy)?;
-    if a.json {
-        let mut entries = serde_json::Map::new();
-        for (e, ranges) in plan.in_visit_order() {
-            entries.insert(
-                e.to_string(),
-                json!(ranges
-                    .iter()
-                    .map(|r| [r.gpu as u64, r.start, r.end])
-                    .collect::<Vec<_>>()),
-            );
+    let mut planner = Planner::new();
+    let mut objects = Vec::new();
+    let mut sections = Vec::new();
+    for gate in &gates {
+        for &alpha in &alphas {
+            for &min_gemm in &mins {
+                let params = PlanParams {
+                    gpus: a.gpus,
+                    alpha,
+                    min_gemm,
+                    gate: *gate,
+                };
+                let plan = planner.plan(&counts, &params, policy)?;
+                if a.json {
+                    objects.push(plan_json(&plan, &params, policy));
+                } else {
+                    sections.push(plan_table(&plan, &params, policy, &counts));
+                }
+            }
         }
-        let transfers: Vec<_> = plan
-            .transfers
-            .iter()
-            .map(|t| [t.expert as u64, t.src as u64, t.dst as u64, t.start, t.end])
-            .collect();
-        let obj = json!({
-            "policy": a.policy.as_str(),
-            "gpus": a.gpus,
-            "alpha": params.alpha,
-            "min_gemm": params.min_gemm,
-            "lambda": params.gate.lambda(),
-            "use_llep": plan.use_llep,
-            "imbalance_ratio": plan.imbalance_ratio,
-            "capacity": plan.capacity,
-            "plan": entries,
-            "transfers": transfers,
-            "gpu_loads": plan.gpu_loads,
-            "native_loads": plan.native_loads,
-            "duplicate_transfers": plan.duplicate_transfers,
-        });
-        p.out(&serde_json::to_string(&obj)?)?;
-        return Ok(ExitCode::SUCCESS);
     }
+    if a.json {
+        let out = match <[_; 1]>::try_from(objects) {
+            Ok([one]) => one,
+            Err(many) => serde_json::Value::Array(many),
+        };
+        p.out(&serde_json::to_string(&out)?)?;
+    } else {
+        p.out(&sections.join("\n"))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan_json(plan: &Plan, params: &PlanParams, policy: Policy) -> serde_json::Value {
+    let mut entries = serde_json::Map::new();
+    for (e, ranges) in plan.in_visit_order() {
+        entries.insert(
+            e.to_string(),
+            json!(ranges
+                .iter()
+                .map(|r| [r.gpu as u64, r.start, r.end])
+                .collect::<Vec<_>>()),
+        );
+    }
+    let transfers: Vec<_> = plan
+        .transfers
+        .iter()
+        .map(|t| [t.expert as u64, t.src as u64, t.dst as u64, t.start, t.end])
+        .collect();
+    json!({
+        "policy": policy.as_str(),
+        "gpus": params.gpus,
+        "alpha": params.alpha,
+        "min_gemm": params.min_gemm,
+        "lambda": params.gate.lambda(),
+        "use_llep": plan.use_llep,
+        "imbalance_ratio": plan.imbalance_ratio,
+        "capacity": plan.capacity,
+        "plan": entries,
+        "transfers": transfers,
+        "gpu_loads": plan.gpu_loads,
+        "native_loads": plan.native_loads,
+        "duplicate_transfers": plan.duplicate_transfers,
+    })
+}
+
+fn plan_table(plan: &Plan, params: &PlanParams, policy: Policy, counts: &[u64]) -> String {
+    let gpus = params.gpus;
     let mut s = format!(
-        "policy {}  gpus {}  alpha {}  m {}  lambda {}\nimbalance max/mean {:.4}  capacity {}  -> {}\n\n",
-        a.policy,
-        a.gpus,
-        params.alpha,
-        params.min_gemm,
-        params.gate,
+        "policy {}  gpus {}  alpha {}  m {}  lambda {}\n",
+        policy, gpus, params.alpha, params.min_gemm, params.gate,
+    );
+    if counts.iter().all(|&c| c == 0) {
+        s.push_str("no token-copies: nothing to plan\n");
+        return s;
+    }
+    s.push_str(&format!(
+        "imbalance max/mean {:.4}  capacity {}  -> {}\n\n",
         plan.imbalance_ratio,
         plan.capacity,
-        if plan.use_llep { "LLEP plans this layer" } else { "plain EP (below the gate)" }
-    );
+        if plan.use_llep {
+            "LLEP plans this layer"
+        } else {
+            "plain EP (below the gate)"
+        }
+    ));
     let mut t = Table::new(&["gpu", "native load", "assigned load", "experts computed"]);
-    for g in 0..a.gpus {
+    for g in 0..gpus {
         let groups = if plan.entries.is_empty() {
             counts
-                .chunks(counts.len() / a.gpus)
+                .chunks(counts.len() / gpus)
                 .nth(g)
                 .map_or(0, |c| c.iter().filter(|&&x| x > 0).count())
         } else {
@@ -125,6 +232,133 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         }
         s.push_str(&t.render());
     }
-    p.out(&s)?;
+    s
+}
+
+/// Loads for EPLB: non-negative finite numbers, fractional allowed.
+fn parse_loads(spec: &str) -> anyhow::Result<Vec<f64>> {
+    let items: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if items.is_empty() {
+        bail!("--counts: no counts given");
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let v: f64 = s
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .with_context(|| {
+                    format!("--counts: item {} ('{s}') is not a finite number", i + 1)
+                })?;
+            if v < 0.0 {
+                bail!("--counts: item {} ('{s}') is negative", i + 1);
+            }
+            Ok(v)
+        })
+        .collect()
+}
+
+fn run_eplb(a: &PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    let pa = &a.planner;
+    if pa.ratio.is_some() || !pa.alpha.is_empty() || !pa.min_gemm.is_empty() {
+        bail!("--ratio, --alpha and --min-gemm do not apply to --policy eplb (it has no gate, capacity or GEMM minimum)");
+    }
+    let loads = parse_loads(&a.counts)?;
+    let params = EplbParams {
+        gpus: a.gpus,
+        redundant: a.redundant.unwrap_or(0),
+        nodes: a.nodes.unwrap_or(1),
+        groups: a.groups.unwrap_or(1),
+        ..EplbParams::new(a.gpus, 0)
+    };
+    let pl = eplb::rebalance(&loads, &params)?;
+    if a.json {
+        let obj = json!({
+            "policy": "eplb",
+            "mode": pl.policy.as_str(),
+            "gpus": params.gpus,
+            "nodes": params.nodes,
+            "groups": params.groups,
+            "redundant": params.redundant,
+            "phy2log": pl.phy2log,
+            "log2phy": pl.log2phy,
+            "logcnt": pl.logcnt,
+            "gpu_loads": pl.gpu_loads,
+            "max_gpu_load": pl.max_gpu_load(),
+            "sort_ties": pl.sort_ties,
+        });
+        p.out(&serde_json::to_string(&obj)?)?;
+    } else {
+        p.out(&eplb_table(&loads, &params, &pl))?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn eplb_table(loads: &[f64], params: &EplbParams, pl: &EplbPlacement) -> String {
+    let gpus = params.gpus;
+    let mut s = format!(
+        "policy eplb ({})  gpus {}  nodes {}  groups {}  experts {}  redundant {}\n",
+        pl.policy.as_str(),
+        gpus,
+        params.nodes,
+        params.groups,
+        loads.len(),
+        params.redundant
+    );
+    let total: f64 = loads.iter().sum();
+    if total == 0.0 {
+        s.push_str("all loads are 0: any placement is balanced\n");
+    }
+    let mean = pl.gpu_loads.iter().map(|&x| x as f64).sum::<f64>() / gpus as f64;
+    let ratio = |max: f64| if mean > 0.0 { max / mean } else { 1.0 };
+    s.push_str(&format!(
+        "GPU load max {}  max/mean {:.4}",
+        pl.max_gpu_load(),
+        ratio(pl.max_gpu_load() as f64)
+    ));
+    if loads.len() % gpus == 0 {
+        // The same layer under plain EP: expert e on GPU e / (experts / gpus).
+        let native = loads
+            .chunks(loads.len() / gpus)
+            .map(|c| c.iter().sum::<f64>())
+            .fold(0.0, f64::max);
+        s.push_str(&format!(
+            "  (plain EP without replicas: max {}  max/mean {:.4})",
+            native,
+            ratio(native)
+        ));
+    }
+    s.push_str("\n\n");
+    let per_gpu = pl.phy2log.len() / gpus;
+    let mut t = Table::new(&["gpu", "node", "load", "experts"]).left(3);
+    for (g, slots) in pl.phy2log.chunks(per_gpu).enumerate() {
+        let experts: Vec<String> = slots.iter().map(|e| e.to_string()).collect();
+        t.row(vec![
+            g.to_string(),
+            (g / (gpus / params.nodes)).to_string(),
+            pl.gpu_loads[g].to_string(),
+            experts.join(" "),
+        ]);
+    }
+    s.push_str(&t.render());
+    let replicated: Vec<String> = pl
+        .logcnt
+        .iter()
+        .enumerate()
+        .filter(|(_, &c)| c > 1)
+        .map(|(e, c)| format!("{e} x{c}"))
+        .collect();
+    if !replicated.is_empty() {
+        s.push_str(&format!(
+            "\nreplicated experts: {}\n",
+            replicated.join(", ")
+        ));
+    }
+    s
 }

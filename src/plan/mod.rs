@@ -12,6 +12,7 @@
 //! - `ideal`: perfect balance with free transfers, the bound no policy beats.
 
 mod dispatch;
+pub mod eplb;
 mod gate;
 mod reference;
 
