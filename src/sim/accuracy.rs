@@ -2,7 +2,8 @@
 //! simulate the same input (same per-rank loads, policy, lambda, alpha, m,
 //! GPU count) with a profile, and compare layer time and peak memory.
 
-use super::{row_from, simulated_base, Evaluator, Profile, Shape};
+use super::{auto_prefers_llep, row_from, simulated_base, Evaluator, Profile, Shape};
+use crate::plan::Policy;
 use crate::plan::PlanParams;
 use crate::results::{ResultRow, Source};
 use crate::trace::{read_trace, Trace};
@@ -90,12 +91,25 @@ pub fn twin(
     };
     let shape = Shape::from_model(&w.model);
     let global = loads.global(s, l);
-    let (plan, cost) = ev.eval(loads.block(s, l), &global, &params, policy, &shape, profile);
+    let per_rank = loads.block(s, l);
     let mut base = simulated_base(w, s, l, profile);
     base.policy = measured.policy;
     base.gate = measured.gate;
     base.alpha = measured.alpha;
     base.min_gemm = measured.min_gemm;
+    if policy == Policy::LlepAuto {
+        // the cost-aware gate's own decision, as simulate and replay make it
+        let (_, ep) = ev.eval(per_rank, &global, &params, Policy::Ep, &shape, profile);
+        let (_, llep) = ev.eval(per_rank, &global, &params, Policy::Llep, &shape, profile);
+        let pick = if auto_prefers_llep(&ep, &llep, profile) {
+            Policy::Llep
+        } else {
+            Policy::Ep
+        };
+        let (plan, cost) = ev.eval(per_rank, &global, &params, pick, &shape, profile);
+        return Ok(row_from(plan, &cost, &base));
+    }
+    let (plan, cost) = ev.eval(per_rank, &global, &params, policy, &shape, profile);
     Ok(row_from(plan, &cost, &base))
 }
 
