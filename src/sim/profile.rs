@@ -2,7 +2,8 @@
 //! A profile is a JSON file a user can write; `h100` and `h200` are built in.
 //! [`fit_profile`] turns `calibrate`'s raw measurements into one.
 
-use crate::gpu::calibrate::Calibration;
+use super::model::{self, GemmTable, Launches, MemModel, MsgModel};
+use crate::gpu::calibrate::{Calibration, MsgRaw};
 use crate::gpu::CHUNK;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -64,6 +65,25 @@ pub struct Profile {
     /// sized for this many copies at most).
     #[serde(default = "default_act_chunk")]
     pub act_chunk_tokens: u64,
+    /// Per-projection GEMM tables over (M, N, K) (`sim::model`); used for
+    /// shapes without a whole-group curve, instead of the efficiency formula.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gemm_tables: Vec<GemmTable>,
+    /// Token exchange (dispatch and combine) priced per message; without it,
+    /// `link_gbps` and `link_latency_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_tokens: Option<MsgModel>,
+    /// Weight transfers priced per message (one per expert blob); without
+    /// it, `p2p_gbps` and `p2p_latency_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_weights: Option<MsgModel>,
+    /// Kernel launches of dispatch and combine; without it they are unpriced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launches: Option<Launches>,
+    /// Memory baseline by component and the buffers' allocation grain;
+    /// without it, `mem_baseline_bytes` + peers x `mem_per_peer_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_model: Option<MemModel>,
     #[serde(default)]
     pub measured_error: Option<MeasuredError>,
     #[serde(default)]
@@ -75,6 +95,10 @@ pub struct Profile {
     /// Raw calibration points, kept for audit.
     #[serde(default)]
     pub raw: Option<serde_json::Value>,
+    /// Raw points of later calibrations merged into this profile, oldest
+    /// first (`calibrate --gemm-only`, `calibrate --merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_merged: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +168,26 @@ impl Profile {
         pos(self.p2p_gbps, "p2p_gbps")?;
         if self.gpu_mem_bytes == 0 {
             return Err("gpu_mem_bytes must be > 0".into());
+        }
+        model::check_tables(&self.gemm_tables)?;
+        for (n, m) in [
+            ("msg_tokens", &self.msg_tokens),
+            ("msg_weights", &self.msg_weights),
+        ] {
+            if let Some(m) = m {
+                pos(m.gbps, &format!("{n}.gbps"))?;
+                if !(m.latency_us >= 0.0 && m.per_msg_us >= 0.0) {
+                    return Err(format!("{n}: latency_us and per_msg_us must be >= 0"));
+                }
+            }
+        }
+        if let Some(l) = &self.launches {
+            if ![l.launch_us, l.host_sync_us, l.upload_us]
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0)
+            {
+                return Err("launches: every field must be >= 0".into());
+            }
         }
         for c in &self.gemm_curves {
             if c.points.is_empty() || c.points.windows(2).any(|w| w[1].0 <= w[0].0) {
@@ -243,12 +287,234 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         mem_per_peer_bytes: 0,
         copy_gbps: anchor_copy_gbps(&c.card),
         act_chunk_tokens: CHUNK,
+        gemm_tables: Vec::new(),
+        msg_tokens: None,
+        msg_weights: None,
+        launches: None,
+        mem_model: None,
         measured_error: None,
         driver: c.driver.clone(),
         date: date.into(),
         gpus: c.gpus as u32,
         raw: serde_json::to_value(c).ok(),
+        raw_merged: Vec::new(),
     }
+}
+
+/// GEMM tables of a calibration's grid: gate_up (N = 2I, K = D, with its
+/// activation) and down (N = D, K = I) per shape.
+pub fn grid_tables(c: &Calibration) -> Vec<GemmTable> {
+    let mut out = Vec::new();
+    for (d, i, gu, dn) in &c.grid {
+        let (d, i) = (*d as u32, *i as u32);
+        out.push(GemmTable {
+            proj: model::Proj::GateUp,
+            n: 2 * i,
+            k: d,
+            points: gu.clone(),
+        });
+        out.push(GemmTable {
+            proj: model::Proj::Down,
+            n: d,
+            k: i,
+            points: dn.clone(),
+        });
+    }
+    out
+}
+
+/// Put `new` tables into `tables`, replacing any of the same projection and
+/// (N, K).
+fn upsert_tables(tables: &mut Vec<GemmTable>, new: &[GemmTable]) {
+    for t in new {
+        match tables
+            .iter_mut()
+            .find(|x| x.proj == t.proj && x.n == t.n && x.k == t.k)
+        {
+            Some(x) => *x = t.clone(),
+            None => tables.push(t.clone()),
+        }
+    }
+}
+
+/// Weighted least-squares line y = a + b x minimising relative residuals
+/// (weights 1 / y^2), so a small message's latency is fitted as well as a
+/// large one's bandwidth; returns (a, b).
+pub fn fit_line_rel(pts: &[(f64, f64)]) -> (f64, f64) {
+    let ws: Vec<f64> = pts.iter().map(|p| 1.0 / (p.1 * p.1).max(1e-30)).collect();
+    let sw: f64 = ws.iter().sum();
+    if pts.len() < 2 || sw <= 0.0 {
+        return fit_line(pts);
+    }
+    let mx = pts.iter().zip(&ws).map(|(p, w)| w * p.0).sum::<f64>() / sw;
+    let my = pts.iter().zip(&ws).map(|(p, w)| w * p.1).sum::<f64>() / sw;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (p, w) in pts.iter().zip(&ws) {
+        sxy += w * (p.0 - mx) * (p.1 - my);
+        sxx += w * (p.0 - mx) * (p.0 - mx);
+    }
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+/// A message model from a byte sweep (`msgs_base` messages per GPU) and a
+/// split sweep (the same bytes in more messages): the split sweep's slope
+/// is the price of one message, the byte sweep's slope the bandwidth, and
+/// what is left of its intercept the latency of one grouped call.
+pub fn fit_msg(raw: &MsgRaw) -> Option<MsgModel> {
+    let (a, b) = fit_line_rel(&raw.bytes);
+    if b <= 0.0 || raw.bytes.len() < 2 {
+        return None;
+    }
+    let per_msg_us = (fit_line(&raw.split).1 * 1e3).max(0.0);
+    Some(MsgModel {
+        latency_us: (a * 1e3 - per_msg_us * raw.msgs_base as f64).max(0.0),
+        per_msg_us,
+        gbps: 1e-6 / b,
+    })
+}
+
+/// Put a calibration's generalising parts into `p`: GEMM grid tables
+/// (replacing those of the same shapes), message models and the memory
+/// model when measured, launches. `fallback` gives what one GPU cannot
+/// measure: communicator buffers per peer, and a floor for the context
+/// (a one-rank communicator misses NCCL's multi-rank buffers, which the
+/// fallback's baseline measured). Returns the names of the parts set.
+pub fn apply_measured(
+    p: &mut Profile,
+    c: &Calibration,
+    fallback: Option<&Profile>,
+) -> Vec<&'static str> {
+    let mut set = Vec::new();
+    if !c.grid.is_empty() {
+        upsert_tables(&mut p.gemm_tables, &grid_tables(c));
+        set.push("gemm_tables");
+    }
+    if let Some(m) = c.msg_tokens.as_ref().and_then(fit_msg) {
+        p.msg_tokens = Some(m);
+        set.push("msg_tokens");
+    }
+    if let Some(m) = c.msg_weights.as_ref().and_then(fit_msg) {
+        p.msg_weights = Some(m);
+        set.push("msg_weights");
+    }
+    if c.launch_us > 0.0 {
+        p.launches = Some(Launches {
+            launch_us: c.launch_us,
+            host_sync_us: c.host_sync_us,
+            upload_us: c.upload_us,
+        });
+        set.push("launches");
+    }
+    if c.mem.context > 0 {
+        let ws = c.mem.cublas_workspace;
+        let per_peer = c
+            .mem
+            .per_peer
+            .or(fallback.map(|f| f.mem_per_peer_bytes))
+            .unwrap_or(0);
+        let mut context = c.mem.context;
+        if c.mem.per_peer.is_none() {
+            if let Some(f) = fallback {
+                context = context.max(f.mem_baseline_bytes.saturating_sub(ws));
+            }
+        }
+        p.mem_model = Some(MemModel {
+            context_bytes: context,
+            cublas_workspace_bytes: ws,
+            nccl_per_peer_bytes: per_peer,
+            // unmeasured: a weight connection priced like a token one
+            nccl_xfer_per_peer_bytes: c.mem.xfer_per_peer.unwrap_or(per_peer),
+            grain_bytes: c.mem.grain,
+        });
+        set.push("mem_model");
+    }
+    set
+}
+
+/// `base` with the generalising parts of `new` (GEMM tables upserted,
+/// message models, launches and memory model where `new` has them). With
+/// `drop_curves`, whole-group curves whose shape now has exact tables of
+/// both projections are removed, so those shapes are priced by the tables.
+/// The measured error is cleared when anything but new tables changed
+/// (the stamped rows would be priced differently), and the note says what
+/// was merged.
+pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &str) -> Profile {
+    let mut out = base.clone();
+    let mut set: Vec<&str> = Vec::new();
+    if !new.gemm_tables.is_empty() {
+        upsert_tables(&mut out.gemm_tables, &new.gemm_tables);
+        set.push("gemm_tables");
+    }
+    for (dst, src, name) in [
+        (&mut out.msg_tokens, new.msg_tokens, "msg_tokens"),
+        (&mut out.msg_weights, new.msg_weights, "msg_weights"),
+    ] {
+        if src.is_some() {
+            *dst = src;
+            set.push(name);
+        }
+    }
+    if new.launches.is_some() {
+        out.launches = new.launches;
+        set.push("launches");
+    }
+    if new.mem_model.is_some() {
+        out.mem_model = new.mem_model;
+        set.push("mem_model");
+    }
+    let dropped = if drop_curves {
+        drop_covered_curves(&mut out)
+    } else {
+        0
+    };
+    finish_merge(&mut out, &set, dropped, date);
+    out.raw_merged.extend(new.raw.clone());
+    out.raw_merged.extend(new.raw_merged.iter().cloned());
+    out
+}
+
+/// Remove whole-group curves whose shape has exact GEMM tables of both
+/// projections (so the tables price it); returns how many went.
+pub fn drop_covered_curves(p: &mut Profile) -> usize {
+    let has = |proj, n: u32, k: u32| {
+        p.gemm_tables
+            .iter()
+            .any(|t| t.proj == proj && t.n == n && t.k == k)
+    };
+    let keep: Vec<GemmCurve> = p
+        .gemm_curves
+        .iter()
+        .filter(|c| {
+            let (d, i) = (c.hidden_size, c.intermediate_size);
+            !(has(model::Proj::GateUp, 2 * i, d) && has(model::Proj::Down, d, i))
+        })
+        .cloned()
+        .collect();
+    let dropped = p.gemm_curves.len() - keep.len();
+    p.gemm_curves = keep;
+    dropped
+}
+
+/// Note what a merge set, and clear a stamped error it made stale.
+pub fn finish_merge(out: &mut Profile, set: &[&str], dropped_curves: usize, date: &str) {
+    if set.iter().any(|s| *s != "gemm_tables") || dropped_curves > 0 {
+        out.measured_error = None;
+    }
+    out.note.push_str(&format!(
+        " Merged on {date}: {}{}.",
+        if set.is_empty() {
+            "nothing".to_string()
+        } else {
+            set.join(", ")
+        },
+        if dropped_curves > 0 {
+            format!("; {dropped_curves} whole-group curves dropped for GEMM tables")
+        } else {
+            String::new()
+        }
+    ));
+    out.date = date.into();
 }
 
 /// Least-squares line y = a + b x; returns (a, b).
@@ -310,6 +576,7 @@ mod tests {
             p2p: line(25.0, 20.0),
             overhead_ms: 0.25,
             mem_baseline: 1 << 30,
+            ..Default::default()
         };
         let p = fit_profile(&c, "h200", "2026-11-29");
         assert!((p.link_gbps - 50.0).abs() < 1e-6, "{}", p.link_gbps);
