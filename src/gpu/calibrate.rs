@@ -277,9 +277,13 @@ impl Worker<'_> {
         let (mut gu, mut dn) = (Vec::new(), Vec::new());
         for &m in rows {
             let m = m.min(CHUNK) as usize;
-            // at least 64 units per sample, so the first launch's idle gap
-            // is a small part of it
-            let rounds = 64usize.div_ceil(experts).max(1);
+            // small units: at least 64 per sample, so the first launch's
+            // idle gap is a small part of it; large ones: one pass
+            let rounds = if m <= 1024 {
+                64usize.div_ceil(experts).max(1)
+            } else {
+                1
+            };
             let units = (rounds * experts) as f64;
             let half = self.time_units(&b, m, rounds, false, reps)? / units;
             let whole = self.time_units(&b, m, rounds, true, reps)? / units;
@@ -326,7 +330,7 @@ impl Worker<'_> {
         let sync = host(&mut || unsafe { dev.download(&mut small, buf) })?;
         let table = [0i64; 128];
         // SAFETY: buf holds 64 KiB; the stream is synchronised after.
-        let upload = host(&mut || unsafe { dev.upload(buf, &table) }.and_then(|_| Ok(())))?;
+        let upload = host(&mut || unsafe { dev.upload(buf, &table) })?;
         self.dev.sync()?;
         Ok((quantile(&launch, 0.5), sync, upload))
     }

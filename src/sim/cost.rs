@@ -317,16 +317,3 @@ fn mem_by_buffer(
         + xfer_peers * mm.nccl_xfer_per_peer_bytes
         + buffers.iter().sum::<u64>()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interpolation_extends_linearly() {
-        let pts = [(1.0, 1.0), (3.0, 2.0)];
-        assert_eq!(interp(&pts, 2.0), 1.5);
-        assert_eq!(interp(&pts, 5.0), 3.0);
-        assert_eq!(interp(&pts, 0.0), 0.5);
-    }
-}

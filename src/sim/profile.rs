@@ -3,6 +3,8 @@
 //! [`fit_profile`] turns `calibrate`'s raw measurements into one.
 
 use super::model::{self, GemmTable, Launches, MemModel, MsgModel};
+#[cfg(test)]
+use crate::gpu::calibrate::MemRaw;
 use crate::gpu::calibrate::{Calibration, MsgRaw};
 use crate::gpu::CHUNK;
 use serde::{Deserialize, Serialize};
@@ -593,5 +595,140 @@ mod tests {
         );
         assert_eq!(p.gemm_curves.len(), 1);
         p.validate().unwrap();
+    }
+
+    fn msg_raw(lat_us: f64, per_msg_us: f64, gbps: f64, base: u64) -> MsgRaw {
+        let t = |msgs: f64, b: f64| (lat_us + per_msg_us * msgs) * 1e-3 + b / (gbps * 1e9) * 1e3;
+        MsgRaw {
+            msgs_base: base,
+            bytes: [4096.0, 65536.0, 1048576.0, 16777216.0, 67108864.0]
+                .iter()
+                .map(|&b| (b, t(base as f64, b)))
+                .collect(),
+            split: [1.0, 2.0, 4.0, 8.0]
+                .iter()
+                .map(|&s| (s * base as f64, t(s * base as f64, 1048576.0)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn message_fit_separates_call_message_and_byte_costs() {
+        let m = fit_msg(&msg_raw(12.0, 3.0, 300.0, 2)).unwrap();
+        assert!((m.latency_us - 12.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_msg_us - 3.0).abs() < 1e-6, "{m:?}");
+        assert!((m.gbps - 300.0).abs() < 1e-6, "{m:?}");
+        // relative weighting keeps the small sizes right under noise at the
+        // large end: 2% slow 64 MiB point barely moves the latency
+        let mut raw = msg_raw(12.0, 3.0, 300.0, 2);
+        raw.bytes.last_mut().unwrap().1 *= 1.02;
+        let m = fit_msg(&raw).unwrap();
+        let small = m.ms(2, 4096);
+        let want = (12.0 + 6.0) * 1e-3 + 4096.0 / 300e9 * 1e3;
+        assert!((small - want).abs() / want < 0.03, "{small} vs {want}");
+    }
+
+    fn calibration_with_model() -> Calibration {
+        Calibration {
+            card: "NVIDIA H200".into(),
+            gpus: 1,
+            grid: vec![(
+                7168,
+                2048,
+                vec![(1.0, 0.010), (512.0, 0.050)],
+                vec![(1.0, 0.008), (512.0, 0.030)],
+            )],
+            launch_us: 2.0,
+            host_sync_us: 15.0,
+            upload_us: 5.0,
+            mem: MemRaw {
+                context: 600 << 20,
+                cublas_workspace: 32 << 20,
+                grain: 2 << 20,
+                per_peer: None,
+                xfer_per_peer: None,
+                ranks: 1,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_gpu_measurements_go_into_a_base_and_keep_its_multi_gpu_figures() {
+        let base = Profile::load("h200").unwrap();
+        let mut p = base.clone();
+        let set = apply_measured(&mut p, &calibration_with_model(), Some(&base));
+        assert_eq!(set, ["gemm_tables", "launches", "mem_model"]);
+        let t = &p.gemm_tables;
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[0].proj, t[0].n, t[0].k),
+            (model::Proj::GateUp, 4096, 7168)
+        );
+        assert_eq!((t[1].proj, t[1].n, t[1].k), (model::Proj::Down, 7168, 2048));
+        let mm = p.mem_model.unwrap();
+        // a one-rank context misses NCCL's multi-rank buffers: floored at
+        // the base's multi-GPU baseline
+        assert_eq!(
+            mm.context_bytes + mm.cublas_workspace_bytes,
+            base.mem_baseline_bytes
+        );
+        assert_eq!(mm.nccl_per_peer_bytes, base.mem_per_peer_bytes);
+        assert_eq!(mm.nccl_xfer_per_peer_bytes, base.mem_per_peer_bytes);
+        assert_eq!(mm.grain_bytes, 2 << 20);
+        assert!(p.msg_tokens.is_none() && p.msg_weights.is_none());
+        p.validate().unwrap();
+        // applying again replaces the tables rather than adding copies
+        apply_measured(&mut p, &calibration_with_model(), Some(&base));
+        assert_eq!(p.gemm_tables.len(), 2);
+    }
+
+    #[test]
+    fn merge_adds_tables_drops_covered_curves_and_clears_stale_error() {
+        let base = Profile::load("h200").unwrap();
+        assert!(base.measured_error.is_some());
+        let mut new = base.clone();
+        new.gemm_tables.clear();
+        let mut c = calibration_with_model();
+        c.grid
+            .push((2880, 2880, vec![(1.0, 0.01)], vec![(1.0, 0.01)]));
+        c.launch_us = 0.0;
+        c.mem.context = 0;
+        apply_measured(&mut new, &c, None);
+        // tables only, curves kept: the stamped rows are priced as before
+        let m = merge_profiles(&base, &new, false, "2026-11-29");
+        assert_eq!(m.gemm_tables.len(), 4);
+        assert_eq!(m.gemm_curves, base.gemm_curves);
+        assert_eq!(m.measured_error, base.measured_error);
+        assert!(
+            m.note.ends_with("Merged on 2026-11-29: gemm_tables."),
+            "{}",
+            m.note
+        );
+        // dropping the gpt-oss curve for its tables makes the error stale
+        let m = merge_profiles(&base, &new, true, "2026-11-29");
+        assert_eq!(m.gemm_curves.len(), base.gemm_curves.len() - 1);
+        assert!(m.gemm_curves.iter().all(|c| c.hidden_size != 2880));
+        assert!(m.measured_error.is_none());
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_new_parts_are_refused() {
+        let mut p = Profile::load("h200").unwrap();
+        p.msg_tokens = Some(MsgModel {
+            latency_us: 1.0,
+            per_msg_us: 1.0,
+            gbps: 0.0,
+        });
+        assert!(p.validate().is_err());
+        p.msg_tokens = None;
+        p.gemm_tables = vec![GemmTable {
+            proj: model::Proj::Down,
+            n: 10,
+            k: 10,
+            points: vec![(4.0, 1.0), (2.0, 2.0)],
+        }];
+        assert!(p.validate().is_err());
     }
 }
