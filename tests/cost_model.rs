@@ -317,3 +317,28 @@ fn message_launch_and_memory_models_change_what_they_price() {
     let recv = m.peak_mem_per_gpu.iter().max().unwrap() - floor;
     assert!(recv >= 100 << 20, "{recv}");
 }
+
+#[test]
+fn replay_schedule_overlaps_transfers_with_native_compute() {
+    let base = Profile::load("h200").unwrap();
+    assert!(!base.transfer_overlaps_native);
+    let mut prof = base.clone();
+    prof.transfer_overlaps_native = true;
+    for l in layers() {
+        for policy in [Policy::Ep, Policy::Llep] {
+            let (old, new) = (price(&l, &base, policy), price(&l, &prof, policy));
+            // phases are priced alike; only how they add up changes
+            assert_eq!(
+                (old.dispatch_ms, old.transfer_ms, old.compute_ms),
+                (new.dispatch_ms, new.transfer_ms, new.compute_ms)
+            );
+            assert!(new.total_ms <= old.total_ms + 1e-12, "{}", l.name);
+            let floor = new.overhead_ms + new.compute_ms + new.combine_ms;
+            assert!(new.total_ms >= floor - 1e-12, "{}", l.name);
+            // a transfer longer than dispatch was on the old critical path
+            if policy == Policy::Llep && new.transfer_ms > new.dispatch_ms {
+                assert!(new.total_ms < old.total_ms, "{}", l.name);
+            }
+        }
+    }
+}

@@ -50,6 +50,8 @@ pub struct Cost {
 #[derive(Debug, Default, Clone)]
 pub struct CostScratch {
     compute: Vec<f64>,
+    /// Compute of groups whose weights were transferred in.
+    foreign: Vec<f64>,
     largest: Vec<u64>,
     w_sent: Vec<u64>,
     w_recv: Vec<u64>,
@@ -129,23 +131,30 @@ pub fn price(
     // whole on its native GPU. The largest group sizes the activation scratch.
     scratch.compute.clear();
     scratch.compute.resize(p, 0.0);
+    scratch.foreign.clear();
+    scratch.foreign.resize(p, 0.0);
     scratch.largest.clear();
     scratch.largest.resize(p, 0);
-    let group = |g: usize, tokens: u64, scratch: &mut CostScratch| {
-        scratch.compute[g] += prof.gemm_ms(tokens, shape);
+    let group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
+        let ms = prof.gemm_ms(tokens, shape);
+        scratch.compute[g] += ms;
+        if foreign {
+            scratch.foreign[g] += ms;
+        }
         scratch.largest[g] = scratch.largest[g].max(tokens);
     };
     if plan.entries.is_empty() {
         for (g, block) in counts.chunks_exact(per).enumerate() {
             for &c in block.iter().filter(|&&c| c > 0) {
-                group(g, c, scratch);
+                group(g, c, false, scratch);
             }
         }
     } else {
         // every nonzero expert has an entry when the planner ran
-        for (_, ranges) in plan.iter() {
+        for (e, ranges) in plan.iter() {
             for r in ranges {
-                group(r.gpu as usize, r.end - r.start, scratch);
+                let g = r.gpu as usize;
+                group(g, r.end - r.start, e as usize / per != g, scratch);
             }
         }
     }
@@ -184,6 +193,9 @@ pub fn price(
     let launch_ms = prof.launches.map_or(0.0, |l| l.launch_us * 1e-3);
     let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
     let mut dispatch_bytes_max = 0u64;
+    // replay's schedule per GPU: dispatch, native groups, then (once its
+    // weights are in) the foreign groups
+    let mut compute_end = 0f64;
     for g in 0..p {
         let link_b = dm.sent_off(g).max(dm.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
@@ -209,10 +221,16 @@ pub fn price(
         combine = combine.max(cmb);
         transfer = transfer.max(x);
         disp_or_xfer = disp_or_xfer.max(dsp.max(x));
+        let native = scratch.compute[g] - scratch.foreign[g];
+        compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
     }
     let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
     let overhead = prof.overhead_us * 1e-3;
-    let total = overhead + disp_or_xfer + compute + combine;
+    let total = if prof.transfer_overlaps_native {
+        overhead + compute_end + combine
+    } else {
+        overhead + disp_or_xfer + compute + combine
+    };
 
     let mut peak = Vec::with_capacity(p);
     let mut oom = false;

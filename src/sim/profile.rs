@@ -86,6 +86,12 @@ pub struct Profile {
     /// without it, `mem_baseline_bytes` + peers x `mem_per_peer_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_model: Option<MemModel>,
+    /// Weight transfers overlap the native groups' compute too, as replay
+    /// schedules a GPU's work (dispatch, native groups, a wait for the
+    /// transfers, foreign groups); off, they overlap dispatch only and
+    /// compute is one phase after both (profiles before issue 12).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transfer_overlaps_native: bool,
     #[serde(default)]
     pub measured_error: Option<MeasuredError>,
     #[serde(default)]
@@ -294,6 +300,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         msg_weights: None,
         launches: None,
         mem_model: None,
+        transfer_overlaps_native: true,
         measured_error: None,
         driver: c.driver.clone(),
         date: date.into(),
@@ -388,6 +395,11 @@ pub fn apply_measured(
     fallback: Option<&Profile>,
 ) -> Vec<&'static str> {
     let mut set = Vec::new();
+    if !p.transfer_overlaps_native {
+        // a calibration's profile models replay's schedule
+        p.transfer_overlaps_native = true;
+        set.push("transfer_overlaps_native");
+    }
     if !c.grid.is_empty() {
         upsert_tables(&mut p.gemm_tables, &grid_tables(c));
         set.push("gemm_tables");
@@ -456,6 +468,10 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
             *dst = src;
             set.push(name);
         }
+    }
+    if new.transfer_overlaps_native && !out.transfer_overlaps_native {
+        out.transfer_overlaps_native = true;
+        set.push("transfer_overlaps_native");
     }
     if new.launches.is_some() {
         out.launches = new.launches;
@@ -658,7 +674,15 @@ mod tests {
         let base = Profile::load("h200").unwrap();
         let mut p = base.clone();
         let set = apply_measured(&mut p, &calibration_with_model(), Some(&base));
-        assert_eq!(set, ["gemm_tables", "launches", "mem_model"]);
+        assert_eq!(
+            set,
+            [
+                "transfer_overlaps_native",
+                "gemm_tables",
+                "launches",
+                "mem_model"
+            ]
+        );
         let t = &p.gemm_tables;
         assert_eq!(t.len(), 2);
         assert_eq!(
@@ -695,6 +719,7 @@ mod tests {
         c.launch_us = 0.0;
         c.mem.context = 0;
         apply_measured(&mut new, &c, None);
+        new.transfer_overlaps_native = false;
         // tables only, curves kept: the stamped rows are priced as before
         let m = merge_profiles(&base, &new, false, "2026-11-29");
         assert_eq!(m.gemm_tables.len(), 4);
