@@ -77,6 +77,10 @@ pub struct CalibrateArgs {
     /// The profile --merge merges into (built-in name or JSON path).
     #[arg(long, value_name = "PROFILE", requires = "merge")]
     pub into: Option<String>,
+    /// With --merge: take only the GEMM tables (the stamped error stays
+    /// valid unless curves are dropped).
+    #[arg(long, requires = "merge")]
+    pub tables_only: bool,
     /// With --merge (or --gemm-only): drop whole-group curves whose shape
     /// now has exact GEMM tables, so the tables price those shapes too.
     #[arg(long)]
@@ -119,7 +123,14 @@ fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCo
         .as_deref()
         .expect("clap requires --into with --merge");
     let base = Profile::load(into).with_context(|| format!("--into {into}"))?;
-    let newp = Profile::load(new).with_context(|| format!("--merge {new}"))?;
+    let mut newp = Profile::load(new).with_context(|| format!("--merge {new}"))?;
+    if a.tables_only {
+        newp.msg_tokens = None;
+        newp.msg_weights = None;
+        newp.launches = None;
+        newp.mem_model = None;
+        newp.transfer_overlaps_native = false;
+    }
     if newp.card != base.card {
         p.warn(&format!(
             "merging measurements of '{}' into a profile of '{}'",
