@@ -657,3 +657,29 @@ pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibratio
     }
     Ok(first.expect("at least one GPU"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_covers_decode_to_the_largest_unit_and_the_common_shapes() {
+        assert!(GRID_ROWS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!((GRID_ROWS[0], *GRID_ROWS.last().unwrap()), (1, CHUNK));
+        for (d, i) in GRID_SHAPES {
+            // replay's kernels need D a multiple of 8 and I even
+            assert!(d % 8 == 0 && i % 2 == 0);
+        }
+        assert!(GRID_SHAPES.contains(&(7168, 2048)));
+    }
+
+    #[test]
+    fn grid_cycles_enough_experts_to_leave_the_l2_cache() {
+        // a small expert: 256 MiB of distinct weights
+        let small = BlobLayout::new(2048, 768).len * 2;
+        let n = grid_experts(small);
+        assert!(n * small >= 256 << 20 && n <= 64, "{n}");
+        // a large one: still several experts back to back
+        assert_eq!(grid_experts(BlobLayout::new(4096, 14336).len * 2), 8);
+    }
+}
