@@ -1,11 +1,17 @@
 //! `llep-trace calibrate`: measure this machine's GPUs and write a hardware
-//! profile for the cost model (status "measured", raw points kept).
+//! profile for the cost model (status "measured", raw points kept); with
+//! `--gemm-only`, only the single-GPU GEMM grid (and launches and memory
+//! components) into a base profile; with `--merge`, merge a measured
+//! profile's GEMM tables, message, launch and memory models into another
+//! (no GPU needed).
 
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
-use llep_trace::gpu::calibrate::{calibrate, CalibConfig};
-use llep_trace::sim::profile::fit_profile;
+use llep_trace::gpu::calibrate::{calibrate, CalibConfig, Calibration, GRID_ROWS};
+use llep_trace::sim::profile::{
+    apply_measured, drop_covered_curves, finish_merge, fit_profile, merge_profiles,
+};
 use llep_trace::sim::Profile;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +45,149 @@ pub struct CalibrateArgs {
     /// Profile name (default: h100 / h200 from the card's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Expert shapes D:I of the per-projection GEMM grid (default: the
+    /// gpt-oss-120b, Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3 and OLMoE
+    /// experts); "" for no grid.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "2880:2880,4096:14336,2048:768,7168:2048,2048:1024"
+    )]
+    pub grid_shapes: Vec<String>,
+    /// Add an expert shape D,I to the GEMM grid (repeatable).
+    #[arg(long = "shape", value_name = "D,I")]
+    pub shape: Vec<String>,
+    /// Rows M of the GEMM grid (one expert GEMM; at most 16384, the
+    /// largest unit replay runs). Default: 1 to 16384, powers of two and
+    /// the midpoints between them.
+    #[arg(long, value_delimiter = ',')]
+    pub grid_rows: Vec<u64>,
+    /// Only the GEMM grid, kernel launches and memory components, on one
+    /// GPU (a few minutes at most), written into --base.
+    #[arg(long)]
+    pub gemm_only: bool,
+    /// Profile the --gemm-only measurements go into (built-in name or
+    /// JSON path; default: the built-in profile of this card).
+    #[arg(long, value_name = "PROFILE")]
+    pub base: Option<String>,
+    /// Merge this measured profile's GEMM tables, message, launch and
+    /// memory models into --into and write --out; measures nothing.
+    #[arg(long, value_name = "PROFILE_JSON", requires = "into")]
+    pub merge: Option<String>,
+    /// The profile --merge merges into (built-in name or JSON path).
+    #[arg(long, value_name = "PROFILE", requires = "merge")]
+    pub into: Option<String>,
+    /// With --merge: take only the GEMM tables (the stamped error stays
+    /// valid unless curves are dropped).
+    #[arg(long, requires = "merge")]
+    pub tables_only: bool,
+    /// With --merge (or --gemm-only): drop whole-group curves whose shape
+    /// now has exact GEMM tables, so the tables price those shapes too.
+    #[arg(long)]
+    pub drop_curves: bool,
+}
+
+/// "D:I" or "D,I" -> (D, I), checked as replay needs it.
+fn parse_shape(flag: &str, s: &str) -> anyhow::Result<(usize, usize)> {
+    let (d, i) = s
+        .split_once([':', ','])
+        .with_context(|| format!("{flag}: '{s}' is not D:I"))?;
+    let d: usize = d
+        .trim()
+        .parse()
+        .with_context(|| format!("{flag}: bad D in '{s}'"))?;
+    let i: usize = i
+        .trim()
+        .parse()
+        .with_context(|| format!("{flag}: bad I in '{s}'"))?;
+    if d == 0 || i == 0 || d % 8 != 0 || i % 2 != 0 {
+        bail!("{flag}: '{s}': D must be a positive multiple of 8 and I positive and even");
+    }
+    Ok((d, i))
+}
+
+fn write_profile(prof: &Profile, out: &std::path::Path, p: &Printer) -> anyhow::Result<()> {
+    prof.validate()
+        .map_err(|e| anyhow::anyhow!("profile to write is not valid: {e}"))?;
+    let json = serde_json::to_string_pretty(prof)?;
+    llep_trace::io::write_atomic(out, json.as_bytes())
+        .with_context(|| format!("--out {}", out.display()))?;
+    p.status(&format!("wrote {}", out.display()));
+    Ok(())
+}
+
+/// `--merge NEW --into BASE`: no GPU.
+fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCode> {
+    let into = a
+        .into
+        .as_deref()
+        .expect("clap requires --into with --merge");
+    let base = Profile::load(into).with_context(|| format!("--into {into}"))?;
+    let mut newp = Profile::load(new).with_context(|| format!("--merge {new}"))?;
+    if a.tables_only {
+        newp.msg_tokens = None;
+        newp.msg_weights = None;
+        newp.launches = None;
+        newp.mem_model = None;
+        newp.transfer_overlaps_native = false;
+    }
+    if newp.card != base.card {
+        p.warn(&format!(
+            "merging measurements of '{}' into a profile of '{}'",
+            newp.card, base.card
+        ));
+    }
+    let merged = merge_profiles(&base, &newp, a.drop_curves, &utc_date());
+    write_profile(&merged, &a.out, p)?;
+    p.out(&model_summary(&merged))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The generalising parts of a profile, one line each.
+fn model_summary(prof: &Profile) -> String {
+    let mut s = String::new();
+    for t in &prof.gemm_tables {
+        let at = |m: f64| llep_trace::sim::model::interp(&t.points, m);
+        s.push_str(&format!(
+            "  GEMM table {} N={} K={}: {} points, M=1 {:.1} us, M=512 {:.1} us, M=16384 {:.3} ms\n",
+            t.proj.as_str(),
+            t.n,
+            t.k,
+            t.points.len(),
+            at(1.0) * 1e3,
+            at(512.0) * 1e3,
+            at(16384.0)
+        ));
+    }
+    for (name, m) in [
+        ("token exchange", prof.msg_tokens),
+        ("weight transfer", prof.msg_weights),
+    ] {
+        if let Some(m) = m {
+            s.push_str(&format!(
+                "  {name}: {:.1} us per grouped call + {:.2} us per message + bytes at {:.0} GB/s\n",
+                m.latency_us, m.per_msg_us, m.gbps
+            ));
+        }
+    }
+    if let Some(l) = prof.launches {
+        s.push_str(&format!(
+            "  kernel launch {:.2} us, host-waited download {:.1} us, table upload {:.1} us\n",
+            l.launch_us, l.host_sync_us, l.upload_us
+        ));
+    }
+    if let Some(m) = prof.mem_model {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        s.push_str(&format!(
+            "  memory: context {:.3} GiB, cuBLAS workspace {:.3} GiB, token communicator {:.3} GiB per peer, weight communicator {:.3} GiB per peer, grain {} KiB\n",
+            gib(m.context_bytes),
+            gib(m.cublas_workspace_bytes),
+            gib(m.nccl_per_peer_bytes),
+            gib(m.nccl_xfer_per_peer_bytes),
+            m.grain_bytes >> 10
+        ));
+    }
+    s
 }
 
 /// Today's UTC date, YYYY-MM-DD.
@@ -60,27 +209,6 @@ fn utc_date() -> String {
 }
 
 pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
-    let mut shapes = Vec::new();
-    for s in &a.shapes {
-        let (d, i) = s
-            .split_once(':')
-            .with_context(|| format!("--shapes: '{s}' is not D:I"))?;
-        let d: usize = d
-            .trim()
-            .parse()
-            .with_context(|| format!("--shapes: bad D in '{s}'"))?;
-        let i: usize = i
-            .trim()
-            .parse()
-            .with_context(|| format!("--shapes: bad I in '{s}'"))?;
-        if d == 0 || i == 0 || d % 8 != 0 || i % 2 != 0 {
-            bail!("--shapes: '{s}': D must be a positive multiple of 8 and I positive and even");
-        }
-        shapes.push((d, i));
-    }
-    if a.tokens.is_empty() || a.tokens.contains(&0) {
-        bail!("--tokens: give positive token counts");
-    }
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.is_dir() {
             bail!(
@@ -90,17 +218,61 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if let Some(new) = a.merge.clone() {
+        return merge_cmd(&a, &new, p);
+    }
+    let mut shapes = Vec::new();
+    for s in &a.shapes {
+        shapes.push(parse_shape("--shapes", s)?);
+    }
+    let mut grid_shapes = Vec::new();
+    for s in a.grid_shapes.iter().filter(|s| !s.trim().is_empty()) {
+        grid_shapes.push(parse_shape("--grid-shapes", s)?);
+    }
+    for s in &a.shape {
+        let sh = parse_shape("--shape", s)?;
+        if !grid_shapes.contains(&sh) {
+            grid_shapes.push(sh);
+        }
+    }
+    let mut grid_rows = if a.grid_rows.is_empty() {
+        GRID_ROWS.to_vec()
+    } else {
+        a.grid_rows.clone()
+    };
+    grid_rows.sort_unstable();
+    grid_rows.dedup();
+    if grid_rows.first() == Some(&0) || grid_rows.last().is_some_and(|&m| m > 16_384) {
+        bail!("--grid-rows: give rows from 1 to 16384");
+    }
+    if a.gemm_only && grid_shapes.is_empty() {
+        bail!("--gemm-only: the grid has no shapes (give --grid-shapes or --shape)");
+    }
+    if a.tokens.is_empty() || a.tokens.contains(&0) {
+        bail!("--tokens: give positive token counts");
+    }
     let mut tokens = a.tokens.clone();
     tokens.sort_unstable();
     tokens.dedup();
+    let gpus = if a.gemm_only { 1 } else { a.gpus };
     let cc = CalibConfig {
-        gpus: a.gpus,
+        gpus,
         shapes,
         tokens,
         reps: a.reps.max(1),
         seed: 0,
+        grid_rows: if grid_shapes.is_empty() {
+            Vec::new()
+        } else {
+            grid_rows
+        },
+        grid_shapes,
+        gemm_only: a.gemm_only,
     };
     let c = calibrate(&cc, p)?;
+    for s in &c.skipped {
+        p.warn(&format!("not measured: {s}"));
+    }
     let name = a.name.clone().unwrap_or_else(|| {
         let card = c.card.to_ascii_lowercase();
         if card.contains("h200") {
@@ -111,10 +283,55 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "measured".into()
         }
     });
-    let mut prof = fit_profile(&c, &name, &utc_date());
+    let prof = if a.gemm_only {
+        gemm_only_profile(&a, &c, &name)?
+    } else {
+        full_profile(&c, &name, p)?
+    };
+    write_profile(&prof, &a.out, p)?;
+    let mut s = if a.gemm_only {
+        format!(
+            "{} ({}), {}: GEMM grid, launches and memory components into '{}'\n",
+            c.card,
+            c.driver,
+            prof.date,
+            a.base.as_deref().unwrap_or(&name)
+        )
+    } else {
+        full_summary(&prof, &c)
+    };
+    s.push_str(&model_summary(&prof));
+    p.out(&s)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The base profile with the single-GPU measurements in it.
+fn gemm_only_profile(a: &CalibrateArgs, c: &Calibration, name: &str) -> anyhow::Result<Profile> {
+    let spec = a.base.clone().unwrap_or_else(|| name.to_string());
+    let base = Profile::load(&spec).with_context(|| format!("--base {spec}"))?;
+    let mut prof = base.clone();
+    let set = apply_measured(&mut prof, c, Some(&base));
+    let dropped = if a.drop_curves {
+        drop_covered_curves(&mut prof)
+    } else {
+        0
+    };
+    finish_merge(&mut prof, &set, dropped, &utc_date());
+    prof.raw_merged.push(serde_json::to_value(c)?);
+    Ok(prof)
+}
+
+/// A profile fitted to a full calibration; on one GPU the link figures and
+/// communicator memory come from the built-in profile of the card.
+fn full_profile(c: &Calibration, name: &str, p: &Printer) -> anyhow::Result<Profile> {
+    if c.gemm.is_empty() {
+        bail!("calibrate measured no whole-group GEMM curve (give --shapes)");
+    }
+    let mut prof = fit_profile(c, name, &utc_date());
+    let mut fallback = None;
     if c.link.is_empty() {
         // one GPU: nothing to exchange; keep the built-in figures for links
-        let base = Profile::load(&name).map_err(|_| {
+        let base = Profile::load(name).map_err(|_| {
             anyhow::anyhow!("one GPU measures no links and there is no built-in '{name}' profile to take them from; use --gpus 2 or more")
         })?;
         p.warn(&format!(
@@ -125,12 +342,14 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         prof.link_latency_us = base.link_latency_us;
         prof.p2p_gbps = base.p2p_gbps;
         prof.p2p_latency_us = base.p2p_latency_us;
+        prof.mem_per_peer_bytes = base.mem_per_peer_bytes;
+        fallback = Some(base);
     }
-    prof.validate()
-        .map_err(|e| anyhow::anyhow!("fitted profile is not valid: {e}"))?;
-    let json = serde_json::to_string_pretty(&prof)?;
-    llep_trace::io::write_atomic(&a.out, json.as_bytes())?;
-    p.status(&format!("wrote {}", a.out.display()));
+    apply_measured(&mut prof, c, fallback.as_ref());
+    Ok(prof)
+}
+
+fn full_summary(prof: &Profile, c: &Calibration) -> String {
     let mut s = format!(
         "{} x {} ({}), {}\n  GEMM peak {:.0} TFLOP/s (D={} I={}), half-efficiency at {:.0} tokens, 1-token group {:.1} us\n  token exchange {:.0} GB/s per direction + {:.1} us; weight transfer {:.0} GB/s + {:.1} us\n  count exchange + planning {:.0} us; memory baseline {:.2} GiB\n",
         prof.gpus,
@@ -138,8 +357,8 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         prof.driver,
         prof.date,
         prof.gemm_peak_tflops,
-        cc.shapes[0].0,
-        cc.shapes[0].1,
+        c.gemm[0].0,
+        c.gemm[0].1,
         prof.gemm_half_tokens,
         prof.gemm_launch_us,
         prof.link_gbps,
@@ -159,6 +378,5 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         );
         s.push('\n');
     }
-    p.out(&s)?;
-    Ok(ExitCode::SUCCESS)
+    s
 }

@@ -1,7 +1,9 @@
-//! `calibrate`'s measurements: expert-group GEMM curves, token-exchange
-//! and weight-transfer bandwidth, planning overhead and the memory baseline,
-//! timed with the replay's own kernels and communicators. Fitting a
-//! profile to them is the cost model's business (`sim::profile`).
+//! `calibrate`'s measurements: expert-group GEMM curves, per-projection
+//! GEMM grids over (M, N, K), token-exchange and weight-transfer prices per
+//! message and per byte, kernel launches and host syncs, planning overhead
+//! and the memory baseline by component, timed with the replay's own
+//! kernels, cuBLAS calls and communicators. Fitting a profile to them is
+//! the cost model's business (`sim::profile`).
 
 use super::config::{Act, ReplayConfig};
 use super::runtime::{self, params, BufKind, Comm, NcclId};
@@ -21,6 +23,67 @@ pub struct CalibConfig {
     pub tokens: Vec<u64>,
     pub reps: usize,
     pub seed: u64,
+    /// (hidden, intermediate) shapes of the per-projection GEMM grid.
+    pub grid_shapes: Vec<(usize, usize)>,
+    /// Rows M of the grid (each at most [`CHUNK`], the largest unit replay
+    /// runs).
+    pub grid_rows: Vec<u64>,
+    /// Only the single-GPU measurements: GEMM grid, launches, memory
+    /// context, cuBLAS workspace and allocation grain. No layer run, no
+    /// whole-group curves, no communication.
+    pub gemm_only: bool,
+}
+
+/// Decode-to-prefill rows of one expert GEMM: every power of two and the
+/// midpoints between them (tile-wave steps sit between powers of two).
+pub const GRID_ROWS: [u64; 27] = [
+    1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072,
+    4096, 6144, 8192, 10240, 12288, 16384,
+];
+
+/// (hidden, intermediate) of the common expert shapes: gpt-oss-120b,
+/// Mixtral-8x7B, Qwen3-30B-A3B, DeepSeek-V3, OLMoE.
+pub const GRID_SHAPES: [(usize, usize); 5] = [
+    (2880, 2880),
+    (4096, 14336),
+    (2048, 768),
+    (7168, 2048),
+    (2048, 1024),
+];
+
+/// One shape's grid: (hidden, intermediate, gate_up [(M, ms)], down [(M, ms)]),
+/// ms per GEMM with different experts' GEMMs back to back. gate_up includes
+/// the activation kernel that follows it in replay.
+pub type GridShape = (usize, usize, Vec<(f64, f64)>, Vec<(f64, f64)>);
+
+/// Grouped send/recv measurements of one communicator.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MsgRaw {
+    /// Sends plus receives per GPU in the byte sweep.
+    pub msgs_base: u64,
+    /// (bytes per message, ms), `msgs_base` messages per GPU.
+    pub bytes: Vec<(f64, f64)>,
+    /// Fixed bytes cut into more messages: (messages per GPU, ms).
+    pub split: Vec<(f64, f64)>,
+}
+
+/// Memory of a GPU by what allocates it, bytes.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct MemRaw {
+    /// In use once the context, kernels, cuBLAS handle and the (not yet
+    /// connected) communicators exist, before any buffer.
+    pub context: u64,
+    /// Growth at the first GEMM (cuBLAS workspace).
+    pub cublas_workspace: u64,
+    /// The arena's allocation grain (a 1-byte buffer's size).
+    pub grain: u64,
+    /// Token communicator per peer, after a layer connected every peer
+    /// (2+ GPUs only).
+    pub per_peer: Option<u64>,
+    /// Weight communicator, one peer connected one way (2+ GPUs only).
+    pub xfer_per_peer: Option<u64>,
+    /// Ranks of the communicators when `context` was read.
+    pub ranks: usize,
 }
 
 /// (hidden, intermediate, [(tokens, ms)]) of one expert shape.
@@ -46,11 +109,145 @@ pub struct Calibration {
     /// Memory in use on a GPU beyond this tool's buffers (context, NCCL,
     /// cuBLAS), bytes.
     pub mem_baseline: u64,
+    /// Per-projection GEMM grid per shape.
+    pub grid: Vec<GridShape>,
+    pub msg_tokens: Option<MsgRaw>,
+    pub msg_weights: Option<MsgRaw>,
+    /// Back-to-back small kernel, host-waited download, small upload, us.
+    pub launch_us: f64,
+    pub host_sync_us: f64,
+    pub upload_us: f64,
+    pub mem: MemRaw,
+    /// What was not measured and why (e.g. communication on one GPU).
+    pub skipped: Vec<String>,
+}
+
+/// Experts whose weights a grid cycles through: enough distinct blobs to
+/// exceed the L2 cache several times (a layer reads each expert's weights
+/// once, cold), at least 8, at most 64.
+fn grid_experts(blob_bytes: usize) -> usize {
+    (256usize << 20).div_ceil(blob_bytes.max(1)).clamp(8, 64)
+}
+
+/// Device buffers of a GEMM-timing run: `experts` weight blobs and input
+/// row blocks of `rows` rows each, gate_up and activation scratch.
+struct GemmBufs {
+    bl: BlobLayout,
+    d: usize,
+    i: usize,
+    experts: usize,
+    rows: usize,
+    x: u64,
+    w: u64,
+    h: u64,
+    a: u64,
 }
 
 impl Worker<'_> {
+    fn gemm_bufs(
+        &mut self,
+        d: usize,
+        i: usize,
+        rows: usize,
+        experts: usize,
+    ) -> Result<GemmBufs, GpuError> {
+        let bl = BlobLayout::new(d, i);
+        let unit = rows.min(CHUNK as usize).max(1);
+        let x = self.dev.arena.get(BufKind::CalX, experts * rows * d * 2)?;
+        let w = self.dev.arena.get(BufKind::CalW, experts * bl.len * 2)?;
+        let h = self.dev.arena.get(BufKind::CalH, unit * 2 * i * 2)?;
+        let a = self.dev.arena.get(BufKind::CalA, unit * i * 2)?;
+        self.gen(x, experts * rows * d, 77, 1.0)?;
+        self.gen(w, experts * bl.len, 78, 1.0 / (d as f32).sqrt())?;
+        Ok(GemmBufs {
+            bl,
+            d,
+            i,
+            experts,
+            rows,
+            x,
+            w,
+            h,
+            a,
+        })
+    }
+
+    /// One GEMM unit of `n <= CHUNK` rows at `xg` with expert blob `w`,
+    /// exactly as `phases::compute` issues it: gate_up GEMM into h, the
+    /// activation kernel into a, and (with `down`) the down GEMM written
+    /// over the unit's input rows.
+    fn gemm_unit(
+        &self,
+        b: &GemmBufs,
+        n: usize,
+        xg: u64,
+        w: u64,
+        down: bool,
+    ) -> Result<(), GpuError> {
+        let (d, i, bl) = (b.d, b.i, b.bl);
+        let (h, a, main) = (b.h, b.a, self.dev.main);
+        let (rows_i, inter_i, kind) = (n as i64, i as i32, 0i32);
+        let bgu = w + 2 * bl.bgu as u64;
+        let pairs = n * i / 2;
+        // SAFETY: the buffers of `gemm_bufs` hold n <= CHUNK rows of this
+        // shape, xg lies inside x and w is a full blob.
+        unsafe {
+            self.dev
+                .gemm_bf16(n, 2 * i, d, xg, w + 2 * bl.wgu as u64, h)?;
+            self.dev.launch(
+                self.dev.k.act_rows,
+                (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
+                256,
+                0,
+                main,
+                params!(h, bgu, a, rows_i, inter_i, kind),
+            )?;
+            if down {
+                self.dev.gemm_bf16(n, d, i, a, w + 2 * bl.wd as u64, xg)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Median ms of one sample: `rounds` passes over the experts, each
+    /// expert's `t` rows cut into units as replay cuts them. Timed samples
+    /// follow two untimed ones.
+    fn time_units(
+        &mut self,
+        b: &GemmBufs,
+        t: usize,
+        rounds: usize,
+        down: bool,
+        reps: usize,
+    ) -> Result<f64, GpuError> {
+        let main = self.dev.main;
+        let mut v = Vec::with_capacity(reps);
+        for rep in 0..reps + 2 {
+            self.ev[E_START].record(main)?;
+            for _ in 0..rounds {
+                for e in 0..b.experts {
+                    let x0 = b.x + (e * b.rows * b.d * 2) as u64;
+                    let w = b.w + (e * b.bl.len * 2) as u64;
+                    let mut at = 0;
+                    while at < t {
+                        let n = (t - at).min(CHUNK as usize);
+                        self.gemm_unit(b, n, x0 + (at * b.d * 2) as u64, w, down)?;
+                        at += n;
+                    }
+                }
+            }
+            self.ev[E_END].record(main)?;
+            self.ev[E_END].sync()?;
+            if rep >= 2 {
+                v.push(self.ev[E_END].ms_since(&self.ev[E_START])?);
+            }
+        }
+        Ok(quantile(&v, 0.5))
+    }
+
     /// Time one expert group (gate_up, activation, down) of `tokens` rows
-    /// of shape (d, i), as the replay computes it.
+    /// of shape (d, i), as the replay computes it: 8 groups back to back
+    /// (a layer runs its groups with launches queued ahead of the GPU).
     fn time_group(
         &mut self,
         d: usize,
@@ -58,82 +255,162 @@ impl Worker<'_> {
         tokens: u64,
         reps: usize,
     ) -> Result<f64, GpuError> {
-        let bl = BlobLayout::new(d, i);
-        let t = tokens as usize;
-        let x = self.dev.arena.get(BufKind::CalX, t * d * 2)?;
-        let w = self.dev.arena.get(BufKind::CalW, bl.len * 2)?;
-        let rows = (t as u64).min(CHUNK) as usize;
-        let h = self.dev.arena.get(BufKind::CalH, rows * 2 * i * 2)?;
-        let a = self.dev.arena.get(BufKind::CalA, rows * i * 2)?;
-        self.gen(x, t * d, 77, 1.0)?;
-        self.gen(w, bl.len, 78, 1.0 / (d as f32).sqrt())?;
-        let main = self.dev.main;
-        let mut v = Vec::new();
-        // A layer runs its groups back to back, launches queued ahead of the
-        // GPU; timing one group alone would add the idle gaps of its
-        // launches. So each timed sample is BACK_TO_BACK groups in a row.
         const BACK_TO_BACK: usize = 8;
-        for rep in 0..reps + 2 {
+        let b = self.gemm_bufs(d, i, tokens as usize, 1)?;
+        Ok(self.time_units(&b, tokens as usize, BACK_TO_BACK, true, reps)? / BACK_TO_BACK as f64)
+    }
+
+    /// The per-projection grid of shape (d, i): for each M in `rows`, the
+    /// experts' units back to back with different weights each, once with
+    /// gate_up (and activation) only and once whole; down is the
+    /// difference, so gate_up + down is exactly the measured unit.
+    fn time_grid(
+        &mut self,
+        d: usize,
+        i: usize,
+        rows: &[u64],
+        reps: usize,
+    ) -> Result<GridShape, GpuError> {
+        let experts = grid_experts(BlobLayout::new(d, i).len * 2);
+        let mmax = rows.iter().copied().max().unwrap_or(1).min(CHUNK) as usize;
+        let b = self.gemm_bufs(d, i, mmax, experts)?;
+        let (mut gu, mut dn) = (Vec::new(), Vec::new());
+        for &m in rows {
+            let m = m.min(CHUNK) as usize;
+            // small units: at least 64 per sample, so the first launch's
+            // idle gap is a small part of it; large ones: one pass
+            let rounds = if m <= 1024 {
+                64usize.div_ceil(experts).max(1)
+            } else {
+                1
+            };
+            let units = (rounds * experts) as f64;
+            let half = self.time_units(&b, m, rounds, false, reps)? / units;
+            let whole = self.time_units(&b, m, rounds, true, reps)? / units;
+            gu.push((m as f64, half));
+            dn.push((m as f64, (whole - half).max(0.0)));
+        }
+        Ok((d, i, gu, dn))
+    }
+
+    /// Launch gap of a small kernel queued behind others, host-waited
+    /// download and small upload, microseconds.
+    fn time_launches(&mut self) -> Result<(f64, f64, f64), GpuError> {
+        const N: usize = 2000;
+        let buf = self.dev.arena.get(BufKind::CalSend, 1 << 16)?;
+        let main = self.dev.main;
+        let mut launch = Vec::new();
+        for rep in 0..7 {
             self.ev[E_START].record(main)?;
-            for _ in 0..BACK_TO_BACK {
-                let mut at = 0;
-                while at < t {
-                    let n = (t - at).min(CHUNK as usize);
-                    let xg = x + (at * d * 2) as u64;
-                    let (rows_i, inter_i, kind) = (n as i64, i as i32, 0i32);
-                    let bgu = w + 2 * bl.bgu as u64;
-                    // SAFETY: buffers sized above for n <= CHUNK rows.
-                    unsafe {
-                        self.dev.gemm_bf16(n, 2 * i, d, xg, w, h)?;
-                        self.dev.launch(
-                            self.dev.k.act_rows,
-                            ((n * i / 2).div_ceil(256).min(1 << 20) as u32, 1, 1),
-                            256,
-                            0,
-                            main,
-                            params!(h, bgu, a, rows_i, inter_i, kind),
-                        )?;
-                        self.dev.gemm_bf16(n, d, i, a, w + 2 * bl.wd as u64, xg)?;
-                    }
-                    at += n;
-                }
+            for _ in 0..N {
+                self.gen(buf, 256, 5, 1.0)?;
             }
             self.ev[E_END].record(main)?;
             self.ev[E_END].sync()?;
             if rep >= 2 {
-                v.push(self.ev[E_END].ms_since(&self.ev[E_START])? / BACK_TO_BACK as f64);
+                launch.push(self.ev[E_END].ms_since(&self.ev[E_START])? * 1e3 / N as f64);
             }
         }
-        Ok(quantile(&v, 0.5))
+        let host = |f: &mut dyn FnMut() -> Result<(), GpuError>| -> Result<f64, GpuError> {
+            let mut v = Vec::new();
+            for rep in 0..7 {
+                let t0 = std::time::Instant::now();
+                for _ in 0..200 {
+                    f()?;
+                }
+                if rep >= 2 {
+                    v.push(t0.elapsed().as_secs_f64() * 1e6 / 200.0);
+                }
+            }
+            Ok(quantile(&v, 0.5))
+        };
+        let dev = &self.dev;
+        let mut small = [0i32; 64];
+        // SAFETY: buf holds 64 KiB.
+        let sync = host(&mut || unsafe { dev.download(&mut small, buf) })?;
+        let table = [0i64; 128];
+        // SAFETY: buf holds 64 KiB; the stream is synchronised after.
+        let upload = host(&mut || unsafe { dev.upload(buf, &table) })?;
+        self.dev.sync()?;
+        Ok((quantile(&launch, 0.5), sync, upload))
+    }
+
+    /// Memory right after start-up, the arena's grain and the cuBLAS
+    /// workspace (growth at the first GEMM), bytes.
+    fn mem_components(&mut self) -> Result<MemRaw, GpuError> {
+        self.dev.sync()?;
+        let context = self.dev.driver_used().saturating_sub(self.dev.arena.held) as u64;
+        let held = self.dev.arena.held;
+        self.dev.arena.get(BufKind::CalRecv, 1)?;
+        let grain = (self.dev.arena.held - held) as u64;
+        let b = self.gemm_bufs(64, 64, 8, 1)?;
+        self.dev.sync()?;
+        let before = self.dev.driver_used().saturating_sub(self.dev.arena.held);
+        self.gemm_unit(&b, 8, b.x, b.w, true)?;
+        self.dev.sync()?;
+        let after = self.dev.driver_used().saturating_sub(self.dev.arena.held);
+        self.dev.arena.release_except(&PERSISTENT)?;
+        Ok(MemRaw {
+            context,
+            cublas_workspace: after.saturating_sub(before) as u64,
+            grain,
+            per_peer: None,
+            xfer_per_peer: None,
+            ranks: self.world,
+        })
     }
 
     /// Every rank sends `bytes` to every peer and receives as much (the
     /// token exchange), or, with `one_way`, rank 0 sends to rank 1 on the
-    /// weight communicator. Median ms over `reps`, max over ranks.
-    fn time_exchange(&mut self, bytes: usize, one_way: bool, reps: usize) -> Result<f64, GpuError> {
+    /// weight communicator; each peer's bytes cut into `split` messages.
+    /// Median ms over `reps`, max over ranks.
+    fn time_exchange(
+        &mut self,
+        bytes: usize,
+        one_way: bool,
+        split: usize,
+        reps: usize,
+    ) -> Result<f64, GpuError> {
         let p = self.world;
+        let split = split.max(1);
         let sb = self.dev.arena.get(BufKind::CalSend, bytes * p.max(1))?;
         let rbuf = self.dev.arena.get(BufKind::CalRecv, bytes * p.max(1))?;
         let s = if one_way { self.dev.xfer } else { self.dev.net };
+        let pieces = |base: u64| {
+            (0..split).map(move |j| {
+                let lo = bytes * j / split;
+                let hi = bytes * (j + 1) / split;
+                (base + lo as u64, hi - lo)
+            })
+        };
         let mut v = Vec::new();
         for rep in 0..reps + 2 {
             self.dev.sync()?;
             let _ = self.gather_f64(&[0.0])?; // line the ranks up
             self.ev[E_START].record(s)?;
             Comm::group_start()?;
-            // SAFETY: both buffers hold bytes * p.
+            // SAFETY: both buffers hold bytes * p; every piece lies in its
+            // peer's `bytes`.
             let res = (|| unsafe {
                 if one_way {
                     if self.rank == 0 && p > 1 {
-                        self.xcomm.send(sb, bytes, 1, s)?;
+                        for (at, n) in pieces(sb) {
+                            self.xcomm.send(at, n, 1, s)?;
+                        }
                     } else if self.rank == 1 {
-                        self.xcomm.recv(rbuf, bytes, 0, s)?;
+                        for (at, n) in pieces(rbuf) {
+                            self.xcomm.recv(at, n, 0, s)?;
+                        }
                     }
                 } else {
                     for q in 0..p {
                         if q != self.rank {
-                            self.comm.send(sb + (q * bytes) as u64, bytes, q, s)?;
-                            self.comm.recv(rbuf + (q * bytes) as u64, bytes, q, s)?;
+                            for (at, n) in pieces(sb + (q * bytes) as u64) {
+                                self.comm.send(at, n, q, s)?;
+                            }
+                            for (at, n) in pieces(rbuf + (q * bytes) as u64) {
+                                self.comm.recv(at, n, q, s)?;
+                            }
                         }
                     }
                 }
@@ -151,6 +428,65 @@ impl Worker<'_> {
         let all = self.gather_f64(&[mine])?;
         Ok(all.into_iter().fold(0.0, f64::max))
     }
+
+    /// Memory this rank holds beyond the arena, bytes.
+    fn used_beyond_arena(&mut self) -> Result<u64, GpuError> {
+        self.dev.sync()?;
+        Ok(self.dev.driver_used().saturating_sub(self.dev.arena.held) as u64)
+    }
+
+    /// Communication on 2+ GPUs: the older link and p2p lines, the message
+    /// models of both communicators, and the weight communicator's memory
+    /// for one connected peer (measured around its first use).
+    fn measure_comm(&mut self, out: &mut Calibration, reps: usize) -> Result<(), GpuError> {
+        let p = self.world;
+        const MIB: usize = 1 << 20;
+        for mb in [1usize, 4, 16, 64, 256] {
+            let b = mb * MIB;
+            out.link
+                .push((b as f64, self.time_exchange(b, false, 1, reps)?));
+        }
+        let mut tok = MsgRaw {
+            msgs_base: 2 * (p as u64 - 1),
+            ..Default::default()
+        };
+        for b in [4096usize, 65536, MIB, 16 * MIB, 64 * MIB] {
+            tok.bytes
+                .push((b as f64, self.time_exchange(b, false, 1, reps)?));
+        }
+        for split in [1usize, 2, 4, 8, 16] {
+            let ms = self.time_exchange(MIB, false, split, reps)?;
+            tok.split.push(((tok.msgs_base * split as u64) as f64, ms));
+        }
+        out.msg_tokens = Some(tok);
+        let before = self.used_beyond_arena()?;
+        let bb = self.blob.len * 2;
+        for nb in [1usize, 2, 4, 8] {
+            out.p2p.push((
+                (nb * bb) as f64,
+                self.time_exchange(nb * bb, true, 1, reps)?,
+            ));
+        }
+        let grown = self.used_beyond_arena()?.saturating_sub(before);
+        let all = self.gather_f64(&[grown as f64])?;
+        out.mem.xfer_per_peer = Some(all.into_iter().fold(0.0, f64::max) as u64);
+        let mut wt = MsgRaw {
+            msgs_base: 1,
+            ..Default::default()
+        };
+        for mb in [1usize, 4, 16, 64, 256] {
+            let b = mb * MIB;
+            wt.bytes
+                .push((b as f64, self.time_exchange(b, true, 1, reps)?));
+        }
+        for split in [1usize, 2, 4, 8, 16] {
+            let ms = self.time_exchange(64 * MIB, true, split, reps)?;
+            wt.split.push((split as f64, ms));
+        }
+        out.msg_weights = Some(wt);
+        self.dev.arena.release_except(&PERSISTENT)?;
+        Ok(())
+    }
 }
 
 fn calib_main(
@@ -162,7 +498,7 @@ fn calib_main(
     cc: &CalibConfig,
     progress: &dyn Progress,
 ) -> Result<Calibration, GpuError> {
-    let (d0, i0) = cc.shapes[0];
+    let (d0, i0) = cc.shapes.first().copied().unwrap_or(cc.grid_shapes[0]);
     let (n, k, t) = (128usize, 4usize, 32_768u64);
     let n = n.max(world).div_ceil(world) * world;
     let cfg = ReplayConfig {
@@ -181,6 +517,59 @@ fn calib_main(
         samples: 0,
         arbiter: None,
     };
+    let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
+    let mut out = Calibration {
+        card: w.dev.name.clone(),
+        driver: driver_version(),
+        gpus: world,
+        total_mem: w.dev.total_mem as u64,
+        ..Default::default()
+    };
+    // first, before any buffer or GEMM exists
+    out.mem = w.mem_components()?;
+    if cc.gemm_only {
+        out.skipped
+            .push("layer overhead, memory baseline and whole-group curves (--gemm-only)".into());
+    } else {
+        layer_and_comm(&mut w, &mut out, cc, (d0, i0, n, k, t), progress)?;
+    }
+    if rank == 0 {
+        progress.status("kernel launches and host syncs");
+        (out.launch_us, out.host_sync_us, out.upload_us) = w.time_launches()?;
+        w.dev.arena.release_except(&PERSISTENT)?;
+        if !cc.gemm_only {
+            for &(d, i) in &cc.shapes {
+                progress.status(&format!("expert GEMM curve D={d} I={i}"));
+                let mut pts = Vec::new();
+                for &tk in &cc.tokens {
+                    pts.push((tk as f64, w.time_group(d, i, tk, cc.reps)?));
+                }
+                out.gemm.push((d, i, pts));
+                w.dev.arena.release_except(&PERSISTENT)?;
+            }
+        }
+        for &(d, i) in &cc.grid_shapes {
+            progress.status(&format!("GEMM grid gate_up and down, D={d} I={i}"));
+            out.grid.push(w.time_grid(d, i, &cc.grid_rows, cc.reps)?);
+            w.dev.arena.release_except(&PERSISTENT)?;
+        }
+    }
+    let _ = w.gather_f64(&[0.0])?; // keep the other ranks until rank 0 is done
+    w.dev.sync()?;
+    Ok(out)
+}
+
+/// The layer run (planning overhead, memory baseline) and, on 2+ GPUs, the
+/// communication measurements. `layer` is (D, I, experts, top-k, tokens).
+fn layer_and_comm(
+    w: &mut Worker<'_>,
+    out: &mut Calibration,
+    cc: &CalibConfig,
+    layer: (usize, usize, usize, usize, u64),
+    progress: &dyn Progress,
+) -> Result<(), GpuError> {
+    let (d0, i0, n, k, t) = layer;
+    let (rank, world) = (w.rank, w.world);
     let case = super::inputs::synthetic_case(
         crate::trace::synthetic::Scenario::Balanced,
         world,
@@ -191,61 +580,44 @@ fn calib_main(
         i0 as u32,
     )
     .map_err(|e| GpuError::Input(e.to_string()))?;
-    let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     w.setup(t as usize)?;
-    let mut out = Calibration {
-        card: w.dev.name.clone(),
-        driver: driver_version(),
-        gpus: world,
-        total_mem: w.dev.total_mem as u64,
-        ..Default::default()
-    };
     if rank == 0 {
-        progress.status("planning overhead (balanced gpt-oss layer)");
+        progress.status("planning overhead (balanced layer of the first shape)");
     }
     let row = w.measure(&case, Policy::Ep, Gate::Always)?;
     out.overhead_ms = row.as_ref().map_or(0.0, |r| r.t_overhead_ms);
     // after a full layer ran: NCCL's buffers and cuBLAS's workspace exist
-    w.dev.sync()?;
-    out.mem_baseline = w.dev.driver_used().saturating_sub(w.dev.arena.held) as u64;
+    out.mem_baseline = w.used_beyond_arena()?;
     if world > 1 {
+        let fixed = out.mem.context + out.mem.cublas_workspace;
+        out.mem.per_peer = Some(out.mem_baseline.saturating_sub(fixed) / (world as u64 - 1));
         if rank == 0 {
-            progress.status("token exchange and weight transfer bandwidth");
+            progress.status("token exchange and weight transfers (per byte and per message)");
         }
-        for mb in [1usize, 4, 16, 64, 256] {
-            let b = mb << 20;
-            out.link
-                .push((b as f64, w.time_exchange(b, false, cc.reps)?));
-        }
-        let bb = w.blob.len * 2;
-        for nb in [1usize, 2, 4, 8] {
-            out.p2p
-                .push(((nb * bb) as f64, w.time_exchange(nb * bb, true, cc.reps)?));
-        }
+        w.measure_comm(out, cc.reps)?;
+    } else {
+        out.skipped.push(
+            "token exchange, weight transfers and communicator memory per peer (one GPU)".into(),
+        );
     }
-    if rank == 0 {
-        for &(d, i) in &cc.shapes {
-            progress.status(&format!("expert GEMM curve D={d} I={i}"));
-            let mut pts = Vec::new();
-            for &tk in &cc.tokens {
-                pts.push((tk as f64, w.time_group(d, i, tk, cc.reps)?));
-            }
-            out.gemm.push((d, i, pts));
-            w.dev.arena.release_except(&PERSISTENT)?;
-        }
-    }
-    let _ = w.gather_f64(&[0.0])?; // keep the other ranks until rank 0 is done
-    w.dev.sync()?;
-    Ok(out)
+    Ok(())
 }
 
 /// Measure the hardware for the cost model on `cc.gpus` local GPUs (a
 /// thread each). Returns rank 0's calibration.
 pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibration, GpuError> {
-    if cc.shapes.is_empty() || cc.tokens.is_empty() || cc.reps == 0 || cc.gpus == 0 {
-        return Err(GpuError::Input(
-            "calibrate needs shapes, token counts, reps and GPUs".into(),
-        ));
+    let curves_ok = cc.gemm_only || (!cc.shapes.is_empty() && !cc.tokens.is_empty());
+    let grid_ok = cc.grid_shapes.is_empty() == cc.grid_rows.is_empty();
+    if !curves_ok
+        || !grid_ok
+        || (cc.gemm_only && cc.grid_shapes.is_empty())
+        || cc.grid_rows.iter().any(|&m| m == 0 || m > CHUNK)
+        || cc.reps == 0
+        || cc.gpus == 0
+    {
+        return Err(GpuError::Input(format!(
+            "calibrate needs shapes and token counts (unless GEMM-only), grid shapes with grid rows in 1..={CHUNK}, reps and GPUs"
+        )));
     }
     runtime::check_libraries()?;
     let count = runtime::device_count()?;
@@ -285,4 +657,30 @@ pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibratio
         }
     }
     Ok(first.expect("at least one GPU"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_covers_decode_to_the_largest_unit_and_the_common_shapes() {
+        assert!(GRID_ROWS.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!((GRID_ROWS[0], *GRID_ROWS.last().unwrap()), (1, CHUNK));
+        for (d, i) in GRID_SHAPES {
+            // replay's kernels need D a multiple of 8 and I even
+            assert!(d % 8 == 0 && i % 2 == 0);
+        }
+        assert!(GRID_SHAPES.contains(&(7168, 2048)));
+    }
+
+    #[test]
+    fn grid_cycles_enough_experts_to_leave_the_l2_cache() {
+        // a small expert: 256 MiB of distinct weights
+        let small = BlobLayout::new(2048, 768).len * 2;
+        let n = grid_experts(small);
+        assert!(n * small >= 256 << 20 && n <= 64, "{n}");
+        // a large one: still several experts back to back
+        assert_eq!(grid_experts(BlobLayout::new(4096, 14336).len * 2), 8);
+    }
 }

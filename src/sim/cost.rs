@@ -4,6 +4,7 @@
 //! plus max over GPUs of compute plus max over GPUs of combine
 //! (`docs/design.md`, "Planning and simulation"). Every term is kept.
 
+use super::model::{self, interp, MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
 use crate::plan::{DispatchMatrix, Plan};
 
@@ -49,16 +50,22 @@ pub struct Cost {
 #[derive(Debug, Default, Clone)]
 pub struct CostScratch {
     compute: Vec<f64>,
+    /// Compute of groups whose weights were transferred in.
+    foreign: Vec<f64>,
     largest: Vec<u64>,
     w_sent: Vec<u64>,
     w_recv: Vec<u64>,
     w_count: Vec<u64>,
+    w_nsent: Vec<u64>,
+    /// `[g * p + q]`: GPU g moves weights with peer q (either way).
+    w_peer: Vec<bool>,
 }
 
 impl Profile {
     /// Time of one expert group of `tokens` token-copies (gate_up + down
-    /// GEMMs and the activation), milliseconds. A measured curve for the
-    /// shape wins; otherwise an efficiency curve t / (t + half).
+    /// GEMMs and the activation), milliseconds. A measured whole-group
+    /// curve for the shape wins; then the per-projection GEMM tables
+    /// (`sim::model`); otherwise an efficiency curve t / (t + half).
     pub fn gemm_ms(&self, tokens: u64, s: &Shape) -> f64 {
         if tokens == 0 {
             return 0.0;
@@ -68,6 +75,12 @@ impl Profile {
             c.hidden_size as u64 == s.hidden && c.intermediate_size as u64 == s.intermediate
         }) {
             return interp(&c.points, t);
+        }
+        let chunk = self.act_chunk_tokens.max(1);
+        if let Some(ms) =
+            model::group_ms(&self.gemm_tables, tokens, s.hidden, s.intermediate, chunk)
+        {
+            return ms;
         }
         let flops = 6.0 * t * s.hidden as f64 * s.intermediate as f64;
         let eff = t / (t + self.gemm_half_tokens);
@@ -100,22 +113,6 @@ impl Profile {
     }
 }
 
-/// Piecewise-linear interpolation in tokens; beyond the ends, extend with
-/// the slope of the outermost segment (time is ~linear in tokens there).
-fn interp(points: &[(f64, f64)], t: f64) -> f64 {
-    if points.len() == 1 {
-        return points[0].1 * t / points[0].0;
-    }
-    let i = match points.iter().position(|p| p.0 >= t) {
-        Some(0) => 1,
-        Some(i) => i,
-        None => points.len() - 1,
-    };
-    let (a, b) = (points[i - 1], points[i]);
-    let v = a.1 + (b.1 - a.1) * (t - a.0) / (b.0 - a.0);
-    v.max(0.0)
-}
-
 /// Price `plan` with dispatch matrix `dm` (per-rank counts already folded
 /// in). `counts[e]` are global counts per expert, needed for plain-EP groups.
 pub fn price(
@@ -128,48 +125,62 @@ pub fn price(
 ) -> Cost {
     let p = plan.gpus;
     let per = plan.experts / p;
-    let b = shape.dtype_bytes;
-    let (d, i) = (shape.hidden, shape.intermediate);
-    let tok_bytes = d * b;
+    let tok_bytes = shape.hidden * shape.dtype_bytes;
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
     scratch.compute.clear();
     scratch.compute.resize(p, 0.0);
+    scratch.foreign.clear();
+    scratch.foreign.resize(p, 0.0);
     scratch.largest.clear();
     scratch.largest.resize(p, 0);
-    let group = |g: usize, tokens: u64, scratch: &mut CostScratch| {
-        scratch.compute[g] += prof.gemm_ms(tokens, shape);
+    let group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
+        let ms = prof.gemm_ms(tokens, shape);
+        scratch.compute[g] += ms;
+        if foreign {
+            scratch.foreign[g] += ms;
+        }
         scratch.largest[g] = scratch.largest[g].max(tokens);
     };
     if plan.entries.is_empty() {
         for (g, block) in counts.chunks_exact(per).enumerate() {
             for &c in block.iter().filter(|&&c| c > 0) {
-                group(g, c, scratch);
+                group(g, c, false, scratch);
             }
         }
     } else {
         // every nonzero expert has an entry when the planner ran
-        for (_, ranges) in plan.iter() {
+        for (e, ranges) in plan.iter() {
             for r in ranges {
-                group(r.gpu as usize, r.end - r.start, scratch);
+                let g = r.gpu as usize;
+                group(g, r.end - r.start, e as usize / per != g, scratch);
             }
         }
     }
 
     // weight transfers (one full expert per transfer entry, duplicates too)
-    scratch.w_sent.clear();
-    scratch.w_sent.resize(p, 0);
-    scratch.w_recv.clear();
-    scratch.w_recv.resize(p, 0);
-    scratch.w_count.clear();
-    scratch.w_count.resize(p, 0);
+    for v in [
+        &mut scratch.w_sent,
+        &mut scratch.w_recv,
+        &mut scratch.w_count,
+        &mut scratch.w_nsent,
+    ] {
+        v.clear();
+        v.resize(p, 0);
+    }
+    scratch.w_peer.clear();
+    scratch.w_peer.resize(p * p, false);
     let mut transfer_bytes = 0;
     if !plan.free_transfers {
         for t in &plan.transfers {
-            scratch.w_sent[t.src as usize] += shape.expert_bytes;
-            scratch.w_recv[t.dst as usize] += shape.expert_bytes;
-            scratch.w_count[t.dst as usize] += 1;
+            let (src, dst) = (t.src as usize, t.dst as usize);
+            scratch.w_sent[src] += shape.expert_bytes;
+            scratch.w_recv[dst] += shape.expert_bytes;
+            scratch.w_count[dst] += 1;
+            scratch.w_nsent[src] += 1;
+            scratch.w_peer[src * p + dst] = true;
+            scratch.w_peer[dst * p + src] = true;
             transfer_bytes += shape.expert_bytes;
         }
     }
@@ -177,40 +188,57 @@ pub fn price(
     // Dispatch per GPU: its own copies are packed (read + write on the
     // device), those for other GPUs cross the link (the larger of bytes out
     // and in); combine mirrors it. Weight transfers run on their own stream,
-    // overlapped with dispatch.
+    // overlapped with dispatch. With a message model, each send and receive
+    // of the grouped exchange is priced, and the kernels around it too.
+    let launch_ms = prof.launches.map_or(0.0, |l| l.launch_us * 1e-3);
     let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
     let mut dispatch_bytes_max = 0u64;
+    // replay's schedule per GPU: dispatch, native groups, then (once its
+    // weights are in) the foreign groups
+    let mut compute_end = 0f64;
     for g in 0..p {
         let link_b = dm.sent_off(g).max(dm.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
-        let dsp = prof.link_ms(link_b) + prof.copy_ms(2 * dm.row_sum(g) * tok_bytes);
-        let x = prof.p2p_ms(scratch.w_sent[g].max(scratch.w_recv[g]));
+        let link = match &prof.msg_tokens {
+            Some(m) => {
+                let msgs = (0..p)
+                    .filter(|&q| q != g)
+                    .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
+                    .sum();
+                m.ms(msgs, link_b)
+            }
+            None => prof.link_ms(link_b),
+        };
+        let copy = prof.copy_ms(2 * dm.row_sum(g) * tok_bytes);
+        let dsp = link + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
+        let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
+        let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
+        let x = match &prof.msg_weights {
+            Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
+            None => prof.p2p_ms(xb),
+        };
         dispatch = dispatch.max(dsp);
-        combine = combine.max(dsp);
+        combine = combine.max(cmb);
         transfer = transfer.max(x);
         disp_or_xfer = disp_or_xfer.max(dsp.max(x));
+        let native = scratch.compute[g] - scratch.foreign[g];
+        compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
     }
     let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
     let overhead = prof.overhead_us * 1e-3;
-    let total = overhead + disp_or_xfer + compute + combine;
+    let total = if prof.transfer_overlaps_native {
+        overhead + compute_end + combine
+    } else {
+        overhead + disp_or_xfer + compute + combine
+    };
 
-    // Memory per GPU, as the replay allocates it: baseline (context,
-    // cuBLAS) + communicator buffers per peer + native and received expert weights + own tokens' input and
-    // output + send and receive buffers of the exchange + one row per
-    // computed copy (the down output overwrites its input) + gate_up and
-    // activation scratch for one chunk of the largest group + routing tables.
     let mut peak = Vec::with_capacity(p);
     let mut oom = false;
     for g in 0..p {
-        let own = dm.row_sum(g);
-        let own_tokens = own / shape.top_k.max(1);
-        let weights = (per as u64 + scratch.w_count[g]) * shape.expert_bytes;
-        let tokens = own_tokens * tok_bytes * 2
-            + (dm.sent_off(g) + dm.received(g) + dm.col_sum(g)) * tok_bytes;
-        let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
-        let tables = (own + dm.col_sum(g)) * 14;
-        let comm = (p as u64 - 1) * prof.mem_per_peer_bytes;
-        let m = prof.mem_baseline_bytes + comm + weights + tokens + act + tables;
+        let m = match &prof.mem_model {
+            Some(mm) => mem_by_buffer(mm, plan, dm, shape, prof, scratch, g),
+            None => mem_lumped(plan, dm, shape, prof, scratch, g),
+        };
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }
@@ -228,15 +256,82 @@ pub fn price(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Memory of GPU `g`, as the replay allocates it: baseline (context,
+/// cuBLAS) + communicator buffers per peer + native and received expert
+/// weights + own tokens' input and output + send and receive buffers of the
+/// exchange + one row per computed copy (the down output overwrites its
+/// input) + gate_up and activation scratch for one chunk of the largest
+/// group + routing tables. The profile's lumped baseline, no rounding.
+fn mem_lumped(
+    plan: &Plan,
+    dm: &DispatchMatrix,
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &CostScratch,
+    g: usize,
+) -> u64 {
+    let (p, per) = (plan.gpus as u64, (plan.experts / plan.gpus) as u64);
+    let (b, i) = (shape.dtype_bytes, shape.intermediate);
+    let tok_bytes = shape.hidden * b;
+    let own = dm.row_sum(g);
+    let own_tokens = own / shape.top_k.max(1);
+    let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
+    let tokens =
+        own_tokens * tok_bytes * 2 + (dm.sent_off(g) + dm.received(g) + dm.col_sum(g)) * tok_bytes;
+    let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
+    let tables = (own + dm.col_sum(g)) * 14;
+    let comm = (p - 1) * prof.mem_per_peer_bytes;
+    prof.mem_baseline_bytes + comm + weights + tokens + act + tables
+}
 
-    #[test]
-    fn interpolation_extends_linearly() {
-        let pts = [(1.0, 1.0), (3.0, 2.0)];
-        assert_eq!(interp(&pts, 2.0), 1.5);
-        assert_eq!(interp(&pts, 5.0), 3.0);
-        assert_eq!(interp(&pts, 0.0), 0.5);
-    }
+/// Memory of GPU `g` buffer by buffer, each rounded to the allocation
+/// grain as the replay's arena does (`gpu::runtime::Arena`), over the
+/// baseline by component: context, cuBLAS workspace, token communicator
+/// buffers for every peer, weight communicator buffers for each peer this
+/// GPU moves weights with.
+fn mem_by_buffer(
+    mm: &MemModel,
+    plan: &Plan,
+    dm: &DispatchMatrix,
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &CostScratch,
+    g: usize,
+) -> u64 {
+    let (p, n) = (plan.gpus, plan.experts as u64);
+    let per = n / p as u64;
+    let (b, i) = (shape.dtype_bytes, shape.intermediate);
+    let tok_bytes = shape.hidden * b;
+    let copies = dm.row_sum(g);
+    let own_tokens = copies / shape.top_k.max(1);
+    let rows = scratch.largest[g].min(prof.act_chunk_tokens);
+    let r = |x: u64| mm.round(x);
+    let buffers = [
+        r(per * shape.expert_bytes),                // native weights
+        r(scratch.w_count[g] * shape.expert_bytes), // foreign weights
+        r(n * tok_bytes),                           // bias table
+        r(own_tokens * tok_bytes),                  // input tokens
+        r(own_tokens * tok_bytes),                  // output
+        3 * r(copies * 4),                          // ids, router weights, slots
+        2 * r(copies * 8),                          // result and bias pointers
+        r(n * 4) + r(n * 4 * p as u64),             // counts, all ranks' counts
+        r(dm.sent_off(g) * tok_bytes),              // send
+        r(dm.received(g) * tok_bytes),              // receive
+        r(dm.col_sum(g) * tok_bytes),               // computed rows
+        r(rows * 2 * i * b),                        // gate_up output
+        r(rows * i * b),                            // activation
+        r(copies * 40),                             // pack table (<= one piece per copy)
+        2 * r(dm.received(g) * 32),                 // copy tables in and out
+        r((n + 1) * 4),                             // segment starts
+        2 * r(8 * p as u64),                        // gather scratch
+    ];
+    let xfer_peers = scratch.w_peer[g * p..(g + 1) * p]
+        .iter()
+        .filter(|&&x| x)
+        .count() as u64;
+    mm.context_bytes
+        + mm.cublas_workspace_bytes
+        + (p as u64 - 1) * mm.nccl_per_peer_bytes
+        + xfer_peers * mm.nccl_xfer_per_peer_bytes
+        + buffers.iter().sum::<u64>()
 }

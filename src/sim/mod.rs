@@ -3,6 +3,7 @@
 
 pub mod accuracy;
 pub mod cost;
+pub mod model;
 pub mod profile;
 
 pub use cost::{price, Cost, CostScratch, Shape};

@@ -2,7 +2,10 @@
 //! A profile is a JSON file a user can write; `h100` and `h200` are built in.
 //! [`fit_profile`] turns `calibrate`'s raw measurements into one.
 
-use crate::gpu::calibrate::Calibration;
+use super::model::{self, GemmTable, Launches, MemModel, MsgModel};
+#[cfg(test)]
+use crate::gpu::calibrate::MemRaw;
+use crate::gpu::calibrate::{Calibration, MsgRaw};
 use crate::gpu::CHUNK;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -64,6 +67,31 @@ pub struct Profile {
     /// sized for this many copies at most).
     #[serde(default = "default_act_chunk")]
     pub act_chunk_tokens: u64,
+    /// Per-projection GEMM tables over (M, N, K) (`sim::model`); used for
+    /// shapes without a whole-group curve, instead of the efficiency formula.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gemm_tables: Vec<GemmTable>,
+    /// Token exchange (dispatch and combine) priced per message; without it,
+    /// `link_gbps` and `link_latency_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_tokens: Option<MsgModel>,
+    /// Weight transfers priced per message (one per expert blob); without
+    /// it, `p2p_gbps` and `p2p_latency_us`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_weights: Option<MsgModel>,
+    /// Kernel launches of dispatch and combine; without it they are unpriced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launches: Option<Launches>,
+    /// Memory baseline by component and the buffers' allocation grain;
+    /// without it, `mem_baseline_bytes` + peers x `mem_per_peer_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_model: Option<MemModel>,
+    /// Weight transfers overlap the native groups' compute too, as replay
+    /// schedules a GPU's work (dispatch, native groups, a wait for the
+    /// transfers, foreign groups); off, they overlap dispatch only and
+    /// compute is one phase after both (profiles before issue 12).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transfer_overlaps_native: bool,
     #[serde(default)]
     pub measured_error: Option<MeasuredError>,
     #[serde(default)]
@@ -75,6 +103,10 @@ pub struct Profile {
     /// Raw calibration points, kept for audit.
     #[serde(default)]
     pub raw: Option<serde_json::Value>,
+    /// Raw points of later calibrations merged into this profile, oldest
+    /// first (`calibrate --gemm-only`, `calibrate --merge`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_merged: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +176,26 @@ impl Profile {
         pos(self.p2p_gbps, "p2p_gbps")?;
         if self.gpu_mem_bytes == 0 {
             return Err("gpu_mem_bytes must be > 0".into());
+        }
+        model::check_tables(&self.gemm_tables)?;
+        for (n, m) in [
+            ("msg_tokens", &self.msg_tokens),
+            ("msg_weights", &self.msg_weights),
+        ] {
+            if let Some(m) = m {
+                pos(m.gbps, &format!("{n}.gbps"))?;
+                if !(m.latency_us >= 0.0 && m.per_msg_us >= 0.0) {
+                    return Err(format!("{n}: latency_us and per_msg_us must be >= 0"));
+                }
+            }
+        }
+        if let Some(l) = &self.launches {
+            if ![l.launch_us, l.host_sync_us, l.upload_us]
+                .iter()
+                .all(|v| v.is_finite() && *v >= 0.0)
+            {
+                return Err("launches: every field must be >= 0".into());
+            }
         }
         for c in &self.gemm_curves {
             if c.points.is_empty() || c.points.windows(2).any(|w| w[1].0 <= w[0].0) {
@@ -243,12 +295,244 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         mem_per_peer_bytes: 0,
         copy_gbps: anchor_copy_gbps(&c.card),
         act_chunk_tokens: CHUNK,
+        gemm_tables: Vec::new(),
+        msg_tokens: None,
+        msg_weights: None,
+        launches: None,
+        mem_model: None,
+        transfer_overlaps_native: true,
         measured_error: None,
         driver: c.driver.clone(),
         date: date.into(),
         gpus: c.gpus as u32,
         raw: serde_json::to_value(c).ok(),
+        raw_merged: Vec::new(),
     }
+}
+
+/// GEMM tables of a calibration's grid: gate_up (N = 2I, K = D, with its
+/// activation) and down (N = D, K = I) per shape.
+pub fn grid_tables(c: &Calibration) -> Vec<GemmTable> {
+    let mut out = Vec::new();
+    for (d, i, gu, dn) in &c.grid {
+        let (d, i) = (*d as u32, *i as u32);
+        out.push(GemmTable {
+            proj: model::Proj::GateUp,
+            n: 2 * i,
+            k: d,
+            points: gu.clone(),
+        });
+        out.push(GemmTable {
+            proj: model::Proj::Down,
+            n: d,
+            k: i,
+            points: dn.clone(),
+        });
+    }
+    out
+}
+
+/// Put `new` tables into `tables`, replacing any of the same projection and
+/// (N, K).
+fn upsert_tables(tables: &mut Vec<GemmTable>, new: &[GemmTable]) {
+    for t in new {
+        match tables
+            .iter_mut()
+            .find(|x| x.proj == t.proj && x.n == t.n && x.k == t.k)
+        {
+            Some(x) => *x = t.clone(),
+            None => tables.push(t.clone()),
+        }
+    }
+}
+
+/// Weighted least-squares line y = a + b x minimising relative residuals
+/// (weights 1 / y^2), so a small message's latency is fitted as well as a
+/// large one's bandwidth; returns (a, b).
+pub fn fit_line_rel(pts: &[(f64, f64)]) -> (f64, f64) {
+    let ws: Vec<f64> = pts.iter().map(|p| 1.0 / (p.1 * p.1).max(1e-30)).collect();
+    let sw: f64 = ws.iter().sum();
+    if pts.len() < 2 || sw <= 0.0 {
+        return fit_line(pts);
+    }
+    let mx = pts.iter().zip(&ws).map(|(p, w)| w * p.0).sum::<f64>() / sw;
+    let my = pts.iter().zip(&ws).map(|(p, w)| w * p.1).sum::<f64>() / sw;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (p, w) in pts.iter().zip(&ws) {
+        sxy += w * (p.0 - mx) * (p.1 - my);
+        sxx += w * (p.0 - mx) * (p.0 - mx);
+    }
+    let b = if sxx > 0.0 { sxy / sxx } else { 0.0 };
+    (my - b * mx, b)
+}
+
+/// A message model from a byte sweep (`msgs_base` messages per GPU) and a
+/// split sweep (the same bytes in more messages): the split sweep's slope
+/// is the price of one message, the byte sweep's slope the bandwidth, and
+/// what is left of its intercept the latency of one grouped call.
+pub fn fit_msg(raw: &MsgRaw) -> Option<MsgModel> {
+    let (a, b) = fit_line_rel(&raw.bytes);
+    if b <= 0.0 || raw.bytes.len() < 2 {
+        return None;
+    }
+    let per_msg_us = (fit_line(&raw.split).1 * 1e3).max(0.0);
+    Some(MsgModel {
+        latency_us: (a * 1e3 - per_msg_us * raw.msgs_base as f64).max(0.0),
+        per_msg_us,
+        gbps: 1e-6 / b,
+    })
+}
+
+/// Put a calibration's generalising parts into `p`: GEMM grid tables
+/// (replacing those of the same shapes), message models and the memory
+/// model when measured, launches. `fallback` gives what one GPU cannot
+/// measure: communicator buffers per peer, and a floor for the context
+/// (a one-rank communicator misses NCCL's multi-rank buffers, which the
+/// fallback's baseline measured). Returns the names of the parts set.
+pub fn apply_measured(
+    p: &mut Profile,
+    c: &Calibration,
+    fallback: Option<&Profile>,
+) -> Vec<&'static str> {
+    let mut set = Vec::new();
+    if !p.transfer_overlaps_native {
+        // a calibration's profile models replay's schedule
+        p.transfer_overlaps_native = true;
+        set.push("transfer_overlaps_native");
+    }
+    if !c.grid.is_empty() {
+        upsert_tables(&mut p.gemm_tables, &grid_tables(c));
+        set.push("gemm_tables");
+    }
+    if let Some(m) = c.msg_tokens.as_ref().and_then(fit_msg) {
+        p.msg_tokens = Some(m);
+        set.push("msg_tokens");
+    }
+    if let Some(m) = c.msg_weights.as_ref().and_then(fit_msg) {
+        p.msg_weights = Some(m);
+        set.push("msg_weights");
+    }
+    if c.launch_us > 0.0 {
+        p.launches = Some(Launches {
+            launch_us: c.launch_us,
+            host_sync_us: c.host_sync_us,
+            upload_us: c.upload_us,
+        });
+        set.push("launches");
+    }
+    if c.mem.context > 0 {
+        let ws = c.mem.cublas_workspace;
+        let per_peer = c
+            .mem
+            .per_peer
+            .or(fallback.map(|f| f.mem_per_peer_bytes))
+            .unwrap_or(0);
+        let mut context = c.mem.context;
+        if c.mem.per_peer.is_none() {
+            if let Some(f) = fallback {
+                context = context.max(f.mem_baseline_bytes.saturating_sub(ws));
+            }
+        }
+        p.mem_model = Some(MemModel {
+            context_bytes: context,
+            cublas_workspace_bytes: ws,
+            nccl_per_peer_bytes: per_peer,
+            // unmeasured: a weight connection priced like a token one
+            nccl_xfer_per_peer_bytes: c.mem.xfer_per_peer.unwrap_or(per_peer),
+            grain_bytes: c.mem.grain,
+        });
+        set.push("mem_model");
+    }
+    set
+}
+
+/// `base` with the generalising parts of `new` (GEMM tables upserted,
+/// message models, launches and memory model where `new` has them). With
+/// `drop_curves`, whole-group curves whose shape now has exact tables of
+/// both projections are removed, so those shapes are priced by the tables.
+/// The measured error is cleared when anything but new tables changed
+/// (the stamped rows would be priced differently), and the note says what
+/// was merged.
+pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &str) -> Profile {
+    let mut out = base.clone();
+    let mut set: Vec<&str> = Vec::new();
+    if !new.gemm_tables.is_empty() {
+        upsert_tables(&mut out.gemm_tables, &new.gemm_tables);
+        set.push("gemm_tables");
+    }
+    for (dst, src, name) in [
+        (&mut out.msg_tokens, new.msg_tokens, "msg_tokens"),
+        (&mut out.msg_weights, new.msg_weights, "msg_weights"),
+    ] {
+        if src.is_some() {
+            *dst = src;
+            set.push(name);
+        }
+    }
+    if new.transfer_overlaps_native && !out.transfer_overlaps_native {
+        out.transfer_overlaps_native = true;
+        set.push("transfer_overlaps_native");
+    }
+    if new.launches.is_some() {
+        out.launches = new.launches;
+        set.push("launches");
+    }
+    if new.mem_model.is_some() {
+        out.mem_model = new.mem_model;
+        set.push("mem_model");
+    }
+    let dropped = if drop_curves {
+        drop_covered_curves(&mut out)
+    } else {
+        0
+    };
+    finish_merge(&mut out, &set, dropped, date);
+    out.raw_merged.extend(new.raw.clone());
+    out.raw_merged.extend(new.raw_merged.iter().cloned());
+    out
+}
+
+/// Remove whole-group curves whose shape has exact GEMM tables of both
+/// projections (so the tables price it); returns how many went.
+pub fn drop_covered_curves(p: &mut Profile) -> usize {
+    let has = |proj, n: u32, k: u32| {
+        p.gemm_tables
+            .iter()
+            .any(|t| t.proj == proj && t.n == n && t.k == k)
+    };
+    let keep: Vec<GemmCurve> = p
+        .gemm_curves
+        .iter()
+        .filter(|c| {
+            let (d, i) = (c.hidden_size, c.intermediate_size);
+            !(has(model::Proj::GateUp, 2 * i, d) && has(model::Proj::Down, d, i))
+        })
+        .cloned()
+        .collect();
+    let dropped = p.gemm_curves.len() - keep.len();
+    p.gemm_curves = keep;
+    dropped
+}
+
+/// Note what a merge set, and clear a stamped error it made stale.
+pub fn finish_merge(out: &mut Profile, set: &[&str], dropped_curves: usize, date: &str) {
+    if set.iter().any(|s| *s != "gemm_tables") || dropped_curves > 0 {
+        out.measured_error = None;
+    }
+    out.note.push_str(&format!(
+        " Merged on {date}: {}{}.",
+        if set.is_empty() {
+            "nothing".to_string()
+        } else {
+            set.join(", ")
+        },
+        if dropped_curves > 0 {
+            format!("; {dropped_curves} whole-group curves dropped for GEMM tables")
+        } else {
+            String::new()
+        }
+    ));
+    out.date = date.into();
 }
 
 /// Least-squares line y = a + b x; returns (a, b).
@@ -310,6 +594,7 @@ mod tests {
             p2p: line(25.0, 20.0),
             overhead_ms: 0.25,
             mem_baseline: 1 << 30,
+            ..Default::default()
         };
         let p = fit_profile(&c, "h200", "2026-11-29");
         assert!((p.link_gbps - 50.0).abs() < 1e-6, "{}", p.link_gbps);
@@ -326,5 +611,149 @@ mod tests {
         );
         assert_eq!(p.gemm_curves.len(), 1);
         p.validate().unwrap();
+    }
+
+    fn msg_raw(lat_us: f64, per_msg_us: f64, gbps: f64, base: u64) -> MsgRaw {
+        let t = |msgs: f64, b: f64| (lat_us + per_msg_us * msgs) * 1e-3 + b / (gbps * 1e9) * 1e3;
+        MsgRaw {
+            msgs_base: base,
+            bytes: [4096.0, 65536.0, 1048576.0, 16777216.0, 67108864.0]
+                .iter()
+                .map(|&b| (b, t(base as f64, b)))
+                .collect(),
+            split: [1.0, 2.0, 4.0, 8.0]
+                .iter()
+                .map(|&s| (s * base as f64, t(s * base as f64, 1048576.0)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn message_fit_separates_call_message_and_byte_costs() {
+        let m = fit_msg(&msg_raw(12.0, 3.0, 300.0, 2)).unwrap();
+        assert!((m.latency_us - 12.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_msg_us - 3.0).abs() < 1e-6, "{m:?}");
+        assert!((m.gbps - 300.0).abs() < 1e-6, "{m:?}");
+        // relative weighting keeps the small sizes right under noise at the
+        // large end: 2% slow 64 MiB point barely moves the latency
+        let mut raw = msg_raw(12.0, 3.0, 300.0, 2);
+        raw.bytes.last_mut().unwrap().1 *= 1.02;
+        let m = fit_msg(&raw).unwrap();
+        let small = m.ms(2, 4096);
+        let want = (12.0 + 6.0) * 1e-3 + 4096.0 / 300e9 * 1e3;
+        assert!((small - want).abs() / want < 0.03, "{small} vs {want}");
+    }
+
+    fn calibration_with_model() -> Calibration {
+        Calibration {
+            card: "NVIDIA H200".into(),
+            gpus: 1,
+            grid: vec![(
+                7168,
+                2048,
+                vec![(1.0, 0.010), (512.0, 0.050)],
+                vec![(1.0, 0.008), (512.0, 0.030)],
+            )],
+            launch_us: 2.0,
+            host_sync_us: 15.0,
+            upload_us: 5.0,
+            mem: MemRaw {
+                context: 600 << 20,
+                cublas_workspace: 32 << 20,
+                grain: 2 << 20,
+                per_peer: None,
+                xfer_per_peer: None,
+                ranks: 1,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_gpu_measurements_go_into_a_base_and_keep_its_multi_gpu_figures() {
+        let base = Profile::load("h200").unwrap();
+        let mut p = base.clone();
+        let set = apply_measured(&mut p, &calibration_with_model(), Some(&base));
+        assert_eq!(
+            set,
+            [
+                "transfer_overlaps_native",
+                "gemm_tables",
+                "launches",
+                "mem_model"
+            ]
+        );
+        let t = &p.gemm_tables;
+        assert_eq!(t.len(), 2);
+        assert_eq!(
+            (t[0].proj, t[0].n, t[0].k),
+            (model::Proj::GateUp, 4096, 7168)
+        );
+        assert_eq!((t[1].proj, t[1].n, t[1].k), (model::Proj::Down, 7168, 2048));
+        let mm = p.mem_model.unwrap();
+        // a one-rank context misses NCCL's multi-rank buffers: floored at
+        // the base's multi-GPU baseline
+        assert_eq!(
+            mm.context_bytes + mm.cublas_workspace_bytes,
+            base.mem_baseline_bytes
+        );
+        assert_eq!(mm.nccl_per_peer_bytes, base.mem_per_peer_bytes);
+        assert_eq!(mm.nccl_xfer_per_peer_bytes, base.mem_per_peer_bytes);
+        assert_eq!(mm.grain_bytes, 2 << 20);
+        assert!(p.msg_tokens.is_none() && p.msg_weights.is_none());
+        p.validate().unwrap();
+        // applying again replaces the tables rather than adding copies
+        apply_measured(&mut p, &calibration_with_model(), Some(&base));
+        assert_eq!(p.gemm_tables.len(), 2);
+    }
+
+    #[test]
+    fn merge_adds_tables_drops_covered_curves_and_clears_stale_error() {
+        let base = Profile::load("h200").unwrap();
+        assert!(base.measured_error.is_some());
+        let mut new = base.clone();
+        new.gemm_tables.clear();
+        let mut c = calibration_with_model();
+        c.grid
+            .push((2880, 2880, vec![(1.0, 0.01)], vec![(1.0, 0.01)]));
+        c.launch_us = 0.0;
+        c.mem.context = 0;
+        apply_measured(&mut new, &c, None);
+        new.transfer_overlaps_native = false;
+        // tables only, curves kept: the stamped rows are priced as before
+        let m = merge_profiles(&base, &new, false, "2026-11-29");
+        assert_eq!(m.gemm_tables.len(), 4);
+        assert_eq!(m.gemm_curves, base.gemm_curves);
+        assert_eq!(m.measured_error, base.measured_error);
+        assert!(
+            m.note.ends_with("Merged on 2026-11-29: gemm_tables."),
+            "{}",
+            m.note
+        );
+        // dropping the gpt-oss curve for its tables makes the error stale
+        let m = merge_profiles(&base, &new, true, "2026-11-29");
+        assert_eq!(m.gemm_curves.len(), base.gemm_curves.len() - 1);
+        assert!(m.gemm_curves.iter().all(|c| c.hidden_size != 2880));
+        assert!(m.measured_error.is_none());
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_new_parts_are_refused() {
+        let mut p = Profile::load("h200").unwrap();
+        p.msg_tokens = Some(MsgModel {
+            latency_us: 1.0,
+            per_msg_us: 1.0,
+            gbps: 0.0,
+        });
+        assert!(p.validate().is_err());
+        p.msg_tokens = None;
+        p.gemm_tables = vec![GemmTable {
+            proj: model::Proj::Down,
+            n: 10,
+            k: 10,
+            points: vec![(4.0, 1.0), (2.0, 2.0)],
+        }];
+        assert!(p.validate().is_err());
     }
 }

@@ -1,0 +1,342 @@
+//! The parts of a hardware profile that let the cost model generalise past
+//! the shapes and sizes it was calibrated on (issue 12): per-projection
+//! GEMM tables over (M rows, N, K), per-message prices of grouped NCCL
+//! send/recv, kernel launches and host syncs per phase, and the memory
+//! baseline split into what is really allocated. Every part is optional in
+//! a profile; without it the cost model keeps its older formula.
+//!
+//! GEMM tables, and why they are interpolated the way they are:
+//! - along M (rows of one expert GEMM) the grid is log-spaced and the
+//!   lookup is piecewise linear *in M*: a GEMM's time is flat while it is
+//!   latency or weight-read bound and affine in M once it is compute bound;
+//!   linear interpolation in M is exact on both, where interpolation in
+//!   log M would over-price an affine stretch (up to ~6% at mid-octave);
+//! - across shapes, a missing (N, K) is priced from the tables of the same
+//!   projection by scaling time with N*K (both the weight bytes read at
+//!   small M and the FLOPs at large M are proportional to N*K), the
+//!   time per N*K being interpolated linearly in log(N*K) between the two
+//!   nearest tables that bracket the shape, so the efficiency change with
+//!   size between them is kept (the "efficiency factor"); beyond the
+//!   measured range the nearest table's time per N*K is used, never below
+//!   the fastest GEMM the card was measured to do (the launch floor).
+
+use serde::{Deserialize, Serialize};
+
+/// Which projection of an expert a table times. Replay's order per GEMM
+/// unit is gate_up (with its activation kernel) then down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Proj {
+    /// `[M, D] x [D, 2I]` (N = 2I, K = D) followed by the activation kernel
+    /// on its output, as replay runs them.
+    GateUp,
+    /// `[M, I] x [I, D]` (N = D, K = I).
+    Down,
+    /// Backward data gradient (not calibrated yet; accepted in profiles).
+    Dgrad,
+    /// Backward weight gradient (not calibrated yet; accepted in profiles).
+    Wgrad,
+}
+
+impl Proj {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proj::GateUp => "gate_up",
+            Proj::Down => "down",
+            Proj::Dgrad => "dgrad",
+            Proj::Wgrad => "wgrad",
+        }
+    }
+}
+
+/// Time of one GEMM of one projection against its rows M, for one (N, K),
+/// measured with many different experts' GEMMs back to back (distinct
+/// weights, as a layer runs them), milliseconds per GEMM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GemmTable {
+    pub proj: Proj,
+    pub n: u32,
+    pub k: u32,
+    /// (rows M, ms) sorted by M.
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Grouped NCCL send/recv priced per message: one grouped call costs
+/// `latency_us`, each send or receive in it `per_msg_us`, and the larger
+/// of bytes out and bytes in moves at `gbps`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MsgModel {
+    pub latency_us: f64,
+    pub per_msg_us: f64,
+    pub gbps: f64,
+}
+
+impl MsgModel {
+    /// One grouped exchange with `msgs` sends and receives moving `bytes`
+    /// (the larger direction), ms; nothing to move costs nothing.
+    pub fn ms(&self, msgs: u64, bytes: u64) -> f64 {
+        if msgs == 0 {
+            return 0.0;
+        }
+        (self.latency_us + self.per_msg_us * msgs as f64) * 1e-3
+            + bytes as f64 / (self.gbps * 1e9) * 1e3
+    }
+}
+
+/// Fixed costs of issuing work, microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Launches {
+    /// One small kernel queued behind another on the same stream (the gap
+    /// it adds on the GPU).
+    pub launch_us: f64,
+    /// A device-to-host copy the host waits for (launch, copy, wake-up).
+    pub host_sync_us: f64,
+    /// One small host-to-device table upload on the stream.
+    pub upload_us: f64,
+}
+
+/// Kernels of replay's dispatch (pack, place) and of its combine (return,
+/// weighted sum) besides the exchange itself.
+pub const DISPATCH_LAUNCHES: u64 = 2;
+pub const COMBINE_LAUNCHES: u64 = 2;
+
+/// Memory a GPU holds beyond the layer's own buffers, split by what
+/// allocates it, bytes; and the allocation grain of the layer's buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct MemModel {
+    /// CUDA context, loaded kernels, streams, events, cuBLAS handle, both
+    /// NCCL communicators before they connect.
+    pub context_bytes: u64,
+    /// cuBLAS workspace, allocated at the first GEMM.
+    pub cublas_workspace_bytes: u64,
+    /// Token communicator buffers per peer GPU (all peers connect: every
+    /// layer exchanges counts and tokens with all of them).
+    pub nccl_per_peer_bytes: u64,
+    /// Weight communicator buffers per peer the GPU moves weights with
+    /// (NCCL connects point-to-point peers on first use).
+    #[serde(default)]
+    pub nccl_xfer_per_peer_bytes: u64,
+    /// Every buffer of the layer is rounded up to this many bytes (the
+    /// replay's arena grain, 2 MiB); 0 means no rounding.
+    #[serde(default)]
+    pub grain_bytes: u64,
+}
+
+impl MemModel {
+    pub fn round(&self, bytes: u64) -> u64 {
+        if self.grain_bytes == 0 {
+            bytes
+        } else {
+            bytes.max(256).div_ceil(self.grain_bytes) * self.grain_bytes
+        }
+    }
+}
+
+/// Piecewise-linear interpolation in the first coordinate; beyond the ends,
+/// extend with the slope of the outermost segment (time is ~linear there),
+/// never below 0.
+pub fn interp(points: &[(f64, f64)], x: f64) -> f64 {
+    if points.len() == 1 {
+        return points[0].1 * x / points[0].0;
+    }
+    let i = match points.iter().position(|p| p.0 >= x) {
+        Some(0) => 1,
+        Some(i) => i,
+        None => points.len() - 1,
+    };
+    let (a, b) = (points[i - 1], points[i]);
+    let v = a.1 + (b.1 - a.1) * (x - a.0) / (b.0 - a.0);
+    v.max(0.0)
+}
+
+/// Like [`interp`], but below the first point the time is held at the
+/// first point's (a GEMM of fewer rows is not faster than the smallest
+/// measured one: it is latency bound there).
+fn interp_rows(points: &[(f64, f64)], m: f64) -> f64 {
+    match points.first() {
+        Some(&(m0, t0)) if m <= m0 => t0,
+        _ => interp(points, m),
+    }
+}
+
+/// Time of one GEMM of `proj` with `m` rows and shape (N, K) from `tables`,
+/// ms; `None` when no table of that projection exists.
+pub fn table_ms(tables: &[GemmTable], proj: Proj, m: f64, n: u64, k: u64) -> Option<f64> {
+    if m <= 0.0 {
+        return Some(0.0);
+    }
+    let mut same: Vec<&GemmTable> = tables
+        .iter()
+        .filter(|t| t.proj == proj && !t.points.is_empty())
+        .collect();
+    if same.is_empty() {
+        return None;
+    }
+    if let Some(t) = same.iter().find(|t| t.n as u64 == n && t.k as u64 == k) {
+        return Some(interp_rows(&t.points, m));
+    }
+    let size = |t: &GemmTable| (t.n as f64 * t.k as f64).ln();
+    let aspect = |t: &GemmTable| (t.n as f64 / t.k as f64).ln();
+    let (x, want_aspect) = ((n as f64 * k as f64).ln(), (n as f64 / k as f64).ln());
+    // by size, ties broken towards the aspect ratio nearest the target
+    same.sort_by(|a, b| {
+        size(a).total_cmp(&size(b)).then(
+            (aspect(a) - want_aspect)
+                .abs()
+                .total_cmp(&(aspect(b) - want_aspect).abs()),
+        )
+    });
+    let per_nk = |t: &GemmTable| interp_rows(&t.points, m) / (t.n as f64 * t.k as f64);
+    let below = same.iter().rev().find(|t| size(t) <= x);
+    let above = same.iter().find(|t| size(t) >= x);
+    let u = match (below, above) {
+        (Some(a), Some(b)) if size(b) > size(a) => {
+            let f = (x - size(a)) / (size(b) - size(a));
+            per_nk(a) + (per_nk(b) - per_nk(a)) * f
+        }
+        (Some(a), _) => per_nk(a),
+        (None, Some(b)) => per_nk(b),
+        (None, None) => unreachable!("non-empty table list"),
+    };
+    let floor = same
+        .iter()
+        .map(|t| t.points[0].1)
+        .fold(f64::INFINITY, f64::min);
+    Some((u * n as f64 * k as f64).max(floor))
+}
+
+/// One expert group of `tokens` rows of shape (D, I) as replay computes it:
+/// cut into units of at most `chunk` rows, each a gate_up GEMM with its
+/// activation and a down GEMM, back to back. `None` unless both projections
+/// have tables.
+pub fn group_ms(tables: &[GemmTable], tokens: u64, d: u64, i: u64, chunk: u64) -> Option<f64> {
+    if tokens == 0 {
+        return Some(0.0);
+    }
+    let chunk = chunk.max(1);
+    let unit = |m: u64| -> Option<f64> {
+        Some(
+            table_ms(tables, Proj::GateUp, m as f64, 2 * i, d)?
+                + table_ms(tables, Proj::Down, m as f64, d, i)?,
+        )
+    };
+    let (full, rest) = (tokens / chunk, tokens % chunk);
+    let mut t = 0.0;
+    if full > 0 {
+        t += full as f64 * unit(chunk)?;
+    }
+    if rest > 0 {
+        t += unit(rest)?;
+    }
+    Some(t)
+}
+
+/// Check tables: points non-empty, rows strictly increasing, times finite
+/// and non-negative, shapes non-zero.
+pub fn check_tables(tables: &[GemmTable]) -> Result<(), String> {
+    for t in tables {
+        let name = format!("gemm_tables {} N={} K={}", t.proj.as_str(), t.n, t.k);
+        if t.n == 0 || t.k == 0 {
+            return Err(format!("{name}: N and K must be > 0"));
+        }
+        if t.points.is_empty()
+            || t.points.windows(2).any(|w| w[1].0 <= w[0].0)
+            || t.points
+                .iter()
+                .any(|p| !(p.0 > 0.0 && p.1.is_finite() && p.1 >= 0.0))
+        {
+            return Err(format!(
+                "{name}: points must be non-empty, rows > 0 strictly increasing, times >= 0"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(proj: Proj, n: u32, k: u32, f: impl Fn(f64) -> f64) -> GemmTable {
+        let ms = [1.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0];
+        GemmTable {
+            proj,
+            n,
+            k,
+            points: ms.iter().map(|&m| (m, f(m))).collect(),
+        }
+    }
+
+    #[test]
+    fn interpolation_extends_linearly() {
+        let pts = [(1.0, 1.0), (3.0, 2.0)];
+        assert_eq!(interp(&pts, 2.0), 1.5);
+        assert_eq!(interp(&pts, 5.0), 3.0);
+        assert_eq!(interp(&pts, 0.0), 0.5);
+    }
+
+    #[test]
+    fn exact_table_is_linear_in_rows_and_flat_below_the_grid() {
+        let t = vec![table(Proj::GateUp, 5760, 2880, |m| 0.01 + m * 1e-4)];
+        let v = table_ms(&t, Proj::GateUp, 640.0, 5760, 2880).unwrap();
+        assert!((v - (0.01 + 640.0 * 1e-4)).abs() < 1e-12, "{v}");
+        let tiny = table_ms(&t, Proj::GateUp, 0.5, 5760, 2880).unwrap();
+        assert_eq!(tiny, t[0].points[0].1);
+        assert_eq!(table_ms(&t, Proj::Down, 8.0, 2880, 2880), None);
+    }
+
+    #[test]
+    fn missing_shape_scales_by_size_between_bracketing_tables() {
+        // time per N*K: 2e-9 ms at the small table, 1e-9 at the big one
+        let a = table(Proj::Down, 1000, 1000, |m| m * 2e-9 * 1e6);
+        let b = table(Proj::Down, 4000, 4000, |m| m * 1e-9 * 16e6);
+        let t = vec![a, b];
+        // geometric middle in N*K: 2000 x 2000, half way in log size
+        let v = table_ms(&t, Proj::Down, 1024.0, 2000, 2000).unwrap();
+        let want = 1024.0 * 1.5e-9 * 4e6;
+        assert!((v - want).abs() < 1e-9 * want, "{v} vs {want}");
+        // beyond the largest: the largest's time per N*K
+        let v = table_ms(&t, Proj::Down, 1024.0, 8000, 8000).unwrap();
+        assert!((v - 1024.0 * 1e-9 * 64e6).abs() < 1e-9);
+        // far below the smallest: the launch floor, not a vanishing time
+        let v = table_ms(&t, Proj::Down, 1.0, 10, 10).unwrap();
+        assert_eq!(v, 2e-9 * 1e6);
+    }
+
+    #[test]
+    fn group_is_chunked_like_replay() {
+        let t = vec![
+            table(Proj::GateUp, 200, 100, |m| 1.0 + m),
+            table(Proj::Down, 100, 100, |m| 2.0 + m),
+        ];
+        // D = 100, I = 100: chunk 4096 -> 4096 + 4096 + 1808 rows
+        let g = group_ms(&t, 10_000, 100, 100, 4096).unwrap();
+        let unit = |m: f64| (1.0 + m) + (2.0 + m);
+        assert!(
+            (g - (2.0 * unit(4096.0) + unit(1808.0))).abs() < 1e-9,
+            "{g}"
+        );
+        assert_eq!(group_ms(&t[..1], 10, 100, 100, 4096), None);
+        assert_eq!(group_ms(&t, 0, 100, 100, 4096), Some(0.0));
+    }
+
+    #[test]
+    fn message_model_prices_latency_messages_and_bytes() {
+        let m = MsgModel {
+            latency_us: 10.0,
+            per_msg_us: 2.0,
+            gbps: 100.0,
+        };
+        assert_eq!(m.ms(0, 1 << 20), 0.0);
+        let v = m.ms(3, 1_000_000);
+        assert!((v - (0.016 + 0.01)).abs() < 1e-12, "{v}");
+    }
+
+    #[test]
+    fn bad_tables_are_refused() {
+        let mut t = table(Proj::GateUp, 10, 10, |m| m);
+        assert!(check_tables(std::slice::from_ref(&t)).is_ok());
+        t.points.swap(0, 1);
+        assert!(check_tables(&[t]).is_err());
+    }
+}

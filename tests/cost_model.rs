@@ -1,0 +1,344 @@
+//! The generalising cost model (issue 12) against the one it extends: the
+//! committed `h200` profile prices layers exactly as before (golden values
+//! taken from the model before the GEMM tables, message, launch and memory
+//! models existed), and a profile with those parts uses them.
+
+use llep_trace::plan::{Gate, PlanParams, Policy};
+use llep_trace::sim::model::{GemmTable, Launches, MemModel, MsgModel, Proj};
+use llep_trace::sim::{Cost, Evaluator, Profile, Shape};
+use llep_trace::trace::meta::expert_bytes;
+
+/// A layer: shape, GPUs, experts, per-rank counts `[P][N]`.
+struct Layer {
+    name: &'static str,
+    shape: Shape,
+    gpus: usize,
+    counts: Vec<u64>,
+}
+
+fn shape(d: u64, i: u64, k: u64) -> Shape {
+    Shape {
+        hidden: d,
+        intermediate: i,
+        dtype_bytes: 2,
+        expert_bytes: expert_bytes(d, i, 2),
+        top_k: k,
+    }
+}
+
+/// Per-rank counts with `hot` of the copies on expert 0 and the rest
+/// spread by a fixed pseudo-random pattern.
+fn counts(gpus: usize, n: usize, copies_per_rank: u64, hot_pct: u64) -> Vec<u64> {
+    let mut out = vec![0u64; gpus * n];
+    for r in 0..gpus {
+        let hot = copies_per_rank * hot_pct / 100;
+        out[r * n] += hot;
+        let rest = copies_per_rank - hot;
+        let mut left = rest;
+        for e in 0..n {
+            let w = ((e * 2654435761 + r * 97) % 7 + 1) as u64;
+            let c = (rest * w / (4 * n as u64)).min(left);
+            out[r * n + e] += c;
+            left -= c;
+        }
+        out[r * n + n - 1] += left;
+    }
+    out
+}
+
+fn layers() -> Vec<Layer> {
+    vec![
+        Layer {
+            name: "gpt-oss 2 GPUs decode 30% hot",
+            shape: shape(2880, 2880, 4),
+            gpus: 2,
+            counts: counts(2, 128, 512 * 4, 30),
+        },
+        Layer {
+            name: "gpt-oss 2 GPUs prefill 80% hot",
+            shape: shape(2880, 2880, 4),
+            gpus: 2,
+            counts: counts(2, 128, 32768 * 4, 80),
+        },
+        Layer {
+            name: "mixtral 4 GPUs balanced-ish",
+            shape: shape(4096, 14336, 2),
+            gpus: 4,
+            counts: counts(4, 8, 16384 * 2, 0),
+        },
+        Layer {
+            name: "deepseek-v3 8 GPUs 50% hot (no curve)",
+            shape: shape(7168, 2048, 8),
+            gpus: 8,
+            counts: counts(8, 256, 2048 * 8, 50),
+        },
+    ]
+}
+
+fn price(l: &Layer, prof: &Profile, policy: Policy) -> Cost {
+    let n = l.counts.len() / l.gpus;
+    let global: Vec<u64> = (0..n)
+        .map(|e| (0..l.gpus).map(|r| l.counts[r * n + e]).sum())
+        .collect();
+    let params = PlanParams {
+        gpus: l.gpus,
+        alpha: 1.0,
+        min_gemm: 1024,
+        gate: Gate::Always,
+    };
+    let mut ev = Evaluator::default();
+    let (_, cost) = ev.eval(&l.counts, &global, &params, policy, &l.shape, prof);
+    cost
+}
+
+/// (layer, policy, total ms, compute ms, dispatch ms, transfer ms, max
+/// peak bytes) with the built-in h200 profile, printed by the model as it
+/// was before issue 12 (commit c71f805, this same test code).
+const GOLDEN: [(&str, Policy, f64, f64, f64, f64, u64); 8] = [
+    (
+        "gpt-oss 2 GPUs decode 30% hot",
+        Policy::Ep,
+        2.2873002016181463,
+        1.993445849247759,
+        0.06099917567545466,
+        0.0,
+        5441330594,
+    ),
+    (
+        "gpt-oss 2 GPUs decode 30% hot",
+        Policy::Llep,
+        2.3635894107787596,
+        1.9700223881825096,
+        0.05055922666523289,
+        0.17115179491153903,
+        5472697600,
+    ),
+    (
+        "gpt-oss 2 GPUs prefill 80% hot",
+        Policy::Ep,
+        26.007896830020734,
+        20.597160760313272,
+        2.6194400343439925,
+        0.0,
+        8168077758,
+    ),
+    (
+        "gpt-oss 2 GPUs prefill 80% hot",
+        Policy::Llep,
+        13.05936577800399,
+        11.620319783840387,
+        0.6335949965720623,
+        0.17115179491153903,
+        7008994432,
+    ),
+    (
+        "mixtral 4 GPUs balanced-ish",
+        Policy::Ep,
+        22.374359765112523,
+        20.235699325799942,
+        0.9834022191465523,
+        0.0,
+        6163404800,
+    ),
+    (
+        "mixtral 4 GPUs balanced-ish",
+        Policy::Llep,
+        20.504747704202728,
+        17.456367552280426,
+        0.928214278163782,
+        1.948309872739041,
+        6834552832,
+    ),
+    (
+        "deepseek-v3 8 GPUs 50% hot (no curve)",
+        Policy::Ep,
+        18.0233083013739,
+        11.487029023310281,
+        3.182211638522069,
+        0.0,
+        9788145328,
+    ),
+    (
+        "deepseek-v3 8 GPUs 50% hot (no curve)",
+        Policy::Llep,
+        6.54478167986931,
+        3.7988329911181418,
+        0.8646953785610304,
+        1.709397309170659,
+        8365922304,
+    ),
+];
+
+fn summary(c: &Cost) -> (f64, f64, f64, f64, u64) {
+    (
+        c.total_ms,
+        c.compute_ms,
+        c.dispatch_ms,
+        c.transfer_ms,
+        *c.peak_mem_per_gpu.iter().max().unwrap(),
+    )
+}
+
+#[test]
+fn committed_h200_profile_prices_exactly_as_before() {
+    let prof = Profile::load("h200").unwrap();
+    assert!(prof.gemm_tables.is_empty() && prof.msg_tokens.is_none() && prof.mem_model.is_none());
+    let ls = layers();
+    for (name, policy, total, compute, dispatch, transfer, peak) in GOLDEN {
+        let l = ls.iter().find(|l| l.name == name).unwrap();
+        let got = summary(&price(l, &prof, policy));
+        // bit for bit: the new parts are absent, so the old formulas run
+        assert_eq!(
+            got,
+            (total, compute, dispatch, transfer, peak),
+            "{name} {policy:?}"
+        );
+    }
+}
+
+#[test]
+fn committed_h200_profile_round_trips_without_new_keys() {
+    let prof = Profile::load("h200").unwrap();
+    let json = serde_json::to_string(&prof).unwrap();
+    for key in [
+        "gemm_tables",
+        "msg_tokens",
+        "msg_weights",
+        "launches",
+        "mem_model",
+        "raw_merged",
+    ] {
+        assert!(
+            !json.contains(key),
+            "{key} written for a profile without it"
+        );
+    }
+    let back: Profile = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, prof);
+}
+
+/// Tables where a GEMM of M rows and shape (N, K) takes 5 us plus
+/// 2 M N K FLOP at 500 TFLOP/s, for the given expert shapes.
+fn tables(shapes: &[(u32, u32)]) -> Vec<GemmTable> {
+    let ms = |m: f64, n: u32, k: u32| 0.005 + 2.0 * m * n as f64 * k as f64 / 500e12 * 1e3;
+    let rows = [1.0, 8.0, 64.0, 512.0, 4096.0, 16384.0];
+    let mut out = Vec::new();
+    for &(d, i) in shapes {
+        for (proj, n, k) in [(Proj::GateUp, 2 * i, d), (Proj::Down, d, i)] {
+            out.push(GemmTable {
+                proj,
+                n,
+                k,
+                points: rows.iter().map(|&m| (m, ms(m, n, k))).collect(),
+            });
+        }
+    }
+    out
+}
+
+#[test]
+fn tables_price_shapes_without_a_curve_and_curves_still_win() {
+    let mut prof = Profile::load("h200").unwrap();
+    let ds = shape(7168, 2048, 8);
+    let formula = prof.gemm_ms(512, &ds);
+    prof.gemm_tables = tables(&[(7168, 2048)]);
+    let unit = |m: f64| {
+        (0.005 + 2.0 * m * 4096.0 * 7168.0 / 500e12 * 1e3)
+            + (0.005 + 2.0 * m * 7168.0 * 2048.0 / 500e12 * 1e3)
+    };
+    let got = prof.gemm_ms(512, &ds);
+    assert!(
+        (got - unit(512.0)).abs() < 1e-12,
+        "{got} vs {}",
+        unit(512.0)
+    );
+    assert_ne!(got, formula);
+    // chunked as replay runs it: 40000 rows = 2 x 16384 + 7232
+    let big = prof.gemm_ms(40_000, &ds);
+    let want = 2.0 * unit(16384.0) + unit(7232.0);
+    assert!((big - want).abs() < 1e-9 * want, "{big} vs {want}");
+    // gpt-oss has a whole-group curve: unchanged by the tables
+    let before = Profile::load("h200").unwrap();
+    let go = shape(2880, 2880, 4);
+    prof.gemm_tables = tables(&[(2880, 2880), (7168, 2048)]);
+    assert_eq!(prof.gemm_ms(777, &go), before.gemm_ms(777, &go));
+}
+
+#[test]
+fn message_launch_and_memory_models_change_what_they_price() {
+    let base = Profile::load("h200").unwrap();
+    let mut prof = base.clone();
+    let l = &layers()[0];
+    let old = price(l, &base, Policy::Llep);
+    prof.msg_tokens = Some(MsgModel {
+        latency_us: 10.0,
+        per_msg_us: 3.0,
+        gbps: 300.0,
+    });
+    prof.msg_weights = Some(MsgModel {
+        latency_us: 12.0,
+        per_msg_us: 4.0,
+        gbps: 350.0,
+    });
+    prof.launches = Some(Launches {
+        launch_us: 2.5,
+        host_sync_us: 20.0,
+        upload_us: 8.0,
+    });
+    let new = price(l, &prof, Policy::Llep);
+    assert_eq!(new.compute_ms, old.compute_ms);
+    // 2 GPUs, both directions busy: 2 messages per GPU per exchange
+    let link_b = old.dispatch_bytes_max;
+    let copy = old.dispatch_ms
+        - base.link_latency_us * 1e-3
+        - link_b as f64 / (base.link_gbps * 1e9) * 1e3;
+    let want = (10.0 + 3.0 * 2.0) * 1e-3 + link_b as f64 / 300e9 * 1e3 + copy + 2.0 * 2.5e-3;
+    assert!(
+        (new.dispatch_ms - want).abs() < 1e-9,
+        "{} vs {want}",
+        new.dispatch_ms
+    );
+    assert!(new.transfer_ms > 0.0 && new.transfer_ms != old.transfer_ms);
+    // memory by component: never below context + workspace + peers + weights
+    prof.mem_model = Some(MemModel {
+        context_bytes: 1 << 30,
+        cublas_workspace_bytes: 32 << 20,
+        nccl_per_peer_bytes: 400 << 20,
+        nccl_xfer_per_peer_bytes: 100 << 20,
+        grain_bytes: 2 << 20,
+    });
+    let m = price(l, &prof, Policy::Llep);
+    let floor = (1u64 << 30) + (32 << 20) + (400 << 20) + 64 * l.shape.expert_bytes;
+    for &peak in &m.peak_mem_per_gpu {
+        assert!(peak > floor && peak % (2 << 20) == 0, "{peak}");
+    }
+    // a GPU receiving weights pays the weight communicator for its peer
+    assert!(new.transfer_ms > 0.0);
+    let recv = m.peak_mem_per_gpu.iter().max().unwrap() - floor;
+    assert!(recv >= 100 << 20, "{recv}");
+}
+
+#[test]
+fn replay_schedule_overlaps_transfers_with_native_compute() {
+    let base = Profile::load("h200").unwrap();
+    assert!(!base.transfer_overlaps_native);
+    let mut prof = base.clone();
+    prof.transfer_overlaps_native = true;
+    for l in layers() {
+        for policy in [Policy::Ep, Policy::Llep] {
+            let (old, new) = (price(&l, &base, policy), price(&l, &prof, policy));
+            // phases are priced alike; only how they add up changes
+            assert_eq!(
+                (old.dispatch_ms, old.transfer_ms, old.compute_ms),
+                (new.dispatch_ms, new.transfer_ms, new.compute_ms)
+            );
+            assert!(new.total_ms <= old.total_ms + 1e-12, "{}", l.name);
+            let floor = new.overhead_ms + new.compute_ms + new.combine_ms;
+            assert!(new.total_ms >= floor - 1e-12, "{}", l.name);
+            // a transfer longer than dispatch was on the old critical path
+            if policy == Policy::Llep && new.transfer_ms > new.dispatch_ms {
+                assert!(new.total_ms < old.total_ms, "{}", l.name);
+            }
+        }
+    }
+}
