@@ -412,40 +412,15 @@ pub fn capture_jsonl(
     let files = expand(inputs, &["jsonl", "json"])?;
     let format = if megatron { "megatron-jsonl" } else { "jsonl" };
     let mut d = Driver::new(opts, out, format, files.clone());
-    let f = |name: &'static str| field(opts, name).unwrap_or(name).to_string();
-    let (fe, fw, fl, fs, fr, ft, fq) = if megatron {
-        (
-            field(opts, "expert").unwrap_or("top_indices").to_string(),
-            f("weight"),
-            f("layer"),
-            f("step"),
-            f("rank"),
-            f("token"),
-            f("sequence"),
-        )
-    } else {
-        (
-            f("expert"),
-            f("weight"),
-            f("layer"),
-            f("step"),
-            f("rank"),
-            f("token"),
-            f("sequence"),
-        )
-    };
-    let (mut groups, mut jf) = (StepGroups::new(opts), JsonFilter::new(opts));
+    let mut rd = JsonRecords::new(opts, megatron);
+    let mut jf = JsonFilter::new(opts);
     let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
     let mut skipped = BTreeMap::new();
     for file in &files {
-        let rd = std::fs::File::open(file)
+        let f = std::fs::File::open(file)
             .map_err(|e| CaptureError::input(file, format!("cannot read: {e}")))?;
-        let mut chunk: Option<TokenTrace> = None;
-        let mut counter = Counter::default();
-        let mut has_w = true;
-        let mut ids = Vec::new();
-        let mut ws = Vec::new();
-        for (i, line) in std::io::BufReader::new(rd).lines().enumerate() {
+        rd.start_file();
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
             let ln = i + 1;
             let line = line.map_err(|e| CaptureError::input(file, format!("line {ln}: {e}")))?;
             if line.trim().is_empty() {
@@ -459,116 +434,11 @@ pub fn capture_jsonl(
             if megatron && !megatron_decoder(&rec, &mut skipped) {
                 continue;
             }
-            let int = |name: &str, default: Option<u32>| -> Result<u32, CaptureError> {
-                match rec.get(name) {
-                    Some(v) => v
-                        .as_u64()
-                        .and_then(|x| u32::try_from(x).ok())
-                        .ok_or_else(|| {
-                            CaptureError::input(
-                                file,
-                                format!("line {ln}: '{name}' is not a non-negative integer"),
-                            )
-                        }),
-                    None => default.ok_or_else(|| {
-                        CaptureError::input(
-                            file,
-                            format!("line {ln}: missing field '{name}' (map it with --field)"),
-                        )
-                    }),
-                }
-            };
-            let step = match groups.as_mut() {
-                Some(g) => g.json_step(&rec, &fs, file, ln)?,
-                None => int(&fs, Some(0))?,
-            };
-            let layer = int(&fl, if megatron { None } else { Some(0) })?;
-            let rank = int(&fr, Some(opts.rank.unwrap_or(0)))?;
-            ids.clear();
-            let ev = rec.get(&fe).ok_or_else(|| {
-                CaptureError::input(
-                    file,
-                    format!("line {ln}: missing field '{fe}' (map it with --field expert=NAME)"),
-                )
-            })?;
-            if !json_ids(ev, &mut ids) {
-                return Err(CaptureError::input(
-                    file,
-                    format!("line {ln}: '{fe}' is not a list of integer ids"),
-                ));
-            }
-            ws.clear();
-            let got_w = match rec.get(&fw) {
-                Some(v) => {
-                    if !json_floats(v, &mut ws) {
-                        return Err(CaptureError::input(
-                            file,
-                            format!("line {ln}: '{fw}' is not a list of numbers"),
-                        ));
-                    }
-                    true
-                }
-                None => false,
-            };
-            has_w &= got_w;
-            let (n_tok, k) = if megatron {
-                let n = int("num_tokens", None)? as usize;
-                let k = int("topk", None)? as usize;
-                (n, k)
-            } else {
-                (1, ids.len())
-            };
-            if k == 0 || ids.len() != n_tok * k {
-                return Err(CaptureError::input(
-                    file,
-                    format!(
-                        "line {ln}: {} ids where {n_tok} tokens x top-k {k} were expected",
-                        ids.len()
-                    ),
-                ));
-            }
-            if got_w && ws.len() != ids.len() {
-                return Err(CaptureError::input(
-                    file,
-                    format!("line {ln}: {} weights for {} ids", ws.len(), ids.len()),
-                ));
-            }
-            let c = chunk.get_or_insert_with(|| TokenTrace::new(k));
-            if c.top_k != k {
-                return Err(CaptureError::input(
-                    file,
-                    format!("line {ln}: top-k {k} where earlier lines have {}", c.top_k),
-                ));
-            }
-            let uniform = vec![1.0 / k as f32; k];
-            let mut row = vec![0u16; k];
-            for t in 0..n_tok {
-                for j in 0..k {
-                    row[j] = check_id(ids[t * k + j], file, &format!("line {ln}"))?;
-                }
-                let token = if megatron {
-                    counter.next((step, layer, rank))
-                } else {
-                    match rec.get(&ft) {
-                        Some(_) => int(&ft, None)?,
-                        None => counter.next((step, layer, rank)),
-                    }
-                };
-                let seq = match rec.get(&fq) {
-                    Some(_) => int(&fq, None)?,
-                    None => opts.sequence_length.map_or(0, |s| token / s.max(1)),
-                };
-                let w = if got_w {
-                    &ws[t * k..(t + 1) * k]
-                } else {
-                    &uniform[..]
-                };
-                c.push(step, layer, rank, token, seq, &row, w);
-            }
+            rd.push(&rec, file, ln)?;
         }
         jf.check(file)?;
-        if let Some(c) = chunk {
-            d.push(&c, file, has_w)?;
+        if let Some(c) = rd.chunk.take() {
+            d.push(&c, file, rd.has_w)?;
         }
         pb.inc(1);
     }
@@ -576,10 +446,175 @@ pub fn capture_jsonl(
     for (what, n) in skipped {
         d.note(format!("{n} Megatron records of {what} left out"));
     }
-    if let (Some(g), Some(sink)) = (groups, d.sink.as_mut()) {
+    if let (Some(g), Some(sink)) = (rd.groups, d.sink.as_mut()) {
         sink.set_step_labels(g.into_labels());
     }
     d.finish(if megatron { "recorded" } else { "contiguous" })
+}
+
+/// Field names of a JSONL token record (after `--field` mapping) and the
+/// state of the file being read: one record may hold one token (plain
+/// JSONL) or a layer's tokens (Megatron).
+struct JsonRecords<'a> {
+    opts: &'a CaptureOptions,
+    megatron: bool,
+    /// expert, weight, layer, step, rank, token, sequence
+    names: [String; 7],
+    groups: Option<StepGroups>,
+    chunk: Option<TokenTrace>,
+    counter: Counter,
+    has_w: bool,
+    ids: Vec<i64>,
+    ws: Vec<f32>,
+}
+
+impl<'a> JsonRecords<'a> {
+    fn new(opts: &'a CaptureOptions, megatron: bool) -> Self {
+        let f = |name: &'static str| field(opts, name).unwrap_or(name).to_string();
+        let expert = if megatron {
+            field(opts, "expert").unwrap_or("top_indices").to_string()
+        } else {
+            f("expert")
+        };
+        Self {
+            opts,
+            megatron,
+            names: [
+                expert,
+                f("weight"),
+                f("layer"),
+                f("step"),
+                f("rank"),
+                f("token"),
+                f("sequence"),
+            ],
+            groups: StepGroups::new(opts),
+            chunk: None,
+            counter: Counter::default(),
+            has_w: true,
+            ids: Vec::new(),
+            ws: Vec::new(),
+        }
+    }
+
+    fn start_file(&mut self) {
+        self.chunk = None;
+        self.counter = Counter::default();
+        self.has_w = true;
+    }
+
+    /// One record's tokens into the file's chunk.
+    fn push(
+        &mut self,
+        rec: &serde_json::Value,
+        file: &Path,
+        ln: usize,
+    ) -> Result<(), CaptureError> {
+        let [fe, fw, fl, fs, fr, ft, fq] = &self.names;
+        let int = |name: &str, default: Option<u32>| -> Result<u32, CaptureError> {
+            match rec.get(name) {
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| {
+                        CaptureError::input(
+                            file,
+                            format!("line {ln}: '{name}' is not a non-negative integer"),
+                        )
+                    }),
+                None => default.ok_or_else(|| {
+                    CaptureError::input(
+                        file,
+                        format!("line {ln}: missing field '{name}' (map it with --field)"),
+                    )
+                }),
+            }
+        };
+        let step = match self.groups.as_mut() {
+            Some(g) => g.json_step(rec, fs, file, ln)?,
+            None => int(fs, Some(0))?,
+        };
+        let layer = int(fl, if self.megatron { None } else { Some(0) })?;
+        let rank = int(fr, Some(self.opts.rank.unwrap_or(0)))?;
+        let (ids, ws) = (&mut self.ids, &mut self.ws);
+        ids.clear();
+        let ev = rec.get(fe).ok_or_else(|| {
+            CaptureError::input(
+                file,
+                format!("line {ln}: missing field '{fe}' (map it with --field expert=NAME)"),
+            )
+        })?;
+        if !json_ids(ev, ids) {
+            return Err(CaptureError::input(
+                file,
+                format!("line {ln}: '{fe}' is not a list of integer ids"),
+            ));
+        }
+        ws.clear();
+        let got_w = match rec.get(fw) {
+            Some(v) if !json_floats(v, ws) => {
+                return Err(CaptureError::input(
+                    file,
+                    format!("line {ln}: '{fw}' is not a list of numbers"),
+                ))
+            }
+            Some(_) => true,
+            None => false,
+        };
+        self.has_w &= got_w;
+        let (n_tok, k) = if self.megatron {
+            (
+                int("num_tokens", None)? as usize,
+                int("topk", None)? as usize,
+            )
+        } else {
+            (1, ids.len())
+        };
+        if k == 0 || ids.len() != n_tok * k {
+            return Err(CaptureError::input(
+                file,
+                format!(
+                    "line {ln}: {} ids where {n_tok} tokens x top-k {k} were expected",
+                    ids.len()
+                ),
+            ));
+        }
+        if got_w && ws.len() != ids.len() {
+            return Err(CaptureError::input(
+                file,
+                format!("line {ln}: {} weights for {} ids", ws.len(), ids.len()),
+            ));
+        }
+        let c = self.chunk.get_or_insert_with(|| TokenTrace::new(k));
+        if c.top_k != k {
+            return Err(CaptureError::input(
+                file,
+                format!("line {ln}: top-k {k} where earlier lines have {}", c.top_k),
+            ));
+        }
+        let uniform = vec![1.0 / k as f32; k];
+        let mut row = vec![0u16; k];
+        for t in 0..n_tok {
+            for j in 0..k {
+                row[j] = check_id(ids[t * k + j], file, &format!("line {ln}"))?;
+            }
+            let token = match rec.get(ft.as_str()).filter(|_| !self.megatron) {
+                Some(_) => int(ft, None)?,
+                None => self.counter.next((step, layer, rank)),
+            };
+            let seq = match rec.get(fq.as_str()) {
+                Some(_) => int(fq, None)?,
+                None => self.opts.sequence_length.map_or(0, |s| token / s.max(1)),
+            };
+            let w = if got_w {
+                &ws[t * k..(t + 1) * k]
+            } else {
+                &uniform[..]
+            };
+            c.push(step, layer, rank, token, seq, &row, w);
+        }
+        Ok(())
+    }
 }
 
 /// Megatron-LM router traces (`megatron/core/transformer/moe/router_trace.py`,

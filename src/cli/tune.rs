@@ -208,6 +208,55 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
             t.scored.len()
         ));
     }
+    s.push_str(&disagreements(t));
+    s.push_str("\nPaste into the shell that launches the model:\n");
+    for e in exports(t) {
+        s.push_str(&format!("  {e}\n"));
+    }
+    s.push_str(&format!(
+        "Expected on this input with profile {}: {:.3}x faster than plain EP",
+        sim.profile.name,
+        t.ep_ms / best.total_ms
+    ));
+    match t.default_ms {
+        Some(d) => s.push_str(&format!(
+            ", {:.3}x against the reference default lambda {}",
+            d / best.total_ms,
+            env::DEFAULT_RATIO
+        )),
+        None => s.push_str(&format!(
+            " (lambda {} was not in the grid)",
+            env::DEFAULT_RATIO
+        )),
+    }
+    s.push_str(&format!(
+        "; LLEP switches on in {} of {}.\n",
+        best.llep_on,
+        count(best.layer_steps as u64, "layer-step")
+    ));
+    let chosen: Vec<&llep_trace::sim::Summary> = sim
+        .summaries
+        .iter()
+        .filter(|x| {
+            x.policy == Policy::Ep
+                || (x.policy == Policy::Llep
+                    && !best.setting.never
+                    && x.gate.lambda() == best.setting.lambda
+                    && x.alpha == best.setting.alpha
+                    && x.min_gemm == best.setting.min_gemm)
+        })
+        .collect();
+    s.push_str(&super::simulate::whole_model_memory(sim, &chosen));
+    if sim.profile.measured_error.is_none() {
+        s.push_str("Note: this profile's error against measurement is not known; treat the gain as an estimate.\n");
+    }
+    s
+}
+
+/// Where several lambdas tie, and where layers prefer another lambda.
+fn disagreements(t: &TuneResult) -> String {
+    let best = &t.scored[t.best];
+    let mut s = String::new();
     if t.tied.len() > 1 {
         let same_am = |i: &usize| {
             t.scored[*i].setting.alpha == best.setting.alpha
@@ -249,47 +298,6 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
             ]);
         }
         s.push_str(&lt.render());
-    }
-    s.push_str("\nPaste into the shell that launches the model:\n");
-    for e in exports(t) {
-        s.push_str(&format!("  {e}\n"));
-    }
-    s.push_str(&format!(
-        "Expected on this input with profile {}: {:.3}x faster than plain EP",
-        sim.profile.name,
-        t.ep_ms / best.total_ms
-    ));
-    match t.default_ms {
-        Some(d) => s.push_str(&format!(
-            ", {:.3}x against the reference default lambda {}",
-            d / best.total_ms,
-            env::DEFAULT_RATIO
-        )),
-        None => s.push_str(&format!(
-            " (lambda {} was not in the grid)",
-            env::DEFAULT_RATIO
-        )),
-    }
-    s.push_str(&format!(
-        "; LLEP switches on in {} of {}.\n",
-        best.llep_on,
-        count(best.layer_steps as u64, "layer-step")
-    ));
-    let chosen: Vec<&llep_trace::sim::Summary> = sim
-        .summaries
-        .iter()
-        .filter(|x| {
-            x.policy == Policy::Ep
-                || (x.policy == Policy::Llep
-                    && !best.setting.never
-                    && x.gate.lambda() == best.setting.lambda
-                    && x.alpha == best.setting.alpha
-                    && x.min_gemm == best.setting.min_gemm)
-        })
-        .collect();
-    s.push_str(&super::simulate::whole_model_memory(sim, &chosen));
-    if sim.profile.measured_error.is_none() {
-        s.push_str("Note: this profile's error against measurement is not known; treat the gain as an estimate.\n");
     }
     s
 }

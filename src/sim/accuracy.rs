@@ -3,8 +3,8 @@
 //! GPU count) with a profile, and compare layer time and peak memory.
 
 use super::{auto_prefers_llep, row_from, simulated_base, Evaluator, Profile, Shape};
-use crate::plan::Policy;
 use crate::plan::PlanParams;
+use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
 use crate::trace::{read_trace, Trace};
 use crate::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload, WorkloadError};
