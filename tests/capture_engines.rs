@@ -371,3 +371,94 @@ fn trtllm_node_directories_merge_and_overlaps_are_refused() {
     let e = engines::capture_trtllm(&[a, b], &quiet()).unwrap_err();
     assert!(err_text(e).contains("another input directory"));
 }
+
+/// The engine formats through the command line: their format names, their
+/// options, and the aggregated-counts warning `simulate` gives downstream.
+mod cli {
+    use super::{data, tmp};
+    use std::process::Command;
+
+    fn run(args: &[&str]) -> (bool, String) {
+        let o = Command::new(env!("CARGO_BIN_EXE_llep-trace"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    }
+
+    #[test]
+    fn eplb_matrix_window_reaches_simulate_as_a_warning() {
+        let out = tmp("cli-eplb").join("e.parquet");
+        let (out_s, m) = (out.to_str().unwrap(), data("eplb/weight.npy"));
+        let (ok, text) = run(&[
+            "capture",
+            m.to_str().unwrap(),
+            "--format",
+            "eplb-matrix",
+            "--eplb-passes",
+            "100",
+            "--top-k",
+            "8",
+            "--out",
+            out_s,
+        ]);
+        assert!(ok, "{text}");
+        assert!(text.contains("(eplb-matrix)"), "{text}");
+        let (ok, text) = run(&[
+            "simulate",
+            "--trace",
+            out_s,
+            "--hidden-size",
+            "7168",
+            "--intermediate-size",
+            "2048",
+        ]);
+        assert!(ok, "{text}");
+        assert!(text.contains("summed over 100 forward passes"), "{text}");
+        assert!(
+            text.contains("counts rescaled to 16384 tokens/rank"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn old_sglang_csvs_are_detected_and_vllm_takes_dense_layers() {
+        let dir = tmp("cli-engines");
+        let s = dir.join("s.parquet");
+        let (ok, text) = run(&[
+            "capture",
+            data("sglang_csv").to_str().unwrap(),
+            "--top-k",
+            "2",
+            "--out",
+            s.to_str().unwrap(),
+        ]);
+        assert!(ok, "{text}");
+        assert!(text.contains("(sglang-expert-distribution)"), "{text}");
+        let v = dir.join("v.parquet");
+        let (ok, text) = run(&[
+            "capture",
+            data("vllm").to_str().unwrap(),
+            "--first-dense-layers",
+            "1",
+            "--out",
+            v.to_str().unwrap(),
+        ]);
+        assert!(ok, "{text}");
+        let (ok, text) = run(&[
+            "capture",
+            data("vllm").to_str().unwrap(),
+            "--eplb-passes",
+            "3",
+            "--out",
+            dir.join("x.parquet").to_str().unwrap(),
+        ]);
+        assert!(!ok);
+        assert!(text.contains("--eplb-passes does not apply"), "{text}");
+    }
+}

@@ -33,6 +33,11 @@ pub enum Format {
     Sglang,
     /// TensorRT-LLM expert-load statistics.
     Trtllm,
+    /// SGLang `per_token` dumps read as tokens (`topk_ids_of_layer`).
+    SglangPerToken,
+    /// A `[layers, logical_experts]` load matrix (DeepSeek EPLB input,
+    /// SGLang `--init-expert-location`): `.pt`, `.json` or `.npy`.
+    EplbMatrix,
 }
 
 /// What a format yields.
@@ -50,7 +55,7 @@ pub enum Level {
 pub const AUTO: &str = "auto";
 
 impl Format {
-    pub const ALL: [Format; 10] = [
+    pub const ALL: [Format; 12] = [
         Format::Logits,
         Format::PtRouting,
         Format::Jsonl,
@@ -61,6 +66,8 @@ impl Format {
         Format::LoadJson,
         Format::Sglang,
         Format::Trtllm,
+        Format::SglangPerToken,
+        Format::EplbMatrix,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +82,8 @@ impl Format {
             Format::LoadJson => "load-json",
             Format::Sglang => "sglang",
             Format::Trtllm => "trtllm",
+            Format::SglangPerToken => "sglang-per-token",
+            Format::EplbMatrix => "eplb-matrix",
         }
     }
 
@@ -91,6 +100,8 @@ impl Format {
             Format::LoadJson => "per-expert counts: JSON rows or a [layers][experts] matrix",
             Format::Sglang => "SGLang expert-distribution dumps",
             Format::Trtllm => "TensorRT-LLM expert-load statistics",
+            Format::SglangPerToken => "SGLang per_token dumps, read as per-token ids",
+            Format::EplbMatrix => "a [layers, experts] load matrix (EPLB input; .pt, .json, .npy)",
         }
     }
 
@@ -101,8 +112,13 @@ impl Format {
             | Format::Jsonl
             | Format::Csv
             | Format::MegatronJsonl
-            | Format::VllmRouted => Level::Tokens,
-            Format::LoadCsv | Format::LoadJson | Format::Sglang | Format::Trtllm => Level::Loads,
+            | Format::VllmRouted
+            | Format::SglangPerToken => Level::Tokens,
+            Format::LoadCsv
+            | Format::LoadJson
+            | Format::Sglang
+            | Format::Trtllm
+            | Format::EplbMatrix => Level::Loads,
         }
     }
 
@@ -137,7 +153,11 @@ impl Format {
         Ok(match ext.as_str() {
             "csv" => {
                 let (_, headers) = super::open_csv(path).map_err(DetectError::from)?;
-                if headers.iter().any(|h| h == "count") {
+                let has = |n: &str| headers.iter().any(|h| h == n);
+                if has("layer_id") && has("expert_id") && has("count") {
+                    // SGLang <= 0.4.5's per-rank dump_record CSVs
+                    Format::Sglang
+                } else if has("count") {
                     Format::LoadCsv
                 } else {
                     Format::Csv
@@ -180,7 +200,17 @@ impl Format {
     pub fn check_options(self, opts: &CaptureOptions, input: &Path) -> Result<(), CaptureError> {
         let lv = self.level();
         let routed_or_logits = lv != Level::Loads;
-        let tests: [(bool, bool, String); 10] = [
+        let tests: [(bool, bool, String); 12] = [
+            (
+                opts.eplb_passes.is_some(),
+                self == Format::EplbMatrix,
+                "--eplb-passes".into(),
+            ),
+            (
+                !opts.moe_layers.is_empty() || opts.first_dense_layers.is_some(),
+                self == Format::VllmRouted,
+                "--moe-layers/--first-dense-layers".into(),
+            ),
             (
                 opts.group_by.is_some(),
                 self.has_fields(),

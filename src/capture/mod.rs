@@ -80,6 +80,12 @@ pub struct CaptureOptions {
     pub fields: Vec<(String, String)>,
     /// Rank of every token when the source does not say (e.g. one file per rank).
     pub rank: Option<u32>,
+    /// Forward passes an EPLB load matrix sums (its window), when known.
+    pub eplb_passes: Option<u64>,
+    /// vLLM: the hidden layers that are MoE layers (others are dense).
+    pub moe_layers: Vec<u32>,
+    /// vLLM: layers `0..n` are dense (DeepSeek's `first_k_dense_replace`).
+    pub first_dense_layers: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -72,6 +72,16 @@ pub struct CaptureArgs {
     /// Rank of every token when the source does not record it.
     #[arg(long)]
     rank: Option<u32>,
+    /// eplb-matrix: forward passes the matrix sums (its window), when known.
+    #[arg(long)]
+    eplb_passes: Option<u64>,
+    /// vllm-routed: the hidden layers that are MoE layers (default: detected
+    /// as the layers with any routing).
+    #[arg(long, value_delimiter = ',')]
+    moe_layers: Vec<u32>,
+    /// vllm-routed: layers 0..N are dense (DeepSeek's first_k_dense_replace).
+    #[arg(long)]
+    first_dense_layers: Option<u32>,
     /// Map the distinct values of this column to steps, in first-seen order
     /// (e.g. --group-by domain); the values become the trace's step labels.
     #[arg(long)]
@@ -204,6 +214,9 @@ fn options(a: &CaptureArgs, p: &Printer) -> anyhow::Result<CaptureOptions> {
         sequence_length: a.lg.sequence_length,
         fields: pairs(&a.field, "--field", "FIELD=SOURCE")?,
         rank: a.rank,
+        eplb_passes: a.eplb_passes,
+        moe_layers: a.moe_layers.clone(),
+        first_dense_layers: a.first_dense_layers,
     })
 }
 
@@ -260,7 +273,25 @@ fn capture_into(
         Format::Jsonl => routed(capture::routed::capture_jsonl(inputs, out, opts, false)?),
         Format::MegatronJsonl => routed(capture::routed::capture_jsonl(inputs, out, opts, true)?),
         Format::Csv => routed(capture::routed::capture_csv(inputs, out, opts)?),
-        Format::VllmRouted => routed(capture::routed::capture_vllm(inputs, out, opts)?),
+        Format::VllmRouted => routed(capture::routed::capture_vllm_with(
+            inputs,
+            out,
+            opts,
+            &capture::routed::VllmOptions {
+                moe_layers: (!opts.moe_layers.is_empty()).then(|| opts.moe_layers.clone()),
+                first_dense: opts.first_dense_layers,
+            },
+        )?),
+        Format::SglangPerToken => {
+            routed(capture::routed::capture_sglang_tokens(inputs, out, opts)?)
+        }
+        Format::EplbMatrix => loads_only(capture::engines::capture_eplb_matrix(
+            inputs,
+            opts,
+            &capture::engines::EplbOptions {
+                passes: opts.eplb_passes,
+            },
+        )?)?,
         Format::Logits => {
             let r = capture::logits::capture(inputs, out, opts)?;
             let secs = started.elapsed().as_secs_f64();
