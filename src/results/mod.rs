@@ -353,7 +353,12 @@ mod tests {
             gate: Gate::Always,
             ..Default::default()
         };
-        write_results(&path, &[always.clone()], &ResultsMeta::default()).unwrap();
+        write_results(
+            &path,
+            std::slice::from_ref(&always),
+            &ResultsMeta::default(),
+        )
+        .unwrap();
         assert_eq!(read_results(&path).unwrap().1[0], always);
         std::fs::remove_dir_all(&dir).unwrap();
     }
