@@ -149,6 +149,9 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
         sim.input_note,
         sim.profile.label()
     );
+    if let Some(note) = super::simulate::pass_note(&a.input, &sim.profile) {
+        s.insert_str(s.len() - 1, &note);
+    }
     let mut tab = Table::new(&[
         "lambda", "alpha", "m", "total ms", "regret", "vs EP", "LLEP on", "peak GiB", "fits",
     ])
