@@ -128,7 +128,7 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
     // groups per GPU, as (expert, start, end, weights)
     let mut gl: Vec<Vec<(u32, u64, u64, WeightSrc)>> = vec![Vec::new(); p];
     let mut ranks: Vec<RankLayout> = (0..p).map(|_| RankLayout::default()).collect();
-    if plan.entries.is_empty() {
+    if plan.spills.is_empty() {
         for (e, &c) in global.iter().enumerate() {
             if c > 0 {
                 gl[e / per].push((e as u32, 0, c, WeightSrc::Native((e % per) as u32)));

@@ -142,14 +142,14 @@ pub fn price(
         scratch.compute[g] += prof.gemm_ms(tokens, shape);
         scratch.largest[g] = scratch.largest[g].max(tokens);
     };
-    if plan.entries.is_empty() {
+    if plan.spills.is_empty() {
         for (g, block) in counts.chunks_exact(per).enumerate() {
             for &c in block.iter().filter(|&&c| c > 0) {
                 group(g, c, scratch);
             }
         }
     } else {
-        // every nonzero expert has an entry when the planner ran
+        // every expert with copies, those that do not spill as one native range
         for (_, ranges) in plan.iter() {
             for r in ranges {
                 group(r.gpu as usize, r.end - r.start, scratch);
