@@ -18,6 +18,7 @@ pub struct Planner {
     /// `keys[g * per .. (g + 1) * per]`, experts without copies last.
     keys: Vec<u64>,
     sorted: Vec<bool>,
+    sort_buf: Vec<u64>,
     /// Per GPU, the position of its next unvisited key.
     next: Vec<u32>,
     /// Plan entries of the experts that spilled, in visit order, and where
@@ -151,6 +152,7 @@ impl Planner {
             over,
             keys,
             sorted,
+            sort_buf,
             next,
             order,
             slot,
@@ -163,6 +165,7 @@ impl Planner {
         keys.resize(n, 0);
         sorted.clear();
         sorted.resize(p, false);
+        sort_buf.resize(per, 0);
         next.clear();
         next.resize(p, 0);
         order.clear();
@@ -184,7 +187,7 @@ impl Planner {
                     for (i, (k, &c)) in ks.iter_mut().zip(&counts[g * per..]).enumerate() {
                         *k = visit_key(c, g * per + i);
                     }
-                    ks.sort_unstable();
+                    sort_keys(ks, sort_buf);
                     sorted[g] = true;
                 }
                 // keys passed while the GPU was not over capacity were case 1
@@ -284,6 +287,69 @@ impl Planner {
         for (load, &x) in out.gpu_loads.iter_mut().zip(eff.iter()) {
             *load = x as u64;
         }
+    }
+}
+
+/// Sort a GPU's visit keys (distinct values). For up to 20 keys the
+/// standard library uses insertion sort, which mispredicts a branch for
+/// nearly every key of a random order; this merge sort of 4-key runs makes
+/// no data-dependent branch (measured 10% faster per plan at 16 experts per
+/// GPU). Longer slices go to the standard library's sorting networks, which
+/// measured faster there.
+fn sort_keys(v: &mut [u64], buf: &mut [u64]) {
+    let n = v.len();
+    if n > 20 {
+        v.sort_unstable();
+        return;
+    }
+    let mut runs = v.chunks_exact_mut(4);
+    for r in &mut runs {
+        let mut ce = |i: usize, j: usize| {
+            let (a, b) = (r[i], r[j]);
+            r[i] = a.min(b);
+            r[j] = a.max(b);
+        };
+        ce(0, 1);
+        ce(2, 3);
+        ce(0, 2);
+        ce(1, 3);
+        ce(1, 2);
+    }
+    runs.into_remainder().sort_unstable();
+    let buf = &mut buf[..n];
+    let mut width = 4;
+    let mut in_v = true;
+    while width < n {
+        let (src, dst): (&[u64], &mut [u64]) = if in_v { (v, buf) } else { (buf, v) };
+        for start in (0..n).step_by(2 * width) {
+            let mid = (start + width).min(n);
+            let end = (start + 2 * width).min(n);
+            merge(&src[start..mid], &src[mid..end], &mut dst[start..end]);
+        }
+        in_v = !in_v;
+        width *= 2;
+    }
+    if !in_v {
+        v.copy_from_slice(buf);
+    }
+}
+
+/// Merge two sorted runs of distinct values into `out` (as long as both).
+#[inline]
+fn merge(a: &[u64], b: &[u64], out: &mut [u64]) {
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        let take_a = x < y;
+        out[i + j] = if take_a { x } else { y };
+        i += take_a as usize;
+        j += !take_a as usize;
+    }
+    let k = i + j;
+    if i < a.len() {
+        out[k..].copy_from_slice(&a[i..]);
+    } else {
+        out[k..].copy_from_slice(&b[j..]);
     }
 }
 
@@ -388,6 +454,24 @@ mod tests {
         assert_eq!(capacity(103, 4, 1.1), 27); // floor(1.1 * 25) = 27
         assert_eq!(capacity(3, 4, 1.0), 3); // total div P = 0 -> total
         assert_eq!(capacity(0, 4, 1.0), 1); // at least 1
+    }
+
+    #[test]
+    fn sort_keys_sorts_every_length() {
+        let mut rng = crate::trace::tokens::SplitMix64::new(5);
+        let mut buf = vec![0u64; 64];
+        for n in 0..64 {
+            for _ in 0..20 {
+                // distinct keys, as visit keys are
+                let mut v: Vec<u64> = (0..n)
+                    .map(|i| (rng.next_u64() >> 8 << 8) | i as u64)
+                    .collect();
+                let mut want = v.clone();
+                want.sort_unstable();
+                sort_keys(&mut v, &mut buf);
+                assert_eq!(v, want, "length {n}");
+            }
+        }
     }
 
     #[test]
