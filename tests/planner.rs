@@ -633,6 +633,8 @@ fn agrees_with_a_literal_transcription_on_large_shapes() {
         (256, 32),
         (256, 64),
         (256, 256),
+        (256, 4),
+        (96, 2),
         (64, 1),
     ] {
         for case in 0..60 {

@@ -13,17 +13,11 @@ pub struct Planner {
     eff: Vec<i64>,
     /// GPUs whose effective load is above capacity, in no particular order.
     over: Vec<u32>,
-    /// Per GPU, its experts' visit keys in visit order, sorted the first
-    /// time the GPU goes over capacity (most never do): GPU g's are
-    /// `keys[g * per .. (g + 1) * per]`, experts without copies last.
-    keys: Vec<u64>,
-    sorted: Vec<bool>,
-    sort_buf: Vec<u64>,
-    /// Per GPU, the position of its next unvisited key.
-    next: Vec<u32>,
+    /// Each GPU's experts in visit order, for the GPUs that go over capacity.
+    order: VisitOrder,
     /// Plan entries of the experts that spilled, in visit order, and where
     /// each expert's entry is (`slot[e]`, valid where `marked` has bit e).
-    order: Vec<(u32, u32, u32)>,
+    visited: Vec<(u32, u32, u32)>,
     slot: Vec<u32>,
     marked: Vec<u64>,
 }
@@ -150,11 +144,8 @@ impl Planner {
         let Planner {
             eff,
             over,
-            keys,
-            sorted,
-            sort_buf,
-            next,
             order,
+            visited,
             slot,
             marked,
         } = self;
@@ -162,13 +153,8 @@ impl Planner {
         eff.extend(out.native_loads.iter().map(|&x| x as i64));
         over.clear();
         over.extend((0..p as u32).filter(|&g| eff[g as usize] > cap));
-        keys.resize(n, 0);
-        sorted.clear();
-        sorted.resize(p, false);
-        sort_buf.resize(per, 0);
-        next.clear();
-        next.resize(p, 0);
-        order.clear();
+        order.reset(p, per);
+        visited.clear();
         slot.resize(n, 0);
         marked.clear();
         marked.resize(n.div_ceil(64), 0);
@@ -180,24 +166,10 @@ impl Planner {
             let mut best = ZERO_KEYS;
             let mut at = usize::MAX;
             for (i, &g) in over.iter().enumerate() {
-                let g = g as usize;
-                let ks = &mut keys[g * per..(g + 1) * per];
-                if !sorted[g] {
-                    // first time over capacity: order this GPU's experts now
-                    for (i, (k, &c)) in ks.iter_mut().zip(&counts[g * per..]).enumerate() {
-                        *k = visit_key(c, g * per + i);
-                    }
-                    sort_keys(ks, sort_buf);
-                    sorted[g] = true;
-                }
                 // keys passed while the GPU was not over capacity were case 1
-                let mut j = next[g] as usize;
-                while j < per && ks[j] <= last {
-                    j += 1;
-                }
-                next[g] = j as u32;
-                if j < per && ks[j] < best {
-                    best = ks[j];
+                let k = order.next_after(g as usize, last, counts);
+                if k < best {
+                    best = k;
                     at = i;
                 }
             }
@@ -270,9 +242,9 @@ impl Planner {
             if native_eff > cap {
                 over.push(native as u32);
             }
-            slot[e] = order.len() as u32;
+            slot[e] = visited.len() as u32;
             marked[e / 64] |= 1 << (e % 64);
-            order.push((e as u32, first_range as u32, out.spill_ranges.len() as u32));
+            visited.push((e as u32, first_range as u32, out.spill_ranges.len() as u32));
         }
 
         // entries by expert id
@@ -280,7 +252,7 @@ impl Planner {
             let mut bits = word;
             while bits != 0 {
                 let e = w * 64 + bits.trailing_zeros() as usize;
-                out.spills.push(order[slot[e] as usize]);
+                out.spills.push(visited[slot[e] as usize]);
                 bits &= bits - 1;
             }
         }
@@ -290,66 +262,97 @@ impl Planner {
     }
 }
 
-/// Sort a GPU's visit keys (distinct values). For up to 20 keys the
-/// standard library uses insertion sort, which mispredicts a branch for
-/// nearly every key of a random order; this merge sort of 4-key runs makes
-/// no data-dependent branch (measured 10% faster per plan at 16 experts per
-/// GPU). Longer slices go to the standard library's sorting networks, which
-/// measured faster there.
-fn sort_keys(v: &mut [u64], buf: &mut [u64]) {
-    let n = v.len();
-    if n > 20 {
-        v.sort_unstable();
-        return;
-    }
-    let mut runs = v.chunks_exact_mut(4);
-    for r in &mut runs {
-        let mut ce = |i: usize, j: usize| {
-            let (a, b) = (r[i], r[j]);
-            r[i] = a.min(b);
-            r[j] = a.max(b);
-        };
-        ce(0, 1);
-        ce(2, 3);
-        ce(0, 2);
-        ce(1, 3);
-        ce(1, 2);
-    }
-    runs.into_remainder().sort_unstable();
-    let buf = &mut buf[..n];
-    let mut width = 4;
-    let mut in_v = true;
-    while width < n {
-        let (src, dst): (&[u64], &mut [u64]) = if in_v { (v, buf) } else { (buf, v) };
-        for start in (0..n).step_by(2 * width) {
-            let mid = (start + width).min(n);
-            let end = (start + 2 * width).min(n);
-            merge(&src[start..mid], &src[mid..end], &mut dst[start..end]);
-        }
-        in_v = !in_v;
-        width *= 2;
-    }
-    if !in_v {
-        v.copy_from_slice(buf);
-    }
+/// Each GPU's experts in visit order, built the first time the GPU goes
+/// over capacity (most never do), and asked for the next key after the last
+/// visited one. A GPU's later visits use only about half its experts, and
+/// sorting short slices costs a mispredicted branch per key, so up to 32
+/// experts per GPU the keys are kept as sorted runs of 4 (a 5-comparator
+/// network each, padded with `u64::MAX`, one more `u64::MAX` after each
+/// run) and a query takes the smallest run head above `last`, found
+/// without branches. More experts per GPU are sorted whole and walked.
+#[derive(Debug, Default, Clone)]
+struct VisitOrder {
+    per: usize,
+    /// Slots per GPU: 5 per run of 4, or `per` when sorted whole.
+    width: usize,
+    keys: Vec<u64>,
+    built: Vec<bool>,
+    /// Sorted whole: each GPU's position of its next unvisited key.
+    next: Vec<u32>,
+    /// Each GPU's last answer, still right while above the last visited key.
+    cached: Vec<u64>,
 }
 
-/// Merge two sorted runs of distinct values into `out` (as long as both).
-#[inline]
-fn merge(a: &[u64], b: &[u64], out: &mut [u64]) {
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        let (x, y) = (a[i], b[j]);
-        let take_a = x < y;
-        out[i + j] = if take_a { x } else { y };
-        i += take_a as usize;
-        j += !take_a as usize;
+impl VisitOrder {
+    fn reset(&mut self, p: usize, per: usize) {
+        self.per = per;
+        self.width = if per <= 32 { per.div_ceil(4) * 5 } else { per };
+        self.keys.resize(p * self.width, 0);
+        self.built.clear();
+        self.built.resize(p, false);
+        self.next.clear();
+        self.next.resize(p, 0);
+        self.cached.clear();
+        self.cached.resize(p, 0);
     }
-    let k = i + j;
-    if i < a.len() {
-        out[k..].copy_from_slice(&a[i..]);
-    } else {
-        out[k..].copy_from_slice(&b[j..]);
+
+    /// The smallest visit key of GPU `g`'s experts above `last` (at least
+    /// `ZERO_KEYS` when none with copies is left).
+    #[inline]
+    fn next_after(&mut self, g: usize, last: u64, counts: &[u64]) -> u64 {
+        if self.cached[g] > last {
+            return self.cached[g];
+        }
+        let (per, w) = (self.per, self.width);
+        let block = &counts[g * per..(g + 1) * per];
+        let keys = &mut self.keys[g * w..(g + 1) * w];
+        let runs = per <= 32;
+        if !self.built[g] {
+            self.built[g] = true;
+            if runs {
+                for (r, run) in keys.chunks_exact_mut(5).enumerate() {
+                    let mut k = [u64::MAX; 4];
+                    for (i, x) in k.iter_mut().enumerate() {
+                        if let Some(&c) = block.get(r * 4 + i) {
+                            *x = visit_key(c, g * per + r * 4 + i);
+                        }
+                    }
+                    for (i, j) in [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)] {
+                        let (a, b) = (k[i], k[j]);
+                        k[i] = a.min(b);
+                        k[j] = a.max(b);
+                    }
+                    run[..4].copy_from_slice(&k);
+                    run[4] = u64::MAX;
+                }
+            } else {
+                for (i, (k, &c)) in keys.iter_mut().zip(block).enumerate() {
+                    *k = visit_key(c, g * per + i);
+                }
+                keys.sort_unstable();
+            }
+        }
+        let k = if runs {
+            let mut best = u64::MAX;
+            for run in keys.chunks_exact(5) {
+                // the run is sorted: its keys up to `last` are a prefix
+                let passed = run[..4]
+                    .iter()
+                    .map(|&x| usize::from(x <= last))
+                    .sum::<usize>();
+                best = best.min(run[passed]);
+            }
+            best
+        } else {
+            let mut j = self.next[g] as usize;
+            while j < per && keys[j] <= last {
+                j += 1;
+            }
+            self.next[g] = j as u32;
+            keys.get(j).copied().unwrap_or(u64::MAX)
+        };
+        self.cached[g] = k;
+        k
     }
 }
 
@@ -457,19 +460,39 @@ mod tests {
     }
 
     #[test]
-    fn sort_keys_sorts_every_length() {
+    fn visit_order_walks_each_gpu_in_key_order() {
         let mut rng = crate::trace::tokens::SplitMix64::new(5);
-        let mut buf = vec![0u64; 64];
-        for n in 0..64 {
-            for _ in 0..20 {
-                // distinct keys, as visit keys are
-                let mut v: Vec<u64> = (0..n)
-                    .map(|i| (rng.next_u64() >> 8 << 8) | i as u64)
+        for per in [1, 3, 4, 5, 16, 24, 32, 33, 64] {
+            let p = 3;
+            let counts: Vec<u64> = (0..p * per).map(|_| rng.below(6)).collect();
+            let mut o = VisitOrder::default();
+            o.reset(p, per);
+            for g in 0..p {
+                let mut want: Vec<u64> = (g * per..(g + 1) * per)
+                    .map(|e| visit_key(counts[e], e))
+                    .filter(|&k| k < ZERO_KEYS)
                     .collect();
-                let mut want = v.clone();
                 want.sort_unstable();
-                sort_keys(&mut v, &mut buf);
-                assert_eq!(v, want, "length {n}");
+                // walk with jumps, as visits of other GPUs move `last` on
+                let mut last = 0;
+                let mut got = vec![];
+                loop {
+                    let k = o.next_after(g, last, &counts);
+                    if k >= ZERO_KEYS {
+                        break;
+                    }
+                    got.push(k);
+                    last = k;
+                }
+                assert_eq!(got, want, "per {per}, gpu {g}");
+                // a fresh order asked first from the middle
+                let mid = want.get(want.len() / 2).copied().unwrap_or(0);
+                o.reset(p, per);
+                let got = o.next_after(g, mid, &counts);
+                match want.iter().find(|&&k| k > mid) {
+                    Some(&k) => assert_eq!(got, k, "per {per}, gpu {g}, from the middle"),
+                    None => assert!(got >= ZERO_KEYS, "per {per}, gpu {g}, from the middle"),
+                }
             }
         }
     }
