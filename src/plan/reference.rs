@@ -13,6 +13,8 @@ pub struct Planner {
     eff: Vec<i64>,
     /// GPUs whose effective load is above capacity, in no particular order.
     over: Vec<u32>,
+    /// Per GPU, the number of the last visit that sent it a transfer.
+    sent_in: Vec<u32>,
     /// Each GPU's experts in visit order, for the GPUs that go over capacity.
     order: VisitOrder,
     /// Plan entries of the experts that spilled, in visit order, and where
@@ -144,6 +146,7 @@ impl Planner {
         let Planner {
             eff,
             over,
+            sent_in,
             order,
             visited,
             slot,
@@ -151,8 +154,16 @@ impl Planner {
         } = self;
         eff.clear();
         eff.extend(out.native_loads.iter().map(|&x| x as i64));
+        // a list with room for every GPU, appended to without a branch
         over.clear();
-        over.extend((0..p as u32).filter(|&g| eff[g as usize] > cap));
+        over.resize(p + 1, 0);
+        let mut n_over = 0;
+        for (g, &x) in eff.iter().enumerate() {
+            over[n_over] = g as u32;
+            n_over += usize::from(x > cap);
+        }
+        sent_in.clear();
+        sent_in.resize(p, u32::MAX);
         order.reset(p, per);
         visited.clear();
         slot.resize(n, 0);
@@ -165,7 +176,7 @@ impl Planner {
             // the next visit: the smallest unpassed key among GPUs over capacity
             let mut best = ZERO_KEYS;
             let mut at = usize::MAX;
-            for (i, &g) in over.iter().enumerate() {
+            for (i, &g) in over[..n_over].iter().enumerate() {
                 // keys passed while the GPU was not over capacity were case 1
                 let k = order.next_after(g as usize, last, counts);
                 if k < best {
@@ -177,12 +188,14 @@ impl Planner {
                 break; // no GPU over capacity has an expert with copies left
             }
             last = best;
-            let native = over.swap_remove(at) as usize;
+            let native = over[at] as usize;
+            n_over -= 1;
+            over[at] = over[n_over];
+            let visit = visited.len() as u32;
             let e = (best & 0xFFFF) as usize;
             let t = counts[e] as i64;
             let left = eff[native] - t; // pending -= t
             let first_range = out.spill_ranges.len();
-            let first_transfer = out.transfers.len();
             let (mut off, mut rest, native_eff) = if cap - left > 0 {
                 // case 2: keep `room` (< t, as the GPU was over capacity)
                 let room = cap - left;
@@ -215,10 +228,8 @@ impl Planner {
                     end,
                 });
                 // a repeated (expert, destination) pair can only be this visit's
-                let dup = out.transfers[first_transfer..]
-                    .iter()
-                    .any(|x| x.dst as usize == to);
-                out.duplicate_transfers += dup as u32;
+                out.duplicate_transfers += u32::from(sent_in[to] == visit);
+                sent_in[to] = visit;
                 out.transfers.push(Transfer {
                     expert: e as u32,
                     src: native as u32,
@@ -227,9 +238,8 @@ impl Planner {
                     end,
                 });
                 // only a forced rest can push a helper over capacity
-                if eff[to] <= cap && eff[to] + amount > cap {
-                    over.push(to as u32);
-                }
+                over[n_over] = to as u32;
+                n_over += usize::from(eff[to] <= cap && eff[to] + amount > cap);
                 eff[to] += amount;
                 off += amount;
                 rest -= amount;
@@ -239,9 +249,8 @@ impl Planner {
                 h = argmin(eff);
             }
             eff[native] = native_eff;
-            if native_eff > cap {
-                over.push(native as u32);
-            }
+            over[n_over] = native as u32;
+            n_over += usize::from(native_eff > cap);
             slot[e] = visited.len() as u32;
             marked[e / 64] |= 1 << (e % 64);
             visited.push((e as u32, first_range as u32, out.spill_ranges.len() as u32));
