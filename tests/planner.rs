@@ -637,9 +637,23 @@ fn agrees_with_a_literal_transcription_on_large_shapes() {
         (96, 2),
         (64, 1),
     ] {
-        for case in 0..60 {
-            let counts = zipf(&mut rng, n, 32768 * gpus as u64 * 4);
-            let (alpha, m) = [(1.0, 1024), (1.1, 1024), (1.0, 0), (1.25, 4096)][case % 4];
+        for case in 0..80 {
+            let total = 32768 * gpus as u64 * 4;
+            let mut counts = zipf(&mut rng, n, total);
+            if case % 2 == 1 {
+                // a few very hot experts on one GPU: case 3 and its quirks
+                for _ in 0..3 {
+                    let e = rng.below((n / gpus) as u64) as usize;
+                    counts[e] += total / 4;
+                }
+            }
+            let (alpha, m) = [
+                (1.0, 1024),
+                (1.1, 1024),
+                (1.0, 0),
+                (1.25, 4096),
+                (0.8, 16384),
+            ][case % 5];
             let prm = params(gpus, alpha, m, None);
             pl.plan_into(&counts, &prm, Policy::Llep, &mut plan)
                 .unwrap();
