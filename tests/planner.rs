@@ -265,6 +265,19 @@ fn bad_shapes_are_refused() {
             .unwrap_err(),
         PlanError::NoExperts
     );
+    // visit keys hold a count in 47 bits: larger totals are refused, not wrapped
+    assert_eq!(
+        pl.plan(&[1 << 46, 1 << 46], &params(2, 1.0, 0, None), Policy::Llep)
+            .unwrap_err(),
+        PlanError::TotalTooLarge(1 << 47)
+    );
+    assert!(pl
+        .plan(
+            &[(1 << 46) - 1, 1 << 46],
+            &params(2, 1.0, 0, None),
+            Policy::Llep
+        )
+        .is_ok());
 }
 
 #[test]

@@ -11,7 +11,8 @@ pub struct Planner {
     /// visited (`assigned + pending` of `planner.md`). The reference's state
     /// enters every decision only through this sum.
     eff: Vec<i64>,
-    /// GPUs whose effective load is above capacity, in no particular order.
+    /// GPUs whose effective load is above capacity, in no particular order
+    /// (while planning, the first `n_over` entries; one spare slot).
     over: Vec<u32>,
     /// Per GPU, the number of the last visit that sent it a transfer.
     sent_in: Vec<u32>,
