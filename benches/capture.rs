@@ -2,10 +2,12 @@
 //! many `.safetensors` files, 8 layers each) -> token-level trace, through
 //! the real `capture::logits::capture` path (read, route, Parquet write).
 //!
-//! `cargo bench --bench capture -- [FILES] [TOKENS_PER_LAYER]`
-//! (defaults 16 files x 8 layers x 4096 tokens = 2.1 GB of logits).
-//! Prints GB of logits per second; files are generated once under
-//! $TMPDIR/llep-capture-bench (kept between runs, fixed seed).
+//! `cargo bench --bench capture -- [FILES] [TOKENS_PER_LAYER] [RUNS]`
+//! (defaults 16 files x 8 layers x 4096 tokens = 0.27 GB of logits, 5 runs).
+//! Prints GB of logits per second for every run, their median and the
+//! best, with the machine's load average before and after; files are
+//! generated once under $TMPDIR/llep-capture-bench (kept between runs,
+//! fixed seed).
 
 use llep_trace::capture::{logits, CaptureOptions};
 use llep_trace::trace::tokens::SplitMix64;
@@ -47,6 +49,14 @@ fn write_file(path: &Path, tokens: usize, rng: &mut SplitMix64) {
     std::fs::write(path, buf).unwrap();
 }
 
+/// The 1-minute load average, to say how busy the machine was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -54,6 +64,7 @@ fn main() {
         .collect();
     let files: usize = args.first().and_then(|x| x.parse().ok()).unwrap_or(16);
     let tokens: usize = args.get(1).and_then(|x| x.parse().ok()).unwrap_or(4096);
+    let runs: usize = args.get(2).and_then(|x| x.parse().ok()).unwrap_or(5).max(1);
     let dir = std::env::temp_dir().join(format!("llep-capture-bench-{files}x{tokens}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut rng = SplitMix64::new(1);
@@ -106,20 +117,29 @@ fn main() {
         };
         opts.model.top_k = Some(4);
         opts.model.routing = Some(routing);
-        let mut best = f64::MAX;
+        let mut secs = Vec::new();
         let mut bytes = 0;
-        for _ in 0..3 {
+        let load0 = loadavg();
+        for _ in 0..runs {
             let t = Instant::now();
             let r = logits::capture(&paths, &out, &opts).unwrap();
-            let s = t.elapsed().as_secs_f64();
-            best = best.min(s);
+            secs.push(t.elapsed().as_secs_f64());
             bytes = r.logit_bytes;
             assert_eq!(r.tokens as usize, files * LAYERS * tokens);
         }
+        let gbs: Vec<String> = secs
+            .iter()
+            .map(|s| format!("{:.2}", bytes as f64 / 1e9 / s))
+            .collect();
+        secs.sort_by(f64::total_cmp);
+        let median = secs[secs.len() / 2];
         println!(
-            "{label}: {files} files x {LAYERS} layers x {tokens} tokens x {EXPERTS} experts f32 = {:.2} GB in {best:.3} s (best of 3): {:.2} GB/s",
+            "{label}: {files} files x {LAYERS} layers x {tokens} tokens x {EXPERTS} experts f32 = {:.2} GB; {runs} runs: {} GB/s; median {:.2} GB/s ({median:.3} s), best {:.2} GB/s; load average {load0} -> {}",
             bytes as f64 / 1e9,
-            bytes as f64 / 1e9 / best
+            gbs.join(", "),
+            bytes as f64 / 1e9 / median,
+            bytes as f64 / 1e9 / secs[0],
+            loadavg()
         );
     }
 }

@@ -1,12 +1,23 @@
 //! Planner and simulator benchmarks (run: `cargo bench --bench planner`).
 //!
-//! (a) reference planner time per plan on skewed loads for the sizes the
-//!     reference's Python planner was timed at (docs/anchors.md);
+//! (a) reference planner time per plan on skewed loads, for the sizes the
+//!     reference's Python planner is compared at and the larger EP sizes;
 //! (b) `simulate` throughput in (step, layer, ratio) evaluations per second,
 //!     cost model included, on a generated load-level trace.
 //!
 //! Prints a Markdown report to stdout; the committed copy is
-//! `reports/bench/planner.md`.
+//! `reports/bench/planner.md`. The built binary also runs on its own (it
+//! needs no cargo), with options after `--bench`:
+//! - `--planner-only`: skip (b);
+//! - `--vectors FILE`: write every load vector that (a) plans, one JSON
+//!   object a line (`n`, `gpus`, `alpha`, `min_gemm`, `counts`), so
+//!   `scripts/bench/reference_planner_timing.py` times the reference's
+//!   Python planner on the same vectors;
+//! - `--results FILE`: write (a) as tab-separated values for that script.
+//!
+//! `LLEP_BENCH_N=128` runs (a) for N = 128 only, and `LLEP_BENCH_REPS=10`
+//! sets the passes over the vectors (and skips (b)): what `valgrind
+//! --tool=callgrind` needs.
 
 use llep_trace::plan::Gate;
 use llep_trace::plan::{PlanParams, Planner, Policy};
@@ -47,22 +58,40 @@ struct PlannerBench {
     transfers: f64,
 }
 
-fn bench_planner(n: usize, p: usize) -> PlannerBench {
-    let mut rng = SplitMix64::new(42 + n as u64);
-    let vectors: Vec<Vec<u64>> = (0..1000)
+/// The planner cases: (experts N, GPUs P, seed, target). The first three
+/// are the sizes the reference's Python planner is compared at, seeded as
+/// before so earlier reports stay comparable.
+const CASES: [(usize, usize, u64, &str); 6] = [
+    (128, 8, 42 + 128, ">= 500x reference"),
+    (256, 8, 42 + 256, ">= 500x reference"),
+    (384, 16, 42 + 384, ">= 500x reference"),
+    (256, 32, 7_256_032, "-"),
+    (256, 64, 7_256_064, "<= 20 us"),
+    (256, 256, 7_256_256, "-"),
+];
+const ALPHA: f64 = 1.0;
+const MIN_GEMM: u64 = 1024;
+
+/// 1,000 skewed load vectors: 32,768 tokens per GPU x top-4 copies.
+fn vectors(n: usize, p: usize, seed: u64) -> Vec<Vec<u64>> {
+    let mut rng = SplitMix64::new(seed);
+    (0..1000)
         .map(|_| skewed(&mut rng, n, 32768 * p as u64 * 4))
-        .collect();
+        .collect()
+}
+
+fn bench_planner(vectors: &[Vec<u64>], p: usize) -> PlannerBench {
     let prm = PlanParams {
         gpus: p,
-        alpha: 1.0,
-        min_gemm: 1024,
+        alpha: ALPHA,
+        min_gemm: MIN_GEMM,
         gate: llep_trace::plan::Gate::Always,
     };
     let mut pl = Planner::new();
     let mut plan = Default::default();
     let mut dups = 0usize;
     let mut transfers = 0usize;
-    for v in &vectors {
+    for v in vectors {
         pl.plan_into(v, &prm, Policy::Llep, &mut plan).unwrap();
         dups += (plan.duplicate_transfers > 0) as usize;
         transfers += plan.transfers.len();
@@ -75,7 +104,7 @@ fn bench_planner(n: usize, p: usize) -> PlannerBench {
     let c0 = thread_cpu_secs();
     let t0 = Instant::now();
     for _ in 0..reps {
-        for v in &vectors {
+        for v in vectors {
             pl.plan_into(black_box(v), &prm, Policy::Llep, &mut plan)
                 .unwrap();
             black_box(&plan);
@@ -164,11 +193,30 @@ fn bench_simulate() -> (usize, usize, f64, f64) {
     (steps * layers, rows.len(), secs, evals as f64 / secs)
 }
 
+/// The value after `flag` on the command line, if given.
+fn arg_value(args: &[String], flag: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == flag)?;
+    let v = args.get(i + 1).cloned();
+    assert!(v.is_some(), "{flag} needs a value");
+    v
+}
+
+/// Write `text` to `path` through a temporary file, so a half-written file
+/// is never left under the final name.
+fn write_file(path: &str, text: &str) {
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, text).unwrap_or_else(|e| panic!("cannot write {tmp}: {e}"));
+    std::fs::rename(&tmp, path).unwrap_or_else(|e| panic!("cannot write {path}: {e}"));
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
     // `cargo test --benches` passes --bench-less args; only run when benched
-    if std::env::args().any(|a| a == "--list") {
+    if args.iter().any(|a| a == "--list") {
         return;
     }
+    let vectors_out = arg_value(&args, "--vectors");
+    let results_out = arg_value(&args, "--results");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "machine load average while running: {}",
@@ -178,26 +226,55 @@ fn main() {
             .join(" ")
     );
     println!();
-    println!("| planner case | wall time per plan | on-CPU time per plan | target | reference (Python) | plans with a duplicate transfer | transfers per plan |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| planner case | wall time per plan | on-CPU time per plan | target | plans with a duplicate transfer | transfers per plan |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     let only: Option<usize> = std::env::var("LLEP_BENCH_N")
         .ok()
         .and_then(|s| s.parse().ok());
-    for (n, p, refms) in [(128, 8, "1.0 ms"), (256, 8, "1.9 ms"), (384, 16, "2.9 ms")] {
+    let mut dump = String::new();
+    let mut tsv = String::from(
+        "n\tgpus\twall_us\tcpu_us\ttransfers_per_plan\tdup_share\tvectors\tcount_sum\n",
+    );
+    for (n, p, seed, target) in CASES {
         if only.is_some_and(|o| o != n) {
             continue;
         }
-        let b = bench_planner(n, p);
-        let target = if n == 128 { "<= 2 us" } else { "-" };
+        let vs = vectors(n, p, seed);
+        if vectors_out.is_some() {
+            for v in &vs {
+                let counts: Vec<String> = v.iter().map(|c| c.to_string()).collect();
+                dump.push_str(&format!(
+                    "{{\"n\":{n},\"gpus\":{p},\"alpha\":{ALPHA:?},\"min_gemm\":{MIN_GEMM},\"counts\":[{}]}}\n",
+                    counts.join(",")
+                ));
+            }
+        }
+        let b = bench_planner(&vs, p);
         println!(
-            "| N={n}, P={p} | {:.3} us | {:.3} us | {target} | {refms} | {:.0}% | {:.1} |",
+            "| N={n}, P={p} | {:.3} us | {:.3} us | {target} | {:.0}% | {:.1} |",
             b.wall_us,
             b.cpu_us,
             b.dup_share * 100.0,
             b.transfers
         );
+        // the sum of every count: the timing script checks it read the same vectors
+        let sum: u64 = vs.iter().flatten().sum();
+        tsv.push_str(&format!(
+            "{n}\t{p}\t{:.4}\t{:.4}\t{:.3}\t{:.4}\t{}\t{sum}\n",
+            b.wall_us,
+            b.cpu_us,
+            b.transfers,
+            b.dup_share,
+            vs.len()
+        ));
     }
-    if std::env::var("LLEP_BENCH_REPS").is_ok() {
+    if let Some(path) = &vectors_out {
+        write_file(path, &dump);
+    }
+    if let Some(path) = &results_out {
+        write_file(path, &tsv);
+    }
+    if std::env::var("LLEP_BENCH_REPS").is_ok() || args.iter().any(|a| a == "--planner-only") {
         return;
     }
     let (ls, rows, secs, eps) = bench_simulate();

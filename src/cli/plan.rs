@@ -199,13 +199,16 @@ fn plan_table(plan: &Plan, params: &PlanParams, policy: Policy, counts: &[u64]) 
     ));
     let mut t = Table::new(&["gpu", "native load", "assigned load", "experts computed"]);
     for g in 0..gpus {
-        let groups = if plan.entries.is_empty() {
+        let groups = if !plan.use_llep {
             counts
                 .chunks(counts.len() / gpus)
                 .nth(g)
                 .map_or(0, |c| c.iter().filter(|&&x| x > 0).count())
         } else {
-            plan.ranges.iter().filter(|r| r.gpu as usize == g).count()
+            plan.iter()
+                .flat_map(|(_, rs)| rs)
+                .filter(|r| r.gpu as usize == g)
+                .count()
         };
         t.row(vec![
             g.to_string(),

@@ -152,7 +152,7 @@ fn group_spans(
 
     // groups per GPU, as (expert, start, end, weights)
     let mut gl: Vec<Vec<Span>> = vec![Vec::new(); p];
-    if plan.entries.is_empty() {
+    if plan.spills.is_empty() {
         for (e, &c) in global.iter().enumerate() {
             if c > 0 {
                 gl[e / per].push((e as u32, 0, c, WeightSrc::Native((e % per) as u32)));

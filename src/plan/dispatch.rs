@@ -36,7 +36,7 @@ impl DispatchMatrix {
 /// (`[P][N]`, row-major). Plan ranges index each expert's copies in global
 /// order, rank 0's first; rank r's copies `[cum, cum + cnt)` go to each
 /// range's GPU in proportion to the overlap. Experts without a plan entry go
-/// to their native GPU.
+/// to their native GPU, so only the experts that spill are visited.
 pub fn dispatch_matrix(plan: &Plan, per_rank: &[u64], out: &mut DispatchMatrix) {
     let p = plan.gpus;
     let n = plan.experts;
@@ -56,7 +56,7 @@ pub fn dispatch_matrix(plan: &Plan, per_rank: &[u64], out: &mut DispatchMatrix) 
             out.send[r * p + g] += block.iter().sum::<u64>();
         }
     }
-    for (e, ranges) in plan.iter() {
+    for (e, ranges) in plan.spilled() {
         let e = e as usize;
         let native = e / per;
         let mut cum = 0u64;

@@ -112,15 +112,21 @@ pub struct Transfer {
     pub end: u64,
 }
 
-/// A plan for one layer of one step. Plan entries are kept flat to make
-/// planning allocation-free: entry `i` is expert `entries[i].0` with ranges
-/// `ranges[entries[i].1 .. entries[i].2]`, listed by expert id; the
-/// reference's own order (the order it visits experts, counts descending) is
-/// [`Plan::in_visit_order`]. Transfers are in the reference's order.
+/// A plan for one layer of one step.
+///
+/// Most experts stay whole on their native GPU, so to keep planning cheap a
+/// plan writes entries only for the others, the experts that spill: entry
+/// `i` is expert `spills[i].0` with ranges `spill_ranges[spills[i].1 ..
+/// spills[i].2]`, listed by expert id. [`Plan::iter`] gives the whole plan
+/// as the reference lists it (every expert with copies, the others as one
+/// native range) and [`Plan::in_visit_order`] in the reference's own order.
+/// Transfers are in the reference's order.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Plan {
     pub gpus: usize,
     pub experts: usize,
+    /// The global counts that were planned.
+    pub counts: Vec<u64>,
     pub use_llep: bool,
     /// max/mean native GPU load, computed in float32 as the reference does.
     pub imbalance_ratio: f64,
@@ -128,8 +134,8 @@ pub struct Plan {
     pub native_loads: Vec<u64>,
     /// Final assigned token-copies per GPU (native loads for plain EP).
     pub gpu_loads: Vec<u64>,
-    pub entries: Vec<(u32, u32, u32)>,
-    pub ranges: Vec<Range>,
+    pub spills: Vec<(u32, u32, u32)>,
+    pub spill_ranges: Vec<Range>,
     pub transfers: Vec<Transfer>,
     /// Transfers that repeat an (expert, destination) pair already sent.
     pub duplicate_transfers: u32,
@@ -137,20 +143,90 @@ pub struct Plan {
     pub free_transfers: bool,
 }
 
+/// One expert's ranges in a plan: one whole native range, or the ranges
+/// of an expert that spills. Derefs to a slice; iterates ranges by value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpertRanges<'a> {
+    Whole(Range),
+    Split(&'a [Range]),
+}
+
+impl std::ops::Deref for ExpertRanges<'_> {
+    type Target = [Range];
+    fn deref(&self) -> &[Range] {
+        match self {
+            ExpertRanges::Whole(r) => std::slice::from_ref(r),
+            ExpertRanges::Split(s) => s,
+        }
+    }
+}
+
+impl<'a> IntoIterator for ExpertRanges<'a> {
+    type Item = Range;
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<Range>,
+        std::iter::Copied<std::slice::Iter<'a, Range>>,
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        match self {
+            ExpertRanges::Whole(r) => Some(r).into_iter().chain([].iter().copied()),
+            ExpertRanges::Split(s) => None.into_iter().chain(s.iter().copied()),
+        }
+    }
+}
+
+impl<'b> IntoIterator for &'b ExpertRanges<'_> {
+    type Item = &'b Range;
+    type IntoIter = std::slice::Iter<'b, Range>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
 impl Plan {
-    /// Iterate plan entries as (expert, ranges).
-    pub fn iter(&self) -> impl Iterator<Item = (u32, &[Range])> + '_ {
-        self.entries
+    /// The whole plan by expert id, as (expert, ranges): when the planner
+    /// ran, every expert with copies (those without a spill entry as one
+    /// range on their native GPU); for plain EP nothing, as in the
+    /// reference.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, ExpertRanges<'_>)> + '_ {
+        let per = self.experts.checked_div(self.gpus).unwrap_or(1).max(1);
+        let mut spills = self.spills.iter().peekable();
+        let counts = if self.use_llep { &self.counts[..] } else { &[] };
+        counts
             .iter()
-            .map(|&(e, a, b)| (e, &self.ranges[a as usize..b as usize]))
+            .enumerate()
+            .filter(|&(_, &c)| c > 0)
+            .map(move |(e, &c)| {
+                let e = e as u32;
+                match spills.next_if(|s| s.0 == e) {
+                    Some(&(_, a, b)) => (
+                        e,
+                        ExpertRanges::Split(&self.spill_ranges[a as usize..b as usize]),
+                    ),
+                    None => (
+                        e,
+                        ExpertRanges::Whole(Range {
+                            gpu: e / per as u32,
+                            start: 0,
+                            end: c,
+                        }),
+                    ),
+                }
+            })
+    }
+
+    /// Only the experts that spill, by id, as (expert, ranges).
+    pub fn spilled(&self) -> impl Iterator<Item = (u32, &[Range])> + '_ {
+        self.spills
+            .iter()
+            .map(|&(e, a, b)| (e, &self.spill_ranges[a as usize..b as usize]))
     }
 
     /// Entries in the reference's visiting order: token-copies descending,
-    /// equal counts by ascending expert id (an expert's count is the end of
-    /// its last range, since its ranges cover it contiguously).
-    pub fn in_visit_order(&self) -> Vec<(u32, &[Range])> {
-        let mut v: Vec<(u32, &[Range])> = self.iter().collect();
-        v.sort_by_key(|(e, r)| (std::cmp::Reverse(r.last().map_or(0, |x| x.end)), *e));
+    /// equal counts by ascending expert id.
+    pub fn in_visit_order(&self) -> Vec<(u32, ExpertRanges<'_>)> {
+        let mut v: Vec<_> = self.iter().collect();
+        v.sort_by_key(|&(e, _)| (std::cmp::Reverse(self.counts[e as usize]), e));
         v
     }
 
@@ -176,6 +252,8 @@ pub enum PlanError {
     BadAlpha(f64),
     #[error("at most 65536 experts are supported (got {0})")]
     TooManyExperts(usize),
+    #[error("{0} token-copies in one layer: the planner takes fewer than 2^47")]
+    TotalTooLarge(u64),
 }
 
 pub fn check_shape(experts: usize, params: &PlanParams) -> Result<(), PlanError> {

@@ -11,30 +11,32 @@ pub struct Planner {
     /// visited (`assigned + pending` of `planner.md`). The reference's state
     /// enters every decision only through this sum.
     eff: Vec<i64>,
-    /// Per GPU, its nonzero experts' visit keys in visit order, built the
-    /// first time the GPU goes over capacity (most never do): GPU g's are
-    /// `keys[g * per .. g * per + len[g]]`.
-    keys: Vec<u64>,
-    len: Vec<usize>,
-    built: Vec<bool>,
-    /// Next unvisited position of each GPU in its keys.
-    next: Vec<usize>,
-    helpers: Vec<u32>,
-    free: Vec<i64>,
-    seen: Vec<u64>,
-    /// Ranges of the experts that spilled, and where each expert's are.
-    spilled: Vec<Range>,
-    spill_span: Vec<(u32, u32)>,
+    /// GPUs whose effective load is above capacity, in no particular order
+    /// (while planning, the first `n_over` entries; one spare slot).
+    over: Vec<u32>,
+    /// Per GPU, the number of the last visit that sent it a transfer.
+    sent_in: Vec<u32>,
+    /// Each GPU's experts in visit order, for the GPUs that go over capacity.
+    order: VisitOrder,
+    /// Plan entries of the experts that spilled, in visit order, and where
+    /// each expert's entry is (`slot[e]`, valid where `marked` has bit e).
+    visited: Vec<(u32, u32, u32)>,
+    slot: Vec<u32>,
+    marked: Vec<u64>,
 }
 
-/// Sort key for "counts descending, equal counts by ascending expert id".
-/// Counts are < 2^48 (checked), ids < 2^16.
+/// `visit_key(c, e)` orders "counts descending, equal counts by ascending
+/// expert id". Counts are below 2^47 (the total is checked), ids below 2^16,
+/// so every key of a nonzero count is below `ZERO_KEYS` and every key of a
+/// zero count is at or above it.
 #[inline]
 fn visit_key(count: u64, expert: usize) -> u64 {
-    ((((1u64 << 48) - 1) - count) << 16) | expert as u64
+    ((MAX_TOTAL - count) << 16) | expert as u64
 }
 
-const NO_SPILL: (u32, u32) = (u32::MAX, u32::MAX);
+/// Totals at or above this are refused (see [`PlanError::TotalTooLarge`]).
+const MAX_TOTAL: u64 = 1 << 47;
+const ZERO_KEYS: u64 = MAX_TOTAL << 16;
 
 impl Planner {
     pub fn new() -> Self {
@@ -68,8 +70,10 @@ impl Planner {
         let per = n / p;
         out.gpus = p;
         out.experts = n;
-        out.entries.clear();
-        out.ranges.clear();
+        out.counts.clear();
+        out.counts.extend_from_slice(counts);
+        out.spills.clear();
+        out.spill_ranges.clear();
         out.transfers.clear();
         out.duplicate_transfers = 0;
         out.free_transfers = false;
@@ -91,8 +95,10 @@ impl Planner {
             Policy::Llep | Policy::LlepAuto => {
                 out.use_llep = params.gate.admits(out.imbalance_ratio);
                 if out.use_llep {
-                    self.least_loaded(counts, p, params.min_gemm, out);
-                    self.count_duplicates(out);
+                    if total >= MAX_TOTAL {
+                        return Err(PlanError::TotalTooLarge(total));
+                    }
+                    self.least_loaded(counts, p, params.min_gemm as i64, out);
                 }
             }
             Policy::Ideal => {
@@ -105,237 +111,271 @@ impl Planner {
     }
 
     /// Step 2 of `planner.md`, exactly, but visiting only the experts that
-    /// can change anything.
+    /// can change anything, and writing plan entries only for the experts
+    /// that do not stay whole on their native GPU.
     ///
     /// With `E` the effective load of an expert's native GPU when it is
-    /// visited, case 1 (keep all) happens iff `E <= cap`, and leaves `E`
-    /// unchanged (pending moves to assigned). So a GPU at or below capacity
-    /// keeps every expert it is visited for, with no effect on any state, until
-    /// a forced spill pushes it over capacity. Only experts of GPUs above
-    /// capacity need visiting, still in the global order (counts descending,
-    /// ties by id): each GPU's experts are sorted once, and the next event is
-    /// the smallest key among GPUs above capacity, each resuming after the
-    /// last visited key. Every other expert is "case 1": one native range.
-    fn least_loaded(&mut self, counts: &[u64], p: usize, m: u64, out: &mut Plan) {
+    /// visited, case 1 (keep all) happens iff `E <= cap`, and leaves every
+    /// state unchanged (pending moves to assigned). So a GPU at or below
+    /// capacity keeps every expert it is visited for until a forced spill
+    /// pushes it over capacity, and every visit of a GPU above capacity is a
+    /// spill (case 2 or 3). Only those visits are made, still in the global
+    /// order (counts descending, ties by id): the next one is the smallest
+    /// visit key, among GPUs above capacity, of an expert not yet passed.
+    ///
+    /// The spill itself: case 2 ranks the helpers by effective load before
+    /// every chunk and takes the first that qualifies (free room > 0, and a
+    /// chunk of at least `m` unless it is the whole rest), else forces the
+    /// rest onto the first. The least-loaded helper has the most free room,
+    /// so if it fails either test every later one fails too: each chunk goes
+    /// to the least-loaded helper (ties: lower id), and only its size depends
+    /// on the tests. Case 3 ranks the helpers once and walks that order, but
+    /// the same argument stops the walk at the first helper that fails, and
+    /// until then only helpers filled exactly to capacity changed, so the
+    /// walk visits the same least-loaded helpers; only the forced rest
+    /// differs: it goes to the helper ranked first before the walk.
+    fn least_loaded(&mut self, counts: &[u64], p: usize, m: i64, out: &mut Plan) {
+        if p == 1 {
+            // every copy stays on the one GPU, whatever the cases say
+            return;
+        }
         let n = counts.len();
         let per = n / p;
         let cap = out.capacity as i64;
-        let m = m as i64;
-        self.eff.clear();
-        self.eff.extend(out.native_loads.iter().map(|&x| x as i64));
-        self.keys.resize(n, 0);
-        self.len.clear();
-        self.len.resize(p, 0);
-        self.built.clear();
-        self.built.resize(p, false);
-        self.next.clear();
-        self.next.resize(p, 0);
-        self.spilled.clear();
-        self.spill_span.clear();
-        self.spill_span.resize(n, NO_SPILL);
+        let Planner {
+            eff,
+            over,
+            sent_in,
+            order,
+            visited,
+            slot,
+            marked,
+        } = self;
+        eff.clear();
+        eff.extend(out.native_loads.iter().map(|&x| x as i64));
+        // a list with room for every GPU, appended to without a branch
+        over.clear();
+        over.resize(p + 1, 0);
+        let mut n_over = 0;
+        for (g, &x) in eff.iter().enumerate() {
+            over[n_over] = g as u32;
+            n_over += usize::from(x > cap);
+        }
+        sent_in.clear();
+        sent_in.resize(p, u32::MAX);
+        order.reset(p, per);
+        visited.clear();
+        slot.resize(n, 0);
+        marked.clear();
+        marked.resize(n.div_ceil(64), 0);
+        let eff = &mut eff[..p];
 
-        let mut last_key = 0u64;
+        let mut last = 0u64;
         loop {
-            // next event: the smallest unvisited key among GPUs above capacity
-            let mut event: Option<(u64, usize)> = None;
-            for g in 0..p {
-                if self.eff[g] <= cap {
-                    continue;
-                }
-                if !self.built[g] {
-                    // first time over capacity: order this GPU's experts now
-                    let keys = &mut self.keys[g * per..(g + 1) * per];
-                    let mut len = 0;
-                    for (i, &c) in counts[g * per..(g + 1) * per].iter().enumerate() {
-                        if c > 0 {
-                            assert!(c < (1u64 << 48), "expert count {c} too large");
-                            keys[len] = visit_key(c, g * per + i);
-                            len += 1;
-                        }
-                    }
-                    keys[..len].sort_unstable();
-                    self.len[g] = len;
-                    self.built[g] = true;
-                }
-                let keys = &self.keys[g * per..g * per + self.len[g]];
-                let mut i = self.next[g];
-                while i < keys.len() && keys[i] < last_key {
-                    i += 1; // visited as case 1 while the GPU was not over capacity
-                }
-                self.next[g] = i;
-                if i < keys.len() && event.is_none_or(|(k, _)| keys[i] < k) {
-                    event = Some((keys[i], g));
+            // the next visit: the smallest unpassed key among GPUs over capacity
+            let mut best = ZERO_KEYS;
+            let mut at = usize::MAX;
+            for (i, &g) in over[..n_over].iter().enumerate() {
+                // keys passed while the GPU was not over capacity were case 1
+                let k = order.next_after(g as usize, last, counts);
+                if k < best {
+                    best = k;
+                    at = i;
                 }
             }
-            let Some((key, native)) = event else { break };
-            self.next[native] += 1;
-            last_key = key;
-            let e = (key & 0xFFFF) as usize;
+            if at == usize::MAX {
+                break; // no GPU over capacity has an expert with copies left
+            }
+            last = best;
+            let native = over[at] as usize;
+            n_over -= 1;
+            over[at] = over[n_over];
+            let visit = visited.len() as u32;
+            let e = (best & 0xFFFF) as usize;
             let t = counts[e] as i64;
-            self.eff[native] -= t;
-            let room = cap - self.eff[native];
-            let first = self.spilled.len() as u32;
-            if room > 0 {
-                // case 2: keep `room`, spill the rest. The reference ranks the
-                // helpers by effective load and takes the first that
-                // qualifies, else forces the rest onto the first. The
-                // least-loaded helper has the most free room, so if it fails
-                // either test every later one fails too: the choice is always
-                // the least-loaded helper (ties: lower id), and only the chunk
-                // size depends on the tests.
-                self.spilled.push(Range {
+            let left = eff[native] - t; // pending -= t
+            let first_range = out.spill_ranges.len();
+            let (mut off, mut rest, native_eff) = if cap - left > 0 {
+                // case 2: keep `room` (< t, as the GPU was over capacity)
+                let room = cap - left;
+                out.spill_ranges.push(Range {
                     gpu: native as u32,
                     start: 0,
                     end: room as u64,
                 });
-                self.eff[native] += room;
-                let mut rest = t - room;
-                let mut off = room;
-                while rest > 0 {
-                    let Some(h) = self.least_loaded_helper(native, p) else {
-                        self.spilled.last_mut().unwrap().end += rest as u64;
-                        self.eff[native] += rest;
-                        break;
-                    };
-                    let free = cap - self.eff[h];
-                    let chunk = if free > 0 && !(free.min(rest) < m && rest > free.min(rest)) {
-                        rest.min(free)
-                    } else {
-                        rest
-                    };
-                    self.spill(out, e, native, h, off, chunk);
-                    off += chunk;
-                    rest -= chunk;
+                (room, t - room, cap)
+            } else {
+                (0, t, left) // case 3
+            };
+            let case3 = off == 0;
+            // the native GPU is never a helper
+            eff[native] = i64::MAX;
+            let first = argmin(eff);
+            let mut h = first;
+            loop {
+                let free = cap - eff[h];
+                let chunk = rest.min(free);
+                let (to, amount) = if free > 0 && !(chunk < m && rest > chunk) {
+                    (h, chunk)
+                } else {
+                    (if case3 { first } else { h }, rest)
+                };
+                let (start, end) = (off as u64, (off + amount) as u64);
+                out.spill_ranges.push(Range {
+                    gpu: to as u32,
+                    start,
+                    end,
+                });
+                // a repeated (expert, destination) pair can only be this visit's
+                out.duplicate_transfers += u32::from(sent_in[to] == visit);
+                sent_in[to] = visit;
+                out.transfers.push(Transfer {
+                    expert: e as u32,
+                    src: native as u32,
+                    dst: to as u32,
+                    start,
+                    end,
+                });
+                // only a forced rest can push a helper over capacity
+                over[n_over] = to as u32;
+                n_over += usize::from(eff[to] <= cap && eff[to] + amount > cap);
+                eff[to] += amount;
+                off += amount;
+                rest -= amount;
+                if rest == 0 {
+                    break;
+                }
+                h = argmin(eff);
+            }
+            eff[native] = native_eff;
+            over[n_over] = native as u32;
+            n_over += usize::from(native_eff > cap);
+            slot[e] = visited.len() as u32;
+            marked[e / 64] |= 1 << (e % 64);
+            visited.push((e as u32, first_range as u32, out.spill_ranges.len() as u32));
+        }
+
+        // entries by expert id
+        for (w, &word) in marked.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let e = w * 64 + bits.trailing_zeros() as usize;
+                out.spills.push(visited[slot[e] as usize]);
+                bits &= bits - 1;
+            }
+        }
+        for (load, &x) in out.gpu_loads.iter_mut().zip(eff.iter()) {
+            *load = x as u64;
+        }
+    }
+}
+
+/// Each GPU's experts in visit order, built the first time the GPU goes
+/// over capacity (most never do), and asked for the next key after the last
+/// visited one. A GPU's later visits use only about half its experts, and
+/// sorting short slices costs a mispredicted branch per key, so up to 32
+/// experts per GPU the keys are kept as sorted runs of 4 (a 5-comparator
+/// network each, padded with `u64::MAX`, one more `u64::MAX` after each
+/// run) and a query takes the smallest run head above `last`, found
+/// without branches. More experts per GPU are sorted whole and walked.
+#[derive(Debug, Default, Clone)]
+struct VisitOrder {
+    per: usize,
+    /// Slots per GPU: 5 per run of 4, or `per` when sorted whole.
+    width: usize,
+    keys: Vec<u64>,
+    built: Vec<bool>,
+    /// Sorted whole: each GPU's position of its next unvisited key.
+    next: Vec<u32>,
+    /// Each GPU's last answer, still right while above the last visited key.
+    cached: Vec<u64>,
+}
+
+impl VisitOrder {
+    fn reset(&mut self, p: usize, per: usize) {
+        self.per = per;
+        self.width = if per <= 32 { per.div_ceil(4) * 5 } else { per };
+        self.keys.resize(p * self.width, 0);
+        self.built.clear();
+        self.built.resize(p, false);
+        self.next.clear();
+        self.next.resize(p, 0);
+        self.cached.clear();
+        self.cached.resize(p, 0);
+    }
+
+    /// The smallest visit key of GPU `g`'s experts above `last` (at least
+    /// `ZERO_KEYS` when none with copies is left).
+    #[inline]
+    fn next_after(&mut self, g: usize, last: u64, counts: &[u64]) -> u64 {
+        if self.cached[g] > last {
+            return self.cached[g];
+        }
+        let (per, w) = (self.per, self.width);
+        let block = &counts[g * per..(g + 1) * per];
+        let keys = &mut self.keys[g * w..(g + 1) * w];
+        let runs = per <= 32;
+        if !self.built[g] {
+            self.built[g] = true;
+            if runs {
+                for (r, run) in keys.chunks_exact_mut(5).enumerate() {
+                    let mut k = [u64::MAX; 4];
+                    for (i, x) in k.iter_mut().enumerate() {
+                        if let Some(&c) = block.get(r * 4 + i) {
+                            *x = visit_key(c, g * per + r * 4 + i);
+                        }
+                    }
+                    for (i, j) in [(0, 1), (2, 3), (0, 2), (1, 3), (1, 2)] {
+                        let (a, b) = (k[i], k[j]);
+                        k[i] = a.min(b);
+                        k[j] = a.max(b);
+                    }
+                    run[..4].copy_from_slice(&k);
+                    run[4] = u64::MAX;
                 }
             } else {
-                // case 3: the native GPU is full; helpers ranked once, availability stale
-                self.sort_helpers(native, p);
-                self.free.clear();
-                for &h in &self.helpers {
-                    self.free.push(cap - self.eff[h as usize]);
+                for (i, (k, &c)) in keys.iter_mut().zip(block).enumerate() {
+                    *k = visit_key(c, g * per + i);
                 }
-                let mut rest = t;
-                let mut off = 0i64;
-                for hi in 0..self.helpers.len() {
-                    if rest == 0 {
-                        break;
-                    }
-                    let free = self.free[hi];
-                    if free <= 0 {
-                        continue;
-                    }
-                    let chunk = rest.min(free);
-                    if chunk < m && rest > chunk {
-                        continue;
-                    }
-                    let h = self.helpers[hi] as usize;
-                    self.spill(out, e, native, h, off, chunk);
-                    off += chunk;
-                    rest -= chunk;
-                }
-                if rest > 0 {
-                    if let Some(&h0) = self.helpers.first() {
-                        self.spill(out, e, native, h0 as usize, off, rest);
-                    } else {
-                        self.spilled.push(Range {
-                            gpu: native as u32,
-                            start: 0,
-                            end: t as u64,
-                        });
-                        self.eff[native] += t;
-                    }
-                }
-            }
-            self.spill_span[e] = (first, self.spilled.len() as u32);
-        }
-
-        // entries by expert id: spilled experts' ranges, else one native range
-        out.ranges.reserve(n + self.spilled.len());
-        out.entries.reserve(n);
-        for (g, block) in counts.chunks_exact(per).enumerate() {
-            for (i, &c) in block.iter().enumerate() {
-                if c == 0 {
-                    continue;
-                }
-                let e = g * per + i;
-                let first = out.ranges.len() as u32;
-                match self.spill_span[e] {
-                    NO_SPILL => out.ranges.push(Range {
-                        gpu: g as u32,
-                        start: 0,
-                        end: c,
-                    }),
-                    (a, b) => out
-                        .ranges
-                        .extend_from_slice(&self.spilled[a as usize..b as usize]),
-                }
-                out.entries.push((e as u32, first, out.ranges.len() as u32));
+                keys.sort_unstable();
             }
         }
-        for (g, &x) in self.eff.iter().enumerate() {
-            out.gpu_loads[g] = x as u64;
-        }
-    }
-
-    /// Move `chunk` copies of expert `e` from `native` to `h`: a range and
-    /// a weight transfer.
-    fn spill(&mut self, out: &mut Plan, e: usize, native: usize, h: usize, off: i64, chunk: i64) {
-        let (start, end) = (off as u64, (off + chunk) as u64);
-        self.spilled.push(Range {
-            gpu: h as u32,
-            start,
-            end,
-        });
-        out.transfers.push(Transfer {
-            expert: e as u32,
-            src: native as u32,
-            dst: h as u32,
-            start,
-            end,
-        });
-        self.eff[h] += chunk;
-    }
-
-    /// The GPU other than `native` with the lowest effective load, ties to
-    /// the lower id; `None` when there is no other GPU.
-    fn least_loaded_helper(&self, native: usize, p: usize) -> Option<usize> {
-        let mut best: Option<(i64, usize)> = None;
-        for g in (0..p).filter(|&g| g != native) {
-            let eff = self.eff[g];
-            if best.is_none_or(|(b, _)| eff < b) {
-                best = Some((eff, g));
+        let k = if runs {
+            let mut best = u64::MAX;
+            for run in keys.chunks_exact(5) {
+                // the run is sorted: its keys up to `last` are a prefix
+                let passed = run[..4]
+                    .iter()
+                    .map(|&x| usize::from(x <= last))
+                    .sum::<usize>();
+                best = best.min(run[passed]);
             }
-        }
-        best.map(|(_, g)| g)
-    }
-
-    /// GPUs other than `native`, by effective load ascending, ties to the
-    /// lower id (a stable sort of ids in order).
-    fn sort_helpers(&mut self, native: usize, p: usize) {
-        self.helpers.clear();
-        self.helpers
-            .extend((0..p as u32).filter(|&g| g as usize != native));
-        let eff = &self.eff;
-        // stable: equal loads keep ascending ids
-        self.helpers.sort_by_key(|&g| eff[g as usize]);
-    }
-
-    fn count_duplicates(&mut self, out: &mut Plan) {
-        // bitset per destination GPU over experts
-        let words = out.experts.div_ceil(64);
-        self.seen.clear();
-        self.seen.resize(words * out.gpus, 0);
-        let mut dups = 0;
-        for t in &out.transfers {
-            let idx = t.dst as usize * words + t.expert as usize / 64;
-            let bit = 1u64 << (t.expert % 64);
-            if self.seen[idx] & bit != 0 {
-                dups += 1;
+            best
+        } else {
+            let mut j = self.next[g] as usize;
+            while j < per && keys[j] <= last {
+                j += 1;
             }
-            self.seen[idx] |= bit;
-        }
-        out.duplicate_transfers = dups;
+            self.next[g] = j as u32;
+            keys.get(j).copied().unwrap_or(u64::MAX)
+        };
+        self.cached[g] = k;
+        k
     }
+}
+
+/// Index of the smallest value, ties to the lower index.
+#[inline]
+fn argmin(v: &[i64]) -> usize {
+    let mut at = 0;
+    let mut best = v[0];
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        if x < best {
+            best = x;
+            at = i;
+        }
+    }
+    at
 }
 
 /// `cap = floor(alpha * (total div P))` if that quotient is positive, else
@@ -363,7 +403,8 @@ pub fn imbalance_ratio_f32(loads: &[u64]) -> f64 {
 
 /// The `ideal` bound: all copies, in expert order, cut into P contiguous
 /// near-equal shares (the first `total mod P` GPUs one more). Transfers are
-/// listed for accounting but cost nothing.
+/// listed for accounting but cost nothing. As in every [`Plan`], entries are
+/// written only for the experts that are not whole on their native GPU.
 fn ideal(counts: &[u64], p: usize, out: &mut Plan) {
     let per = counts.len() / p;
     let total: u64 = counts.iter().sum();
@@ -375,7 +416,7 @@ fn ideal(counts: &[u64], p: usize, out: &mut Plan) {
         if c == 0 {
             continue;
         }
-        let first = out.ranges.len() as u32;
+        let first = out.spill_ranges.len();
         let mut off = 0;
         while off < c {
             while room == 0 && g + 1 < p {
@@ -384,7 +425,7 @@ fn ideal(counts: &[u64], p: usize, out: &mut Plan) {
             }
             // shares sum to the total, so the last GPU always has room left
             let chunk = (c - off).min(room);
-            out.ranges.push(Range {
+            out.spill_ranges.push(Range {
                 gpu: g as u32,
                 start: off,
                 end: off + chunk,
@@ -401,7 +442,13 @@ fn ideal(counts: &[u64], p: usize, out: &mut Plan) {
             room = room.saturating_sub(chunk);
             off += chunk;
         }
-        out.entries.push((e as u32, first, out.ranges.len() as u32));
+        let rs = &out.spill_ranges[first..];
+        if rs.len() == 1 && rs[0].gpu as usize == e / per {
+            out.spill_ranges.truncate(first); // whole on its native GPU
+        } else {
+            out.spills
+                .push((e as u32, first as u32, out.spill_ranges.len() as u32));
+        }
     }
     for (gi, l) in out.gpu_loads.iter_mut().enumerate() {
         *l = share(gi);
@@ -418,6 +465,44 @@ mod tests {
         assert_eq!(capacity(103, 4, 1.1), 27); // floor(1.1 * 25) = 27
         assert_eq!(capacity(3, 4, 1.0), 3); // total div P = 0 -> total
         assert_eq!(capacity(0, 4, 1.0), 1); // at least 1
+    }
+
+    #[test]
+    fn visit_order_walks_each_gpu_in_key_order() {
+        let mut rng = crate::trace::tokens::SplitMix64::new(5);
+        for per in [1, 3, 4, 5, 16, 24, 32, 33, 64] {
+            let p = 3;
+            let counts: Vec<u64> = (0..p * per).map(|_| rng.below(6)).collect();
+            let mut o = VisitOrder::default();
+            o.reset(p, per);
+            for g in 0..p {
+                let mut want: Vec<u64> = (g * per..(g + 1) * per)
+                    .map(|e| visit_key(counts[e], e))
+                    .filter(|&k| k < ZERO_KEYS)
+                    .collect();
+                want.sort_unstable();
+                // walk with jumps, as visits of other GPUs move `last` on
+                let mut last = 0;
+                let mut got = vec![];
+                loop {
+                    let k = o.next_after(g, last, &counts);
+                    if k >= ZERO_KEYS {
+                        break;
+                    }
+                    got.push(k);
+                    last = k;
+                }
+                assert_eq!(got, want, "per {per}, gpu {g}");
+                // a fresh order asked first from the middle
+                let mid = want.get(want.len() / 2).copied().unwrap_or(0);
+                o.reset(p, per);
+                let got = o.next_after(g, mid, &counts);
+                match want.iter().find(|&&k| k > mid) {
+                    Some(&k) => assert_eq!(got, k, "per {per}, gpu {g}, from the middle"),
+                    None => assert!(got >= ZERO_KEYS, "per {per}, gpu {g}, from the middle"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -134,10 +134,14 @@ macro_rules! results_columns {
             $(
                 let $field = column_of::<$ty>(b, $col, path)?;
             )*
+            // a column added after a file was written reads as its default
+            fn get_or_default<T: Column + Default>(a: Option<&dyn Array>, i: usize) -> Result<T, String> {
+                a.map_or(Ok(T::default()), |a| T::get(a, i))
+            }
             (0..b.num_rows())
                 .map(|i| {
                     let mut r = ResultRow {
-                        $( $field: <$ty as Column>::get($field, i).map_err(|e| {
+                        $( $field: get_or_default::<$ty>($field, i).map_err(|e| {
                             ResultsError::Invalid(path.into(), format!("column '{}', row {i}: {e}", $col))
                         })?, )*
                     };
@@ -221,24 +225,39 @@ results_columns! {
     saved_act_bytes: u64 = "saved_act_bytes",
 }
 
+/// Columns added after schema version 1's first files: files written before
+/// them still read, with the columns' defaults (forward pass, no backward).
+const ADDED_LATER: &[&str] = &[
+    "pass",
+    "t_bwd_combine_ms",
+    "t_bwd_dgrad_ms",
+    "t_bwd_wgrad_ms",
+    "t_bwd_dispatch_ms",
+    "t_grad_return_ms",
+    "saved_act_bytes",
+];
+
 fn column_of<'a, T: Column>(
     b: &'a RecordBatch,
     name: &str,
     path: &Path,
-) -> Result<&'a dyn Array, ResultsError> {
-    let a = b.column_by_name(name).ok_or_else(|| {
-        ResultsError::Invalid(
+) -> Result<Option<&'a dyn Array>, ResultsError> {
+    let Some(a) = b.column_by_name(name) else {
+        if ADDED_LATER.contains(&name) {
+            return Ok(None);
+        }
+        return Err(ResultsError::Invalid(
             path.into(),
             format!("missing column '{name}' (is this a results file from `llep-trace simulate` or `replay`?)"),
-        )
-    })?;
+        ));
+    };
     if !T::accepts(a.as_ref()) {
         return Err(ResultsError::Invalid(
             path.into(),
             format!("column '{name}' has the wrong type"),
         ));
     }
-    Ok(a.as_ref())
+    Ok(Some(a.as_ref()))
 }
 
 impl ResultRow {
@@ -408,6 +427,18 @@ mod tests {
         .unwrap();
         assert_eq!(read_results(&path).unwrap().1[0], always);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_written_before_the_training_columns_still_read() {
+        let old =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("reports/replay/measured-accuracy.parquet");
+        let (_, rows) = read_results(&old).unwrap();
+        assert!(!rows.is_empty());
+        assert!(rows
+            .iter()
+            .all(|r| r.pass == Pass::Forward && r.saved_act_bytes == 0));
+        assert!(rows.iter().any(|r| r.source == Source::Measured));
     }
 
     /// The file format is public (polars, pandas, duckdb read it): a change

@@ -143,14 +143,14 @@ pub fn price(
         }
         scratch.largest[g] = scratch.largest[g].max(tokens);
     };
-    if plan.entries.is_empty() {
+    if plan.spills.is_empty() {
         for (g, block) in counts.chunks_exact(per).enumerate() {
             for &c in block.iter().filter(|&&c| c > 0) {
                 group(g, c, false, scratch);
             }
         }
     } else {
-        // every nonzero expert has an entry when the planner ran
+        // every expert with copies, those that do not spill as one native range
         for (e, ranges) in plan.iter() {
             for r in ranges {
                 let g = r.gpu as usize;
