@@ -168,11 +168,15 @@ fn bad_eplb_settings_fail_with_one_clear_line() {
     );
     let e = sim(&["--redundant", "8", "--eplb-groups", "3"]);
     assert!(
-        e.contains("groups must divide the number of experts"),
+        e.contains("--eplb-groups 3: ") && e.contains("groups must divide the number of experts"),
         "{e}"
     );
+    assert_eq!(e.matches("cannot be split").count(), 1, "said twice: {e}");
     let e = sim(&["--redundant", "8", "--eplb-nodes", "3"]);
-    assert!(e.contains("nodes must divide the number of GPUs"), "{e}");
+    assert!(
+        e.contains("--eplb-nodes 3: ") && e.contains("nodes must divide the number of GPUs"),
+        "{e}"
+    );
     let e = sim(&["--redundant", "8", "--eplb-window", "0"]);
     assert!(e.contains("--eplb-window"), "{e}");
     let e = sim(&[]);
@@ -187,6 +191,24 @@ fn bad_eplb_settings_fail_with_one_clear_line() {
     assert!(e.contains("apply to --policy eplb"), "{e}");
     let e = sim(&["--redundant", "8", "--replica-split", "random"]);
     assert!(e.contains("replica"), "{e}");
+}
+
+#[test]
+fn eplb_policies_are_refused_where_they_are_not_simulated() {
+    let e = fails(&["replay", "--policy", "ep,eplb"]);
+    assert!(e.contains("simulated only"), "{e}");
+    let o = run(&[
+        "plan",
+        "--policy",
+        "eplb+llep",
+        "--counts",
+        "1,2,3,4",
+        "--gpus",
+        "2",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("eplb+llep is simulated only"), "{err}");
 }
 
 #[test]

@@ -152,6 +152,13 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
             p.warn(warning);
         }
     }
+    // bad EPLB settings fail before any work, in one line
+    if let Some(e) = &sweep.eplb {
+        for w in &workloads {
+            e.check(w.model.num_experts as usize, w.gpus)
+                .with_context(|| w.label())?;
+        }
+    }
     let cfg = SimConfig {
         policies: sweep.policies,
         gates: sweep.gates,
@@ -424,6 +431,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "trace": sim.trace_name, "model": sim.model, "gpus": a.input.gpus, "input": sim.input_note,
             "profile": sim.profile.name, "profile_status": sim.profile.label(),
             "measured_error": sim.profile.measured_error, "summary": summ,
+            "eplb": sim.eplb.as_ref().map(|e| e.label()),
             "whole_model_memory": whole_model_memory(&sim, &sim.summaries.iter().collect::<Vec<_>>()).trim(),
         });
         p.out(&serde_json::to_string_pretty(&obj)?)?;

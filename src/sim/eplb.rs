@@ -20,9 +20,11 @@
 //! - rebalance `k` happens at step `k * period` and uses steps
 //!   `[k*period - window, k*period)`; its weight moves (a physical slot
 //!   whose GPU did not hold that logical expert before) are charged on the
-//!   step where it happens, on every layer of that step, as p2p weight
-//!   transfers priced by the cost model (time and received-weight memory);
-//!   the initial placement and the oracle are never charged.
+//!   step where it happens, each layer's moves on that layer's row, as p2p
+//!   weight transfers priced by the cost model (time, overlapped with the
+//!   dispatch as LLEP's transfers are, and received-weight memory); they
+//!   show in the `transfers` column; the initial placement and the oracle
+//!   are never charged.
 
 use super::{price, Cost, CostScratch, Profile, Shape};
 use crate::plan::eplb::{self, EplbError, EplbParams, EplbPlacement};
@@ -101,12 +103,9 @@ pub struct EplbSim {
 /// Bad EPLB settings.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EplbSimError {
-    #[error("--redundant {redundant}: {source}")]
-    Shape {
-        redundant: usize,
-        #[source]
-        source: EplbError,
-    },
+    /// The EPLB shape check, prefixed by the flag at fault.
+    #[error("{flag}: {cause}")]
+    Shape { flag: String, cause: EplbError },
     #[error("--eplb-window must be at least 1 step")]
     NoWindow,
     #[error("--eplb-period must be at least 1 step")]
@@ -132,9 +131,17 @@ impl EplbSim {
         if self.period == 0 {
             return Err(EplbSimError::NoPeriod);
         }
-        eplb::check(&vec![0.0; experts], &self.params(gpus)).map_err(|source| EplbSimError::Shape {
-            redundant: self.redundant,
-            source,
+        eplb::check(&vec![0.0; experts], &self.params(gpus)).map_err(|cause| {
+            let flag = match cause {
+                EplbError::GroupsNotDividingExperts { .. } | EplbError::NoGroups => {
+                    format!("--eplb-groups {}", self.groups)
+                }
+                EplbError::NodesNotDividingGpus { .. } | EplbError::NoNodes => {
+                    format!("--eplb-nodes {}", self.nodes)
+                }
+                _ => format!("--redundant {}", self.redundant),
+            };
+            EplbSimError::Shape { flag, cause }
         })
     }
 
@@ -566,19 +573,24 @@ mod tests {
             ..sim(1, 1, false)
         };
         let e = cfg.check(64, 8).unwrap_err().to_string();
-        assert!(e.starts_with("--redundant 5: "), "{e}");
+        assert!(
+            e.starts_with("--redundant 5: 64 experts + 5 redundant"),
+            "{e}"
+        );
         assert!(!e.contains('\n'));
         let cfg = EplbSim {
             groups: 3,
             redundant: 8,
             ..sim(1, 1, false)
         };
-        assert!(cfg.check(64, 8).unwrap_err().to_string().contains("groups"));
+        let e = cfg.check(64, 8).unwrap_err().to_string();
+        assert!(e.starts_with("--eplb-groups 3: "), "{e}");
         let cfg = EplbSim {
             nodes: 3,
             redundant: 8,
             ..sim(1, 1, false)
         };
-        assert!(cfg.check(64, 8).unwrap_err().to_string().contains("nodes"));
+        let e = cfg.check(64, 8).unwrap_err().to_string();
+        assert!(e.starts_with("--eplb-nodes 3: "), "{e}");
     }
 }
