@@ -339,7 +339,8 @@ fn why(c: &Comparison) -> String {
             String::new()
         };
         s.push_str(&format!(
-            "EPLB's replicas: {r} per layer, {per_gpu} more experts per GPU: +{} GiB of weights per GPU per layer{whole}; {} weight moves over the input.\n",
+            "EPLB's replicas: {r} per layer, {} per GPU: +{} GiB of weights per GPU per layer{whole}; {} weight moves over the input.\n",
+            super::table::count(per_gpu, "more expert"),
             gib(bytes),
             b.transfers
         ));
