@@ -153,6 +153,8 @@ fn bench_simulate() -> (usize, usize, f64, f64) {
         min_gemms: vec![1024],
         profile: Profile::load("h200").unwrap(),
         threads: 0,
+        pass: llep_trace::results::Pass::Forward,
+        recompute: false,
     };
     let _ = simulate(&w, &cfg, &Silent).unwrap(); // warm
     let t0 = Instant::now();

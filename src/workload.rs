@@ -128,7 +128,7 @@ enum Routing {
     /// Recorded (or resampled) tokens, and for each selected (step, layer)
     /// its rows in (rank, token) order.
     Tokens {
-        tokens: TokenTrace,
+        tokens: Box<TokenTrace>,
         rows: Vec<Vec<usize>>,
     },
     /// A synthetic scenario: the same tokens on every rank.
@@ -192,7 +192,7 @@ impl InputSpec {
                 .collect::<Result<_, _>>(),
             InputSource::Trace(path) => {
                 let trace = read_trace(path, true)?;
-                Ok(vec![self.from_trace(path, trace, progress)?])
+                Ok(vec![self.trace_workload(path, trace, progress)?])
             }
         }
     }
@@ -200,7 +200,7 @@ impl InputSpec {
     /// Resolve a trace already in memory (read once, used many times).
     pub fn resolve_trace(&self, path: &Path, trace: Trace) -> Result<Workload, WorkloadError> {
         self.check()?;
-        self.from_trace(path, trace, &Silent)
+        self.trace_workload(path, trace, &Silent)
     }
 
     fn check(&self) -> Result<(), WorkloadError> {
@@ -246,7 +246,7 @@ impl InputSpec {
         })
     }
 
-    fn from_trace(
+    fn trace_workload(
         &self,
         path: &Path,
         mut trace: Trace,
@@ -351,7 +351,10 @@ impl InputSpec {
         };
         Ok((
             loads,
-            Routing::Tokens { tokens: tok, rows },
+            Routing::Tokens {
+                tokens: Box::new(tok),
+                rows,
+            },
             format!("{}{scaled}", split.as_str()),
         ))
     }

@@ -442,3 +442,78 @@ fn traces_and_results_read_back_in_polars_pandas_and_duckdb() {
         serde_json::json!(first_ep.loads_before)
     );
 }
+
+#[test]
+fn an_unparsable_ratio_in_the_environment_is_read_as_the_reference_reads_it_with_a_warning() {
+    let o = run(
+        &["plan", "--counts", "5,3,2,2", "--gpus", "2"],
+        &[("MOE_ADAPTIVE_LPT_ROUTING_RATIO", "1,3")],
+    );
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(warnings[0].contains("'1,3' is not a number"), "{err}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("lambda always"));
+}
+
+#[test]
+fn shape_flags_that_do_not_apply_to_a_trace_are_refused() {
+    let e = fails(&["simulate", "--experts", "64", "--top-k", "8"]);
+    assert!(
+        e.contains("--experts applies to --synthetic inputs only"),
+        "{e}"
+    );
+    let e = fails(&["simulate", "--synthetic", "95:1", "--steps", "1"]);
+    assert!(
+        e.contains("--steps and --layers select from a trace"),
+        "{e}"
+    );
+    let e = fails(&["simulate", "--gpus", "-1"]);
+    assert!(e.contains("not a positive integer"), "{e}");
+}
+
+#[test]
+fn the_cost_aware_gate_and_the_training_pass() {
+    let out = ok(&[
+        "simulate",
+        "--synthetic",
+        "30:4",
+        "--gpus",
+        "4",
+        "--tokens-per-rank",
+        "512",
+        "--ratio",
+        "1.3,auto",
+        "--policy",
+        "ep,llep",
+        "-q",
+    ]);
+    let row = |p: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(p))
+            .unwrap_or_else(|| panic!("no {p} row: {out}"))
+            .to_string()
+    };
+    // at a decode-sized batch LLEP at 1.3 loses to EP; the cost-aware gate keeps EP
+    assert!(row("llep-auto").contains("1.00x"), "{out}");
+    assert!(row("llep").contains("0.64x"), "{out}");
+    let train = ok(&[
+        "simulate",
+        "--synthetic",
+        "95:1",
+        "--gpus",
+        "4",
+        "--pass",
+        "train",
+        "-q",
+    ]);
+    assert!(train.contains("pass: train (forward + backward"), "{train}");
+    let e = fails(&["simulate", "--recompute"]);
+    assert!(
+        e.contains("--recompute applies to --pass train only"),
+        "{e}"
+    );
+    let e = fails(&["replay", "--synthetic", "95:1", "--pass", "train"]);
+    assert!(e.contains("not replayed on GPUs yet"), "{e}");
+}

@@ -5,8 +5,8 @@
 //! `plan --policy eplb` command.
 
 use llep_trace::plan::eplb::{
-    gpu_loads, rebalance, std_sort_desc, torch_sum, EplbError, EplbParams, EplbPlacement,
-    EplbPolicy, SortTies, SumLanes,
+    gpu_loads, rebalance, std_sort_desc, torch_sum, CpuCapability, EplbError, EplbParams,
+    EplbPlacement, EplbPolicy, SortTies,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -239,10 +239,10 @@ fn compare(
     exact
 }
 
-fn case_params(v: &Value, lanes: SumLanes) -> EplbParams {
+fn case_params(v: &Value, cpu: CpuCapability) -> EplbParams {
     let n = |k: &str| v[k].as_u64().unwrap() as usize;
     EplbParams {
-        sum_lanes: lanes,
+        cpu,
         ..params(n("gpus"), n("redundant"), n("nodes"), n("groups"))
     }
 }
@@ -264,7 +264,7 @@ fn agrees_with_an_independent_numpy_transcription() {
     for (i, line) in String::from_utf8(out.stdout).unwrap().lines().enumerate() {
         let v: Value = serde_json::from_str(line).unwrap();
         let w: Vec<f64> = serde_json::from_value(v["weights"].clone()).unwrap();
-        let prm = case_params(&v, SumLanes::Avx2);
+        let prm = case_params(&v, CpuCapability::Avx2);
         let p = rebalance(&w, &prm).unwrap();
         check_consistent(&w, &p, prm.gpus);
         by_class[p.sort_ties as usize] += 1;
@@ -299,30 +299,54 @@ fn agrees_with_pytorch_eplb_fixture() {
         return;
     };
     let fx: Value = serde_json::from_str(&text).unwrap();
-    let lanes = match fx["cpu_capability"].as_str() {
-        Some(c) if c.to_ascii_uppercase().starts_with("AVX512") => SumLanes::Avx512,
-        _ => SumLanes::Avx2,
-    };
+    let cap = fx["cpu_capability"].as_str().unwrap_or("missing");
+    let cpu = CpuCapability::from_torch(cap).unwrap_or_else(|| {
+        panic!("fixture cpu_capability {cap:?}: only DEFAULT, AVX2 and AVX512 are known")
+    });
     // PyTorch's own float32 sums: the group loads' order of additions.
+    // Rows shorter than one register take the scalar path, longer ones the
+    // vectorized one; from 16 steps of 4 registers (512 values) the
+    // cascade flushes its levels.
     let sums = fx["sums"].as_array().unwrap();
+    let (mut scalar, mut cascade) = (0, 0);
     for (i, r) in sums.iter().enumerate() {
         let values: Vec<f32> = serde_json::from_value(r["values"].clone()).unwrap();
         let want = r["sum"].as_f64().unwrap() as f32;
         assert_eq!(
-            torch_sum(&values, lanes.lanes()),
+            torch_sum(&values, cpu.sum_lanes()),
             want,
             "sum row {i} ({} values)",
             values.len()
         );
+        scalar += (values.len() < cpu.sum_lanes()) as usize;
+        cascade += (values.len() >= 4 * 16 * cpu.sum_lanes()) as usize;
     }
-    assert!(sums.len() >= 50);
-    // How this PyTorch orders equal values. Where it is libstdc++'s
-    // std::sort, which the port replays, every case must match element for
-    // element, ties included; where it is not (x86-simd-sort builds), only
-    // what any order of the equal loads keeps.
+    assert!(sums.len() >= 50 && scalar > 0 && cascade > 0);
+    eprintln!(
+        "PyTorch {} ({cap}): {} sums equal bit for bit ({scalar} scalar, \
+         {cascade} through the cascade), {} lanes",
+        fx["torch_version"],
+        sums.len(),
+        cpu.sum_lanes()
+    );
+    // The rows tell the kernels apart: 16 lanes (the AVX512 register width,
+    // which ATen's sum kernel does not use) sums some of them otherwise.
+    let wide = sums
+        .iter()
+        .filter(|r| {
+            let values: Vec<f32> = serde_json::from_value(r["values"].clone()).unwrap();
+            torch_sum(&values, 16) != r["sum"].as_f64().unwrap() as f32
+        })
+        .count();
+    assert!(wide > 0, "no row tells 8 lanes from 16");
+    // How this PyTorch orders equal values. Every order must be a
+    // descending sort; where all of them are libstdc++'s std::sort, which
+    // the port replays, every case must match element for element, ties
+    // included; otherwise (a build sorting with another algorithm) tie cases
+    // are checked for what any order of the equal loads keeps.
     let sorts = fx["sorts"].as_array().unwrap();
-    let mut sort_replayed = true;
-    for r in sorts {
+    let (mut tie_rows, mut replayed) = (0, 0);
+    for (i, r) in sorts.iter().enumerate() {
         let values: Vec<f32> = serde_json::from_value(r["values"].clone()).unwrap();
         let order = usizes(&r["order"]);
         let mut seen = order.clone();
@@ -330,18 +354,37 @@ fn agrees_with_pytorch_eplb_fixture() {
         assert_eq!(
             seen,
             (0..values.len()).collect::<Vec<_>>(),
-            "not a permutation"
+            "sort row {i}: not a permutation"
         );
-        sort_replayed &= std_sort_desc(&values) == order;
-    }
-    assert!(sorts.len() >= 100);
-    eprintln!(
-        "PyTorch {} sorts ties {}",
-        fx["torch_version"],
-        if sort_replayed {
-            "as libstdc++'s std::sort: every case must match exactly"
+        assert!(
+            order.windows(2).all(|p| values[p[0]] >= values[p[1]]),
+            "sort row {i}: not descending"
+        );
+        let ours = std_sort_desc(&values);
+        let mut distinct = values.clone();
+        distinct.sort_by(f32::total_cmp);
+        distinct.dedup();
+        if distinct.len() < values.len() {
+            tie_rows += 1;
+            replayed += (ours == order) as usize;
         } else {
-            "unlike libstdc++'s std::sort: tie cases are checked for what ties cannot change"
+            assert_eq!(ours, order, "sort row {i}: no ties, yet another order");
+        }
+    }
+    assert!(
+        sorts.len() >= 100 && tie_rows >= 50,
+        "{tie_rows} rows with ties"
+    );
+    let sort_replayed = replayed == tie_rows;
+    eprintln!(
+        "PyTorch {} sort: {} of {tie_rows} rows with ties ordered as libstdc++'s std::sort: {}",
+        fx["torch_version"],
+        replayed,
+        if sort_replayed {
+            "tie order REPLAYED, every case must match element for element"
+        } else {
+            "tie order NOT replayed (another sort, e.g. x86-simd-sort), tie cases are checked \
+             only for what the order of equal loads cannot change; tie-free cases element for element"
         }
     );
     let cases = fx["cases"].as_array().unwrap();
@@ -349,7 +392,7 @@ fn agrees_with_pytorch_eplb_fixture() {
     let mut exact = [0usize; 4];
     for (i, v) in cases.iter().enumerate() {
         let w: Vec<f64> = serde_json::from_value(v["weights"].clone()).unwrap();
-        let prm = case_params(v, lanes);
+        let prm = case_params(v, cpu);
         let p = rebalance(&w, &prm).unwrap();
         let w32: Vec<f32> = w.iter().map(|&x| x as f32).collect();
         let k = p.sort_ties as usize;

@@ -189,6 +189,11 @@ fn bad_eplb_settings_fail_with_one_clear_line() {
         "8",
     ]);
     assert!(e.contains("apply to --policy eplb"), "{e}");
+    let e = sim(&["--redundant", "8", "--pass", "train"]);
+    assert!(
+        e.contains("--pass train") && e.contains("forward only"),
+        "{e}"
+    );
     let e = sim(&["--redundant", "8", "--replica-split", "random"]);
     assert!(e.contains("replica"), "{e}");
 }

@@ -37,6 +37,8 @@ fn olmoe_rows(gates: Vec<Gate>) -> Vec<ResultRow> {
         min_gemms: vec![1024],
         profile: Profile::load("h100").unwrap(),
         threads: 1,
+        pass: llep_trace::results::Pass::Forward,
+        recompute: false,
     };
     simulate(&w, &cfg, &Silent).unwrap()
 }

@@ -40,6 +40,10 @@ pub struct ReplayArgs {
     /// each; under a launcher (WORLD_SIZE set) it must equal WORLD_SIZE.
     #[arg(long, default_value = "2", value_parser = positive_count, allow_hyphen_values = true)]
     pub gpus: usize,
+    /// forward, or train (forward then backward: not replayed yet; simulate
+    /// --pass train prices it).
+    #[arg(long, value_enum, default_value = "forward")]
+    pub pass: super::simulate::PassArg,
     /// Expert activation.
     #[arg(long, value_enum, default_value = "gpt-oss")]
     pub act: ActArg,
@@ -171,6 +175,9 @@ fn render(rows: &[ResultRow]) -> String {
 }
 
 pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    if a.pass == super::simulate::PassArg::Train {
+        bail!("--pass train: the training step (forward then backward) is not replayed on GPUs yet; `simulate --pass train` prices it with the cost model");
+    }
     if a.policy.is_empty() {
         bail!("--policy: give ep, llep or both");
     }

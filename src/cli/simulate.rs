@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::plan::{Gate, Policy};
 use llep_trace::progress::Progress;
-use llep_trace::results::{write_results, ResultRow, ResultsMeta};
+use llep_trace::results::{write_results, Pass, ResultRow, ResultsMeta};
 use llep_trace::sim::{self, summarize, EplbSim, Profile, ReplicaSplit, SimConfig, Summary};
 use llep_trace::trace::{meta::command_line, meta::tool_version};
 use llep_trace::workload::{InputSource, Workload};
@@ -29,6 +29,30 @@ pub struct SimInputArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// What to price: the layer's forward, or a training step (forward
+    /// then backward: gradient exchanges, dgrad and wgrad GEMMs, LLEP's
+    /// weight-gradient return, saved activations in memory).
+    #[arg(long, value_enum, default_value = "forward")]
+    pub pass: PassArg,
+    /// Training: recompute gate_up and the activation in backward instead
+    /// of keeping them (less memory, more compute).
+    #[arg(long)]
+    pub recompute: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PassArg {
+    Forward,
+    Train,
+}
+
+impl PassArg {
+    pub fn pass(self) -> Pass {
+        match self {
+            PassArg::Forward => Pass::Forward,
+            PassArg::Train => Pass::Train,
+        }
+    }
 }
 
 /// EPLB settings of the `eplb` and `eplb+llep` policies (`sim::eplb`).
@@ -143,6 +167,9 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
     if sweep.policies.is_empty() {
         bail!("--policy: give at least one of ep, llep, ideal");
     }
+    if a.recompute && a.pass != PassArg::Train {
+        bail!("--recompute applies to --pass train only");
+    }
     let profile = Profile::load(&a.profile)?;
     let spec = a.input.spec(a.gpus, Some(default_trace()), false)?;
     let synthetic = matches!(spec.source, InputSource::Synthetic(_));
@@ -153,6 +180,9 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         }
     }
     // bad EPLB settings fail before any work, in one line
+    if sweep.eplb.is_some() && a.pass == PassArg::Train {
+        return Err(sim::EplbSimError::Train.into());
+    }
     if let Some(e) = &sweep.eplb {
         for w in &workloads {
             e.check(w.model.num_experts as usize, w.gpus)
@@ -166,6 +196,8 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         min_gemms: sweep.min_gemms,
         profile: profile.clone(),
         threads: a.threads,
+        pass: a.pass.pass(),
+        recompute: a.recompute,
     };
     let trace_name = match &a.input.synthetic {
         Some(spec) => format!(
@@ -268,6 +300,23 @@ fn policy_label(s: &Summary) -> String {
     llep_trace::results::setting_label(s.policy, s.gate)
 }
 
+/// The line saying what a training step's rows are, for `--pass train`.
+pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
+    (a.pass == PassArg::Train).then(|| {
+        format!(
+            "pass: train (forward + backward{}); backward GEMMs at {}x (dgrad) and {}x (wgrad) the forward's, {}\n",
+            if a.recompute { ", gate_up recomputed" } else { ", activations saved" },
+            prof.bwd_dgrad_factor,
+            prof.bwd_wgrad_factor,
+            if prof.bwd_dgrad_factor == 1.0 && prof.bwd_wgrad_factor == 1.0 {
+                "not calibrated yet"
+            } else {
+                "as calibrated"
+            }
+        )
+    })
+}
+
 /// One layer's simulated peak is not what a GPU holds for the whole model:
 /// every MoE layer's native experts stay resident. The whole-model figure is
 /// the worst layer's peak plus the other layers' native expert weights.
@@ -281,6 +330,9 @@ pub fn whole_model_memory(sim: &Simulated, summaries: &[&Summary]) -> String {
         return "whole model: the number of MoE layers is unknown (give --num-layers), so only one layer's peak is shown\n".into();
     }
     let per_layer = (m.num_experts as u64 / w.gpus as u64) * m.expert_bytes();
+    // a training step keeps every layer's weight gradients and saved
+    // activations until its backward runs
+    let train = summaries.first().is_some_and(|s| s.pass == Pass::Train);
     let mut seen: Vec<String> = Vec::new();
     let mut parts = Vec::new();
     let mut fits = true;
@@ -302,17 +354,38 @@ pub fn whole_model_memory(sim: &Simulated, summaries: &[&Summary]) -> String {
             }
             _ => per_layer,
         };
-        let whole = worst + (layers - 1) * per_layer;
-        fits &= whole <= sim.profile.gpu_mem_bytes;
-        parts.push(format!("{label} {}", gib(whole)));
+        let saved = summaries
+            .iter()
+            .filter(|x| policy_label(x) == label)
+            .map(|x| x.saved_act_max_bytes)
+            .max()
+            .unwrap_or(0);
+        let other = if train {
+            2 * per_layer + saved
+        } else {
+            per_layer
+        };
+        let whole = worst + (layers - 1) * other;
+        let over = whole > sim.profile.gpu_mem_bytes;
+        fits &= !over;
+        parts.push(format!(
+            "{label} {}{}",
+            gib(whole),
+            if over { " (does NOT fit)" } else { "" }
+        ));
         seen.push(label);
     }
     format!(
-        "whole model ({layers} MoE layers): expert weights resident on each GPU {} GiB; with the worst layer's peak on top: {} GiB of {} GiB{}\n",
+        "whole model ({layers} MoE layers): expert weights resident on each GPU {} GiB; {}: {} GiB of {} GiB{}\n",
         gib(layers * per_layer),
+        if train {
+            "with every layer's weight gradients and saved activations, and the worst layer's peak"
+        } else {
+            "with the worst layer's peak on top"
+        },
         parts.join(", "),
         gib(sim.profile.gpu_mem_bytes),
-        if fits { "" } else { " (does NOT fit)" }
+        if fits { "" } else { "; over the card's memory" }
     )
 }
 
@@ -447,6 +520,9 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         sim.input_note,
         sim.profile.label()
     );
+    if let Some(note) = pass_note(&a.input, &sim.profile) {
+        s.insert_str(s.len() - 1, &note);
+    }
     s.push_str(eplb_line.as_deref().unwrap_or(""));
     s.push_str(&summary_table(&sim.summaries, show_am));
     s.push_str("\ntotal ms: simulated layer time summed over all layer-steps; max/mean: GPU load imbalance, mean over layer-steps; peak GiB: one layer's peak per GPU\n");

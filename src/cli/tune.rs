@@ -91,7 +91,13 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     let t = tune(&sim.rows, objective, mem_cap).context("tune")?;
     let best = &t.scored[t.best];
-    let eplb = if a.no_eplb {
+    let train = a.input.pass == super::simulate::PassArg::Train;
+    if train && !a.no_eplb {
+        p.warn(
+            "the EPLB comparison is left out: --pass train is not modelled for eplb (forward only)",
+        );
+    }
+    let eplb = if a.no_eplb || train {
         None
     } else {
         let (alpha, m) = (best.setting.alpha, best.setting.min_gemm);
@@ -178,6 +184,9 @@ fn render(a: &TuneArgs, sim: &super::simulate::Simulated, t: &TuneResult) -> Str
         sim.input_note,
         sim.profile.label()
     );
+    if let Some(note) = super::simulate::pass_note(&a.input, &sim.profile) {
+        s.insert_str(s.len() - 1, &note);
+    }
     let mut tab = Table::new(&[
         "lambda", "alpha", "m", "total ms", "regret", "vs EP", "LLEP on", "peak GiB", "fits",
     ])

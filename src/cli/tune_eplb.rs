@@ -200,6 +200,8 @@ pub fn compare(
             min_gemms: vec![m],
             profile: sim.profile.clone(),
             threads,
+            pass: llep_trace::results::Pass::Forward,
+            recompute: false,
         };
         let e = a.at(r);
         let mut rows = Vec::new();

@@ -13,9 +13,9 @@
 //! Exactness. `eplb.py` computes in float32 with PyTorch on the CPU, and so
 //! does this port, operation for operation:
 //! - group loads are summed in the order of PyTorch's CPU `sum` kernel
-//!   (four interleaved partial sums, vectorized when a group has at least
-//!   one SIMD register of experts: 8 lanes on AVX2 / default builds, 16 on
-//!   AVX512, see [`SumLanes`]);
+//!   (ATen's `cascade_sum`: four interleaved partial sums over SIMD
+//!   registers of 8 floats when a group fills one, scalar otherwise; see
+//!   [`CpuCapability::sum_lanes`] for why AVX512 CPUs also use 8);
 //! - `weight / count` is an IEEE float32 division;
 //! - the replica greedy takes the first expert with the largest
 //!   `load / replicas` (PyTorch's `max` keeps the first maximum);
@@ -27,32 +27,55 @@
 //! - the pack chosen is the first among the not-full packs with the least
 //!   float32 accumulated load (Python's `min` keeps the first minimum).
 //!
-//! Where a sort meets equal loads, [`EplbPlacement::sort_ties`] says so and
-//! what rests on their order (see [`SortTies`]): then the placement equals
-//! PyTorch's only where PyTorch sorts with libstdc++'s `std::sort`. PyTorch
-//! builds that sort float32 with x86-simd-sort (recent x86 wheels may) order
-//! equal values their own way, and no port can promise their tie order.
+//! Checked against the real `eplb.py` under PyTorch 2.11.0 on an AVX512 Xeon
+//! (`tests/data/eplb_fixture.json`): its sums bit for bit, its tie order on
+//! every tie-heavy row, and 4000 placements element for element, ties
+//! included. Where a sort meets equal loads, [`EplbPlacement::sort_ties`]
+//! says so and what rests on their order (see [`SortTies`]): a PyTorch
+//! build that sorted float32 otherwise (x86-simd-sort was proposed for x86
+//! sorts, pytorch/pytorch#149362) would agree on those layers only in what
+//! [`SortTies`] names as fixed.
 
 use serde::Serialize;
 
-/// How PyTorch's CPU `sum` kernel splits a contiguous float32 row: the
-/// number of float lanes in one SIMD register of the kernel PyTorch
-/// dispatches to. Only group loads (the hierarchical policy's first step)
-/// are sums, and only a near-tie between two groups can notice the order.
+/// The CPU capability PyTorch dispatches its kernels for, as
+/// `torch.backends.cpu.get_cpu_capability()` names it, on the machine whose
+/// `eplb.py` run is reproduced. Only group loads (the hierarchical policy's
+/// first step) depend on it, through the order of the sum's additions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum SumLanes {
-    /// AVX2 and the portable build: 8 lanes.
+pub enum CpuCapability {
+    /// `DEFAULT`: the portable build.
+    Default,
+    /// `AVX2`.
     #[default]
     Avx2,
-    /// AVX512 CPUs: 16 lanes.
+    /// `AVX512`.
     Avx512,
 }
 
-impl SumLanes {
-    pub fn lanes(self) -> usize {
+impl CpuCapability {
+    /// Parse PyTorch's name for it (`DEFAULT`, `AVX2`, `AVX512`); `None`
+    /// for any other (non-x86 builds), whose sum order is not known here.
+    pub fn from_torch(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_uppercase().as_str() {
+            "DEFAULT" => Some(CpuCapability::Default),
+            "AVX2" => Some(CpuCapability::Avx2),
+            "AVX512" => Some(CpuCapability::Avx512),
+            _ => None,
+        }
+    }
+
+    /// Floats per SIMD register in the `sum` kernel PyTorch runs: 8 on all
+    /// three. ATen registers its sum kernel (`SumKernel.cpp`) with
+    /// `REGISTER_DISPATCH`, which for the AVX512 build registers nothing, so
+    /// AVX512 CPUs run the AVX2 kernel (`Vectorized<float>` of 8); the
+    /// portable build's `Vectorized<float>` is 32 bytes too, added lane by
+    /// lane, so the same order. (PyTorch 2.11's own sums on an AVX512 Xeon,
+    /// `tests/data/eplb_fixture.json`, agree with 8 lanes on every row, and
+    /// with 16 on 60 of 100.)
+    pub fn sum_lanes(self) -> usize {
         match self {
-            SumLanes::Avx2 => 8,
-            SumLanes::Avx512 => 16,
+            CpuCapability::Default | CpuCapability::Avx2 | CpuCapability::Avx512 => 8,
         }
     }
 }
@@ -69,7 +92,8 @@ pub struct EplbParams {
     /// Expert groups; must divide the number of experts. When it is not a
     /// multiple of `nodes`, EPLB uses its global policy.
     pub groups: usize,
-    pub sum_lanes: SumLanes,
+    /// Where PyTorch ran: picks the order of the group sums.
+    pub cpu: CpuCapability,
 }
 
 impl EplbParams {
@@ -80,7 +104,7 @@ impl EplbParams {
             redundant,
             nodes: 1,
             groups: 1,
-            sum_lanes: SumLanes::default(),
+            cpu: CpuCapability::default(),
         }
     }
 }
@@ -252,7 +276,7 @@ pub fn rebalance(loads: &[f64], p: &EplbParams) -> Result<EplbPlacement, EplbErr
     } else {
         EplbPolicy::Hierarchical
     };
-    let h = hierarchical(&w, physical, groups, nodes, p.gpus, p.sum_lanes.lanes());
+    let h = hierarchical(&w, physical, groups, nodes, p.gpus, p.cpu.sum_lanes());
     let maxcnt = h.logcnt.iter().copied().max().unwrap_or(1);
     let mut log2phy = vec![vec![-1i64; maxcnt]; w.len()];
     for (slot, (&e, &r)) in h.phy2log.iter().zip(&h.phyrank).enumerate() {
@@ -430,8 +454,14 @@ fn balanced_packing(
     (pack, rank, ties)
 }
 
-/// PyTorch's float32 CPU `sum` of one contiguous row: `vectorized_inner_sum`
-/// when the row fills a SIMD register, else `scalar_inner_sum`.
+/// PyTorch's float32 CPU `sum` of one contiguous row, `lanes` floats per
+/// SIMD register ([`CpuCapability::sum_lanes`]). `eplb.py` sums
+/// `weight.unflatten(-1, (groups, size)).sum(-1)`: each group is a
+/// contiguous innermost row, which ATen's `cascade_sum` gives to
+/// `vectorized_inner_sum` when the row fills a register, and otherwise to
+/// `scalar_inner_sum` (or, for one group, `scalar_outer_sum` with one row:
+/// the same `row_sum`). One thread: ATen splits a sum across threads only
+/// from 32768 elements (its grain size), a layer size this does not model.
 pub fn torch_sum(x: &[f32], lanes: usize) -> f32 {
     // The kernel accumulates into an output zeroed beforehand: `0 + sum`.
     if x.len() < lanes {
@@ -745,6 +775,19 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 300, "{checked}");
+    }
+
+    #[test]
+    fn cpu_capability_names_and_sum_width() {
+        for (name, cap) in [
+            ("DEFAULT", CpuCapability::Default),
+            ("AVX2", CpuCapability::Avx2),
+            ("avx512", CpuCapability::Avx512),
+        ] {
+            assert_eq!(CpuCapability::from_torch(name), Some(cap));
+            assert_eq!(cap.sum_lanes(), 8);
+        }
+        assert_eq!(CpuCapability::from_torch("SVE256"), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! column names, and everything else (schema, writer, reader) follows from
 //! these impls.
 
-use super::Source;
+use super::{Pass, Source};
 use crate::plan::{Gate, Policy};
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Float64Array, ListArray, StringArray, UInt32Array, UInt64Array,
@@ -146,6 +146,7 @@ macro_rules! named {
 
 named!(Policy);
 named!(Source);
+named!(Pass);
 
 /// The gate is stored as the `lambda` column: the threshold, or null for
 /// "always" and for rows of policies without a gate. Reading gives

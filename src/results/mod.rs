@@ -51,6 +51,41 @@ impl fmt::Display for Source {
     }
 }
 
+/// What a row's time covers: the layer's forward, or a training step
+/// (forward then backward).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Pass {
+    #[default]
+    Forward,
+    Train,
+}
+
+impl Pass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pass::Forward => "forward",
+            Pass::Train => "train",
+        }
+    }
+}
+
+impl fmt::Display for Pass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Pass {
+    type Err = UnknownSource;
+    fn from_str(s: &str) -> Result<Self, UnknownSource> {
+        match s {
+            "forward" => Ok(Pass::Forward),
+            "train" => Ok(Pass::Train),
+            other => Err(UnknownSource(format!("pass {other}"))),
+        }
+    }
+}
+
 /// A source name this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown source '{0}' (expected simulated or measured)")]
@@ -172,6 +207,18 @@ results_columns! {
     /// Relative error of the replay's output against the dense reference.
     rel_error: Option<f64> = "rel_error",
     driver: String = "driver",
+    /// Forward only, or a training step (then `t_total_ms` is forward plus
+    /// backward and the backward phases below are filled in).
+    pass: Pass = "pass",
+    t_bwd_combine_ms: f64 = "t_bwd_combine_ms",
+    /// Input-gradient GEMMs (and the gate_up rerun under recompute).
+    t_bwd_dgrad_ms: f64 = "t_bwd_dgrad_ms",
+    t_bwd_wgrad_ms: f64 = "t_bwd_wgrad_ms",
+    t_bwd_dispatch_ms: f64 = "t_bwd_dispatch_ms",
+    /// Foreign experts' weight gradients back to their owners (LLEP).
+    t_grad_return_ms: f64 = "t_grad_return_ms",
+    /// Activations saved for backward, max over GPUs (train rows).
+    saved_act_bytes: u64 = "saved_act_bytes",
 }
 
 fn column_of<'a, T: Column>(
@@ -354,7 +401,12 @@ mod tests {
             gate: Gate::Always,
             ..Default::default()
         };
-        write_results(&path, &[always.clone()], &ResultsMeta::default()).unwrap();
+        write_results(
+            &path,
+            std::slice::from_ref(&always),
+            &ResultsMeta::default(),
+        )
+        .unwrap();
         assert_eq!(read_results(&path).unwrap().1[0], always);
         std::fs::remove_dir_all(&dir).unwrap();
     }

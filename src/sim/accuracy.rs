@@ -2,7 +2,7 @@
 //! simulate the same input (same per-rank loads, policy, lambda, alpha, m,
 //! GPU count) with a profile, and compare layer time and peak memory.
 
-use super::{auto_prefers_llep, row_from, simulated_base, Evaluator, Profile, Shape};
+use super::{auto_prefers_llep, simulated_base, Evaluator, Profile, Shape};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
@@ -97,20 +97,26 @@ pub fn twin(
     base.gate = measured.gate;
     base.alpha = measured.alpha;
     base.min_gemm = measured.min_gemm;
+    let (pass, recompute) = (measured.pass, false);
+    let priced = |policy: Policy, ev: &mut Evaluator| {
+        let (_, cost) = ev.eval(per_rank, &global, &params, policy, &shape, profile);
+        ev.row(&cost, &base, &shape, profile, pass, recompute)
+    };
     if policy == Policy::LlepAuto {
         // the cost-aware gate's own decision, as simulate and replay make it
-        let (_, ep) = ev.eval(per_rank, &global, &params, Policy::Ep, &shape, profile);
-        let (_, llep) = ev.eval(per_rank, &global, &params, Policy::Llep, &shape, profile);
-        let pick = if auto_prefers_llep(&ep, &llep, profile) {
-            Policy::Llep
+        let ep = priced(Policy::Ep, ev);
+        let llep = priced(Policy::Llep, ev);
+        let mut r = if auto_prefers_llep(ep.t_total_ms, llep.t_total_ms, profile) {
+            llep
         } else {
-            Policy::Ep
+            ep
         };
-        let (plan, cost) = ev.eval(per_rank, &global, &params, pick, &shape, profile);
-        return Ok(row_from(plan, &cost, &base));
+        (r.policy, r.gate) = (measured.policy, measured.gate);
+        return Ok(r);
     }
-    let (plan, cost) = ev.eval(per_rank, &global, &params, policy, &shape, profile);
-    Ok(row_from(plan, &cost, &base))
+    let mut r = priced(policy, ev);
+    (r.policy, r.gate) = (measured.policy, measured.gate);
+    Ok(r)
 }
 
 /// The seed a row's input was resampled with (recorded in its note).

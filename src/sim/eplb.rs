@@ -112,6 +112,8 @@ pub enum EplbSimError {
     NoPeriod,
     #[error("policy {0} needs EPLB settings (give --redundant)")]
     Unset(Policy),
+    #[error("--pass train: eplb and eplb+llep price the forward only (the replicas' weight gradients are not modelled); use --pass forward")]
+    Train,
 }
 
 impl EplbSim {

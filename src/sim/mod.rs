@@ -6,6 +6,7 @@ pub mod cost;
 pub mod eplb;
 pub mod model;
 pub mod profile;
+pub mod train;
 
 pub use cost::{price, Cost, CostScratch, Shape};
 pub use eplb::{EplbSim, EplbSimError, ReplicaSplit};
@@ -27,6 +28,10 @@ pub struct SimConfig {
     pub profile: Profile,
     /// Worker threads (0 = all cores).
     pub threads: usize,
+    /// Forward only, or a training step.
+    pub pass: train::Pass,
+    /// Training: recompute gate_up in backward instead of saving it.
+    pub recompute: bool,
 }
 
 /// One simulated layer-step under one setting (the shared core of
@@ -56,6 +61,24 @@ impl Evaluator {
         dispatch_matrix(&self.plan, per_rank, &mut self.dm);
         let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
         (&self.plan, cost)
+    }
+
+    /// The row of the last plan priced with `cost` (its forward cost, or
+    /// a bound such as `ideal`'s), with the backward added for training.
+    pub fn row(
+        &self,
+        cost: &Cost,
+        base: &ResultRow,
+        shape: &Shape,
+        prof: &Profile,
+        pass: train::Pass,
+        recompute: bool,
+    ) -> ResultRow {
+        let mut r = row_from(&self.plan, cost, base);
+        if pass == train::Pass::Train {
+            train::backward(&self.plan, &self.dm, cost, shape, prof, recompute).apply(&mut r);
+        }
+        r
     }
 }
 
@@ -116,6 +139,9 @@ pub fn simulate_with(
     if let Some(&p) = cfg.policies.iter().find(|p| is_eplb(**p)) {
         let e = eplb.ok_or(EplbSimError::Unset(p))?;
         e.check(model.num_experts as usize, w.gpus)?;
+        if cfg.pass == train::Pass::Train {
+            return Err(EplbSimError::Train.into());
+        }
     }
     for &a in &cfg.alphas {
         crate::plan::check_shape(
@@ -218,20 +244,21 @@ fn simulate_range(
                 b.min_gemm = m;
                 let need_llep =
                     wants(Policy::Llep) || wants(Policy::Ideal) || wants(Policy::LlepAuto);
-                let (ep_plan, ep_cost) =
-                    ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
-                let mut ep_row = row_from(ep_plan, &ep_cost, &b);
-                ep_row.policy = Policy::Ep;
+                let row = |ev: &Evaluator, cost: &Cost, policy: Policy| {
+                    let mut r = ev.row(cost, &b, shape, prof, cfg.pass, cfg.recompute);
+                    r.policy = policy;
+                    r
+                };
+                let (_, ep_cost) = ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
+                let ep_row = row(&ev, &ep_cost, Policy::Ep);
                 if wants(Policy::Ep) {
                     rows.push(ep_row.clone());
                 }
                 let mut llep_cost = None;
                 if need_llep {
-                    let (plan, cost) =
-                        ev.eval(per_rank, &global, &params, Policy::Llep, shape, prof);
-                    let mut on = row_from(plan, &cost, &b);
-                    on.policy = Policy::Llep;
-                    let ratio = plan.imbalance_ratio;
+                    let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Llep, shape, prof);
+                    let on = row(&ev, &cost, Policy::Llep);
+                    let ratio = on.imbalance_ratio;
                     if wants(Policy::Llep) {
                         for &g in &cfg.gates {
                             let mut r = if g.admits(ratio) {
@@ -246,7 +273,8 @@ fn simulate_range(
                         }
                     }
                     if wants(Policy::LlepAuto) {
-                        let mut r = if auto_prefers_llep(&ep_cost, &cost, prof) {
+                        // decided on the step's cost (forward, or forward + backward)
+                        let mut r = if auto_prefers_llep(ep_row.t_total_ms, on.t_total_ms, prof) {
                             on.clone()
                         } else {
                             ep_row.clone()
@@ -258,13 +286,10 @@ fn simulate_range(
                     llep_cost = Some(cost);
                 }
                 if wants(Policy::Ideal) {
-                    let (plan, cost) =
-                        ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
+                    let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
                     let llep = llep_cost.as_ref().expect("planned above");
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
-                    let mut r = row_from(plan, &bound, &b);
-                    r.policy = Policy::Ideal;
-                    rows.push(r);
+                    rows.push(row(&ev, &bound, Policy::Ideal));
                 }
                 if let Some((label, moves)) = &eplb_step {
                     let mut b = b.clone();
@@ -341,10 +366,11 @@ pub fn auto_margin(prof: &Profile) -> f64 {
 }
 
 /// The cost-aware gate's rule, shared by `simulate` and (through
-/// [`CostArbiter`]) `replay`: use LLEP only when its predicted layer time,
-/// inflated by the margin, still beats EP's.
-pub fn auto_prefers_llep(ep: &Cost, llep: &Cost, prof: &Profile) -> bool {
-    llep.total_ms * (1.0 + auto_margin(prof)) < ep.total_ms
+/// [`CostArbiter`]) `replay`: use LLEP only when its predicted time (a
+/// layer's forward, or a training step), inflated by the margin, still
+/// beats EP's.
+pub fn auto_prefers_llep(ep_ms: f64, llep_ms: f64, prof: &Profile) -> bool {
+    llep_ms * (1.0 + auto_margin(prof)) < ep_ms
 }
 
 /// [`crate::plan::Arbiter`] by the cost model, for the replay's `llep-auto`.
@@ -363,7 +389,7 @@ impl crate::plan::Arbiter for CostArbiter {
             price(plan, &dm, global, &self.shape, &self.profile, &mut scratch)
         };
         let (e, l) = (cost(ep), cost(llep));
-        auto_prefers_llep(&e, &l, &self.profile)
+        auto_prefers_llep(e.total_ms, l.total_ms, &self.profile)
     }
 }
 
@@ -421,6 +447,10 @@ pub struct Summary {
     pub duplicates: u64,
     pub llep_on: usize,
     pub phases_ms: [f64; 5],
+    /// Training rows: activations saved for backward, max over GPUs and
+    /// layer-steps (0 for forward rows).
+    pub saved_act_max_bytes: u64,
+    pub pass: train::Pass,
 }
 
 /// Aggregate rows per (scenario, policy, lambda, alpha, m), in first-seen
@@ -460,6 +490,8 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
                     duplicates: 0,
                     llep_on: 0,
                     phases_ms: [0.0; 5],
+                    saved_act_max_bytes: 0,
+                    pass: r.pass,
                 });
                 out.len() - 1
             }
@@ -475,6 +507,7 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
         };
         s.peak_mem_max_bytes = s.peak_mem_max_bytes.max(r.peak_mem_max_bytes);
         s.oom_rows += r.oom as usize;
+        s.saved_act_max_bytes = s.saved_act_max_bytes.max(r.saved_act_bytes);
         s.transfers += r.transfers as u64;
         s.duplicates += r.duplicate_transfers as u64;
         s.llep_on += r.use_llep as usize;
@@ -545,6 +578,8 @@ mod tests {
             min_gemms: vec![1024, 64],
             profile: prof,
             threads: 1,
+            pass: crate::results::Pass::Forward,
+            recompute: false,
         };
         let mut rng = SplitMix64::new(7);
         for _ in 0..40 {
@@ -580,6 +615,38 @@ mod tests {
                     "auto {auto}, best {best}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_training_step_costs_its_backward_and_recompute_trades_memory_for_time() {
+        let w = workload(&mut SplitMix64::new(3), 4, 8192);
+        let run = |pass, recompute| {
+            let cfg = SimConfig {
+                policies: vec![Policy::Ep, Policy::Llep],
+                gates: vec![Gate::Always],
+                alphas: vec![1.0],
+                min_gemms: vec![1024],
+                profile: Profile::load("h200").unwrap(),
+                threads: 1,
+                pass,
+                recompute,
+            };
+            simulate(&w, &cfg, &Silent).unwrap()
+        };
+        let (fwd, train, rec) = (
+            run(train::Pass::Forward, false),
+            run(train::Pass::Train, false),
+            run(train::Pass::Train, true),
+        );
+        for ((f, t), r) in fwd.iter().zip(&train).zip(&rec) {
+            assert_eq!(t.pass, train::Pass::Train);
+            // backward: at least the forward's GEMMs twice and its exchanges
+            assert!(t.t_total_ms >= f.t_total_ms + 2.0 * f.t_compute_ms + f.t_combine_ms - 1e-9);
+            assert!(t.peak_mem_max_bytes > f.peak_mem_max_bytes);
+            assert!(r.t_total_ms > t.t_total_ms && r.saved_act_bytes < t.saved_act_bytes);
+            // only LLEP's foreign experts send gradients back
+            assert_eq!(t.t_grad_return_ms > 0.0, t.transfers > 0, "{t:?}");
         }
     }
 }

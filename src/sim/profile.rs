@@ -67,6 +67,13 @@ pub struct Profile {
     /// sized for this many copies at most).
     #[serde(default = "default_act_chunk")]
     pub act_chunk_tokens: u64,
+    /// Backward input-gradient and weight-gradient GEMM time, as a factor
+    /// of the forward GEMM time of the same group (`simulate --pass train`);
+    /// 1.0 (equal FLOPs, equal efficiency) until calibrated.
+    #[serde(default = "one")]
+    pub bwd_dgrad_factor: f64,
+    #[serde(default = "one")]
+    pub bwd_wgrad_factor: f64,
     /// Per-projection GEMM tables over (M, N, K) (`sim::model`); used for
     /// shapes without a whole-group curve, instead of the efficiency formula.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -119,6 +126,10 @@ pub enum ProfileError {
     Parse(String, serde_json::Error),
     #[error("{0}: {1}")]
     Invalid(String, String),
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn default_act_chunk() -> u64 {
@@ -295,6 +306,8 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         mem_per_peer_bytes: 0,
         copy_gbps: anchor_copy_gbps(&c.card),
         act_chunk_tokens: CHUNK,
+        bwd_dgrad_factor: 1.0,
+        bwd_wgrad_factor: 1.0,
         gemm_tables: Vec::new(),
         msg_tokens: None,
         msg_weights: None,
