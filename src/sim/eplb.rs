@@ -204,6 +204,46 @@ impl EplbSim {
     }
 }
 
+/// The placement in force per layer, kept between the layer-steps a
+/// simulation thread visits in step order, so that a placement is computed
+/// once per rebalance (not once per layer-step, nor per lambda).
+#[derive(Debug, Default)]
+pub struct PlacementCache {
+    by_layer: Vec<Option<(usize, EplbPlacement)>>,
+}
+
+impl PlacementCache {
+    /// The placement at step `s` of layer `l`, and the moves charged there
+    /// (as [`EplbSim::placement`] and [`EplbSim::moves_at`]).
+    pub fn step(
+        &mut self,
+        e: &EplbSim,
+        loads: &Loads,
+        s: usize,
+        l: usize,
+        gpus: usize,
+    ) -> (&EplbPlacement, Vec<Transfer>) {
+        if self.by_layer.len() <= l {
+            self.by_layer.resize(l + 1, None);
+        }
+        let key = if e.oracle { s } else { e.rebalance_step(s) };
+        let slot = &mut self.by_layer[l];
+        let mut charged = Vec::new();
+        if slot.as_ref().map(|(k, _)| *k) != Some(key) {
+            let new = e.placement(loads, s, l, gpus);
+            if !e.oracle && s > 0 && s % e.period == 0 {
+                charged = match slot.as_ref() {
+                    Some((k, old)) if k + e.period == key => moves(old, &new, gpus),
+                    _ => moves(&e.placement(loads, s - e.period, l, gpus), &new, gpus),
+                };
+            }
+            *slot = Some((key, new));
+        }
+        let pl = &slot.as_ref().expect("filled above").1;
+        (pl, charged)
+    }
+}
+
 /// Float32 mean of the global loads of steps `[r - window, r)` (fewer at
 /// the start); equal loads at step 0, where nothing has been seen.
 pub fn window_mean(loads: &Loads, r: usize, l: usize, window: usize) -> Vec<f64> {
@@ -565,6 +605,25 @@ mod tests {
             assert_eq!(t.dst as usize, t.expert as usize / per);
             assert!(!old.phy2log[t.dst as usize * per..(t.dst as usize + 1) * per].contains(&e));
             assert!(old.phy2log[t.src as usize * per..(t.src as usize + 1) * per].contains(&e));
+        }
+    }
+
+    #[test]
+    fn the_cache_gives_what_the_rules_give() {
+        let gpus = 4;
+        let l = loads(11, gpus, 16, 19);
+        for cfg in [sim(2, 3, false), sim(1, 1, false), sim(4, 2, true)] {
+            // a thread may start anywhere, mid-period included
+            for start in [0, 1, 4] {
+                let mut cache = PlacementCache::default();
+                for s in start..11 {
+                    let want = cfg.placement(&l, s, 0, gpus);
+                    let want_moves = cfg.moves_at(&l, s, 0, gpus, &want);
+                    let (got, got_moves) = cache.step(&cfg, &l, s, 0, gpus);
+                    assert_eq!(*got, want, "{cfg:?} step {s}");
+                    assert_eq!(got_moves, want_moves, "{cfg:?} step {s}");
+                }
+            }
         }
     }
 

@@ -211,6 +211,8 @@ fn simulate_range(
 ) -> Vec<ResultRow> {
     let mut ev = Evaluator::default();
     let mut eplb_ev = eplb::EplbEvaluator::default();
+    let mut placements = eplb::PlacementCache::default();
+    let eplb_label = eplb.map(|e| e.label()).unwrap_or_default();
     let mut rows = Vec::with_capacity(
         range.len() * (cfg.gates.len() + 2) * cfg.alphas.len() * cfg.min_gemms.len(),
     );
@@ -227,10 +229,9 @@ fn simulate_range(
         let mut b = simulated_base(w, s, l, prof);
         // the EPLB placement and its moves: once per layer-step
         let eplb_step = eplb.map(|e| {
-            let pl = e.placement(loads, s, l, w.gpus);
-            let moves = e.moves_at(loads, s, l, w.gpus, &pl);
-            eplb_ev.load(per_rank, w.gpus, &pl, e.split);
-            (e.label(), moves)
+            let (pl, moves) = placements.step(e, loads, s, l, w.gpus);
+            eplb_ev.load(per_rank, w.gpus, pl, e.split);
+            (eplb_label.clone(), moves)
         });
         for &alpha in &cfg.alphas {
             for &m in &cfg.min_gemms {
