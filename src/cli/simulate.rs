@@ -76,8 +76,8 @@ pub struct EplbArgs {
     pub eplb_oracle: bool,
     /// eplb: how a logical expert's tokens are split among its replicas:
     /// sglang (SGLang's default static dispatch: the local replica, else one
-    /// dealt per rank), vllm (vLLM's position-modulo choice, its expected
-    /// split) or even.
+    /// dealt per rank), vllm (vLLM's per-copy hashed choice, by its
+    /// expected split) or even.
     #[arg(long, default_value = "sglang")]
     pub replica_split: ReplicaSplit,
     /// eplb: server nodes for EPLB's hierarchical policy; must divide --gpus.

@@ -47,10 +47,11 @@ pub enum ReplicaSplit {
     /// GPU if any, else one dealt fairly among the ranks without one.
     #[default]
     Sglang,
-    /// vLLM: replica `position % replicas` per token-copy, position being
-    /// the copy's flat index in the rank's `topk_ids`; emulated by its
-    /// expected split (each rank's copies evenly, remainder to the first
-    /// replicas).
+    /// vLLM: per token-copy, a replica chosen by a multiplicative hash of
+    /// the copy's flat index in the rank's `topk_ids` (vllm-project/vllm
+    /// #40810; before it, the index modulo the replica count, #24573);
+    /// emulated by its expected split (each rank's copies evenly, the
+    /// remainder to the first replicas), as counts carry no token positions.
     Vllm,
 }
 
