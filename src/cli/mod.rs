@@ -12,6 +12,7 @@ mod settings;
 mod simulate;
 mod table;
 mod tune;
+mod tune_eplb;
 
 use clap::{Parser, Subcommand};
 pub use printer::Printer;

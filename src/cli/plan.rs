@@ -64,6 +64,9 @@ impl FromStr for PlanPolicy {
         if s.trim().eq_ignore_ascii_case("eplb") {
             return Ok(PlanPolicy::Eplb);
         }
+        if s.trim().eq_ignore_ascii_case("eplb+llep") {
+            return Err("eplb+llep is simulated only (simulate --policy eplb+llep); plan takes ep, llep, ideal or eplb".into());
+        }
         Policy::from_str(s).map(PlanPolicy::Planner).map_err(|_| {
             format!(
                 "unknown policy '{}' (expected ep, llep, ideal or eplb)",

@@ -181,6 +181,12 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if a.policy.is_empty() {
         bail!("--policy: give ep, llep or both");
     }
+    if a.policy
+        .iter()
+        .any(|p| matches!(p, Policy::Eplb | Policy::EplbLlep))
+    {
+        bail!("--policy: eplb and eplb+llep are simulated only (simulate, tune); replay takes ep, llep and llep-auto");
+    }
     if a.policy.contains(&Policy::Ideal) {
         bail!("--policy: the ideal bound has free weight transfers and cannot be replayed; use ep and llep (simulate shows ideal)");
     }

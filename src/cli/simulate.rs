@@ -8,7 +8,7 @@ use clap::Args;
 use llep_trace::plan::{Gate, Policy};
 use llep_trace::progress::Progress;
 use llep_trace::results::{write_results, Pass, ResultRow, ResultsMeta};
-use llep_trace::sim::{self, summarize, Profile, SimConfig, Summary};
+use llep_trace::sim::{self, summarize, EplbSim, Profile, ReplicaSplit, SimConfig, Summary};
 use llep_trace::trace::{meta::command_line, meta::tool_version};
 use llep_trace::workload::{InputSource, Workload};
 use serde_json::json;
@@ -55,14 +55,77 @@ impl PassArg {
     }
 }
 
+/// EPLB settings of the `eplb` and `eplb+llep` policies (`sim::eplb`).
+#[derive(Args, Debug, Clone)]
+pub struct EplbArgs {
+    /// eplb: redundant physical experts added per layer; experts + R must be
+    /// a multiple of --gpus (tune: a list, default E/8 and E/4 rounded up to
+    /// what the GPUs allow).
+    #[arg(long, value_delimiter = ',')]
+    pub redundant: Vec<usize>,
+    /// eplb: the placement is EPLB's on the mean loads of the previous W
+    /// steps (no look-ahead; step 0 uses equal loads).
+    #[arg(long, default_value_t = 8, value_name = "W")]
+    pub eplb_window: usize,
+    /// eplb: rebalance every N steps (default: the window), charging each
+    /// rebalance's weight moves on the step where it happens.
+    #[arg(long, value_name = "N")]
+    pub eplb_period: Option<usize>,
+    /// eplb: place from the same step's loads instead, an upper bound.
+    #[arg(long)]
+    pub eplb_oracle: bool,
+    /// eplb: how a logical expert's tokens are split among its replicas:
+    /// sglang (SGLang's default static dispatch: the local replica, else one
+    /// dealt per rank), vllm (vLLM's per-copy hashed choice, by its
+    /// expected split) or even.
+    #[arg(long, default_value = "sglang")]
+    pub replica_split: ReplicaSplit,
+    /// eplb: server nodes for EPLB's hierarchical policy; must divide --gpus.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub eplb_nodes: usize,
+    /// eplb: expert groups for EPLB's hierarchical policy; must divide the
+    /// experts (a multiple of --eplb-nodes selects the hierarchical policy).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub eplb_groups: usize,
+}
+
+impl EplbArgs {
+    /// The settings at `redundant` replicas.
+    pub fn at(&self, redundant: usize) -> EplbSim {
+        EplbSim {
+            redundant,
+            window: self.eplb_window,
+            period: self.eplb_period.unwrap_or(self.eplb_window),
+            oracle: self.eplb_oracle,
+            split: self.replica_split,
+            nodes: self.eplb_nodes,
+            groups: self.eplb_groups,
+        }
+    }
+
+    /// Whether any EPLB option was given (they need an EPLB policy).
+    pub fn given(&self) -> bool {
+        !self.redundant.is_empty()
+            || self.eplb_period.is_some()
+            || self.eplb_oracle
+            || self.eplb_window != 8
+            || self.replica_split != ReplicaSplit::default()
+            || self.eplb_nodes != 1
+            || self.eplb_groups != 1
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
     #[command(flatten)]
     pub input: SimInputArgs,
     /// Policies to simulate, comma separated: ep, llep, ideal, llep-auto
-    /// (LLEP where the cost model predicts a gain; also `--ratio auto`).
+    /// (LLEP where the cost model predicts a gain; also `--ratio auto`),
+    /// eplb and eplb+llep (need --redundant).
     #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
     pub policy: Vec<Policy>,
+    #[command(flatten)]
+    pub eplb: EplbArgs,
     #[command(flatten)]
     pub planner: PlannerArgs,
     /// Write one row per (step, layer, policy, ratio, alpha, m) here (Parquet).
@@ -83,6 +146,8 @@ pub struct Sweep {
     pub gates: Vec<Gate>,
     pub alphas: Vec<f64>,
     pub min_gemms: Vec<u64>,
+    /// Settings of the `eplb` policies, when they are simulated.
+    pub eplb: Option<EplbSim>,
 }
 
 pub struct Simulated {
@@ -93,6 +158,8 @@ pub struct Simulated {
     pub trace_name: String,
     pub input_note: String,
     pub model: String,
+    /// The EPLB setting of the `eplb` rows, if any.
+    pub eplb: Option<EplbSim>,
 }
 
 /// Resolve the inputs and simulate the sweep (shared with `tune`).
@@ -110,6 +177,16 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
     for w in &workloads {
         for warning in &w.warnings {
             p.warn(warning);
+        }
+    }
+    // bad EPLB settings fail before any work, in one line
+    if sweep.eplb.is_some() && a.pass == PassArg::Train {
+        return Err(sim::EplbSimError::Train.into());
+    }
+    if let Some(e) = &sweep.eplb {
+        for w in &workloads {
+            e.check(w.model.num_experts as usize, w.gpus)
+                .with_context(|| w.label())?;
         }
     }
     let cfg = SimConfig {
@@ -141,13 +218,17 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         a.gpus,
         profile.label()
     ));
+    if let (Some(e), Some(w)) = (&sweep.eplb, workloads.first()) {
+        warn_short_input(e, w.loads.steps(), p);
+    }
     let total: usize = workloads.iter().map(|w| w.loads.layer_steps()).sum();
     p.start("simulate", total as u64);
     let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut models = Vec::new();
     for w in &workloads {
-        let mut r = sim::simulate(w, &cfg, p).with_context(|| w.label())?;
+        let mut r =
+            sim::simulate_with(w, &cfg, sweep.eplb.as_ref(), p).with_context(|| w.label())?;
         for row in &mut r {
             row.scenario = w.scenario_label();
         }
@@ -169,7 +250,18 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         input_note: notes.join("; "),
         model: models.join(", "),
         workloads,
+        eplb: sweep.eplb,
     })
+}
+
+/// Warn when the input is too short for EPLB ever to rebalance.
+pub fn warn_short_input(e: &EplbSim, steps: usize, p: &Printer) {
+    if !e.oracle && steps <= e.period {
+        p.warn(&format!(
+            "--eplb-period {}: the input has {steps} steps, so EPLB never rebalances after its warm-up placement (equal loads); give a smaller --eplb-period and --eplb-window, or --eplb-oracle for the bound",
+            e.period
+        ));
+    }
 }
 
 /// Write the simulated rows to `out` (Parquet), when asked.
@@ -255,6 +347,13 @@ pub fn whole_model_memory(sim: &Simulated, summaries: &[&Summary]) -> String {
             .map(|x| x.peak_mem_max_bytes)
             .max()
             .unwrap_or(0);
+        // EPLB's replicas are resident on every layer too
+        let per_layer = match (&sim.eplb, s.policy) {
+            (Some(e), Policy::Eplb | Policy::EplbLlep) => {
+                ((m.num_experts as u64 + e.redundant as u64) / w.gpus as u64) * m.expert_bytes()
+            }
+            _ => per_layer,
+        };
         let saved = summaries
             .iter()
             .filter(|x| policy_label(x) == label)
@@ -334,7 +433,7 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
             },
             format!("{:.2}", s.mean_ratio_before),
             format!("{:.2}", s.mean_ratio_after),
-            if matches!(s.policy, Policy::Llep | Policy::LlepAuto) {
+            if matches!(s.policy, Policy::Llep | Policy::LlepAuto | Policy::EplbLlep) {
                 format!("{}/{}", s.llep_on, s.layer_steps)
             } else {
                 "-".into()
@@ -349,6 +448,25 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
     t.render()
 }
 
+/// The EPLB setting `simulate` runs: one --redundant, given exactly when an
+/// EPLB policy is asked for.
+fn eplb_setting(policies: &[Policy], a: &EplbArgs) -> anyhow::Result<Option<EplbSim>> {
+    let wanted = policies
+        .iter()
+        .any(|p| matches!(p, Policy::Eplb | Policy::EplbLlep));
+    if !wanted {
+        if a.given() {
+            bail!("--redundant and the --eplb-* / --replica-split options apply to --policy eplb or eplb+llep only");
+        }
+        return Ok(None);
+    }
+    match a.redundant.as_slice() {
+        [r] => Ok(Some(a.at(*r))),
+        [] => bail!("--policy eplb needs --redundant R: the replicas added per layer (experts + R a multiple of --gpus)"),
+        _ => bail!("--redundant: simulate takes one value (tune compares several)"),
+    }
+}
+
 pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let sweep = Sweep {
@@ -356,7 +474,9 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         gates,
         alphas: a.planner.alphas()?,
         min_gemms: a.planner.min_gemms(),
+        eplb: eplb_setting(&a.policy, &a.eplb)?,
     };
+    let eplb_line = sweep.eplb.as_ref().map(|e| format!("{}\n", e.label()));
     let sim = run_sweep(&a.input, sweep, p)?;
     if let Some(plot) = &a.plot {
         llep_trace::report::plot_speedup_vs_lambda(&sim.rows, plot)?;
@@ -384,6 +504,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "trace": sim.trace_name, "model": sim.model, "gpus": a.input.gpus, "input": sim.input_note,
             "profile": sim.profile.name, "profile_status": sim.profile.label(),
             "measured_error": sim.profile.measured_error, "summary": summ,
+            "eplb": sim.eplb.as_ref().map(|e| e.label()),
             "whole_model_memory": whole_model_memory(&sim, &sim.summaries.iter().collect::<Vec<_>>()).trim(),
         });
         p.out(&serde_json::to_string_pretty(&obj)?)?;
@@ -402,6 +523,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if let Some(note) = pass_note(&a.input, &sim.profile) {
         s.insert_str(s.len() - 1, &note);
     }
+    s.push_str(eplb_line.as_deref().unwrap_or(""));
     s.push_str(&summary_table(&sim.summaries, show_am));
     s.push_str("\ntotal ms: simulated layer time summed over all layer-steps; max/mean: GPU load imbalance, mean over layer-steps; peak GiB: one layer's peak per GPU\n");
     s.push_str(&whole_model_memory(

@@ -1,7 +1,7 @@
 //! `llep-trace tune`: sweep lambda (and alpha, m), recommend a setting.
 
 use super::settings::PlannerArgs;
-use super::simulate::{run_sweep, write_rows, SimInputArgs, Sweep};
+use super::simulate::{run_sweep, write_rows, EplbArgs, SimInputArgs, Sweep};
 use super::table::{count, gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
@@ -32,6 +32,13 @@ pub struct TuneArgs {
     /// and "always" are always added. --alpha and --min-gemm lists are swept too.
     #[command(flatten)]
     planner: PlannerArgs,
+    /// EPLB rows (R from --redundant, default E/8 and E/4) and EPLB+LLEP
+    /// are compared with EP, LLEP and llep-auto after the lambda table.
+    #[command(flatten)]
+    eplb: EplbArgs,
+    /// Leave the EPLB comparison out.
+    #[arg(long)]
+    no_eplb: bool,
     /// What to minimise.
     #[arg(long, value_enum, default_value_t = ObjectiveArg::Time)]
     objective: ObjectiveArg,
@@ -71,9 +78,10 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     let sweep = Sweep {
         policies: vec![Policy::Ep, Policy::Llep],
-        gates,
+        gates: gates.clone(),
         alphas,
         min_gemms,
+        eplb: None,
     };
     let sim = run_sweep(&a.input, sweep, p)?;
     write_rows(a.out.as_deref(), &sim, p)?;
@@ -83,6 +91,28 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     let t = tune(&sim.rows, objective, mem_cap).context("tune")?;
     let best = &t.scored[t.best];
+    let train = a.input.pass == super::simulate::PassArg::Train;
+    if train && !a.no_eplb {
+        p.warn(
+            "the EPLB comparison is left out: --pass train is not modelled for eplb (forward only)",
+        );
+    }
+    let eplb = if a.no_eplb || train {
+        None
+    } else {
+        let (alpha, m) = (best.setting.alpha, best.setting.min_gemm);
+        let c = super::tune_eplb::compare(
+            &a.eplb,
+            &sim,
+            &gates,
+            alpha,
+            m,
+            mem_cap,
+            a.input.threads,
+            p,
+        )?;
+        Some((c, alpha, m))
+    };
     if let Some(plot) = &a.plot {
         // the plot shows the recommended alpha/m's lambda curve
         let rows: Vec<_> = sim
@@ -115,6 +145,7 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "speedup_vs_ep": t.ep_ms / best.total_ms,
             "speedup_vs_lambda_1_3": t.default_ms.map(|d| d / best.total_ms),
             "exports": exports(&t),
+            "eplb": eplb.as_ref().map(|(c, _, _)| super::tune_eplb::to_json(c)),
             "settings": t.scored.iter().map(|s| json!({
                 "label": s.setting.label(), "lambda": s.setting.lambda, "never": s.setting.never, "alpha": s.setting.alpha,
                 "min_gemm": s.setting.min_gemm, "total_ms": s.total_ms, "regret_pct": s.regret_pct, "llep_on": s.llep_on,
@@ -124,7 +155,11 @@ pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         p.out(&serde_json::to_string_pretty(&obj)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    p.out(&render(&a, &sim, &t))?;
+    let mut text = render(&a, &sim, &t);
+    if let Some((c, alpha, m)) = &eplb {
+        text.push_str(&super::tune_eplb::render(c, *alpha, *m));
+    }
+    p.out(&text)?;
     Ok(ExitCode::SUCCESS)
 }
 

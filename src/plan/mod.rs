@@ -9,7 +9,10 @@
 //!   is used only where the cost model predicts it beats plain EP by more
 //!   than the model's own error ([`Arbiter`] makes that call, for the
 //!   simulator and the replay alike);
-//! - `ideal`: perfect balance with free transfers, the bound no policy beats.
+//! - `ideal`: perfect balance with free transfers, the bound no policy beats;
+//! - `eplb`, `eplb+llep`: DeepSeek's EPLB placement with replicas, alone or
+//!   with LLEP over its physical experts (simulated by `sim::eplb`; the
+//!   planner plans them as `ep` and `llep`).
 
 mod dispatch;
 pub mod eplb;
@@ -45,6 +48,9 @@ pub enum Policy {
     Llep,
     Ideal,
     LlepAuto,
+    Eplb,
+    #[serde(rename = "eplb+llep")]
+    EplbLlep,
 }
 
 impl Policy {
@@ -57,6 +63,8 @@ impl Policy {
             Policy::Llep => "llep",
             Policy::Ideal => "ideal",
             Policy::LlepAuto => "llep-auto",
+            Policy::Eplb => "eplb",
+            Policy::EplbLlep => "eplb+llep",
         }
     }
 }
@@ -76,7 +84,7 @@ impl fmt::Display for Policy {
 
 /// A policy name this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy '{0}' (expected ep, llep, llep-auto or ideal)")]
+#[error("unknown policy '{0}' (expected ep, llep, llep-auto, ideal, eplb or eplb+llep)")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
@@ -87,6 +95,8 @@ impl FromStr for Policy {
             "llep" | "reference" => Ok(Policy::Llep),
             "ideal" => Ok(Policy::Ideal),
             "llep-auto" | "auto" => Ok(Policy::LlepAuto),
+            "eplb" => Ok(Policy::Eplb),
+            "eplb+llep" => Ok(Policy::EplbLlep),
             other => Err(UnknownPolicy(other.into())),
         }
     }

@@ -88,11 +88,11 @@ impl Planner {
         out.gpu_loads.clear();
         out.gpu_loads.extend_from_slice(&out.native_loads);
         match policy {
-            Policy::Ep => {
+            Policy::Ep | Policy::Eplb => {
                 out.use_llep = false;
             }
             // llep-auto plans as llep; an Arbiter then decides
-            Policy::Llep | Policy::LlepAuto => {
+            Policy::Llep | Policy::LlepAuto | Policy::EplbLlep => {
                 out.use_llep = params.gate.admits(out.imbalance_ratio);
                 if out.use_llep {
                     if total >= MAX_TOTAL {

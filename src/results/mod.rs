@@ -270,7 +270,7 @@ impl ResultRow {
     /// which reads back as "always".
     fn settle_gate(&mut self) {
         match self.policy {
-            Policy::Llep => {}
+            Policy::Llep | Policy::EplbLlep => {}
             Policy::LlepAuto => self.gate = Gate::Auto,
             _ => self.gate = Gate::Never,
         }
@@ -305,6 +305,7 @@ impl ResultRow {
 pub fn setting_label(policy: Policy, gate: Gate) -> String {
     match policy {
         Policy::Llep => format!("llep λ={gate}"),
+        Policy::EplbLlep => format!("eplb+llep λ={gate}"),
         other => other.to_string(),
     }
 }

@@ -3,11 +3,13 @@
 
 pub mod accuracy;
 pub mod cost;
+pub mod eplb;
 pub mod model;
 pub mod profile;
 pub mod train;
 
 pub use cost::{price, Cost, CostScratch, Shape};
+pub use eplb::{EplbSim, EplbSimError, ReplicaSplit};
 pub use profile::{Profile, ProfileError};
 
 use crate::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
@@ -102,6 +104,8 @@ pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
 pub enum SimError {
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Eplb(#[from] EplbSimError),
     #[error("trace '{0}' has no model dimensions (hidden_size / intermediate_size); give --hidden-size and --intermediate-size")]
     NoDims(String),
 }
@@ -116,9 +120,28 @@ pub fn simulate(
     cfg: &SimConfig,
     progress: &dyn Progress,
 ) -> Result<Vec<ResultRow>, SimError> {
+    simulate_with(w, cfg, None, progress)
+}
+
+/// [`simulate`], with the EPLB settings the `eplb` and `eplb+llep`
+/// policies need (their rows follow each (alpha, m)'s other rows).
+pub fn simulate_with(
+    w: &Workload,
+    cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
+    progress: &dyn Progress,
+) -> Result<Vec<ResultRow>, SimError> {
     let model = &w.model;
     if !model.has_dims() {
         return Err(SimError::NoDims(w.name.clone()));
+    }
+    let eplb = eplb.filter(|_| wants_eplb(&cfg.policies));
+    if let Some(&p) = cfg.policies.iter().find(|p| is_eplb(**p)) {
+        let e = eplb.ok_or(EplbSimError::Unset(p))?;
+        e.check(model.num_experts as usize, w.gpus)?;
+        if cfg.pass == train::Pass::Train {
+            return Err(EplbSimError::Train.into());
+        }
     }
     for &a in &cfg.alphas {
         crate::plan::check_shape(
@@ -147,7 +170,7 @@ pub fn simulate(
                 s.spawn(move || {
                     let lo = t * chunk;
                     let hi = ((t + 1) * chunk).min(n_ls);
-                    simulate_range(w, lo..hi, shape, cfg, progress)
+                    simulate_range(w, lo..hi, shape, cfg, eplb, progress)
                 })
             })
             .collect();
@@ -170,14 +193,26 @@ pub fn simulated_base(w: &Workload, s: usize, l: usize, prof: &Profile) -> Resul
     }
 }
 
+fn is_eplb(p: Policy) -> bool {
+    matches!(p, Policy::Eplb | Policy::EplbLlep)
+}
+
+fn wants_eplb(policies: &[Policy]) -> bool {
+    policies.iter().any(|&p| is_eplb(p))
+}
+
 fn simulate_range(
     w: &Workload,
     range: std::ops::Range<usize>,
     shape: &Shape,
     cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
     progress: &dyn Progress,
 ) -> Vec<ResultRow> {
     let mut ev = Evaluator::default();
+    let mut eplb_ev = eplb::EplbEvaluator::default();
+    let mut placements = eplb::PlacementCache::default();
+    let eplb_label = eplb.map(|e| e.label()).unwrap_or_default();
     let mut rows = Vec::with_capacity(
         range.len() * (cfg.gates.len() + 2) * cfg.alphas.len() * cfg.min_gemms.len(),
     );
@@ -192,6 +227,12 @@ fn simulate_range(
         loads.global_into(s, l, &mut global);
         let per_rank = loads.block(s, l);
         let mut b = simulated_base(w, s, l, prof);
+        // the EPLB placement and its moves: once per layer-step
+        let eplb_step = eplb.map(|e| {
+            let (pl, moves) = placements.step(e, loads, s, l, w.gpus);
+            eplb_ev.load(per_rank, w.gpus, pl, e.split);
+            (eplb_label.clone(), moves)
+        });
         for &alpha in &cfg.alphas {
             for &m in &cfg.min_gemms {
                 let params = PlanParams {
@@ -251,10 +292,70 @@ fn simulate_range(
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
                     rows.push(row(&ev, &bound, Policy::Ideal));
                 }
+                if let Some((label, moves)) = &eplb_step {
+                    let mut b = b.clone();
+                    b.input_note = format!("{}; {label}", b.input_note);
+                    let ctx = EplbRowCtx {
+                        params: &params,
+                        moves,
+                        shape,
+                        prof,
+                        base: &b,
+                    };
+                    eplb_rows(&mut eplb_ev, &ctx, cfg, &mut rows);
+                }
             }
         }
     }
     rows
+}
+
+struct EplbRowCtx<'a> {
+    params: &'a PlanParams,
+    moves: &'a [crate::plan::Transfer],
+    shape: &'a Shape,
+    prof: &'a Profile,
+    base: &'a ResultRow,
+}
+
+/// The `eplb` row and the `eplb+llep` rows (one per gate, LLEP over the
+/// physical experts where the gate admits their residual imbalance).
+fn eplb_rows(
+    ev: &mut eplb::EplbEvaluator,
+    c: &EplbRowCtx,
+    cfg: &SimConfig,
+    rows: &mut Vec<ResultRow>,
+) {
+    let (plan, cost) = ev.eval(c.params, false, c.moves, c.shape, c.prof);
+    let mut off = row_from(plan, &cost, c.base);
+    off.policy = Policy::Eplb;
+    if cfg.policies.contains(&Policy::Eplb) {
+        rows.push(off.clone());
+    }
+    if !cfg.policies.contains(&Policy::EplbLlep) {
+        return;
+    }
+    let (plan, cost) = ev.eval(c.params, true, c.moves, c.shape, c.prof);
+    let ratio = plan.imbalance_ratio;
+    let mut on = row_from(plan, &cost, c.base);
+    on.policy = Policy::EplbLlep;
+    off.policy = Policy::EplbLlep;
+    // with only `--ratio auto`, eplb+llep plans every layer
+    let always = [Gate::Always];
+    let gates = if cfg.gates.is_empty() {
+        &always[..]
+    } else {
+        &cfg.gates[..]
+    };
+    for &g in gates {
+        let mut r = if g.admits(ratio) {
+            on.clone()
+        } else {
+            off.clone()
+        };
+        r.gate = g;
+        rows.push(r);
+    }
 }
 
 /// The safety margin of the cost-aware gate: LLEP must win by more than the
