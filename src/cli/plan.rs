@@ -11,7 +11,8 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::plan::eplb::{self, EplbParams, EplbPlacement};
-use llep_trace::plan::{Plan, PlanParams, Planner, Policy};
+use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
+use llep_trace::sim::{auto_prefers_llep, price, CostArbiter, CostScratch, Profile, Shape};
 use serde_json::json;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -45,6 +46,16 @@ pub struct PlanArgs {
     groups: Option<usize>,
     #[command(flatten)]
     planner: PlannerArgs,
+    /// llep-auto (--ratio auto): the expert shape D the cost model prices
+    /// the two plans with.
+    #[arg(long)]
+    hidden_size: Option<u32>,
+    /// llep-auto: the expert intermediate size I.
+    #[arg(long)]
+    intermediate_size: Option<u32>,
+    /// llep-auto: the hardware profile (h100, h200 or a JSON file).
+    #[arg(long, default_value = "h200")]
+    profile: String,
     /// Print JSON instead of a table: one object, or a list of objects when
     /// several lambdas, alphas or minimum GEMM sizes are given.
     #[arg(long)]
@@ -117,20 +128,46 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
     let mut planner = Planner::new();
     let mut objects = Vec::new();
     let mut sections = Vec::new();
+    let judge = (policy == Policy::LlepAuto || gates.contains(&Gate::Auto))
+        .then(|| auto_judge(a, &counts))
+        .transpose()?;
     for gate in &gates {
+        let (policy, gate) = match (policy, *gate) {
+            (Policy::Llep, Gate::Auto) | (Policy::LlepAuto, _) => (Policy::LlepAuto, Gate::Auto),
+            other => other,
+        };
         for &alpha in &alphas {
             for &min_gemm in &mins {
                 let params = PlanParams {
                     gpus: a.gpus,
                     alpha,
                     min_gemm,
-                    gate: *gate,
+                    gate,
                 };
-                let plan = planner.plan(&counts, &params, policy)?;
+                let mut plan = planner.plan(&counts, &params, policy)?;
+                let mut verdict = None;
+                if let (Policy::LlepAuto, Some(j)) = (policy, &judge) {
+                    let ep = planner.plan(&counts, &params, Policy::Ep)?;
+                    let (ep_ms, llep_ms, use_llep) = j.decide(&ep, &plan);
+                    verdict = Some(format!(
+                        "cost-aware gate: predicted EP {ep_ms:.3} ms, LLEP {llep_ms:.3} ms (profile {}, margin {:.1}%) -> {}\n",
+                        j.arbiter.profile.name,
+                        llep_trace::sim::auto_margin(&j.arbiter.profile) * 100.0,
+                        if use_llep { "LLEP" } else { "plain EP" }
+                    ));
+                    if !use_llep {
+                        plan = ep;
+                    }
+                }
                 if a.json {
                     objects.push(plan_json(&plan, &params, policy));
                 } else {
-                    sections.push(plan_table(&plan, &params, policy, &counts));
+                    let mut t = plan_table(&plan, &params, policy, &counts);
+                    if let Some(v) = verdict {
+                        let at = t.find('\n').map_or(t.len(), |i| i + 1);
+                        t.insert_str(at, &v);
+                    }
+                    sections.push(t);
                 }
             }
         }
@@ -145,6 +182,68 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
         p.out(&sections.join("\n"))?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The cost model that decides `llep-auto` for one layer of counts, split
+/// evenly over the ranks (as `simulate` splits load-level counts).
+struct AutoJudge {
+    arbiter: CostArbiter,
+    per_rank: Vec<u64>,
+}
+
+impl AutoJudge {
+    /// (EP ms, LLEP ms, use LLEP) by the same rule as simulate and replay.
+    fn decide(&self, ep: &Plan, llep: &Plan) -> (f64, f64, bool) {
+        let price = |plan: &Plan| {
+            let mut dm = DispatchMatrix::default();
+            dispatch_matrix(plan, &self.per_rank, &mut dm);
+            let counts: Vec<u64> = (0..plan.experts)
+                .map(|e| {
+                    (0..plan.gpus)
+                        .map(|g| self.per_rank[g * plan.experts + e])
+                        .sum()
+                })
+                .collect();
+            let mut scratch = CostScratch::default();
+            price(
+                plan,
+                &dm,
+                &counts,
+                &self.arbiter.shape,
+                &self.arbiter.profile,
+                &mut scratch,
+            )
+            .total_ms
+        };
+        let (e, l) = (price(ep), price(llep));
+        (e, l, auto_prefers_llep(e, l, &self.arbiter.profile))
+    }
+}
+
+fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
+    let (Some(d), Some(i)) = (a.hidden_size, a.intermediate_size) else {
+        bail!("llep-auto (--ratio auto) prices both plans with the cost model: give --hidden-size and --intermediate-size (and --profile)");
+    };
+    let profile = Profile::load(&a.profile)?;
+    let g = a.gpus as u64;
+    let n = counts.len();
+    let mut per_rank = vec![0u64; a.gpus * n];
+    for (e, &c) in counts.iter().enumerate() {
+        for r in 0..a.gpus {
+            per_rank[r * n + e] = c / g + u64::from((r as u64) < c % g);
+        }
+    }
+    let shape = Shape {
+        hidden: d as u64,
+        intermediate: i as u64,
+        dtype_bytes: 2,
+        expert_bytes: llep_trace::trace::meta::expert_bytes(d as u64, i as u64, 2),
+        top_k: 1,
+    };
+    Ok(AutoJudge {
+        arbiter: CostArbiter { shape, profile },
+        per_rank,
+    })
 }
 
 fn plan_json(plan: &Plan, params: &PlanParams, policy: Policy) -> serde_json::Value {
