@@ -9,12 +9,15 @@
 //!   is used only where the cost model predicts it beats plain EP by more
 //!   than the model's own error ([`Arbiter`] makes that call, for the
 //!   simulator and the replay alike);
+//! - `llep-topo`: beyond the reference, `llep` with node-first helpers on a
+//!   multi-node [`topo::Topology`] ([`topo::TopoPlanner`]);
 //! - `ideal`: perfect balance with free transfers, the bound no policy beats.
 
 mod dispatch;
 pub mod eplb;
 mod gate;
 mod reference;
+pub mod topo;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
 pub use gate::{Gate, GateError, ReferenceReading};
@@ -45,6 +48,7 @@ pub enum Policy {
     Llep,
     Ideal,
     LlepAuto,
+    LlepTopo,
 }
 
 impl Policy {
@@ -57,6 +61,7 @@ impl Policy {
             Policy::Llep => "llep",
             Policy::Ideal => "ideal",
             Policy::LlepAuto => "llep-auto",
+            Policy::LlepTopo => "llep-topo",
         }
     }
 }
@@ -76,7 +81,7 @@ impl fmt::Display for Policy {
 
 /// A policy name this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy '{0}' (expected ep, llep, llep-auto or ideal)")]
+#[error("unknown policy '{0}' (expected ep, llep, llep-auto, llep-topo or ideal)")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
@@ -87,6 +92,7 @@ impl FromStr for Policy {
             "llep" | "reference" => Ok(Policy::Llep),
             "ideal" => Ok(Policy::Ideal),
             "llep-auto" | "auto" => Ok(Policy::LlepAuto),
+            "llep-topo" | "topo" => Ok(Policy::LlepTopo),
             other => Err(UnknownPolicy(other.into())),
         }
     }

@@ -87,8 +87,9 @@ impl Planner {
             Policy::Ep => {
                 out.use_llep = false;
             }
-            // llep-auto plans as llep; an Arbiter then decides
-            Policy::Llep | Policy::LlepAuto => {
+            // llep-auto plans as llep; an Arbiter then decides. On one node
+            // llep-topo is llep (topo::TopoPlanner plans it on several)
+            Policy::Llep | Policy::LlepAuto | Policy::LlepTopo => {
                 out.use_llep = params.gate.admits(out.imbalance_ratio);
                 if out.use_llep {
                     self.least_loaded(counts, p, params.min_gemm, out);

@@ -96,6 +96,7 @@ macro_rules! results_columns {
         }
 
         fn from_batch(b: &RecordBatch, path: &Path) -> Result<Vec<ResultRow>, ResultsError> {
+            let b = &with_added_columns(b);
             $(
                 let $field = column_of::<$ty>(b, $col, path)?;
             )*
@@ -161,6 +162,9 @@ results_columns! {
     transfers: u32 = "transfers",
     duplicate_transfers: u32 = "duplicate_transfers",
     transfer_bytes: u64 = "transfer_bytes",
+    /// Bytes crossing nodes (tokens both ways, weights), 0 on one node;
+    /// read as 0 from files written before the column existed.
+    inter_node_bytes: u64 = "inter_node_bytes",
     dispatch_bytes_max: u64 = "dispatch_bytes_max",
     peak_mem_max_bytes: u64 = "peak_mem_max_bytes",
     peak_mem_per_gpu: Vec<u64> = "peak_mem_per_gpu",
@@ -172,6 +176,38 @@ results_columns! {
     /// Relative error of the replay's output against the dense reference.
     rel_error: Option<f64> = "rel_error",
     driver: String = "driver",
+}
+
+/// Columns added to the schema after files were written with it, all
+/// `u64` counters that read as 0 when absent.
+const ADDED_LATER: &[&str] = &["inter_node_bytes"];
+
+/// `b` with every column of [`ADDED_LATER`] it lacks, zero-filled, so
+/// older results files still read.
+fn with_added_columns(b: &RecordBatch) -> RecordBatch {
+    let missing: Vec<&str> = ADDED_LATER
+        .iter()
+        .copied()
+        .filter(|c| b.column_by_name(c).is_none())
+        .collect();
+    if missing.is_empty() {
+        return b.clone();
+    }
+    let mut fields: Vec<Field> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    let mut cols: Vec<ArrayRef> = b.columns().to_vec();
+    for c in missing {
+        fields.push(Field::new(c, arrow::datatypes::DataType::UInt64, false));
+        cols.push(Arc::new(arrow::array::UInt64Array::from(vec![
+            0u64;
+            b.num_rows()
+        ])));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), cols).expect("zero-filled columns fit")
 }
 
 fn column_of<'a, T: Column>(
@@ -204,7 +240,7 @@ impl ResultRow {
     /// which reads back as "always".
     fn settle_gate(&mut self) {
         match self.policy {
-            Policy::Llep => {}
+            Policy::Llep | Policy::LlepTopo => {}
             Policy::LlepAuto => self.gate = Gate::Auto,
             _ => self.gate = Gate::Never,
         }
@@ -239,6 +275,7 @@ impl ResultRow {
 pub fn setting_label(policy: Policy, gate: Gate) -> String {
     match policy {
         Policy::Llep => format!("llep λ={gate}"),
+        Policy::LlepTopo => format!("llep-topo λ={gate}"),
         other => other.to_string(),
     }
 }

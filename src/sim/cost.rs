@@ -3,6 +3,14 @@
 //! Layer time = overhead + max over GPUs of max(dispatch, weight transfer)
 //! plus max over GPUs of compute plus max over GPUs of combine
 //! (`docs/design.md`, "Planning and simulation"). Every term is kept.
+//!
+//! Topology: with the GPUs split over several nodes (`Profile::nodes`),
+//! each GPU's token exchange and weight transfers are split into what
+//! stays in its node (priced on the intra-node link, as on one node) and
+//! what crosses nodes (priced on the GPU's NIC, `inter_gbps` and
+//! `inter_latency_us`); both run at once, so a phase takes the slower of
+//! the two, and the NIC, several times slower, is usually that one. On one
+//! node the prices are exactly those of the single-node model.
 
 use super::model::{self, interp, MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
@@ -42,6 +50,10 @@ pub struct Cost {
     pub total_ms: f64,
     pub dispatch_bytes_max: u64,
     pub transfer_bytes: u64,
+    /// Bytes that cross nodes in this layer: token-copies dispatched to and
+    /// combined back from GPUs of other nodes, plus expert weights sent to
+    /// them. 0 on one node.
+    pub inter_node_bytes: u64,
     pub peak_mem_per_gpu: Vec<u64>,
     pub oom: bool,
 }
@@ -59,6 +71,10 @@ pub struct CostScratch {
     w_nsent: Vec<u64>,
     /// `[g * p + q]`: GPU g moves weights with peer q (either way).
     w_peer: Vec<bool>,
+    /// Weight bytes sent and received across nodes, and their messages.
+    x_sent: Vec<u64>,
+    x_recv: Vec<u64>,
+    x_msgs: Vec<u64>,
 }
 
 impl Profile {
@@ -102,6 +118,17 @@ impl Profile {
         } else {
             0.0
         }
+    }
+
+    /// One exchange over the GPU's NIC: `msgs` sends and receives moving
+    /// `bytes` (the larger direction); the message model's per-message
+    /// cost applies when the profile has one.
+    fn nic_ms(&self, msgs: u64, bytes: u64, per_msg_us: Option<f64>) -> f64 {
+        if bytes == 0 && msgs == 0 {
+            return 0.0;
+        }
+        (self.inter_latency_us + per_msg_us.unwrap_or(0.0) * msgs as f64) * 1e-3
+            + bytes as f64 / (self.inter_gbps * 1e9) * 1e3
     }
 
     fn p2p_ms(&self, bytes: u64) -> f64 {
@@ -171,6 +198,19 @@ pub fn price(
     }
     scratch.w_peer.clear();
     scratch.w_peer.resize(p * p, false);
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
+    if multi {
+        for v in [
+            &mut scratch.x_sent,
+            &mut scratch.x_recv,
+            &mut scratch.x_msgs,
+        ] {
+            v.clear();
+            v.resize(p, 0);
+        }
+    }
+    let mut inter_node_bytes = 0u64;
     let mut transfer_bytes = 0;
     if !plan.free_transfers {
         for t in &plan.transfers {
@@ -182,6 +222,14 @@ pub fn price(
             scratch.w_peer[src * p + dst] = true;
             scratch.w_peer[dst * p + src] = true;
             transfer_bytes += shape.expert_bytes;
+            if multi && src / gpn != dst / gpn {
+                // the NIC's share: taken off the intra-node totals below
+                scratch.x_sent[src] += shape.expert_bytes;
+                scratch.x_recv[dst] += shape.expert_bytes;
+                scratch.x_msgs[src] += 1;
+                scratch.x_msgs[dst] += 1;
+                inter_node_bytes += shape.expert_bytes;
+            }
         }
     }
 
@@ -199,23 +247,40 @@ pub fn price(
     for g in 0..p {
         let link_b = dm.sent_off(g).max(dm.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
-        let link = match &prof.msg_tokens {
-            Some(m) => {
-                let msgs = (0..p)
-                    .filter(|&q| q != g)
-                    .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
-                    .sum();
-                m.ms(msgs, link_b)
+        let link = if multi {
+            let (link, crossed) = split_exchange(dm, g, gpn, tok_bytes, prof);
+            inter_node_bytes += 2 * crossed;
+            link
+        } else {
+            match &prof.msg_tokens {
+                Some(m) => {
+                    let msgs = (0..p)
+                        .filter(|&q| q != g)
+                        .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
+                        .sum();
+                    m.ms(msgs, link_b)
+                }
+                None => prof.link_ms(link_b),
             }
-            None => prof.link_ms(link_b),
         };
         let copy = prof.copy_ms(2 * dm.row_sum(g) * tok_bytes);
         let dsp = link + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
-        let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
-        let x = match &prof.msg_weights {
-            Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
-            None => prof.p2p_ms(xb),
+        let x = if multi {
+            let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
+            let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
+            let intra = match &prof.msg_weights {
+                Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
+                None => prof.p2p_ms(xb),
+            };
+            let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
+            intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
+        } else {
+            let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
+            match &prof.msg_weights {
+                Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
+                None => prof.p2p_ms(xb),
+            }
         };
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
@@ -251,9 +316,61 @@ pub fn price(
         total_ms: total,
         dispatch_bytes_max,
         transfer_bytes,
+        inter_node_bytes,
         peak_mem_per_gpu: peak,
         oom,
     }
+}
+
+/// GPUs per node under the profile's topology (all `p` on one node, or
+/// when the node count does not divide `p`, which callers check first).
+fn gpus_per_node(prof: &Profile, p: usize) -> usize {
+    let nodes = prof.nodes.max(1) as usize;
+    if nodes > 1 && p % nodes == 0 {
+        p / nodes
+    } else {
+        p
+    }
+}
+
+/// GPU `g`'s token exchange split by link: the slower of its intra-node
+/// part (the single-node formula on those peers) and its NIC part, in ms;
+/// and the bytes it sends across nodes.
+fn split_exchange(
+    dm: &DispatchMatrix,
+    g: usize,
+    gpn: usize,
+    tok_bytes: u64,
+    prof: &Profile,
+) -> (f64, u64) {
+    let home = g / gpn;
+    let (mut in_out, mut in_in, mut x_out, mut x_in) = (0u64, 0u64, 0u64, 0u64);
+    let (mut in_msgs, mut x_msgs) = (0u64, 0u64);
+    for q in (0..dm.gpus).filter(|&q| q != g) {
+        let (o, i) = (dm.get(g, q), dm.get(q, g));
+        let msgs = u64::from(o > 0) + u64::from(i > 0);
+        if q / gpn == home {
+            in_out += o;
+            in_in += i;
+            in_msgs += msgs;
+        } else {
+            x_out += o;
+            x_in += i;
+            x_msgs += msgs;
+        }
+    }
+    let in_b = in_out.max(in_in) * tok_bytes;
+    let x_b = x_out.max(x_in) * tok_bytes;
+    let intra = match &prof.msg_tokens {
+        Some(m) => m.ms(in_msgs, in_b),
+        None => prof.link_ms(in_b),
+    };
+    let nic = if x_b == 0 {
+        0.0
+    } else {
+        prof.nic_ms(x_msgs, x_b, prof.msg_tokens.map(|m| m.per_msg_us))
+    };
+    (intra.max(nic), x_out * tok_bytes)
 }
 
 /// Memory of GPU `g`, as the replay allocates it: baseline (context,
