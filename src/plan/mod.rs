@@ -48,6 +48,7 @@ pub enum Policy {
     Llep,
     Ideal,
     LlepAuto,
+    #[serde(rename = "llep-topo")]
     LlepTopo,
 }
 
