@@ -75,6 +75,46 @@ pub struct CostScratch {
     x_sent: Vec<u64>,
     x_recv: Vec<u64>,
     x_msgs: Vec<u64>,
+    /// Row and column sums of the dispatch matrix, computed once per price
+    /// (each is O(P), and every GPU's terms use them several times).
+    sums: Sums,
+}
+
+/// Per-GPU sums of a dispatch matrix.
+#[derive(Debug, Default, Clone)]
+struct Sums {
+    rows: Vec<u64>,
+    cols: Vec<u64>,
+    diag: Vec<u64>,
+}
+
+impl Sums {
+    fn fill(&mut self, dm: &DispatchMatrix) {
+        let p = dm.gpus;
+        self.rows.clear();
+        self.cols.clear();
+        self.cols.resize(p, 0);
+        self.diag.clear();
+        for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
+            self.rows.push(row.iter().sum());
+            for (c, &v) in self.cols.iter_mut().zip(row) {
+                *c += v;
+            }
+            self.diag.push(row[r]);
+        }
+    }
+    fn row_sum(&self, g: usize) -> u64 {
+        self.rows[g]
+    }
+    fn col_sum(&self, g: usize) -> u64 {
+        self.cols[g]
+    }
+    fn sent_off(&self, g: usize) -> u64 {
+        self.rows[g] - self.diag[g]
+    }
+    fn received(&self, g: usize) -> u64 {
+        self.cols[g] - self.diag[g]
+    }
 }
 
 impl Profile {
@@ -153,6 +193,8 @@ pub fn price(
     let p = plan.gpus;
     let per = plan.experts / p;
     let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let mut sums = std::mem::take(&mut scratch.sums);
+    sums.fill(dm);
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
@@ -245,7 +287,7 @@ pub fn price(
     // weights are in) the foreign groups
     let mut compute_end = 0f64;
     for g in 0..p {
-        let link_b = dm.sent_off(g).max(dm.received(g)) * tok_bytes;
+        let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
         let link = if multi {
             let (link, crossed) = split_exchange(dm, g, gpn, tok_bytes, prof);
@@ -263,7 +305,7 @@ pub fn price(
                 None => prof.link_ms(link_b),
             }
         };
-        let copy = prof.copy_ms(2 * dm.row_sum(g) * tok_bytes);
+        let copy = prof.copy_ms(2 * sums.row_sum(g) * tok_bytes);
         let dsp = link + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
         let x = if multi {
@@ -301,12 +343,13 @@ pub fn price(
     let mut oom = false;
     for g in 0..p {
         let m = match &prof.mem_model {
-            Some(mm) => mem_by_buffer(mm, plan, dm, shape, prof, scratch, g),
-            None => mem_lumped(plan, dm, shape, prof, scratch, g),
+            Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
+            None => mem_lumped(plan, &sums, shape, prof, scratch, g),
         };
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }
+    scratch.sums = sums;
     Cost {
         overhead_ms: overhead,
         dispatch_ms: dispatch,
@@ -381,7 +424,7 @@ fn split_exchange(
 /// group + routing tables. The profile's lumped baseline, no rounding.
 fn mem_lumped(
     plan: &Plan,
-    dm: &DispatchMatrix,
+    sums: &Sums,
     shape: &Shape,
     prof: &Profile,
     scratch: &CostScratch,
@@ -390,13 +433,13 @@ fn mem_lumped(
     let (p, per) = (plan.gpus as u64, (plan.experts / plan.gpus) as u64);
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
-    let own = dm.row_sum(g);
+    let own = sums.row_sum(g);
     let own_tokens = own / shape.top_k.max(1);
     let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
-    let tokens =
-        own_tokens * tok_bytes * 2 + (dm.sent_off(g) + dm.received(g) + dm.col_sum(g)) * tok_bytes;
+    let tokens = own_tokens * tok_bytes * 2
+        + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
     let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
-    let tables = (own + dm.col_sum(g)) * 14;
+    let tables = (own + sums.col_sum(g)) * 14;
     let comm = (p - 1) * prof.mem_per_peer_bytes;
     prof.mem_baseline_bytes + comm + weights + tokens + act + tables
 }
@@ -409,7 +452,7 @@ fn mem_lumped(
 fn mem_by_buffer(
     mm: &MemModel,
     plan: &Plan,
-    dm: &DispatchMatrix,
+    sums: &Sums,
     shape: &Shape,
     prof: &Profile,
     scratch: &CostScratch,
@@ -419,7 +462,7 @@ fn mem_by_buffer(
     let per = n / p as u64;
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
-    let copies = dm.row_sum(g);
+    let copies = sums.row_sum(g);
     let own_tokens = copies / shape.top_k.max(1);
     let rows = scratch.largest[g].min(prof.act_chunk_tokens);
     let r = |x: u64| mm.round(x);
@@ -432,13 +475,13 @@ fn mem_by_buffer(
         3 * r(copies * 4),                          // ids, router weights, slots
         2 * r(copies * 8),                          // result and bias pointers
         r(n * 4) + r(n * 4 * p as u64),             // counts, all ranks' counts
-        r(dm.sent_off(g) * tok_bytes),              // send
-        r(dm.received(g) * tok_bytes),              // receive
-        r(dm.col_sum(g) * tok_bytes),               // computed rows
+        r(sums.sent_off(g) * tok_bytes),            // send
+        r(sums.received(g) * tok_bytes),            // receive
+        r(sums.col_sum(g) * tok_bytes),             // computed rows
         r(rows * 2 * i * b),                        // gate_up output
         r(rows * i * b),                            // activation
         r(copies * 40),                             // pack table (<= one piece per copy)
-        2 * r(dm.received(g) * 32),                 // copy tables in and out
+        2 * r(sums.received(g) * 32),               // copy tables in and out
         r((n + 1) * 4),                             // segment starts
         2 * r(8 * p as u64),                        // gather scratch
     ];
