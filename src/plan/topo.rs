@@ -284,7 +284,9 @@ impl TopoPlanner {
         topo: Topology,
     ) -> Option<usize> {
         let home = topo.node_of(native);
-        let (mut inside, mut outside): (Option<(i64, usize)>, Option<(i64, usize)>) = (None, None);
+        // (effective load, GPU) of the least-loaded helper in and out of the node
+        let mut inside: Option<(i64, usize)> = None;
+        let mut outside: Option<(i64, usize)> = None;
         for g in (0..self.eff.len()).filter(|&g| g != native) {
             let slot = if topo.node_of(g) == home {
                 &mut inside
