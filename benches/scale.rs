@@ -204,7 +204,13 @@ fn main() {
     println!();
     println!("| planner case (DeepSeek-V3 layer, Zipf 1.1, 4096 tokens/rank) | llep-topo per plan (8 GPUs/node) | llep per plan (reference planner, same vectors) | llep-topo transfers per plan | of them across nodes |");
     println!("| --- | --- | --- | --- | --- |");
-    for p in [32, 64, 256] {
+    // `-- simulate-only` skips the planner table (for profiling simulate)
+    let planner_sizes: &[usize] = if args.iter().any(|a| a == "simulate-only") {
+        &[]
+    } else {
+        &[32, 64, 256]
+    };
+    for &p in planner_sizes {
         let (t, l, x, c) = bench_planner(p);
         println!("| N={N}, P={p} | {t:.2} us | {l:.2} us | {x:.1} | {c:.1} |");
     }

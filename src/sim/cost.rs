@@ -386,13 +386,18 @@ fn split_exchange(
     tok_bytes: u64,
     prof: &Profile,
 ) -> (f64, u64) {
-    let home = g / gpn;
+    // the node's GPUs are one contiguous block: a range test, no division
+    let (lo, hi) = (g / gpn * gpn, (g / gpn + 1) * gpn);
     let (mut in_out, mut in_in, mut x_out, mut x_in) = (0u64, 0u64, 0u64, 0u64);
     let (mut in_msgs, mut x_msgs) = (0u64, 0u64);
-    for q in (0..dm.gpus).filter(|&q| q != g) {
-        let (o, i) = (dm.get(g, q), dm.get(q, g));
+    let row = &dm.send[g * dm.gpus..(g + 1) * dm.gpus];
+    for (q, &o) in row.iter().enumerate() {
+        if q == g {
+            continue;
+        }
+        let i = dm.send[q * dm.gpus + g];
         let msgs = u64::from(o > 0) + u64::from(i > 0);
-        if q / gpn == home {
+        if (lo..hi).contains(&q) {
             in_out += o;
             in_in += i;
             in_msgs += msgs;
