@@ -306,3 +306,56 @@ fn results_written_before_the_inter_node_column_still_read() {
     assert!(!rows.is_empty());
     assert!(rows.iter().all(|r| r.inter_node_bytes == 0));
 }
+
+#[test]
+fn report_shows_inter_node_bytes_of_multi_node_results() {
+    let dir = std::env::temp_dir().join(format!("llep-topology-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (name, nodes) in [("one", "1"), ("four", "4")] {
+        let res = dir.join(format!("{name}.parquet"));
+        let rep = dir.join(name);
+        let (res, rep) = (res.to_str().unwrap(), rep.to_str().unwrap());
+        run(&[
+            "simulate",
+            "-q",
+            "--synthetic",
+            "95:1",
+            "--tokens-per-rank",
+            "512",
+        ]);
+        let mut a = vec![
+            "simulate",
+            "-q",
+            "--synthetic",
+            "95:1",
+            "--tokens-per-rank",
+            "512",
+        ];
+        a.extend([
+            "--gpus",
+            "8",
+            "--nodes",
+            nodes,
+            "--policy",
+            "ep,llep,llep-topo",
+        ]);
+        a.extend(["--out", res]);
+        run(&a);
+        run(&["report", "-q", res, "--out", rep]);
+        let html = std::fs::read_to_string(Path::new(rep).join("index.html")).unwrap();
+        assert_eq!(
+            html.contains("Bytes crossing nodes per layer-step"),
+            nodes != "1",
+            "{name}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
