@@ -228,52 +228,9 @@ pub fn price(
         }
     }
 
-    // weight transfers (one full expert per transfer entry, duplicates too)
-    for v in [
-        &mut scratch.w_sent,
-        &mut scratch.w_recv,
-        &mut scratch.w_count,
-        &mut scratch.w_nsent,
-    ] {
-        v.clear();
-        v.resize(p, 0);
-    }
-    scratch.w_peer.clear();
-    scratch.w_peer.resize(p * p, false);
     let gpn = gpus_per_node(prof, p);
     let multi = gpn < p;
-    if multi {
-        for v in [
-            &mut scratch.x_sent,
-            &mut scratch.x_recv,
-            &mut scratch.x_msgs,
-        ] {
-            v.clear();
-            v.resize(p, 0);
-        }
-    }
-    let mut inter_node_bytes = 0u64;
-    let mut transfer_bytes = 0;
-    if !plan.free_transfers {
-        for t in &plan.transfers {
-            let (src, dst) = (t.src as usize, t.dst as usize);
-            scratch.w_sent[src] += shape.expert_bytes;
-            scratch.w_recv[dst] += shape.expert_bytes;
-            scratch.w_count[dst] += 1;
-            scratch.w_nsent[src] += 1;
-            scratch.w_peer[src * p + dst] = true;
-            scratch.w_peer[dst * p + src] = true;
-            transfer_bytes += shape.expert_bytes;
-            if multi && src / gpn != dst / gpn {
-                // the NIC's share: taken off the intra-node totals below
-                scratch.x_sent[src] += shape.expert_bytes;
-                scratch.x_recv[dst] += shape.expert_bytes;
-                scratch.x_msgs[src] += 1;
-                scratch.x_msgs[dst] += 1;
-                inter_node_bytes += shape.expert_bytes;
-            }
-        }
-    }
+    let (transfer_bytes, mut inter_node_bytes) = account_weights(plan, shape, gpn, scratch);
 
     // Dispatch per GPU: its own copies are packed (read + write on the
     // device), those for other GPUs cross the link (the larger of bytes out
@@ -363,6 +320,64 @@ pub fn price(
         peak_mem_per_gpu: peak,
         oom,
     }
+}
+
+/// Weight transfers per GPU (one full expert per transfer entry,
+/// duplicates too) into `scratch`: bytes and messages each way, peers, and
+/// the part that crosses nodes on `gpn` GPUs per node. Returns the bytes
+/// moved and the bytes crossing nodes.
+fn account_weights(
+    plan: &Plan,
+    shape: &Shape,
+    gpn: usize,
+    scratch: &mut CostScratch,
+) -> (u64, u64) {
+    let p = plan.gpus;
+    for v in [
+        &mut scratch.w_sent,
+        &mut scratch.w_recv,
+        &mut scratch.w_count,
+        &mut scratch.w_nsent,
+    ] {
+        v.clear();
+        v.resize(p, 0);
+    }
+    scratch.w_peer.clear();
+    scratch.w_peer.resize(p * p, false);
+    let multi = gpn < p;
+    if multi {
+        for v in [
+            &mut scratch.x_sent,
+            &mut scratch.x_recv,
+            &mut scratch.x_msgs,
+        ] {
+            v.clear();
+            v.resize(p, 0);
+        }
+    }
+    let mut inter_node_bytes = 0u64;
+    let mut transfer_bytes = 0;
+    if !plan.free_transfers {
+        for t in &plan.transfers {
+            let (src, dst) = (t.src as usize, t.dst as usize);
+            scratch.w_sent[src] += shape.expert_bytes;
+            scratch.w_recv[dst] += shape.expert_bytes;
+            scratch.w_count[dst] += 1;
+            scratch.w_nsent[src] += 1;
+            scratch.w_peer[src * p + dst] = true;
+            scratch.w_peer[dst * p + src] = true;
+            transfer_bytes += shape.expert_bytes;
+            if multi && src / gpn != dst / gpn {
+                // the NIC's share ([`price`] takes it off the intra-node totals)
+                scratch.x_sent[src] += shape.expert_bytes;
+                scratch.x_recv[dst] += shape.expert_bytes;
+                scratch.x_msgs[src] += 1;
+                scratch.x_msgs[dst] += 1;
+                inter_node_bytes += shape.expert_bytes;
+            }
+        }
+    }
+    (transfer_bytes, inter_node_bytes)
 }
 
 /// GPUs per node under the profile's topology (all `p` on one node, or
