@@ -4,6 +4,8 @@
 //! combination of the given lambdas, alphas and minimum GEMM sizes; `eplb`
 //! runs DeepSeek's EPLB placement (`plan::eplb`), which has none of those
 //! knobs but takes GPUs, redundant experts, nodes and expert groups.
+//! With `--nodes` (or `--topology NxG`) the planner's policies mark the
+//! weight transfers that cross nodes, and `llep-topo` plans node-first.
 
 use super::settings::{parse_counts, PlannerArgs};
 use super::table::Table;
@@ -11,6 +13,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::plan::eplb::{self, EplbParams, EplbPlacement};
+use llep_trace::plan::topo::{cross_node_transfers, TopoError, TopoPlanner, Topology};
 use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
 use llep_trace::sim::{auto_prefers_llep, price, CostArbiter, CostScratch, Profile, Shape};
 use serde_json::json;
@@ -28,7 +31,8 @@ pub struct PlanArgs {
     #[arg(long, default_value_t = 8, allow_negative_numbers = true,
           value_parser = positive())]
     gpus: usize,
-    /// Policy: llep (the reference planner), ep, ideal, or eplb (DeepSeek's
+    /// Policy: llep (the reference planner), ep, ideal, llep-topo (llep,
+    /// spilling within a node first; see --nodes), or eplb (DeepSeek's
     /// expert-parallelism load balancer: replicas and their placement).
     #[arg(long, default_value = "llep")]
     policy: PlanPolicy,
@@ -36,9 +40,15 @@ pub struct PlanArgs {
     /// experts + redundant must be a multiple of --gpus.
     #[arg(long, allow_negative_numbers = true, value_parser = non_negative())]
     redundant: Option<usize>,
-    /// eplb: server nodes; must divide --gpus (default 1).
+    /// Server nodes, the GPUs split evenly over them; must divide --gpus
+    /// (default 1). eplb places by node; the other policies mark the
+    /// transfers that cross nodes; llep-topo spills within a node first.
     #[arg(long, allow_negative_numbers = true, value_parser = positive())]
     nodes: Option<usize>,
+    /// N nodes of G GPUs each, e.g. 4x8 (instead of --nodes; N x G must be
+    /// --gpus).
+    #[arg(long, value_name = "NxG")]
+    topology: Option<String>,
     /// eplb: expert groups; must divide the number of experts (default 1).
     /// A multiple of --nodes (other than one group on one node) selects
     /// EPLB's hierarchical policy, anything else its global one.
@@ -80,7 +90,7 @@ impl FromStr for PlanPolicy {
         }
         Policy::from_str(s).map(PlanPolicy::Planner).map_err(|_| {
             format!(
-                "unknown policy '{}' (expected ep, llep, ideal or eplb)",
+                "unknown policy '{}' (expected ep, llep, llep-topo, ideal or eplb)",
                 s.trim()
             )
         })
@@ -114,10 +124,33 @@ pub fn run(a: PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The topology of `--nodes` / `--topology` over `--gpus`; `None` when
+/// neither is given.
+fn topology(a: &PlanArgs) -> anyhow::Result<Option<Topology>> {
+    Ok(match (&a.topology, a.nodes) {
+        (Some(_), Some(_)) => bail!("give --nodes or --topology, not both"),
+        (Some(spec), None) => {
+            let t: Topology = spec.parse()?;
+            if t.gpus() != a.gpus {
+                return Err(TopoError::Mismatch {
+                    nodes: t.nodes,
+                    per: t.gpus_per_node,
+                    gpus: a.gpus,
+                }
+                .into());
+            }
+            Some(t)
+        }
+        (None, Some(n)) => Some(Topology::new(a.gpus, n)?),
+        (None, None) => None,
+    })
+}
+
 fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<ExitCode> {
-    if a.redundant.is_some() || a.nodes.is_some() || a.groups.is_some() {
-        bail!("--redundant, --nodes and --groups apply to --policy eplb only");
+    if a.redundant.is_some() || a.groups.is_some() {
+        bail!("--redundant and --groups apply to --policy eplb only");
     }
+    let topo = topology(a)?;
     let counts = parse_counts(&a.counts, "--counts")?;
     if counts.is_empty() {
         bail!("--counts: no counts given");
@@ -126,6 +159,7 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
     let alphas = a.planner.alphas()?;
     let mins = a.planner.min_gemms();
     let mut planner = Planner::new();
+    let mut topo_planner = TopoPlanner::new();
     let mut objects = Vec::new();
     let mut sections = Vec::new();
     let judge = (policy == Policy::LlepAuto || gates.contains(&Gate::Auto))
@@ -144,7 +178,14 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
                     min_gemm,
                     gate,
                 };
-                let mut plan = planner.plan(&counts, &params, policy)?;
+                let mut plan = match topo {
+                    Some(t) if policy == Policy::LlepTopo => {
+                        let mut plan = Plan::default();
+                        topo_planner.plan_into(&counts, &params, t, &mut plan)?;
+                        plan
+                    }
+                    _ => planner.plan(&counts, &params, policy)?,
+                };
                 let mut verdict = None;
                 if let (Policy::LlepAuto, Some(j)) = (policy, &judge) {
                     let ep = planner.plan(&counts, &params, Policy::Ep)?;
@@ -160,9 +201,9 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
                     }
                 }
                 if a.json {
-                    objects.push(plan_json(&plan, &params, policy));
+                    objects.push(plan_json(&plan, &params, policy, topo));
                 } else {
-                    let mut t = plan_table(&plan, &params, policy, &counts);
+                    let mut t = plan_table(&plan, &params, policy, &counts, topo);
                     if let Some(v) = verdict {
                         let at = t.find('\n').map_or(t.len(), |i| i + 1);
                         t.insert_str(at, &v);
@@ -246,7 +287,12 @@ fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
     })
 }
 
-fn plan_json(plan: &Plan, params: &PlanParams, policy: Policy) -> serde_json::Value {
+fn plan_json(
+    plan: &Plan,
+    params: &PlanParams,
+    policy: Policy,
+    topo: Option<Topology>,
+) -> serde_json::Value {
     let mut entries = serde_json::Map::new();
     for (e, ranges) in plan.in_visit_order() {
         entries.insert(
@@ -262,7 +308,7 @@ fn plan_json(plan: &Plan, params: &PlanParams, policy: Policy) -> serde_json::Va
         .iter()
         .map(|t| [t.expert as u64, t.src as u64, t.dst as u64, t.start, t.end])
         .collect();
-    json!({
+    let mut o = json!({
         "policy": policy.as_str(),
         "gpus": params.gpus,
         "alpha": params.alpha,
@@ -276,15 +322,36 @@ fn plan_json(plan: &Plan, params: &PlanParams, policy: Policy) -> serde_json::Va
         "gpu_loads": plan.gpu_loads,
         "native_loads": plan.native_loads,
         "duplicate_transfers": plan.duplicate_transfers,
-    })
+    });
+    // topology fields only when given, so the one-node output is unchanged
+    if let Some(t) = topo {
+        o["nodes"] = json!(t.nodes);
+        o["cross_node_transfers"] = json!(cross_node_transfers(plan, t));
+        o["transfer_crosses_node"] = json!(plan
+            .transfers
+            .iter()
+            .map(|x| t.node_of(x.src as usize) != t.node_of(x.dst as usize))
+            .collect::<Vec<_>>());
+    }
+    o
 }
 
-fn plan_table(plan: &Plan, params: &PlanParams, policy: Policy, counts: &[u64]) -> String {
+fn plan_table(
+    plan: &Plan,
+    params: &PlanParams,
+    policy: Policy,
+    counts: &[u64],
+    topo: Option<Topology>,
+) -> String {
     let gpus = params.gpus;
     let mut s = format!(
-        "policy {}  gpus {}  alpha {}  m {}  lambda {}\n",
+        "policy {}  gpus {}  alpha {}  m {}  lambda {}",
         policy, gpus, params.alpha, params.min_gemm, params.gate,
     );
+    if let Some(t) = topo {
+        s.push_str(&format!("  nodes {} ({t})", t.nodes));
+    }
+    s.push('\n');
     if counts.iter().all(|&c| c == 0) {
         s.push_str("no token-copies: nothing to plan\n");
         return s;
@@ -322,18 +389,35 @@ fn plan_table(plan: &Plan, params: &PlanParams, policy: Policy, counts: &[u64]) 
     s.push_str(&t.render());
     if !plan.transfers.is_empty() {
         s.push_str(&format!(
-            "\n{} weight transfers ({} duplicate):\n",
+            "\n{} weight transfers ({} duplicate",
             plan.transfers.len(),
             plan.duplicate_transfers
         ));
-        let mut t = Table::new(&["expert", "from", "to", "tokens"]);
+        if let Some(t) = topo {
+            s.push_str(&format!(", {} across nodes", cross_node_transfers(plan, t)));
+        }
+        s.push_str("):\n");
+        let mut head = vec!["expert", "from", "to", "tokens"];
+        if topo.is_some() {
+            head.push("nodes");
+        }
+        let mut t = Table::new(&head);
         for x in &plan.transfers {
-            t.row(vec![
+            let mut row = vec![
                 x.expert.to_string(),
                 x.src.to_string(),
                 x.dst.to_string(),
                 format!("[{}, {})", x.start, x.end),
-            ]);
+            ];
+            if let Some(tp) = topo {
+                let (a, b) = (tp.node_of(x.src as usize), tp.node_of(x.dst as usize));
+                row.push(if a == b {
+                    format!("{a}")
+                } else {
+                    format!("{a} -> {b} CROSS")
+                });
+            }
+            t.row(row);
         }
         s.push_str(&t.render());
     }
@@ -378,7 +462,11 @@ fn run_eplb(a: &PlanArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let params = EplbParams {
         gpus: a.gpus,
         redundant: a.redundant.unwrap_or(0),
-        nodes: a.nodes.unwrap_or(1),
+        // eplb checks --nodes itself; --topology is read here
+        nodes: match &a.topology {
+            Some(_) => topology(a)?.map_or(1, |t| t.nodes),
+            None => a.nodes.unwrap_or(1),
+        },
         groups: a.groups.unwrap_or(1),
         ..EplbParams::new(a.gpus, 0)
     };

@@ -5,6 +5,7 @@ use super::table::{count, gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
+use llep_trace::plan::topo::{TopoError, Topology};
 use llep_trace::plan::{Gate, Policy};
 use llep_trace::progress::Progress;
 use llep_trace::results::{write_results, Pass, ResultRow, ResultsMeta};
@@ -20,9 +21,19 @@ use std::process::ExitCode;
 pub struct SimInputArgs {
     #[command(flatten)]
     pub input: InputArgs,
-    /// EP ranks (GPUs).
-    #[arg(long, default_value = "8", value_parser = positive_count, allow_hyphen_values = true)]
+    /// EP ranks (GPUs) [default: 8, or N x G of --topology].
+    #[arg(long = "gpus", value_name = "GPUS", value_parser = positive_count, allow_hyphen_values = true)]
+    gpus_arg: Option<usize>,
+    /// The GPU count in force, set by [`SimInputArgs::settle`].
+    #[arg(skip)]
     pub gpus: usize,
+    /// Nodes the GPUs are split over, evenly: traffic between nodes is
+    /// priced on each GPU's NIC (the profile's inter_gbps). Default 1.
+    #[arg(long, value_parser = positive_count, allow_hyphen_values = true)]
+    pub nodes: Option<usize>,
+    /// N nodes of G GPUs each, e.g. 4x8 (instead of --nodes; sets --gpus).
+    #[arg(long, value_name = "NxG")]
+    pub topology: Option<String>,
     /// Hardware profile: h100, h200, or a profile JSON file.
     #[arg(long, default_value = "h200")]
     pub profile: String,
@@ -115,13 +126,47 @@ impl EplbArgs {
     }
 }
 
+impl SimInputArgs {
+    /// The GPU count and topology the flags give: `--topology NxG` sets the
+    /// GPUs (and must agree with `--gpus` when both are given); `--nodes`
+    /// must divide them.
+    pub fn topology(&self) -> anyhow::Result<Topology> {
+        let topo = match (&self.topology, self.nodes) {
+            (Some(_), Some(_)) => bail!("give --nodes or --topology, not both"),
+            (Some(spec), None) => {
+                let t: Topology = spec.parse()?;
+                let gpus = self.gpus_arg.unwrap_or(t.gpus());
+                if gpus != t.gpus() {
+                    return Err(TopoError::Mismatch {
+                        nodes: t.nodes,
+                        per: t.gpus_per_node,
+                        gpus,
+                    }
+                    .into());
+                }
+                t
+            }
+            (None, nodes) => Topology::new(self.gpus_arg.unwrap_or(8), nodes.unwrap_or(1))?,
+        };
+        Ok(topo)
+    }
+
+    /// Resolve the flags into [`SimInputArgs::gpus`]; call before using it.
+    pub fn settle(&mut self) -> anyhow::Result<Topology> {
+        let t = self.topology()?;
+        self.gpus = t.gpus();
+        Ok(t)
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct SimulateArgs {
     #[command(flatten)]
     pub input: SimInputArgs,
     /// Policies to simulate, comma separated: ep, llep, ideal, llep-auto
     /// (LLEP where the cost model predicts a gain; also `--ratio auto`),
-    /// eplb and eplb+llep (need --redundant).
+    /// llep-topo (LLEP spilling within a node first; see --nodes), eplb and
+    /// eplb+llep (need --redundant).
     #[arg(long, value_delimiter = ',', default_value = "ep,llep,ideal")]
     pub policy: Vec<Policy>,
     #[command(flatten)]
@@ -170,8 +215,10 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
     if a.recompute && a.pass != PassArg::Train {
         bail!("--recompute applies to --pass train only");
     }
-    let profile = Profile::load(&a.profile)?;
-    let spec = a.input.spec(a.gpus, Some(default_trace()), false)?;
+    let topo = a.topology()?;
+    let mut profile = Profile::load(&a.profile)?;
+    profile.nodes = topo.nodes as u32;
+    let spec = a.input.spec(topo.gpus(), Some(default_trace()), false)?;
     let synthetic = matches!(spec.source, InputSource::Synthetic(_));
     let workloads = spec.resolve_with(p)?;
     for w in &workloads {
@@ -215,7 +262,11 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         } else {
             &workloads[0].name
         },
-        a.gpus,
+        if topo.nodes > 1 {
+            format!("{} ({topo} nodes x GPUs)", topo.gpus())
+        } else {
+            topo.gpus().to_string()
+        },
         profile.label()
     ));
     if let (Some(e), Some(w)) = (&sweep.eplb, workloads.first()) {
@@ -389,7 +440,9 @@ pub fn whole_model_memory(sim: &Simulated, summaries: &[&Summary]) -> String {
     )
 }
 
-pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
+/// The summary table; `inter_node` adds the bytes that cross nodes (per
+/// layer-step, GB), shown only for multi-node runs.
+pub fn summary_table(sims: &[Summary], show_am: bool, inter_node: bool) -> String {
     let show_sc = sims.iter().any(|s| !s.scenario.is_empty());
     let mut head = vec![];
     if show_sc {
@@ -410,6 +463,9 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
         "transfers",
         "dup",
     ]);
+    if inter_node {
+        head.push("inter-node GB");
+    }
     let mut t = Table::new(&head).left(0);
     if show_sc {
         t = t.left(1);
@@ -433,7 +489,10 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
             },
             format!("{:.2}", s.mean_ratio_before),
             format!("{:.2}", s.mean_ratio_after),
-            if matches!(s.policy, Policy::Llep | Policy::LlepAuto | Policy::EplbLlep) {
+            if matches!(
+                s.policy,
+                Policy::Llep | Policy::LlepAuto | Policy::EplbLlep | Policy::LlepTopo
+            ) {
                 format!("{}/{}", s.llep_on, s.layer_steps)
             } else {
                 "-".into()
@@ -443,6 +502,10 @@ pub fn summary_table(sims: &[Summary], show_am: bool) -> String {
             s.transfers.to_string(),
             s.duplicates.to_string(),
         ]);
+        if inter_node {
+            let per = s.inter_node_bytes as f64 / s.layer_steps.max(1) as f64;
+            r.push(format!("{:.3}", per / 1e9));
+        }
         t.row(r);
     }
     t.render()
@@ -467,7 +530,8 @@ fn eplb_setting(policies: &[Policy], a: &EplbArgs) -> anyhow::Result<Option<Eplb
     }
 }
 
-pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+pub fn run(mut a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    a.input.settle()?;
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let sweep = Sweep {
         policies,
@@ -489,7 +553,7 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             .summaries
             .iter()
             .map(|s| {
-                json!({
+                let mut o = json!({
                     "scenario": s.scenario, "policy": s.policy, "lambda": s.gate.lambda(), "alpha": s.alpha, "min_gemm": s.min_gemm,
                     "layer_steps": s.layer_steps, "total_ms": s.total_ms,
                     "speedup_vs_ep": if s.speedup_vs_ep.is_nan() { None } else { Some(s.speedup_vs_ep) },
@@ -497,16 +561,25 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
                     "llep_on": s.llep_on, "peak_mem_max_bytes": s.peak_mem_max_bytes, "oom_rows": s.oom_rows,
                     "transfers": s.transfers, "duplicate_transfers": s.duplicates,
                     "phases_ms": {"overhead": s.phases_ms[0], "dispatch": s.phases_ms[1], "transfer": s.phases_ms[2], "compute": s.phases_ms[3], "combine": s.phases_ms[4]},
-                })
+                });
+                // multi-node fields only, so one-node output is unchanged
+                if sim.profile.nodes > 1 {
+                    o["inter_node_bytes"] = json!(s.inter_node_bytes);
+                }
+                o
             })
             .collect();
-        let obj = json!({
+        let mut obj = json!({
             "trace": sim.trace_name, "model": sim.model, "gpus": a.input.gpus, "input": sim.input_note,
             "profile": sim.profile.name, "profile_status": sim.profile.label(),
             "measured_error": sim.profile.measured_error, "summary": summ,
             "eplb": sim.eplb.as_ref().map(|e| e.label()),
             "whole_model_memory": whole_model_memory(&sim, &sim.summaries.iter().collect::<Vec<_>>()).trim(),
         });
+        if sim.profile.nodes > 1 {
+            obj["nodes"] = json!(sim.profile.nodes);
+            obj["inter_gbps"] = json!(sim.profile.inter_gbps);
+        }
         p.out(&serde_json::to_string_pretty(&obj)?)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -524,8 +597,18 @@ pub fn run(a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         s.insert_str(s.len() - 1, &note);
     }
     s.push_str(eplb_line.as_deref().unwrap_or(""));
-    s.push_str(&summary_table(&sim.summaries, show_am));
+    let multi = sim.profile.nodes > 1;
+    s.push_str(&summary_table(&sim.summaries, show_am, multi));
     s.push_str("\ntotal ms: simulated layer time summed over all layer-steps; max/mean: GPU load imbalance, mean over layer-steps; peak GiB: one layer's peak per GPU\n");
+    if multi {
+        s.push_str(&format!(
+            "{} nodes of {} GPUs; inter-node GB: bytes crossing nodes per layer-step (tokens dispatched and combined, weights sent), priced at {} GB/s per GPU NIC{}\n",
+            sim.profile.nodes,
+            a.input.gpus / sim.profile.nodes as usize,
+            sim.profile.inter_gbps,
+            if sim.profile.note.contains("ESTIMATE") { " (an estimate, not measured)" } else { "" }
+        ));
+    }
     s.push_str(&whole_model_memory(
         &sim,
         &sim.summaries.iter().collect::<Vec<_>>(),

@@ -60,7 +60,8 @@ pub struct TuneArgs {
     plot: Option<PathBuf>,
 }
 
-pub fn run(a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+pub fn run(mut a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
+    a.input.settle()?;
     let grid = a.planner.ratio.as_deref().unwrap_or(DEFAULT_GRID);
     let mut gates = Gate::parse_list(grid).map_err(|e| anyhow::anyhow!("--ratio: {e}"))?;
     gates.retain(|g| *g != Gate::Never); // EP rows stand for "never"

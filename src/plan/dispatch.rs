@@ -59,6 +59,11 @@ pub fn dispatch_matrix(plan: &Plan, per_rank: &[u64], out: &mut DispatchMatrix) 
     for (e, ranges) in plan.spilled() {
         let e = e as usize;
         let native = e / per;
+        if let [only] = ranges {
+            if only.gpu as usize == native {
+                continue; // kept whole at home: already counted native
+            }
+        }
         let mut cum = 0u64;
         for r in 0..p {
             let cnt = per_rank[r * n + e];

@@ -9,6 +9,8 @@
 //!   is used only where the cost model predicts it beats plain EP by more
 //!   than the model's own error ([`Arbiter`] makes that call, for the
 //!   simulator and the replay alike);
+//! - `llep-topo`: beyond the reference, `llep` with node-first helpers on a
+//!   multi-node [`topo::Topology`] ([`topo::TopoPlanner`]);
 //! - `ideal`: perfect balance with free transfers, the bound no policy beats;
 //! - `eplb`, `eplb+llep`: DeepSeek's EPLB placement with replicas, alone or
 //!   with LLEP over its physical experts (simulated by `sim::eplb`; the
@@ -18,6 +20,7 @@ mod dispatch;
 pub mod eplb;
 mod gate;
 mod reference;
+pub mod topo;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
 pub use gate::{Gate, GateError, ReferenceReading};
@@ -51,6 +54,8 @@ pub enum Policy {
     Eplb,
     #[serde(rename = "eplb+llep")]
     EplbLlep,
+    #[serde(rename = "llep-topo")]
+    LlepTopo,
 }
 
 impl Policy {
@@ -65,6 +70,7 @@ impl Policy {
             Policy::LlepAuto => "llep-auto",
             Policy::Eplb => "eplb",
             Policy::EplbLlep => "eplb+llep",
+            Policy::LlepTopo => "llep-topo",
         }
     }
 }
@@ -84,7 +90,7 @@ impl fmt::Display for Policy {
 
 /// A policy name this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown policy '{0}' (expected ep, llep, llep-auto, ideal, eplb or eplb+llep)")]
+#[error("unknown policy '{0}' (expected ep, llep, llep-auto, llep-topo, ideal, eplb or eplb+llep)")]
 pub struct UnknownPolicy(pub String);
 
 impl FromStr for Policy {
@@ -97,6 +103,7 @@ impl FromStr for Policy {
             "llep-auto" | "auto" => Ok(Policy::LlepAuto),
             "eplb" => Ok(Policy::Eplb),
             "eplb+llep" => Ok(Policy::EplbLlep),
+            "llep-topo" | "topo" => Ok(Policy::LlepTopo),
             other => Err(UnknownPolicy(other.into())),
         }
     }

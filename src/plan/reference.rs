@@ -91,8 +91,9 @@ impl Planner {
             Policy::Ep | Policy::Eplb => {
                 out.use_llep = false;
             }
-            // llep-auto plans as llep; an Arbiter then decides
-            Policy::Llep | Policy::LlepAuto | Policy::EplbLlep => {
+            // llep-auto plans as llep; an Arbiter then decides. On one node
+            // llep-topo is llep (topo::TopoPlanner plans it on several)
+            Policy::Llep | Policy::LlepAuto | Policy::EplbLlep | Policy::LlepTopo => {
                 out.use_llep = params.gate.admits(out.imbalance_ratio);
                 if out.use_llep {
                     if total >= MAX_TOTAL {

@@ -272,6 +272,9 @@ impl<'a> Build<'a> {
                 b.phases_ms[4]
             ));
         }
+        if let Some(line) = inter_node_line(self.rows) {
+            s.numbers.push(line);
+        }
         if bars.is_empty() {
             s.missing = Some("No rows with phase times.".into());
             return Ok(s);
@@ -407,6 +410,33 @@ impl<'a> Build<'a> {
         }
         summary
     }
+}
+
+/// Bytes crossing nodes per layer-step for each setting, when the rows
+/// were simulated on several nodes (`simulate --nodes`); `None` otherwise.
+fn inter_node_line(rows: &[ResultRow]) -> Option<String> {
+    if rows.iter().all(|r| r.inter_node_bytes == 0) {
+        return None;
+    }
+    let mut sums: Vec<(String, u64, usize)> = vec![];
+    for r in rows {
+        let label = r.setting_label();
+        match sums.iter_mut().find(|x| x.0 == label) {
+            Some(x) => {
+                x.1 += r.inter_node_bytes;
+                x.2 += 1;
+            }
+            None => sums.push((label, r.inter_node_bytes, 1)),
+        }
+    }
+    let parts: Vec<String> = sums
+        .iter()
+        .map(|(l, b, n)| format!("{l} {:.3} GB", *b as f64 / *n as f64 / 1e9))
+        .collect();
+    Some(format!(
+        "Bytes crossing nodes per layer-step (tokens dispatched and combined, weights sent): {}.",
+        parts.join(", ")
+    ))
 }
 
 /// The numbers under the speedup figure for one series, led by what

@@ -200,6 +200,9 @@ results_columns! {
     transfers: u32 = "transfers",
     duplicate_transfers: u32 = "duplicate_transfers",
     transfer_bytes: u64 = "transfer_bytes",
+    /// Bytes crossing nodes (tokens both ways, weights), 0 on one node;
+    /// read as 0 from files written before the column existed.
+    inter_node_bytes: u64 = "inter_node_bytes",
     dispatch_bytes_max: u64 = "dispatch_bytes_max",
     peak_mem_max_bytes: u64 = "peak_mem_max_bytes",
     peak_mem_per_gpu: Vec<u64> = "peak_mem_per_gpu",
@@ -235,6 +238,7 @@ const ADDED_LATER: &[&str] = &[
     "t_bwd_dispatch_ms",
     "t_grad_return_ms",
     "saved_act_bytes",
+    "inter_node_bytes",
 ];
 
 fn column_of<'a, T: Column>(
@@ -270,7 +274,7 @@ impl ResultRow {
     /// which reads back as "always".
     fn settle_gate(&mut self) {
         match self.policy {
-            Policy::Llep | Policy::EplbLlep => {}
+            Policy::Llep | Policy::EplbLlep | Policy::LlepTopo => {}
             Policy::LlepAuto => self.gate = Gate::Auto,
             _ => self.gate = Gate::Never,
         }
@@ -306,6 +310,7 @@ pub fn setting_label(policy: Policy, gate: Gate) -> String {
     match policy {
         Policy::Llep => format!("llep λ={gate}"),
         Policy::EplbLlep => format!("eplb+llep λ={gate}"),
+        Policy::LlepTopo => format!("llep-topo λ={gate}"),
         other => other.to_string(),
     }
 }

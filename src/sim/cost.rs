@@ -3,6 +3,14 @@
 //! Layer time = overhead + max over GPUs of max(dispatch, weight transfer)
 //! plus max over GPUs of compute plus max over GPUs of combine
 //! (`docs/design.md`, "Planning and simulation"). Every term is kept.
+//!
+//! Topology: with the GPUs split over several nodes (`Profile::nodes`),
+//! each GPU's token exchange and weight transfers are split into what
+//! stays in its node (priced on the intra-node link, as on one node) and
+//! what crosses nodes (priced on the GPU's NIC, `inter_gbps` and
+//! `inter_latency_us`); both run at once, so a phase takes the slower of
+//! the two, and the NIC, several times slower, is usually that one. On one
+//! node the prices are exactly those of the single-node model.
 
 use super::model::{self, interp, MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
@@ -42,6 +50,10 @@ pub struct Cost {
     pub total_ms: f64,
     pub dispatch_bytes_max: u64,
     pub transfer_bytes: u64,
+    /// Bytes that cross nodes in this layer: token-copies dispatched to and
+    /// combined back from GPUs of other nodes, plus expert weights sent to
+    /// them. 0 on one node.
+    pub inter_node_bytes: u64,
     pub peak_mem_per_gpu: Vec<u64>,
     pub oom: bool,
 }
@@ -59,6 +71,50 @@ pub struct CostScratch {
     w_nsent: Vec<u64>,
     /// `[g * p + q]`: GPU g moves weights with peer q (either way).
     w_peer: Vec<bool>,
+    /// Weight bytes sent and received across nodes, and their messages.
+    x_sent: Vec<u64>,
+    x_recv: Vec<u64>,
+    x_msgs: Vec<u64>,
+    /// Row and column sums of the dispatch matrix, computed once per price
+    /// (each is O(P), and every GPU's terms use them several times).
+    sums: Sums,
+}
+
+/// Per-GPU sums of a dispatch matrix.
+#[derive(Debug, Default, Clone)]
+struct Sums {
+    rows: Vec<u64>,
+    cols: Vec<u64>,
+    diag: Vec<u64>,
+}
+
+impl Sums {
+    fn fill(&mut self, dm: &DispatchMatrix) {
+        let p = dm.gpus;
+        self.rows.clear();
+        self.cols.clear();
+        self.cols.resize(p, 0);
+        self.diag.clear();
+        for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
+            self.rows.push(row.iter().sum());
+            for (c, &v) in self.cols.iter_mut().zip(row) {
+                *c += v;
+            }
+            self.diag.push(row[r]);
+        }
+    }
+    fn row_sum(&self, g: usize) -> u64 {
+        self.rows[g]
+    }
+    fn col_sum(&self, g: usize) -> u64 {
+        self.cols[g]
+    }
+    fn sent_off(&self, g: usize) -> u64 {
+        self.rows[g] - self.diag[g]
+    }
+    fn received(&self, g: usize) -> u64 {
+        self.cols[g] - self.diag[g]
+    }
 }
 
 impl Profile {
@@ -104,6 +160,17 @@ impl Profile {
         }
     }
 
+    /// One exchange over the GPU's NIC: `msgs` sends and receives moving
+    /// `bytes` (the larger direction); the message model's per-message
+    /// cost applies when the profile has one.
+    fn nic_ms(&self, msgs: u64, bytes: u64, per_msg_us: Option<f64>) -> f64 {
+        if bytes == 0 && msgs == 0 {
+            return 0.0;
+        }
+        (self.inter_latency_us + per_msg_us.unwrap_or(0.0) * msgs as f64) * 1e-3
+            + bytes as f64 / (self.inter_gbps * 1e9) * 1e3
+    }
+
     fn p2p_ms(&self, bytes: u64) -> f64 {
         if bytes == 0 {
             0.0
@@ -126,6 +193,8 @@ pub fn price(
     let p = plan.gpus;
     let per = plan.experts / p;
     let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let mut sums = std::mem::take(&mut scratch.sums);
+    sums.fill(dm);
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
@@ -159,31 +228,9 @@ pub fn price(
         }
     }
 
-    // weight transfers (one full expert per transfer entry, duplicates too)
-    for v in [
-        &mut scratch.w_sent,
-        &mut scratch.w_recv,
-        &mut scratch.w_count,
-        &mut scratch.w_nsent,
-    ] {
-        v.clear();
-        v.resize(p, 0);
-    }
-    scratch.w_peer.clear();
-    scratch.w_peer.resize(p * p, false);
-    let mut transfer_bytes = 0;
-    if !plan.free_transfers {
-        for t in &plan.transfers {
-            let (src, dst) = (t.src as usize, t.dst as usize);
-            scratch.w_sent[src] += shape.expert_bytes;
-            scratch.w_recv[dst] += shape.expert_bytes;
-            scratch.w_count[dst] += 1;
-            scratch.w_nsent[src] += 1;
-            scratch.w_peer[src * p + dst] = true;
-            scratch.w_peer[dst * p + src] = true;
-            transfer_bytes += shape.expert_bytes;
-        }
-    }
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
+    let (transfer_bytes, mut inter_node_bytes) = account_weights(plan, shape, gpn, scratch);
 
     // Dispatch per GPU: its own copies are packed (read + write on the
     // device), those for other GPUs cross the link (the larger of bytes out
@@ -197,25 +244,42 @@ pub fn price(
     // weights are in) the foreign groups
     let mut compute_end = 0f64;
     for g in 0..p {
-        let link_b = dm.sent_off(g).max(dm.received(g)) * tok_bytes;
+        let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
-        let link = match &prof.msg_tokens {
-            Some(m) => {
-                let msgs = (0..p)
-                    .filter(|&q| q != g)
-                    .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
-                    .sum();
-                m.ms(msgs, link_b)
+        let link = if multi {
+            let (link, crossed) = split_exchange(dm, g, gpn, tok_bytes, prof);
+            inter_node_bytes += 2 * crossed;
+            link
+        } else {
+            match &prof.msg_tokens {
+                Some(m) => {
+                    let msgs = (0..p)
+                        .filter(|&q| q != g)
+                        .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
+                        .sum();
+                    m.ms(msgs, link_b)
+                }
+                None => prof.link_ms(link_b),
             }
-            None => prof.link_ms(link_b),
         };
-        let copy = prof.copy_ms(2 * dm.row_sum(g) * tok_bytes);
+        let copy = prof.copy_ms(2 * sums.row_sum(g) * tok_bytes);
         let dsp = link + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
-        let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
-        let x = match &prof.msg_weights {
-            Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
-            None => prof.p2p_ms(xb),
+        let x = if multi {
+            let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
+            let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
+            let intra = match &prof.msg_weights {
+                Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
+                None => prof.p2p_ms(xb),
+            };
+            let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
+            intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
+        } else {
+            let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
+            match &prof.msg_weights {
+                Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
+                None => prof.p2p_ms(xb),
+            }
         };
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
@@ -236,12 +300,13 @@ pub fn price(
     let mut oom = false;
     for g in 0..p {
         let m = match &prof.mem_model {
-            Some(mm) => mem_by_buffer(mm, plan, dm, shape, prof, scratch, g),
-            None => mem_lumped(plan, dm, shape, prof, scratch, g),
+            Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
+            None => mem_lumped(plan, &sums, shape, prof, scratch, g),
         };
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }
+    scratch.sums = sums;
     Cost {
         overhead_ms: overhead,
         dispatch_ms: dispatch,
@@ -251,9 +316,124 @@ pub fn price(
         total_ms: total,
         dispatch_bytes_max,
         transfer_bytes,
+        inter_node_bytes,
         peak_mem_per_gpu: peak,
         oom,
     }
+}
+
+/// Weight transfers per GPU (one full expert per transfer entry,
+/// duplicates too) into `scratch`: bytes and messages each way, peers, and
+/// the part that crosses nodes on `gpn` GPUs per node. Returns the bytes
+/// moved and the bytes crossing nodes.
+fn account_weights(
+    plan: &Plan,
+    shape: &Shape,
+    gpn: usize,
+    scratch: &mut CostScratch,
+) -> (u64, u64) {
+    let p = plan.gpus;
+    for v in [
+        &mut scratch.w_sent,
+        &mut scratch.w_recv,
+        &mut scratch.w_count,
+        &mut scratch.w_nsent,
+    ] {
+        v.clear();
+        v.resize(p, 0);
+    }
+    scratch.w_peer.clear();
+    scratch.w_peer.resize(p * p, false);
+    let multi = gpn < p;
+    if multi {
+        for v in [
+            &mut scratch.x_sent,
+            &mut scratch.x_recv,
+            &mut scratch.x_msgs,
+        ] {
+            v.clear();
+            v.resize(p, 0);
+        }
+    }
+    let mut inter_node_bytes = 0u64;
+    let mut transfer_bytes = 0;
+    if !plan.free_transfers {
+        for t in &plan.transfers {
+            let (src, dst) = (t.src as usize, t.dst as usize);
+            scratch.w_sent[src] += shape.expert_bytes;
+            scratch.w_recv[dst] += shape.expert_bytes;
+            scratch.w_count[dst] += 1;
+            scratch.w_nsent[src] += 1;
+            scratch.w_peer[src * p + dst] = true;
+            scratch.w_peer[dst * p + src] = true;
+            transfer_bytes += shape.expert_bytes;
+            if multi && src / gpn != dst / gpn {
+                // the NIC's share ([`price`] takes it off the intra-node totals)
+                scratch.x_sent[src] += shape.expert_bytes;
+                scratch.x_recv[dst] += shape.expert_bytes;
+                scratch.x_msgs[src] += 1;
+                scratch.x_msgs[dst] += 1;
+                inter_node_bytes += shape.expert_bytes;
+            }
+        }
+    }
+    (transfer_bytes, inter_node_bytes)
+}
+
+/// GPUs per node under the profile's topology (all `p` on one node, or
+/// when the node count does not divide `p`, which callers check first).
+fn gpus_per_node(prof: &Profile, p: usize) -> usize {
+    let nodes = prof.nodes.max(1) as usize;
+    if nodes > 1 && p % nodes == 0 {
+        p / nodes
+    } else {
+        p
+    }
+}
+
+/// GPU `g`'s token exchange split by link: the slower of its intra-node
+/// part (the single-node formula on those peers) and its NIC part, in ms;
+/// and the bytes it sends across nodes.
+fn split_exchange(
+    dm: &DispatchMatrix,
+    g: usize,
+    gpn: usize,
+    tok_bytes: u64,
+    prof: &Profile,
+) -> (f64, u64) {
+    // the node's GPUs are one contiguous block: a range test, no division
+    let (lo, hi) = (g / gpn * gpn, (g / gpn + 1) * gpn);
+    let (mut in_out, mut in_in, mut x_out, mut x_in) = (0u64, 0u64, 0u64, 0u64);
+    let (mut in_msgs, mut x_msgs) = (0u64, 0u64);
+    let row = &dm.send[g * dm.gpus..(g + 1) * dm.gpus];
+    for (q, &o) in row.iter().enumerate() {
+        if q == g {
+            continue;
+        }
+        let i = dm.send[q * dm.gpus + g];
+        let msgs = u64::from(o > 0) + u64::from(i > 0);
+        if (lo..hi).contains(&q) {
+            in_out += o;
+            in_in += i;
+            in_msgs += msgs;
+        } else {
+            x_out += o;
+            x_in += i;
+            x_msgs += msgs;
+        }
+    }
+    let in_b = in_out.max(in_in) * tok_bytes;
+    let x_b = x_out.max(x_in) * tok_bytes;
+    let intra = match &prof.msg_tokens {
+        Some(m) => m.ms(in_msgs, in_b),
+        None => prof.link_ms(in_b),
+    };
+    let nic = if x_b == 0 {
+        0.0
+    } else {
+        prof.nic_ms(x_msgs, x_b, prof.msg_tokens.map(|m| m.per_msg_us))
+    };
+    (intra.max(nic), x_out * tok_bytes)
 }
 
 /// Memory of GPU `g`, as the replay allocates it: baseline (context,
@@ -264,7 +444,7 @@ pub fn price(
 /// group + routing tables. The profile's lumped baseline, no rounding.
 fn mem_lumped(
     plan: &Plan,
-    dm: &DispatchMatrix,
+    sums: &Sums,
     shape: &Shape,
     prof: &Profile,
     scratch: &CostScratch,
@@ -273,13 +453,13 @@ fn mem_lumped(
     let (p, per) = (plan.gpus as u64, (plan.experts / plan.gpus) as u64);
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
-    let own = dm.row_sum(g);
+    let own = sums.row_sum(g);
     let own_tokens = own / shape.top_k.max(1);
     let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
-    let tokens =
-        own_tokens * tok_bytes * 2 + (dm.sent_off(g) + dm.received(g) + dm.col_sum(g)) * tok_bytes;
+    let tokens = own_tokens * tok_bytes * 2
+        + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
     let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
-    let tables = (own + dm.col_sum(g)) * 14;
+    let tables = (own + sums.col_sum(g)) * 14;
     let comm = (p - 1) * prof.mem_per_peer_bytes;
     prof.mem_baseline_bytes + comm + weights + tokens + act + tables
 }
@@ -292,7 +472,7 @@ fn mem_lumped(
 fn mem_by_buffer(
     mm: &MemModel,
     plan: &Plan,
-    dm: &DispatchMatrix,
+    sums: &Sums,
     shape: &Shape,
     prof: &Profile,
     scratch: &CostScratch,
@@ -302,7 +482,7 @@ fn mem_by_buffer(
     let per = n / p as u64;
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
-    let copies = dm.row_sum(g);
+    let copies = sums.row_sum(g);
     let own_tokens = copies / shape.top_k.max(1);
     let rows = scratch.largest[g].min(prof.act_chunk_tokens);
     let r = |x: u64| mm.round(x);
@@ -315,13 +495,13 @@ fn mem_by_buffer(
         3 * r(copies * 4),                          // ids, router weights, slots
         2 * r(copies * 8),                          // result and bias pointers
         r(n * 4) + r(n * 4 * p as u64),             // counts, all ranks' counts
-        r(dm.sent_off(g) * tok_bytes),              // send
-        r(dm.received(g) * tok_bytes),              // receive
-        r(dm.col_sum(g) * tok_bytes),               // computed rows
+        r(sums.sent_off(g) * tok_bytes),            // send
+        r(sums.received(g) * tok_bytes),            // receive
+        r(sums.col_sum(g) * tok_bytes),             // computed rows
         r(rows * 2 * i * b),                        // gate_up output
         r(rows * i * b),                            // activation
         r(copies * 40),                             // pack table (<= one piece per copy)
-        2 * r(dm.received(g) * 32),                 // copy tables in and out
+        2 * r(sums.received(g) * 32),               // copy tables in and out
         r((n + 1) * 4),                             // segment starts
         2 * r(8 * p as u64),                        // gather scratch
     ];

@@ -12,6 +12,7 @@ pub use cost::{price, Cost, CostScratch, Shape};
 pub use eplb::{EplbSim, EplbSimError, ReplicaSplit};
 pub use profile::{Profile, ProfileError};
 
+use crate::plan::topo::{TopoError, TopoPlanner, Topology};
 use crate::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
 use crate::progress::Progress;
 use crate::results::{ResultRow, Source};
@@ -39,6 +40,7 @@ pub struct SimConfig {
 #[derive(Debug, Default)]
 pub struct Evaluator {
     planner: Planner,
+    topo: TopoPlanner,
     plan: Plan,
     dm: DispatchMatrix,
     scratch: CostScratch,
@@ -55,9 +57,17 @@ impl Evaluator {
         shape: &Shape,
         prof: &Profile,
     ) -> (&Plan, Cost) {
-        self.planner
-            .plan_into(global, params, policy, &mut self.plan)
-            .expect("shape checked before simulation");
+        if policy == Policy::LlepTopo && prof.nodes > 1 {
+            let topo = Topology::new(params.gpus, prof.nodes as usize)
+                .expect("topology checked before simulation");
+            self.topo
+                .plan_into(global, params, topo, &mut self.plan)
+                .expect("shape checked before simulation");
+        } else {
+            self.planner
+                .plan_into(global, params, policy, &mut self.plan)
+                .expect("shape checked before simulation");
+        }
         dispatch_matrix(&self.plan, per_rank, &mut self.dm);
         let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
         (&self.plan, cost)
@@ -93,6 +103,7 @@ pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
     r.t_combine_ms = cost.combine_ms;
     r.t_total_ms = cost.total_ms;
     r.transfer_bytes = cost.transfer_bytes;
+    r.inter_node_bytes = cost.inter_node_bytes;
     r.dispatch_bytes_max = cost.dispatch_bytes_max;
     r.peak_mem_max_bytes = cost.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
     r.peak_mem_per_gpu = cost.peak_mem_per_gpu.clone();
@@ -104,6 +115,8 @@ pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
 pub enum SimError {
     #[error(transparent)]
     Plan(#[from] crate::plan::PlanError),
+    #[error(transparent)]
+    Topology(#[from] TopoError),
     #[error(transparent)]
     Eplb(#[from] EplbSimError),
     #[error("trace '{0}' has no model dimensions (hidden_size / intermediate_size); give --hidden-size and --intermediate-size")]
@@ -154,6 +167,7 @@ pub fn simulate_with(
             },
         )?;
     }
+    Topology::new(w.gpus, cfg.profile.nodes as usize)?;
     let shape = Shape::from_model(model);
     let n_ls = w.loads.layer_steps();
     let threads = if cfg.threads == 0 {
@@ -243,8 +257,10 @@ fn simulate_range(
                 };
                 b.alpha = alpha;
                 b.min_gemm = m;
-                let need_llep =
-                    wants(Policy::Llep) || wants(Policy::Ideal) || wants(Policy::LlepAuto);
+                let need_llep = wants(Policy::Llep)
+                    || wants(Policy::Ideal)
+                    || wants(Policy::LlepAuto)
+                    || wants(Policy::LlepTopo);
                 let row = |ev: &Evaluator, cost: &Cost, policy: Policy| {
                     let mut r = ev.row(cost, &b, shape, prof, cfg.pass, cfg.recompute);
                     r.policy = policy;
@@ -284,11 +300,38 @@ fn simulate_range(
                         r.gate = Gate::Auto;
                         rows.push(r);
                     }
-                    llep_cost = Some(cost);
+                    llep_cost = Some((cost, on));
+                }
+                if wants(Policy::LlepTopo) {
+                    // the node-first plan where the model prices it no slower
+                    // than llep's (ties to fewer inter-node bytes), else llep's
+                    let (llep, llep_row) = llep_cost.as_ref().expect("planned above");
+                    let on = (prof.nodes > 1)
+                        .then(|| {
+                            let (_, c) =
+                                ev.eval(per_rank, &global, &params, Policy::LlepTopo, shape, prof);
+                            let r = row(&ev, &c, Policy::LlepTopo);
+                            (c, r)
+                        })
+                        .filter(|(c, _)| {
+                            (c.total_ms, c.inter_node_bytes)
+                                <= (llep.total_ms, llep.inter_node_bytes)
+                        })
+                        .map_or_else(|| llep_row.clone(), |(_, r)| r);
+                    for &g in &cfg.gates {
+                        let mut r = if g.admits(on.imbalance_ratio) {
+                            on.clone()
+                        } else {
+                            ep_row.clone()
+                        };
+                        r.policy = Policy::LlepTopo;
+                        r.gate = g;
+                        rows.push(r);
+                    }
                 }
                 if wants(Policy::Ideal) {
                     let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
-                    let llep = llep_cost.as_ref().expect("planned above");
+                    let llep = &llep_cost.as_ref().expect("planned above").0;
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
                     rows.push(row(&ev, &bound, Policy::Ideal));
                 }
@@ -448,6 +491,8 @@ pub struct Summary {
     pub duplicates: u64,
     pub llep_on: usize,
     pub phases_ms: [f64; 5],
+    /// Bytes crossing nodes, summed over the layer-steps.
+    pub inter_node_bytes: u64,
     /// Training rows: activations saved for backward, max over GPUs and
     /// layer-steps (0 for forward rows).
     pub saved_act_max_bytes: u64,
@@ -491,6 +536,7 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
                     duplicates: 0,
                     llep_on: 0,
                     phases_ms: [0.0; 5],
+                    inter_node_bytes: 0,
                     saved_act_max_bytes: 0,
                     pass: r.pass,
                 });
@@ -512,6 +558,7 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
         s.transfers += r.transfers as u64;
         s.duplicates += r.duplicate_transfers as u64;
         s.llep_on += r.use_llep as usize;
+        s.inter_node_bytes += r.inter_node_bytes;
         for (acc, v) in s.phases_ms.iter_mut().zip([
             r.t_overhead_ms,
             r.t_dispatch_ms,

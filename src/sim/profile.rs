@@ -52,6 +52,19 @@ pub struct Profile {
     /// Point-to-point weight-transfer bandwidth per GPU, GB/s, and latency.
     pub p2p_gbps: f64,
     pub p2p_latency_us: f64,
+    /// Inter-node link per GPU (its own NIC), GB/s per direction, and its
+    /// latency; prices what crosses nodes (tokens and weights) when the
+    /// GPUs are split over several nodes. Without them in a profile: the
+    /// estimate for one 400 Gb/s NIC per GPU (50 GB/s, 35 us), not measured.
+    #[serde(default = "default_inter_gbps")]
+    pub inter_gbps: f64,
+    #[serde(default = "default_inter_latency_us")]
+    pub inter_latency_us: f64,
+    /// Nodes the GPUs are split over, evenly (`--nodes`, `--topology`): a
+    /// setting of the run rather than of the card, carried here so that
+    /// everything that prices a plan sees it. 1: every link is intra-node.
+    #[serde(default = "one_node", skip_serializing_if = "is_one_node")]
+    pub nodes: u32,
     /// Count exchange, planning and synchronisation per layer, microseconds.
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
@@ -132,6 +145,22 @@ fn one() -> f64 {
     1.0
 }
 
+fn default_inter_gbps() -> f64 {
+    50.0
+}
+
+fn default_inter_latency_us() -> f64 {
+    35.0
+}
+
+fn one_node() -> u32 {
+    1
+}
+
+fn is_one_node(n: &u32) -> bool {
+    *n == 1
+}
+
 fn default_act_chunk() -> u64 {
     16384
 }
@@ -185,6 +214,13 @@ impl Profile {
         pos(self.gemm_peak_tflops, "gemm_peak_tflops")?;
         pos(self.link_gbps, "link_gbps")?;
         pos(self.p2p_gbps, "p2p_gbps")?;
+        pos(self.inter_gbps, "inter_gbps")?;
+        if !(self.inter_latency_us.is_finite() && self.inter_latency_us >= 0.0) {
+            return Err("inter_latency_us must be >= 0".into());
+        }
+        if self.nodes == 0 {
+            return Err("nodes must be >= 1".into());
+        }
         if self.gpu_mem_bytes == 0 {
             return Err("gpu_mem_bytes must be > 0".into());
         }
@@ -299,6 +335,10 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         link_latency_us: link_lat,
         p2p_gbps: if p2p_gbps > 0.0 { p2p_gbps } else { 1.0 },
         p2p_latency_us: p2p_lat,
+        // calibrate runs inside one node: the inter-node link stays the estimate
+        inter_gbps: default_inter_gbps(),
+        inter_latency_us: default_inter_latency_us(),
+        nodes: 1,
         overhead_us: c.overhead_ms * 1e3,
         // one calibration sees one GPU count, so it cannot split its
         // baseline into context and per-peer communicator buffers
