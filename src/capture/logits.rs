@@ -447,11 +447,26 @@ fn route_jobs(
 }
 
 /// Capture router logits into a trace at `out`.
-pub fn capture(
-    inputs: &[PathBuf],
-    out: &Path,
-    opts: &CaptureOptions,
-) -> Result<LogitsReport, CaptureError> {
+/// What a logits capture was asked to do, resolved from the options and
+/// the hook's `capture.json`.
+struct Setup {
+    files: Vec<PathBuf>,
+    cj: Option<CaptureJson>,
+    what: PathBuf,
+    routing: RoutingFn,
+    top_k: usize,
+    pat: Pattern,
+    ids_pat: Pattern,
+    bias_pat: Pattern,
+    seq_len: Option<u32>,
+    rank: u32,
+    /// Step ids from the files' trailing numbers, when every file has a
+    /// distinct one.
+    numbers: Option<Vec<u32>>,
+    threads: usize,
+}
+
+fn setup(inputs: &[PathBuf], opts: &CaptureOptions) -> Result<Setup, CaptureError> {
     let (files, cj) = collect_inputs(inputs)?;
     let what = inputs.first().cloned().unwrap_or_default();
     let source_model = cj.as_ref().map(|c| &c.model);
@@ -475,58 +490,221 @@ pub fn capture(
     if top_k == 0 {
         return Err(CaptureError::Usage("--top-k must be at least 1".into()));
     }
-    let pat_txt = |o: &Option<String>, c: Option<&Option<String>>, d: &str| {
-        o.clone()
-            .or_else(|| c.and_then(|x| x.clone()))
-            .unwrap_or_else(|| d.to_string())
+    let pattern = |o: &Option<String>, c: Option<&Option<String>>, d: &str| {
+        Pattern::parse(
+            &o.clone()
+                .or_else(|| c.and_then(|x| x.clone()))
+                .unwrap_or_else(|| d.to_string()),
+        )
     };
-    let pat = Pattern::parse(&pat_txt(
+    let pat = pattern(
         &opts.tensor_pattern,
         cj.as_ref().map(|c| &c.tensor_pattern),
         DEFAULT_PATTERN,
-    ))?;
-    let ids_pat = Pattern::parse(&pat_txt(
+    )?;
+    let ids_pat = pattern(
         &opts.ids_pattern,
         cj.as_ref().map(|c| &c.ids_pattern),
         DEFAULT_IDS_PATTERN,
-    ))?;
-    let bias_pat = Pattern::parse(&pat_txt(
+    )?;
+    let bias_pat = pattern(
         &opts.bias_pattern,
         cj.as_ref().map(|c| &c.bias_pattern),
         DEFAULT_BIAS_PATTERN,
-    ))?;
+    )?;
     let seq_len = opts
         .sequence_length
         .or(cj.as_ref().and_then(|c| c.sequence_length));
-    let use_recorded = routing == RoutingFn::Recorded;
-    let rank = opts.rank.unwrap_or(0);
+    let numbers: Option<Vec<u32>> = files.iter().map(|f| trailing_number(f)).collect();
+    let numbers = numbers.filter(|v| {
+        let mut s = v.clone();
+        s.sort_unstable();
+        s.windows(2).all(|w| w[0] != w[1])
+    });
+    let threads = crate::env::capture_threads().unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(8)
+    });
+    Ok(Setup {
+        files,
+        cj,
+        what,
+        routing,
+        top_k,
+        pat,
+        ids_pat,
+        bias_pat,
+        seq_len,
+        rank: opts.rank.unwrap_or(0),
+        numbers,
+        threads,
+    })
+}
 
-    let numbers: Vec<Option<u32>> = files.iter().map(|f| trailing_number(f)).collect();
-    let numbered = numbers.iter().all(Option::is_some) && {
-        let mut v: Vec<u32> = numbers.iter().map(|x| x.unwrap()).collect();
-        v.sort_unstable();
-        v.windows(2).all(|w| w[0] != w[1])
-    };
+/// Check one file's layers against each other, the run so far and the
+/// options; returns its expert count and adds its logit bytes.
+fn check_blocks(
+    blocks: &[Block],
+    file: &Path,
+    su: &Setup,
+    opts: &CaptureOptions,
+    experts: Option<usize>,
+    layers_seen: &mut std::collections::BTreeSet<u32>,
+    logit_bytes: &mut u64,
+) -> Result<usize, CaptureError> {
+    let (top_k, routing) = (su.top_k, su.routing);
+    let e = blocks[0].experts;
+    for b in blocks {
+        if b.experts != e || experts.is_some_and(|x| x != b.experts) {
+            return Err(CaptureError::input(
+                file,
+                format!(
+                    "layer {} has {} experts, expected {}",
+                    b.layer,
+                    b.experts,
+                    experts.unwrap_or(e)
+                ),
+            ));
+        }
+        if let Some((_, k)) = &b.ids {
+            if *k != top_k {
+                return Err(CaptureError::input(
+                    file,
+                    format!(
+                        "layer {}: recorded ids have top-k {k}, expected {top_k}",
+                        b.layer
+                    ),
+                ));
+            }
+        }
+        if matches!(routing, RoutingFn::SigmoidGroupTopk { .. }) && b.bias.is_none() {
+            return Err(CaptureError::input(
+                file,
+                format!(
+                    "layer {}: the sigmoid routing function needs the correction bias '{}'",
+                    b.layer,
+                    su.bias_pat.name(b.layer)
+                ),
+            ));
+        }
+        layers_seen.insert(b.layer);
+        *logit_bytes += (b.steps * b.tokens * e * b.logits.dtype.size()) as u64;
+    }
+    if top_k > e {
+        return Err(CaptureError::input(
+            file,
+            format!("top-k {top_k} is larger than the number of experts ({e})"),
+        ));
+    }
+    if let RoutingFn::SigmoidGroupTopk {
+        n_group,
+        topk_group,
+        ..
+    } = routing
+    {
+        if n_group == 0 || e % n_group as usize != 0 || topk_group == 0 || topk_group > n_group {
+            return Err(CaptureError::input(
+                file,
+                format!("{e} experts cannot form {n_group} groups with {topk_group} kept"),
+            ));
+        }
+    }
+    if let Some(m) = opts.model.num_experts {
+        if m as usize != e {
+            return Err(CaptureError::input(
+                file,
+                format!("logits have {e} experts, --num-experts says {m}"),
+            ));
+        }
+    }
+    Ok(e)
+}
 
-    let threads = std::env::var("LLEP_CAPTURE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(8)
-        });
-    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+/// One file's routing work, in output order (step, then layer), cut into
+/// about equal token counts for `threads` routing threads.
+fn slice_jobs<'a>(blocks: &'a [Block], step_base: u32, threads: usize) -> Vec<Vec<Job<'a>>> {
+    let steps = blocks.iter().map(|b| b.steps).max().unwrap_or(1);
+    let mut jobs = Vec::new();
+    for s in 0..steps {
+        for b in blocks {
+            if s < b.steps {
+                jobs.push((b, s));
+            }
+        }
+    }
+    let total: usize = jobs.iter().map(|(b, _)| b.tokens).sum();
+    let per = total.div_ceil(threads).max(1);
+    let mut slices: Vec<Vec<Job>> = vec![Vec::new()];
+    let mut filled = 0usize;
+    for (b, s) in jobs {
+        let mut t = 0;
+        while t < b.tokens {
+            let room = per - filled;
+            let t1 = (t + room).min(b.tokens);
+            slices.last_mut().unwrap().push(Job {
+                block: b,
+                step: s,
+                step_id: step_base + s as u32,
+                t0: t,
+                t1,
+            });
+            filled += t1 - t;
+            t = t1;
+            if filled == per {
+                slices.push(Vec::new());
+                filled = 0;
+            }
+        }
+    }
+    slices
+}
+
+/// Route the slices on their own threads.
+fn route_parallel(slices: &[Vec<Job>], su: &Setup, opts: &CaptureOptions) -> Vec<Part> {
+    let use_recorded = su.routing == RoutingFn::Recorded;
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = slices
+            .iter()
+            .map(|js| {
+                sc.spawn(|| {
+                    route_jobs(
+                        js,
+                        su.routing,
+                        su.top_k,
+                        su.seq_len,
+                        opts.keep_logits,
+                        opts.nan_skip,
+                        use_recorded,
+                        su.rank,
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("routing thread panicked"))
+            .collect()
+    })
+}
+
+pub fn capture(
+    inputs: &[PathBuf],
+    out: &Path,
+    opts: &CaptureOptions,
+) -> Result<LogitsReport, CaptureError> {
+    let su = setup(inputs, opts)?;
+    let source_model = su.cj.as_ref().map(|c| &c.model);
+    let pb = crate::progress::bar(su.files.len() as u64, "capture", opts.quiet);
     let mut meta: Option<TraceMeta> = None;
     let mut experts: Option<usize> = None;
     let mut layers_seen = std::collections::BTreeSet::new();
     let (mut skipped, mut checked, mut mismatched, mut logit_bytes) = (0u64, 0u64, 0u64, 0u64);
     let mut next_step: u32 = 0;
     let mut timing = [0f64; 2];
-    let files_ref = &files;
-    let (pat_r, ids_r, bias_r) = (&pat, &ids_pat, &bias_pat);
+    let files_ref = &su.files;
+    let (pat_r, ids_r, bias_r) = (&su.pat, &su.ids_pat, &su.bias_pat);
     type Writer<'s> = (
         std::sync::mpsc::SyncSender<(TokenTrace, usize)>,
         std::thread::ScopedJoinHandle<'s, Result<TokenSink, CaptureError>>,
@@ -546,81 +724,23 @@ pub fn capture(
             }
         });
         let mut writer: Option<Writer> = None;
-        for (fi, file) in files.iter().enumerate() {
+        for (fi, file) in su.files.iter().enumerate() {
             let t_read = std::time::Instant::now();
             let blocks = frx.recv().expect("reader thread ended early")?;
             timing[0] += t_read.elapsed().as_secs_f64();
-            let e = blocks[0].experts;
-            for b in &blocks {
-                if b.experts != e || experts.is_some_and(|x| x != b.experts) {
-                    return Err(CaptureError::input(
-                        file,
-                        format!(
-                            "layer {} has {} experts, expected {}",
-                            b.layer,
-                            b.experts,
-                            experts.unwrap_or(e)
-                        ),
-                    ));
-                }
-                if let Some((_, k)) = &b.ids {
-                    if *k != top_k {
-                        return Err(CaptureError::input(
-                            file,
-                            format!(
-                                "layer {}: recorded ids have top-k {k}, expected {top_k}",
-                                b.layer
-                            ),
-                        ));
-                    }
-                }
-                if matches!(routing, RoutingFn::SigmoidGroupTopk { .. }) && b.bias.is_none() {
-                    return Err(CaptureError::input(
-                        file,
-                        format!(
-                            "layer {}: the sigmoid routing function needs the correction bias '{}'",
-                            b.layer,
-                            bias_pat.name(b.layer)
-                        ),
-                    ));
-                }
-                layers_seen.insert(b.layer);
-                logit_bytes += (b.steps * b.tokens * e * b.logits.dtype.size()) as u64;
-            }
-            if top_k > e {
-                return Err(CaptureError::input(
-                    file,
-                    format!("top-k {top_k} is larger than the number of experts ({e})"),
-                ));
-            }
-            if let RoutingFn::SigmoidGroupTopk {
-                n_group,
-                topk_group,
-                ..
-            } = routing
-            {
-                if n_group == 0
-                    || e % n_group as usize != 0
-                    || topk_group == 0
-                    || topk_group > n_group
-                {
-                    return Err(CaptureError::input(
-                        file,
-                        format!("{e} experts cannot form {n_group} groups with {topk_group} kept"),
-                    ));
-                }
-            }
-            if let Some(m) = opts.model.num_experts {
-                if m as usize != e {
-                    return Err(CaptureError::input(
-                        file,
-                        format!("logits have {e} experts, --num-experts says {m}"),
-                    ));
-                }
-            }
+            let e = check_blocks(
+                &blocks,
+                file,
+                &su,
+                opts,
+                experts,
+                &mut layers_seen,
+                &mut logit_bytes,
+            )?;
             experts = Some(e);
             if writer.is_none() {
-                let model = model_meta(opts, source_model, e as u32, top_k as u32, routing, 0);
+                let (top_k, routing) = (su.top_k as u32, su.routing);
+                let model = model_meta(opts, source_model, e as u32, top_k, routing, 0);
                 let format = format!(
                     "logits-{}",
                     file.extension().and_then(|x| x.to_str()).unwrap_or("")
@@ -638,69 +758,14 @@ pub fn capture(
                 writer = Some((wtx, h));
             }
             let steps = blocks.iter().map(|b| b.steps).max().unwrap_or(1);
-            let step_base = if steps == 1 && numbered {
-                numbers[fi].unwrap()
-            } else {
-                next_step
+            let step_base = match &su.numbers {
+                Some(n) if steps == 1 => n[fi],
+                _ => next_step,
             };
             next_step = step_base + steps as u32;
-            // jobs in output order: step, then layer; split rows over threads
-            let mut jobs = Vec::new();
-            for s in 0..steps {
-                for b in &blocks {
-                    if s < b.steps {
-                        jobs.push((b, s));
-                    }
-                }
-            }
-            let total: usize = jobs.iter().map(|(b, _)| b.tokens).sum();
-            let per = total.div_ceil(threads).max(1);
-            let mut slices: Vec<Vec<Job>> = vec![Vec::new()];
-            let mut filled = 0usize;
-            for (b, s) in jobs {
-                let mut t = 0;
-                while t < b.tokens {
-                    let room = per - filled;
-                    let t1 = (t + room).min(b.tokens);
-                    slices.last_mut().unwrap().push(Job {
-                        block: b,
-                        step: s,
-                        step_id: step_base + s as u32,
-                        t0: t,
-                        t1,
-                    });
-                    filled += t1 - t;
-                    t = t1;
-                    if filled == per {
-                        slices.push(Vec::new());
-                        filled = 0;
-                    }
-                }
-            }
+            let slices = slice_jobs(&blocks, step_base, su.threads);
             let t_route = std::time::Instant::now();
-            let parts: Vec<Part> = std::thread::scope(|sc| {
-                let handles: Vec<_> = slices
-                    .iter()
-                    .map(|js| {
-                        sc.spawn(|| {
-                            route_jobs(
-                                js,
-                                routing,
-                                top_k,
-                                seq_len,
-                                opts.keep_logits,
-                                opts.nan_skip,
-                                use_recorded,
-                                rank,
-                            )
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("routing thread panicked"))
-                    .collect()
-            });
+            let parts = route_parallel(&slices, &su, opts);
             timing[1] += t_route.elapsed().as_secs_f64();
             for p in parts {
                 if let Some(msg) = p.bad {
@@ -728,25 +793,25 @@ pub fn capture(
         }
     });
     pb.finish_and_clear();
-    if std::env::var_os("LLEP_CAPTURE_TIMING").is_some() {
+    if crate::env::capture_timing() {
         eprintln!(
             "timing: waiting for reads {:.3} s, routing {:.3} s",
             timing[0], timing[1]
         );
     }
-    let sink = result?.ok_or_else(|| CaptureError::input(&what, "no input files"))?;
+    let sink = result?.ok_or_else(|| CaptureError::input(&su.what, "no input files"))?;
     let tokens = sink.tokens;
     let mut meta = meta.unwrap();
     meta.capture.skipped_tokens = skipped;
     if meta.model.num_layers == 0 {
         meta.model.num_layers = layers_seen.iter().max().map_or(0, |&l| l + 1);
     }
-    if let Some(cj) = &cj {
+    if let Some(cj) = &su.cj {
         if meta.provenance.is_empty() {
             meta.provenance = cj.source.clone().unwrap_or_default();
         }
     }
-    let loads = sink.finish(meta.clone(), &what)?;
+    let loads = sink.finish(meta.clone(), &su.what)?;
     Ok(LogitsReport {
         loads,
         meta,
