@@ -28,7 +28,11 @@ fn dir(name: &str) -> PathBuf {
 /// A profile measured elsewhere: h200 with tables for gpt-oss and
 /// DeepSeek-V3 and a token message model.
 fn measured(d: &std::path::Path) -> PathBuf {
-    let mut p = Profile::load("h200").unwrap();
+    let mut p = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     p.gemm_curves.clear();
     p.measured_error = None;
     for (dh, i) in [(2880u32, 2880u32), (7168, 2048)] {
@@ -61,7 +65,10 @@ fn merge_keeps_curves_unless_asked_and_clears_stale_error() {
         "--merge",
         new.to_str().unwrap(),
         "--into",
-        "h200",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ),
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -73,7 +80,11 @@ fn merge_keeps_curves_unless_asked_and_clears_stale_error() {
     );
     assert!(stdout.contains("token exchange: 9.0 us"), "{stdout}");
     let m = Profile::load(out.to_str().unwrap()).unwrap();
-    let base = Profile::load("h200").unwrap();
+    let base = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     assert_eq!(m.gemm_tables.len(), 4);
     assert_eq!(m.gemm_curves, base.gemm_curves);
     // the message model prices every row differently: the stamp is stale
@@ -86,7 +97,10 @@ fn merge_keeps_curves_unless_asked_and_clears_stale_error() {
         "--merge",
         new.to_str().unwrap(),
         "--into",
-        "h200",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ),
         "--drop-curves",
         "--out",
         out2.to_str().unwrap(),
@@ -112,7 +126,10 @@ fn bad_merge_input_is_refused_without_output() {
         "--merge",
         bad.to_str().unwrap(),
         "--into",
-        "h200",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ),
         "--out",
         out.to_str().unwrap(),
     ]);

@@ -181,7 +181,11 @@ fn summary(c: &Cost) -> (f64, f64, f64, f64, u64) {
 
 #[test]
 fn committed_h200_profile_prices_exactly_as_before() {
-    let prof = Profile::load("h200").unwrap();
+    let prof = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     assert!(prof.gemm_tables.is_empty() && prof.msg_tokens.is_none() && prof.mem_model.is_none());
     let ls = layers();
     for (name, policy, total, compute, dispatch, transfer, peak) in GOLDEN {
@@ -198,7 +202,11 @@ fn committed_h200_profile_prices_exactly_as_before() {
 
 #[test]
 fn committed_h200_profile_round_trips_without_new_keys() {
-    let prof = Profile::load("h200").unwrap();
+    let prof = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     let json = serde_json::to_string(&prof).unwrap();
     for key in [
         "gemm_tables",
@@ -238,7 +246,11 @@ fn tables(shapes: &[(u32, u32)]) -> Vec<GemmTable> {
 
 #[test]
 fn tables_price_shapes_without_a_curve_and_curves_still_win() {
-    let mut prof = Profile::load("h200").unwrap();
+    let mut prof = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     let ds = shape(7168, 2048, 8);
     let formula = prof.gemm_ms(512, &ds);
     prof.gemm_tables = tables(&[(7168, 2048)]);
@@ -258,7 +270,11 @@ fn tables_price_shapes_without_a_curve_and_curves_still_win() {
     let want = 2.0 * unit(16384.0) + unit(7232.0);
     assert!((big - want).abs() < 1e-9 * want, "{big} vs {want}");
     // gpt-oss has a whole-group curve: unchanged by the tables
-    let before = Profile::load("h200").unwrap();
+    let before = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     let go = shape(2880, 2880, 4);
     prof.gemm_tables = tables(&[(2880, 2880), (7168, 2048)]);
     assert_eq!(prof.gemm_ms(777, &go), before.gemm_ms(777, &go));
@@ -266,7 +282,11 @@ fn tables_price_shapes_without_a_curve_and_curves_still_win() {
 
 #[test]
 fn message_launch_and_memory_models_change_what_they_price() {
-    let base = Profile::load("h200").unwrap();
+    let base = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     let mut prof = base.clone();
     let l = &layers()[0];
     let old = price(l, &base, Policy::Llep);
@@ -320,7 +340,11 @@ fn message_launch_and_memory_models_change_what_they_price() {
 
 #[test]
 fn replay_schedule_overlaps_transfers_with_native_compute() {
-    let base = Profile::load("h200").unwrap();
+    let base = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
     assert!(!base.transfer_overlaps_native);
     let mut prof = base.clone();
     prof.transfer_overlaps_native = true;

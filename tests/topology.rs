@@ -89,7 +89,13 @@ fn find<'a>(d: &'a serde_json::Value, scenario: &str, policy: &str) -> &'a serde
 fn one_node_prices_exactly_as_before_topology() {
     for extra in [&[][..], &["--nodes", "1"][..]] {
         for (prof, gpus) in [("h200", 8), ("h200", 32), ("h100", 8), ("h100", 32)] {
-            let (d, text) = simulate_text(gpus, prof, extra);
+            // the golden h200 figures were priced with the profile of
+            // whole-group curves, before its GEMM tables
+            let file = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/data/profiles/h200-curves-2026-11-28.json"
+            );
+            let (d, text) = simulate_text(gpus, if prof == "h200" { file } else { prof }, extra);
             assert!(d.get("nodes").is_none(), "one-node output gained a field");
             for &(_, _, sc, pol, total, peak) in
                 GOLDEN.iter().filter(|g| g.0 == prof && g.1 == gpus)

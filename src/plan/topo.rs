@@ -327,18 +327,17 @@ impl TopoPlanner {
         self.eff[h] += chunk;
     }
 
-    /// The plan lists only the experts that spill, by expert id (an expert
-    /// kept whole on its native GPU is implied by the counts).
+    /// The plan lists only the experts that spill, by expert id, with their
+    /// ranges kept in the order they were planned (as the reference's
+    /// planner lays them out); an expert kept whole is implied by the counts.
     fn emit(&mut self, counts: &[u64], _per: usize, out: &mut Plan) {
+        let base = out.spill_ranges.len() as u32;
+        out.spill_ranges.extend_from_slice(&self.spilled);
         for (e, &span) in self.spill_span.iter().enumerate().take(counts.len()) {
             if span == NO_SPILL || counts[e] == 0 {
                 continue;
             }
-            let first = out.spill_ranges.len() as u32;
-            out.spill_ranges
-                .extend_from_slice(&self.spilled[span.0 as usize..span.1 as usize]);
-            out.spills
-                .push((e as u32, first, out.spill_ranges.len() as u32));
+            out.spills.push((e as u32, base + span.0, base + span.1));
         }
         for (g, &x) in self.eff.iter().enumerate() {
             out.gpu_loads[g] = x as u64;

@@ -724,7 +724,11 @@ mod tests {
 
     #[test]
     fn one_gpu_measurements_go_into_a_base_and_keep_its_multi_gpu_figures() {
-        let base = Profile::load("h200").unwrap();
+        let base = Profile::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ))
+        .unwrap();
         let mut p = base.clone();
         let set = apply_measured(&mut p, &calibration_with_model(), Some(&base));
         assert_eq!(
@@ -762,7 +766,11 @@ mod tests {
 
     #[test]
     fn merge_adds_tables_drops_covered_curves_and_clears_stale_error() {
-        let base = Profile::load("h200").unwrap();
+        let base = Profile::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ))
+        .unwrap();
         assert!(base.measured_error.is_some());
         let mut new = base.clone();
         new.gemm_tables.clear();
@@ -793,7 +801,11 @@ mod tests {
 
     #[test]
     fn invalid_new_parts_are_refused() {
-        let mut p = Profile::load("h200").unwrap();
+        let mut p = Profile::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ))
+        .unwrap();
         p.msg_tokens = Some(MsgModel {
             latency_us: 1.0,
             per_msg_us: 1.0,
