@@ -41,13 +41,19 @@ impl AtomicFile {
         self.file.as_mut().expect("AtomicFile used after commit")
     }
 
-    /// Flush, sync and rename into place.
+    /// Flush, sync and rename into place; on any failure the temporary
+    /// file is removed too.
     pub fn commit(mut self) -> io::Result<()> {
         let file = self.file.take().expect("AtomicFile committed twice");
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&self.tmp, &self.dest)
+        let done = file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .and_then(|()| fs::rename(&self.tmp, &self.dest));
+        if done.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        done
     }
 }
 
@@ -73,4 +79,22 @@ pub fn write_atomic(dest: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = AtomicFile::create(dest)?;
     f.write_all(bytes)?;
     f.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file() {
+        let dir = std::env::temp_dir().join(format!("llep-io-{}", std::process::id()));
+        let dest = dir.join("out.parquet");
+        fs::create_dir_all(&dest).unwrap(); // a directory where the file should go
+        let mut f = AtomicFile::create(&dest).unwrap();
+        f.write_all(b"x").unwrap();
+        assert!(f.commit().is_err());
+        let left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("out.parquet")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }
