@@ -360,10 +360,10 @@ fn plan_table(
         "imbalance max/mean {:.4}  capacity {}  -> {}\n\n",
         plan.imbalance_ratio,
         plan.capacity,
-        if plan.use_llep {
-            "LLEP plans this layer"
-        } else {
-            "plain EP (below the gate)"
+        match (plan.use_llep, policy) {
+            (true, _) => "LLEP plans this layer",
+            (false, Policy::LlepAuto) => "plain EP (the cost model predicts no gain)",
+            (false, _) => "plain EP (below the gate)",
         }
     ));
     let mut t = Table::new(&["gpu", "native load", "assigned load", "experts computed"]);

@@ -110,6 +110,7 @@ pub fn run(mut a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             m,
             mem_cap,
             a.input.threads,
+            (!best.setting.never).then(|| best.setting.lambda.map_or(Gate::Always, Gate::Ratio)),
             p,
         )?;
         Some((c, alpha, m))

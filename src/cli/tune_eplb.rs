@@ -143,6 +143,7 @@ pub fn compare(
     m: u64,
     mem_cap: Option<u64>,
     threads: usize,
+    chosen: Option<Gate>,
     p: &Printer,
 ) -> anyhow::Result<Comparison> {
     let w0 = sim.workloads.first().context("no workload simulated")?;
@@ -178,9 +179,16 @@ pub fn compare(
     };
     let ep = best_of(&base, Policy::Ep, None).context("tune simulated no EP rows")?;
     push("ep".into(), Policy::Ep, None, ep);
-    if let Some(x) = best_of(&base, Policy::Llep, mem_cap) {
+    // LLEP at the lambda tune recommends (one recommendation rule for
+    // every table), else at its fastest
+    let chosen = chosen.and_then(|g| {
+        base.iter()
+            .find(|x| x.0 == Policy::Llep && x.1 == g)
+            .map(|x| (x.1, x.2, x.3, x.4))
+    });
+    if let Some(x) = chosen.or_else(|| best_of(&base, Policy::Llep, mem_cap)) {
         push(
-            format!("llep λ={} (best)", gate_label(x.0)),
+            format!("llep λ={} (tuned)", gate_label(x.0)),
             Policy::Llep,
             None,
             x,
