@@ -93,7 +93,10 @@ mod tests {
         let mut f = AtomicFile::create(&dest).unwrap();
         f.write_all(b"x").unwrap();
         assert!(f.commit().is_err());
-        let left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("out.parquet")]);
         fs::remove_dir_all(&dir).unwrap();
     }

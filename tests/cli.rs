@@ -469,8 +469,10 @@ fn shape_flags_that_do_not_apply_to_a_trace_are_refused() {
         e.contains("--steps and --layers select from a trace"),
         "{e}"
     );
-    let e = fails(&["simulate", "--gpus", "-1"]);
-    assert!(e.contains("not a positive integer"), "{e}");
+    for cmd in ["simulate", "tune", "replay", "calibrate"] {
+        let e = fails(&[cmd, "--gpus", "-1", "--out", "/nonexistent/x"]);
+        assert!(e.contains("not a positive integer"), "{cmd}: {e}");
+    }
 }
 
 #[test]

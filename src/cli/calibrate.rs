@@ -19,7 +19,7 @@ use std::process::ExitCode;
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
     /// GPUs to measure (the token exchange and weight transfers need 2+).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value = "2", value_parser = super::settings::positive_count, allow_hyphen_values = true)]
     pub gpus: usize,
     /// Write the profile here (JSON).
     #[arg(long)]
