@@ -112,7 +112,6 @@ fn main() {
         ),
     ] {
         let mut opts = CaptureOptions {
-            quiet: true,
             ..Default::default()
         };
         opts.model.top_k = Some(4);

@@ -330,8 +330,13 @@ impl Figure for ScaleFig {
         (1400, 560)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
-        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    fn draw<DB: DrawingBackend>(
+        &self,
+        root: &DrawingArea<DB, Shift>,
+    ) -> Result<(), llep_trace::report::plots::DrawError> {
+        let e = |x: DrawingAreaErrorKind<DB::ErrorType>| {
+            llep_trace::report::plots::DrawError(x.to_string())
+        };
         root.fill(&WHITE).map_err(e)?;
         let (top, body) = root.split_vertically(50);
         top.draw_text(

@@ -85,9 +85,38 @@ impl Progress for Stderr {
     }
 }
 
+/// A [`Progress`] an options struct can carry (cloned, shared between
+/// threads); reports nothing unless set.
+#[derive(Clone, Default)]
+pub struct Reporter(Option<std::sync::Arc<dyn Progress + Send + Sync>>);
+
+impl Reporter {
+    /// Bars and status lines on stderr (none when `quiet`).
+    pub fn stderr(quiet: bool) -> Self {
+        Reporter(Some(std::sync::Arc::new(Stderr::new(quiet))))
+    }
+
+    pub fn get(&self) -> &dyn Progress {
+        match &self.0 {
+            Some(p) => p.as_ref(),
+            None => &Silent,
+        }
+    }
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Reporter(stderr)"
+        } else {
+            "Reporter(silent)"
+        })
+    }
+}
+
 /// A bar of `len` steps labelled `what`; invisible when `quiet` or when
 /// stderr is not a terminal.
-pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
+fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     let pb = ProgressBar::new(len);
     if quiet || !std::io::stderr().is_terminal() {
         pb.set_draw_target(ProgressDrawTarget::hidden());

@@ -24,7 +24,6 @@ fn tmp(name: &str) -> PathBuf {
 
 fn quiet() -> CaptureOptions {
     CaptureOptions {
-        quiet: true,
         ..Default::default()
     }
 }

@@ -31,7 +31,6 @@ fn bin() -> Command {
 
 fn quiet() -> CaptureOptions {
     CaptureOptions {
-        quiet: true,
         ..Default::default()
     }
 }

@@ -209,7 +209,13 @@ fn report_writes_every_plot_and_says_what_is_missing() {
         ..Default::default()
     };
     let out = dir.join("out");
-    let w = write_report(std::slice::from_ref(&input), &opts, &out, &|_| {}).unwrap();
+    let w = write_report(
+        std::slice::from_ref(&input),
+        &opts,
+        &out,
+        &llep_trace::progress::Silent,
+    )
+    .unwrap();
     for stem in [
         "load_heatmap_1",
         "imbalance_cdf",
@@ -255,7 +261,13 @@ fn report_writes_every_plot_and_says_what_is_missing() {
         rows: fixture_measured(&sim, 1.1),
     };
     let out2 = dir.join("out2");
-    write_report(&[input.clone(), meas], &opts, &out2, &|_| {}).unwrap();
+    write_report(
+        &[input.clone(), meas],
+        &opts,
+        &out2,
+        &llep_trace::progress::Silent,
+    )
+    .unwrap();
     assert!(png_has_dark_text(&out2.join("sim_vs_measured.png")));
     let html = std::fs::read_to_string(out2.join("index.html")).unwrap();
     assert!(
@@ -264,7 +276,13 @@ fn report_writes_every_plot_and_says_what_is_missing() {
     );
     // Rewriting with simulated rows only drops the stale accuracy plot and
     // the measured series' heatmap.
-    write_report(std::slice::from_ref(&input), &opts, &out2, &|_| {}).unwrap();
+    write_report(
+        std::slice::from_ref(&input),
+        &opts,
+        &out2,
+        &llep_trace::progress::Silent,
+    )
+    .unwrap();
     assert!(!out2.join("sim_vs_measured.png").exists());
     assert!(!out2.join("load_heatmap_2.svg").exists());
     assert!(out2.join("load_heatmap_1.svg").exists());
@@ -478,7 +496,13 @@ fn one_layer_step_draws_per_gpu_bars_against_capacity() {
         assert_eq!(data::load_chart(&h), data::LoadChart::Bars);
     }
     let out = dir.join("rep");
-    write_report(std::slice::from_ref(&one), &report_opts(), &out, &|_| {}).unwrap();
+    write_report(
+        std::slice::from_ref(&one),
+        &report_opts(),
+        &out,
+        &llep_trace::progress::Silent,
+    )
+    .unwrap();
     let svg = std::fs::read_to_string(out.join("load_heatmap_2.svg")).unwrap();
     assert!(svg.contains("token-copies per GPU"), "bars, not a heatmap");
     assert!(svg.contains("capacity ⌊α·(total div P)⌋"));
@@ -515,7 +539,7 @@ fn scenarios_keep_the_users_order_balanced_first() {
     let inp = synthetic(&dir, "95:1,30:4,balanced", "1.3");
     let order = |inputs: &[Input]| -> Vec<String> {
         let out = dir.join("rep");
-        let w = write_report(inputs, &report_opts(), &out, &|_| {}).unwrap();
+        let w = write_report(inputs, &report_opts(), &out, &llep_trace::progress::Silent).unwrap();
         w.summary
             .iter()
             .map(|r| {
@@ -580,7 +604,13 @@ fn tune_and_report_recommend_the_same_lambda() {
         let out = dir.join(t);
         cli(&["report", "-q", res, "--out", out.to_str().unwrap()]);
         let input = read_input(Path::new(res)).unwrap();
-        let w = write_report(&[input], &report_opts(), &out, &|_| {}).unwrap();
+        let w = write_report(
+            &[input],
+            &report_opts(),
+            &out,
+            &llep_trace::progress::Silent,
+        )
+        .unwrap();
         assert_eq!(w.summary.len(), 1);
         assert_eq!(w.summary[0].lambda, Some(lambda), "{t}: λ shown");
         let md = std::fs::read_to_string(out.join("summary.md")).unwrap();

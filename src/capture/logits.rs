@@ -696,7 +696,8 @@ pub fn capture(
 ) -> Result<LogitsReport, CaptureError> {
     let su = setup(inputs, opts)?;
     let source_model = su.cj.as_ref().map(|c| &c.model);
-    let pb = crate::progress::bar(su.files.len() as u64, "capture", opts.quiet);
+    let pb = opts.progress.get();
+    pb.start("capture", su.files.len() as u64);
     let mut meta: Option<TraceMeta> = None;
     let mut experts: Option<usize> = None;
     let mut layers_seen = std::collections::BTreeSet::new();
@@ -792,7 +793,7 @@ pub fn capture(
             None => Ok(None),
         }
     });
-    pb.finish_and_clear();
+    pb.finish();
     if crate::env::capture_timing() {
         eprintln!(
             "timing: waiting for reads {:.3} s, routing {:.3} s",

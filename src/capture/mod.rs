@@ -62,7 +62,8 @@ pub struct CaptureOptions {
     pub licence: Option<String>,
     /// JSON key holding the matrix when the file is an object.
     pub json_key: Option<String>,
-    pub quiet: bool,
+    /// Where progress goes (nowhere by default).
+    pub progress: crate::progress::Reporter,
     /// Keep the raw router logits in the tokens file.
     pub keep_logits: bool,
     /// Drop tokens with NaN/Inf logits (counted) instead of failing.

@@ -244,7 +244,8 @@ pub fn capture_pt(
 ) -> Result<RoutedReport, CaptureError> {
     let files = expand(inputs, &["pt"])?;
     let mut d = Driver::new(opts, out, "pt-routing", files.clone());
-    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    let pb = opts.progress.get();
+    pb.start("capture", files.len() as u64);
     for file in &files {
         let v = read_pt(file)?;
         if !matches!(v, Value::Dict(_)) {
@@ -364,7 +365,7 @@ pub fn capture_pt(
         d.push(&chunk, file, weights.is_some())?;
         pb.inc(1);
     }
-    pb.finish_and_clear();
+    pb.finish();
     d.finish("contiguous")
 }
 
@@ -414,7 +415,8 @@ pub fn capture_jsonl(
     let mut d = Driver::new(opts, out, format, files.clone());
     let mut rd = JsonRecords::new(opts, megatron);
     let mut jf = JsonFilter::new(opts);
-    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    let pb = opts.progress.get();
+    pb.start("capture", files.len() as u64);
     let mut skipped = BTreeMap::new();
     for file in &files {
         let f = std::fs::File::open(file)
@@ -442,7 +444,7 @@ pub fn capture_jsonl(
         }
         pb.inc(1);
     }
-    pb.finish_and_clear();
+    pb.finish();
     for (what, n) in skipped {
         d.note(format!("{n} Megatron records of {what} left out"));
     }

@@ -205,7 +205,7 @@ fn options(a: &CaptureArgs, p: &Printer) -> anyhow::Result<CaptureOptions> {
         provenance: a.provenance.clone(),
         licence: a.licence.clone(),
         json_key: a.json_key.clone(),
-        quiet: p.quiet,
+        progress: llep_trace::progress::Reporter::stderr(p.quiet),
         keep_logits: a.lg.keep_logits,
         nan_skip: a.lg.nan == "skip",
         tensor_pattern: a.lg.tensor_pattern.clone(),

@@ -5,7 +5,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::plan::Policy;
-use llep_trace::progress::bar;
+use llep_trace::progress::Progress;
 use llep_trace::report::{figure_count, read_input, write_report, ReportOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,10 +37,9 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         }
     }
     // Read and check every input before writing anything.
-    let pb = bar(a.results.len() as u64, "reading", p.quiet);
+    p.start("reading", a.results.len() as u64);
     let mut inputs = Vec::with_capacity(a.results.len());
     for path in &a.results {
-        pb.set_message(path.display().to_string());
         match read_input(path) {
             Ok(i) => inputs.push(i),
             // A trace is the most likely wrong input: say what to run.
@@ -51,9 +50,9 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             ),
             Err(e) => return Err(e.into()),
         }
-        pb.inc(1);
+        p.inc(1);
     }
-    pb.finish_and_clear();
+    p.finish();
     if let Some(l) = a.lambda {
         let present = inputs
             .iter()
@@ -71,13 +70,10 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         command: quoted_command_line(),
         notes: a.note.clone(),
     };
-    let pb = bar(figure_count(&inputs) as u64, "plotting", p.quiet);
-    let written = write_report(&inputs, &opts, &a.out, &|name| {
-        pb.set_message(name.to_string());
-        pb.inc(1);
-    })
-    .with_context(|| format!("writing the report into {}", a.out.display()))?;
-    pb.finish_and_clear();
+    p.start("plotting", figure_count(&inputs) as u64);
+    let written = write_report(&inputs, &opts, &a.out, p)
+        .with_context(|| format!("writing the report into {}", a.out.display()))?;
+    p.finish();
     for s in &written.sections {
         if let Some(m) = &s.missing {
             p.status(&format!("{}: no plot: {m}", s.title));

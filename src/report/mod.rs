@@ -162,12 +162,12 @@ const FIG_LIMIT: usize = 6;
 
 /// Draw every figure and write `index.html` and `summary.md` into `out`.
 /// Everything is drawn in a staging folder inside `out` and moved into
-/// place only when all of it succeeded. `tick` is called once per figure.
+/// place only when all of it succeeded. `progress` advances once per figure.
 pub fn write_report(
     inputs: &[Input],
     opts: &ReportOptions,
     out: &Path,
-    tick: &dyn Fn(&str),
+    progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
     let rows = ordered_rows(inputs);
     if rows.is_empty() {
@@ -177,7 +177,7 @@ pub fn write_report(
     let stage = out.join(format!(".staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| ReportError::Io(stage.clone(), e))?;
-    let res = build(inputs, &rows, opts, &stage, tick);
+    let res = build(inputs, &rows, opts, &stage, progress);
     let res = res.and_then(|mut w| {
         let mut moved = vec![];
         for f in &w.files {
@@ -252,9 +252,9 @@ fn build(
     rows: &[ResultRow],
     opts: &ReportOptions,
     stage: &Path,
-    tick: &dyn Fn(&str),
+    progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let mut b = sections::Build::new(inputs, rows, opts, stage, tick);
+    let mut b = sections::Build::new(inputs, rows, opts, stage, progress);
     let sections = b.sections()?;
     let summary = b.summary();
     let mut files = std::mem::take(&mut b.files);

@@ -17,7 +17,7 @@ pub(super) struct Build<'a> {
     rows: &'a [ResultRow],
     opts: &'a ReportOptions,
     stage: &'a Path,
-    tick: &'a dyn Fn(&str),
+    progress: &'a dyn crate::progress::Progress,
     knobs: bool,
     curves: Vec<SpeedupCurve>,
     series: Vec<(SeriesKey, Vec<&'a ResultRow>)>,
@@ -53,14 +53,14 @@ impl<'a> Build<'a> {
         rows: &'a [ResultRow],
         opts: &'a ReportOptions,
         stage: &'a Path,
-        tick: &'a dyn Fn(&str),
+        progress: &'a dyn crate::progress::Progress,
     ) -> Self {
         Self {
             inputs,
             rows,
             opts,
             stage,
-            tick,
+            progress,
             knobs: data::knobs_vary(rows),
             curves: data::speedup_curves(rows),
             series: data::by_series(rows),
@@ -78,7 +78,7 @@ impl<'a> Build<'a> {
         for ext in ["png", "svg"] {
             let p = self.stage.join(format!("{stem}.{ext}"));
             render(f, &p)?;
-            (self.tick)(&format!("{stem}.{ext}"));
+            self.progress.inc(1);
             self.files.push(p);
         }
         s.figures.push(stem.into());

@@ -160,7 +160,8 @@ pub fn capture_vllm_with(
         v.windows(2).all(|w| w[0] != w[1])
     };
     let mut d = Driver::new(opts, out, "vllm-routed", files.clone());
-    let pb = crate::progress::bar(files.len() as u64, "capture", opts.quiet);
+    let pb = opts.progress.get();
+    pb.start("capture", files.len() as u64);
     for (fi, (file, r)) in files.iter().zip(&reqs).enumerate() {
         let step = if numbered {
             numbers[fi].unwrap()
@@ -190,7 +191,7 @@ pub fn capture_vllm_with(
         d.push(&chunk, file, false)?;
         pb.inc(1);
     }
-    pb.finish_and_clear();
+    pb.finish();
     d.note(format!(
         "vLLM routed experts: one request per file, the last sampled token has no row; {note}"
     ));

@@ -1,6 +1,7 @@
 //! Distributions and point clouds: the max/mean imbalance CDF and
 //! simulated against measured layer time.
 
+use super::DrawError;
 use super::{
     bold, color, entry, legend, ms_label, pad_range, text, Ctx, Figure, Mark, GREY, LEGEND_W,
 };
@@ -20,7 +21,7 @@ impl Figure for CdfFig {
         (1280, 620)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         let (chart_area, legend_area) = root.split_horizontally(self.size().0 - LEGEND_W);
         let all: Vec<f64> = self
@@ -109,7 +110,7 @@ impl Figure for ScatterFig {
         (1280, 760)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         let (chart_area, legend_area) = root.split_horizontally(self.size().0 - LEGEND_W);
         let hi = self

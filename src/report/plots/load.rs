@@ -1,6 +1,7 @@
 //! Per-GPU load against the planner's capacity: a heatmap over
 //! layer-steps, or per-GPU bars when there is a single layer-step.
 
+use super::DrawError;
 use super::{bold, entry, legend, seg, text, Ctx, Figure, Mark, LEGEND_W, PALETTE};
 use crate::report::data::{lambda_label, Heatmap};
 use plotters::coord::Shift;
@@ -52,7 +53,7 @@ impl Figure for HeatmapFig {
         (1280, 250 + 2 * (90 + (rows * 22).clamp(120, 420)))
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         let (w, _) = self.size();
         let root = root.titled(&self.title, bold(20)).s()?;
@@ -82,7 +83,7 @@ impl HeatmapFig {
         half: &DrawingArea<DB, Shift>,
         cells: &[Vec<f64>],
         name: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), DrawError> {
         let h = &self.map;
         let n = h.columns.len() as i32;
         let p = h.gpus as i32;
@@ -165,7 +166,7 @@ impl HeatmapFig {
     fn draw_color_bar<DB: DrawingBackend>(
         &self,
         bar: &DrawingArea<DB, Shift>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DrawError> {
         let vmax = self.vmax();
         let mut cb = ChartBuilder::on(&bar.margin(60, 60, 70, 0))
             .margin(10)
@@ -227,7 +228,7 @@ impl Figure for LoadBarsFig {
         (1280, 620)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         let (chart_area, legend_area) = root.split_horizontally(self.size().0 - LEGEND_W);
         let h = &self.map;

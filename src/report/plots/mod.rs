@@ -21,15 +21,32 @@ use std::path::Path;
 /// Something that can be drawn at a fixed pixel size.
 pub trait Figure {
     fn size(&self) -> (u32, u32);
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String>;
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError>;
+}
+
+/// Why a figure could not be drawn (the drawing backend's message).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DrawError(pub String);
+
+impl From<String> for DrawError {
+    fn from(s: String) -> Self {
+        DrawError(s)
+    }
+}
+
+impl From<&str> for DrawError {
+    fn from(s: &str) -> Self {
+        DrawError(s.to_string())
+    }
 }
 
 pub(crate) trait Ctx<T> {
-    fn s(self) -> Result<T, String>;
+    fn s(self) -> Result<T, DrawError>;
 }
 impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
-    fn s(self) -> Result<T, String> {
-        self.map_err(|e| e.to_string())
+    fn s(self) -> Result<T, DrawError> {
+        self.map_err(|e| DrawError(e.to_string()))
     }
 }
 
@@ -42,7 +59,7 @@ pub fn render(fig: &impl Figure, out: &Path) -> Result<(), ReportError> {
         .map(|e| e.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     let size = fig.size();
-    let fail = |e: String| ReportError::Draw(out.to_path_buf(), e);
+    let fail = |e: DrawError| ReportError::Draw(out.to_path_buf(), e.0);
     match ext.as_str() {
         "svg" => {
             let mut svg = String::new();
@@ -174,7 +191,7 @@ pub(crate) fn legend<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     title: &str,
     entries: &[Entry],
-) -> Result<(), String> {
+) -> Result<(), DrawError> {
     let (w, _) = area.dim_in_pixel();
     let chars = legend_chars(w);
     let mut y = 20i32;

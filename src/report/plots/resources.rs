@@ -1,6 +1,7 @@
 //! Where time and memory go: stacked per-phase times and peak memory per
 //! GPU against the card.
 
+use super::DrawError;
 use super::{
     bold, entry, legend, ms_label, seg, text, wrap, Ctx, Entry, Figure, Mark, LEGEND_W, PALETTE,
 };
@@ -29,7 +30,7 @@ impl Figure for PhaseFig {
         (1280, (200 + 46 * self.bars.len() as u32).max(440))
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         let (chart_area, legend_area) = root.split_horizontally(self.size().0 - 300);
         let n = self.bars.len() as i32;
@@ -149,7 +150,7 @@ impl Figure for MemoryFig {
         (1280, 90 + 460 * self.panels.len() as u32)
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         let root = root.titled(&self.title, bold(20)).s()?;
         let (charts, legend_area) = root.split_horizontally(self.size().0 - LEGEND_W);
@@ -173,7 +174,7 @@ impl MemoryFig {
         &self,
         area: &DrawingArea<DB, Shift>,
         p: &MemoryPanel,
-    ) -> Result<(), String> {
+    ) -> Result<(), DrawError> {
         let g = p.ep.len().max(p.llep.len());
         let used = p.ep.iter().chain(&p.llep).copied().max().unwrap_or(0) as f64 / GIB;
         let cap = p.card_bytes.map(|b| b as f64 / GIB);

@@ -1,6 +1,7 @@
 //! Speedup of LLEP over EP against lambda (lines, or bars per input when
 //! there is at most one lambda per input), and `tune`'s regret panel.
 
+use super::DrawError;
 use super::{
     bold, color, entry, legend, legend_height, pad_range, text, Ctx, Entry, Figure, Mark, GREY,
     LEGEND_W, PALETTE,
@@ -117,7 +118,7 @@ impl SpeedupFig {
         (longest * 8 + 24).min(600)
     }
 
-    fn draw_lines<DB: DrawingBackend>(&self, root: &Panel<DB>) -> Result<(), String> {
+    fn draw_lines<DB: DrawingBackend>(&self, root: &Panel<DB>) -> Result<(), DrawError> {
         let (w, _) = self.size();
         let (chart_area, legend_area) = root.split_horizontally(w - LEGEND_W);
         let panels: Vec<Panel<DB>> = if self.regret {
@@ -204,7 +205,7 @@ impl SpeedupFig {
         c: &SpeedupCurve,
         col: RGBColor,
         (xlo, xhi): (f64, f64),
-    ) -> Result<(), String> {
+    ) -> Result<(), DrawError> {
         if c.key.measured() {
             for (p, sp) in c.points.iter().zip(&c.spread) {
                 if let Some((lo, hi)) = sp {
@@ -253,7 +254,7 @@ impl SpeedupFig {
         &self,
         panel: &Panel<DB>,
         (xlo, xhi): (f64, f64),
-    ) -> Result<(), String> {
+    ) -> Result<(), DrawError> {
         let regrets: Vec<Vec<(f64, f64)>> = self
             .curves
             .iter()
@@ -314,7 +315,7 @@ impl SpeedupFig {
 
     /// One group of horizontal bars per input, top to bottom in input order,
     /// each bar's value written at its end.
-    fn draw_bars<DB: DrawingBackend>(&self, root: &Panel<DB>) -> Result<(), String> {
+    fn draw_bars<DB: DrawingBackend>(&self, root: &Panel<DB>) -> Result<(), DrawError> {
         let (w, _) = self.size();
         let (chart_area, legend_area) = root.split_horizontally(w - LEGEND_W);
         let groups = self.bars();
@@ -440,7 +441,7 @@ impl Figure for SpeedupFig {
         }
     }
 
-    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), String> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Result<(), DrawError> {
         root.fill(&WHITE).s()?;
         match self.style() {
             SpeedupStyle::Bars => self.draw_bars(root),
