@@ -71,16 +71,19 @@ impl fmt::Display for ReplicaSplit {
     }
 }
 
+/// A replica-split name this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown replica split '{0}' (expected even, sglang or vllm)")]
+pub struct UnknownSplit(pub String);
+
 impl FromStr for ReplicaSplit {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownSplit;
+    fn from_str(s: &str) -> Result<Self, UnknownSplit> {
         match s.trim().to_ascii_lowercase().as_str() {
             "even" => Ok(ReplicaSplit::Even),
             "sglang" => Ok(ReplicaSplit::Sglang),
             "vllm" => Ok(ReplicaSplit::Vllm),
-            o => Err(format!(
-                "unknown replica split '{o}' (expected even, sglang or vllm)"
-            )),
+            o => Err(UnknownSplit(o.into())),
         }
     }
 }

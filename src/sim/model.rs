@@ -233,7 +233,7 @@ pub fn group_ms(tables: &[GemmTable], tokens: u64, d: u64, i: u64, chunk: u64) -
 
 /// Check tables: points non-empty, rows strictly increasing, times finite
 /// and non-negative, shapes non-zero.
-pub fn check_tables(tables: &[GemmTable]) -> Result<(), String> {
+pub(crate) fn check_tables(tables: &[GemmTable]) -> Result<(), String> {
     for t in tables {
         let name = format!("gemm_tables {} N={} K={}", t.proj.as_str(), t.n, t.k);
         if t.n == 0 || t.k == 0 {
