@@ -23,10 +23,10 @@ use llep_trace::plan::Gate;
 use llep_trace::plan::{PlanParams, Planner, Policy};
 use llep_trace::progress::Silent;
 use llep_trace::sim::{simulate, Profile, SimConfig};
-use llep_trace::trace::meta::{CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
+use llep_trace::trace::meta::{ModelMeta, RoutingFn};
 use llep_trace::trace::tokens::SplitMix64;
-use llep_trace::trace::{Loads, Trace};
-use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick};
+use llep_trace::trace::Loads;
+use llep_trace::workload::InputSpec;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -154,27 +154,8 @@ fn bench_simulate() -> (usize, usize, f64, f64) {
         dtype: "bf16".into(),
         routing: RoutingFn::Recorded,
     };
-    let capture = CaptureMeta {
-        ranks: ranks as u32,
-        rank_assignment: "recorded".into(),
-        ..Default::default()
-    };
-    let trace = Trace {
-        meta: TraceMeta::new(model, capture),
-        loads,
-        tokens: None,
-    };
     let gates = Gate::parse_list("1.0:3.0:0.1").unwrap();
-    let spec = InputSpec {
-        source: InputSource::Trace("bench".into()),
-        dims: DimOverrides::default(),
-        gpus: ranks,
-        tokens_per_rank: None,
-        seed: 0,
-        steps: StepPick::All,
-        layers: Vec::new(),
-    };
-    let w = spec.resolve_trace("bench".as_ref(), trace).unwrap();
+    let w = InputSpec::from_loads("bench", model, loads).unwrap();
     let cfg = SimConfig {
         policies: Policy::ALL.to_vec(),
         gates: gates.clone(),

@@ -20,10 +20,10 @@ use llep_trace::progress::Silent;
 use llep_trace::report::plots::{render, Figure};
 use llep_trace::report::FAMILY;
 use llep_trace::sim::{simulate, Profile, SimConfig};
-use llep_trace::trace::meta::{CaptureMeta, ModelMeta, RoutingFn, TraceMeta};
+use llep_trace::trace::meta::{ModelMeta, RoutingFn};
 use llep_trace::trace::tokens::SplitMix64;
-use llep_trace::trace::{Loads, Trace};
-use llep_trace::workload::{DimOverrides, InputSource, InputSpec, StepPick, Workload};
+use llep_trace::trace::Loads;
+use llep_trace::workload::{DimOverrides, InputSpec, Workload};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::hint::black_box;
@@ -124,26 +124,7 @@ fn workload(p: usize, steps: usize) -> Workload {
         dtype: "bf16".into(),
         routing: RoutingFn::Recorded,
     };
-    let capture = CaptureMeta {
-        ranks: p as u32,
-        rank_assignment: "recorded".into(),
-        ..Default::default()
-    };
-    let trace = Trace {
-        meta: TraceMeta::new(model, capture),
-        loads,
-        tokens: None,
-    };
-    let spec = InputSpec {
-        source: InputSource::Trace("bench".into()),
-        dims: DimOverrides::default(),
-        gpus: p,
-        tokens_per_rank: None,
-        seed: 0,
-        steps: StepPick::All,
-        layers: Vec::new(),
-    };
-    spec.resolve_trace("bench".as_ref(), trace).unwrap()
+    InputSpec::from_loads("bench", model, loads).unwrap()
 }
 
 /// CPU seconds (user + system) this process has used, from

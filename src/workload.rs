@@ -177,6 +177,28 @@ impl InputSpec {
         }
     }
 
+    /// A workload of per-rank loads already in memory (generated, not
+    /// read), at their own number of ranks, as recorded.
+    pub fn from_loads(
+        name: &str,
+        model: ModelMeta,
+        loads: Loads,
+    ) -> Result<Workload, WorkloadError> {
+        use crate::trace::{CaptureMeta, TraceMeta};
+        let capture = CaptureMeta {
+            ranks: loads.ranks as u32,
+            rank_assignment: "recorded".into(),
+            ..Default::default()
+        };
+        let gpus = loads.ranks;
+        let trace = Trace {
+            meta: TraceMeta::new(model, capture),
+            loads,
+            tokens: None,
+        };
+        InputSpec::trace(name, gpus).resolve_trace(Path::new(name), trace)
+    }
+
     /// Read and derive every workload the spec names.
     pub fn resolve(&self) -> Result<Vec<Workload>, WorkloadError> {
         self.resolve_with(&Silent)

@@ -14,8 +14,8 @@ use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::plan::eplb::{self, EplbParams, EplbPlacement};
 use llep_trace::plan::topo::{cross_node_transfers, TopoError, TopoPlanner, Topology};
-use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
-use llep_trace::sim::{auto_prefers_llep, price, CostArbiter, CostScratch, Profile, Shape};
+use llep_trace::plan::{Gate, Plan, PlanParams, Planner, Policy};
+use llep_trace::sim::{auto_prefers_llep, CostArbiter, Profile, Shape};
 use serde_json::json;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -235,28 +235,7 @@ struct AutoJudge {
 impl AutoJudge {
     /// (EP ms, LLEP ms, use LLEP) by the same rule as simulate and replay.
     fn decide(&self, ep: &Plan, llep: &Plan) -> (f64, f64, bool) {
-        let price = |plan: &Plan| {
-            let mut dm = DispatchMatrix::default();
-            dispatch_matrix(plan, &self.per_rank, &mut dm);
-            let counts: Vec<u64> = (0..plan.experts)
-                .map(|e| {
-                    (0..plan.gpus)
-                        .map(|g| self.per_rank[g * plan.experts + e])
-                        .sum()
-                })
-                .collect();
-            let mut scratch = CostScratch::default();
-            price(
-                plan,
-                &dm,
-                &counts,
-                &self.arbiter.shape,
-                &self.arbiter.profile,
-                &mut scratch,
-            )
-            .total_ms
-        };
-        let (e, l) = (price(ep), price(llep));
+        let (e, l) = self.arbiter.predict(ep, llep, &self.per_rank, &ep.counts);
         (e, l, auto_prefers_llep(e, l, &self.arbiter.profile))
     }
 }

@@ -84,13 +84,6 @@ pub fn recommend(entries: &[Entry], margin: f64) -> (usize, usize) {
     (best, fastest)
 }
 
-fn gate_label(g: Gate) -> String {
-    match g.lambda() {
-        Some(l) => llep_trace::tune::fmt_lambda(l),
-        None => g.to_string(),
-    }
-}
-
 /// The default redundancies: E/8 and E/4, each rounded up to the next value
 /// that makes experts + R a multiple of the GPUs (at least one replica).
 pub fn default_redundant(experts: usize, gpus: usize) -> Vec<usize> {
@@ -187,12 +180,7 @@ pub fn compare(
             .map(|x| (x.1, x.2, x.3, x.4))
     });
     if let Some(x) = chosen.or_else(|| best_of(&base, Policy::Llep, mem_cap)) {
-        push(
-            format!("llep λ={} (tuned)", gate_label(x.0)),
-            Policy::Llep,
-            None,
-            x,
-        );
+        push(format!("llep λ={} (tuned)", x.0), Policy::Llep, None, x);
     }
     let total_steps: usize = sim.workloads.iter().map(|w| w.loads.layer_steps()).sum();
     p.start("tune eplb", (total_steps * rs.len()) as u64);
@@ -225,7 +213,7 @@ pub fn compare(
         }
         if let Some(x) = best_of(&t, Policy::EplbLlep, mem_cap) {
             push(
-                format!("eplb+llep R={r} λ={}", gate_label(x.0)),
+                format!("eplb+llep R={r} λ={}", x.0),
                 Policy::EplbLlep,
                 Some(r),
                 x,

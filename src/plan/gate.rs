@@ -77,7 +77,7 @@ impl Gate {
     /// (the number of GPUs bounds max/mean) does the same.
     pub fn env_value(self) -> String {
         match self {
-            Gate::Ratio(l) => format!("{l}"),
+            Gate::Ratio(l) => fmt_lambda(l),
             Gate::Always => "0".into(),
             Gate::Never => "1000000".into(),
             // no reference setting reproduces it; the closest is always
@@ -180,11 +180,22 @@ fn range(part: &str, nums: &[&str]) -> Result<Vec<Gate>, GateError> {
         .collect())
 }
 
+/// A threshold with at least one decimal ("1.0", "1.05", "1.125"): the one
+/// way a lambda is written, in tables and in the exported variable.
+pub fn fmt_lambda(l: f64) -> String {
+    let s = format!("{l}");
+    if s.contains('.') || s.contains('e') {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
 impl fmt::Display for Gate {
     /// "1.3", "always" or "never": the one label of a gate in every table.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Gate::Ratio(l) => write!(f, "{l}"),
+            Gate::Ratio(l) => f.write_str(&fmt_lambda(*l)),
             Gate::Always => f.write_str("always"),
             Gate::Never => f.write_str("never"),
             Gate::Auto => f.write_str("auto"),

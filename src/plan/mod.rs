@@ -23,7 +23,7 @@ mod reference;
 pub mod topo;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
-pub use gate::{Gate, GateError, ReferenceReading};
+pub use gate::{fmt_lambda, Gate, GateError, ReferenceReading};
 pub use reference::{capacity, Planner};
 
 use serde::Serialize;

@@ -28,78 +28,57 @@ use std::sync::Arc;
 pub const META_KEY: &str = "llep_trace.results";
 pub const SCHEMA_VERSION: u32 = 1;
 
-/// Whether a row was priced by the cost model or measured on GPUs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Source {
-    #[default]
-    Simulated,
-    Measured,
-}
-
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Simulated => "simulated",
-            Source::Measured => "measured",
+/// A closed set stored as its names (`Source`, `Pass`): the names, `Display`
+/// and `FromStr`, declared once.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident, $err:ident, $what:literal { $( $(#[$vdoc:meta])* $v:ident = $s:literal ),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+        pub enum $name {
+            #[default]
+            $( $(#[$vdoc])* $v, )+
         }
-    }
-}
 
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a row's time covers: the layer's forward, or a training step
-/// (forward then backward).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-pub enum Pass {
-    #[default]
-    Forward,
-    Train,
-}
-
-impl Pass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pass::Forward => "forward",
-            Pass::Train => "train",
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$v => $s, )+
+                }
+            }
         }
-    }
-}
 
-impl fmt::Display for Pass {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Pass {
-    type Err = UnknownSource;
-    fn from_str(s: &str) -> Result<Self, UnknownSource> {
-        match s {
-            "forward" => Ok(Pass::Forward),
-            "train" => Ok(Pass::Train),
-            other => Err(UnknownSource(format!("pass {other}"))),
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
         }
-    }
+
+        #[doc = concat!("A ", $what, " name this build does not know.")]
+        #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+        #[error("unknown {} '{}' (expected {})", $what, .0, [$($s),+].join(" or "))]
+        pub struct $err(pub String);
+
+        impl FromStr for $name {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<Self, $err> {
+                match s {
+                    $( $s => Ok($name::$v), )+
+                    other => Err($err(other.into())),
+                }
+            }
+        }
+    };
 }
 
-/// A source name this build does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown source '{0}' (expected simulated or measured)")]
-pub struct UnknownSource(pub String);
+named_enum! {
+    /// Whether a row was priced by the cost model or measured on GPUs.
+    Source, UnknownSource, "source" { Simulated = "simulated", Measured = "measured" }
+}
 
-impl FromStr for Source {
-    type Err = UnknownSource;
-    fn from_str(s: &str) -> Result<Self, UnknownSource> {
-        match s {
-            "simulated" => Ok(Source::Simulated),
-            "measured" => Ok(Source::Measured),
-            other => Err(UnknownSource(other.into())),
-        }
-    }
+named_enum! {
+    /// What a row's time covers: the layer's forward, or a training step
+    /// (forward then backward).
+    Pass, UnknownPass, "pass" { Forward = "forward", Train = "train" }
 }
 
 macro_rules! results_columns {

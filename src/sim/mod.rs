@@ -424,16 +424,23 @@ pub struct CostArbiter {
     pub profile: Profile,
 }
 
-impl crate::plan::Arbiter for CostArbiter {
-    fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool {
+impl CostArbiter {
+    /// Predicted layer time of the EP and the LLEP plan, milliseconds.
+    pub fn predict(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> (f64, f64) {
         let mut scratch = CostScratch::default();
         let mut dm = DispatchMatrix::default();
         let mut cost = |plan: &Plan| {
             dispatch_matrix(plan, per_rank, &mut dm);
-            price(plan, &dm, global, &self.shape, &self.profile, &mut scratch)
+            price(plan, &dm, global, &self.shape, &self.profile, &mut scratch).total_ms
         };
-        let (e, l) = (cost(ep), cost(llep));
-        auto_prefers_llep(e.total_ms, l.total_ms, &self.profile)
+        (cost(ep), cost(llep))
+    }
+}
+
+impl crate::plan::Arbiter for CostArbiter {
+    fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool {
+        let (e, l) = self.predict(ep, llep, per_rank, global);
+        auto_prefers_llep(e, l, &self.profile)
     }
 }
 

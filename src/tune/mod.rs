@@ -2,7 +2,7 @@
 //! alpha and m), pick the setting that minimises total time (or peak
 //! memory, or time under a memory cap), with every other setting's regret.
 
-use crate::plan::Policy;
+use crate::plan::{Gate, Policy};
 use crate::results::ResultRow;
 use std::collections::BTreeMap;
 
@@ -17,40 +17,30 @@ pub struct Setting {
 }
 
 impl Setting {
+    /// The setting's gate (EP rows stand for "never").
+    pub fn gate(&self) -> Gate {
+        match (self.never, self.lambda) {
+            (true, _) => Gate::Never,
+            (false, Some(l)) => Gate::Ratio(l),
+            (false, None) => Gate::Always,
+        }
+    }
+
     pub fn label(&self) -> String {
-        if self.never {
-            "never (EP)".into()
-        } else {
-            match self.lambda {
-                Some(l) => fmt_lambda(l),
-                None => "always".into(),
-            }
+        match self.gate() {
+            Gate::Never => "never (EP)".into(),
+            g => g.to_string(),
         }
     }
 
     /// The value to export: a threshold, 0 for always (<= 0 means always
     /// in the reference), and a threshold no layer reaches for never.
     pub fn env_value(&self) -> String {
-        if self.never {
-            "1000000".into()
-        } else {
-            match self.lambda {
-                Some(l) => fmt_lambda(l),
-                None => "0".into(),
-            }
-        }
+        self.gate().env_value()
     }
 }
 
-/// A threshold with at least one decimal ("1.0", "1.05", "1.125").
-pub fn fmt_lambda(l: f64) -> String {
-    let s = format!("{l}");
-    if s.contains('.') || s.contains('e') {
-        s
-    } else {
-        format!("{s}.0")
-    }
-}
+pub use crate::plan::fmt_lambda;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Objective {
@@ -90,7 +80,7 @@ pub struct TuneResult {
     /// Indices of settings tied with the best (same total within 1e-9).
     pub tied: Vec<usize>,
     pub ep_ms: f64,
-    /// Total with lambda 1.3 at the best alpha/m (the paper's setting).
+    /// Total with the reference default lambda (`env::DEFAULT_RATIO`) at the best alpha/m (the paper's setting).
     pub default_ms: Option<f64>,
     pub layers: Vec<LayerAdvice>,
 }
@@ -194,7 +184,7 @@ pub fn tune(
     let default_ms = scored
         .iter()
         .find(|s| {
-            s.setting.lambda == Some(1.3)
+            s.setting.lambda == Some(crate::env::DEFAULT_RATIO)
                 && s.setting.alpha == scored[best].setting.alpha
                 && s.setting.min_gemm == scored[best].setting.min_gemm
         })
