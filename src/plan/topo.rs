@@ -202,7 +202,7 @@ impl TopoPlanner {
             }
             self.spill_span[e] = (first, self.spilled.len() as u32);
         }
-        self.emit(counts, per, out);
+        self.emit(counts, out);
     }
 
     /// Case 3 of `planner.md`: the native GPU is full. Helpers are ranked
@@ -330,7 +330,7 @@ impl TopoPlanner {
     /// The plan lists only the experts that spill, by expert id, with their
     /// ranges kept in the order they were planned (as the reference's
     /// planner lays them out); an expert kept whole is implied by the counts.
-    fn emit(&mut self, counts: &[u64], _per: usize, out: &mut Plan) {
+    fn emit(&mut self, counts: &[u64], out: &mut Plan) {
         let base = out.spill_ranges.len() as u32;
         out.spill_ranges.extend_from_slice(&self.spilled);
         for (e, &span) in self.spill_span.iter().enumerate().take(counts.len()) {
