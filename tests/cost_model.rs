@@ -1,10 +1,15 @@
 //! The generalising cost model (issue 12) against the one it extends: the
 //! committed `h200` profile prices layers exactly as before (golden values
 //! taken from the model before the GEMM tables, message, launch and memory
-//! models existed), and a profile with those parts uses them.
+//! models existed), and a profile with those parts uses them; the layer
+//! fit (overhead by groups and copies, GEMM units inside a layer, link
+//! sharing, llep-auto's decision) prices what it says; the committed h200
+//! profile carries its fit and its error on held-out shapes.
 
 use llep_trace::plan::{Gate, PlanParams, Policy};
-use llep_trace::sim::model::{GemmTable, Launches, MemModel, MsgModel, Proj};
+use llep_trace::results::ResultRow;
+use llep_trace::sim::cost::charge_auto;
+use llep_trace::sim::model::{GemmTable, Launches, LayerFit, MemModel, MsgModel, Proj};
 use llep_trace::sim::{Cost, Evaluator, Profile, Shape};
 use llep_trace::trace::meta::expert_bytes;
 
@@ -214,6 +219,7 @@ fn committed_h200_profile_round_trips_without_new_keys() {
         "msg_weights",
         "launches",
         "mem_model",
+        "layer_fit",
         "raw_merged",
     ] {
         assert!(
@@ -325,6 +331,7 @@ fn message_launch_and_memory_models_change_what_they_price() {
         cublas_workspace_bytes: 32 << 20,
         nccl_per_peer_bytes: 400 << 20,
         nccl_xfer_per_peer_bytes: 100 << 20,
+        xfer_all_peers: false,
         grain_bytes: 2 << 20,
     });
     let m = price(l, &prof, Policy::Llep);
@@ -365,4 +372,170 @@ fn replay_schedule_overlaps_transfers_with_native_compute() {
             }
         }
     }
+}
+
+fn fit(overhead_us: f64, per_group_us: f64, per_kcopy_us: f64) -> LayerFit {
+    LayerFit {
+        overhead_us,
+        overhead_per_group_us: per_group_us,
+        overhead_per_kcopy_us: per_kcopy_us,
+        unit_scale: 1.0,
+        unit_us: 0.0,
+        contention: 0.0,
+        auto_us: 0.0,
+    }
+}
+
+/// The old-profile copy with GEMM tables of the DeepSeek-V3 expert (it has
+/// no whole-group curve, so the tables price it).
+fn tabled() -> (Profile, Layer) {
+    let mut prof = Profile::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/profiles/h200-curves-2026-11-28.json"
+    ))
+    .unwrap();
+    prof.gemm_tables = tables(&[(7168, 2048)]);
+    let l = layers().pop().unwrap();
+    assert_eq!(l.shape.hidden, 7168);
+    (prof, l)
+}
+
+#[test]
+fn layer_fit_prices_overhead_by_groups_and_copies() {
+    let (base, l) = tabled();
+    let mut prof = base.clone();
+    let n = l.counts.len() / l.gpus;
+    let active = (0..n)
+        .filter(|&e| (0..l.gpus).any(|r| l.counts[r * n + e] > 0))
+        .count() as f64;
+    let busiest = l
+        .counts
+        .chunks_exact(n)
+        .map(|r| r.iter().sum::<u64>())
+        .max()
+        .unwrap() as f64;
+    let before = price(&l, &base, Policy::Ep);
+    assert_eq!(before.overhead_ms, base.overhead_us * 1e-3);
+    prof.layer_fit = Some(fit(50.0, 0.0, 0.0));
+    let fixed = price(&l, &prof, Policy::Ep);
+    assert!((fixed.overhead_ms - 0.05).abs() < 1e-12);
+    assert!((fixed.total_ms - (before.total_ms - before.overhead_ms + 0.05)).abs() < 1e-9);
+    // EP plans one group per expert with copies; its busiest GPU's copies
+    // are what it sends and keeps (the dispatch matrix's row)
+    prof.layer_fit = Some(fit(0.0, 1.0, 0.0));
+    let per_group = price(&l, &prof, Policy::Ep).overhead_ms;
+    assert!(
+        (per_group - active * 1e-3).abs() < 1e-12,
+        "{per_group} vs {active}"
+    );
+    prof.layer_fit = Some(fit(0.0, 0.0, 1.0));
+    let per_copy = price(&l, &prof, Policy::Ep).overhead_ms;
+    assert!(
+        (per_copy - busiest * 1e-6).abs() < 1e-12,
+        "{per_copy} vs {busiest}"
+    );
+    // LLEP splits experts: more groups, more planning
+    prof.layer_fit = Some(fit(0.0, 1.0, 0.0));
+    assert!(price(&l, &prof, Policy::Llep).overhead_ms > per_group);
+}
+
+#[test]
+fn layer_fit_prices_units_inside_a_layer_and_link_sharing() {
+    let (base, l) = tabled();
+    let ds = l.shape;
+    let mut prof = base.clone();
+    prof.layer_fit = Some(LayerFit {
+        unit_scale: 0.5,
+        unit_us: 10.0,
+        ..fit(0.0, 0.0, 0.0)
+    });
+    // 40000 rows: 3 units of at most 16384 rows
+    let want = 0.5 * base.gemm_ms(40_000, &ds) + 3.0 * 0.010;
+    let got = prof.gemm_ms(40_000, &ds);
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    // link sharing: only layers that move weights pay it
+    prof.layer_fit = Some(LayerFit {
+        contention: 0.5,
+        ..fit(0.0, 0.0, 0.0)
+    });
+    let unfit = {
+        let mut p = base.clone();
+        p.layer_fit = Some(fit(0.0, 0.0, 0.0));
+        p
+    };
+    let (ep0, ep1) = (price(&l, &unfit, Policy::Ep), price(&l, &prof, Policy::Ep));
+    assert_eq!(ep0.dispatch_ms, ep1.dispatch_ms);
+    let (ll0, ll1) = (
+        price(&l, &unfit, Policy::Llep),
+        price(&l, &prof, Policy::Llep),
+    );
+    assert!(ll0.transfer_bytes > 0);
+    assert!(ll1.dispatch_ms > ll0.dispatch_ms && ll1.transfer_ms > ll0.transfer_ms);
+    assert_eq!(ll1.combine_ms, ll0.combine_ms);
+    assert_eq!(ll1.compute_ms, ll0.compute_ms);
+}
+
+#[test]
+fn llep_auto_rows_pay_for_their_decision() {
+    let (mut prof, _) = tabled();
+    let mut r = ResultRow {
+        t_overhead_ms: 0.1,
+        t_total_ms: 1.0,
+        ..Default::default()
+    };
+    charge_auto(&mut r, &prof);
+    assert_eq!((r.t_overhead_ms, r.t_total_ms), (0.1, 1.0));
+    prof.layer_fit = Some(LayerFit {
+        auto_us: 40.0,
+        ..fit(0.0, 0.0, 0.0)
+    });
+    charge_auto(&mut r, &prof);
+    assert!((r.t_overhead_ms - 0.14).abs() < 1e-12 && (r.t_total_ms - 1.04).abs() < 1e-12);
+}
+
+#[test]
+fn weight_communicator_is_charged_for_every_peer_when_asked() {
+    let (mut prof, l) = tabled();
+    let mm = MemModel {
+        context_bytes: 1 << 30,
+        cublas_workspace_bytes: 0,
+        nccl_per_peer_bytes: 400 << 20,
+        nccl_xfer_per_peer_bytes: 300 << 20,
+        xfer_all_peers: false,
+        grain_bytes: 2 << 20,
+    };
+    prof.mem_model = Some(mm);
+    let some = price(&l, &prof, Policy::Ep);
+    prof.mem_model = Some(MemModel {
+        xfer_all_peers: true,
+        ..mm
+    });
+    let all = price(&l, &prof, Policy::Ep);
+    // EP moves no weights: every GPU gains its 7 peers' weight buffers
+    for (a, b) in some.peak_mem_per_gpu.iter().zip(&all.peak_mem_per_gpu) {
+        assert_eq!(b - a, 7 * (300 << 20));
+    }
+}
+
+#[test]
+fn committed_h200_profile_carries_its_fit_and_error_on_held_out_shapes() {
+    let prof = Profile::load("h200").unwrap();
+    let f = prof.layer_fit.expect("layer fit");
+    assert!(f.overhead_us > 0.0 && f.unit_scale > 0.0);
+    assert!(prof.transfer_overlaps_native);
+    assert!(prof.mem_model.unwrap().xfer_all_peers);
+    let e = prof.measured_error.as_ref().expect("stamped");
+    let s = e
+        .split
+        .as_ref()
+        .expect("split into calibration and held-out shapes");
+    assert_eq!(s.held_out_shapes, [(7168, 2048), (2048, 768)]);
+    assert!(s.held_out_rows > 0 && s.in_sample_rows > 0);
+    assert_eq!(s.held_out_rows + s.in_sample_rows, e.rows);
+    // the cost-aware gate's margin is the stamped median error
+    assert_eq!(
+        llep_trace::sim::auto_margin(&prof),
+        e.median_abs_pct / 100.0
+    );
+    assert!(prof.label().contains("held out"), "{}", prof.label());
 }

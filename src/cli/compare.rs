@@ -7,8 +7,8 @@ use anyhow::bail;
 use clap::Args;
 use llep_trace::io::write_atomic;
 use llep_trace::results::{read_results, write_results};
-use llep_trace::sim::accuracy::{compare, default_trace_dirs};
-use llep_trace::sim::profile::MeasuredError;
+use llep_trace::sim::accuracy::{compare, default_trace_dirs, ErrorStats};
+use llep_trace::sim::profile::{MeasuredError, SplitError};
 use llep_trace::sim::Profile;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +31,11 @@ pub struct CompareArgs {
     /// Write the profile with its measured error filled in here (JSON).
     #[arg(long)]
     stamp_profile: Option<PathBuf>,
+    /// Expert shapes held out of the profile's fit, as HIDDEN,INTERMEDIATE
+    /// (repeat the flag): their rows' error is printed and stamped apart
+    /// from the calibration shapes'.
+    #[arg(long = "held-out", value_parser = parse_shape)]
+    held_out: Vec<(u32, u32)>,
     /// Name of the report the stamped error points to.
     #[arg(long, default_value = "reports/accuracy/README.md")]
     report_path: String,
@@ -104,6 +109,25 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         "\nlayer time: median |error| {:.1}%, worst {:.1}%   peak memory: median |error| {:.1}%, worst {:.1}%\n",
         acc.median_abs_time_pct, acc.worst_abs_time_pct, acc.median_abs_mem_pct, acc.worst_abs_mem_pct
     ));
+    let split = (!a.held_out.is_empty()).then(|| acc.split(&a.held_out));
+    if let Some((cal, held)) = &split {
+        let shapes: Vec<String> = a.held_out.iter().map(|(d, i)| format!("{d}x{i}")).collect();
+        for (name, x) in [
+            ("calibration shapes".to_string(), cal),
+            (format!("held-out shapes ({})", shapes.join(", ")), held),
+        ] {
+            s.push_str(&format!(
+                "{name}: {} rows, layer time median |error| {:.1}%, worst {:.1}%; peak memory median |error| {:.1}%, worst {:.1}%, {} rows more than 3% below measured (lowest {:+.1}%)\n",
+                x.rows,
+                x.median_abs_time_pct,
+                x.worst_abs_time_pct,
+                x.median_abs_mem_pct,
+                x.worst_abs_mem_pct,
+                x.mem_below_3pct,
+                x.mem_lowest_pct
+            ));
+        }
+    }
     if cards.iter().any(|c| {
         !c.contains(
             profile
@@ -144,9 +168,33 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             mem_worst_abs_pct: acc.worst_abs_mem_pct,
             rows: acc.pairs.len() as u32,
             report: a.report_path.clone(),
+            split: split.map(|(cal, held)| {
+                let all = ErrorStats::of(acc.pairs.iter());
+                SplitError {
+                    held_out_shapes: a.held_out.clone(),
+                    in_sample_rows: cal.rows as u32,
+                    in_sample_median_abs_pct: cal.median_abs_time_pct,
+                    in_sample_worst_abs_pct: cal.worst_abs_time_pct,
+                    held_out_rows: held.rows as u32,
+                    held_out_median_abs_pct: held.median_abs_time_pct,
+                    held_out_worst_abs_pct: held.worst_abs_time_pct,
+                    mem_median_abs_pct: all.median_abs_mem_pct,
+                    mem_below_3pct_rows: all.mem_below_3pct as u32,
+                }
+            }),
         });
         write_atomic(path, serde_json::to_string_pretty(&stamped)?.as_bytes())?;
         p.status(&format!("wrote {}", path.display()));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// "HIDDEN,INTERMEDIATE" (or HIDDENxINTERMEDIATE), both positive.
+fn parse_shape(v: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("'{v}': expected HIDDEN,INTERMEDIATE, e.g. 7168,2048");
+    let (d, i) = v.split_once([',', 'x']).ok_or_else(bad)?;
+    match (d.trim().parse::<u32>(), i.trim().parse::<u32>()) {
+        (Ok(d), Ok(i)) if d > 0 && i > 0 => Ok((d, i)),
+        _ => Err(bad()),
+    }
 }

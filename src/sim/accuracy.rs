@@ -2,6 +2,7 @@
 //! simulate the same input (same per-rank loads, policy, lambda, alpha, m,
 //! GPU count) with a profile, and compare layer time and peak memory.
 
+use super::cost::charge_auto;
 use super::{auto_prefers_llep, simulated_base, Evaluator, Profile, Shape};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
@@ -33,6 +34,62 @@ pub struct Accuracy {
     pub worst_abs_time_pct: f64,
     pub median_abs_mem_pct: f64,
     pub worst_abs_mem_pct: f64,
+}
+
+/// Error figures over a set of pairs, percent.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ErrorStats {
+    pub rows: usize,
+    pub median_abs_time_pct: f64,
+    pub worst_abs_time_pct: f64,
+    pub median_abs_mem_pct: f64,
+    pub worst_abs_mem_pct: f64,
+    /// Rows whose simulated peak memory is more than 3% below the measured
+    /// one (the unsafe direction), and the lowest signed memory error.
+    pub mem_below_3pct: usize,
+    pub mem_lowest_pct: f64,
+}
+
+impl ErrorStats {
+    pub fn of<'a>(pairs: impl Iterator<Item = &'a Pair>) -> ErrorStats {
+        let (mut t, mut m) = (Vec::new(), Vec::new());
+        let (mut lowest, mut below) = (f64::INFINITY, 0);
+        for p in pairs {
+            t.push(p.time_err.abs() * 100.0);
+            m.push(p.mem_err.abs() * 100.0);
+            lowest = lowest.min(p.mem_err * 100.0);
+            below += usize::from(p.mem_err < -0.03);
+        }
+        let worst = |v: &[f64]| v.iter().cloned().fold(0.0, f64::max);
+        let (wt, wm) = (worst(&t), worst(&m));
+        ErrorStats {
+            rows: t.len(),
+            median_abs_time_pct: median(&mut t),
+            worst_abs_time_pct: wt,
+            median_abs_mem_pct: median(&mut m),
+            worst_abs_mem_pct: wm,
+            mem_below_3pct: below,
+            mem_lowest_pct: if lowest.is_finite() { lowest } else { 0.0 },
+        }
+    }
+}
+
+/// Rows of these expert shapes (hidden, intermediate) were held out of
+/// every fit: their error is reported apart.
+pub fn is_held_out(r: &ResultRow, held_out: &[(u32, u32)]) -> bool {
+    held_out.contains(&(r.hidden_size, r.intermediate_size))
+}
+
+impl Accuracy {
+    /// Error over the rows of the calibration shapes and over the rows of
+    /// the held-out shapes, apart.
+    pub fn split(&self, held_out: &[(u32, u32)]) -> (ErrorStats, ErrorStats) {
+        let held = |p: &&Pair| is_held_out(&p.measured, held_out);
+        (
+            ErrorStats::of(self.pairs.iter().filter(|p| !held(p))),
+            ErrorStats::of(self.pairs.iter().filter(held)),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,14 +160,19 @@ pub fn twin(
         ev.row(&cost, &base, &shape, profile, pass, recompute)
     };
     if policy == Policy::LlepAuto {
-        // the cost-aware gate's own decision, as simulate and replay make it
-        let ep = priced(Policy::Ep, ev);
-        let llep = priced(Policy::Llep, ev);
-        let mut r = if auto_prefers_llep(ep.t_total_ms, llep.t_total_ms, profile) {
-            llep
+        // A measured row ran the plan its replay's gate chose (with the
+        // profile of that day): the twin prices that plan, so the error is
+        // the cost model's, not a disagreement between two profiles' gates.
+        // Without a measurement, the gate decides as simulate does.
+        let use_llep = if measured.source == Source::Measured {
+            measured.use_llep
         } else {
-            ep
+            let ep = priced(Policy::Ep, ev);
+            let llep = priced(Policy::Llep, ev);
+            auto_prefers_llep(ep.t_total_ms, llep.t_total_ms, profile)
         };
+        let mut r = priced(if use_llep { Policy::Llep } else { Policy::Ep }, ev);
+        charge_auto(&mut r, profile);
         (r.policy, r.gate) = (measured.policy, measured.gate);
         return Ok(r);
     }
@@ -296,5 +358,52 @@ mod tests {
             compare(&[], &prof, &[]),
             Err(AccuracyError::NoMeasured)
         ));
+    }
+
+    #[test]
+    fn error_is_split_by_held_out_shape_and_memory_below_is_counted() {
+        let prof = Profile::load("h200").unwrap();
+        let row = |d: u32, i: u32, k: u32, experts: u32| ResultRow {
+            trace: "synthetic".into(),
+            scenario: "30:4".into(),
+            policy: Policy::Ep,
+            gate: Gate::Never,
+            alpha: 1.0,
+            min_gemm: 1024,
+            gpus: 2,
+            tokens_per_rank: 512,
+            hidden_size: d,
+            intermediate_size: i,
+            experts,
+            top_k: k,
+            source: Source::Measured,
+            t_total_ms: 1.0,
+            peak_mem_max_bytes: 1,
+            ..Default::default()
+        };
+        let rows = [row(2880, 2880, 4, 128), row(2048, 768, 8, 128)];
+        let mut acc = compare(&rows, &prof, &[]).unwrap();
+        // measured twice the simulated time; memory 10% above the model
+        for p in &mut acc.pairs {
+            p.time_err = if p.measured.hidden_size == 2880 {
+                -0.5
+            } else {
+                0.25
+            };
+            p.mem_err = if p.measured.hidden_size == 2880 {
+                -0.1
+            } else {
+                0.02
+            };
+        }
+        let (cal, held) = acc.split(&[(2048, 768)]);
+        assert_eq!((cal.rows, held.rows), (1, 1));
+        assert_eq!(
+            (cal.median_abs_time_pct, held.median_abs_time_pct),
+            (50.0, 25.0)
+        );
+        assert_eq!((cal.mem_below_3pct, held.mem_below_3pct), (1, 0));
+        assert!((cal.mem_lowest_pct + 10.0).abs() < 1e-12);
+        assert!(is_held_out(&rows[1], &[(2048, 768)]) && !is_held_out(&rows[0], &[(2048, 768)]));
     }
 }

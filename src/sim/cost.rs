@@ -136,7 +136,11 @@ impl Profile {
         if let Some(ms) =
             model::group_ms(&self.gemm_tables, tokens, s.hidden, s.intermediate, chunk)
         {
-            return ms;
+            // inside a layer, each unit as fitted against the tables
+            return match &self.layer_fit {
+                Some(f) => f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(chunk) as f64,
+                None => ms,
+            };
         }
         let flops = 6.0 * t * s.hidden as f64 * s.intermediate as f64;
         let eff = t / (t + self.gemm_half_tokens);
@@ -204,7 +208,9 @@ pub fn price(
     scratch.foreign.resize(p, 0.0);
     scratch.largest.clear();
     scratch.largest.resize(p, 0);
-    let group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
+    let mut groups = 0u64;
+    let mut group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
+        groups += 1;
         let ms = prof.gemm_ms(tokens, shape);
         scratch.compute[g] += ms;
         if foreign {
@@ -238,6 +244,8 @@ pub fn price(
     // overlapped with dispatch. With a message model, each send and receive
     // of the grouped exchange is priced, and the kernels around it too.
     let launch_ms = prof.launches.map_or(0.0, |l| l.launch_us * 1e-3);
+    let contention = prof.layer_fit.map_or(0.0, |f| f.contention);
+    let mut copies_max = 0u64;
     let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
     let mut dispatch_bytes_max = 0u64;
     // replay's schedule per GPU: dispatch, native groups, then (once its
@@ -262,25 +270,30 @@ pub fn price(
                 None => prof.link_ms(link_b),
             }
         };
+        copies_max = copies_max.max(sums.row_sum(g));
         let copy = prof.copy_ms(2 * sums.row_sum(g) * tok_bytes);
-        let dsp = link + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
+        // the exchange shares the link with this GPU's weight transfers
+        let moves = scratch.w_sent[g] + scratch.w_recv[g] > 0;
+        let shared = if moves { contention * link } else { 0.0 };
+        let dsp = link + shared + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
-        let x = if multi {
-            let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
-            let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
-            let intra = match &prof.msg_weights {
-                Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
-                None => prof.p2p_ms(xb),
+        let x = shared
+            + if multi {
+                let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
+                let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
+                let intra = match &prof.msg_weights {
+                    Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
+                    None => prof.p2p_ms(xb),
+                };
+                let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
+                intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
+            } else {
+                let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
+                match &prof.msg_weights {
+                    Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
+                    None => prof.p2p_ms(xb),
+                }
             };
-            let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
-            intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
-        } else {
-            let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
-            match &prof.msg_weights {
-                Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
-                None => prof.p2p_ms(xb),
-            }
-        };
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
         transfer = transfer.max(x);
@@ -289,7 +302,10 @@ pub fn price(
         compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
     }
     let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
-    let overhead = prof.overhead_us * 1e-3;
+    let overhead = match &prof.layer_fit {
+        Some(f) => f.overhead_ms(groups, copies_max),
+        None => prof.overhead_us * 1e-3,
+    };
     let total = if prof.transfer_overlaps_native {
         overhead + compute_end + combine
     } else {
@@ -320,6 +336,19 @@ pub fn price(
         peak_mem_per_gpu: peak,
         oom,
     }
+}
+
+/// A `llep-auto` row pays for its own decision (planning EP as well and
+/// pricing both plans) in its overhead phase, when the profile says how much.
+pub fn charge_auto(r: &mut crate::results::ResultRow, prof: &Profile) {
+    let ms = auto_decision_ms(prof);
+    r.t_overhead_ms += ms;
+    r.t_total_ms += ms;
+}
+
+/// What `llep-auto`'s decision costs per layer, ms (0 without a layer fit).
+pub fn auto_decision_ms(prof: &Profile) -> f64 {
+    prof.layer_fit.map_or(0.0, |f| f.auto_us * 1e-3)
 }
 
 /// Weight transfers per GPU (one full expert per transfer entry,
@@ -505,10 +534,14 @@ fn mem_by_buffer(
         r((n + 1) * 4),                             // segment starts
         2 * r(8 * p as u64),                        // gather scratch
     ];
-    let xfer_peers = scratch.w_peer[g * p..(g + 1) * p]
-        .iter()
-        .filter(|&&x| x)
-        .count() as u64;
+    let xfer_peers = if mm.xfer_all_peers {
+        p as u64 - 1
+    } else {
+        scratch.w_peer[g * p..(g + 1) * p]
+            .iter()
+            .filter(|&&x| x)
+            .count() as u64
+    };
     mm.context_bytes
         + mm.cublas_workspace_bytes
         + (p as u64 - 1) * mm.nccl_per_peer_bytes

@@ -95,6 +95,64 @@ pub struct Launches {
     pub upload_us: f64,
 }
 
+/// What a replayed layer pays beyond the sum of its calibrated parts, at
+/// the sizes where those parts are small: fitted to replayed layers of the
+/// calibration shapes only (`scripts/accuracy/fit_layer.py`), never to the
+/// held-out shapes the fit is scored on.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LayerFit {
+    /// Overhead phase (count all-gather, the host sync on it, planning,
+    /// laying out and uploading the tables): a fixed part, microseconds...
+    pub overhead_us: f64,
+    /// ... plus this per expert group planned (summed over GPUs: the
+    /// layout and pack tables grow with it) ...
+    pub overhead_per_group_us: f64,
+    /// ... plus this per 1,000 token-copies of the busiest GPU (routing
+    /// kernel, pack table).
+    pub overhead_per_kcopy_us: f64,
+    /// GEMM units inside a layer against the GEMM tables (measured with
+    /// units back to back but nothing else queued): unit time =
+    /// `unit_scale` x table time + `unit_us`.
+    pub unit_scale: f64,
+    pub unit_us: f64,
+    /// Token exchange and weight transfers share the link: on a GPU that
+    /// moves weights, the exchange's link time grows by this fraction, and
+    /// its transfer by this fraction of the exchange's link time.
+    pub contention: f64,
+    /// `llep-auto`'s own decision (the second plan and both prices) when
+    /// the ratio gate lets LLEP be considered, microseconds.
+    #[serde(default)]
+    pub auto_us: f64,
+}
+
+impl LayerFit {
+    /// Overhead phase, ms, of a layer with `groups` expert groups over all
+    /// GPUs and `copies` token-copies on the busiest GPU.
+    pub fn overhead_ms(&self, groups: u64, copies: u64) -> f64 {
+        (self.overhead_us
+            + self.overhead_per_group_us * groups as f64
+            + self.overhead_per_kcopy_us * copies as f64 * 1e-3)
+            * 1e-3
+    }
+
+    pub(crate) fn check(&self) -> Result<(), String> {
+        let all = [
+            self.overhead_us,
+            self.overhead_per_group_us,
+            self.overhead_per_kcopy_us,
+            self.unit_scale,
+            self.unit_us,
+            self.contention,
+            self.auto_us,
+        ];
+        if all.iter().all(|v| v.is_finite()) && self.unit_scale > 0.0 && self.contention >= 0.0 {
+            Ok(())
+        } else {
+            Err("layer_fit: terms must be finite, unit_scale > 0, contention >= 0".into())
+        }
+    }
+}
+
 /// Kernels of replay's dispatch (pack, place) and of its combine (return,
 /// weighted sum) besides the exchange itself.
 pub const DISPATCH_LAUNCHES: u64 = 2;
@@ -116,6 +174,12 @@ pub struct MemModel {
     /// (NCCL connects point-to-point peers on first use).
     #[serde(default)]
     pub nccl_xfer_per_peer_bytes: u64,
+    /// Charge the weight communicator's buffers for every peer, whether or
+    /// not this layer moves weights with it: NCCL keeps a peer connected
+    /// once any layer did, so a process that ever ran LLEP holds them all
+    /// (the safe side when the question is whether a layer fits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub xfer_all_peers: bool,
     /// Every buffer of the layer is rounded up to this many bytes (the
     /// replay's arena grain, 2 MiB); 0 means no rounding.
     #[serde(default)]
@@ -156,6 +220,22 @@ fn interp_rows(points: &[(f64, f64)], m: f64) -> f64 {
     match points.first() {
         Some(&(m0, t0)) if m <= m0 => t0,
         _ => interp(points, m),
+    }
+}
+
+/// Make every table non-decreasing in M: each point's time becomes the
+/// least time measured at that M or more rows. Timing noise is one-sided
+/// (interference only adds time), and a GEMM of fewer rows does no more
+/// work, so where the grid's small-M points scatter (they are launch and
+/// latency bound, 10-20 us) the minimum over larger M is the better
+/// estimate; compute-bound stretches, increasing already, are unchanged.
+pub fn monotone_tables(tables: &mut [GemmTable]) {
+    for t in tables {
+        let mut least = f64::INFINITY;
+        for p in t.points.iter_mut().rev() {
+            least = least.min(p.1);
+            p.1 = least;
+        }
     }
 }
 
@@ -330,6 +410,60 @@ mod tests {
         assert_eq!(m.ms(0, 1 << 20), 0.0);
         let v = m.ms(3, 1_000_000);
         assert!((v - (0.016 + 0.01)).abs() < 1e-12, "{v}");
+    }
+
+    #[test]
+    fn tables_read_as_non_decreasing_in_rows() {
+        let mut t = vec![GemmTable {
+            proj: Proj::GateUp,
+            n: 10,
+            k: 10,
+            points: vec![
+                (1.0, 0.020),
+                (16.0, 0.015),
+                (64.0, 0.018),
+                (256.0, 0.016),
+                (1024.0, 0.05),
+            ],
+        }];
+        monotone_tables(&mut t);
+        let v: Vec<f64> = t[0].points.iter().map(|p| p.1).collect();
+        // a noisy small-M point takes the least time measured at more rows;
+        // the increasing (compute-bound) end is left alone
+        assert_eq!(v, [0.015, 0.015, 0.016, 0.016, 0.05]);
+    }
+
+    #[test]
+    fn layer_fit_overhead_adds_its_terms_and_bad_fits_are_refused() {
+        let f = LayerFit {
+            overhead_us: 50.0,
+            overhead_per_group_us: 0.5,
+            overhead_per_kcopy_us: 2.0,
+            unit_scale: 1.0,
+            unit_us: -1.0,
+            contention: 0.2,
+            auto_us: 40.0,
+        };
+        assert!((f.overhead_ms(100, 4000) - (50.0 + 50.0 + 8.0) * 1e-3).abs() < 1e-12);
+        assert!(f.check().is_ok());
+        assert!(LayerFit {
+            unit_scale: 0.0,
+            ..f
+        }
+        .check()
+        .is_err());
+        assert!(LayerFit {
+            contention: -0.1,
+            ..f
+        }
+        .check()
+        .is_err());
+        assert!(LayerFit {
+            overhead_us: f64::NAN,
+            ..f
+        }
+        .check()
+        .is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! A profile is a JSON file a user can write; `h100` and `h200` are built in.
 //! [`fit_profile`] turns `calibrate`'s raw measurements into one.
 
-use super::model::{self, GemmTable, Launches, MemModel, MsgModel};
+use super::model::{self, GemmTable, Launches, LayerFit, MemModel, MsgModel};
 #[cfg(test)]
 use crate::gpu::calibrate::MemRaw;
 use crate::gpu::calibrate::{Calibration, MsgRaw};
@@ -28,6 +28,28 @@ pub struct MeasuredError {
     pub mem_worst_abs_pct: f64,
     pub rows: u32,
     pub report: String,
+    /// The same rows split into the expert shapes the profile's layer fit
+    /// was fitted on and the shapes held out of it, when the stamp split
+    /// them (`compare --held-out`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitError>,
+}
+
+/// Error on the calibration shapes' rows and on the held-out shapes' rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitError {
+    /// (hidden, intermediate) of the held-out expert shapes.
+    pub held_out_shapes: Vec<(u32, u32)>,
+    pub in_sample_rows: u32,
+    pub in_sample_median_abs_pct: f64,
+    pub in_sample_worst_abs_pct: f64,
+    pub held_out_rows: u32,
+    pub held_out_median_abs_pct: f64,
+    pub held_out_worst_abs_pct: f64,
+    /// Peak memory over all rows: median |error|, and how many rows are
+    /// more than 3% below the measured peak (the unsafe direction).
+    pub mem_median_abs_pct: f64,
+    pub mem_below_3pct_rows: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +128,12 @@ pub struct Profile {
     /// without it, `mem_baseline_bytes` + peers x `mem_per_peer_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_model: Option<MemModel>,
+    /// Layer costs the calibrated parts miss at small sizes (overhead by
+    /// groups and copies, GEMM units inside a layer, link sharing), fitted
+    /// to replays of the calibration shapes; without it, `overhead_us` and
+    /// the tables as measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_fit: Option<LayerFit>,
     /// Weight transfers overlap the native groups' compute too, as replay
     /// schedules a GPU's work (dispatch, native groups, a wait for the
     /// transfers, foreign groups); off, they overlap dispatch only and
@@ -189,8 +217,9 @@ impl Profile {
                 )
             }
         };
-        let prof: Profile =
+        let mut prof: Profile =
             serde_json::from_str(&text).map_err(|e| ProfileError::Parse(src.clone(), e))?;
+        model::monotone_tables(&mut prof.gemm_tables);
         prof.validate().map_err(|e| match e {
             ProfileError::Invalid(_, m) => ProfileError::Invalid(src, m),
             other => other,
@@ -236,6 +265,9 @@ impl Profile {
                 }
             }
         }
+        if let Some(f) = &self.layer_fit {
+            f.check()?;
+        }
         if let Some(l) = &self.launches {
             if ![l.launch_us, l.host_sync_us, l.upload_us]
                 .iter()
@@ -257,10 +289,18 @@ impl Profile {
     /// "h200 (estimate)" or "h200 (measured, median error 3.1%)".
     pub fn label(&self) -> String {
         match &self.measured_error {
-            Some(e) => format!(
-                "{} ({}, median |error| {:.1}%, worst {:.1}%)",
-                self.name, self.status, e.median_abs_pct, e.worst_abs_pct
-            ),
+            Some(e) => {
+                let held = e.split.as_ref().map_or(String::new(), |x| {
+                    format!(
+                        "; shapes held out of its fit {:.1}% / {:.1}%",
+                        x.held_out_median_abs_pct, x.held_out_worst_abs_pct
+                    )
+                });
+                format!(
+                    "{} ({}, median |error| {:.1}%, worst {:.1}%{held})",
+                    self.name, self.status, e.median_abs_pct, e.worst_abs_pct
+                )
+            }
             None if self.status == "estimate" => format!(
                 "{} (estimate from published figures; error not yet measured)",
                 self.name
@@ -353,6 +393,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         msg_weights: None,
         launches: None,
         mem_model: None,
+        layer_fit: None,
         transfer_overlaps_native: true,
         measured_error: None,
         driver: c.driver.clone(),
@@ -455,6 +496,7 @@ pub fn apply_measured(
     }
     if !c.grid.is_empty() {
         upsert_tables(&mut p.gemm_tables, &grid_tables(c));
+        model::monotone_tables(&mut p.gemm_tables);
         set.push("gemm_tables");
     }
     if let Some(m) = c.msg_tokens.as_ref().and_then(fit_msg) {
@@ -492,6 +534,7 @@ pub fn apply_measured(
             nccl_per_peer_bytes: per_peer,
             // unmeasured: a weight connection priced like a token one
             nccl_xfer_per_peer_bytes: c.mem.xfer_per_peer.unwrap_or(per_peer),
+            xfer_all_peers: false,
             grain_bytes: c.mem.grain,
         });
         set.push("mem_model");
