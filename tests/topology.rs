@@ -188,11 +188,22 @@ fn every_gpu_its_own_node_sends_everything_over_the_nic() {
     // the NIC alone: latency plus the larger direction at inter_gbps
     // the NIC alone (latency plus the larger direction at inter_gbps) and
     // the on-device packing copy
+    // plus the profile's two kernel launches, and its link sharing on a GPU
+    // that moves weights while it exchanges tokens
+    let launch = many.launches.map_or(0.0, |l| l.launch_us * 1e-3);
+    let share = many.layer_fit.map_or(0.0, |f| f.contention);
+    let moves = |g: usize| {
+        plan.transfers
+            .iter()
+            .any(|t| t.src as usize == g || t.dst as usize == g)
+    };
     let nic = (0..p)
         .map(|g| {
             let b = dm.sent_off(g).max(dm.received(g)) * tok;
             let copy = (2 * dm.row_sum(g) * tok) as f64 / (many.copy_gbps * 1e9) * 1e3;
-            many.inter_latency_us * 1e-3 + b as f64 / (many.inter_gbps * 1e9) * 1e3 + copy
+            let link = many.inter_latency_us * 1e-3 + b as f64 / (many.inter_gbps * 1e9) * 1e3;
+            let shared = if moves(g) { share * link } else { 0.0 };
+            link + shared + copy + 2.0 * launch
         })
         .fold(0.0, f64::max);
     assert!(

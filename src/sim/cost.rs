@@ -338,8 +338,11 @@ pub fn price(
     }
 }
 
-/// A `llep-auto` row pays for its own decision (planning EP as well and
-/// pricing both plans) in its overhead phase, when the profile says how much.
+/// A replayed `llep-auto` row paid for its own decision in its overhead
+/// phase: replay plans EP as well, clones its arbiter (a whole profile)
+/// and prices both plans, per layer. The twins of replayed rows charge it
+/// (`sim::accuracy`); `simulate` and `tune` price the gate's choice alone,
+/// as an implementation that decides in microseconds would run it.
 pub fn charge_auto(r: &mut crate::results::ResultRow, prof: &Profile) {
     let ms = auto_decision_ms(prof);
     r.t_overhead_ms += ms;

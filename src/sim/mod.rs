@@ -298,7 +298,6 @@ fn simulate_range(
                         };
                         r.policy = Policy::LlepAuto;
                         r.gate = Gate::Auto;
-                        cost::charge_auto(&mut r, prof);
                         rows.push(r);
                     }
                     llep_cost = Some((cost, on));
@@ -632,8 +631,6 @@ mod tests {
     fn ideal_is_a_lower_bound_and_auto_never_loses_by_more_than_its_margin() {
         let prof = Profile::load("h200").unwrap();
         let margin = auto_margin(&prof);
-        // llep-auto pays for its own decision (planning EP too, pricing both)
-        let decision = cost::auto_decision_ms(&prof);
         let cfg = SimConfig {
             policies: vec![Policy::Ep, Policy::Llep, Policy::LlepAuto, Policy::Ideal],
             gates: vec![Gate::Always, Gate::Ratio(1.3)],
@@ -672,9 +669,9 @@ mod tests {
                     "ideal {ideal} above min(ep {ep}, llep {llep})"
                 );
                 assert!(ideal <= llep13 + 1e-12);
-                assert!(auto <= ep + decision + 1e-12, "auto {auto} above ep {ep}");
+                assert!(auto <= ep + 1e-12, "auto {auto} above ep {ep}");
                 assert!(
-                    auto <= best * (1.0 + margin) + decision + 1e-12,
+                    auto <= best * (1.0 + margin) + 1e-12,
                     "auto {auto}, best {best}"
                 );
             }

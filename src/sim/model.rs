@@ -119,8 +119,9 @@ pub struct LayerFit {
     /// moves weights, the exchange's link time grows by this fraction, and
     /// its transfer by this fraction of the exchange's link time.
     pub contention: f64,
-    /// `llep-auto`'s own decision (the second plan and both prices) when
-    /// the ratio gate lets LLEP be considered, microseconds.
+    /// Replay's `llep-auto` decision (a second plan, a clone of its
+    /// arbiter, both prices) per layer, microseconds: charged to the twins
+    /// of replayed `llep-auto` rows only (see `cost::charge_auto`).
     #[serde(default)]
     pub auto_us: f64,
 }
@@ -188,10 +189,14 @@ pub struct MemModel {
 
 impl MemModel {
     pub fn round(&self, bytes: u64) -> u64 {
-        if self.grain_bytes == 0 {
+        let g = self.grain_bytes;
+        if g == 0 {
             bytes
+        } else if g.is_power_of_two() {
+            // a mask, not a division: this runs for every buffer of every GPU
+            (bytes.max(256) + g - 1) & !(g - 1)
         } else {
-            bytes.max(256).div_ceil(self.grain_bytes) * self.grain_bytes
+            bytes.max(256).div_ceil(g) * g
         }
     }
 }
