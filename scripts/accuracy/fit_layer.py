@@ -95,7 +95,8 @@ def with_fit(base, **terms):
         contention=0.0,
         auto_us=0.0,
     )
-    fit.update(p.get("layer_fit") or {})
+    # every term not given is neutral, whatever fit the base carries: the
+    # probes below must see one term at a time
     fit.update(terms)
     p["layer_fit"] = fit
     return p
