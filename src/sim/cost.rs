@@ -2,7 +2,11 @@
 //!
 //! Layer time = overhead + max over GPUs of max(dispatch, weight transfer)
 //! plus max over GPUs of compute plus max over GPUs of combine
-//! (`docs/design.md`, "Planning and simulation"). Every term is kept.
+//! (`docs/design.md`, "Planning and simulation"), or, with replay's
+//! schedule, overhead + max over GPUs of (max(dispatch + native groups,
+//! transfer) + foreign groups) + combine. Every term is kept. A profile's
+//! `layer_fit` adds what replayed layers pay beyond the calibrated parts
+//! (overhead by groups and copies, GEMM units inside a layer, link sharing).
 //!
 //! Topology: with the GPUs split over several nodes (`Profile::nodes`),
 //! each GPU's token exchange and weight transfers are split into what
@@ -277,23 +281,7 @@ pub fn price(
         let shared = if moves { contention * link } else { 0.0 };
         let dsp = link + shared + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
-        let x = shared
-            + if multi {
-                let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
-                let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
-                let intra = match &prof.msg_weights {
-                    Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
-                    None => prof.p2p_ms(xb),
-                };
-                let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
-                intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
-            } else {
-                let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
-                match &prof.msg_weights {
-                    Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
-                    None => prof.p2p_ms(xb),
-                }
-            };
+        let x = shared + weights_ms(prof, scratch, g, multi);
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
         transfer = transfer.max(x);
@@ -335,6 +323,28 @@ pub fn price(
         inter_node_bytes,
         peak_mem_per_gpu: peak,
         oom,
+    }
+}
+
+/// GPU `g`'s weight transfers (from [`account_weights`]), ms: the larger
+/// of bytes sent and received, per message with a message model; across
+/// nodes, the slower of the intra-node part and the NIC part.
+fn weights_ms(prof: &Profile, scratch: &CostScratch, g: usize, multi: bool) -> f64 {
+    if multi {
+        let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
+        let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
+        let intra = match &prof.msg_weights {
+            Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
+            None => prof.p2p_ms(xb),
+        };
+        let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
+        intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
+    } else {
+        let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
+        match &prof.msg_weights {
+            Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
+            None => prof.p2p_ms(xb),
+        }
     }
 }
 
