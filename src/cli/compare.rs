@@ -116,6 +116,10 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             ("calibration shapes".to_string(), cal),
             (format!("held-out shapes ({})", shapes.join(", ")), held),
         ] {
+            if x.rows == 0 {
+                s.push_str(&format!("{name}: no rows\n"));
+                continue;
+            }
             s.push_str(&format!(
                 "{name}: {} rows, layer time median |error| {:.1}%, worst {:.1}%; peak memory median |error| {:.1}%, worst {:.1}%, {} rows more than 3% below measured (lowest {:+.1}%)\n",
                 x.rows,
@@ -196,5 +200,20 @@ fn parse_shape(v: &str) -> Result<(u32, u32), String> {
     match (d.trim().parse::<u32>(), i.trim().parse::<u32>()) {
         (Ok(d), Ok(i)) if d > 0 && i > 0 => Ok((d, i)),
         _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shape;
+
+    #[test]
+    fn held_out_shapes_parse_or_say_what_is_expected() {
+        assert_eq!(parse_shape("7168,2048"), Ok((7168, 2048)));
+        assert_eq!(parse_shape("2048x768"), Ok((2048, 768)));
+        for bad in ["7168", "0,2048", "a,b", "7168,"] {
+            let e = parse_shape(bad).unwrap_err();
+            assert!(e.contains("HIDDEN,INTERMEDIATE"), "{e}");
+        }
     }
 }
