@@ -12,12 +12,13 @@ pub use cost::{price, Cost, CostScratch, Shape};
 pub use eplb::{EplbSim, EplbSimError, ReplicaSplit};
 pub use profile::{Profile, ProfileError};
 
+use crate::plan::eplb::EplbPlacement;
 use crate::plan::topo::{TopoError, TopoPlanner, Topology};
 use crate::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
 use crate::progress::Progress;
 use crate::results::{ResultRow, Source};
 use crate::trace::Loads;
-use crate::workload::Workload;
+use crate::workload::{Chunk, Streamed, Workload};
 
 /// What to simulate on each workload.
 #[derive(Debug, Clone)]
@@ -119,9 +120,23 @@ pub enum SimError {
     Topology(#[from] TopoError),
     #[error(transparent)]
     Eplb(#[from] EplbSimError),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
     #[error("trace '{0}' has no model dimensions (hidden_size / intermediate_size); give --hidden-size and --intermediate-size")]
     NoDims(String),
 }
+
+/// Where result rows go: a chunk's rows at a time, in row order.
+pub type RowSink<'a> = dyn FnMut(Vec<ResultRow>) -> Result<(), SimError> + 'a;
+
+/// Result rows a chunk of a streamed simulation aims at: bounds the rows
+/// held (two chunks' worth: one being written while the next is priced).
+pub const CHUNK_ROWS: usize = 1 << 15;
+
+/// Per-rank counts a chunk holds at most (bytes), whatever its rows.
+pub const CHUNK_INPUT_BYTES: usize = 32 << 20;
 
 /// Simulate a workload. Rows come out ordered by (step, layer, alpha, m,
 /// policy, ratio). The llep plan does not depend on lambda (lambda only
@@ -144,14 +159,81 @@ pub fn simulate_with(
     eplb: Option<&EplbSim>,
     progress: &dyn Progress,
 ) -> Result<Vec<ResultRow>, SimError> {
-    let model = &w.model;
+    check(&w.model, w.gpus, &w.name, cfg, eplb)?;
+    let mut rows = Vec::new();
+    drive(
+        std::iter::once(Ok(Chunk::Whole(w))),
+        cfg,
+        eplb,
+        progress,
+        &mut |r| {
+            rows.extend(r);
+            Ok(())
+        },
+    )?;
+    Ok(rows)
+}
+
+/// [`simulate_with`] over a streamed input: the same rows, in the same
+/// order, handed to `sink` a chunk at a time, so that memory is bounded by
+/// the chunk ([`CHUNK_ROWS`], [`CHUNK_INPUT_BYTES`]), not by the input.
+pub fn simulate_stream(
+    input: &Streamed,
+    cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
+    progress: &dyn Progress,
+    sink: &mut RowSink,
+) -> Result<(), SimError> {
+    let n = chunk_layer_steps(cfg, eplb, input.gpus, input.model.num_experts as usize);
+    simulate_chunked(input, n, cfg, eplb, progress, sink)
+}
+
+/// [`simulate_stream`] with chunks of at most `chunk` layer-steps (at
+/// least one step): the rows do not depend on it.
+pub fn simulate_chunked(
+    input: &Streamed,
+    chunk: usize,
+    cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
+    progress: &dyn Progress,
+    sink: &mut RowSink,
+) -> Result<(), SimError> {
+    check(&input.model, input.gpus, &input.name, cfg, eplb)?;
+    let chunks = input.chunks(chunk).map(|c| c.map_err(SimError::from));
+    drive(chunks, cfg, eplb, progress, sink)
+}
+
+/// Layer-steps a chunk holds: about [`CHUNK_ROWS`] rows, within
+/// [`CHUNK_INPUT_BYTES`] of per-rank counts.
+pub fn chunk_layer_steps(
+    cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
+    gpus: usize,
+    experts: usize,
+) -> usize {
+    let per_setting = cfg.policies.len() + 2 * cfg.gates.len() + usize::from(eplb.is_some());
+    let rows = per_setting * cfg.alphas.len().max(1) * cfg.min_gemms.len().max(1);
+    let by_rows = CHUNK_ROWS / rows.max(1);
+    let by_bytes = CHUNK_INPUT_BYTES / (gpus * experts * 8).max(1);
+    by_rows.min(by_bytes).max(1)
+}
+
+/// Everything that can be wrong with a simulation's settings, checked
+/// before any work.
+fn check(
+    model: &crate::trace::ModelMeta,
+    gpus: usize,
+    name: &str,
+    cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
+) -> Result<(), SimError> {
     if !model.has_dims() {
-        return Err(SimError::NoDims(w.name.clone()));
+        return Err(SimError::NoDims(name.to_string()));
     }
     let eplb = eplb.filter(|_| wants_eplb(&cfg.policies));
     if let Some(&p) = cfg.policies.iter().find(|p| is_eplb(**p)) {
         let e = eplb.ok_or(EplbSimError::Unset(p))?;
-        e.check(model.num_experts as usize, w.gpus)?;
+        e.check(model.num_experts as usize, gpus)?;
         if cfg.pass == train::Pass::Train {
             return Err(EplbSimError::Train.into());
         }
@@ -160,40 +242,131 @@ pub fn simulate_with(
         crate::plan::check_shape(
             model.num_experts as usize,
             &PlanParams {
-                gpus: w.gpus,
+                gpus,
                 alpha: a,
                 min_gemm: 0,
                 gate: Gate::Always,
             },
         )?;
     }
-    Topology::new(w.gpus, cfg.profile.nodes as usize)?;
-    let shape = Shape::from_model(model);
-    let n_ls = w.loads.layer_steps();
+    Topology::new(gpus, cfg.profile.nodes as usize)?;
+    Ok(())
+}
+
+/// The EPLB placement and moves of every layer-step of a chunk, worked out
+/// in step order (the placement rules look back over earlier steps).
+struct ChunkEplb {
+    label: String,
+    split: ReplicaSplit,
+    placements: Vec<EplbPlacement>,
+    /// Per layer-step of the chunk: its placement's index, and the weight
+    /// moves charged there.
+    at: Vec<(usize, Vec<crate::plan::Transfer>)>,
+}
+
+/// EPLB's state carried from chunk to chunk.
+struct EplbState<'a> {
+    sim: &'a EplbSim,
+    cache: eplb::PlacementCache,
+    history: Option<eplb::History>,
+}
+
+impl EplbState<'_> {
+    fn chunk(&mut self, w: &Workload) -> ChunkEplb {
+        let loads = &w.loads;
+        let e = self.sim;
+        let layers = loads.layers();
+        let h = self
+            .history
+            .get_or_insert_with(|| eplb::History::new(e.window + 1, layers, loads.experts));
+        let mut out = ChunkEplb {
+            label: e.label(),
+            split: e.split,
+            placements: Vec::new(),
+            at: Vec::with_capacity(loads.layer_steps()),
+        };
+        let mut last: Vec<Option<(usize, usize)>> = vec![None; layers];
+        for sl in 0..loads.steps() {
+            let s = w.first_step + sl;
+            h.push(s, loads, sl);
+            for (l, last) in last.iter_mut().enumerate() {
+                let key = if e.oracle { s } else { e.rebalance_step(s) };
+                let (pl, moves) = self.cache.step(e, &*h, s, l, w.gpus);
+                let idx = match *last {
+                    Some((k, i)) if k == key => i,
+                    _ => {
+                        out.placements.push(pl.clone());
+                        *last = Some((key, out.placements.len() - 1));
+                        out.placements.len() - 1
+                    }
+                };
+                out.at.push((idx, moves));
+            }
+        }
+        out
+    }
+}
+
+/// Simulate chunk after chunk: each chunk's layer-steps split over the
+/// threads in contiguous ranges (rows stay in order), the previous chunk's
+/// rows handed to `sink` and the next chunk read while they run.
+fn drive<'a>(
+    mut chunks: impl Iterator<Item = Result<Chunk<'a>, SimError>>,
+    cfg: &SimConfig,
+    eplb: Option<&EplbSim>,
+    progress: &dyn Progress,
+    sink: &mut RowSink,
+) -> Result<(), SimError> {
+    let eplb = eplb.filter(|_| wants_eplb(&cfg.policies));
+    let mut state = eplb.map(|sim| EplbState {
+        sim,
+        cache: eplb::PlacementCache::default(),
+        history: None,
+    });
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     } else {
         cfg.threads
-    }
-    .clamp(1, n_ls.max(1));
-    let chunk = n_ls.div_ceil(threads);
-    let parts: Vec<Vec<ResultRow>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let shape = &shape;
-                s.spawn(move || {
-                    let lo = t * chunk;
-                    let hi = ((t + 1) * chunk).min(n_ls);
-                    simulate_range(w, lo..hi, shape, cfg, eplb, progress)
+    };
+    let mut pending: Option<Vec<ResultRow>> = None;
+    let mut cur = chunks.next().transpose()?;
+    while let Some(w) = cur {
+        let shape = Shape::from_model(&w.model);
+        let steps = state.as_mut().map(|st| st.chunk(&w));
+        let n_ls = w.loads.layer_steps();
+        let t = threads.clamp(1, n_ls.max(1));
+        let per = n_ls.div_ceil(t);
+        let (rows, next, sunk) = std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..t)
+                .map(|i| {
+                    let (w, shape, steps) = (&*w, &shape, steps.as_ref());
+                    sc.spawn(move || {
+                        let range = i * per..((i + 1) * per).min(n_ls);
+                        simulate_range(w, range, shape, cfg, steps, progress)
+                    })
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("simulation thread"))
-            .collect()
-    });
-    Ok(parts.into_iter().flatten().collect())
+                .collect();
+            let sunk = pending.take().map_or(Ok(()), &mut *sink);
+            let next = chunks.next().transpose();
+            let mut rows = Vec::new();
+            for h in handles {
+                let part = h.join().expect("simulation thread");
+                if rows.is_empty() {
+                    rows = part;
+                } else {
+                    rows.extend(part);
+                }
+            }
+            (rows, next, sunk)
+        });
+        sunk?;
+        pending = Some(rows);
+        cur = next?;
+    }
+    if let Some(rows) = pending {
+        sink(rows)?;
+    }
+    Ok(())
 }
 
 /// The keys of a simulated row of layer-step `(s, l)`.
@@ -220,13 +393,11 @@ fn simulate_range(
     range: std::ops::Range<usize>,
     shape: &Shape,
     cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
+    eplb: Option<&ChunkEplb>,
     progress: &dyn Progress,
 ) -> Vec<ResultRow> {
     let mut ev = Evaluator::default();
     let mut eplb_ev = eplb::EplbEvaluator::default();
-    let mut placements = eplb::PlacementCache::default();
-    let eplb_label = eplb.map(|e| e.label()).unwrap_or_default();
     let mut rows = Vec::with_capacity(
         range.len() * (cfg.gates.len() + 2) * cfg.alphas.len() * cfg.min_gemms.len(),
     );
@@ -241,11 +412,11 @@ fn simulate_range(
         loads.global_into(s, l, &mut global);
         let per_rank = loads.block(s, l);
         let mut b = simulated_base(w, s, l, prof);
-        // the EPLB placement and its moves: once per layer-step
-        let eplb_step = eplb.map(|e| {
-            let (pl, moves) = placements.step(e, loads, s, l, w.gpus);
-            eplb_ev.load(per_rank, w.gpus, pl, e.split);
-            (eplb_label.clone(), moves)
+        // the EPLB placement and its moves: worked out before the chunk
+        let eplb_step = eplb.map(|c| {
+            let (pi, moves) = &c.at[ls];
+            eplb_ev.load(per_rank, w.gpus, &c.placements[*pi], c.split);
+            (&c.label, &moves[..])
         });
         for &alpha in &cfg.alphas {
             for &m in &cfg.min_gemms {
@@ -509,48 +680,68 @@ pub struct Summary {
 /// Aggregate rows per (scenario, policy, lambda, alpha, m), in first-seen
 /// order; speedups against the EP rows of the same scenario, alpha and m.
 pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
-    let mut out: Vec<Summary> = Vec::new();
-    let key = |r: &ResultRow| {
-        (
-            r.scenario.clone(),
-            r.policy,
-            r.lambda().map(f64::to_bits),
-            r.alpha.to_bits(),
-            r.min_gemm,
-        )
-    };
-    let mut keys: Vec<(String, Policy, Option<u64>, u64, u64)> = Vec::new();
+    let mut acc = Summarizer::default();
     for r in rows {
-        let k = key(r);
-        let idx = match keys.iter().position(|x| *x == k) {
-            Some(i) => i,
-            None => {
-                keys.push(k);
-                out.push(Summary {
-                    scenario: r.scenario.clone(),
-                    policy: r.policy,
-                    gate: r.gate,
-                    alpha: r.alpha,
-                    min_gemm: r.min_gemm,
-                    layer_steps: 0,
-                    total_ms: 0.0,
-                    speedup_vs_ep: f64::NAN,
-                    mean_ratio_before: 0.0,
-                    mean_ratio_after: 0.0,
-                    peak_mem_max_bytes: 0,
-                    oom_rows: 0,
-                    transfers: 0,
-                    duplicates: 0,
-                    llep_on: 0,
-                    phases_ms: [0.0; 5],
-                    inter_node_bytes: 0,
-                    saved_act_max_bytes: 0,
-                    pass: r.pass,
-                });
-                out.len() - 1
+        acc.add(r);
+    }
+    acc.finish()
+}
+
+/// [`summarize`] as running totals: feed the rows in row order, then
+/// [`Summarizer::finish`]; memory is one [`Summary`] per setting.
+#[derive(Debug, Clone, Default)]
+pub struct Summarizer {
+    out: Vec<Summary>,
+    /// Where the last row went: rows repeat the same order of settings
+    /// every layer-step, so the next row's setting is usually the next one.
+    last: usize,
+}
+
+impl Summarizer {
+    fn same(s: &Summary, r: &ResultRow) -> bool {
+        s.policy == r.policy
+            && s.gate.lambda().map(f64::to_bits) == r.lambda().map(f64::to_bits)
+            && s.alpha.to_bits() == r.alpha.to_bits()
+            && s.min_gemm == r.min_gemm
+            && s.scenario == r.scenario
+    }
+
+    pub fn add(&mut self, r: &ResultRow) {
+        let n = self.out.len();
+        let guess = if n == 0 { 0 } else { (self.last + 1) % n };
+        let idx = if n > 0 && Self::same(&self.out[guess], r) {
+            guess
+        } else {
+            match self.out.iter().position(|s| Self::same(s, r)) {
+                Some(i) => i,
+                None => {
+                    self.out.push(Summary {
+                        scenario: r.scenario.clone(),
+                        policy: r.policy,
+                        gate: r.gate,
+                        alpha: r.alpha,
+                        min_gemm: r.min_gemm,
+                        layer_steps: 0,
+                        total_ms: 0.0,
+                        speedup_vs_ep: f64::NAN,
+                        mean_ratio_before: 0.0,
+                        mean_ratio_after: 0.0,
+                        peak_mem_max_bytes: 0,
+                        oom_rows: 0,
+                        transfers: 0,
+                        duplicates: 0,
+                        llep_on: 0,
+                        phases_ms: [0.0; 5],
+                        inter_node_bytes: 0,
+                        saved_act_max_bytes: 0,
+                        pass: r.pass,
+                    });
+                    self.out.len() - 1
+                }
             }
         };
-        let s = &mut out[idx];
+        self.last = idx;
+        let s = &mut self.out[idx];
         s.layer_steps += 1;
         s.total_ms += r.t_total_ms;
         s.mean_ratio_before += r.imbalance_ratio;
@@ -576,32 +767,35 @@ pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
             *acc += v;
         }
     }
-    for s in &mut out {
-        let n = s.layer_steps.max(1) as f64;
-        s.mean_ratio_before /= n;
-        s.mean_ratio_after /= n;
-    }
-    let eps: Vec<(String, u64, u64, f64)> = out
-        .iter()
-        .filter(|s| s.policy == Policy::Ep)
-        .map(|s| {
-            (
-                s.scenario.clone(),
-                s.alpha.to_bits(),
-                s.min_gemm,
-                s.total_ms,
-            )
-        })
-        .collect();
-    for s in &mut out {
-        if let Some((_, _, _, ep)) = eps
-            .iter()
-            .find(|(sc, a, m, _)| *sc == s.scenario && *a == s.alpha.to_bits() && *m == s.min_gemm)
-        {
-            s.speedup_vs_ep = ep / s.total_ms;
+
+    pub fn finish(&self) -> Vec<Summary> {
+        let mut out = self.out.clone();
+        for s in &mut out {
+            let n = s.layer_steps.max(1) as f64;
+            s.mean_ratio_before /= n;
+            s.mean_ratio_after /= n;
         }
+        let eps: Vec<(String, u64, u64, f64)> = out
+            .iter()
+            .filter(|s| s.policy == Policy::Ep)
+            .map(|s| {
+                (
+                    s.scenario.clone(),
+                    s.alpha.to_bits(),
+                    s.min_gemm,
+                    s.total_ms,
+                )
+            })
+            .collect();
+        for s in &mut out {
+            if let Some((_, _, _, ep)) = eps.iter().find(|(sc, a, m, _)| {
+                *sc == s.scenario && *a == s.alpha.to_bits() && *m == s.min_gemm
+            }) {
+                s.speedup_vs_ep = ep / s.total_ms;
+            }
+        }
+        out
     }
-    out
 }
 
 #[cfg(test)]
