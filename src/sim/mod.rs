@@ -45,6 +45,9 @@ pub struct Evaluator {
     plan: Plan,
     dm: DispatchMatrix,
     scratch: CostScratch,
+    /// The dispatch matrix of the native placement of the loaded
+    /// layer-step ([`Evaluator::load`]): every plan's starts from it.
+    native: DispatchMatrix,
 }
 
 impl Evaluator {
@@ -58,6 +61,43 @@ impl Evaluator {
         shape: &Shape,
         prof: &Profile,
     ) -> (&Plan, Cost) {
+        self.plan_only(global, params, policy, prof);
+        dispatch_matrix(&self.plan, per_rank, &mut self.dm);
+        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
+        (&self.plan, cost)
+    }
+
+    /// Take a layer-step's per-rank counts (`[gpus][experts]`) for
+    /// [`Evaluator::eval_loaded`]: what all its plans share is worked out
+    /// once, not once per policy and setting.
+    pub fn load(&mut self, per_rank: &[u64], gpus: usize) {
+        native_dispatch(per_rank, gpus, &mut self.native, None);
+    }
+
+    /// [`Evaluator::load`], also summing the per-rank counts into the
+    /// global counts per expert (`global`, as `Loads::global_into`).
+    pub fn load_with_global(&mut self, per_rank: &[u64], gpus: usize, global: &mut Vec<u64>) {
+        native_dispatch(per_rank, gpus, &mut self.native, Some(global));
+    }
+
+    /// [`Evaluator::eval`] of the loaded layer-step: the same plan and
+    /// cost, the dispatch matrix built from the native one.
+    pub fn eval_loaded(
+        &mut self,
+        per_rank: &[u64],
+        global: &[u64],
+        params: &PlanParams,
+        policy: Policy,
+        shape: &Shape,
+        prof: &Profile,
+    ) -> (&Plan, Cost) {
+        self.plan_only(global, params, policy, prof);
+        dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
+        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
+        (&self.plan, cost)
+    }
+
+    fn plan_only(&mut self, global: &[u64], params: &PlanParams, policy: Policy, prof: &Profile) {
         if policy == Policy::LlepTopo && prof.nodes > 1 {
             let topo = Topology::new(params.gpus, prof.nodes as usize)
                 .expect("topology checked before simulation");
@@ -69,9 +109,6 @@ impl Evaluator {
                 .plan_into(global, params, policy, &mut self.plan)
                 .expect("shape checked before simulation");
         }
-        dispatch_matrix(&self.plan, per_rank, &mut self.dm);
-        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
-        (&self.plan, cost)
     }
 
     /// The row of the last plan priced with `cost` (its forward cost, or
@@ -90,6 +127,76 @@ impl Evaluator {
             train::backward(&self.plan, &self.dm, cost, shape, prof, recompute).apply(&mut r);
         }
         r
+    }
+}
+
+/// The dispatch matrix with every expert on its native GPU: rank `r`
+/// sends GPU `g` its copies of `g`'s experts (a block sum per pair).
+fn native_dispatch(
+    per_rank: &[u64],
+    gpus: usize,
+    out: &mut DispatchMatrix,
+    mut global: Option<&mut Vec<u64>>,
+) {
+    let n = per_rank.len() / gpus.max(1);
+    let per = (n / gpus.max(1)).max(1);
+    out.gpus = gpus;
+    out.send.clear();
+    out.send.reserve(gpus * gpus);
+    if let Some(g) = global.as_mut() {
+        g.clear();
+        g.resize(n, 0);
+    }
+    for row in per_rank.chunks_exact(n.max(1)) {
+        if let Some(g) = global.as_mut() {
+            for (o, c) in g.iter_mut().zip(row) {
+                *o += c;
+            }
+        }
+        out.send
+            .extend(row.chunks_exact(per).map(|b| b.iter().sum::<u64>()));
+    }
+}
+
+/// [`dispatch_matrix`] from the native matrix: only the experts a plan
+/// spills are visited (the same arithmetic, so the same matrix).
+fn dispatch_from_native(
+    plan: &Plan,
+    per_rank: &[u64],
+    native: &DispatchMatrix,
+    out: &mut DispatchMatrix,
+) {
+    let p = plan.gpus;
+    let n = plan.experts;
+    let per = n / p;
+    debug_assert_eq!(native.gpus, p);
+    out.gpus = p;
+    out.send.clone_from(&native.send);
+    for (e, ranges) in plan.spilled() {
+        let e = e as usize;
+        let native = e / per;
+        if let [only] = ranges {
+            if only.gpu as usize == native {
+                continue;
+            }
+        }
+        let mut cum = 0u64;
+        for r in 0..p {
+            let cnt = per_rank[r * n + e];
+            if cnt == 0 {
+                continue;
+            }
+            let (lo, hi) = (cum, cum + cnt);
+            cum = hi;
+            out.send[r * p + native] -= cnt;
+            for rg in ranges {
+                let a = lo.max(rg.start);
+                let b = hi.min(rg.end);
+                if b > a {
+                    out.send[r * p + rg.gpu as usize] += b - a;
+                }
+            }
+        }
     }
 }
 
@@ -167,7 +274,11 @@ pub fn simulate_with(
         eplb,
         progress,
         &mut |r| {
-            rows.extend(r);
+            if rows.is_empty() {
+                rows = r;
+            } else {
+                rows.extend(r);
+            }
             Ok(())
         },
     )?;
@@ -328,7 +439,8 @@ fn drive<'a>(
     } else {
         cfg.threads
     };
-    let mut pending: Option<Vec<ResultRow>> = None;
+    // each thread's rows of the previous chunk, in order
+    let mut pending: Vec<Vec<ResultRow>> = Vec::new();
     let mut cur = chunks.next().transpose()?;
     while let Some(w) = cur {
         let shape = Shape::from_model(&w.model);
@@ -336,37 +448,29 @@ fn drive<'a>(
         let n_ls = w.loads.layer_steps();
         let t = threads.clamp(1, n_ls.max(1));
         let per = n_ls.div_ceil(t);
-        let (rows, next, sunk) = std::thread::scope(|sc| {
+        let (parts, next, sunk) = std::thread::scope(|sc| {
             let handles: Vec<_> = (0..t)
                 .map(|i| {
                     let (w, shape, steps) = (&*w, &shape, steps.as_ref());
                     sc.spawn(move || {
-                        let range = i * per..((i + 1) * per).min(n_ls);
+                        let range = (i * per).min(n_ls)..((i + 1) * per).min(n_ls);
                         simulate_range(w, range, shape, cfg, steps, progress)
                     })
                 })
                 .collect();
-            let sunk = pending.take().map_or(Ok(()), &mut *sink);
+            let sunk = pending.drain(..).try_for_each(&mut *sink);
             let next = chunks.next().transpose();
-            let mut rows = Vec::new();
-            for h in handles {
-                let part = h.join().expect("simulation thread");
-                if rows.is_empty() {
-                    rows = part;
-                } else {
-                    rows.extend(part);
-                }
-            }
-            (rows, next, sunk)
+            let parts: Vec<Vec<ResultRow>> = handles
+                .into_iter()
+                .map(|h| h.join().expect("simulation thread"))
+                .collect();
+            (parts, next, sunk)
         });
         sunk?;
-        pending = Some(rows);
+        pending = parts;
         cur = next?;
     }
-    if let Some(rows) = pending {
-        sink(rows)?;
-    }
-    Ok(())
+    pending.into_iter().try_for_each(sink)
 }
 
 /// The keys of a simulated row of layer-step `(s, l)`.
@@ -396,6 +500,9 @@ fn simulate_range(
     eplb: Option<&ChunkEplb>,
     progress: &dyn Progress,
 ) -> Vec<ResultRow> {
+    if range.is_empty() {
+        return Vec::new();
+    }
     let mut ev = Evaluator::default();
     let mut eplb_ev = eplb::EplbEvaluator::default();
     let mut rows = Vec::with_capacity(
@@ -406,12 +513,24 @@ fn simulate_range(
     let layers = loads.layers();
     let prof = &cfg.profile;
     let wants = |p: Policy| cfg.policies.contains(&p);
+    let mut ticks = 0u64;
+    let mut b = simulated_base(w, 0, 0, prof);
     for ls in range {
-        progress.inc(1);
+        // progress in batches: a shared bar's lock per layer-step costs
+        ticks += 1;
+        if ticks == 64 {
+            progress.inc(ticks);
+            ticks = 0;
+        }
         let (s, l) = (ls / layers, ls % layers);
-        loads.global_into(s, l, &mut global);
         let per_rank = loads.block(s, l);
-        let mut b = simulated_base(w, s, l, prof);
+        // one pass over the per-rank counts: global counts and native matrix
+        ev.load_with_global(per_rank, w.gpus, &mut global);
+        b.step = loads.step_ids[s];
+        b.layer = loads.layer_ids[l];
+        // as `Workload::tokens_per_rank`, from the global counts' total
+        let k = w.model.top_k.max(1) as u64;
+        b.tokens_per_rank = global.iter().sum::<u64>() / (w.gpus as u64 * k);
         // the EPLB placement and its moves: worked out before the chunk
         let eplb_step = eplb.map(|c| {
             let (pi, moves) = &c.at[ls];
@@ -437,14 +556,16 @@ fn simulate_range(
                     r.policy = policy;
                     r
                 };
-                let (_, ep_cost) = ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
+                let (_, ep_cost) =
+                    ev.eval_loaded(per_rank, &global, &params, Policy::Ep, shape, prof);
                 let ep_row = row(&ev, &ep_cost, Policy::Ep);
                 if wants(Policy::Ep) {
                     rows.push(ep_row.clone());
                 }
                 let mut llep_cost = None;
                 if need_llep {
-                    let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Llep, shape, prof);
+                    let (_, cost) =
+                        ev.eval_loaded(per_rank, &global, &params, Policy::Llep, shape, prof);
                     let on = row(&ev, &cost, Policy::Llep);
                     let ratio = on.imbalance_ratio;
                     if wants(Policy::Llep) {
@@ -479,8 +600,14 @@ fn simulate_range(
                     let (llep, llep_row) = llep_cost.as_ref().expect("planned above");
                     let on = (prof.nodes > 1)
                         .then(|| {
-                            let (_, c) =
-                                ev.eval(per_rank, &global, &params, Policy::LlepTopo, shape, prof);
+                            let (_, c) = ev.eval_loaded(
+                                per_rank,
+                                &global,
+                                &params,
+                                Policy::LlepTopo,
+                                shape,
+                                prof,
+                            );
                             let r = row(&ev, &c, Policy::LlepTopo);
                             (c, r)
                         })
@@ -501,7 +628,8 @@ fn simulate_range(
                     }
                 }
                 if wants(Policy::Ideal) {
-                    let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
+                    let (_, cost) =
+                        ev.eval_loaded(per_rank, &global, &params, Policy::Ideal, shape, prof);
                     let llep = &llep_cost.as_ref().expect("planned above").0;
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
                     rows.push(row(&ev, &bound, Policy::Ideal));
@@ -521,6 +649,7 @@ fn simulate_range(
             }
         }
     }
+    progress.inc(ticks);
     rows
 }
 
@@ -863,6 +992,41 @@ mod tests {
                     auto <= best * (1.0 + margin) + 1e-12,
                     "auto {auto}, best {best}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_dispatch_matrix_from_the_native_one_is_the_planners() {
+        let mut rng = SplitMix64::new(11);
+        let (mut ev, mut want) = (Evaluator::default(), DispatchMatrix::default());
+        let mut planner = Planner::default();
+        let mut plan = Plan::default();
+        for _ in 0..60 {
+            let gpus = [2, 4, 8][rng.below(3) as usize];
+            let n = gpus * (1 + rng.below(6) as usize);
+            let hot = rng.below(n as u64) as usize;
+            let per_rank: Vec<u64> = (0..gpus * n)
+                .map(|i| rng.below(50) + if i % n == hot { 400 } else { 0 })
+                .collect();
+            let mut global = vec![0u64; n];
+            for (i, c) in per_rank.iter().enumerate() {
+                global[i % n] += c;
+            }
+            ev.load(&per_rank, gpus);
+            for policy in [Policy::Ep, Policy::Llep, Policy::Ideal] {
+                let params = PlanParams {
+                    gpus,
+                    alpha: 1.0,
+                    min_gemm: rng.below(64),
+                    gate: Gate::Always,
+                };
+                planner
+                    .plan_into(&global, &params, policy, &mut plan)
+                    .unwrap();
+                dispatch_matrix(&plan, &per_rank, &mut want);
+                dispatch_from_native(&plan, &per_rank, &ev.native, &mut ev.dm);
+                assert_eq!(ev.dm, want, "{policy:?} on {gpus} GPUs, {n} experts");
             }
         }
     }
