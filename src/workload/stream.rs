@@ -272,7 +272,7 @@ impl Streamed {
 /// of some of its steps.
 pub enum Chunk<'a> {
     Whole(&'a Workload),
-    Part(Workload),
+    Part(Box<Workload>),
 }
 
 impl std::ops::Deref for Chunk<'_> {
@@ -325,7 +325,7 @@ impl<'a> Chunks<'a> {
             }
             let first = self.next;
             self.next += loads.steps();
-            return Ok(Some(Chunk::Part(self.s.chunk_of(loads, first))));
+            return Ok(Some(Chunk::Part(Box::new(self.s.chunk_of(loads, first)))));
         }
     }
 
@@ -348,7 +348,7 @@ impl<'a> Chunks<'a> {
             experts: w.loads.experts,
             counts: w.loads.counts[a * per..b * per].to_vec(),
         };
-        Some(Chunk::Part(self.s.chunk_of(loads, a)))
+        Some(Chunk::Part(Box::new(self.s.chunk_of(loads, a))))
     }
 }
 
