@@ -5,7 +5,8 @@
 # (scripts/bench/gen_trace.py; 10k, 80k, 250k, 1M layer-steps), measured
 # with /usr/bin/time -v. With BASE=path/to/an/older/llep-trace, the same
 # commands at 80k layer-steps also run on that binary (today's, before
-# streaming) for the comparison.
+# streaming) for the comparison. LABEL names the binary in the CSV
+# (default "streamed").
 #
 # Usage: scripts/bench/stream.sh [WORKDIR] [STEPS...]
 #   WORKDIR: traces and outputs (default /tmp/llep-stream-bench)
@@ -42,8 +43,8 @@ for s in "${STEPS[@]}"; do
   t="$WORK/t$s.parquet"
   [ -f "$t" ] || python3 scripts/bench/gen_trace.py --steps "$s" --layers 40 --out "$t"
   ls=$((s * 40))
-  measure streamed "$BIN" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-$s.parquet"
-  measure streamed "$BIN" tune "$ls" tune --trace "$t"
+  measure "${LABEL:-streamed}" "$BIN" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-$s.parquet"
+  measure "${LABEL:-streamed}" "$BIN" tune "$ls" tune --trace "$t"
   rm -f "$WORK/sim-$s.parquet"
   if [ -n "${BASE:-}" ] && [ "$s" = 2000 ]; then
     measure before "$BASE" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-base-$s.parquet"

@@ -23,6 +23,10 @@ fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=130)
 style = {
     ("streamed", "simulate"): dict(color="tab:blue", marker="o", label="simulate --ratio 1.0:3.0:0.1 --out (streamed)"),
     ("streamed", "tune"): dict(color="tab:green", marker="o", label="tune, defaults (streamed)"),
+    ("final", "simulate"): dict(color="tab:blue", marker="s", linestyle="none", markersize=7,
+                                 label="simulate, re-run on the branch's last commit"),
+    ("final", "tune"): dict(color="tab:green", marker="s", linestyle="none", markersize=7,
+                             label="tune, re-run on the branch's last commit"),
     ("before", "simulate"): dict(color="tab:blue", marker="x", linestyle="none", markersize=9,
                                   label="simulate, before streaming"),
     ("before", "tune"): dict(color="tab:green", marker="x", linestyle="none", markersize=9,

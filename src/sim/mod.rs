@@ -6,19 +6,24 @@ pub mod cost;
 pub mod eplb;
 pub mod model;
 pub mod profile;
+mod stream;
+mod summary;
 pub mod train;
 
 pub use cost::{price, Cost, CostScratch, Shape};
 pub use eplb::{EplbSim, EplbSimError, ReplicaSplit};
 pub use profile::{Profile, ProfileError};
+pub use stream::{
+    chunk_layer_steps, simulate_chunked, simulate_stream, RowSink, CHUNK_INPUT_BYTES, CHUNK_ROWS,
+};
+pub use summary::{summarize, Summarizer, Summary};
 
-use crate::plan::eplb::EplbPlacement;
 use crate::plan::topo::{TopoError, TopoPlanner, Topology};
 use crate::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
 use crate::progress::Progress;
 use crate::results::{ResultRow, Source};
 use crate::trace::Loads;
-use crate::workload::{Chunk, Streamed, Workload};
+use crate::workload::{Chunk, Workload};
 
 /// What to simulate on each workload.
 #[derive(Debug, Clone)]
@@ -235,16 +240,6 @@ pub enum SimError {
     NoDims(String),
 }
 
-/// Where result rows go: a chunk's rows at a time, in row order.
-pub type RowSink<'a> = dyn FnMut(Vec<ResultRow>) -> Result<(), SimError> + 'a;
-
-/// Result rows a chunk of a streamed simulation aims at: bounds the rows
-/// held (two chunks' worth: one being written while the next is priced).
-pub const CHUNK_ROWS: usize = 1 << 15;
-
-/// Per-rank counts a chunk holds at most (bytes), whatever its rows.
-pub const CHUNK_INPUT_BYTES: usize = 32 << 20;
-
 /// Simulate a workload. Rows come out ordered by (step, layer, alpha, m,
 /// policy, ratio). The llep plan does not depend on lambda (lambda only
 /// gates it), so each (step, layer, alpha, m) is planned once and each
@@ -266,9 +261,9 @@ pub fn simulate_with(
     eplb: Option<&EplbSim>,
     progress: &dyn Progress,
 ) -> Result<Vec<ResultRow>, SimError> {
-    check(&w.model, w.gpus, &w.name, cfg, eplb)?;
+    stream::check(&w.model, w.gpus, &w.name, cfg, eplb)?;
     let mut rows = Vec::new();
-    drive(
+    stream::drive(
         std::iter::once(Ok(Chunk::Whole(w))),
         cfg,
         eplb,
@@ -283,194 +278,6 @@ pub fn simulate_with(
         },
     )?;
     Ok(rows)
-}
-
-/// [`simulate_with`] over a streamed input: the same rows, in the same
-/// order, handed to `sink` a chunk at a time, so that memory is bounded by
-/// the chunk ([`CHUNK_ROWS`], [`CHUNK_INPUT_BYTES`]), not by the input.
-pub fn simulate_stream(
-    input: &Streamed,
-    cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
-    progress: &dyn Progress,
-    sink: &mut RowSink,
-) -> Result<(), SimError> {
-    let n = chunk_layer_steps(cfg, eplb, input.gpus, input.model.num_experts as usize);
-    simulate_chunked(input, n, cfg, eplb, progress, sink)
-}
-
-/// [`simulate_stream`] with chunks of at most `chunk` layer-steps (at
-/// least one step): the rows do not depend on it.
-pub fn simulate_chunked(
-    input: &Streamed,
-    chunk: usize,
-    cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
-    progress: &dyn Progress,
-    sink: &mut RowSink,
-) -> Result<(), SimError> {
-    check(&input.model, input.gpus, &input.name, cfg, eplb)?;
-    let chunks = input.chunks(chunk).map(|c| c.map_err(SimError::from));
-    drive(chunks, cfg, eplb, progress, sink)
-}
-
-/// Layer-steps a chunk holds: about [`CHUNK_ROWS`] rows, within
-/// [`CHUNK_INPUT_BYTES`] of per-rank counts.
-pub fn chunk_layer_steps(
-    cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
-    gpus: usize,
-    experts: usize,
-) -> usize {
-    let per_setting = cfg.policies.len() + 2 * cfg.gates.len() + usize::from(eplb.is_some());
-    let rows = per_setting * cfg.alphas.len().max(1) * cfg.min_gemms.len().max(1);
-    let by_rows = CHUNK_ROWS / rows.max(1);
-    let by_bytes = CHUNK_INPUT_BYTES / (gpus * experts * 8).max(1);
-    by_rows.min(by_bytes).max(1)
-}
-
-/// Everything that can be wrong with a simulation's settings, checked
-/// before any work.
-fn check(
-    model: &crate::trace::ModelMeta,
-    gpus: usize,
-    name: &str,
-    cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
-) -> Result<(), SimError> {
-    if !model.has_dims() {
-        return Err(SimError::NoDims(name.to_string()));
-    }
-    let eplb = eplb.filter(|_| wants_eplb(&cfg.policies));
-    if let Some(&p) = cfg.policies.iter().find(|p| is_eplb(**p)) {
-        let e = eplb.ok_or(EplbSimError::Unset(p))?;
-        e.check(model.num_experts as usize, gpus)?;
-        if cfg.pass == train::Pass::Train {
-            return Err(EplbSimError::Train.into());
-        }
-    }
-    for &a in &cfg.alphas {
-        crate::plan::check_shape(
-            model.num_experts as usize,
-            &PlanParams {
-                gpus,
-                alpha: a,
-                min_gemm: 0,
-                gate: Gate::Always,
-            },
-        )?;
-    }
-    Topology::new(gpus, cfg.profile.nodes as usize)?;
-    Ok(())
-}
-
-/// The EPLB placement and moves of every layer-step of a chunk, worked out
-/// in step order (the placement rules look back over earlier steps).
-struct ChunkEplb {
-    label: String,
-    split: ReplicaSplit,
-    placements: Vec<EplbPlacement>,
-    /// Per layer-step of the chunk: its placement's index, and the weight
-    /// moves charged there.
-    at: Vec<(usize, Vec<crate::plan::Transfer>)>,
-}
-
-/// EPLB's state carried from chunk to chunk.
-struct EplbState<'a> {
-    sim: &'a EplbSim,
-    cache: eplb::PlacementCache,
-    history: Option<eplb::History>,
-}
-
-impl EplbState<'_> {
-    fn chunk(&mut self, w: &Workload) -> ChunkEplb {
-        let loads = &w.loads;
-        let e = self.sim;
-        let layers = loads.layers();
-        let h = self
-            .history
-            .get_or_insert_with(|| eplb::History::new(e.window + 1, layers, loads.experts));
-        let mut out = ChunkEplb {
-            label: e.label(),
-            split: e.split,
-            placements: Vec::new(),
-            at: Vec::with_capacity(loads.layer_steps()),
-        };
-        let mut last: Vec<Option<(usize, usize)>> = vec![None; layers];
-        for sl in 0..loads.steps() {
-            let s = w.first_step + sl;
-            h.push(s, loads, sl);
-            for (l, last) in last.iter_mut().enumerate() {
-                let key = if e.oracle { s } else { e.rebalance_step(s) };
-                let (pl, moves) = self.cache.step(e, &*h, s, l, w.gpus);
-                let idx = match *last {
-                    Some((k, i)) if k == key => i,
-                    _ => {
-                        out.placements.push(pl.clone());
-                        *last = Some((key, out.placements.len() - 1));
-                        out.placements.len() - 1
-                    }
-                };
-                out.at.push((idx, moves));
-            }
-        }
-        out
-    }
-}
-
-/// Simulate chunk after chunk: each chunk's layer-steps split over the
-/// threads in contiguous ranges (rows stay in order), the previous chunk's
-/// rows handed to `sink` and the next chunk read while they run.
-fn drive<'a>(
-    mut chunks: impl Iterator<Item = Result<Chunk<'a>, SimError>>,
-    cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
-    progress: &dyn Progress,
-    sink: &mut RowSink,
-) -> Result<(), SimError> {
-    let eplb = eplb.filter(|_| wants_eplb(&cfg.policies));
-    let mut state = eplb.map(|sim| EplbState {
-        sim,
-        cache: eplb::PlacementCache::default(),
-        history: None,
-    });
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cfg.threads
-    };
-    // each thread's rows of the previous chunk, in order
-    let mut pending: Vec<Vec<ResultRow>> = Vec::new();
-    let mut cur = chunks.next().transpose()?;
-    while let Some(w) = cur {
-        let shape = Shape::from_model(&w.model);
-        let steps = state.as_mut().map(|st| st.chunk(&w));
-        let n_ls = w.loads.layer_steps();
-        let t = threads.clamp(1, n_ls.max(1));
-        let per = n_ls.div_ceil(t);
-        let (parts, next, sunk) = std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..t)
-                .map(|i| {
-                    let (w, shape, steps) = (&*w, &shape, steps.as_ref());
-                    sc.spawn(move || {
-                        let range = (i * per).min(n_ls)..((i + 1) * per).min(n_ls);
-                        simulate_range(w, range, shape, cfg, steps, progress)
-                    })
-                })
-                .collect();
-            let sunk = pending.drain(..).try_for_each(&mut *sink);
-            let next = chunks.next().transpose();
-            let parts: Vec<Vec<ResultRow>> = handles
-                .into_iter()
-                .map(|h| h.join().expect("simulation thread"))
-                .collect();
-            (parts, next, sunk)
-        });
-        sunk?;
-        pending = parts;
-        cur = next?;
-    }
-    pending.into_iter().try_for_each(sink)
 }
 
 /// The keys of a simulated row of layer-step `(s, l)`.
@@ -497,7 +304,7 @@ fn simulate_range(
     range: std::ops::Range<usize>,
     shape: &Shape,
     cfg: &SimConfig,
-    eplb: Option<&ChunkEplb>,
+    eplb: Option<&stream::ChunkEplb>,
     progress: &dyn Progress,
 ) -> Vec<ResultRow> {
     if range.is_empty() {
@@ -775,155 +582,6 @@ pub fn ideal_bound(
         total_ms: overhead + dispatch + compute + combine,
         transfer_bytes: 0,
         ..balanced
-    }
-}
-
-/// Summary of rows for one (policy, lambda, alpha, m) setting over a trace.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// Synthetic scenario ("" for traces).
-    pub scenario: String,
-    pub policy: Policy,
-    pub gate: Gate,
-    pub alpha: f64,
-    pub min_gemm: u64,
-    pub layer_steps: usize,
-    pub total_ms: f64,
-    pub speedup_vs_ep: f64,
-    pub mean_ratio_before: f64,
-    pub mean_ratio_after: f64,
-    pub peak_mem_max_bytes: u64,
-    pub oom_rows: usize,
-    pub transfers: u64,
-    pub duplicates: u64,
-    pub llep_on: usize,
-    pub phases_ms: [f64; 5],
-    /// Bytes crossing nodes, summed over the layer-steps.
-    pub inter_node_bytes: u64,
-    /// Training rows: activations saved for backward, max over GPUs and
-    /// layer-steps (0 for forward rows).
-    pub saved_act_max_bytes: u64,
-    pub pass: train::Pass,
-}
-
-/// Aggregate rows per (scenario, policy, lambda, alpha, m), in first-seen
-/// order; speedups against the EP rows of the same scenario, alpha and m.
-pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
-    let mut acc = Summarizer::default();
-    for r in rows {
-        acc.add(r);
-    }
-    acc.finish()
-}
-
-/// [`summarize`] as running totals: feed the rows in row order, then
-/// [`Summarizer::finish`]; memory is one [`Summary`] per setting.
-#[derive(Debug, Clone, Default)]
-pub struct Summarizer {
-    out: Vec<Summary>,
-    /// Where the last row went: rows repeat the same order of settings
-    /// every layer-step, so the next row's setting is usually the next one.
-    last: usize,
-}
-
-impl Summarizer {
-    fn same(s: &Summary, r: &ResultRow) -> bool {
-        s.policy == r.policy
-            && s.gate.lambda().map(f64::to_bits) == r.lambda().map(f64::to_bits)
-            && s.alpha.to_bits() == r.alpha.to_bits()
-            && s.min_gemm == r.min_gemm
-            && s.scenario == r.scenario
-    }
-
-    pub fn add(&mut self, r: &ResultRow) {
-        let n = self.out.len();
-        let guess = if n == 0 { 0 } else { (self.last + 1) % n };
-        let idx = if n > 0 && Self::same(&self.out[guess], r) {
-            guess
-        } else {
-            match self.out.iter().position(|s| Self::same(s, r)) {
-                Some(i) => i,
-                None => {
-                    self.out.push(Summary {
-                        scenario: r.scenario.clone(),
-                        policy: r.policy,
-                        gate: r.gate,
-                        alpha: r.alpha,
-                        min_gemm: r.min_gemm,
-                        layer_steps: 0,
-                        total_ms: 0.0,
-                        speedup_vs_ep: f64::NAN,
-                        mean_ratio_before: 0.0,
-                        mean_ratio_after: 0.0,
-                        peak_mem_max_bytes: 0,
-                        oom_rows: 0,
-                        transfers: 0,
-                        duplicates: 0,
-                        llep_on: 0,
-                        phases_ms: [0.0; 5],
-                        inter_node_bytes: 0,
-                        saved_act_max_bytes: 0,
-                        pass: r.pass,
-                    });
-                    self.out.len() - 1
-                }
-            }
-        };
-        self.last = idx;
-        let s = &mut self.out[idx];
-        s.layer_steps += 1;
-        s.total_ms += r.t_total_ms;
-        s.mean_ratio_before += r.imbalance_ratio;
-        s.mean_ratio_after += if r.mean_load > 0.0 {
-            r.max_load_after as f64 / r.mean_load
-        } else {
-            1.0
-        };
-        s.peak_mem_max_bytes = s.peak_mem_max_bytes.max(r.peak_mem_max_bytes);
-        s.oom_rows += r.oom as usize;
-        s.saved_act_max_bytes = s.saved_act_max_bytes.max(r.saved_act_bytes);
-        s.transfers += r.transfers as u64;
-        s.duplicates += r.duplicate_transfers as u64;
-        s.llep_on += r.use_llep as usize;
-        s.inter_node_bytes += r.inter_node_bytes;
-        for (acc, v) in s.phases_ms.iter_mut().zip([
-            r.t_overhead_ms,
-            r.t_dispatch_ms,
-            r.t_transfer_ms,
-            r.t_compute_ms,
-            r.t_combine_ms,
-        ]) {
-            *acc += v;
-        }
-    }
-
-    pub fn finish(&self) -> Vec<Summary> {
-        let mut out = self.out.clone();
-        for s in &mut out {
-            let n = s.layer_steps.max(1) as f64;
-            s.mean_ratio_before /= n;
-            s.mean_ratio_after /= n;
-        }
-        let eps: Vec<(String, u64, u64, f64)> = out
-            .iter()
-            .filter(|s| s.policy == Policy::Ep)
-            .map(|s| {
-                (
-                    s.scenario.clone(),
-                    s.alpha.to_bits(),
-                    s.min_gemm,
-                    s.total_ms,
-                )
-            })
-            .collect();
-        for s in &mut out {
-            if let Some((_, _, _, ep)) = eps.iter().find(|(sc, a, m, _)| {
-                *sc == s.scenario && *a == s.alpha.to_bits() && *m == s.min_gemm
-            }) {
-                s.speedup_vs_ep = ep / s.total_ms;
-            }
-        }
-        out
     }
 }
 
