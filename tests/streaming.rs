@@ -217,3 +217,75 @@ fn written_file_summaries_and_tune_totals_match_the_reference() {
     assert_eq!(Ok(t), tune(&want, Objective::Memory, None));
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A load file whose rows are not grouped by step (another tool wrote it)
+/// cannot be streamed: it is read whole, as before, with the same rows.
+#[test]
+fn an_unsorted_load_file_is_read_whole_with_the_same_rows() {
+    use arrow::array::{ArrayRef, RecordBatch, UInt32Array, UInt64Array};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::metadata::KeyValue;
+    use parquet::file::properties::WriterProperties;
+    use std::sync::Arc;
+    let d = dir("unsorted");
+    let sorted = d.join("sorted.parquet");
+    write(&sorted, 6, 2, 1);
+    let (meta, rows) = {
+        let t = llep_trace::trace::read_trace(&sorted, false).unwrap();
+        let mut rows = Vec::new();
+        for s in (0..t.loads.steps()).rev() {
+            for l in 0..t.loads.layers() {
+                for (e, &c) in t.loads.block(s, l).iter().enumerate() {
+                    rows.push((t.loads.step_ids[s], t.loads.layer_ids[l], e as u32, c));
+                }
+            }
+        }
+        (t.meta, rows)
+    };
+    let unsorted = d.join("unsorted.parquet");
+    let schema = llep_trace::trace::schema::loads_schema();
+    let props = WriterProperties::builder()
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            llep_trace::trace::schema::META_KEY.to_string(),
+            serde_json::to_string(&meta).unwrap(),
+        )]))
+        .build();
+    let f = std::fs::File::create(&unsorted).unwrap();
+    let mut w = ArrowWriter::try_new(f, schema.clone(), Some(props)).unwrap();
+    let col = |f: fn(&(u32, u32, u32, u64)) -> u32| -> ArrayRef {
+        Arc::new(UInt32Array::from(rows.iter().map(f).collect::<Vec<_>>()))
+    };
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            col(|r| r.0),
+            col(|r| r.1),
+            col(|_| 0),
+            col(|r| r.2),
+            Arc::new(UInt64Array::from(
+                rows.iter().map(|r| r.3).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let idx = llep_trace::trace::parquet_io::index_loads(&unsorted).unwrap();
+    assert!(!idx.sorted);
+    let c = cfg(vec![Policy::Ep, Policy::Llep]);
+    let spec = InputSpec::trace(&unsorted, 4);
+    let s = spec.resolve_stream(&Silent).unwrap().remove(0);
+    assert!(!s.from_disk(), "an unsorted file is read whole");
+    let mut got = Vec::new();
+    simulate_chunked(&s, 3, &c, None, &Silent, &mut |r| {
+        got.extend(r);
+        Ok(())
+    })
+    .unwrap();
+    let mut want = reference(&InputSpec::trace(&sorted, 4), &c, None);
+    for r in &mut want {
+        r.trace = "unsorted.parquet".into();
+    }
+    assert_eq!(got, want);
+    std::fs::remove_dir_all(&d).unwrap();
+}
