@@ -15,6 +15,9 @@ use crate::trace::synthetic::{scenario_trace, Scenario, SyntheticShape};
 use crate::trace::{read_trace, EpSplit, Loads, ModelMeta, TokenTrace, Trace, TraceError};
 use std::path::{Path, PathBuf};
 
+mod stream;
+pub use stream::{Chunk, Chunks, Streamed};
+
 /// Tokens per GPU of a synthetic scenario when not given (the paper's
 /// gpt-oss-120b layer benchmark).
 pub const DEFAULT_SYNTHETIC_TOKENS: u64 = 32_768;
@@ -152,6 +155,10 @@ pub struct Workload {
     pub note: String,
     /// Warnings a user should see (aggregated counts, thin resampling).
     pub warnings: Vec<String>,
+    /// Position of `loads`' first step among the input's steps: 0, except
+    /// for a chunk of a [`Streamed`] input (EPLB's rules count steps from
+    /// the input's start).
+    pub first_step: usize,
     routing: Routing,
 }
 
@@ -264,6 +271,7 @@ impl InputSpec {
             loads: trace.loads,
             note: EpSplit::AsRecorded.as_str().into(),
             warnings: Vec::new(),
+            first_step: 0,
             routing: Routing::Synthetic { scenario, tokens },
         })
     }
@@ -315,6 +323,7 @@ impl InputSpec {
             loads,
             note,
             warnings,
+            first_step: 0,
             routing,
         })
     }
@@ -392,8 +401,26 @@ impl InputSpec {
         let k = trace.meta.model.top_k.max(1) as u64;
         let (loads, split) = trace.loads.at_ranks(self.gpus);
         let implied = implied_tokens_per_rank(&loads, k);
+        let (tpr, note) = self.count_derivation(&trace.meta, implied, split, shown, warnings);
+        match tpr {
+            Some(t) => (loads.rescaled(t, k), Routing::Counts, note),
+            None => (loads, Routing::Counts, note),
+        }
+    }
+
+    /// How load-level counts become per-rank loads: the batch they are
+    /// rescaled to (if any) and the note saying so. `implied`: the largest
+    /// tokens per rank of any selected layer-step.
+    fn count_derivation(
+        &self,
+        meta: &crate::trace::TraceMeta,
+        implied: u64,
+        split: EpSplit,
+        shown: &str,
+        warnings: &mut Vec<String>,
+    ) -> (Option<u64>, String) {
         // Some(0): the source sums several passes without saying how many
-        let passes = trace.meta.capture.passes_aggregated.filter(|&p| p != 1);
+        let passes = meta.capture.passes_aggregated.filter(|&p| p != 1);
         let mut tpr = self.tokens_per_rank;
         if tpr.is_none() && (passes.is_some() || implied > IMPLAUSIBLE_TOKENS_PER_RANK) {
             let why = match passes {
@@ -408,14 +435,11 @@ impl InputSpec {
             ));
             tpr = Some(DEFAULT_AGGREGATE_TOKENS);
         }
-        match tpr {
-            Some(t) => (
-                loads.rescaled(t, k),
-                Routing::Counts,
-                format!("{}; counts rescaled to {t} tokens/rank", split.as_str()),
-            ),
-            None => (loads, Routing::Counts, split.as_str().to_string()),
-        }
+        let note = match tpr {
+            Some(t) => format!("{}; counts rescaled to {t} tokens/rank", split.as_str()),
+            None => split.as_str().to_string(),
+        };
+        (tpr, note)
     }
 }
 

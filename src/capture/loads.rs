@@ -11,7 +11,7 @@ use crate::trace::meta::{
     command_line, tool_version, CaptureMeta, ModelMeta, RoutingFn, TraceMeta,
 };
 use crate::trace::{Loads, Trace};
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One parsed long-form row before it is placed.
@@ -50,9 +50,9 @@ fn parse_id(raw: &str, col: &str, path: &Path, line: usize) -> Result<u32, Captu
     })
 }
 
-/// Read a long-form CSV into rows.
-/// Rows, and whether the file names ranks.
-fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<(Vec<Row>, bool), CaptureError> {
+/// Read a long-form CSV into `acc`, a record at a time (rows are not
+/// kept: 10 million of them took a gigabyte). Whether the file names ranks.
+fn read_csv(path: &Path, opts: &CaptureOptions, acc: &mut Acc) -> Result<bool, CaptureError> {
     let (mut rdr, headers) = super::open_csv(path)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let need = |name: &str| {
@@ -87,30 +87,94 @@ fn read_csv(path: &Path, opts: &CaptureOptions) -> Result<(Vec<Row>, bool), Capt
                 .ok_or_else(|| CaptureError::input(path, format!("--filter: no column '{c}'")))
         })
         .collect::<Result<_, _>>()?;
-    let mut rows = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let line = i + 2;
-        let rec = rec.map_err(|e| CaptureError::input(path, format!("line {line}: {e}")))?;
+    let mut rec = csv::StringRecord::new();
+    let mut line = 1;
+    let mut id = String::new();
+    loop {
+        line += 1;
+        match rdr.read_record(&mut rec) {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => return Err(CaptureError::input(path, format!("line {line}: {e}"))),
+        }
         if filters.iter().any(|(c, v)| rec.get(*c) != Some(v.as_str())) {
             continue;
         }
         let get = |c: usize| rec.get(c).unwrap_or("");
-        rows.push(Row {
-            step_key: match (si, gi) {
-                (Some(s), _) => parse_id(get(s), "step", path, line)?.to_string(),
-                (_, Some(g)) => get(g).to_string(),
-                _ => String::new(),
-            },
-            layer: parse_id(get(li), "layer", path, line)?,
-            rank: match ri {
-                Some(r) => parse_id(get(r), "rank", path, line)?,
-                None => 0,
-            },
-            expert: parse_id(get(ei), "expert", path, line)?,
-            count: parse_count(get(ci), path, line)?,
-        });
+        let step_key = match (si, gi) {
+            (Some(s), _) => {
+                use std::fmt::Write;
+                id.clear();
+                write!(id, "{}", parse_id(get(s), "step", path, line)?).expect("a string");
+                id.as_str()
+            }
+            (_, Some(g)) => get(g),
+            _ => "",
+        };
+        let layer = parse_id(get(li), "layer", path, line)?;
+        let rank = match ri {
+            Some(r) => parse_id(get(r), "rank", path, line)?,
+            None => 0,
+        };
+        let expert = parse_id(get(ei), "expert", path, line)?;
+        let count = parse_count(get(ci), path, line)?;
+        acc.add(step_key, layer, rank, expert, count);
     }
-    Ok((rows, ri.is_some()))
+    Ok(ri.is_some())
+}
+
+/// Long-form rows placed as they are read: per (step, layer, rank) its
+/// counts per expert, and which were given (a duplicate is an error).
+#[derive(Default)]
+struct Acc {
+    /// Step keys in first-seen order, and their positions.
+    step_keys: Vec<String>,
+    step_of: HashMap<String, usize>,
+    blocks: HashMap<(usize, u32, u32), Block>,
+    rows: usize,
+    max_expert: u32,
+    max_rank: u32,
+    /// The first duplicate row, in row order: (step key, layer, rank, expert).
+    duplicate: Option<(String, u32, u32, u32)>,
+}
+
+#[derive(Default)]
+struct Block {
+    counts: Vec<u64>,
+    /// One bit per expert: its row was seen.
+    seen: Vec<u64>,
+}
+
+impl Acc {
+    fn add(&mut self, step_key: &str, layer: u32, rank: u32, expert: u32, count: u64) {
+        let s = match self.step_of.get(step_key) {
+            Some(&s) => s,
+            None => {
+                self.step_keys.push(step_key.to_string());
+                self.step_of
+                    .insert(step_key.to_string(), self.step_keys.len() - 1);
+                self.step_keys.len() - 1
+            }
+        };
+        self.rows += 1;
+        self.max_expert = self.max_expert.max(expert);
+        self.max_rank = self.max_rank.max(rank);
+        let b = self.blocks.entry((s, layer, rank)).or_default();
+        let e = expert as usize;
+        if b.counts.len() <= e {
+            b.counts.resize(e + 1, 0);
+            b.seen.resize(e / 64 + 1, 0);
+        }
+        let bit = 1u64 << (e % 64);
+        if b.seen[e / 64] & bit != 0 {
+            if self.duplicate.is_none() {
+                self.duplicate = Some((step_key.to_string(), layer, rank, expert));
+            }
+            return;
+        }
+        b.seen[e / 64] |= bit;
+        b.counts[e] = count;
+    }
 }
 
 /// Read a JSON file: a matrix (bare or under `json_key`/"counts") or an
@@ -203,12 +267,15 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
 
 /// Ingest one load-level file into a trace.
 pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace, CaptureError> {
-    let (rows, has_rank_col) = match format {
-        "load-csv" => read_csv(path, opts)?,
+    let mut acc = Acc::default();
+    let has_rank_col = match format {
+        "load-csv" => read_csv(path, opts, &mut acc)?,
         "load-json" => {
-            let r = read_json(path, opts)?;
-            let ranked = r.iter().any(|x| x.rank > 0);
-            (r, ranked)
+            let rows = read_json(path, opts)?;
+            for r in &rows {
+                acc.add(&r.step_key, r.layer, r.rank, r.expert, r.count);
+            }
+            rows.iter().any(|x| x.rank > 0)
         }
         other => {
             return Err(CaptureError::Usage(format!(
@@ -216,7 +283,7 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
             )))
         }
     };
-    if rows.is_empty() {
+    if acc.rows == 0 {
         return Err(CaptureError::input(
             path,
             "no rows (empty input, or --filter matched nothing)",
@@ -224,41 +291,28 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
     }
     // steps: numeric ids as given, else group values in first-seen order
     let numeric_steps = opts.group_by.is_none();
-    let mut step_keys: Vec<String> = Vec::new();
-    for r in &rows {
-        if !step_keys.contains(&r.step_key) {
-            step_keys.push(r.step_key.clone());
-        }
-    }
-    let step_ids: Vec<u32> = if numeric_steps && step_keys.iter().all(|k| !k.is_empty()) {
+    let step_keys = std::mem::take(&mut acc.step_keys);
+    let numeric = numeric_steps && step_keys.iter().all(|k| !k.is_empty());
+    let step_ids: Vec<u32> = if numeric {
         let mut v: Vec<u32> = step_keys.iter().map(|k| k.parse().unwrap()).collect();
         v.sort_unstable();
         v
     } else {
         (0..step_keys.len() as u32).collect()
     };
-    let step_of: BTreeMap<String, usize> =
-        if numeric_steps && step_keys.iter().all(|k| !k.is_empty()) {
-            step_keys
-                .iter()
-                .map(|k| {
-                    (
-                        k.clone(),
-                        step_ids.binary_search(&k.parse().unwrap()).unwrap(),
-                    )
-                })
-                .collect()
-        } else {
-            step_keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| (k.clone(), i))
-                .collect()
-        };
-    let mut layer_ids: Vec<u32> = rows.iter().map(|r| r.layer).collect();
+    // position of each first-seen step key in `step_ids`
+    let step_pos: Vec<usize> = if numeric {
+        step_keys
+            .iter()
+            .map(|k| step_ids.binary_search(&k.parse().unwrap()).unwrap())
+            .collect()
+    } else {
+        (0..step_keys.len()).collect()
+    };
+    let mut layer_ids: Vec<u32> = acc.blocks.keys().map(|k| k.1).collect();
     layer_ids.sort_unstable();
     layer_ids.dedup();
-    let max_expert = rows.iter().map(|r| r.expert).max().unwrap();
+    let max_expert = acc.max_expert;
     let num_experts = match opts.model.num_experts {
         Some(n) if n <= max_expert => {
             return Err(CaptureError::input(
@@ -269,25 +323,19 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
         Some(n) => n,
         None => max_expert + 1,
     };
-    let ranks = rows.iter().map(|r| r.rank).max().unwrap() as usize + 1;
+    if let Some((step, layer, rank, expert)) = &acc.duplicate {
+        return Err(CaptureError::input(
+            path,
+            format!("duplicate row for step '{step}', layer {layer}, rank {rank}, expert {expert}"),
+        ));
+    }
+    let ranks = acc.max_rank as usize + 1;
     let mut loads = Loads::zeros(step_ids, layer_ids.clone(), ranks, num_experts as usize);
-    let mut seen = vec![false; loads.counts.len()];
-    for r in &rows {
-        let s = step_of[&r.step_key];
-        let l = layer_ids.binary_search(&r.layer).unwrap();
-        let idx = ((s * layer_ids.len() + l) * ranks + r.rank as usize) * num_experts as usize
-            + r.expert as usize;
-        if seen[idx] {
-            return Err(CaptureError::input(
-                path,
-                format!(
-                    "duplicate row for step '{}', layer {}, rank {}, expert {}",
-                    r.step_key, r.layer, r.rank, r.expert
-                ),
-            ));
-        }
-        seen[idx] = true;
-        loads.counts[idx] = r.count;
+    for ((s, layer, rank), b) in acc.blocks.drain() {
+        let l = layer_ids.binary_search(&layer).unwrap();
+        let block = loads.block_mut(step_pos[s], l);
+        let at = rank as usize * num_experts as usize;
+        block[at..at + b.counts.len()].copy_from_slice(&b.counts);
     }
     let top_k = opts
         .model
@@ -345,4 +393,49 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
         loads,
         tokens: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(body: &str) -> Result<Trace, CaptureError> {
+        let d = std::env::temp_dir().join(format!("llep-loads-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join(format!("c{}.csv", body.len()));
+        std::fs::write(&f, body).unwrap();
+        let mut opts = CaptureOptions::default();
+        opts.model.top_k = Some(1);
+        let t = ingest(&f, &opts, "load-csv");
+        std::fs::remove_file(&f).unwrap();
+        t
+    }
+
+    #[test]
+    fn rows_in_any_order_land_where_their_ids_say() {
+        // steps out of order, zero-padded ids, ranks, a missing row (zero)
+        let t = csv("step,layer,rank,expert,count\n9,3,1,2,5\n007,0,0,0,1\n7,3,0,1,2\n9,0,1,0,4\n")
+            .unwrap();
+        let l = &t.loads;
+        assert_eq!(
+            (l.step_ids.clone(), l.layer_ids.clone()),
+            (vec![7, 9], vec![0, 3])
+        );
+        assert_eq!((l.ranks, l.experts), (2, 3));
+        assert_eq!(l.block(0, 0), &[1, 0, 0, 0, 0, 0]);
+        assert_eq!(l.block(0, 1), &[0, 2, 0, 0, 0, 0]);
+        assert_eq!(l.block(1, 0), &[0, 0, 0, 4, 0, 0]);
+        assert_eq!(l.block(1, 1), &[0, 0, 0, 0, 0, 5]);
+    }
+
+    #[test]
+    fn the_first_duplicate_is_named_after_range_errors() {
+        let e = csv("step,layer,expert,count\n1,0,0,1\n2,0,1,1\n1,0,0,2\n2,0,1,3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("duplicate row for step '1', layer 0, rank 0, expert 0"),
+            "{e}"
+        );
+    }
 }

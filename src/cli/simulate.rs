@@ -8,12 +8,12 @@ use clap::Args;
 use llep_trace::plan::topo::{TopoError, Topology};
 use llep_trace::plan::{Gate, Policy};
 use llep_trace::progress::Progress;
-use llep_trace::results::{write_results, Pass, ResultRow, ResultsMeta};
-use llep_trace::sim::{self, summarize, EplbSim, Profile, ReplicaSplit, SimConfig, Summary};
+use llep_trace::results::{Pass, ResultRow, ResultsMeta, ResultsWriter};
+use llep_trace::sim::{self, EplbSim, Profile, ReplicaSplit, SimConfig, Summary};
 use llep_trace::trace::{meta::command_line, meta::tool_version};
-use llep_trace::workload::{InputSource, Workload};
+use llep_trace::workload::{InputSource, Streamed};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Where and how to simulate, shared by `simulate` and `tune`.
@@ -196,8 +196,8 @@ pub struct Sweep {
 }
 
 pub struct Simulated {
-    pub rows: Vec<ResultRow>,
-    pub workloads: Vec<Workload>,
+    /// The inputs, streamed: their loads are not held.
+    pub inputs: Vec<Streamed>,
     pub summaries: Vec<Summary>,
     pub profile: Profile,
     pub trace_name: String,
@@ -207,8 +207,16 @@ pub struct Simulated {
     pub eplb: Option<EplbSim>,
 }
 
-/// Resolve the inputs and simulate the sweep (shared with `tune`).
-pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<Simulated> {
+/// Resolve the inputs and simulate the sweep (shared with `tune`). Rows are
+/// never all held: each chunk's rows go to `out` (Parquet, when given), to
+/// the summaries and to `each` (the caller's running totals), in row order.
+pub fn run_sweep(
+    a: &SimInputArgs,
+    sweep: Sweep,
+    p: &Printer,
+    out: Option<&Path>,
+    each: &mut dyn FnMut(&ResultRow),
+) -> anyhow::Result<Simulated> {
     if sweep.policies.is_empty() {
         bail!("--policy: give at least one of ep, llep, ideal");
     }
@@ -220,8 +228,8 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
     profile.nodes = topo.nodes as u32;
     let spec = a.input.spec(topo.gpus(), Some(default_trace()), false)?;
     let synthetic = matches!(spec.source, InputSource::Synthetic(_));
-    let workloads = spec.resolve_with(p)?;
-    for w in &workloads {
+    let inputs = spec.resolve_stream(p)?;
+    for w in &inputs {
         for warning in &w.warnings {
             p.warn(warning);
         }
@@ -231,7 +239,7 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         return Err(sim::EplbSimError::Train.into());
     }
     if let Some(e) = &sweep.eplb {
-        for w in &workloads {
+        for w in &inputs {
             e.check(w.model.num_experts as usize, w.gpus)
                 .with_context(|| w.label())?;
         }
@@ -253,14 +261,14 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
                 .tokens_per_rank
                 .unwrap_or(llep_trace::workload::DEFAULT_SYNTHETIC_TOKENS)
         ),
-        None => workloads[0].name.clone(),
+        None => inputs[0].name.clone(),
     };
     p.status(&format!(
         "simulating {} on {} GPUs with profile {}",
         if synthetic {
             &trace_name
         } else {
-            &workloads[0].name
+            &inputs[0].name
         },
         if topo.nodes > 1 {
             format!("{} ({topo} nodes x GPUs)", topo.gpus())
@@ -269,21 +277,29 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         },
         profile.label()
     ));
-    if let (Some(e), Some(w)) = (&sweep.eplb, workloads.first()) {
-        warn_short_input(e, w.loads.steps(), p);
+    if let (Some(e), Some(w)) = (&sweep.eplb, inputs.first()) {
+        warn_short_input(e, w.steps(), p);
     }
-    let total: usize = workloads.iter().map(|w| w.loads.layer_steps()).sum();
+    let total: usize = inputs.iter().map(|w| w.layer_steps()).sum();
+    let mut writer = out
+        .map(|o| ResultsWriter::create(o, &results_meta(&profile)))
+        .transpose()?;
+    let mut summ = sim::Summarizer::default();
     p.start("simulate", total as u64);
-    let mut rows = Vec::new();
     let mut notes = Vec::new();
     let mut models = Vec::new();
-    for w in &workloads {
-        let mut r =
-            sim::simulate_with(w, &cfg, sweep.eplb.as_ref(), p).with_context(|| w.label())?;
-        for row in &mut r {
-            row.scenario = w.scenario_label();
-        }
-        rows.extend(r);
+    for w in &inputs {
+        sim::simulate_stream(w, &cfg, sweep.eplb.as_ref(), p, &mut |rows| {
+            for r in &rows {
+                summ.add(r);
+                each(r);
+            }
+            if let Some(wr) = writer.as_mut() {
+                wr.write(&rows)?;
+            }
+            Ok(())
+        })
+        .with_context(|| w.label())?;
         if !notes.contains(&w.note) {
             notes.push(w.note.clone());
         }
@@ -292,17 +308,71 @@ pub fn run_sweep(a: &SimInputArgs, sweep: Sweep, p: &Printer) -> anyhow::Result<
         }
     }
     p.finish();
-    let summaries = summarize(&rows);
+    if let (Some(wr), Some(out)) = (writer, out) {
+        let n = wr.finish()?;
+        p.status(&format!("wrote {n} rows to {}", out.display()));
+    }
     Ok(Simulated {
-        rows,
-        summaries,
+        summaries: summ.finish(),
         profile,
         trace_name,
         input_note: notes.join("; "),
         model: models.join(", "),
-        workloads,
+        inputs,
         eplb: sweep.eplb,
     })
+}
+
+/// Rows collapsed to one per setup and setting, times summed in row order:
+/// all the speedup plots read (totals per setting against EP's), kept in
+/// memory bounded by the settings.
+#[derive(Debug, Default)]
+pub struct PlotRows {
+    pub rows: Vec<ResultRow>,
+    last: usize,
+}
+
+impl PlotRows {
+    fn same(x: &ResultRow, r: &ResultRow) -> bool {
+        x.policy == r.policy
+            && x.gate.lambda().map(f64::to_bits) == r.gate.lambda().map(f64::to_bits)
+            && x.gate == r.gate
+            && x.alpha.to_bits() == r.alpha.to_bits()
+            && x.min_gemm == r.min_gemm
+            && x.gpus == r.gpus
+            && x.source == r.source
+            && x.trace == r.trace
+            && x.scenario == r.scenario
+            && x.input_note == r.input_note
+            && x.profile == r.profile
+            && x.device == r.device
+    }
+
+    pub fn add(&mut self, r: &ResultRow) {
+        let n = self.rows.len();
+        let guess = if n == 0 { 0 } else { (self.last + 1) % n };
+        let i = if n > 0 && Self::same(&self.rows[guess], r) {
+            Some(guess)
+        } else {
+            self.rows.iter().position(|x| Self::same(x, r))
+        };
+        match i {
+            Some(i) => {
+                self.rows[i].t_total_ms += r.t_total_ms;
+                self.last = i;
+            }
+            None => {
+                self.rows.push(ResultRow {
+                    step: 0,
+                    layer: 0,
+                    t_total_p10_ms: None,
+                    t_total_p90_ms: None,
+                    ..r.clone()
+                });
+                self.last = self.rows.len() - 1;
+            }
+        }
+    }
 }
 
 /// Warn when the input is too short for EPLB ever to rebalance.
@@ -313,23 +383,6 @@ pub fn warn_short_input(e: &EplbSim, steps: usize, p: &Printer) {
             e.period
         ));
     }
-}
-
-/// Write the simulated rows to `out` (Parquet), when asked.
-pub fn write_rows(
-    out: Option<&std::path::Path>,
-    sim: &Simulated,
-    p: &Printer,
-) -> anyhow::Result<()> {
-    if let Some(out) = out {
-        write_results(out, &sim.rows, &results_meta(&sim.profile))?;
-        p.status(&format!(
-            "wrote {} rows to {}",
-            sim.rows.len(),
-            out.display()
-        ));
-    }
-    Ok(())
 }
 
 pub fn results_meta(profile: &Profile) -> ResultsMeta {
@@ -372,7 +425,7 @@ pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
 /// every MoE layer's native experts stay resident. The whole-model figure is
 /// the worst layer's peak plus the other layers' native expert weights.
 pub fn whole_model_memory(sim: &Simulated, summaries: &[&Summary]) -> String {
-    let Some(w) = sim.workloads.first() else {
+    let Some(w) = sim.inputs.first() else {
         return String::new();
     };
     let m = &w.model;
@@ -541,12 +594,17 @@ pub fn run(mut a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         eplb: eplb_setting(&a.policy, &a.eplb)?,
     };
     let eplb_line = sweep.eplb.as_ref().map(|e| format!("{}\n", e.label()));
-    let sim = run_sweep(&a.input, sweep, p)?;
+    let mut plot_rows = PlotRows::default();
+    let want_plot = a.plot.is_some();
+    let sim = run_sweep(&a.input, sweep, p, a.out.as_deref(), &mut |r| {
+        if want_plot {
+            plot_rows.add(r)
+        }
+    })?;
     if let Some(plot) = &a.plot {
-        llep_trace::report::plot_speedup_vs_lambda(&sim.rows, plot)?;
+        llep_trace::report::plot_speedup_vs_lambda(&plot_rows.rows, plot)?;
         p.status(&format!("wrote {}", plot.display()));
     }
-    write_rows(a.out.as_deref(), &sim, p)?;
     let layer_steps = sim.summaries.first().map_or(0, |s| s.layer_steps);
     if a.json {
         let summ: Vec<_> = sim

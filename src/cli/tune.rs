@@ -1,14 +1,14 @@
 //! `llep-trace tune`: sweep lambda (and alpha, m), recommend a setting.
 
 use super::settings::PlannerArgs;
-use super::simulate::{run_sweep, write_rows, EplbArgs, SimInputArgs, Sweep};
+use super::simulate::{run_sweep, EplbArgs, PlotRows, SimInputArgs, Sweep};
 use super::table::{count, gib, Table};
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use llep_trace::env;
 use llep_trace::plan::{Gate, Policy};
-use llep_trace::tune::{fmt_lambda, tune, Objective, TuneResult};
+use llep_trace::tune::{fmt_lambda, Objective, TuneAcc, TuneResult};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,13 +84,22 @@ pub fn run(mut a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         min_gemms,
         eplb: None,
     };
-    let sim = run_sweep(&a.input, sweep, p)?;
-    write_rows(a.out.as_deref(), &sim, p)?;
+    let mut acc = TuneAcc::default();
+    let mut totals = super::tune_eplb::PolicyTotals::default();
+    let mut plot_rows = PlotRows::default();
+    let want_plot = a.plot.is_some();
+    let sim = run_sweep(&a.input, sweep, p, a.out.as_deref(), &mut |r| {
+        acc.add(r);
+        totals.add(r);
+        if want_plot {
+            plot_rows.add(r);
+        }
+    })?;
     let objective = match a.objective {
         ObjectiveArg::Time => Objective::Time,
         ObjectiveArg::Memory => Objective::Memory,
     };
-    let t = tune(&sim.rows, objective, mem_cap).context("tune")?;
+    let t = acc.finish(objective, mem_cap).context("tune")?;
     let best = &t.scored[t.best];
     let train = a.input.pass == super::simulate::PassArg::Train;
     if train && !a.no_eplb {
@@ -105,6 +114,7 @@ pub fn run(mut a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         let c = super::tune_eplb::compare(
             &a.eplb,
             &sim,
+            &totals.at(alpha, m),
             &gates,
             alpha,
             m,
@@ -117,7 +127,7 @@ pub fn run(mut a: TuneArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     if let Some(plot) = &a.plot {
         // the plot shows the recommended alpha/m's lambda curve
-        let rows: Vec<_> = sim
+        let rows: Vec<_> = plot_rows
             .rows
             .iter()
             .filter(|r| {

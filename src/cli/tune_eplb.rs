@@ -93,23 +93,53 @@ pub fn default_redundant(experts: usize, gpus: usize) -> Vec<usize> {
     v
 }
 
-/// Totals of the rows of one (policy, gate), in first-seen order.
-fn totals(rows: &[ResultRow]) -> Vec<(Policy, Gate, f64, u64, u64)> {
-    let mut out: Vec<(Policy, Gate, f64, u64, u64)> = Vec::new();
-    for r in rows {
-        let i = match out.iter().position(|x| x.0 == r.policy && x.1 == r.gate) {
-            Some(i) => i,
-            None => {
-                out.push((r.policy, r.gate, 0.0, 0, 0));
-                out.len() - 1
+/// Totals of one (policy, gate): total ms, peak bytes, weight transfers.
+type Total = (Policy, Gate, f64, u64, u64);
+
+/// Per (alpha, m, policy, gate), the totals of the rows so far, in
+/// first-seen order: what the comparison needs of a sweep, kept as running
+/// sums (rows are never held).
+#[derive(Debug, Default)]
+pub struct PolicyTotals {
+    keys: Vec<(u64, u64)>,
+    vals: Vec<Total>,
+    last: usize,
+}
+
+impl PolicyTotals {
+    pub fn add(&mut self, r: &ResultRow) {
+        let k = (r.alpha.to_bits(), r.min_gemm);
+        let hit =
+            |i: usize| self.keys[i] == k && self.vals[i].0 == r.policy && self.vals[i].1 == r.gate;
+        let n = self.vals.len();
+        let guess = if n == 0 { 0 } else { (self.last + 1) % n };
+        let i = if n > 0 && hit(guess) {
+            guess
+        } else {
+            match (0..n).find(|&i| hit(i)) {
+                Some(i) => i,
+                None => {
+                    self.keys.push(k);
+                    self.vals.push((r.policy, r.gate, 0.0, 0, 0));
+                    n
+                }
             }
         };
-        let e = &mut out[i];
+        self.last = i;
+        let e = &mut self.vals[i];
         e.2 += r.t_total_ms;
         e.3 = e.3.max(r.peak_mem_max_bytes);
         e.4 += r.transfers as u64;
     }
-    out
+
+    /// The totals at `alpha`, `m`, in first-seen order.
+    pub fn at(&self, alpha: f64, m: u64) -> Vec<Total> {
+        let k = (alpha.to_bits(), m);
+        (0..self.vals.len())
+            .filter(|&i| self.keys[i] == k)
+            .map(|i| self.vals[i])
+            .collect()
+    }
 }
 
 /// Of the totals of `policy`, the fastest gate that fits (the first on ties).
@@ -131,6 +161,7 @@ fn best_of(
 pub fn compare(
     a: &EplbArgs,
     sim: &Simulated,
+    base: &[Total],
     gates: &[Gate],
     alpha: f64,
     m: u64,
@@ -139,7 +170,7 @@ pub fn compare(
     chosen: Option<Gate>,
     p: &Printer,
 ) -> anyhow::Result<Comparison> {
-    let w0 = sim.workloads.first().context("no workload simulated")?;
+    let w0 = sim.inputs.first().context("no workload simulated")?;
     let (experts, gpus) = (w0.model.num_experts as usize, w0.gpus);
     let rs = if a.redundant.is_empty() {
         default_redundant(experts, gpus)
@@ -149,15 +180,8 @@ pub fn compare(
     for &r in &rs {
         a.at(r).check(experts, gpus)?;
     }
-    super::simulate::warn_short_input(&a.at(rs[0]), w0.loads.steps(), p);
+    super::simulate::warn_short_input(&a.at(rs[0]), w0.steps(), p);
     let fits = |peak: u64| mem_cap.is_none_or(|c| peak <= c);
-    let here: Vec<ResultRow> = sim
-        .rows
-        .iter()
-        .filter(|r| r.alpha == alpha && r.min_gemm == m)
-        .cloned()
-        .collect();
-    let base = totals(&here);
     let mut entries = Vec::new();
     let mut push = |label: String, policy, redundant, x: (Gate, f64, u64, u64)| {
         entries.push(Entry {
@@ -170,7 +194,7 @@ pub fn compare(
             feasible: fits(x.2),
         })
     };
-    let ep = best_of(&base, Policy::Ep, None).context("tune simulated no EP rows")?;
+    let ep = best_of(base, Policy::Ep, None).context("tune simulated no EP rows")?;
     push("ep".into(), Policy::Ep, None, ep);
     // LLEP at the lambda tune recommends (one recommendation rule for
     // every table), else at its fastest
@@ -179,10 +203,10 @@ pub fn compare(
             .find(|x| x.0 == Policy::Llep && x.1 == g)
             .map(|x| (x.1, x.2, x.3, x.4))
     });
-    if let Some(x) = chosen.or_else(|| best_of(&base, Policy::Llep, mem_cap)) {
+    if let Some(x) = chosen.or_else(|| best_of(base, Policy::Llep, mem_cap)) {
         push(format!("llep λ={} (tuned)", x.0), Policy::Llep, None, x);
     }
-    let total_steps: usize = sim.workloads.iter().map(|w| w.loads.layer_steps()).sum();
+    let total_steps: usize = sim.inputs.iter().map(|w| w.layer_steps()).sum();
     p.start("tune eplb", (total_steps * rs.len()) as u64);
     for (i, &r) in rs.iter().enumerate() {
         let mut policies = vec![Policy::Eplb, Policy::EplbLlep];
@@ -200,11 +224,15 @@ pub fn compare(
             recompute: false,
         };
         let e = a.at(r);
-        let mut rows = Vec::new();
-        for w in &sim.workloads {
-            rows.extend(sim::simulate_with(w, &cfg, Some(&e), p).with_context(|| w.label())?);
+        let mut totals = PolicyTotals::default();
+        for w in &sim.inputs {
+            sim::simulate_stream(w, &cfg, Some(&e), p, &mut |rows| {
+                rows.iter().for_each(|r| totals.add(r));
+                Ok(())
+            })
+            .with_context(|| w.label())?;
         }
-        let t = totals(&rows);
+        let t = totals.at(alpha, m);
         if let Some(x) = best_of(&t, Policy::LlepAuto, None) {
             push("llep-auto".into(), Policy::LlepAuto, None, x);
         }

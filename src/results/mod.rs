@@ -315,31 +315,74 @@ pub enum ResultsError {
     Invalid(PathBuf, String),
 }
 
+/// Rows a results file's row group holds at most: a writer buffers one
+/// row group, so this bounds its memory.
+pub const ROW_GROUP_ROWS: usize = 1 << 16;
+
+/// A results file written batch by batch (rows in the order given); it
+/// appears at its path only when [`ResultsWriter::finish`] succeeds.
+pub struct ResultsWriter {
+    path: PathBuf,
+    writer: ArrowWriter<AtomicFile>,
+    rows: usize,
+}
+
+impl ResultsWriter {
+    pub fn create(path: &Path, meta: &ResultsMeta) -> Result<Self, ResultsError> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                META_KEY.to_string(),
+                serde_json::to_string(meta).expect("results metadata serialises"),
+            )]))
+            .build();
+        let out = AtomicFile::create(path).map_err(|e| ResultsError::Io(path.into(), e))?;
+        let writer = ArrowWriter::try_new(out, schema(), Some(props))
+            .map_err(|e| ResultsError::Parquet(path.into(), e))?;
+        Ok(Self {
+            path: path.into(),
+            writer,
+            rows: 0,
+        })
+    }
+
+    pub fn write(&mut self, rows: &[ResultRow]) -> Result<(), ResultsError> {
+        for chunk in rows.chunks(ROW_GROUP_ROWS) {
+            self.writer
+                .write(&to_batch(chunk))
+                .map_err(|e| ResultsError::Parquet(self.path.clone(), e))?;
+        }
+        self.rows += rows.len();
+        Ok(())
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Close the file and move it into place.
+    pub fn finish(self) -> Result<usize, ResultsError> {
+        let out = self
+            .writer
+            .into_inner()
+            .map_err(|e| ResultsError::Parquet(self.path.clone(), e))?;
+        out.commit()
+            .map_err(|e| ResultsError::Io(self.path.clone(), e))?;
+        Ok(self.rows)
+    }
+}
+
 /// Write rows atomically to a Parquet file.
 pub fn write_results(
     path: &Path,
     rows: &[ResultRow],
     meta: &ResultsMeta,
 ) -> Result<(), ResultsError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            META_KEY.to_string(),
-            serde_json::to_string(meta).expect("results metadata serialises"),
-        )]))
-        .build();
-    let mut out = AtomicFile::create(path).map_err(|e| ResultsError::Io(path.into(), e))?;
-    {
-        let mut w = ArrowWriter::try_new(out.writer(), schema(), Some(props))
-            .map_err(|e| ResultsError::Parquet(path.into(), e))?;
-        for chunk in rows.chunks(65536) {
-            w.write(&to_batch(chunk))
-                .map_err(|e| ResultsError::Parquet(path.into(), e))?;
-        }
-        w.close()
-            .map_err(|e| ResultsError::Parquet(path.into(), e))?;
-    }
-    out.commit().map_err(|e| ResultsError::Io(path.into(), e))
+    let mut w = ResultsWriter::create(path, meta)?;
+    w.write(rows)?;
+    w.finish().map(|_| ())
 }
 
 /// Read a results file written by [`write_results`].

@@ -32,6 +32,7 @@ use crate::plan::{
     dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy, Transfer,
 };
 use crate::trace::Loads;
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 
@@ -179,7 +180,13 @@ impl EplbSim {
     }
 
     /// The placement in force at step `s` of layer `l`.
-    pub fn placement(&self, loads: &Loads, s: usize, l: usize, gpus: usize) -> EplbPlacement {
+    pub fn placement<G: GlobalLoads + ?Sized>(
+        &self,
+        loads: &G,
+        s: usize,
+        l: usize,
+        gpus: usize,
+    ) -> EplbPlacement {
         let w = if self.oracle {
             let mut g = Vec::new();
             loads.global_into(s, l, &mut g);
@@ -192,9 +199,9 @@ impl EplbSim {
 
     /// The weight moves charged at step `s` (empty unless a rebalance
     /// happens there): `new` against the placement it replaces.
-    pub fn moves_at(
+    pub fn moves_at<G: GlobalLoads + ?Sized>(
         &self,
-        loads: &Loads,
+        loads: &G,
         s: usize,
         l: usize,
         gpus: usize,
@@ -205,6 +212,93 @@ impl EplbSim {
         }
         let old = self.placement(loads, s - self.period, l, gpus);
         moves(&old, new, gpus)
+    }
+}
+
+/// Global counts per expert of a (step, layer), the step counted from the
+/// input's start: the whole loads in memory, or the recent steps a
+/// streamed simulation keeps ([`History`]).
+pub trait GlobalLoads {
+    fn experts(&self) -> usize;
+    fn global_into(&self, s: usize, l: usize, out: &mut Vec<u64>);
+}
+
+impl GlobalLoads for Loads {
+    fn experts(&self) -> usize {
+        self.experts
+    }
+    fn global_into(&self, s: usize, l: usize, out: &mut Vec<u64>) {
+        Loads::global_into(self, s, l, out)
+    }
+}
+
+/// The global counts of the last few steps of every layer: all EPLB's
+/// rules look at (the window before a rebalance, or the same step for the
+/// oracle), so a streamed input need not be kept whole.
+#[derive(Debug)]
+pub struct History {
+    /// Step (from the input's start) of `steps[0]`.
+    first: usize,
+    /// Per step, `[layers][experts]` global counts.
+    steps: VecDeque<Vec<u64>>,
+    keep: usize,
+    layers: usize,
+    experts: usize,
+}
+
+impl History {
+    /// Keeping the last `keep` steps (at least one).
+    pub fn new(keep: usize, layers: usize, experts: usize) -> Self {
+        Self {
+            first: 0,
+            steps: VecDeque::new(),
+            keep: keep.max(1),
+            layers,
+            experts,
+        }
+    }
+
+    /// Add step `s` (the step after the last one added, or any step when
+    /// empty): the global counts of step `local` of `loads`, every layer.
+    pub fn push(&mut self, s: usize, loads: &Loads, local: usize) {
+        if self.steps.is_empty() {
+            self.first = s;
+        }
+        assert_eq!(s, self.first + self.steps.len(), "steps come in order");
+        let mut v = if self.steps.len() == self.keep {
+            self.first += 1;
+            self.steps.pop_front().expect("full")
+        } else {
+            Vec::new()
+        };
+        v.clear();
+        v.resize(self.layers * self.experts, 0);
+        let mut g = Vec::new();
+        for (l, out) in v.chunks_exact_mut(self.experts).enumerate() {
+            loads.global_into(local, l, &mut g);
+            out.copy_from_slice(&g);
+        }
+        self.steps.push_back(v);
+    }
+}
+
+impl GlobalLoads for History {
+    fn experts(&self) -> usize {
+        self.experts
+    }
+    fn global_into(&self, s: usize, l: usize, out: &mut Vec<u64>) {
+        let i = s
+            .checked_sub(self.first)
+            .filter(|&i| i < self.steps.len())
+            .unwrap_or_else(|| {
+                panic!(
+                    "EPLB history holds steps {}..{}, step {s} asked",
+                    self.first,
+                    self.first + self.steps.len()
+                )
+            });
+        out.clear();
+        out.extend_from_slice(&self.steps[i][l * self.experts..(l + 1) * self.experts]);
     }
 }
 
@@ -219,10 +313,10 @@ pub struct PlacementCache {
 impl PlacementCache {
     /// The placement at step `s` of layer `l`, and the moves charged there
     /// (as [`EplbSim::placement`] and [`EplbSim::moves_at`]).
-    pub fn step(
+    pub fn step<G: GlobalLoads + ?Sized>(
         &mut self,
         e: &EplbSim,
-        loads: &Loads,
+        loads: &G,
         s: usize,
         l: usize,
         gpus: usize,
@@ -250,8 +344,13 @@ impl PlacementCache {
 
 /// Float32 mean of the global loads of steps `[r - window, r)` (fewer at
 /// the start); equal loads at step 0, where nothing has been seen.
-pub fn window_mean(loads: &Loads, r: usize, l: usize, window: usize) -> Vec<f64> {
-    let experts = loads.experts;
+pub fn window_mean<G: GlobalLoads + ?Sized>(
+    loads: &G,
+    r: usize,
+    l: usize,
+    window: usize,
+) -> Vec<f64> {
+    let experts = loads.experts();
     if r == 0 {
         return vec![1.0; experts];
     }

@@ -6,18 +6,24 @@ pub mod cost;
 pub mod eplb;
 pub mod model;
 pub mod profile;
+mod stream;
+mod summary;
 pub mod train;
 
 pub use cost::{price, Cost, CostScratch, Shape};
 pub use eplb::{EplbSim, EplbSimError, ReplicaSplit};
 pub use profile::{Profile, ProfileError};
+pub use stream::{
+    chunk_layer_steps, simulate_chunked, simulate_stream, RowSink, CHUNK_INPUT_BYTES, CHUNK_ROWS,
+};
+pub use summary::{summarize, Summarizer, Summary};
 
 use crate::plan::topo::{TopoError, TopoPlanner, Topology};
 use crate::plan::{dispatch_matrix, DispatchMatrix, Gate, Plan, PlanParams, Planner, Policy};
 use crate::progress::Progress;
 use crate::results::{ResultRow, Source};
 use crate::trace::Loads;
-use crate::workload::Workload;
+use crate::workload::{Chunk, Workload};
 
 /// What to simulate on each workload.
 #[derive(Debug, Clone)]
@@ -44,6 +50,9 @@ pub struct Evaluator {
     plan: Plan,
     dm: DispatchMatrix,
     scratch: CostScratch,
+    /// The dispatch matrix of the native placement of the loaded
+    /// layer-step ([`Evaluator::load`]): every plan's starts from it.
+    native: DispatchMatrix,
 }
 
 impl Evaluator {
@@ -57,6 +66,43 @@ impl Evaluator {
         shape: &Shape,
         prof: &Profile,
     ) -> (&Plan, Cost) {
+        self.plan_only(global, params, policy, prof);
+        dispatch_matrix(&self.plan, per_rank, &mut self.dm);
+        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
+        (&self.plan, cost)
+    }
+
+    /// Take a layer-step's per-rank counts (`[gpus][experts]`) for
+    /// [`Evaluator::eval_loaded`]: what all its plans share is worked out
+    /// once, not once per policy and setting.
+    pub fn load(&mut self, per_rank: &[u64], gpus: usize) {
+        native_dispatch(per_rank, gpus, &mut self.native, None);
+    }
+
+    /// [`Evaluator::load`], also summing the per-rank counts into the
+    /// global counts per expert (`global`, as `Loads::global_into`).
+    pub fn load_with_global(&mut self, per_rank: &[u64], gpus: usize, global: &mut Vec<u64>) {
+        native_dispatch(per_rank, gpus, &mut self.native, Some(global));
+    }
+
+    /// [`Evaluator::eval`] of the loaded layer-step: the same plan and
+    /// cost, the dispatch matrix built from the native one.
+    pub fn eval_loaded(
+        &mut self,
+        per_rank: &[u64],
+        global: &[u64],
+        params: &PlanParams,
+        policy: Policy,
+        shape: &Shape,
+        prof: &Profile,
+    ) -> (&Plan, Cost) {
+        self.plan_only(global, params, policy, prof);
+        dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
+        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
+        (&self.plan, cost)
+    }
+
+    fn plan_only(&mut self, global: &[u64], params: &PlanParams, policy: Policy, prof: &Profile) {
         if policy == Policy::LlepTopo && prof.nodes > 1 {
             let topo = Topology::new(params.gpus, prof.nodes as usize)
                 .expect("topology checked before simulation");
@@ -68,9 +114,6 @@ impl Evaluator {
                 .plan_into(global, params, policy, &mut self.plan)
                 .expect("shape checked before simulation");
         }
-        dispatch_matrix(&self.plan, per_rank, &mut self.dm);
-        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
-        (&self.plan, cost)
     }
 
     /// The row of the last plan priced with `cost` (its forward cost, or
@@ -89,6 +132,76 @@ impl Evaluator {
             train::backward(&self.plan, &self.dm, cost, shape, prof, recompute).apply(&mut r);
         }
         r
+    }
+}
+
+/// The dispatch matrix with every expert on its native GPU: rank `r`
+/// sends GPU `g` its copies of `g`'s experts (a block sum per pair).
+fn native_dispatch(
+    per_rank: &[u64],
+    gpus: usize,
+    out: &mut DispatchMatrix,
+    mut global: Option<&mut Vec<u64>>,
+) {
+    let n = per_rank.len() / gpus.max(1);
+    let per = (n / gpus.max(1)).max(1);
+    out.gpus = gpus;
+    out.send.clear();
+    out.send.reserve(gpus * gpus);
+    if let Some(g) = global.as_mut() {
+        g.clear();
+        g.resize(n, 0);
+    }
+    for row in per_rank.chunks_exact(n.max(1)) {
+        if let Some(g) = global.as_mut() {
+            for (o, c) in g.iter_mut().zip(row) {
+                *o += c;
+            }
+        }
+        out.send
+            .extend(row.chunks_exact(per).map(|b| b.iter().sum::<u64>()));
+    }
+}
+
+/// [`dispatch_matrix`] from the native matrix: only the experts a plan
+/// spills are visited (the same arithmetic, so the same matrix).
+fn dispatch_from_native(
+    plan: &Plan,
+    per_rank: &[u64],
+    native: &DispatchMatrix,
+    out: &mut DispatchMatrix,
+) {
+    let p = plan.gpus;
+    let n = plan.experts;
+    let per = n / p;
+    debug_assert_eq!(native.gpus, p);
+    out.gpus = p;
+    out.send.clone_from(&native.send);
+    for (e, ranges) in plan.spilled() {
+        let e = e as usize;
+        let native = e / per;
+        if let [only] = ranges {
+            if only.gpu as usize == native {
+                continue;
+            }
+        }
+        let mut cum = 0u64;
+        for r in 0..p {
+            let cnt = per_rank[r * n + e];
+            if cnt == 0 {
+                continue;
+            }
+            let (lo, hi) = (cum, cum + cnt);
+            cum = hi;
+            out.send[r * p + native] -= cnt;
+            for rg in ranges {
+                let a = lo.max(rg.start);
+                let b = hi.min(rg.end);
+                if b > a {
+                    out.send[r * p + rg.gpu as usize] += b - a;
+                }
+            }
+        }
     }
 }
 
@@ -119,6 +232,10 @@ pub enum SimError {
     Topology(#[from] TopoError),
     #[error(transparent)]
     Eplb(#[from] EplbSimError),
+    #[error(transparent)]
+    Workload(#[from] crate::workload::WorkloadError),
+    #[error(transparent)]
+    Results(#[from] crate::results::ResultsError),
     #[error("trace '{0}' has no model dimensions (hidden_size / intermediate_size); give --hidden-size and --intermediate-size")]
     NoDims(String),
 }
@@ -144,56 +261,23 @@ pub fn simulate_with(
     eplb: Option<&EplbSim>,
     progress: &dyn Progress,
 ) -> Result<Vec<ResultRow>, SimError> {
-    let model = &w.model;
-    if !model.has_dims() {
-        return Err(SimError::NoDims(w.name.clone()));
-    }
-    let eplb = eplb.filter(|_| wants_eplb(&cfg.policies));
-    if let Some(&p) = cfg.policies.iter().find(|p| is_eplb(**p)) {
-        let e = eplb.ok_or(EplbSimError::Unset(p))?;
-        e.check(model.num_experts as usize, w.gpus)?;
-        if cfg.pass == train::Pass::Train {
-            return Err(EplbSimError::Train.into());
-        }
-    }
-    for &a in &cfg.alphas {
-        crate::plan::check_shape(
-            model.num_experts as usize,
-            &PlanParams {
-                gpus: w.gpus,
-                alpha: a,
-                min_gemm: 0,
-                gate: Gate::Always,
-            },
-        )?;
-    }
-    Topology::new(w.gpus, cfg.profile.nodes as usize)?;
-    let shape = Shape::from_model(model);
-    let n_ls = w.loads.layer_steps();
-    let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        cfg.threads
-    }
-    .clamp(1, n_ls.max(1));
-    let chunk = n_ls.div_ceil(threads);
-    let parts: Vec<Vec<ResultRow>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let shape = &shape;
-                s.spawn(move || {
-                    let lo = t * chunk;
-                    let hi = ((t + 1) * chunk).min(n_ls);
-                    simulate_range(w, lo..hi, shape, cfg, eplb, progress)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("simulation thread"))
-            .collect()
-    });
-    Ok(parts.into_iter().flatten().collect())
+    stream::check(&w.model, w.gpus, &w.name, cfg, eplb)?;
+    let mut rows = Vec::new();
+    stream::drive(
+        std::iter::once(Ok(Chunk::Whole(w))),
+        cfg,
+        eplb,
+        progress,
+        &mut |r| {
+            if rows.is_empty() {
+                rows = r;
+            } else {
+                rows.extend(r);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(rows)
 }
 
 /// The keys of a simulated row of layer-step `(s, l)`.
@@ -220,13 +304,14 @@ fn simulate_range(
     range: std::ops::Range<usize>,
     shape: &Shape,
     cfg: &SimConfig,
-    eplb: Option<&EplbSim>,
+    eplb: Option<&stream::ChunkEplb>,
     progress: &dyn Progress,
 ) -> Vec<ResultRow> {
+    if range.is_empty() {
+        return Vec::new();
+    }
     let mut ev = Evaluator::default();
     let mut eplb_ev = eplb::EplbEvaluator::default();
-    let mut placements = eplb::PlacementCache::default();
-    let eplb_label = eplb.map(|e| e.label()).unwrap_or_default();
     let mut rows = Vec::with_capacity(
         range.len() * (cfg.gates.len() + 2) * cfg.alphas.len() * cfg.min_gemms.len(),
     );
@@ -235,17 +320,29 @@ fn simulate_range(
     let layers = loads.layers();
     let prof = &cfg.profile;
     let wants = |p: Policy| cfg.policies.contains(&p);
+    let mut ticks = 0u64;
+    let mut b = simulated_base(w, 0, 0, prof);
     for ls in range {
-        progress.inc(1);
+        // progress in batches: a shared bar's lock per layer-step costs
+        ticks += 1;
+        if ticks == 64 {
+            progress.inc(ticks);
+            ticks = 0;
+        }
         let (s, l) = (ls / layers, ls % layers);
-        loads.global_into(s, l, &mut global);
         let per_rank = loads.block(s, l);
-        let mut b = simulated_base(w, s, l, prof);
-        // the EPLB placement and its moves: once per layer-step
-        let eplb_step = eplb.map(|e| {
-            let (pl, moves) = placements.step(e, loads, s, l, w.gpus);
-            eplb_ev.load(per_rank, w.gpus, pl, e.split);
-            (eplb_label.clone(), moves)
+        // one pass over the per-rank counts: global counts and native matrix
+        ev.load_with_global(per_rank, w.gpus, &mut global);
+        b.step = loads.step_ids[s];
+        b.layer = loads.layer_ids[l];
+        // as `Workload::tokens_per_rank`, from the global counts' total
+        let k = w.model.top_k.max(1) as u64;
+        b.tokens_per_rank = global.iter().sum::<u64>() / (w.gpus as u64 * k);
+        // the EPLB placement and its moves: worked out before the chunk
+        let eplb_step = eplb.map(|c| {
+            let (pi, moves) = &c.at[ls];
+            eplb_ev.load(per_rank, w.gpus, &c.placements[*pi], c.split);
+            (&c.label, &moves[..])
         });
         for &alpha in &cfg.alphas {
             for &m in &cfg.min_gemms {
@@ -266,14 +363,16 @@ fn simulate_range(
                     r.policy = policy;
                     r
                 };
-                let (_, ep_cost) = ev.eval(per_rank, &global, &params, Policy::Ep, shape, prof);
+                let (_, ep_cost) =
+                    ev.eval_loaded(per_rank, &global, &params, Policy::Ep, shape, prof);
                 let ep_row = row(&ev, &ep_cost, Policy::Ep);
                 if wants(Policy::Ep) {
                     rows.push(ep_row.clone());
                 }
                 let mut llep_cost = None;
                 if need_llep {
-                    let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Llep, shape, prof);
+                    let (_, cost) =
+                        ev.eval_loaded(per_rank, &global, &params, Policy::Llep, shape, prof);
                     let on = row(&ev, &cost, Policy::Llep);
                     let ratio = on.imbalance_ratio;
                     if wants(Policy::Llep) {
@@ -308,8 +407,14 @@ fn simulate_range(
                     let (llep, llep_row) = llep_cost.as_ref().expect("planned above");
                     let on = (prof.nodes > 1)
                         .then(|| {
-                            let (_, c) =
-                                ev.eval(per_rank, &global, &params, Policy::LlepTopo, shape, prof);
+                            let (_, c) = ev.eval_loaded(
+                                per_rank,
+                                &global,
+                                &params,
+                                Policy::LlepTopo,
+                                shape,
+                                prof,
+                            );
                             let r = row(&ev, &c, Policy::LlepTopo);
                             (c, r)
                         })
@@ -330,7 +435,8 @@ fn simulate_range(
                     }
                 }
                 if wants(Policy::Ideal) {
-                    let (_, cost) = ev.eval(per_rank, &global, &params, Policy::Ideal, shape, prof);
+                    let (_, cost) =
+                        ev.eval_loaded(per_rank, &global, &params, Policy::Ideal, shape, prof);
                     let llep = &llep_cost.as_ref().expect("planned above").0;
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
                     rows.push(row(&ev, &bound, Policy::Ideal));
@@ -350,6 +456,7 @@ fn simulate_range(
             }
         }
     }
+    progress.inc(ticks);
     rows
 }
 
@@ -483,132 +590,6 @@ pub fn ideal_bound(
     }
 }
 
-/// Summary of rows for one (policy, lambda, alpha, m) setting over a trace.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Summary {
-    /// Synthetic scenario ("" for traces).
-    pub scenario: String,
-    pub policy: Policy,
-    pub gate: Gate,
-    pub alpha: f64,
-    pub min_gemm: u64,
-    pub layer_steps: usize,
-    pub total_ms: f64,
-    pub speedup_vs_ep: f64,
-    pub mean_ratio_before: f64,
-    pub mean_ratio_after: f64,
-    pub peak_mem_max_bytes: u64,
-    pub oom_rows: usize,
-    pub transfers: u64,
-    pub duplicates: u64,
-    pub llep_on: usize,
-    pub phases_ms: [f64; 5],
-    /// Bytes crossing nodes, summed over the layer-steps.
-    pub inter_node_bytes: u64,
-    /// Training rows: activations saved for backward, max over GPUs and
-    /// layer-steps (0 for forward rows).
-    pub saved_act_max_bytes: u64,
-    pub pass: train::Pass,
-}
-
-/// Aggregate rows per (scenario, policy, lambda, alpha, m), in first-seen
-/// order; speedups against the EP rows of the same scenario, alpha and m.
-pub fn summarize(rows: &[ResultRow]) -> Vec<Summary> {
-    let mut out: Vec<Summary> = Vec::new();
-    let key = |r: &ResultRow| {
-        (
-            r.scenario.clone(),
-            r.policy,
-            r.lambda().map(f64::to_bits),
-            r.alpha.to_bits(),
-            r.min_gemm,
-        )
-    };
-    let mut keys: Vec<(String, Policy, Option<u64>, u64, u64)> = Vec::new();
-    for r in rows {
-        let k = key(r);
-        let idx = match keys.iter().position(|x| *x == k) {
-            Some(i) => i,
-            None => {
-                keys.push(k);
-                out.push(Summary {
-                    scenario: r.scenario.clone(),
-                    policy: r.policy,
-                    gate: r.gate,
-                    alpha: r.alpha,
-                    min_gemm: r.min_gemm,
-                    layer_steps: 0,
-                    total_ms: 0.0,
-                    speedup_vs_ep: f64::NAN,
-                    mean_ratio_before: 0.0,
-                    mean_ratio_after: 0.0,
-                    peak_mem_max_bytes: 0,
-                    oom_rows: 0,
-                    transfers: 0,
-                    duplicates: 0,
-                    llep_on: 0,
-                    phases_ms: [0.0; 5],
-                    inter_node_bytes: 0,
-                    saved_act_max_bytes: 0,
-                    pass: r.pass,
-                });
-                out.len() - 1
-            }
-        };
-        let s = &mut out[idx];
-        s.layer_steps += 1;
-        s.total_ms += r.t_total_ms;
-        s.mean_ratio_before += r.imbalance_ratio;
-        s.mean_ratio_after += if r.mean_load > 0.0 {
-            r.max_load_after as f64 / r.mean_load
-        } else {
-            1.0
-        };
-        s.peak_mem_max_bytes = s.peak_mem_max_bytes.max(r.peak_mem_max_bytes);
-        s.oom_rows += r.oom as usize;
-        s.saved_act_max_bytes = s.saved_act_max_bytes.max(r.saved_act_bytes);
-        s.transfers += r.transfers as u64;
-        s.duplicates += r.duplicate_transfers as u64;
-        s.llep_on += r.use_llep as usize;
-        s.inter_node_bytes += r.inter_node_bytes;
-        for (acc, v) in s.phases_ms.iter_mut().zip([
-            r.t_overhead_ms,
-            r.t_dispatch_ms,
-            r.t_transfer_ms,
-            r.t_compute_ms,
-            r.t_combine_ms,
-        ]) {
-            *acc += v;
-        }
-    }
-    for s in &mut out {
-        let n = s.layer_steps.max(1) as f64;
-        s.mean_ratio_before /= n;
-        s.mean_ratio_after /= n;
-    }
-    let eps: Vec<(String, u64, u64, f64)> = out
-        .iter()
-        .filter(|s| s.policy == Policy::Ep)
-        .map(|s| {
-            (
-                s.scenario.clone(),
-                s.alpha.to_bits(),
-                s.min_gemm,
-                s.total_ms,
-            )
-        })
-        .collect();
-    for s in &mut out {
-        if let Some((_, _, _, ep)) = eps
-            .iter()
-            .find(|(sc, a, m, _)| *sc == s.scenario && *a == s.alpha.to_bits() && *m == s.min_gemm)
-        {
-            s.speedup_vs_ep = ep / s.total_ms;
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,6 +655,41 @@ mod tests {
                     auto <= best * (1.0 + margin) + 1e-12,
                     "auto {auto}, best {best}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn the_dispatch_matrix_from_the_native_one_is_the_planners() {
+        let mut rng = SplitMix64::new(11);
+        let (mut ev, mut want) = (Evaluator::default(), DispatchMatrix::default());
+        let mut planner = Planner::default();
+        let mut plan = Plan::default();
+        for _ in 0..60 {
+            let gpus = [2, 4, 8][rng.below(3) as usize];
+            let n = gpus * (1 + rng.below(6) as usize);
+            let hot = rng.below(n as u64) as usize;
+            let per_rank: Vec<u64> = (0..gpus * n)
+                .map(|i| rng.below(50) + if i % n == hot { 400 } else { 0 })
+                .collect();
+            let mut global = vec![0u64; n];
+            for (i, c) in per_rank.iter().enumerate() {
+                global[i % n] += c;
+            }
+            ev.load(&per_rank, gpus);
+            for policy in [Policy::Ep, Policy::Llep, Policy::Ideal] {
+                let params = PlanParams {
+                    gpus,
+                    alpha: 1.0,
+                    min_gemm: rng.below(64),
+                    gate: Gate::Always,
+                };
+                planner
+                    .plan_into(&global, &params, policy, &mut plan)
+                    .unwrap();
+                dispatch_matrix(&plan, &per_rank, &mut want);
+                dispatch_from_native(&plan, &per_rank, &ev.native, &mut ev.dm);
+                assert_eq!(ev.dm, want, "{policy:?} on {gpus} GPUs, {n} experts");
             }
         }
     }

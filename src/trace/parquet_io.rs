@@ -358,6 +358,224 @@ pub fn read_trace(path: &Path, with_tokens: bool) -> Result<Trace, TraceError> {
     })
 }
 
+/// What one pass over a load file learns before it is streamed: the step
+/// and layer ids, the ranks, the largest layer-step total, and whether its
+/// rows come grouped by step in ascending order (what [`write_loads`] and
+/// every capture write), which streaming needs.
+#[derive(Debug, Clone)]
+pub struct LoadsIndex {
+    pub meta: TraceMeta,
+    pub step_ids: Vec<u32>,
+    pub layer_ids: Vec<u32>,
+    pub ranks: usize,
+    pub experts: usize,
+    /// Largest total token-copies of any (step, layer).
+    pub max_total: u64,
+    /// Rows grouped by step, steps ascending.
+    pub sorted: bool,
+}
+
+/// The columns of one load batch, checked.
+struct LoadCols<'a> {
+    s: &'a UInt32Array,
+    l: &'a UInt32Array,
+    r: &'a UInt32Array,
+    e: &'a UInt32Array,
+    c: &'a UInt64Array,
+}
+
+impl<'a> LoadCols<'a> {
+    fn of(batch: &'a RecordBatch, path: &Path) -> Result<Self, TraceError> {
+        Ok(Self {
+            s: column::<UInt32Array>(batch, schema::STEP, path)?,
+            l: column::<UInt32Array>(batch, schema::LAYER, path)?,
+            r: column::<UInt32Array>(batch, schema::RANK, path)?,
+            e: column::<UInt32Array>(batch, schema::EXPERT, path)?,
+            c: column::<UInt64Array>(batch, schema::COUNT, path)?,
+        })
+    }
+}
+
+fn expert_range(path: &Path, e: u32, e_n: usize) -> TraceError {
+    TraceError::invalid(
+        path,
+        format!("expert id {e} out of range (num_experts = {e_n})"),
+    )
+}
+
+/// One pass over a load file, in bounded memory (a batch at a time; the
+/// step ids are kept, 4 bytes a step).
+pub fn index_loads(path: &Path) -> Result<LoadsIndex, TraceError> {
+    let (builder, meta) = open_reader(path)?;
+    let reader = builder.build().map_err(|e| TraceError::pq(path, e))?;
+    let e_n = meta.model.num_experts as usize;
+    if e_n == 0 {
+        return Err(TraceError::invalid(path, "metadata says num_experts = 0"));
+    }
+    let mut steps: Vec<u32> = Vec::new();
+    let mut layers: BTreeSet<u32> = BTreeSet::new();
+    let mut sorted = true;
+    let mut ranks = 0u32;
+    // running total of the current (step, layer) while rows stay in one;
+    // totals of layers interleaved within a step are summed per layer
+    let mut step_totals: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut max_total = 0u64;
+    let mut rows = 0usize;
+    for batch in reader {
+        let batch = batch.map_err(|e| TraceError::from((path.to_path_buf(), e)))?;
+        let c = LoadCols::of(&batch, path)?;
+        for i in 0..batch.num_rows() {
+            let (s, l, r, e, n) = (
+                c.s.value(i),
+                c.l.value(i),
+                c.r.value(i),
+                c.e.value(i),
+                c.c.value(i),
+            );
+            if e as usize >= e_n {
+                return Err(expert_range(path, e, e_n));
+            }
+            ranks = ranks.max(r + 1);
+            match steps.last() {
+                Some(&last) if last == s => {}
+                Some(&last) => {
+                    if s < last {
+                        sorted = false;
+                    }
+                    for t in step_totals.values() {
+                        max_total = max_total.max(*t);
+                    }
+                    step_totals.clear();
+                    steps.push(s);
+                }
+                None => steps.push(s),
+            }
+            layers.insert(l);
+            *step_totals.entry(l).or_insert(0) += n;
+            rows += 1;
+        }
+    }
+    if rows == 0 {
+        return Err(TraceError::invalid(path, "trace has no load rows"));
+    }
+    for t in step_totals.values() {
+        max_total = max_total.max(*t);
+    }
+    let mut step_ids = steps.clone();
+    step_ids.sort_unstable();
+    step_ids.dedup();
+    if step_ids.len() != steps.len() {
+        // a step's rows come back after another step's: not grouped
+        sorted = false;
+    }
+    Ok(LoadsIndex {
+        meta,
+        step_ids,
+        layer_ids: layers.into_iter().collect(),
+        ranks: ranks as usize,
+        experts: e_n,
+        max_total,
+        sorted,
+    })
+}
+
+/// A load file read a few steps at a time, at its recorded ranks, for a
+/// file whose [`LoadsIndex::sorted`] is true.
+pub struct LoadsChunks {
+    path: PathBuf,
+    index: std::sync::Arc<LoadsIndex>,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    batch: Option<RecordBatch>,
+    row: usize,
+    /// Position in `index.step_ids` of the next step to read.
+    next: usize,
+    steps_per_chunk: usize,
+}
+
+impl LoadsChunks {
+    /// Open `path` (indexed as `index`) to read `steps_per_chunk` steps at a
+    /// time.
+    pub fn open(
+        path: &Path,
+        index: std::sync::Arc<LoadsIndex>,
+        steps_per_chunk: usize,
+    ) -> Result<Self, TraceError> {
+        if !index.sorted {
+            return Err(TraceError::invalid(
+                path,
+                "load rows are not grouped by step in ascending order; it cannot be streamed",
+            ));
+        }
+        let (builder, _) = open_reader(path)?;
+        let reader = builder.build().map_err(|e| TraceError::pq(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            index,
+            reader,
+            batch: None,
+            row: 0,
+            next: 0,
+            steps_per_chunk: steps_per_chunk.max(1),
+        })
+    }
+
+    /// The next steps as dense loads (positions into the index's step ids
+    /// returned with them), or `None` at the end.
+    pub fn next_chunk(&mut self) -> Result<Option<(usize, Loads)>, TraceError> {
+        let ix = &self.index;
+        if self.next >= ix.step_ids.len() {
+            return Ok(None);
+        }
+        let first = self.next;
+        let end = (first + self.steps_per_chunk).min(ix.step_ids.len());
+        let mut loads = Loads::zeros(
+            ix.step_ids[first..end].to_vec(),
+            ix.layer_ids.clone(),
+            ix.ranks,
+            ix.experts,
+        );
+        let last_id = ix.step_ids[end - 1];
+        let (e_n, r_n, l_n) = (ix.experts, ix.ranks, ix.layer_ids.len());
+        loop {
+            if self.batch.as_ref().is_none_or(|b| self.row >= b.num_rows()) {
+                match self.reader.next() {
+                    Some(b) => {
+                        self.batch = Some(b.map_err(|e| TraceError::from((self.path.clone(), e)))?);
+                        self.row = 0;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            let batch = self.batch.as_ref().expect("a batch");
+            let c = LoadCols::of(batch, &self.path)?;
+            let n = batch.num_rows();
+            while self.row < n {
+                let i = self.row;
+                let s = c.s.value(i);
+                if s > last_id {
+                    self.next = end;
+                    return Ok(Some((first, loads)));
+                }
+                let si = loads.step_ids.binary_search(&s).map_err(|_| {
+                    TraceError::invalid(&self.path, "the file changed while it was read")
+                })?;
+                let li = ix.layer_ids.binary_search(&c.l.value(i)).map_err(|_| {
+                    TraceError::invalid(&self.path, "the file changed while it was read")
+                })?;
+                let (r, e) = (c.r.value(i) as usize, c.e.value(i) as usize);
+                if e >= e_n || r >= r_n {
+                    return Err(expert_range(&self.path, e as u32, e_n));
+                }
+                loads.counts[((si * l_n + li) * r_n + r) * e_n + e] += c.c.value(i);
+                self.row += 1;
+            }
+        }
+        self.next = end;
+        Ok(Some((first, loads)))
+    }
+}
+
 fn flat_values<'a, T: 'static>(
     batch: &'a RecordBatch,
     name: &str,

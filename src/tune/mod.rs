@@ -4,7 +4,7 @@
 
 use crate::plan::{Gate, Policy};
 use crate::results::ResultRow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A candidate setting. `lambda`: `Some(x)` a threshold; `None` with
 /// `always` = plan every layer; `never` = plain EP.
@@ -95,7 +95,9 @@ pub enum TuneError {
     NothingFits(f64, f64),
 }
 
-fn key(r: &ResultRow) -> (bool, Option<u64>, u64, u64) {
+type Key = (bool, Option<u64>, u64, u64);
+
+fn key(r: &ResultRow) -> Key {
     (
         r.policy == Policy::Ep,
         if r.policy == Policy::Ep {
@@ -108,23 +110,18 @@ fn key(r: &ResultRow) -> (bool, Option<u64>, u64, u64) {
     )
 }
 
-/// Score every setting present in `rows` (ep rows stand for "never").
-pub fn tune(
-    rows: &[ResultRow],
-    objective: Objective,
-    mem_cap: Option<u64>,
-) -> Result<TuneResult, TuneError> {
-    if rows.is_empty() {
-        return Err(TuneError::Empty);
-    }
-    let mut order: Vec<(bool, Option<u64>, u64, u64)> = Vec::new();
-    let mut acc: BTreeMap<(bool, Option<u64>, u64, u64), Scored> = BTreeMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.policy == Policy::Ep || r.policy == Policy::Llep)
-    {
+/// Per setting, its totals so far, in first-seen order.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    order: Vec<Key>,
+    acc: HashMap<Key, Scored>,
+}
+
+impl Totals {
+    fn add(&mut self, r: &ResultRow) {
         let k = key(r);
-        let e = acc.entry(k).or_insert_with(|| {
+        let order = &mut self.order;
+        let e = self.acc.entry(k).or_insert_with(|| {
             order.push(k);
             Scored {
                 setting: Setting {
@@ -150,15 +147,118 @@ pub fn tune(
         e.llep_on += r.use_llep as usize;
         e.layer_steps += 1;
     }
-    // EP does not depend on alpha and m: keep one "never" row
-    let mut scored: Vec<Scored> = Vec::new();
-    for k in order {
-        let s = acc.remove(&k).unwrap();
-        if s.setting.never && scored.iter().any(|x: &Scored| x.setting.never) {
-            continue;
+
+    /// The settings whose key passes `keep`, in first-seen order; EP does
+    /// not depend on alpha and m, so only the first "never" is kept.
+    fn settings(&self, keep: impl Fn(&Key) -> bool) -> Vec<Scored> {
+        let mut scored: Vec<Scored> = Vec::new();
+        for k in self.order.iter().filter(|k| keep(k)) {
+            let s = &self.acc[k];
+            if s.setting.never && scored.iter().any(|x| x.setting.never) {
+                continue;
+            }
+            scored.push(s.clone());
         }
-        scored.push(s);
+        scored
     }
+}
+
+/// What [`tune`] needs of the rows, kept as running totals (per setting,
+/// and per layer and setting), so that a trace of any length is tuned in
+/// memory bounded by its layers times the settings. Feed every row in row
+/// order with [`TuneAcc::add`]; [`TuneAcc::finish`] gives what [`tune`]
+/// gives on the same rows.
+#[derive(Debug, Clone, Default)]
+pub struct TuneAcc {
+    all: Totals,
+    /// Per layer id: its totals, and the sum of all its EP rows (what the
+    /// per-layer advice charges "never" with).
+    layers: BTreeMap<u32, (Totals, f64)>,
+    rows: usize,
+}
+
+impl TuneAcc {
+    pub fn add(&mut self, r: &ResultRow) {
+        self.rows += 1;
+        let layer = self.layers.entry(r.layer).or_default();
+        if r.policy == Policy::Ep || r.policy == Policy::Llep {
+            self.all.add(r);
+            layer.0.add(r);
+            if r.policy == Policy::Ep {
+                layer.1 += r.t_total_ms;
+            }
+        }
+    }
+
+    pub fn finish(
+        &self,
+        objective: Objective,
+        mem_cap: Option<u64>,
+    ) -> Result<TuneResult, TuneError> {
+        if self.rows == 0 {
+            return Err(TuneError::Empty);
+        }
+        let mut t = score(self.all.settings(|_| true), objective, mem_cap)?;
+        t.layers = self.per_layer(&t.scored[t.best].setting);
+        Ok(t)
+    }
+
+    /// Per layer id, at the chosen alpha and m: the best lambda on that
+    /// layer alone. Only layers where the global choice costs time are
+    /// returned.
+    fn per_layer(&self, chosen: &Setting) -> Vec<LayerAdvice> {
+        if self.layers.len() < 2 {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (&l, (totals, ep_all)) in &self.layers {
+            let here = |k: &Key| k.0 || (k.2 == chosen.alpha.to_bits() && k.3 == chosen.min_gemm);
+            let Ok(t) = score(totals.settings(here), Objective::Time, None) else {
+                continue;
+            };
+            let chosen_ms = if chosen.never {
+                *ep_all
+            } else {
+                let k = (
+                    false,
+                    chosen.lambda.map(f64::to_bits),
+                    chosen.alpha.to_bits(),
+                    chosen.min_gemm,
+                );
+                totals.acc.get(&k).map_or(0.0, |s| s.total_ms)
+            };
+            let b = &t.scored[t.best];
+            out.push(LayerAdvice {
+                layer: l,
+                best: b.setting.clone(),
+                best_ms: b.total_ms,
+                chosen_regret_pct: (chosen_ms / b.total_ms - 1.0) * 100.0,
+            });
+        }
+        out.retain(|a| a.chosen_regret_pct > 1e-9);
+        out
+    }
+}
+
+/// Score every setting present in `rows` (ep rows stand for "never").
+pub fn tune(
+    rows: &[ResultRow],
+    objective: Objective,
+    mem_cap: Option<u64>,
+) -> Result<TuneResult, TuneError> {
+    let mut acc = TuneAcc::default();
+    for r in rows {
+        acc.add(r);
+    }
+    acc.finish(objective, mem_cap)
+}
+
+/// The recommendation and every setting's regret (no per-layer advice).
+fn score(
+    mut scored: Vec<Scored>,
+    objective: Objective,
+    mem_cap: Option<u64>,
+) -> Result<TuneResult, TuneError> {
     if scored.is_empty() {
         return Err(TuneError::Empty);
     }
@@ -189,14 +289,13 @@ pub fn tune(
                 && s.setting.min_gemm == scored[best].setting.min_gemm
         })
         .map(|s| s.total_ms);
-    let layers = per_layer(rows, &scored[best].setting);
     Ok(TuneResult {
         scored,
         best,
         tied,
         ep_ms,
         default_ms,
-        layers,
+        layers: Vec::new(),
     })
 }
 
@@ -261,57 +360,6 @@ pub fn recommend(scored: &[Scored], objective: Objective) -> (usize, Vec<usize>)
         best = lambdas[lambdas.len() / 2];
     }
     (best, tied)
-}
-
-fn matches(r: &ResultRow, s: &Setting) -> bool {
-    if s.never {
-        r.policy == Policy::Ep
-    } else {
-        r.policy == Policy::Llep
-            && r.lambda() == s.lambda
-            && r.alpha == s.alpha
-            && r.min_gemm == s.min_gemm
-    }
-}
-
-/// Per layer id, at the chosen alpha and m: the best lambda on that layer
-/// alone. Only layers where the global choice costs time are returned.
-fn per_layer(rows: &[ResultRow], chosen: &Setting) -> Vec<LayerAdvice> {
-    let mut layer_ids: Vec<u32> = rows.iter().map(|r| r.layer).collect();
-    layer_ids.sort_unstable();
-    layer_ids.dedup();
-    if layer_ids.len() < 2 {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    for &l in &layer_ids {
-        let sub: Vec<ResultRow> = rows
-            .iter()
-            .filter(|r| {
-                r.layer == l
-                    && (r.policy == Policy::Ep
-                        || (r.alpha == chosen.alpha && r.min_gemm == chosen.min_gemm))
-            })
-            .cloned()
-            .collect();
-        let Ok(t) = tune(&sub[..], Objective::Time, None).map_err(|_| ()) else {
-            continue;
-        };
-        let chosen_ms: f64 = sub
-            .iter()
-            .filter(|r| matches(r, chosen))
-            .map(|r| r.t_total_ms)
-            .sum();
-        let b = &t.scored[t.best];
-        out.push(LayerAdvice {
-            layer: l,
-            best: b.setting.clone(),
-            best_ms: b.total_ms,
-            chosen_regret_pct: (chosen_ms / b.total_ms - 1.0) * 100.0,
-        });
-    }
-    out.retain(|a| a.chosen_regret_pct > 1e-9);
-    out
 }
 
 #[cfg(test)]
