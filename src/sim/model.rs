@@ -250,30 +250,46 @@ pub fn table_ms(tables: &[GemmTable], proj: Proj, m: f64, n: u64, k: u64) -> Opt
     if m <= 0.0 {
         return Some(0.0);
     }
-    let mut same: Vec<&GemmTable> = tables
-        .iter()
-        .filter(|t| t.proj == proj && !t.points.is_empty())
-        .collect();
-    if same.is_empty() {
-        return None;
-    }
-    if let Some(t) = same.iter().find(|t| t.n as u64 == n && t.k as u64 == k) {
+    // called per expert group and projection in every layer-step: no
+    // allocation, one pass for the exact table, one for the neighbours
+    let same = || {
+        tables
+            .iter()
+            .filter(move |t| t.proj == proj && !t.points.is_empty())
+    };
+    if let Some(t) = same().find(|t| t.n as u64 == n && t.k as u64 == k) {
         return Some(interp_rows(&t.points, m));
     }
     let size = |t: &GemmTable| (t.n as f64 * t.k as f64).ln();
     let aspect = |t: &GemmTable| (t.n as f64 / t.k as f64).ln();
     let (x, want_aspect) = ((n as f64 * k as f64).ln(), (n as f64 / k as f64).ln());
-    // by size, ties broken towards the aspect ratio nearest the target
-    same.sort_by(|a, b| {
-        size(a).total_cmp(&size(b)).then(
-            (aspect(a) - want_aspect)
-                .abs()
-                .total_cmp(&(aspect(b) - want_aspect).abs()),
-        )
-    });
+    // the nearest table in size on each side; among tables of one size, the
+    // aspect ratio nearest the target
+    let off = |t: &GemmTable| (aspect(t) - want_aspect).abs();
+    let closer = |a: &GemmTable, b: &GemmTable, below: bool| {
+        let (sa, sb) = (size(a), size(b));
+        if sa != sb {
+            (sa > sb) == below
+        } else {
+            off(a) < off(b)
+        }
+    };
+    let mut below: Option<&GemmTable> = None;
+    let mut above: Option<&GemmTable> = None;
+    let mut floor = f64::INFINITY;
+    for t in same() {
+        floor = floor.min(t.points[0].1);
+        if size(t) <= x && below.map_or(true, |b| closer(t, b, true)) {
+            below = Some(t);
+        }
+        if size(t) >= x && above.map_or(true, |b| closer(t, b, false)) {
+            above = Some(t);
+        }
+    }
+    if below.is_none() && above.is_none() {
+        return None;
+    }
     let per_nk = |t: &GemmTable| interp_rows(&t.points, m) / (t.n as f64 * t.k as f64);
-    let below = same.iter().rev().find(|t| size(t) <= x);
-    let above = same.iter().find(|t| size(t) >= x);
     let u = match (below, above) {
         (Some(a), Some(b)) if size(b) > size(a) => {
             let f = (x - size(a)) / (size(b) - size(a));
@@ -281,12 +297,8 @@ pub fn table_ms(tables: &[GemmTable], proj: Proj, m: f64, n: u64, k: u64) -> Opt
         }
         (Some(a), _) => per_nk(a),
         (None, Some(b)) => per_nk(b),
-        (None, None) => unreachable!("non-empty table list"),
+        (None, None) => unreachable!("checked above"),
     };
-    let floor = same
-        .iter()
-        .map(|t| t.points[0].1)
-        .fold(f64::INFINITY, f64::min);
     Some((u * n as f64 * k as f64).max(floor))
 }
 
