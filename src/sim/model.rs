@@ -279,10 +279,10 @@ pub fn table_ms(tables: &[GemmTable], proj: Proj, m: f64, n: u64, k: u64) -> Opt
     let mut floor = f64::INFINITY;
     for t in same() {
         floor = floor.min(t.points[0].1);
-        if size(t) <= x && below.map_or(true, |b| closer(t, b, true)) {
+        if size(t) <= x && below.is_none_or(|b| closer(t, b, true)) {
             below = Some(t);
         }
-        if size(t) >= x && above.map_or(true, |b| closer(t, b, false)) {
+        if size(t) >= x && above.is_none_or(|b| closer(t, b, false)) {
             above = Some(t);
         }
     }
