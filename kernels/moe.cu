@@ -400,7 +400,7 @@ extern "C" __global__ void ref_act_bwd(float* h, const float* da, int ns, int in
 extern "C" __global__ void colsum_f32(const float* src, int rows, int cols, float* dst) {
     int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= cols) return;
-    int r0 = blockIdx.y * 256, r1 = min(rows, r0 + 256);
+    int r0 = blockIdx.y * 256, r1 = r0 + 256 < rows ? r0 + 256 : rows;
     float acc = 0.f;
     for (int r = r0; r < r1; r++) acc += src[(long long)r * cols + j];
     atomicAdd(&dst[j], acc);
