@@ -23,8 +23,8 @@ use super::layout::{self, Layout, WeightSrc};
 use super::runtime::{params, BufKind, Comm, Dt, Event};
 use super::timing::{quantile, EXTRA};
 use super::worker::{Worker, CHUNK, E_END, E_START, NT};
-use crate::results::{Pass, ResultRow};
 use super::GpuError;
+use crate::results::{Pass, ResultRow};
 
 /// Backward events of one run (main stream unless noted).
 const B_SCAT: usize = 0;
@@ -91,7 +91,10 @@ impl Worker<'_> {
         let nin = lay.remote_in(q).count();
         vec![
             (BufKind::Yout, rl.compute_rows as usize * rb),
-            (BufKind::SegsYIn, nin * std::mem::size_of::<super::worker::CopySeg>()),
+            (
+                BufKind::SegsYIn,
+                nin * std::mem::size_of::<super::worker::CopySeg>(),
+            ),
             (
                 BufKind::DA,
                 rl.max_group_rows.min(CHUNK) as usize * self.cfg.inter * 2,
@@ -127,7 +130,9 @@ impl Worker<'_> {
         let dy = self.dev.arena.get(BufKind::DY, t.max(1) * d * 2)?;
         self.dev.arena.get(BufKind::DX, t.max(1) * d * 2)?;
         self.dev.arena.get(BufKind::DW, copies.max(1) * 4)?;
-        self.dev.arena.get(BufKind::NGrad, per * self.blob.len * 2)?;
+        self.dev
+            .arena
+            .get(BufKind::NGrad, per * self.blob.len * 2)?;
         let ones = self.dev.arena.get(BufKind::Ones, CHUNK as usize * 2)?;
         let seed = super::worker::part_seed(self.cfg.seed, 2_000_000 + self.rank, 9);
         self.gen(dy, t * d, seed, 1.0)?;
@@ -285,7 +290,9 @@ impl Worker<'_> {
             .iter()
             .map(|u| {
                 let (w, g, slot) = match rl.groups[u.group as usize].weights {
-                    WeightSrc::Native(j) => (native + j as u64 * bb, ngrad + j as u64 * bb, (false, j)),
+                    WeightSrc::Native(j) => {
+                        (native + j as u64 * bb, ngrad + j as u64 * bb, (false, j))
+                    }
                     WeightSrc::Foreign(j) => {
                         (foreign + j as u64 * bb, fgrad + j as u64 * bb, (true, j))
                     }
@@ -443,10 +450,46 @@ impl Worker<'_> {
         // CHUNK >= rows values.
         unsafe {
             let dev = &self.dev;
-            dev.gemm(i, d, r, (u.a, i, true), (u.y, d, false), g + 2 * b.wd as u64, beta, bf)?;
-            dev.gemm(1, d, r, (ones, r, false), (u.y, d, false), g + 2 * b.bd as u64, beta, bf)?;
-            dev.gemm(d, 2 * i, r, (u.x, d, true), (u.h, 2 * i, false), g + 2 * b.wgu as u64, beta, bf)?;
-            dev.gemm(1, 2 * i, r, (ones, r, false), (u.h, 2 * i, false), g + 2 * b.bgu as u64, beta, bf)
+            dev.gemm(
+                i,
+                d,
+                r,
+                (u.a, i, true),
+                (u.y, d, false),
+                g + 2 * b.wd as u64,
+                beta,
+                bf,
+            )?;
+            dev.gemm(
+                1,
+                d,
+                r,
+                (ones, r, false),
+                (u.y, d, false),
+                g + 2 * b.bd as u64,
+                beta,
+                bf,
+            )?;
+            dev.gemm(
+                d,
+                2 * i,
+                r,
+                (u.x, d, true),
+                (u.h, 2 * i, false),
+                g + 2 * b.wgu as u64,
+                beta,
+                bf,
+            )?;
+            dev.gemm(
+                1,
+                2 * i,
+                r,
+                (ones, r, false),
+                (u.h, 2 * i, false),
+                g + 2 * b.bgu as u64,
+                beta,
+                bf,
+            )
         }
     }
 

@@ -51,7 +51,12 @@ impl Worker<'_> {
                 count[e as usize] += 1;
             }
         }
-        let spilled: Vec<usize> = self.plan.transfers.iter().map(|t| t.expert as usize).collect();
+        let spilled: Vec<usize> = self
+            .plan
+            .transfers
+            .iter()
+            .map(|t| t.expert as usize)
+            .collect();
         let mut out: Vec<usize> = Vec::new();
         let mut push = |e: usize| {
             if !out.contains(&e) && out.len() < MAX_EXPERTS {
@@ -156,31 +161,114 @@ impl Worker<'_> {
                 let dev = &self.dev;
                 dev.upload(tokb, &tok[at..at + n])?;
                 dev.upload(wb, &w[at..at + n])?;
-                dev.launch(dev.k.gather_rows_f32, (gx, n as u32, 1), 256, 0, main, params!(x, tokb, ni, di, x32))?;
-                dev.gemm(n, 2 * i, d, (x32, d, false), (w32.wgu, 2 * i, false), h32, 0.0, f)?;
+                dev.launch(
+                    dev.k.gather_rows_f32,
+                    (gx, n as u32, 1),
+                    256,
+                    0,
+                    main,
+                    params!(x, tokb, ni, di, x32),
+                )?;
+                dev.gemm(
+                    n,
+                    2 * i,
+                    d,
+                    (x32, d, false),
+                    (w32.wgu, 2 * i, false),
+                    h32,
+                    0.0,
+                    f,
+                )?;
                 let bgu = w32.bgu;
-                dev.launch(dev.k.ref_bias_act, (gi, n as u32, 1), 256, 0, main, params!(h32, bgu, ni, ii, kind, a32))?;
+                dev.launch(
+                    dev.k.ref_bias_act,
+                    (gi, n as u32, 1),
+                    256,
+                    0,
+                    main,
+                    params!(h32, bgu, ni, ii, kind, a32),
+                )?;
                 dev.gemm(n, d, i, (a32, i, false), (w32.wd, d, false), y32, 0.0, f)?;
-                dev.launch(dev.k.gather_rows_f32, (gx, n as u32, 1), 256, 0, main, params!(dy, tokb, ni, di, g32))?;
+                dev.launch(
+                    dev.k.gather_rows_f32,
+                    (gx, n as u32, 1),
+                    256,
+                    0,
+                    main,
+                    params!(dy, tokb, ni, di, g32),
+                )?;
                 let bd = w32.bd;
-                dev.launch(dev.k.ref_router, (n as u32, 1, 1), 256, 0, main, params!(g32, y32, bd, wb, di, dwb))?;
+                dev.launch(
+                    dev.k.ref_router,
+                    (n as u32, 1, 1),
+                    256,
+                    0,
+                    main,
+                    params!(g32, y32, bd, wb, di, dwb),
+                )?;
                 dev.gemm(n, i, d, (g32, d, false), (w32.wd, d, true), da32, 0.0, f)?;
-                dev.launch(dev.k.ref_act_bwd, (gi, n as u32, 1), 256, 0, main, params!(h32, da32, ni, ii, kind))?;
+                dev.launch(
+                    dev.k.ref_act_bwd,
+                    (gi, n as u32, 1),
+                    256,
+                    0,
+                    main,
+                    params!(h32, da32, ni, ii, kind),
+                )?;
                 if grad {
                     let (gwd, gbd) = (gradp + 4 * b.wd as u64, gradp + 4 * b.bd as u64);
                     let (gwgu, gbgu) = (gradp + 4 * b.wgu as u64, gradp + 4 * b.bgu as u64);
                     let (ci, c2) = (d as i32, (2 * i) as i32);
                     let ry = n.div_ceil(256) as u32;
                     dev.gemm(i, d, n, (a32, i, true), (g32, d, false), gwd, 1.0, f)?;
-                    dev.launch(dev.k.colsum_f32, (gx, ry, 1), 256, 0, main, params!(g32, ni, ci, gbd))?;
-                    dev.gemm(d, 2 * i, n, (x32, d, true), (h32, 2 * i, false), gwgu, 1.0, f)?;
+                    dev.launch(
+                        dev.k.colsum_f32,
+                        (gx, ry, 1),
+                        256,
+                        0,
+                        main,
+                        params!(g32, ni, ci, gbd),
+                    )?;
+                    dev.gemm(
+                        d,
+                        2 * i,
+                        n,
+                        (x32, d, true),
+                        (h32, 2 * i, false),
+                        gwgu,
+                        1.0,
+                        f,
+                    )?;
                     let g2 = (2 * i).div_ceil(256) as u32;
-                    dev.launch(dev.k.colsum_f32, (g2, ry, 1), 256, 0, main, params!(h32, ni, c2, gbgu))?;
+                    dev.launch(
+                        dev.k.colsum_f32,
+                        (g2, ry, 1),
+                        256,
+                        0,
+                        main,
+                        params!(h32, ni, c2, gbgu),
+                    )?;
                 }
                 if let Some(rows) = dx_row {
-                    dev.gemm(n, d, 2 * i, (h32, 2 * i, false), (w32.wgu, 2 * i, true), y32, 0.0, f)?;
+                    dev.gemm(
+                        n,
+                        d,
+                        2 * i,
+                        (h32, 2 * i, false),
+                        (w32.wgu, 2 * i, true),
+                        y32,
+                        0.0,
+                        f,
+                    )?;
                     dev.upload(rowb, &rows[at..at + n])?;
-                    dev.launch(dev.k.scatter_add_f32, (gx, n as u32, 1), 256, 0, main, params!(y32, rowb, ni, di, refdx))?;
+                    dev.launch(
+                        dev.k.scatter_add_f32,
+                        (gx, n as u32, 1),
+                        256,
+                        0,
+                        main,
+                        params!(y32, rowb, ni, di, refdx),
+                    )?;
                 }
                 dev.download(&mut dwv, dwb)?;
             }
@@ -207,7 +295,9 @@ impl Worker<'_> {
             let mut by_e: std::collections::BTreeMap<i32, Vec<(usize, usize)>> = Default::default();
             for (j, &tk) in toks.iter().enumerate() {
                 for slot in 0..k {
-                    by_e.entry(rt.ids[tk as usize * k + slot]).or_default().push((j, slot));
+                    by_e.entry(rt.ids[tk as usize * k + slot])
+                        .or_default()
+                        .push((j, slot));
                 }
             }
             let mut ref_dw = vec![0f32; s * k];
@@ -330,7 +420,11 @@ impl Worker<'_> {
                     0.0
                 };
                 // NaN (a non-finite gradient) must not pass as a small error
-                out.dweights = if rel.is_nan() { f64::INFINITY } else { out.dweights.max(rel) };
+                out.dweights = if rel.is_nan() {
+                    f64::INFINITY
+                } else {
+                    out.dweights.max(rel)
+                };
             }
         }
         Ok(())

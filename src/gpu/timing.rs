@@ -107,7 +107,11 @@ impl Worker<'_> {
             mine.extend_from_slice(times.get(i).unwrap_or(&[f64::NAN; NT]));
         }
         mine.extend([
-            if self.cfg.train { peak } else { self.dev.arena.peak } as f64,
+            if self.cfg.train {
+                peak
+            } else {
+                self.dev.arena.peak
+            } as f64,
             self.driver_peak as f64,
             num,
             den,
