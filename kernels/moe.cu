@@ -293,21 +293,30 @@ __device__ __forceinline__ void swiglu_bwd(float g, float u, float d, int kind, 
 }
 
 // Activation backward over rows of [gate | up] (without their bias, which
-// is added here as in act_rows): the gradient dh is written over h.
+// is added here as in act_rows): the gradient dh is written over h. Two
+// columns per thread, as act_rows.
 extern "C" __global__ void act_bwd_rows(bf16_t* h, const bf16_t* bias, const bf16_t* da,
                                         long long rows, int inter, int kind) {
-    long long n = rows * (long long)inter;
+    int half = inter / 2;
+    long long n = rows * (long long)half;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n;
          idx += (long long)gridDim.x * blockDim.x) {
-        long long r = idx / inter;
-        int j = (int)(idx % inter);
+        long long r = idx / half;
+        int j = (int)(idx - r * half) * 2;
         bf16_t* hr = h + r * 2 * inter;
-        float g = bf2f(hr[j]) + bf2f(bias[j]);
-        float u = bf2f(hr[inter + j]) + bf2f(bias[inter + j]);
-        float dg, du;
-        swiglu_bwd(g, u, bf2f(da[r * inter + j]), kind, &dg, &du);
-        hr[j] = f2bf(dg);
-        hr[inter + j] = f2bf(du);
+        unsigned int gg = *(const unsigned int*)(hr + j);
+        unsigned int uu = *(const unsigned int*)(hr + inter + j);
+        unsigned int bg = *(const unsigned int*)(bias + j);
+        unsigned int bu = *(const unsigned int*)(bias + inter + j);
+        unsigned int dd = *(const unsigned int*)(da + r * inter + j);
+        float dg0, du0, dg1, du1;
+        swiglu_bwd(bf2f(gg & 0xffff) + bf2f(bg & 0xffff), bf2f(uu & 0xffff) + bf2f(bu & 0xffff),
+                   bf2f(dd & 0xffff), kind, &dg0, &du0);
+        swiglu_bwd(bf2f(gg >> 16) + bf2f(bg >> 16), bf2f(uu >> 16) + bf2f(bu >> 16),
+                   bf2f(dd >> 16), kind, &dg1, &du1);
+        *(unsigned int*)(hr + j) = (unsigned int)f2bf(dg0) | ((unsigned int)f2bf(dg1) << 16);
+        *(unsigned int*)(hr + inter + j) =
+            (unsigned int)f2bf(du0) | ((unsigned int)f2bf(du1) << 16);
     }
 }
 

@@ -413,7 +413,7 @@ impl Worker<'_> {
         let da = self.ptr(BufKind::DA)?;
         let (h, bgu) = (u.h, u.w + 2 * b.bgu as u64);
         let (rows_i, ii, kind) = (u.rows as i64, i as i32, self.act_kind());
-        let n = u.rows * i;
+        let n = u.rows * i / 2;
         // SAFETY: y holds rows x D, da rows x I (rows <= CHUNK), h rows x 2I.
         unsafe {
             self.dev.gemm(
