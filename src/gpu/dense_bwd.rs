@@ -15,7 +15,7 @@ use super::GpuError;
 /// Rows of one reference GEMM batch.
 const REF_CHUNK: usize = 8192;
 /// Experts whose weight gradients are checked, at most.
-const MAX_EXPERTS: usize = 4;
+const MAX_EXPERTS: usize = 8;
 
 /// What the backward check found on one rank: sums of squared error and of
 /// squared reference for dX and the router-weight gradients, and the
@@ -41,10 +41,12 @@ struct W32 {
 
 impl Worker<'_> {
     /// The experts whose weight gradients are checked (the same on every
-    /// rank): the first and last spilled ones, the most loaded one and the
-    /// lowest-numbered one with tokens.
+    /// rank): the first and last spilled ones, the most loaded one, and on
+    /// every GPU the first native expert with tokens, so each owner's
+    /// gradients (and each helper's returned part) are checked.
     fn checked_experts(&self, case: &Case) -> (Vec<usize>, usize) {
         let n = self.cfg.experts;
+        let per = n / self.world;
         let mut count = vec![0u64; n];
         for rt in &case.routing {
             for &e in &rt.ids {
@@ -70,8 +72,10 @@ impl Worker<'_> {
         if let Some(hot) = (0..n).max_by_key(|&e| (count[e], std::cmp::Reverse(e))) {
             push(hot);
         }
-        if let Some(low) = (0..n).find(|&e| count[e] > 0) {
-            push(low);
+        for g in 0..self.world {
+            if let Some(e) = (g * per..(g + 1) * per).find(|&e| count[e] > 0) {
+                push(e);
+            }
         }
         let sp = out.iter().filter(|e| spilled.contains(e)).count();
         (out, sp)
