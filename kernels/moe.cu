@@ -223,3 +223,222 @@ extern "C" __global__ void gather_out(const bf16_t* out, const int* tok, int ns,
     if (s >= ns || j >= hidden) return;
     dst[(long long)s * hidden + j] = bf2f(out[(long long)tok[s] * hidden + j]);
 }
+
+// ---- backward of the training step ----
+
+// Combine backward, one warp per copy c of token t = c / top_k: the router
+// weight's gradient <dY[t], y_c + b_c> (fp32, into dw[c]), then w_c * dY[t]
+// written over y_c, where the copy's result lies (ret_ptr[c]): the mirror of
+// the combine. The warp reads the whole row before writing it.
+extern "C" __global__ void bwd_scatter(const bf16_t* dy, const float* w, const u64* ret_ptr,
+                                       const u64* bias_ptr, int n_copies, int top_k,
+                                       int hidden, float* dw) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (c >= n_copies) return;
+    const bf16_t* g = dy + (long long)(c / top_k) * hidden;
+    bf16_t* y = (bf16_t*)ret_ptr[c];
+    const bf16_t* b = (const bf16_t*)bias_ptr[c];
+    float acc = 0.f;
+    for (int j = lane * 2; j < hidden; j += 64) {
+        unsigned int gg = *(const unsigned int*)(g + j);
+        unsigned int yy = *(const unsigned int*)(y + j);
+        unsigned int bb = *(const unsigned int*)(b + j);
+        acc += bf2f(gg & 0xffff) * (bf2f(yy & 0xffff) + bf2f(bb & 0xffff));
+        acc += bf2f(gg >> 16) * (bf2f(yy >> 16) + bf2f(bb >> 16));
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    __syncwarp();
+    float wc = w[c];
+    for (int j = lane * 2; j < hidden; j += 64) {
+        unsigned int gg = *(const unsigned int*)(g + j);
+        *(unsigned int*)(y + j) = (unsigned int)f2bf(wc * bf2f(gg & 0xffff)) |
+                                  ((unsigned int)f2bf(wc * bf2f(gg >> 16)) << 16);
+    }
+    if (lane == 0) dw[c] = acc;
+}
+
+// Dispatch backward: dX[t] = sum over the token's copies of their input
+// gradients (back where each copy's result came home). One block per token.
+extern "C" __global__ void sum_copies(const u64* ret_ptr, int top_k, int hidden, bf16_t* out) {
+    int t = blockIdx.x;
+    for (int j = threadIdx.x * 2; j < hidden; j += blockDim.x * 2) {
+        float a0 = 0.f, a1 = 0.f;
+        for (int k = 0; k < top_k; k++) {
+            unsigned int y = *(const unsigned int*)((const bf16_t*)ret_ptr[t * top_k + k] + j);
+            a0 += bf2f(y & 0xffff);
+            a1 += bf2f(y >> 16);
+        }
+        *(unsigned int*)(out + (long long)t * hidden + j) =
+            (unsigned int)f2bf(a0) | ((unsigned int)f2bf(a1) << 16);
+    }
+}
+
+// d(out)/d(gate), d(out)/d(up) of `swiglu`, for the gradient `d` of its
+// output; clamps pass the gradient inside [min, max] as torch.clamp does.
+__device__ __forceinline__ void swiglu_bwd(float g, float u, float d, int kind, float* dg,
+                                           float* du) {
+    if (kind == 0) {
+        float gc = fminf(g, 7.0f);
+        float uc = fminf(fmaxf(u, -7.0f), 7.0f);
+        float s = 1.0f / (1.0f + expf(-1.702f * gc));
+        float glu = gc * s;
+        *dg = g <= 7.0f ? d * (uc + 1.0f) * (s + 1.702f * gc * s * (1.0f - s)) : 0.0f;
+        *du = (u >= -7.0f && u <= 7.0f) ? d * glu : 0.0f;
+        return;
+    }
+    float s = 1.0f / (1.0f + expf(-g));
+    *dg = d * u * (s + g * s * (1.0f - s));
+    *du = d * g * s;
+}
+
+// Activation backward over rows of [gate | up] (without their bias, which
+// is added here as in act_rows): the gradient dh is written over h. Two
+// columns per thread, as act_rows.
+extern "C" __global__ void act_bwd_rows(bf16_t* h, const bf16_t* bias, const bf16_t* da,
+                                        long long rows, int inter, int kind) {
+    int half = inter / 2;
+    long long n = rows * (long long)half;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long r = idx / half;
+        int j = (int)(idx - r * half) * 2;
+        bf16_t* hr = h + r * 2 * inter;
+        unsigned int gg = *(const unsigned int*)(hr + j);
+        unsigned int uu = *(const unsigned int*)(hr + inter + j);
+        unsigned int bg = *(const unsigned int*)(bias + j);
+        unsigned int bu = *(const unsigned int*)(bias + inter + j);
+        unsigned int dd = *(const unsigned int*)(da + r * inter + j);
+        float dg0, du0, dg1, du1;
+        swiglu_bwd(bf2f(gg & 0xffff) + bf2f(bg & 0xffff), bf2f(uu & 0xffff) + bf2f(bu & 0xffff),
+                   bf2f(dd & 0xffff), kind, &dg0, &du0);
+        swiglu_bwd(bf2f(gg >> 16) + bf2f(bg >> 16), bf2f(uu >> 16) + bf2f(bu >> 16),
+                   bf2f(dd >> 16), kind, &dg1, &du1);
+        *(unsigned int*)(hr + j) = (unsigned int)f2bf(dg0) | ((unsigned int)f2bf(dg1) << 16);
+        *(unsigned int*)(hr + inter + j) =
+            (unsigned int)f2bf(du0) | ((unsigned int)f2bf(du1) << 16);
+    }
+}
+
+extern "C" __global__ void fill_bf16(bf16_t* p, long long n, float v) {
+    bf16_t b = f2bf(v);
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        p[i] = b;
+}
+
+// dst += src (bf16, added in fp32): a returned weight gradient into the
+// owner's.
+extern "C" __global__ void add_bf16(bf16_t* dst, const bf16_t* src, long long n) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        dst[i] = f2bf(bf2f(dst[i]) + bf2f(src[i]));
+}
+
+// ---- dense fp32 reference of the backward (cuBLAS fp32 GEMMs between) ----
+
+extern "C" __global__ void to_f32(const bf16_t* src, long long n, float* dst) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        dst[i] = bf2f(src[i]);
+}
+
+// dst[s, :] = src[row[s], :] as fp32.
+extern "C" __global__ void gather_rows_f32(const bf16_t* src, const int* row, int ns,
+                                           int hidden, float* dst) {
+    int s = blockIdx.y;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden; j += gridDim.x * blockDim.x)
+        dst[(long long)s * hidden + j] = bf2f(src[(long long)row[s] * hidden + j]);
+}
+
+// h += gate_up bias (in place), a = activation(h).
+extern "C" __global__ void ref_bias_act(float* h, const float* bias, int ns, int inter,
+                                        int kind, float* a) {
+    int s = blockIdx.y;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < inter; j += gridDim.x * blockDim.x) {
+        float* hr = h + (long long)s * 2 * inter;
+        float g = hr[j] + bias[j], u = hr[inter + j] + bias[inter + j];
+        hr[j] = g;
+        hr[inter + j] = u;
+        float out;
+        if (kind == 0) {
+            float gc = fminf(g, 7.0f), uc = fminf(fmaxf(u, -7.0f), 7.0f);
+            out = (uc + 1.0f) * gc / (1.0f + expf(-1.702f * gc));
+        } else {
+            out = g / (1.0f + expf(-g)) * u;
+        }
+        a[(long long)s * inter + j] = out;
+    }
+}
+
+// Router-weight gradient of each row, dw[s] = <g[s], y[s] + bd>, then g[s]
+// scaled in place by the router weight w[s]. One block per row.
+extern "C" __global__ void ref_router(float* g, const float* y, const float* bd, const float* w,
+                                      int hidden, float* dw) {
+    __shared__ float part[32];
+    int s = blockIdx.x;
+    float* gr = g + (long long)s * hidden;
+    const float* yr = y + (long long)s * hidden;
+    float acc = 0.f;
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) acc += gr[j] * (yr[j] + bd[j]);
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float t = 0.f;
+        for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += part[i];
+        dw[s] = t;
+    }
+    float ws = w[s];
+    for (int j = threadIdx.x; j < hidden; j += blockDim.x) gr[j] *= ws;
+}
+
+// dh (written over h, which holds gate_up outputs with bias) from da.
+extern "C" __global__ void ref_act_bwd(float* h, const float* da, int ns, int inter, int kind) {
+    int s = blockIdx.y;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < inter; j += gridDim.x * blockDim.x) {
+        float* hr = h + (long long)s * 2 * inter;
+        float dg, du;
+        swiglu_bwd(hr[j], hr[inter + j], da[(long long)s * inter + j], kind, &dg, &du);
+        hr[j] = dg;
+        hr[inter + j] = du;
+    }
+}
+
+// dst[j] += sum over rows of src[r, j]; blockIdx.y takes 256 rows.
+extern "C" __global__ void colsum_f32(const float* src, int rows, int cols, float* dst) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= cols) return;
+    int r0 = blockIdx.y * 256, r1 = r0 + 256 < rows ? r0 + 256 : rows;
+    float acc = 0.f;
+    for (int r = r0; r < r1; r++) acc += src[(long long)r * cols + j];
+    atomicAdd(&dst[j], acc);
+}
+
+// dst[row[s], :] += src[s, :] (the sampled tokens' dX, copy by copy).
+extern "C" __global__ void scatter_add_f32(const float* src, const int* row, int ns, int hidden,
+                                           float* dst) {
+    int s = blockIdx.y;
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < hidden; j += gridDim.x * blockDim.x)
+        atomicAdd(&dst[(long long)row[s] * hidden + j], src[(long long)s * hidden + j]);
+}
+
+// acc[0] += sum (got - ref)^2, acc[1] += sum ref^2 (got bf16, ref fp32).
+extern "C" __global__ void err_sums(const bf16_t* got, const float* ref, long long n,
+                                    double* acc) {
+    double a = 0.0, b = 0.0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        double g = bf2f(got[i]), r = ref[i];
+        a += (g - r) * (g - r);
+        b += r * r;
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        b += __shfl_xor_sync(0xffffffffu, b, o);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        atomicAdd(&acc[0], a);
+        atomicAdd(&acc[1], b);
+    }
+}

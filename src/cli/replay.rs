@@ -12,8 +12,8 @@ use llep_trace::env;
 use llep_trace::gpu::rendezvous::ProcessRank;
 use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
 use llep_trace::plan::{Arbiter, Gate, Policy};
-use llep_trace::results::Source;
 use llep_trace::results::{write_results, ResultRow};
+use llep_trace::results::{Pass, Source};
 use llep_trace::sim::accuracy::twin;
 use llep_trace::sim::{CostArbiter, Evaluator, Profile, Shape};
 use llep_trace::workload::Workload;
@@ -40,10 +40,15 @@ pub struct ReplayArgs {
     /// each; under a launcher (WORLD_SIZE set) it must equal WORLD_SIZE.
     #[arg(long, default_value = "2", value_parser = positive_count, allow_hyphen_values = true)]
     pub gpus: usize,
-    /// forward, or train (forward then backward: not replayed yet; simulate
-    /// --pass train prices it).
+    /// forward, or train: each timed run is the forward, then its backward
+    /// (combine-bwd, expert dgrad and wgrad, dispatch-bwd, and under LLEP the
+    /// weight-gradient return), checked against a dense fp32 reference.
     #[arg(long, value_enum, default_value = "forward")]
     pub pass: super::simulate::PassArg,
+    /// Training: recompute gate_up and the activation in backward instead
+    /// of keeping them from the forward.
+    #[arg(long)]
+    pub recompute: bool,
     /// Expert activation.
     #[arg(long, value_enum, default_value = "gpt-oss")]
     pub act: ActArg,
@@ -105,8 +110,37 @@ fn gib(b: u64) -> String {
     format!("{:.2}", b as f64 / (1u64 << 30) as f64)
 }
 
+/// The training step's columns (forward rows show "-").
+const TRAIN_COLS: [&str; 7] = [
+    "pass",
+    "bwd comb",
+    "dgrad",
+    "wgrad",
+    "bwd disp",
+    "grad ret",
+    "saved GiB",
+];
+
+fn train_cells(r: &ResultRow) -> Vec<String> {
+    if r.pass != Pass::Train {
+        let mut v = vec![r.pass.to_string()];
+        v.extend(std::iter::repeat_n("-".to_string(), TRAIN_COLS.len() - 1));
+        return v;
+    }
+    vec![
+        r.pass.to_string(),
+        ms(r.t_bwd_combine_ms),
+        ms(r.t_bwd_dgrad_ms),
+        ms(r.t_bwd_wgrad_ms),
+        ms(r.t_bwd_dispatch_ms),
+        ms(r.t_grad_return_ms),
+        gib(r.saved_act_bytes),
+    ]
+}
+
 fn render(rows: &[ResultRow]) -> String {
-    let mut t = Table::new(&[
+    let train = rows.iter().any(|r| r.pass == Pass::Train);
+    let mut head = vec![
         "input",
         "step",
         "layer",
@@ -126,10 +160,11 @@ fn render(rows: &[ResultRow]) -> String {
         "driver GiB/GPU",
         "rel err",
         "oom",
-    ])
-    .left(0)
-    .left(3)
-    .left(4);
+    ];
+    if train {
+        head.extend(TRAIN_COLS);
+    }
+    let mut t = Table::new(&head).left(0).left(3).left(4);
     for r in rows {
         let input = if r.scenario.is_empty() {
             r.trace.clone()
@@ -138,7 +173,7 @@ fn render(rows: &[ResultRow]) -> String {
         };
         let pol = r.setting_label();
         let list = |v: &[u64]| v.iter().map(|&b| gib(b)).collect::<Vec<_>>().join("/");
-        t.row(vec![
+        let mut cells = vec![
             input,
             r.step.to_string(),
             r.layer.to_string(),
@@ -169,14 +204,19 @@ fn render(rows: &[ResultRow]) -> String {
             },
             r.rel_error.map_or("-".into(), |e| format!("{e:.1e}")),
             if r.oom { "OOM".into() } else { "".into() },
-        ]);
+        ];
+        if train {
+            cells.extend(train_cells(r));
+        }
+        t.row(cells);
     }
     t.render()
 }
 
 pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
-    if a.pass == super::simulate::PassArg::Train {
-        bail!("--pass train: the training step (forward then backward) is not replayed on GPUs yet; `simulate --pass train` prices it with the cost model");
+    let train = a.pass == super::simulate::PassArg::Train;
+    if a.recompute && !train {
+        bail!("--recompute applies to --pass train only");
     }
     if a.policy.is_empty() {
         bail!("--policy: give ep, llep or both");
@@ -257,6 +297,8 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         seed: a.input.seed,
         samples: a.samples,
         arbiter,
+        train,
+        recompute: a.recompute,
     };
     let launch = match ProcessRank::from_env(env::launcher_var)? {
         Some(pr) => Launch::Process(pr),

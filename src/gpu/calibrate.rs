@@ -516,6 +516,8 @@ fn calib_main(
         seed: cc.seed,
         samples: 0,
         arbiter: None,
+        train: false,
+        recompute: false,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

@@ -45,4 +45,9 @@ pub struct ReplayConfig {
     pub samples: usize,
     /// The cost-aware gate's judge, for `llep-auto` settings.
     pub arbiter: Option<std::sync::Arc<dyn crate::plan::Arbiter>>,
+    /// Training step: each run is the forward, then its backward.
+    pub train: bool,
+    /// Training step: gate_up output and activation recomputed in backward
+    /// instead of kept from the forward.
+    pub recompute: bool,
 }

@@ -10,15 +10,19 @@
 //! - `config`: what a replay is asked to do (the layer, its cases);
 //! - `worker`: one rank's GPU, communicators, planner and buffers;
 //! - `phases`: one run of the layer, phase by phase;
+//! - `backward`: the training step's backward of that run;
 //! - `dense`: the dense fp32 check of sampled tokens;
+//! - `dense_bwd`: its backward counterpart (token and weight gradients);
 //! - `timing`: warm-ups, timed runs, and the result rows;
 //! - [`replay`]: validation and the entry that starts the ranks;
 //! - [`calibrate`]: the hardware measurements behind a profile;
 //! - [`rendezvous`]: multi-process start under torchrun / srun / mpirun.
 
+mod backward;
 pub mod calibrate;
 mod config;
 mod dense;
+mod dense_bwd;
 pub mod inputs;
 pub mod layout;
 mod phases;

@@ -16,10 +16,10 @@ use cudarc::nccl::sys::ncclDataType_t;
 
 /// A run of rows of one group computed by one GEMM pair.
 #[derive(Debug, Clone, Copy)]
-struct Unit {
-    group: u32,
-    row: u64,
-    rows: u64,
+pub(super) struct Unit {
+    pub(super) group: u32,
+    pub(super) row: u64,
+    pub(super) rows: u64,
     foreign: bool,
 }
 
@@ -50,6 +50,10 @@ struct LayoutBufs {
     segs_in: u64,
     segs_out: u64,
     seg_start: u64,
+    /// Training runs: down outputs land here, not over their inputs (0
+    /// otherwise), and received rows of the backward are placed by segs_yin.
+    yout: u64,
+    segs_yin: u64,
 }
 
 /// The remote copies the segment tables move: table entries and rows.
@@ -80,7 +84,12 @@ impl Worker<'_> {
         self.dispatch(&lay, &cb, &lb, &remote, copies)?;
         self.expert_compute(&lay, &lb, cb.native)?;
         self.combine(&lay, &cb, &lb, &remote, t)?;
-        Ok(RunOut::Done(self.run_times(has_x)?))
+        let has_g = if self.cfg.train {
+            self.backward(&lay, copies, t, remote.nseg, remote.rows)?
+        } else {
+            false
+        };
+        Ok(RunOut::Done(self.run_times(has_x, has_g)?))
     }
 
     fn case_bufs(&mut self) -> Result<CaseBufs, GpuError> {
@@ -111,6 +120,16 @@ impl Worker<'_> {
             segs_in: self.ptr(BufKind::SegsIn)?,
             segs_out: self.ptr(BufKind::SegsOut)?,
             seg_start: self.ptr(BufKind::SegStart)?,
+            yout: if self.cfg.train {
+                self.ptr(BufKind::Yout)?
+            } else {
+                0
+            },
+            segs_yin: if self.cfg.train {
+                self.ptr(BufKind::SegsYIn)?
+            } else {
+                0
+            },
         })
     }
 
@@ -200,6 +219,8 @@ impl Worker<'_> {
         let (packsegs, segs_in, segs_out, seg_start) =
             (lb.packsegs, lb.segs_in, lb.segs_out, lb.seg_start);
 
+        // a training run keeps the input rows: results go to Yout
+        let ybase = if self.cfg.train { lb.yout } else { comp };
         let pieces = lay.pack_pieces(r);
         let mut starts = vec![0i32; n + 1];
         let mut segs = Vec::with_capacity(pieces.len());
@@ -210,11 +231,16 @@ impl Worker<'_> {
             } else {
                 send + pc.send_row * rb
             };
+            let ret = if pc.dst as usize == r {
+                ybase + pc.comp_row * rb
+            } else {
+                at
+            };
             segs.push(PackSeg {
                 lo: pc.lo as i64,
                 hi: pc.hi as i64,
                 dst: at,
-                ret: at,
+                ret,
                 bias: bias_table + (pc.expert as u64) * rb,
             });
         }
@@ -223,6 +249,7 @@ impl Worker<'_> {
         }
         let mut sin = Vec::new();
         let mut sout = Vec::new();
+        let mut syin = Vec::new();
         let mut v = 0i64;
         for pc in lay.remote_in(r) {
             let (a, b) = (recv + pc.recv_row * rb, comp + pc.comp_row * rb);
@@ -233,11 +260,18 @@ impl Worker<'_> {
                 src: a,
                 dst: b,
             });
+            let y = ybase + pc.comp_row * rb;
             sout.push(CopySeg {
                 vstart: v,
                 len,
-                src: b,
+                src: y,
                 dst: a,
+            });
+            syin.push(CopySeg {
+                vstart: v,
+                len,
+                src: a,
+                dst: y,
             });
             v += len;
         }
@@ -248,6 +282,9 @@ impl Worker<'_> {
             self.dev.upload(seg_start, &starts)?;
             self.dev.upload(segs_in, &sin)?;
             self.dev.upload(segs_out, &sout)?;
+            if self.cfg.train {
+                self.dev.upload(lb.segs_yin, &syin)?;
+            }
         }
         self.ev[E_PLANNED].record(main)?;
         Ok(Remote {
@@ -360,6 +397,7 @@ impl Worker<'_> {
             lb.comp,
             lb.h,
             lb.act,
+            lb.yout,
             native,
             lb.foreign,
             &mut waited,
@@ -423,7 +461,7 @@ impl Worker<'_> {
 
     /// Token exchange of one layer on stream `s`: dispatch (send buffer out,
     /// receive buffer in) or its mirror for the combine.
-    fn exchange(
+    pub(super) fn exchange(
         &self,
         rl: &layout::RankLayout,
         send: u64,
@@ -477,7 +515,7 @@ impl Worker<'_> {
     /// GEMM units of GPU `r`: each group's rows cut to at most `CHUNK` rows
     /// (bounding the activation buffers whatever the skew); native weights
     /// before foreign ones, so compute starts before the transfers finish.
-    fn units(&self, lay: &Layout, r: usize) -> Vec<Unit> {
+    pub(super) fn units(&self, lay: &Layout, r: usize) -> Vec<Unit> {
         let rl = &lay.ranks[r];
         let mut ps: Vec<&layout::Piece> = lay
             .pieces
@@ -519,7 +557,9 @@ impl Worker<'_> {
     }
 
     /// Run GEMM units on the main stream: gate_up GEMM, activation, down
-    /// GEMM (written in place over the unit's input rows).
+    /// GEMM (written in place over the unit's input rows; in a training run
+    /// to `yout`, with gate_up outputs and activations kept per row unless
+    /// recomputed).
     #[allow(clippy::too_many_arguments)]
     fn compute(
         &self,
@@ -528,10 +568,12 @@ impl Worker<'_> {
         comp: u64,
         h: u64,
         act: u64,
+        yout: u64,
         native: u64,
         foreign: u64,
         waited: &mut bool,
     ) -> Result<(), GpuError> {
+        let saves = self.saves_act();
         let main = self.dev.main;
         let rb = self.rb();
         let (d, inter) = (self.cfg.hidden, self.cfg.inter);
@@ -555,6 +597,14 @@ impl Worker<'_> {
                 }
             };
             let xg = comp + u.row * rb;
+            let (h, act, out) = if !self.cfg.train {
+                (h, act, xg)
+            } else if saves {
+                let i = inter as u64;
+                (h + u.row * 4 * i, act + u.row * 2 * i, yout + u.row * rb)
+            } else {
+                (h, act, yout + u.row * rb)
+            };
             let rows = u.rows as usize;
             let rows_i = u.rows as i64;
             let bgu = w + 2 * b.bgu as u64;
@@ -573,7 +623,7 @@ impl Worker<'_> {
                     params!(h, bgu, act, rows_i, inter_i, kind),
                 )?;
                 self.dev
-                    .gemm_bf16(rows, d, inter, act, w + 2 * b.wd as u64, xg)?;
+                    .gemm_bf16(rows, d, inter, act, w + 2 * b.wd as u64, out)?;
             }
         }
         Ok(())

@@ -110,6 +110,9 @@ fn worker_main(
             }
             if let Some(r) = w.measure(case, policy, gate)? {
                 rows.push(r);
+                if !w.bwd.note.is_empty() {
+                    progress.status(&w.bwd.note);
+                }
             }
         }
     }

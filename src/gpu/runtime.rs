@@ -98,6 +98,26 @@ pub struct Kernels {
     pub ref_act: drv_sys::CUfunction,
     pub ref_down: drv_sys::CUfunction,
     pub gather_out: drv_sys::CUfunction,
+    pub bwd_scatter: drv_sys::CUfunction,
+    pub sum_copies: drv_sys::CUfunction,
+    pub act_bwd_rows: drv_sys::CUfunction,
+    pub fill_bf16: drv_sys::CUfunction,
+    pub add_bf16: drv_sys::CUfunction,
+    pub to_f32: drv_sys::CUfunction,
+    pub gather_rows_f32: drv_sys::CUfunction,
+    pub ref_bias_act: drv_sys::CUfunction,
+    pub ref_router: drv_sys::CUfunction,
+    pub ref_act_bwd: drv_sys::CUfunction,
+    pub colsum_f32: drv_sys::CUfunction,
+    pub scatter_add_f32: drv_sys::CUfunction,
+    pub err_sums: drv_sys::CUfunction,
+}
+
+/// Element type of a [`Dev::gemm`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dt {
+    Bf16,
+    F32,
 }
 
 /// A device allocation owned by the [`Arena`].
@@ -156,6 +176,35 @@ pub enum BufKind {
     RefTok,
     RefRow,
     RefW,
+    /// Training step: upstream gradient, input gradient (t x D) and
+    /// router-weight gradients of this rank's tokens.
+    DY,
+    DX,
+    DW,
+    /// Training step: expert outputs (then dY, then dX) of the computed rows,
+    /// apart from their inputs, which backward keeps.
+    Yout,
+    /// Training step: received rows into `Yout`.
+    SegsYIn,
+    /// Training step: activation gradient of one GEMM unit.
+    DA,
+    /// Training step: a row of ones (bias gradients as GEMMs).
+    Ones,
+    /// Training step: weight gradients of native experts, of received
+    /// (foreign) experts, and foreign gradients returned to this owner.
+    NGrad,
+    FGrad,
+    GRecv,
+    /// Backward dense check scratch.
+    RefX32,
+    RefY32,
+    RefG32,
+    RefDA32,
+    RefW32,
+    RefGrad32,
+    RefDX32,
+    RefDw,
+    RefErr,
     /// Calibration scratch.
     CalX,
     CalW,
@@ -200,6 +249,25 @@ impl BufKind {
             BufKind::RefTok => "ref_tok",
             BufKind::RefRow => "ref_row",
             BufKind::RefW => "ref_w",
+            BufKind::DY => "dy",
+            BufKind::DX => "dx",
+            BufKind::DW => "dw",
+            BufKind::Yout => "yout",
+            BufKind::SegsYIn => "segs_yin",
+            BufKind::DA => "da",
+            BufKind::Ones => "ones",
+            BufKind::NGrad => "ngrad",
+            BufKind::FGrad => "fgrad",
+            BufKind::GRecv => "grecv",
+            BufKind::RefX32 => "ref_x32",
+            BufKind::RefY32 => "ref_y32",
+            BufKind::RefG32 => "ref_g32",
+            BufKind::RefDA32 => "ref_da32",
+            BufKind::RefW32 => "ref_w32",
+            BufKind::RefGrad32 => "ref_grad32",
+            BufKind::RefDX32 => "ref_dx32",
+            BufKind::RefDw => "ref_dw",
+            BufKind::RefErr => "ref_err",
             BufKind::CalX => "cal_x",
             BufKind::CalW => "cal_w",
             BufKind::CalH => "cal_h",
@@ -414,6 +482,29 @@ impl Comm {
         .map_err(nccl_err("ncclAllGather"))
     }
 
+    /// In-place sum over ranks of `count` fp32 values.
+    ///
+    /// # Safety
+    /// `buf` holds `count` floats on this communicator's device.
+    pub unsafe fn all_reduce_f32(
+        &self,
+        buf: u64,
+        count: usize,
+        s: drv_sys::CUstream,
+    ) -> Result<(), GpuError> {
+        nccl::all_reduce(
+            buf as *const c_void,
+            buf as *mut c_void,
+            count,
+            nccl_sys::ncclDataType_t::ncclFloat32,
+            nccl_sys::ncclRedOp_t::ncclSum,
+            self.comm,
+            s as _,
+        )
+        .map(|_| ())
+        .map_err(nccl_err("ncclAllReduce"))
+    }
+
     pub fn group_start() -> Result<(), GpuError> {
         nccl::group_start()
             .map(|_| ())
@@ -475,6 +566,19 @@ impl Dev {
             ref_act: f("ref_act")?,
             ref_down: f("ref_down")?,
             gather_out: f("gather_out")?,
+            bwd_scatter: f("bwd_scatter")?,
+            sum_copies: f("sum_copies")?,
+            act_bwd_rows: f("act_bwd_rows")?,
+            fill_bf16: f("fill_bf16")?,
+            add_bf16: f("add_bf16")?,
+            to_f32: f("to_f32")?,
+            gather_rows_f32: f("gather_rows_f32")?,
+            ref_bias_act: f("ref_bias_act")?,
+            ref_router: f("ref_router")?,
+            ref_act_bwd: f("ref_act_bwd")?,
+            colsum_f32: f("colsum_f32")?,
+            scatter_add_f32: f("scatter_add_f32")?,
+            err_sums: f("err_sums")?,
         };
         let mk = || {
             drv::stream::create(drv::stream::StreamKind::NonBlocking)
@@ -560,6 +664,64 @@ impl Dev {
             &beta as *const f32 as *const c_void,
             c as *mut c_void,
             bf,
+            n as i32,
+            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+        .map_err(blas_err("cublasGemmEx"))
+    }
+
+    /// Row-major GEMM with transposes, C[m,n] = beta C + op(A) op(B), fp32
+    /// accumulation, every matrix of element type `dt`. Each operand is
+    /// given as (pointer, columns as stored, transposed).
+    ///
+    /// # Safety
+    /// The pointers must hold the stated matrices.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (u64, usize, bool),
+        b: (u64, usize, bool),
+        c: u64,
+        beta: f32,
+        dt: Dt,
+    ) -> Result<(), GpuError> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let alpha = 1.0f32;
+        let ty = match dt {
+            Dt::Bf16 => blas_sys::cudaDataType_t::CUDA_R_16BF,
+            Dt::F32 => blas_sys::cudaDataType_t::CUDA_R_32F,
+        };
+        let op = |t: bool| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        // column-major view: C^T = op(B)^T op(A)^T
+        blas::gemm_ex(
+            self.blas,
+            op(b.2),
+            op(a.2),
+            n as i32,
+            m as i32,
+            k as i32,
+            &alpha as *const f32 as *const c_void,
+            b.0 as *const c_void,
+            ty,
+            b.1 as i32,
+            a.0 as *const c_void,
+            ty,
+            a.1 as i32,
+            &beta as *const f32 as *const c_void,
+            c as *mut c_void,
+            ty,
             n as i32,
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -657,6 +819,19 @@ mod tests {
             "ref_act",
             "ref_down",
             "gather_out",
+            "bwd_scatter",
+            "sum_copies",
+            "act_bwd_rows",
+            "fill_bf16",
+            "add_bf16",
+            "to_f32",
+            "gather_rows_f32",
+            "ref_bias_act",
+            "ref_router",
+            "ref_act_bwd",
+            "colsum_f32",
+            "scatter_add_f32",
+            "err_sums",
         ] {
             assert!(
                 KERNEL_SRC.contains(&format!("extern \"C\" __global__ void {k}(")),

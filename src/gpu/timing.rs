@@ -6,7 +6,7 @@
 use super::config::Case;
 use super::runtime::BufKind;
 use super::worker::{
-    RunOut, Times, Worker, E_BE, E_BS, E_DISPATCHED, E_END, E_PLANNED, E_START, PERSISTENT,
+    RunOut, Times, Worker, E_BE, E_BS, E_DISPATCHED, E_END, E_PLANNED, E_START, NT, PERSISTENT,
 };
 use super::{Gate, GpuError};
 use crate::plan::{Plan, Policy};
@@ -14,7 +14,7 @@ use crate::results::{ResultRow, Source};
 
 impl Worker<'_> {
     /// Phase times of the run just queued, once it finished.
-    pub(super) fn run_times(&mut self, has_x: bool) -> Result<Times, GpuError> {
+    pub(super) fn run_times(&mut self, has_x: bool, has_g: bool) -> Result<Times, GpuError> {
         self.ev[E_END].sync()?;
         let mut xfer_ms = 0.0;
         if has_x {
@@ -24,14 +24,20 @@ impl Worker<'_> {
         self.driver_peak = self.driver_peak.max(self.dev.driver_used());
         let e = &self.ev;
         let compute = e[E_BE].ms_since(&e[E_BS])?;
-        Ok([
+        let mut out = [0.0; NT];
+        out[..6].copy_from_slice(&[
             e[E_PLANNED].ms_since(&e[E_START])?,
             e[E_DISPATCHED].ms_since(&e[E_PLANNED])?,
             xfer_ms,
             compute,
             e[E_END].ms_since(&e[E_BE])?,
             e[E_END].ms_since(&e[E_START])?,
-        ])
+        ]);
+        if self.cfg.train {
+            out[6..].copy_from_slice(&self.bwd_times(has_g)?);
+            self.driver_peak = self.driver_peak.max(self.dev.driver_used());
+        }
+        Ok(out)
     }
 
     /// Run one case under one setting; rank 0 gets the row.
@@ -61,6 +67,9 @@ impl Worker<'_> {
         ] {
             self.dev.arena.get(kind, bytes)?;
         }
+        if self.cfg.train {
+            self.bwd_case_setup(copies, t)?;
+        }
         let (ids, w) = (self.ptr(BufKind::Ids)?, self.ptr(BufKind::W)?);
         // SAFETY: sized above.
         unsafe {
@@ -83,19 +92,38 @@ impl Worker<'_> {
                 }
             }
         }
+        // the training step's peak is the run's, not the check's scratch
+        let peak = self.dev.arena.peak;
         let (num, den) = if oom { (0.0, 0.0) } else { self.check(case)? };
+        let bc = if oom || !self.cfg.train {
+            Default::default()
+        } else {
+            self.check_bwd(case)?
+        };
         self.dev.sync()?;
         let runs = self.cfg.runs;
-        let mut mine: Vec<f64> = Vec::with_capacity(runs * 6 + 5);
+        let mut mine: Vec<f64> = Vec::with_capacity(runs * NT + EXTRA);
         for i in 0..runs {
-            mine.extend_from_slice(times.get(i).unwrap_or(&[f64::NAN; 6]));
+            mine.extend_from_slice(times.get(i).unwrap_or(&[f64::NAN; NT]));
         }
         mine.extend([
-            self.dev.arena.peak as f64,
+            if self.cfg.train {
+                peak
+            } else {
+                self.dev.arena.peak
+            } as f64,
             self.driver_peak as f64,
             num,
             den,
             if oom { 1.0 } else { 0.0 },
+            bc.dx.0,
+            bc.dx.1,
+            bc.dw.0,
+            bc.dw.1,
+            bc.dweights,
+            self.bwd.saved as f64,
+            bc.experts as f64,
+            bc.spilled as f64,
         ]);
         let all = self.gather_f64(&mine)?;
         let plan = self.plan.clone();
@@ -103,7 +131,11 @@ impl Worker<'_> {
         if self.rank != 0 {
             return Ok(None);
         }
-        Ok(Some(self.row(case, policy, gate, &plan, &all, runs)))
+        let mut r = self.row(case, policy, gate, &plan, &all, runs);
+        if self.cfg.train {
+            self.train_row(&mut r, &all, runs);
+        }
+        Ok(Some(r))
     }
 
     fn row(
@@ -116,9 +148,9 @@ impl Worker<'_> {
         runs: usize,
     ) -> ResultRow {
         let p = self.world;
-        let stride = runs * 6 + 5;
+        let stride = runs * NT + EXTRA;
         let per = |q: usize| &all[q * stride..(q + 1) * stride];
-        let oom = (0..p).any(|q| per(q)[runs * 6 + 4] != 0.0);
+        let oom = (0..p).any(|q| per(q)[runs * NT + 4] != 0.0);
         // per run, the phases of the GPU that finished last (they lie on
         // the layer's critical path; the weight transfer, overlapped, is the
         // max over GPUs); then the median over runs
@@ -126,24 +158,24 @@ impl Worker<'_> {
         for i in 0..runs {
             // the GPU whose compute ends last (all GPUs end the layer
             // together, waiting on each other in the combine)
-            let busy = |q: usize| per(q)[i * 6] + per(q)[i * 6 + 1] + per(q)[i * 6 + 3];
+            let busy = |q: usize| per(q)[i * NT] + per(q)[i * NT + 1] + per(q)[i * NT + 3];
             let crit = (0..p)
                 .max_by(|&a, &b| busy(a).total_cmp(&busy(b)))
                 .unwrap_or(0);
             for (j, ph) in phase.iter_mut().enumerate() {
                 ph.push(match j {
-                    2 => (0..p).map(|q| per(q)[i * 6 + 2]).fold(0.0, f64::max),
+                    2 => (0..p).map(|q| per(q)[i * NT + 2]).fold(0.0, f64::max),
                     // the layer ends when the last GPU ends
-                    5 => (0..p).map(|q| per(q)[i * 6 + 5]).fold(0.0, f64::max),
+                    5 => (0..p).map(|q| per(q)[i * NT + 5]).fold(0.0, f64::max),
                     // what remains after its compute, waiting included
-                    4 => (0..p).map(|q| per(q)[i * 6 + 5]).fold(0.0, f64::max) - busy(crit),
-                    _ => per(crit)[i * 6 + j],
+                    4 => (0..p).map(|q| per(q)[i * NT + 5]).fold(0.0, f64::max) - busy(crit),
+                    _ => per(crit)[i * NT + j],
                 });
             }
         }
         let med: Vec<f64> = phase.iter().map(|v| quantile(v, 0.5)).collect();
         let (num, den): (f64, f64) = (0..p)
-            .map(|q| (per(q)[runs * 6 + 2], per(q)[runs * 6 + 3]))
+            .map(|q| (per(q)[runs * NT + 2], per(q)[runs * NT + 3]))
             .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         let mut r = case.base.clone();
         r.policy = policy;
@@ -165,8 +197,8 @@ impl Worker<'_> {
         r.transfer_bytes = plan.transfers.len() as u64 * crate::trace::meta::expert_bytes(d, i, 2);
         r.runs = runs as u32;
         r.oom = oom;
-        r.peak_mem_per_gpu = (0..p).map(|q| per(q)[runs * 6] as u64).collect();
-        r.driver_mem_per_gpu = (0..p).map(|q| per(q)[runs * 6 + 1] as u64).collect();
+        r.peak_mem_per_gpu = (0..p).map(|q| per(q)[runs * NT] as u64).collect();
+        r.driver_mem_per_gpu = (0..p).map(|q| per(q)[runs * NT + 1] as u64).collect();
         r.peak_mem_max_bytes = r.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
         if oom {
             let nan = f64::NAN;
@@ -187,6 +219,11 @@ impl Worker<'_> {
         r
     }
 }
+
+/// Numbers per rank after the runs' times: arena peak, driver peak, the
+/// forward check's sums, OOM, then the training step's: dX and router-grad
+/// check sums, weight-grad max error, saved bytes, experts checked, spilled.
+pub(super) const EXTRA: usize = 13;
 
 /// Linear-interpolated quantile (NaN-free input expected).
 pub fn quantile(v: &[f64], q: f64) -> f64 {

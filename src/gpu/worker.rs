@@ -93,8 +93,11 @@ pub(super) const N_EV: usize = 9;
 /// The cost model sizes that scratch by it (`Profile::act_chunk_tokens`).
 pub const CHUNK: u64 = 16_384;
 
-/// Per-run phase times, ms: overhead, dispatch, transfer, compute, combine, total.
-pub(super) type Times = [f64; 6];
+/// Per-run phase times, ms: overhead, dispatch, transfer, compute, combine,
+/// total of the forward; then, in a training run, the backward's
+/// (`backward::BwdTimes`), zeros otherwise.
+pub(super) const NT: usize = 13;
+pub(super) type Times = [f64; NT];
 
 pub(super) enum RunOut {
     Done(Times),
@@ -117,6 +120,8 @@ pub(super) struct Worker<'a> {
     /// rank agrees on when buffers grow (and an OOM check is needed).
     pub(super) seen: Vec<Vec<usize>>,
     pub(super) driver_peak: usize,
+    /// Events of a training run's backward.
+    pub(super) bwd: super::backward::BwdEvents,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -147,9 +152,11 @@ impl<'a> Worker<'a> {
             planner: Planner::new(),
             plan: Plan::default(),
             ev: (0..N_EV).map(|_| Event::new()).collect::<Result<_, _>>()?,
-            xev: (0..2).map(|_| Event::new()).collect::<Result<_, _>>()?,
+            // weight transfer, then (training) weight-gradient return
+            xev: (0..4).map(|_| Event::new()).collect::<Result<_, _>>()?,
             seen: Vec::new(),
             driver_peak: 0,
+            bwd: Default::default(),
         })
     }
 
@@ -250,15 +257,13 @@ impl<'a> Worker<'a> {
         let i = self.cfg.inter;
         let npack = lay.pieces.iter().filter(|p| p.src as usize == q).count();
         let nin = lay.remote_in(q).count();
-        vec![
+        let held = self.act_rows_held(rl);
+        let mut v = vec![
             (BufKind::Send, rl.send_total as usize * rb),
             (BufKind::Recv, rl.recv_total as usize * rb),
             (BufKind::Comp, rl.compute_rows as usize * rb),
-            (
-                BufKind::H,
-                rl.max_group_rows.min(CHUNK) as usize * 2 * i * 2,
-            ),
-            (BufKind::Act, rl.max_group_rows.min(CHUNK) as usize * i * 2),
+            (BufKind::H, held * 2 * i * 2),
+            (BufKind::Act, held * i * 2),
             (
                 BufKind::Foreign,
                 rl.recv_transfers.len() * self.blob.len * 2,
@@ -267,7 +272,9 @@ impl<'a> Worker<'a> {
             (BufKind::SegsIn, nin * std::mem::size_of::<CopySeg>()),
             (BufKind::SegsOut, nin * std::mem::size_of::<CopySeg>()),
             (BufKind::SegStart, (self.cfg.experts + 1) * 4),
-        ]
+        ];
+        v.extend(self.bwd_needs(lay, q));
+        v
     }
 
     /// Grow buffers for `lay` on every rank in step; false if any rank ran
