@@ -66,6 +66,11 @@ pub struct CalibrateArgs {
     /// GPU (a few minutes at most), written into --base.
     #[arg(long)]
     pub gemm_only: bool,
+    /// Also time the backward GEMMs (dgrad dX = dH.W^T and wgrad
+    /// dW = X^T.dH of gate_up and down) over the grid's shapes and rows,
+    /// for `simulate --pass train`.
+    #[arg(long)]
+    pub bwd: bool,
     /// Profile the --gemm-only measurements go into (built-in name or
     /// JSON path; default: the built-in profile of this card).
     #[arg(long, value_name = "PROFILE")]
@@ -245,6 +250,9 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if grid_rows.first() == Some(&0) || grid_rows.last().is_some_and(|&m| m > 16_384) {
         bail!("--grid-rows: give rows from 1 to 16384");
     }
+    if a.bwd && grid_shapes.is_empty() {
+        bail!("--bwd: the grid has no shapes (give --grid-shapes or --shape)");
+    }
     if a.gemm_only && grid_shapes.is_empty() {
         bail!("--gemm-only: the grid has no shapes (give --grid-shapes or --shape)");
     }
@@ -268,6 +276,7 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         },
         grid_shapes,
         gemm_only: a.gemm_only,
+        bwd: a.bwd,
     };
     let c = calibrate(&cc, p)?;
     for s in &c.skipped {

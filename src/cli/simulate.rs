@@ -183,6 +183,11 @@ pub struct SimulateArgs {
     /// give a list or range to --ratio for a curve.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write the per-rank token routing of the inputs to this new folder
+    /// (.npy files and routing.json) and simulate nothing
+    /// (`scripts/train_reference.py` runs the reference on it).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub export_routing: Option<PathBuf>,
 }
 
 /// Planner settings to sweep.
@@ -532,6 +537,9 @@ fn eplb_setting(policies: &[Policy], a: &EplbArgs) -> anyhow::Result<Option<Eplb
 
 pub fn run(mut a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     a.input.settle()?;
+    if let Some(dir) = &a.export_routing {
+        return super::routing_export::run(&a.input, dir, p);
+    }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let sweep = Sweep {
         policies,
