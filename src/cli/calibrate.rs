@@ -9,6 +9,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::gpu::calibrate::{calibrate, CalibConfig, Calibration, GRID_ROWS};
+use llep_trace::sim::bwd::bwd_table_ms;
 use llep_trace::sim::profile::{
     apply_measured, drop_covered_curves, finish_merge, fit_profile, merge_profiles,
 };
@@ -164,6 +165,7 @@ fn model_summary(prof: &Profile) -> String {
             at(16384.0)
         ));
     }
+    s.push_str(&bwd_summary(prof));
     for (name, m) in [
         ("token exchange", prof.msg_tokens),
         ("weight transfer", prof.msg_weights),
@@ -190,6 +192,35 @@ fn model_summary(prof: &Profile) -> String {
             gib(m.nccl_per_peer_bytes),
             gib(m.nccl_xfer_per_peer_bytes),
             m.grain_bytes >> 10
+        ));
+    }
+    s
+}
+
+/// The backward GEMM tables, one line each: time and throughput at a few
+/// M, and the factors that price shapes without tables.
+fn bwd_summary(prof: &Profile) -> String {
+    let mut s = String::new();
+    for t in &prof.bwd_tables {
+        let (d, i) = (t.hidden_size as u64, t.intermediate_size as u64);
+        let at = |m: f64| {
+            let ms = bwd_table_ms(prof, t.gemm, m, d, i).unwrap_or(0.0);
+            let tf = t.gemm.flops(m, d as f64, i as f64) / (ms.max(1e-9) * 1e-3) / 1e12;
+            format!("M={m} {ms:.4} ms ({tf:.0} TFLOP/s)")
+        };
+        s.push_str(&format!(
+            "  backward {} D={d} I={i}: {} points, {}, {}, {}\n",
+            t.gemm.as_str(),
+            t.points.len(),
+            at(256.0),
+            at(2048.0),
+            at(16384.0)
+        ));
+    }
+    if !prof.bwd_tables.is_empty() {
+        s.push_str(&format!(
+            "  backward over forward GEMM time (shapes without tables): dgrad {:.3}x, wgrad {:.3}x\n",
+            prof.bwd_dgrad_factor, prof.bwd_wgrad_factor
         ));
     }
     s

@@ -360,15 +360,13 @@ fn policy_label(s: &Summary) -> String {
 pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
     (a.pass == PassArg::Train).then(|| {
         format!(
-            "pass: train (forward + backward{}); backward GEMMs at {}x (dgrad) and {}x (wgrad) the forward's, {}\n",
-            if a.recompute { ", gate_up recomputed" } else { ", activations saved" },
-            prof.bwd_dgrad_factor,
-            prof.bwd_wgrad_factor,
-            if prof.bwd_dgrad_factor == 1.0 && prof.bwd_wgrad_factor == 1.0 {
-                "not calibrated yet"
+            "pass: train (forward + backward{}); {}\n",
+            if a.recompute {
+                ", gate_up recomputed"
             } else {
-                "as calibrated"
-            }
+                ", activations saved"
+            },
+            llep_trace::sim::bwd::describe(prof)
         )
     })
 }

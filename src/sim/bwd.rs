@@ -106,6 +106,30 @@ pub fn set(p: &mut Profile, new: &[BwdTable]) {
     }
 }
 
+/// How a profile prices the backward GEMMs, for the `--pass train` note.
+pub fn describe(p: &Profile) -> String {
+    let mut shapes: Vec<String> = p
+        .bwd_tables
+        .iter()
+        .map(|t| format!("{}:{}", t.hidden_size, t.intermediate_size))
+        .collect();
+    shapes.dedup();
+    let factors = format!(
+        "{}x (dgrad) and {}x (wgrad) the forward's",
+        p.bwd_dgrad_factor, p.bwd_wgrad_factor
+    );
+    if !shapes.is_empty() {
+        format!(
+            "backward GEMMs from measured tables for D:I {} (dgrad and wgrad apart), other shapes at {factors}",
+            shapes.join(", ")
+        )
+    } else if p.bwd_dgrad_factor == 1.0 && p.bwd_wgrad_factor == 1.0 {
+        format!("backward GEMMs at {factors}, not calibrated yet")
+    } else {
+        format!("backward GEMMs at {factors}, as calibrated")
+    }
+}
+
 /// Time of one backward GEMM of `m` rows for expert shape (d, i), ms, from
 /// the tables (held at the first point below it: latency bound there);
 /// `None` without a table of that shape and GEMM.
