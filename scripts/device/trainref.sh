@@ -28,7 +28,8 @@ else
   GRID="--grid-shapes 2880:2880,2048:1024,4096:14336,2048:768,7168:2048"; GT=${GT:-40}
 fi
 echo "== backward GEMM grid (1 GPU) $(left)s left =="
-time timeout $GT $B calibrate --gemm-only --bwd $GRID --reps 5 --out $OUT/bwd-grid.json 2>&1 | tail -12
+if [ "$MODE" = cp1 ]; then CAL="--gemm-only --bwd"; else CAL=--bwd-only; fi
+time timeout $GT $B calibrate $CAL $GRID --reps 5 --out $OUT/bwd-grid.json 2>&1 | tail -12
 echo "== routing export =="
 rm -rf /tmp/rt-small /tmp/rt-full
 timeout 20 $B simulate --synthetic $SC --gpus 2 --tokens-per-rank 2048 --export-routing /tmp/rt-small 2>&1 | tail -2

@@ -72,6 +72,10 @@ pub struct CalibrateArgs {
     /// for `simulate --pass train`.
     #[arg(long)]
     pub bwd: bool,
+    /// Only the backward GEMM grid, on one GPU, into --base (nothing else
+    /// of the base changes); with --merge, take only the backward tables.
+    #[arg(long)]
+    pub bwd_only: bool,
     /// Profile the --gemm-only measurements go into (built-in name or
     /// JSON path; default: the built-in profile of this card).
     #[arg(long, value_name = "PROFILE")]
@@ -130,7 +134,10 @@ fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCo
         .expect("clap requires --into with --merge");
     let base = Profile::load(into).with_context(|| format!("--into {into}"))?;
     let mut newp = Profile::load(new).with_context(|| format!("--merge {new}"))?;
-    if a.tables_only {
+    if a.bwd_only {
+        newp.gemm_tables.clear();
+    }
+    if a.tables_only || a.bwd_only {
         newp.msg_tokens = None;
         newp.msg_weights = None;
         newp.launches = None;
@@ -281,8 +288,8 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if grid_rows.first() == Some(&0) || grid_rows.last().is_some_and(|&m| m > 16_384) {
         bail!("--grid-rows: give rows from 1 to 16384");
     }
-    if a.bwd && grid_shapes.is_empty() {
-        bail!("--bwd: the grid has no shapes (give --grid-shapes or --shape)");
+    if (a.bwd || a.bwd_only) && grid_shapes.is_empty() {
+        bail!("--bwd, --bwd-only: the grid has no shapes (give --grid-shapes or --shape)");
     }
     if a.gemm_only && grid_shapes.is_empty() {
         bail!("--gemm-only: the grid has no shapes (give --grid-shapes or --shape)");
@@ -293,7 +300,8 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let mut tokens = a.tokens.clone();
     tokens.sort_unstable();
     tokens.dedup();
-    let gpus = if a.gemm_only { 1 } else { a.gpus };
+    let one_gpu = a.gemm_only || a.bwd_only;
+    let gpus = if one_gpu { 1 } else { a.gpus };
     let cc = CalibConfig {
         gpus,
         shapes,
@@ -308,6 +316,7 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         grid_shapes,
         gemm_only: a.gemm_only,
         bwd: a.bwd,
+        bwd_only: a.bwd_only,
     };
     let c = calibrate(&cc, p)?;
     for s in &c.skipped {
@@ -323,18 +332,23 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "measured".into()
         }
     });
-    let prof = if a.gemm_only {
+    let prof = if one_gpu {
         gemm_only_profile(&a, &c, &name)?
     } else {
         full_profile(&c, &name, p)?
     };
     write_profile(&prof, &a.out, p)?;
-    let mut s = if a.gemm_only {
+    let mut s = if one_gpu {
         format!(
-            "{} ({}), {}: GEMM grid, launches and memory components into '{}'\n",
+            "{} ({}), {}: {} into '{}'\n",
             c.card,
             c.driver,
             prof.date,
+            if a.bwd_only {
+                "backward GEMM grid"
+            } else {
+                "GEMM grid, launches and memory components"
+            },
             a.base.as_deref().unwrap_or(&name)
         )
     } else {

@@ -37,6 +37,8 @@ pub struct CalibConfig {
     /// Also time the backward GEMMs (dgrad, wgrad) on the grid's shapes
     /// and rows.
     pub bwd: bool,
+    /// Only the backward GEMMs, on one GPU: nothing else is measured.
+    pub bwd_only: bool,
 }
 
 /// Decode-to-prefill rows of one expert GEMM: every power of two and the
@@ -217,46 +219,26 @@ impl BwdBufs {
     /// # Safety
     /// `m <= mmax`, `e` below the experts the buffers were sized for.
     unsafe fn issue(&self, dev: &Dev, which: usize, e: usize, m: usize) -> Result<(), GpuError> {
-        let (d, i) = (self.d, self.i);
-        let blob = (e * self.bl.len * 2) as u64;
-        let (wgu, wd) = (
-            self.w + blob + 2 * self.bl.wgu as u64,
-            self.w + blob + 2 * self.bl.wd as u64,
-        );
-        let (dwgu, dwd) = (
-            self.dw + blob + 2 * self.bl.wgu as u64,
-            self.dw + blob + 2 * self.bl.wd as u64,
+        let (d, i, out, bl) = (self.d, self.i, self.out, self.bl);
+        let at = |base: u64, off: usize| base + ((e * bl.len + off) * 2) as u64;
+        let (wgu, wd, dwgu, dwd) = (
+            at(self.w, bl.wgu),
+            at(self.w, bl.wd),
+            at(self.dw, bl.wgu),
+            at(self.dw, bl.wd),
         );
         let x = self.x + (e * self.mmax * d * 2) as u64;
         let dh = self.dh + (e * self.mmax * 2 * i * 2) as u64;
         // row-major R = P . Q is column-major R^T = Q^T . P^T
-        match which {
-            0 => gemm_t(
-                dev,
-                (true, false),
-                (d, m, 2 * i),
-                (wgu, 2 * i),
-                (dh, 2 * i),
-                (self.out, d),
-            ),
-            1 => gemm_t(
-                dev,
-                (false, true),
-                (2 * i, d, m),
-                (dh, 2 * i),
-                (x, d),
-                (dwgu, 2 * i),
-            ),
-            2 => gemm_t(
-                dev,
-                (true, false),
-                (i, m, d),
-                (wd, d),
-                (x, d),
-                (self.out, i),
-            ),
-            _ => gemm_t(dev, (false, true), (d, i, m), (x, d), (dh, i), (dwd, d)),
-        }
+        // (transposes, (M, N, K), (A, lda), (B, ldb), (C, ldc)), one GEMM a line
+        #[rustfmt::skip]
+        let (t, mnk, a, b, c) = match which {
+            0 => ((true, false), (d, m, 2 * i), (wgu, 2 * i), (dh, 2 * i), (out, d)),
+            1 => ((false, true), (2 * i, d, m), (dh, 2 * i), (x, d), (dwgu, 2 * i)),
+            2 => ((true, false), (i, m, d), (wd, d), (x, d), (out, i)),
+            _ => ((false, true), (d, i, m), (x, d), (dh, i), (dwd, d)),
+        };
+        gemm_t(dev, t, mnk, a, b, c)
     }
 }
 
@@ -734,6 +716,16 @@ fn calib_main(
         total_mem: w.dev.total_mem as u64,
         ..Default::default()
     };
+    if cc.bwd_only {
+        if rank == 0 {
+            bwd_grids(&mut w, &mut out, cc, progress)?;
+        }
+        out.skipped
+            .push("everything but the backward GEMM grid (--bwd-only)".into());
+        let _ = w.gather_f64(&[0.0])?;
+        w.dev.sync()?;
+        return Ok(out);
+    }
     // first, before any buffer or GEMM exists
     out.mem = w.mem_components()?;
     if cc.gemm_only {
@@ -762,18 +754,31 @@ fn calib_main(
             out.grid.push(w.time_grid(d, i, &cc.grid_rows, cc.reps)?);
             w.dev.arena.release_except(&PERSISTENT)?;
         }
-        for &(d, i) in cc.grid_shapes.iter().filter(|_| cc.bwd) {
-            progress.status(&format!(
-                "backward GEMMs (dgrad, wgrad of gate_up and down), D={d} I={i}"
-            ));
-            out.bwd_grid
-                .push(w.time_bwd_grid(d, i, &cc.grid_rows, cc.reps)?);
-            w.dev.arena.release_except(&PERSISTENT)?;
+        if cc.bwd {
+            bwd_grids(&mut w, &mut out, cc, progress)?;
         }
     }
     let _ = w.gather_f64(&[0.0])?; // keep the other ranks until rank 0 is done
     w.dev.sync()?;
     Ok(out)
+}
+
+/// The backward GEMM grid of every grid shape (rank 0).
+fn bwd_grids(
+    w: &mut Worker<'_>,
+    out: &mut Calibration,
+    cc: &CalibConfig,
+    progress: &dyn Progress,
+) -> Result<(), GpuError> {
+    for &(d, i) in &cc.grid_shapes {
+        progress.status(&format!(
+            "backward GEMMs (dgrad, wgrad of gate_up and down), D={d} I={i}"
+        ));
+        out.bwd_grid
+            .push(w.time_bwd_grid(d, i, &cc.grid_rows, cc.reps)?);
+        w.dev.arena.release_except(&PERSISTENT)?;
+    }
+    Ok(())
 }
 
 /// The layer run (planning overhead, memory baseline) and, on 2+ GPUs, the
@@ -823,11 +828,11 @@ fn layer_and_comm(
 /// Measure the hardware for the cost model on `cc.gpus` local GPUs (a
 /// thread each). Returns rank 0's calibration.
 pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibration, GpuError> {
-    let curves_ok = cc.gemm_only || (!cc.shapes.is_empty() && !cc.tokens.is_empty());
+    let curves_ok = cc.gemm_only || cc.bwd_only || (!cc.shapes.is_empty() && !cc.tokens.is_empty());
     let grid_ok = cc.grid_shapes.is_empty() == cc.grid_rows.is_empty();
     if !curves_ok
         || !grid_ok
-        || ((cc.gemm_only || cc.bwd) && cc.grid_shapes.is_empty())
+        || ((cc.gemm_only || cc.bwd || cc.bwd_only) && cc.grid_shapes.is_empty())
         || cc.grid_rows.iter().any(|&m| m == 0 || m > CHUNK)
         || cc.reps == 0
         || cc.gpus == 0
