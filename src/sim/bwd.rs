@@ -279,6 +279,8 @@ mod tests {
         new.bwd_tables = p.bwd_tables.clone();
         let m = profile::merge_profiles(&base, &new, false, "2026-11-29");
         assert_eq!(m.measured_error, base.measured_error);
+        // the base's raw records, carried by `new`, are not added twice
+        assert_eq!(m.raw_merged, base.raw_merged);
         assert_eq!(m.bwd_tables, p.bwd_tables);
         assert!(
             m.note.ends_with("Merged on 2026-11-29: bwd_tables."),

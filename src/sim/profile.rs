@@ -556,8 +556,13 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
         0
     };
     finish_merge(&mut out, &set, dropped, date);
-    out.raw_merged.extend(new.raw.clone());
-    out.raw_merged.extend(new.raw_merged.iter().cloned());
+    // a profile measured into a base carries the base's raw points too:
+    // keep each raw record once
+    for v in new.raw.iter().chain(&new.raw_merged) {
+        if out.raw.as_ref() != Some(v) && !out.raw_merged.contains(v) {
+            out.raw_merged.push(v.clone());
+        }
+    }
     out
 }
 
