@@ -181,6 +181,8 @@ def main():
                     tot.append(v[0].item())
                 del out, x, wts
 
+            # each setting's memory from a clean cache (not the previous one's)
+            torch.cuda.empty_cache()
             for _ in range(a.warmup):
                 step(False)
             torch.cuda.synchronize()

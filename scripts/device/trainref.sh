@@ -25,7 +25,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.versio
 if [ "$MODE" = cp1 ]; then
   GRID="--grid-shapes 2880:2880"; GT=30
 else
-  GRID="--grid-shapes 2880:2880,2048:1024,4096:14336,2048:768,7168:2048"; GT=${GT:-40}
+  GRID="--grid-shapes 2880:2880,2048:1024,4096:14336,2048:768,7168:2048"; GT=${GT:-35}
 fi
 echo "== backward GEMM grid (1 GPU) $(left)s left =="
 if [ "$MODE" = cp1 ]; then CAL="--gemm-only --bwd"; else CAL=--bwd-only; fi
