@@ -217,8 +217,15 @@ def main():
         torch.cuda.empty_cache()
 
     if rank == 0:
+        try:
+            import subprocess
+
+            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=10).stdout.split()[0]
+        except (OSError, IndexError, subprocess.SubprocessError):
+            driver = "unknown"
         meta = {
-            "card": torch.cuda.get_device_name(dev), "torch": torch.__version__,
+            "card": torch.cuda.get_device_name(dev), "driver": driver, "torch": torch.__version__,
             "cuda": torch.version.cuda, "nccl": ".".join(map(str, torch.cuda.nccl.version())),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": " ".join(sys.argv), "routing_tool": man.get("tool", ""),
