@@ -56,6 +56,9 @@ def parse_args():
     ap.add_argument("--scenarios", default="", help="only these scenarios of the manifest (comma list)")
     ap.add_argument("--tokens", type=int, default=0, help="use only the first T tokens of each rank (dry runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--probe-select", action="store_true",
+                    help="also time the backward of indexing each native expert out of the stacked weights "
+                         "(what the reference's per-expert loop does), alone")
     return ap.parse_args()
 
 
@@ -103,6 +106,66 @@ def load_routing(folder, rank):
     return man, entries
 
 
+def run_meta(dev, man):
+    try:
+        import subprocess
+
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=10).stdout.split()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        driver = "unknown"
+    return {
+        "card": torch.cuda.get_device_name(dev), "driver": driver, "torch": torch.__version__,
+        "cuda": torch.version.cuda, "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(sys.argv), "routing_tool": man.get("tool", ""),
+    }
+
+
+def write_out(out, rows, meta):
+    """The CSV (renamed into place), its metadata and a Parquet copy."""
+    tmp = out + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        wr.writeheader()
+        wr.writerows(rows)
+    os.replace(tmp, out)
+    with open(os.path.splitext(out)[0] + ".meta.json", "w") as f:
+        json.dump(meta, f, indent=1)
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tbl = pa.Table.from_pylist(rows).replace_schema_metadata({"reference_run": json.dumps(meta)})
+        pq.write_table(tbl, os.path.splitext(out)[0] + ".parquet")
+    except ImportError:
+        pass
+
+
+def select_probe(params, dev, reps=3):
+    """Median ms of the backward of taking every native expert's four
+    weights out of the stacked tensors one at a time (each `w[e]` is a
+    select whose gradient autograd materialises at the full stacked size,
+    then sums): the fixed part of the reference's backward, without its
+    GEMMs."""
+    v = []
+    for rep in range(reps + 1):
+        for p in params:
+            p.grad = None
+        loss = sum(p[e].float().sum() for p in params for e in range(p.shape[0]))
+        torch.cuda.synchronize()
+        t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t0.record()
+        loss.backward()
+        t1.record()
+        torch.cuda.synchronize()
+        if rep > 0:
+            v.append(t0.elapsed_time(t1))
+    for p in params:
+        p.grad = None
+    return statistics.median(v)
+
+
 def main():
     a = parse_args()
     dist.init_process_group(backend="nccl")
@@ -138,6 +201,7 @@ def main():
     ]
     lambdas = [float(x) for x in a.lambdas.split(",")]
     rows = []
+    meta = run_meta(dev, man)
     for name, ids_np, w_np in entries:
         t = ids_np.shape[0] if a.tokens <= 0 else min(a.tokens, ids_np.shape[0])
         ids = torch.from_numpy(ids_np[:t].astype(np.int64)).to(dev)
@@ -210,42 +274,17 @@ def main():
             }
             rows.append(row)
             if rank == 0:
+                write_out(a.out, rows, meta)  # each setting as it lands (a time limit loses none)
                 print(f"{name:>9} {policy:>4} lambda {lam:g}: fwd {row['t_fwd_ms']:.2f} ms, bwd {row['t_bwd_ms']:.2f} ms, "
                       f"total {row['t_total_ms']:.2f} ms; peak alloc {row['peak_alloc_max_bytes'] / 2**30:.2f} GiB, "
                       f"driver {max(m[2] for m in allm) / 2**30:.2f} GiB", flush=True)
         del dense, x0, dy, ids
         torch.cuda.empty_cache()
 
+    if a.probe_select:
+        meta["select_backward_ms"] = select_probe(params, dev)
     if rank == 0:
-        try:
-            import subprocess
-
-            driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                    capture_output=True, text=True, timeout=10).stdout.split()[0]
-        except (OSError, IndexError, subprocess.SubprocessError):
-            driver = "unknown"
-        meta = {
-            "card": torch.cuda.get_device_name(dev), "driver": driver, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": " ".join(sys.argv), "routing_tool": man.get("tool", ""),
-        }
-        tmp = a.out + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
-            wr.writeheader()
-            wr.writerows(rows)
-        os.replace(tmp, a.out)
-        with open(os.path.splitext(a.out)[0] + ".meta.json", "w") as f:
-            json.dump(meta, f, indent=1)
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            tbl = pa.Table.from_pylist(rows).replace_schema_metadata({"reference_run": json.dumps(meta)})
-            pq.write_table(tbl, os.path.splitext(a.out)[0] + ".parquet")
-        except ImportError:
-            pass
+        write_out(a.out, rows, meta)
         print(json.dumps(meta), flush=True)
     dist.barrier()
     dist.destroy_process_group()

@@ -48,7 +48,7 @@ else
   echo "== harness, full size $(left)s left =="
   timeout $(upto 3) python3 -m torch.distributed.run --nproc_per_node 2 $H \
     --routing /tmp/rt-full --peer .dev-gpu/peers/LeastLoadedEP --out $OUT/ref-train.csv \
-    --warmup ${WARMUP:-2} --runs ${RUNS:-5} 2>&1 | grep -v "^W1129\|OMP_NUM" | tail -20
+    --warmup ${WARMUP:-2} --runs ${RUNS:-5} --probe-select 2>&1 | grep -v "^W1129\|OMP_NUM" | tail -20
 fi
 echo "elapsed $(( $(date +%s) - T0 ))s"
 } > "$L" 2>&1

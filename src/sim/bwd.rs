@@ -115,7 +115,7 @@ pub fn describe(p: &Profile) -> String {
         .collect();
     shapes.dedup();
     let factors = format!(
-        "{}x (dgrad) and {}x (wgrad) the forward's",
+        "{:.2}x (dgrad) and {:.2}x (wgrad) the forward's",
         p.bwd_dgrad_factor, p.bwd_wgrad_factor
     );
     if !shapes.is_empty() {
