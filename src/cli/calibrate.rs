@@ -9,6 +9,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::gpu::calibrate::{calibrate, CalibConfig, Calibration, GRID_ROWS};
+use llep_trace::sim::bwd::bwd_table_ms;
 use llep_trace::sim::profile::{
     apply_measured, drop_covered_curves, finish_merge, fit_profile, merge_profiles,
 };
@@ -66,6 +67,15 @@ pub struct CalibrateArgs {
     /// GPU (a few minutes at most), written into --base.
     #[arg(long)]
     pub gemm_only: bool,
+    /// Also time the backward GEMMs (dgrad dX = dH.W^T and wgrad
+    /// dW = X^T.dH of gate_up and down) over the grid's shapes and rows,
+    /// for `simulate --pass train`.
+    #[arg(long)]
+    pub bwd: bool,
+    /// Only the backward GEMM grid, on one GPU, into --base (nothing else
+    /// of the base changes); with --merge, take only the backward tables.
+    #[arg(long)]
+    pub bwd_only: bool,
     /// Profile the --gemm-only measurements go into (built-in name or
     /// JSON path; default: the built-in profile of this card).
     #[arg(long, value_name = "PROFILE")]
@@ -124,7 +134,10 @@ fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCo
         .expect("clap requires --into with --merge");
     let base = Profile::load(into).with_context(|| format!("--into {into}"))?;
     let mut newp = Profile::load(new).with_context(|| format!("--merge {new}"))?;
-    if a.tables_only {
+    if a.bwd_only {
+        newp.gemm_tables.clear();
+    }
+    if a.tables_only || a.bwd_only {
         newp.msg_tokens = None;
         newp.msg_weights = None;
         newp.launches = None;
@@ -159,6 +172,7 @@ fn model_summary(prof: &Profile) -> String {
             at(16384.0)
         ));
     }
+    s.push_str(&bwd_summary(prof));
     for (name, m) in [
         ("token exchange", prof.msg_tokens),
         ("weight transfer", prof.msg_weights),
@@ -185,6 +199,35 @@ fn model_summary(prof: &Profile) -> String {
             gib(m.nccl_per_peer_bytes),
             gib(m.nccl_xfer_per_peer_bytes),
             m.grain_bytes >> 10
+        ));
+    }
+    s
+}
+
+/// The backward GEMM tables, one line each: time and throughput at a few
+/// M, and the factors that price shapes without tables.
+fn bwd_summary(prof: &Profile) -> String {
+    let mut s = String::new();
+    for t in &prof.bwd_tables {
+        let (d, i) = (t.hidden_size as u64, t.intermediate_size as u64);
+        let at = |m: f64| {
+            let ms = bwd_table_ms(prof, t.gemm, m, d, i).unwrap_or(0.0);
+            let tf = t.gemm.flops(m, d as f64, i as f64) / (ms.max(1e-9) * 1e-3) / 1e12;
+            format!("M={m} {ms:.4} ms ({tf:.0} TFLOP/s)")
+        };
+        s.push_str(&format!(
+            "  backward {} D={d} I={i}: {} points, {}, {}, {}\n",
+            t.gemm.as_str(),
+            t.points.len(),
+            at(256.0),
+            at(2048.0),
+            at(16384.0)
+        ));
+    }
+    if !prof.bwd_tables.is_empty() {
+        s.push_str(&format!(
+            "  backward over forward GEMM time (shapes without tables): dgrad {:.3}x, wgrad {:.3}x\n",
+            prof.bwd_dgrad_factor, prof.bwd_wgrad_factor
         ));
     }
     s
@@ -245,6 +288,9 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if grid_rows.first() == Some(&0) || grid_rows.last().is_some_and(|&m| m > 16_384) {
         bail!("--grid-rows: give rows from 1 to 16384");
     }
+    if (a.bwd || a.bwd_only) && grid_shapes.is_empty() {
+        bail!("--bwd, --bwd-only: the grid has no shapes (give --grid-shapes or --shape)");
+    }
     if a.gemm_only && grid_shapes.is_empty() {
         bail!("--gemm-only: the grid has no shapes (give --grid-shapes or --shape)");
     }
@@ -254,7 +300,8 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let mut tokens = a.tokens.clone();
     tokens.sort_unstable();
     tokens.dedup();
-    let gpus = if a.gemm_only { 1 } else { a.gpus };
+    let one_gpu = a.gemm_only || a.bwd_only;
+    let gpus = if one_gpu { 1 } else { a.gpus };
     let cc = CalibConfig {
         gpus,
         shapes,
@@ -268,6 +315,8 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         },
         grid_shapes,
         gemm_only: a.gemm_only,
+        bwd: a.bwd,
+        bwd_only: a.bwd_only,
     };
     let c = calibrate(&cc, p)?;
     for s in &c.skipped {
@@ -283,18 +332,23 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "measured".into()
         }
     });
-    let prof = if a.gemm_only {
+    let prof = if one_gpu {
         gemm_only_profile(&a, &c, &name)?
     } else {
         full_profile(&c, &name, p)?
     };
     write_profile(&prof, &a.out, p)?;
-    let mut s = if a.gemm_only {
+    let mut s = if one_gpu {
         format!(
-            "{} ({}), {}: GEMM grid, launches and memory components into '{}'\n",
+            "{} ({}), {}: {} into '{}'\n",
             c.card,
             c.driver,
             prof.date,
+            if a.bwd_only {
+                "backward GEMM grid"
+            } else {
+                "GEMM grid, launches and memory components"
+            },
             a.base.as_deref().unwrap_or(&name)
         )
     } else {

@@ -8,6 +8,7 @@ mod plan;
 mod printer;
 mod replay;
 mod report;
+mod routing_export;
 mod settings;
 mod simulate;
 mod table;

@@ -183,6 +183,11 @@ pub struct SimulateArgs {
     /// give a list or range to --ratio for a curve.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Write the per-rank token routing of the inputs to this new folder
+    /// (.npy files and routing.json) and simulate nothing
+    /// (`scripts/train_reference.py` runs the reference on it).
+    #[arg(long, hide = true, value_name = "DIR")]
+    pub export_routing: Option<PathBuf>,
 }
 
 /// Planner settings to sweep.
@@ -408,15 +413,13 @@ fn policy_label(s: &Summary) -> String {
 pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
     (a.pass == PassArg::Train).then(|| {
         format!(
-            "pass: train (forward + backward{}); backward GEMMs at {}x (dgrad) and {}x (wgrad) the forward's, {}\n",
-            if a.recompute { ", gate_up recomputed" } else { ", activations saved" },
-            prof.bwd_dgrad_factor,
-            prof.bwd_wgrad_factor,
-            if prof.bwd_dgrad_factor == 1.0 && prof.bwd_wgrad_factor == 1.0 {
-                "not calibrated yet"
+            "pass: train (forward + backward{}); {}\n",
+            if a.recompute {
+                ", gate_up recomputed"
             } else {
-                "as calibrated"
-            }
+                ", activations saved"
+            },
+            llep_trace::sim::bwd::describe(prof)
         )
     })
 }
@@ -585,6 +588,9 @@ fn eplb_setting(policies: &[Policy], a: &EplbArgs) -> anyhow::Result<Option<Eplb
 
 pub fn run(mut a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     a.input.settle()?;
+    if let Some(dir) = &a.export_routing {
+        return super::routing_export::run(&a.input, dir, p);
+    }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let sweep = Sweep {
         policies,

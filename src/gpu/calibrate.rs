@@ -6,12 +6,14 @@
 //! the cost model's business (`sim::profile`).
 
 use super::config::{Act, ReplayConfig};
-use super::runtime::{self, params, BufKind, Comm, NcclId};
+use super::runtime::{self, params, BufKind, Comm, Dev, NcclId};
 use super::timing::{driver_version, quantile};
 use super::worker::{BlobLayout, Worker, CHUNK, E_END, E_START, PERSISTENT};
 use super::{Gate, GpuError};
 use crate::plan::Policy;
 use crate::progress::Progress;
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use std::ffi::c_void;
 
 /// What `calibrate` measures.
 #[derive(Debug, Clone)]
@@ -32,6 +34,11 @@ pub struct CalibConfig {
     /// context, cuBLAS workspace and allocation grain. No layer run, no
     /// whole-group curves, no communication.
     pub gemm_only: bool,
+    /// Also time the backward GEMMs (dgrad, wgrad) on the grid's shapes
+    /// and rows.
+    pub bwd: bool,
+    /// Only the backward GEMMs, on one GPU: nothing else is measured.
+    pub bwd_only: bool,
 }
 
 /// Decode-to-prefill rows of one expert GEMM: every power of two and the
@@ -118,8 +125,121 @@ pub struct Calibration {
     pub host_sync_us: f64,
     pub upload_us: f64,
     pub mem: MemRaw,
+    /// Backward GEMMs per grid shape (`--bwd`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bwd_grid: Vec<BwdGridShape>,
     /// What was not measured and why (e.g. communication on one GPU).
     pub skipped: Vec<String>,
+}
+
+/// The backward GEMMs of one expert shape, (M, ms) per GEMM of M rows, bf16
+/// in and out with fp32 accumulation, different experts' GEMMs back to
+/// back. Row-major, with X the expert's input rows (M x D), H the gate_up
+/// output (M x 2I), A the activation (M x I), Y the down output (M x D).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct BwdGridShape {
+    pub hidden: usize,
+    pub inter: usize,
+    /// dX = dH . Wgu^T (M x D, a reduction over 2I).
+    pub gate_up_dgrad: Vec<(f64, f64)>,
+    /// dWgu = X^T . dH (D x 2I, a reduction over the M rows).
+    pub gate_up_wgrad: Vec<(f64, f64)>,
+    /// dA = dY . Wd^T (M x I, a reduction over D).
+    pub down_dgrad: Vec<(f64, f64)>,
+    /// dWd = A^T . dY (I x D, a reduction over the M rows).
+    pub down_wgrad: Vec<(f64, f64)>,
+}
+
+/// C = op(A) . op(B) in cuBLAS's column-major terms (`t`: transposed),
+/// bf16 in and out, fp32 accumulation: the transposed GEMMs of backward.
+///
+/// # Safety
+/// The pointers must hold the matrices their sizes and leading dimensions
+/// describe, on `dev`'s context.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_t(
+    dev: &Dev,
+    (ta, tb): (bool, bool),
+    (m, n, k): (usize, usize, usize),
+    (a, lda): (u64, usize),
+    (b, ldb): (u64, usize),
+    (c, ldc): (u64, usize),
+) -> Result<(), GpuError> {
+    let op = |t: bool| {
+        if t {
+            blas_sys::cublasOperation_t::CUBLAS_OP_T
+        } else {
+            blas_sys::cublasOperation_t::CUBLAS_OP_N
+        }
+    };
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let bf = blas_sys::cudaDataType_t::CUDA_R_16BF;
+    blas::gemm_ex(
+        dev.blas,
+        op(ta),
+        op(tb),
+        m as i32,
+        n as i32,
+        k as i32,
+        &alpha as *const f32 as *const c_void,
+        a as *const c_void,
+        bf,
+        lda as i32,
+        b as *const c_void,
+        bf,
+        ldb as i32,
+        &beta as *const f32 as *const c_void,
+        c as *mut c_void,
+        bf,
+        ldc as i32,
+        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+    )
+    .map_err(|e| GpuError::Cuda(format!("cublasGemmEx (backward): {e:?}")))
+}
+
+/// One of the four backward GEMMs of expert `e` with `m` rows, on the
+/// buffers of [`Worker::time_bwd_grid`]: `w` the weight blobs, `dw` the
+/// gradient blobs, `x` the token rows (X, and dY for down), `dh` the
+/// gate_up gradients (and, its first M x I, the activation A), `out` dX/dA.
+#[derive(Clone, Copy)]
+struct BwdBufs {
+    bl: BlobLayout,
+    d: usize,
+    i: usize,
+    mmax: usize,
+    w: u64,
+    dw: u64,
+    x: u64,
+    dh: u64,
+    out: u64,
+}
+
+impl BwdBufs {
+    /// # Safety
+    /// `m <= mmax`, `e` below the experts the buffers were sized for.
+    unsafe fn issue(&self, dev: &Dev, which: usize, e: usize, m: usize) -> Result<(), GpuError> {
+        let (d, i, out, bl) = (self.d, self.i, self.out, self.bl);
+        let at = |base: u64, off: usize| base + ((e * bl.len + off) * 2) as u64;
+        let (wgu, wd, dwgu, dwd) = (
+            at(self.w, bl.wgu),
+            at(self.w, bl.wd),
+            at(self.dw, bl.wgu),
+            at(self.dw, bl.wd),
+        );
+        let x = self.x + (e * self.mmax * d * 2) as u64;
+        let dh = self.dh + (e * self.mmax * 2 * i * 2) as u64;
+        // row-major R = P . Q is column-major R^T = Q^T . P^T
+        // (transposes, (M, N, K), (A, lda), (B, ldb), (C, ldc)), one GEMM a line
+        #[rustfmt::skip]
+        let (t, mnk, a, b, c) = match which {
+            0 => ((true, false), (d, m, 2 * i), (wgu, 2 * i), (dh, 2 * i), (out, d)),
+            1 => ((false, true), (2 * i, d, m), (dh, 2 * i), (x, d), (dwgu, 2 * i)),
+            2 => ((true, false), (i, m, d), (wd, d), (x, d), (out, i)),
+            _ => ((false, true), (d, i, m), (x, d), (dh, i), (dwd, d)),
+        };
+        gemm_t(dev, t, mnk, a, b, c)
+    }
 }
 
 /// Experts whose weights a grid cycles through: enough distinct blobs to
@@ -291,6 +411,77 @@ impl Worker<'_> {
             dn.push((m as f64, (whole - half).max(0.0)));
         }
         Ok((d, i, gu, dn))
+    }
+
+    /// The backward grid of shape (d, i): each of the four backward GEMMs
+    /// alone, for each M in `rows`, over the experts back to back (each
+    /// with its own weights, gradient blob and rows, so a GEMM reads cold
+    /// memory as a layer's backward does).
+    fn time_bwd_grid(
+        &mut self,
+        d: usize,
+        i: usize,
+        rows: &[u64],
+        reps: usize,
+    ) -> Result<BwdGridShape, GpuError> {
+        let bl = BlobLayout::new(d, i);
+        let experts = grid_experts(bl.len * 2);
+        let mmax = rows.iter().copied().max().unwrap_or(1).min(CHUNK) as usize;
+        let arena = &mut self.dev.arena;
+        let b = BwdBufs {
+            bl,
+            d,
+            i,
+            mmax,
+            w: arena.get(BufKind::CalW, experts * bl.len * 2)?,
+            dw: arena.get(BufKind::CalSend, experts * bl.len * 2)?,
+            x: arena.get(BufKind::CalX, experts * mmax * d * 2)?,
+            dh: arena.get(BufKind::CalH, experts * mmax * 2 * i * 2)?,
+            out: arena.get(BufKind::CalRecv, mmax * d.max(i) * 2)?,
+        };
+        self.gen(b.w, experts * bl.len, 78, 1.0 / (d as f32).sqrt())?;
+        self.gen(b.x, experts * mmax * d, 77, 1.0)?;
+        self.gen(b.dh, experts * mmax * 2 * i, 79, 1.0)?;
+        let mut out = BwdGridShape {
+            hidden: d,
+            inter: i,
+            ..Default::default()
+        };
+        let main = self.dev.main;
+        for &m in rows {
+            let m = m.min(CHUNK) as usize;
+            let rounds = if m <= 1024 {
+                64usize.div_ceil(experts).max(1)
+            } else {
+                1
+            };
+            for which in 0..4 {
+                let mut v = Vec::with_capacity(reps);
+                for rep in 0..reps + 2 {
+                    self.ev[E_START].record(main)?;
+                    for _ in 0..rounds {
+                        for e in 0..experts {
+                            // SAFETY: m <= mmax and e < experts, as sized above.
+                            unsafe { b.issue(&self.dev, which, e, m)? };
+                        }
+                    }
+                    self.ev[E_END].record(main)?;
+                    self.ev[E_END].sync()?;
+                    if rep >= 2 {
+                        v.push(self.ev[E_END].ms_since(&self.ev[E_START])?);
+                    }
+                }
+                let ms = quantile(&v, 0.5) / (rounds * experts) as f64;
+                let table = match which {
+                    0 => &mut out.gate_up_dgrad,
+                    1 => &mut out.gate_up_wgrad,
+                    2 => &mut out.down_dgrad,
+                    _ => &mut out.down_wgrad,
+                };
+                table.push((m as f64, ms));
+            }
+        }
+        Ok(out)
     }
 
     /// Launch gap of a small kernel queued behind others, host-waited
@@ -527,6 +718,16 @@ fn calib_main(
         total_mem: w.dev.total_mem as u64,
         ..Default::default()
     };
+    if cc.bwd_only {
+        if rank == 0 {
+            bwd_grids(&mut w, &mut out, cc, progress)?;
+        }
+        out.skipped
+            .push("everything but the backward GEMM grid (--bwd-only)".into());
+        let _ = w.gather_f64(&[0.0])?;
+        w.dev.sync()?;
+        return Ok(out);
+    }
     // first, before any buffer or GEMM exists
     out.mem = w.mem_components()?;
     if cc.gemm_only {
@@ -555,10 +756,31 @@ fn calib_main(
             out.grid.push(w.time_grid(d, i, &cc.grid_rows, cc.reps)?);
             w.dev.arena.release_except(&PERSISTENT)?;
         }
+        if cc.bwd {
+            bwd_grids(&mut w, &mut out, cc, progress)?;
+        }
     }
     let _ = w.gather_f64(&[0.0])?; // keep the other ranks until rank 0 is done
     w.dev.sync()?;
     Ok(out)
+}
+
+/// The backward GEMM grid of every grid shape (rank 0).
+fn bwd_grids(
+    w: &mut Worker<'_>,
+    out: &mut Calibration,
+    cc: &CalibConfig,
+    progress: &dyn Progress,
+) -> Result<(), GpuError> {
+    for &(d, i) in &cc.grid_shapes {
+        progress.status(&format!(
+            "backward GEMMs (dgrad, wgrad of gate_up and down), D={d} I={i}"
+        ));
+        out.bwd_grid
+            .push(w.time_bwd_grid(d, i, &cc.grid_rows, cc.reps)?);
+        w.dev.arena.release_except(&PERSISTENT)?;
+    }
+    Ok(())
 }
 
 /// The layer run (planning overhead, memory baseline) and, on 2+ GPUs, the
@@ -608,11 +830,11 @@ fn layer_and_comm(
 /// Measure the hardware for the cost model on `cc.gpus` local GPUs (a
 /// thread each). Returns rank 0's calibration.
 pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibration, GpuError> {
-    let curves_ok = cc.gemm_only || (!cc.shapes.is_empty() && !cc.tokens.is_empty());
+    let curves_ok = cc.gemm_only || cc.bwd_only || (!cc.shapes.is_empty() && !cc.tokens.is_empty());
     let grid_ok = cc.grid_shapes.is_empty() == cc.grid_rows.is_empty();
     if !curves_ok
         || !grid_ok
-        || (cc.gemm_only && cc.grid_shapes.is_empty())
+        || ((cc.gemm_only || cc.bwd || cc.bwd_only) && cc.grid_shapes.is_empty())
         || cc.grid_rows.iter().any(|&m| m == 0 || m > CHUNK)
         || cc.reps == 0
         || cc.gpus == 0

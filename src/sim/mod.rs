@@ -2,6 +2,7 @@
 //! setting, price it with a hardware profile, and emit result rows.
 
 pub mod accuracy;
+pub mod bwd;
 pub mod cost;
 pub mod eplb;
 pub mod model;

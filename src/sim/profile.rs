@@ -2,6 +2,7 @@
 //! A profile is a JSON file a user can write; `h100` and `h200` are built in.
 //! [`fit_profile`] turns `calibrate`'s raw measurements into one.
 
+use super::bwd::{self, BwdTable};
 use super::model::{self, GemmTable, Launches, LayerFit, MemModel, MsgModel};
 #[cfg(test)]
 use crate::gpu::calibrate::MemRaw;
@@ -109,6 +110,11 @@ pub struct Profile {
     pub bwd_dgrad_factor: f64,
     #[serde(default = "one")]
     pub bwd_wgrad_factor: f64,
+    /// Measured backward GEMMs per expert shape (`calibrate --bwd`); a
+    /// shape with all four tables is priced by them, others by the
+    /// factors above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bwd_tables: Vec<BwdTable>,
     /// Per-projection GEMM tables over (M, N, K) (`sim::model`); used for
     /// shapes without a whole-group curve, instead of the efficiency formula.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -254,6 +260,7 @@ impl Profile {
             return Err("gpu_mem_bytes must be > 0".into());
         }
         model::check_tables(&self.gemm_tables)?;
+        bwd::check(self)?;
         for (n, m) in [
             ("msg_tokens", &self.msg_tokens),
             ("msg_weights", &self.msg_weights),
@@ -388,6 +395,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         act_chunk_tokens: CHUNK,
         bwd_dgrad_factor: 1.0,
         bwd_wgrad_factor: 1.0,
+        bwd_tables: Vec::new(),
         gemm_tables: Vec::new(),
         msg_tokens: None,
         msg_weights: None,
@@ -499,6 +507,10 @@ pub fn apply_measured(
         model::monotone_tables(&mut p.gemm_tables);
         set.push("gemm_tables");
     }
+    if !c.bwd_grid.is_empty() {
+        bwd::set(p, &bwd::tables(&c.bwd_grid));
+        set.push("bwd_tables");
+    }
     if let Some(m) = c.msg_tokens.as_ref().and_then(fit_msg) {
         p.msg_tokens = Some(m);
         set.push("msg_tokens");
@@ -556,6 +568,10 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
         upsert_tables(&mut out.gemm_tables, &new.gemm_tables);
         set.push("gemm_tables");
     }
+    if !new.bwd_tables.is_empty() {
+        bwd::set(&mut out, &new.bwd_tables);
+        set.push("bwd_tables");
+    }
     for (dst, src, name) in [
         (&mut out.msg_tokens, new.msg_tokens, "msg_tokens"),
         (&mut out.msg_weights, new.msg_weights, "msg_weights"),
@@ -583,8 +599,13 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
         0
     };
     finish_merge(&mut out, &set, dropped, date);
-    out.raw_merged.extend(new.raw.clone());
-    out.raw_merged.extend(new.raw_merged.iter().cloned());
+    // a profile measured into a base carries the base's raw points too:
+    // keep each raw record once
+    for v in new.raw.iter().chain(&new.raw_merged) {
+        if out.raw.as_ref() != Some(v) && !out.raw_merged.contains(v) {
+            out.raw_merged.push(v.clone());
+        }
+    }
     out
 }
 
@@ -612,7 +633,12 @@ pub fn drop_covered_curves(p: &mut Profile) -> usize {
 
 /// Note what a merge set, and clear a stamped error it made stale.
 pub fn finish_merge(out: &mut Profile, set: &[&str], dropped_curves: usize, date: &str) {
-    if set.iter().any(|s| *s != "gemm_tables") || dropped_curves > 0 {
+    // backward tables price no forward row: the stamped error stays valid
+    if set
+        .iter()
+        .any(|s| *s != "gemm_tables" && *s != "bwd_tables")
+        || dropped_curves > 0
+    {
         out.measured_error = None;
     }
     out.note.push_str(&format!(
