@@ -24,6 +24,14 @@ pub struct CalibrateArgs {
     /// Write the profile here (JSON).
     #[arg(long)]
     pub out: PathBuf,
+    /// Nodes the measured GPUs stand for (split evenly): with N > 1 the
+    /// measured token exchange is also stored as the inter-node link
+    /// (inter_gbps, inter_latency_us) that `simulate --nodes` prices
+    /// cross-node traffic with. Run it under NCCL_P2P_DISABLE=1
+    /// NCCL_SHM_DISABLE=1 so the GPUs of this host meet over NCCL's network
+    /// transport, as on separate nodes.
+    #[arg(long, default_value = "1", value_parser = super::settings::positive_count, allow_hyphen_values = true)]
+    pub nodes: usize,
     /// Expert shapes D:I for the GEMM curves (default: the gpt-oss-120b
     /// layer, OLMoE, Mixtral).
     #[arg(
@@ -218,6 +226,18 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if a.nodes > 1 {
+        if a.gemm_only || a.merge.is_some() {
+            bail!("--nodes: only a calibration with communication (not --gemm-only or --merge) measures a link");
+        }
+        llep_trace::plan::topo::Topology::new(a.gpus, a.nodes)?;
+        if !llep_trace::env::nccl_network_forced() {
+            p.warn(&format!(
+                "--nodes {}: NCCL_P2P_DISABLE=1 and NCCL_SHM_DISABLE=1 are not both set, so these GPUs talk over NVLink/PCIe and the 'inter-node' link measured is the intra-node one",
+                a.nodes
+            ));
+        }
+    }
     if let Some(new) = a.merge.clone() {
         return merge_cmd(&a, &new, p);
     }
@@ -283,11 +303,14 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "measured".into()
         }
     });
-    let prof = if a.gemm_only {
+    let mut prof = if a.gemm_only {
         gemm_only_profile(&a, &c, &name)?
     } else {
         full_profile(&c, &name, p)?
     };
+    if a.nodes > 1 {
+        inter_node_from_measured(&mut prof, a.nodes)?;
+    }
     write_profile(&prof, &a.out, p)?;
     let mut s = if a.gemm_only {
         format!(
@@ -300,6 +323,12 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     } else {
         full_summary(&prof, &c)
     };
+    if a.nodes > 1 {
+        s.push_str(&format!(
+            "  inter-node link (--nodes {}): {:.1} GB/s per direction + {:.1} us per exchange\n",
+            a.nodes, prof.inter_gbps, prof.inter_latency_us
+        ));
+    }
     s.push_str(&model_summary(&prof));
     p.out(&s)?;
     Ok(ExitCode::SUCCESS)
@@ -347,6 +376,27 @@ fn full_profile(c: &Calibration, name: &str, p: &Printer) -> anyhow::Result<Prof
     }
     apply_measured(&mut prof, c, fallback.as_ref());
     Ok(prof)
+}
+
+/// `--nodes N`: every pair measured here crossed the same transport, so
+/// the token exchange's fit (its message model, else the plain link line)
+/// is the inter-node link; the intra-node figures stay that link too (a
+/// pseudo-node run forces one transport on all pairs). The per-message
+/// cost the cost model adds on the NIC is the message model's own.
+fn inter_node_from_measured(prof: &mut Profile, nodes: usize) -> anyhow::Result<()> {
+    let (gbps, lat) = match &prof.msg_tokens {
+        Some(m) => (m.gbps, m.latency_us),
+        None => (prof.link_gbps, prof.link_latency_us),
+    };
+    if !(gbps.is_finite() && gbps > 0.0) {
+        bail!("--nodes {nodes}: the token exchange gave no bandwidth to store as the inter-node link");
+    }
+    prof.inter_gbps = gbps;
+    prof.inter_latency_us = lat;
+    prof.note.push_str(&format!(
+        "; --nodes {nodes}: the measured token exchange is the inter-node link (inter_gbps, inter_latency_us); the intra-node figures are the same link"
+    ));
+    Ok(())
 }
 
 fn full_summary(prof: &Profile, c: &Calibration) -> String {
