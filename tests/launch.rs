@@ -311,3 +311,93 @@ fn calibrate_nodes_must_split_the_gpus_and_measure_a_link() {
         "{e}"
     );
 }
+
+/// A pseudo-node link (NCCL's sockets over one host's loopback) shares one
+/// budget between directions: an exchange costs its bytes out plus in, a
+/// one-way weight transfer only its own; a NIC (the default) is full duplex.
+#[test]
+fn a_shared_inter_node_link_prices_both_directions_of_an_exchange() {
+    use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, PlanParams, Planner, Policy};
+    use llep_trace::sim::{price, CostScratch, Profile, Shape};
+    use llep_trace::trace::meta::expert_bytes;
+    let (p, n) = (2usize, 8usize);
+    // both ranks route mostly to expert 0 (GPU 0): lopsided traffic
+    let mut per_rank = vec![0u64; p * n];
+    for r in 0..p {
+        for e in 0..n {
+            per_rank[r * n + e] = if e == 0 {
+                3000
+            } else {
+                40 + (r * 3 + e) as u64
+            };
+        }
+    }
+    let global: Vec<u64> = (0..n)
+        .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+        .collect();
+    let params = PlanParams {
+        gpus: p,
+        alpha: 1.0,
+        min_gemm: 0,
+        gate: Gate::Always,
+    };
+    let shape = Shape {
+        hidden: 2880,
+        intermediate: 2880,
+        dtype_bytes: 2,
+        expert_bytes: expert_bytes(2880, 2880, 2),
+        top_k: 4,
+    };
+    let tok = shape.hidden * shape.dtype_bytes;
+    let mut full = Profile::load("h200").unwrap();
+    full.nodes = 2;
+    (
+        full.msg_tokens,
+        full.msg_weights,
+        full.launches,
+        full.copy_gbps,
+    ) = (None, None, None, 0.0);
+    (full.inter_gbps, full.inter_latency_us) = (4.0, 50.0);
+    let mut shared = full.clone();
+    shared.inter_shared = true;
+    let nic = |b: u64| 50.0 * 1e-3 + b as f64 / 4e9 * 1e3;
+    let mut sc = CostScratch::default();
+    let mut dm = DispatchMatrix::default();
+    for policy in [Policy::Ep, Policy::Llep] {
+        let plan = Planner::new().plan(&global, &params, policy).unwrap();
+        dispatch_matrix(&plan, &per_rank, &mut dm);
+        let cf = price(&plan, &dm, &global, &shape, &full, &mut sc);
+        let cs = price(&plan, &dm, &global, &shape, &shared, &mut sc);
+        let want = |sum: bool| {
+            (0..p)
+                .map(|g| {
+                    let (o, i) = (dm.sent_off(g), dm.received(g));
+                    nic(if sum { o + i } else { o.max(i) } * tok)
+                })
+                .fold(0.0, f64::max)
+        };
+        assert!((cf.dispatch_ms - want(false)).abs() < 1e-9, "{policy:?}");
+        assert!((cs.dispatch_ms - want(true)).abs() < 1e-9, "{policy:?}");
+        assert!(cs.dispatch_ms > cf.dispatch_ms * 1.02, "{policy:?}");
+        // weights: each GPU's sent plus received on the shared link
+        if policy == Policy::Llep {
+            assert!(!plan.transfers.is_empty());
+            let wt = |sum: bool| {
+                (0..p as u32)
+                    .map(|g| {
+                        let s = plan.transfers.iter().filter(|t| t.src == g).count() as u64;
+                        let r = plan.transfers.iter().filter(|t| t.dst == g).count() as u64;
+                        nic(if sum { s + r } else { s.max(r) } * shape.expert_bytes)
+                    })
+                    .fold(0.0, f64::max)
+            };
+            assert!((cf.transfer_ms - wt(false)).abs() < 1e-9);
+            assert!((cs.transfer_ms - wt(true)).abs() < 1e-9);
+        }
+    }
+    // the field is optional in a profile file and written only when set
+    let json = serde_json::to_string(&full).unwrap();
+    assert!(!json.contains("inter_shared"));
+    let back: Profile = serde_json::from_str(&serde_json::to_string(&shared).unwrap()).unwrap();
+    assert!(back.inter_shared);
+}

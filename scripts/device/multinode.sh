@@ -7,7 +7,9 @@
 #  - replays launched as srun would (SLURM_* set by hand, one GPU per task
 #    through CUDA_VISIBLE_DEVICES, rank 0 from a compressed node list) at
 #    several token counts, and once as mpirun would (OMPI_COMM_WORLD_*);
-#  - calibrate --gpus 2 --nodes 2 under the same NCCL settings.
+#  - calibrate --gpus 2 --nodes 2 under the same NCCL settings, first, so
+#    every replay carries its simulated twin (--with-sim);
+#  - one threads-mode replay (no launcher) with --nodes 2.
 # Everything lands in $OUT (6 files); compare/simulate run on the CPU later.
 set -u
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -41,7 +43,7 @@ BA=/tmp/mn/bad
   echo "rc=$? after $(( ($(date +%s%N) - s) / 1000000 )) ms" >> $BA-r1.err ) &
 
 export NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 NCCL_DEBUG=INFO NCCL_DEBUG_FILE=/tmp/mn/nccl/%h.%p.log
-COMMON="--gpus 2 --nodes 2 --synthetic balanced,30:4,95:1 --policy ep,llep --ratio 1.3 --samples 8 --warmup 2 --runs 6 --rendezvous-timeout 30"
+COMMON="--gpus 2 --nodes 2 --synthetic balanced,30:4,95:1 --policy ep,llep --ratio 1.3 --samples 8 --warmup 2 --runs 8 --rendezvous-timeout 30"
 PROF=$OUT/h200-net-2node.json
 
 # $1 launcher (srun|mpirun), $2 tokens per rank, $3 port, $4 step timeout
@@ -66,17 +68,29 @@ pair() {
   { echo "### $l T=$t (rank 0 stdout)"; cat /tmp/mn/$l-$t-r0.out; } >> $OUT/replays.txt
 }
 
-pair srun 4096 29621 25
-if [ "$(left)" -gt 30 ]; then
+if [ "$(left)" -gt 35 ]; then
   log "calibrate begin"
-  timeout 30 $B calibrate --gpus 2 --nodes 2 --out "$PROF" --shapes 2880:2880 \
+  timeout 35 $B calibrate --gpus 2 --nodes 2 --out "$PROF" --shapes 2880:2880 \
     --tokens 16,32,64,128,256,512,1024,1536,2048,3072,4096,6144,8192,12288,16384,32768,65536 \
     --grid-shapes "" --reps 5 > $OUT/calibrate.txt 2>&1
-  log "calibrate rc=$? $(tail -3 $OUT/calibrate.txt | tr '\n' '|')"
+  log "calibrate rc=$? $(grep -E 'token exchange|inter-node|GEMM peak' $OUT/calibrate.txt | tr '\n' '|')"
 fi
+pair srun 4096 29621 20
 pair mpirun 4096 29622 20
 pair srun 16384 29623 25
-pair srun 1024 29624 15
+pair srun 1024 29624 12
+pair srun 8192 29625 15
+# threads, no launcher: one process, --nodes 2 pseudo-nodes
+if [ "$(left)" -gt 15 ]; then
+  sim=""; [ -f "$PROF" ] && sim="--with-sim $PROF"
+  log "threads T=4096 begin"
+  timeout 15 $B replay $COMMON --tokens-per-rank 4096 $sim --out /tmp/mn/threads-4096.parquet \
+    > /tmp/mn/threads-4096.out 2> /tmp/mn/threads-4096.err
+  log "threads T=4096 rc=$? $(grep -v '^case ' /tmp/mn/threads-4096.err | tail -2 | tr '\n' '|')"
+  { echo "### threads T=4096 (one process, --nodes 2)"; cat /tmp/mn/threads-4096.out; } >> $OUT/replays.txt
+fi
+pair srun 2048 29626 12
+pair mpirun 16384 29627 25
 
 wait  # the bad-arrival pair
 { echo "### rank 0 of 2 alone (srun env, --rendezvous-timeout 20)"; cat $BA-r0.err

@@ -325,8 +325,15 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     if a.nodes > 1 {
         s.push_str(&format!(
-            "  inter-node link (--nodes {}): {:.1} GB/s per direction + {:.1} us per exchange\n",
-            a.nodes, prof.inter_gbps, prof.inter_latency_us
+            "  inter-node link (--nodes {}): {:.2} GB/s {} + {:.1} us per exchange\n",
+            a.nodes,
+            prof.inter_gbps,
+            if prof.inter_shared {
+                "shared by both directions (out + in)"
+            } else {
+                "per direction"
+            },
+            prof.inter_latency_us
         ));
     }
     s.push_str(&model_summary(&prof));
@@ -382,19 +389,33 @@ fn full_profile(c: &Calibration, name: &str, p: &Printer) -> anyhow::Result<Prof
 /// the token exchange's fit (its message model, else the plain link line)
 /// is the inter-node link; the intra-node figures stay that link too (a
 /// pseudo-node run forces one transport on all pairs). The per-message
-/// cost the cost model adds on the NIC is the message model's own.
+/// cost the cost model adds on the NIC is the message model's own. When a
+/// one-way weight transfer runs well above the exchange's per-direction
+/// rate (NCCL's sockets over one host's loopback share one budget between
+/// directions), the link is marked shared and priced at its total rate.
 fn inter_node_from_measured(prof: &mut Profile, nodes: usize) -> anyhow::Result<()> {
     let (gbps, lat) = match &prof.msg_tokens {
         Some(m) => (m.gbps, m.latency_us),
         None => (prof.link_gbps, prof.link_latency_us),
     };
     if !(gbps.is_finite() && gbps > 0.0) {
-        bail!("--nodes {nodes}: the token exchange gave no bandwidth to store as the inter-node link");
+        bail!(
+            "--nodes {nodes}: the token exchange gave no bandwidth to store as the inter-node link"
+        );
     }
-    prof.inter_gbps = gbps;
+    let one_way = prof.msg_weights.map_or(prof.p2p_gbps, |m| m.gbps);
+    prof.inter_shared = one_way > 1.5 * gbps;
+    prof.inter_gbps = if prof.inter_shared { 2.0 * gbps } else { gbps };
     prof.inter_latency_us = lat;
     prof.note.push_str(&format!(
-        "; --nodes {nodes}: the measured token exchange is the inter-node link (inter_gbps, inter_latency_us); the intra-node figures are the same link"
+        "; --nodes {nodes}: the measured token exchange is the inter-node link (inter_gbps, inter_latency_us{}); the intra-node figures are the same link",
+        if prof.inter_shared {
+            format!(
+                ", shared by both directions: {gbps:.2} GB/s each way in an exchange, {one_way:.2} GB/s one way"
+            )
+        } else {
+            String::new()
+        }
     ));
     Ok(())
 }
@@ -429,4 +450,32 @@ fn full_summary(prof: &Profile, c: &Calibration) -> String {
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llep_trace::sim::model::MsgModel;
+
+    #[test]
+    fn nodes_store_the_measured_exchange_as_the_inter_node_link() {
+        let mut p = Profile::load("h200").unwrap();
+        let m = |gbps| MsgModel {
+            latency_us: 40.0,
+            per_msg_us: 3.0,
+            gbps,
+        };
+        // a full-duplex link: one-way and each way of an exchange alike
+        (p.msg_tokens, p.msg_weights) = (Some(m(2.0)), Some(m(2.2)));
+        inter_node_from_measured(&mut p, 2).unwrap();
+        assert_eq!(
+            (p.inter_gbps, p.inter_latency_us, p.inter_shared),
+            (2.0, 40.0, false)
+        );
+        // loopback sockets: one way runs at twice the rate of each way of an exchange
+        (p.msg_tokens, p.msg_weights) = (Some(m(2.0)), Some(m(4.1)));
+        inter_node_from_measured(&mut p, 2).unwrap();
+        assert_eq!((p.inter_gbps, p.inter_shared), (4.0, true));
+        assert!(p.note.contains("shared by both directions"), "{}", p.note);
+    }
 }

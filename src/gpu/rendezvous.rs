@@ -13,7 +13,9 @@
 //!   0 listens on MASTER_ADDR:MASTER_PORT, waits for every other rank to
 //!   check in, then sends them the NCCL unique ids. Every wait is bounded by
 //!   the rendezvous timeout, so a rank that never arrives is an error that
-//!   names it, on every rank, not a hang in NCCL's init.
+//!   names it, on every rank, not a hang in NCCL's init. The port is
+//!   MASTER_PORT, or the next one when torchrun's agent already serves its
+//!   store there (`TORCHELASTIC_USE_AGENT_STORE=True`).
 
 mod hostlist;
 
