@@ -204,16 +204,7 @@ pub fn replay(
                 None
             };
             let ids = rendezvous::exchange(pr, mine, 2).map_err(GpuError::Launch)?;
-            let rows = worker_main(
-                pr.rank,
-                pr.world,
-                ordinal,
-                &ids,
-                &ptx,
-                cfg,
-                cases,
-                progress,
-            )?;
+            let rows = worker_main(pr.rank, pr.world, ordinal, &ids, &ptx, cfg, cases, progress)?;
             Ok(if pr.rank == 0 { Some(rows) } else { None })
         }
     }
