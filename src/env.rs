@@ -13,12 +13,37 @@ pub const MAX_TOKENS_FACTOR: &str = "EP_MAX_TOKENS_FACTOR";
 /// Minimum tokens per GEMM m (`min_tokens_per_gemm` in the reference).
 pub const MIN_TOKENS_PER_GEMM: &str = "EP_MIN_TOKENS_PER_GEMM";
 
-/// Launcher variables for one-process-per-GPU replay (torchrun, srun, mpirun).
+/// Launcher variables for one-process-per-GPU replay, read through
+/// [`launcher_var`] by `gpu::rendezvous` in this order: torchrun (or a
+/// hand-set world), Open MPI's mpirun, Slurm's srun.
+/// torchrun: its own variables; MASTER_ADDR and MASTER_PORT serve all three.
 pub const RANK: &str = "RANK";
 pub const WORLD_SIZE: &str = "WORLD_SIZE";
 pub const LOCAL_RANK: &str = "LOCAL_RANK";
+pub const LOCAL_WORLD_SIZE: &str = "LOCAL_WORLD_SIZE";
 pub const MASTER_ADDR: &str = "MASTER_ADDR";
 pub const MASTER_PORT: &str = "MASTER_PORT";
+/// "True" when torchrun's agent already serves a store on MASTER_PORT
+/// (recent torchrun); the rendezvous then uses the next port.
+pub const TORCHELASTIC_USE_AGENT_STORE: &str = "TORCHELASTIC_USE_AGENT_STORE";
+/// Open MPI (`mpirun`, `mpiexec`).
+pub const OMPI_RANK: &str = "OMPI_COMM_WORLD_RANK";
+pub const OMPI_SIZE: &str = "OMPI_COMM_WORLD_SIZE";
+pub const OMPI_LOCAL_RANK: &str = "OMPI_COMM_WORLD_LOCAL_RANK";
+pub const OMPI_LOCAL_SIZE: &str = "OMPI_COMM_WORLD_LOCAL_SIZE";
+/// Slurm (`srun`): the step's node list wins over the job's (a step may
+/// use part of the allocation); the step's node count over the job's.
+pub const SLURM_PROCID: &str = "SLURM_PROCID";
+pub const SLURM_NTASKS: &str = "SLURM_NTASKS";
+pub const SLURM_LOCALID: &str = "SLURM_LOCALID";
+pub const SLURM_STEP_NUM_NODES: &str = "SLURM_STEP_NUM_NODES";
+pub const SLURM_NNODES: &str = "SLURM_NNODES";
+pub const SLURM_STEP_NODELIST: &str = "SLURM_STEP_NODELIST";
+pub const SLURM_JOB_NODELIST: &str = "SLURM_JOB_NODELIST";
+/// NCCL switches that force its network transport between GPUs of one
+/// host (pseudo-nodes); read only to warn when they are missing.
+pub const NCCL_P2P_DISABLE: &str = "NCCL_P2P_DISABLE";
+pub const NCCL_SHM_DISABLE: &str = "NCCL_SHM_DISABLE";
 
 /// Reference defaults when neither the command line nor the environment says.
 pub const DEFAULT_ALPHA: f64 = 1.0;
@@ -52,6 +77,14 @@ pub fn capture_timing() -> bool {
 /// The launcher's view of one variable (`RANK`, `SLURM_PROCID`, ...).
 pub fn launcher_var(name: &str) -> Option<String> {
     std::env::var(name).ok()
+}
+
+/// Whether NCCL is told to keep off NVLink/PCIe peer access and shared
+/// memory (`NCCL_P2P_DISABLE=1` and `NCCL_SHM_DISABLE=1`), so GPUs of one
+/// host talk over its network transport as on separate nodes.
+pub fn nccl_network_forced() -> bool {
+    let on = |k| std::env::var(k).is_ok_and(|v| v.trim() == "1");
+    on(NCCL_P2P_DISABLE) && on(NCCL_SHM_DISABLE)
 }
 
 /// `EP_MAX_TOKENS_FACTOR` if set and parsable, else the reference default.

@@ -25,6 +25,14 @@ pub struct CalibrateArgs {
     /// Write the profile here (JSON).
     #[arg(long)]
     pub out: PathBuf,
+    /// Nodes the measured GPUs stand for (split evenly): with N > 1 the
+    /// measured token exchange is also stored as the inter-node link
+    /// (inter_gbps, inter_latency_us) that `simulate --nodes` prices
+    /// cross-node traffic with. Run it under NCCL_P2P_DISABLE=1
+    /// NCCL_SHM_DISABLE=1 so the GPUs of this host meet over NCCL's network
+    /// transport, as on separate nodes.
+    #[arg(long, default_value = "1", value_parser = super::settings::positive_count, allow_hyphen_values = true)]
+    pub nodes: usize,
     /// Expert shapes D:I for the GEMM curves (default: the gpt-oss-120b
     /// layer, OLMoE, Mixtral).
     #[arg(
@@ -261,6 +269,18 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    if a.nodes > 1 {
+        if a.gemm_only || a.bwd_only || a.merge.is_some() {
+            bail!("--nodes: only a calibration with communication (not --gemm-only, --bwd-only or --merge) measures a link");
+        }
+        llep_trace::plan::topo::Topology::new(a.gpus, a.nodes)?;
+        if !llep_trace::env::nccl_network_forced() {
+            p.warn(&format!(
+                "--nodes {}: NCCL_P2P_DISABLE=1 and NCCL_SHM_DISABLE=1 are not both set, so these GPUs talk over NVLink/PCIe and the 'inter-node' link measured is the intra-node one",
+                a.nodes
+            ));
+        }
+    }
     if let Some(new) = a.merge.clone() {
         return merge_cmd(&a, &new, p);
     }
@@ -332,11 +352,14 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             "measured".into()
         }
     });
-    let prof = if one_gpu {
+    let mut prof = if one_gpu {
         gemm_only_profile(&a, &c, &name)?
     } else {
         full_profile(&c, &name, p)?
     };
+    if a.nodes > 1 {
+        inter_node_from_measured(&mut prof, a.nodes)?;
+    }
     write_profile(&prof, &a.out, p)?;
     let mut s = if one_gpu {
         format!(
@@ -354,6 +377,19 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     } else {
         full_summary(&prof, &c)
     };
+    if a.nodes > 1 {
+        s.push_str(&format!(
+            "  inter-node link (--nodes {}): {:.2} GB/s {} + {:.1} us per exchange\n",
+            a.nodes,
+            prof.inter_gbps,
+            if prof.inter_shared {
+                "shared by both directions (out + in)"
+            } else {
+                "per direction"
+            },
+            prof.inter_latency_us
+        ));
+    }
     s.push_str(&model_summary(&prof));
     p.out(&s)?;
     Ok(ExitCode::SUCCESS)
@@ -403,6 +439,41 @@ fn full_profile(c: &Calibration, name: &str, p: &Printer) -> anyhow::Result<Prof
     Ok(prof)
 }
 
+/// `--nodes N`: every pair measured here crossed the same transport, so
+/// the token exchange's fit (its message model, else the plain link line)
+/// is the inter-node link; the intra-node figures stay that link too (a
+/// pseudo-node run forces one transport on all pairs). The per-message
+/// cost the cost model adds on the NIC is the message model's own. When a
+/// one-way weight transfer runs well above the exchange's per-direction
+/// rate (NCCL's sockets over one host's loopback share one budget between
+/// directions), the link is marked shared and priced at its total rate.
+fn inter_node_from_measured(prof: &mut Profile, nodes: usize) -> anyhow::Result<()> {
+    let (gbps, lat) = match &prof.msg_tokens {
+        Some(m) => (m.gbps, m.latency_us),
+        None => (prof.link_gbps, prof.link_latency_us),
+    };
+    if !(gbps.is_finite() && gbps > 0.0) {
+        bail!(
+            "--nodes {nodes}: the token exchange gave no bandwidth to store as the inter-node link"
+        );
+    }
+    let one_way = prof.msg_weights.map_or(prof.p2p_gbps, |m| m.gbps);
+    prof.inter_shared = one_way > 1.5 * gbps;
+    prof.inter_gbps = if prof.inter_shared { 2.0 * gbps } else { gbps };
+    prof.inter_latency_us = lat;
+    prof.note.push_str(&format!(
+        "; --nodes {nodes}: the measured token exchange is the inter-node link (inter_gbps, inter_latency_us{}); the intra-node figures are the same link",
+        if prof.inter_shared {
+            format!(
+                ", shared by both directions: {gbps:.2} GB/s each way in an exchange, {one_way:.2} GB/s one way"
+            )
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
+}
+
 fn full_summary(prof: &Profile, c: &Calibration) -> String {
     let mut s = format!(
         "{} x {} ({}), {}\n  GEMM peak {:.0} TFLOP/s (D={} I={}), half-efficiency at {:.0} tokens, 1-token group {:.1} us\n  token exchange {:.0} GB/s per direction + {:.1} us; weight transfer {:.0} GB/s + {:.1} us\n  count exchange + planning {:.0} us; memory baseline {:.2} GiB\n",
@@ -433,4 +504,32 @@ fn full_summary(prof: &Profile, c: &Calibration) -> String {
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llep_trace::sim::model::MsgModel;
+
+    #[test]
+    fn nodes_store_the_measured_exchange_as_the_inter_node_link() {
+        let mut p = Profile::load("h200").unwrap();
+        let m = |gbps| MsgModel {
+            latency_us: 40.0,
+            per_msg_us: 3.0,
+            gbps,
+        };
+        // a full-duplex link: one-way and each way of an exchange alike
+        (p.msg_tokens, p.msg_weights) = (Some(m(2.0)), Some(m(2.2)));
+        inter_node_from_measured(&mut p, 2).unwrap();
+        assert_eq!(
+            (p.inter_gbps, p.inter_latency_us, p.inter_shared),
+            (2.0, 40.0, false)
+        );
+        // loopback sockets: one way runs at twice the rate of each way of an exchange
+        (p.msg_tokens, p.msg_weights) = (Some(m(2.0)), Some(m(4.1)));
+        inter_node_from_measured(&mut p, 2).unwrap();
+        assert_eq!((p.inter_gbps, p.inter_shared), (4.0, true));
+        assert!(p.note.contains("shared by both directions"), "{}", p.note);
+    }
 }

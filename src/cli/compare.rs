@@ -22,6 +22,10 @@ pub struct CompareArgs {
     /// of the card the rows were measured on.
     #[arg(long, default_value = "h200")]
     profile: String,
+    /// Nodes the measured GPUs were split over (replay --nodes): the
+    /// twins are priced with that topology.
+    #[arg(long, default_value = "1", value_parser = super::settings::positive_count)]
+    nodes: usize,
     /// Directory holding the traces named in the measured rows (default: traces/).
     #[arg(long)]
     traces: Vec<PathBuf>,
@@ -42,10 +46,14 @@ pub struct CompareArgs {
 }
 
 pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
-    let profile = Profile::load(&a.profile)?;
+    let mut profile = Profile::load(&a.profile)?;
+    profile.nodes = a.nodes as u32;
     let mut rows = Vec::new();
     for f in &a.measured {
         rows.extend(read_results(f)?.1);
+    }
+    for r in &rows {
+        llep_trace::plan::topo::Topology::new(r.gpus as usize, a.nodes)?;
     }
     let acc = compare(&rows, &profile, &default_trace_dirs(&a.traces))?;
     let cards: Vec<&str> = {

@@ -9,7 +9,7 @@ use super::Printer;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 use llep_trace::env;
-use llep_trace::gpu::rendezvous::ProcessRank;
+use llep_trace::gpu::rendezvous::{self, ProcessRank};
 use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
 use llep_trace::plan::{Arbiter, Gate, Policy};
 use llep_trace::results::{write_results, ResultRow};
@@ -37,9 +37,20 @@ pub struct ReplayArgs {
     #[command(flatten)]
     pub input: InputArgs,
     /// GPUs (EP ranks). One process drives this many local GPUs, a thread
-    /// each; under a launcher (WORLD_SIZE set) it must equal WORLD_SIZE.
+    /// each; under a launcher (torchrun, mpirun, srun) one process per GPU,
+    /// and it must equal the launcher's world size.
     #[arg(long, default_value = "2", value_parser = positive_count, allow_hyphen_values = true)]
     pub gpus: usize,
+    /// Nodes the GPUs are split over, evenly: must agree with the launcher
+    /// (world / local size, or SLURM_NNODES). Without a launcher it splits
+    /// the local GPUs into pseudo-nodes. The simulated twin (--with-sim)
+    /// prices this topology [default: the launcher's, else 1].
+    #[arg(long, value_parser = positive_count, allow_hyphen_values = true)]
+    pub nodes: Option<usize>,
+    /// Seconds any rank waits for the others to meet over TCP before NCCL
+    /// starts (rank 0 for every check-in, the others for rank 0).
+    #[arg(long, value_name = "SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub rendezvous_timeout: u64,
     /// forward, or train: each timed run is the forward, then its backward
     /// (combine-bwd, expert dgrad and wgrad, dispatch-bwd, and under LLEP the
     /// weight-gradient return), checked against a dense fp32 reference.
@@ -77,6 +88,37 @@ pub struct ReplayArgs {
     /// Write the rows (measured, plus simulated with --with-sim) here (Parquet).
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// How the ranks start (a launcher's process, or threads) and the nodes
+/// they span, checked before any GPU work.
+fn launch_and_nodes(a: &ReplayArgs, p: &Printer) -> anyhow::Result<(Launch, usize)> {
+    let pr = ProcessRank::from_env(env::launcher_var)?;
+    let nodes = rendezvous::nodes_for(pr.as_ref(), a.gpus, a.nodes)?;
+    let launch = match pr {
+        Some(mut pr) if pr.world > 1 => {
+            pr.timeout = std::time::Duration::from_secs(a.rendezvous_timeout);
+            if pr.rank == 0 {
+                p.status(&format!(
+                    "{} launch ({}): rank 0 of {} on {nodes} node(s), rendezvous on {} (timeout {} s)",
+                    pr.launcher,
+                    pr.launcher.vars(),
+                    pr.world,
+                    pr.addr(),
+                    a.rendezvous_timeout
+                ));
+            }
+            Launch::Process(pr)
+        }
+        // a world of one is this process alone
+        _ => Launch::Threads((0..a.gpus).collect()),
+    };
+    if nodes > 1 && matches!(launch, Launch::Threads(_)) && !env::nccl_network_forced() {
+        p.warn(&format!(
+            "--nodes {nodes}: GPUs of one host still talk over NVLink/PCIe; set NCCL_P2P_DISABLE=1 NCCL_SHM_DISABLE=1 to push them through NCCL's network transport as pseudo-nodes"
+        ));
+    }
+    Ok((launch, nodes))
 }
 
 /// The simulated twin of every measured row, through the same path as
@@ -236,8 +278,13 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         bail!("replay takes one --alpha and one --min-gemm");
     }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
+    let (launch, nodes) = launch_and_nodes(&a, p)?;
     let prof = match &a.with_sim {
-        Some(s) => Some(Profile::load(s)?),
+        Some(s) => {
+            let mut prof = Profile::load(s)?;
+            prof.nodes = nodes as u32;
+            Some(prof)
+        }
         None => None,
     };
     if a.samples == 0 {
@@ -267,7 +314,8 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         }
     }
     let arbiter: Option<Arc<dyn Arbiter>> = if policies.contains(&Policy::LlepAuto) {
-        let profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
+        let mut profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
+        profile.nodes = nodes as u32;
         p.status(&format!(
             "llep-auto decides with profile {}",
             profile.label()
@@ -300,10 +348,6 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         train,
         recompute: a.recompute,
     };
-    let launch = match ProcessRank::from_env(env::launcher_var)? {
-        Some(pr) => Launch::Process(pr),
-        None => Launch::Threads((0..a.gpus).collect()),
-    };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
         if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -317,10 +361,15 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         }
     }
     p.status(&format!(
-        "replaying {} case(s) x {} setting(s) on {} GPU(s): D={d} I={i} E={n} k={k}",
+        "replaying {} case(s) x {} setting(s) on {} GPU(s){}: D={d} I={i} E={n} k={k}",
         cases.len(),
         cfg.settings.len(),
-        a.gpus
+        a.gpus,
+        if nodes > 1 {
+            format!(" over {nodes} nodes")
+        } else {
+            String::new()
+        }
     ));
     let Some(mut rows) = replay(&cfg, &cases, &launch, p)? else {
         return Ok(ExitCode::SUCCESS); // not the reporting rank

@@ -689,7 +689,11 @@ fn calib_main(
     cc: &CalibConfig,
     progress: &dyn Progress,
 ) -> Result<Calibration, GpuError> {
-    let (d0, i0) = cc.shapes.first().copied().unwrap_or(cc.grid_shapes[0]);
+    let (d0, i0) = cc
+        .shapes
+        .first()
+        .copied()
+        .unwrap_or_else(|| cc.grid_shapes[0]);
     let (n, k, t) = (128usize, 4usize, 32_768u64);
     let n = n.max(world).div_ceil(world) * world;
     let cfg = ReplayConfig {

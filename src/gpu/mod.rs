@@ -52,8 +52,8 @@ pub enum GpuError {
     Nccl(String),
     #[error("compiling the kernels with NVRTC failed: {0}")]
     Compile(String),
-    #[error("launcher environment: {0}")]
-    Launch(String),
+    #[error(transparent)]
+    Launch(rendezvous::LaunchError),
     #[error("{0}")]
     Input(String),
 }

@@ -188,13 +188,16 @@ pub fn replay(
         Launch::Process(pr) => {
             if pr.world != cfg.gpus {
                 return Err(GpuError::Input(format!(
-                    "WORLD_SIZE {} but --gpus {}",
-                    pr.world, cfg.gpus
+                    "{} started {} processes but --gpus {}",
+                    pr.launcher, pr.world, cfg.gpus
                 )));
             }
-            if pr.local_rank >= count {
+            // a launcher that binds one GPU per task (srun --gpus-per-task,
+            // CUDA_VISIBLE_DEVICES per rank) leaves each process one GPU
+            let ordinal = if count == 1 { 0 } else { pr.local_rank };
+            if ordinal >= count {
                 return Err(GpuError::Input(format!(
-                    "LOCAL_RANK {} but {count} GPUs visible (check CUDA_VISIBLE_DEVICES)",
+                    "local rank {} but {count} GPUs visible (check CUDA_VISIBLE_DEVICES)",
                     pr.local_rank
                 )));
             }
@@ -203,17 +206,8 @@ pub fn replay(
             } else {
                 None
             };
-            let ids = rendezvous::exchange(pr, mine, 2)?;
-            let rows = worker_main(
-                pr.rank,
-                pr.world,
-                pr.local_rank,
-                &ids,
-                &ptx,
-                cfg,
-                cases,
-                progress,
-            )?;
+            let ids = rendezvous::exchange(pr, mine, 2).map_err(GpuError::Launch)?;
+            let rows = worker_main(pr.rank, pr.world, ordinal, &ids, &ptx, cfg, cases, progress)?;
             Ok(if pr.rank == 0 { Some(rows) } else { None })
         }
     }

@@ -179,6 +179,16 @@ impl Profile {
             + bytes as f64 / (self.inter_gbps * 1e9) * 1e3
     }
 
+    /// What one GPU's NIC is busy with, moving `out` and receiving `inn`:
+    /// the larger on a full-duplex link, both on a shared one.
+    fn nic_bytes(&self, out: u64, inn: u64) -> u64 {
+        if self.inter_shared {
+            out + inn
+        } else {
+            out.max(inn)
+        }
+    }
+
     fn p2p_ms(&self, bytes: u64) -> f64 {
         if bytes == 0 {
             0.0
@@ -338,7 +348,7 @@ fn weights_ms(prof: &Profile, scratch: &CostScratch, g: usize, multi: bool) -> f
             None => prof.p2p_ms(xb),
         };
         let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
-        intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
+        intra.max(prof.nic_ms(xm, prof.nic_bytes(xs, xr), per_msg))
     } else {
         let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
         match &prof.msg_weights {
@@ -465,7 +475,7 @@ fn split_exchange(
         }
     }
     let in_b = in_out.max(in_in) * tok_bytes;
-    let x_b = x_out.max(x_in) * tok_bytes;
+    let x_b = prof.nic_bytes(x_out, x_in) * tok_bytes;
     let intra = match &prof.msg_tokens {
         Some(m) => m.ms(in_msgs, in_b),
         None => prof.link_ms(in_b),

@@ -83,6 +83,12 @@ pub struct Profile {
     pub inter_gbps: f64,
     #[serde(default = "default_inter_latency_us")]
     pub inter_latency_us: f64,
+    /// The inter-node link carries both directions on one budget of
+    /// `inter_gbps` (bytes out plus in), as NCCL's socket transport over
+    /// one host's loopback does for pseudo-nodes (`calibrate --nodes` finds
+    /// it); off, a NIC is full duplex and the larger direction counts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inter_shared: bool,
     /// Nodes the GPUs are split over, evenly (`--nodes`, `--topology`): a
     /// setting of the run rather than of the card, carried here so that
     /// everything that prices a plan sees it. 1: every link is intra-node.
@@ -385,6 +391,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         // calibrate runs inside one node: the inter-node link stays the estimate
         inter_gbps: default_inter_gbps(),
         inter_latency_us: default_inter_latency_us(),
+        inter_shared: false,
         nodes: 1,
         overhead_us: c.overhead_ms * 1e3,
         // one calibration sees one GPU count, so it cannot split its
