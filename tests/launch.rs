@@ -357,6 +357,8 @@ fn a_shared_inter_node_link_prices_both_directions_of_an_exchange() {
         full.launches,
         full.copy_gbps,
     ) = (None, None, None, 0.0);
+    // link sharing between exchange and transfers is another term: off here
+    full.layer_fit = None;
     (full.inter_gbps, full.inter_latency_us) = (4.0, 50.0);
     let mut shared = full.clone();
     shared.inter_shared = true;
