@@ -516,6 +516,7 @@ fn calib_main(
         seed: cc.seed,
         samples: 0,
         arbiter: None,
+        eplb: Vec::new(),
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

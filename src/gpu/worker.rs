@@ -117,6 +117,9 @@ pub(super) struct Worker<'a> {
     /// rank agrees on when buffers grow (and an OOM check is needed).
     pub(super) seen: Vec<Vec<usize>>,
     pub(super) driver_peak: usize,
+    /// The expert whose weights each EP unit holds: identity for plain EP
+    /// and LLEP, an EPLB placement's `phy2log` (see `replicas`).
+    pub(super) slots: Vec<usize>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -150,6 +153,7 @@ impl<'a> Worker<'a> {
             xev: (0..2).map(|_| Event::new()).collect::<Result<_, _>>()?,
             seen: Vec::new(),
             driver_peak: 0,
+            slots: (0..cfg.experts).collect(),
         })
     }
 
@@ -266,7 +270,7 @@ impl<'a> Worker<'a> {
             (BufKind::PackSegs, npack * std::mem::size_of::<PackSeg>()),
             (BufKind::SegsIn, nin * std::mem::size_of::<CopySeg>()),
             (BufKind::SegsOut, nin * std::mem::size_of::<CopySeg>()),
-            (BufKind::SegStart, (self.cfg.experts + 1) * 4),
+            (BufKind::SegStart, (self.experts() + 1) * 4),
         ]
     }
 

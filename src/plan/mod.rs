@@ -18,6 +18,7 @@
 
 mod dispatch;
 pub mod eplb;
+pub mod replica_split;
 mod gate;
 mod reference;
 pub mod topo;

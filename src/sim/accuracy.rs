@@ -2,7 +2,8 @@
 //! simulate the same input (same per-rank loads, policy, lambda, alpha, m,
 //! GPU count) with a profile, and compare layer time and peak memory.
 
-use super::{auto_prefers_llep, simulated_base, Evaluator, Profile, Shape};
+use super::eplb::{EplbEvaluator, EplbSim};
+use super::{auto_prefers_llep, row_from, simulated_base, Evaluator, Profile, Shape};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
@@ -102,6 +103,11 @@ pub fn twin(
         let (_, cost) = ev.eval(per_rank, &global, &params, policy, &shape, profile);
         ev.row(&cost, &base, &shape, profile, pass, recompute)
     };
+    if matches!(policy, Policy::Eplb | Policy::EplbLlep) {
+        let mut r = eplb_twin(measured, w, (s, l), &params, &shape, profile, base)?;
+        (r.policy, r.gate) = (measured.policy, measured.gate);
+        return Ok(r);
+    }
     if policy == Policy::LlepAuto {
         // the cost-aware gate's own decision, as simulate and replay make it
         let ep = priced(Policy::Ep, ev);
@@ -117,6 +123,47 @@ pub fn twin(
     let mut r = priced(policy, ev);
     (r.policy, r.gate) = (measured.policy, measured.gate);
     Ok(r)
+}
+
+/// The twin of an `eplb` / `eplb+llep` row: its EPLB setting read back
+/// from its note, the placement `simulate` would use at that step, the
+/// copies split among replicas as the replay split them
+/// ([`super::eplb::split_counts`]), priced as `simulate` prices EPLB rows.
+/// A replay places its replicas before the timed runs, so a rebalance's
+/// weight moves (which `simulate` charges on the rebalance step) are not
+/// part of the twin.
+fn eplb_twin(
+    measured: &ResultRow,
+    w: &Workload,
+    (s, l): (usize, usize),
+    params: &PlanParams,
+    shape: &Shape,
+    profile: &Profile,
+    mut base: ResultRow,
+) -> Result<ResultRow, AccuracyError> {
+    let e = EplbSim::from_note(&measured.input_note).ok_or_else(|| {
+        AccuracyError::Input(format!(
+            "{}: an {} row whose input_note has no EPLB setting",
+            measured.trace, measured.policy
+        ))
+    })?;
+    e.check(w.model.num_experts as usize, w.gpus)
+        .map_err(|x| AccuracyError::Input(x.to_string()))?;
+    base.input_note = format!("{}; {}", base.input_note, e.label());
+    let pl = e.placement(&w.loads, s, l, w.gpus);
+    let mut ev = EplbEvaluator::default();
+    ev.load(w.loads.block(s, l), w.gpus, &pl, e.split);
+    let (plan, cost) = ev.eval(params, false, &[], shape, profile);
+    let off = row_from(plan, &cost, &base);
+    if measured.policy == Policy::Eplb {
+        return Ok(off);
+    }
+    let (plan, cost) = ev.eval(params, true, &[], shape, profile);
+    Ok(if measured.gate.admits(plan.imbalance_ratio) {
+        row_from(plan, &cost, &base)
+    } else {
+        off
+    })
 }
 
 /// The seed a row's input was resampled with (recorded in its note).
