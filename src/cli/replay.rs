@@ -350,7 +350,10 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     p.status(&format!(
         "replaying {} case(s) x {} setting(s) on {} GPU(s): D={d} I={i} E={n} k={k}",
         cases.len(),
-        cfg.settings.len(),
+        cfg.settings
+            .iter()
+            .map(|(pol, _)| if is_eplb(*pol) { cfg.eplb.len() } else { 1 })
+            .sum::<usize>(),
         a.gpus
     ));
     let Some(mut rows) = replay(&cfg, &cases, &launch, p)? else {
