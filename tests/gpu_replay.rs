@@ -311,11 +311,67 @@ fn the_twin_of_a_replayed_eplb_row_is_simulates_row() {
             assert_eq!(p.simulated.input_note, s.input_note);
         }
     }
+    // placed from the previous step: compare rebuilds the earlier steps of
+    // the trace; the plan (loads after) is simulate's, and the time too
+    // except on rebalance steps, where simulate charges weight moves that
+    // a replay does not make
+    let o = Command::new(bin())
+        .args([
+            "simulate",
+            "--trace",
+            "traces/olmoe-1b-7b.parquet",
+            "--gpus",
+            "2",
+            "--policy",
+            "eplb,eplb+llep",
+            "--ratio",
+            "always",
+            "--redundant",
+            "8",
+            "--eplb-window",
+            "1",
+            "--eplb-period",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sim = read_results(&out).unwrap().1;
+    assert_eq!(sim.len(), 36);
+    let measured: Vec<_> = sim
+        .iter()
+        .map(|r| {
+            let mut m = r.clone();
+            m.source = Source::Measured;
+            m.t_total_ms = 1.0;
+            m
+        })
+        .collect();
+    let dirs = llep_trace::sim::accuracy::default_trace_dirs(&[]);
+    let acc = compare(&measured, &Profile::load("h200").unwrap(), &dirs).unwrap();
+    let mut moved = 0;
+    for (p, s) in acc.pairs.iter().zip(&sim) {
+        assert_eq!(
+            p.simulated.loads_after, s.loads_after,
+            "step {} layer {}",
+            s.step, s.layer
+        );
+        if s.step % 2 == 0 && s.step > 0 {
+            moved += 1;
+            assert!(p.simulated.t_total_ms <= s.t_total_ms);
+        } else {
+            assert_eq!(p.simulated.t_total_ms, s.t_total_ms, "step {}", s.step);
+        }
+    }
+    assert_eq!(moved, 12, "steps 2 and 4 rebalance");
     // a measured eplb row whose note lost its setting cannot be twinned
     let mut bad = read_results(&out).unwrap().1.remove(0);
     bad.source = Source::Measured;
     bad.input_note = "synthetic".into();
-    let e = compare(&[bad], &Profile::load("h200").unwrap(), &[]).unwrap_err();
+    let e = compare(&[bad], &Profile::load("h200").unwrap(), &dirs).unwrap_err();
     assert!(e.to_string().contains("no EPLB setting"), "{e}");
 }
 

@@ -175,7 +175,9 @@ fn seed_of(note: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Rebuild the workload a measured row ran on (one layer-step of it).
+/// Rebuild the workload a measured row ran on: one layer-step of it, and
+/// for an EPLB row placed from a window of earlier steps, the trace's steps
+/// up to its own.
 fn workload_for(
     r: &ResultRow,
     trace_dirs: &[PathBuf],
@@ -227,6 +229,14 @@ fn workload_for(
     }
     let rescaled = r.input_note.contains("rescaled") || r.input_note.contains("resampled");
     spec.tokens_per_rank = rescaled.then_some(r.tokens_per_rank);
+    // an EPLB row placed from earlier steps needs them: the trace's steps up
+    // to the row's (as a replay or simulate over the whole trace saw them)
+    let windowed = matches!(r.policy, Policy::Eplb | Policy::EplbLlep)
+        && EplbSim::from_note(&r.input_note).is_some_and(|e| !e.oracle);
+    if windowed {
+        let ids = &cache[&path].loads.step_ids;
+        spec.steps = StepPick::Ids(ids.iter().copied().filter(|&x| x <= r.step).collect());
+    }
     spec.source = InputSource::Trace(path.clone());
     Ok(spec.resolve_trace(&path, cache[&path].clone())?)
 }
