@@ -20,9 +20,12 @@ def setting(policy, lam, note):
     m = re.search(r"eplb R=(\d+)", note or "")
     g = "" if policy in ("ep", "eplb") else (" λ=" + (f"{lam:g}" if lam is not None else "always"))
     r = f" R={m.group(1)}" if m and policy.startswith("eplb") else ""
+    w = re.search(r"previous (\d+) steps, rebalanced every (\d+) steps", note or "")
+    if r and w:
+        r += f" prev {w.group(1)}/{w.group(2)}"
     sp = re.search(r"replica split (\w+)", note or "")
     if r and sp and sp.group(1) != "sglang":
-        r += f" ({sp.group(1)} split)"
+        r += f" {sp.group(1)}"
     return f"{policy}{r}{g}"
 
 

@@ -37,14 +37,23 @@ pub struct PolicyFig {
     pub measured: bool,
 }
 
-/// A row's setting label, EPLB's redundancy included.
+/// A row's setting label, EPLB's setting included: its redundancy, its
+/// placement when not the oracle ("prev W/P": the mean of the previous W
+/// steps, rebalanced every P) and its replica split when not SGLang's.
 pub fn setting_of(r: &ResultRow) -> String {
     match EplbSim::from_note(&r.input_note) {
         Some(e) if matches!(r.policy, Policy::Eplb | Policy::EplbLlep) => {
+            let mut what = format!("R={}", e.redundant);
+            if !e.oracle {
+                what += &format!(" prev {}/{}", e.window, e.period);
+            }
+            if e.split != crate::sim::ReplicaSplit::Sglang {
+                what += &format!(" {}", e.split);
+            }
             let l = r.setting_label();
             match l.split_once(' ') {
-                Some((p, rest)) => format!("{p} R={} {rest}", e.redundant),
-                None => format!("{l} R={}", e.redundant),
+                Some((p, rest)) => format!("{p} {what} {rest}"),
+                None => format!("{l} {what}"),
             }
         }
         _ => r.setting_label(),
@@ -339,6 +348,7 @@ mod tests {
     fn settings_and_inputs_in_order_with_eplb_redundancy() {
         let e16 = "synthetic; eplb R=16: oracle placement from the same step's loads (an upper bound, not reachable online); replica split sglang";
         let e32 = e16.replace("R=16", "R=32");
+        let w8 = "synthetic; eplb R=16: placement from the mean of the previous 1 steps, rebalanced every 2 steps; replica split vllm";
         let rows = vec![
             row("95:1", Policy::Eplb, Gate::Never, e16, 20.0, 9 << 30),
             row("95:1", Policy::Ep, Gate::Never, "synthetic", 40.0, 8 << 30),
@@ -367,6 +377,7 @@ mod tests {
                 12.0,
                 9 << 30,
             ),
+            row("95:1", Policy::Eplb, Gate::Never, w8, 30.0, 9 << 30),
         ];
         let f = PolicyFig::from_rows(&rows).unwrap();
         assert_eq!(
@@ -376,6 +387,7 @@ mod tests {
                 "llep λ=1.3",
                 "eplb R=16",
                 "eplb R=32",
+                "eplb R=16 prev 1/2 vllm",
                 "eplb+llep R=16 λ=1.3"
             ]
         );
@@ -384,7 +396,9 @@ mod tests {
         assert_eq!(f.relative(&f.inputs[0])[2], Some(0.5));
         assert_eq!(f.inputs[1].time_ms[1], None);
         assert_eq!(f.inputs[0].peak_bytes[3], Some(10 << 30));
+        assert_eq!(f.inputs[0].time_ms[5], Some(12.0));
         // no EPLB row: no figure
         assert!(PolicyFig::from_rows(&rows[1..2]).is_none());
+        assert_eq!(f.inputs[0].time_ms[4], Some(30.0));
     }
 }
