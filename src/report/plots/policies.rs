@@ -82,6 +82,25 @@ fn rank(r: &ResultRow) -> u8 {
     }
 }
 
+/// The R of an EPLB setting label (0 for the others).
+fn redundancy(label: &str) -> usize {
+    label
+        .split(' ')
+        .find_map(|w| w.strip_prefix("R=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Colour of setting `k` of `n`: the palette while it lasts, else evenly
+/// spaced hues (so no two settings share a colour).
+fn shade(k: usize, n: usize) -> RGBColor {
+    if n <= 10 {
+        return color(k);
+    }
+    let h = k as f64 / n as f64;
+    let (r, g, b) = HSLColor(h, 0.65, 0.45 + 0.12 * (k % 2) as f64).rgb();
+    RGBColor(r, g, b)
+}
+
 impl PolicyFig {
     /// The comparison of `rows`: measured rows when there are any, else
     /// simulated; `None` without at least two settings or any EPLB row.
@@ -115,8 +134,8 @@ impl PolicyFig {
                 inputs.push(i);
             }
         }
-        // stable: EP, LLEP, EPLB, EPLB+LLEP, each in first-seen order
-        settings.sort_by_key(|s| s.0);
+        // EP, LLEP, EPLB, EPLB+LLEP; within one, by R, then first-seen order
+        settings.sort_by_key(|s| (s.0, redundancy(&s.1)));
         let settings: Vec<String> = settings.into_iter().map(|s| s.1).collect();
         if settings.len() < 2 {
             return None;
@@ -185,7 +204,7 @@ impl PolicyFig {
         self.settings
             .iter()
             .enumerate()
-            .map(|(k, s)| entry(s.clone(), color(k), Mark::Box))
+            .map(|(k, s)| entry(s.clone(), shade(k, self.settings.len()), Mark::Box))
             .collect()
     }
 }
@@ -299,18 +318,23 @@ impl PolicyFig {
             .y_label_formatter(&|v| format!("{v:.2}"))
             .draw()
             .s()?;
-        let w = 0.84 / ns as f64;
         for (i, row) in vals.iter().enumerate() {
-            for (k, v) in row.iter().enumerate() {
-                let Some(v) = *v else { continue };
-                let x0 = i as f64 - 0.42 + k as f64 * w;
+            // only the settings this input ran, side by side
+            let present: Vec<(usize, f64)> = row
+                .iter()
+                .enumerate()
+                .filter_map(|(k, v)| Some((k, (*v)?)))
+                .collect();
+            let w = 0.84 / present.len().max(1) as f64;
+            for (slot, &(k, v)) in present.iter().enumerate() {
+                let x0 = i as f64 - 0.42 + slot as f64 * w;
                 chart
                     .draw_series(std::iter::once(Rectangle::new(
-                        [(x0 + 0.01, 0.0), (x0 + w - 0.01, v)],
-                        color(k).filled(),
+                        [(x0 + 0.005, 0.0), (x0 + w - 0.005, v)],
+                        shade(k, ns).filled(),
                     )))
                     .s()?;
-                if ns * n <= 36 {
+                if present.len() * n <= 24 {
                     chart
                         .draw_series(std::iter::once(Text::new(
                             fmt(v),
@@ -386,8 +410,8 @@ mod tests {
                 "ep",
                 "llep λ=1.3",
                 "eplb R=16",
-                "eplb R=32",
                 "eplb R=16 prev 1/2 vllm",
+                "eplb R=32",
                 "eplb+llep R=16 λ=1.3"
             ]
         );
@@ -395,10 +419,10 @@ mod tests {
         assert_eq!(f.inputs[0].label, "95:1");
         assert_eq!(f.relative(&f.inputs[0])[2], Some(0.5));
         assert_eq!(f.inputs[1].time_ms[1], None);
-        assert_eq!(f.inputs[0].peak_bytes[3], Some(10 << 30));
+        assert_eq!(f.inputs[0].peak_bytes[4], Some(10 << 30));
         assert_eq!(f.inputs[0].time_ms[5], Some(12.0));
         // no EPLB row: no figure
         assert!(PolicyFig::from_rows(&rows[1..2]).is_none());
-        assert_eq!(f.inputs[0].time_ms[4], Some(30.0));
+        assert_eq!(f.inputs[0].time_ms[3], Some(30.0));
     }
 }
