@@ -58,7 +58,9 @@ def main(files):
     gib = 1024 ** 3
     for inp in agg["input"].unique(maintain_order=True):
         a = agg.filter(pl.col("input") == inp).with_columns(
-            pl.col("policy").replace_strict(ORDER, default=9).alias("o")).sort("o", maintain_order=True)
+            pl.col("policy").replace_strict(ORDER, default=9).alias("o"),
+            pl.col("setting").str.extract(r"R=(\d+)").cast(pl.Int64).fill_null(0).alias("r"),
+            pl.col("setting").str.contains("prev").alias("w")).sort(["o", "r", "w"], maintain_order=True)
         ep = a.filter(pl.col("setting") == "ep")
         ep_ms = ep["ms"][0] if ep.height else None
         ep_sim = ep["sim"][0] if ep.height else None
