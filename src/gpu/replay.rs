@@ -108,10 +108,7 @@ fn worker_main(
                         case.base.step,
                         case.base.layer,
                         policy,
-                        which.map_or(String::new(), |i| format!(
-                            " R={}",
-                            cfg.eplb[i].redundant
-                        ))
+                        which.map_or(String::new(), |i| format!(" R={}", cfg.eplb[i].redundant))
                     ));
                 }
                 if let Some(r) = w.measure_setting(case, policy, gate, which)? {

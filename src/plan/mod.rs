@@ -18,9 +18,9 @@
 
 mod dispatch;
 pub mod eplb;
-pub mod replica_split;
 mod gate;
 mod reference;
+pub mod replica_split;
 pub mod topo;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};

@@ -119,7 +119,8 @@ impl<'a> Build<'a> {
                     Some(format!("{name} {:.2} ms / {:.2} GiB", (*t)?, gib((*m)?)))
                 })
                 .collect();
-            s.numbers.push(format!("{}: {}.", i.label, parts.join(", ")));
+            s.numbers
+                .push(format!("{}: {}.", i.label, parts.join(", ")));
         }
         self.fig(&mut s, "policies", &f)?;
         Ok(s)
