@@ -200,8 +200,9 @@ fn bad_eplb_settings_fail_with_one_clear_line() {
 
 #[test]
 fn eplb_policies_are_refused_where_they_are_not_simulated() {
-    let e = fails(&["replay", "--policy", "ep,eplb"]);
-    assert!(e.contains("simulated only"), "{e}");
+    // replay measures them (tests/gpu_replay.rs), given their replicas
+    let e = fails(&["replay", "--synthetic", "95:1", "--policy", "ep,eplb"]);
+    assert!(e.contains("needs --redundant"), "{e}");
     let o = run(&[
         "plan",
         "--policy",

@@ -185,3 +185,329 @@ fn replay_rejects_bad_input_before_any_gpu_work() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("ideal"));
 }
+
+// ---- EPLB in the replay (issue 14 part 4) ----
+
+/// Run the binary, expect failure, return its one error line.
+fn one_error(args: &[&str]) -> String {
+    let o = Command::new(bin()).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    // 1 for a refused setting, 2 for a value clap itself refuses
+    assert!(matches!(o.status.code(), Some(1 | 2)), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errs.len(), 1, "{args:?}: {stderr}");
+    errs[0].to_string()
+}
+
+#[test]
+fn replay_eplb_rejects_bad_flags_in_one_line_before_any_gpu_work() {
+    let base = [
+        "replay",
+        "--synthetic",
+        "95:1",
+        "--gpus",
+        "2",
+        "--tokens-per-rank",
+        "256",
+    ];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let a = with(extra);
+        one_error(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // 128 experts + 3 cannot be split over 2 GPUs
+    let e = run(&["--policy", "ep,eplb", "--redundant", "3"]);
+    assert!(
+        e.contains("--redundant 3") && e.contains("131 physical"),
+        "{e}"
+    );
+    // one bad R in a list is enough
+    let e = run(&["--policy", "eplb+llep", "--redundant", "16,5"]);
+    assert!(e.contains("--redundant 5"), "{e}");
+    let e = run(&["--policy", "eplb"]);
+    assert!(e.contains("needs --redundant"), "{e}");
+    let e = run(&["--policy", "ep,llep", "--redundant", "16"]);
+    assert!(e.contains("apply to --policy eplb"), "{e}");
+    let e = run(&["--policy", "eplb", "--redundant", "16", "--pass", "train"]);
+    assert!(e.contains("--pass train") && e.contains("forward"), "{e}");
+    let e = run(&[
+        "--policy",
+        "eplb",
+        "--redundant",
+        "16",
+        "--eplb-groups",
+        "3",
+    ]);
+    assert!(e.contains("--eplb-groups 3"), "{e}");
+    let e = run(&["--policy", "eplb", "--redundant", "16", "--eplb-nodes", "3"]);
+    assert!(e.contains("--eplb-nodes 3"), "{e}");
+    let e = run(&[
+        "--policy",
+        "eplb",
+        "--redundant",
+        "16",
+        "--eplb-window",
+        "0",
+    ]);
+    assert!(e.contains("--eplb-window"), "{e}");
+    let e = run(&[
+        "--policy",
+        "eplb",
+        "--redundant",
+        "16",
+        "--replica-split",
+        "round",
+    ]);
+    assert!(e.contains("unknown replica split 'round'"), "{e}");
+}
+
+#[test]
+fn per_copy_replica_choice_aggregates_to_split_counts() {
+    use llep_trace::gpu::replicas::physical_case;
+    use llep_trace::gpu::{Case, RankRouting};
+    use llep_trace::plan::eplb::{rebalance, EplbParams};
+    use llep_trace::plan::replica_split::{logical_counts, split_counts, ReplicaSplit};
+    use llep_trace::trace::tokens::SplitMix64;
+    let mut rng = SplitMix64::new(14);
+    for case in 0..40 {
+        let gpus = [2usize, 4, 8][case % 3];
+        let experts = gpus * [2usize, 4, 8][(case / 3) % 3];
+        let k = 1 + case % 4;
+        let redundant = gpus * (1 + case % 2);
+        let hot = rng.below(experts as u64) as i32;
+        let routing: Vec<RankRouting> = (0..gpus)
+            .map(|_| {
+                let t = rng.below(300) as usize;
+                let ids: Vec<i32> = (0..t * k)
+                    .map(|_| {
+                        if rng.below(2) == 0 {
+                            hot
+                        } else {
+                            rng.below(experts as u64) as i32
+                        }
+                    })
+                    .collect();
+                RankRouting {
+                    weights: vec![1.0; ids.len()],
+                    ids,
+                }
+            })
+            .collect();
+        let per_rank = logical_counts(routing.iter().map(|r| r.ids.as_slice()), experts);
+        let global: Vec<f64> = (0..experts)
+            .map(|e| (0..gpus).map(|r| per_rank[r * experts + e] as f64).sum())
+            .collect();
+        let pl = rebalance(&global, &EplbParams::new(gpus, redundant)).unwrap();
+        let c = Case {
+            base: Default::default(),
+            routing,
+            placements: Vec::new(),
+        };
+        let np = pl.phy2log.len();
+        for split in [ReplicaSplit::Even, ReplicaSplit::Sglang, ReplicaSplit::Vllm] {
+            let phys = physical_case(&c, &pl, split);
+            let got = logical_counts(phys.routing.iter().map(|r| r.ids.as_slice()), np);
+            let mut want = Vec::new();
+            split_counts(&per_rank, gpus, &pl, split, &mut want);
+            assert_eq!(got, want, "case {case}, split {split}");
+            // every copy stays with a replica of its own expert
+            for (p, l) in phys.routing.iter().zip(&c.routing) {
+                assert!(p
+                    .ids
+                    .iter()
+                    .zip(&l.ids)
+                    .all(|(&x, &y)| pl.phy2log[x as usize] == y as usize));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_twin_of_a_replayed_eplb_row_is_simulates_row() {
+    use llep_trace::plan::Policy;
+    use llep_trace::results::{read_results, Source};
+    use llep_trace::sim::{accuracy::compare, Profile};
+    let dir = std::env::temp_dir().join(format!("llep-eplb-twin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("s.parquet");
+    for split in ["sglang", "even", "vllm"] {
+        let o = Command::new(bin())
+            .args([
+                "simulate",
+                "--synthetic",
+                "95:1,30:4",
+                "--gpus",
+                "2",
+                "--tokens-per-rank",
+                "4096",
+                "--policy",
+                "eplb,eplb+llep",
+                "--ratio",
+                "1.3,always",
+                "--redundant",
+                "16",
+                "--eplb-oracle",
+                "--replica-split",
+                split,
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let sim = read_results(&out).unwrap().1;
+        assert_eq!(sim.len(), 6);
+        // the same rows, as a replay would have written them
+        let measured: Vec<_> = sim
+            .iter()
+            .map(|r| {
+                let mut m = r.clone();
+                m.source = Source::Measured;
+                m.t_total_ms = 1.0;
+                m
+            })
+            .collect();
+        let acc = compare(&measured, &Profile::load("h200").unwrap(), &[]).unwrap();
+        for (p, s) in acc.pairs.iter().zip(&sim) {
+            assert!(matches!(
+                p.simulated.policy,
+                Policy::Eplb | Policy::EplbLlep
+            ));
+            assert_eq!(p.simulated.policy, s.policy);
+            assert_eq!(p.simulated.gate, s.gate);
+            assert_eq!(
+                p.simulated.t_total_ms, s.t_total_ms,
+                "{split} {}",
+                s.scenario
+            );
+            assert_eq!(p.simulated.peak_mem_max_bytes, s.peak_mem_max_bytes);
+            assert_eq!(p.simulated.loads_after, s.loads_after);
+            assert_eq!(p.simulated.input_note, s.input_note);
+        }
+    }
+    // placed from the previous step: compare rebuilds the earlier steps of
+    // the trace; the plan (loads after) is simulate's, and the time too
+    // except on rebalance steps, where simulate charges weight moves that
+    // a replay does not make
+    let o = Command::new(bin())
+        .args([
+            "simulate",
+            "--trace",
+            "traces/olmoe-1b-7b.parquet",
+            "--gpus",
+            "2",
+            "--policy",
+            "eplb,eplb+llep",
+            "--ratio",
+            "always",
+            "--redundant",
+            "8",
+            "--eplb-window",
+            "1",
+            "--eplb-period",
+            "2",
+            "--out",
+        ])
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sim = read_results(&out).unwrap().1;
+    assert_eq!(sim.len(), 36);
+    let measured: Vec<_> = sim
+        .iter()
+        .map(|r| {
+            let mut m = r.clone();
+            m.source = Source::Measured;
+            m.t_total_ms = 1.0;
+            m
+        })
+        .collect();
+    let dirs = llep_trace::sim::accuracy::default_trace_dirs(&[]);
+    let acc = compare(&measured, &Profile::load("h200").unwrap(), &dirs).unwrap();
+    let mut moved = 0;
+    for (p, s) in acc.pairs.iter().zip(&sim) {
+        assert_eq!(
+            p.simulated.loads_after, s.loads_after,
+            "step {} layer {}",
+            s.step, s.layer
+        );
+        if s.step % 2 == 0 && s.step > 0 {
+            moved += 1;
+            assert!(p.simulated.t_total_ms <= s.t_total_ms);
+        } else {
+            assert_eq!(p.simulated.t_total_ms, s.t_total_ms, "step {}", s.step);
+        }
+    }
+    assert_eq!(moved, 12, "steps 2 and 4 rebalance");
+    // a measured eplb row whose note lost its setting cannot be twinned
+    let mut bad = read_results(&out).unwrap().1.remove(0);
+    bad.source = Source::Measured;
+    bad.input_note = "synthetic".into();
+    let e = compare(&[bad], &Profile::load("h200").unwrap(), &dirs).unwrap_err();
+    assert!(e.to_string().contains("no EPLB setting"), "{e}");
+}
+
+#[test]
+fn replay_eplb_small_layer_or_fail_cleanly_without_gpu() {
+    let dir = std::env::temp_dir().join(format!("llep-eplb-gpu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("r.parquet");
+    let o = Command::new(bin())
+        .args([
+            "replay",
+            "--synthetic",
+            "95:1",
+            "--gpus",
+            "1",
+            "--tokens-per-rank",
+            "256",
+            "--experts",
+            "8",
+            "--top-k",
+            "2",
+            "--hidden-size",
+            "64",
+            "--intermediate-size",
+            "32",
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--policy",
+            "eplb,eplb+llep",
+            "--ratio",
+            "always",
+            "--redundant",
+            "2,4",
+            "--eplb-oracle",
+            "--replica-split",
+            "even",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if !gpu_present() {
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("no GPU"), "{stderr}");
+        assert!(!out.exists());
+        return;
+    }
+    assert!(o.status.success(), "{stderr}");
+    let rows = llep_trace::results::read_results(&out).unwrap().1;
+    assert_eq!(rows.len(), 4, "eplb and eplb+llep at R = 2 and 4");
+    for r in &rows {
+        let e = r.rel_error.expect("checked against the dense reference");
+        assert!(e < 1e-2, "relative error {e}");
+        assert!(r.input_note.contains("eplb R="), "{}", r.input_note);
+    }
+}

@@ -1,21 +1,22 @@
-//! `llep-trace replay`: run EP and LLEP MoE layers on real GPUs, measure
-//! them, and (optionally) put the simulated rows for the same inputs beside
-//! them.
+//! `llep-trace replay`: run EP, LLEP and EPLB MoE layers on real GPUs,
+//! measure them, and (optionally) put the simulated rows for the same
+//! inputs beside them.
 
 use super::settings::{expand_auto, positive_count, InputArgs, PlannerArgs};
 use super::simulate::results_meta;
 use super::table::Table;
 use super::Printer;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use llep_trace::env;
 use llep_trace::gpu::rendezvous::{self, ProcessRank};
-use llep_trace::gpu::{inputs, replay, Act, Case, Launch, ReplayConfig};
+use llep_trace::gpu::replicas::is_eplb;
+use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, ReplayConfig};
 use llep_trace::plan::{Arbiter, Gate, Policy};
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::results::{Pass, Source};
 use llep_trace::sim::accuracy::twin;
-use llep_trace::sim::{CostArbiter, Evaluator, Profile, Shape};
+use llep_trace::sim::{CostArbiter, EplbSim, Evaluator, Profile, Shape};
 use llep_trace::workload::Workload;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,9 +64,15 @@ pub struct ReplayArgs {
     /// Expert activation.
     #[arg(long, value_enum, default_value = "gpt-oss")]
     pub act: ActArg,
-    /// Policies: ep, llep.
+    /// Policies: ep, llep, llep-auto, eplb and eplb+llep (need --redundant;
+    /// the placement follows simulate's rule: the previous --eplb-window
+    /// steps, or --eplb-oracle for the same step's loads).
     #[arg(long, value_delimiter = ',', default_value = "ep,llep")]
     pub policy: Vec<Policy>,
+    /// EPLB settings (as simulate's); --redundant takes a list here, each R
+    /// a row of its own.
+    #[command(flatten)]
+    pub eplb: super::simulate::EplbArgs,
     #[command(flatten)]
     pub planner: PlannerArgs,
     /// Untimed warm-up runs per case.
@@ -138,6 +145,55 @@ fn simulated(
         out.push(twin(m, w, prof, &mut ev)?);
     }
     Ok(out)
+}
+
+/// The EPLB settings the `eplb` policies replay under: one per
+/// `--redundant` value, checked against every input in one line.
+fn eplb_settings(
+    a: &ReplayArgs,
+    workloads: &[Workload],
+    p: &Printer,
+) -> anyhow::Result<Vec<EplbSim>> {
+    if !a.policy.iter().any(|&x| is_eplb(x)) {
+        if a.eplb.given() {
+            bail!("--redundant and the --eplb-* / --replica-split options apply to --policy eplb or eplb+llep only");
+        }
+        return Ok(Vec::new());
+    }
+    if a.eplb.redundant.is_empty() {
+        bail!("--policy eplb needs --redundant R: the replicas added per layer (experts + R a multiple of --gpus)");
+    }
+    let mut sims = Vec::new();
+    for &r in &a.eplb.redundant {
+        let e = a.eplb.at(r);
+        for w in workloads {
+            e.check(w.model.num_experts as usize, w.gpus)
+                .with_context(|| w.label())?;
+        }
+        sims.push(e);
+    }
+    if let (Some(e), Some(w)) = (sims.first(), workloads.first()) {
+        super::simulate::warn_short_input(e, w.loads.steps(), p);
+    }
+    Ok(sims)
+}
+
+/// Every layer-step of `w` as a case, with the EPLB placement of each
+/// setting in force there (simulate's rule: [`EplbSim::placement`]).
+fn with_placements(w: &Workload, sims: &[EplbSim]) -> Vec<Case> {
+    let layers = w.loads.layers();
+    inputs::cases(w)
+        .into_iter()
+        .enumerate()
+        .map(|(ls, mut c)| {
+            let (s, l) = (ls / layers, ls % layers);
+            c.placements = sims
+                .iter()
+                .map(|e| e.placement(&w.loads, s, l, w.gpus))
+                .collect();
+            c
+        })
+        .collect()
 }
 
 fn ms(v: f64) -> String {
@@ -213,7 +269,10 @@ fn render(rows: &[ResultRow]) -> String {
         } else {
             r.scenario.clone()
         };
-        let pol = r.setting_label();
+        let pol = match EplbSim::from_note(&r.input_note).filter(|_| is_eplb(r.policy)) {
+            Some(e) => format!("{} R={}", r.setting_label(), e.redundant),
+            None => r.setting_label(),
+        };
         let list = |v: &[u64]| v.iter().map(|&b| gib(b)).collect::<Vec<_>>().join("/");
         let mut cells = vec![
             input,
@@ -260,14 +319,11 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if a.recompute && !train {
         bail!("--recompute applies to --pass train only");
     }
-    if a.policy.is_empty() {
-        bail!("--policy: give ep, llep or both");
+    if train && a.policy.iter().any(|&p| is_eplb(p)) {
+        bail!("--pass train: eplb and eplb+llep are replayed forward only; use --pass forward");
     }
-    if a.policy
-        .iter()
-        .any(|p| matches!(p, Policy::Eplb | Policy::EplbLlep))
-    {
-        bail!("--policy: eplb and eplb+llep are simulated only (simulate, tune); replay takes ep, llep and llep-auto");
+    if a.policy.is_empty() {
+        bail!("--policy: give ep, llep, llep-auto, eplb or eplb+llep");
     }
     if a.policy.contains(&Policy::Ideal) {
         bail!("--policy: the ideal bound has free weight transfers and cannot be replayed; use ep and llep (simulate shows ideal)");
@@ -304,15 +360,24 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         );
     }
     let (d, i, n, k) = (m.hidden_size, m.intermediate_size, m.num_experts, m.top_k);
-    let cases: Vec<Case> = workloads.iter().flat_map(inputs::cases).collect();
+    let sims = eplb_settings(&a, &workloads, p)?;
+    let cases: Vec<Case> = workloads
+        .iter()
+        .flat_map(|w| with_placements(w, &sims))
+        .collect();
     let mut settings = Vec::new();
     for &pol in &policies {
         match pol {
             Policy::Llep => settings.extend(gates.iter().map(|&g| (pol, g))),
             Policy::LlepAuto => settings.push((pol, Gate::Auto)),
+            // with only `--ratio auto`, eplb+llep plans every layer (as simulate)
+            Policy::EplbLlep if gates.is_empty() => settings.push((pol, Gate::Always)),
+            Policy::EplbLlep => settings.extend(gates.iter().map(|&g| (pol, g))),
             _ => settings.push((pol, Gate::Never)),
         }
     }
+    // plain settings first, so each case places EPLB's replicas once per R
+    settings.sort_by_key(|(pol, _)| is_eplb(*pol));
     let arbiter: Option<Arc<dyn Arbiter>> = if policies.contains(&Policy::LlepAuto) {
         let mut profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
         profile.nodes = nodes as u32;
@@ -347,6 +412,14 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         arbiter,
         train,
         recompute: a.recompute,
+        eplb: sims
+            .iter()
+            .map(|e| EplbReplay {
+                redundant: e.redundant,
+                split: e.split,
+                label: e.label(),
+            })
+            .collect(),
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -363,7 +436,10 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     p.status(&format!(
         "replaying {} case(s) x {} setting(s) on {} GPU(s){}: D={d} I={i} E={n} k={k}",
         cases.len(),
-        cfg.settings.len(),
+        cfg.settings
+            .iter()
+            .map(|(pol, _)| if is_eplb(*pol) { cfg.eplb.len() } else { 1 })
+            .sum::<usize>(),
         a.gpus,
         if nodes > 1 {
             format!(" over {nodes} nodes")
@@ -383,6 +459,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
                 x.step,
                 x.layer,
                 x.policy.as_str(),
+                x.input_note.as_str(),
                 x.source.as_str(),
             )
                 .cmp(&(
@@ -390,6 +467,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
                     y.step,
                     y.layer,
                     y.policy.as_str(),
+                    y.input_note.as_str(),
                     y.source.as_str(),
                 ))
         });

@@ -713,6 +713,7 @@ fn calib_main(
         arbiter: None,
         train: false,
         recompute: false,
+        eplb: Vec::new(),
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

@@ -1,7 +1,10 @@
 //! What a replay is asked to do: the expert layer's configuration and its
-//! inputs (every rank's routing of one layer, keyed like a result row).
+//! inputs (every rank's routing of one layer, keyed like a result row),
+//! and the EPLB settings and placements the `eplb` policies replay.
 
 use super::Gate;
+use crate::plan::eplb::EplbPlacement;
+use crate::plan::replica_split::ReplicaSplit;
 use crate::plan::Policy;
 use crate::results::ResultRow;
 
@@ -24,6 +27,21 @@ pub struct Case {
     /// model dimensions.
     pub base: ResultRow,
     pub routing: Vec<RankRouting>,
+    /// The EPLB placement of this layer-step for each of
+    /// [`ReplayConfig::eplb`]'s settings (empty without EPLB).
+    pub placements: Vec<EplbPlacement>,
+}
+
+/// One EPLB setting a replay measures `eplb` and `eplb+llep` under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EplbReplay {
+    /// Redundant physical experts per layer.
+    pub redundant: usize,
+    /// How each copy picks its replica.
+    pub split: ReplicaSplit,
+    /// The setting in words, appended to the rows' `input_note` (as
+    /// `simulate` does, so measured and simulated rows join).
+    pub label: String,
 }
 
 #[derive(Debug, Clone)]
@@ -50,4 +68,7 @@ pub struct ReplayConfig {
     /// Training step: gate_up output and activation recomputed in backward
     /// instead of kept from the forward.
     pub recompute: bool,
+    /// EPLB settings the `eplb` and `eplb+llep` settings run under, each a
+    /// row of its own.
+    pub eplb: Vec<EplbReplay>,
 }

@@ -44,7 +44,7 @@ impl Worker<'_> {
                     .push(j);
             }
             for (e, js) in by_e {
-                self.gen_blob(blob, e as usize)?;
+                self.gen_blob(blob, self.slots[e as usize])?;
                 let tl: Vec<i32> = js.iter().map(|&j| toks[j]).collect();
                 let rl: Vec<i32> = js.iter().map(|&j| j as i32).collect();
                 let wl: Vec<f32> = js

@@ -17,6 +17,7 @@ pub fn cases(w: &Workload) -> Vec<Case> {
             Case {
                 base: w.row_base(s, l),
                 routing: w.rank_routing(s, l),
+                placements: Vec::new(),
             }
         })
         .collect()

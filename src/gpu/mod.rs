@@ -15,6 +15,8 @@
 //! - `dense_bwd`: its backward counterpart (token and weight gradients);
 //! - `timing`: warm-ups, timed runs, and the result rows;
 //! - [`replay`]: validation and the entry that starts the ranks;
+//! - [`replicas`]: EPLB's replicas (weights placed per slot, copies mapped
+//!   to replicas) for the `eplb` and `eplb+llep` policies;
 //! - [`calibrate`]: the hardware measurements behind a profile;
 //! - [`rendezvous`]: multi-process start under torchrun / srun / mpirun.
 
@@ -28,11 +30,12 @@ pub mod layout;
 mod phases;
 pub mod rendezvous;
 pub mod replay;
+pub mod replicas;
 pub mod runtime;
 mod timing;
 mod worker;
 
-pub use replay::{replay, Act, Case, Launch, RankRouting, ReplayConfig};
+pub use replay::{replay, Act, Case, EplbReplay, Launch, RankRouting, ReplayConfig};
 pub use timing::{driver_version, quantile};
 pub use worker::CHUNK;
 

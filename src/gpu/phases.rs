@@ -143,7 +143,7 @@ impl Worker<'_> {
         policy: Policy,
         gate: Gate,
     ) -> Result<Option<Layout>, GpuError> {
-        let (p, n) = (self.world, self.cfg.experts);
+        let (p, n) = (self.world, self.experts());
         let main = self.dev.main;
         let (ids, slot, counts, counts_all) = (cb.ids, cb.slot, cb.counts, cb.counts_all);
 
@@ -211,7 +211,7 @@ impl Worker<'_> {
         cb: &CaseBufs,
         lb: &LayoutBufs,
     ) -> Result<Remote, GpuError> {
-        let (n, r) = (self.cfg.experts, self.rank);
+        let (n, r) = (self.experts(), self.rank);
         let rb = self.rb();
         let main = self.dev.main;
         let bias_table = cb.bias_table;
@@ -296,7 +296,7 @@ impl Worker<'_> {
     /// Weight transfers on their own stream and communicator, started once
     /// planning is done. Returns whether this rank moves any weights.
     fn transfer_weights(&self, lay: &Layout, native: u64, foreign: u64) -> Result<bool, GpuError> {
-        let (p, n) = (self.world, self.cfg.experts);
+        let (p, n) = (self.world, self.experts());
         let rl = &lay.ranks[self.rank];
         let bb = self.blob.len * 2;
         let per = n / p;

@@ -5,7 +5,7 @@
 //! runs of the layer (`phases`), then the dense check (`dense`); rank 0
 //! gathers everyone's numbers over NCCL and builds the rows (`timing`).
 
-pub use super::config::{Act, Case, RankRouting, ReplayConfig};
+pub use super::config::{Act, Case, EplbReplay, RankRouting, ReplayConfig};
 use super::rendezvous::{self, ProcessRank};
 use super::runtime::{self, NcclId};
 use super::worker::Worker;
@@ -46,6 +46,7 @@ pub fn validate(cfg: &ReplayConfig, cases: &[Case]) -> Result<(), GpuError> {
                 .into(),
         ));
     }
+    super::replicas::validate(cfg, cases)?;
     for c in cases {
         if c.routing.len() != cfg.gpus {
             return Err(GpuError::Input(format!(
@@ -92,26 +93,29 @@ fn worker_main(
     let mut rows = Vec::new();
     for (ci, case) in cases.iter().enumerate() {
         for &(policy, gate) in &cfg.settings {
-            if rank == 0 {
-                progress.status(&format!(
-                    "case {}/{} ({}{} step {} layer {}), {}",
-                    ci + 1,
-                    cases.len(),
-                    case.base.trace,
-                    if case.base.scenario.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" {}", case.base.scenario)
-                    },
-                    case.base.step,
-                    case.base.layer,
-                    policy
-                ));
-            }
-            if let Some(r) = w.measure(case, policy, gate)? {
-                rows.push(r);
-                if !w.bwd.note.is_empty() {
-                    progress.status(&w.bwd.note);
+            for which in super::replicas::variants(cfg, policy) {
+                if rank == 0 {
+                    progress.status(&format!(
+                        "case {}/{} ({}{} step {} layer {}), {}{}",
+                        ci + 1,
+                        cases.len(),
+                        case.base.trace,
+                        if case.base.scenario.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" {}", case.base.scenario)
+                        },
+                        case.base.step,
+                        case.base.layer,
+                        policy,
+                        which.map_or(String::new(), |i| format!(" R={}", cfg.eplb[i].redundant))
+                    ));
+                }
+                if let Some(r) = w.measure_setting(case, policy, gate, which)? {
+                    rows.push(r);
+                    if !w.bwd.note.is_empty() {
+                        progress.status(&w.bwd.note);
+                    }
                 }
             }
         }

@@ -54,7 +54,7 @@ impl Worker<'_> {
         self.dev.arena.reset_peak();
         self.driver_peak = self.dev.driver_used();
         self.seen.clear();
-        let n = self.cfg.experts;
+        let n = self.experts();
         for (kind, bytes) in [
             (BufKind::Ids, copies * 4),
             (BufKind::W, copies * 4),

@@ -122,6 +122,9 @@ pub(super) struct Worker<'a> {
     pub(super) driver_peak: usize,
     /// Events of a training run's backward.
     pub(super) bwd: super::backward::BwdEvents,
+    /// The expert whose weights each EP unit holds: identity for plain EP
+    /// and LLEP, an EPLB placement's `phy2log` (see `replicas`).
+    pub(super) slots: Vec<usize>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -157,6 +160,7 @@ impl<'a> Worker<'a> {
             seen: Vec::new(),
             driver_peak: 0,
             bwd: Default::default(),
+            slots: (0..cfg.experts).collect(),
         })
     }
 
@@ -271,7 +275,7 @@ impl<'a> Worker<'a> {
             (BufKind::PackSegs, npack * std::mem::size_of::<PackSeg>()),
             (BufKind::SegsIn, nin * std::mem::size_of::<CopySeg>()),
             (BufKind::SegsOut, nin * std::mem::size_of::<CopySeg>()),
-            (BufKind::SegStart, (self.cfg.experts + 1) * 4),
+            (BufKind::SegStart, (self.experts() + 1) * 4),
         ];
         v.extend(self.bwd_needs(lay, q));
         v

@@ -20,6 +20,7 @@ mod dispatch;
 pub mod eplb;
 mod gate;
 mod reference;
+pub mod replica_split;
 pub mod topo;
 
 pub use dispatch::{dispatch_matrix, DispatchMatrix};

@@ -4,7 +4,8 @@
 
 use super::data::{self, ImbalanceCdf, SeriesKey, SetupKey, SpeedupCurve};
 use super::plots::{
-    render, CdfFig, Figure, HeatmapFig, LoadBarsFig, MemoryFig, PhaseFig, ScatterFig, SpeedupFig,
+    render, CdfFig, Figure, HeatmapFig, LoadBarsFig, MemoryFig, PhaseFig, PolicyFig, ScatterFig,
+    SpeedupFig,
 };
 use super::{Input, ReportError, ReportOptions, Section, SummaryRow, FIG_LIMIT};
 use crate::results::{ResultRow, ResultsMeta, Source};
@@ -87,14 +88,42 @@ impl<'a> Build<'a> {
 
     /// Every section, in page order.
     pub fn sections(&mut self) -> Result<Vec<Section>, ReportError> {
-        Ok(vec![
+        let mut v = vec![
             self.load()?,
             self.imbalance()?,
             self.speedup()?,
             self.phases()?,
             self.memory()?,
             self.accuracy()?,
-        ])
+        ];
+        // only where the rows hold an EPLB policy: other pages stay as they were
+        if let Some(f) = PolicyFig::from_rows(self.rows) {
+            v.push(self.policies(f)?);
+        }
+        Ok(v)
+    }
+
+    /// EP, LLEP, EPLB and EPLB+LLEP side by side, per input.
+    fn policies(&mut self, f: PolicyFig) -> Result<Section, ReportError> {
+        let mut s = section(
+            "policies",
+            "Policies compared: EP, LLEP, EPLB, EPLB+LLEP",
+            "Per input, every policy setting's mean layer time per layer-step relative to the first setting's (EP where it ran; its milliseconds in the label), and its peak memory on the busiest GPU (EPLB's replica weights and LLEP's received weights included). Measured rows where the inputs hold any, else simulated.",
+        );
+        for i in &f.inputs {
+            let parts: Vec<String> = f
+                .settings
+                .iter()
+                .zip(i.time_ms.iter().zip(&i.peak_bytes))
+                .filter_map(|(name, (t, m))| {
+                    Some(format!("{name} {:.2} ms / {:.2} GiB", (*t)?, gib((*m)?)))
+                })
+                .collect();
+            s.numbers
+                .push(format!("{}: {}.", i.label, parts.join(", ")));
+        }
+        self.fig(&mut s, "policies", &f)?;
+        Ok(s)
     }
 
     /// Per-GPU load, EP against LLEP: a heatmap over layer-steps, or bars

@@ -3,7 +3,8 @@
 //! GPU count) with a profile, and compare layer time and peak memory.
 
 use super::cost::charge_auto;
-use super::{auto_prefers_llep, simulated_base, Evaluator, Profile, Shape};
+use super::eplb::{EplbEvaluator, EplbSim};
+use super::{auto_prefers_llep, row_from, simulated_base, Evaluator, Profile, Shape};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
@@ -159,6 +160,11 @@ pub fn twin(
         let (_, cost) = ev.eval(per_rank, &global, &params, policy, &shape, profile);
         ev.row(&cost, &base, &shape, profile, pass, recompute)
     };
+    if matches!(policy, Policy::Eplb | Policy::EplbLlep) {
+        let mut r = eplb_twin(measured, w, (s, l), &params, &shape, profile, base)?;
+        (r.policy, r.gate) = (measured.policy, measured.gate);
+        return Ok(r);
+    }
     if policy == Policy::LlepAuto {
         // A measured row ran the plan its replay's gate chose (with the
         // profile of that day): the twin prices that plan, so the error is
@@ -181,6 +187,47 @@ pub fn twin(
     Ok(r)
 }
 
+/// The twin of an `eplb` / `eplb+llep` row: its EPLB setting read back
+/// from its note, the placement `simulate` would use at that step, the
+/// copies split among replicas as the replay split them
+/// ([`super::eplb::split_counts`]), priced as `simulate` prices EPLB rows.
+/// A replay places its replicas before the timed runs, so a rebalance's
+/// weight moves (which `simulate` charges on the rebalance step) are not
+/// part of the twin.
+fn eplb_twin(
+    measured: &ResultRow,
+    w: &Workload,
+    (s, l): (usize, usize),
+    params: &PlanParams,
+    shape: &Shape,
+    profile: &Profile,
+    mut base: ResultRow,
+) -> Result<ResultRow, AccuracyError> {
+    let e = EplbSim::from_note(&measured.input_note).ok_or_else(|| {
+        AccuracyError::Input(format!(
+            "{}: an {} row whose input_note has no EPLB setting",
+            measured.trace, measured.policy
+        ))
+    })?;
+    e.check(w.model.num_experts as usize, w.gpus)
+        .map_err(|x| AccuracyError::Input(x.to_string()))?;
+    base.input_note = format!("{}; {}", base.input_note, e.label());
+    let pl = e.placement(&w.loads, s, l, w.gpus);
+    let mut ev = EplbEvaluator::default();
+    ev.load(w.loads.block(s, l), w.gpus, &pl, e.split);
+    let (plan, cost) = ev.eval(params, false, &[], shape, profile);
+    let off = row_from(plan, &cost, &base);
+    if measured.policy == Policy::Eplb {
+        return Ok(off);
+    }
+    let (plan, cost) = ev.eval(params, true, &[], shape, profile);
+    Ok(if measured.gate.admits(plan.imbalance_ratio) {
+        row_from(plan, &cost, &base)
+    } else {
+        off
+    })
+}
+
 /// The seed a row's input was resampled with (recorded in its note).
 fn seed_of(note: &str) -> u64 {
     note.split("(seed ")
@@ -190,7 +237,9 @@ fn seed_of(note: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Rebuild the workload a measured row ran on (one layer-step of it).
+/// Rebuild the workload a measured row ran on: one layer-step of it, and
+/// for an EPLB row placed from a window of earlier steps, the trace's steps
+/// up to its own.
 fn workload_for(
     r: &ResultRow,
     trace_dirs: &[PathBuf],
@@ -242,6 +291,14 @@ fn workload_for(
     }
     let rescaled = r.input_note.contains("rescaled") || r.input_note.contains("resampled");
     spec.tokens_per_rank = rescaled.then_some(r.tokens_per_rank);
+    // an EPLB row placed from earlier steps needs them: the trace's steps up
+    // to the row's (as a replay or simulate over the whole trace saw them)
+    let windowed = matches!(r.policy, Policy::Eplb | Policy::EplbLlep)
+        && EplbSim::from_note(&r.input_note).is_some_and(|e| !e.oracle);
+    if windowed {
+        let ids = &cache[&path].loads.step_ids;
+        spec.steps = StepPick::Ids(ids.iter().copied().filter(|&x| x <= r.step).collect());
+    }
     spec.source = InputSource::Trace(path.clone());
     Ok(spec.resolve_trace(&path, cache[&path].clone())?)
 }

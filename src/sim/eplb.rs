@@ -33,61 +33,8 @@ use crate::plan::{
 };
 use crate::trace::Loads;
 use std::collections::VecDeque;
-use std::fmt;
-use std::str::FromStr;
 
-/// How a logical expert's token-copies are split among its replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ReplicaSplit {
-    /// Each replica an equal share of the expert's global token order
-    /// (rank 0's copies first), the remainder one each to the first
-    /// replicas: the split EPLB's own load model assumes.
-    Even,
-    /// SGLang's default `ep_dispatch_algorithm="static"`: each source rank
-    /// sends all its copies of an expert to one replica, the one on its own
-    /// GPU if any, else one dealt fairly among the ranks without one.
-    #[default]
-    Sglang,
-    /// vLLM: per token-copy, a replica chosen by a multiplicative hash of
-    /// the copy's flat index in the rank's `topk_ids` (vllm-project/vllm
-    /// #40810; before it, the index modulo the replica count, #24573);
-    /// emulated by its expected split (each rank's copies evenly, the
-    /// remainder to the first replicas), as counts carry no token positions.
-    Vllm,
-}
-
-impl ReplicaSplit {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReplicaSplit::Even => "even",
-            ReplicaSplit::Sglang => "sglang",
-            ReplicaSplit::Vllm => "vllm",
-        }
-    }
-}
-
-impl fmt::Display for ReplicaSplit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A replica-split name this build does not know.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown replica split '{0}' (expected even, sglang or vllm)")]
-pub struct UnknownSplit(pub String);
-
-impl FromStr for ReplicaSplit {
-    type Err = UnknownSplit;
-    fn from_str(s: &str) -> Result<Self, UnknownSplit> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "even" => Ok(ReplicaSplit::Even),
-            "sglang" => Ok(ReplicaSplit::Sglang),
-            "vllm" => Ok(ReplicaSplit::Vllm),
-            o => Err(UnknownSplit(o.into())),
-        }
-    }
-}
+pub use crate::plan::replica_split::{split_counts, ReplicaSplit, UnknownSplit};
 
 /// EPLB settings of a simulation.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +119,47 @@ impl EplbSim {
             "eplb R={}{topo}: {place}; replica split {}",
             self.redundant, self.split
         )
+    }
+
+    /// The setting a row's `input_note` ends with ([`EplbSim::label`]), so
+    /// that `compare` can rebuild an EPLB row's twin; `None` when the note
+    /// holds no label this build writes. An oracle label does not record
+    /// window and period (the oracle uses neither): they come back as 1.
+    pub fn from_note(note: &str) -> Option<EplbSim> {
+        let at = note.rfind("eplb R=")?;
+        let text = &note[at..];
+        let (head, rest) = text["eplb R=".len()..].split_once(": ")?;
+        let mut parts = head.split(", ");
+        let redundant = parts.next()?.parse().ok()?;
+        let (mut nodes, mut groups) = (1, 1);
+        for part in parts {
+            if let Some(x) = part.strip_suffix(" nodes") {
+                nodes = x.parse().ok()?;
+            } else {
+                groups = part.strip_suffix(" groups")?.parse().ok()?;
+            }
+        }
+        let (place, split) = rest.rsplit_once("; replica split ")?;
+        let oracle = place.starts_with("oracle ");
+        let (window, period) = if oracle {
+            (1, 1)
+        } else {
+            let (w, p) = place
+                .strip_prefix("placement from the mean of the previous ")?
+                .strip_suffix(" steps")?
+                .split_once(" steps, rebalanced every ")?;
+            (w.parse().ok()?, p.parse().ok()?)
+        };
+        let e = EplbSim {
+            redundant,
+            window,
+            period,
+            oracle,
+            split: split.parse().ok()?,
+            nodes,
+            groups,
+        };
+        (e.label() == text).then_some(e)
     }
 
     /// The step whose rebalance is in force at step `s`.
@@ -393,90 +381,6 @@ pub fn moves(old: &EplbPlacement, new: &EplbPlacement, gpus: usize) -> Vec<Trans
         });
     }
     out
-}
-
-/// Split per-rank logical counts (`[gpus][experts]`) into per-rank
-/// physical counts (`[gpus][physical]`) by `split`.
-pub fn split_counts(
-    per_rank: &[u64],
-    gpus: usize,
-    pl: &EplbPlacement,
-    split: ReplicaSplit,
-    out: &mut Vec<u64>,
-) {
-    let n = pl.logcnt.len();
-    let np = pl.phy2log.len();
-    let per = np / gpus;
-    out.clear();
-    out.resize(gpus * np, 0);
-    let mut slots: Vec<usize> = Vec::new();
-    for e in 0..n {
-        slots.clear();
-        match split {
-            // SGLang's candidate list: physical ids ascending
-            ReplicaSplit::Sglang => {
-                slots.extend((0..np).filter(|&s| pl.phy2log[s] == e));
-            }
-            _ => slots.extend(
-                pl.log2phy[e]
-                    .iter()
-                    .filter(|&&s| s >= 0)
-                    .map(|&s| s as usize),
-            ),
-        }
-        let k = slots.len();
-        match split {
-            ReplicaSplit::Even => {
-                let total: u64 = (0..gpus).map(|r| per_rank[r * n + e]).sum();
-                let (q, rem) = (total / k as u64, total % k as u64);
-                let mut cum = 0u64;
-                let mut bounds = Vec::with_capacity(k);
-                for j in 0..k as u64 {
-                    let size = q + u64::from(j < rem);
-                    bounds.push((cum, cum + size));
-                    cum += size;
-                }
-                let mut at = 0u64;
-                for r in 0..gpus {
-                    let c = per_rank[r * n + e];
-                    let (lo, hi) = (at, at + c);
-                    at = hi;
-                    for (j, &(a, b)) in bounds.iter().enumerate() {
-                        let ov = hi.min(b).saturating_sub(lo.max(a));
-                        out[r * np + slots[j]] += ov;
-                    }
-                }
-            }
-            ReplicaSplit::Vllm => {
-                for r in 0..gpus {
-                    let c = per_rank[r * n + e];
-                    let (q, rem) = (c / k as u64, c % k as u64);
-                    for (j, &s) in slots.iter().enumerate() {
-                        out[r * np + s] += q + u64::from((j as u64) < rem);
-                    }
-                }
-            }
-            ReplicaSplit::Sglang => {
-                // ranks with a local replica use the first one; the others
-                // are dealt the candidates in turn (SGLang's `_fair_choices`
-                // gives each replica the same number of ranks, then shuffles
-                // with a seeded RNG; the deal here is that multiset unshuffled)
-                let mut dealt = 0usize;
-                for r in 0..gpus {
-                    let c = per_rank[r * n + e];
-                    let target = match slots.iter().find(|&&s| s / per == r) {
-                        Some(&s) => s,
-                        None => {
-                            let s = slots[dealt % k];
-                            dealt += 1;
-                            s
-                        }
-                    };
-                    out[r * np + target] += c;
-                }
-            }
-        }
-    }
 }
 
 /// Plans and prices EPLB layer-steps, reusing its buffers.
@@ -728,6 +632,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn labels_read_back_from_a_row_note() {
+        for e in [
+            sim(2, 3, false),
+            sim(1, 1, true),
+            EplbSim {
+                nodes: 2,
+                groups: 4,
+                split: ReplicaSplit::Vllm,
+                ..sim(8, 8, false)
+            },
+        ] {
+            let note = format!("counts rescaled (seed 3); {}", e.label());
+            let back = EplbSim::from_note(&note).unwrap();
+            assert_eq!(back.label(), e.label());
+            if !e.oracle {
+                assert_eq!(back, e);
+            }
+        }
+        assert_eq!(EplbSim::from_note("counts as recorded"), None);
+        assert_eq!(EplbSim::from_note("eplb R=x: placement"), None);
     }
 
     #[test]

@@ -4,11 +4,13 @@
 
 mod cdf;
 mod load;
+mod policies;
 mod resources;
 mod speedup;
 
 pub use cdf::{CdfFig, ScatterFig};
 pub use load::{heat_color, HeatmapFig, LoadBarsFig};
+pub use policies::{PolicyFig, PolicyInput};
 pub use resources::{MemoryFig, PhaseFig};
 pub use speedup::{SpeedupFig, SpeedupStyle};
 
