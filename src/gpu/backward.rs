@@ -609,6 +609,7 @@ impl Worker<'_> {
         let per = |q: usize| &all[q * stride..(q + 1) * stride];
         let max_q = |j: usize| (0..p).map(|q| per(q)[j]).fold(0.0, f64::max);
         r.pass = Pass::Train;
+        r.recompute = self.cfg.recompute;
         let x = runs * NT;
         r.saved_act_bytes = max_q(x + 10) as u64;
         let mut ph = vec![Vec::new(); 6];

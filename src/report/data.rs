@@ -490,13 +490,23 @@ pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Opt
     (!h.columns.is_empty()).then_some(h)
 }
 
-pub const PHASES: [&str; 5] = [
+/// Forward phases, then a training step's backward ones (zero in forward
+/// rows, so forward bars are unchanged).
+pub const PHASES: [&str; 10] = [
     "overhead",
     "dispatch",
     "weight transfer",
     "compute",
     "combine",
+    "bwd combine",
+    "bwd dgrad",
+    "bwd wgrad",
+    "bwd dispatch",
+    "weight-grad return",
 ];
+
+/// Index of the first backward phase in [`PHASES`].
+pub const FIRST_BWD_PHASE: usize = 5;
 
 /// Mean per-layer-step phase times of one policy in one series.
 #[derive(Debug, Clone, PartialEq)]
@@ -504,12 +514,17 @@ pub struct PhaseBar {
     pub key: SeriesKey,
     pub policy: String,
     pub lambda: Option<f64>,
-    pub phases_ms: [f64; 5],
+    pub phases_ms: [f64; 10],
     pub total_ms: f64,
     pub layer_steps: usize,
 }
 
 impl PhaseBar {
+    /// Whether the bar holds training rows (backward phases).
+    pub fn has_backward(&self) -> bool {
+        self.phases_ms[FIRST_BWD_PHASE..].iter().any(|&v| v > 0.0)
+    }
+
     pub fn policy_label(&self) -> String {
         if self.policy == "llep" {
             format!("llep {}", lambda_label(self.lambda))
@@ -535,7 +550,7 @@ pub fn phase_bars(
                 key: key.clone(),
                 policy: policy.into(),
                 lambda: None,
-                phases_ms: [0.0; 5],
+                phases_ms: [0.0; 10],
                 total_ms: 0.0,
                 layer_steps: 0,
             };
@@ -558,6 +573,11 @@ pub fn phase_bars(
                     r.t_transfer_ms,
                     r.t_compute_ms,
                     r.t_combine_ms,
+                    r.t_bwd_combine_ms,
+                    r.t_bwd_dgrad_ms,
+                    r.t_bwd_wgrad_ms,
+                    r.t_bwd_dispatch_ms,
+                    r.t_grad_return_ms,
                 ]) {
                     *acc += v;
                 }
@@ -585,6 +605,10 @@ pub struct MemoryPanel {
     pub oom_rows: usize,
     /// Layer-steps that run out of memory under EP.
     pub ep_oom_rows: usize,
+    /// Activations saved for backward (training rows), the most any GPU
+    /// keeps, max over layer-steps; 0 for forward rows.
+    pub ep_saved: u64,
+    pub llep_saved: u64,
     /// The card's memory, when known (filled by the caller from profiles).
     pub card_bytes: Option<u64>,
 }
@@ -615,6 +639,8 @@ pub fn memory_panels(
             llep: vec![0; gpus],
             oom_rows: 0,
             ep_oom_rows: 0,
+            ep_saved: 0,
+            llep_saved: 0,
             card_bytes: None,
         };
         let mut any = (false, false);
@@ -622,10 +648,12 @@ pub fn memory_panels(
             let dst = if r.policy == Policy::Ep {
                 any.0 = true;
                 p.ep_oom_rows += r.oom as usize;
+                p.ep_saved = p.ep_saved.max(r.saved_act_bytes);
                 &mut p.ep
             } else if r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam) {
                 any.1 = true;
                 p.oom_rows += r.oom as usize;
+                p.llep_saved = p.llep_saved.max(r.saved_act_bytes);
                 &mut p.llep
             } else {
                 continue;

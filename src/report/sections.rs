@@ -285,7 +285,7 @@ impl<'a> Build<'a> {
         let mut s = section(
             "phases",
             "Where the time goes: per-phase time per policy",
-            "Mean time per layer-step in each phase (overhead, dispatch, weight transfer, compute, combine) for EP, LLEP at the λ shown, and the ideal bound. Dispatch and weight transfer overlap (the layer waits for the longer), so the black tick, the layer time, can end before the stack does.",
+            "Mean time per layer-step in each phase (overhead, dispatch, weight transfer, compute, combine; for a training step also combine-bwd, dgrad, wgrad, dispatch-bwd and the weight-gradient return) for EP, LLEP at the λ shown, and the ideal bound. Dispatch and weight transfer overlap (the layer waits for the longer), as do dispatch-bwd and the gradient return, so the black tick, the layer time, can end before the stack does.",
         );
         for b in &bars {
             s.numbers.push(format!(
@@ -300,6 +300,15 @@ impl<'a> Build<'a> {
                 b.phases_ms[3],
                 b.phases_ms[4]
             ));
+            if b.has_backward() {
+                let p = &b.phases_ms;
+                s.numbers.push(format!(
+                    "{} · {} backward: combine-bwd {:.4}, dgrad {:.4}, wgrad {:.4}, dispatch-bwd {:.4}, weight-gradient return {:.4} ms.",
+                    b.key.label(self.knobs),
+                    b.policy_label(),
+                    p[5], p[6], p[7], p[8], p[9]
+                ));
+            }
         }
         if let Some(line) = inter_node_line(self.rows) {
             s.numbers.push(line);
@@ -344,6 +353,14 @@ impl<'a> Build<'a> {
                 p.ep_oom_rows,
                 p.oom_rows
             ));
+            if p.ep_saved + p.llep_saved > 0 {
+                s.numbers.push(format!(
+                    "{}: activations saved for backward, the most one GPU keeps: EP {:.3} GiB, LLEP {:.3} GiB (inside the peaks above).",
+                    p.key.label(self.knobs),
+                    gib(p.ep_saved),
+                    gib(p.llep_saved)
+                ));
+            }
         }
         if panels.is_empty() {
             s.missing = Some("No series has both EP and LLEP rows with memory figures.".into());

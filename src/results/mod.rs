@@ -205,6 +205,9 @@ results_columns! {
     t_grad_return_ms: f64 = "t_grad_return_ms",
     /// Activations saved for backward, max over GPUs (train rows).
     saved_act_bytes: u64 = "saved_act_bytes",
+    /// Train rows: gate_up output and activation recomputed in backward
+    /// instead of saved (`--recompute`).
+    recompute: bool = "recompute",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -218,6 +221,7 @@ const ADDED_LATER: &[&str] = &[
     "t_grad_return_ms",
     "saved_act_bytes",
     "inter_node_bytes",
+    "recompute",
 ];
 
 fn column_of<'a, T: Column>(

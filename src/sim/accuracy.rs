@@ -155,7 +155,7 @@ pub fn twin(
     base.gate = measured.gate;
     base.alpha = measured.alpha;
     base.min_gemm = measured.min_gemm;
-    let (pass, recompute) = (measured.pass, false);
+    let (pass, recompute) = (measured.pass, measured.recompute);
     let priced = |policy: Policy, ev: &mut Evaluator| {
         let (_, cost) = ev.eval(per_rank, &global, &params, policy, &shape, profile);
         ev.row(&cost, &base, &shape, profile, pass, recompute)

@@ -131,6 +131,7 @@ impl Evaluator {
         let mut r = row_from(&self.plan, cost, base);
         if pass == train::Pass::Train {
             train::backward(&self.plan, &self.dm, cost, shape, prof, recompute).apply(&mut r);
+            r.recompute = recompute;
         }
         r
     }

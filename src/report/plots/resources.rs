@@ -5,7 +5,9 @@ use super::DrawError;
 use super::{
     bold, entry, legend, ms_label, seg, text, wrap, Ctx, Entry, Figure, Mark, LEGEND_W, PALETTE,
 };
-use crate::report::data::{lambda_label, trace_stem, MemoryPanel, PhaseBar, SeriesKey, PHASES};
+use crate::report::data::{
+    lambda_label, trace_stem, MemoryPanel, PhaseBar, SeriesKey, FIRST_BWD_PHASE, PHASES,
+};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
@@ -17,12 +19,18 @@ pub struct PhaseFig {
     pub with_knobs: bool,
 }
 
-const PHASE_COLORS: [RGBColor; 5] = [
+const PHASE_COLORS: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
+    // backward: the forward's hues, lighter
+    RGBColor(174, 199, 232),
+    RGBColor(152, 223, 138),
+    RGBColor(23, 190, 207),
+    RGBColor(158, 218, 229),
+    RGBColor(255, 187, 120),
 ];
 
 impl Figure for PhaseFig {
@@ -122,9 +130,16 @@ impl Figure for PhaseFig {
                 )))
                 .s()?;
         }
+        // backward phases in the legend only when a bar has them
+        let shown = if self.bars.iter().any(|b| b.has_backward()) {
+            PHASES.len()
+        } else {
+            FIRST_BWD_PHASE
+        };
         let mut entries: Vec<Entry> = PHASES
             .iter()
             .zip(PHASE_COLORS)
+            .take(shown)
             .map(|(p, c)| entry(*p, c, Mark::Box))
             .collect();
         entries.push(entry(
@@ -137,6 +152,9 @@ impl Figure for PhaseFig {
 }
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// Saved activations, drawn inside the memory bars.
+const SAVED: RGBColor = RGBColor(60, 60, 60);
 
 /// Peak memory per GPU, EP against LLEP, with the card's capacity.
 pub struct MemoryFig {
@@ -158,11 +176,18 @@ impl Figure for MemoryFig {
         for (area, p) in areas.iter().zip(&self.panels) {
             self.draw_panel(area, p)?;
         }
-        let entries = vec![
+        let mut entries = vec![
             entry("EP (max over layer-steps)", PALETTE[0], Mark::Box),
             entry("LLEP (max over layer-steps)", PALETTE[1], Mark::Box),
             entry("card memory capacity", PALETTE[3], Mark::Dashed),
         ];
+        if self.panels.iter().any(|p| p.ep_saved + p.llep_saved > 0) {
+            entries.push(entry(
+                "of which activations saved for backward (the GPU keeping most, drawn on the highest bar)",
+                SAVED,
+                Mark::Box,
+            ));
+        }
         legend(&legend_area.margin(40, 0, 0, 0), "legend", &entries)
     }
 }
@@ -265,6 +290,21 @@ impl MemoryFig {
                     ),
                 ])
                 .s()?;
+        }
+        // Saved activations are recorded as the most any GPU keeps: drawn
+        // at the base of each policy's highest bar, where they sit in a
+        // skewed step (the hot GPU computes the most rows).
+        for (bars, saved, dx) in [(&p.ep, p.ep_saved, -0.21), (&p.llep, p.llep_saved, 0.21)] {
+            let top = bars.iter().enumerate().max_by_key(|(_, &b)| b);
+            if let (true, Some((gi, _))) = (saved > 0, top) {
+                let x = gi as f64 + dx;
+                chart
+                    .draw_series(std::iter::once(Rectangle::new(
+                        [(x - 0.12, 0.0), (x + 0.12, saved as f64 / GIB)],
+                        SAVED.filled(),
+                    )))
+                    .s()?;
+            }
         }
         if let (true, Some(c)) = (show_cap, cap) {
             chart
