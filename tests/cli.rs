@@ -524,5 +524,8 @@ fn the_cost_aware_gate_and_the_training_pass() {
     // replay --pass train runs on GPUs (tests/gpu_replay.rs); its flag
     // checks come first
     let e = fails(&["replay", "--synthetic", "95:1", "--recompute"]);
-    assert!(e.contains("--recompute applies to --pass train only"), "{e}");
+    assert!(
+        e.contains("--recompute applies to --pass train only"),
+        "{e}"
+    );
 }
