@@ -441,7 +441,12 @@ fn simulate_range(
                         ev.eval_loaded(per_rank, &global, &params, Policy::Ideal, shape, prof);
                     let llep = &llep_cost.as_ref().expect("planned above").0;
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
-                    rows.push(row(&ev, &bound, Policy::Ideal));
+                    let mut r = row(&ev, &bound, Policy::Ideal);
+                    if cfg.pass == train::Pass::Train {
+                        let llep_row = &llep_cost.as_ref().expect("planned above").1;
+                        ideal_train_bound(&mut r, bound.total_ms, &ep_row, llep_row);
+                    }
+                    rows.push(r);
                 }
                 if let Some((label, moves)) = &eplb_step {
                     let mut b = b.clone();
@@ -553,6 +558,21 @@ impl crate::plan::Arbiter for CostArbiter {
     }
 }
 
+/// The backward half of `ideal`'s training row as a bound too: each
+/// backward phase the least of EP's and LLEP's (the ideal plan's split
+/// groups would price its GEMMs above LLEP's whole ones), weight gradients
+/// returned for free, and the step never above either policy's.
+fn ideal_train_bound(r: &mut ResultRow, fwd_ms: f64, ep: &ResultRow, llep: &ResultRow) {
+    let least = |own: f64, f: fn(&ResultRow) -> f64| own.min(f(ep)).min(f(llep));
+    r.t_bwd_combine_ms = least(r.t_bwd_combine_ms, |x| x.t_bwd_combine_ms);
+    r.t_bwd_dgrad_ms = least(r.t_bwd_dgrad_ms, |x| x.t_bwd_dgrad_ms);
+    r.t_bwd_wgrad_ms = least(r.t_bwd_wgrad_ms, |x| x.t_bwd_wgrad_ms);
+    r.t_bwd_dispatch_ms = least(r.t_bwd_dispatch_ms, |x| x.t_bwd_dispatch_ms);
+    r.t_grad_return_ms = 0.0;
+    let bwd = r.t_bwd_combine_ms + r.t_bwd_dgrad_ms + r.t_bwd_wgrad_ms + r.t_bwd_dispatch_ms;
+    r.t_total_ms = (fwd_ms + bwd).min(ep.t_total_ms).min(llep.t_total_ms);
+}
+
 /// The `ideal` policy's price: a lower bound on every policy's layer time in
 /// this cost model. Compute is every expert's whole-group GEMM time spread
 /// perfectly over the GPUs (splitting an expert only loses efficiency), and
@@ -625,7 +645,13 @@ mod tests {
             recompute: false,
         };
         let mut rng = SplitMix64::new(7);
-        for _ in 0..40 {
+        for i in 0..60 {
+            // a third of the inputs as training steps (with and without recompute)
+            let mut cfg = cfg.clone();
+            if i % 3 == 2 {
+                cfg.pass = crate::results::Pass::Train;
+                cfg.recompute = i % 2 == 0;
+            }
             let gpus = [2, 4, 8][rng.below(3) as usize];
             let tokens = [64, 512, 2048, 8192, 32768][rng.below(5) as usize];
             let w = workload(&mut rng, gpus, tokens);
