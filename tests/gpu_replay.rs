@@ -3,6 +3,7 @@
 //! file; where a GPU and its libraries are present, a tiny replay must run
 //! and pass its dense check.
 
+use llep_trace::results::ResultRow;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -16,16 +17,14 @@ fn gpu_present() -> bool {
     lib && std::env::var("LLEP_TRACE_SKIP_GPU_TESTS").is_err()
 }
 
-#[test]
-fn replay_small_layer_or_fail_cleanly_without_gpu() {
-    let dir = std::env::temp_dir().join(format!("llep-gpu-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("r.parquet");
+/// Replay a tiny layer (1 GPU, 8 experts, top-2, D 64, I 32, 256 tokens,
+/// 1 warm-up + 2 runs) with `extra` flags into `dir/name`. Without a GPU it
+/// must fail with one `no GPU` error line and write nothing: then `None`.
+fn tiny_replay(dir: &std::path::Path, name: &str, extra: &[&str]) -> Option<Vec<ResultRow>> {
+    let out = dir.join(name);
     let o = Command::new(bin())
         .args([
             "replay",
-            "--synthetic",
-            "balanced,95:1",
             "--gpus",
             "1",
             "--tokens-per-rank",
@@ -42,10 +41,9 @@ fn replay_small_layer_or_fail_cleanly_without_gpu() {
             "2",
             "--warmup",
             "1",
-            "--ratio",
-            "1.3",
-            "--out",
         ])
+        .args(extra)
+        .arg("--out")
         .arg(&out)
         .output()
         .unwrap();
@@ -57,10 +55,25 @@ fn replay_small_layer_or_fail_cleanly_without_gpu() {
         assert!(errs[0].contains("no GPU"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
         assert!(!out.exists());
-        return;
+        return None;
     }
     assert!(o.status.success(), "{stderr}");
-    let rows = llep_trace::results::read_results(&out).unwrap().1;
+    Some(llep_trace::results::read_results(&out).unwrap().1)
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("llep-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn replay_small_layer_or_fail_cleanly_without_gpu() {
+    let dir = temp_dir("gpu-test");
+    let extra = ["--synthetic", "balanced,95:1", "--ratio", "1.3"];
+    let Some(rows) = tiny_replay(&dir, "r.parquet", &extra) else {
+        return;
+    };
     assert_eq!(rows.len(), 4);
     for r in &rows {
         assert_eq!(r.source, llep_trace::results::Source::Measured);
@@ -76,60 +89,30 @@ fn replay_small_layer_or_fail_cleanly_without_gpu() {
 /// included) pass the dense fp32 check, with backward phases timed.
 #[test]
 fn replay_train_step_or_fail_cleanly_without_gpu() {
-    let dir = std::env::temp_dir().join(format!("llep-gpu-train-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("gpu-train");
     for (act, recompute) in [("gpt-oss", false), ("swiglu", true)] {
-        let out = dir.join(format!("t-{act}.parquet"));
-        let mut cmd = Command::new(bin());
-        cmd.args([
-            "replay",
+        let mut extra = vec![
             "--pass",
             "train",
             "--act",
             act,
             "--synthetic",
             "balanced,95:1",
-            "--gpus",
-            "1",
-            "--tokens-per-rank",
-            "256",
-            "--experts",
-            "8",
-            "--top-k",
-            "2",
-            "--hidden-size",
-            "64",
-            "--intermediate-size",
-            "32",
-            "--runs",
-            "2",
-            "--warmup",
-            "1",
             "--ratio",
             "1.3,always",
             "--min-gemm",
             "16",
-            "--out",
-        ])
-        .arg(&out);
+        ];
         if recompute {
-            cmd.arg("--recompute");
+            extra.push("--recompute");
         }
-        let o = cmd.output().unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        if !gpu_present() {
-            assert_eq!(o.status.code(), Some(1), "{stderr}");
-            let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-            assert_eq!(errs.len(), 1, "{stderr}");
-            assert!(errs[0].contains("no GPU"), "{stderr}");
-            assert!(!out.exists());
+        let Some(rows) = tiny_replay(&dir, &format!("t-{act}.parquet"), &extra) else {
             continue;
-        }
-        assert!(o.status.success(), "{stderr}");
-        let rows = llep_trace::results::read_results(&out).unwrap().1;
+        };
         assert_eq!(rows.len(), 6, "2 scenarios x (ep, llep 1.3, llep always)");
         for r in &rows {
             assert_eq!(r.pass, llep_trace::results::Pass::Train);
+            assert_eq!(r.recompute, recompute);
             let e = r.rel_error.expect("checked against the dense reference");
             assert!(e < 1e-2, "relative error {e}");
             assert!(r.t_bwd_dgrad_ms > 0.0 && r.t_bwd_wgrad_ms > 0.0);
@@ -457,53 +440,23 @@ fn the_twin_of_a_replayed_eplb_row_is_simulates_row() {
 
 #[test]
 fn replay_eplb_small_layer_or_fail_cleanly_without_gpu() {
-    let dir = std::env::temp_dir().join(format!("llep-eplb-gpu-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join("r.parquet");
-    let o = Command::new(bin())
-        .args([
-            "replay",
-            "--synthetic",
-            "95:1",
-            "--gpus",
-            "1",
-            "--tokens-per-rank",
-            "256",
-            "--experts",
-            "8",
-            "--top-k",
-            "2",
-            "--hidden-size",
-            "64",
-            "--intermediate-size",
-            "32",
-            "--runs",
-            "2",
-            "--warmup",
-            "1",
-            "--policy",
-            "eplb,eplb+llep",
-            "--ratio",
-            "always",
-            "--redundant",
-            "2,4",
-            "--eplb-oracle",
-            "--replica-split",
-            "even",
-            "--out",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    if !gpu_present() {
-        assert_eq!(o.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains("no GPU"), "{stderr}");
-        assert!(!out.exists());
+    let dir = temp_dir("eplb-gpu");
+    let extra = [
+        "--synthetic",
+        "95:1",
+        "--policy",
+        "eplb,eplb+llep",
+        "--ratio",
+        "always",
+        "--redundant",
+        "2,4",
+        "--eplb-oracle",
+        "--replica-split",
+        "even",
+    ];
+    let Some(rows) = tiny_replay(&dir, "r.parquet", &extra) else {
         return;
-    }
-    assert!(o.status.success(), "{stderr}");
-    let rows = llep_trace::results::read_results(&out).unwrap().1;
+    };
     assert_eq!(rows.len(), 4, "eplb and eplb+llep at R = 2 and 4");
     for r in &rows {
         let e = r.rel_error.expect("checked against the dense reference");
