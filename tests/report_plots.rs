@@ -716,3 +716,33 @@ fn heatmap_keeps_the_first_layer_steps_in_any_row_order() {
     let cdf = &data::imbalance_cdfs(&rows)[0];
     assert_eq!(cdf.ratios.len(), n as usize);
 }
+
+/// A layer-step replayed at two batch sizes is one series (the summary
+/// counts one layer-step), and each LLEP row is compared with the EP row
+/// of its own batch, whatever order the rows come in.
+#[test]
+fn speedup_compares_each_batch_with_its_own_ep_row() {
+    let sim = olmoe_rows(gates());
+    let ep = sim.iter().find(|r| r.policy == Policy::Ep).unwrap().clone();
+    let ll = sim
+        .iter()
+        .find(|r| r.policy == Policy::Llep && r.lambda() == Some(1.5))
+        .unwrap()
+        .clone();
+    let at = |r: &ResultRow, tokens: u64, ms: f64| {
+        let mut r = r.clone();
+        r.tokens_per_rank = tokens;
+        r.t_total_ms = ms;
+        r
+    };
+    // EP 100 ms / LLEP 50 ms at the large batch, EP 10 / LLEP 20 at the small
+    let rows = vec![
+        at(&ep, 16384, 100.0),
+        at(&ll, 16384, 50.0),
+        at(&ll, 4096, 20.0),
+        at(&ep, 4096, 10.0),
+    ];
+    let c = &data::speedup_curves(&rows)[0];
+    assert_eq!(c.layer_steps, 1);
+    assert_eq!(c.points, vec![(1.5, 110.0 / 70.0)]);
+}
