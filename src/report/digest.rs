@@ -456,19 +456,24 @@ impl Ranker {
     }
 }
 
+/// A setup, where it first appears, and its layer-steps' max/mean ratios.
+type SetupRatios = (SetupKey, usize, BTreeMap<(u32, u32), f64>);
+
+/// A setting's label, bytes across nodes, rows, and where it first appears
+/// per (trace, scenario).
+type InterNode = (String, u64, usize, Vec<(String, String, usize)>);
+
 /// Running aggregates of every row fed, per series and per setup.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Digest {
     pub series: Vec<SeriesAcc>,
     index: HashMap<SeriesKey, usize>,
-    setups: Vec<(SetupKey, usize, BTreeMap<(u32, u32), f64>)>,
+    setups: Vec<SetupRatios>,
     setup_index: HashMap<SetupKey, usize>,
     ranker: Ranker,
     knobs: HashMap<String, (u64, u64, String)>,
     pub knobs_vary: bool,
-    /// Per setting label: bytes across nodes, rows, and where it first
-    /// appears per (trace, scenario).
-    inter: Vec<(String, u64, usize, Vec<(String, String, usize)>)>,
+    inter: Vec<InterNode>,
     any_inter: bool,
     pub measured: usize,
     pub eplb: bool,
