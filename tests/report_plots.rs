@@ -198,11 +198,11 @@ fn png_has_dark_text(path: &Path) -> bool {
 fn report_writes_every_plot_and_says_what_is_missing() {
     let dir = tmp("page");
     let sim = olmoe_rows(gates());
-    let input = Input {
-        path: dir.join("sim.parquet"),
-        meta: ResultsMeta::default(),
-        rows: sim.clone(),
-    };
+    let input = Input::from_rows(
+        &dir.join("sim.parquet"),
+        ResultsMeta::default(),
+        sim.clone(),
+    );
     let opts = ReportOptions {
         title: "test".into(),
         command: "llep-trace report sim.parquet".into(),
@@ -255,11 +255,11 @@ fn report_writes_every_plot_and_says_what_is_missing() {
     assert_eq!(w.files.len(), 12);
 
     // With the measured fixture the accuracy plot appears with its error.
-    let meas = Input {
-        path: dir.join("meas.parquet"),
-        meta: ResultsMeta::default(),
-        rows: fixture_measured(&sim, 1.1),
-    };
+    let meas = Input::from_rows(
+        &dir.join("meas.parquet"),
+        ResultsMeta::default(),
+        fixture_measured(&sim, 1.1),
+    );
     let out2 = dir.join("out2");
     write_report(
         &[input.clone(), meas],
@@ -337,7 +337,7 @@ fn cli_report_end_to_end_and_bad_input() {
         .ends_with("index.html"));
     assert!(o.stderr.is_empty(), "--quiet prints nothing on stderr");
     assert!(out.join("sim_vs_measured.svg").exists());
-    assert_eq!(read_input(&sp).unwrap().rows.len(), sim.len());
+    assert_eq!(read_input(&sp).unwrap().stats.rows, sim.len());
 
     // Not a results file: one-line error naming the file, nothing written.
     let bad = dir.join("bad.parquet");
@@ -429,7 +429,8 @@ fn synthetic(dir: &Path, scenarios: &str, ratio: &str) -> Input {
         "--out",
         ps,
     ]);
-    read_input(&p).unwrap()
+    let (meta, rows) = llep_trace::results::read_results(&p).unwrap();
+    Input::from_rows(&p, meta, rows)
 }
 
 fn report_opts() -> ReportOptions {
@@ -626,4 +627,122 @@ fn tune_and_report_recommend_the_same_lambda() {
         assert!(svg.contains(&mark), "{t}: {mark}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The report reads results files a batch at a time into running totals;
+/// the page and every figure must be what the same rows held in memory
+/// give (several scenarios and lambdas, simulated and measured rows).
+#[test]
+fn streamed_report_equals_the_in_memory_one() {
+    let dir = tmp("streamed");
+    let p = dir.join("syn.parquet");
+    cli(&[
+        "simulate",
+        "-q",
+        "--synthetic",
+        "95:1,balanced,30:4",
+        "--gpus",
+        "8",
+        "--ratio",
+        "always,1.0:2.0:0.25",
+        "--out",
+        p.to_str().unwrap(),
+    ]);
+    let sim = olmoe_rows(gates());
+    let mp = dir.join("meas.parquet");
+    write_results(&mp, &fixture_measured(&sim, 1.1), &ResultsMeta::default()).unwrap();
+    let sp = dir.join("sim.parquet");
+    write_results(&sp, &sim, &ResultsMeta::default()).unwrap();
+    for (name, files) in [
+        ("syn", vec![p.clone()]),
+        ("acc", vec![sp.clone(), mp.clone()]),
+    ] {
+        let streamed: Vec<Input> = files.iter().map(|f| read_input(f).unwrap()).collect();
+        assert!(
+            streamed.iter().all(|i| i.rows.is_empty()),
+            "read in batches"
+        );
+        let held: Vec<Input> = files
+            .iter()
+            .map(|f| {
+                let (meta, rows) = llep_trace::results::read_results(f).unwrap();
+                Input::from_rows(f, meta, rows)
+            })
+            .collect();
+        let (a, b) = (dir.join(format!("{name}-a")), dir.join(format!("{name}-b")));
+        let wa = write_report(&streamed, &report_opts(), &a, &Silent).unwrap();
+        let wb = write_report(&held, &report_opts(), &b, &Silent).unwrap();
+        assert_eq!(wa.files.len(), wb.files.len());
+        assert!(wa.files.len() >= 10, "{name}: {} files", wa.files.len());
+        for f in &wa.files {
+            let n = f.file_name().unwrap();
+            let (x, y) = (std::fs::read(f).unwrap(), std::fs::read(b.join(n)).unwrap());
+            assert!(x == y, "{name}: {n:?} differs");
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A heatmap keeps the smallest layer-steps whatever order the rows come
+/// in, and at most HEATMAP_MAX_COLUMNS of them.
+#[test]
+fn heatmap_keeps_the_first_layer_steps_in_any_row_order() {
+    let sim = olmoe_rows(gates());
+    let ep = sim.iter().find(|r| r.policy == Policy::Ep).unwrap().clone();
+    let ll = sim
+        .iter()
+        .find(|r| r.policy == Policy::Llep && r.lambda() == Some(1.5))
+        .unwrap()
+        .clone();
+    let n = 3 * data::HEATMAP_MAX_COLUMNS as u32;
+    let mut rows = vec![];
+    for i in (0..n).rev() {
+        for r in [&ep, &ll] {
+            let mut r = r.clone();
+            r.step = i / 10;
+            r.layer = i % 10;
+            rows.push(r);
+        }
+    }
+    let key = data::SeriesKey::of(&rows[0]);
+    let refs: Vec<&ResultRow> = rows.iter().collect();
+    let h = data::heatmap(&refs, &key, Some(1.5)).unwrap();
+    assert_eq!(h.columns.len(), data::HEATMAP_MAX_COLUMNS);
+    let want: Vec<(u32, u32)> = (0..data::HEATMAP_MAX_COLUMNS as u32)
+        .map(|i| (i / 10, i % 10))
+        .collect();
+    assert_eq!(h.columns, want);
+    // every layer-step counted once in the CDF and the summary's count
+    let cdf = &data::imbalance_cdfs(&rows)[0];
+    assert_eq!(cdf.ratios.len(), n as usize);
+}
+
+/// A layer-step replayed at two batch sizes is one series (the summary
+/// counts one layer-step), and each LLEP row is compared with the EP row
+/// of its own batch, whatever order the rows come in.
+#[test]
+fn speedup_compares_each_batch_with_its_own_ep_row() {
+    let sim = olmoe_rows(gates());
+    let ep = sim.iter().find(|r| r.policy == Policy::Ep).unwrap().clone();
+    let ll = sim
+        .iter()
+        .find(|r| r.policy == Policy::Llep && r.lambda() == Some(1.5))
+        .unwrap()
+        .clone();
+    let at = |r: &ResultRow, tokens: u64, ms: f64| {
+        let mut r = r.clone();
+        r.tokens_per_rank = tokens;
+        r.t_total_ms = ms;
+        r
+    };
+    // EP 100 ms / LLEP 50 ms at the large batch, EP 10 / LLEP 20 at the small
+    let rows = vec![
+        at(&ep, 16384, 100.0),
+        at(&ll, 16384, 50.0),
+        at(&ll, 4096, 20.0),
+        at(&ep, 4096, 10.0),
+    ];
+    let c = &data::speedup_curves(&rows)[0];
+    assert_eq!(c.layer_steps, 1);
+    assert_eq!(c.points, vec![(1.5, 110.0 / 70.0)]);
 }

@@ -6,7 +6,11 @@
 # with /usr/bin/time -v. With BASE=path/to/an/older/llep-trace, the same
 # commands at 80k layer-steps also run on that binary (today's, before
 # streaming) for the comparison. LABEL names the binary in the CSV
-# (default "streamed").
+# (default "streamed"). Each length also runs `report` on the results of
+# `simulate --ratio 1.3 --out` (EP, LLEP at 1.3 and ideal: 3 rows per
+# layer-step); with BASE set, the older binary's `report` runs at
+# REPORT_BASE_STEPS steps (default 2000 25000; it needs about 9 GiB at
+# 25000).
 #
 # Usage: scripts/bench/stream.sh [WORKDIR] [STEPS...]
 #   WORKDIR: traces and outputs (default /tmp/llep-stream-bench)
@@ -46,6 +50,12 @@ for s in "${STEPS[@]}"; do
   measure "${LABEL:-streamed}" "$BIN" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-$s.parquet"
   measure "${LABEL:-streamed}" "$BIN" tune "$ls" tune --trace "$t"
   rm -f "$WORK/sim-$s.parquet"
+  r="$WORK/r13-$s.parquet"
+  [ -f "$r" ] || "$BIN" simulate --trace "$t" --ratio 1.3 --out "$r" > /dev/null
+  measure "${LABEL:-streamed}" "$BIN" report "$ls" report "$r" --out "$WORK/rep-$s"
+  if [ -n "${BASE:-}" ] && [[ " ${REPORT_BASE_STEPS:-2000 25000} " == *" $s "* ]]; then
+    measure before "$BASE" report "$ls" report "$r" --out "$WORK/rep-base-$s"
+  fi
   if [ -n "${BASE:-}" ] && [ "$s" = 2000 ]; then
     measure before "$BASE" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-base-$s.parquet"
     measure before "$BASE" tune "$ls" tune --trace "$t"

@@ -4,7 +4,6 @@
 use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
-use llep_trace::plan::Policy;
 use llep_trace::progress::Progress;
 use llep_trace::report::{figure_count, read_input, write_report, ReportOptions};
 use std::path::PathBuf;
@@ -54,10 +53,7 @@ pub fn run(a: ReportArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     }
     p.finish();
     if let Some(l) = a.lambda {
-        let present = inputs
-            .iter()
-            .flat_map(|i| &i.rows)
-            .any(|r| r.policy == Policy::Llep && r.lambda() == Some(l));
+        let present = inputs.iter().any(|i| i.has_llep_at(l));
         if !present {
             p.warn(&format!(
                 "no LLEP rows at λ={l} in the inputs; the plots show the nearest λ each setup has"

@@ -1,11 +1,10 @@
 //! What the plots show, computed from result rows alone (no drawing here), so
 //! every number on a chart can be tested against the rows it came from.
 
-use crate::plan::capacity;
-use crate::plan::Policy;
+use super::digest::Digest;
 use crate::results::{ResultRow, Source};
-use crate::tune::{tune, Objective, Setting};
-use std::collections::{BTreeMap, HashMap};
+use crate::tune::{Objective, Setting, TuneAcc};
+use std::collections::HashMap;
 
 /// One experimental setup: the same routing under the same planner knobs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,7 +32,7 @@ impl SetupKey {
     }
     /// The same setup whatever the input note says (for joining measured
     /// rows to simulated ones, whose notes may be worded differently).
-    fn loose(&self) -> Self {
+    pub(super) fn loose(&self) -> Self {
         Self {
             input: String::new(),
             ..self.clone()
@@ -84,6 +83,23 @@ impl SeriesKey {
     pub fn measured(&self) -> bool {
         self.source == Source::Measured
     }
+    /// Whether `r` belongs to this series (without building its key).
+    pub fn is(&self, r: &ResultRow) -> bool {
+        let s = &self.setup;
+        let origin = if r.source == Source::Measured {
+            &r.device
+        } else {
+            &r.profile
+        };
+        self.source == r.source
+            && *origin == self.origin
+            && s.trace == r.trace
+            && s.scenario == r.scenario
+            && s.gpus == r.gpus
+            && s.alpha_bits == r.alpha.to_bits()
+            && s.min_gemm == r.min_gemm
+            && s.input == r.input_note
+    }
     pub fn label(&self, with_knobs: bool) -> String {
         let how = if self.measured() {
             format!("measured on {}", self.origin)
@@ -118,17 +134,20 @@ fn trim_float(v: f64) -> String {
 /// True when more than one (alpha, m, input note) appears among the rows of
 /// one trace, so labels must say which.
 pub fn knobs_vary(rows: &[ResultRow]) -> bool {
-    let mut seen: HashMap<&str, (u64, u64, &str)> = HashMap::new();
-    for r in rows.iter().filter(|r| r.source != Source::Measured) {
-        let k = (r.alpha.to_bits(), r.min_gemm, r.input_note.as_str());
-        if *seen.entry(r.trace.as_str()).or_insert(k) != k {
-            return true;
-        }
-    }
-    false
+    digest(rows.iter()).knobs_vary
 }
 
-fn lkey(l: Option<f64>) -> Option<u64> {
+/// Every row fed to a [`Digest`], series in first-seen order.
+fn digest<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> Digest {
+    let mut d = Digest::default();
+    for r in rows {
+        d.add(r);
+    }
+    d.order(None);
+    d
+}
+
+pub(super) fn lkey(l: Option<f64>) -> Option<u64> {
     l.map(f64::to_bits)
 }
 
@@ -189,127 +208,31 @@ impl SpeedupCurve {
 
 /// `tune`'s recommendation on one series' EP and LLEP rows, and the LLEP
 /// gate to show (see [`SpeedupCurve::shown`]).
-fn recommendation(rs: &[&ResultRow]) -> (Option<Setting>, Option<Option<f64>>) {
-    let pick = |rows: Vec<ResultRow>| {
-        tune(&rows, Objective::Time, None)
+pub(super) fn recommendation_of(
+    all: &TuneAcc,
+    llep: &TuneAcc,
+) -> (Option<Setting>, Option<Option<f64>>) {
+    let pick = |acc: &TuneAcc| {
+        acc.finish(Objective::Time, None)
             .ok()
             .map(|t| t.scored[t.best].setting.clone())
     };
-    let all: Vec<ResultRow> = rs
-        .iter()
-        .filter(|r| r.policy == Policy::Ep || r.policy == Policy::Llep)
-        .map(|r| (*r).clone())
-        .collect();
-    let rec = pick(all.clone());
+    let rec = pick(all);
     let shown = match &rec {
         Some(s) if !s.never => Some(s.lambda),
-        _ => pick(
-            all.into_iter()
-                .filter(|r| r.policy == Policy::Llep)
-                .collect(),
-        )
-        .filter(|s| !s.never)
-        .map(|s| s.lambda),
+        _ => pick(llep).filter(|s| !s.never).map(|s| s.lambda),
     };
     (rec, shown)
 }
 
 /// Speedup curves, one per series that has EP rows and LLEP rows. Each
 /// speedup sums EP time and policy time over the same layer-steps (those
-/// present under both), so a partial measured run is compared fairly.
+/// present under both), so a partial measured run is compared fairly; a
+/// layer-step run at several batch sizes or layer shapes (replays, or
+/// files of one setup at different batches) compares each with the EP row
+/// of the same batch and shape.
 pub fn speedup_curves(rows: &[ResultRow]) -> Vec<SpeedupCurve> {
-    let mut out = Vec::new();
-    for (key, rs) in by_series(rows) {
-        let ep: HashMap<(u32, u32), &ResultRow> = rs
-            .iter()
-            .filter(|r| r.policy == Policy::Ep)
-            .map(|r| ((r.step, r.layer), *r))
-            .collect();
-        if ep.is_empty() {
-            continue;
-        }
-        // policy/lambda -> (policy sum, matching EP sum, p10 sum, p90 sum, all spreads present)
-        #[derive(Default)]
-        struct Acc {
-            t: f64,
-            ep: f64,
-            p10: f64,
-            p90: f64,
-            spread: bool,
-            n: usize,
-        }
-        let mut acc: BTreeMap<(String, Option<u64>), Acc> = BTreeMap::new();
-        for r in &rs {
-            if r.policy == Policy::Ep {
-                continue;
-            }
-            let Some(e) = ep.get(&(r.step, r.layer)) else {
-                continue;
-            };
-            let a = acc
-                .entry((r.policy.to_string(), lkey(r.lambda())))
-                .or_insert_with(|| Acc {
-                    spread: true,
-                    ..Default::default()
-                });
-            a.t += r.t_total_ms;
-            a.ep += e.t_total_ms;
-            a.n += 1;
-            match (r.t_total_p10_ms, r.t_total_p90_ms) {
-                (Some(lo), Some(hi)) => {
-                    a.p10 += lo;
-                    a.p90 += hi;
-                }
-                _ => a.spread = false,
-            }
-        }
-        let mut c = SpeedupCurve {
-            key,
-            points: vec![],
-            always: None,
-            ideal: None,
-            totals: vec![],
-            spread: vec![],
-            layer_steps: ep.len(),
-            recommended: None,
-            shown: None,
-        };
-        // (lambda, speedup, total ms, p10-p90 speedup spread)
-        type Point = (f64, f64, f64, Option<(f64, f64)>);
-        let mut pts: Vec<Point> = Vec::new();
-        for ((policy, l), a) in acc {
-            if a.t <= 0.0 {
-                continue;
-            }
-            let s = a.ep / a.t;
-            match (policy.as_str(), l) {
-                ("llep", Some(b)) => {
-                    // The p90 time gives the low speedup and the p10 the high one.
-                    let sp = (a.spread && a.p10 > 0.0).then(|| (a.ep / a.p90, a.ep / a.p10));
-                    pts.push((f64::from_bits(b), s, a.t, sp));
-                }
-                ("llep", None) => c.always = Some(s),
-                ("ideal", _) => c.ideal = Some(s),
-                _ => {}
-            }
-        }
-        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-        c.points = pts.iter().map(|p| (p.0, p.1)).collect();
-        c.totals = pts.iter().map(|p| (p.0, p.2)).collect();
-        c.spread = pts.iter().map(|p| p.3).collect();
-        if c.points.is_empty() && c.always.is_none() && c.ideal.is_none() {
-            continue;
-        }
-        // Only layer-steps with an EP row, as the speedups above.
-        let matched: Vec<&ResultRow> = rs
-            .iter()
-            .copied()
-            .filter(|r| ep.contains_key(&(r.step, r.layer)))
-            .collect();
-        (c.recommended, c.shown) = recommendation(&matched);
-        out.push(c);
-    }
-    out
+    digest(rows.iter()).curves()
 }
 
 /// The lambda the report shows LLEP at, per setup: the user's choice
@@ -364,25 +287,7 @@ impl ImbalanceCdf {
 
 /// One CDF per setup; each layer-step counted once whatever its policies.
 pub fn imbalance_cdfs(rows: &[ResultRow]) -> Vec<ImbalanceCdf> {
-    let mut order: Vec<SetupKey> = vec![];
-    let mut seen: HashMap<SetupKey, BTreeMap<(u32, u32), f64>> = HashMap::new();
-    for r in rows {
-        let k = SetupKey::of(r);
-        let m = seen.entry(k.clone()).or_insert_with(|| {
-            order.push(k.clone());
-            BTreeMap::new()
-        });
-        // EP rows carry the native ratio; every policy's row does too.
-        m.entry((r.step, r.layer)).or_insert(r.imbalance_ratio);
-    }
-    order
-        .into_iter()
-        .map(|k| {
-            let mut ratios: Vec<f64> = seen.remove(&k).unwrap_or_default().into_values().collect();
-            ratios.sort_by(f64::total_cmp);
-            ImbalanceCdf { setup: k, ratios }
-        })
-        .collect()
+    digest(rows.iter()).cdfs()
 }
 
 /// Per-GPU load over layer-steps, EP (native) against LLEP at one lambda,
@@ -409,85 +314,8 @@ pub const HEATMAP_MAX_COLUMNS: usize = 1200;
 /// The heatmap of one series at `lambda` (falls back to the LLEP rows of
 /// the nearest lambda present, reported in `Heatmap::lambda`).
 pub fn heatmap(rows: &[&ResultRow], key: &SeriesKey, lambda: Option<f64>) -> Option<Heatmap> {
-    let llep_lambdas: Vec<Option<f64>> = {
-        let mut v: Vec<Option<f64>> = rows
-            .iter()
-            .filter(|r| r.policy == Policy::Llep)
-            .map(|r| r.lambda())
-            .collect();
-        v.sort_by(|a, b| match (a, b) {
-            (None, None) => std::cmp::Ordering::Equal,
-            (None, _) => std::cmp::Ordering::Less,
-            (_, None) => std::cmp::Ordering::Greater,
-            (Some(x), Some(y)) => x.total_cmp(y),
-        });
-        v.dedup();
-        v
-    };
-    let lam = if llep_lambdas.contains(&lambda) {
-        lambda
-    } else {
-        match lambda {
-            Some(l) => llep_lambdas
-                .iter()
-                .copied()
-                .min_by(|a, b| {
-                    let d = |x: &Option<f64>| x.map_or(f64::INFINITY, |v| (v - l).abs());
-                    d(a).total_cmp(&d(b))
-                })
-                .flatten(),
-            None => llep_lambdas.first().copied().flatten(),
-        }
-    };
-    let mut ep: BTreeMap<(u32, u32), &ResultRow> = BTreeMap::new();
-    let mut ll: BTreeMap<(u32, u32), &ResultRow> = BTreeMap::new();
-    for r in rows {
-        if r.policy == Policy::Ep {
-            ep.entry((r.step, r.layer)).or_insert(r);
-        } else if r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam) {
-            ll.entry((r.step, r.layer)).or_insert(r);
-        }
-    }
-    let gpus = key.setup.gpus as usize;
-    let mut h = Heatmap {
-        key: key.clone(),
-        lambda: lam,
-        columns: vec![],
-        capacity: vec![],
-        ep: vec![],
-        llep: vec![],
-        ep_raw: vec![],
-        llep_raw: vec![],
-        gpus,
-    };
-    for (ls, e) in &ep {
-        let Some(l) = ll.get(ls) else { continue };
-        if e.loads_before.len() != gpus || l.loads_after.len() != gpus {
-            continue;
-        }
-        let total: u64 = e.loads_before.iter().sum();
-        let cap = capacity(total, gpus, e.alpha).max(1);
-        h.columns.push(*ls);
-        h.capacity.push(cap);
-        h.ep.push(
-            e.loads_before
-                .iter()
-                .map(|&x| x as f64 / cap as f64)
-                .collect(),
-        );
-        h.llep.push(
-            l.loads_after
-                .iter()
-                .map(|&x| x as f64 / cap as f64)
-                .collect(),
-        );
-        h.ep_raw.push(e.loads_before.clone());
-        h.llep_raw.push(l.loads_after.clone());
-        if h.columns.len() == HEATMAP_MAX_COLUMNS {
-            break;
-        }
-    }
-    (!h.columns.is_empty()).then_some(h)
+    let d = digest(rows.iter().copied());
+    d.series.iter().find(|s| &s.key == key)?.heatmap(lambda)
 }
 
 /// Forward phases, then a training step's backward ones (zero in forward
@@ -539,60 +367,11 @@ pub fn phase_bars(
     rows: &[ResultRow],
     lambda_of: &dyn Fn(&SetupKey) -> Option<f64>,
 ) -> Vec<PhaseBar> {
-    let mut out = Vec::new();
-    for (key, rs) in by_series(rows) {
-        let lam = lambda_of(&key.setup);
-        let have_lam = rs
-            .iter()
-            .any(|r| r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam));
-        for policy in ["ep", "llep", "ideal"] {
-            let mut b = PhaseBar {
-                key: key.clone(),
-                policy: policy.into(),
-                lambda: None,
-                phases_ms: [0.0; 10],
-                total_ms: 0.0,
-                layer_steps: 0,
-            };
-            for r in &rs {
-                if r.policy.as_str() != policy {
-                    continue;
-                }
-                if policy == "llep" {
-                    let want = if have_lam { lam } else { r.lambda() };
-                    if b.layer_steps == 0 {
-                        b.lambda = want;
-                    }
-                    if lkey(r.lambda()) != lkey(b.lambda) {
-                        continue;
-                    }
-                }
-                for (acc, v) in b.phases_ms.iter_mut().zip([
-                    r.t_overhead_ms,
-                    r.t_dispatch_ms,
-                    r.t_transfer_ms,
-                    r.t_compute_ms,
-                    r.t_combine_ms,
-                    r.t_bwd_combine_ms,
-                    r.t_bwd_dgrad_ms,
-                    r.t_bwd_wgrad_ms,
-                    r.t_bwd_dispatch_ms,
-                    r.t_grad_return_ms,
-                ]) {
-                    *acc += v;
-                }
-                b.total_ms += r.t_total_ms;
-                b.layer_steps += 1;
-            }
-            if b.layer_steps > 0 {
-                let n = b.layer_steps as f64;
-                b.phases_ms.iter_mut().for_each(|x| *x /= n);
-                b.total_ms /= n;
-                out.push(b);
-            }
-        }
-    }
-    out
+    let d = digest(rows.iter());
+    d.series
+        .iter()
+        .flat_map(|s| s.phase_bars(lambda_of(&s.key.setup)))
+        .collect()
 }
 
 /// Peak memory per GPU (max over layer-steps), EP against LLEP.
@@ -617,56 +396,11 @@ pub fn memory_panels(
     rows: &[ResultRow],
     lambda_of: &dyn Fn(&SetupKey) -> Option<f64>,
 ) -> Vec<MemoryPanel> {
-    let mut out = Vec::new();
-    for (key, rs) in by_series(rows) {
-        let lam = lambda_of(&key.setup);
-        let lam = if rs
-            .iter()
-            .any(|r| r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam))
-        {
-            lam
-        } else {
-            match rs.iter().find(|r| r.policy == Policy::Llep) {
-                Some(r) => r.lambda(),
-                None => continue,
-            }
-        };
-        let gpus = key.setup.gpus as usize;
-        let mut p = MemoryPanel {
-            key: key.clone(),
-            lambda: lam,
-            ep: vec![0; gpus],
-            llep: vec![0; gpus],
-            oom_rows: 0,
-            ep_oom_rows: 0,
-            ep_saved: 0,
-            llep_saved: 0,
-            card_bytes: None,
-        };
-        let mut any = (false, false);
-        for r in &rs {
-            let dst = if r.policy == Policy::Ep {
-                any.0 = true;
-                p.ep_oom_rows += r.oom as usize;
-                p.ep_saved = p.ep_saved.max(r.saved_act_bytes);
-                &mut p.ep
-            } else if r.policy == Policy::Llep && lkey(r.lambda()) == lkey(lam) {
-                any.1 = true;
-                p.oom_rows += r.oom as usize;
-                p.llep_saved = p.llep_saved.max(r.saved_act_bytes);
-                &mut p.llep
-            } else {
-                continue;
-            };
-            for (d, &v) in dst.iter_mut().zip(&r.peak_mem_per_gpu) {
-                *d = (*d).max(v);
-            }
-        }
-        if any.0 && any.1 {
-            out.push(p);
-        }
-    }
-    out
+    let d = digest(rows.iter());
+    d.series
+        .iter()
+        .filter_map(|s| s.memory_panel(lambda_of(&s.key.setup)))
+        .collect()
 }
 
 /// A measured layer-step and its simulated twin.
@@ -780,7 +514,7 @@ pub fn load_chart(h: &Heatmap) -> LoadChart {
 }
 
 /// The scenarios of `--synthetic A,B,...` in the commands, in order.
-fn synthetic_lists(commands: &[&str]) -> Vec<String> {
+pub(super) fn synthetic_lists(commands: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = vec![];
     for c in commands {
         let words: Vec<&str> = c.split_whitespace().collect();

@@ -4,6 +4,7 @@
 //! `tune --plot` call [`plot_speedup_vs_lambda`] and [`plot_tune`].
 
 pub mod data;
+mod digest;
 mod font;
 mod page;
 pub mod plots;
@@ -12,6 +13,7 @@ mod sections;
 use crate::results::Source;
 use crate::results::{ResultRow, ResultsMeta};
 use data::SeriesKey;
+use digest::Digest;
 use plots::{render, SpeedupFig};
 use std::path::{Path, PathBuf};
 
@@ -92,13 +94,86 @@ pub fn plot_tune(
 pub struct Input {
     pub path: PathBuf,
     pub meta: ResultsMeta,
+    /// The rows, when held in memory; empty when the report reads them
+    /// from `path` a batch at a time ([`read_input`]).
     pub rows: Vec<ResultRow>,
+    /// What the page and the progress bar need of the rows.
+    pub stats: InputStats,
+    streamed: bool,
 }
 
-/// Read one results file.
+/// A results file's row count, sources, series and LLEP lambdas.
+#[derive(Debug, Clone, Default)]
+pub struct InputStats {
+    pub rows: usize,
+    pub sources: Vec<Source>,
+    pub series: Vec<SeriesKey>,
+    /// Bits of the numeric lambdas of its LLEP rows.
+    pub llep_lambdas: Vec<u64>,
+}
+
+impl InputStats {
+    fn add(&mut self, r: &ResultRow) {
+        self.rows += 1;
+        if !self.sources.contains(&r.source) {
+            self.sources.push(r.source);
+        }
+        // rows of one series come in runs: compare with the last first
+        if self.series.last().is_none_or(|k| !k.is(r)) && !self.series.iter().any(|k| k.is(r)) {
+            self.series.push(SeriesKey::of(r));
+        }
+        if r.policy == crate::plan::Policy::Llep {
+            if let Some(l) = r.lambda() {
+                if !self.llep_lambdas.contains(&l.to_bits()) {
+                    self.llep_lambdas.push(l.to_bits());
+                }
+            }
+        }
+    }
+}
+
+impl Input {
+    /// An input whose rows are held in memory.
+    pub fn from_rows(path: &Path, meta: ResultsMeta, rows: Vec<ResultRow>) -> Self {
+        let mut stats = InputStats::default();
+        rows.iter().for_each(|r| stats.add(r));
+        Self {
+            path: path.to_path_buf(),
+            meta,
+            rows,
+            stats,
+            streamed: false,
+        }
+    }
+
+    /// Whether the input has LLEP rows at lambda `l`.
+    pub fn has_llep_at(&self, l: f64) -> bool {
+        self.stats.llep_lambdas.contains(&l.to_bits())
+    }
+
+    /// Hand every row to `f`, in file order, a batch at a time.
+    fn each_row(&self, f: &mut dyn FnMut(&ResultRow)) -> Result<(), ReportError> {
+        if !self.streamed {
+            self.rows.iter().for_each(f);
+            return Ok(());
+        }
+        crate::results::for_each_results_batch(&self.path, &mut |b| {
+            b.iter().for_each(&mut *f);
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+/// Check one results file and read what the page needs of it; its rows
+/// are read again, a batch at a time, when the report is written.
 pub fn read_input(path: &Path) -> Result<Input, ReportError> {
-    let (meta, rows) = crate::results::read_results(path)?;
-    if rows.is_empty() {
+    let mut stats = InputStats::default();
+    let meta = crate::results::for_each_results_batch(path, &mut |b| {
+        b.iter().for_each(|r| stats.add(r));
+        Ok(())
+    })?;
+    if stats.rows == 0 {
         return Err(ReportError::NoData(format!(
             "{}: the results file has no rows",
             path.display()
@@ -107,7 +182,9 @@ pub fn read_input(path: &Path) -> Result<Input, ReportError> {
     Ok(Input {
         path: path.to_path_buf(),
         meta,
-        rows,
+        rows: vec![],
+        stats,
+        streamed: true,
     })
 }
 
@@ -169,15 +246,16 @@ pub fn write_report(
     out: &Path,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let rows = ordered_rows(inputs);
-    if rows.is_empty() {
+    let digest = digest_inputs(inputs)?;
+    if digest.len() == 0 {
         return Err(ReportError::NoData("no result rows in the inputs".into()));
     }
+    let rows = kept_rows(inputs, &digest)?;
     std::fs::create_dir_all(out).map_err(|e| ReportError::Io(out.to_path_buf(), e))?;
     let stage = out.join(format!(".staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| ReportError::Io(stage.clone(), e))?;
-    let res = build(inputs, &rows, opts, &stage, progress);
+    let res = build(inputs, digest, &rows, opts, &stage, progress);
     let res = res.and_then(|mut w| {
         let mut moved = vec![];
         for f in &w.files {
@@ -227,21 +305,61 @@ fn remove_stale_figures(out: &Path, keep: &[PathBuf]) {
     }
 }
 
-/// Every input's rows, scenarios in the order the user gave them: the
+/// Every input's rows fed to one [`Digest`], a batch at a time, then put
+/// in page order: scenarios in the order the user gave them (the
 /// `--synthetic` lists of the commands that made the files, else first
-/// appearance (a file may hold them sorted as strings), and "balanced",
-/// the baseline, first.
-fn ordered_rows(inputs: &[Input]) -> Vec<ResultRow> {
-    let rows: Vec<ResultRow> = inputs.iter().flat_map(|i| i.rows.iter().cloned()).collect();
+/// appearance; "balanced", the baseline, first), see [`data::in_user_order`].
+fn digest_inputs(inputs: &[Input]) -> Result<Digest, ReportError> {
+    let mut d = Digest::default();
+    for i in inputs {
+        i.each_row(&mut |r| d.add(r))?;
+    }
     let commands: Vec<&str> = inputs.iter().map(|i| i.meta.command.as_str()).collect();
-    data::in_user_order(rows, &commands)
+    d.order(Some(&commands));
+    Ok(d)
+}
+
+/// The rows two sections still read whole, in page order: measured rows
+/// and the simulated rows of their setups (the accuracy plot pairs them
+/// layer-step by layer-step), and, where EPLB policies appear, every
+/// non-ideal row (the policy comparison). Empty for simulated inputs
+/// without EPLB.
+fn kept_rows(inputs: &[Input], d: &Digest) -> Result<Vec<ResultRow>, ReportError> {
+    if d.measured == 0 && !d.eplb {
+        return Ok(vec![]);
+    }
+    let twins: Vec<data::SetupKey> = d
+        .series
+        .iter()
+        .filter(|s| s.key.measured())
+        .map(|s| s.key.setup.loose())
+        .collect();
+    let mut kept: Vec<(usize, ResultRow)> = vec![];
+    let mut idx = 0usize;
+    for i in inputs {
+        i.each_row(&mut |r| {
+            let keep = (d.eplb && r.policy != crate::plan::Policy::Ideal)
+                || r.source == Source::Measured
+                || (!twins.is_empty() && twins.contains(&data::SetupKey::of(r).loose()));
+            if keep {
+                kept.push((idx, r.clone()));
+            }
+            idx += 1;
+        })?;
+    }
+    kept.sort_by_key(|(i, r)| (d.rank(r), *i));
+    Ok(kept.into_iter().map(|k| k.1).collect())
 }
 
 /// Number of figure files `write_report` will draw (for a progress bar).
 pub fn figure_count(inputs: &[Input]) -> usize {
-    let rows: Vec<ResultRow> = inputs.iter().flat_map(|i| i.rows.iter().cloned()).collect();
-    let series = data::by_series(&rows).len().min(FIG_LIMIT);
-    let measured = rows.iter().any(|r| r.source == Source::Measured) as usize;
+    let mut keys: Vec<&SeriesKey> = inputs.iter().flat_map(|i| &i.stats.series).collect();
+    keys.sort();
+    keys.dedup();
+    let series = keys.len().min(FIG_LIMIT);
+    let measured = inputs
+        .iter()
+        .any(|i| i.stats.sources.contains(&Source::Measured)) as usize;
     // heatmaps, then CDF, speedup, phases, memory, and the accuracy plot
     // when there are measured rows; each as PNG and SVG
     (series + 4 + measured) * 2
@@ -249,12 +367,13 @@ pub fn figure_count(inputs: &[Input]) -> usize {
 
 fn build(
     inputs: &[Input],
+    digest: Digest,
     rows: &[ResultRow],
     opts: &ReportOptions,
     stage: &Path,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let mut b = sections::Build::new(inputs, rows, opts, stage, progress);
+    let mut b = sections::Build::new(inputs, digest, rows, opts, stage, progress);
     let sections = b.sections()?;
     let summary = b.summary();
     let mut files = std::mem::take(&mut b.files);

@@ -48,7 +48,7 @@ fn input_lines(inputs: &[Input]) -> Vec<(String, String, usize, String)> {
     inputs
         .iter()
         .map(|i| {
-            let mut sources: Vec<&str> = i.rows.iter().map(|r| r.source.as_str()).collect();
+            let mut sources: Vec<&str> = i.stats.sources.iter().map(|s| s.as_str()).collect();
             sources.sort();
             sources.dedup();
             let profile = i
@@ -64,7 +64,7 @@ fn input_lines(inputs: &[Input]) -> Vec<(String, String, usize, String)> {
             (
                 i.path.display().to_string(),
                 i.meta.command.clone(),
-                i.rows.len(),
+                i.stats.rows,
                 format!(
                     "{}{}",
                     sources.join(" + "),

@@ -3,25 +3,29 @@
 //! `page.rs`; the drawing is `plots/`.
 
 use super::data::{self, ImbalanceCdf, SeriesKey, SetupKey, SpeedupCurve};
+use super::digest::Digest;
 use super::plots::{
     render, CdfFig, Figure, HeatmapFig, LoadBarsFig, MemoryFig, PhaseFig, PolicyFig, ScatterFig,
     SpeedupFig,
 };
 use super::{Input, ReportError, ReportOptions, Section, SummaryRow, FIG_LIMIT};
-use crate::results::{ResultRow, ResultsMeta, Source};
+use crate::results::{ResultRow, ResultsMeta};
 use crate::sim::Profile;
 use std::path::{Path, PathBuf};
 
 /// What every section reads, computed once, and the files drawn so far.
 pub(super) struct Build<'a> {
     inputs: &'a [Input],
+    /// Running aggregates of every row, in page order.
+    digest: Digest,
+    /// The rows the accuracy plot and the policy comparison read whole
+    /// (see `super::kept_rows`).
     rows: &'a [ResultRow],
     opts: &'a ReportOptions,
     stage: &'a Path,
     progress: &'a dyn crate::progress::Progress,
     knobs: bool,
     curves: Vec<SpeedupCurve>,
-    series: Vec<(SeriesKey, Vec<&'a ResultRow>)>,
     cdfs: Vec<ImbalanceCdf>,
     pub files: Vec<PathBuf>,
 }
@@ -51,21 +55,24 @@ fn argmax(v: &[u64]) -> usize {
 impl<'a> Build<'a> {
     pub fn new(
         inputs: &'a [Input],
+        mut digest: Digest,
         rows: &'a [ResultRow],
         opts: &'a ReportOptions,
         stage: &'a Path,
         progress: &'a dyn crate::progress::Progress,
     ) -> Self {
+        let curves = digest.curves();
+        let cdfs = digest.cdfs();
         Self {
             inputs,
+            knobs: digest.knobs_vary,
+            digest,
             rows,
             opts,
             stage,
             progress,
-            knobs: data::knobs_vary(rows),
-            curves: data::speedup_curves(rows),
-            series: data::by_series(rows),
-            cdfs: data::imbalance_cdfs(rows),
+            curves,
+            cdfs,
             files: vec![],
         }
     }
@@ -97,7 +104,12 @@ impl<'a> Build<'a> {
             self.accuracy()?,
         ];
         // only where the rows hold an EPLB policy: other pages stay as they were
-        if let Some(f) = PolicyFig::from_rows(self.rows) {
+        if let Some(f) = self
+            .digest
+            .eplb
+            .then(|| PolicyFig::from_rows(self.rows))
+            .flatten()
+        {
             v.push(self.policies(f)?);
         }
         Ok(v)
@@ -134,19 +146,21 @@ impl<'a> Build<'a> {
             "Per-GPU load over steps and layers: EP against LLEP",
             "Each cell is one GPU in one layer-step; colour is its token-copies divided by the planner's capacity ⌊α·(total div P)⌋ for that layer-step, on one continuous scale from 0 (dark) to the largest load (yellow), with the capacity marked on the colour bar, so a load just over capacity looks like one just under it. Top: EP (every copy on its native GPU). Bottom: what each GPU computes under LLEP at the λ shown. A series with a single layer-step is drawn as per-GPU bars instead, EP beside LLEP, against the capacity as a dashed line.",
         );
-        let series: Vec<(SeriesKey, Vec<&ResultRow>)> = self.series.clone();
+        let n_series = self.digest.series.len();
         let mut drawn = 0;
-        for (i, (key, rs)) in series.iter().enumerate() {
+        for i in 0..n_series {
             if drawn == FIG_LIMIT {
                 s.numbers.push(format!(
                     "{} more series not drawn (at most {FIG_LIMIT} load charts per page).",
-                    series.len() - FIG_LIMIT
+                    n_series - FIG_LIMIT
                 ));
                 break;
             }
-            let Some(h) = data::heatmap(rs, key, self.lambda_of(&key.setup)) else {
+            let key = self.digest.series[i].key.clone();
+            let Some(h) = self.digest.series[i].heatmap(self.lambda_of(&key.setup)) else {
                 continue;
             };
+            let key = &key;
             s.numbers.extend(self.load_numbers(key, &h));
             let stem = format!("load_heatmap_{}", i + 1);
             let title = format!("Per-GPU load · {}", key.label(self.knobs));
@@ -281,7 +295,9 @@ impl<'a> Build<'a> {
     }
 
     fn phases(&mut self) -> Result<Section, ReportError> {
-        let bars = data::phase_bars(self.rows, &|k| self.lambda_of(k));
+        let bars: Vec<data::PhaseBar> = (self.digest.series.iter())
+            .flat_map(|x| x.phase_bars(self.lambda_of(&x.key.setup)))
+            .collect();
         let mut s = section(
             "phases",
             "Where the time goes: per-phase time per policy",
@@ -310,7 +326,7 @@ impl<'a> Build<'a> {
                 ));
             }
         }
-        if let Some(line) = inter_node_line(self.rows) {
+        if let Some(line) = inter_node_line(self.digest.inter_node()) {
             s.numbers.push(line);
         }
         if bars.is_empty() {
@@ -327,7 +343,9 @@ impl<'a> Build<'a> {
     }
 
     fn memory(&mut self) -> Result<Section, ReportError> {
-        let mut panels = data::memory_panels(self.rows, &|k| self.lambda_of(k));
+        let mut panels: Vec<data::MemoryPanel> = (self.digest.series.iter())
+            .filter_map(|x| x.memory_panel(self.lambda_of(&x.key.setup)))
+            .collect();
         let mut s = section(
             "memory",
             "Peak memory per GPU against the card's capacity",
@@ -377,11 +395,7 @@ impl<'a> Build<'a> {
 
     fn accuracy(&mut self) -> Result<Section, ReportError> {
         let pairs = data::sim_measured_pairs(self.rows);
-        let measured = self
-            .rows
-            .iter()
-            .filter(|r| r.source == Source::Measured)
-            .count();
+        let measured = self.digest.measured;
         let mut s = section(
             "accuracy",
             "Simulated against measured layer time",
@@ -427,16 +441,14 @@ impl<'a> Build<'a> {
     /// One row per series: the λ shown and what LLEP gains there.
     pub fn summary(&self) -> Vec<SummaryRow> {
         let mut summary = vec![];
-        for (key, rs) in &self.series {
+        for x in &self.digest.series {
+            let key = &x.key;
             let lam = self.lambda_of(&key.setup);
             let c = self.curves.iter().find(|c| &c.key == key);
             let cdf = self.cdfs.iter().find(|c| c.setup == key.setup);
-            let mut ls: Vec<(u32, u32)> = rs.iter().map(|r| (r.step, r.layer)).collect();
-            ls.sort();
-            ls.dedup();
             summary.push(SummaryRow {
                 series: key.label(self.knobs),
-                layer_steps: ls.len(),
+                layer_steps: x.layer_steps(),
                 mean_ratio: cdf.map_or(f64::NAN, |c| {
                     c.ratios.iter().sum::<f64>() / c.ratios.len().max(1) as f64
                 }),
@@ -460,21 +472,8 @@ impl<'a> Build<'a> {
 
 /// Bytes crossing nodes per layer-step for each setting, when the rows
 /// were simulated on several nodes (`simulate --nodes`); `None` otherwise.
-fn inter_node_line(rows: &[ResultRow]) -> Option<String> {
-    if rows.iter().all(|r| r.inter_node_bytes == 0) {
-        return None;
-    }
-    let mut sums: Vec<(String, u64, usize)> = vec![];
-    for r in rows {
-        let label = r.setting_label();
-        match sums.iter_mut().find(|x| x.0 == label) {
-            Some(x) => {
-                x.1 += r.inter_node_bytes;
-                x.2 += 1;
-            }
-            None => sums.push((label, r.inter_node_bytes, 1)),
-        }
-    }
+fn inter_node_line(sums: Option<Vec<(String, u64, usize)>>) -> Option<String> {
+    let sums = sums?;
     let parts: Vec<String> = sums
         .iter()
         .map(|(l, b, n)| format!("{l} {:.3} GB", *b as f64 / *n as f64 / 1e9))

@@ -391,8 +391,23 @@ pub fn write_results(
 
 /// Read a results file written by [`write_results`].
 pub fn read_results(path: &Path) -> Result<(ResultsMeta, Vec<ResultRow>), ResultsError> {
-    let f = std::fs::File::open(path).map_err(|e| ResultsError::Io(path.into(), e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(f)
+    let mut rows = Vec::new();
+    let meta = for_each_results_batch(path, &mut |b| {
+        rows.extend_from_slice(b);
+        Ok(())
+    })?;
+    Ok((meta, rows))
+}
+
+/// Read a results file a record batch at a time (at most the reader's
+/// batch size, 1,024 rows), handing each batch's rows to `f` in file
+/// order, so that a caller keeping running totals holds one batch only.
+pub fn for_each_results_batch(
+    path: &Path,
+    f: &mut dyn FnMut(&[ResultRow]) -> Result<(), ResultsError>,
+) -> Result<ResultsMeta, ResultsError> {
+    let file = std::fs::File::open(path).map_err(|e| ResultsError::Io(path.into(), e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| ResultsError::Parquet(path.into(), e))?;
     let meta = builder
         .metadata()
@@ -410,12 +425,11 @@ pub fn read_results(path: &Path) -> Result<(ResultsMeta, Vec<ResultRow>), Result
     let reader = builder
         .build()
         .map_err(|e| ResultsError::Parquet(path.into(), e))?;
-    let mut rows = Vec::new();
     for batch in reader {
         let b = batch.map_err(|e| ResultsError::Invalid(path.into(), e.to_string()))?;
-        rows.extend(from_batch(&b, path)?);
+        f(&from_batch(&b, path)?)?;
     }
-    Ok((meta, rows))
+    Ok(meta)
 }
 
 #[cfg(test)]
