@@ -110,9 +110,14 @@ pub struct Calibration {
     pub link: Vec<(f64, f64)>,
     /// Weight transfer, one direction: (bytes, ms).
     pub p2p: Vec<(f64, f64)>,
-    /// Count exchange + planning per layer, ms (median), on balanced
-    /// routing of the first shape with 128 experts, top-4, 32768 tokens.
+    /// Count exchange + planning per layer, ms: the median of the overhead
+    /// phase run alone, back to back (`overhead`), on balanced routing of
+    /// the first shape with 128 experts, top-4, 32768 tokens per GPU.
     pub overhead_ms: f64,
+    /// How `overhead_ms` was measured, and the same phase inside whole
+    /// layer runs, per rank (2+ GPUs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overhead: Option<super::overhead::OverheadRaw>,
     /// Memory in use on a GPU beyond this tool's buffers (context, NCCL,
     /// cuBLAS), bytes.
     pub mem_baseline: u64,
@@ -814,7 +819,11 @@ fn layer_and_comm(
         progress.status("planning overhead (balanced layer of the first shape)");
     }
     let row = w.measure(&case, Policy::Ep, Gate::Always)?;
-    out.overhead_ms = row.as_ref().map_or(0.0, |r| r.t_overhead_ms);
+    // the layer run's overhead phase also holds one rank's wait in the
+    // all-gather for a peer that ended the previous run later: over a slow
+    // link that wait is milliseconds (see `overhead`), so it is kept only
+    // as a record and the phase is timed alone below
+    let in_layer = row.as_ref().map_or(0.0, |r| r.t_overhead_ms);
     // after a full layer ran: NCCL's buffers and cuBLAS's workspace exist
     out.mem_baseline = w.used_beyond_arena()?;
     if world > 1 {
@@ -829,6 +838,8 @@ fn layer_and_comm(
             "token exchange, weight transfers and communicator memory per peer (one GPU)".into(),
         );
     }
+    let (ms, raw) = super::overhead::measure(w, cc.reps, &case, layer, in_layer, progress)?;
+    (out.overhead_ms, out.overhead) = (ms, Some(raw));
     Ok(())
 }
 

@@ -18,6 +18,7 @@
 //! - [`replicas`]: EPLB's replicas (weights placed per slot, copies mapped
 //!   to replicas) for the `eplb` and `eplb+llep` policies;
 //! - [`calibrate`]: the hardware measurements behind a profile;
+//! - [`overhead`]: its measurement of the layer's overhead phase;
 //! - [`rendezvous`]: multi-process start under torchrun / srun / mpirun.
 
 mod backward;
@@ -27,6 +28,7 @@ mod dense;
 mod dense_bwd;
 pub mod inputs;
 pub mod layout;
+pub mod overhead;
 mod phases;
 pub mod rendezvous;
 pub mod replay;

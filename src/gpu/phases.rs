@@ -92,6 +92,25 @@ impl Worker<'_> {
         Ok(RunOut::Done(self.run_times(has_x, has_g)?))
     }
 
+    /// The overhead phase alone, as `run_once` opens a run (count
+    /// exchange, planning, tables; ends at `E_PLANNED`): `calibrate` times
+    /// it back to back. `false` when a rank ran out of memory.
+    pub(super) fn overhead_once(
+        &mut self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+    ) -> Result<bool, GpuError> {
+        let copies = case.routing[self.rank].ids.len();
+        let cb = self.case_bufs()?;
+        let Some(lay) = self.count_exchange(&cb, copies, policy, gate)? else {
+            return Ok(false);
+        };
+        let lb = self.layout_bufs()?;
+        self.upload_tables(&lay, &cb, &lb)?;
+        Ok(true)
+    }
+
     fn case_bufs(&mut self) -> Result<CaseBufs, GpuError> {
         Ok(CaseBufs {
             ids: self.ptr(BufKind::Ids)?,
