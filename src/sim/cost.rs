@@ -127,28 +127,29 @@ impl Profile {
     /// curve for the shape wins; then the per-projection GEMM tables
     /// (`sim::model`); otherwise an efficiency curve t / (t + half).
     pub fn gemm_ms(&self, tokens: u64, s: &Shape) -> f64 {
-        if tokens == 0 {
-            return 0.0;
-        }
-        let t = tokens as f64;
-        if let Some(c) = self.gemm_curves.iter().find(|c| {
+        self.group_pricer(s).ms(tokens)
+    }
+
+    /// [`Profile::gemm_ms`] for one shape with its curve or tables chosen
+    /// once: pricing a layer-step calls it for every expert group.
+    pub fn group_pricer(&self, s: &Shape) -> GroupPricer<'_> {
+        let how = if let Some(c) = self.gemm_curves.iter().find(|c| {
             c.hidden_size as u64 == s.hidden && c.intermediate_size as u64 == s.intermediate
         }) {
-            return interp(&c.points, t);
+            Pricing::Curve(&c.points)
+        } else {
+            let chunk = self.act_chunk_tokens.max(1);
+            match model::GroupTables::new(&self.gemm_tables, s.hidden, s.intermediate, chunk) {
+                Some(t) => Pricing::Tables(t, chunk),
+                None => Pricing::Flops,
+            }
+        };
+        GroupPricer {
+            prof: self,
+            hidden: s.hidden,
+            intermediate: s.intermediate,
+            how,
         }
-        let chunk = self.act_chunk_tokens.max(1);
-        if let Some(ms) =
-            model::group_ms(&self.gemm_tables, tokens, s.hidden, s.intermediate, chunk)
-        {
-            // inside a layer, each unit as fitted against the tables
-            return match &self.layer_fit {
-                Some(f) => f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(chunk) as f64,
-                None => ms,
-            };
-        }
-        let flops = 6.0 * t * s.hidden as f64 * s.intermediate as f64;
-        let eff = t / (t + self.gemm_half_tokens);
-        flops / (self.gemm_peak_tflops * 1e12 * eff) * 1e3 + self.gemm_launch_us * 1e-3
     }
 
     fn link_ms(&self, bytes: u64) -> f64 {
@@ -198,6 +199,53 @@ impl Profile {
     }
 }
 
+/// Prices expert groups of one shape under one profile (from
+/// [`Profile::group_pricer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupPricer<'a> {
+    prof: &'a Profile,
+    hidden: u64,
+    intermediate: u64,
+    how: Pricing<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pricing<'a> {
+    Curve(&'a [(f64, f64)]),
+    /// The GEMM tables, and the activation chunk they are cut by.
+    Tables(model::GroupTables<'a>, u64),
+    Flops,
+}
+
+impl GroupPricer<'_> {
+    /// Time of one group of `tokens` token-copies, ms.
+    pub fn ms(&self, tokens: u64) -> f64 {
+        if tokens == 0 {
+            return 0.0;
+        }
+        let t = tokens as f64;
+        let prof = self.prof;
+        match &self.how {
+            Pricing::Curve(points) => interp(points, t),
+            Pricing::Tables(tables, chunk) => {
+                let ms = tables.ms(tokens);
+                // inside a layer, each unit as fitted against the tables
+                match &prof.layer_fit {
+                    Some(f) => {
+                        f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(*chunk) as f64
+                    }
+                    None => ms,
+                }
+            }
+            Pricing::Flops => {
+                let flops = 6.0 * t * self.hidden as f64 * self.intermediate as f64;
+                let eff = t / (t + prof.gemm_half_tokens);
+                flops / (prof.gemm_peak_tflops * 1e12 * eff) * 1e3 + prof.gemm_launch_us * 1e-3
+            }
+        }
+    }
+}
+
 /// Price `plan` with dispatch matrix `dm` (per-rank counts already folded
 /// in). `counts[e]` are global counts per expert, needed for plain-EP groups.
 pub fn price(
@@ -223,9 +271,10 @@ pub fn price(
     scratch.largest.clear();
     scratch.largest.resize(p, 0);
     let mut groups = 0u64;
+    let pricer = prof.group_pricer(shape);
     let mut group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
         groups += 1;
-        let ms = prof.gemm_ms(tokens, shape);
+        let ms = pricer.ms(tokens);
         scratch.compute[g] += ms;
         if foreign {
             scratch.foreign[g] += ms;

@@ -588,7 +588,8 @@ pub fn ideal_bound(
     prof: &Profile,
     gpus: usize,
 ) -> Cost {
-    let whole: f64 = global.iter().map(|&c| prof.gemm_ms(c, shape)).sum();
+    let pricer = prof.group_pricer(shape);
+    let whole: f64 = global.iter().map(|&c| pricer.ms(c)).sum();
     let compute = (whole / gpus as f64)
         .min(ep.compute_ms)
         .min(llep.compute_ms);
