@@ -90,22 +90,95 @@ struct Sums {
     rows: Vec<u64>,
     cols: Vec<u64>,
     diag: Vec<u64>,
+    /// Non-zero entries off the diagonal per row and per column (messages
+    /// sent and received), when asked for.
+    nz_rows: Vec<u64>,
+    nz_cols: Vec<u64>,
+    /// On several nodes, per GPU: tokens and messages out and in, within
+    /// its node and across nodes (see [`Sums::fill_nodes`]).
+    nodes: Vec<NodeSplit>,
+}
+
+/// One GPU's exchange split by link, as [`split_exchange`] prices it.
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeSplit {
+    in_out: u64,
+    in_in: u64,
+    x_out: u64,
+    x_in: u64,
+    in_msgs: u64,
+    x_msgs: u64,
 }
 
 impl Sums {
-    fn fill(&mut self, dm: &DispatchMatrix) {
+    fn fill(&mut self, dm: &DispatchMatrix, msgs: bool) {
         let p = dm.gpus;
         self.rows.clear();
         self.cols.clear();
         self.cols.resize(p, 0);
         self.diag.clear();
+        self.nz_rows.clear();
+        self.nz_cols.clear();
+        if msgs {
+            self.nz_cols.resize(p, 0);
+        }
         for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
             self.rows.push(row.iter().sum());
             for (c, &v) in self.cols.iter_mut().zip(row) {
                 *c += v;
             }
             self.diag.push(row[r]);
+            if msgs {
+                let mut nz = 0;
+                for (c, &v) in self.nz_cols.iter_mut().zip(row) {
+                    let x = u64::from(v > 0);
+                    *c += x;
+                    nz += x;
+                }
+                let own = u64::from(row[r] > 0);
+                self.nz_rows.push(nz - own);
+                self.nz_cols[r] -= own;
+            }
         }
+    }
+    /// Split every GPU's exchange by link, on `gpn` GPUs per node: one
+    /// pass over the rows (reading the matrix by columns per GPU misses
+    /// the cache at large P).
+    fn fill_nodes(&mut self, dm: &DispatchMatrix, gpn: usize) {
+        let p = dm.gpus;
+        self.nodes.clear();
+        self.nodes.resize(p, NodeSplit::default());
+        for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
+            let (lo, hi) = (r / gpn * gpn, (r / gpn + 1) * gpn);
+            let (mut in_out, mut x_out, mut in_n, mut x_n) = (0u64, 0u64, 0u64, 0u64);
+            for (q, (&v, d)) in row.iter().zip(self.nodes.iter_mut()).enumerate() {
+                if q == r {
+                    continue;
+                }
+                let nz = u64::from(v > 0);
+                if (lo..hi).contains(&q) {
+                    in_out += v;
+                    in_n += nz;
+                    d.in_in += v;
+                    d.in_msgs += nz;
+                } else {
+                    x_out += v;
+                    x_n += nz;
+                    d.x_in += v;
+                    d.x_msgs += nz;
+                }
+            }
+            let s = &mut self.nodes[r];
+            s.in_out += in_out;
+            s.x_out += x_out;
+            s.in_msgs += in_n;
+            s.x_msgs += x_n;
+        }
+    }
+    /// Messages GPU `g` sends and receives in the exchange (peers it has
+    /// tokens for, peers that have tokens for it); needs `fill(_, true)`.
+    fn msgs(&self, g: usize) -> u64 {
+        self.nz_rows[g] + self.nz_cols[g]
     }
     fn row_sum(&self, g: usize) -> u64 {
         self.rows[g]
@@ -259,8 +332,13 @@ pub fn price(
     let p = plan.gpus;
     let per = plan.experts / p;
     let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
     let mut sums = std::mem::take(&mut scratch.sums);
-    sums.fill(dm);
+    sums.fill(dm, !multi && prof.msg_tokens.is_some());
+    if multi {
+        sums.fill_nodes(dm, gpn);
+    }
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
@@ -297,8 +375,6 @@ pub fn price(
         }
     }
 
-    let gpn = gpus_per_node(prof, p);
-    let multi = gpn < p;
     let (transfer_bytes, mut inter_node_bytes) = account_weights(plan, shape, gpn, scratch);
 
     // Dispatch per GPU: its own copies are packed (read + write on the
@@ -318,18 +394,12 @@ pub fn price(
         let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
         let link = if multi {
-            let (link, crossed) = split_exchange(dm, g, gpn, tok_bytes, prof);
+            let (link, crossed) = split_exchange(&sums.nodes[g], tok_bytes, prof);
             inter_node_bytes += 2 * crossed;
             link
         } else {
             match &prof.msg_tokens {
-                Some(m) => {
-                    let msgs = (0..p)
-                        .filter(|&q| q != g)
-                        .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
-                        .sum();
-                    m.ms(msgs, link_b)
-                }
+                Some(m) => m.ms(sums.msgs(g), link_b),
                 None => prof.link_ms(link_b),
             }
         };
@@ -495,34 +565,15 @@ fn gpus_per_node(prof: &Profile, p: usize) -> usize {
 /// GPU `g`'s token exchange split by link: the slower of its intra-node
 /// part (the single-node formula on those peers) and its NIC part, in ms;
 /// and the bytes it sends across nodes.
-fn split_exchange(
-    dm: &DispatchMatrix,
-    g: usize,
-    gpn: usize,
-    tok_bytes: u64,
-    prof: &Profile,
-) -> (f64, u64) {
-    // the node's GPUs are one contiguous block: a range test, no division
-    let (lo, hi) = (g / gpn * gpn, (g / gpn + 1) * gpn);
-    let (mut in_out, mut in_in, mut x_out, mut x_in) = (0u64, 0u64, 0u64, 0u64);
-    let (mut in_msgs, mut x_msgs) = (0u64, 0u64);
-    let row = &dm.send[g * dm.gpus..(g + 1) * dm.gpus];
-    for (q, &o) in row.iter().enumerate() {
-        if q == g {
-            continue;
-        }
-        let i = dm.send[q * dm.gpus + g];
-        let msgs = u64::from(o > 0) + u64::from(i > 0);
-        if (lo..hi).contains(&q) {
-            in_out += o;
-            in_in += i;
-            in_msgs += msgs;
-        } else {
-            x_out += o;
-            x_in += i;
-            x_msgs += msgs;
-        }
-    }
+fn split_exchange(s: &NodeSplit, tok_bytes: u64, prof: &Profile) -> (f64, u64) {
+    let NodeSplit {
+        in_out,
+        in_in,
+        x_out,
+        x_in,
+        in_msgs,
+        x_msgs,
+    } = *s;
     let in_b = in_out.max(in_in) * tok_bytes;
     let x_b = prof.nic_bytes(x_out, x_in) * tok_bytes;
     let intra = match &prof.msg_tokens {
