@@ -149,29 +149,34 @@ impl Sums {
         self.nodes.clear();
         self.nodes.resize(p, NodeSplit::default());
         for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
+            // the node's GPUs are one contiguous block; the diagonal is
+            // counted with them and taken off after
             let (lo, hi) = (r / gpn * gpn, (r / gpn + 1) * gpn);
             let (mut in_out, mut x_out, mut in_n, mut x_n) = (0u64, 0u64, 0u64, 0u64);
-            for (q, (&v, d)) in row.iter().zip(self.nodes.iter_mut()).enumerate() {
-                if q == r {
-                    continue;
-                }
-                let nz = u64::from(v > 0);
-                if (lo..hi).contains(&q) {
-                    in_out += v;
-                    in_n += nz;
-                    d.in_in += v;
-                    d.in_msgs += nz;
-                } else {
-                    x_out += v;
-                    x_n += nz;
-                    d.x_in += v;
-                    d.x_msgs += nz;
+            let parts = [(0, lo, false), (lo, hi, true), (hi, p, false)];
+            for (a, b, inside) in parts {
+                for (&v, d) in row[a..b].iter().zip(&mut self.nodes[a..b]) {
+                    let nz = u64::from(v > 0);
+                    if inside {
+                        in_out += v;
+                        in_n += nz;
+                        d.in_in += v;
+                        d.in_msgs += nz;
+                    } else {
+                        x_out += v;
+                        x_n += nz;
+                        d.x_in += v;
+                        d.x_msgs += nz;
+                    }
                 }
             }
+            let (v, nz) = (row[r], u64::from(row[r] > 0));
             let s = &mut self.nodes[r];
-            s.in_out += in_out;
+            s.in_in -= v;
+            s.in_msgs -= nz;
+            s.in_out += in_out - v;
             s.x_out += x_out;
-            s.in_msgs += in_n;
+            s.in_msgs += in_n - nz;
             s.x_msgs += x_n;
         }
     }

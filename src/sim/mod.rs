@@ -187,6 +187,12 @@ fn dispatch_from_native(
                 continue;
             }
         }
+        // ranges in order and apart (as the planners write them): each
+        // rank's slice [lo, hi) only meets the ranges from the first one
+        // not yet passed, so a cursor replaces the scan of all of them
+        let ordered = ranges.iter().all(|r| r.start <= r.end)
+            && ranges.windows(2).all(|w| w[0].end <= w[1].start);
+        let mut first = 0;
         let mut cum = 0u64;
         for r in 0..p {
             let cnt = per_rank[r * n + e];
@@ -196,7 +202,15 @@ fn dispatch_from_native(
             let (lo, hi) = (cum, cum + cnt);
             cum = hi;
             out.send[r * p + native] -= cnt;
-            for rg in ranges {
+            if ordered {
+                while first < ranges.len() && ranges[first].end <= lo {
+                    first += 1;
+                }
+            }
+            for rg in &ranges[first..] {
+                if ordered && rg.start >= hi {
+                    break;
+                }
                 let a = lo.max(rg.start);
                 let b = hi.min(rg.end);
                 if b > a {
