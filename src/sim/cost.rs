@@ -324,6 +324,27 @@ impl GroupPricer<'_> {
     }
 }
 
+/// Expert groups' times kept between the prices of one layer-step, by
+/// expert and token count: most experts stay whole at home under every
+/// policy, so their groups are the same under each. Valid for one profile
+/// and shape; whoever holds it clears it when either changes.
+#[derive(Debug, Default, Clone)]
+pub struct GroupMemo {
+    /// `[e]`: the token count whose time `ms[e]` is (`u64::MAX`: none).
+    tokens: Vec<u64>,
+    ms: Vec<f64>,
+}
+
+impl GroupMemo {
+    /// Forget every time; room for `experts` experts.
+    pub fn clear(&mut self, experts: usize) {
+        self.tokens.clear();
+        self.tokens.resize(experts, u64::MAX);
+        self.ms.clear();
+        self.ms.resize(experts, 0.0);
+    }
+}
+
 /// Price `plan` with dispatch matrix `dm` (per-rank counts already folded
 /// in). `counts[e]` are global counts per expert, needed for plain-EP groups.
 pub fn price(
@@ -333,6 +354,20 @@ pub fn price(
     shape: &Shape,
     prof: &Profile,
     scratch: &mut CostScratch,
+) -> Cost {
+    price_memo(plan, dm, counts, shape, prof, scratch, None)
+}
+
+/// [`price`], reusing and filling `memo`'s group times (cleared by the
+/// caller for each layer-step, profile and shape).
+pub fn price_memo(
+    plan: &Plan,
+    dm: &DispatchMatrix,
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    mut memo: Option<&mut GroupMemo>,
 ) -> Cost {
     let p = plan.gpus;
     let per = plan.experts / p;
@@ -355,9 +390,22 @@ pub fn price(
     scratch.largest.resize(p, 0);
     let mut groups = 0u64;
     let pricer = prof.group_pricer(shape);
-    let mut group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
+    if let Some(m) = memo.as_deref_mut() {
+        if m.tokens.len() != plan.experts {
+            m.clear(plan.experts);
+        }
+    }
+    let mut group = |e: usize, g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
         groups += 1;
-        let ms = pricer.ms(tokens);
+        let ms = match memo.as_deref_mut() {
+            Some(m) if m.tokens[e] == tokens => m.ms[e],
+            Some(m) => {
+                let ms = pricer.ms(tokens);
+                (m.tokens[e], m.ms[e]) = (tokens, ms);
+                ms
+            }
+            None => pricer.ms(tokens),
+        };
         scratch.compute[g] += ms;
         if foreign {
             scratch.foreign[g] += ms;
@@ -366,8 +414,8 @@ pub fn price(
     };
     if plan.spills.is_empty() {
         for (g, block) in counts.chunks_exact(per).enumerate() {
-            for &c in block.iter().filter(|&&c| c > 0) {
-                group(g, c, false, scratch);
+            for (j, &c) in block.iter().enumerate().filter(|&(_, &c)| c > 0) {
+                group(g * per + j, g, c, false, scratch);
             }
         }
     } else {
@@ -375,7 +423,8 @@ pub fn price(
         for (e, ranges) in plan.iter() {
             for r in ranges {
                 let g = r.gpu as usize;
-                group(g, r.end - r.start, e as usize / per != g, scratch);
+                let e = e as usize;
+                group(e, g, r.end - r.start, e / per != g, scratch);
             }
         }
     }

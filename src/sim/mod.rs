@@ -54,6 +54,10 @@ pub struct Evaluator {
     /// The dispatch matrix of the native placement of the loaded
     /// layer-step ([`Evaluator::load`]): every plan's starts from it.
     native: DispatchMatrix,
+    /// Group times of the loaded layer-step, for the profile and shape of
+    /// `memo_key` (profile address, D, I).
+    memo: cost::GroupMemo,
+    memo_key: (usize, u64, u64),
 }
 
 impl Evaluator {
@@ -77,12 +81,14 @@ impl Evaluator {
     /// [`Evaluator::eval_loaded`]: what all its plans share is worked out
     /// once, not once per policy and setting.
     pub fn load(&mut self, per_rank: &[u64], gpus: usize) {
+        self.memo_key = (0, 0, 0);
         native_dispatch(per_rank, gpus, &mut self.native, None);
     }
 
     /// [`Evaluator::load`], also summing the per-rank counts into the
     /// global counts per expert (`global`, as `Loads::global_into`).
     pub fn load_with_global(&mut self, per_rank: &[u64], gpus: usize, global: &mut Vec<u64>) {
+        self.memo_key = (0, 0, 0);
         native_dispatch(per_rank, gpus, &mut self.native, Some(global));
     }
 
@@ -99,7 +105,27 @@ impl Evaluator {
     ) -> (&Plan, Cost) {
         self.plan_only(global, params, policy, prof);
         dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
-        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
+        // group times carry over between this layer-step's policies only
+        // under the same profile and shape
+        let key = (
+            prof as *const Profile as usize,
+            shape.hidden,
+            shape.intermediate,
+        );
+        if key != self.memo_key {
+            self.memo.clear(self.plan.experts);
+            self.memo_key = key;
+        }
+        let memo = Some(&mut self.memo);
+        let cost = cost::price_memo(
+            &self.plan,
+            &self.dm,
+            global,
+            shape,
+            prof,
+            &mut self.scratch,
+            memo,
+        );
         (&self.plan, cost)
     }
 
