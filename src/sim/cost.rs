@@ -73,8 +73,13 @@ pub struct CostScratch {
     w_recv: Vec<u64>,
     w_count: Vec<u64>,
     w_nsent: Vec<u64>,
-    /// `[g * p + q]`: GPU g moves weights with peer q (either way).
+    /// `[g * p + q]`: GPU g moves weights with peer q (either way), while
+    /// `account_weights` counts peers; all false between calls.
     w_peer: Vec<bool>,
+    /// `[g]`: how many of `w_peer`'s row g are set.
+    w_npeers: Vec<u64>,
+    /// What every GPU's memory has the same of (see [`mem_fixed`]).
+    mem_fixed: u64,
     /// Weight bytes sent and received across nodes, and their messages.
     x_sent: Vec<u64>,
     x_recv: Vec<u64>,
@@ -485,6 +490,9 @@ pub fn price_memo(
 
     let mut peak = Vec::with_capacity(p);
     let mut oom = false;
+    if let Some(mm) = &prof.mem_model {
+        scratch.mem_fixed = mem_fixed(mm, plan, shape);
+    }
     for g in 0..p {
         let m = match &prof.mem_model {
             Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
@@ -563,12 +571,17 @@ fn account_weights(
         &mut scratch.w_recv,
         &mut scratch.w_count,
         &mut scratch.w_nsent,
+        &mut scratch.w_npeers,
     ] {
         v.clear();
         v.resize(p, 0);
     }
-    scratch.w_peer.clear();
-    scratch.w_peer.resize(p * p, false);
+    // all false between calls (the entries set below are unset at the
+    // end), so only a new size costs a fill
+    if scratch.w_peer.len() != p * p {
+        scratch.w_peer.clear();
+        scratch.w_peer.resize(p * p, false);
+    }
     let multi = gpn < p;
     if multi {
         for v in [
@@ -589,8 +602,12 @@ fn account_weights(
             scratch.w_recv[dst] += shape.expert_bytes;
             scratch.w_count[dst] += 1;
             scratch.w_nsent[src] += 1;
-            scratch.w_peer[src * p + dst] = true;
-            scratch.w_peer[dst * p + src] = true;
+            for (a, b) in [(src, dst), (dst, src)] {
+                if !scratch.w_peer[a * p + b] {
+                    scratch.w_peer[a * p + b] = true;
+                    scratch.w_npeers[a] += 1;
+                }
+            }
             transfer_bytes += shape.expert_bytes;
             if multi && src / gpn != dst / gpn {
                 // the NIC's share ([`price`] takes it off the intra-node totals)
@@ -600,6 +617,13 @@ fn account_weights(
                 scratch.x_msgs[dst] += 1;
                 inter_node_bytes += shape.expert_bytes;
             }
+        }
+    }
+    if !plan.free_transfers {
+        for t in &plan.transfers {
+            let (src, dst) = (t.src as usize, t.dst as usize);
+            scratch.w_peer[src * p + dst] = false;
+            scratch.w_peer[dst * p + src] = false;
         }
     }
     (transfer_bytes, inter_node_bytes)
@@ -684,8 +708,7 @@ fn mem_by_buffer(
     scratch: &CostScratch,
     g: usize,
 ) -> u64 {
-    let (p, n) = (plan.gpus, plan.experts as u64);
-    let per = n / p as u64;
+    let p = plan.gpus;
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
     let copies = sums.row_sum(g);
@@ -693,14 +716,11 @@ fn mem_by_buffer(
     let rows = scratch.largest[g].min(prof.act_chunk_tokens);
     let r = |x: u64| mm.round(x);
     let buffers = [
-        r(per * shape.expert_bytes),                // native weights
         r(scratch.w_count[g] * shape.expert_bytes), // foreign weights
-        r(n * tok_bytes),                           // bias table
         r(own_tokens * tok_bytes),                  // input tokens
         r(own_tokens * tok_bytes),                  // output
         3 * r(copies * 4),                          // ids, router weights, slots
         2 * r(copies * 8),                          // result and bias pointers
-        r(n * 4) + r(n * 4 * p as u64),             // counts, all ranks' counts
         r(sums.sent_off(g) * tok_bytes),            // send
         r(sums.received(g) * tok_bytes),            // receive
         r(sums.col_sum(g) * tok_bytes),             // computed rows
@@ -708,20 +728,31 @@ fn mem_by_buffer(
         r(rows * i * b),                            // activation
         r(copies * 40),                             // pack table (<= one piece per copy)
         2 * r(sums.received(g) * 32),               // copy tables in and out
-        r((n + 1) * 4),                             // segment starts
-        2 * r(8 * p as u64),                        // gather scratch
     ];
     let xfer_peers = if mm.xfer_all_peers {
         p as u64 - 1
     } else {
-        scratch.w_peer[g * p..(g + 1) * p]
-            .iter()
-            .filter(|&&x| x)
-            .count() as u64
+        scratch.w_npeers[g]
     };
+    scratch.mem_fixed + xfer_peers * mm.nccl_xfer_per_peer_bytes + buffers.iter().sum::<u64>()
+}
+
+/// The part of [`mem_by_buffer`] every GPU has: baseline, token
+/// communicators, and the buffers sized by the model alone.
+fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
+    let (p, n) = (plan.gpus, plan.experts as u64);
+    let per = n / p as u64;
+    let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let r = |x: u64| mm.round(x);
+    let buffers = [
+        r(per * shape.expert_bytes),    // native weights
+        r(n * tok_bytes),               // bias table
+        r(n * 4) + r(n * 4 * p as u64), // counts, all ranks' counts
+        r((n + 1) * 4),                 // segment starts
+        2 * r(8 * p as u64),            // gather scratch
+    ];
     mm.context_bytes
         + mm.cublas_workspace_bytes
         + (p as u64 - 1) * mm.nccl_per_peer_bytes
-        + xfer_peers * mm.nccl_xfer_per_peer_bytes
         + buffers.iter().sum::<u64>()
 }
