@@ -73,8 +73,13 @@ pub struct CostScratch {
     w_recv: Vec<u64>,
     w_count: Vec<u64>,
     w_nsent: Vec<u64>,
-    /// `[g * p + q]`: GPU g moves weights with peer q (either way).
+    /// `[g * p + q]`: GPU g moves weights with peer q (either way), while
+    /// `account_weights` counts peers; all false between calls.
     w_peer: Vec<bool>,
+    /// `[g]`: how many of `w_peer`'s row g are set.
+    w_npeers: Vec<u64>,
+    /// What every GPU's memory has the same of (see [`mem_fixed`]).
+    mem_fixed: u64,
     /// Weight bytes sent and received across nodes, and their messages.
     x_sent: Vec<u64>,
     x_recv: Vec<u64>,
@@ -90,22 +95,100 @@ struct Sums {
     rows: Vec<u64>,
     cols: Vec<u64>,
     diag: Vec<u64>,
+    /// Non-zero entries off the diagonal per row and per column (messages
+    /// sent and received), when asked for.
+    nz_rows: Vec<u64>,
+    nz_cols: Vec<u64>,
+    /// On several nodes, per GPU: tokens and messages out and in, within
+    /// its node and across nodes (see [`Sums::fill_nodes`]).
+    nodes: Vec<NodeSplit>,
+}
+
+/// One GPU's exchange split by link, as [`split_exchange`] prices it.
+#[derive(Debug, Default, Clone, Copy)]
+struct NodeSplit {
+    in_out: u64,
+    in_in: u64,
+    x_out: u64,
+    x_in: u64,
+    in_msgs: u64,
+    x_msgs: u64,
 }
 
 impl Sums {
-    fn fill(&mut self, dm: &DispatchMatrix) {
+    fn fill(&mut self, dm: &DispatchMatrix, msgs: bool) {
         let p = dm.gpus;
         self.rows.clear();
         self.cols.clear();
         self.cols.resize(p, 0);
         self.diag.clear();
+        self.nz_rows.clear();
+        self.nz_cols.clear();
+        if msgs {
+            self.nz_cols.resize(p, 0);
+        }
         for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
             self.rows.push(row.iter().sum());
             for (c, &v) in self.cols.iter_mut().zip(row) {
                 *c += v;
             }
             self.diag.push(row[r]);
+            if msgs {
+                let mut nz = 0;
+                for (c, &v) in self.nz_cols.iter_mut().zip(row) {
+                    let x = u64::from(v > 0);
+                    *c += x;
+                    nz += x;
+                }
+                let own = u64::from(row[r] > 0);
+                self.nz_rows.push(nz - own);
+                self.nz_cols[r] -= own;
+            }
         }
+    }
+    /// Split every GPU's exchange by link, on `gpn` GPUs per node: one
+    /// pass over the rows (reading the matrix by columns per GPU misses
+    /// the cache at large P).
+    fn fill_nodes(&mut self, dm: &DispatchMatrix, gpn: usize) {
+        let p = dm.gpus;
+        self.nodes.clear();
+        self.nodes.resize(p, NodeSplit::default());
+        for (r, row) in dm.send.chunks_exact(p.max(1)).enumerate().take(p) {
+            // the node's GPUs are one contiguous block; the diagonal is
+            // counted with them and taken off after
+            let (lo, hi) = (r / gpn * gpn, (r / gpn + 1) * gpn);
+            let (mut in_out, mut x_out, mut in_n, mut x_n) = (0u64, 0u64, 0u64, 0u64);
+            let parts = [(0, lo, false), (lo, hi, true), (hi, p, false)];
+            for (a, b, inside) in parts {
+                for (&v, d) in row[a..b].iter().zip(&mut self.nodes[a..b]) {
+                    let nz = u64::from(v > 0);
+                    if inside {
+                        in_out += v;
+                        in_n += nz;
+                        d.in_in += v;
+                        d.in_msgs += nz;
+                    } else {
+                        x_out += v;
+                        x_n += nz;
+                        d.x_in += v;
+                        d.x_msgs += nz;
+                    }
+                }
+            }
+            let (v, nz) = (row[r], u64::from(row[r] > 0));
+            let s = &mut self.nodes[r];
+            s.in_in -= v;
+            s.in_msgs -= nz;
+            s.in_out += in_out - v;
+            s.x_out += x_out;
+            s.in_msgs += in_n - nz;
+            s.x_msgs += x_n;
+        }
+    }
+    /// Messages GPU `g` sends and receives in the exchange (peers it has
+    /// tokens for, peers that have tokens for it); needs `fill(_, true)`.
+    fn msgs(&self, g: usize) -> u64 {
+        self.nz_rows[g] + self.nz_cols[g]
     }
     fn row_sum(&self, g: usize) -> u64 {
         self.rows[g]
@@ -127,28 +210,29 @@ impl Profile {
     /// curve for the shape wins; then the per-projection GEMM tables
     /// (`sim::model`); otherwise an efficiency curve t / (t + half).
     pub fn gemm_ms(&self, tokens: u64, s: &Shape) -> f64 {
-        if tokens == 0 {
-            return 0.0;
-        }
-        let t = tokens as f64;
-        if let Some(c) = self.gemm_curves.iter().find(|c| {
+        self.group_pricer(s).ms(tokens)
+    }
+
+    /// [`Profile::gemm_ms`] for one shape with its curve or tables chosen
+    /// once: pricing a layer-step calls it for every expert group.
+    pub fn group_pricer(&self, s: &Shape) -> GroupPricer<'_> {
+        let how = if let Some(c) = self.gemm_curves.iter().find(|c| {
             c.hidden_size as u64 == s.hidden && c.intermediate_size as u64 == s.intermediate
         }) {
-            return interp(&c.points, t);
+            Pricing::Curve(&c.points)
+        } else {
+            let chunk = self.act_chunk_tokens.max(1);
+            match model::GroupTables::new(&self.gemm_tables, s.hidden, s.intermediate, chunk) {
+                Some(t) => Pricing::Tables(t, chunk),
+                None => Pricing::Flops,
+            }
+        };
+        GroupPricer {
+            prof: self,
+            hidden: s.hidden,
+            intermediate: s.intermediate,
+            how,
         }
-        let chunk = self.act_chunk_tokens.max(1);
-        if let Some(ms) =
-            model::group_ms(&self.gemm_tables, tokens, s.hidden, s.intermediate, chunk)
-        {
-            // inside a layer, each unit as fitted against the tables
-            return match &self.layer_fit {
-                Some(f) => f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(chunk) as f64,
-                None => ms,
-            };
-        }
-        let flops = 6.0 * t * s.hidden as f64 * s.intermediate as f64;
-        let eff = t / (t + self.gemm_half_tokens);
-        flops / (self.gemm_peak_tflops * 1e12 * eff) * 1e3 + self.gemm_launch_us * 1e-3
     }
 
     fn link_ms(&self, bytes: u64) -> f64 {
@@ -198,6 +282,74 @@ impl Profile {
     }
 }
 
+/// Prices expert groups of one shape under one profile (from
+/// [`Profile::group_pricer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupPricer<'a> {
+    prof: &'a Profile,
+    hidden: u64,
+    intermediate: u64,
+    how: Pricing<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pricing<'a> {
+    Curve(&'a [(f64, f64)]),
+    /// The GEMM tables, and the activation chunk they are cut by.
+    Tables(model::GroupTables<'a>, u64),
+    Flops,
+}
+
+impl GroupPricer<'_> {
+    /// Time of one group of `tokens` token-copies, ms.
+    pub fn ms(&self, tokens: u64) -> f64 {
+        if tokens == 0 {
+            return 0.0;
+        }
+        let t = tokens as f64;
+        let prof = self.prof;
+        match &self.how {
+            Pricing::Curve(points) => interp(points, t),
+            Pricing::Tables(tables, chunk) => {
+                let ms = tables.ms(tokens);
+                // inside a layer, each unit as fitted against the tables
+                match &prof.layer_fit {
+                    Some(f) => {
+                        f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(*chunk) as f64
+                    }
+                    None => ms,
+                }
+            }
+            Pricing::Flops => {
+                let flops = 6.0 * t * self.hidden as f64 * self.intermediate as f64;
+                let eff = t / (t + prof.gemm_half_tokens);
+                flops / (prof.gemm_peak_tflops * 1e12 * eff) * 1e3 + prof.gemm_launch_us * 1e-3
+            }
+        }
+    }
+}
+
+/// Expert groups' times kept between the prices of one layer-step, by
+/// expert and token count: most experts stay whole at home under every
+/// policy, so their groups are the same under each. Valid for one profile
+/// and shape; whoever holds it clears it when either changes.
+#[derive(Debug, Default, Clone)]
+pub struct GroupMemo {
+    /// `[e]`: the token count whose time `ms[e]` is (`u64::MAX`: none).
+    tokens: Vec<u64>,
+    ms: Vec<f64>,
+}
+
+impl GroupMemo {
+    /// Forget every time; room for `experts` experts.
+    pub fn clear(&mut self, experts: usize) {
+        self.tokens.clear();
+        self.tokens.resize(experts, u64::MAX);
+        self.ms.clear();
+        self.ms.resize(experts, 0.0);
+    }
+}
+
 /// Price `plan` with dispatch matrix `dm` (per-rank counts already folded
 /// in). `counts[e]` are global counts per expert, needed for plain-EP groups.
 pub fn price(
@@ -208,11 +360,30 @@ pub fn price(
     prof: &Profile,
     scratch: &mut CostScratch,
 ) -> Cost {
+    price_memo(plan, dm, counts, shape, prof, scratch, None)
+}
+
+/// [`price`], reusing and filling `memo`'s group times (cleared by the
+/// caller for each layer-step, profile and shape).
+pub fn price_memo(
+    plan: &Plan,
+    dm: &DispatchMatrix,
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    mut memo: Option<&mut GroupMemo>,
+) -> Cost {
     let p = plan.gpus;
     let per = plan.experts / p;
     let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
     let mut sums = std::mem::take(&mut scratch.sums);
-    sums.fill(dm);
+    sums.fill(dm, !multi && prof.msg_tokens.is_some());
+    if multi {
+        sums.fill_nodes(dm, gpn);
+    }
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
@@ -223,9 +394,23 @@ pub fn price(
     scratch.largest.clear();
     scratch.largest.resize(p, 0);
     let mut groups = 0u64;
-    let mut group = |g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
+    let pricer = prof.group_pricer(shape);
+    if let Some(m) = memo.as_deref_mut() {
+        if m.tokens.len() != plan.experts {
+            m.clear(plan.experts);
+        }
+    }
+    let mut group = |e: usize, g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
         groups += 1;
-        let ms = prof.gemm_ms(tokens, shape);
+        let ms = match memo.as_deref_mut() {
+            Some(m) if m.tokens[e] == tokens => m.ms[e],
+            Some(m) => {
+                let ms = pricer.ms(tokens);
+                (m.tokens[e], m.ms[e]) = (tokens, ms);
+                ms
+            }
+            None => pricer.ms(tokens),
+        };
         scratch.compute[g] += ms;
         if foreign {
             scratch.foreign[g] += ms;
@@ -234,8 +419,8 @@ pub fn price(
     };
     if plan.spills.is_empty() {
         for (g, block) in counts.chunks_exact(per).enumerate() {
-            for &c in block.iter().filter(|&&c| c > 0) {
-                group(g, c, false, scratch);
+            for (j, &c) in block.iter().enumerate().filter(|&(_, &c)| c > 0) {
+                group(g * per + j, g, c, false, scratch);
             }
         }
     } else {
@@ -243,13 +428,12 @@ pub fn price(
         for (e, ranges) in plan.iter() {
             for r in ranges {
                 let g = r.gpu as usize;
-                group(g, r.end - r.start, e as usize / per != g, scratch);
+                let e = e as usize;
+                group(e, g, r.end - r.start, e / per != g, scratch);
             }
         }
     }
 
-    let gpn = gpus_per_node(prof, p);
-    let multi = gpn < p;
     let (transfer_bytes, mut inter_node_bytes) = account_weights(plan, shape, gpn, scratch);
 
     // Dispatch per GPU: its own copies are packed (read + write on the
@@ -269,18 +453,12 @@ pub fn price(
         let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
         let link = if multi {
-            let (link, crossed) = split_exchange(dm, g, gpn, tok_bytes, prof);
+            let (link, crossed) = split_exchange(&sums.nodes[g], tok_bytes, prof);
             inter_node_bytes += 2 * crossed;
             link
         } else {
             match &prof.msg_tokens {
-                Some(m) => {
-                    let msgs = (0..p)
-                        .filter(|&q| q != g)
-                        .map(|q| u64::from(dm.get(g, q) > 0) + u64::from(dm.get(q, g) > 0))
-                        .sum();
-                    m.ms(msgs, link_b)
-                }
+                Some(m) => m.ms(sums.msgs(g), link_b),
                 None => prof.link_ms(link_b),
             }
         };
@@ -312,6 +490,9 @@ pub fn price(
 
     let mut peak = Vec::with_capacity(p);
     let mut oom = false;
+    if let Some(mm) = &prof.mem_model {
+        scratch.mem_fixed = mem_fixed(mm, plan, shape);
+    }
     for g in 0..p {
         let m = match &prof.mem_model {
             Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
@@ -390,12 +571,17 @@ fn account_weights(
         &mut scratch.w_recv,
         &mut scratch.w_count,
         &mut scratch.w_nsent,
+        &mut scratch.w_npeers,
     ] {
         v.clear();
         v.resize(p, 0);
     }
-    scratch.w_peer.clear();
-    scratch.w_peer.resize(p * p, false);
+    // all false between calls (the entries set below are unset at the
+    // end), so only a new size costs a fill
+    if scratch.w_peer.len() != p * p {
+        scratch.w_peer.clear();
+        scratch.w_peer.resize(p * p, false);
+    }
     let multi = gpn < p;
     if multi {
         for v in [
@@ -416,8 +602,12 @@ fn account_weights(
             scratch.w_recv[dst] += shape.expert_bytes;
             scratch.w_count[dst] += 1;
             scratch.w_nsent[src] += 1;
-            scratch.w_peer[src * p + dst] = true;
-            scratch.w_peer[dst * p + src] = true;
+            for (a, b) in [(src, dst), (dst, src)] {
+                if !scratch.w_peer[a * p + b] {
+                    scratch.w_peer[a * p + b] = true;
+                    scratch.w_npeers[a] += 1;
+                }
+            }
             transfer_bytes += shape.expert_bytes;
             if multi && src / gpn != dst / gpn {
                 // the NIC's share ([`price`] takes it off the intra-node totals)
@@ -427,6 +617,13 @@ fn account_weights(
                 scratch.x_msgs[dst] += 1;
                 inter_node_bytes += shape.expert_bytes;
             }
+        }
+    }
+    if !plan.free_transfers {
+        for t in &plan.transfers {
+            let (src, dst) = (t.src as usize, t.dst as usize);
+            scratch.w_peer[src * p + dst] = false;
+            scratch.w_peer[dst * p + src] = false;
         }
     }
     (transfer_bytes, inter_node_bytes)
@@ -446,34 +643,15 @@ fn gpus_per_node(prof: &Profile, p: usize) -> usize {
 /// GPU `g`'s token exchange split by link: the slower of its intra-node
 /// part (the single-node formula on those peers) and its NIC part, in ms;
 /// and the bytes it sends across nodes.
-fn split_exchange(
-    dm: &DispatchMatrix,
-    g: usize,
-    gpn: usize,
-    tok_bytes: u64,
-    prof: &Profile,
-) -> (f64, u64) {
-    // the node's GPUs are one contiguous block: a range test, no division
-    let (lo, hi) = (g / gpn * gpn, (g / gpn + 1) * gpn);
-    let (mut in_out, mut in_in, mut x_out, mut x_in) = (0u64, 0u64, 0u64, 0u64);
-    let (mut in_msgs, mut x_msgs) = (0u64, 0u64);
-    let row = &dm.send[g * dm.gpus..(g + 1) * dm.gpus];
-    for (q, &o) in row.iter().enumerate() {
-        if q == g {
-            continue;
-        }
-        let i = dm.send[q * dm.gpus + g];
-        let msgs = u64::from(o > 0) + u64::from(i > 0);
-        if (lo..hi).contains(&q) {
-            in_out += o;
-            in_in += i;
-            in_msgs += msgs;
-        } else {
-            x_out += o;
-            x_in += i;
-            x_msgs += msgs;
-        }
-    }
+fn split_exchange(s: &NodeSplit, tok_bytes: u64, prof: &Profile) -> (f64, u64) {
+    let NodeSplit {
+        in_out,
+        in_in,
+        x_out,
+        x_in,
+        in_msgs,
+        x_msgs,
+    } = *s;
     let in_b = in_out.max(in_in) * tok_bytes;
     let x_b = prof.nic_bytes(x_out, x_in) * tok_bytes;
     let intra = match &prof.msg_tokens {
@@ -530,8 +708,7 @@ fn mem_by_buffer(
     scratch: &CostScratch,
     g: usize,
 ) -> u64 {
-    let (p, n) = (plan.gpus, plan.experts as u64);
-    let per = n / p as u64;
+    let p = plan.gpus;
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
     let copies = sums.row_sum(g);
@@ -539,14 +716,11 @@ fn mem_by_buffer(
     let rows = scratch.largest[g].min(prof.act_chunk_tokens);
     let r = |x: u64| mm.round(x);
     let buffers = [
-        r(per * shape.expert_bytes),                // native weights
         r(scratch.w_count[g] * shape.expert_bytes), // foreign weights
-        r(n * tok_bytes),                           // bias table
         r(own_tokens * tok_bytes),                  // input tokens
         r(own_tokens * tok_bytes),                  // output
         3 * r(copies * 4),                          // ids, router weights, slots
         2 * r(copies * 8),                          // result and bias pointers
-        r(n * 4) + r(n * 4 * p as u64),             // counts, all ranks' counts
         r(sums.sent_off(g) * tok_bytes),            // send
         r(sums.received(g) * tok_bytes),            // receive
         r(sums.col_sum(g) * tok_bytes),             // computed rows
@@ -554,20 +728,31 @@ fn mem_by_buffer(
         r(rows * i * b),                            // activation
         r(copies * 40),                             // pack table (<= one piece per copy)
         2 * r(sums.received(g) * 32),               // copy tables in and out
-        r((n + 1) * 4),                             // segment starts
-        2 * r(8 * p as u64),                        // gather scratch
     ];
     let xfer_peers = if mm.xfer_all_peers {
         p as u64 - 1
     } else {
-        scratch.w_peer[g * p..(g + 1) * p]
-            .iter()
-            .filter(|&&x| x)
-            .count() as u64
+        scratch.w_npeers[g]
     };
+    scratch.mem_fixed + xfer_peers * mm.nccl_xfer_per_peer_bytes + buffers.iter().sum::<u64>()
+}
+
+/// The part of [`mem_by_buffer`] every GPU has: baseline, token
+/// communicators, and the buffers sized by the model alone.
+fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
+    let (p, n) = (plan.gpus, plan.experts as u64);
+    let per = n / p as u64;
+    let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let r = |x: u64| mm.round(x);
+    let buffers = [
+        r(per * shape.expert_bytes),    // native weights
+        r(n * tok_bytes),               // bias table
+        r(n * 4) + r(n * 4 * p as u64), // counts, all ranks' counts
+        r((n + 1) * 4),                 // segment starts
+        2 * r(8 * p as u64),            // gather scratch
+    ];
     mm.context_bytes
         + mm.cublas_workspace_bytes
         + (p as u64 - 1) * mm.nccl_per_peer_bytes
-        + xfer_peers * mm.nccl_xfer_per_peer_bytes
         + buffers.iter().sum::<u64>()
 }

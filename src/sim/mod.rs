@@ -54,6 +54,10 @@ pub struct Evaluator {
     /// The dispatch matrix of the native placement of the loaded
     /// layer-step ([`Evaluator::load`]): every plan's starts from it.
     native: DispatchMatrix,
+    /// Group times of the loaded layer-step, for the profile and shape of
+    /// `memo_key` (profile address, D, I).
+    memo: cost::GroupMemo,
+    memo_key: (usize, u64, u64),
 }
 
 impl Evaluator {
@@ -77,12 +81,14 @@ impl Evaluator {
     /// [`Evaluator::eval_loaded`]: what all its plans share is worked out
     /// once, not once per policy and setting.
     pub fn load(&mut self, per_rank: &[u64], gpus: usize) {
+        self.memo_key = (0, 0, 0);
         native_dispatch(per_rank, gpus, &mut self.native, None);
     }
 
     /// [`Evaluator::load`], also summing the per-rank counts into the
     /// global counts per expert (`global`, as `Loads::global_into`).
     pub fn load_with_global(&mut self, per_rank: &[u64], gpus: usize, global: &mut Vec<u64>) {
+        self.memo_key = (0, 0, 0);
         native_dispatch(per_rank, gpus, &mut self.native, Some(global));
     }
 
@@ -99,7 +105,27 @@ impl Evaluator {
     ) -> (&Plan, Cost) {
         self.plan_only(global, params, policy, prof);
         dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
-        let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
+        // group times carry over between this layer-step's policies only
+        // under the same profile and shape
+        let key = (
+            prof as *const Profile as usize,
+            shape.hidden,
+            shape.intermediate,
+        );
+        if key != self.memo_key {
+            self.memo.clear(self.plan.experts);
+            self.memo_key = key;
+        }
+        let memo = Some(&mut self.memo);
+        let cost = cost::price_memo(
+            &self.plan,
+            &self.dm,
+            global,
+            shape,
+            prof,
+            &mut self.scratch,
+            memo,
+        );
         (&self.plan, cost)
     }
 
@@ -187,6 +213,12 @@ fn dispatch_from_native(
                 continue;
             }
         }
+        // ranges in order and apart (as the planners write them): each
+        // rank's slice [lo, hi) only meets the ranges from the first one
+        // not yet passed, so a cursor replaces the scan of all of them
+        let ordered = ranges.iter().all(|r| r.start <= r.end)
+            && ranges.windows(2).all(|w| w[0].end <= w[1].start);
+        let mut first = 0;
         let mut cum = 0u64;
         for r in 0..p {
             let cnt = per_rank[r * n + e];
@@ -196,7 +228,15 @@ fn dispatch_from_native(
             let (lo, hi) = (cum, cum + cnt);
             cum = hi;
             out.send[r * p + native] -= cnt;
-            for rg in ranges {
+            if ordered {
+                while first < ranges.len() && ranges[first].end <= lo {
+                    first += 1;
+                }
+            }
+            for rg in &ranges[first..] {
+                if ordered && rg.start >= hi {
+                    break;
+                }
                 let a = lo.max(rg.start);
                 let b = hi.min(rg.end);
                 if b > a {
@@ -588,7 +628,8 @@ pub fn ideal_bound(
     prof: &Profile,
     gpus: usize,
 ) -> Cost {
-    let whole: f64 = global.iter().map(|&c| prof.gemm_ms(c, shape)).sum();
+    let pricer = prof.group_pricer(shape);
+    let whole: f64 = global.iter().map(|&c| pricer.ms(c)).sum();
     let compute = (whole / gpus as f64)
         .min(ep.compute_ms)
         .min(llep.compute_ms);
