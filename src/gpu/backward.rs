@@ -195,7 +195,7 @@ impl Worker<'_> {
             self.ptr(BufKind::SegsYIn)?,
             self.ptr(BufKind::SegsOut)?,
         );
-        let (nc, topk, di, rbi) = (copies as i32, k as i32, d as i32, rb as i32);
+        let (nc, topk, di) = (copies as i32, k as i32, d as i32);
         // combine backward
         // SAFETY: ret_ptr/bias_ptr were filled by this run's pack for every
         // copy; dy holds t x D, dw `copies` floats.
@@ -213,16 +213,7 @@ impl Worker<'_> {
         self.dev.wait(net, &self.bwd.ev[B_SCAT])?;
         self.exchange(&rl, send, recv, rb, net, true)?;
         // SAFETY: the table lists rows inside recv and Yout.
-        unsafe {
-            self.dev.launch(
-                self.dev.k.copy_rows,
-                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
-                256,
-                0,
-                net,
-                params!(segs_yin, nseg, remote_rows, rbi),
-            )?;
-        }
+        unsafe { self.copy_rows(segs_yin, nseg, remote_rows, net)? };
         self.bwd.ev[B_COMBINED].record(net)?;
         self.dev.wait(main, &self.bwd.ev[B_COMBINED])?;
 
@@ -232,16 +223,7 @@ impl Worker<'_> {
         // dispatch backward: dX rows home, the k copies of each token summed
         let dx = self.ptr(BufKind::DX)?;
         // SAFETY: as for the forward's combine (Yout rows to recv).
-        unsafe {
-            self.dev.launch(
-                self.dev.k.copy_rows,
-                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
-                256,
-                0,
-                main,
-                params!(segs_out, nseg, remote_rows, rbi),
-            )?;
-        }
+        unsafe { self.copy_rows(segs_out, nseg, remote_rows, main)? };
         self.bwd.ev[B_RET].record(main)?;
         self.dev.wait(net, &self.bwd.ev[B_RET])?;
         self.exchange(&rl, send, recv, rb, net, false)?;

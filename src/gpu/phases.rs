@@ -384,16 +384,7 @@ impl Worker<'_> {
         self.dev.wait(net, &self.ev[E_PACKED])?;
         self.exchange(rl, lb.send, lb.recv, rb, net, true)?;
         // SAFETY: segment tables list rows inside recv and comp.
-        unsafe {
-            self.dev.launch(
-                self.dev.k.copy_rows,
-                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
-                256,
-                0,
-                net,
-                params!(segs_in, nseg, remote_rows, rbi),
-            )?;
-        }
+        unsafe { self.copy_rows(segs_in, nseg, remote_rows, net)? };
         self.ev[E_DISPATCHED].record(net)?;
         Ok(())
     }
@@ -443,19 +434,10 @@ impl Worker<'_> {
         let (ret_ptr, bias_ptr, wts, out) = (cb.ret_ptr, cb.bias_ptr, cb.wts, cb.out);
         let segs_out = lb.segs_out;
         let (nseg, remote_rows) = (remote.nseg, remote.rows);
-        let (topk, rbi) = (k as i32, rb as i32);
+        let topk = k as i32;
 
         // SAFETY: as for dispatch, with source and destination swapped.
-        unsafe {
-            self.dev.launch(
-                self.dev.k.copy_rows,
-                (((remote_rows as usize) * 32).div_ceil(256) as u32, 1, 1),
-                256,
-                0,
-                main,
-                params!(segs_out, nseg, remote_rows, rbi),
-            )?;
-        }
+        unsafe { self.copy_rows(segs_out, nseg, remote_rows, main)? };
         self.ev[E_RET].record(main)?;
         self.dev.wait(net, &self.ev[E_RET])?;
         self.exchange(rl, lb.send, lb.recv, rb, net, false)?;
@@ -476,6 +458,31 @@ impl Worker<'_> {
         }
         self.ev[E_END].record(main)?;
         Ok(())
+    }
+
+    /// Copy `rows` rows between the exchange buffer and the compute (or
+    /// result) rows along the segment table at `segs` (`nseg` entries), on
+    /// stream `s`: the step every exchange ends (dispatch) or starts
+    /// (combine) with, forward and backward.
+    ///
+    /// # Safety
+    /// The table's segments must lie inside the buffers they name.
+    pub(super) unsafe fn copy_rows(
+        &self,
+        segs: u64,
+        nseg: i32,
+        rows: i64,
+        s: cudarc::driver::sys::CUstream,
+    ) -> Result<(), GpuError> {
+        let rbi = self.rb() as i32;
+        self.dev.launch(
+            self.dev.k.copy_rows,
+            (((rows as usize) * 32).div_ceil(256) as u32, 1, 1),
+            256,
+            0,
+            s,
+            params!(segs, nseg, rows, rbi),
+        )
     }
 
     /// Token exchange of one layer on stream `s`: dispatch (send buffer out,
