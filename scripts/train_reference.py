@@ -56,6 +56,8 @@ def parse_args():
     ap.add_argument("--scenarios", default="", help="only these scenarios of the manifest (comma list)")
     ap.add_argument("--tokens", type=int, default=0, help="use only the first T tokens of each rank (dry runs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--forward-only", action="store_true",
+                    help="time the forward alone, under torch.no_grad (the layer `replay` times; issue 15)")
     ap.add_argument("--probe-select", action="store_true",
                     help="also time the backward of indexing each native expert out of the stacked weights "
                          "(what the reference's per-expert loop does), alone")
@@ -228,11 +230,13 @@ def main():
                 dist.barrier()
                 torch.cuda.synchronize()
                 ev[0].record()
-                out = fwd(x, ids.clone(), wts, *params, n_exp, per, ep_group,
-                          limit=7.0, alpha=1.702, max_tokens_factor=a.alpha,
-                          min_tokens_per_gemm=a.min_gemm)
+                with torch.set_grad_enabled(not a.forward_only):
+                    out = fwd(x, ids.clone(), wts, *params, n_exp, per, ep_group,
+                              limit=7.0, alpha=1.702, max_tokens_factor=a.alpha,
+                              min_tokens_per_gemm=a.min_gemm)
                 ev[1].record()
-                out.backward(dy)
+                if not a.forward_only:
+                    out.backward(dy)
                 ev[2].record()
                 torch.cuda.synchronize()
                 if timed:
@@ -260,7 +264,8 @@ def main():
             dist.all_gather(allm, mem)
             allm = [m.tolist() for m in allm]
             row = {
-                "scenario": name, "policy": policy, "lambda": lam, "alpha": a.alpha, "min_gemm": a.min_gemm,
+                "scenario": name, "pass": "forward" if a.forward_only else "train",
+                "policy": policy, "lambda": lam, "alpha": a.alpha, "min_gemm": a.min_gemm,
                 "gpus": world, "tokens_per_rank": t, "hidden_size": d, "intermediate_size": inter,
                 "experts": n_exp, "top_k": k, "imbalance_ratio": round(ratio, 4),
                 "lpt_path": ratio >= lam, "runs": a.runs, "warmup": a.warmup,
