@@ -9,6 +9,11 @@ use std::process::{Command, Output};
 
 const BIN: &str = env!("CARGO_BIN_EXE_llep-trace");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The profile every merge here goes into.
+const BASE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/data/profiles/h200-curves-2026-11-28.json"
+);
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -28,11 +33,7 @@ fn dir(name: &str) -> PathBuf {
 /// A profile measured elsewhere: h200 with tables for gpt-oss and
 /// DeepSeek-V3 and a token message model.
 fn measured(d: &std::path::Path) -> PathBuf {
-    let mut p = Profile::load(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/profiles/h200-curves-2026-11-28.json"
-    ))
-    .unwrap();
+    let mut p = Profile::load(BASE).unwrap();
     p.gemm_curves.clear();
     p.measured_error = None;
     for (dh, i) in [(2880u32, 2880u32), (7168, 2048)] {
@@ -65,10 +66,7 @@ fn merge_keeps_curves_unless_asked_and_clears_stale_error() {
         "--merge",
         new.to_str().unwrap(),
         "--into",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/profiles/h200-curves-2026-11-28.json"
-        ),
+        BASE,
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -80,11 +78,7 @@ fn merge_keeps_curves_unless_asked_and_clears_stale_error() {
     );
     assert!(stdout.contains("token exchange: 9.0 us"), "{stdout}");
     let m = Profile::load(out.to_str().unwrap()).unwrap();
-    let base = Profile::load(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/profiles/h200-curves-2026-11-28.json"
-    ))
-    .unwrap();
+    let base = Profile::load(BASE).unwrap();
     assert_eq!(m.gemm_tables.len(), 4);
     assert_eq!(m.gemm_curves, base.gemm_curves);
     // the message model prices every row differently: the stamp is stale
@@ -97,10 +91,7 @@ fn merge_keeps_curves_unless_asked_and_clears_stale_error() {
         "--merge",
         new.to_str().unwrap(),
         "--into",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/profiles/h200-curves-2026-11-28.json"
-        ),
+        BASE,
         "--drop-curves",
         "--out",
         out2.to_str().unwrap(),
@@ -126,10 +117,7 @@ fn bad_merge_input_is_refused_without_output() {
         "--merge",
         bad.to_str().unwrap(),
         "--into",
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/profiles/h200-curves-2026-11-28.json"
-        ),
+        BASE,
         "--out",
         out.to_str().unwrap(),
     ]);
