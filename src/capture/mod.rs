@@ -22,6 +22,7 @@ pub mod checks;
 pub mod engines;
 pub mod format;
 pub mod loads;
+pub mod loads_stream;
 pub mod logits;
 pub mod pt;
 pub mod records;

@@ -603,6 +603,8 @@ fn simulate_range(
 /// moved into the output the first time, cloned from there after. Every
 /// emission sets the fields it changes (policy, gate), so reads through
 /// [`Kept::get`] must be of other fields.
+// a few live on the stack per setting; boxing would cost an allocation per row
+#[allow(clippy::large_enum_variant)]
 enum Kept {
     Aside(ResultRow),
     /// Its index in the output rows.
