@@ -72,12 +72,61 @@ struct Index {
     /// The step whose run is being read, and its rows seen per (layer,
     /// rank): one bit per expert (a duplicate falls within one run).
     current: Option<usize>,
-    seen: HashMap<(u32, u32), Vec<u64>>,
+    seen: HashMap<(u32, u32), usize>,
+    bits: Vec<Vec<u64>>,
     first_totals: HashMap<u32, u64>,
+    /// The last row's step key, (layer, rank) and their positions: rows
+    /// come in runs, so most rows skip the lookups.
+    last_key: String,
+    last_pair: Option<((u32, u32), usize)>,
 }
 
 impl Index {
     fn add(&mut self, key: &str, numeric: bool, layer: u32, rank: u32, expert: u32, count: u64) {
+        let s = match self.current {
+            Some(s) if self.last_key == key => s,
+            _ => self.step(key, numeric),
+        };
+        self.rows += 1;
+        self.max_expert = self.max_expert.max(expert);
+        self.max_rank = self.max_rank.max(rank);
+        if let Err(at) = self.layers.binary_search(&layer) {
+            self.layers.insert(at, layer);
+        }
+        if s == 0 {
+            *self.first_totals.entry(layer).or_default() += count;
+        }
+        let b = match self.last_pair {
+            Some((p, b)) if p == (layer, rank) => b,
+            _ => {
+                let next = self.bits.len();
+                let b = *self.seen.entry((layer, rank)).or_insert(next);
+                if b == next {
+                    self.bits.push(Vec::new());
+                }
+                self.last_pair = Some(((layer, rank), b));
+                b
+            }
+        };
+        let bits = &mut self.bits[b];
+        let e = expert as usize;
+        if bits.len() <= e / 64 {
+            bits.resize(e / 64 + 1, 0);
+        }
+        let bit = 1u64 << (e % 64);
+        if bits[e / 64] & bit != 0 {
+            if self.duplicate.is_none() {
+                self.duplicate = Some((key.to_string(), layer, rank, expert));
+            }
+        } else {
+            bits[e / 64] |= bit;
+        }
+    }
+
+    /// The step of a row whose key differs from the last row's.
+    fn step(&mut self, key: &str, numeric: bool) -> usize {
+        self.last_key.clear();
+        self.last_key.push_str(key);
         let s = match self.step_of.get(key) {
             Some(&s) => s,
             None => {
@@ -101,30 +150,12 @@ impl Index {
                 self.grouped = false;
             }
             self.current = Some(s);
-            self.seen.clear();
-        }
-        self.rows += 1;
-        self.max_expert = self.max_expert.max(expert);
-        self.max_rank = self.max_rank.max(rank);
-        if let Err(at) = self.layers.binary_search(&layer) {
-            self.layers.insert(at, layer);
-        }
-        if s == 0 {
-            *self.first_totals.entry(layer).or_default() += count;
-        }
-        let bits = self.seen.entry((layer, rank)).or_default();
-        let e = expert as usize;
-        if bits.len() <= e / 64 {
-            bits.resize(e / 64 + 1, 0);
-        }
-        let bit = 1u64 << (e % 64);
-        if bits[e / 64] & bit != 0 {
-            if self.duplicate.is_none() {
-                self.duplicate = Some((key.to_string(), layer, rank, expert));
+            // a new run: its rows seen start empty (the buffers are kept)
+            for b in &mut self.bits {
+                b.fill(0);
             }
-        } else {
-            bits[e / 64] |= bit;
         }
+        s
     }
 }
 
