@@ -58,8 +58,6 @@ pub struct Evaluator {
     /// copy off its native GPU: then its dispatch matrix is `native`, and
     /// `dm` was not filled.
     dm_is_native: bool,
-    /// The spilled experts' walk state of [`dispatch_from_native`].
-    walks: Vec<Walk>,
     /// Group times of the loaded layer-step, for the profile and shape of
     /// `memo_key` (profile address, D, I).
     memo: cost::GroupMemo,
@@ -113,13 +111,7 @@ impl Evaluator {
         self.plan_only(global, params, policy, prof);
         // a plan that moves no copy (ep) is priced on the native matrix
         // itself, not a copy of it
-        self.dm_is_native = !dispatch_from_native(
-            &self.plan,
-            per_rank,
-            &self.native,
-            &mut self.dm,
-            &mut self.walks,
-        );
+        self.dm_is_native = !dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
         // group times carry over between this layer-step's policies only
         // under the same profile and shape
         let key = (
@@ -241,38 +233,26 @@ fn native_rows<const K: usize>(per_rank: &[u64], n: usize, g: &mut [u64], send: 
     }
 }
 
-/// A spilled expert's state while [`dispatch_from_native`] walks the
-/// ranks: its copies before this rank (`cum`) and its first range not yet
-/// passed.
-#[derive(Debug, Default, Clone, Copy)]
-struct Walk {
-    expert: usize,
-    native: usize,
-    /// Its ranges: `plan.spill_ranges[ranges.0..ranges.1]`.
-    ranges: (usize, usize),
-    ordered: bool,
-    first: usize,
-    cum: u64,
-}
-
 /// [`dispatch_matrix`] from the native matrix: only the experts a plan
-/// moves are visited (the same arithmetic, so the same matrix). Returns
-/// false, leaving `out` as it was, where the plan moves nothing (the
+/// spills are visited (the same arithmetic, so the same matrix). Returns
+/// false, leaving `out` as it was, where the plan spills nothing (the
 /// matrix is then `native`).
 fn dispatch_from_native(
     plan: &Plan,
     per_rank: &[u64],
     native: &DispatchMatrix,
     out: &mut DispatchMatrix,
-    walks: &mut Vec<Walk>,
 ) -> bool {
     let p = plan.gpus;
     let n = plan.experts;
     let per = n / p;
     debug_assert_eq!(native.gpus, p);
-    walks.clear();
-    for &(e, a, b) in &plan.spills {
-        let ranges = &plan.spill_ranges[a as usize..b as usize];
+    if plan.spills.is_empty() {
+        return false;
+    }
+    out.gpus = p;
+    out.send.clone_from(&native.send);
+    for (e, ranges) in plan.spilled() {
         let e = e as usize;
         let native = e / per;
         if let [only] = ranges {
@@ -285,45 +265,29 @@ fn dispatch_from_native(
         // not yet passed, so a cursor replaces the scan of all of them
         let ordered = ranges.iter().all(|r| r.start <= r.end)
             && ranges.windows(2).all(|w| w[0].end <= w[1].start);
-        walks.push(Walk {
-            expert: e,
-            native,
-            ranges: (a as usize, b as usize),
-            ordered,
-            first: 0,
-            cum: 0,
-        });
-    }
-    if walks.is_empty() {
-        return false;
-    }
-    out.gpus = p;
-    out.send.clone_from(&native.send);
-    // rank by rank (each rank's counts and matrix row are contiguous, so
-    // this reads memory in order), every moved expert's slice of the rank
-    for (row, send) in per_rank.chunks_exact(n).zip(out.send.chunks_exact_mut(p)) {
-        for w in walks.iter_mut() {
-            let cnt = row[w.expert];
+        let mut first = 0;
+        let mut cum = 0u64;
+        for r in 0..p {
+            let cnt = per_rank[r * n + e];
             if cnt == 0 {
                 continue;
             }
-            let (lo, hi) = (w.cum, w.cum + cnt);
-            w.cum = hi;
-            send[w.native] -= cnt;
-            let ranges = &plan.spill_ranges[w.ranges.0..w.ranges.1];
-            if w.ordered {
-                while w.first < ranges.len() && ranges[w.first].end <= lo {
-                    w.first += 1;
+            let (lo, hi) = (cum, cum + cnt);
+            cum = hi;
+            out.send[r * p + native] -= cnt;
+            if ordered {
+                while first < ranges.len() && ranges[first].end <= lo {
+                    first += 1;
                 }
             }
-            for rg in &ranges[w.first..] {
-                if w.ordered && rg.start >= hi {
+            for rg in &ranges[first..] {
+                if ordered && rg.start >= hi {
                     break;
                 }
                 let a = lo.max(rg.start);
                 let b = hi.min(rg.end);
                 if b > a {
-                    send[rg.gpu as usize] += b - a;
+                    out.send[r * p + rg.gpu as usize] += b - a;
                 }
             }
         }
@@ -910,8 +874,7 @@ mod tests {
                     .plan_into(&global, &params, policy, &mut plan)
                     .unwrap();
                 dispatch_matrix(&plan, &per_rank, &mut want);
-                let moved =
-                    dispatch_from_native(&plan, &per_rank, &ev.native, &mut ev.dm, &mut ev.walks);
+                let moved = dispatch_from_native(&plan, &per_rank, &ev.native, &mut ev.dm);
                 let got = if moved { &ev.dm } else { &ev.native };
                 assert_eq!(got, &want, "{policy:?} on {gpus} GPUs, {n} experts");
             }
