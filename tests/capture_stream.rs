@@ -171,3 +171,24 @@ fn bad_input_fails_as_the_whole_capture_does_and_writes_nothing() {
         assert!(!tmp, "{name}: a temporary file was left");
     }
 }
+
+#[test]
+fn padded_fields_and_filters_read_as_trimmed() {
+    let d = dir();
+    let plain = "step,layer,expert,count,kind\n1,0,0,5,a\n1,0,1,3,b\n2,1,1,9,a\n";
+    let padded =
+        " Step , layer,expert , count,kind\n 1, 0 ,0 , 5 , a\n1,0, 1,3 ,b \n 2 ,1,1, 9,a\n";
+    let mut o = opts(1, None);
+    o.filters = vec![("kind".into(), "a".into())];
+    let mut got = Vec::new();
+    for (name, body) in [("plain", plain), ("padded", padded)] {
+        let csv = d.join(format!("{name}.csv"));
+        std::fs::write(&csv, body).unwrap();
+        let out = d.join(format!("{name}.parquet"));
+        capture_to(&csv, &o, "load-csv", &out).unwrap();
+        got.push(read_trace(&out, false).unwrap().loads);
+    }
+    assert_eq!(got[0], got[1]);
+    assert_eq!((got[0].steps(), got[0].experts), (2, 2));
+    assert_eq!(got[0].block(0, 0), &[5, 0]);
+}

@@ -62,7 +62,7 @@ pub(super) fn read_csv(
     opts: &CaptureOptions,
     add: &mut AddRow,
 ) -> Result<bool, CaptureError> {
-    let (mut rdr, headers) = super::open_csv(path)?;
+    let (mut rdr, headers) = super::open_csv_untrimmed(path)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let need = |name: &str| {
         col(name).ok_or_else(|| {
@@ -106,10 +106,14 @@ pub(super) fn read_csv(
             Ok(false) => break,
             Err(e) => return Err(CaptureError::input(path, format!("line {line}: {e}"))),
         }
-        if filters.iter().any(|(c, v)| rec.get(*c) != Some(v.as_str())) {
+        // fields trimmed here, as `open_csv`'s reader trims them
+        if filters
+            .iter()
+            .any(|(c, v)| rec.get(*c).map(str::trim) != Some(v.as_str()))
+        {
             continue;
         }
-        let get = |c: usize| rec.get(c).unwrap_or("");
+        let get = |c: usize| rec.get(c).unwrap_or("").trim();
         let step_key = match (si, gi) {
             (Some(s), _) => {
                 use std::fmt::Write;
