@@ -36,6 +36,8 @@ style = {
     ("before", "report"): dict(color="tab:purple", marker="x", linestyle="none", markersize=9,
                                 label="report, before streaming"),
     ("streamed", "capture"): dict(color="tab:red", marker="o", label="capture of the counts CSV (streamed)"),
+    ("streamed-first", "capture"): dict(color="tab:red", marker=".", linestyle=":",
+                                         label="capture, first streaming commit (slower, same memory)"),
     ("before", "capture"): dict(color="tab:red", marker="x", linestyle="--", markersize=9,
                                  label="capture, before streaming"),
 }
