@@ -138,9 +138,20 @@ fn cpu_secs() -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// Layer-steps, wall seconds, layer-steps per wall second and per CPU
-/// second simulating `w` under `policies` on `nodes`.
-fn bench_simulate(w: &Workload, nodes: u32, policies: &[Policy]) -> (usize, f64, f64, f64) {
+/// Times each simulate is run (after one warm-up): the figures are the
+/// median wall rate and the CPU rate over all of them (one run is about
+/// 0.1 s, and CPU time is counted in 10 ms ticks).
+const SIM_REPS: usize = 5;
+
+/// Layer-steps, median wall seconds, median layer-steps per wall second
+/// and layer-steps per CPU second simulating `w` under `policies` on
+/// `nodes`, over `reps` runs.
+fn bench_simulate(
+    w: &Workload,
+    nodes: u32,
+    policies: &[Policy],
+    reps: usize,
+) -> (usize, f64, f64, f64) {
     let mut profile = Profile::load("h200").unwrap();
     profile.nodes = nodes;
     let cfg = SimConfig {
@@ -154,16 +165,26 @@ fn bench_simulate(w: &Workload, nodes: u32, policies: &[Policy]) -> (usize, f64,
         recompute: false,
     };
     let _ = simulate(w, &cfg, &Silent).unwrap(); // warm
-    let (c0, t0) = (cpu_secs(), Instant::now());
-    let rows = simulate(w, &cfg, &Silent).unwrap();
-    let secs = t0.elapsed().as_secs_f64();
+    let ls = w.loads.layer_steps();
+    let c0 = cpu_secs();
+    let mut walls = Vec::with_capacity(reps);
+    // the rows are freed after the CPU time is read, as they were before
+    // repetitions (freeing them is the caller's business)
+    let mut kept = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        let rows = simulate(w, &cfg, &Silent).unwrap();
+        walls.push(t0.elapsed().as_secs_f64());
+        kept.push(black_box(rows));
+    }
     let cpu = match (c0, cpu_secs()) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,
     };
-    let ls = w.loads.layer_steps();
-    black_box(rows);
-    (ls, secs, ls as f64 / secs, ls as f64 / cpu)
+    drop(kept);
+    walls.sort_by(f64::total_cmp);
+    let secs = walls[walls.len() / 2];
+    (ls, secs, ls as f64 / secs, (ls * reps) as f64 / cpu)
 }
 
 fn main() {
@@ -188,7 +209,10 @@ fn main() {
     println!("| planner case (DeepSeek-V3 layer, Zipf 1.1, 4096 tokens/rank) | llep-topo per plan (8 GPUs/node) | llep per plan (reference planner, same vectors) | llep-topo transfers per plan | of them across nodes |");
     println!("| --- | --- | --- | --- | --- |");
     // `-- simulate-only` skips the planner table (for profiling simulate)
-    let planner_sizes: &[usize] = if args.iter().any(|a| a == "simulate-only") {
+    let planner_sizes: &[usize] = if args
+        .iter()
+        .any(|a| a == "simulate-only" || a == "profile-p64")
+    {
         &[]
     } else {
         &[32, 64, 256]
@@ -198,9 +222,18 @@ fn main() {
         println!("| N={N}, P={p} | {t:.2} us | {l:.2} us | {x:.1} | {c:.1} |");
     }
     println!();
-    println!("| simulate (DeepSeek-V3 layer, 61 layers, Zipf 1.1) | layer-steps | policies | seconds (wall, 2 threads) | layer-steps/s (wall) | layer-steps per CPU-second | target |");
+    // `-- profile-p64`: only P = 64 on one node, simulated many times
+    // (for `perf record`: the workload's generation is then a small share)
+    let profile_only = args.iter().any(|a| a == "profile-p64");
+    let reps = if profile_only { 20 } else { SIM_REPS };
+    println!("| simulate (DeepSeek-V3 layer, 61 layers, Zipf 1.1) | layer-steps | policies | seconds (wall, 2 threads, median of {reps}) | layer-steps/s (wall, median of {reps}) | layer-steps per CPU-second ({reps} runs) | target |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
-    for (p, steps) in [(64usize, 60usize), (256, 8)] {
+    let sizes: &[(usize, usize)] = if profile_only {
+        &[(64, 60)]
+    } else {
+        &[(64, 60), (256, 8)]
+    };
+    for &(p, steps) in sizes {
         let w = workload(p, steps);
         for (nodes, pols) in [
             (1u32, &[Policy::Ep, Policy::Llep][..]),
@@ -209,7 +242,10 @@ fn main() {
                 &[Policy::Ep, Policy::Llep, Policy::LlepTopo][..],
             ),
         ] {
-            let (ls, secs, lps, per_cpu) = bench_simulate(&w, nodes, pols);
+            if profile_only && nodes > 1 {
+                continue;
+            }
+            let (ls, secs, lps, per_cpu) = bench_simulate(&w, nodes, pols, reps);
             let names: Vec<&str> = pols.iter().map(|p| p.as_str()).collect();
             let target = if p == 64 { ">= 50,000" } else { "-" };
             println!(

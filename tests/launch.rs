@@ -381,7 +381,8 @@ fn a_shared_inter_node_link_prices_both_directions_of_an_exchange() {
         assert!((cf.dispatch_ms - want(false)).abs() < 1e-9, "{policy:?}");
         assert!((cs.dispatch_ms - want(true)).abs() < 1e-9, "{policy:?}");
         assert!(cs.dispatch_ms > cf.dispatch_ms * 1.02, "{policy:?}");
-        // weights: each GPU's sent plus received on the shared link
+        // weights: each GPU's sent plus received on the shared link, and
+        // the exchange's share of it while both run (half each)
         if policy == Policy::Llep {
             assert!(!plan.transfers.is_empty());
             let wt = |sum: bool| {
@@ -389,7 +390,10 @@ fn a_shared_inter_node_link_prices_both_directions_of_an_exchange() {
                     .map(|g| {
                         let s = plan.transfers.iter().filter(|t| t.src == g).count() as u64;
                         let r = plan.transfers.iter().filter(|t| t.dst == g).count() as u64;
-                        nic(if sum { s + r } else { s.max(r) } * shape.expert_bytes)
+                        let (s, r) = (s * shape.expert_bytes, r * shape.expert_bytes);
+                        let (o, i) = (dm.sent_off(g as usize), dm.received(g as usize));
+                        let (s2, r2) = (s + s.min(o * tok), r + r.min(i * tok));
+                        nic(if sum { s2 + r2 } else { s.max(r) })
                     })
                     .fold(0.0, f64::max)
             };

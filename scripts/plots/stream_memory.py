@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Peak memory against trace length, from scripts/bench/stream.sh's CSV
-(reports/bench/stream.csv): `simulate --ratio 1.0:3.0:0.1 --out` and `tune`
-streamed, and the binary from before streaming where it was measured.
+(reports/bench/stream.csv): `simulate --ratio 1.0:3.0:0.1 --out`, `tune`,
+`report` and `capture` streamed, and the binary from before streaming where
+it was measured.
 Usage: stream_memory.py reports/bench/stream.csv OUT.png
 """
 import csv
@@ -19,7 +20,7 @@ for r in rows:
     key = (r["binary"], r["command"])
     # the last run of each (binary, command, length) wins
     series.setdefault(key, {})[int(r["layer_steps"])] = int(r["peak_rss_kib"]) / 1024 / 1024
-fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=130)
+fig, ax = plt.subplots(figsize=(10.5, 4.4), dpi=130)
 style = {
     ("streamed", "simulate"): dict(color="tab:blue", marker="o", label="simulate --ratio 1.0:3.0:0.1 --out (streamed)"),
     ("streamed", "tune"): dict(color="tab:green", marker="o", label="tune, defaults (streamed)"),
@@ -31,6 +32,14 @@ style = {
                                   label="simulate, before streaming"),
     ("before", "tune"): dict(color="tab:green", marker="x", linestyle="none", markersize=9,
                               label="tune, before streaming"),
+    ("streamed", "report"): dict(color="tab:purple", marker="o", label="report (streamed)"),
+    ("before", "report"): dict(color="tab:purple", marker="x", linestyle="none", markersize=9,
+                                label="report, before streaming"),
+    ("streamed", "capture"): dict(color="tab:red", marker="o", label="capture of the counts CSV (streamed)"),
+    ("streamed-first", "capture"): dict(color="tab:red", marker=".", linestyle=":",
+                                         label="capture, first streaming commit (slower, same memory)"),
+    ("before", "capture"): dict(color="tab:red", marker="x", linestyle="--", markersize=9,
+                                 label="capture, before streaming"),
 }
 for key, pts in sorted(series.items()):
     xs = sorted(pts)
@@ -43,7 +52,7 @@ ax.set_xlabel("trace length (layer-steps; 128 experts, 8 GPUs)")
 ax.set_ylabel("peak RSS (GiB)")
 ax.set_title("Memory against trace length")
 ax.grid(True, which="both", alpha=0.3)
-ax.legend(fontsize=8, loc="center right")
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 fig.tight_layout()
 fig.savefig(out)
 print("wrote", out)

@@ -52,8 +52,17 @@ fn parse_id(raw: &str, col: &str, path: &Path, line: usize) -> Result<u32, Captu
 
 /// Read a long-form CSV into `acc`, a record at a time (rows are not
 /// kept: 10 million of them took a gigabyte). Whether the file names ranks.
-fn read_csv(path: &Path, opts: &CaptureOptions, acc: &mut Acc) -> Result<bool, CaptureError> {
-    let (mut rdr, headers) = super::open_csv(path)?;
+/// Where [`read_csv`] hands each row: step key, layer, rank, expert, count.
+pub(super) type AddRow<'a> = dyn FnMut(&str, u32, u32, u32, u64) -> Result<(), CaptureError> + 'a;
+
+/// Read a long-form CSV, handing each row to `add` in file order; returns
+/// whether it has a rank column.
+pub(super) fn read_csv(
+    path: &Path,
+    opts: &CaptureOptions,
+    add: &mut AddRow,
+) -> Result<bool, CaptureError> {
+    let (mut rdr, headers) = super::open_csv_untrimmed(path)?;
     let col = |name: &str| headers.iter().position(|h| h == name);
     let need = |name: &str| {
         col(name).ok_or_else(|| {
@@ -97,10 +106,14 @@ fn read_csv(path: &Path, opts: &CaptureOptions, acc: &mut Acc) -> Result<bool, C
             Ok(false) => break,
             Err(e) => return Err(CaptureError::input(path, format!("line {line}: {e}"))),
         }
-        if filters.iter().any(|(c, v)| rec.get(*c) != Some(v.as_str())) {
+        // fields trimmed here, as `open_csv`'s reader trims them
+        if filters
+            .iter()
+            .any(|(c, v)| rec.get(*c).map(str::trim) != Some(v.as_str()))
+        {
             continue;
         }
-        let get = |c: usize| rec.get(c).unwrap_or("");
+        let get = |c: usize| rec.get(c).unwrap_or("").trim();
         let step_key = match (si, gi) {
             (Some(s), _) => {
                 use std::fmt::Write;
@@ -118,7 +131,7 @@ fn read_csv(path: &Path, opts: &CaptureOptions, acc: &mut Acc) -> Result<bool, C
         };
         let expert = parse_id(get(ei), "expert", path, line)?;
         let count = parse_count(get(ci), path, line)?;
-        acc.add(step_key, layer, rank, expert, count);
+        add(step_key, layer, rank, expert, count)?;
     }
     Ok(ri.is_some())
 }
@@ -265,54 +278,62 @@ fn read_json(path: &Path, opts: &CaptureOptions) -> Result<Vec<Row>, CaptureErro
     Ok(rows)
 }
 
-/// Ingest one load-level file into a trace.
-pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace, CaptureError> {
-    let mut acc = Acc::default();
-    let has_rank_col = match format {
-        "load-csv" => read_csv(path, opts, &mut acc)?,
-        "load-json" => {
-            let rows = read_json(path, opts)?;
-            for r in &rows {
-                acc.add(&r.step_key, r.layer, r.rank, r.expert, r.count);
-            }
-            rows.iter().any(|x| x.rank > 0)
-        }
-        other => {
-            return Err(CaptureError::Usage(format!(
-                "not a load-level format: {other}"
-            )))
-        }
-    };
-    if acc.rows == 0 {
+/// What a load-level file's rows say before any count is placed: the ids
+/// and sizes of its trace, and the first duplicate row.
+pub(super) struct Seen {
+    pub rows: usize,
+    /// Step keys in first-seen order.
+    pub step_keys: Vec<String>,
+    /// Layer ids, ascending.
+    pub layer_ids: Vec<u32>,
+    pub max_expert: u32,
+    pub max_rank: u32,
+    pub has_rank_col: bool,
+    pub duplicate: Option<(String, u32, u32, u32)>,
+}
+
+/// Where a checked file's rows go: step ids, each first-seen step key's
+/// position among them, experts, ranks, top-k.
+pub(super) struct Layout {
+    pub step_ids: Vec<u32>,
+    pub step_pos: Vec<usize>,
+    pub num_experts: u32,
+    pub ranks: usize,
+    pub top_k: u32,
+}
+
+/// The checks of a load-level file, in the order their errors are
+/// reported, and its layout.
+pub(super) fn layout(
+    path: &Path,
+    opts: &CaptureOptions,
+    seen: &Seen,
+) -> Result<Layout, CaptureError> {
+    if seen.rows == 0 {
         return Err(CaptureError::input(
             path,
             "no rows (empty input, or --filter matched nothing)",
         ));
     }
     // steps: numeric ids as given, else group values in first-seen order
-    let numeric_steps = opts.group_by.is_none();
-    let step_keys = std::mem::take(&mut acc.step_keys);
-    let numeric = numeric_steps && step_keys.iter().all(|k| !k.is_empty());
+    let keys = &seen.step_keys;
+    let numeric = opts.group_by.is_none() && keys.iter().all(|k| !k.is_empty());
     let step_ids: Vec<u32> = if numeric {
-        let mut v: Vec<u32> = step_keys.iter().map(|k| k.parse().unwrap()).collect();
+        let mut v: Vec<u32> = keys.iter().map(|k| k.parse().unwrap()).collect();
         v.sort_unstable();
         v
     } else {
-        (0..step_keys.len() as u32).collect()
+        (0..keys.len() as u32).collect()
     };
     // position of each first-seen step key in `step_ids`
     let step_pos: Vec<usize> = if numeric {
-        step_keys
-            .iter()
+        keys.iter()
             .map(|k| step_ids.binary_search(&k.parse().unwrap()).unwrap())
             .collect()
     } else {
-        (0..step_keys.len()).collect()
+        (0..keys.len()).collect()
     };
-    let mut layer_ids: Vec<u32> = acc.blocks.keys().map(|k| k.1).collect();
-    layer_ids.sort_unstable();
-    layer_ids.dedup();
-    let max_expert = acc.max_expert;
+    let max_expert = seen.max_expert;
     let num_experts = match opts.model.num_experts {
         Some(n) if n <= max_expert => {
             return Err(CaptureError::input(
@@ -323,19 +344,11 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
         Some(n) => n,
         None => max_expert + 1,
     };
-    if let Some((step, layer, rank, expert)) = &acc.duplicate {
+    if let Some((step, layer, rank, expert)) = &seen.duplicate {
         return Err(CaptureError::input(
             path,
             format!("duplicate row for step '{step}', layer {layer}, rank {rank}, expert {expert}"),
         ));
-    }
-    let ranks = acc.max_rank as usize + 1;
-    let mut loads = Loads::zeros(step_ids, layer_ids.clone(), ranks, num_experts as usize);
-    for ((s, layer, rank), b) in acc.blocks.drain() {
-        let l = layer_ids.binary_search(&layer).unwrap();
-        let block = loads.block_mut(step_pos[s], l);
-        let at = rank as usize * num_experts as usize;
-        block[at..at + b.counts.len()].copy_from_slice(&b.counts);
     }
     let top_k = opts
         .model
@@ -347,26 +360,44 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
             format!("top_k {top_k} must be between 1 and the number of experts ({num_experts})"),
         ));
     }
-    let total0 = loads.total(0, 0);
+    Ok(Layout {
+        step_ids,
+        step_pos,
+        num_experts,
+        ranks: seen.max_rank as usize + 1,
+        top_k,
+    })
+}
+
+/// The trace metadata of a checked load-level file; `total0` is the
+/// token-copies of its first step and layer.
+pub(super) fn meta(
+    path: &Path,
+    opts: &CaptureOptions,
+    format: &str,
+    seen: &Seen,
+    lay: &Layout,
+    total0: u64,
+) -> TraceMeta {
     let model = ModelMeta {
         name: opts.model.name.clone().unwrap_or_else(|| "unknown".into()),
-        num_experts,
-        top_k,
+        num_experts: lay.num_experts,
+        top_k: lay.top_k,
         hidden_size: opts.model.hidden_size.unwrap_or(0),
         intermediate_size: opts.model.intermediate_size.unwrap_or(0),
         num_layers: opts
             .model
             .num_layers
-            .unwrap_or(*layer_ids.last().unwrap() + 1),
+            .unwrap_or(*seen.layer_ids.last().unwrap() + 1),
         dtype: opts.model.dtype.clone().unwrap_or_else(|| "bf16".into()),
         routing: opts.model.routing.unwrap_or(RoutingFn::Recorded),
     };
     let capture = CaptureMeta {
         source_format: format.into(),
         files: vec![path.display().to_string()],
-        ranks: ranks as u32,
-        tokens_per_rank: Some(total0 / (top_k as u64 * ranks as u64)),
-        rank_assignment: if has_rank_col {
+        ranks: lay.ranks as u32,
+        tokens_per_rank: Some(total0 / (lay.top_k as u64 * lay.ranks as u64)),
+        rank_assignment: if seen.has_rank_col {
             "recorded".into()
         } else {
             "global".into()
@@ -381,13 +412,58 @@ pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace,
     let mut meta = TraceMeta::new(model, capture);
     meta.provenance = opts.provenance.clone().unwrap_or_default();
     meta.licence = opts.licence.clone().unwrap_or_default();
-    if !numeric_steps || step_keys.iter().any(|k| k.is_empty()) {
-        meta.step_labels = step_keys
-            .iter()
-            .filter(|k| !k.is_empty())
-            .cloned()
-            .collect();
+    let keys = &seen.step_keys;
+    if opts.group_by.is_some() || keys.iter().any(|k| k.is_empty()) {
+        meta.step_labels = keys.iter().filter(|k| !k.is_empty()).cloned().collect();
     }
+    meta
+}
+
+/// Ingest one load-level file into a trace (held whole in memory; see
+/// [`super::loads_stream`] for the streamed CSV path).
+pub fn ingest(path: &Path, opts: &CaptureOptions, format: &str) -> Result<Trace, CaptureError> {
+    let mut acc = Acc::default();
+    let has_rank_col = match format {
+        "load-csv" => read_csv(path, opts, &mut |k, l, r, e, c| {
+            acc.add(k, l, r, e, c);
+            Ok(())
+        })?,
+        "load-json" => {
+            let rows = read_json(path, opts)?;
+            for r in &rows {
+                acc.add(&r.step_key, r.layer, r.rank, r.expert, r.count);
+            }
+            rows.iter().any(|x| x.rank > 0)
+        }
+        other => {
+            return Err(CaptureError::Usage(format!(
+                "not a load-level format: {other}"
+            )))
+        }
+    };
+    let mut layer_ids: Vec<u32> = acc.blocks.keys().map(|k| k.1).collect();
+    layer_ids.sort_unstable();
+    layer_ids.dedup();
+    let seen = Seen {
+        rows: acc.rows,
+        step_keys: std::mem::take(&mut acc.step_keys),
+        layer_ids,
+        max_expert: acc.max_expert,
+        max_rank: acc.max_rank,
+        has_rank_col,
+        duplicate: acc.duplicate.take(),
+    };
+    let lay = layout(path, opts, &seen)?;
+    let n = lay.num_experts as usize;
+    let layer_ids = &seen.layer_ids;
+    let mut loads = Loads::zeros(lay.step_ids.clone(), layer_ids.clone(), lay.ranks, n);
+    for ((s, layer, rank), b) in acc.blocks.drain() {
+        let l = layer_ids.binary_search(&layer).unwrap();
+        let block = loads.block_mut(lay.step_pos[s], l);
+        let at = rank as usize * n;
+        block[at..at + b.counts.len()].copy_from_slice(&b.counts);
+    }
+    let meta = meta(path, opts, format, &seen, &lay, loads.total(0, 0));
     Ok(Trace {
         meta,
         loads,

@@ -22,6 +22,7 @@ pub mod checks;
 pub mod engines;
 pub mod format;
 pub mod loads;
+pub mod loads_stream;
 pub mod logits;
 pub mod pt;
 pub mod records;
@@ -104,8 +105,24 @@ pub enum CaptureError {
 pub(crate) fn open_csv(
     path: &std::path::Path,
 ) -> Result<(csv::Reader<std::fs::File>, Vec<String>), CaptureError> {
+    open_csv_with(path, csv::Trim::All)
+}
+
+/// [`open_csv`] with the header trimmed but the fields left as they are
+/// (the reader's trim builds a new record per row): the caller trims the
+/// fields it reads, with `str::trim` as the reader would.
+pub(crate) fn open_csv_untrimmed(
+    path: &std::path::Path,
+) -> Result<(csv::Reader<std::fs::File>, Vec<String>), CaptureError> {
+    open_csv_with(path, csv::Trim::Headers)
+}
+
+fn open_csv_with(
+    path: &std::path::Path,
+    trim: csv::Trim,
+) -> Result<(csv::Reader<std::fs::File>, Vec<String>), CaptureError> {
     let mut rdr = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
+        .trim(trim)
         .from_path(path)
         .map_err(|e| CaptureError::input(path, e.to_string()))?;
     let headers: Vec<String> = rdr

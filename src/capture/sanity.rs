@@ -84,37 +84,65 @@ impl fmt::Display for Finding {
 
 /// Layer-steps where every token chose the same `top_k` experts.
 pub fn constant_routing(loads: &Loads, top_k: u32) -> Option<Finding> {
-    let k = top_k as usize;
-    let mut found = Finding {
-        pattern: Pattern::ConstantRouting,
-        blocks: Vec::new(),
-        judged: 0,
-        tokens: 0,
-        experts: Vec::new(),
-    };
-    let mut g = Vec::new();
-    for (si, &s) in loads.step_ids.iter().enumerate() {
-        for (li, &l) in loads.layer_ids.iter().enumerate() {
-            loads.global_into(si, li, &mut g);
-            let total: u64 = g.iter().sum();
-            let tokens = total / top_k.max(1) as u64;
-            if k == 0 || tokens < MIN_TOKENS {
-                continue;
-            }
-            found.judged += 1;
-            let used: Vec<u32> = (0..g.len() as u32).filter(|&e| g[e as usize] > 0).collect();
-            // k distinct experts each chosen by every token: no token can
-            // have picked anything else
-            if used.len() == k && used.iter().all(|&e| g[e as usize] == tokens) {
-                if found.blocks.is_empty() {
-                    found.experts = used;
+    let mut acc = ConstantRouting::new(top_k);
+    acc.add(loads);
+    acc.finish()
+}
+
+/// [`constant_routing`] over a trace that comes in parts (steps in order):
+/// the same finding as on the whole.
+#[derive(Debug)]
+pub struct ConstantRouting {
+    top_k: u32,
+    found: Finding,
+    g: Vec<u64>,
+}
+
+impl ConstantRouting {
+    pub fn new(top_k: u32) -> Self {
+        Self {
+            top_k,
+            found: Finding {
+                pattern: Pattern::ConstantRouting,
+                blocks: Vec::new(),
+                judged: 0,
+                tokens: 0,
+                experts: Vec::new(),
+            },
+            g: Vec::new(),
+        }
+    }
+
+    /// Every layer-step of `loads`, in order.
+    pub fn add(&mut self, loads: &Loads) {
+        let (k, top_k) = (self.top_k as usize, self.top_k);
+        let (found, g) = (&mut self.found, &mut self.g);
+        for (si, &s) in loads.step_ids.iter().enumerate() {
+            for (li, &l) in loads.layer_ids.iter().enumerate() {
+                loads.global_into(si, li, g);
+                let total: u64 = g.iter().sum();
+                let tokens = total / top_k.max(1) as u64;
+                if k == 0 || tokens < MIN_TOKENS {
+                    continue;
                 }
-                found.blocks.push((s, l));
-                found.tokens += tokens;
+                found.judged += 1;
+                let used: Vec<u32> = (0..g.len() as u32).filter(|&e| g[e as usize] > 0).collect();
+                // k distinct experts each chosen by every token: no token can
+                // have picked anything else
+                if used.len() == k && used.iter().all(|&e| g[e as usize] == tokens) {
+                    if found.blocks.is_empty() {
+                        found.experts = used;
+                    }
+                    found.blocks.push((s, l));
+                    found.tokens += tokens;
+                }
             }
         }
     }
-    (!found.blocks.is_empty()).then_some(found)
+
+    pub fn finish(self) -> Option<Finding> {
+        (!self.found.blocks.is_empty()).then_some(self.found)
+    }
 }
 
 /// Layer-steps of a tokens file where every token's weights are 1/k. For

@@ -457,6 +457,9 @@ fn inter_node_from_measured(prof: &mut Profile, nodes: usize) -> anyhow::Result<
             "--nodes {nodes}: the token exchange gave no bandwidth to store as the inter-node link"
         );
     }
+    // the fit's rate is per peer (each GPU sent its bytes to each of its
+    // gpus - 1 peers at once); one GPU's link carried all of them
+    let gbps = gbps * (prof.gpus.max(2) - 1) as f64;
     let one_way = prof.msg_weights.map_or(prof.p2p_gbps, |m| m.gbps);
     prof.inter_shared = one_way > 1.5 * gbps;
     prof.inter_gbps = if prof.inter_shared { 2.0 * gbps } else { gbps };
@@ -465,7 +468,7 @@ fn inter_node_from_measured(prof: &mut Profile, nodes: usize) -> anyhow::Result<
         "; --nodes {nodes}: the measured token exchange is the inter-node link (inter_gbps, inter_latency_us{}); the intra-node figures are the same link",
         if prof.inter_shared {
             format!(
-                ", shared by both directions: {gbps:.2} GB/s each way in an exchange, {one_way:.2} GB/s one way"
+                ", shared by both directions: {gbps:.2} GB/s each way per GPU in an exchange, {one_way:.2} GB/s one way"
             )
         } else {
             String::new()
@@ -514,6 +517,7 @@ mod tests {
     #[test]
     fn nodes_store_the_measured_exchange_as_the_inter_node_link() {
         let mut p = Profile::load("h200").unwrap();
+        p.gpus = 2;
         let m = |gbps| MsgModel {
             latency_us: 40.0,
             per_msg_us: 3.0,
@@ -531,5 +535,11 @@ mod tests {
         inter_node_from_measured(&mut p, 2).unwrap();
         assert_eq!((p.inter_gbps, p.inter_shared), (4.0, true));
         assert!(p.note.contains("shared by both directions"), "{}", p.note);
+        // 4 GPUs: the fit's rate is per peer, and each GPU had 3 at once
+        p.gpus = 4;
+        (p.msg_tokens, p.msg_weights) = (Some(m(0.7)), Some(m(4.0)));
+        inter_node_from_measured(&mut p, 2).unwrap();
+        assert!((p.inter_gbps - 4.2).abs() < 1e-9, "{}", p.inter_gbps);
+        assert!(p.inter_shared);
     }
 }

@@ -229,6 +229,9 @@ struct Captured {
     /// The token rows carry weights the source recorded (not 1/k filled in,
     /// not computed from logits): worth checking for uniform weights.
     recorded_weights: bool,
+    /// A load-level capture written a step at a time: `loads` holds its ids
+    /// and sizes only (no counts), and this its constant-routing finding.
+    streamed: Option<Option<capture::sanity::Finding>>,
 }
 
 /// Read `inputs` as `format` and write the trace at `out` (a staged path).
@@ -248,6 +251,7 @@ fn capture_into(
             loads: trace.loads,
             note: String::new(),
             recorded_weights: false,
+            streamed: None,
         })
     };
     let routed = |r: capture::routed::RoutedReport| Captured {
@@ -259,6 +263,7 @@ fn capture_into(
         meta: r.meta,
         loads: r.loads,
         recorded_weights: r.had_weights,
+        streamed: None,
     };
     Ok(match format {
         Format::Sglang => loads_only(capture::engines::capture_sglang(inputs, opts)?)?,
@@ -267,7 +272,16 @@ fn capture_into(
             if inputs.len() != 1 {
                 bail!("{format} takes one input file ({} given)", inputs.len());
             }
-            loads_only(capture::loads::ingest(first, opts, format.name())?)?
+            let w = capture::loads_stream::capture_to(first, opts, format.name(), out)?;
+            let mut loads = Loads::zeros(Vec::new(), w.layer_ids, w.ranks, w.experts);
+            loads.step_ids = w.step_ids;
+            Captured {
+                meta: w.meta,
+                loads,
+                note: String::new(),
+                recorded_weights: false,
+                streamed: Some(w.constant_routing),
+            }
         }
         Format::PtRouting => routed(capture::routed::capture_pt(inputs, out, opts)?),
         Format::Jsonl => routed(capture::routed::capture_jsonl(inputs, out, opts, false)?),
@@ -324,6 +338,7 @@ fn capture_into(
                 loads: r.loads,
                 note,
                 recorded_weights: false,
+                streamed: None,
             }
         }
     })
@@ -354,7 +369,11 @@ pub fn run(a: CaptureArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     c.meta = read_meta(staged.path())?;
     checks::check_against_data(&opts.model, &c.meta, &c.loads, first)?;
     let k = c.meta.model.top_k;
-    if let Some(f) = sanity::constant_routing(&c.loads, k) {
+    let constant = match c.streamed.take() {
+        Some(judged) => judged,
+        None => sanity::constant_routing(&c.loads, k),
+    };
+    if let Some(f) = constant {
         p.warn(&f.to_string());
     }
     if c.recorded_weights {

@@ -14,7 +14,9 @@
 //! what crosses nodes (priced on the GPU's NIC, `inter_gbps` and
 //! `inter_latency_us`); both run at once, so a phase takes the slower of
 //! the two, and the NIC, several times slower, is usually that one. On one
-//! node the prices are exactly those of the single-node model.
+//! node the prices are exactly those of the single-node model. A shared
+//! link (`Profile::inter_shared`: pseudo-nodes over one host's sockets)
+//! carries every pair, both directions and the weights on one budget.
 
 use super::model::{self, interp, MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
@@ -263,14 +265,16 @@ impl Profile {
             + bytes as f64 / (self.inter_gbps * 1e9) * 1e3
     }
 
-    /// What one GPU's NIC is busy with, moving `out` and receiving `inn`:
-    /// the larger on a full-duplex link, both on a shared one.
-    fn nic_bytes(&self, out: u64, inn: u64) -> u64 {
-        if self.inter_shared {
-            out + inn
-        } else {
-            out.max(inn)
-        }
+    /// Bytes `out` and `inn` of one GPU on a shared link, ms (no fixed
+    /// costs): the link's budget of `inter_gbps` carries both directions,
+    /// and one direction alone runs no faster than a one-way stream (the
+    /// weight transfer's rate, measured on the same link), so a lopsided
+    /// exchange is priced by its larger side.
+    fn shared_link_ms(&self, out: u64, inn: u64) -> f64 {
+        let one_way = self.msg_weights.map_or(self.p2p_gbps, |m| m.gbps);
+        let both = (out + inn) as f64 / (self.inter_gbps * 1e9);
+        let larger = out.max(inn) as f64 / (one_way * 1e9);
+        both.max(larger) * 1e3
     }
 
     fn p2p_ms(&self, bytes: u64) -> f64 {
@@ -469,7 +473,7 @@ pub fn price_memo(
         let shared = if moves { contention * link } else { 0.0 };
         let dsp = link + shared + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
-        let x = shared + weights_ms(prof, scratch, g, multi);
+        let x = shared + weights_ms(prof, scratch, g, multi.then(|| (&sums.nodes[g], tok_bytes)));
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
         transfer = transfer.max(x);
@@ -519,24 +523,49 @@ pub fn price_memo(
 
 /// GPU `g`'s weight transfers (from [`account_weights`]), ms: the larger
 /// of bytes sent and received, per message with a message model; across
-/// nodes, the slower of the intra-node part and the NIC part.
-fn weights_ms(prof: &Profile, scratch: &CostScratch, g: usize, multi: bool) -> f64 {
-    if multi {
-        let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
-        let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
-        let intra = match &prof.msg_weights {
-            Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
-            None => prof.p2p_ms(xb),
-        };
-        let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
-        intra.max(prof.nic_ms(xm, prof.nic_bytes(xs, xr), per_msg))
-    } else {
+/// nodes (`nodes`: the GPU's exchange split by link, and bytes per token
+/// copy), the slower of the intra-node part and the NIC part. On a shared
+/// link ([`Profile::inter_shared`]) every transfer of the GPU crosses it,
+/// beside the GPU's token exchange.
+fn weights_ms(
+    prof: &Profile,
+    scratch: &CostScratch,
+    g: usize,
+    nodes: Option<(&NodeSplit, u64)>,
+) -> f64 {
+    let Some((split, tok_bytes)) = nodes else {
         let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
-        match &prof.msg_weights {
+        return match &prof.msg_weights {
             Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
             None => prof.p2p_ms(xb),
+        };
+    };
+    if prof.inter_shared {
+        // the weights and the token exchange share the link while both
+        // run, half each: the weights finish after their own bytes and as
+        // many of the exchange's (each direction), not after all of them
+        let (ws, wr) = (scratch.w_sent[g], scratch.w_recv[g]);
+        if ws + wr == 0 {
+            return 0.0;
         }
+        // fixed costs as on a NIC: the link's latency, the message model's
+        // price per message
+        let per_msg = prof.msg_weights.map_or(0.0, |m| m.per_msg_us);
+        let msgs = scratch.w_nsent[g] + scratch.w_count[g];
+        let out = ws + ws.min((split.in_out + split.x_out) * tok_bytes);
+        let inn = wr + wr.min((split.in_in + split.x_in) * tok_bytes);
+        return (prof.inter_latency_us + per_msg * msgs as f64) * 1e-3
+            + prof.shared_link_ms(out, inn);
     }
+    let (xs, xr, xm) = (scratch.x_sent[g], scratch.x_recv[g], scratch.x_msgs[g]);
+    let xb = (scratch.w_sent[g] - xs).max(scratch.w_recv[g] - xr);
+    let intra = match &prof.msg_weights {
+        Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g] - xm, xb),
+        None => prof.p2p_ms(xb),
+    };
+    let per_msg = prof.msg_weights.map(|m| m.per_msg_us);
+    // a NIC is full duplex: the larger direction
+    intra.max(prof.nic_ms(xm, xs.max(xr), per_msg))
 }
 
 /// A replayed `llep-auto` row paid for its own decision in its overhead
@@ -642,7 +671,10 @@ fn gpus_per_node(prof: &Profile, p: usize) -> usize {
 
 /// GPU `g`'s token exchange split by link: the slower of its intra-node
 /// part (the single-node formula on those peers) and its NIC part, in ms;
-/// and the bytes it sends across nodes.
+/// and the bytes it sends across nodes. On a shared link
+/// ([`Profile::inter_shared`]: pseudo-nodes over one host's sockets,
+/// where the pairs inside a pseudo-node cross the same transport) every
+/// byte the GPU sends or receives is on that one link.
 fn split_exchange(s: &NodeSplit, tok_bytes: u64, prof: &Profile) -> (f64, u64) {
     let NodeSplit {
         in_out,
@@ -652,8 +684,17 @@ fn split_exchange(s: &NodeSplit, tok_bytes: u64, prof: &Profile) -> (f64, u64) {
         in_msgs,
         x_msgs,
     } = *s;
+    if prof.inter_shared {
+        let (out, inn) = ((in_out + x_out) * tok_bytes, (in_in + x_in) * tok_bytes);
+        if out + inn == 0 {
+            return (0.0, 0);
+        }
+        let per_msg = prof.msg_tokens.map_or(0.0, |m| m.per_msg_us);
+        let fixed = (prof.inter_latency_us + per_msg * (in_msgs + x_msgs) as f64) * 1e-3;
+        return (fixed + prof.shared_link_ms(out, inn), x_out * tok_bytes);
+    }
     let in_b = in_out.max(in_in) * tok_bytes;
-    let x_b = prof.nic_bytes(x_out, x_in) * tok_bytes;
+    let x_b = x_out.max(x_in) * tok_bytes;
     let intra = match &prof.msg_tokens {
         Some(m) => m.ms(in_msgs, in_b),
         None => prof.link_ms(in_b),

@@ -54,6 +54,10 @@ pub struct Evaluator {
     /// The dispatch matrix of the native placement of the loaded
     /// layer-step ([`Evaluator::load`]): every plan's starts from it.
     native: DispatchMatrix,
+    /// Whether the last plan priced by [`Evaluator::eval_loaded`] moved no
+    /// copy off its native GPU: then its dispatch matrix is `native`, and
+    /// `dm` was not filled.
+    dm_is_native: bool,
     /// Group times of the loaded layer-step, for the profile and shape of
     /// `memo_key` (profile address, D, I).
     memo: cost::GroupMemo,
@@ -73,6 +77,7 @@ impl Evaluator {
     ) -> (&Plan, Cost) {
         self.plan_only(global, params, policy, prof);
         dispatch_matrix(&self.plan, per_rank, &mut self.dm);
+        self.dm_is_native = false;
         let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
         (&self.plan, cost)
     }
@@ -104,7 +109,9 @@ impl Evaluator {
         prof: &Profile,
     ) -> (&Plan, Cost) {
         self.plan_only(global, params, policy, prof);
-        dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
+        // a plan that moves no copy (ep) is priced on the native matrix
+        // itself, not a copy of it
+        self.dm_is_native = !dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
         // group times carry over between this layer-step's policies only
         // under the same profile and shape
         let key = (
@@ -117,15 +124,12 @@ impl Evaluator {
             self.memo_key = key;
         }
         let memo = Some(&mut self.memo);
-        let cost = cost::price_memo(
-            &self.plan,
-            &self.dm,
-            global,
-            shape,
-            prof,
-            &mut self.scratch,
-            memo,
-        );
+        let dm = if self.dm_is_native {
+            &self.native
+        } else {
+            &self.dm
+        };
+        let cost = cost::price_memo(&self.plan, dm, global, shape, prof, &mut self.scratch, memo);
         (&self.plan, cost)
     }
 
@@ -156,7 +160,12 @@ impl Evaluator {
     ) -> ResultRow {
         let mut r = row_from(&self.plan, cost, base);
         if pass == train::Pass::Train {
-            train::backward(&self.plan, &self.dm, cost, shape, prof, recompute).apply(&mut r);
+            let dm = if self.dm_is_native {
+                &self.native
+            } else {
+                &self.dm
+            };
+            train::backward(&self.plan, dm, cost, shape, prof, recompute).apply(&mut r);
             r.recompute = recompute;
         }
         r
@@ -169,40 +178,78 @@ fn native_dispatch(
     per_rank: &[u64],
     gpus: usize,
     out: &mut DispatchMatrix,
-    mut global: Option<&mut Vec<u64>>,
+    global: Option<&mut Vec<u64>>,
 ) {
     let n = per_rank.len() / gpus.max(1);
     let per = (n / gpus.max(1)).max(1);
     out.gpus = gpus;
     out.send.clear();
     out.send.reserve(gpus * gpus);
-    if let Some(g) = global.as_mut() {
-        g.clear();
-        g.resize(n, 0);
-    }
-    for row in per_rank.chunks_exact(n.max(1)) {
-        if let Some(g) = global.as_mut() {
-            for (o, c) in g.iter_mut().zip(row) {
-                *o += c;
+    let Some(g) = global else {
+        for row in per_rank.chunks_exact(n.max(1)) {
+            out.send
+                .extend(row.chunks_exact(per).map(|b| b.iter().sum::<u64>()));
+        }
+        return;
+    };
+    g.clear();
+    g.resize(n, 0);
+    // one pass over each rank's row (read once from memory): its blocks
+    // summed while they are added to the global counts; the usual block
+    // widths get a loop the compiler can unroll and vectorise
+    match if per * gpus == n { per } else { 0 } {
+        1 => native_rows::<1>(per_rank, n, g, &mut out.send),
+        2 => native_rows::<2>(per_rank, n, g, &mut out.send),
+        4 => native_rows::<4>(per_rank, n, g, &mut out.send),
+        8 => native_rows::<8>(per_rank, n, g, &mut out.send),
+        16 => native_rows::<16>(per_rank, n, g, &mut out.send),
+        _ => {
+            for row in per_rank.chunks_exact(n.max(1)) {
+                for (o, c) in g.iter_mut().zip(row) {
+                    *o += c;
+                }
+                out.send
+                    .extend(row.chunks_exact(per).map(|b| b.iter().sum::<u64>()));
             }
         }
-        out.send
-            .extend(row.chunks_exact(per).map(|b| b.iter().sum::<u64>()));
+    }
+}
+
+/// [`native_dispatch`]'s pass for blocks of `K` experts per GPU.
+fn native_rows<const K: usize>(per_rank: &[u64], n: usize, g: &mut [u64], send: &mut Vec<u64>) {
+    for row in per_rank.chunks_exact(n.max(1)) {
+        for (gb, rb) in g.chunks_exact_mut(K).zip(row.chunks_exact(K)) {
+            let (gb, rb): (&mut [u64; K], &[u64; K]) = (
+                gb.try_into().expect("K wide"),
+                rb.try_into().expect("K wide"),
+            );
+            let mut sum = 0u64;
+            for i in 0..K {
+                gb[i] += rb[i];
+                sum += rb[i];
+            }
+            send.push(sum);
+        }
     }
 }
 
 /// [`dispatch_matrix`] from the native matrix: only the experts a plan
-/// spills are visited (the same arithmetic, so the same matrix).
+/// spills are visited (the same arithmetic, so the same matrix). Returns
+/// false, leaving `out` as it was, where the plan spills nothing (the
+/// matrix is then `native`).
 fn dispatch_from_native(
     plan: &Plan,
     per_rank: &[u64],
     native: &DispatchMatrix,
     out: &mut DispatchMatrix,
-) {
+) -> bool {
     let p = plan.gpus;
     let n = plan.experts;
     let per = n / p;
     debug_assert_eq!(native.gpus, p);
+    if plan.spills.is_empty() {
+        return false;
+    }
     out.gpus = p;
     out.send.clone_from(&native.send);
     for (e, ranges) in plan.spilled() {
@@ -245,6 +292,7 @@ fn dispatch_from_native(
             }
         }
     }
+    true
 }
 
 /// Fill a result row from a plan and its cost.
@@ -405,41 +453,45 @@ fn simulate_range(
                     r.policy = policy;
                     r
                 };
+                let as_is = |_: &mut ResultRow| {};
                 let (_, ep_cost) =
                     ev.eval_loaded(per_rank, &global, &params, Policy::Ep, shape, prof);
-                let ep_row = row(&ev, &ep_cost, Policy::Ep);
+                let mut ep_row = Kept::Aside(row(&ev, &ep_cost, Policy::Ep));
                 if wants(Policy::Ep) {
-                    rows.push(ep_row.clone());
+                    ep_row.emit(&mut rows, as_is);
                 }
                 let mut llep_cost = None;
                 if need_llep {
                     let (_, cost) =
                         ev.eval_loaded(per_rank, &global, &params, Policy::Llep, shape, prof);
-                    let on = row(&ev, &cost, Policy::Llep);
-                    let ratio = on.imbalance_ratio;
+                    let mut on = Kept::Aside(row(&ev, &cost, Policy::Llep));
+                    let ratio = on.get(&rows).imbalance_ratio;
                     if wants(Policy::Llep) {
                         for &g in &cfg.gates {
-                            let mut r = if g.admits(ratio) {
-                                on.clone()
+                            let src = if g.admits(ratio) {
+                                &mut on
                             } else {
-                                let mut r = ep_row.clone();
-                                r.policy = Policy::Llep;
-                                r
+                                &mut ep_row
                             };
-                            r.gate = g;
-                            rows.push(r);
+                            src.emit(&mut rows, |r| {
+                                r.policy = Policy::Llep;
+                                r.gate = g;
+                            });
                         }
                     }
                     if wants(Policy::LlepAuto) {
                         // decided on the step's cost (forward, or forward + backward)
-                        let mut r = if auto_prefers_llep(ep_row.t_total_ms, on.t_total_ms, prof) {
-                            on.clone()
+                        let (ep_ms, on_ms) =
+                            (ep_row.get(&rows).t_total_ms, on.get(&rows).t_total_ms);
+                        let src = if auto_prefers_llep(ep_ms, on_ms, prof) {
+                            &mut on
                         } else {
-                            ep_row.clone()
+                            &mut ep_row
                         };
-                        r.policy = Policy::LlepAuto;
-                        r.gate = Gate::Auto;
-                        rows.push(r);
+                        src.emit(&mut rows, |r| {
+                            r.policy = Policy::LlepAuto;
+                            r.gate = Gate::Auto;
+                        });
                     }
                     llep_cost = Some((cost, on));
                 }
@@ -447,33 +499,37 @@ fn simulate_range(
                     // the node-first plan where the model prices it no slower
                     // than llep's (ties to fewer inter-node bytes), else llep's
                     let (llep, llep_row) = llep_cost.as_ref().expect("planned above");
-                    let on = (prof.nodes > 1)
-                        .then(|| {
-                            let (_, c) = ev.eval_loaded(
-                                per_rank,
-                                &global,
-                                &params,
-                                Policy::LlepTopo,
-                                shape,
-                                prof,
-                            );
-                            let r = row(&ev, &c, Policy::LlepTopo);
-                            (c, r)
-                        })
-                        .filter(|(c, _)| {
-                            (c.total_ms, c.inter_node_bytes)
-                                <= (llep.total_ms, llep.inter_node_bytes)
-                        })
-                        .map_or_else(|| llep_row.clone(), |(_, r)| r);
+                    let mut on = Kept::Aside(
+                        (prof.nodes > 1)
+                            .then(|| {
+                                let (_, c) = ev.eval_loaded(
+                                    per_rank,
+                                    &global,
+                                    &params,
+                                    Policy::LlepTopo,
+                                    shape,
+                                    prof,
+                                );
+                                let r = row(&ev, &c, Policy::LlepTopo);
+                                (c, r)
+                            })
+                            .filter(|(c, _)| {
+                                (c.total_ms, c.inter_node_bytes)
+                                    <= (llep.total_ms, llep.inter_node_bytes)
+                            })
+                            .map_or_else(|| llep_row.get(&rows).clone(), |(_, r)| r),
+                    );
+                    let ratio = on.get(&rows).imbalance_ratio;
                     for &g in &cfg.gates {
-                        let mut r = if g.admits(on.imbalance_ratio) {
-                            on.clone()
+                        let src = if g.admits(ratio) {
+                            &mut on
                         } else {
-                            ep_row.clone()
+                            &mut ep_row
                         };
-                        r.policy = Policy::LlepTopo;
-                        r.gate = g;
-                        rows.push(r);
+                        src.emit(&mut rows, |r| {
+                            r.policy = Policy::LlepTopo;
+                            r.gate = g;
+                        });
                     }
                 }
                 if wants(Policy::Ideal) {
@@ -483,8 +539,8 @@ fn simulate_range(
                     let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
                     let mut r = row(&ev, &bound, Policy::Ideal);
                     if cfg.pass == train::Pass::Train {
-                        let llep_row = &llep_cost.as_ref().expect("planned above").1;
-                        ideal_train_bound(&mut r, bound.total_ms, &ep_row, llep_row);
+                        let llep_row = llep_cost.as_ref().expect("planned above").1.get(&rows);
+                        ideal_train_bound(&mut r, bound.total_ms, ep_row.get(&rows), llep_row);
                     }
                     rows.push(r);
                 }
@@ -505,6 +561,39 @@ fn simulate_range(
     }
     progress.inc(ticks);
     rows
+}
+
+/// A result row built once and emitted as often as the settings want it:
+/// moved into the output the first time, cloned from there after. Every
+/// emission sets the fields it changes (policy, gate), so reads through
+/// [`Kept::get`] must be of other fields.
+// a few live on the stack per setting; boxing would cost an allocation per row
+#[allow(clippy::large_enum_variant)]
+enum Kept {
+    Aside(ResultRow),
+    /// Its index in the output rows.
+    Out(usize),
+}
+
+impl Kept {
+    fn get<'a>(&'a self, rows: &'a [ResultRow]) -> &'a ResultRow {
+        match self {
+            Kept::Aside(r) => r,
+            Kept::Out(i) => &rows[*i],
+        }
+    }
+
+    fn emit(&mut self, rows: &mut Vec<ResultRow>, set: impl FnOnce(&mut ResultRow)) {
+        let mut r = match std::mem::replace(self, Kept::Out(rows.len())) {
+            Kept::Aside(r) => r,
+            Kept::Out(i) => {
+                *self = Kept::Out(i);
+                rows[i].clone()
+            }
+        };
+        set(&mut r);
+        rows.push(r);
+    }
 }
 
 struct EplbRowCtx<'a> {
@@ -729,6 +818,34 @@ mod tests {
     }
 
     #[test]
+    fn the_native_matrix_and_global_counts_are_block_and_column_sums() {
+        let mut rng = SplitMix64::new(5);
+        let mut ev = Evaluator::default();
+        for _ in 0..80 {
+            let gpus = [1, 2, 3, 4, 8, 16][rng.below(6) as usize];
+            // block widths with and without their own unrolled pass
+            let per = 1 + rng.below(20) as usize;
+            let n = gpus * per;
+            let per_rank: Vec<u64> = (0..gpus * n).map(|_| rng.below(1000)).collect();
+            let mut global = vec![7u64; 3];
+            ev.load_with_global(&per_rank, gpus, &mut global);
+            let mut want_global = vec![0u64; n];
+            let mut want = vec![0u64; gpus * gpus];
+            for r in 0..gpus {
+                for e in 0..n {
+                    want_global[e] += per_rank[r * n + e];
+                    want[r * gpus + e / per] += per_rank[r * n + e];
+                }
+            }
+            assert_eq!(global, want_global, "{gpus} GPUs x {per}");
+            assert_eq!(ev.native.send, want, "{gpus} GPUs x {per}");
+            let with_global = ev.native.clone();
+            ev.load(&per_rank, gpus);
+            assert_eq!(ev.native, with_global);
+        }
+    }
+
+    #[test]
     fn the_dispatch_matrix_from_the_native_one_is_the_planners() {
         let mut rng = SplitMix64::new(11);
         let (mut ev, mut want) = (Evaluator::default(), DispatchMatrix::default());
@@ -757,8 +874,9 @@ mod tests {
                     .plan_into(&global, &params, policy, &mut plan)
                     .unwrap();
                 dispatch_matrix(&plan, &per_rank, &mut want);
-                dispatch_from_native(&plan, &per_rank, &ev.native, &mut ev.dm);
-                assert_eq!(ev.dm, want, "{policy:?} on {gpus} GPUs, {n} experts");
+                let moved = dispatch_from_native(&plan, &per_rank, &ev.native, &mut ev.dm);
+                let got = if moved { &ev.dm } else { &ev.native };
+                assert_eq!(got, &want, "{policy:?} on {gpus} GPUs, {n} experts");
             }
         }
     }

@@ -110,43 +110,75 @@ pub fn write_trace(path: &Path, trace: &Trace) -> Result<(), TraceError> {
 
 /// Write the load-level file alone.
 pub fn write_loads(path: &Path, meta: &TraceMeta, loads: &Loads) -> Result<(), TraceError> {
-    let schema = schema::loads_schema();
-    let mut out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
-    {
-        let mut w = ArrowWriter::try_new(out.writer(), schema.clone(), Some(props(Some(meta))))
-            .map_err(|e| TraceError::pq(path, e))?;
-        let (r_n, e_n) = (loads.ranks, loads.experts);
-        // one batch per step keeps memory small for long traces
-        for s in 0..loads.steps() {
-            let rows = loads.layers() * r_n * e_n;
-            let mut step = Vec::with_capacity(rows);
-            let mut layer = Vec::with_capacity(rows);
-            let mut rank = Vec::with_capacity(rows);
-            let mut expert = Vec::with_capacity(rows);
-            let mut count = Vec::with_capacity(rows);
-            for l in 0..loads.layers() {
-                for (i, &c) in loads.block(s, l).iter().enumerate() {
-                    step.push(loads.step_ids[s]);
-                    layer.push(loads.layer_ids[l]);
-                    rank.push((i / e_n) as u32);
-                    expert.push((i % e_n) as u32);
-                    count.push(c);
-                }
-            }
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(UInt32Array::from(step)),
-                Arc::new(UInt32Array::from(layer)),
-                Arc::new(UInt32Array::from(rank)),
-                Arc::new(UInt32Array::from(expert)),
-                Arc::new(UInt64Array::from(count)),
-            ];
-            let batch = RecordBatch::try_new(schema.clone(), cols)
-                .map_err(|e| TraceError::from((path.to_path_buf(), e)))?;
-            w.write(&batch).map_err(|e| TraceError::pq(path, e))?;
-        }
-        w.close().map_err(|e| TraceError::pq(path, e))?;
+    let mut w = LoadsWriter::create(path, meta)?;
+    for s in 0..loads.steps() {
+        w.write_step(loads, s)?;
     }
-    out.commit().map_err(|e| TraceError::io(path, e))
+    w.finish()
+}
+
+/// Streaming writer of a load-level file, a step at a time (one record
+/// batch per step, row groups closed by the writer's row limit), so a
+/// writer holds about one step, not the trace. The file appears only at
+/// [`LoadsWriter::finish`].
+pub struct LoadsWriter {
+    path: PathBuf,
+    schema: SchemaRef,
+    writer: ArrowWriter<AtomicFile>,
+}
+
+impl LoadsWriter {
+    pub fn create(path: &Path, meta: &TraceMeta) -> Result<Self, TraceError> {
+        let schema = schema::loads_schema();
+        let out = AtomicFile::create(path).map_err(|e| TraceError::io(path, e))?;
+        let writer = ArrowWriter::try_new(out, schema.clone(), Some(props(Some(meta))))
+            .map_err(|e| TraceError::pq(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            schema,
+            writer,
+        })
+    }
+
+    /// Step `s` of `loads`: every layer, rank and expert, in that order.
+    pub fn write_step(&mut self, loads: &Loads, s: usize) -> Result<(), TraceError> {
+        let (r_n, e_n) = (loads.ranks, loads.experts);
+        let rows = loads.layers() * r_n * e_n;
+        let mut step = Vec::with_capacity(rows);
+        let mut layer = Vec::with_capacity(rows);
+        let mut rank = Vec::with_capacity(rows);
+        let mut expert = Vec::with_capacity(rows);
+        let mut count = Vec::with_capacity(rows);
+        for l in 0..loads.layers() {
+            for (i, &c) in loads.block(s, l).iter().enumerate() {
+                step.push(loads.step_ids[s]);
+                layer.push(loads.layer_ids[l]);
+                rank.push((i / e_n) as u32);
+                expert.push((i % e_n) as u32);
+                count.push(c);
+            }
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(step)),
+            Arc::new(UInt32Array::from(layer)),
+            Arc::new(UInt32Array::from(rank)),
+            Arc::new(UInt32Array::from(expert)),
+            Arc::new(UInt64Array::from(count)),
+        ];
+        let batch = RecordBatch::try_new(self.schema.clone(), cols)
+            .map_err(|e| TraceError::from((self.path.clone(), e)))?;
+        self.writer
+            .write(&batch)
+            .map_err(|e| TraceError::pq(&self.path, e))
+    }
+
+    pub fn finish(self) -> Result<(), TraceError> {
+        let out = self
+            .writer
+            .into_inner()
+            .map_err(|e| TraceError::pq(&self.path, e))?;
+        out.commit().map_err(|e| TraceError::io(&self.path, e))
+    }
 }
 
 /// Streaming writer of a tokens file: chunks are written as they come, so
