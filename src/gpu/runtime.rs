@@ -1,7 +1,7 @@
 //! One GPU as the replay uses it: context, two streams (tokens and weight
 //! transfers), the NVRTC-compiled kernels of `kernels/moe.cu`, a cuBLAS
-//! handle, NCCL communicators, and a caching allocator that keeps a
-//! high-water mark. Raw driver calls throughout: no hidden synchronisation
+//! handle (the GEMMs themselves are `gemm`'s), NCCL communicators, and a
+//! caching allocator that keeps a high-water mark. Raw driver calls throughout: no hidden synchronisation
 //! inside the timed region.
 
 use super::GpuError;
@@ -53,6 +53,10 @@ pub fn check_libraries() -> Result<(), GpuError> {
                 cudarc::nvrtc::sys::is_culib_present(),
             ),
             ("libcublas (CUDA toolkit)", blas_sys::is_culib_present()),
+            (
+                "libcublasLt (CUDA toolkit)",
+                cudarc::cublaslt::sys::is_culib_present(),
+            ),
             ("libnccl", nccl_sys::is_culib_present()),
         ]
     };
@@ -530,6 +534,10 @@ impl Drop for Comm {
 /// One GPU, bound to the calling thread.
 pub struct Dev {
     pub arena: Arena,
+    /// The path of bf16 GEMMs (see `gemm`), and the cuBLASLt state when
+    /// `lt` was ever chosen (dropped before the context).
+    pub(super) gemm_impl: super::gemm::GemmImpl,
+    pub(super) lt: Option<super::gemm::Lt>,
     pub k: Kernels,
     pub blas: blas_sys::cublasHandle_t,
     pub main: drv_sys::CUstream,
@@ -594,6 +602,8 @@ impl Dev {
         let total_mem = ctx.total_mem().unwrap_or(0);
         Ok(Dev {
             arena: Arena::default(),
+            gemm_impl: Default::default(),
+            lt: None,
             k,
             blas: handle,
             main,
@@ -625,108 +635,6 @@ impl Dev {
         }
         drv::launch_kernel(f, grid, (block, 1, 1), smem, s, params)
             .map_err(drv_err("cuLaunchKernel"))
-    }
-
-    /// Row-major bf16 GEMM C[m,n] = A[m,k] B[k,n] with fp32 accumulation
-    /// (cuBLAS column-major: C^T = B^T A^T).
-    ///
-    /// # Safety
-    /// The pointers must hold the stated matrices.
-    pub unsafe fn gemm_bf16(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: u64,
-        b: u64,
-        c: u64,
-    ) -> Result<(), GpuError> {
-        if m == 0 {
-            return Ok(());
-        }
-        let alpha = 1.0f32;
-        let beta = 0.0f32;
-        let bf = blas_sys::cudaDataType_t::CUDA_R_16BF;
-        blas::gemm_ex(
-            self.blas,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const c_void,
-            b as *const c_void,
-            bf,
-            n as i32,
-            a as *const c_void,
-            bf,
-            k as i32,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
-            bf,
-            n as i32,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .map_err(blas_err("cublasGemmEx"))
-    }
-
-    /// Row-major GEMM with transposes, C[m,n] = beta C + op(A) op(B), fp32
-    /// accumulation, every matrix of element type `dt`. Each operand is
-    /// given as (pointer, columns as stored, transposed).
-    ///
-    /// # Safety
-    /// The pointers must hold the stated matrices.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: (u64, usize, bool),
-        b: (u64, usize, bool),
-        c: u64,
-        beta: f32,
-        dt: Dt,
-    ) -> Result<(), GpuError> {
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let alpha = 1.0f32;
-        let ty = match dt {
-            Dt::Bf16 => blas_sys::cudaDataType_t::CUDA_R_16BF,
-            Dt::F32 => blas_sys::cudaDataType_t::CUDA_R_32F,
-        };
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // column-major view: C^T = op(B)^T op(A)^T
-        blas::gemm_ex(
-            self.blas,
-            op(b.2),
-            op(a.2),
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const c_void,
-            b.0 as *const c_void,
-            ty,
-            b.1 as i32,
-            a.0 as *const c_void,
-            ty,
-            a.1 as i32,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
-            ty,
-            n as i32,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .map_err(blas_err("cublasGemmEx"))
     }
 
     pub fn sync(&self) -> Result<(), GpuError> {
