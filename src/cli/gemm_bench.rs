@@ -59,12 +59,12 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         s.push_str(&format!("{}: {n} shape buckets tuned\n", path.as_str()));
     }
     s.push_str(&format!(
-        "{:<7} {:<10} {:>6} {:>6} {:>6} {:>6} {:>10} {:>9}\n",
+        "{:<7} {:<14} {:>6} {:>6} {:>6} {:>6} {:>10} {:>9}\n",
         "path", "what", "M", "N", "K", "count", "ms", "TFLOP/s"
     ));
     for r in &b.rows {
         s.push_str(&format!(
-            "{:<7} {:<10} {:>6} {:>6} {:>6} {:>6} {:>10.4} {:>9.1}\n",
+            "{:<7} {:<14} {:>6} {:>6} {:>6} {:>6} {:>10.4} {:>9.1}\n",
             r.path.as_str(),
             r.what,
             r.m,
@@ -76,6 +76,31 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         ));
     }
     s.push_str("layer rows: count experts x M rows, each gate_up (N = 2I) then down; N shown as 3I, ms per layer\n");
+    for t in &b.tunings {
+        let first = t.cands.first().map_or(f64::NAN, |c| c.1);
+        let best = t.winner.map_or(f64::NAN, |w| t.cands[w].1);
+        s.push_str(&format!(
+            "lt tuned M={} N={} K={}{}{}: {} candidates, winner #{} {:.4} ms vs heuristic's first {:.4} ms ({:+.1}%)\n",
+            t.m,
+            t.n,
+            t.k,
+            if t.ta { " A^T" } else { "" },
+            if t.tb { " B^T" } else { "" },
+            t.cands.len(),
+            t.winner.map_or("-".into(), |w| w.to_string()),
+            best,
+            first,
+            (first / best - 1.0) * 100.0
+        ));
+        if t.m == a.layer_rows {
+            for (i, (cfg, ms)) in t.cands.iter().enumerate() {
+                let tf = 2.0 * (t.m * t.n * t.k) as f64 / ms / 1e9;
+                s.push_str(&format!(
+                    "    #{i:<2} {cfg:<60} {ms:>8.4} ms {tf:>7.1} TFLOP/s\n"
+                ));
+            }
+        }
+    }
     let mut bad = false;
     for (form, err) in &b.agree {
         let ok = err.is_finite() && *err < 1e-2;

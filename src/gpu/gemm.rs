@@ -313,6 +313,66 @@ impl Plan {
     }
 }
 
+/// One tuning of the `lt` path: the row-major shape and, per candidate
+/// in the heuristic's order, its configuration and ms per GEMM (NaN:
+/// rejected at launch); `winner` indexes the kept one.
+#[derive(Debug, Clone)]
+pub struct TuneLog {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub ta: bool,
+    pub tb: bool,
+    pub cands: Vec<(String, f64)>,
+    pub winner: Option<usize>,
+}
+
+/// An algorithm's configuration as cuBLASLt numbers it (algorithm id,
+/// tile, stages, split-K, reduction, swizzle, cluster shape ids; `?` where
+/// it does not say).
+fn describe(algo: &lt_sys::cublasLtMatmulAlgo_t) -> String {
+    use lt_sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let get = |attr: A| -> String {
+        let mut need = 0usize;
+        let mut v = 0u64;
+        // SAFETY: the first call only reports the attribute's size; the
+        // second writes at most 8 bytes into v.
+        let ok = unsafe {
+            lt_sys::cublasLtMatmulAlgoConfigGetAttribute(
+                algo,
+                attr,
+                std::ptr::null_mut(),
+                0,
+                &mut need,
+            );
+            need > 0
+                && need <= 8
+                && lt_sys::cublasLtMatmulAlgoConfigGetAttribute(
+                    algo,
+                    attr,
+                    &mut v as *mut u64 as *mut c_void,
+                    need,
+                    &mut need,
+                ) == lt_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS
+        };
+        if ok {
+            v.to_string()
+        } else {
+            "?".into()
+        }
+    };
+    format!(
+        "id={} tile={} stages={} splitk={} red={} swz={} cluster={}",
+        get(A::CUBLASLT_ALGO_CONFIG_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_TILE_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_STAGES_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+        get(A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+        get(A::CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
+        get(A::CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID),
+    )
+}
+
 /// The `lt` path's state on one GPU: handle, workspace, plans per exact
 /// shape and tuned winners per bucket (in-process only).
 pub struct Lt {
@@ -322,6 +382,7 @@ pub struct Lt {
     winners: RefCell<HashMap<Shape, lt_sys::cublasLtMatmulAlgo_t>>,
     /// Buckets tuned so far (each a device sync and a few dozen GEMMs).
     pub tuned: Cell<usize>,
+    log: RefCell<Vec<TuneLog>>,
 }
 
 impl Lt {
@@ -347,6 +408,7 @@ impl Lt {
             plans: RefCell::new(HashMap::new()),
             winners: RefCell::new(HashMap::new()),
             tuned: Cell::new(0),
+            log: RefCell::new(Vec::new()),
         })
     }
 
@@ -434,6 +496,13 @@ impl Dev {
     /// Buckets the `lt` path has tuned on this GPU so far.
     pub fn gemm_tuned(&self) -> usize {
         self.lt.as_ref().map_or(0, |l| l.tuned.get())
+    }
+
+    /// Every tuning of the `lt` path on this GPU so far.
+    pub fn gemm_tune_log(&self) -> Vec<TuneLog> {
+        self.lt
+            .as_ref()
+            .map_or(Vec::new(), |l| l.log.borrow().clone())
     }
 
     /// Row-major bf16 GEMM C[m,n] = A[m,k] B[k,n] with fp32 accumulation.
@@ -615,7 +684,17 @@ impl Dev {
         self.sync()?;
         let (e0, e1) = (Event::new()?, Event::new()?);
         let mut best: Option<(f64, lt_sys::cublasLtMatmulAlgo_t)> = None;
+        let mut log = TuneLog {
+            m: s.m,
+            n: s.n,
+            k: s.k,
+            ta: s.ta,
+            tb: s.tb,
+            cands: Vec::new(),
+            winner: None,
+        };
         for algo in cands {
+            log.cands.push((describe(&algo), f64::NAN));
             // an algorithm the library rejects at launch is skipped
             if lt.run(p, &algo, a, b, c, 0.0, self.main).is_err() {
                 continue;
@@ -627,11 +706,16 @@ impl Dev {
             }
             e1.record(self.main)?;
             e1.sync()?;
-            let ms = e1.ms_since(&e0)?;
-            if all && best.is_none_or(|(b, _)| ms < b) {
-                best = Some((ms, algo));
+            let ms = e1.ms_since(&e0)? / TUNE_REPS as f64;
+            if all {
+                log.cands.last_mut().expect("pushed above").1 = ms;
+                if best.is_none_or(|(b, _)| ms < b) {
+                    best = Some((ms, algo));
+                    log.winner = Some(log.cands.len() - 1);
+                }
             }
         }
+        lt.log.borrow_mut().push(log);
         Ok(best.map_or(p.algo, |(_, algo)| algo))
     }
 }

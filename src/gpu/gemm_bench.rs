@@ -32,7 +32,8 @@ pub struct BenchConfig {
 #[derive(Debug, Clone)]
 pub struct BenchRow {
     pub path: GemmImpl,
-    /// "gate_up", "down", "layer" (GEMMs only) or "layer+act".
+    /// "gate_up", "down", "layer" (GEMMs only), "layer+act", or
+    /// "layer+act/P" (each expert's rows in units of P rows).
     pub what: &'static str,
     pub m: usize,
     pub n: usize,
@@ -54,6 +55,8 @@ pub struct Bench {
     pub tuned: Vec<(GemmImpl, usize)>,
     pub rows: Vec<BenchRow>,
     pub agree: Vec<(&'static str, f64)>,
+    /// The `lt` path's tunings.
+    pub tunings: Vec<super::gemm::TuneLog>,
 }
 
 /// Device buffers: `experts` weight sets [Wgu (D x 2I) | bgu (2I) | Wd
@@ -235,11 +238,27 @@ fn sweep(
         }
     }
     let (ne, m) = (cfg.layer_experts, cfg.layer_rows);
-    for (what, act) in [("layer", false), ("layer+act", true)] {
+    // each expert's rows whole, then (as smaller units would) in pieces
+    // whose gate_up output stays in the L2 cache for the activation
+    let variants = [
+        ("layer", false, m),
+        ("layer+act", true, m),
+        ("layer+act/2048", true, 2048),
+        ("layer+act/1024", true, 1024),
+    ];
+    for (what, act, piece) in variants {
+        if piece > m || (piece == m && what != "layer" && what != "layer+act") {
+            continue;
+        }
         let ms = time(dev, cfg.reps, &mut || {
             for e in 0..ne {
-                let off = (e * m * d * 2) as u64;
-                unit(dev, b, e, m, b.x + off, b.y + off, act)?;
+                let mut at = 0;
+                while at < m {
+                    let rows = piece.min(m - at);
+                    let off = ((e * m + at) * d * 2) as u64;
+                    unit(dev, b, e, rows, b.x + off, b.y + off, act)?;
+                    at += rows;
+                }
             }
             Ok(())
         })?;
@@ -291,6 +310,7 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
         tuned: Vec::new(),
         rows: Vec::new(),
         agree: Vec::new(),
+        tunings: Vec::new(),
     };
     for &path in &cfg.paths {
         progress.status(&format!("GEMMs through {}", path.as_str()));
@@ -302,6 +322,7 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
         progress.status("lt against cublas on every GEMM form");
         res.agree = agreement(&mut dev, &b, cfg.layer_rows)?;
     }
+    res.tunings = dev.gemm_tune_log();
     dev.sync()?;
     Ok(res)
 }
