@@ -135,6 +135,34 @@ __device__ __forceinline__ float swiglu(float g, float u, int kind) {
     return g / (1.0f + __expf(-g)) * u;
 }
 
+// The same activation with the division as a fast reciprocal (2 ulp, far
+// below bf16's rounding): act_rows is memory-bound only if its arithmetic
+// per element stays small, and an IEEE division is a subroutine.
+__device__ __forceinline__ float swiglu_fast(float g, float u, int kind) {
+    if (kind == 0) {
+        g = fminf(g, 7.0f);
+        u = fminf(fmaxf(u, -7.0f), 7.0f);
+        return (u + 1.0f) * __fdividef(g, 1.0f + __expf(-1.702f * g));
+    }
+    return __fdividef(g, 1.0f + __expf(-g)) * u;
+}
+
+// Programmatic dependent launch (sm_90+): a kernel that opens with
+// pdl_wait() may be launched before the previous kernel of its stream
+// finished (Dev::launch does so for such kernels); pdl_wait() returns once
+// that kernel completed and its writes are visible. Without the launch
+// attribute, and before sm_90, both are no-ops.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
 // Activation of one bf16 pair (gate, up words) with the bias pair added.
 __device__ __forceinline__ unsigned int act_pair(unsigned int gg, unsigned int uu,
                                                  unsigned int bg, unsigned int bu, int kind) {
@@ -142,8 +170,8 @@ __device__ __forceinline__ unsigned int act_pair(unsigned int gg, unsigned int u
     float g1 = bf2f(gg >> 16) + bf2f(bg >> 16);
     float u0 = bf2f(uu & 0xffff) + bf2f(bu & 0xffff);
     float u1 = bf2f(uu >> 16) + bf2f(bu >> 16);
-    return (unsigned int)f2bf(swiglu(g0, u0, kind)) |
-           ((unsigned int)f2bf(swiglu(g1, u1, kind)) << 16);
+    return (unsigned int)f2bf(swiglu_fast(g0, u0, kind)) |
+           ((unsigned int)f2bf(swiglu_fast(g1, u1, kind)) << 16);
 }
 
 // out[r, j] = act(h[r, j] + b[j], h[r, I + j] + b[I + j]) for a unit's rows.
@@ -153,9 +181,12 @@ __device__ __forceinline__ unsigned int act_pair(unsigned int gg, unsigned int u
 // into (row, column) with 32-bit division when it fits (a 64-bit division
 // costs more than the arithmetic of the element). Callers size the grid
 // for 2 columns per thread; the surplus threads of the 8-column path
-// find no work.
+// find no work. Launched as a programmatic dependent of the gate_up GEMM
+// (see pdl_wait); the down GEMM that follows may be scheduled early too.
 extern "C" __global__ void act_rows(const bf16_t* h, const bf16_t* bias, bf16_t* out,
                                     long long rows, int inter, int kind) {
+    pdl_wait();
+    pdl_launch_dependents();
     bool v8 = (inter % 8 == 0) && ((((u64)h) | ((u64)bias) | ((u64)out)) & 15ull) == 0;
     int width = v8 ? 8 : 2;
     unsigned int per_row = (unsigned int)(inter / width);

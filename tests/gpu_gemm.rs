@@ -82,12 +82,18 @@ fn gemm_bench_finds_the_paths_agreeing_or_fails_cleanly() {
         .collect();
     assert_eq!(agree.len(), 4, "{stdout}");
     assert!(agree.iter().all(|l| l.ends_with(" ok")), "{stdout}");
-    // 2 paths x (2 rows x 2 projections + 2 layer rows)
-    let points = stdout
-        .lines()
-        .filter(|l| l.starts_with("cublas ") || l.starts_with("lt "))
-        .count();
-    assert_eq!(points, 12, "{stdout}");
+    // per path: 2 rows x 2 projections, the layer with and without the
+    // activation, the activation alone
+    for path in ["cublas ", "lt "] {
+        let mine: Vec<&str> = stdout.lines().filter(|l| l.starts_with(path)).collect();
+        for what in ["gate_up", "down", "layer ", "layer+act ", "act alone"] {
+            assert!(
+                mine.iter().any(|l| l.contains(what)),
+                "{path}{what}: {stdout}"
+            );
+        }
+        assert!(mine.len() >= 7, "{stdout}");
+    }
 }
 
 #[test]

@@ -106,7 +106,7 @@ pub struct CalibrateArgs {
     pub drop_curves: bool,
     /// Library of the bf16 GEMMs, as replay's --gemm (lt or cublas): the
     /// GEMM tables time the path replay will run.
-    #[arg(long, default_value = "cublas", value_parser = |s: &str| s.parse::<GemmImpl>())]
+    #[arg(long, default_value = "lt", value_parser = |s: &str| s.parse::<GemmImpl>())]
     pub gemm: GemmImpl,
 }
 

@@ -76,6 +76,9 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         ));
     }
     s.push_str("layer rows: count experts x M rows, each gate_up (N = 2I) then down; N shown as 3I, ms per layer\n");
+    s.push_str(
+        "act alone: ms per unit of M rows, read cold; its last column is TB/s moved, not TFLOP/s\n",
+    );
     for t in &b.tunings {
         let first = t.cands.first().map_or(f64::NAN, |c| c.1);
         let best = t.winner.map_or(f64::NAN, |w| t.cands[w].1);

@@ -78,7 +78,7 @@ pub struct ReplayArgs {
     pub planner: PlannerArgs,
     /// Library of the bf16 expert GEMMs: cublas (default algorithm) or lt
     /// (cuBLASLt, algorithm autotuned per shape during the warm-ups).
-    #[arg(long, default_value = "cublas", value_parser = gemm_path)]
+    #[arg(long, default_value = "lt", value_parser = gemm_path)]
     pub gemm: GemmImpl,
     /// Untimed warm-up runs per case.
     #[arg(long, default_value_t = 3)]
@@ -399,7 +399,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     };
     if a.gemm == GemmImpl::Lt && a.warmup == 0 {
         bail!(
-            "--gemm lt tunes its GEMM algorithms during the warm-up runs: give --warmup 1 or more"
+            "--gemm lt (the default) tunes its GEMM algorithms during the warm-up runs: give --warmup 1 or more, or --gemm cublas"
         );
     }
     let cfg = ReplayConfig {

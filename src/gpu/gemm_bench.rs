@@ -70,6 +70,7 @@ struct Bufs {
     wd: usize,
     w: u64,
     x: u64,
+    xrows: usize,
     h: u64,
     a: u64,
     y: u64,
@@ -138,6 +139,7 @@ fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
         wd,
         w,
         x,
+        xrows,
         h,
         a,
         y,
@@ -166,8 +168,26 @@ fn time(
     Ok(quantile(&v, 0.5))
 }
 
+/// The activation kernel over `rows` rows of gate_up output `h` into `a`,
+/// launched as `phases::compute` launches it.
+fn act(dev: &Dev, h: u64, bias: u64, a: u64, rows: usize, i: usize) -> Result<(), GpuError> {
+    let (rows_i, inter_i, kind) = (rows as i64, i as i32, 0i32);
+    let pairs = rows * i / 2;
+    // SAFETY: h holds rows x 2I values, a rows x I, bias 2I.
+    unsafe {
+        dev.launch(
+            dev.k.act_rows,
+            (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
+            256,
+            0,
+            dev.main,
+            params!(h, bias, a, rows_i, inter_i, kind),
+        )
+    }
+}
+
 /// One expert unit of `m` rows at input `x`, output `y`: gate_up GEMM,
-/// (with `act`) the activation kernel, down GEMM.
+/// the activation kernel over `act_rows` of them (0: none), down GEMM.
 fn unit(
     dev: &Dev,
     b: &Bufs,
@@ -175,32 +195,20 @@ fn unit(
     m: usize,
     x: u64,
     y: u64,
-    act: bool,
+    act_rows: usize,
 ) -> Result<(), GpuError> {
     let (wgu, bgu, wd) = b.weights(e);
     let (d, i) = (b.d, b.i);
-    let (rows_i, inter_i, kind) = (m as i64, i as i32, 0i32);
-    let (h, a) = (b.h, b.a);
-    let pairs = m * i / 2;
     // SAFETY: the buffers of `alloc` hold m rows of this shape.
     unsafe {
-        dev.gemm_bf16(m, 2 * i, d, x, wgu, h)?;
-        if act {
-            dev.launch(
-                dev.k.act_rows,
-                (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
-                256,
-                0,
-                dev.main,
-                params!(h, bgu, a, rows_i, inter_i, kind),
-            )?;
-        }
-        dev.gemm_bf16(m, d, i, a, wd, y)
+        dev.gemm_bf16(m, 2 * i, d, x, wgu, b.h)?;
+        act(dev, b.h, bgu, b.a, act_rows.min(m), i)?;
+        dev.gemm_bf16(m, d, i, b.a, wd, y)
     }
 }
 
 fn sweep(
-    dev: &Dev,
+    dev: &mut Dev,
     b: &Bufs,
     cfg: &BenchConfig,
     path: GemmImpl,
@@ -240,28 +248,38 @@ fn sweep(
     let (ne, m) = (cfg.layer_experts, cfg.layer_rows);
     // each expert's rows whole, then (as smaller units would) in pieces
     // whose gate_up output stays in the L2 cache for the activation
+    // (name, activation rows per unit, rows per unit, programmatic
+    // dependent launch of the activation): the layer without and with the
+    // activation, with an activation of one row (its launch and the
+    // kernel boundaries alone), without PDL, and each expert's rows in
+    // pieces whose gate_up output stays in the L2 cache
+    let pdl = dev.pdl;
     let variants = [
-        ("layer", false, m),
-        ("layer+act", true, m),
-        ("layer+act/2048", true, 2048),
-        ("layer+act/1024", true, 1024),
+        ("layer", 0, m, pdl),
+        ("layer+act", usize::MAX, m, pdl),
+        ("layer+act1row", 1, m, pdl),
+        ("layer+act noPDL", usize::MAX, m, false),
+        ("layer+act/2048", usize::MAX, 2048, pdl),
     ];
-    for (what, act, piece) in variants {
-        if piece > m || (piece == m && what != "layer" && what != "layer+act") {
+    for (what, act_rows, piece, with_pdl) in variants {
+        if piece > m || (piece == m && what.contains('/')) || (what.contains("PDL") && !pdl) {
             continue;
         }
-        let ms = time(dev, cfg.reps, &mut || {
+        dev.pdl = with_pdl;
+        let dv: &Dev = dev;
+        let ms = time(dv, cfg.reps, &mut || {
             for e in 0..ne {
                 let mut at = 0;
                 while at < m {
                     let rows = piece.min(m - at);
                     let off = ((e * m + at) * d * 2) as u64;
-                    unit(dev, b, e, rows, b.x + off, b.y + off, act)?;
+                    unit(dv, b, e, rows, b.x + off, b.y + off, act_rows)?;
                     at += rows;
                 }
             }
             Ok(())
         })?;
+        dev.pdl = pdl;
         out.push(BenchRow {
             path,
             what,
@@ -273,7 +291,35 @@ fn sweep(
             tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
         });
     }
+    out.push(act_alone(dev, b, cfg, path)?);
     Ok(out)
+}
+
+/// The activation alone over units of the layer's rows, reading cold
+/// gate_up output (the input rows' buffer stands in for it): ms per unit;
+/// `tflops` holds its memory throughput in TB/s instead.
+fn act_alone(dev: &Dev, b: &Bufs, cfg: &BenchConfig, path: GemmImpl) -> Result<BenchRow, GpuError> {
+    let (m, i) = (cfg.layer_rows, b.i);
+    let units = (b.xrows * b.d / (m * 2 * i)).clamp(1, cfg.layer_experts);
+    let (_, bgu, _) = b.weights(0);
+    let ms = time(dev, cfg.reps, &mut || {
+        for u in 0..units {
+            let h = b.x + (u * m * 2 * i * 2) as u64;
+            let a = b.y + (u * m * i * 2) as u64;
+            act(dev, h, bgu, a, m, i)?;
+        }
+        Ok(())
+    })? / units as f64;
+    Ok(BenchRow {
+        path,
+        what: "act alone",
+        m,
+        n: i,
+        k: 0,
+        count: units,
+        ms,
+        tflops: (m * 3 * i * 2) as f64 / ms / 1e9,
+    })
 }
 
 /// Run the benchmark on GPU 0.
@@ -315,7 +361,7 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
     for &path in &cfg.paths {
         progress.status(&format!("GEMMs through {}", path.as_str()));
         dev.set_gemm(path)?;
-        res.rows.extend(sweep(&dev, &b, cfg, path)?);
+        res.rows.extend(sweep(&mut dev, &b, cfg, path)?);
         res.tuned.push((path, dev.gemm_tuned()));
     }
     if cfg.paths.contains(&GemmImpl::Lt) && cfg.paths.contains(&GemmImpl::Cublas) {

@@ -534,8 +534,8 @@ impl Drop for Comm {
 /// One GPU, bound to the calling thread.
 pub struct Dev {
     pub arena: Arena,
-    /// The path of bf16 GEMMs (see `gemm`), and the cuBLASLt state when
-    /// `lt` was ever chosen (dropped before the context).
+    /// The path of bf16 GEMMs (see `gemm`; `cublas` until `set_gemm`), and
+    /// the cuBLASLt state once `lt` was chosen (dropped before the context).
     pub(super) gemm_impl: super::gemm::GemmImpl,
     pub(super) lt: Option<super::gemm::Lt>,
     pub k: Kernels,
@@ -546,6 +546,10 @@ pub struct Dev {
     pub net: drv_sys::CUstream,
     pub name: String,
     pub total_mem: usize,
+    /// Launch the kernels that open with `pdl_wait()` (`act_rows`) as
+    /// programmatic dependents of the kernel before them (sm_90+; on by
+    /// default there).
+    pub pdl: bool,
     _module: Arc<CudaModule>,
     pub ctx: Arc<CudaContext>,
 }
@@ -600,9 +604,10 @@ impl Dev {
         unsafe { blas::set_stream(handle, main as _) }.map_err(blas_err("cublasSetStream"))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let total_mem = ctx.total_mem().unwrap_or(0);
+        let pdl = ctx.compute_capability().is_ok_and(|(major, _)| major >= 9);
         Ok(Dev {
             arena: Arena::default(),
-            gemm_impl: Default::default(),
+            gemm_impl: super::gemm::GemmImpl::Cublas,
             lt: None,
             k,
             blas: handle,
@@ -611,6 +616,7 @@ impl Dev {
             net,
             name,
             total_mem,
+            pdl,
             _module: module,
             ctx,
         })
@@ -632,6 +638,31 @@ impl Dev {
     ) -> Result<(), GpuError> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
+        }
+        if self.pdl && f == self.k.act_rows {
+            // SAFETY: a plain-old-data union, zero is a valid value
+            let mut value: drv_sys::CUlaunchAttributeValue = std::mem::zeroed();
+            value.programmaticStreamSerializationAllowed = 1;
+            let mut attr = drv_sys::CUlaunchAttribute {
+                id: drv_sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            };
+            let cfg = drv_sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: s,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            return drv_sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut())
+                .result()
+                .map_err(drv_err("cuLaunchKernelEx"));
         }
         drv::launch_kernel(f, grid, (block, 1, 1), smem, s, params)
             .map_err(drv_err("cuLaunchKernel"))
