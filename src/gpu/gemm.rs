@@ -649,11 +649,14 @@ impl Dev {
             }
             lt.plans.borrow_mut().insert(*s, p);
         }
-        let overlaps = {
-            let out = (c, c + (s.m * s.n * 2) as u64);
-            let ins = [a, b];
-            ins.iter().any(|&p| p >= out.0 && p < out.1)
-        };
+        // bf16 extents: stored rows times stored columns
+        let span = |p: u64, elems: usize| (p, p + (elems * 2) as u64);
+        let out = span(c, s.m * s.n);
+        let a_rows = if s.ta { s.k } else { s.m };
+        let b_rows = if s.tb { s.n } else { s.k };
+        let overlaps = [span(a, a_rows * s.lda), span(b, b_rows * s.ldb)]
+            .iter()
+            .any(|&(lo, hi)| lo < out.1 && out.0 < hi);
         let tunable = beta == 0.0 && !overlaps && !lt.plans.borrow()[s].tuned;
         if tunable {
             let best = self.tune(lt, s, a, b, c)?;
