@@ -174,17 +174,41 @@ __device__ __forceinline__ unsigned int act_pair(unsigned int gg, unsigned int u
            ((unsigned int)f2bf(swiglu_fast(g1, u1, kind)) << 16);
 }
 
+// Eight columns of one row: 16-byte loads of gate, up and their biases,
+// one 16-byte store.
+__device__ __forceinline__ void act8_load(const bf16_t* __restrict__ h,
+                                          const bf16_t* __restrict__ bias, long long r,
+                                          int j, int inter, uint4* v) {
+    const bf16_t* hr = h + r * 2 * inter;
+    v[0] = *(const uint4*)(hr + j);
+    v[1] = *(const uint4*)(hr + inter + j);
+    v[2] = *(const uint4*)(bias + j);
+    v[3] = *(const uint4*)(bias + inter + j);
+}
+__device__ __forceinline__ void act8_store(const uint4* v, bf16_t* __restrict__ out, long long r,
+                                           int j, int inter, int kind) {
+    uint4 o;
+    o.x = act_pair(v[0].x, v[1].x, v[2].x, v[3].x, kind);
+    o.y = act_pair(v[0].y, v[1].y, v[2].y, v[3].y, kind);
+    o.z = act_pair(v[0].z, v[1].z, v[2].z, v[3].z, kind);
+    o.w = act_pair(v[0].w, v[1].w, v[2].w, v[3].w, kind);
+    *(uint4*)(out + r * inter + j) = o;
+}
+
 // out[r, j] = act(h[r, j] + b[j], h[r, I + j] + b[I + j]) for a unit's rows.
-// Memory-bound: 8 columns per thread through 16-byte loads and stores
-// when I is a multiple of 8 and every pointer 16-byte aligned (the gpt-oss
-// layer), else 2 columns per thread (4-byte words). The index is split
-// into (row, column) with 32-bit division when it fits (a 64-bit division
-// costs more than the arithmetic of the element). Callers size the grid
-// for 2 columns per thread; the surplus threads of the 8-column path
-// find no work. Launched as a programmatic dependent of the gate_up GEMM
-// (see pdl_wait); the down GEMM that follows may be scheduled early too.
-extern "C" __global__ void act_rows(const bf16_t* h, const bf16_t* bias, bf16_t* out,
-                                    long long rows, int inter, int kind) {
+// Memory-bound: 8 columns per item through 16-byte loads and stores when
+// I is a multiple of 8 and every pointer 16-byte aligned (the gpt-oss
+// layer), else 2 columns (4-byte words). Grid-stride, two items per
+// iteration with both items' loads issued before either's arithmetic, so
+// a thread keeps 64 bytes in flight: Dev::launch gives it one resident
+// wave of blocks, whatever grid the caller sized. The index is split into
+// (row, column) with 32-bit division when it fits. Launched as a
+// programmatic dependent of the gate_up GEMM (see pdl_wait); the down
+// GEMM that follows may be scheduled early too.
+extern "C" __global__ void act_rows(const bf16_t* __restrict__ h,
+                                    const bf16_t* __restrict__ bias,
+                                    bf16_t* __restrict__ out, long long rows, int inter,
+                                    int kind) {
     pdl_wait();
     pdl_launch_dependents();
     bool v8 = (inter % 8 == 0) && ((((u64)h) | ((u64)bias) | ((u64)out)) & 15ull) == 0;
@@ -194,37 +218,38 @@ extern "C" __global__ void act_rows(const bf16_t* h, const bf16_t* bias, bf16_t*
     bool narrow = n < (1ll << 32);
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < n;
-         idx += stride) {
-        long long r;
-        unsigned int c;
-        if (narrow) {
-            unsigned int u = (unsigned int)idx;
-            unsigned int q = u / per_row;
-            r = q;
-            c = u - q * per_row;
-        } else {
-            r = idx / per_row;
-            c = (unsigned int)(idx - r * per_row);
+         idx += 2 * stride) {
+        long long r[2];
+        int j[2];
+        bool has[2] = {true, idx + stride < n};
+        for (int k = 0; k < 2; k++) {
+            long long at = idx + k * stride;
+            if (narrow) {
+                unsigned int u = (unsigned int)at;
+                unsigned int q = u / per_row;
+                r[k] = q;
+                j[k] = (int)(u - q * per_row) * width;
+            } else {
+                r[k] = at / per_row;
+                j[k] = (int)(at - r[k] * per_row) * width;
+            }
         }
-        int j = (int)c * width;
-        const bf16_t* hr = h + r * 2 * inter;
         if (v8) {
-            uint4 gg = *(const uint4*)(hr + j);
-            uint4 uu = *(const uint4*)(hr + inter + j);
-            uint4 bg = *(const uint4*)(bias + j);
-            uint4 bu = *(const uint4*)(bias + inter + j);
-            uint4 o;
-            o.x = act_pair(gg.x, uu.x, bg.x, bu.x, kind);
-            o.y = act_pair(gg.y, uu.y, bg.y, bu.y, kind);
-            o.z = act_pair(gg.z, uu.z, bg.z, bu.z, kind);
-            o.w = act_pair(gg.w, uu.w, bg.w, bu.w, kind);
-            *(uint4*)(out + r * inter + j) = o;
+            uint4 v[2][4];
+            act8_load(h, bias, r[0], j[0], inter, v[0]);
+            if (has[1]) act8_load(h, bias, r[1], j[1], inter, v[1]);
+            act8_store(v[0], out, r[0], j[0], inter, kind);
+            if (has[1]) act8_store(v[1], out, r[1], j[1], inter, kind);
         } else {
-            unsigned int gg = *(const unsigned int*)(hr + j);
-            unsigned int uu = *(const unsigned int*)(hr + inter + j);
-            unsigned int bg = *(const unsigned int*)(bias + j);
-            unsigned int bu = *(const unsigned int*)(bias + inter + j);
-            *(unsigned int*)(out + r * inter + j) = act_pair(gg, uu, bg, bu, kind);
+            for (int k = 0; k < 2; k++) {
+                if (!has[k]) break;
+                const bf16_t* hr = h + r[k] * 2 * inter;
+                unsigned int gg = *(const unsigned int*)(hr + j[k]);
+                unsigned int uu = *(const unsigned int*)(hr + inter + j[k]);
+                unsigned int bg = *(const unsigned int*)(bias + j[k]);
+                unsigned int bu = *(const unsigned int*)(bias + inter + j[k]);
+                *(unsigned int*)(out + r[k] * inter + j[k]) = act_pair(gg, uu, bg, bu, kind);
+            }
         }
     }
 }

@@ -291,14 +291,25 @@ fn sweep(
             tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
         });
     }
-    out.push(act_alone(dev, b, cfg, path)?);
+    out.push(act_alone(dev, b, cfg, path, "act alone")?);
+    // the grid its callers size (one item per thread), for comparison
+    let wave = std::mem::replace(&mut dev.act_wave, 0);
+    let caller = act_alone(dev, b, cfg, path, "act callergrid");
+    dev.act_wave = wave;
+    out.push(caller?);
     Ok(out)
 }
 
 /// The activation alone over units of the layer's rows, reading cold
 /// gate_up output (the input rows' buffer stands in for it): ms per unit;
 /// `tflops` holds its memory throughput in TB/s instead.
-fn act_alone(dev: &Dev, b: &Bufs, cfg: &BenchConfig, path: GemmImpl) -> Result<BenchRow, GpuError> {
+fn act_alone(
+    dev: &Dev,
+    b: &Bufs,
+    cfg: &BenchConfig,
+    path: GemmImpl,
+    what: &'static str,
+) -> Result<BenchRow, GpuError> {
     let (m, i) = (cfg.layer_rows, b.i);
     let units = (b.xrows * b.d / (m * 2 * i)).clamp(1, cfg.layer_experts);
     let (_, bgu, _) = b.weights(0);
@@ -312,7 +323,7 @@ fn act_alone(dev: &Dev, b: &Bufs, cfg: &BenchConfig, path: GemmImpl) -> Result<B
     })? / units as f64;
     Ok(BenchRow {
         path,
-        what: "act alone",
+        what,
         m,
         n: i,
         k: 0,

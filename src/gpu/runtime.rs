@@ -550,6 +550,9 @@ pub struct Dev {
     /// programmatic dependents of the kernel before them (sm_90+; on by
     /// default there).
     pub pdl: bool,
+    /// Blocks of 256 threads `act_rows` launches with: one resident wave
+    /// (it is grid-stride; its callers size the grid per element pair).
+    pub(crate) act_wave: u32,
     _module: Arc<CudaModule>,
     pub ctx: Arc<CudaContext>,
 }
@@ -605,6 +608,14 @@ impl Dev {
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let total_mem = ctx.total_mem().unwrap_or(0);
         let pdl = ctx.compute_capability().is_ok_and(|(major, _)| major >= 9);
+        let sms = ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(0);
+        // SAFETY: a loaded kernel of this context.
+        let per_sm =
+            unsafe { drv::occupancy::max_active_block_per_multiprocessor(k.act_rows, 256, 0) }
+                .unwrap_or(0);
+        let act_wave = (sms.max(0) as u32) * (per_sm.max(0) as u32);
         Ok(Dev {
             arena: Arena::default(),
             gemm_impl: super::gemm::GemmImpl::Cublas,
@@ -617,12 +628,15 @@ impl Dev {
             name,
             total_mem,
             pdl,
+            act_wave,
             _module: module,
             ctx,
         })
     }
 
-    /// Launch `f` on stream `s`.
+    /// Launch `f` on stream `s`. `act_rows` is launched with at most one
+    /// resident wave of blocks (it is grid-stride) and, on sm_90+, as a
+    /// programmatic dependent of the kernel before it ([`Dev::pdl`]).
     ///
     /// # Safety
     /// `params` must match the kernel's signature and every pointer in them
@@ -638,6 +652,10 @@ impl Dev {
     ) -> Result<(), GpuError> {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
+        }
+        let mut grid = grid;
+        if f == self.k.act_rows && block == 256 && self.act_wave > 0 {
+            grid.0 = grid.0.min(self.act_wave);
         }
         if self.pdl && f == self.k.act_rows {
             // SAFETY: a plain-old-data union, zero is a valid value
