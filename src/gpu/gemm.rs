@@ -43,8 +43,8 @@ pub const LT_CANDIDATES: usize = 16;
 pub const TUNE_REPS: usize = 3;
 
 /// Which library runs the replay's bf16 GEMMs. The default is `lt`: on
-/// 4 x H200 its expert compute was never slower than `cublas`'s and up to
-/// 9% faster (reports/replay-floor/README.md).
+/// H200 its expert compute was within noise of `cublas`'s on balanced
+/// layers and 8-9% faster with uneven units (reports/replay-floor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemmImpl {
     /// cublasGemmEx, default algorithm.
