@@ -9,6 +9,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::Args;
 use llep_trace::gpu::calibrate::{calibrate, CalibConfig, Calibration, GRID_ROWS};
+use llep_trace::gpu::gemm::GemmImpl;
 use llep_trace::sim::bwd::bwd_table_ms;
 use llep_trace::sim::profile::{
     apply_measured, drop_covered_curves, finish_merge, fit_profile, merge_profiles,
@@ -103,6 +104,10 @@ pub struct CalibrateArgs {
     /// now has exact GEMM tables, so the tables price those shapes too.
     #[arg(long)]
     pub drop_curves: bool,
+    /// Library of the bf16 GEMMs, as replay's --gemm (lt or cublas): the
+    /// GEMM tables time the path replay will run.
+    #[arg(long, default_value = "lt", value_parser = |s: &str| s.parse::<GemmImpl>())]
+    pub gemm: GemmImpl,
 }
 
 /// "D:I" or "D,I" -> (D, I), checked as replay needs it.
@@ -337,6 +342,7 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         gemm_only: a.gemm_only,
         bwd: a.bwd,
         bwd_only: a.bwd_only,
+        gemm: a.gemm,
     };
     let c = calibrate(&cc, p)?;
     for s in &c.skipped {

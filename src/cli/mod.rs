@@ -4,6 +4,7 @@
 mod calibrate;
 mod capture;
 mod compare;
+mod gemm_bench;
 mod plan;
 mod printer;
 mod replay;
@@ -52,6 +53,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Draw plots and write an HTML/Markdown report from results files.
     Report(report::ReportArgs),
+    /// Time the expert GEMMs alone through each GEMM path (one GPU).
+    #[command(hide = true)]
+    GemmBench(gemm_bench::GemmBenchArgs),
 }
 
 pub fn run() -> anyhow::Result<ExitCode> {
@@ -66,5 +70,6 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Tune(a) => tune::run(a, &printer),
         Command::Compare(a) => compare::run(a, &printer),
         Command::Report(a) => report::run(a, &printer),
+        Command::GemmBench(a) => gemm_bench::run(a, &printer),
     }
 }

@@ -9,6 +9,7 @@ use super::Printer;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use llep_trace::env;
+use llep_trace::gpu::gemm::GemmImpl;
 use llep_trace::gpu::rendezvous::{self, ProcessRank};
 use llep_trace::gpu::replicas::is_eplb;
 use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, ReplayConfig};
@@ -75,6 +76,10 @@ pub struct ReplayArgs {
     pub eplb: super::simulate::EplbArgs,
     #[command(flatten)]
     pub planner: PlannerArgs,
+    /// Library of the bf16 expert GEMMs: cublas (default algorithm) or lt
+    /// (cuBLASLt, algorithm autotuned per shape during the warm-ups).
+    #[arg(long, default_value = "lt", value_parser = gemm_path)]
+    pub gemm: GemmImpl,
     /// Untimed warm-up runs per case.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -392,6 +397,11 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    if a.gemm == GemmImpl::Lt && a.warmup == 0 {
+        bail!(
+            "--gemm lt (the default) tunes its GEMM algorithms during the warm-up runs: give --warmup 1 or more, or --gemm cublas"
+        );
+    }
     let cfg = ReplayConfig {
         gpus: a.gpus,
         hidden: d as usize,
@@ -420,6 +430,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
                 label: e.label(),
             })
             .collect(),
+        gemm: a.gemm,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -489,10 +500,16 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last\n\n{}",
+        a.gemm.as_str(),
         a.warmup,
         a.runs,
         render(&rows)
     ))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--gemm`: the library's own parser, for clap.
+fn gemm_path(s: &str) -> Result<GemmImpl, String> {
+    s.parse()
 }

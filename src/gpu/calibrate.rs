@@ -2,18 +2,17 @@
 //! GEMM grids over (M, N, K), token-exchange and weight-transfer prices per
 //! message and per byte, kernel launches and host syncs, planning overhead
 //! and the memory baseline by component, timed with the replay's own
-//! kernels, cuBLAS calls and communicators. Fitting a profile to them is
+//! kernels, GEMM path (`gemm`) and communicators. Fitting a profile to them is
 //! the cost model's business (`sim::profile`).
 
 use super::config::{Act, ReplayConfig};
-use super::runtime::{self, params, BufKind, Comm, Dev, NcclId};
+use super::gemm::GemmImpl;
+use super::runtime::{self, params, BufKind, Comm, Dev, Dt, NcclId};
 use super::timing::{driver_version, quantile};
 use super::worker::{BlobLayout, Worker, CHUNK, E_END, E_START, PERSISTENT};
 use super::{Gate, GpuError};
 use crate::plan::Policy;
 use crate::progress::Progress;
-use cudarc::cublas::{result as blas, sys as blas_sys};
-use std::ffi::c_void;
 
 /// What `calibrate` measures.
 #[derive(Debug, Clone)]
@@ -39,6 +38,8 @@ pub struct CalibConfig {
     pub bwd: bool,
     /// Only the backward GEMMs, on one GPU: nothing else is measured.
     pub bwd_only: bool,
+    /// The library of the bf16 GEMMs, as replay's `--gemm`.
+    pub gemm: GemmImpl,
 }
 
 /// Decode-to-prefill rows of one expert GEMM: every power of two and the
@@ -155,54 +156,6 @@ pub struct BwdGridShape {
     pub down_wgrad: Vec<(f64, f64)>,
 }
 
-/// C = op(A) . op(B) in cuBLAS's column-major terms (`t`: transposed),
-/// bf16 in and out, fp32 accumulation: the transposed GEMMs of backward.
-///
-/// # Safety
-/// The pointers must hold the matrices their sizes and leading dimensions
-/// describe, on `dev`'s context.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_t(
-    dev: &Dev,
-    (ta, tb): (bool, bool),
-    (m, n, k): (usize, usize, usize),
-    (a, lda): (u64, usize),
-    (b, ldb): (u64, usize),
-    (c, ldc): (u64, usize),
-) -> Result<(), GpuError> {
-    let op = |t: bool| {
-        if t {
-            blas_sys::cublasOperation_t::CUBLAS_OP_T
-        } else {
-            blas_sys::cublasOperation_t::CUBLAS_OP_N
-        }
-    };
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    let bf = blas_sys::cudaDataType_t::CUDA_R_16BF;
-    blas::gemm_ex(
-        dev.blas,
-        op(ta),
-        op(tb),
-        m as i32,
-        n as i32,
-        k as i32,
-        &alpha as *const f32 as *const c_void,
-        a as *const c_void,
-        bf,
-        lda as i32,
-        b as *const c_void,
-        bf,
-        ldb as i32,
-        &beta as *const f32 as *const c_void,
-        c as *mut c_void,
-        bf,
-        ldc as i32,
-        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-    )
-    .map_err(|e| GpuError::Cuda(format!("cublasGemmEx (backward): {e:?}")))
-}
-
 /// One of the four backward GEMMs of expert `e` with `m` rows, on the
 /// buffers of [`Worker::time_bwd_grid`]: `w` the weight blobs, `dw` the
 /// gradient blobs, `x` the token rows (X, and dY for down), `dh` the
@@ -234,16 +187,16 @@ impl BwdBufs {
         );
         let x = self.x + (e * self.mmax * d * 2) as u64;
         let dh = self.dh + (e * self.mmax * 2 * i * 2) as u64;
-        // row-major R = P . Q is column-major R^T = Q^T . P^T
-        // (transposes, (M, N, K), (A, lda), (B, ldb), (C, ldc)), one GEMM a line
+        // row-major, as `backward` issues them: (M, N, K), A and B as
+        // (pointer, stored columns, transposed), C; one GEMM a line
         #[rustfmt::skip]
-        let (t, mnk, a, b, c) = match which {
-            0 => ((true, false), (d, m, 2 * i), (wgu, 2 * i), (dh, 2 * i), (out, d)),
-            1 => ((false, true), (2 * i, d, m), (dh, 2 * i), (x, d), (dwgu, 2 * i)),
-            2 => ((true, false), (i, m, d), (wd, d), (x, d), (out, i)),
-            _ => ((false, true), (d, i, m), (x, d), (dh, i), (dwd, d)),
+        let (mnk, a, b, c) = match which {
+            0 => ((m, d, 2 * i), (dh, 2 * i, false), (wgu, 2 * i, true), out),
+            1 => ((d, 2 * i, m), (x, d, true), (dh, 2 * i, false), dwgu),
+            2 => ((m, i, d), (x, d, false), (wd, d, true), out),
+            _ => ((i, d, m), (dh, i, true), (x, d, false), dwd),
         };
-        gemm_t(dev, t, mnk, a, b, c)
+        dev.gemm(mnk.0, mnk.1, mnk.2, a, b, c, 0.0, Dt::Bf16)
     }
 }
 
@@ -719,6 +672,7 @@ fn calib_main(
         train: false,
         recompute: false,
         eplb: Vec::new(),
+        gemm: cc.gemm,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

@@ -71,4 +71,6 @@ pub struct ReplayConfig {
     /// EPLB settings the `eplb` and `eplb+llep` settings run under, each a
     /// row of its own.
     pub eplb: Vec<EplbReplay>,
+    /// The library of the bf16 GEMMs (`--gemm`).
+    pub gemm: super::gemm::GemmImpl,
 }

@@ -7,6 +7,8 @@
 //! - [`inputs`]: replay cases from synthetic scenarios or traces, with the
 //!   same row keys `simulate` emits;
 //! - [`runtime`]: one GPU (streams, kernels, cuBLAS, NCCL, allocator);
+//! - [`gemm`]: its GEMMs, through cuBLAS or autotuned cuBLASLt;
+//! - [`gemm_bench`]: those GEMMs alone, per path (`gemm-bench`);
 //! - `config`: what a replay is asked to do (the layer, its cases);
 //! - `worker`: one rank's GPU, communicators, planner and buffers;
 //! - `phases`: one run of the layer, phase by phase;
@@ -26,6 +28,8 @@ pub mod calibrate;
 mod config;
 mod dense;
 mod dense_bwd;
+pub mod gemm;
+pub mod gemm_bench;
 pub mod inputs;
 pub mod layout;
 pub mod overhead;

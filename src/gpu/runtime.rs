@@ -1,7 +1,7 @@
 //! One GPU as the replay uses it: context, two streams (tokens and weight
 //! transfers), the NVRTC-compiled kernels of `kernels/moe.cu`, a cuBLAS
-//! handle, NCCL communicators, and a caching allocator that keeps a
-//! high-water mark. Raw driver calls throughout: no hidden synchronisation
+//! handle (the GEMMs themselves are `gemm`'s), NCCL communicators, and a
+//! caching allocator that keeps a high-water mark. Raw driver calls throughout: no hidden synchronisation
 //! inside the timed region.
 
 use super::GpuError;
@@ -53,6 +53,10 @@ pub fn check_libraries() -> Result<(), GpuError> {
                 cudarc::nvrtc::sys::is_culib_present(),
             ),
             ("libcublas (CUDA toolkit)", blas_sys::is_culib_present()),
+            (
+                "libcublasLt (CUDA toolkit)",
+                cudarc::cublaslt::sys::is_culib_present(),
+            ),
             ("libnccl", nccl_sys::is_culib_present()),
         ]
     };
@@ -530,6 +534,10 @@ impl Drop for Comm {
 /// One GPU, bound to the calling thread.
 pub struct Dev {
     pub arena: Arena,
+    /// The path of bf16 GEMMs (see `gemm`; `cublas` until `set_gemm`), and
+    /// the cuBLASLt state once `lt` was chosen (dropped before the context).
+    pub(super) gemm_impl: super::gemm::GemmImpl,
+    pub(super) lt: Option<super::gemm::Lt>,
     pub k: Kernels,
     pub blas: blas_sys::cublasHandle_t,
     pub main: drv_sys::CUstream,
@@ -538,6 +546,13 @@ pub struct Dev {
     pub net: drv_sys::CUstream,
     pub name: String,
     pub total_mem: usize,
+    /// Launch the kernels that open with `pdl_wait()` (`act_rows`) as
+    /// programmatic dependents of the kernel before them (sm_90+; on by
+    /// default there).
+    pub pdl: bool,
+    /// Blocks of 256 threads `act_rows` launches with: one resident wave
+    /// (it is grid-stride; its callers size the grid per element pair).
+    pub(crate) act_wave: u32,
     _module: Arc<CudaModule>,
     pub ctx: Arc<CudaContext>,
 }
@@ -592,8 +607,19 @@ impl Dev {
         unsafe { blas::set_stream(handle, main as _) }.map_err(blas_err("cublasSetStream"))?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let total_mem = ctx.total_mem().unwrap_or(0);
+        let pdl = ctx.compute_capability().is_ok_and(|(major, _)| major >= 9);
+        let sms = ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(0);
+        // SAFETY: a loaded kernel of this context.
+        let per_sm =
+            unsafe { drv::occupancy::max_active_block_per_multiprocessor(k.act_rows, 256, 0) }
+                .unwrap_or(0);
+        let act_wave = (sms.max(0) as u32) * (per_sm.max(0) as u32);
         Ok(Dev {
             arena: Arena::default(),
+            gemm_impl: super::gemm::GemmImpl::Cublas,
+            lt: None,
             k,
             blas: handle,
             main,
@@ -601,12 +627,16 @@ impl Dev {
             net,
             name,
             total_mem,
+            pdl,
+            act_wave,
             _module: module,
             ctx,
         })
     }
 
-    /// Launch `f` on stream `s`.
+    /// Launch `f` on stream `s`. `act_rows` is launched with at most one
+    /// resident wave of blocks (it is grid-stride) and, on sm_90+, as a
+    /// programmatic dependent of the kernel before it ([`Dev::pdl`]).
     ///
     /// # Safety
     /// `params` must match the kernel's signature and every pointer in them
@@ -623,110 +653,37 @@ impl Dev {
         if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
             return Ok(());
         }
+        let mut grid = grid;
+        if f == self.k.act_rows && block == 256 && self.act_wave > 0 {
+            grid.0 = grid.0.min(self.act_wave);
+        }
+        if self.pdl && f == self.k.act_rows {
+            // SAFETY: a plain-old-data union, zero is a valid value
+            let mut value: drv_sys::CUlaunchAttributeValue = std::mem::zeroed();
+            value.programmaticStreamSerializationAllowed = 1;
+            let mut attr = drv_sys::CUlaunchAttribute {
+                id: drv_sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            };
+            let cfg = drv_sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: s,
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            return drv_sys::cuLaunchKernelEx(&cfg, f, params.as_mut_ptr(), std::ptr::null_mut())
+                .result()
+                .map_err(drv_err("cuLaunchKernelEx"));
+        }
         drv::launch_kernel(f, grid, (block, 1, 1), smem, s, params)
             .map_err(drv_err("cuLaunchKernel"))
-    }
-
-    /// Row-major bf16 GEMM C[m,n] = A[m,k] B[k,n] with fp32 accumulation
-    /// (cuBLAS column-major: C^T = B^T A^T).
-    ///
-    /// # Safety
-    /// The pointers must hold the stated matrices.
-    pub unsafe fn gemm_bf16(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: u64,
-        b: u64,
-        c: u64,
-    ) -> Result<(), GpuError> {
-        if m == 0 {
-            return Ok(());
-        }
-        let alpha = 1.0f32;
-        let beta = 0.0f32;
-        let bf = blas_sys::cudaDataType_t::CUDA_R_16BF;
-        blas::gemm_ex(
-            self.blas,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const c_void,
-            b as *const c_void,
-            bf,
-            n as i32,
-            a as *const c_void,
-            bf,
-            k as i32,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
-            bf,
-            n as i32,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .map_err(blas_err("cublasGemmEx"))
-    }
-
-    /// Row-major GEMM with transposes, C[m,n] = beta C + op(A) op(B), fp32
-    /// accumulation, every matrix of element type `dt`. Each operand is
-    /// given as (pointer, columns as stored, transposed).
-    ///
-    /// # Safety
-    /// The pointers must hold the stated matrices.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn gemm(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: (u64, usize, bool),
-        b: (u64, usize, bool),
-        c: u64,
-        beta: f32,
-        dt: Dt,
-    ) -> Result<(), GpuError> {
-        if m == 0 || n == 0 {
-            return Ok(());
-        }
-        let alpha = 1.0f32;
-        let ty = match dt {
-            Dt::Bf16 => blas_sys::cudaDataType_t::CUDA_R_16BF,
-            Dt::F32 => blas_sys::cudaDataType_t::CUDA_R_32F,
-        };
-        let op = |t: bool| {
-            if t {
-                blas_sys::cublasOperation_t::CUBLAS_OP_T
-            } else {
-                blas_sys::cublasOperation_t::CUBLAS_OP_N
-            }
-        };
-        // column-major view: C^T = op(B)^T op(A)^T
-        blas::gemm_ex(
-            self.blas,
-            op(b.2),
-            op(a.2),
-            n as i32,
-            m as i32,
-            k as i32,
-            &alpha as *const f32 as *const c_void,
-            b.0 as *const c_void,
-            ty,
-            b.1 as i32,
-            a.0 as *const c_void,
-            ty,
-            a.1 as i32,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
-            ty,
-            n as i32,
-            blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-        .map_err(blas_err("cublasGemmEx"))
     }
 
     pub fn sync(&self) -> Result<(), GpuError> {

@@ -141,7 +141,7 @@ impl<'a> Worker<'a> {
         ptx: &cudarc::nvrtc::Ptx,
         cfg: &'a ReplayConfig,
     ) -> Result<Self, GpuError> {
-        let dev = Dev::new(ordinal, ptx)?;
+        let dev = Dev::new(ordinal, ptx)?.with_gemm(cfg.gemm)?;
         let comm = Comm::init(world, rank, &ids[0])?;
         let xcomm = Comm::init(world, rank, &ids[1])?;
         Ok(Worker {

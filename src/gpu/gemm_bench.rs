@@ -1,0 +1,439 @@
+//! `gemm-bench`: the expert GEMMs alone on one GPU, through each GEMM path
+//! (`gemm`), so the paths can be compared without a layer around them:
+//! per M, gate_up (N = 2I, K = D) and down (N = D, K = I) GEMMs with a
+//! different expert's weights each (cold, as in a layer); and a layer's
+//! worth of expert units back to back (gate_up, activation, down per
+//! expert, as `phases::compute` issues them), with and without the
+//! activation kernel.
+
+use super::gemm::GemmImpl;
+use super::runtime::{self, params, BufKind, Dev, Event};
+use super::timing::quantile;
+use super::GpuError;
+use crate::progress::Progress;
+
+/// What `gemm-bench` measures.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Expert hidden size D and intermediate size I.
+    pub hidden: usize,
+    pub inter: usize,
+    /// Rows M of the single-GEMM sweep.
+    pub rows: Vec<usize>,
+    /// Experts and rows per expert of the layer run.
+    pub layer_experts: usize,
+    pub layer_rows: usize,
+    /// Timed samples per point (medians), after two untimed ones.
+    pub reps: usize,
+    pub paths: Vec<GemmImpl>,
+}
+
+/// One measured point.
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    pub path: GemmImpl,
+    /// "gate_up", "down", "layer" (GEMMs only), "layer+act", or
+    /// "layer+act/P" (each expert's rows in units of P rows).
+    pub what: &'static str,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    /// GEMMs (expert pairs for the layer) per sample.
+    pub count: usize,
+    /// Median ms per GEMM (per layer for the layer rows).
+    pub ms: f64,
+    /// GEMM FLOPs over time (the activation's time counts, its FLOPs not).
+    pub tflops: f64,
+}
+
+/// The card, the buckets each path tuned, the points, and each GEMM form
+/// of the replay through `lt` against `cublas`: (form, relative error,
+/// ||lt - cublas|| / ||cublas||).
+#[derive(Debug, Clone)]
+pub struct Bench {
+    pub card: String,
+    pub tuned: Vec<(GemmImpl, usize)>,
+    pub rows: Vec<BenchRow>,
+    pub agree: Vec<(&'static str, f64)>,
+    /// The `lt` path's tunings.
+    pub tunings: Vec<super::gemm::TuneLog>,
+}
+
+/// Device buffers: `experts` weight sets [Wgu (D x 2I) | bgu (2I) | Wd
+/// (I x D)], input rows, gate_up output, activation, down output.
+struct Bufs {
+    d: usize,
+    i: usize,
+    blob: usize,
+    wgu: usize,
+    bgu: usize,
+    wd: usize,
+    w: u64,
+    x: u64,
+    xrows: usize,
+    h: u64,
+    a: u64,
+    y: u64,
+}
+
+impl Bufs {
+    fn weights(&self, e: usize) -> (u64, u64, u64) {
+        let base = self.w + (e * self.blob * 2) as u64;
+        (
+            base + (self.wgu * 2) as u64,
+            base + (self.bgu * 2) as u64,
+            base + (self.wd * 2) as u64,
+        )
+    }
+}
+
+/// Round up to 128 elements (256 bytes), so each part starts aligned.
+fn pad(n: usize) -> usize {
+    n.div_ceil(128) * 128
+}
+
+fn gen(dev: &Dev, ptr: u64, n: usize, seed: u64, scale: f32) -> Result<(), GpuError> {
+    let n64 = n as u64;
+    let blocks = n.div_ceil(256).min(65_535) as u32;
+    // SAFETY: ptr holds n bf16 values.
+    unsafe {
+        dev.launch(
+            dev.k.gen_bf16,
+            (blocks, 1, 1),
+            256,
+            0,
+            dev.main,
+            params!(ptr, n64, seed, scale),
+        )
+    }
+}
+
+fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
+    let (d, i) = (cfg.hidden, cfg.inter);
+    let (wgu, bgu) = (0, pad(d * 2 * i));
+    let wd = bgu + pad(2 * i);
+    let blob = wd + pad(i * d);
+    let mmax = cfg
+        .rows
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(cfg.layer_rows);
+    let xrows = mmax.max(cfg.layer_experts * cfg.layer_rows);
+    let experts = cfg.layer_experts.max(8);
+    let w = dev.arena.get(BufKind::CalW, experts * blob * 2)?;
+    let x = dev.arena.get(BufKind::CalX, xrows * d * 2)?;
+    let h = dev.arena.get(BufKind::CalH, mmax * 2 * i * 2)?;
+    let a = dev.arena.get(BufKind::CalA, mmax * i * 2)?;
+    let y = dev.arena.get(BufKind::CalSend, xrows * d * 2)?;
+    gen(dev, w, experts * blob, 78, 1.0 / (d as f32).sqrt())?;
+    gen(dev, x, xrows * d, 77, 1.0)?;
+    dev.sync()?;
+    Ok(Bufs {
+        d,
+        i,
+        blob,
+        wgu,
+        bgu,
+        wd,
+        w,
+        x,
+        xrows,
+        h,
+        a,
+        y,
+    })
+}
+
+/// Median ms of `f` over `reps` samples after two untimed ones (the
+/// first of which tunes the `lt` path's buckets).
+fn time(
+    dev: &Dev,
+    reps: usize,
+    f: &mut dyn FnMut() -> Result<(), GpuError>,
+) -> Result<f64, GpuError> {
+    let (e0, e1) = (Event::new()?, Event::new()?);
+    let mut v = Vec::with_capacity(reps);
+    for rep in 0..reps + 2 {
+        dev.sync()?;
+        e0.record(dev.main)?;
+        f()?;
+        e1.record(dev.main)?;
+        e1.sync()?;
+        if rep >= 2 {
+            v.push(e1.ms_since(&e0)?);
+        }
+    }
+    Ok(quantile(&v, 0.5))
+}
+
+/// The activation kernel over `rows` rows of gate_up output `h` into `a`,
+/// launched as `phases::compute` launches it.
+fn act(dev: &Dev, h: u64, bias: u64, a: u64, rows: usize, i: usize) -> Result<(), GpuError> {
+    let (rows_i, inter_i, kind) = (rows as i64, i as i32, 0i32);
+    let pairs = rows * i / 2;
+    // SAFETY: h holds rows x 2I values, a rows x I, bias 2I.
+    unsafe {
+        dev.launch(
+            dev.k.act_rows,
+            (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
+            256,
+            0,
+            dev.main,
+            params!(h, bias, a, rows_i, inter_i, kind),
+        )
+    }
+}
+
+/// One expert unit of `m` rows at input `x`, output `y`: gate_up GEMM,
+/// the activation kernel over `act_rows` of them (0: none), down GEMM.
+fn unit(
+    dev: &Dev,
+    b: &Bufs,
+    e: usize,
+    m: usize,
+    x: u64,
+    y: u64,
+    act_rows: usize,
+) -> Result<(), GpuError> {
+    let (wgu, bgu, wd) = b.weights(e);
+    let (d, i) = (b.d, b.i);
+    // SAFETY: the buffers of `alloc` hold m rows of this shape.
+    unsafe {
+        dev.gemm_bf16(m, 2 * i, d, x, wgu, b.h)?;
+        act(dev, b.h, bgu, b.a, act_rows.min(m), i)?;
+        dev.gemm_bf16(m, d, i, b.a, wd, y)
+    }
+}
+
+fn sweep(
+    dev: &mut Dev,
+    b: &Bufs,
+    cfg: &BenchConfig,
+    path: GemmImpl,
+) -> Result<Vec<BenchRow>, GpuError> {
+    let (d, i) = (b.d, b.i);
+    let experts = cfg.layer_experts.max(8);
+    let mut out = Vec::new();
+    for &m in &cfg.rows {
+        for (what, n, k) in [("gate_up", 2 * i, d), ("down", d, i)] {
+            let ms = time(dev, cfg.reps, &mut || {
+                for e in 0..experts {
+                    let (wgu, _, wd) = b.weights(e);
+                    // SAFETY: x holds m rows of D, h m rows of 2I, a m rows
+                    // of I, y m rows of D.
+                    unsafe {
+                        if what == "gate_up" {
+                            dev.gemm_bf16(m, n, k, b.x, wgu, b.h)?;
+                        } else {
+                            dev.gemm_bf16(m, n, k, b.a, wd, b.y)?;
+                        }
+                    }
+                }
+                Ok(())
+            })? / experts as f64;
+            out.push(BenchRow {
+                path,
+                what,
+                m,
+                n,
+                k,
+                count: experts,
+                ms,
+                tflops: 2.0 * (m * n * k) as f64 / ms / 1e9,
+            });
+        }
+    }
+    let (ne, m) = (cfg.layer_experts, cfg.layer_rows);
+    // each expert's rows whole, then (as smaller units would) in pieces
+    // whose gate_up output stays in the L2 cache for the activation
+    // (name, activation rows per unit, rows per unit, programmatic
+    // dependent launch of the activation): the layer without and with the
+    // activation, with an activation of one row (its launch and the
+    // kernel boundaries alone), without PDL, and each expert's rows in
+    // pieces whose gate_up output stays in the L2 cache
+    let pdl = dev.pdl;
+    let variants = [
+        ("layer", 0, m, pdl),
+        ("layer+act", usize::MAX, m, pdl),
+        ("layer+act1row", 1, m, pdl),
+        ("layer+act noPDL", usize::MAX, m, false),
+        ("layer+act/2048", usize::MAX, 2048, pdl),
+    ];
+    for (what, act_rows, piece, with_pdl) in variants {
+        if piece > m || (piece == m && what.contains('/')) || (what.contains("PDL") && !pdl) {
+            continue;
+        }
+        dev.pdl = with_pdl;
+        let dv: &Dev = dev;
+        let ms = time(dv, cfg.reps, &mut || {
+            for e in 0..ne {
+                let mut at = 0;
+                while at < m {
+                    let rows = piece.min(m - at);
+                    let off = ((e * m + at) * d * 2) as u64;
+                    unit(dv, b, e, rows, b.x + off, b.y + off, act_rows)?;
+                    at += rows;
+                }
+            }
+            Ok(())
+        })?;
+        dev.pdl = pdl;
+        out.push(BenchRow {
+            path,
+            what,
+            m,
+            n: 3 * i,
+            k: d,
+            count: ne,
+            ms,
+            tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
+        });
+    }
+    out.push(act_alone(dev, b, cfg, path, "act alone")?);
+    // the grid its callers size (one item per thread), for comparison
+    let wave = std::mem::replace(&mut dev.act_wave, 0);
+    let caller = act_alone(dev, b, cfg, path, "act callergrid");
+    dev.act_wave = wave;
+    out.push(caller?);
+    Ok(out)
+}
+
+/// The activation alone over units of the layer's rows, reading cold
+/// gate_up output (the input rows' buffer stands in for it): ms per unit;
+/// `tflops` holds its memory throughput in TB/s instead.
+fn act_alone(
+    dev: &Dev,
+    b: &Bufs,
+    cfg: &BenchConfig,
+    path: GemmImpl,
+    what: &'static str,
+) -> Result<BenchRow, GpuError> {
+    let (m, i) = (cfg.layer_rows, b.i);
+    let units = (b.xrows * b.d / (m * 2 * i)).clamp(1, cfg.layer_experts);
+    let (_, bgu, _) = b.weights(0);
+    let ms = time(dev, cfg.reps, &mut || {
+        for u in 0..units {
+            let h = b.x + (u * m * 2 * i * 2) as u64;
+            let a = b.y + (u * m * i * 2) as u64;
+            act(dev, h, bgu, a, m, i)?;
+        }
+        Ok(())
+    })? / units as f64;
+    Ok(BenchRow {
+        path,
+        what,
+        m,
+        n: i,
+        k: 0,
+        count: units,
+        ms,
+        tflops: (m * 3 * i * 2) as f64 / ms / 1e9,
+    })
+}
+
+/// Run the benchmark on GPU 0.
+pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuError> {
+    if cfg.hidden % 8 != 0
+        || cfg.inter % 2 != 0
+        || cfg.hidden == 0
+        || cfg.inter == 0
+        || cfg.rows.contains(&0)
+        || cfg.layer_experts == 0
+        || cfg.layer_rows == 0
+        || cfg.reps == 0
+        || cfg.paths.is_empty()
+    {
+        return Err(GpuError::Input(
+            "gemm-bench needs D a positive multiple of 8, I positive and even, positive rows, experts and reps, and a GEMM path".into(),
+        ));
+    }
+    runtime::check_libraries()?;
+    if runtime::device_count()? == 0 {
+        return Err(GpuError::NoDevice);
+    }
+    let ccap = {
+        let ctx =
+            cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
+        ctx.compute_capability()
+            .map_err(|e| GpuError::Cuda(format!("{e:?}")))?
+    };
+    let ptx = runtime::compile_kernels(ccap)?;
+    let mut dev = Dev::new(0, &ptx)?;
+    let b = alloc(&mut dev, cfg)?;
+    let mut res = Bench {
+        card: dev.name.clone(),
+        tuned: Vec::new(),
+        rows: Vec::new(),
+        agree: Vec::new(),
+        tunings: Vec::new(),
+    };
+    for &path in &cfg.paths {
+        progress.status(&format!("GEMMs through {}", path.as_str()));
+        dev.set_gemm(path)?;
+        res.rows.extend(sweep(&mut dev, &b, cfg, path)?);
+        res.tuned.push((path, dev.gemm_tuned()));
+    }
+    if cfg.paths.contains(&GemmImpl::Lt) && cfg.paths.contains(&GemmImpl::Cublas) {
+        progress.status("lt against cublas on every GEMM form");
+        res.agree = agreement(&mut dev, &b, cfg.layer_rows)?;
+    }
+    res.tunings = dev.gemm_tune_log();
+    dev.sync()?;
+    Ok(res)
+}
+
+/// The forms of GEMM the replay issues (forward; backward dgrad, wgrad,
+/// wgrad accumulated), each through `cublas` and `lt` on the same inputs;
+/// the relative error of `lt`'s output against `cublas`'s.
+fn agreement(dev: &mut Dev, b: &Bufs, m: usize) -> Result<Vec<(&'static str, f64)>, GpuError> {
+    let (d, i) = (b.d, b.i);
+    let (wgu, _, _) = b.weights(0);
+    // the gate_up output serves as dH below: fill it once, through cublas
+    dev.set_gemm(GemmImpl::Cublas)?;
+    // SAFETY: x holds m rows of D, h m rows of 2I.
+    unsafe { dev.gemm_bf16(m, 2 * i, d, b.x, wgu, b.h)? };
+    type Form = (
+        &'static str,
+        usize,
+        usize,
+        usize,
+        (u64, usize, bool),
+        (u64, usize, bool),
+        usize,
+    );
+    #[rustfmt::skip]
+    let forms: [Form; 4] = [
+        ("forward gate_up", m, 2 * i, d, (b.x, d, false), (wgu, 2 * i, false), 1),
+        ("dgrad dX = dH.Wgu^T", m, d, 2 * i, (b.h, 2 * i, false), (wgu, 2 * i, true), 1),
+        ("wgrad dWgu = X^T.dH", d, 2 * i, m, (b.x, d, true), (b.h, 2 * i, false), 1),
+        ("wgrad, accumulated", d, 2 * i, m, (b.x, d, true), (b.h, 2 * i, false), 2),
+    ];
+    let mut out = Vec::new();
+    for (name, mm, n, k, x, w, times) in forms {
+        let mut got: Vec<Vec<u16>> = Vec::new();
+        for path in [GemmImpl::Cublas, GemmImpl::Lt] {
+            dev.set_gemm(path)?;
+            let mut host = vec![0u16; mm * n];
+            // SAFETY: y holds at least mm x n values (m x D or D x 2I, both
+            // within its xrows x D); the operands are sized as above.
+            unsafe {
+                for t in 0..times {
+                    let beta = if t == 0 { 0.0 } else { 1.0 };
+                    dev.gemm(mm, n, k, x, w, b.y, beta, super::runtime::Dt::Bf16)?;
+                }
+                dev.download(&mut host, b.y)?;
+            }
+            got.push(host);
+        }
+        let f = |u: u16| f64::from(f32::from_bits(u32::from(u) << 16));
+        let (mut num, mut den) = (0.0, 0.0);
+        for (r, l) in got[0].iter().zip(&got[1]) {
+            num += (f(*l) - f(*r)).powi(2);
+            den += f(*r).powi(2);
+        }
+        out.push((name, (num / den.max(f64::MIN_POSITIVE)).sqrt()));
+    }
+    Ok(out)
+}

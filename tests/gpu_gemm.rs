@@ -1,0 +1,123 @@
+//! The two GEMM paths (`--gemm cublas|lt`) end to end: without a GPU each
+//! command fails with one clear `no GPU` line; with one, a tiny replay
+//! through cuBLASLt (forward and training step) passes the dense fp32
+//! check, and `gemm-bench` finds every GEMM form of the replay agreeing
+//! between the two paths.
+
+use llep_trace::results::{read_results, Pass};
+use std::process::{Command, Output};
+
+fn bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_llep-trace"))
+}
+
+fn gpu_present() -> bool {
+    // SAFETY: only tries to dlopen the driver library.
+    let lib = unsafe { cudarc::driver::sys::is_culib_present() };
+    lib && std::env::var("LLEP_TRACE_SKIP_GPU_TESTS").is_err()
+}
+
+/// Without a GPU: exit 1, one error line saying so, no panic. Returns
+/// whether a GPU ran the command (which must then have succeeded).
+fn ran_on_gpu(o: &Output) -> bool {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if !gpu_present() {
+        assert_eq!(o.status.code(), Some(1), "{stderr}");
+        let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errs.len(), 1, "{stderr}");
+        assert!(errs[0].contains("no GPU"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        return false;
+    }
+    assert!(o.status.success(), "{stderr}");
+    true
+}
+
+#[test]
+fn replay_through_cublaslt_passes_the_dense_check_or_fails_cleanly() {
+    let dir = std::env::temp_dir().join(format!("llep-gemm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for pass in ["forward", "train"] {
+        let out = dir.join(format!("{pass}.parquet"));
+        let o = Command::new(bin())
+            .args(["replay", "--gpus", "1", "--tokens-per-rank", "256"])
+            .args(["--experts", "8", "--top-k", "2", "--hidden-size", "64"])
+            .args(["--intermediate-size", "32", "--runs", "2", "--warmup", "1"])
+            .args(["--synthetic", "balanced,95:1", "--ratio", "1.3"])
+            .args(["--min-gemm", "16", "--gemm", "lt", "--pass", pass])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        if !ran_on_gpu(&o) {
+            assert!(!out.exists());
+            continue;
+        }
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(stdout.contains("GEMMs through lt"), "{stdout}");
+        let rows = read_results(&out).unwrap().1;
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            assert_eq!(r.pass == Pass::Train, pass == "train");
+            let e = r.rel_error.expect("checked against the dense reference");
+            assert!(e < 1e-2, "relative error {e}");
+        }
+    }
+}
+
+#[test]
+fn gemm_bench_finds_the_paths_agreeing_or_fails_cleanly() {
+    let o = Command::new(bin())
+        .args(["gemm-bench", "--shape", "64:32", "--rows", "8,100"])
+        .args(["--layer-experts", "4", "--layer-rows", "64", "--reps", "2"])
+        .output()
+        .unwrap();
+    if !ran_on_gpu(&o) {
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let agree: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("lt vs cublas"))
+        .collect();
+    assert_eq!(agree.len(), 4, "{stdout}");
+    assert!(agree.iter().all(|l| l.ends_with(" ok")), "{stdout}");
+    // per path: 2 rows x 2 projections, the layer with and without the
+    // activation, the activation alone
+    for path in ["cublas ", "lt "] {
+        let mine: Vec<&str> = stdout.lines().filter(|l| l.starts_with(path)).collect();
+        for what in ["gate_up", "down", "layer ", "layer+act ", "act alone"] {
+            assert!(
+                mine.iter().any(|l| l.contains(what)),
+                "{path}{what}: {stdout}"
+            );
+        }
+        assert!(mine.len() >= 7, "{stdout}");
+    }
+}
+
+#[test]
+fn gemm_flag_rejects_an_unknown_path_before_any_gpu_work() {
+    let o = Command::new(bin())
+        .args(["replay", "--synthetic", "balanced", "--gemm", "cutlass"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("lt or cublas"), "{stderr}");
+    let o = Command::new(bin())
+        .args([
+            "replay",
+            "--synthetic",
+            "balanced",
+            "--gemm",
+            "lt",
+            "--warmup",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--warmup 1 or more"), "{stderr}");
+}
