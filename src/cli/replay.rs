@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use llep_trace::env;
 use llep_trace::gpu::rendezvous::{self, ProcessRank};
 use llep_trace::gpu::replicas::is_eplb;
-use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, ReplayConfig};
+use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, Overlap, ReplayConfig};
 use llep_trace::plan::{Arbiter, Gate, Policy};
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::results::{Pass, Source};
@@ -95,6 +95,43 @@ pub struct ReplayArgs {
     /// Write the rows (measured, plus simulated with --with-sim) here (Parquet).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub overlap: OverlapArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// The layer's schedule, for `replay` and `simulate` alike.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OverlapArgs {
+    /// on: dispatch, expert compute and combine pipelined in chunks, the
+    /// exchanges hidden under compute (below 16,384 rows on the busiest GPU
+    /// the layer stays sequential: it does not pay there); off: one phase
+    /// after the other. Phase times of a pipelined row are busy times; its
+    /// exposed communication is in t_exposed_comm_ms.
+    #[arg(long, value_enum, default_value = "on")]
+    pub overlap: OnOff,
+    /// Chunks of the pipelined schedule (2-8); 0 chooses by size (2, then 4
+    /// from 65,536 rows on the busiest GPU).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub overlap_chunks: u32,
+}
+
+impl OverlapArgs {
+    pub fn get(&self) -> anyhow::Result<Overlap> {
+        match (self.overlap, self.overlap_chunks) {
+            (OnOff::Off, 0) => Ok(Overlap::Off),
+            (OnOff::Off, _) => bail!("--overlap-chunks applies to --overlap on only"),
+            (OnOff::On, 1) => {
+                bail!("--overlap-chunks 1 is the sequential schedule; use --overlap off")
+            }
+            (OnOff::On, n) => Ok(Overlap::On(n as usize)),
+        }
+    }
 }
 
 /// How the ranks start (a launcher's process, or threads) and the nodes
@@ -251,6 +288,8 @@ fn render(rows: &[ResultRow]) -> String {
         "transfer",
         "compute",
         "combine",
+        "exposed",
+        "chunks",
         "max/mean",
         "loads after",
         "xfers",
@@ -290,6 +329,12 @@ fn render(rows: &[ResultRow]) -> String {
             ms(r.t_transfer_ms),
             ms(r.t_compute_ms),
             ms(r.t_combine_ms),
+            r.t_exposed_comm_ms.map_or("-".into(), ms),
+            if r.overlap {
+                r.overlap_chunks.to_string()
+            } else {
+                "off".into()
+            },
             format!("{:.2}", r.imbalance_ratio),
             r.loads_after
                 .iter()
@@ -332,6 +377,11 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let mgs = a.planner.min_gemms();
     if alphas.len() != 1 || mgs.len() != 1 {
         bail!("replay takes one --alpha and one --min-gemm");
+    }
+    let mut overlap = a.overlap.get()?;
+    if train && overlap != Overlap::Off {
+        p.status("--pass train: the backward runs on the sequential schedule; overlap off");
+        overlap = Overlap::Off;
     }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let (launch, nodes) = launch_and_nodes(&a, p)?;
@@ -420,6 +470,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
                 label: e.label(),
             })
             .collect(),
+        overlap,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -489,7 +540,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
         a.warmup,
         a.runs,
         render(&rows)

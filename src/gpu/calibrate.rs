@@ -719,6 +719,7 @@ fn calib_main(
         train: false,
         recompute: false,
         eplb: Vec::new(),
+        overlap: super::pipeline::Overlap::Off,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

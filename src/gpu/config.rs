@@ -71,4 +71,7 @@ pub struct ReplayConfig {
     /// EPLB settings the `eplb` and `eplb+llep` settings run under, each a
     /// row of its own.
     pub eplb: Vec<EplbReplay>,
+    /// The layer's schedule: sequential, or pipelined in chunks (forward
+    /// pass only; a training run keeps the sequential schedule).
+    pub overlap: super::pipeline::Overlap,
 }
