@@ -431,6 +431,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let arbiter: Option<Arc<dyn Arbiter>> = if policies.contains(&Policy::LlepAuto) {
         let mut profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
         profile.nodes = nodes as u32;
+        profile.overlap = overlap;
         p.status(&format!(
             "llep-auto decides with profile {}",
             profile.label()

@@ -128,31 +128,11 @@ fn chunk_of(bounds: &[u64], row: u64) -> usize {
     bounds[1..bounds.len() - 1].partition_point(|&b| b <= row)
 }
 
-/// Where GPU `rl`'s compute rows are cut into `chunks` near-equal chunks:
-/// at a group boundary when one lies within a quarter chunk of the even
-/// cut (a whole group is one GEMM), else at the even cut rounded down to
-/// `align` rows.
+/// Where GPU `rl`'s compute rows are cut into `chunks` chunks
+/// ([`crate::gpu::pipeline::cuts`] over its groups).
 fn cut_points(rl: &RankLayout, chunks: usize, align: u64) -> Vec<u64> {
-    let rows = rl.compute_rows;
-    let step = rows as f64 / chunks as f64;
-    let mut b = vec![0u64];
-    for c in 1..chunks {
-        let even = (step * c as f64) as u64;
-        let near = rl
-            .groups
-            .iter()
-            .map(|g| g.row)
-            .filter(|&r| r > 0)
-            .min_by_key(|&r| r.abs_diff(even));
-        let cut = match near {
-            Some(r) if (r.abs_diff(even) as f64) <= step / 4.0 => r,
-            _ => even / align.max(1) * align.max(1),
-        };
-        let prev = *b.last().unwrap_or(&0);
-        b.push(cut.clamp(prev, rows));
-    }
-    b.push(rows);
-    b
+    let starts: Vec<u64> = rl.groups.iter().map(|g| g.row).collect();
+    super::pipeline::cuts(&starts, rl.compute_rows, chunks, align)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -26,9 +26,10 @@ pub const ALIGN: u64 = 128;
 pub const MIN_ROWS: u64 = 16_384;
 
 /// The layer's schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Overlap {
     /// Dispatch, compute and combine one after the other.
+    #[default]
     Off,
     /// Pipelined in this many chunks; 0 chooses by size ([`auto_chunks`]).
     On(usize),
@@ -55,6 +56,33 @@ pub fn chunks(overlap: Overlap, rows: u64, gpus: usize) -> usize {
         Overlap::On(0) => auto_chunks(rows),
         Overlap::On(n) => n.min(MAX_CHUNKS),
     }
+}
+
+/// Where `rows` compute rows whose groups start at `starts` are cut into
+/// `chunks` near-equal chunks (`chunks + 1` bounds, 0 first, `rows` last):
+/// at a group start when one lies within a quarter chunk of the even cut
+/// (a whole group stays one GEMM), else at the even cut rounded down to
+/// `align` rows. The cost model cuts its groups the same way.
+pub fn cuts(starts: &[u64], rows: u64, chunks: usize, align: u64) -> Vec<u64> {
+    let step = rows as f64 / chunks as f64;
+    let align = align.max(1);
+    let mut b = vec![0u64];
+    for c in 1..chunks {
+        let even = (step * c as f64) as u64;
+        let near = starts
+            .iter()
+            .copied()
+            .filter(|&r| r > 0)
+            .min_by_key(|&r| r.abs_diff(even));
+        let cut = match near {
+            Some(r) if (r.abs_diff(even) as f64) <= step / 4.0 => r,
+            _ => even / align * align,
+        };
+        let prev = *b.last().unwrap_or(&0);
+        b.push(cut.clamp(prev, rows));
+    }
+    b.push(rows);
+    b
 }
 
 /// [`chunks`] for a built layout.
