@@ -42,6 +42,8 @@ for c in 2 6; do
   step on$c-32k 25 replay -q --gpus $G --synthetic balanced,30:4 --policy llep $GPT --overlap-chunks $c \
     --runs 6 --warmup 2 --out /tmp/ov/on$c.parquet
 done
+step on-normalprio 25 replay -q --gpus $G --synthetic balanced,30:4 --policy llep $GPT --overlap on \
+  --overlap-normal-priority --runs 6 --warmup 2 --out /tmp/ov/normalprio.parquet
 # fewer NCCL channels: fewer SMs taken from the GEMMs while exchanges run
 for nch in 8; do
   NCCL_MAX_NCHANNELS=$nch step on-nch$nch 25 replay -q --gpus $G --synthetic balanced,30:4 --policy llep $GPT \

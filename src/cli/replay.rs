@@ -97,6 +97,10 @@ pub struct ReplayArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub overlap: OverlapArgs,
+    /// Pipelined schedule: run the token exchange's stream at normal
+    /// priority instead of high (for measuring what the priority buys).
+    #[arg(long, hide = true)]
+    pub overlap_normal_priority: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -472,6 +476,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             })
             .collect(),
         overlap,
+        net_priority: !a.overlap_normal_priority,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {

@@ -720,6 +720,7 @@ fn calib_main(
         recompute: false,
         eplb: Vec::new(),
         overlap: super::pipeline::Overlap::Off,
+        net_priority: false,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

@@ -224,6 +224,32 @@ impl Worker<'_> {
     }
 }
 
+/// Give the token exchange a high-priority stream (the pipelined schedule
+/// only): its kernels then take SMs as the running GEMM's blocks retire
+/// instead of queueing behind all of them, so a round is not stretched to
+/// the end of the GEMM it overlaps.
+pub(super) fn prioritise_net(dev: &mut super::runtime::Dev) -> Result<(), GpuError> {
+    use cudarc::driver::sys as ds;
+    let (mut least, mut greatest) = (0i32, 0i32);
+    let mut s: ds::CUstream = std::ptr::null_mut();
+    // SAFETY: the device's context is current on this thread; the old net
+    // stream is idle (nothing queued yet) and replaced before any use.
+    unsafe {
+        let r = ds::cuCtxGetStreamPriorityRange(&mut least, &mut greatest);
+        if r != ds::cudaError_enum::CUDA_SUCCESS {
+            return Err(GpuError::Cuda(format!("cuCtxGetStreamPriorityRange: {r:?}")));
+        }
+        let flags = ds::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
+        let r = ds::cuStreamCreateWithPriority(&mut s, flags, greatest);
+        if r != ds::cudaError_enum::CUDA_SUCCESS {
+            return Err(GpuError::Cuda(format!("cuStreamCreateWithPriority: {r:?}")));
+        }
+        let _ = ds::cuStreamDestroy_v2(dev.net);
+    }
+    dev.net = s;
+    Ok(())
+}
+
 /// Address of entry `i` of a segment table at `segs`.
 fn seg_at(segs: u64, i: i32) -> u64 {
     segs + i as u64 * std::mem::size_of::<CopySeg>() as u64

@@ -146,7 +146,10 @@ impl<'a> Worker<'a> {
         ptx: &cudarc::nvrtc::Ptx,
         cfg: &'a ReplayConfig,
     ) -> Result<Self, GpuError> {
-        let dev = Dev::new(ordinal, ptx)?;
+        let mut dev = Dev::new(ordinal, ptx)?;
+        if cfg.overlap != super::pipeline::Overlap::Off && cfg.net_priority {
+            super::pipeline::prioritise_net(&mut dev)?;
+        }
         let comm = Comm::init(world, rank, &ids[0])?;
         let xcomm = Comm::init(world, rank, &ids[1])?;
         Ok(Worker {
