@@ -237,7 +237,9 @@ pub(super) fn prioritise_net(dev: &mut super::runtime::Dev) -> Result<(), GpuErr
     unsafe {
         let r = ds::cuCtxGetStreamPriorityRange(&mut least, &mut greatest);
         if r != ds::cudaError_enum::CUDA_SUCCESS {
-            return Err(GpuError::Cuda(format!("cuCtxGetStreamPriorityRange: {r:?}")));
+            return Err(GpuError::Cuda(format!(
+                "cuCtxGetStreamPriorityRange: {r:?}"
+            )));
         }
         let flags = ds::CUstream_flags::CU_STREAM_NON_BLOCKING as u32;
         let r = ds::cuStreamCreateWithPriority(&mut s, flags, greatest);
