@@ -7,11 +7,14 @@ pipelined rows. Usage: overlap_table.py RESULTS.parquet [TWINS.parquet]"""
 import sys
 import pandas as pd
 
-rows = pd.concat([pd.read_parquet(f) for f in sys.argv[1:]], ignore_index=True)
+rows = pd.read_parquet(sys.argv[1])
 if 'file' not in rows:
     rows['file'] = ''
 m = rows[rows.source == 'measured']
-s = rows[rows.source == 'simulated']
+# twins: from the second file when given (e.g. `compare --out`), else the
+# simulated rows beside the measured ones
+s = pd.read_parquet(sys.argv[2]) if len(sys.argv) > 2 else rows
+s = s[s.source == 'simulated']
 key = ['scenario', 'policy', 'tokens_per_rank']
 
 

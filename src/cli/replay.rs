@@ -119,7 +119,7 @@ pub struct OverlapArgs {
     /// exposed communication is in t_exposed_comm_ms.
     #[arg(long, value_enum, default_value = "on")]
     pub overlap: OnOff,
-    /// Chunks of the pipelined schedule (2-8); 0 chooses by size (2, then 4
+    /// Chunks of the pipelined schedule (2-8); 0 chooses by size (2, then 6
     /// from 65,536 rows on the busiest GPU).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
     pub overlap_chunks: u32,

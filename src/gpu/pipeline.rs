@@ -2,15 +2,18 @@
 //! layer's compute rows cut into chunks (`layout::Layout::chunk`), chunk
 //! `c + 1` dispatched while chunk `c` computes and chunk `c`'s results sent
 //! home while chunk `c + 1` computes. Every token exchange is issued on the
-//! one `net` stream and token communicator in a fixed order (d0, d1, c0,
-//! d2, c1, ..., the same on every rank, as NCCL needs), joined to the main
-//! stream by events; weight transfers keep their own stream and
-//! communicator. Also the rule choosing the chunk count, shared with the
+//! one `net` stream and token communicator in a fixed order (all dispatch
+//! rounds d0, d1, ..., then the combines c0, c1, ..., each once its chunk
+//! is computed; the same on every rank, as NCCL needs), joined to the main
+//! stream by events, and each remote piece moves straight between the send
+//! buffer and its compute rows (no copy kernel beside the GEMMs); weight
+//! transfers keep their own stream and communicator. Also the rule choosing the chunk count, shared with the
 //! cost model so that `simulate` prices the schedule the replay runs.
 
 use super::layout::Layout;
-use super::phases::{CaseBufs, LayoutBufs, Ranges, Remote};
-use super::worker::{CopySeg, Worker, E_PACKED, E_RETURNED};
+use super::phases::{CaseBufs, LayoutBufs};
+use super::runtime::Comm;
+use super::worker::{Worker, E_PACKED, E_RETURNED};
 use super::GpuError;
 
 /// Most chunks a layer is cut into (events are made for this many).
@@ -36,14 +39,16 @@ pub enum Overlap {
 }
 
 /// Chunks chosen by size for a layer whose busiest GPU computes `rows`
-/// rows: 1 (no pipeline) below [`MIN_ROWS`], then 2, and 4 from 4x that.
+/// rows: 1 (no pipeline) below [`MIN_ROWS`], then 2, and 6 from 4x that
+/// (on 4 x H200 at 131,072 rows, 6 chunks beat 4 and 2: the first
+/// dispatch and the last combine, left exposed, shrink with the chunks).
 pub fn auto_chunks(rows: u64) -> usize {
     if rows < MIN_ROWS {
         1
     } else if rows < 4 * MIN_ROWS {
         2
     } else {
-        4
+        6
     }
 }
 
@@ -103,6 +108,71 @@ pub(super) const CE: usize = 4;
 pub(super) const CQ: usize = 5;
 pub(super) const CR: usize = 6;
 
+/// One point-to-point operation of an exchange round.
+#[derive(Debug, Clone, Copy)]
+struct Op {
+    send: bool,
+    peer: usize,
+    ptr: u64,
+    bytes: usize,
+}
+
+/// Every round's operations on this rank, dispatch and combine, per chunk.
+/// Each remote piece moves on its own: sent from the send buffer straight
+/// into its compute rows, its results sent from the compute rows straight
+/// back to the send buffer, so no copy kernel runs beside the GEMMs. Both
+/// sides list a pair's pieces in the layout's order, as NCCL pairs them.
+struct Rounds {
+    dispatch: Vec<Vec<Op>>,
+    combine: Vec<Vec<Op>>,
+}
+
+fn rounds(lay: &Layout, r: usize, send: u64, comp: u64, rb: u64) -> Rounds {
+    let n = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
+    let mut out = Rounds {
+        dispatch: vec![Vec::new(); n],
+        combine: vec![Vec::new(); n],
+    };
+    for pc in lay.pieces.iter().filter(|pc| pc.src != pc.dst) {
+        let (s, d) = (pc.src as usize, pc.dst as usize);
+        if s != r && d != r {
+            continue;
+        }
+        let c = lay.chunks[d].of(pc.comp_row);
+        let bytes = (pc.rows() * rb) as usize;
+        let at_send = send + pc.send_row * rb;
+        let at_comp = comp + pc.comp_row * rb;
+        if s == r {
+            out.dispatch[c].push(Op {
+                send: true,
+                peer: d,
+                ptr: at_send,
+                bytes,
+            });
+            out.combine[c].push(Op {
+                send: false,
+                peer: d,
+                ptr: at_send,
+                bytes,
+            });
+        } else {
+            out.dispatch[c].push(Op {
+                send: false,
+                peer: s,
+                ptr: at_comp,
+                bytes,
+            });
+            out.combine[c].push(Op {
+                send: true,
+                peer: s,
+                ptr: at_comp,
+                bytes,
+            });
+        }
+    }
+    out
+}
+
 impl Worker<'_> {
     /// The pipelined layer after planning: pack everything once, then the
     /// rounds; ends as the sequential schedule does (`combine_rows`).
@@ -111,7 +181,6 @@ impl Worker<'_> {
         lay: &Layout,
         cb: &CaseBufs,
         lb: &LayoutBufs,
-        remote: &Remote,
         copies: usize,
         t: usize,
     ) -> Result<(), GpuError> {
@@ -120,16 +189,17 @@ impl Worker<'_> {
         let cr = &lay.chunks[r];
         let rl = &lay.ranks[r];
         let n = cr.bounds.len() - 1;
+        let ops = rounds(lay, r, lb.send, lb.comp, self.rb());
         self.pack(cb, lb, copies)?;
         self.dev.wait(net, &self.ev[E_PACKED])?;
-        self.round(lay, lb, remote, 0, true)?;
+        // every dispatch round first: rows arrive as early as the link
+        // allows, and a chunk that waits (on its weights, on a slow peer)
+        // never holds back the next chunk's rows behind its combine
+        for c in 0..n {
+            self.round(&ops.dispatch[c], c, true)?;
+        }
         let mut waited = false;
         for c in 0..n {
-            // the host issues in stream order: the next dispatch goes on
-            // the net stream before this chunk's combine waits on compute
-            if c + 1 < n {
-                self.round(lay, lb, remote, c + 1, true)?;
-            }
             self.dev.wait(main, &self.pev[c * PE + DE])?;
             self.pev[c * PE + CS].record(main)?;
             let units = self.units_in(lay, r, cr.bounds[c], cr.bounds[c + 1]);
@@ -145,61 +215,41 @@ impl Worker<'_> {
                 &mut waited,
             )?;
             self.pev[c * PE + CC].record(main)?;
-            let part = remote.parts[c];
-            if part.rows > 0 {
-                // SAFETY: the chunk's entries of the table, rows in comp
-                // and recv.
-                unsafe {
-                    self.copy_rows(seg_at(lb.segs_out, part.first), part.nseg, part.rows, main)?
-                };
-            }
             self.pev[c * PE + CE].record(main)?;
-            self.round(lay, lb, remote, c, false)?;
+            self.round(&ops.combine[c], c, false)?;
         }
         self.ev[E_RETURNED].record(net)?;
         self.dev.wait(main, &self.ev[E_RETURNED])?;
         self.combine_rows(cb, t)
     }
 
-    /// Exchange round `c` on the net stream: a dispatch (then its received
-    /// rows placed into the compute buffer), or a combine once chunk `c`'s
-    /// results are copied out.
-    fn round(
-        &self,
-        lay: &Layout,
-        lb: &LayoutBufs,
-        remote: &Remote,
-        c: usize,
-        dispatch: bool,
-    ) -> Result<(), GpuError> {
+    /// Exchange round `c` on the net stream: a dispatch, or a combine once
+    /// chunk `c`'s results are in its compute rows.
+    fn round(&self, ops: &[Op], c: usize, dispatch: bool) -> Result<(), GpuError> {
         let net = self.dev.net;
-        let cr = &lay.chunks[self.rank];
-        let x = Ranges {
-            send_rows: &cr.send_rows[c],
-            send_off: &cr.send_off[c],
-            recv_rows: &cr.recv_rows[c],
-            recv_off: &cr.recv_off[c],
-        };
-        let rb = self.rb();
         if dispatch {
             self.pev[c * PE + DS].record(net)?;
-            self.exchange_ranges(&x, lb.send, lb.recv, rb, net, true)?;
-            let part = remote.parts[c];
-            if part.rows > 0 {
-                // SAFETY: the chunk's entries of the table, rows in recv
-                // and comp.
-                unsafe {
-                    self.copy_rows(seg_at(lb.segs_in, part.first), part.nseg, part.rows, net)?
-                };
-            }
-            self.pev[c * PE + DE].record(net)?;
         } else {
             self.dev.wait(net, &self.pev[c * PE + CE])?;
             self.pev[c * PE + CQ].record(net)?;
-            self.exchange_ranges(&x, lb.send, lb.recv, rb, net, false)?;
-            self.pev[c * PE + CR].record(net)?;
         }
-        Ok(())
+        Comm::group_start()?;
+        // SAFETY: every pointer is a piece's rows inside send or comp
+        // (sized by the layout); the peer posts the matching operation
+        // for the same piece, in the same order.
+        let res = (|| unsafe {
+            for o in ops {
+                if o.send {
+                    self.comm.send(o.ptr, o.bytes, o.peer, net)?;
+                } else {
+                    self.comm.recv(o.ptr, o.bytes, o.peer, net)?;
+                }
+            }
+            Ok(())
+        })();
+        Comm::group_end()?;
+        res?;
+        self.pev[c * PE + if dispatch { DE } else { CR }].record(net)
     }
 
     /// Busy times (ms) of a pipelined run just finished: dispatch (pack and
@@ -252,11 +302,6 @@ pub(super) fn prioritise_net(dev: &mut super::runtime::Dev) -> Result<(), GpuErr
     Ok(())
 }
 
-/// Address of entry `i` of a segment table at `segs`.
-fn seg_at(segs: u64, i: i32) -> u64 {
-    segs + i as u64 * std::mem::size_of::<CopySeg>() as u64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +311,7 @@ mod tests {
         assert_eq!(chunks(Overlap::Off, 1 << 20, 4), 1);
         assert_eq!(chunks(Overlap::On(0), MIN_ROWS - 1, 4), 1);
         assert_eq!(chunks(Overlap::On(0), MIN_ROWS, 4), 2);
-        assert_eq!(chunks(Overlap::On(0), 131_072, 4), 4);
+        assert_eq!(chunks(Overlap::On(0), 131_072, 4), 6);
         assert_eq!(chunks(Overlap::On(3), 10, 4), 3);
         assert_eq!(chunks(Overlap::On(99), 10, 4), MAX_CHUNKS);
         assert_eq!(chunks(Overlap::On(4), 1 << 20, 1), 1);

@@ -2,14 +2,14 @@
 //! the layer's compute rows cut into chunks as replay cuts them, chunk
 //! `c + 1` dispatched while chunk `c` computes and chunk `c`'s results
 //! sent home while chunk `c + 1` computes, every exchange round on one
-//! stream in replay's order (d0, d1, c0, d2, c1, ...).
+//! stream in replay's order (all dispatch rounds, then the combines).
 //!
-//! After planning, the layer takes: the pack, the first dispatch round,
-//! then per chunk the longer of its compute and the rounds the net stream
-//! runs meanwhile (the previous chunk's combine and the next chunk's
-//! dispatch), the last combine round and the weighted sum. Exchange rounds
-//! couple the GPUs, so each stage takes the busiest GPU's terms. A chunk
-//! with foreign groups starts once the weights are in. Compute is priced
+//! After planning, the layer takes: the pack, then each GPU computes chunk
+//! `c` once its dispatch round is in (and, for foreign groups, its weights),
+//! slowed by the exchange running beside it ([`COMM_DRAG`]); chunk `c`'s
+//! combine round follows once every GPU computed it; then the weighted sum.
+//! Exchange rounds couple the GPUs: each starts when the last GPU is ready
+//! and takes the slowest GPU's time. Compute is priced
 //! per chunk through the same group pricer as the sequential model, so
 //! groups cut by a chunk boundary pay the smaller GEMMs' efficiency.
 //! The sequential model (`cost`) keeps `--overlap off`.
@@ -46,8 +46,10 @@ pub struct Pipelined {
 }
 
 /// Fraction of the communication running beside a GEMM that the GEMM
-/// loses (NCCL's kernels take SMs and memory bandwidth).
-pub const COMM_DRAG: f64 = 0.0;
+/// loses: NCCL's kernels move the rows with SMs, taken from the GEMMs.
+/// Measured on 4 x H200 (gpt-oss layer, 32,768 tokens per GPU): expert
+/// compute grew by about 0.43 ms per ms of exchange it overlapped.
+pub const COMM_DRAG: f64 = 0.43;
 
 /// Launches per exchange round (the grouped send/recv and the copy).
 const ROUND_LAUNCHES: f64 = 2.0;
@@ -141,27 +143,34 @@ pub fn price(plan: &Plan, chunks: usize, pricer: &GroupPricer<'_>, comm: &[GpuCo
         })
         .fold(0.0, f64::max);
     let pack = |g: usize| comm.get(g).map_or(0.0, |c| c.copy_ms);
-    // each GPU's main stream, and the one order of rounds
+    // each GPU's main stream, and the one order of rounds: every dispatch,
+    // then the combines
     let mut main: Vec<f64> = (0..p).map(pack).collect();
-    let mut net = main.iter().copied().fold(0.0, f64::max) + round;
-    let mut arrived = vec![0.0f64; chunks];
-    arrived[0] = net;
+    let start = main.iter().copied().fold(0.0, f64::max);
+    let arrived: Vec<f64> = (1..=chunks).map(|c| start + c as f64 * round).collect();
+    // the net stream's busy intervals so far
+    let mut busy: Vec<(f64, f64)> = (0..chunks)
+        .map(|c| (arrived[c] - round, arrived[c]))
+        .collect();
+    let mut net = start + cf * round;
     for c in 0..chunks {
-        if c + 1 < chunks {
-            net += round;
-            arrived[c + 1] = net;
-        }
-        let rounds = [c + 1 < chunks, c > 0].iter().filter(|&&x| x).count() as f64;
         for (g, m) in main.iter_mut().enumerate() {
             let (k, foreign) = per_gpu[g][c];
-            let mut start = m.max(arrived[c]);
+            let mut at = m.max(arrived[c]);
             if foreign {
-                start = start.max(comm.get(g).map_or(0.0, |c| c.transfer_ms));
+                at = at.max(comm.get(g).map_or(0.0, |c| c.transfer_ms));
             }
-            *m = start + k + COMM_DRAG * (rounds * round).min(k);
+            // the exchange running beside this chunk's GEMMs
+            let beside: f64 = busy
+                .iter()
+                .map(|&(a, b)| (b.min(at + k) - a.max(at)).max(0.0))
+                .sum();
+            *m = at + k + COMM_DRAG * beside;
         }
-        // this chunk's combine round once every GPU's results are out
-        net = net.max(main.iter().copied().fold(0.0, f64::max)) + round;
+        // this chunk's combine round once every GPU's results are in
+        let from = net.max(main.iter().copied().fold(0.0, f64::max));
+        net = from + round;
+        busy.push((from, net));
     }
     let end = (0..p)
         .map(|g| main[g].max(net) + pack(g))
@@ -220,8 +229,10 @@ mod tests {
             assert!((o.compute_ms - seq_compute).abs() < 1e-9);
             // exposed: pack + one round each way + the sum, at least
             assert!(o.after_overhead_ms >= seq_compute + 0.6 + 2.0 * 2.3 / chunks as f64);
+            // the drag of the exchange on the GEMMs is less than the
+            // exchange it hides
             assert!(
-                o.after_overhead_ms < seq - 2.0,
+                o.after_overhead_ms < seq - 0.5,
                 "{} vs {seq}",
                 o.after_overhead_ms
             );
@@ -278,7 +289,7 @@ mod tests {
         let pl = plan(&vec![4096; 128], 4, Policy::Ep);
         assert_eq!(chunks(&prof, &pl), 1);
         prof.overlap = Overlap::On(0);
-        assert_eq!(chunks(&prof, &pl), 4);
+        assert_eq!(chunks(&prof, &pl), 6);
         prof.overlap = Overlap::On(3);
         assert_eq!(chunks(&prof, &pl), 3);
     }
