@@ -306,6 +306,84 @@ pub(super) fn prioritise_net(dev: &mut super::runtime::Dev) -> Result<(), GpuErr
 mod tests {
     use super::*;
 
+    /// Every rank's rounds pair up with its peers' (same sizes in the same
+    /// order per pair, as NCCL matches them), and a GPU's dispatch receives
+    /// tile its remote compute rows exactly once.
+    #[test]
+    fn rounds_pair_up_and_cover_the_remote_rows() {
+        use crate::plan::{Gate, PlanParams, Planner, Policy};
+        use crate::trace::tokens::SplitMix64;
+        let mut rng = SplitMix64::new(5);
+        for case in 0..60 {
+            let p = [2usize, 4, 8][case % 3];
+            let n = p * 4;
+            let mut per_rank = vec![0u64; p * n];
+            let hot = rng.below(n as u64) as usize;
+            for (i, v) in per_rank.iter_mut().enumerate() {
+                let b = rng.below(80);
+                *v = if i % n == hot { b * 25 } else { b };
+            }
+            let global: Vec<u64> = (0..n)
+                .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+                .collect();
+            let params = PlanParams {
+                gpus: p,
+                alpha: 1.0,
+                min_gemm: 16,
+                gate: Gate::Always,
+            };
+            let policy = if case % 2 == 0 {
+                Policy::Ep
+            } else {
+                Policy::Llep
+            };
+            let plan = Planner::new().plan(&global, &params, policy).unwrap();
+            let mut lay = crate::gpu::layout::build(&plan, &per_rank).unwrap();
+            let chunks = 2 + case % 5;
+            lay.chunk(chunks, 8);
+            let (send, comp, rb) = (1u64 << 40, 1u64 << 50, 16u64);
+            let all: Vec<Rounds> = (0..p).map(|r| rounds(&lay, r, send, comp, rb)).collect();
+            for c in 0..chunks {
+                for r in 0..p {
+                    for q in (0..p).filter(|&q| q != r) {
+                        let sizes = |ops: &[Op], send: bool, peer: usize| -> Vec<usize> {
+                            ops.iter()
+                                .filter(|o| o.send == send && o.peer == peer)
+                                .map(|o| o.bytes)
+                                .collect()
+                        };
+                        assert_eq!(
+                            sizes(&all[r].dispatch[c], true, q),
+                            sizes(&all[q].dispatch[c], false, r)
+                        );
+                        assert_eq!(
+                            sizes(&all[r].combine[c], true, q),
+                            sizes(&all[q].combine[c], false, r)
+                        );
+                    }
+                }
+            }
+            for (r, rl) in lay.ranks.iter().enumerate() {
+                let mut got: Vec<(u64, u64)> = all[r]
+                    .dispatch
+                    .iter()
+                    .flatten()
+                    .filter(|o| !o.send)
+                    .map(|o| ((o.ptr - comp) / rb, o.bytes as u64 / rb))
+                    .collect();
+                got.sort();
+                let mut want: Vec<(u64, u64)> = lay
+                    .remote_in(r)
+                    .map(|pc| (pc.comp_row, pc.rows()))
+                    .collect();
+                want.sort();
+                assert_eq!(got, want);
+                let recv: u64 = got.iter().map(|g| g.1).sum();
+                assert_eq!(recv, rl.recv_total);
+            }
+        }
+    }
+
     #[test]
     fn chunk_counts_follow_size_and_setting() {
         assert_eq!(chunks(Overlap::Off, 1 << 20, 4), 1);
