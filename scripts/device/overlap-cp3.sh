@@ -1,7 +1,7 @@
 #!/bin/bash
 # Issue 15 part 2 (overlap15), checkpoint 3: the pipelined schedule
-# (--overlap on: all dispatch rounds first, pieces exchanged straight into
-# compute rows, exchange stream at high priority, 6 chunks by size) against
+# (--overlap on: all dispatch rounds first, one range per peer and round,
+# 6 chunks by size) against
 # the sequential one on the gpt-oss-120b layer, 4 GPUs; chunk counts, the
 # stream priority and small batches. Run from the repo root:
 # timeout 180 bash .dev-gpu/overlap15/run.sh (binary beside it).
@@ -38,8 +38,8 @@ for c in 4 8; do
   step on$c-32k 25 replay -q --gpus $G --synthetic balanced,30:4,95:4 --policy llep $GPT --overlap-chunks $c \
     --runs 6 --warmup 2 --out /tmp/ov/on$c.parquet
 done
-step on-normalprio 25 replay -q --gpus $G --synthetic balanced,30:4,95:4 --policy llep $GPT --overlap on \
-  --overlap-normal-priority --runs 6 --warmup 2 --out /tmp/ov/normalprio.parquet
+step on-highprio 25 replay -q --gpus $G --synthetic balanced,30:4,95:4 --policy llep $GPT --overlap on \
+  --overlap-high-priority --runs 6 --warmup 2 --out /tmp/ov/highprio.parquet
 for t in 8192 4096 2048; do
   step on2-$t 20 replay -q --gpus $G --tokens-per-rank $t --synthetic balanced,30:4 --policy llep $GPT \
     --overlap-chunks 2 --runs 6 --warmup 2 --out /tmp/ov/s$t-on2.parquet

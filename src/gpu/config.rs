@@ -74,6 +74,7 @@ pub struct ReplayConfig {
     /// The layer's schedule: sequential, or pipelined in chunks (forward
     /// pass only; a training run keeps the sequential schedule).
     pub overlap: super::pipeline::Overlap,
-    /// With overlap: the token exchange's stream at high priority.
+    /// With overlap: the token exchange's stream at high priority (off by
+    /// default: not faster where measured).
     pub net_priority: bool,
 }

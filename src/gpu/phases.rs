@@ -14,6 +14,15 @@ use super::{Gate, GpuError};
 use crate::plan::{Plan, PlanParams, Policy};
 use cudarc::nccl::sys::ncclDataType_t;
 
+/// Per-peer exchange ranges (rows, first row) of the send and receive
+/// buffers.
+pub(super) struct Ranges<'a> {
+    pub(super) send_rows: &'a [u64],
+    pub(super) send_off: &'a [u64],
+    pub(super) recv_rows: &'a [u64],
+    pub(super) recv_off: &'a [u64],
+}
+
 /// A run of rows of one group computed by one GEMM pair.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Unit {
@@ -57,9 +66,19 @@ pub(super) struct LayoutBufs {
 }
 
 /// The remote copies the segment tables move: table entries and rows.
-struct Remote {
+pub(super) struct Remote {
     nseg: i32,
     rows: i64,
+    /// Per pipeline chunk (one without overlap): its entries of the tables
+    /// (first, count) and its rows, numbered from 0 within the chunk.
+    pub(super) parts: Vec<SegPart>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SegPart {
+    pub(super) first: i32,
+    pub(super) nseg: i32,
+    pub(super) rows: i64,
 }
 
 impl Worker<'_> {
@@ -87,7 +106,7 @@ impl Worker<'_> {
             self.expert_compute(&lay, &lb, cb.native)?;
             self.combine(&lay, &cb, &lb, &remote, t)?;
         } else {
-            self.pipelined(&lay, &cb, &lb, copies, t)?;
+            self.pipelined(&lay, &cb, &lb, &remote, copies, t)?;
         }
         let has_g = if self.cfg.train {
             self.backward(&lay, copies, t, remote.nseg, remote.rows)?
@@ -280,8 +299,18 @@ impl Worker<'_> {
         let mut sin = Vec::new();
         let mut sout = Vec::new();
         let mut syin = Vec::new();
-        let mut v = 0i64;
-        for pc in lay.remote_in(r) {
+        // without chunks one part numbers all rows, as the copy kernels
+        // always did; with them each chunk's rows start at 0
+        let nparts = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
+        let mut parts = vec![SegPart::default(); nparts];
+        for (i, pc) in lay.remote_in(r).enumerate() {
+            let part = &mut parts[lay.chunks.get(r).map_or(0, |c| c.of(pc.comp_row))];
+            if part.nseg == 0 {
+                part.first = i as i32;
+            }
+            part.nseg += 1;
+            let v = part.rows;
+            part.rows += pc.rows() as i64;
             let (a, b) = (recv + pc.recv_row * rb, comp + pc.comp_row * rb);
             let len = pc.rows() as i64;
             sin.push(CopySeg {
@@ -303,9 +332,8 @@ impl Worker<'_> {
                 src: a,
                 dst: y,
             });
-            v += len;
         }
-        let remote_rows = v;
+        let remote_rows: i64 = parts.iter().map(|p| p.rows).sum();
         // SAFETY: table buffers sized by `ensure` for these lengths.
         unsafe {
             self.dev.upload(packsegs, &segs)?;
@@ -320,6 +348,7 @@ impl Worker<'_> {
         Ok(Remote {
             nseg: sin.len() as i32,
             rows: remote_rows,
+            parts,
         })
     }
 
@@ -526,24 +555,30 @@ impl Worker<'_> {
         s: cudarc::driver::sys::CUstream,
         dispatch: bool,
     ) -> Result<(), GpuError> {
+        let ranges = Ranges {
+            send_rows: &rl.send_rows,
+            send_off: &rl.send_off,
+            recv_rows: &rl.recv_rows,
+            recv_off: &rl.recv_off,
+        };
+        self.exchange_ranges(&ranges, send, recv, rb, s, dispatch)
+    }
+
+    /// The token exchange of [`Self::exchange`] over the given per-peer
+    /// ranges (the whole layer's, or one pipeline chunk's).
+    pub(super) fn exchange_ranges(
+        &self,
+        x: &Ranges<'_>,
+        send: u64,
+        recv: u64,
+        rb: u64,
+        s: cudarc::driver::sys::CUstream,
+        dispatch: bool,
+    ) -> Result<(), GpuError> {
         let (out_buf, in_buf, out_rows, out_off, in_rows, in_off) = if dispatch {
-            (
-                send,
-                recv,
-                &rl.send_rows,
-                &rl.send_off,
-                &rl.recv_rows,
-                &rl.recv_off,
-            )
+            (send, recv, x.send_rows, x.send_off, x.recv_rows, x.recv_off)
         } else {
-            (
-                recv,
-                send,
-                &rl.recv_rows,
-                &rl.recv_off,
-                &rl.send_rows,
-                &rl.send_off,
-            )
+            (recv, send, x.recv_rows, x.recv_off, x.send_rows, x.send_off)
         };
         Comm::group_start()?;
         // SAFETY: offsets and sizes from the layout, mirrored on the peers;

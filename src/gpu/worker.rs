@@ -276,15 +276,7 @@ impl<'a> Worker<'a> {
         let held = self.act_rows_held(rl);
         let mut v = vec![
             (BufKind::Send, rl.send_total as usize * rb),
-            // the pipelined schedule receives straight into compute rows
-            (
-                BufKind::Recv,
-                if lay.chunks.is_empty() {
-                    rl.recv_total as usize * rb
-                } else {
-                    0
-                },
-            ),
+            (BufKind::Recv, rl.recv_total as usize * rb),
             (BufKind::Comp, rl.compute_rows as usize * rb),
             (BufKind::H, held * 2 * i * 2),
             (BufKind::Act, held * i * 2),

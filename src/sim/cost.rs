@@ -524,13 +524,7 @@ pub fn price_memo(
             Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
             None => mem_lumped(plan, &sums, shape, prof, scratch, g),
         };
-        // the pipelined schedule receives straight into compute rows
-        let recv = sums.received(g) * tok_bytes;
-        let m = match &prof.mem_model {
-            _ if chunks < 2 => m,
-            Some(mm) => m - mm.round(recv) + mm.round(256),
-            None => m - recv,
-        };
+
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }
