@@ -113,8 +113,8 @@ pub enum OnOff {
 #[derive(Args, Debug, Clone, Copy)]
 pub struct OverlapArgs {
     /// on: dispatch, expert compute and combine pipelined in chunks, the
-    /// exchanges hidden under compute (below 16,384 rows on the busiest GPU
-    /// the layer stays sequential: it does not pay there); off: one phase
+    /// exchanges hidden under compute (below 8,192 rows on the busiest GPU
+    /// the layer stays sequential: not measured to pay there); off: one phase
     /// after the other. Phase times of a pipelined row are busy times; its
     /// exposed communication is in t_exposed_comm_ms.
     #[arg(long, value_enum, default_value = "on")]
