@@ -464,3 +464,84 @@ fn replay_eplb_small_layer_or_fail_cleanly_without_gpu() {
         assert!(r.input_note.contains("eplb R="), "{}", r.input_note);
     }
 }
+
+/// GPUs the driver reports (0 without a driver).
+fn gpu_count() -> usize {
+    if !gpu_present() {
+        return 0;
+    }
+    let o = Command::new("nvidia-smi").arg("-L").output();
+    o.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with("GPU "))
+            .count()
+    })
+    .unwrap_or(0)
+}
+
+/// The pipelined schedule (`--overlap on`, 3 chunks, cuts inside groups
+/// included) on 2 GPUs passes the dense fp32 check under EP and LLEP, its
+/// rows say so, and its exposed communication is no more than the total;
+/// `--overlap off` rows keep the sequential meaning (exposed = dispatch +
+/// combine). Skipped with fewer than 2 GPUs.
+#[test]
+fn replay_overlap_matches_the_dense_check() {
+    if gpu_count() < 2 {
+        return;
+    }
+    let dir = temp_dir("gpu-overlap");
+    for (tag, flags) in [
+        ("on", &["--overlap", "on", "--overlap-chunks", "3"][..]),
+        ("off", &["--overlap", "off"][..]),
+    ] {
+        let out = dir.join(format!("{tag}.parquet"));
+        let o = Command::new(bin())
+            .args([
+                "replay",
+                "--gpus",
+                "2",
+                "--tokens-per-rank",
+                "2048",
+                "--experts",
+                "8",
+                "--top-k",
+                "2",
+                "--hidden-size",
+                "64",
+                "--intermediate-size",
+                "32",
+                "--runs",
+                "2",
+                "--warmup",
+                "1",
+                "--synthetic",
+                "balanced,95:1",
+                "--ratio",
+                "1.3",
+                "--min-gemm",
+                "16",
+            ])
+            .args(flags)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows = llep_trace::results::read_results(&out).unwrap().1;
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            let e = r.rel_error.expect("checked against the dense reference");
+            assert!(e < 1e-2, "overlap {tag}: relative error {e}");
+            let x = r.t_exposed_comm_ms.expect("exposed communication timed");
+            assert!(x >= 0.0 && x <= r.t_total_ms, "{x} vs {}", r.t_total_ms);
+            if tag == "on" {
+                assert!(r.overlap && r.overlap_chunks == 3);
+            } else {
+                assert!(!r.overlap && r.overlap_chunks == 0);
+                let seq = r.t_dispatch_ms + r.t_combine_ms;
+                assert!((x - seq).abs() < 1e-6 + 1e-3 * seq, "{x} vs {seq}");
+            }
+        }
+    }
+}

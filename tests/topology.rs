@@ -87,7 +87,9 @@ fn find<'a>(d: &'a serde_json::Value, scenario: &str, policy: &str) -> &'a serde
 
 #[test]
 fn one_node_prices_exactly_as_before_topology() {
-    for extra in [&[][..], &["--nodes", "1"][..]] {
+    // the golden figures are the sequential schedule's (`--overlap off`)
+    let seq = ["--overlap", "off"];
+    for extra in [&seq[..], &["--nodes", "1", "--overlap", "off"][..]] {
         for (prof, gpus) in [("h200", 8), ("h200", 32), ("h100", 8), ("h100", 32)] {
             // the golden h200 figures were priced with the profile of
             // whole-group curves, before its GEMM tables

@@ -12,7 +12,7 @@ use llep_trace::env;
 use llep_trace::gpu::gemm::GemmImpl;
 use llep_trace::gpu::rendezvous::{self, ProcessRank};
 use llep_trace::gpu::replicas::is_eplb;
-use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, ReplayConfig};
+use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, Overlap, ReplayConfig};
 use llep_trace::plan::{Arbiter, Gate, Policy};
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::results::{Pass, Source};
@@ -100,6 +100,47 @@ pub struct ReplayArgs {
     /// Write the rows (measured, plus simulated with --with-sim) here (Parquet).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub overlap: OverlapArgs,
+    /// Pipelined schedule: run the token exchange's stream at high
+    /// priority (measured no faster on 2 x H200; kept to measure it).
+    #[arg(long, hide = true)]
+    pub overlap_high_priority: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+/// The layer's schedule, for `replay` and `simulate` alike.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct OverlapArgs {
+    /// on: dispatch, expert compute and combine pipelined in chunks, the
+    /// exchanges hidden under compute (below 8,192 rows on the busiest GPU
+    /// the layer stays sequential: not measured to pay there); off: one phase
+    /// after the other. Phase times of a pipelined row are busy times; its
+    /// exposed communication is in t_exposed_comm_ms.
+    #[arg(long, value_enum, default_value = "on")]
+    pub overlap: OnOff,
+    /// Chunks of the pipelined schedule (2-8); 0 chooses by size (2, then 6
+    /// from 65,536 rows on the busiest GPU).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
+    pub overlap_chunks: u32,
+}
+
+impl OverlapArgs {
+    pub fn get(&self) -> anyhow::Result<Overlap> {
+        match (self.overlap, self.overlap_chunks) {
+            (OnOff::Off, 0) => Ok(Overlap::Off),
+            (OnOff::Off, _) => bail!("--overlap-chunks applies to --overlap on only"),
+            (OnOff::On, 1) => {
+                bail!("--overlap-chunks 1 is the sequential schedule; use --overlap off")
+            }
+            (OnOff::On, n) => Ok(Overlap::On(n as usize)),
+        }
+    }
 }
 
 /// How the ranks start (a launcher's process, or threads) and the nodes
@@ -256,6 +297,8 @@ fn render(rows: &[ResultRow]) -> String {
         "transfer",
         "compute",
         "combine",
+        "exposed",
+        "chunks",
         "max/mean",
         "loads after",
         "xfers",
@@ -295,6 +338,12 @@ fn render(rows: &[ResultRow]) -> String {
             ms(r.t_transfer_ms),
             ms(r.t_compute_ms),
             ms(r.t_combine_ms),
+            r.t_exposed_comm_ms.map_or("-".into(), ms),
+            if r.overlap {
+                r.overlap_chunks.to_string()
+            } else {
+                "off".into()
+            },
             format!("{:.2}", r.imbalance_ratio),
             r.loads_after
                 .iter()
@@ -337,6 +386,11 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let mgs = a.planner.min_gemms();
     if alphas.len() != 1 || mgs.len() != 1 {
         bail!("replay takes one --alpha and one --min-gemm");
+    }
+    let mut overlap = a.overlap.get()?;
+    if train && overlap != Overlap::Off {
+        p.status("--pass train: the backward runs on the sequential schedule; overlap off");
+        overlap = Overlap::Off;
     }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let (launch, nodes) = launch_and_nodes(&a, p)?;
@@ -386,6 +440,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     let arbiter: Option<Arc<dyn Arbiter>> = if policies.contains(&Policy::LlepAuto) {
         let mut profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
         profile.nodes = nodes as u32;
+        profile.overlap = overlap;
         p.status(&format!(
             "llep-auto decides with profile {}",
             profile.label()
@@ -431,6 +486,8 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             })
             .collect(),
         gemm: a.gemm,
+        overlap,
+        net_priority: a.overlap_high_priority,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -500,7 +557,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
         a.gemm.as_str(),
         a.warmup,
         a.runs,

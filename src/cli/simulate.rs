@@ -27,6 +27,10 @@ pub struct SimInputArgs {
     /// The GPU count in force, set by [`SimInputArgs::settle`].
     #[arg(skip)]
     pub gpus: usize,
+    /// The layer's schedule priced (`simulate --overlap`; sequential for
+    /// the other commands sharing these inputs).
+    #[arg(skip)]
+    pub overlap: llep_trace::gpu::Overlap,
     /// Nodes the GPUs are split over, evenly: traffic between nodes is
     /// priced on each GPU's NIC (the profile's inter_gbps). Default 1.
     #[arg(long, value_parser = positive_count, allow_hyphen_values = true)]
@@ -188,6 +192,8 @@ pub struct SimulateArgs {
     /// (`scripts/train_reference.py` runs the reference on it).
     #[arg(long, hide = true, value_name = "DIR")]
     pub export_routing: Option<PathBuf>,
+    #[command(flatten)]
+    pub overlap: super::replay::OverlapArgs,
 }
 
 /// Planner settings to sweep.
@@ -231,6 +237,12 @@ pub fn run_sweep(
     let topo = a.topology()?;
     let mut profile = Profile::load(&a.profile)?;
     profile.nodes = topo.nodes as u32;
+    // a training step's backward runs the sequential schedule (as replay)
+    profile.overlap = if a.pass == PassArg::Train {
+        llep_trace::gpu::Overlap::Off
+    } else {
+        a.overlap
+    };
     let spec = a.input.spec(topo.gpus(), Some(default_trace()), false)?;
     let synthetic = matches!(spec.source, InputSource::Synthetic(_));
     let inputs = spec.resolve_stream(p)?;
@@ -588,6 +600,10 @@ fn eplb_setting(policies: &[Policy], a: &EplbArgs) -> anyhow::Result<Option<Eplb
 
 pub fn run(mut a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     a.input.settle()?;
+    a.input.overlap = a.overlap.get()?;
+    if a.input.pass == PassArg::Train && a.input.overlap != llep_trace::gpu::Overlap::Off {
+        p.status("--pass train: the backward runs on the sequential schedule; overlap off");
+    }
     if let Some(dir) = &a.export_routing {
         return super::routing_export::run(&a.input, dir, p);
     }

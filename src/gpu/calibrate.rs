@@ -673,6 +673,8 @@ fn calib_main(
         recompute: false,
         eplb: Vec::new(),
         gemm: cc.gemm,
+        overlap: super::pipeline::Overlap::Off,
+        net_priority: false,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

@@ -73,4 +73,10 @@ pub struct ReplayConfig {
     pub eplb: Vec<EplbReplay>,
     /// The library of the bf16 GEMMs (`--gemm`).
     pub gemm: super::gemm::GemmImpl,
+    /// The layer's schedule: sequential, or pipelined in chunks (forward
+    /// pass only; a training run keeps the sequential schedule).
+    pub overlap: super::pipeline::Overlap,
+    /// With overlap: the token exchange's stream at high priority (off by
+    /// default: not faster where measured).
+    pub net_priority: bool,
 }

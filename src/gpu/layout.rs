@@ -96,6 +96,43 @@ pub struct Layout {
     pub ranks: Vec<RankLayout>,
     /// All pieces, ordered by (dst, group, src).
     pub pieces: Vec<Piece>,
+    /// Per GPU, its pipeline chunks once [`Layout::chunk`] cut them (empty:
+    /// one exchange each way, the sequential schedule).
+    pub chunks: Vec<ChunkRanges>,
+}
+
+/// One GPU's pipeline chunks: chunk `c` is its compute rows
+/// `[bounds[c], bounds[c + 1])`; in exchange round `c` every rank sends
+/// each peer the rows of the peer's chunk `c` and receives those of its own.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChunkRanges {
+    /// Compute-buffer row bounds (chunks + 1 entries, 0 first, rows last).
+    pub bounds: Vec<u64>,
+    /// `[chunk][peer]`: rows sent / received in that round, and their first
+    /// row in the send / receive buffer (0 when none).
+    pub send_rows: Vec<Vec<u64>>,
+    pub send_off: Vec<Vec<u64>>,
+    pub recv_rows: Vec<Vec<u64>>,
+    pub recv_off: Vec<Vec<u64>>,
+}
+
+impl ChunkRanges {
+    /// The chunk holding compute row `row`.
+    pub fn of(&self, row: u64) -> usize {
+        chunk_of(&self.bounds, row)
+    }
+}
+
+fn chunk_of(bounds: &[u64], row: u64) -> usize {
+    // the last chunk whose start is <= row, skipping empty chunks
+    bounds[1..bounds.len() - 1].partition_point(|&b| b <= row)
+}
+
+/// Where GPU `rl`'s compute rows are cut into `chunks` chunks
+/// ([`crate::gpu::pipeline::cuts`] over its groups).
+fn cut_points(rl: &RankLayout, chunks: usize, align: u64) -> Vec<u64> {
+    let starts: Vec<u64> = rl.groups.iter().map(|g| g.row).collect();
+    super::pipeline::cuts(&starts, rl.compute_rows, chunks, align)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -129,6 +166,7 @@ pub fn build(plan: &Plan, per_rank: &[u64]) -> Result<Layout, LayoutError> {
         experts: n,
         ranks,
         pieces,
+        chunks: Vec::new(),
     })
 }
 
@@ -321,6 +359,70 @@ fn place_exchange(ranks: &mut [RankLayout], pieces: &mut [Piece]) {
 }
 
 impl Layout {
+    /// Cut every GPU's compute rows into `chunks` pipeline chunks (see
+    /// [`ChunkRanges`]), splitting the pieces that straddle a cut. Each
+    /// chunk's rows from (to) one peer are then one contiguous range of the
+    /// receive (send) buffer: pieces are in (dst, group, src) order, which
+    /// is compute-row order on `dst`, and a source's send buffer lists a
+    /// destination's pieces in that order. Nothing moves; only the tables
+    /// change, so the sequential schedule stays byte for byte what it was.
+    pub fn chunk(&mut self, chunks: usize, align: u64) {
+        let p = self.gpus;
+        let chunks = chunks.max(1);
+        let mut cr: Vec<ChunkRanges> = self
+            .ranks
+            .iter()
+            .map(|rl| ChunkRanges {
+                bounds: cut_points(rl, chunks, align),
+                send_rows: vec![vec![0; p]; chunks],
+                send_off: vec![vec![u64::MAX; p]; chunks],
+                recv_rows: vec![vec![0; p]; chunks],
+                recv_off: vec![vec![u64::MAX; p]; chunks],
+            })
+            .collect();
+        let mut out = Vec::with_capacity(self.pieces.len() + p * chunks);
+        for &pc in &self.pieces {
+            let b = &cr[pc.dst as usize];
+            let mut pc = pc;
+            loop {
+                let end = b.bounds[b.of(pc.comp_row) + 1];
+                if pc.comp_row + pc.rows() <= end {
+                    out.push(pc);
+                    break;
+                }
+                let n = end - pc.comp_row;
+                out.push(Piece {
+                    hi: pc.lo + n,
+                    ..pc
+                });
+                pc.lo += n;
+                pc.comp_row += n;
+                pc.send_row += n;
+                pc.recv_row += n;
+            }
+        }
+        self.pieces = out;
+        for pc in self.pieces.iter().filter(|pc| pc.src != pc.dst) {
+            let (s, d) = (pc.src as usize, pc.dst as usize);
+            let c = cr[d].of(pc.comp_row);
+            let n = pc.rows();
+            let sr = &mut cr[s];
+            sr.send_rows[c][d] += n;
+            sr.send_off[c][d] = sr.send_off[c][d].min(pc.send_row);
+            let dr = &mut cr[d];
+            dr.recv_rows[c][s] += n;
+            dr.recv_off[c][s] = dr.recv_off[c][s].min(pc.recv_row);
+        }
+        for r in cr.iter_mut() {
+            for o in r.send_off.iter_mut().chain(r.recv_off.iter_mut()) {
+                for v in o.iter_mut().filter(|v| **v == u64::MAX) {
+                    *v = 0;
+                }
+            }
+        }
+        self.chunks = cr;
+    }
+
     /// Copies each rank sends to each GPU, as a dispatch matrix (for
     /// checking against [`crate::plan::dispatch_matrix`]).
     pub fn dispatch(&self) -> DispatchMatrix {
@@ -482,6 +584,126 @@ mod tests {
         assert!(g1[first_foreign..]
             .iter()
             .all(|g| matches!(g.weights, WeightSrc::Foreign(_))));
+    }
+
+    /// Chunk tables tile the exchange: per round and peer one contiguous
+    /// range, the rounds in buffer order, sender and receiver agreeing.
+    fn check_chunks(per_rank: &[u64], p: usize, n: usize, policy: Policy, chunks: usize) {
+        let global: Vec<u64> = (0..n)
+            .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+            .collect();
+        let params = PlanParams {
+            gpus: p,
+            alpha: 1.0,
+            min_gemm: 16,
+            gate: crate::plan::Gate::Always,
+        };
+        let plan = Planner::new().plan(&global, &params, policy).unwrap();
+        let whole = build(&plan, per_rank).unwrap();
+        let mut lay = whole.clone();
+        lay.chunk(chunks, 8);
+        assert_eq!(lay.dispatch(), whole.dispatch());
+        for (g, cr) in lay.chunks.iter().enumerate() {
+            let rl = &lay.ranks[g];
+            assert_eq!(cr.bounds.len(), chunks + 1);
+            assert_eq!(*cr.bounds.last().unwrap(), rl.compute_rows);
+            assert!(cr.bounds.windows(2).all(|w| w[0] <= w[1]));
+            for q in 0..p {
+                // rounds follow each other in the buffers and add up
+                let (mut s_at, mut r_at) = (rl.send_off[q], rl.recv_off[q]);
+                for c in 0..chunks {
+                    if cr.send_rows[c][q] > 0 {
+                        assert_eq!(cr.send_off[c][q], s_at);
+                    }
+                    if cr.recv_rows[c][q] > 0 {
+                        assert_eq!(cr.recv_off[c][q], r_at);
+                    }
+                    s_at += cr.send_rows[c][q];
+                    r_at += cr.recv_rows[c][q];
+                    // the peer sees the same round from the other side
+                    assert_eq!(cr.recv_rows[c][q], lay.chunks[q].send_rows[c][g]);
+                }
+                assert_eq!(s_at, rl.send_off[q] + rl.send_rows[q]);
+                assert_eq!(r_at, rl.recv_off[q] + rl.recv_rows[q]);
+            }
+        }
+        for pc in &lay.pieces {
+            // no piece straddles a cut, and a remote piece lies in its round
+            let cr = &lay.chunks[pc.dst as usize];
+            let c = cr.of(pc.comp_row);
+            assert!(pc.comp_row + pc.rows() <= cr.bounds[c + 1]);
+            assert!(pc.comp_row >= cr.bounds[c]);
+            if pc.src != pc.dst {
+                let (s, d) = (pc.src as usize, pc.dst as usize);
+                let lo = cr.recv_off[c][s];
+                assert!(pc.recv_row >= lo && pc.recv_row + pc.rows() <= lo + cr.recv_rows[c][s]);
+                let sc = &lay.chunks[s];
+                let lo = sc.send_off[c][d];
+                assert!(pc.send_row >= lo && pc.send_row + pc.rows() <= lo + sc.send_rows[c][d]);
+            }
+        }
+        // pieces still tile each rank's copies and are in compute-row order
+        for r in 0..p {
+            let mut last_hi = vec![0u64; n];
+            for pc in lay.pack_pieces(r) {
+                assert_eq!(pc.lo, last_hi[pc.expert as usize]);
+                last_hi[pc.expert as usize] = pc.hi;
+            }
+            assert_eq!(&last_hi[..], &per_rank[r * n..(r + 1) * n]);
+            let rows: Vec<u64> = lay.remote_in(r).map(|pc| pc.comp_row).collect();
+            assert!(rows.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn chunked_layouts_give_every_round_one_range_per_peer() {
+        let mut rng = SplitMix64::new(11);
+        for case in 0..120 {
+            let p = [2usize, 4, 8][case % 3];
+            let n = p * (1 + (case % 4)) * 2;
+            let mut per_rank = vec![0u64; p * n];
+            let hot = rng.below(n as u64) as usize;
+            for r in 0..p {
+                for e in 0..n {
+                    let base = rng.below(60);
+                    per_rank[r * n + e] = if e == hot { base * 30 } else { base };
+                }
+            }
+            for chunks in [1, 2, 3, 4] {
+                check_chunks(&per_rank, p, n, Policy::Ep, chunks);
+                check_chunks(&per_rank, p, n, Policy::Llep, chunks);
+            }
+        }
+    }
+
+    #[test]
+    fn cuts_snap_to_group_boundaries_nearby() {
+        let rl = RankLayout {
+            groups: (0..8)
+                .map(|i| Group {
+                    expert: i,
+                    weights: WeightSrc::Native(i),
+                    row: i as u64 * 100,
+                    rows: 100,
+                })
+                .collect(),
+            compute_rows: 800,
+            ..Default::default()
+        };
+        assert_eq!(cut_points(&rl, 4, 64), vec![0, 200, 400, 600, 800]);
+        assert_eq!(cut_points(&rl, 3, 64), vec![0, 300, 500, 800]);
+        // one giant group: cut inside it, aligned
+        let big = RankLayout {
+            groups: vec![Group {
+                expert: 0,
+                weights: WeightSrc::Native(0),
+                row: 0,
+                rows: 1000,
+            }],
+            compute_rows: 1000,
+            ..Default::default()
+        };
+        assert_eq!(cut_points(&big, 2, 64), vec![0, 448, 1000]);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `config`: what a replay is asked to do (the layer, its cases);
 //! - `worker`: one rank's GPU, communicators, planner and buffers;
 //! - `phases`: one run of the layer, phase by phase;
+//! - [`pipeline`]: its pipelined schedule (`--overlap on`) and chunk rule;
 //! - `backward`: the training step's backward of that run;
 //! - `dense`: the dense fp32 check of sampled tokens;
 //! - `dense_bwd`: its backward counterpart (token and weight gradients);
@@ -34,6 +35,7 @@ pub mod inputs;
 pub mod layout;
 pub mod overhead;
 mod phases;
+pub mod pipeline;
 pub mod rendezvous;
 pub mod replay;
 pub mod replicas;
@@ -43,6 +45,7 @@ mod worker;
 
 pub use replay::{replay, Act, Case, EplbReplay, Launch, RankRouting, ReplayConfig};
 pub use timing::{driver_version, quantile};
+pub use pipeline::Overlap;
 pub use worker::CHUNK;
 
 use crate::plan::Gate;

@@ -14,6 +14,15 @@ use super::{Gate, GpuError};
 use crate::plan::{Plan, PlanParams, Policy};
 use cudarc::nccl::sys::ncclDataType_t;
 
+/// Per-peer exchange ranges (rows, first row) of the send and receive
+/// buffers.
+pub(super) struct Ranges<'a> {
+    pub(super) send_rows: &'a [u64],
+    pub(super) send_off: &'a [u64],
+    pub(super) recv_rows: &'a [u64],
+    pub(super) recv_off: &'a [u64],
+}
+
 /// A run of rows of one group computed by one GEMM pair.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Unit {
@@ -24,42 +33,52 @@ pub(super) struct Unit {
 }
 
 /// Buffers every run of a case uses (sized by `setup` and `measure`).
-struct CaseBufs {
-    ids: u64,
-    wts: u64,
-    slot: u64,
-    counts: u64,
-    counts_all: u64,
-    ret_ptr: u64,
-    bias_ptr: u64,
-    out: u64,
-    x: u64,
-    native: u64,
-    bias_table: u64,
+pub(super) struct CaseBufs {
+    pub(super) ids: u64,
+    pub(super) wts: u64,
+    pub(super) slot: u64,
+    pub(super) counts: u64,
+    pub(super) counts_all: u64,
+    pub(super) ret_ptr: u64,
+    pub(super) bias_ptr: u64,
+    pub(super) out: u64,
+    pub(super) x: u64,
+    pub(super) native: u64,
+    pub(super) bias_table: u64,
 }
 
 /// Buffers sized for this run's layout (by `ensure`).
-struct LayoutBufs {
-    send: u64,
-    recv: u64,
-    comp: u64,
-    h: u64,
-    act: u64,
-    foreign: u64,
-    packsegs: u64,
-    segs_in: u64,
-    segs_out: u64,
-    seg_start: u64,
+pub(super) struct LayoutBufs {
+    pub(super) send: u64,
+    pub(super) recv: u64,
+    pub(super) comp: u64,
+    pub(super) h: u64,
+    pub(super) act: u64,
+    pub(super) foreign: u64,
+    pub(super) packsegs: u64,
+    pub(super) segs_in: u64,
+    pub(super) segs_out: u64,
+    pub(super) seg_start: u64,
     /// Training runs: down outputs land here, not over their inputs (0
     /// otherwise), and received rows of the backward are placed by segs_yin.
-    yout: u64,
-    segs_yin: u64,
+    pub(super) yout: u64,
+    pub(super) segs_yin: u64,
 }
 
 /// The remote copies the segment tables move: table entries and rows.
-struct Remote {
+pub(super) struct Remote {
     nseg: i32,
     rows: i64,
+    /// Per pipeline chunk (one without overlap): its entries of the tables
+    /// (first, count) and its rows, numbered from 0 within the chunk.
+    pub(super) parts: Vec<SegPart>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct SegPart {
+    pub(super) first: i32,
+    pub(super) nseg: i32,
+    pub(super) rows: i64,
 }
 
 impl Worker<'_> {
@@ -81,9 +100,14 @@ impl Worker<'_> {
         let lb = self.layout_bufs()?;
         let remote = self.upload_tables(&lay, &cb, &lb)?;
         let has_x = self.transfer_weights(&lay, cb.native, lb.foreign)?;
-        self.dispatch(&lay, &cb, &lb, &remote, copies)?;
-        self.expert_compute(&lay, &lb, cb.native)?;
-        self.combine(&lay, &cb, &lb, &remote, t)?;
+        self.pipe_chunks = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
+        if lay.chunks.is_empty() {
+            self.dispatch(&lay, &cb, &lb, &remote, copies)?;
+            self.expert_compute(&lay, &lb, cb.native)?;
+            self.combine(&lay, &cb, &lb, &remote, t)?;
+        } else {
+            self.pipelined(&lay, &cb, &lb, &remote, copies, t)?;
+        }
         let has_g = if self.cfg.train {
             self.backward(&lay, copies, t, remote.nseg, remote.rows)?
         } else {
@@ -111,7 +135,7 @@ impl Worker<'_> {
         Ok(true)
     }
 
-    fn case_bufs(&mut self) -> Result<CaseBufs, GpuError> {
+    pub(super) fn case_bufs(&mut self) -> Result<CaseBufs, GpuError> {
         Ok(CaseBufs {
             ids: self.ptr(BufKind::Ids)?,
             wts: self.ptr(BufKind::W)?,
@@ -127,7 +151,7 @@ impl Worker<'_> {
         })
     }
 
-    fn layout_bufs(&mut self) -> Result<LayoutBufs, GpuError> {
+    pub(super) fn layout_bufs(&mut self) -> Result<LayoutBufs, GpuError> {
         Ok(LayoutBufs {
             send: self.ptr(BufKind::Send)?,
             recv: self.ptr(BufKind::Recv)?,
@@ -213,7 +237,13 @@ impl Worker<'_> {
                 plan = ep;
             }
         }
-        let lay = layout::build(&plan, &per_rank).map_err(|e| GpuError::Input(e.to_string()))?;
+        let mut lay =
+            layout::build(&plan, &per_rank).map_err(|e| GpuError::Input(e.to_string()))?;
+        // a training run's backward needs the sequential tables
+        let chunks = super::pipeline::chunks_for(&lay, self.cfg.overlap);
+        if chunks > 1 && !self.cfg.train {
+            lay.chunk(chunks, super::pipeline::ALIGN);
+        }
         self.plan = plan;
         if !self.ensure(&lay)? {
             return Ok(None);
@@ -269,8 +299,18 @@ impl Worker<'_> {
         let mut sin = Vec::new();
         let mut sout = Vec::new();
         let mut syin = Vec::new();
-        let mut v = 0i64;
-        for pc in lay.remote_in(r) {
+        // without chunks one part numbers all rows, as the copy kernels
+        // always did; with them each chunk's rows start at 0
+        let nparts = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
+        let mut parts = vec![SegPart::default(); nparts];
+        for (i, pc) in lay.remote_in(r).enumerate() {
+            let part = &mut parts[lay.chunks.get(r).map_or(0, |c| c.of(pc.comp_row))];
+            if part.nseg == 0 {
+                part.first = i as i32;
+            }
+            part.nseg += 1;
+            let v = part.rows;
+            part.rows += pc.rows() as i64;
             let (a, b) = (recv + pc.recv_row * rb, comp + pc.comp_row * rb);
             let len = pc.rows() as i64;
             sin.push(CopySeg {
@@ -292,9 +332,8 @@ impl Worker<'_> {
                 src: a,
                 dst: y,
             });
-            v += len;
         }
-        let remote_rows = v;
+        let remote_rows: i64 = parts.iter().map(|p| p.rows).sum();
         // SAFETY: table buffers sized by `ensure` for these lengths.
         unsafe {
             self.dev.upload(packsegs, &segs)?;
@@ -309,12 +348,18 @@ impl Worker<'_> {
         Ok(Remote {
             nseg: sin.len() as i32,
             rows: remote_rows,
+            parts,
         })
     }
 
     /// Weight transfers on their own stream and communicator, started once
     /// planning is done. Returns whether this rank moves any weights.
-    fn transfer_weights(&self, lay: &Layout, native: u64, foreign: u64) -> Result<bool, GpuError> {
+    pub(super) fn transfer_weights(
+        &self,
+        lay: &Layout,
+        native: u64,
+        foreign: u64,
+    ) -> Result<bool, GpuError> {
         let (p, n) = (self.world, self.experts());
         let rl = &lay.ranks[self.rank];
         let bb = self.blob.len * 2;
@@ -357,17 +402,32 @@ impl Worker<'_> {
         remote: &Remote,
         copies: usize,
     ) -> Result<(), GpuError> {
-        let k = self.cfg.top_k;
         let rb = self.rb();
-        let main = self.dev.main;
         let rl = &lay.ranks[self.rank];
-        let (x, ids, slot, ret_ptr, bias_ptr) = (cb.x, cb.ids, cb.slot, cb.ret_ptr, cb.bias_ptr);
-        let (seg_start, packsegs, segs_in) = (lb.seg_start, lb.packsegs, lb.segs_in);
         let (nseg, remote_rows) = (remote.nseg, remote.rows);
-        let nc = copies as i32;
-
-        let (topk, rbi) = (k as i32, rb as i32);
         let net = self.dev.net;
+        self.pack(cb, lb, copies)?;
+        self.dev.wait(net, &self.ev[E_PACKED])?;
+        self.exchange(rl, lb.send, lb.recv, rb, net, true)?;
+        // SAFETY: segment tables list rows inside recv and comp.
+        unsafe { self.copy_rows(lb.segs_in, nseg, remote_rows, net)? };
+        self.ev[E_DISPATCHED].record(net)?;
+        Ok(())
+    }
+
+    /// Pack every copy of this rank (local ones straight into the compute
+    /// buffer, remote ones into the send buffer) on the main stream; ends
+    /// at `E_PACKED`.
+    pub(super) fn pack(
+        &self,
+        cb: &CaseBufs,
+        lb: &LayoutBufs,
+        copies: usize,
+    ) -> Result<(), GpuError> {
+        let (topk, rbi) = (self.cfg.top_k as i32, self.rb() as i32);
+        let (x, ids, slot, ret_ptr, bias_ptr) = (cb.x, cb.ids, cb.slot, cb.ret_ptr, cb.bias_ptr);
+        let (seg_start, packsegs) = (lb.seg_start, lb.packsegs);
+        let nc = copies as i32;
         // SAFETY: tables uploaded by `upload_tables`; every row pointer they
         // hold lies in send or comp, sized by the layout.
         unsafe {
@@ -376,17 +436,11 @@ impl Worker<'_> {
                 ((copies * 32).div_ceil(256) as u32, 1, 1),
                 256,
                 0,
-                main,
+                self.dev.main,
                 params!(x, ids, slot, nc, topk, seg_start, packsegs, rbi, ret_ptr, bias_ptr),
             )?;
         }
-        self.ev[E_PACKED].record(main)?;
-        self.dev.wait(net, &self.ev[E_PACKED])?;
-        self.exchange(rl, lb.send, lb.recv, rb, net, true)?;
-        // SAFETY: segment tables list rows inside recv and comp.
-        unsafe { self.copy_rows(segs_in, nseg, remote_rows, net)? };
-        self.ev[E_DISPATCHED].record(net)?;
-        Ok(())
+        self.ev[E_PACKED].record(self.dev.main)
     }
 
     /// Expert compute, in GEMM units, once the remote copies are in place
@@ -426,15 +480,12 @@ impl Worker<'_> {
         remote: &Remote,
         t: usize,
     ) -> Result<(), GpuError> {
-        let (d, k) = (self.cfg.hidden, self.cfg.top_k);
         let rb = self.rb();
         let main = self.dev.main;
         let net = self.dev.net;
         let rl = &lay.ranks[self.rank];
-        let (ret_ptr, bias_ptr, wts, out) = (cb.ret_ptr, cb.bias_ptr, cb.wts, cb.out);
         let segs_out = lb.segs_out;
         let (nseg, remote_rows) = (remote.nseg, remote.rows);
-        let topk = k as i32;
 
         // SAFETY: as for dispatch, with source and destination swapped.
         unsafe { self.copy_rows(segs_out, nseg, remote_rows, main)? };
@@ -443,7 +494,15 @@ impl Worker<'_> {
         self.exchange(rl, lb.send, lb.recv, rb, net, false)?;
         self.ev[E_RETURNED].record(net)?;
         self.dev.wait(main, &self.ev[E_RETURNED])?;
-        let di = d as i32;
+        self.combine_rows(cb, t)
+    }
+
+    /// The weighted sum of each token's copies (and its experts' down
+    /// biases) into `out`, on the main stream; ends the run at `E_END`.
+    pub(super) fn combine_rows(&self, cb: &CaseBufs, t: usize) -> Result<(), GpuError> {
+        let (d, k) = (self.cfg.hidden, self.cfg.top_k);
+        let (ret_ptr, bias_ptr, wts, out) = (cb.ret_ptr, cb.bias_ptr, cb.wts, cb.out);
+        let (topk, di) = (k as i32, d as i32);
         // SAFETY: ret_ptr/bias_ptr were filled by pack_rows for every copy
         // and point at result rows written above; out holds t x D.
         unsafe {
@@ -452,11 +511,11 @@ impl Worker<'_> {
                 (t as u32, 1, 1),
                 (d / 2).min(256) as u32,
                 0,
-                main,
+                self.dev.main,
                 params!(ret_ptr, bias_ptr, wts, topk, di, out),
             )?;
         }
-        self.ev[E_END].record(main)?;
+        self.ev[E_END].record(self.dev.main)?;
         Ok(())
     }
 
@@ -496,24 +555,30 @@ impl Worker<'_> {
         s: cudarc::driver::sys::CUstream,
         dispatch: bool,
     ) -> Result<(), GpuError> {
+        let ranges = Ranges {
+            send_rows: &rl.send_rows,
+            send_off: &rl.send_off,
+            recv_rows: &rl.recv_rows,
+            recv_off: &rl.recv_off,
+        };
+        self.exchange_ranges(&ranges, send, recv, rb, s, dispatch)
+    }
+
+    /// The token exchange of [`Self::exchange`] over the given per-peer
+    /// ranges (the whole layer's, or one pipeline chunk's).
+    pub(super) fn exchange_ranges(
+        &self,
+        x: &Ranges<'_>,
+        send: u64,
+        recv: u64,
+        rb: u64,
+        s: cudarc::driver::sys::CUstream,
+        dispatch: bool,
+    ) -> Result<(), GpuError> {
         let (out_buf, in_buf, out_rows, out_off, in_rows, in_off) = if dispatch {
-            (
-                send,
-                recv,
-                &rl.send_rows,
-                &rl.send_off,
-                &rl.recv_rows,
-                &rl.recv_off,
-            )
+            (send, recv, x.send_rows, x.send_off, x.recv_rows, x.recv_off)
         } else {
-            (
-                recv,
-                send,
-                &rl.recv_rows,
-                &rl.recv_off,
-                &rl.send_rows,
-                &rl.send_off,
-            )
+            (recv, send, x.recv_rows, x.recv_off, x.send_rows, x.send_off)
         };
         Comm::group_start()?;
         // SAFETY: offsets and sizes from the layout, mirrored on the peers;
@@ -542,11 +607,17 @@ impl Worker<'_> {
     /// (bounding the activation buffers whatever the skew); native weights
     /// before foreign ones, so compute starts before the transfers finish.
     pub(super) fn units(&self, lay: &Layout, r: usize) -> Vec<Unit> {
+        self.units_in(lay, r, 0, u64::MAX)
+    }
+
+    /// The GEMM units of GPU `r`'s compute rows `[lo, hi)` (one pipeline
+    /// chunk; the cuts fall between pieces, so no unit crosses them).
+    pub(super) fn units_in(&self, lay: &Layout, r: usize, lo: u64, hi: u64) -> Vec<Unit> {
         let rl = &lay.ranks[r];
         let mut ps: Vec<&layout::Piece> = lay
             .pieces
             .iter()
-            .filter(|pc| pc.dst as usize == r)
+            .filter(|pc| pc.dst as usize == r && pc.comp_row >= lo && pc.comp_row < hi)
             .collect();
         ps.sort_by_key(|pc| pc.comp_row);
         let mut runs: Vec<Unit> = Vec::new();
@@ -587,7 +658,7 @@ impl Worker<'_> {
     /// to `yout`, with gate_up outputs and activations kept per row unless
     /// recomputed).
     #[allow(clippy::too_many_arguments)]
-    fn compute(
+    pub(super) fn compute(
         &self,
         units: &[Unit],
         rl: &layout::RankLayout,

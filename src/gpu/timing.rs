@@ -23,18 +23,33 @@ impl Worker<'_> {
         }
         self.driver_peak = self.driver_peak.max(self.dev.driver_used());
         let e = &self.ev;
-        let compute = e[E_BE].ms_since(&e[E_BS])?;
         let mut out = [0.0; NT];
-        out[..6].copy_from_slice(&[
-            e[E_PLANNED].ms_since(&e[E_START])?,
-            e[E_DISPATCHED].ms_since(&e[E_PLANNED])?,
-            xfer_ms,
-            compute,
-            e[E_END].ms_since(&e[E_BE])?,
-            e[E_END].ms_since(&e[E_START])?,
-        ]);
+        if self.pipe_chunks > 1 {
+            // busy times, overlapping each other: phase sums exceed the total
+            let [disp, compute, comb] = self.pipeline_busy(self.pipe_chunks)?;
+            out[..6].copy_from_slice(&[
+                e[E_PLANNED].ms_since(&e[E_START])?,
+                disp,
+                xfer_ms,
+                compute,
+                comb,
+                e[E_END].ms_since(&e[E_START])?,
+            ]);
+            out[NT - 1] = comb;
+        } else {
+            let compute = e[E_BE].ms_since(&e[E_BS])?;
+            out[..6].copy_from_slice(&[
+                e[E_PLANNED].ms_since(&e[E_START])?,
+                e[E_DISPATCHED].ms_since(&e[E_PLANNED])?,
+                xfer_ms,
+                compute,
+                e[E_END].ms_since(&e[E_BE])?,
+                e[E_END].ms_since(&e[E_START])?,
+            ]);
+            out[NT - 1] = f64::NAN;
+        }
         if self.cfg.train {
-            out[6..].copy_from_slice(&self.bwd_times(has_g)?);
+            out[6..NT - 1].copy_from_slice(&self.bwd_times(has_g)?);
             self.driver_peak = self.driver_peak.max(self.dev.driver_used());
         }
         Ok(out)
@@ -154,11 +169,15 @@ impl Worker<'_> {
         // per run, the phases of the GPU that finished last (they lie on
         // the layer's critical path; the weight transfer, overlapped, is the
         // max over GPUs); then the median over runs
-        let mut phase = vec![Vec::new(); 6];
+        let piped = self.pipe_chunks > 1;
+        let mut phase = vec![Vec::new(); 7];
         for i in 0..runs {
             // the GPU whose compute ends last (all GPUs end the layer
-            // together, waiting on each other in the combine)
-            let busy = |q: usize| per(q)[i * NT] + per(q)[i * NT + 1] + per(q)[i * NT + 3];
+            // together, waiting on each other in the combine); pipelined,
+            // the one with the most compute (its dispatch overlaps)
+            let busy = |q: usize| {
+                per(q)[i * NT] + per(q)[i * NT + 3] + if piped { 0.0 } else { per(q)[i * NT + 1] }
+            };
             let crit = (0..p)
                 .max_by(|&a, &b| busy(a).total_cmp(&busy(b)))
                 .unwrap_or(0);
@@ -167,8 +186,17 @@ impl Worker<'_> {
                     2 => (0..p).map(|q| per(q)[i * NT + 2]).fold(0.0, f64::max),
                     // the layer ends when the last GPU ends
                     5 => (0..p).map(|q| per(q)[i * NT + 5]).fold(0.0, f64::max),
+                    // pipelined: the combine's busy time
+                    4 if piped => per(crit)[i * NT + NT - 1],
                     // what remains after its compute, waiting included
                     4 => (0..p).map(|q| per(q)[i * NT + 5]).fold(0.0, f64::max) - busy(crit),
+                    // exposed communication: the layer less the critical
+                    // GPU's planning and compute (for the sequential
+                    // schedule, dispatch + combine)
+                    6 => {
+                        let end = (0..p).map(|q| per(q)[i * NT + 5]).fold(0.0, f64::max);
+                        end - per(crit)[i * NT] - per(crit)[i * NT + 3]
+                    }
                     _ => per(crit)[i * NT + j],
                 });
             }
@@ -192,6 +220,8 @@ impl Worker<'_> {
         r.profile = String::new();
         r.driver = driver_version();
         r.fill_plan_stats(plan);
+        r.overlap = piped;
+        r.overlap_chunks = if piped { self.pipe_chunks as u32 } else { 0 };
         let (d, i) = (self.cfg.hidden as u64, self.cfg.inter as u64);
         // bf16 weights
         r.transfer_bytes = plan.transfers.len() as u64 * crate::trace::meta::expert_bytes(d, i, 2);
@@ -212,6 +242,7 @@ impl Worker<'_> {
             r.t_compute_ms = med[3];
             r.t_combine_ms = med[4];
             r.t_total_ms = med[5];
+            r.t_exposed_comm_ms = Some(med[6]);
             r.t_total_p10_ms = Some(quantile(&phase[5], 0.1));
             r.t_total_p90_ms = Some(quantile(&phase[5], 0.9));
             r.rel_error = (den > 0.0).then(|| (num / den).sqrt());

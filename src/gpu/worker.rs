@@ -96,7 +96,8 @@ pub const CHUNK: u64 = 16_384;
 /// Per-run phase times, ms: overhead, dispatch, transfer, compute, combine,
 /// total of the forward; then, in a training run, the backward's
 /// (`backward::BwdTimes`), zeros otherwise.
-pub(super) const NT: usize = 13;
+/// Last, the combine's busy time of a pipelined run (NaN otherwise).
+pub(super) const NT: usize = 14;
 pub(super) type Times = [f64; NT];
 
 pub(super) enum RunOut {
@@ -125,6 +126,10 @@ pub(super) struct Worker<'a> {
     /// The expert whose weights each EP unit holds: identity for plain EP
     /// and LLEP, an EPLB placement's `phy2log` (see `replicas`).
     pub(super) slots: Vec<usize>,
+    /// Pipeline events (`pipeline::PE` per chunk) and the chunks of the
+    /// last run (1: the sequential schedule).
+    pub(super) pev: Vec<Event>,
+    pub(super) pipe_chunks: usize,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -141,7 +146,10 @@ impl<'a> Worker<'a> {
         ptx: &cudarc::nvrtc::Ptx,
         cfg: &'a ReplayConfig,
     ) -> Result<Self, GpuError> {
-        let dev = Dev::new(ordinal, ptx)?.with_gemm(cfg.gemm)?;
+        let mut dev = Dev::new(ordinal, ptx)?.with_gemm(cfg.gemm)?;
+        if cfg.overlap != super::pipeline::Overlap::Off && cfg.net_priority {
+            super::pipeline::prioritise_net(&mut dev)?;
+        }
         let comm = Comm::init(world, rank, &ids[0])?;
         let xcomm = Comm::init(world, rank, &ids[1])?;
         Ok(Worker {
@@ -161,6 +169,10 @@ impl<'a> Worker<'a> {
             driver_peak: 0,
             bwd: Default::default(),
             slots: (0..cfg.experts).collect(),
+            pev: (0..super::pipeline::PE * super::pipeline::MAX_CHUNKS)
+                .map(|_| Event::new())
+                .collect::<Result<_, _>>()?,
+            pipe_chunks: 1,
         })
     }
 

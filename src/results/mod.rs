@@ -208,6 +208,15 @@ results_columns! {
     /// Train rows: gate_up output and activation recomputed in backward
     /// instead of saved (`--recompute`).
     recompute: bool = "recompute",
+    /// Dispatch, compute and combine pipelined in chunks (`--overlap on`);
+    /// then the phase times are busy times, overlapping each other.
+    overlap: bool = "overlap",
+    /// Chunks of the pipelined schedule (0 when sequential).
+    overlap_chunks: u32 = "overlap_chunks",
+    /// The part of the layer not covered by planning or expert compute on
+    /// the critical GPU: communication (and its copies) left exposed. For
+    /// the sequential schedule, dispatch + combine. Null in older files.
+    t_exposed_comm_ms: Option<f64> = "t_exposed_comm_ms",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -222,6 +231,9 @@ const ADDED_LATER: &[&str] = &[
     "saved_act_bytes",
     "inter_node_bytes",
     "recompute",
+    "overlap",
+    "overlap_chunks",
+    "t_exposed_comm_ms",
 ];
 
 fn column_of<'a, T: Column>(

@@ -140,6 +140,22 @@ pub fn twin(
             measured.trace, measured.step, measured.layer
         )));
     };
+    // the schedule the row ran (or was priced with)
+    let sched = if measured.overlap {
+        crate::gpu::pipeline::Overlap::On(measured.overlap_chunks as usize)
+    } else {
+        crate::gpu::pipeline::Overlap::Off
+    };
+    let with_sched;
+    let profile = if profile.overlap == sched {
+        profile
+    } else {
+        with_sched = Profile {
+            overlap: sched,
+            ..profile.clone()
+        };
+        &with_sched
+    };
     let policy = measured.policy;
     let params = PlanParams {
         gpus: w.gpus,

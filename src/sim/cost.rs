@@ -62,6 +62,9 @@ pub struct Cost {
     pub inter_node_bytes: u64,
     pub peak_mem_per_gpu: Vec<u64>,
     pub oom: bool,
+    /// Chunks of the pipelined schedule priced (`sim::overlap`; 0 or 1:
+    /// sequential). Then `compute_ms` is its chunked busy compute.
+    pub overlap_chunks: u32,
 }
 
 /// Scratch buffers reused between calls.
@@ -453,6 +456,8 @@ pub fn price_memo(
     // replay's schedule per GPU: dispatch, native groups, then (once its
     // weights are in) the foreign groups
     let mut compute_end = 0f64;
+    let chunks = super::overlap::chunks(prof, plan);
+    let mut ov = Vec::with_capacity(if chunks > 1 { p } else { 0 });
     for g in 0..p {
         let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
@@ -480,6 +485,21 @@ pub fn price_memo(
         disp_or_xfer = disp_or_xfer.max(dsp.max(x));
         let native = scratch.compute[g] - scratch.foreign[g];
         compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
+        if chunks > 1 {
+            let link_fixed_ms = match &prof.msg_tokens {
+                _ if multi => 0.0,
+                Some(m) => m.ms(sums.msgs(g), 0),
+                None => prof.link_latency_us * 1e-3,
+            };
+            ov.push(super::overlap::GpuComm {
+                link_ms: link,
+                link_fixed_ms,
+                shared_ms: shared,
+                copy_ms: copy,
+                transfer_ms: x - shared,
+                launch_ms,
+            });
+        }
     }
     let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
     let overhead = match &prof.layer_fit {
@@ -490,6 +510,12 @@ pub fn price_memo(
         overhead + compute_end + combine
     } else {
         overhead + disp_or_xfer + compute + combine
+    };
+    let (total, compute) = if chunks > 1 {
+        let o = super::overlap::price(plan, chunks, &pricer, &ov);
+        (overhead + o.after_overhead_ms, o.compute_ms)
+    } else {
+        (total, compute)
     };
 
     let mut peak = Vec::with_capacity(p);
@@ -502,6 +528,7 @@ pub fn price_memo(
             Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
             None => mem_lumped(plan, &sums, shape, prof, scratch, g),
         };
+
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }
@@ -518,6 +545,7 @@ pub fn price_memo(
         inter_node_bytes,
         peak_mem_per_gpu: peak,
         oom,
+        overlap_chunks: chunks as u32,
     }
 }
 

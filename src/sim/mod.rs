@@ -6,6 +6,7 @@ pub mod bwd;
 pub mod cost;
 pub mod eplb;
 pub mod model;
+pub mod overlap;
 pub mod profile;
 mod stream;
 mod summary;
@@ -305,6 +306,9 @@ pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
     r.t_compute_ms = cost.compute_ms;
     r.t_combine_ms = cost.combine_ms;
     r.t_total_ms = cost.total_ms;
+    r.overlap = cost.overlap_chunks > 1;
+    r.overlap_chunks = if r.overlap { cost.overlap_chunks } else { 0 };
+    r.t_exposed_comm_ms = Some(cost.total_ms - cost.overhead_ms - cost.compute_ms);
     r.transfer_bytes = cost.transfer_bytes;
     r.inter_node_bytes = cost.inter_node_bytes;
     r.dispatch_bytes_max = cost.dispatch_bytes_max;

@@ -94,6 +94,10 @@ pub struct Profile {
     /// everything that prices a plan sees it. 1: every link is intra-node.
     #[serde(default = "one_node", skip_serializing_if = "is_one_node")]
     pub nodes: u32,
+    /// The layer's schedule (`--overlap`), a setting of the run like
+    /// `nodes`: sequential, or pipelined in chunks (`sim::overlap`).
+    #[serde(skip)]
+    pub overlap: crate::gpu::pipeline::Overlap,
     /// Count exchange, planning and synchronisation per layer, microseconds.
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
@@ -393,6 +397,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         inter_latency_us: default_inter_latency_us(),
         inter_shared: false,
         nodes: 1,
+        overlap: Default::default(),
         overhead_us: c.overhead_ms * 1e3,
         // one calibration sees one GPU count, so it cannot split its
         // baseline into context and per-peer communicator buffers
