@@ -43,9 +43,9 @@ pub mod runtime;
 mod timing;
 mod worker;
 
+pub use pipeline::Overlap;
 pub use replay::{replay, Act, Case, EplbReplay, Launch, RankRouting, ReplayConfig};
 pub use timing::{driver_version, quantile};
-pub use pipeline::Overlap;
 pub use worker::CHUNK;
 
 use crate::plan::Gate;

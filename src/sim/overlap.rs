@@ -197,6 +197,17 @@ mod tests {
         Planner::new().plan(counts, &params, policy).unwrap()
     }
 
+    /// The gpt-oss-120b expert shape every test here prices.
+    fn gptoss() -> crate::sim::Shape {
+        crate::sim::Shape {
+            hidden: 2880,
+            intermediate: 2880,
+            dtype_bytes: 2,
+            expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
+            top_k: 4,
+        }
+    }
+
     fn comm(link: f64, copy: f64, transfer: f64) -> GpuComm {
         GpuComm {
             link_ms: link,
@@ -211,14 +222,7 @@ mod tests {
     #[test]
     fn pipelined_hides_communication_behind_compute() {
         let prof = Profile::load("h200").unwrap();
-        let shape = crate::sim::Shape {
-            hidden: 2880,
-            intermediate: 2880,
-            dtype_bytes: 2,
-            expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
-            top_k: 4,
-        };
-        let pricer = prof.group_pricer(&shape);
+        let pricer = prof.group_pricer(&gptoss());
         let pl = plan(&vec![4096; 128], 4, Policy::Ep);
         let cm = vec![comm(2.3, 0.3, 0.0); 4];
         let seq_compute: f64 = (0..32).map(|_| pricer.ms(4096)).sum();
@@ -247,14 +251,7 @@ mod tests {
     #[test]
     fn communication_longer_than_compute_stays_exposed() {
         let prof = Profile::load("h200").unwrap();
-        let shape = crate::sim::Shape {
-            hidden: 2880,
-            intermediate: 2880,
-            dtype_bytes: 2,
-            expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
-            top_k: 4,
-        };
-        let pricer = prof.group_pricer(&shape);
+        let pricer = prof.group_pricer(&gptoss());
         let pl = plan(&vec![64; 128], 4, Policy::Ep);
         let cm = vec![comm(50.0, 0.0, 0.0); 4];
         let o = price(&pl, 2, &pricer, &cm);
@@ -265,14 +262,7 @@ mod tests {
     #[test]
     fn foreign_chunks_wait_for_their_weights() {
         let prof = Profile::load("h200").unwrap();
-        let shape = crate::sim::Shape {
-            hidden: 2880,
-            intermediate: 2880,
-            dtype_bytes: 2,
-            expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
-            top_k: 4,
-        };
-        let pricer = prof.group_pricer(&shape);
+        let pricer = prof.group_pricer(&gptoss());
         let mut counts = vec![1024u64; 128];
         counts[0] = 60_000;
         let pl = plan(&counts, 4, Policy::Llep);
