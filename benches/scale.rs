@@ -14,6 +14,7 @@
 //! sweep of `reports/scale/` (ep, llep, llep-topo from 8 to 256 GPUs) and
 //! its plot `DIR/scale.svg`.
 
+use llep_trace::gpu::Overlap;
 use llep_trace::plan::topo::{TopoPlanner, Topology};
 use llep_trace::plan::{Gate, Plan, PlanParams, Planner, Policy};
 use llep_trace::progress::Silent;
@@ -150,10 +151,12 @@ fn bench_simulate(
     w: &Workload,
     nodes: u32,
     policies: &[Policy],
+    overlap: Overlap,
     reps: usize,
 ) -> (usize, f64, f64, f64) {
     let mut profile = Profile::load("h200").unwrap();
     profile.nodes = nodes;
+    profile.overlap = overlap;
     let cfg = SimConfig {
         policies: policies.to_vec(),
         gates: vec![Gate::Always],
@@ -245,14 +248,22 @@ fn main() {
             if profile_only && nodes > 1 {
                 continue;
             }
-            let (ls, secs, lps, per_cpu) = bench_simulate(&w, nodes, pols, reps);
-            let names: Vec<&str> = pols.iter().map(|p| p.as_str()).collect();
-            let target = if p == 64 { ">= 50,000" } else { "-" };
-            println!(
-                "| P={p}, {nodes} node{} | {ls} | {} | {secs:.3} | {lps:.0} | {per_cpu:.0} | {target} |",
-                if nodes == 1 { "" } else { "s" },
-                names.join(", ")
-            );
+            // the sequential schedule, and on one node the pipelined one
+            // that `simulate` prices by default (`--overlap on`)
+            for overlap in [Overlap::Off, Overlap::On(0)] {
+                if nodes > 1 && overlap != Overlap::Off {
+                    continue;
+                }
+                let (ls, secs, lps, per_cpu) = bench_simulate(&w, nodes, pols, overlap, reps);
+                let names: Vec<&str> = pols.iter().map(|p| p.as_str()).collect();
+                let target = if p == 64 { ">= 50,000" } else { "-" };
+                println!(
+                    "| P={p}, {nodes} node{}, overlap {} | {ls} | {} | {secs:.3} | {lps:.0} | {per_cpu:.0} | {target} |",
+                    if nodes == 1 { "" } else { "s" },
+                    if overlap == Overlap::Off { "off" } else { "on" },
+                    names.join(", ")
+                );
+            }
         }
     }
 }

@@ -120,10 +120,13 @@ pub struct OverlapArgs {
     /// on: dispatch, expert compute and combine pipelined in chunks, the
     /// exchanges hidden under compute (below 8,192 rows on the busiest GPU
     /// the layer stays sequential: not measured to pay there); off: one phase
-    /// after the other. Phase times of a pipelined row are busy times; its
-    /// exposed communication is in t_exposed_comm_ms.
-    #[arg(long, value_enum, default_value = "on")]
-    pub overlap: OnOff,
+    /// after the other, as the reference LLEP layer runs. Default: on for
+    /// replay; off for simulate, whose question is the reference's lambda
+    /// and whose sequential model is the one the accuracy matrix validates.
+    /// Phase times of a pipelined row are busy times; its exposed
+    /// communication is in t_exposed_comm_ms.
+    #[arg(long, value_enum)]
+    pub overlap: Option<OnOff>,
     /// Chunks of the pipelined schedule (2-8); 0 chooses by size (2, then 6
     /// from 65,536 rows on the busiest GPU).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=8))]
@@ -131,8 +134,15 @@ pub struct OverlapArgs {
 }
 
 impl OverlapArgs {
-    pub fn get(&self) -> anyhow::Result<Overlap> {
-        match (self.overlap, self.overlap_chunks) {
+    /// The schedule asked for, `default` when `--overlap` is not given
+    /// (`--overlap-chunks N` alone means on).
+    pub fn get(&self, default: OnOff) -> anyhow::Result<Overlap> {
+        let on_off = match (self.overlap, self.overlap_chunks) {
+            (Some(v), _) => v,
+            (None, 0) => default,
+            (None, _) => OnOff::On,
+        };
+        match (on_off, self.overlap_chunks) {
             (OnOff::Off, 0) => Ok(Overlap::Off),
             (OnOff::Off, _) => bail!("--overlap-chunks applies to --overlap on only"),
             (OnOff::On, 1) => {
@@ -387,7 +397,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if alphas.len() != 1 || mgs.len() != 1 {
         bail!("replay takes one --alpha and one --min-gemm");
     }
-    let mut overlap = a.overlap.get()?;
+    let mut overlap = a.overlap.get(OnOff::On)?;
     if train && overlap != Overlap::Off {
         p.status("--pass train: the backward runs on the sequential schedule; overlap off");
         overlap = Overlap::Off;

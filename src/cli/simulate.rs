@@ -600,7 +600,7 @@ fn eplb_setting(policies: &[Policy], a: &EplbArgs) -> anyhow::Result<Option<Eplb
 
 pub fn run(mut a: SimulateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     a.input.settle()?;
-    a.input.overlap = a.overlap.get()?;
+    a.input.overlap = a.overlap.get(super::replay::OnOff::Off)?;
     if a.input.pass == PassArg::Train && a.input.overlap != llep_trace::gpu::Overlap::Off {
         p.status("--pass train: the backward runs on the sequential schedule; overlap off");
     }

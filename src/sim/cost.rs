@@ -348,6 +348,11 @@ pub struct GroupMemo {
 }
 
 impl GroupMemo {
+    /// Expert `e`'s group time when it was priced at `tokens`.
+    pub fn ms(&self, e: usize, tokens: u64) -> Option<f64> {
+        (self.tokens.get(e) == Some(&tokens)).then(|| self.ms[e])
+    }
+
     /// Forget every time; room for `experts` experts.
     pub fn clear(&mut self, experts: usize) {
         self.tokens.clear();
@@ -512,7 +517,7 @@ pub fn price_memo(
         overhead + disp_or_xfer + compute + combine
     };
     let (total, compute) = if chunks > 1 {
-        let o = super::overlap::price(plan, chunks, &pricer, &ov);
+        let o = super::overlap::price(plan, chunks, &pricer, memo.as_deref(), &ov);
         (overhead + o.after_overhead_ms, o.compute_ms)
     } else {
         (total, compute)

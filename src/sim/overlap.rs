@@ -14,7 +14,7 @@
 //! groups cut by a chunk boundary pay the smaller GEMMs' efficiency.
 //! The sequential model (`cost`) keeps `--overlap off`.
 
-use super::cost::GroupPricer;
+use super::cost::{GroupMemo, GroupPricer};
 use super::profile::Profile;
 use crate::gpu::pipeline;
 use crate::plan::Plan;
@@ -60,58 +60,64 @@ pub fn chunks(prof: &Profile, plan: &Plan) -> usize {
     pipeline::chunks(prof.overlap, rows, plan.gpus)
 }
 
-/// GPU `g`'s groups in replay's order (native first, then foreign, each
-/// by expert and start): (rows, foreign).
-fn groups_of(plan: &Plan, g: usize, out: &mut Vec<(u32, u64, u64, bool)>) {
-    let per = plan.experts / plan.gpus;
+/// Every GPU's groups in replay's order (by GPU; native first, then
+/// foreign, each by expert and start), in one pass over the plan:
+/// (gpu, foreign, expert, start, rows).
+fn all_groups(plan: &Plan, out: &mut Vec<(u32, bool, u32, u64, u64)>) {
+    let per = (plan.experts / plan.gpus).max(1);
     out.clear();
     if plan.spills.is_empty() {
-        for j in 0..per {
-            let e = g * per + j;
-            let c = plan.counts.get(e).copied().unwrap_or(0);
+        // native groups only, already in order
+        for (e, &c) in plan.counts.iter().enumerate() {
             if c > 0 {
-                out.push((e as u32, 0, c, false));
+                out.push(((e / per) as u32, false, e as u32, 0, c));
             }
         }
-    } else {
-        for (e, ranges) in plan.iter() {
-            for r in ranges
-                .iter()
-                .filter(|r| r.gpu as usize == g && r.end > r.start)
-            {
-                out.push((e, r.start, r.end - r.start, e as usize / per != g));
-            }
-        }
-        out.sort_by_key(|&(e, s, _, f)| (f, e, s));
+        return;
     }
+    for (e, ranges) in plan.iter() {
+        for r in ranges.iter().filter(|r| r.end > r.start) {
+            let foreign = e as usize / per != r.gpu as usize;
+            out.push((r.gpu, foreign, e, r.start, r.end - r.start));
+        }
+    }
+    out.sort_unstable_by_key(|&(g, f, e, s, _)| (g, f, e, s));
 }
 
-/// Per chunk of GPU `g`: compute ms (groups cut at the chunk bounds, each
-/// piece priced as a group of its rows) and whether it holds foreign rows.
+/// Per chunk of one GPU's groups: compute ms (groups cut at the chunk
+/// bounds, each piece priced as a group of its rows) and whether it holds
+/// foreign rows, into `out` (`chunks` entries).
 fn chunk_compute(
-    groups: &[(u32, u64, u64, bool)],
+    groups: &[(u32, bool, u32, u64, u64)],
     chunks: usize,
     pricer: &GroupPricer<'_>,
-) -> Vec<(f64, bool)> {
-    let mut starts = Vec::with_capacity(groups.len());
+    memo: Option<&GroupMemo>,
+    starts: &mut Vec<u64>,
+    out: &mut [(f64, bool)],
+) {
+    starts.clear();
     let mut at = 0u64;
-    for &(_, _, rows, _) in groups {
+    for &(.., rows) in groups {
         starts.push(at);
         at += rows;
     }
-    let bounds = pipeline::cuts(&starts, at, chunks, pipeline::ALIGN);
-    let mut out = vec![(0.0, false); chunks];
-    for (&(_, _, rows, foreign), &s) in groups.iter().zip(&starts) {
+    let bounds = pipeline::cuts(starts, at, chunks, pipeline::ALIGN);
+    out.fill((0.0, false));
+    for (&(_, foreign, e, _, rows), &s) in groups.iter().zip(starts.iter()) {
         let (a, b) = (s, s + rows);
         for c in 0..chunks {
             let (lo, hi) = (a.max(bounds[c]), b.min(bounds[c + 1]));
             if hi > lo {
-                out[c].0 += pricer.ms(hi - lo);
+                // a whole group costs what the sequential model priced
+                out[c].0 += match memo {
+                    Some(m) if hi - lo == rows => m.ms(e as usize, rows),
+                    _ => None,
+                }
+                .unwrap_or_else(|| pricer.ms(hi - lo));
                 out[c].1 |= foreign;
             }
         }
     }
-    out
 }
 
 /// Price the pipelined schedule of `plan` in `chunks` chunks, with each
@@ -119,16 +125,27 @@ fn chunk_compute(
 /// stream (pack, chunks, as their rows arrive and weights are in) and the
 /// exchange rounds, which all GPUs join, so a round starts when the last
 /// GPU is ready for it and takes the slowest GPU's time.
-pub fn price(plan: &Plan, chunks: usize, pricer: &GroupPricer<'_>, comm: &[GpuComm]) -> Pipelined {
+pub fn price(
+    plan: &Plan,
+    chunks: usize,
+    pricer: &GroupPricer<'_>,
+    memo: Option<&GroupMemo>,
+    comm: &[GpuComm],
+) -> Pipelined {
     let p = plan.gpus;
     let cf = chunks as f64;
     let mut groups = Vec::new();
-    let per_gpu: Vec<Vec<(f64, bool)>> = (0..p)
-        .map(|g| {
-            groups_of(plan, g, &mut groups);
-            chunk_compute(&groups, chunks, pricer)
-        })
-        .collect();
+    all_groups(plan, &mut groups);
+    // per GPU, its chunks: (compute ms, holds foreign rows)
+    let mut per_chunk = vec![(0.0, false); p * chunks];
+    let mut starts = Vec::new();
+    let mut lo = 0;
+    for (g, out) in per_chunk.chunks_mut(chunks).enumerate() {
+        let n = groups[lo..].iter().take_while(|x| x.0 as usize == g).count();
+        chunk_compute(&groups[lo..lo + n], chunks, pricer, memo, &mut starts, out);
+        lo += n;
+    }
+    let per_gpu: Vec<&[(f64, bool)]> = per_chunk.chunks(chunks).collect();
     let compute = per_gpu
         .iter()
         .map(|v| v.iter().map(|c| c.0).sum::<f64>())
@@ -143,6 +160,17 @@ pub fn price(plan: &Plan, chunks: usize, pricer: &GroupPricer<'_>, comm: &[GpuCo
         })
         .fold(0.0, f64::max);
     let pack = |g: usize| comm.get(g).map_or(0.0, |c| c.copy_ms);
+    // a GPU's foreign weights are in once its own transfers and those of
+    // every GPU sending it weights are done: a sender's link (a NIC across
+    // nodes) carries all its sends one after the other
+    let xfer = |g: usize| comm.get(g).map_or(0.0, |c| c.transfer_ms);
+    let mut weights_in: Vec<f64> = (0..p).map(xfer).collect();
+    for t in &plan.transfers {
+        let (src, dst) = (t.src as usize, t.dst as usize);
+        if dst < p {
+            weights_in[dst] = weights_in[dst].max(xfer(src));
+        }
+    }
     // each GPU's main stream, and the one order of rounds: every dispatch,
     // then the combines
     let mut main: Vec<f64> = (0..p).map(pack).collect();
@@ -158,7 +186,7 @@ pub fn price(plan: &Plan, chunks: usize, pricer: &GroupPricer<'_>, comm: &[GpuCo
             let (k, foreign) = per_gpu[g][c];
             let mut at = m.max(arrived[c]);
             if foreign {
-                at = at.max(comm.get(g).map_or(0.0, |c| c.transfer_ms));
+                at = at.max(weights_in[g]);
             }
             // the exchange running beside this chunk's GEMMs
             let beside: f64 = busy
@@ -228,7 +256,7 @@ mod tests {
         let seq_compute: f64 = (0..32).map(|_| pricer.ms(4096)).sum();
         let seq = 2.0 * (2.3 + 0.3) + seq_compute;
         for chunks in [2, 4] {
-            let o = price(&pl, chunks, &pricer, &cm);
+            let o = price(&pl, chunks, &pricer, None, &cm);
             // compute grows a little at most (cuts fall between groups here)
             assert!((o.compute_ms - seq_compute).abs() < 1e-9);
             // exposed: pack + one round each way + the sum, at least
@@ -243,8 +271,8 @@ mod tests {
         }
         // more chunks, less exposed communication here
         assert!(
-            price(&pl, 4, &pricer, &cm).after_overhead_ms
-                < price(&pl, 2, &pricer, &cm).after_overhead_ms
+            price(&pl, 4, &pricer, None, &cm).after_overhead_ms
+                < price(&pl, 2, &pricer, None, &cm).after_overhead_ms
         );
     }
 
@@ -254,7 +282,7 @@ mod tests {
         let pricer = prof.group_pricer(&gptoss());
         let pl = plan(&vec![64; 128], 4, Policy::Ep);
         let cm = vec![comm(50.0, 0.0, 0.0); 4];
-        let o = price(&pl, 2, &pricer, &cm);
+        let o = price(&pl, 2, &pricer, None, &cm);
         // two rounds per way of about half the exchange each, serialised
         assert!(o.after_overhead_ms >= 2.0 * 50.0, "{}", o.after_overhead_ms);
     }
