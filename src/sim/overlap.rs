@@ -141,7 +141,10 @@ pub fn price(
     let mut starts = Vec::new();
     let mut lo = 0;
     for (g, out) in per_chunk.chunks_mut(chunks).enumerate() {
-        let n = groups[lo..].iter().take_while(|x| x.0 as usize == g).count();
+        let n = groups[lo..]
+            .iter()
+            .take_while(|x| x.0 as usize == g)
+            .count();
         chunk_compute(&groups[lo..lo + n], chunks, pricer, memo, &mut starts, out);
         lo += n;
     }
@@ -295,10 +298,17 @@ mod tests {
         counts[0] = 60_000;
         let pl = plan(&counts, 4, Policy::Llep);
         assert!(!pl.transfers.is_empty());
-        let fast = price(&pl, 4, &pricer, &[comm(1.0, 0.1, 0.0); 4]);
-        let slow = price(&pl, 4, &pricer, &[comm(1.0, 0.1, 500.0); 4]);
+        let fast = price(&pl, 4, &pricer, None, &[comm(1.0, 0.1, 0.0); 4]);
+        let slow = price(&pl, 4, &pricer, None, &[comm(1.0, 0.1, 500.0); 4]);
         assert!(slow.after_overhead_ms >= 500.0);
         assert!(fast.after_overhead_ms < 500.0);
+        // only the sender's link is slow: its receivers wait for it all the
+        // same (its sends go out one after the other)
+        let src = pl.transfers[0].src as usize;
+        assert!(pl.transfers.iter().all(|t| t.dst as usize != src));
+        let mut cm = [comm(1.0, 0.1, 0.0); 4];
+        cm[src].transfer_ms = 500.0;
+        assert!(price(&pl, 4, &pricer, None, &cm).after_overhead_ms >= 500.0);
     }
 
     #[test]
