@@ -432,7 +432,8 @@ fn simulate_range(
                     }
                     if wants(Policy::LlepAuto) {
                         // decided on the step's cost (forward, or forward + backward)
-                        let mut r = if auto_prefers_llep(ep_row.t_total_ms, on.t_total_ms, prof) {
+                        let (e, l, t) = (ep_row.t_total_ms, on.t_total_ms, b.tokens_per_rank);
+                        let mut r = if auto_prefers_llep_at(e, l, prof, t) {
                             on.clone()
                         } else {
                             ep_row.clone()
@@ -563,12 +564,34 @@ pub fn auto_margin(prof: &Profile) -> f64 {
         .map_or(0.05, |e| e.median_abs_pct / 100.0)
 }
 
-/// The cost-aware gate's rule, shared by `simulate` and (through
-/// [`CostArbiter`]) `replay`: use LLEP only when its predicted time (a
-/// layer's forward, or a training step), inflated by the margin, still
-/// beats EP's.
+/// The margin at a batch size of `tokens_per_gpu`: the stamped median
+/// error of the replayed batch size nearest it (in ratio), else
+/// [`auto_margin`]. At decode sizes the model is less sure (launch-bound
+/// GEMMs, small messages), so LLEP must win by more there.
+pub fn auto_margin_at(prof: &Profile, tokens_per_gpu: u64) -> f64 {
+    let Some(e) = &prof.measured_error else {
+        return auto_margin(prof);
+    };
+    let x = (tokens_per_gpu.max(1) as f64).ln();
+    let off = |t: u64| ((t.max(1) as f64).ln() - x).abs();
+    e.by_tokens
+        .iter()
+        .min_by(|a, b| off(a.0).total_cmp(&off(b.0)))
+        .map_or(auto_margin(prof), |&(_, pct)| pct / 100.0)
+}
+
+/// The cost-aware gate's rule with the overall margin (see
+/// [`auto_prefers_llep_at`], which `simulate` and `replay` use).
 pub fn auto_prefers_llep(ep_ms: f64, llep_ms: f64, prof: &Profile) -> bool {
     llep_ms * (1.0 + auto_margin(prof)) < ep_ms
+}
+
+/// The cost-aware gate's rule, shared by `simulate` and (through
+/// [`CostArbiter`]) `replay` and `plan`: use LLEP only when its predicted
+/// time (a layer's forward, or a training step), inflated by the margin at
+/// this batch size, still beats EP's.
+pub fn auto_prefers_llep_at(ep_ms: f64, llep_ms: f64, prof: &Profile, tokens_per_gpu: u64) -> bool {
+    llep_ms * (1.0 + auto_margin_at(prof, tokens_per_gpu)) < ep_ms
 }
 
 /// [`crate::plan::Arbiter`] by the cost model, for the replay's `llep-auto`.
@@ -580,21 +603,52 @@ pub struct CostArbiter {
 
 impl CostArbiter {
     /// Predicted layer time of the EP and the LLEP plan, milliseconds.
+    ///
+    /// Replay decides on the host between the count all-gather and the
+    /// tables' upload, so this time is on the layer's critical path: the
+    /// scratch buffers are kept per thread, and the LLEP plan reuses the
+    /// group times of every expert it leaves whole where EP has it.
     pub fn predict(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> (f64, f64) {
-        let mut scratch = CostScratch::default();
-        let mut dm = DispatchMatrix::default();
-        let mut cost = |plan: &Plan| {
-            dispatch_matrix(plan, per_rank, &mut dm);
-            price(plan, &dm, global, &self.shape, &self.profile, &mut scratch).total_ms
-        };
-        (cost(ep), cost(llep))
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(CostScratch, DispatchMatrix, cost::GroupMemo)> =
+                std::cell::RefCell::default();
+        }
+        SCRATCH.with(|s| {
+            let (scratch, dm, memo) = &mut *s.borrow_mut();
+            memo.clear(ep.experts);
+            let mut cost = |plan: &Plan| {
+                dispatch_matrix(plan, per_rank, dm);
+                let (shape, prof) = (&self.shape, &self.profile);
+                cost::price_memo(plan, dm, global, shape, prof, scratch, Some(&mut *memo)).total_ms
+            };
+            (cost(ep), cost(llep))
+        })
+    }
+}
+
+impl CostArbiter {
+    /// Tokens per GPU of a layer with `per_rank` copies (`[P][N]`).
+    pub fn tokens_per_gpu(&self, ep: &Plan, per_rank: &[u64]) -> u64 {
+        per_rank.iter().sum::<u64>() / (ep.gpus.max(1) as u64 * self.shape.top_k.max(1))
+    }
+
+    /// (EP ms, LLEP ms, use LLEP): the decision `replay` makes.
+    pub fn decide(
+        &self,
+        ep: &Plan,
+        llep: &Plan,
+        per_rank: &[u64],
+        global: &[u64],
+    ) -> (f64, f64, bool) {
+        let (e, l) = self.predict(ep, llep, per_rank, global);
+        let t = self.tokens_per_gpu(ep, per_rank);
+        (e, l, auto_prefers_llep_at(e, l, &self.profile, t))
     }
 }
 
 impl crate::plan::Arbiter for CostArbiter {
     fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool {
-        let (e, l) = self.predict(ep, llep, per_rank, global);
-        auto_prefers_llep(e, l, &self.profile)
+        self.decide(ep, llep, per_rank, global).2
     }
 }
 
@@ -674,7 +728,6 @@ mod tests {
     #[test]
     fn ideal_is_a_lower_bound_and_auto_never_loses_by_more_than_its_margin() {
         let prof = Profile::load("h200").unwrap();
-        let margin = auto_margin(&prof);
         let cfg = SimConfig {
             policies: vec![Policy::Ep, Policy::Llep, Policy::LlepAuto, Policy::Ideal],
             gates: vec![Gate::Always, Gate::Ratio(1.3)],
@@ -698,6 +751,7 @@ mod tests {
             let w = workload(&mut rng, gpus, tokens);
             let rows = simulate(&w, &cfg, &Silent).unwrap();
             for set in rows.chunks(5) {
+                let margin = auto_margin_at(&cfg.profile, set[0].tokens_per_rank);
                 let t = |p: Policy, g: Gate| {
                     set.iter()
                         .find(|r| r.policy == p && (p != Policy::Llep || r.gate == g))
