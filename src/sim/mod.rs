@@ -648,6 +648,11 @@ impl CostArbiter {
 
 impl crate::plan::Arbiter for CostArbiter {
     fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool {
+        // an LLEP plan that splits and moves nothing is EP's plan: nothing
+        // to price (replay decides on the layer's critical path)
+        if llep.spills.is_empty() && llep.transfers.is_empty() {
+            return false;
+        }
         self.decide(ep, llep, per_rank, global).2
     }
 }
@@ -723,6 +728,57 @@ mod tests {
         let mut spec = InputSpec::synthetic(vec![sc.parse().unwrap()], gpus);
         spec.tokens_per_rank = Some(tokens);
         spec.resolve().unwrap().remove(0)
+    }
+
+    #[test]
+    fn replay_gate_skips_pricing_a_plan_that_is_eps_and_agrees_with_decide() {
+        use crate::plan::Arbiter;
+        let (d, i) = (2880u64, 2880u64);
+        let arb = CostArbiter {
+            shape: Shape {
+                hidden: d,
+                intermediate: i,
+                dtype_bytes: 2,
+                expert_bytes: crate::trace::meta::expert_bytes(d, i, 2),
+                top_k: 4,
+            },
+            profile: Profile::load("h200").unwrap(),
+        };
+        let p = 4;
+        let params = PlanParams {
+            gpus: p,
+            alpha: 1.0,
+            min_gemm: 64,
+            gate: Gate::Auto,
+        };
+        let mut planner = Planner::new();
+        for (hot, copies) in [(0u64, 2048u64), (60, 2048), (60, 131_072), (95, 512)] {
+            // per rank: `hot`% of its copies on expert 0, the rest spread
+            let n = 128;
+            let mut per_rank = vec![0u64; p * n];
+            for r in 0..p {
+                per_rank[r * n] = copies * hot / 100;
+                let rest = copies - per_rank[r * n];
+                for e in 0..n {
+                    per_rank[r * n + e] +=
+                        rest / n as u64 + u64::from((e as u64) < rest % n as u64);
+                }
+            }
+            let global: Vec<u64> = (0..n)
+                .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+                .collect();
+            let llep = planner.plan(&global, &params, Policy::LlepAuto).unwrap();
+            let ep = planner.plan(&global, &params, Policy::Ep).unwrap();
+            let (e, l, use_llep) = arb.decide(&ep, &llep, &per_rank, &global);
+            assert_eq!(arb.prefers_llep(&ep, &llep, &per_rank, &global), use_llep);
+            if llep.spills.is_empty() && llep.transfers.is_empty() {
+                // the same plan: the same price, and EP kept
+                assert!((e - l).abs() < 1e-12 && !use_llep, "{e} {l}");
+            }
+            if hot == 60 && copies == 131_072 {
+                assert!(use_llep, "a prefill-sized skewed layer: EP {e}, LLEP {l}");
+            }
+        }
     }
 
     #[test]
