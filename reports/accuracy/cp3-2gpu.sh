@@ -1,5 +1,5 @@
 #!/bin/bash
-# fid12 CP3 (issue 12): llep-auto at decode sizes on 4 x H200, the binary
+# fid12 CP3 (issue 12): llep-auto at decode sizes on 4 x H200 (ran on 2: no 4-GPU machine was lent), the binary
 # whose replay gate no longer prices an LLEP plan that is EP's. 5 shapes x
 # 128/512 tokens per GPU x balanced/30:4/95:1 x EP / LLEP 1.3 / llep-auto,
 # two passes (A then B, separate processes) to tell a wrong decision from
