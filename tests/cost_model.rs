@@ -476,7 +476,7 @@ fn layer_fit_prices_units_inside_a_layer_and_link_sharing() {
     assert_eq!(ll1.combine_ms, ll0.combine_ms);
     assert_eq!(ll1.compute_ms, ll0.compute_ms);
     // more GPUs, more token peers on the port the weights use (the layer
-    // has 8 GPUs: 0.5 + 0.25 x 6 = 2.0 of the exchange's link time)
+    // has 8 GPUs: 0.5 + 0.25 x 6, capped at 1, of the exchange's link time)
     prof.layer_fit = Some(LayerFit {
         contention: 0.5,
         contention_per_peer: 0.25,

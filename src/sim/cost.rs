@@ -444,7 +444,8 @@ pub fn price_memo(
     // overlapped with dispatch. With a message model, each send and receive
     // of the grouped exchange is priced, and the kernels around it too.
     let launch_ms = prof.launches.map_or(0.0, |l| l.launch_us * 1e-3);
-    let contention = prof.layer_fit.map_or(0.0, |f| f.contention_on(p));
+    // the GPUs sharing a port are the node's
+    let contention = prof.layer_fit.map_or(0.0, |f| f.contention_on(gpn));
     // every GPU's dispatch waits on its slowest peer, so the longest weight
     // transfer anywhere slows them all (a fraction of it: they overlap)
     scratch.xfer.clear();
@@ -454,7 +455,10 @@ pub fn price_memo(
         xfer_max = xfer_max.max(x);
         scratch.xfer.push(x);
     }
-    let waits = prof.layer_fit.map_or(0.0, |f| f.dispatch_wait) * xfer_max;
+    let waits = match prof.layer_fit {
+        Some(f) if !multi => f.dispatch_wait * xfer_max,
+        _ => 0.0,
+    };
     let mut copies_max = 0u64;
     let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
     let mut dispatch_bytes_max = 0u64;

@@ -119,15 +119,19 @@ pub struct LayerFit {
     /// moves weights, the exchange's link time grows by this fraction, and
     /// its transfer by this fraction of the exchange's link time.
     pub contention: f64,
-    /// ... plus this much per token peer beyond the first (a GPU of P
-    /// exchanges tokens with P - 1 peers, every one of them a flow on the
-    /// same port as its weights): the link-sharing fraction is
-    /// `contention + contention_per_peer x (P - 2)`.
+    /// ... plus this much per token peer beyond the first (a GPU of P on
+    /// one node exchanges tokens with P - 1 peers, every one of them a flow
+    /// on the same port as its weights): the link-sharing fraction is
+    /// `contention + contention_per_peer x (P - 2)`, at most 1 (the two
+    /// flows taking turns). Fitted on 2 and 4 GPUs; beyond that it is an
+    /// extrapolation, which the cap bounds.
     #[serde(default)]
     pub contention_per_peer: f64,
     /// The token exchange is one grouped call that every GPU finishes only
     /// when its slowest peer does, so a weight transfer anywhere slows
-    /// every GPU's dispatch: by this fraction of the longest transfer.
+    /// every GPU's dispatch: by this fraction of the longest transfer. On
+    /// one node only (it was fitted there); across nodes the NIC's own
+    /// prices apply.
     #[serde(default)]
     pub dispatch_wait: f64,
     /// Replay's `llep-auto` decision (a second plan, a clone of its
@@ -147,9 +151,10 @@ impl LayerFit {
             * 1e-3
     }
 
-    /// The link-sharing fraction on `gpus` GPUs.
+    /// The link-sharing fraction with `gpus` GPUs on the node, at most 1.
     pub fn contention_on(&self, gpus: usize) -> f64 {
-        self.contention + self.contention_per_peer * gpus.saturating_sub(2) as f64
+        let f = self.contention + self.contention_per_peer * gpus.saturating_sub(2) as f64;
+        f.min(1.0)
     }
 
     pub(crate) fn check(&self) -> Result<(), String> {
@@ -623,6 +628,8 @@ mod tests {
         };
         assert!((f.contention_on(2) - 0.2).abs() < 1e-12);
         assert!((f.contention_on(4) - 0.4).abs() < 1e-12);
+        // the two flows at most take turns, however many peers
+        assert_eq!(f.contention_on(64), 1.0);
         assert!((f.overhead_ms(100, 4000) - (50.0 + 50.0 + 8.0) * 1e-3).abs() < 1e-12);
         assert!(f.check().is_ok());
         assert!(LayerFit {
