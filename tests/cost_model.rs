@@ -382,6 +382,8 @@ fn fit(overhead_us: f64, per_group_us: f64, per_kcopy_us: f64) -> LayerFit {
         unit_scale: 1.0,
         unit_us: 0.0,
         contention: 0.0,
+        contention_per_peer: 0.0,
+        dispatch_wait: 0.0,
         auto_us: 0.0,
     }
 }
@@ -473,6 +475,30 @@ fn layer_fit_prices_units_inside_a_layer_and_link_sharing() {
     assert!(ll1.dispatch_ms > ll0.dispatch_ms && ll1.transfer_ms > ll0.transfer_ms);
     assert_eq!(ll1.combine_ms, ll0.combine_ms);
     assert_eq!(ll1.compute_ms, ll0.compute_ms);
+    // more GPUs, more token peers on the port the weights use (the layer
+    // has 8 GPUs: 0.5 + 0.25 x 6, capped at 1, of the exchange's link time)
+    prof.layer_fit = Some(LayerFit {
+        contention: 0.5,
+        contention_per_peer: 0.25,
+        ..fit(0.0, 0.0, 0.0)
+    });
+    let ll2 = price(&l, &prof, Policy::Llep);
+    assert_eq!(l.gpus, 8);
+    assert!(ll2.transfer_ms > ll1.transfer_ms && ll2.dispatch_ms > ll1.dispatch_ms);
+    // every GPU's dispatch waits for a fraction of the longest transfer
+    prof.layer_fit = Some(LayerFit {
+        dispatch_wait: 0.25,
+        ..fit(0.0, 0.0, 0.0)
+    });
+    let ll3 = price(&l, &prof, Policy::Llep);
+    let want = ll0.dispatch_ms + 0.25 * ll0.transfer_ms;
+    assert!(
+        (ll3.dispatch_ms - want).abs() < 1e-9,
+        "{} vs {want}",
+        ll3.dispatch_ms
+    );
+    assert_eq!(ll3.transfer_ms, ll0.transfer_ms);
+    assert_eq!(price(&l, &prof, Policy::Ep).dispatch_ms, ep0.dispatch_ms);
 }
 
 #[test]
@@ -538,4 +564,13 @@ fn committed_h200_profile_carries_its_fit_and_error_on_held_out_shapes() {
         e.median_abs_pct / 100.0
     );
     assert!(prof.label().contains("held out"), "{}", prof.label());
+    // the gate's margin per batch size: decode sizes are priced less surely
+    assert!(e.by_tokens.len() >= 3, "{:?}", e.by_tokens);
+    let decode = llep_trace::sim::auto_margin_at(&prof, 100);
+    let prefill = llep_trace::sim::auto_margin_at(&prof, 30_000);
+    assert_eq!(decode, e.by_tokens[0].1 / 100.0);
+    assert!(decode > prefill, "{decode} vs {prefill}");
+    // the GPU-count terms: weights priced per message, link sharing per peer
+    assert!(prof.msg_weights.is_some());
+    assert!(f.contention_on(4) > f.contention_on(2) && f.dispatch_wait > 0.0);
 }

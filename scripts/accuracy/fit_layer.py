@@ -21,7 +21,7 @@ Rows of the held-out shapes (hidden, intermediate in HELD_OUT) are dropped
 before anything is fitted; `--score` prints both groups' errors.
 
 Usage: fit_layer.py --bin target/release/llep-trace --base profiles/h200.json \
-          --out /tmp/h200-fit.json RESULTS.parquet...
+          [--take msg_weights=OTHER.json] --out /tmp/h200-fit.json RESULTS.parquet...
 """
 import argparse
 import copy
@@ -37,7 +37,14 @@ import pyarrow.parquet as pq
 
 # DeepSeek-V3 and Qwen3-30B-A3B experts: never fitted on, scored apart
 HELD_OUT = {(7168, 2048), (2048, 768)}
-NONNEG = ["overhead_us", "overhead_per_group_us", "overhead_per_kcopy_us", "contention"]
+NONNEG = [
+    "overhead_us",
+    "overhead_per_group_us",
+    "overhead_per_kcopy_us",
+    "contention",
+    "contention_per_peer",
+    "dispatch_wait",
+]
 
 
 def measured_rows(files, held):
@@ -93,6 +100,8 @@ def with_fit(base, **terms):
         unit_scale=1.0,
         unit_us=0.0,
         contention=0.0,
+        contention_per_peer=0.0,
+        dispatch_wait=0.0,
         auto_us=0.0,
     )
     # every term not given is neutral, whatever fit the base carries: the
@@ -138,15 +147,25 @@ def fit(base, cmp):
         w[still],
     )
     terms.update(unit_scale=scale, unit_us=unit * 1000)
-    # link sharing, on the rows that move weights
+    # link sharing, on the rows that move weights: the fraction on two
+    # GPUs, what each further token peer adds, and every GPU's dispatch
+    # waiting on the longest transfer (one-dimensional searches in turn)
     moving = ~still
-    best = None
-    for c in np.arange(0.0, 2.01, 0.05):
-        mm, ss = cmp.run(with_fit(base, **terms, contention=c))
-        e = np.median(np.abs(rel_err(mm, ss))[moving])
-        if best is None or e < best[0]:
-            best = (e, c)
-    terms["contention"] = best[1]
+    gpus = np.array(m0["gpus"])
+    for term, grid, rows in [
+        ("contention", np.arange(0.0, 2.01, 0.05), moving & (gpus <= 2)),
+        ("contention_per_peer", np.arange(0.0, 1.01, 0.025), moving & (gpus > 2)),
+        ("dispatch_wait", np.arange(0.0, 1.01, 0.025), moving),
+    ]:
+        if not rows.any():
+            continue
+        best = None
+        for c in grid:
+            mm, ss = cmp.run(with_fit(base, **dict(terms, **{term: c})))
+            e = np.mean(np.abs(rel_err(mm, ss))[rows])
+            if best is None or e < best[0]:
+                best = (e, c)
+        terms[term] = best[1]
     # llep-auto's decision: the mean extra overhead its rows measured
     mm, ss = cmp.run(with_fit(base, **terms))
     terms["auto_us"] = max(0.0, float(np.mean((mm["t_overhead_ms"] - ss["t_overhead_ms"])[auto])) * 1000)
@@ -169,6 +188,8 @@ def refine(base, cmp, terms, rounds=3):
         unit_scale=0.02,
         unit_us=1.0,
         contention=0.1,
+        contention_per_peer=0.05,
+        dispatch_wait=0.05,
     )
     cur = loss(terms)
     for _ in range(rounds):
@@ -196,9 +217,24 @@ def main():
     ap.add_argument("--bin", required=True)
     ap.add_argument("--base", required=True, help="profile JSON to add the fit to")
     ap.add_argument("--out", required=True, help="profile JSON with the fit")
+    ap.add_argument(
+        "--take",
+        action="append",
+        default=[],
+        metavar="FIELD=PROFILE",
+        help="copy FIELD of another profile JSON into the base first (e.g. "
+        "msg_weights=h200-4gpu-comm.json: a measured part the base lacks)",
+    )
     ap.add_argument("results", nargs="+", help="results files with measured rows")
     a = ap.parse_args()
     base = json.load(open(a.base))
+    for t in a.take:
+        field, _, path = t.partition("=")
+        other = json.load(open(path))
+        if field not in other:
+            sys.exit(f"--take {t}: {path} has no field {field}")
+        base[field] = other[field]
+        base["note"] = base.get("note", "") + f" {field} taken from {os.path.basename(path)}."
     with tempfile.TemporaryDirectory() as tmp:
         cal = Compare(a.bin, measured_rows(a.results, False), tmp, "cal")
         terms = refine(base, cal, fit(base, cal))

@@ -6,14 +6,15 @@ shapes' tables, as a shape nobody calibrated would be).
 
 Runs `llep-trace compare` on the matrix's measured rows (the twins are
 priced again with PROFILE, not read from the file), then writes:
-  OUT_DIR/matrix-2gpu-errors.png  heatmaps (time with tables, time with the
-                                  held-out profile, lowest memory error)
-  OUT_DIR/matrix-2gpu-table.md    the same numbers as Markdown tables
-  HELD_PROFILE                    the held-out profile used
+  OUT_DIR/STEM-errors.png  heatmaps (time with tables, time with the
+                           held-out profile, lowest memory error)
+  OUT_DIR/STEM-table.md    the same numbers as Markdown tables
+  HELD_PROFILE             the held-out profile used
+(STEM: --stem, matrix-2gpu unless given; matrix-4gpu for the 4-GPU half).
 
 Usage: matrix_report.py --bin target/release/llep-trace --profile profiles/h200.json \
          --held-profile reports/accuracy/h200-held-out.json --out-dir reports/accuracy \
-         reports/accuracy/matrix-2gpu.parquet
+         [--stem matrix-4gpu] reports/accuracy/matrix-2gpu.parquet
 """
 import argparse
 import copy
@@ -140,6 +141,7 @@ def main():
     ap.add_argument("--profile", required=True)
     ap.add_argument("--held-profile", required=True)
     ap.add_argument("--out-dir", required=True)
+    ap.add_argument("--stem", default="matrix-2gpu", help="name of the outputs (STEM-errors.png, STEM-table.md)")
     ap.add_argument("results", nargs="+")
     a = ap.parse_args()
     prof = json.load(open(a.profile))
@@ -157,12 +159,13 @@ def main():
     im = heat(axes[2], full, "mem", lambda v: float(np.min(v)), "peak memory, lowest signed error %\n(below 0: under-predicted)", 12, "RdBu")
     fig.colorbar(im, ax=axes[2], shrink=0.8)
     fig.tight_layout()
-    png = os.path.join(a.out_dir, "matrix-2gpu-errors.png")
+    png = os.path.join(a.out_dir, f"{a.stem}-errors.png")
     fig.savefig(png + ".tmp.png")
     os.replace(png + ".tmp.png", png)
     md = (
         "# Accuracy matrix by shape and batch size (generated)\n\n"
-        f"`scripts/accuracy/matrix_report.py --profile {a.profile}`; cells: median / worst |error| of the "
+        f"`scripts/accuracy/matrix_report.py --profile {a.profile} --stem {a.stem}` on "
+        f"{', '.join(os.path.basename(r) for r in a.results)}; cells: median / worst |error| of the "
         "layer time over the skews and settings of that shape and batch (9 rows each); memory: median "
         "|error| / lowest signed error.\n\n"
         + table("Layer time, every shape's GEMM tables", full, "time")
@@ -171,7 +174,7 @@ def main():
         + "\n"
         + table("Peak memory against the driver's view", full, "mem")
     )
-    path = os.path.join(a.out_dir, "matrix-2gpu-table.md")
+    path = os.path.join(a.out_dir, f"{a.stem}-table.md")
     with open(path + ".tmp", "w") as f:
         f.write(md)
     os.replace(path + ".tmp", path)

@@ -180,6 +180,7 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             mem_worst_abs_pct: acc.worst_abs_mem_pct,
             rows: acc.pairs.len() as u32,
             report: a.report_path.clone(),
+            by_tokens: acc.by_tokens(),
             split: split.map(|(cal, held)| {
                 let all = ErrorStats::of(acc.pairs.iter());
                 SplitError {

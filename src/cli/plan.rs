@@ -15,7 +15,7 @@ use clap::Args;
 use llep_trace::plan::eplb::{self, EplbParams, EplbPlacement};
 use llep_trace::plan::topo::{cross_node_transfers, TopoError, TopoPlanner, Topology};
 use llep_trace::plan::{Gate, Plan, PlanParams, Planner, Policy};
-use llep_trace::sim::{auto_prefers_llep, CostArbiter, Profile, Shape};
+use llep_trace::sim::{CostArbiter, Profile, Shape};
 use serde_json::json;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -193,7 +193,7 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
                     verdict = Some(format!(
                         "cost-aware gate: predicted EP {ep_ms:.3} ms, LLEP {llep_ms:.3} ms (profile {}, margin {:.1}%) -> {}\n",
                         j.arbiter.profile.name,
-                        llep_trace::sim::auto_margin(&j.arbiter.profile) * 100.0,
+                        j.margin(&ep) * 100.0,
                         if use_llep { "LLEP" } else { "plain EP" }
                     ));
                     if !use_llep {
@@ -235,8 +235,13 @@ struct AutoJudge {
 impl AutoJudge {
     /// (EP ms, LLEP ms, use LLEP) by the same rule as simulate and replay.
     fn decide(&self, ep: &Plan, llep: &Plan) -> (f64, f64, bool) {
-        let (e, l) = self.arbiter.predict(ep, llep, &self.per_rank, &ep.counts);
-        (e, l, auto_prefers_llep(e, l, &self.arbiter.profile))
+        self.arbiter.decide(ep, llep, &self.per_rank, &ep.counts)
+    }
+
+    /// The gate's margin at this layer's batch size.
+    fn margin(&self, ep: &Plan) -> f64 {
+        let t = self.arbiter.tokens_per_gpu(ep, &self.per_rank);
+        llep_trace::sim::auto_margin_at(&self.arbiter.profile, t)
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::cost::charge_auto;
 use super::eplb::{EplbEvaluator, EplbSim};
-use super::{auto_prefers_llep, row_from, simulated_base, Evaluator, Profile, Shape};
+use super::{auto_prefers_llep_at, row_from, simulated_base, Evaluator, Profile, Shape};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
@@ -82,6 +82,21 @@ pub fn is_held_out(r: &ResultRow, held_out: &[(u32, u32)]) -> bool {
 }
 
 impl Accuracy {
+    /// Median |error| of the layer time per batch size (tokens per GPU) with
+    /// at least 6 rows, percent, by size: what the cost-aware gate takes as
+    /// its margin at that size (stamped as `MeasuredError::by_tokens`).
+    pub fn by_tokens(&self) -> Vec<(u64, f64)> {
+        let mut by: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+        for p in &self.pairs {
+            let t = p.measured.tokens_per_rank;
+            by.entry(t).or_default().push(p.time_err.abs() * 100.0);
+        }
+        by.into_iter()
+            .filter(|(_, v)| v.len() >= 6)
+            .map(|(t, mut v)| (t, median(&mut v)))
+            .collect()
+    }
+
     /// Error over the rows of the calibration shapes and over the rows of
     /// the held-out shapes, apart.
     pub fn split(&self, held_out: &[(u32, u32)]) -> (ErrorStats, ErrorStats) {
@@ -191,7 +206,8 @@ pub fn twin(
         } else {
             let ep = priced(Policy::Ep, ev);
             let llep = priced(Policy::Llep, ev);
-            auto_prefers_llep(ep.t_total_ms, llep.t_total_ms, profile)
+            let t = measured.tokens_per_rank;
+            auto_prefers_llep_at(ep.t_total_ms, llep.t_total_ms, profile, t)
         };
         let mut r = priced(if use_llep { Policy::Llep } else { Policy::Ep }, ev);
         charge_auto(&mut r, profile);

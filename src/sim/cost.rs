@@ -73,6 +73,8 @@ pub struct CostScratch {
     compute: Vec<f64>,
     /// Compute of groups whose weights were transferred in.
     foreign: Vec<f64>,
+    /// Each GPU's weight transfers alone, ms.
+    xfer: Vec<f64>,
     largest: Vec<u64>,
     w_sent: Vec<u64>,
     w_recv: Vec<u64>,
@@ -454,7 +456,21 @@ pub fn price_memo(
     // overlapped with dispatch. With a message model, each send and receive
     // of the grouped exchange is priced, and the kernels around it too.
     let launch_ms = prof.launches.map_or(0.0, |l| l.launch_us * 1e-3);
-    let contention = prof.layer_fit.map_or(0.0, |f| f.contention);
+    // the GPUs sharing a port are the node's
+    let contention = prof.layer_fit.map_or(0.0, |f| f.contention_on(gpn));
+    // every GPU's dispatch waits on its slowest peer, so the longest weight
+    // transfer anywhere slows them all (a fraction of it: they overlap)
+    scratch.xfer.clear();
+    let mut xfer_max = 0f64;
+    for g in 0..p {
+        let x = weights_ms(prof, scratch, g, multi.then(|| (&sums.nodes[g], tok_bytes)));
+        xfer_max = xfer_max.max(x);
+        scratch.xfer.push(x);
+    }
+    let waits = match prof.layer_fit {
+        Some(f) if !multi => f.dispatch_wait * xfer_max,
+        _ => 0.0,
+    };
     let mut copies_max = 0u64;
     let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
     let mut dispatch_bytes_max = 0u64;
@@ -481,9 +497,9 @@ pub fn price_memo(
         // the exchange shares the link with this GPU's weight transfers
         let moves = scratch.w_sent[g] + scratch.w_recv[g] > 0;
         let shared = if moves { contention * link } else { 0.0 };
-        let dsp = link + shared + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
+        let dsp = link + shared + waits + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
-        let x = shared + weights_ms(prof, scratch, g, multi.then(|| (&sums.nodes[g], tok_bytes)));
+        let x = shared + scratch.xfer[g];
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
         transfer = transfer.max(x);

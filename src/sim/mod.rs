@@ -485,9 +485,12 @@ fn simulate_range(
                     }
                     if wants(Policy::LlepAuto) {
                         // decided on the step's cost (forward, or forward + backward)
-                        let (ep_ms, on_ms) =
-                            (ep_row.get(&rows).t_total_ms, on.get(&rows).t_total_ms);
-                        let src = if auto_prefers_llep(ep_ms, on_ms, prof) {
+                        let (ep_ms, on_ms, t) = (
+                            ep_row.get(&rows).t_total_ms,
+                            on.get(&rows).t_total_ms,
+                            b.tokens_per_rank,
+                        );
+                        let src = if auto_prefers_llep_at(ep_ms, on_ms, prof, t) {
                             &mut on
                         } else {
                             &mut ep_row
@@ -656,12 +659,34 @@ pub fn auto_margin(prof: &Profile) -> f64 {
         .map_or(0.05, |e| e.median_abs_pct / 100.0)
 }
 
-/// The cost-aware gate's rule, shared by `simulate` and (through
-/// [`CostArbiter`]) `replay`: use LLEP only when its predicted time (a
-/// layer's forward, or a training step), inflated by the margin, still
-/// beats EP's.
+/// The margin at a batch size of `tokens_per_gpu`: the stamped median
+/// error of the replayed batch size nearest it (in ratio), else
+/// [`auto_margin`]. At decode sizes the model is less sure (launch-bound
+/// GEMMs, small messages), so LLEP must win by more there.
+pub fn auto_margin_at(prof: &Profile, tokens_per_gpu: u64) -> f64 {
+    let Some(e) = &prof.measured_error else {
+        return auto_margin(prof);
+    };
+    let x = (tokens_per_gpu.max(1) as f64).ln();
+    let off = |t: u64| ((t.max(1) as f64).ln() - x).abs();
+    e.by_tokens
+        .iter()
+        .min_by(|a, b| off(a.0).total_cmp(&off(b.0)))
+        .map_or(auto_margin(prof), |&(_, pct)| pct / 100.0)
+}
+
+/// The cost-aware gate's rule with the overall margin (see
+/// [`auto_prefers_llep_at`], which `simulate` and `replay` use).
 pub fn auto_prefers_llep(ep_ms: f64, llep_ms: f64, prof: &Profile) -> bool {
     llep_ms * (1.0 + auto_margin(prof)) < ep_ms
+}
+
+/// The cost-aware gate's rule, shared by `simulate` and (through
+/// [`CostArbiter`]) `replay` and `plan`: use LLEP only when its predicted
+/// time (a layer's forward, or a training step), inflated by the margin at
+/// this batch size, still beats EP's.
+pub fn auto_prefers_llep_at(ep_ms: f64, llep_ms: f64, prof: &Profile, tokens_per_gpu: u64) -> bool {
+    llep_ms * (1.0 + auto_margin_at(prof, tokens_per_gpu)) < ep_ms
 }
 
 /// [`crate::plan::Arbiter`] by the cost model, for the replay's `llep-auto`.
@@ -673,21 +698,57 @@ pub struct CostArbiter {
 
 impl CostArbiter {
     /// Predicted layer time of the EP and the LLEP plan, milliseconds.
+    ///
+    /// Replay decides on the host between the count all-gather and the
+    /// tables' upload, so this time is on the layer's critical path: the
+    /// scratch buffers are kept per thread, and the LLEP plan reuses the
+    /// group times of every expert it leaves whole where EP has it.
     pub fn predict(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> (f64, f64) {
-        let mut scratch = CostScratch::default();
-        let mut dm = DispatchMatrix::default();
-        let mut cost = |plan: &Plan| {
-            dispatch_matrix(plan, per_rank, &mut dm);
-            price(plan, &dm, global, &self.shape, &self.profile, &mut scratch).total_ms
-        };
-        (cost(ep), cost(llep))
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<(CostScratch, DispatchMatrix, cost::GroupMemo)> =
+                std::cell::RefCell::default();
+        }
+        SCRATCH.with(|s| {
+            let (scratch, dm, memo) = &mut *s.borrow_mut();
+            memo.clear(ep.experts);
+            let mut cost = |plan: &Plan| {
+                dispatch_matrix(plan, per_rank, dm);
+                let (shape, prof) = (&self.shape, &self.profile);
+                cost::price_memo(plan, dm, global, shape, prof, scratch, Some(&mut *memo)).total_ms
+            };
+            (cost(ep), cost(llep))
+        })
+    }
+}
+
+impl CostArbiter {
+    /// Tokens per GPU of a layer with `per_rank` copies (`[P][N]`).
+    pub fn tokens_per_gpu(&self, ep: &Plan, per_rank: &[u64]) -> u64 {
+        per_rank.iter().sum::<u64>() / (ep.gpus.max(1) as u64 * self.shape.top_k.max(1))
+    }
+
+    /// (EP ms, LLEP ms, use LLEP): the decision `replay` makes.
+    pub fn decide(
+        &self,
+        ep: &Plan,
+        llep: &Plan,
+        per_rank: &[u64],
+        global: &[u64],
+    ) -> (f64, f64, bool) {
+        let (e, l) = self.predict(ep, llep, per_rank, global);
+        let t = self.tokens_per_gpu(ep, per_rank);
+        (e, l, auto_prefers_llep_at(e, l, &self.profile, t))
     }
 }
 
 impl crate::plan::Arbiter for CostArbiter {
     fn prefers_llep(&self, ep: &Plan, llep: &Plan, per_rank: &[u64], global: &[u64]) -> bool {
-        let (e, l) = self.predict(ep, llep, per_rank, global);
-        auto_prefers_llep(e, l, &self.profile)
+        // an LLEP plan that splits and moves nothing is EP's plan: nothing
+        // to price (replay decides on the layer's critical path)
+        if llep.spills.is_empty() && llep.transfers.is_empty() {
+            return false;
+        }
+        self.decide(ep, llep, per_rank, global).2
     }
 }
 
@@ -765,9 +826,59 @@ mod tests {
     }
 
     #[test]
+    fn replay_gate_skips_pricing_a_plan_that_is_eps_and_agrees_with_decide() {
+        use crate::plan::Arbiter;
+        let (d, i) = (2880u64, 2880u64);
+        let arb = CostArbiter {
+            shape: Shape {
+                hidden: d,
+                intermediate: i,
+                dtype_bytes: 2,
+                expert_bytes: crate::trace::meta::expert_bytes(d, i, 2),
+                top_k: 4,
+            },
+            profile: Profile::load("h200").unwrap(),
+        };
+        let p = 4;
+        let params = PlanParams {
+            gpus: p,
+            alpha: 1.0,
+            min_gemm: 64,
+            gate: Gate::Auto,
+        };
+        let mut planner = Planner::new();
+        for (hot, copies) in [(0u64, 2048u64), (60, 2048), (60, 131_072), (95, 512)] {
+            // per rank: `hot`% of its copies on expert 0, the rest spread
+            let n = 128;
+            let mut per_rank = vec![0u64; p * n];
+            for r in 0..p {
+                per_rank[r * n] = copies * hot / 100;
+                let rest = copies - per_rank[r * n];
+                for e in 0..n {
+                    per_rank[r * n + e] +=
+                        rest / n as u64 + u64::from((e as u64) < rest % n as u64);
+                }
+            }
+            let global: Vec<u64> = (0..n)
+                .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
+                .collect();
+            let llep = planner.plan(&global, &params, Policy::LlepAuto).unwrap();
+            let ep = planner.plan(&global, &params, Policy::Ep).unwrap();
+            let (e, l, use_llep) = arb.decide(&ep, &llep, &per_rank, &global);
+            assert_eq!(arb.prefers_llep(&ep, &llep, &per_rank, &global), use_llep);
+            if llep.spills.is_empty() && llep.transfers.is_empty() {
+                // the same plan: the same price, and EP kept
+                assert!((e - l).abs() < 1e-12 && !use_llep, "{e} {l}");
+            }
+            if hot == 60 && copies == 131_072 {
+                assert!(use_llep, "a prefill-sized skewed layer: EP {e}, LLEP {l}");
+            }
+        }
+    }
+
+    #[test]
     fn ideal_is_a_lower_bound_and_auto_never_loses_by_more_than_its_margin() {
         let prof = Profile::load("h200").unwrap();
-        let margin = auto_margin(&prof);
         let cfg = SimConfig {
             policies: vec![Policy::Ep, Policy::Llep, Policy::LlepAuto, Policy::Ideal],
             gates: vec![Gate::Always, Gate::Ratio(1.3)],
@@ -791,6 +902,7 @@ mod tests {
             let w = workload(&mut rng, gpus, tokens);
             let rows = simulate(&w, &cfg, &Silent).unwrap();
             for set in rows.chunks(5) {
+                let margin = auto_margin_at(&cfg.profile, set[0].tokens_per_rank);
                 let t = |p: Policy, g: Gate| {
                     set.iter()
                         .find(|r| r.policy == p && (p != Policy::Llep || r.gate == g))

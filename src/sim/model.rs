@@ -119,6 +119,21 @@ pub struct LayerFit {
     /// moves weights, the exchange's link time grows by this fraction, and
     /// its transfer by this fraction of the exchange's link time.
     pub contention: f64,
+    /// ... plus this much per token peer beyond the first (a GPU of P on
+    /// one node exchanges tokens with P - 1 peers, every one of them a flow
+    /// on the same port as its weights): the link-sharing fraction is
+    /// `contention + contention_per_peer x (P - 2)`, at most 1 (the two
+    /// flows taking turns). Fitted on 2 and 4 GPUs; beyond that it is an
+    /// extrapolation, which the cap bounds.
+    #[serde(default)]
+    pub contention_per_peer: f64,
+    /// The token exchange is one grouped call that every GPU finishes only
+    /// when its slowest peer does, so a weight transfer anywhere slows
+    /// every GPU's dispatch: by this fraction of the longest transfer. On
+    /// one node only (it was fitted there); across nodes the NIC's own
+    /// prices apply.
+    #[serde(default)]
+    pub dispatch_wait: f64,
     /// Replay's `llep-auto` decision (a second plan, a clone of its
     /// arbiter, both prices) per layer, microseconds: charged to the twins
     /// of replayed `llep-auto` rows only (see `cost::charge_auto`).
@@ -136,6 +151,12 @@ impl LayerFit {
             * 1e-3
     }
 
+    /// The link-sharing fraction with `gpus` GPUs on the node, at most 1.
+    pub fn contention_on(&self, gpus: usize) -> f64 {
+        let f = self.contention + self.contention_per_peer * gpus.saturating_sub(2) as f64;
+        f.min(1.0)
+    }
+
     pub(crate) fn check(&self) -> Result<(), String> {
         let all = [
             self.overhead_us,
@@ -144,12 +165,22 @@ impl LayerFit {
             self.unit_scale,
             self.unit_us,
             self.contention,
+            self.contention_per_peer,
+            self.dispatch_wait,
             self.auto_us,
         ];
-        if all.iter().all(|v| v.is_finite()) && self.unit_scale > 0.0 && self.contention >= 0.0 {
+        let sharing = [
+            self.contention,
+            self.contention_per_peer,
+            self.dispatch_wait,
+        ];
+        if all.iter().all(|v| v.is_finite())
+            && self.unit_scale > 0.0
+            && sharing.iter().all(|&v| v >= 0.0)
+        {
             Ok(())
         } else {
-            Err("layer_fit: terms must be finite, unit_scale > 0, contention >= 0".into())
+            Err("layer_fit: terms must be finite, unit_scale > 0, contention, contention_per_peer and dispatch_wait >= 0".into())
         }
     }
 }
@@ -591,8 +622,14 @@ mod tests {
             unit_scale: 1.0,
             unit_us: -1.0,
             contention: 0.2,
+            contention_per_peer: 0.1,
+            dispatch_wait: 0.1,
             auto_us: 40.0,
         };
+        assert!((f.contention_on(2) - 0.2).abs() < 1e-12);
+        assert!((f.contention_on(4) - 0.4).abs() < 1e-12);
+        // the two flows at most take turns, however many peers
+        assert_eq!(f.contention_on(64), 1.0);
         assert!((f.overhead_ms(100, 4000) - (50.0 + 50.0 + 8.0) * 1e-3).abs() < 1e-12);
         assert!(f.check().is_ok());
         assert!(LayerFit {
@@ -603,6 +640,12 @@ mod tests {
         .is_err());
         assert!(LayerFit {
             contention: -0.1,
+            ..f
+        }
+        .check()
+        .is_err());
+        assert!(LayerFit {
+            dispatch_wait: -0.1,
             ..f
         }
         .check()

@@ -34,6 +34,11 @@ pub struct MeasuredError {
     /// them (`compare --held-out`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split: Option<SplitError>,
+    /// Median |error| of the layer time per replayed batch size, as
+    /// (tokens per GPU, percent): the cost-aware gate's margin at that
+    /// size (decode-sized layers are priced less surely than prefill ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_tokens: Vec<(u64, f64)>,
 }
 
 /// Error on the calibration shapes' rows and on the held-out shapes' rows.
@@ -484,8 +489,16 @@ pub fn fit_line_rel(pts: &[(f64, f64)]) -> (f64, f64) {
 /// split sweep (the same bytes in more messages): the split sweep's slope
 /// is the price of one message, the byte sweep's slope the bandwidth, and
 /// what is left of its intercept the latency of one grouped call.
+///
+/// The token sweep's bytes are per peer (every GPU sends that much to each
+/// of its `msgs_base / 2` peers), while the model prices a GPU's bytes over
+/// all its peers: the sweep is read in those bytes, so a calibration on
+/// more than 2 GPUs gives the GPU's bandwidth, not one peer's (on 2 GPUs,
+/// and for the weight sweep's one message, the two are the same).
 pub fn fit_msg(raw: &MsgRaw) -> Option<MsgModel> {
-    let (a, b) = fit_line_rel(&raw.bytes);
+    let peers = (raw.msgs_base / 2).max(1) as f64;
+    let per_gpu: Vec<(f64, f64)> = raw.bytes.iter().map(|&(b, t)| (b * peers, t)).collect();
+    let (a, b) = fit_line_rel(&per_gpu);
     if b <= 0.0 || raw.bytes.len() < 2 {
         return None;
     }
@@ -760,6 +773,23 @@ mod tests {
                 .map(|&s| (s * base as f64, t(s * base as f64, 1048576.0)))
                 .collect(),
         }
+    }
+
+    #[test]
+    fn token_sweep_on_four_gpus_is_read_in_bytes_per_gpu() {
+        // 3 peers, 6 messages: each point moves 3 x its bytes per GPU
+        let mut raw = msg_raw(12.0, 3.0, 300.0, 6);
+        let t = |msgs: f64, b: f64| (12.0 + 3.0 * msgs) * 1e-3 + 3.0 * b / 300e9 * 1e3;
+        for p in &mut raw.bytes {
+            p.1 = t(6.0, p.0);
+        }
+        for p in &mut raw.split {
+            p.1 = t(p.0, 1048576.0);
+        }
+        let m = fit_msg(&raw).unwrap();
+        assert!((m.gbps - 300.0).abs() < 1e-6, "{m:?}");
+        assert!((m.latency_us - 12.0).abs() < 1e-6, "{m:?}");
+        assert!((m.per_msg_us - 3.0).abs() < 1e-6, "{m:?}");
     }
 
     #[test]
