@@ -468,7 +468,8 @@ mod tests {
     use crate::plan::{dispatch_matrix, PlanParams, Planner, Policy};
     use crate::trace::tokens::SplitMix64;
 
-    fn check(per_rank: &[u64], p: usize, n: usize, policy: Policy) {
+    /// The ungated plan of per-rank counts (`p` ranks x `n` experts).
+    fn plan_of(per_rank: &[u64], p: usize, n: usize, policy: Policy) -> Plan {
         let global: Vec<u64> = (0..n)
             .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
             .collect();
@@ -478,7 +479,11 @@ mod tests {
             min_gemm: 16,
             gate: crate::plan::Gate::Always,
         };
-        let plan = Planner::new().plan(&global, &params, policy).unwrap();
+        Planner::new().plan(&global, &params, policy).unwrap()
+    }
+
+    fn check(per_rank: &[u64], p: usize, n: usize, policy: Policy) {
+        let plan = plan_of(per_rank, p, n, policy);
         let lay = build(&plan, per_rank).unwrap();
         // same amounts as the planner's dispatch matrix
         let mut dm = DispatchMatrix::default();
@@ -589,16 +594,7 @@ mod tests {
     /// Chunk tables tile the exchange: per round and peer one contiguous
     /// range, the rounds in buffer order, sender and receiver agreeing.
     fn check_chunks(per_rank: &[u64], p: usize, n: usize, policy: Policy, chunks: usize) {
-        let global: Vec<u64> = (0..n)
-            .map(|e| (0..p).map(|r| per_rank[r * n + e]).sum())
-            .collect();
-        let params = PlanParams {
-            gpus: p,
-            alpha: 1.0,
-            min_gemm: 16,
-            gate: crate::plan::Gate::Always,
-        };
-        let plan = Planner::new().plan(&global, &params, policy).unwrap();
+        let plan = plan_of(per_rank, p, n, policy);
         let whole = build(&plan, per_rank).unwrap();
         let mut lay = whole.clone();
         lay.chunk(chunks, 8);
