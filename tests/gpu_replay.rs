@@ -11,6 +11,19 @@ fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_llep-trace"))
 }
 
+/// Simulated rows relabelled as a replay would have written them (time 1 ms),
+/// for `compare` to re-price.
+fn as_measured(sim: &[ResultRow]) -> Vec<ResultRow> {
+    sim.iter()
+        .map(|r| {
+            let mut m = r.clone();
+            m.source = llep_trace::results::Source::Measured;
+            m.t_total_ms = 1.0;
+            m
+        })
+        .collect()
+}
+
 fn gpu_present() -> bool {
     // SAFETY: only tries to dlopen the driver library.
     let lib = unsafe { cudarc::driver::sys::is_culib_present() };
@@ -347,15 +360,7 @@ fn the_twin_of_a_replayed_eplb_row_is_simulates_row() {
         let sim = read_results(&out).unwrap().1;
         assert_eq!(sim.len(), 6);
         // the same rows, as a replay would have written them
-        let measured: Vec<_> = sim
-            .iter()
-            .map(|r| {
-                let mut m = r.clone();
-                m.source = Source::Measured;
-                m.t_total_ms = 1.0;
-                m
-            })
-            .collect();
+        let measured = as_measured(&sim);
         let acc = compare(&measured, &Profile::load("h200").unwrap(), &[]).unwrap();
         for (p, s) in acc.pairs.iter().zip(&sim) {
             assert!(matches!(
@@ -404,15 +409,7 @@ fn the_twin_of_a_replayed_eplb_row_is_simulates_row() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sim = read_results(&out).unwrap().1;
     assert_eq!(sim.len(), 36);
-    let measured: Vec<_> = sim
-        .iter()
-        .map(|r| {
-            let mut m = r.clone();
-            m.source = Source::Measured;
-            m.t_total_ms = 1.0;
-            m
-        })
-        .collect();
+    let measured = as_measured(&sim);
     let dirs = llep_trace::sim::accuracy::default_trace_dirs(&[]);
     let acc = compare(&measured, &Profile::load("h200").unwrap(), &dirs).unwrap();
     let mut moved = 0;

@@ -823,13 +823,7 @@ pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibratio
             cc.gpus
         )));
     }
-    let ccap = {
-        let ctx =
-            cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
-        ctx.compute_capability()
-            .map_err(|e| GpuError::Cuda(format!("{e:?}")))?
-    };
-    let ptx = runtime::compile_kernels(ccap)?;
+    let ptx = runtime::compile_kernels_for_device0()?;
     let ids = vec![runtime::nccl_new_id()?, runtime::nccl_new_id()?];
     let results: Vec<Result<Calibration, GpuError>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..cc.gpus)

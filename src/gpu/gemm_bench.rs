@@ -353,13 +353,7 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
     if runtime::device_count()? == 0 {
         return Err(GpuError::NoDevice);
     }
-    let ccap = {
-        let ctx =
-            cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
-        ctx.compute_capability()
-            .map_err(|e| GpuError::Cuda(format!("{e:?}")))?
-    };
-    let ptx = runtime::compile_kernels(ccap)?;
+    let ptx = runtime::compile_kernels_for_device0()?;
     let mut dev = Dev::new(0, &ptx)?;
     let b = alloc(&mut dev, cfg)?;
     let mut res = Bench {

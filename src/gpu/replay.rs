@@ -138,13 +138,7 @@ pub fn replay(
     if count == 0 {
         return Err(GpuError::NoDevice);
     }
-    let cc = {
-        let ctx =
-            cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
-        ctx.compute_capability()
-            .map_err(|e| GpuError::Cuda(format!("{e:?}")))?
-    };
-    let ptx = runtime::compile_kernels(cc)?;
+    let ptx = runtime::compile_kernels_for_device0()?;
     match launch {
         Launch::Threads(ords) => {
             if ords.len() != cfg.gpus {

@@ -79,6 +79,16 @@ pub fn device_count() -> Result<usize, GpuError> {
     Ok(n.max(0) as usize)
 }
 
+/// The kernels compiled for the compute capability of device 0 (every
+/// GPU of a replay or calibration is the same card).
+pub fn compile_kernels_for_device0() -> Result<cudarc::nvrtc::Ptx, GpuError> {
+    let ctx = cudarc::driver::CudaContext::new(0).map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
+    let cc = ctx
+        .compute_capability()
+        .map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
+    compile_kernels(cc)
+}
+
 /// Compile the kernels for compute capability `cc` (e.g. (9, 0)).
 pub fn compile_kernels(cc: (i32, i32)) -> Result<cudarc::nvrtc::Ptx, GpuError> {
     let arch: &'static str = Box::leak(format!("sm_{}{}", cc.0, cc.1).into_boxed_str());

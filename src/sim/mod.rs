@@ -675,12 +675,6 @@ pub fn auto_margin_at(prof: &Profile, tokens_per_gpu: u64) -> f64 {
         .map_or(auto_margin(prof), |&(_, pct)| pct / 100.0)
 }
 
-/// The cost-aware gate's rule with the overall margin (see
-/// [`auto_prefers_llep_at`], which `simulate` and `replay` use).
-pub fn auto_prefers_llep(ep_ms: f64, llep_ms: f64, prof: &Profile) -> bool {
-    llep_ms * (1.0 + auto_margin(prof)) < ep_ms
-}
-
 /// The cost-aware gate's rule, shared by `simulate` and (through
 /// [`CostArbiter`]) `replay` and `plan`: use LLEP only when its predicted
 /// time (a layer's forward, or a training step), inflated by the margin at

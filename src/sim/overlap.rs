@@ -148,9 +148,8 @@ pub fn price(
         chunk_compute(&groups[lo..lo + n], chunks, pricer, memo, &mut starts, out);
         lo += n;
     }
-    let per_gpu: Vec<&[(f64, bool)]> = per_chunk.chunks(chunks).collect();
-    let compute = per_gpu
-        .iter()
+    let compute = per_chunk
+        .chunks(chunks)
         .map(|v| v.iter().map(|c| c.0).sum::<f64>())
         .fold(0.0, f64::max);
     let round = comm
@@ -186,7 +185,7 @@ pub fn price(
     let mut net = start + cf * round;
     for c in 0..chunks {
         for (g, m) in main.iter_mut().enumerate() {
-            let (k, foreign) = per_gpu[g][c];
+            let (k, foreign) = per_chunk[g * chunks + c];
             let mut at = m.max(arrived[c]);
             if foreign {
                 at = at.max(weights_in[g]);
