@@ -331,6 +331,8 @@ fn message_launch_and_memory_models_change_what_they_price() {
         cublas_workspace_bytes: 32 << 20,
         nccl_per_peer_bytes: 400 << 20,
         nccl_xfer_per_peer_bytes: 100 << 20,
+        nccl_xfer_recv_per_peer_bytes: 0,
+        nccl_xfer_send_per_peer_bytes: 0,
         xfer_all_peers: false,
         grain_bytes: 2 << 20,
     });
@@ -520,27 +522,88 @@ fn llep_auto_rows_pay_for_their_decision() {
 }
 
 #[test]
-fn weight_communicator_is_charged_for_every_peer_when_asked() {
+fn weight_connections_follow_the_plan_the_rule_and_a_replays_record() {
     let (mut prof, l) = tabled();
+    let (r, s) = (320u64 << 20, 64u64 << 20);
     let mm = MemModel {
         context_bytes: 1 << 30,
         cublas_workspace_bytes: 0,
         nccl_per_peer_bytes: 400 << 20,
-        nccl_xfer_per_peer_bytes: 300 << 20,
+        nccl_xfer_per_peer_bytes: r,
+        nccl_xfer_recv_per_peer_bytes: r,
+        nccl_xfer_send_per_peer_bytes: s,
         xfer_all_peers: false,
         grain_bytes: 2 << 20,
     };
-    prof.mem_model = Some(mm);
-    let some = price(&l, &prof, Policy::Ep);
-    prof.mem_model = Some(MemModel {
+    let steady = MemModel {
         xfer_all_peers: true,
         ..mm
-    });
-    let all = price(&l, &prof, Policy::Ep);
-    // EP moves no weights: every GPU gains its 7 peers' weight buffers
-    for (a, b) in some.peak_mem_per_gpu.iter().zip(&all.peak_mem_per_gpu) {
-        assert_eq!(b - a, 7 * (300 << 20));
+    };
+    let mem = |m: MemModel, prof: &mut Profile, policy| {
+        prof.mem_model = Some(m);
+        price(&l, prof, policy).peak_mem_per_gpu
+    };
+    // EP moves no weights: no weight connection under either rule
+    assert_eq!(
+        mem(mm, &mut prof, Policy::Ep),
+        mem(steady, &mut prof, Policy::Ep)
+    );
+    let no_links = MemModel {
+        nccl_xfer_recv_per_peer_bytes: 0,
+        nccl_xfer_send_per_peer_bytes: 0,
+        nccl_xfer_per_peer_bytes: 0,
+        ..mm
+    };
+    let bare = mem(no_links, &mut prof, Policy::Llep);
+    let own = mem(mm, &mut prof, Policy::Llep);
+    let all = mem(steady, &mut prof, Policy::Llep);
+    // LLEP, steady state: every GPU connected to its 7 peers both ways
+    for (a, b) in bare.iter().zip(&all) {
+        assert_eq!(b - a, 7 * (r + s));
     }
+    // this layer's own peers: a receiver pays r per lender, a lender s per
+    // borrower (each pair once however many experts it moves)
+    let params = PlanParams {
+        gpus: l.gpus,
+        alpha: 1.0,
+        min_gemm: 1024,
+        gate: Gate::Always,
+    };
+    let n = l.counts.len() / l.gpus;
+    let global: Vec<u64> = (0..n)
+        .map(|e| (0..l.gpus).map(|q| l.counts[q * n + e]).sum())
+        .collect();
+    let mut ev = Evaluator::default();
+    let (plan, _) = ev.eval(&l.counts, &global, &params, Policy::Llep, &l.shape, &prof);
+    let pairs: std::collections::BTreeSet<(u32, u32)> =
+        plan.transfers.iter().map(|t| (t.src, t.dst)).collect();
+    assert!(pairs.len() < plan.transfers.len() || pairs.len() > 1);
+    for g in 0..l.gpus as u32 {
+        let lenders = pairs.iter().filter(|p| p.1 == g).count() as u64;
+        let borrowers = pairs.iter().filter(|p| p.0 == g).count() as u64;
+        let extra = own[g as usize] - bare[g as usize];
+        assert_eq!(extra, lenders * r + borrowers * s, "GPU {g}");
+    }
+    // a replay's record overrides the rule (here: EP after LLEP in one
+    // process: GPU 0 received from 2 peers and sent to 1)
+    prof.mem_model = Some(steady);
+    let mut inn = vec![0u64; l.gpus];
+    let mut out = vec![0u64; l.gpus];
+    (inn[0], out[0]) = (2, 1);
+    ev.set_recorded_links(Some((inn, out)));
+    let (_, c) = ev.eval(&l.counts, &global, &params, Policy::Ep, &l.shape, &prof);
+    ev.set_recorded_links(None);
+    let ep = mem(steady, &mut prof, Policy::Ep);
+    assert_eq!(c.peak_mem_per_gpu[0] - ep[0], 2 * r + s);
+    assert_eq!(c.peak_mem_per_gpu[1..], ep[1..]);
+    // an older profile without the split: one charge per connected peer
+    let old = MemModel {
+        nccl_xfer_recv_per_peer_bytes: 0,
+        nccl_xfer_send_per_peer_bytes: 0,
+        ..mm
+    };
+    assert_eq!(old.weight_links_bytes(3, 2), 3 * r);
+    assert_eq!(mm.weight_links_bytes(3, 2), 3 * r + 2 * s);
 }
 
 #[test]

@@ -501,6 +501,7 @@ impl Worker<'_> {
         if rl.send_transfers.is_empty() && rl.recv_transfers.is_empty() {
             return Ok(false);
         }
+        self.note_weight_peers(rl, true);
         let per = self.cfg.experts / self.world;
         let bb = self.blob.len * 2;
         let xfer = self.dev.xfer;

@@ -88,8 +88,12 @@ pub struct MemRaw {
     /// Token communicator per peer, after a layer connected every peer
     /// (2+ GPUs only).
     pub per_peer: Option<u64>,
-    /// Weight communicator, one peer connected one way (2+ GPUs only).
+    /// Weight communicator, one peer connected one way (2+ GPUs only): the
+    /// larger side (older calibrations), then the receiver's and the
+    /// sender's growth.
     pub xfer_per_peer: Option<u64>,
+    pub xfer_recv_per_peer: Option<u64>,
+    pub xfer_send_per_peer: Option<u64>,
     /// Ranks of the communicators when `context` was read.
     pub ranks: usize,
 }
@@ -505,6 +509,8 @@ impl Worker<'_> {
             grain,
             per_peer: None,
             xfer_per_peer: None,
+            xfer_recv_per_peer: None,
+            xfer_send_per_peer: None,
             ranks: self.world,
         })
     }
@@ -617,8 +623,11 @@ impl Worker<'_> {
             ));
         }
         let grown = self.used_beyond_arena()?.saturating_sub(before);
+        // rank 0 sent, rank 1 received (`time_exchange`'s one-way case)
         let all = self.gather_f64(&[grown as f64])?;
-        out.mem.xfer_per_peer = Some(all.into_iter().fold(0.0, f64::max) as u64);
+        out.mem.xfer_per_peer = Some(all.iter().copied().fold(0.0, f64::max) as u64);
+        out.mem.xfer_send_per_peer = Some(all[0] as u64);
+        out.mem.xfer_recv_per_peer = Some(all[1] as u64);
         let mut wt = MsgRaw {
             msgs_base: 1,
             ..Default::default()

@@ -100,6 +100,7 @@ impl Worker<'_> {
         let lb = self.layout_bufs()?;
         let remote = self.upload_tables(&lay, &cb, &lb)?;
         let has_x = self.transfer_weights(&lay, cb.native, lb.foreign)?;
+        self.note_weight_peers(&lay.ranks[self.rank], false);
         self.pipe_chunks = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
         if lay.chunks.is_empty() {
             self.dispatch(&lay, &cb, &lb, &remote, copies)?;
@@ -389,6 +390,23 @@ impl Worker<'_> {
             self.xev[1].record(self.dev.xfer)?;
         }
         Ok(has_x)
+    }
+
+    /// Mark the weight communicator's peers this rank's transfers use: in
+    /// the forward it receives from `recv_transfers`' peers and sends to
+    /// `send_transfers`'; the backward's gradient return goes the other way.
+    pub(super) fn note_weight_peers(&mut self, rl: &super::layout::RankLayout, backward: bool) {
+        let (from, to) = if backward {
+            (&rl.send_transfers, &rl.recv_transfers)
+        } else {
+            (&rl.recv_transfers, &rl.send_transfers)
+        };
+        for m in from {
+            self.wpeers_in[m.peer as usize] = true;
+        }
+        for m in to {
+            self.wpeers_out[m.peer as usize] = true;
+        }
     }
 
     /// Dispatch: pack (local copies straight into the compute buffer), then

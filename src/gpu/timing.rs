@@ -139,6 +139,8 @@ impl Worker<'_> {
             self.bwd.saved as f64,
             bc.experts as f64,
             bc.spilled as f64,
+            self.wpeers_in.iter().filter(|&&c| c).count() as f64,
+            self.wpeers_out.iter().filter(|&&c| c).count() as f64,
         ]);
         let all = self.gather_f64(&mine)?;
         let plan = self.plan.clone();
@@ -230,6 +232,8 @@ impl Worker<'_> {
         r.peak_mem_per_gpu = (0..p).map(|q| per(q)[runs * NT] as u64).collect();
         r.driver_mem_per_gpu = (0..p).map(|q| per(q)[runs * NT + 1] as u64).collect();
         r.peak_mem_max_bytes = r.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
+        r.weight_peers_in_per_gpu = (0..p).map(|q| per(q)[runs * NT + 13] as u64).collect();
+        r.weight_peers_out_per_gpu = (0..p).map(|q| per(q)[runs * NT + 14] as u64).collect();
         if oom {
             let nan = f64::NAN;
             (r.t_overhead_ms, r.t_dispatch_ms, r.t_transfer_ms) = (nan, nan, nan);
@@ -254,7 +258,8 @@ impl Worker<'_> {
 /// Numbers per rank after the runs' times: arena peak, driver peak, the
 /// forward check's sums, OOM, then the training step's: dX and router-grad
 /// check sums, weight-grad max error, saved bytes, experts checked, spilled.
-pub(super) const EXTRA: usize = 13;
+/// Last, the weight communicator's peers connected in and out so far.
+pub(super) const EXTRA: usize = 15;
 
 /// Linear-interpolated quantile (NaN-free input expected).
 pub fn quantile(v: &[f64], q: f64) -> f64 {

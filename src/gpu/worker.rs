@@ -130,6 +130,10 @@ pub(super) struct Worker<'a> {
     /// last run (1: the sequential schedule).
     pub(super) pev: Vec<Event>,
     pub(super) pipe_chunks: usize,
+    /// Peers the weight communicator has received from / sent to in this
+    /// process (NCCL connects a pair on first use and keeps its buffers).
+    pub(super) wpeers_in: Vec<bool>,
+    pub(super) wpeers_out: Vec<bool>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -173,6 +177,8 @@ impl<'a> Worker<'a> {
                 .map(|_| Event::new())
                 .collect::<Result<_, _>>()?,
             pipe_chunks: 1,
+            wpeers_in: vec![false; world],
+            wpeers_out: vec![false; world],
         })
     }
 

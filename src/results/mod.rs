@@ -217,6 +217,13 @@ results_columns! {
     /// the critical GPU: communication (and its copies) left exposed. For
     /// the sequential schedule, dispatch + combine. Null in older files.
     t_exposed_comm_ms: Option<f64> = "t_exposed_comm_ms",
+    /// Measured rows, per GPU: the peers its weight communicator had
+    /// received weights (or sent gradients) from and sent to, counted over
+    /// the replay process up to the end of this row. NCCL keeps a
+    /// point-to-point connection's buffers once made, so these set the
+    /// row's memory; empty for simulated rows and in older files.
+    weight_peers_in_per_gpu: Vec<u64> = "weight_peers_in_per_gpu",
+    weight_peers_out_per_gpu: Vec<u64> = "weight_peers_out_per_gpu",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -234,6 +241,8 @@ const ADDED_LATER: &[&str] = &[
     "overlap",
     "overlap_chunks",
     "t_exposed_comm_ms",
+    "weight_peers_in_per_gpu",
+    "weight_peers_out_per_gpu",
 ];
 
 fn column_of<'a, T: Column>(

@@ -146,6 +146,30 @@ pub fn twin(
     profile: &Profile,
     ev: &mut Evaluator,
 ) -> Result<ResultRow, AccuracyError> {
+    // memory as the replay process had its weight connections, where the
+    // row recorded them
+    let links = recorded_links(measured, w.gpus);
+    ev.set_recorded_links(links.clone());
+    let r = twin_priced(measured, w, profile, ev, links);
+    ev.set_recorded_links(None);
+    r
+}
+
+/// The weight communicator's peers (in, out) per GPU a measured row
+/// recorded; `None` for simulated rows and older files.
+fn recorded_links(r: &ResultRow, gpus: usize) -> Option<(Vec<u64>, Vec<u64>)> {
+    let (inn, out) = (&r.weight_peers_in_per_gpu, &r.weight_peers_out_per_gpu);
+    (r.source == Source::Measured && inn.len() == gpus && out.len() == gpus)
+        .then(|| (inn.clone(), out.clone()))
+}
+
+fn twin_priced(
+    measured: &ResultRow,
+    w: &Workload,
+    profile: &Profile,
+    ev: &mut Evaluator,
+    links: Option<(Vec<u64>, Vec<u64>)>,
+) -> Result<ResultRow, AccuracyError> {
     let loads = &w.loads;
     let s = loads.step_ids.iter().position(|&x| x == measured.step);
     let l = loads.layer_ids.iter().position(|&x| x == measured.layer);
@@ -192,7 +216,7 @@ pub fn twin(
         ev.row(&cost, &base, &shape, profile, pass, recompute)
     };
     if matches!(policy, Policy::Eplb | Policy::EplbLlep) {
-        let mut r = eplb_twin(measured, w, (s, l), &params, &shape, profile, base)?;
+        let mut r = eplb_twin(measured, w, (s, l), &params, &shape, profile, base, links)?;
         (r.policy, r.gate) = (measured.policy, measured.gate);
         return Ok(r);
     }
@@ -234,6 +258,7 @@ fn eplb_twin(
     shape: &Shape,
     profile: &Profile,
     mut base: ResultRow,
+    links: Option<(Vec<u64>, Vec<u64>)>,
 ) -> Result<ResultRow, AccuracyError> {
     let e = EplbSim::from_note(&measured.input_note).ok_or_else(|| {
         AccuracyError::Input(format!(
@@ -246,6 +271,7 @@ fn eplb_twin(
     base.input_note = format!("{}; {}", base.input_note, e.label());
     let pl = e.placement(&w.loads, s, l, w.gpus);
     let mut ev = EplbEvaluator::default();
+    ev.set_recorded_links(links);
     ev.load(w.loads.block(s, l), w.gpus, &pl, e.split);
     let (plan, cost) = ev.eval(params, false, &[], shape, profile);
     let off = row_from(plan, &cost, &base);

@@ -80,11 +80,16 @@ pub struct CostScratch {
     w_recv: Vec<u64>,
     w_count: Vec<u64>,
     w_nsent: Vec<u64>,
-    /// `[g * p + q]`: GPU g moves weights with peer q (either way), while
+    /// `[g * p + q]`: GPU g sends weights to peer q, while
     /// `account_weights` counts peers; all false between calls.
     w_peer: Vec<bool>,
-    /// `[g]`: how many of `w_peer`'s row g are set.
-    w_npeers: Vec<u64>,
+    /// `[g]`: the peers GPU g receives weights from, and sends them to.
+    w_nin: Vec<u64>,
+    w_nout: Vec<u64>,
+    /// The weight communicator's connected peers per GPU (in, out) as a
+    /// replay process had them (its row's record), in place of the rule of
+    /// [`weight_links`]; set only while a measured row's twin is priced.
+    pub(crate) recorded_links: Option<(Vec<u64>, Vec<u64>)>,
     /// What every GPU's memory has the same of (see [`mem_fixed`]).
     mem_fixed: u64,
     /// Weight bytes sent and received across nodes, and their messages.
@@ -649,7 +654,8 @@ fn account_weights(
         &mut scratch.w_recv,
         &mut scratch.w_count,
         &mut scratch.w_nsent,
-        &mut scratch.w_npeers,
+        &mut scratch.w_nin,
+        &mut scratch.w_nout,
     ] {
         v.clear();
         v.resize(p, 0);
@@ -680,11 +686,10 @@ fn account_weights(
             scratch.w_recv[dst] += shape.expert_bytes;
             scratch.w_count[dst] += 1;
             scratch.w_nsent[src] += 1;
-            for (a, b) in [(src, dst), (dst, src)] {
-                if !scratch.w_peer[a * p + b] {
-                    scratch.w_peer[a * p + b] = true;
-                    scratch.w_npeers[a] += 1;
-                }
+            if !scratch.w_peer[src * p + dst] {
+                scratch.w_peer[src * p + dst] = true;
+                scratch.w_nout[src] += 1;
+                scratch.w_nin[dst] += 1;
             }
             transfer_bytes += shape.expert_bytes;
             if multi && src / gpn != dst / gpn {
@@ -701,7 +706,6 @@ fn account_weights(
         for t in &plan.transfers {
             let (src, dst) = (t.src as usize, t.dst as usize);
             scratch.w_peer[src * p + dst] = false;
-            scratch.w_peer[dst * p + src] = false;
         }
     }
     (transfer_bytes, inter_node_bytes)
@@ -784,11 +788,31 @@ fn mem_lumped(
     prof.mem_baseline_bytes + comm + weights + tokens + act + tables
 }
 
+/// The weight communicator's connections of GPU `g` (peers in, peers
+/// out). NCCL connects a point-to-point pair on its first transfer and
+/// keeps the buffers for the life of the process. A plan that moves no
+/// weights is priced as a process that never did. One that does is priced,
+/// under `xfer_all_peers`, at the steady state of a process running LLEP:
+/// every GPU connected to every peer both ways (over many layers and steps
+/// each GPU both lends and borrows); without it, at this layer's own peers.
+/// A measured row's twin takes the connections its replay recorded.
+fn weight_links(mm: &MemModel, plan: &Plan, scratch: &CostScratch, g: usize) -> (u64, u64) {
+    if let Some((inn, out)) = &scratch.recorded_links {
+        return (inn[g], out[g]);
+    }
+    let all = plan.gpus as u64 - 1;
+    match (plan.transfers.is_empty(), mm.xfer_all_peers) {
+        (true, _) => (0, 0),
+        (false, true) => (all, all),
+        (false, false) => (scratch.w_nin[g], scratch.w_nout[g]),
+    }
+}
+
 /// Memory of GPU `g` buffer by buffer, each rounded to the allocation
 /// grain as the replay's arena does (`gpu::runtime::Arena`), over the
 /// baseline by component: context, cuBLAS workspace, token communicator
-/// buffers for every peer, weight communicator buffers for each peer this
-/// GPU moves weights with.
+/// buffers for every peer, weight communicator buffers for the peers it
+/// is connected to ([`weight_links`]).
 fn mem_by_buffer(
     mm: &MemModel,
     plan: &Plan,
@@ -798,7 +822,6 @@ fn mem_by_buffer(
     scratch: &CostScratch,
     g: usize,
 ) -> u64 {
-    let p = plan.gpus;
     let (b, i) = (shape.dtype_bytes, shape.intermediate);
     let tok_bytes = shape.hidden * b;
     let copies = sums.row_sum(g);
@@ -819,12 +842,8 @@ fn mem_by_buffer(
         r(copies * 40),                             // pack table (<= one piece per copy)
         2 * r(sums.received(g) * 32),               // copy tables in and out
     ];
-    let xfer_peers = if mm.xfer_all_peers {
-        p as u64 - 1
-    } else {
-        scratch.w_npeers[g]
-    };
-    scratch.mem_fixed + xfer_peers * mm.nccl_xfer_per_peer_bytes + buffers.iter().sum::<u64>()
+    let (inn, out) = weight_links(mm, plan, scratch, g);
+    scratch.mem_fixed + mm.weight_links_bytes(inn, out) + buffers.iter().sum::<u64>()
 }
 
 /// The part of [`mem_by_buffer`] every GPU has: baseline, token

@@ -395,6 +395,11 @@ pub struct EplbEvaluator {
 }
 
 impl EplbEvaluator {
+    /// As [`super::Evaluator::set_recorded_links`].
+    pub fn set_recorded_links(&mut self, links: Option<(Vec<u64>, Vec<u64>)>) {
+        self.scratch.recorded_links = links;
+    }
+
     /// Split the counts among the placement's replicas (once per layer-step).
     pub fn load(&mut self, per_rank: &[u64], gpus: usize, pl: &EplbPlacement, split: ReplicaSplit) {
         split_counts(per_rank, gpus, pl, split, &mut self.phys);

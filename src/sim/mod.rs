@@ -148,6 +148,12 @@ impl Evaluator {
         }
     }
 
+    /// Price memory with the weight communicator's connections a replay
+    /// recorded (peers in and out, per GPU), or by the model's rule (`None`).
+    pub fn set_recorded_links(&mut self, links: Option<(Vec<u64>, Vec<u64>)>) {
+        self.scratch.recorded_links = links;
+    }
+
     /// The row of the last plan priced with `cost` (its forward cost, or
     /// a bound such as `ideal`'s), with the backward added for training.
     pub fn row(

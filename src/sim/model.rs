@@ -203,9 +203,17 @@ pub struct MemModel {
     /// layer exchanges counts and tokens with all of them).
     pub nccl_per_peer_bytes: u64,
     /// Weight communicator buffers per peer the GPU moves weights with
-    /// (NCCL connects point-to-point peers on first use).
+    /// (NCCL connects point-to-point peers on first use), in a profile that
+    /// has no split by direction (below): charged once per peer.
     #[serde(default)]
     pub nccl_xfer_per_peer_bytes: u64,
+    /// Weight communicator buffers a GPU allocates per peer it has received
+    /// from, and per peer it has sent to (`calibrate` measures both around
+    /// a first one-way transfer). Both 0 in older profiles.
+    #[serde(default)]
+    pub nccl_xfer_recv_per_peer_bytes: u64,
+    #[serde(default)]
+    pub nccl_xfer_send_per_peer_bytes: u64,
     /// Charge the weight communicator's buffers for every peer, whether or
     /// not this layer moves weights with it: NCCL keeps a peer connected
     /// once any layer did, so a process that ever ran LLEP holds them all
@@ -228,6 +236,22 @@ impl MemModel {
             (bytes.max(256) + g - 1) & !(g - 1)
         } else {
             bytes.max(256).div_ceil(g) * g
+        }
+    }
+
+    /// Weight communicator bytes of a GPU connected to `recv` peers it has
+    /// received from and `send` peers it has sent to. A profile without
+    /// the split charges its one per-peer figure once per peer (the larger
+    /// count: a pair connected both ways is one peer there).
+    pub fn weight_links_bytes(&self, recv: u64, send: u64) -> u64 {
+        let (r, s) = (
+            self.nccl_xfer_recv_per_peer_bytes,
+            self.nccl_xfer_send_per_peer_bytes,
+        );
+        if r == 0 && s == 0 {
+            recv.max(send) * self.nccl_xfer_per_peer_bytes
+        } else {
+            recv * r + send * s
         }
     }
 }

@@ -571,7 +571,10 @@ pub fn apply_measured(
             nccl_per_peer_bytes: per_peer,
             // unmeasured: a weight connection priced like a token one
             nccl_xfer_per_peer_bytes: c.mem.xfer_per_peer.unwrap_or(per_peer),
-            xfer_all_peers: false,
+            nccl_xfer_recv_per_peer_bytes: c.mem.xfer_recv_per_peer.unwrap_or(0),
+            nccl_xfer_send_per_peer_bytes: c.mem.xfer_send_per_peer.unwrap_or(0),
+            // the steady state of a process running LLEP (`sim::cost`)
+            xfer_all_peers: true,
             grain_bytes: c.mem.grain,
         });
         set.push("mem_model");
@@ -827,6 +830,8 @@ mod tests {
                 grain: 2 << 20,
                 per_peer: None,
                 xfer_per_peer: None,
+                xfer_recv_per_peer: None,
+                xfer_send_per_peer: None,
                 ranks: 1,
             },
             ..Default::default()
