@@ -149,8 +149,8 @@ pub fn twin(
     // memory as the replay process had its weight connections, where the
     // row recorded them
     let links = recorded_links(measured, w.gpus);
-    ev.set_recorded_links(links.clone());
-    let r = twin_priced(measured, w, profile, ev, links);
+    ev.set_recorded_links(links);
+    let r = twin_priced(measured, w, profile, ev);
     ev.set_recorded_links(None);
     r
 }
@@ -168,7 +168,6 @@ fn twin_priced(
     w: &Workload,
     profile: &Profile,
     ev: &mut Evaluator,
-    links: Option<(Vec<u64>, Vec<u64>)>,
 ) -> Result<ResultRow, AccuracyError> {
     let loads = &w.loads;
     let s = loads.step_ids.iter().position(|&x| x == measured.step);
@@ -216,7 +215,7 @@ fn twin_priced(
         ev.row(&cost, &base, &shape, profile, pass, recompute)
     };
     if matches!(policy, Policy::Eplb | Policy::EplbLlep) {
-        let mut r = eplb_twin(measured, w, (s, l), &params, &shape, profile, base, links)?;
+        let mut r = eplb_twin(measured, w, (s, l), &params, &shape, profile, base)?;
         (r.policy, r.gate) = (measured.policy, measured.gate);
         return Ok(r);
     }
@@ -258,7 +257,6 @@ fn eplb_twin(
     shape: &Shape,
     profile: &Profile,
     mut base: ResultRow,
-    links: Option<(Vec<u64>, Vec<u64>)>,
 ) -> Result<ResultRow, AccuracyError> {
     let e = EplbSim::from_note(&measured.input_note).ok_or_else(|| {
         AccuracyError::Input(format!(
@@ -271,7 +269,7 @@ fn eplb_twin(
     base.input_note = format!("{}; {}", base.input_note, e.label());
     let pl = e.placement(&w.loads, s, l, w.gpus);
     let mut ev = EplbEvaluator::default();
-    ev.set_recorded_links(links);
+    ev.set_recorded_links(recorded_links(measured, w.gpus));
     ev.load(w.loads.block(s, l), w.gpus, &pl, e.split);
     let (plan, cost) = ev.eval(params, false, &[], shape, profile);
     let off = row_from(plan, &cost, &base);
