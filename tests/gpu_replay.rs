@@ -3,6 +3,7 @@
 //! file; where a GPU and its libraries are present, a tiny replay must run
 //! and pass its dense check.
 
+use llep_trace::plan::Policy;
 use llep_trace::results::ResultRow;
 use std::path::PathBuf;
 use std::process::Command;
@@ -540,5 +541,96 @@ fn replay_overlap_matches_the_dense_check() {
                 assert!((x - seq).abs() < 1e-6 + 1e-3 * seq, "{x} vs {seq}");
             }
         }
+    }
+}
+
+/// Timing a case's plain settings in turns (`--interleave on`, the
+/// default) changes only when runs are timed: each setting's plan, memory
+/// peak and dense check are those of back-to-back timing (`off`). Each row
+/// records the weight communicator's peers as the process had them: none
+/// before any weights moved, and a lender and a borrower once they did.
+/// Skipped with fewer than 2 GPUs.
+#[test]
+fn replay_in_turns_keeps_plans_memory_and_checks_and_records_weight_peers() {
+    if gpu_count() < 2 {
+        return;
+    }
+    let dir = temp_dir("gpu-turns");
+    let mut by_mode = Vec::new();
+    for mode in ["on", "off"] {
+        let out = dir.join(format!("{mode}.parquet"));
+        let o = Command::new(bin())
+            .args([
+                "replay",
+                "--gpus",
+                "2",
+                "--tokens-per-rank",
+                "2048",
+                "--experts",
+                "8",
+                "--top-k",
+                "2",
+                "--hidden-size",
+                "64",
+                "--intermediate-size",
+                "32",
+                "--runs",
+                "3",
+                "--warmup",
+                "1",
+                "--synthetic",
+                "balanced,95:1",
+                "--policy",
+                "ep,llep",
+                "--ratio",
+                "1.3,auto",
+                "--min-gemm",
+                "16",
+                "--interleave",
+                mode,
+            ])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(stdout.contains("in turns"), mode == "on", "{stdout}");
+        let rows = llep_trace::results::read_results(&out).unwrap().1;
+        assert_eq!(rows.len(), 6);
+        for r in &rows {
+            let e = r.rel_error.expect("checked against the dense reference");
+            assert!(e < 1e-2, "interleave {mode}: relative error {e}");
+            assert!(r.t_total_ms > 0.0 && r.runs == 3);
+            assert_eq!(r.weight_peers_in_per_gpu.len(), 2);
+            assert_eq!(r.weight_peers_out_per_gpu.len(), 2);
+        }
+        // the balanced case's EP row ran first: no weights had moved
+        let first = rows
+            .iter()
+            .find(|r| r.scenario == "balanced" && r.policy == Policy::Ep)
+            .unwrap();
+        assert_eq!(first.weight_peers_in_per_gpu, [0, 0]);
+        assert_eq!(first.weight_peers_out_per_gpu, [0, 0]);
+        // LLEP at 95:1: the hot GPU lends experts to the other
+        let moved = rows
+            .iter()
+            .find(|r| r.scenario == "95:1" && r.policy == Policy::Llep && r.transfers > 0)
+            .expect("llep moves weights at 95:1");
+        let (inn, out) = (
+            &moved.weight_peers_in_per_gpu,
+            &moved.weight_peers_out_per_gpu,
+        );
+        assert_eq!(inn.iter().sum::<u64>(), 1, "{inn:?}");
+        assert_eq!(out.iter().sum::<u64>(), 1, "{out:?}");
+        assert_ne!(inn, out);
+        by_mode.push(rows);
+    }
+    let key = |r: &ResultRow| (r.scenario.clone(), r.policy, r.gate.to_string());
+    for a in &by_mode[0] {
+        let b = by_mode[1].iter().find(|b| key(b) == key(a)).unwrap();
+        assert_eq!(a.loads_after, b.loads_after, "{:?}", key(a));
+        assert_eq!(a.transfers, b.transfers, "{:?}", key(a));
+        assert_eq!(a.peak_mem_per_gpu, b.peak_mem_per_gpu, "{:?}", key(a));
     }
 }

@@ -86,6 +86,14 @@ pub struct ReplayArgs {
     /// Timed runs per case.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
+    /// on: a case's plain settings (ep, llep at each lambda, llep-auto,
+    /// llep-topo) take turns, one timed run of each per round, after each
+    /// ran its warm-ups alone, so drift over the minutes a case takes falls
+    /// on all of them alike; off: each setting's runs back to back. EPLB
+    /// settings, which place replicas first, and training steps are timed
+    /// back to back either way.
+    #[arg(long, value_enum, default_value = "on")]
+    pub interleave: OnOff,
     /// Tokens per rank checked against the dense fp32 reference.
     #[arg(long, default_value_t = 32)]
     pub samples: usize,
@@ -498,6 +506,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         gemm: a.gemm,
         overlap,
         net_priority: a.overlap_high_priority,
+        interleave: a.interleave == OnOff::On,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -567,10 +576,15 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}; {} warm-up + {} timed runs, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
         a.gemm.as_str(),
         a.warmup,
         a.runs,
+        if a.interleave == OnOff::On {
+            " (a case's plain settings in turns)"
+        } else {
+            ""
+        },
         render(&rows)
     ))?;
     Ok(ExitCode::SUCCESS)

@@ -684,6 +684,7 @@ fn calib_main(
         gemm: cc.gemm,
         overlap: super::pipeline::Overlap::Off,
         net_priority: false,
+        interleave: false,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {

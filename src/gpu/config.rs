@@ -79,4 +79,7 @@ pub struct ReplayConfig {
     /// With overlap: the token exchange's stream at high priority (off by
     /// default: not faster where measured).
     pub net_priority: bool,
+    /// Time a case's plain settings in turns, one run of each per round
+    /// (see `Worker::measure_all`); off: each setting's runs back to back.
+    pub interleave: bool,
 }

@@ -91,33 +91,47 @@ fn worker_main(
         .unwrap_or(0);
     w.setup(max_t)?;
     let mut rows = Vec::new();
+    // the plain policies (weights in their native place) of a case are
+    // timed together, in turns; each EPLB setting places replicas first
+    let (eplb, plain): (Vec<_>, Vec<_>) = cfg
+        .settings
+        .iter()
+        .copied()
+        .partition(|&(policy, _)| super::replicas::is_eplb(policy));
     for (ci, case) in cases.iter().enumerate() {
-        for &(policy, gate) in &cfg.settings {
+        let status = |what: String| {
+            if rank == 0 {
+                progress.status(&format!(
+                    "case {}/{} ({}{} step {} layer {}), {what}",
+                    ci + 1,
+                    cases.len(),
+                    case.base.trace,
+                    if case.base.scenario.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", case.base.scenario)
+                    },
+                    case.base.step,
+                    case.base.layer,
+                ));
+            }
+        };
+        if !plain.is_empty() {
+            let names: Vec<String> = plain.iter().map(|(p, _)| p.to_string()).collect();
+            status(names.join(", "));
+            rows.extend(w.measure_plain(case, &plain)?.into_iter().flatten());
+        }
+        for &(policy, gate) in &eplb {
             for which in super::replicas::variants(cfg, policy) {
-                if rank == 0 {
-                    progress.status(&format!(
-                        "case {}/{} ({}{} step {} layer {}), {}{}",
-                        ci + 1,
-                        cases.len(),
-                        case.base.trace,
-                        if case.base.scenario.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" {}", case.base.scenario)
-                        },
-                        case.base.step,
-                        case.base.layer,
-                        policy,
-                        which.map_or(String::new(), |i| format!(" R={}", cfg.eplb[i].redundant))
-                    ));
-                }
+                let r = which.map_or(0, |i| cfg.eplb[i].redundant);
+                status(format!("{policy} R={r}"));
                 if let Some(r) = w.measure_setting(case, policy, gate, which)? {
                     rows.push(r);
-                    if !w.bwd.note.is_empty() {
-                        progress.status(&w.bwd.note);
-                    }
                 }
             }
+        }
+        if !w.bwd.note.is_empty() {
+            status(w.bwd.note.clone());
         }
     }
     w.dev.sync()?;

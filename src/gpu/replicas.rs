@@ -150,6 +150,18 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Measure the plain (non-EPLB) settings of a case on the logical
+    /// experts, together ([`Worker::measure_all`]); rank 0 gets the rows.
+    pub(super) fn measure_plain(
+        &mut self,
+        case: &Case,
+        settings: &[(Policy, Gate)],
+    ) -> Result<Vec<Option<ResultRow>>, GpuError> {
+        let identity: Vec<usize> = (0..self.cfg.experts).collect();
+        self.place_weights(&identity)?;
+        self.measure_all(case, settings)
+    }
+
     /// Measure one setting of a case: a plain policy on the logical
     /// experts (`which` None), or an EPLB policy under EPLB setting `which`;
     /// rank 0 gets the row, keyed and labelled as `simulate` keys it.

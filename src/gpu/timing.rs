@@ -62,6 +62,100 @@ impl Worker<'_> {
         policy: Policy,
         gate: Gate,
     ) -> Result<Option<ResultRow>, GpuError> {
+        Ok(self.measure_all(case, &[(policy, gate)])?.pop().flatten())
+    }
+
+    /// Run one case under several settings; rank 0 gets a row per setting.
+    ///
+    /// Each setting first runs its warm-ups alone, from released buffers,
+    /// which gives its memory peaks, its dense check and its weight peers.
+    /// With more than one setting (and `interleave`), the timed runs then
+    /// take turns, one run of each setting per round, so that drift of the
+    /// clocks or the links over the minutes a case takes falls on every
+    /// setting alike and their ratios compare like with like. A setting
+    /// that runs out of memory only beside the others' buffers sends all of
+    /// them back to being timed one after the other.
+    pub(super) fn measure_all(
+        &mut self,
+        case: &Case,
+        settings: &[(Policy, Gate)],
+    ) -> Result<Vec<Option<ResultRow>>, GpuError> {
+        let runs = self.cfg.runs;
+        let turns = self.cfg.interleave && settings.len() > 1 && !self.cfg.train;
+        let mut times: Vec<Vec<Times>> = vec![Vec::new(); settings.len()];
+        let mut extras = Vec::with_capacity(settings.len());
+        for (si, &(policy, gate)) in settings.iter().enumerate() {
+            self.begin_case(case)?;
+            let timed = if turns { 0 } else { runs };
+            let (tm, oom) = self.runs_of(case, policy, gate, self.cfg.warmup, timed)?;
+            times[si] = tm;
+            extras.push(self.after_runs(case, oom)?);
+            self.dev.arena.release_except(&PERSISTENT)?;
+        }
+        if turns && !self.take_turns(case, settings, &extras, &mut times)? {
+            for (si, &(policy, gate)) in settings.iter().enumerate() {
+                self.begin_case(case)?;
+                times[si] = self.runs_of(case, policy, gate, 0, runs)?.0;
+                self.dev.arena.release_except(&PERSISTENT)?;
+            }
+        }
+        let mut rows = Vec::with_capacity(settings.len());
+        for (si, &(policy, gate)) in settings.iter().enumerate() {
+            let mut mine: Vec<f64> = Vec::with_capacity(runs * NT + EXTRA);
+            for i in 0..runs {
+                mine.extend_from_slice(times[si].get(i).unwrap_or(&[f64::NAN; NT]));
+            }
+            mine.extend_from_slice(&extras[si]);
+            let all = self.gather_f64(&mine)?;
+            rows.push((self.rank == 0).then(|| {
+                let plan = &self.plans[si];
+                let mut r = self.row(case, policy, gate, plan, &all, runs);
+                if self.cfg.train {
+                    self.train_row(&mut r, &all, runs);
+                }
+                r
+            }));
+        }
+        self.plans.clear();
+        Ok(rows)
+    }
+
+    /// The timed runs in turns (see [`Worker::measure_all`]); false, with
+    /// nothing kept, when a rank ran out of memory beside the other
+    /// settings' buffers.
+    fn take_turns(
+        &mut self,
+        case: &Case,
+        settings: &[(Policy, Gate)],
+        extras: &[[f64; EXTRA]],
+        times: &mut [Vec<Times>],
+    ) -> Result<bool, GpuError> {
+        self.begin_case(case)?;
+        let mut ok = true;
+        'rounds: for _ in 0..self.cfg.runs {
+            for (si, &(policy, gate)) in settings.iter().enumerate() {
+                if extras[si][4] != 0.0 {
+                    continue; // out of memory alone: no timed runs
+                }
+                match self.run_once(case, policy, gate)? {
+                    RunOut::Oom => {
+                        ok = false;
+                        break 'rounds;
+                    }
+                    RunOut::Done(tm) => times[si].push(tm),
+                }
+            }
+        }
+        self.dev.sync()?;
+        self.dev.arena.release_except(&PERSISTENT)?;
+        if !ok {
+            times.iter_mut().for_each(Vec::clear);
+        }
+        Ok(ok)
+    }
+
+    /// Allocate and fill a case's routing buffers, from a fresh memory peak.
+    fn begin_case(&mut self, case: &Case) -> Result<(), GpuError> {
         let k = self.cfg.top_k;
         let rt = &case.routing[self.rank];
         let copies = rt.ids.len();
@@ -91,22 +185,33 @@ impl Worker<'_> {
             self.dev.upload(ids, &rt.ids)?;
             self.dev.upload(w, &rt.weights)?;
         }
-        self.dev.sync()?;
-        let mut times: Vec<Times> = Vec::new();
-        let mut oom = false;
-        for i in 0..self.cfg.warmup + self.cfg.runs {
+        self.dev.sync()
+    }
+
+    /// `warmup` untimed then `timed` timed runs of one setting; the times,
+    /// and whether a rank ran out of memory (then the runs stop).
+    fn runs_of(
+        &mut self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+        warmup: usize,
+        timed: usize,
+    ) -> Result<(Vec<Times>, bool), GpuError> {
+        let mut times = Vec::with_capacity(timed);
+        for i in 0..warmup + timed {
             match self.run_once(case, policy, gate)? {
-                RunOut::Oom => {
-                    oom = true;
-                    break;
-                }
-                RunOut::Done(tm) => {
-                    if i >= self.cfg.warmup {
-                        times.push(tm);
-                    }
-                }
+                RunOut::Oom => return Ok((times, true)),
+                RunOut::Done(tm) if i >= warmup => times.push(tm),
+                RunOut::Done(_) => {}
             }
         }
+        Ok((times, false))
+    }
+
+    /// After a setting's runs: its memory peaks, dense checks, OOM flag and
+    /// weight peers (this rank's [`EXTRA`] numbers); keeps its plan.
+    fn after_runs(&mut self, case: &Case, oom: bool) -> Result<[f64; EXTRA], GpuError> {
         // the training step's peak is the run's, not the check's scratch
         let peak = self.dev.arena.peak;
         let (num, den) = if oom { (0.0, 0.0) } else { self.check(case)? };
@@ -116,17 +221,14 @@ impl Worker<'_> {
             self.check_bwd(case)?
         };
         self.dev.sync()?;
-        let runs = self.cfg.runs;
-        let mut mine: Vec<f64> = Vec::with_capacity(runs * NT + EXTRA);
-        for i in 0..runs {
-            mine.extend_from_slice(times.get(i).unwrap_or(&[f64::NAN; NT]));
-        }
-        mine.extend([
-            if self.cfg.train {
-                peak
-            } else {
-                self.dev.arena.peak
-            } as f64,
+        self.plans.push(self.plan.clone());
+        let arena_peak = if self.cfg.train {
+            peak
+        } else {
+            self.dev.arena.peak
+        };
+        Ok([
+            arena_peak as f64,
             self.driver_peak as f64,
             num,
             den,
@@ -141,18 +243,7 @@ impl Worker<'_> {
             bc.spilled as f64,
             self.wpeers_in.iter().filter(|&&c| c).count() as f64,
             self.wpeers_out.iter().filter(|&&c| c).count() as f64,
-        ]);
-        let all = self.gather_f64(&mine)?;
-        let plan = self.plan.clone();
-        self.dev.arena.release_except(&PERSISTENT)?;
-        if self.rank != 0 {
-            return Ok(None);
-        }
-        let mut r = self.row(case, policy, gate, &plan, &all, runs);
-        if self.cfg.train {
-            self.train_row(&mut r, &all, runs);
-        }
-        Ok(Some(r))
+        ])
     }
 
     fn row(
