@@ -21,7 +21,7 @@ Rows of the held-out shapes (hidden, intermediate in HELD_OUT) are dropped
 before anything is fitted; `--score` prints both groups' errors.
 
 Usage: fit_layer.py --bin target/release/llep-trace --base profiles/h200.json \
-          [--take msg_weights=OTHER.json] --out /tmp/h200-fit.json RESULTS.parquet...
+          [--take msg_weights=OTHER.json] [--hold TERM] --out /tmp/h200-fit.json RESULTS.parquet...
 """
 import argparse
 import copy
@@ -122,17 +122,19 @@ def rel_err(m, s):
     return (s["t_total_ms"] - m["t_total_ms"]) / m["t_total_ms"]
 
 
-def fit(base, cmp):
-    m, _ = cmp.run(with_fit(base))
+def fit(base, cmp, held=None):
+    held = held or {}
+    m, _ = cmp.run(with_fit(base, **held))
     w = 1.0 / m["t_total_ms"]
     auto = np.array([p == "llep-auto" for p in m["policy"]])
     # overhead phase: three probed features, llep-auto rows apart
     feats = []
     for term in ["overhead_us", "overhead_per_group_us", "overhead_per_kcopy_us"]:
-        _, s = cmp.run(with_fit(base, **{term: 1000.0}))
+        _, s = cmp.run(with_fit(base, **dict(held, **{term: 1000.0})))
         feats.append(s["t_overhead_ms"][~auto])
     a, g, c = wls(feats, m["t_overhead_ms"][~auto], w[~auto])
     terms = dict(
+        held,
         overhead_us=max(a, 0) * 1000,
         overhead_per_group_us=max(g, 0) * 1000,
         overhead_per_kcopy_us=max(c, 0) * 1000,
@@ -157,7 +159,7 @@ def fit(base, cmp):
         ("contention_per_peer", np.arange(0.0, 1.01, 0.025), moving & (gpus > 2)),
         ("dispatch_wait", np.arange(0.0, 1.01, 0.025), moving),
     ]:
-        if not rows.any():
+        if not rows.any() or term in held:
             continue
         best = None
         for c in grid:
@@ -172,7 +174,7 @@ def fit(base, cmp):
     return {k: round(float(v), 4) for k, v in terms.items()}
 
 
-def refine(base, cmp, terms, rounds=3):
+def refine(base, cmp, terms, rounds=3, held=()):
     """Coordinate search from the phase fits, minimising the mean absolute
     relative error of the layer time over the calibration rows (a robust
     loss: a few noisy rows do not pull the fit)."""
@@ -194,6 +196,8 @@ def refine(base, cmp, terms, rounds=3):
     cur = loss(terms)
     for _ in range(rounds):
         for k, step in steps.items():
+            if k in held:
+                continue
             for d in (step, -step, step / 2, -step / 2):
                 t = dict(terms, **{k: terms[k] + d})
                 # physical signs: costs are not negative (unit_us may be:
@@ -225,6 +229,14 @@ def main():
         help="copy FIELD of another profile JSON into the base first (e.g. "
         "msg_weights=h200-4gpu-comm.json: a measured part the base lacks)",
     )
+    ap.add_argument(
+        "--hold",
+        action="append",
+        default=[],
+        metavar="TERM",
+        help="keep the base's layer_fit TERM as it is, not fitted (e.g. "
+        "contention_per_peer when no row has more than 2 GPUs)",
+    )
     ap.add_argument("results", nargs="+", help="results files with measured rows")
     a = ap.parse_args()
     base = json.load(open(a.base))
@@ -237,7 +249,8 @@ def main():
         base["note"] = base.get("note", "") + f" {field} taken from {os.path.basename(path)}."
     with tempfile.TemporaryDirectory() as tmp:
         cal = Compare(a.bin, measured_rows(a.results, False), tmp, "cal")
-        terms = refine(base, cal, fit(base, cal))
+        held = {t: base["layer_fit"][t] for t in a.hold}
+        terms = refine(base, cal, fit(base, cal, held), held=held)
         prof = with_fit(base, **terms)
         print("layer_fit:", json.dumps(terms))
         print(score("calibration shapes (fitted on)", cal, prof))

@@ -70,7 +70,8 @@ impl Worker<'_> {
     /// Each setting first runs its warm-ups alone, from released buffers,
     /// which gives its memory peaks, its dense check and its weight peers.
     /// With more than one setting (and `interleave`), the timed runs then
-    /// take turns, one run of each setting per round, so that drift of the
+    /// take turns after one untimed round that grows the buffers they
+    /// share, one run of each setting per round, so that drift of the
     /// clocks or the links over the minutes a case takes falls on every
     /// setting alike and their ratios compare like with like. A setting
     /// that runs out of memory only beside the others' buffers sends all of
@@ -132,7 +133,9 @@ impl Worker<'_> {
     ) -> Result<bool, GpuError> {
         self.begin_case(case)?;
         let mut ok = true;
-        'rounds: for _ in 0..self.cfg.runs {
+        // round 0 is untimed: it grows the buffers every setting needs, so
+        // no timed run allocates
+        'rounds: for round in 0..=self.cfg.runs {
             for (si, &(policy, gate)) in settings.iter().enumerate() {
                 if extras[si][4] != 0.0 {
                     continue; // out of memory alone: no timed runs
@@ -142,7 +145,8 @@ impl Worker<'_> {
                         ok = false;
                         break 'rounds;
                     }
-                    RunOut::Done(tm) => times[si].push(tm),
+                    RunOut::Done(tm) if round > 0 => times[si].push(tm),
+                    RunOut::Done(_) => {}
                 }
             }
         }
