@@ -156,11 +156,19 @@ pub fn twin(
 }
 
 /// The weight communicator's peers (in, out) per GPU a measured row
-/// recorded; `None` for simulated rows and older files.
+/// recorded. A measured row from before the record existed ran after an
+/// unknown history: every peer both ways, the safe side. `None` (the
+/// model's own rule) for simulated rows.
 fn recorded_links(r: &ResultRow, gpus: usize) -> Option<(Vec<u64>, Vec<u64>)> {
+    if r.source != Source::Measured {
+        return None;
+    }
     let (inn, out) = (&r.weight_peers_in_per_gpu, &r.weight_peers_out_per_gpu);
-    (r.source == Source::Measured && inn.len() == gpus && out.len() == gpus)
-        .then(|| (inn.clone(), out.clone()))
+    if inn.len() == gpus && out.len() == gpus {
+        return Some((inn.clone(), out.clone()));
+    }
+    let all = vec![gpus.saturating_sub(1) as u64; gpus];
+    Some((all.clone(), all))
 }
 
 fn twin_priced(
@@ -471,6 +479,56 @@ mod tests {
             compare(&[], &prof, &[]),
             Err(AccuracyError::NoMeasured)
         ));
+    }
+
+    /// A measured row's twin charges the weight connections its replay
+    /// recorded; a row from before the record, every peer both ways.
+    #[test]
+    fn twins_charge_the_recorded_weight_connections() {
+        let prof = Profile::load("h200").unwrap();
+        let mm = prof.mem_model.unwrap();
+        let row = |policy, inn: Vec<u64>, out: Vec<u64>| ResultRow {
+            trace: "synthetic".into(),
+            scenario: "95:1".into(),
+            policy,
+            gate: Gate::Never,
+            alpha: 1.0,
+            min_gemm: 1024,
+            gpus: 2,
+            tokens_per_rank: 4096,
+            hidden_size: 2880,
+            intermediate_size: 2880,
+            experts: 128,
+            top_k: 4,
+            source: Source::Measured,
+            t_total_ms: 1.0,
+            peak_mem_max_bytes: 1,
+            weight_peers_in_per_gpu: inn,
+            weight_peers_out_per_gpu: out,
+            ..Default::default()
+        };
+        let mem = |r: ResultRow| {
+            let acc = compare(&[r], &prof, &[]).unwrap();
+            acc.pairs[0].simulated.peak_mem_per_gpu.clone()
+        };
+        // EP in a fresh process: no connection; after LLEP moved GPU 0's
+        // experts to GPU 1: GPU 0 sent, GPU 1 received
+        let fresh = mem(row(Policy::Ep, vec![0, 0], vec![0, 0]));
+        let after = mem(row(Policy::Ep, vec![0, 1], vec![1, 0]));
+        let (r, s) = (
+            mm.nccl_xfer_recv_per_peer_bytes,
+            mm.nccl_xfer_send_per_peer_bytes,
+        );
+        assert!(r > s && s > 0);
+        assert_eq!(after[0] - fresh[0], s);
+        assert_eq!(after[1] - fresh[1], r);
+        // no record (an older file): both ways
+        let unknown = mem(row(Policy::Ep, vec![], vec![]));
+        assert_eq!(unknown[0] - fresh[0], r + s);
+        // a simulated row is priced by the model's own rule
+        let mut sim_row = row(Policy::Ep, vec![], vec![]);
+        sim_row.source = Source::Simulated;
+        assert_eq!(recorded_links(&sim_row, 2), None);
     }
 
     #[test]
