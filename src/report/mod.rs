@@ -8,6 +8,7 @@ mod digest;
 mod font;
 mod page;
 pub mod plots;
+pub mod ratios;
 mod sections;
 
 use crate::results::Source;
@@ -246,7 +247,7 @@ pub fn write_report(
     out: &Path,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let digest = digest_inputs(inputs)?;
+    let digest = digest_inputs(inputs, opts.lambda)?;
     if digest.len() == 0 {
         return Err(ReportError::NoData("no result rows in the inputs".into()));
     }
@@ -309,10 +310,27 @@ fn remove_stale_figures(out: &Path, keep: &[PathBuf]) {
 /// in page order: scenarios in the order the user gave them (the
 /// `--synthetic` lists of the commands that made the files, else first
 /// appearance; "balanced", the baseline, first), see [`data::in_user_order`].
-fn digest_inputs(inputs: &[Input]) -> Result<Digest, ReportError> {
-    let mut d = Digest::default();
+///
+/// The digest first holds only each series' current layer-step's EP times
+/// (rows grouped by layer-step in ascending order, as `simulate` and `tune`
+/// write them); if some series' rows are not in that order the rows are
+/// fed again to a digest that keeps every EP time. The LLEP on-share is
+/// counted exactly at every lambda of the inputs and at `user_lambda`.
+fn digest_inputs(inputs: &[Input], user_lambda: Option<f64>) -> Result<Digest, ReportError> {
+    let mut gates: Vec<f64> = user_lambda.into_iter().collect();
+    for i in inputs {
+        gates.extend(i.stats.llep_lambdas.iter().map(|&b| f64::from_bits(b)));
+    }
+    let mut d = Digest::windowed(&gates);
     for i in inputs {
         i.each_row(&mut |r| d.add(r))?;
+        if d.broken() {
+            d = Digest::keeping(&gates);
+            for i in inputs {
+                i.each_row(&mut |r| d.add(r))?;
+            }
+            break;
+        }
     }
     let commands: Vec<&str> = inputs.iter().map(|i| i.meta.command.as_str()).collect();
     d.order(Some(&commands));

@@ -221,14 +221,19 @@ impl<'a> Build<'a> {
             .map(|c| (c.clone(), self.lambda_of(&c.setup)))
             .collect();
         for (c, l) in &with_l {
-            let n = c.ratios.len();
+            let d = &c.ratios;
             let mut line = format!(
-                "{}: {} layer-steps, max/mean from {:.3} to {:.3} (median {:.3})",
+                "{}: {} layer-steps, max/mean from {:.3} to {:.3} (median {:.3}{})",
                 c.setup.label(self.knobs),
-                n,
-                c.ratios[0],
-                c.ratios[n - 1],
-                c.ratios[n / 2]
+                d.len(),
+                d.min(),
+                d.max(),
+                d.median(),
+                if d.binned() {
+                    binned_note()
+                } else {
+                    String::new()
+                }
             );
             if let Some(l) = l {
                 line.push_str(&format!(
@@ -449,9 +454,7 @@ impl<'a> Build<'a> {
             summary.push(SummaryRow {
                 series: key.label(self.knobs),
                 layer_steps: x.layer_steps(),
-                mean_ratio: cdf.map_or(f64::NAN, |c| {
-                    c.ratios.iter().sum::<f64>() / c.ratios.len().max(1) as f64
-                }),
+                mean_ratio: cdf.map_or(f64::NAN, |c| c.ratios.mean()),
                 lambda: lam,
                 llep_on_pct: match (cdf, lam) {
                     (Some(c), Some(l)) => Some(c.on_fraction(l) * 100.0),
@@ -468,6 +471,18 @@ impl<'a> Build<'a> {
         }
         summary
     }
+}
+
+/// What a binned median says of itself on the page.
+fn binned_note() -> String {
+    format!(
+        ", to within {}%: past {} layer-steps the median and the CDF come from \
+         a histogram of bins {}% wide; the count, the range, the mean and the \
+         share of layer-steps at or above λ are exact",
+        super::ratios::BIN_REL * 100.0,
+        super::ratios::EXACT_CAP,
+        super::ratios::BIN_REL * 100.0
+    )
 }
 
 /// Bytes crossing nodes per layer-step for each setting, when the rows
