@@ -433,33 +433,38 @@ impl Pair {
     }
 }
 
+/// What joins a measured row to its simulated twin: the setup (any input
+/// note), layer-step, policy, lambda, and batch and layer shape too (one
+/// scenario replayed at two batch sizes or on two model shapes is four
+/// different measurements).
+pub(super) type PairKey = (
+    SetupKey,
+    u32,
+    u32,
+    String,
+    Option<u64>,
+    u64,
+    (u32, u32, u32, u32),
+);
+
+pub(super) fn pair_key(r: &ResultRow) -> PairKey {
+    (
+        SetupKey::of(r).loose(),
+        r.step,
+        r.layer,
+        r.policy.to_string(),
+        lkey(r.lambda()),
+        r.tokens_per_rank,
+        (r.hidden_size, r.intermediate_size, r.experts, r.top_k),
+    )
+}
+
 /// Join measured rows to simulated rows of the same setup, layer-step,
 /// policy and lambda. Where several profiles simulated it, the one whose
 /// card is the measured device wins, else the first.
 pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
-    // batch and layer shape too: one scenario replayed at two batch sizes
-    // or on two model shapes is four different measurements
-    type K = (
-        SetupKey,
-        u32,
-        u32,
-        String,
-        Option<u64>,
-        u64,
-        (u32, u32, u32, u32),
-    );
-    let k = |r: &ResultRow| -> K {
-        (
-            SetupKey::of(r).loose(),
-            r.step,
-            r.layer,
-            r.policy.to_string(),
-            lkey(r.lambda()),
-            r.tokens_per_rank,
-            (r.hidden_size, r.intermediate_size, r.experts, r.top_k),
-        )
-    };
-    let mut sims: HashMap<K, Vec<&ResultRow>> = HashMap::new();
+    let k = pair_key;
+    let mut sims: HashMap<PairKey, Vec<&ResultRow>> = HashMap::new();
     for r in rows.iter().filter(|r| r.source == Source::Simulated) {
         sims.entry(k(r)).or_default().push(r);
     }

@@ -251,12 +251,12 @@ pub fn write_report(
     if digest.len() == 0 {
         return Err(ReportError::NoData("no result rows in the inputs".into()));
     }
-    let rows = kept_rows(inputs, &digest)?;
+    let (rows, policies) = kept_rows(inputs, &digest)?;
     std::fs::create_dir_all(out).map_err(|e| ReportError::Io(out.to_path_buf(), e))?;
     let stage = out.join(format!(".staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| ReportError::Io(stage.clone(), e))?;
-    let res = build(inputs, digest, &rows, opts, &stage, progress);
+    let res = build(inputs, digest, (&rows, policies), opts, &stage, progress);
     let res = res.and_then(|mut w| {
         let mut moved = vec![];
         for f in &w.files {
@@ -337,36 +337,52 @@ fn digest_inputs(inputs: &[Input], user_lambda: Option<f64>) -> Result<Digest, R
     Ok(d)
 }
 
-/// The rows two sections still read whole, in page order: measured rows
-/// and the simulated rows of their setups (the accuracy plot pairs them
-/// layer-step by layer-step), and, where EPLB policies appear, every
-/// non-ideal row (the policy comparison). Empty for simulated inputs
-/// without EPLB.
-fn kept_rows(inputs: &[Input], d: &Digest) -> Result<Vec<ResultRow>, ReportError> {
+/// What the accuracy plot and the policy comparison read, in page order:
+/// the measured rows and the simulated rows that share a [`data::PairKey`]
+/// with one of them (the accuracy plot pairs them layer-step by
+/// layer-step), and, where EPLB policies appear, the policy comparison's
+/// running totals ([`plots::PolicyAcc`]). Measured rows are few (each is a
+/// timed run on a GPU); simulated inputs hold none of their rows here.
+/// With measured rows the inputs are read twice: for the measured rows'
+/// keys, then for their simulated twins.
+fn kept_rows(
+    inputs: &[Input],
+    d: &Digest,
+) -> Result<(Vec<ResultRow>, Option<plots::PolicyFig>), ReportError> {
     if d.measured == 0 && !d.eplb {
-        return Ok(vec![]);
+        return Ok((vec![], None));
     }
-    let twins: Vec<data::SetupKey> = d
-        .series
-        .iter()
-        .filter(|s| s.key.measured())
-        .map(|s| s.key.setup.loose())
-        .collect();
+    let mut policies = d.eplb.then(plots::PolicyAcc::default);
     let mut kept: Vec<(usize, ResultRow)> = vec![];
     let mut idx = 0usize;
     for i in inputs {
         i.each_row(&mut |r| {
-            let keep = (d.eplb && r.policy != crate::plan::Policy::Ideal)
-                || r.source == Source::Measured
-                || (!twins.is_empty() && twins.contains(&data::SetupKey::of(r).loose()));
-            if keep {
+            let rank = d.rank(r);
+            if let Some(p) = &mut policies {
+                p.add(r, (rank, idx));
+            }
+            if r.source == Source::Measured {
                 kept.push((idx, r.clone()));
             }
             idx += 1;
         })?;
     }
+    if !kept.is_empty() {
+        let keys: std::collections::HashSet<data::PairKey> =
+            kept.iter().map(|(_, r)| data::pair_key(r)).collect();
+        let mut idx = 0usize;
+        for i in inputs {
+            i.each_row(&mut |r| {
+                if r.source == Source::Simulated && keys.contains(&data::pair_key(r)) {
+                    kept.push((idx, r.clone()));
+                }
+                idx += 1;
+            })?;
+        }
+    }
     kept.sort_by_key(|(i, r)| (d.rank(r), *i));
-    Ok(kept.into_iter().map(|k| k.1).collect())
+    let rows = kept.into_iter().map(|k| k.1).collect();
+    Ok((rows, policies.and_then(plots::PolicyAcc::finish)))
 }
 
 /// Number of figure files `write_report` will draw (for a progress bar).
@@ -386,12 +402,12 @@ pub fn figure_count(inputs: &[Input]) -> usize {
 fn build(
     inputs: &[Input],
     digest: Digest,
-    rows: &[ResultRow],
+    kept: (&[ResultRow], Option<plots::PolicyFig>),
     opts: &ReportOptions,
     stage: &Path,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let mut b = sections::Build::new(inputs, digest, rows, opts, stage, progress);
+    let mut b = sections::Build::new(inputs, digest, kept, opts, stage, progress);
     let sections = b.sections()?;
     let summary = b.summary();
     let mut files = std::mem::take(&mut b.files);

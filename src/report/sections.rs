@@ -18,9 +18,10 @@ pub(super) struct Build<'a> {
     inputs: &'a [Input],
     /// Running aggregates of every row, in page order.
     digest: Digest,
-    /// The rows the accuracy plot and the policy comparison read whole
-    /// (see `super::kept_rows`).
+    /// The rows the accuracy plot reads whole (see `super::kept_rows`).
     rows: &'a [ResultRow],
+    /// The policy comparison, where the rows hold an EPLB policy.
+    policies: Option<PolicyFig>,
     opts: &'a ReportOptions,
     stage: &'a Path,
     progress: &'a dyn crate::progress::Progress,
@@ -56,7 +57,7 @@ impl<'a> Build<'a> {
     pub fn new(
         inputs: &'a [Input],
         mut digest: Digest,
-        rows: &'a [ResultRow],
+        (rows, policies): (&'a [ResultRow], Option<PolicyFig>),
         opts: &'a ReportOptions,
         stage: &'a Path,
         progress: &'a dyn crate::progress::Progress,
@@ -68,6 +69,7 @@ impl<'a> Build<'a> {
             knobs: digest.knobs_vary,
             digest,
             rows,
+            policies,
             opts,
             stage,
             progress,
@@ -104,12 +106,7 @@ impl<'a> Build<'a> {
             self.accuracy()?,
         ];
         // only where the rows hold an EPLB policy: other pages stay as they were
-        if let Some(f) = self
-            .digest
-            .eplb
-            .then(|| PolicyFig::from_rows(self.rows))
-            .flatten()
-        {
+        if let Some(f) = self.policies.take() {
             v.push(self.policies(f)?);
         }
         Ok(v)
