@@ -706,3 +706,87 @@ impl Digest {
             .then(|| self.inter.iter().map(|x| (x.0.clone(), x.1, x.2)).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Gate;
+
+    fn row(step: u32, layer: u32, policy: Policy, ms: f64) -> ResultRow {
+        ResultRow {
+            step,
+            layer,
+            policy,
+            gate: if policy == Policy::Llep {
+                Gate::Ratio(1.3)
+            } else {
+                Gate::Always
+            },
+            t_total_ms: ms,
+            imbalance_ratio: 1.0 + f64::from(step % 7) / 10.0,
+            gpus: 8,
+            ..Default::default()
+        }
+    }
+
+    /// Rows grouped by layer-step in order: the windowed digest holds one
+    /// layer-step's EP times, and its numbers are the keeping digest's.
+    #[test]
+    fn windowed_digest_holds_one_layer_step_of_ep_times() {
+        let mut w = Digest::windowed(&[1.3]);
+        let mut k = Digest::keeping(&[1.3]);
+        for s in 0..500 {
+            for l in 0..4 {
+                // the LLEP row first in odd layers: matched at the group's end
+                let mut g = [
+                    row(s, l, Policy::Ep, 2.0 + f64::from(s)),
+                    row(s, l, Policy::Llep, 1.0 + f64::from(l)),
+                ];
+                if l % 2 == 1 {
+                    g.reverse();
+                }
+                for r in &g {
+                    w.add(r);
+                    k.add(r);
+                }
+            }
+        }
+        assert!(!w.broken());
+        assert_eq!(w.series.len(), 1);
+        assert!(w.series[0].ep_ms.len() <= 1);
+        assert!(w.series[0].pending.len() <= 1);
+        assert_eq!(k.series[0].ep_ms.len(), 2000);
+        assert_eq!(w.series[0].layer_steps(), 2000);
+        let (cw, ck) = (w.curves(), k.curves());
+        assert_eq!(cw, ck);
+        let ep: f64 = (0..500).map(|s| 4.0 * (2.0 + f64::from(s))).sum();
+        let llep: f64 = 500.0 * (1.0 + 2.0 + 3.0 + 4.0);
+        assert_eq!(cw[0].points, vec![(1.3, ep / llep)]);
+        assert_eq!(cw[0].layer_steps, 2000);
+        assert_eq!(w.cdfs(), k.cdfs());
+        assert_eq!(w.cdfs()[0].ratios.len(), 2000);
+        // a row going back to an earlier layer-step breaks the window
+        w.add(&row(3, 0, Policy::Llep, 1.0));
+        assert!(w.broken());
+        k.add(&row(3, 0, Policy::Llep, 1.0));
+        assert!(!k.broken());
+    }
+
+    #[test]
+    fn layer_steps_count_each_once() {
+        let mut s = LayerSteps::default();
+        for step in [0u32, 63, 64, 1_000_000, u32::MAX] {
+            for layer in [0u32, 1, 60, u32::MAX] {
+                assert!(s.insert((step, layer)));
+                assert!(!s.insert((step, layer)));
+            }
+        }
+        assert_eq!(s.len(), 20);
+        // 64 consecutive steps of one layer share a word
+        let mut d = LayerSteps::default();
+        (0..64).for_each(|st| {
+            d.insert((st, 5));
+        });
+        assert_eq!((d.len(), d.words.len()), (64, 1));
+    }
+}
