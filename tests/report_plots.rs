@@ -746,3 +746,108 @@ fn speedup_compares_each_batch_with_its_own_ep_row() {
     assert_eq!(c.layer_steps, 1);
     assert_eq!(c.points, vec![(1.5, 110.0 / 70.0)]);
 }
+
+/// The report holds EP times for the current layer-step only while each
+/// series' rows come grouped in ascending order; rows in any other order
+/// are read again keeping every EP time. Either way the numbers are those
+/// of the rows, not of their order.
+#[test]
+fn speedup_and_cdf_are_the_same_in_any_row_order() {
+    let sorted = olmoe_rows(gates());
+    let mut reversed = sorted.clone();
+    reversed.reverse();
+    // within each layer-step, LLEP and ideal rows before the EP row
+    let mut ep_last = sorted.clone();
+    ep_last.sort_by_key(|r| (r.step, r.layer, r.policy == Policy::Ep));
+    // a long trace split by steps and given in two parts, in order
+    let (a, b): (Vec<ResultRow>, Vec<ResultRow>) = sorted.iter().cloned().partition(|r| r.step < 3);
+    let split: Vec<ResultRow> = a.into_iter().chain(b).collect();
+    // every EP row first, then the rest: LLEP rows go back to layer-steps
+    // left long ago, so their EP times must have been kept
+    let mut ep_first = sorted.clone();
+    ep_first.sort_by_key(|r| (r.policy != Policy::Ep, r.step, r.layer));
+    let want = data::speedup_curves(&sorted);
+    let want_cdf = data::imbalance_cdfs(&sorted);
+    assert_eq!(want_cdf[0].ratios.len(), 18);
+    for (name, rows) in [
+        ("reversed", &reversed),
+        ("ep last", &ep_last),
+        ("split", &split),
+        ("ep first", &ep_first),
+    ] {
+        let got = data::speedup_curves(rows);
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.layer_steps, w.layer_steps, "{name}");
+            assert_eq!(g.recommended, w.recommended, "{name}");
+            assert_eq!(g.points.len(), w.points.len(), "{name}");
+            for (p, q) in g.points.iter().zip(&w.points) {
+                assert_eq!(p.0, q.0, "{name}");
+                assert!((p.1 / q.1 - 1.0).abs() < 1e-12, "{name}: {p:?} {q:?}");
+            }
+            let close = |x: Option<f64>, y: Option<f64>| match (x, y) {
+                (Some(x), Some(y)) => (x / y - 1.0).abs() < 1e-12,
+                (x, y) => x == y,
+            };
+            assert!(close(g.always, w.always), "{name}");
+            assert!(close(g.ideal, w.ideal), "{name}");
+        }
+        assert_eq!(data::imbalance_cdfs(rows), want_cdf, "{name}");
+    }
+}
+
+/// Past `ratios::EXACT_CAP` layer-steps a setup's ratios go to a histogram
+/// of 0.1% bins: the page says so; the count, range, mean and the LLEP
+/// on-share at the lambda shown stay exact, and the median is within a bin.
+#[test]
+fn imbalance_past_the_exact_cap_is_binned_and_says_so() {
+    use llep_trace::report::ratios::{BIN_REL, EXACT_CAP};
+    let sim = olmoe_rows(vec![Gate::Ratio(1.5)]);
+    let base: Vec<&ResultRow> = sim.iter().filter(|r| r.policy != Policy::Ideal).collect();
+    let n = EXACT_CAP + 4321;
+    let mut rows = Vec::with_capacity(2 * n);
+    let mut ratios = Vec::with_capacity(n);
+    let mut s = 0x9e3779b97f4a7c15u64;
+    for i in 0..n as u32 {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let ratio = 1.0 + 2.0 * (s >> 11) as f64 / (1u64 << 53) as f64;
+        ratios.push(ratio);
+        for r in &base[..2] {
+            let mut r = (*r).clone();
+            (r.step, r.layer) = (i / 40, i % 40);
+            r.imbalance_ratio = ratio;
+            rows.push(r);
+        }
+    }
+    assert_eq!(rows[0].policy, Policy::Ep);
+    assert_eq!(rows[1].lambda(), Some(1.5));
+    let c = &data::imbalance_cdfs(&rows)[0];
+    assert!(c.ratios.binned());
+    assert_eq!(c.ratios.len(), n);
+    let on = ratios.iter().filter(|&&r| r >= 1.5).count();
+    assert_eq!(c.on_fraction(1.5), on as f64 / n as f64);
+    let mean = ratios.iter().sum::<f64>() / n as f64;
+    assert!((c.ratios.mean() - mean).abs() < 1e-12);
+    ratios.sort_by(f64::total_cmp);
+    assert_eq!((c.ratios.min(), c.ratios.max()), (ratios[0], ratios[n - 1]));
+    let (m, e) = (c.ratios.median(), ratios[n / 2]);
+    assert!(m / e <= 1.0 + BIN_REL && e / m <= 1.0 + BIN_REL, "{m} {e}");
+
+    let dir = tmp("binned");
+    let input = Input::from_rows(&dir.join("big.parquet"), ResultsMeta::default(), rows);
+    let w = write_report(&[input], &report_opts(), &dir.join("out"), &Silent).unwrap();
+    let imb = w.sections.iter().find(|s| s.id == "imbalance").unwrap();
+    assert!(
+        imb.numbers[0].contains("to within 0.1%"),
+        "{}",
+        imb.numbers[0]
+    );
+    assert!(imb.numbers[0].contains(&format!("{n} layer-steps")));
+    let row = &w.summary[0];
+    assert_eq!(row.layer_steps, n);
+    assert_eq!(row.llep_on_pct, Some(on as f64 / n as f64 * 100.0));
+    assert!((row.mean_ratio - mean).abs() < 1e-12);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,6 +12,12 @@
 # REPORT_BASE_STEPS steps (default 2000 25000; it needs about 9 GiB at
 # 25000).
 #
+# COMMANDS picks what runs (default "simulate tune report"; e.g.
+# COMMANDS=report for the report rows alone; "report-eplb" runs `report`
+# on `simulate --policy ep,llep,eplb,eplb+llep,ideal --redundant 16 --ratio
+# 1.3` results, which draw the policy comparison). The reports' inputs are
+# kept in WORKDIR (r13-STEPS.parquet, e13-STEPS.parquet) and reused.
+#
 # Usage: scripts/bench/stream.sh [WORKDIR] [STEPS...]
 #   WORKDIR: traces and outputs (default /tmp/llep-stream-bench)
 #   STEPS:   steps of 40 layers per trace (default 250 2000 6250 25000)
@@ -43,20 +49,34 @@ measure() { # label binary command-name layer-steps args...
   echo "$label,$what,$ls,$rss,$wall,$user,$sys,$load,$(date -u +%FT%TZ)" | tee -a "$CSV"
 }
 
+COMMANDS=" ${COMMANDS:-simulate tune report} "
 for s in "${STEPS[@]}"; do
   t="$WORK/t$s.parquet"
   [ -f "$t" ] || python3 scripts/bench/gen_trace.py --steps "$s" --layers 40 --out "$t"
   ls=$((s * 40))
-  measure "${LABEL:-streamed}" "$BIN" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-$s.parquet"
-  measure "${LABEL:-streamed}" "$BIN" tune "$ls" tune --trace "$t"
-  rm -f "$WORK/sim-$s.parquet"
-  r="$WORK/r13-$s.parquet"
-  [ -f "$r" ] || "$BIN" simulate --trace "$t" --ratio 1.3 --out "$r" > /dev/null
-  measure "${LABEL:-streamed}" "$BIN" report "$ls" report "$r" --out "$WORK/rep-$s"
-  if [ -n "${BASE:-}" ] && [[ " ${REPORT_BASE_STEPS:-2000 25000} " == *" $s "* ]]; then
-    measure before "$BASE" report "$ls" report "$r" --out "$WORK/rep-base-$s"
+  if [[ $COMMANDS == *" simulate "* ]]; then
+    measure "${LABEL:-streamed}" "$BIN" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-$s.parquet"
+    rm -f "$WORK/sim-$s.parquet"
   fi
-  if [ -n "${BASE:-}" ] && [ "$s" = 2000 ]; then
+  if [[ $COMMANDS == *" tune "* ]]; then
+    measure "${LABEL:-streamed}" "$BIN" tune "$ls" tune --trace "$t"
+  fi
+  if [[ $COMMANDS == *" report "* ]]; then
+    r="$WORK/r13-$s.parquet"
+    [ -f "$r" ] || "$BIN" simulate --trace "$t" --ratio 1.3 --out "$r" > /dev/null
+    measure "${LABEL:-streamed}" "$BIN" report "$ls" report "$r" --out "$WORK/rep-${LABEL:-streamed}-$s"
+    if [ -n "${BASE:-}" ] && [[ " ${REPORT_BASE_STEPS:-2000 25000} " == *" $s "* ]]; then
+      measure before "$BASE" report "$ls" report "$r" --out "$WORK/rep-base-$s"
+    fi
+  fi
+  if [[ $COMMANDS == *" report-eplb "* ]]; then
+    # the policy comparison's input: EP, LLEP at 1.3, EPLB and EPLB+LLEP
+    # (R = 16), ideal: 5 rows per layer-step
+    r="$WORK/e13-$s.parquet"
+    [ -f "$r" ] || "$BIN" simulate -q --trace "$t" --policy ep,llep,eplb,eplb+llep,ideal --redundant 16 --ratio 1.3 --out "$r" > /dev/null
+    measure "${LABEL:-streamed}" "$BIN" report-eplb "$ls" report "$r" --out "$WORK/rep-eplb-${LABEL:-streamed}-$s"
+  fi
+  if [ -n "${BASE:-}" ] && [ "$s" = 2000 ] && [[ $COMMANDS == *" simulate "* ]]; then
     measure before "$BASE" simulate "$ls" simulate --trace "$t" --ratio 1.0:3.0:0.1 --out "$WORK/sim-base-$s.parquet"
     measure before "$BASE" tune "$ls" tune --trace "$t"
     rm -f "$WORK/sim-base-$s.parquet"

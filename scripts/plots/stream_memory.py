@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Peak memory against trace length, from scripts/bench/stream.sh's CSV
 (reports/bench/stream.csv): `simulate --ratio 1.0:3.0:0.1 --out`, `tune`,
-`report` and `capture` streamed, and the binary from before streaming where
-it was measured.
+`report` and `capture` streamed, the binary from before streaming where
+it was measured, and `report` before and after its per-layer-step state
+was bounded ("main" and "bounded"; "report-eplb": results with EPLB rows,
+which draw the policy comparison).
 Usage: stream_memory.py reports/bench/stream.csv OUT.png
 """
 import csv
@@ -35,6 +37,14 @@ style = {
     ("streamed", "report"): dict(color="tab:purple", marker="o", label="report (streamed)"),
     ("before", "report"): dict(color="tab:purple", marker="x", linestyle="none", markersize=9,
                                 label="report, before streaming"),
+    ("main", "report"): dict(color="tab:purple", marker="+", linestyle="none", markersize=10,
+                              label="report, streamed, re-run before bounding (main 0775eb3)"),
+    ("bounded", "report"): dict(color="tab:purple", marker="s", linestyle="-", markersize=6,
+                                 label="report, bounded (ratios binned past 65,536)"),
+    ("main", "report-eplb"): dict(color="tab:brown", marker="x", linestyle="--", markersize=9,
+                                   label="report with EPLB rows, main 0775eb3"),
+    ("bounded", "report-eplb"): dict(color="tab:brown", marker="s", linestyle="-", markersize=6,
+                                      label="report with EPLB rows, bounded"),
     ("streamed", "capture"): dict(color="tab:red", marker="o", label="capture of the counts CSV (streamed)"),
     ("streamed-first", "capture"): dict(color="tab:red", marker=".", linestyle=":",
                                          label="capture, first streaming commit (slower, same memory)"),

@@ -2,6 +2,7 @@
 //! every number on a chart can be tested against the rows it came from.
 
 use super::digest::Digest;
+use super::ratios::RatioDist;
 use crate::results::{ResultRow, Source};
 use crate::tune::{Objective, Setting, TuneAcc};
 use std::collections::HashMap;
@@ -137,11 +138,22 @@ pub fn knobs_vary(rows: &[ResultRow]) -> bool {
     digest(rows.iter()).knobs_vary
 }
 
-/// Every row fed to a [`Digest`], series in first-seen order.
-fn digest<'a>(rows: impl Iterator<Item = &'a ResultRow>) -> Digest {
-    let mut d = Digest::default();
-    for r in rows {
-        d.add(r);
+/// Every row fed to a [`Digest`], series in first-seen order; the LLEP
+/// on-share counted exactly at every lambda of the rows.
+fn digest<'a>(rows: impl Iterator<Item = &'a ResultRow> + Clone) -> Digest {
+    let mut gates: Vec<f64> = vec![];
+    for r in rows.clone() {
+        if let (crate::plan::Policy::Llep, Some(l)) = (r.policy, r.lambda()) {
+            if !gates.iter().any(|g| g.to_bits() == l.to_bits()) {
+                gates.push(l);
+            }
+        }
+    }
+    let mut d = Digest::windowed(&gates);
+    rows.clone().for_each(|r| d.add(r));
+    if d.broken() {
+        d = Digest::keeping(&gates);
+        rows.for_each(|r| d.add(r));
     }
     d.order(None);
     d
@@ -269,19 +281,16 @@ pub fn chosen_lambda(curves: &[SpeedupCurve], setup: &SetupKey, user: Option<f64
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImbalanceCdf {
     pub setup: SetupKey,
-    /// Sorted ascending.
-    pub ratios: Vec<f64>,
+    /// Every layer-step's ratio, or past [`super::ratios::EXACT_CAP`]
+    /// layer-steps a histogram of them (see [`RatioDist`]).
+    pub ratios: RatioDist,
 }
 
 impl ImbalanceCdf {
     /// Fraction of layer-steps on which LLEP switches on at `lambda`
     /// (ratio >= lambda, as the reference gates it).
     pub fn on_fraction(&self, lambda: f64) -> f64 {
-        if self.ratios.is_empty() {
-            return 0.0;
-        }
-        let off = self.ratios.partition_point(|&r| r < lambda);
-        (self.ratios.len() - off) as f64 / self.ratios.len() as f64
+        self.ratios.on_fraction(lambda)
     }
 }
 
@@ -424,33 +433,38 @@ impl Pair {
     }
 }
 
+/// What joins a measured row to its simulated twin: the setup (any input
+/// note), layer-step, policy, lambda, and batch and layer shape too (one
+/// scenario replayed at two batch sizes or on two model shapes is four
+/// different measurements).
+pub(super) type PairKey = (
+    SetupKey,
+    u32,
+    u32,
+    String,
+    Option<u64>,
+    u64,
+    (u32, u32, u32, u32),
+);
+
+pub(super) fn pair_key(r: &ResultRow) -> PairKey {
+    (
+        SetupKey::of(r).loose(),
+        r.step,
+        r.layer,
+        r.policy.to_string(),
+        lkey(r.lambda()),
+        r.tokens_per_rank,
+        (r.hidden_size, r.intermediate_size, r.experts, r.top_k),
+    )
+}
+
 /// Join measured rows to simulated rows of the same setup, layer-step,
 /// policy and lambda. Where several profiles simulated it, the one whose
 /// card is the measured device wins, else the first.
 pub fn sim_measured_pairs(rows: &[ResultRow]) -> Vec<Pair> {
-    // batch and layer shape too: one scenario replayed at two batch sizes
-    // or on two model shapes is four different measurements
-    type K = (
-        SetupKey,
-        u32,
-        u32,
-        String,
-        Option<u64>,
-        u64,
-        (u32, u32, u32, u32),
-    );
-    let k = |r: &ResultRow| -> K {
-        (
-            SetupKey::of(r).loose(),
-            r.step,
-            r.layer,
-            r.policy.to_string(),
-            lkey(r.lambda()),
-            r.tokens_per_rank,
-            (r.hidden_size, r.intermediate_size, r.experts, r.top_k),
-        )
-    };
-    let mut sims: HashMap<K, Vec<&ResultRow>> = HashMap::new();
+    let k = pair_key;
+    let mut sims: HashMap<PairKey, Vec<&ResultRow>> = HashMap::new();
     for r in rows.iter().filter(|r| r.source == Source::Simulated) {
         sims.entry(k(r)).or_default().push(r);
     }

@@ -3,16 +3,26 @@
 //! section's data (speedup curves, `tune`'s recommendation, imbalance CDFs,
 //! heatmaps, phase bars, memory panels, bytes across nodes) is kept as
 //! per-series totals, so the report's memory is bounded by what it plots,
-//! not by the number of rows. What still grows with the trace: one entry per
-//! distinct layer-step of a series (its EP time, for the speedup's matching,
-//! and whether it was counted) and of a setup (its max/mean ratio, for the
-//! CDF); about 100 bytes per layer-step. The heatmaps keep at most
-//! `2 x HEATMAP_MAX_COLUMNS` layer-steps per series and lambda.
+//! not by the number of rows.
+//!
+//! Layer-steps: each LLEP (or ideal) row is compared with the EP row of its
+//! own layer-step and run shape. Where every series' rows come grouped by
+//! layer-step in ascending (step, layer) order (what `simulate` and `tune`
+//! write), a [`Digest::windowed`] digest holds only the current
+//! layer-step's EP times per series; if a series goes back to an earlier
+//! layer-step the digest says it is [`Digest::broken`] and the caller feeds
+//! the rows again to a digest that keeps every EP time (as it always did).
+//! Distinct layer-steps are counted in [`LayerSteps`], a bit per
+//! layer-step (about 0.3 byte where steps run consecutively), and each
+//! setup's max/mean ratios go to a [`RatioDist`] (exact up to a cap, then
+//! a histogram). The heatmaps keep at most `2 x HEATMAP_MAX_COLUMNS`
+//! layer-steps per series and lambda.
 
 use super::data::{
     lkey, recommendation_of, Heatmap, ImbalanceCdf, MemoryPanel, PhaseBar, SeriesKey, SetupKey,
     SpeedupCurve, HEATMAP_MAX_COLUMNS,
 };
+use super::ratios::RatioDist;
 use crate::plan::{capacity, Policy};
 use crate::results::{ResultRow, Source};
 use crate::tune::TuneAcc;
@@ -86,14 +96,48 @@ impl HeatKeep {
     }
 }
 
+/// A set of (step, layer) ids, a bit each: one 64-bit word per layer and
+/// 64 consecutive steps (about 0.3 byte a layer-step where the steps run
+/// consecutively, at most 20 where each is alone in its 64).
+#[derive(Debug, Clone, Default)]
+pub(super) struct LayerSteps {
+    words: HashMap<u64, u64>,
+    n: usize,
+}
+
+impl LayerSteps {
+    /// Add `ls`; whether it was new.
+    pub fn insert(&mut self, (step, layer): (u32, u32)) -> bool {
+        let w = self
+            .words
+            .entry((u64::from(step >> 6) << 32) | u64::from(layer))
+            .or_insert(0);
+        let bit = 1u64 << (step & 63);
+        let new = *w & bit == 0;
+        *w |= bit;
+        self.n += new as usize;
+        new
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+}
+
 /// Running totals of one series.
 #[derive(Debug, Clone)]
 pub(super) struct SeriesAcc {
     pub key: SeriesKey,
     first: usize,
-    /// Every layer-step of the series -> whether it has an EP row.
-    steps: HashMap<(u32, u32), bool>,
-    ep_steps: usize,
+    /// Every layer-step of the series, and those with an EP row.
+    steps: LayerSteps,
+    ep_steps: LayerSteps,
+    /// Hold EP times for the current layer-step only (see the module doc).
+    windowed: bool,
+    /// The layer-step of the last row, when windowed.
+    current: Option<(u32, u32)>,
+    /// A windowed series went back to an earlier layer-step.
+    broken: bool,
     /// EP total ms per layer-step and run shape (index into `shapes`): a
     /// replay holds one layer-step at several batch sizes or layer shapes,
     /// and each is compared with its own EP row.
@@ -115,12 +159,15 @@ pub(super) struct SeriesAcc {
 }
 
 impl SeriesAcc {
-    fn new(key: SeriesKey, first: usize) -> Self {
+    fn new(key: SeriesKey, first: usize, windowed: bool) -> Self {
         Self {
             key,
             first,
-            steps: HashMap::new(),
-            ep_steps: 0,
+            steps: LayerSteps::default(),
+            ep_steps: LayerSteps::default(),
+            windowed,
+            current: None,
+            broken: false,
             ep_ms: HashMap::new(),
             shapes: vec![],
             curve: BTreeMap::new(),
@@ -141,12 +188,12 @@ impl SeriesAcc {
         let ls = (r.step, r.layer);
         let gpus = self.key.setup.gpus as usize;
         let mk = self.match_key(r);
-        let has_ep = self.steps.entry(ls).or_insert(false);
+        self.steps.insert(ls);
+        if self.windowed {
+            self.advance(ls);
+        }
         if r.policy == Policy::Ep {
-            if !*has_ep {
-                *has_ep = true;
-                self.ep_steps += 1;
-            }
+            self.ep_steps.insert(ls);
             self.ep_ms.insert(mk, r.t_total_ms);
             self.tune_all.add(r);
             self.mem_ep.get_or_insert_with(MemMax::default).add(r, gpus);
@@ -208,6 +255,22 @@ impl SeriesAcc {
         }
     }
 
+    /// A windowed series moves on to `ls`: the rows of the layer-step it
+    /// leaves that found no EP row never will (unless the rows are not in
+    /// order, which marks the series broken).
+    fn advance(&mut self, ls: (u32, u32)) {
+        match self.current {
+            Some(c) if ls < c => self.broken = true,
+            Some(c) if ls > c => {
+                self.match_pending();
+                self.pending.clear();
+                self.ep_ms.clear();
+            }
+            _ => {}
+        }
+        self.current = Some(ls);
+    }
+
     /// The layer-step and run shape (batch per rank, layer shape) of `r`.
     fn match_key(&mut self, r: &ResultRow) -> (u32, u32, u32) {
         let sh = (
@@ -225,6 +288,17 @@ impl SeriesAcc {
             }
         };
         (r.step, r.layer, i as u32)
+    }
+
+    /// Compare the rows that came before their EP row with it, where it
+    /// has come since.
+    fn match_pending(&mut self) {
+        for r in std::mem::take(&mut self.pending) {
+            let mk = self.match_key(&r);
+            if let Some(&e) = self.ep_ms.get(&mk) {
+                self.matched(&r, e);
+            }
+        }
     }
 
     /// A non-EP row whose layer-step has an EP row taking `ep_ms`.
@@ -260,13 +334,8 @@ impl SeriesAcc {
     /// The speedup curve (see [`super::data::speedup_curves`]); `None`
     /// without EP rows or anything to compare them with.
     pub fn curve(&mut self) -> Option<SpeedupCurve> {
-        for r in std::mem::take(&mut self.pending) {
-            let mk = self.match_key(&r);
-            if let Some(&e) = self.ep_ms.get(&mk) {
-                self.matched(&r, e);
-            }
-        }
-        if self.ep_steps == 0 {
+        self.match_pending();
+        if self.ep_steps.len() == 0 {
             return None;
         }
         let mut c = SpeedupCurve {
@@ -276,7 +345,7 @@ impl SeriesAcc {
             ideal: None,
             totals: vec![],
             spread: vec![],
-            layer_steps: self.ep_steps,
+            layer_steps: self.ep_steps.len(),
             recommended: None,
             shown: None,
         };
@@ -456,8 +525,9 @@ impl Ranker {
     }
 }
 
-/// A setup, where it first appears, and its layer-steps' max/mean ratios.
-type SetupRatios = (SetupKey, usize, BTreeMap<(u32, u32), f64>);
+/// A setup, where it first appears, its layer-steps, and their max/mean
+/// ratios (each layer-step's first row's).
+type SetupRatios = (SetupKey, usize, LayerSteps, RatioDist);
 
 /// A setting's label, bytes across nodes, rows, and where it first appears
 /// per (trace, scenario).
@@ -478,9 +548,38 @@ pub(super) struct Digest {
     pub measured: usize,
     pub eplb: bool,
     rows: usize,
+    windowed: bool,
+    /// Gates whose LLEP on-share the page may print (counted exactly).
+    gates: Vec<f64>,
 }
 
 impl Digest {
+    /// A digest that holds EP times for each series' current layer-step
+    /// only, and counts the ratios at or above each of `gates` exactly.
+    /// Feed it rows and, if it ends [`Self::broken`], feed them again to
+    /// [`Self::keeping`].
+    pub fn windowed(gates: &[f64]) -> Self {
+        Self {
+            windowed: true,
+            gates: gates.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// A digest that keeps every EP time (rows in any order).
+    pub fn keeping(gates: &[f64]) -> Self {
+        Self {
+            gates: gates.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a windowed series went back to an earlier layer-step (its
+    /// speedups would miss rows): feed the rows to [`Self::keeping`].
+    pub fn broken(&self) -> bool {
+        self.series.iter().any(|s| s.broken)
+    }
+
     /// Rows fed so far.
     pub fn len(&self) -> usize {
         self.rows
@@ -500,7 +599,8 @@ impl Digest {
             Some(&i) => i,
             None => {
                 self.index.insert(key.clone(), self.series.len());
-                self.series.push(SeriesAcc::new(key.clone(), idx));
+                self.series
+                    .push(SeriesAcc::new(key.clone(), idx, self.windowed));
                 self.series.len() - 1
             }
         };
@@ -510,14 +610,17 @@ impl Digest {
             None => {
                 self.setup_index
                     .insert(key.setup.clone(), self.setups.len());
-                self.setups.push((key.setup.clone(), idx, BTreeMap::new()));
+                let mut d = RatioDist::default();
+                d.track(&self.gates);
+                self.setups
+                    .push((key.setup.clone(), idx, LayerSteps::default(), d));
                 self.setups.len() - 1
             }
         };
-        self.setups[ui]
-            .2
-            .entry((r.step, r.layer))
-            .or_insert(r.imbalance_ratio);
+        let u = &mut self.setups[ui];
+        if u.2.insert((r.step, r.layer)) {
+            u.3.add(r.imbalance_ratio);
+        }
         if r.source != Source::Measured {
             let k = (r.alpha.to_bits(), r.min_gemm, r.input_note.clone());
             let seen = self
@@ -585,9 +688,9 @@ impl Digest {
     pub fn cdfs(&self) -> Vec<ImbalanceCdf> {
         self.setups
             .iter()
-            .map(|(k, _, m)| {
-                let mut ratios: Vec<f64> = m.values().copied().collect();
-                ratios.sort_by(f64::total_cmp);
+            .map(|(k, _, _, d)| {
+                let mut ratios = d.clone();
+                ratios.finish();
                 ImbalanceCdf {
                     setup: k.clone(),
                     ratios,
@@ -601,5 +704,89 @@ impl Digest {
     pub fn inter_node(&self) -> Option<Vec<(String, u64, usize)>> {
         self.any_inter
             .then(|| self.inter.iter().map(|x| (x.0.clone(), x.1, x.2)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Gate;
+
+    fn row(step: u32, layer: u32, policy: Policy, ms: f64) -> ResultRow {
+        ResultRow {
+            step,
+            layer,
+            policy,
+            gate: if policy == Policy::Llep {
+                Gate::Ratio(1.3)
+            } else {
+                Gate::Always
+            },
+            t_total_ms: ms,
+            imbalance_ratio: 1.0 + f64::from(step % 7) / 10.0,
+            gpus: 8,
+            ..Default::default()
+        }
+    }
+
+    /// Rows grouped by layer-step in order: the windowed digest holds one
+    /// layer-step's EP times, and its numbers are the keeping digest's.
+    #[test]
+    fn windowed_digest_holds_one_layer_step_of_ep_times() {
+        let mut w = Digest::windowed(&[1.3]);
+        let mut k = Digest::keeping(&[1.3]);
+        for s in 0..500 {
+            for l in 0..4 {
+                // the LLEP row first in odd layers: matched at the group's end
+                let mut g = [
+                    row(s, l, Policy::Ep, 2.0 + f64::from(s)),
+                    row(s, l, Policy::Llep, 1.0 + f64::from(l)),
+                ];
+                if l % 2 == 1 {
+                    g.reverse();
+                }
+                for r in &g {
+                    w.add(r);
+                    k.add(r);
+                }
+            }
+        }
+        assert!(!w.broken());
+        assert_eq!(w.series.len(), 1);
+        assert!(w.series[0].ep_ms.len() <= 1);
+        assert!(w.series[0].pending.len() <= 1);
+        assert_eq!(k.series[0].ep_ms.len(), 2000);
+        assert_eq!(w.series[0].layer_steps(), 2000);
+        let (cw, ck) = (w.curves(), k.curves());
+        assert_eq!(cw, ck);
+        let ep: f64 = (0..500).map(|s| 4.0 * (2.0 + f64::from(s))).sum();
+        let llep: f64 = 500.0 * (1.0 + 2.0 + 3.0 + 4.0);
+        assert_eq!(cw[0].points, vec![(1.3, ep / llep)]);
+        assert_eq!(cw[0].layer_steps, 2000);
+        assert_eq!(w.cdfs(), k.cdfs());
+        assert_eq!(w.cdfs()[0].ratios.len(), 2000);
+        // a row going back to an earlier layer-step breaks the window
+        w.add(&row(3, 0, Policy::Llep, 1.0));
+        assert!(w.broken());
+        k.add(&row(3, 0, Policy::Llep, 1.0));
+        assert!(!k.broken());
+    }
+
+    #[test]
+    fn layer_steps_count_each_once() {
+        let mut s = LayerSteps::default();
+        for step in [0u32, 63, 64, 1_000_000, u32::MAX] {
+            for layer in [0u32, 1, 60, u32::MAX] {
+                assert!(s.insert((step, layer)));
+                assert!(!s.insert((step, layer)));
+            }
+        }
+        assert_eq!(s.len(), 20);
+        // 64 consecutive steps of one layer share a word
+        let mut d = LayerSteps::default();
+        (0..64).for_each(|st| {
+            d.insert((st, 5));
+        });
+        assert_eq!((d.len(), d.words.len()), (64, 1));
     }
 }

@@ -8,6 +8,7 @@ mod digest;
 mod font;
 mod page;
 pub mod plots;
+pub mod ratios;
 mod sections;
 
 use crate::results::Source;
@@ -246,16 +247,16 @@ pub fn write_report(
     out: &Path,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let digest = digest_inputs(inputs)?;
+    let digest = digest_inputs(inputs, opts.lambda)?;
     if digest.len() == 0 {
         return Err(ReportError::NoData("no result rows in the inputs".into()));
     }
-    let rows = kept_rows(inputs, &digest)?;
+    let (rows, policies) = kept_rows(inputs, &digest)?;
     std::fs::create_dir_all(out).map_err(|e| ReportError::Io(out.to_path_buf(), e))?;
     let stage = out.join(format!(".staging-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::create_dir_all(&stage).map_err(|e| ReportError::Io(stage.clone(), e))?;
-    let res = build(inputs, digest, &rows, opts, &stage, progress);
+    let res = build(inputs, digest, (&rows, policies), opts, &stage, progress);
     let res = res.and_then(|mut w| {
         let mut moved = vec![];
         for f in &w.files {
@@ -309,46 +310,79 @@ fn remove_stale_figures(out: &Path, keep: &[PathBuf]) {
 /// in page order: scenarios in the order the user gave them (the
 /// `--synthetic` lists of the commands that made the files, else first
 /// appearance; "balanced", the baseline, first), see [`data::in_user_order`].
-fn digest_inputs(inputs: &[Input]) -> Result<Digest, ReportError> {
-    let mut d = Digest::default();
+///
+/// The digest first holds only each series' current layer-step's EP times
+/// (rows grouped by layer-step in ascending order, as `simulate` and `tune`
+/// write them); if some series' rows are not in that order the rows are
+/// fed again to a digest that keeps every EP time. The LLEP on-share is
+/// counted exactly at every lambda of the inputs and at `user_lambda`.
+fn digest_inputs(inputs: &[Input], user_lambda: Option<f64>) -> Result<Digest, ReportError> {
+    let mut gates: Vec<f64> = user_lambda.into_iter().collect();
+    for i in inputs {
+        gates.extend(i.stats.llep_lambdas.iter().map(|&b| f64::from_bits(b)));
+    }
+    let mut d = Digest::windowed(&gates);
     for i in inputs {
         i.each_row(&mut |r| d.add(r))?;
+        if d.broken() {
+            d = Digest::keeping(&gates);
+            for i in inputs {
+                i.each_row(&mut |r| d.add(r))?;
+            }
+            break;
+        }
     }
     let commands: Vec<&str> = inputs.iter().map(|i| i.meta.command.as_str()).collect();
     d.order(Some(&commands));
     Ok(d)
 }
 
-/// The rows two sections still read whole, in page order: measured rows
-/// and the simulated rows of their setups (the accuracy plot pairs them
-/// layer-step by layer-step), and, where EPLB policies appear, every
-/// non-ideal row (the policy comparison). Empty for simulated inputs
-/// without EPLB.
-fn kept_rows(inputs: &[Input], d: &Digest) -> Result<Vec<ResultRow>, ReportError> {
+/// What the accuracy plot and the policy comparison read, in page order:
+/// the measured rows and the simulated rows that share a [`data::PairKey`]
+/// with one of them (the accuracy plot pairs them layer-step by
+/// layer-step), and, where EPLB policies appear, the policy comparison's
+/// running totals ([`plots::PolicyAcc`]). Measured rows are few (each is a
+/// timed run on a GPU); simulated inputs hold none of their rows here.
+/// With measured rows the inputs are read twice: for the measured rows'
+/// keys, then for their simulated twins.
+fn kept_rows(
+    inputs: &[Input],
+    d: &Digest,
+) -> Result<(Vec<ResultRow>, Option<plots::PolicyFig>), ReportError> {
     if d.measured == 0 && !d.eplb {
-        return Ok(vec![]);
+        return Ok((vec![], None));
     }
-    let twins: Vec<data::SetupKey> = d
-        .series
-        .iter()
-        .filter(|s| s.key.measured())
-        .map(|s| s.key.setup.loose())
-        .collect();
+    let mut policies = d.eplb.then(plots::PolicyAcc::default);
     let mut kept: Vec<(usize, ResultRow)> = vec![];
     let mut idx = 0usize;
     for i in inputs {
         i.each_row(&mut |r| {
-            let keep = (d.eplb && r.policy != crate::plan::Policy::Ideal)
-                || r.source == Source::Measured
-                || (!twins.is_empty() && twins.contains(&data::SetupKey::of(r).loose()));
-            if keep {
+            let rank = d.rank(r);
+            if let Some(p) = &mut policies {
+                p.add(r, (rank, idx));
+            }
+            if r.source == Source::Measured {
                 kept.push((idx, r.clone()));
             }
             idx += 1;
         })?;
     }
+    if !kept.is_empty() {
+        let keys: std::collections::HashSet<data::PairKey> =
+            kept.iter().map(|(_, r)| data::pair_key(r)).collect();
+        let mut idx = 0usize;
+        for i in inputs {
+            i.each_row(&mut |r| {
+                if r.source == Source::Simulated && keys.contains(&data::pair_key(r)) {
+                    kept.push((idx, r.clone()));
+                }
+                idx += 1;
+            })?;
+        }
+    }
     kept.sort_by_key(|(i, r)| (d.rank(r), *i));
-    Ok(kept.into_iter().map(|k| k.1).collect())
+    let rows = kept.into_iter().map(|k| k.1).collect();
+    Ok((rows, policies.and_then(plots::PolicyAcc::finish)))
 }
 
 /// Number of figure files `write_report` will draw (for a progress bar).
@@ -368,12 +402,12 @@ pub fn figure_count(inputs: &[Input]) -> usize {
 fn build(
     inputs: &[Input],
     digest: Digest,
-    rows: &[ResultRow],
+    kept: (&[ResultRow], Option<plots::PolicyFig>),
     opts: &ReportOptions,
     stage: &Path,
     progress: &dyn crate::progress::Progress,
 ) -> Result<Written, ReportError> {
-    let mut b = sections::Build::new(inputs, digest, rows, opts, stage, progress);
+    let mut b = sections::Build::new(inputs, digest, kept, opts, stage, progress);
     let sections = b.sections()?;
     let summary = b.summary();
     let mut files = std::mem::take(&mut b.files);

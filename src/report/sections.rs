@@ -18,9 +18,10 @@ pub(super) struct Build<'a> {
     inputs: &'a [Input],
     /// Running aggregates of every row, in page order.
     digest: Digest,
-    /// The rows the accuracy plot and the policy comparison read whole
-    /// (see `super::kept_rows`).
+    /// The rows the accuracy plot reads whole (see `super::kept_rows`).
     rows: &'a [ResultRow],
+    /// The policy comparison, where the rows hold an EPLB policy.
+    policies: Option<PolicyFig>,
     opts: &'a ReportOptions,
     stage: &'a Path,
     progress: &'a dyn crate::progress::Progress,
@@ -56,7 +57,7 @@ impl<'a> Build<'a> {
     pub fn new(
         inputs: &'a [Input],
         mut digest: Digest,
-        rows: &'a [ResultRow],
+        (rows, policies): (&'a [ResultRow], Option<PolicyFig>),
         opts: &'a ReportOptions,
         stage: &'a Path,
         progress: &'a dyn crate::progress::Progress,
@@ -68,6 +69,7 @@ impl<'a> Build<'a> {
             knobs: digest.knobs_vary,
             digest,
             rows,
+            policies,
             opts,
             stage,
             progress,
@@ -104,12 +106,7 @@ impl<'a> Build<'a> {
             self.accuracy()?,
         ];
         // only where the rows hold an EPLB policy: other pages stay as they were
-        if let Some(f) = self
-            .digest
-            .eplb
-            .then(|| PolicyFig::from_rows(self.rows))
-            .flatten()
-        {
+        if let Some(f) = self.policies.take() {
             v.push(self.policies(f)?);
         }
         Ok(v)
@@ -221,14 +218,19 @@ impl<'a> Build<'a> {
             .map(|c| (c.clone(), self.lambda_of(&c.setup)))
             .collect();
         for (c, l) in &with_l {
-            let n = c.ratios.len();
+            let d = &c.ratios;
             let mut line = format!(
-                "{}: {} layer-steps, max/mean from {:.3} to {:.3} (median {:.3})",
+                "{}: {} layer-steps, max/mean from {:.3} to {:.3} (median {:.3}{})",
                 c.setup.label(self.knobs),
-                n,
-                c.ratios[0],
-                c.ratios[n - 1],
-                c.ratios[n / 2]
+                d.len(),
+                d.min(),
+                d.max(),
+                d.median(),
+                if d.binned() {
+                    binned_note()
+                } else {
+                    String::new()
+                }
             );
             if let Some(l) = l {
                 line.push_str(&format!(
@@ -449,9 +451,7 @@ impl<'a> Build<'a> {
             summary.push(SummaryRow {
                 series: key.label(self.knobs),
                 layer_steps: x.layer_steps(),
-                mean_ratio: cdf.map_or(f64::NAN, |c| {
-                    c.ratios.iter().sum::<f64>() / c.ratios.len().max(1) as f64
-                }),
+                mean_ratio: cdf.map_or(f64::NAN, |c| c.ratios.mean()),
                 lambda: lam,
                 llep_on_pct: match (cdf, lam) {
                     (Some(c), Some(l)) => Some(c.on_fraction(l) * 100.0),
@@ -468,6 +468,18 @@ impl<'a> Build<'a> {
         }
         summary
     }
+}
+
+/// What a binned median says of itself on the page.
+fn binned_note() -> String {
+    format!(
+        ", to within {}%: past {} layer-steps the median and the CDF come from \
+         a histogram of bins {}% wide; the count, the range, the mean and the \
+         share of layer-steps at or above λ are exact",
+        super::ratios::BIN_REL * 100.0,
+        super::ratios::EXACT_CAP,
+        super::ratios::BIN_REL * 100.0
+    )
 }
 
 /// Bytes crossing nodes per layer-step for each setting, when the rows

@@ -27,7 +27,11 @@ impl Figure for CdfFig {
         let all: Vec<f64> = self
             .cdfs
             .iter()
-            .flat_map(|(c, l)| c.ratios.iter().copied().chain(*l))
+            .flat_map(|(c, l)| {
+                let d = &c.ratios;
+                let ends = (!d.is_empty()).then(|| [d.min(), d.max()]);
+                ends.into_iter().flatten().chain(*l)
+            })
             .collect();
         let lo = all.iter().copied().fold(1.0f64, f64::min);
         let hi = all.iter().copied().fold(lo + 0.1, f64::max);
@@ -55,9 +59,12 @@ impl Figure for CdfFig {
             let col = color(i);
             let n = c.ratios.len() as f64;
             let mut pts = vec![(xlo, 0.0)];
-            for (j, &r) in c.ratios.iter().enumerate() {
-                pts.push((r, j as f64 / n));
-                pts.push((r, (j + 1) as f64 / n));
+            let mut below = 0.0;
+            // every ratio, or past the exact cap every bin's middle
+            for (r, f) in c.ratios.steps() {
+                pts.push((r, below));
+                pts.push((r, f));
+                below = f;
             }
             pts.push((xhi, 1.0));
             chart
@@ -65,9 +72,14 @@ impl Figure for CdfFig {
                 .s()?;
             entries.push(entry(
                 format!(
-                    "{} ({} layer-steps)",
+                    "{} ({} layer-steps{})",
                     c.setup.label(self.with_knobs),
-                    c.ratios.len()
+                    c.ratios.len(),
+                    if c.ratios.binned() {
+                        format!(", in {}% bins", crate::report::ratios::BIN_REL * 100.0)
+                    } else {
+                        String::new()
+                    }
                 ),
                 col,
                 Mark::Line,

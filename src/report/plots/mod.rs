@@ -10,7 +10,7 @@ mod speedup;
 
 pub use cdf::{CdfFig, ScatterFig};
 pub use load::{heat_color, HeatmapFig, LoadBarsFig};
-pub use policies::{PolicyFig, PolicyInput};
+pub use policies::{PolicyAcc, PolicyFig, PolicyInput};
 pub use resources::{MemoryFig, PhaseFig};
 pub use speedup::{SpeedupFig, SpeedupStyle};
 

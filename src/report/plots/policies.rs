@@ -101,77 +101,96 @@ fn shade(k: usize, n: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
-impl PolicyFig {
-    /// The comparison of `rows`: measured rows when there are any, else
-    /// simulated; `None` without at least two settings or any EPLB row.
-    pub fn from_rows(rows: &[ResultRow]) -> Option<PolicyFig> {
-        let measured = rows.iter().any(|r| r.source == Source::Measured);
-        let want = if measured {
-            Source::Measured
-        } else {
-            Source::Simulated
-        };
-        let rs: Vec<&ResultRow> = rows
-            .iter()
-            .filter(|r| r.source == want && r.policy != Policy::Ideal)
-            .collect();
-        if !rs
-            .iter()
-            .any(|r| matches!(r.policy, Policy::Eplb | Policy::EplbLlep))
-        {
+/// Where a row comes on the page: its (trace, scenario) rank, then its
+/// position among the inputs' rows (see `report::digest::Digest::rank`).
+pub type Pos = ((usize, (u8, usize)), usize);
+
+/// One input's rows of one setting: summed time, rows, largest peak.
+#[derive(Debug, Clone, Default)]
+struct Cell {
+    sum_ms: f64,
+    n: usize,
+    peak: Option<u64>,
+}
+
+/// The rows of one source (measured or simulated), as running totals.
+#[derive(Debug, Clone, Default)]
+struct SourceAcc {
+    eplb: bool,
+    gpus: Option<u32>,
+    many_gpus: bool,
+    /// (first position, (policy rank, setting label)).
+    settings: Vec<(Pos, (u8, String))>,
+    /// (first position, (trace stem or scenario, GPUs)).
+    inputs: Vec<(Pos, (String, u32))>,
+    cells: std::collections::HashMap<(String, u32, String), Cell>,
+}
+
+/// Put `k` in `v` at its first position so far.
+fn first_seen<K: PartialEq>(v: &mut Vec<(Pos, K)>, k: K, pos: Pos) {
+    match v.iter_mut().find(|x| x.1 == k) {
+        Some(x) => x.0 = x.0.min(pos),
+        None => v.push((pos, k)),
+    }
+}
+
+impl SourceAcc {
+    fn add(&mut self, r: &ResultRow, pos: Pos) {
+        self.eplb |= matches!(r.policy, Policy::Eplb | Policy::EplbLlep);
+        match self.gpus {
+            None => self.gpus = Some(r.gpus),
+            Some(g) => self.many_gpus |= g != r.gpus,
+        }
+        let setting = setting_of(r);
+        first_seen(&mut self.settings, (rank(r), setting.clone()), pos);
+        let base = input_of(r, false);
+        first_seen(&mut self.inputs, (base.clone(), r.gpus), pos);
+        if !r.oom && r.t_total_ms.is_finite() {
+            let c = self.cells.entry((base, r.gpus, setting)).or_default();
+            c.sum_ms += r.t_total_ms;
+            c.n += 1;
+            let m = r
+                .driver_mem_per_gpu
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(r.peak_mem_max_bytes);
+            c.peak = Some(c.peak.map_or(m, |p| p.max(m)));
+        }
+    }
+
+    fn finish(mut self, measured: bool) -> Option<PolicyFig> {
+        if !self.eplb {
             return None;
         }
-        let many_gpus = rs.iter().any(|r| r.gpus != rs[0].gpus);
-        let mut settings: Vec<(u8, String)> = Vec::new();
-        let mut inputs: Vec<String> = Vec::new();
-        for r in &rs {
-            let s = (rank(r), setting_of(r));
-            if !settings.contains(&s) {
-                settings.push(s);
-            }
-            let i = input_of(r, many_gpus);
-            if !inputs.contains(&i) {
-                inputs.push(i);
-            }
-        }
+        self.settings.sort_by_key(|s| s.0);
+        self.inputs.sort_by_key(|s| s.0);
         // EP, LLEP, EPLB, EPLB+LLEP; within one, by R, then first-seen order
+        let mut settings: Vec<(u8, String)> = self.settings.into_iter().map(|s| s.1).collect();
         settings.sort_by_key(|s| (s.0, redundancy(&s.1)));
         let settings: Vec<String> = settings.into_iter().map(|s| s.1).collect();
         if settings.len() < 2 {
             return None;
         }
-        let out = inputs
+        let inputs = self
+            .inputs
             .iter()
-            .map(|inp| {
-                let mut time_ms = Vec::new();
-                let mut peak_bytes = Vec::new();
-                for s in &settings {
-                    let mine: Vec<&&ResultRow> = rs
-                        .iter()
-                        .filter(|r| &input_of(r, many_gpus) == inp && &setting_of(r) == s)
-                        .filter(|r| !r.oom && r.t_total_ms.is_finite())
-                        .collect();
-                    if mine.is_empty() {
-                        time_ms.push(None);
-                        peak_bytes.push(None);
-                        continue;
-                    }
-                    let t: f64 = mine.iter().map(|r| r.t_total_ms).sum::<f64>() / mine.len() as f64;
-                    let m = mine
-                        .iter()
-                        .map(|r| {
-                            r.driver_mem_per_gpu
-                                .iter()
-                                .copied()
-                                .max()
-                                .unwrap_or(r.peak_mem_max_bytes)
-                        })
-                        .max();
-                    time_ms.push(Some(t));
-                    peak_bytes.push(m);
-                }
+            .map(|(_, (base, gpus))| {
+                let (time_ms, peak_bytes) = settings
+                    .iter()
+                    .map(
+                        |s| match self.cells.get(&(base.clone(), *gpus, s.clone())) {
+                            Some(c) if c.n > 0 => (Some(c.sum_ms / c.n as f64), c.peak),
+                            _ => (None, None),
+                        },
+                    )
+                    .unzip();
                 PolicyInput {
-                    label: inp.clone(),
+                    label: if self.many_gpus {
+                        format!("{base} P={gpus}")
+                    } else {
+                        base.clone()
+                    },
                     time_ms,
                     peak_bytes,
                 }
@@ -183,9 +202,54 @@ impl PolicyFig {
                 if measured { "measured" } else { "simulated" }
             ),
             settings,
-            inputs: out,
+            inputs,
             measured,
         })
+    }
+}
+
+/// [`PolicyFig`]'s data as running totals of rows fed in any order with
+/// their page position: per (input, setting) a time sum, a count and the
+/// largest peak, so the comparison holds no rows.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyAcc {
+    any_measured: bool,
+    measured: SourceAcc,
+    simulated: SourceAcc,
+}
+
+impl PolicyAcc {
+    pub fn add(&mut self, r: &ResultRow, pos: Pos) {
+        self.any_measured |= r.source == Source::Measured;
+        if r.policy == Policy::Ideal {
+            return;
+        }
+        if r.source == Source::Measured {
+            self.measured.add(r, pos);
+        } else {
+            self.simulated.add(r, pos);
+        }
+    }
+
+    /// The comparison of measured rows when there are any, else simulated;
+    /// `None` without at least two settings or any EPLB row.
+    pub fn finish(self) -> Option<PolicyFig> {
+        if self.any_measured {
+            self.measured.finish(true)
+        } else {
+            self.simulated.finish(false)
+        }
+    }
+}
+
+impl PolicyFig {
+    /// The comparison of `rows`, in their order (see [`PolicyAcc`]).
+    pub fn from_rows(rows: &[ResultRow]) -> Option<PolicyFig> {
+        let mut acc = PolicyAcc::default();
+        for (i, r) in rows.iter().enumerate() {
+            acc.add(r, ((0, (0, 0)), i));
+        }
+        acc.finish()
     }
 
     /// Each input's times relative to its first setting's (EP when run).
@@ -424,5 +488,21 @@ mod tests {
         // no EPLB row: no figure
         assert!(PolicyFig::from_rows(&rows[1..2]).is_none());
         assert_eq!(f.inputs[0].time_ms[3], Some(30.0));
+        // fed in another order with their page positions: the same figure
+        let mut acc = PolicyAcc::default();
+        for (i, r) in rows.iter().enumerate().rev() {
+            acc.add(r, ((0, (0, 0)), i));
+        }
+        assert_eq!(acc.finish(), Some(f.clone()));
+        // a later page rank puts "balanced" first whatever the row order
+        let mut acc = PolicyAcc::default();
+        for (i, r) in rows.iter().enumerate() {
+            let rank = (0, (u8::from(r.scenario != "balanced"), 0));
+            acc.add(r, (rank, i));
+        }
+        let g = acc.finish().unwrap();
+        assert_eq!(g.inputs[0].label, "balanced");
+        assert_eq!(g.inputs[1], f.inputs[0]);
+        assert_eq!(g.settings, f.settings);
     }
 }
