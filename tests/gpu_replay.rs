@@ -13,13 +13,19 @@ fn bin() -> PathBuf {
 }
 
 /// Simulated rows relabelled as a replay would have written them (time 1 ms),
-/// for `compare` to re-price.
+/// for `compare` to re-price; their weight connections recorded as
+/// `simulate` prices them (none without transfers, else every peer both
+/// ways).
 fn as_measured(sim: &[ResultRow]) -> Vec<ResultRow> {
     sim.iter()
         .map(|r| {
             let mut m = r.clone();
             m.source = llep_trace::results::Source::Measured;
             m.t_total_ms = 1.0;
+            let g = r.gpus as usize;
+            let peers = if r.transfers > 0 { g as u64 - 1 } else { 0 };
+            m.weight_peers_in_per_gpu = vec![peers; g];
+            m.weight_peers_out_per_gpu = vec![peers; g];
             m
         })
         .collect()
