@@ -94,6 +94,13 @@ impl Worker<'_> {
         let copies = case.routing[self.rank].ids.len();
         let t = copies / self.cfg.top_k;
         let cb = self.case_bufs()?;
+        if self.world > 1 {
+            // every rank starts the run together: a rank still finishing
+            // the host side of the previous run (another setting's, when
+            // settings take turns) would otherwise be timed as the others'
+            // wait in the count exchange
+            self.gather_f64(&[0.0])?;
+        }
         let Some(lay) = self.count_exchange(&cb, copies, policy, gate)? else {
             return Ok(RunOut::Oom);
         };
