@@ -484,6 +484,43 @@ fn gpu_count() -> usize {
     .unwrap_or(0)
 }
 
+/// A tiny layer replayed on 2 GPUs (balanced and 95:1, 2,048 tokens per
+/// GPU, 1 warm-up), with `setting` and `flags` added, into `out`.
+fn tiny_replay_2gpu(
+    setting: &[&str],
+    flags: &[&str],
+    out: &std::path::Path,
+) -> std::process::Output {
+    Command::new(bin())
+        .args([
+            "replay",
+            "--gpus",
+            "2",
+            "--tokens-per-rank",
+            "2048",
+            "--experts",
+            "8",
+            "--top-k",
+            "2",
+            "--hidden-size",
+            "64",
+            "--intermediate-size",
+            "32",
+            "--warmup",
+            "1",
+            "--synthetic",
+            "balanced,95:1",
+            "--min-gemm",
+            "16",
+        ])
+        .args(setting)
+        .args(flags)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
 /// The pipelined schedule (`--overlap on`, 3 chunks, cuts inside groups
 /// included) on 2 GPUs passes the dense fp32 check under EP and LLEP, its
 /// rows say so, and its exposed communication is no more than the total;
@@ -500,37 +537,7 @@ fn replay_overlap_matches_the_dense_check() {
         ("off", &["--overlap", "off"][..]),
     ] {
         let out = dir.join(format!("{tag}.parquet"));
-        let o = Command::new(bin())
-            .args([
-                "replay",
-                "--gpus",
-                "2",
-                "--tokens-per-rank",
-                "2048",
-                "--experts",
-                "8",
-                "--top-k",
-                "2",
-                "--hidden-size",
-                "64",
-                "--intermediate-size",
-                "32",
-                "--runs",
-                "2",
-                "--warmup",
-                "1",
-                "--synthetic",
-                "balanced,95:1",
-                "--ratio",
-                "1.3",
-                "--min-gemm",
-                "16",
-            ])
-            .args(flags)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = tiny_replay_2gpu(&["--runs", "2", "--ratio", "1.3"], flags, &out);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let rows = llep_trace::results::read_results(&out).unwrap().1;
         assert_eq!(rows.len(), 4);
@@ -565,40 +572,11 @@ fn replay_in_turns_keeps_plans_memory_and_checks_and_records_weight_peers() {
     let mut by_mode = Vec::new();
     for mode in ["on", "off"] {
         let out = dir.join(format!("{mode}.parquet"));
-        let o = Command::new(bin())
-            .args([
-                "replay",
-                "--gpus",
-                "2",
-                "--tokens-per-rank",
-                "2048",
-                "--experts",
-                "8",
-                "--top-k",
-                "2",
-                "--hidden-size",
-                "64",
-                "--intermediate-size",
-                "32",
-                "--runs",
-                "3",
-                "--warmup",
-                "1",
-                "--synthetic",
-                "balanced,95:1",
-                "--policy",
-                "ep,llep",
-                "--ratio",
-                "1.3,auto",
-                "--min-gemm",
-                "16",
-                "--interleave",
-                mode,
-            ])
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
+        let o = tiny_replay_2gpu(
+            &["--runs", "3", "--policy", "ep,llep", "--ratio", "1.3,auto"],
+            &["--interleave", mode],
+            &out,
+        );
         let stdout = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(stdout.contains("in turns"), mode == "on", "{stdout}");

@@ -435,16 +435,14 @@ mod tests {
     use crate::plan::{Gate, Policy};
     use crate::results::Source;
 
-    #[test]
-    fn twins_reproduce_the_simulation_and_measure_the_error() {
-        // A test fixture shaped like a measured row (not a measurement):
-        // the 95:1 scenario on 2 GPUs, LLEP at lambda 1.3.
-        let prof = Profile::load("h200").unwrap();
-        let mut m = ResultRow {
+    /// A test fixture shaped like a measured row (not a measurement): the
+    /// 95:1 scenario on 2 GPUs, gpt-oss-120b's layer at 4,096 tokens.
+    fn fixture_95_1(policy: Policy, gate: Gate) -> ResultRow {
+        ResultRow {
             trace: "synthetic".into(),
             scenario: "95:1".into(),
-            policy: Policy::Llep,
-            gate: Gate::Ratio(1.3),
+            policy,
+            gate,
             alpha: 1.0,
             min_gemm: 1024,
             gpus: 2,
@@ -455,7 +453,13 @@ mod tests {
             top_k: 4,
             source: Source::Measured,
             ..Default::default()
-        };
+        }
+    }
+
+    #[test]
+    fn twins_reproduce_the_simulation_and_measure_the_error() {
+        let prof = Profile::load("h200").unwrap();
+        let mut m = fixture_95_1(Policy::Llep, Gate::Ratio(1.3));
         let first = compare(
             &[ResultRow {
                 t_total_ms: 1.0,
@@ -488,24 +492,11 @@ mod tests {
         let prof = Profile::load("h200").unwrap();
         let mm = prof.mem_model.unwrap();
         let row = |policy, inn: Vec<u64>, out: Vec<u64>| ResultRow {
-            trace: "synthetic".into(),
-            scenario: "95:1".into(),
-            policy,
-            gate: Gate::Never,
-            alpha: 1.0,
-            min_gemm: 1024,
-            gpus: 2,
-            tokens_per_rank: 4096,
-            hidden_size: 2880,
-            intermediate_size: 2880,
-            experts: 128,
-            top_k: 4,
-            source: Source::Measured,
             t_total_ms: 1.0,
             peak_mem_max_bytes: 1,
             weight_peers_in_per_gpu: inn,
             weight_peers_out_per_gpu: out,
-            ..Default::default()
+            ..fixture_95_1(policy, Gate::Never)
         };
         let mem = |r: ResultRow| {
             let acc = compare(&[r], &prof, &[]).unwrap();
