@@ -37,31 +37,36 @@ fn gpu_present() -> bool {
     lib && std::env::var("LLEP_TRACE_SKIP_GPU_TESTS").is_err()
 }
 
+/// `replay` of the tiny layer (8 experts, top-2, D 64, I 32, 1 warm-up)
+/// on `gpus` GPUs at `tokens` per GPU.
+fn tiny_layer<'a>(gpus: &'a str, tokens: &'a str) -> [&'a str; 15] {
+    [
+        "replay",
+        "--gpus",
+        gpus,
+        "--tokens-per-rank",
+        tokens,
+        "--experts",
+        "8",
+        "--top-k",
+        "2",
+        "--hidden-size",
+        "64",
+        "--intermediate-size",
+        "32",
+        "--warmup",
+        "1",
+    ]
+}
+
 /// Replay a tiny layer (1 GPU, 8 experts, top-2, D 64, I 32, 256 tokens,
 /// 1 warm-up + 2 runs) with `extra` flags into `dir/name`. Without a GPU it
 /// must fail with one `no GPU` error line and write nothing: then `None`.
 fn tiny_replay(dir: &std::path::Path, name: &str, extra: &[&str]) -> Option<Vec<ResultRow>> {
     let out = dir.join(name);
     let o = Command::new(bin())
-        .args([
-            "replay",
-            "--gpus",
-            "1",
-            "--tokens-per-rank",
-            "256",
-            "--experts",
-            "8",
-            "--top-k",
-            "2",
-            "--hidden-size",
-            "64",
-            "--intermediate-size",
-            "32",
-            "--runs",
-            "2",
-            "--warmup",
-            "1",
-        ])
+        .args(tiny_layer("1", "256"))
+        .args(["--runs", "2"])
         .args(extra)
         .arg("--out")
         .arg(&out)
@@ -492,27 +497,8 @@ fn tiny_replay_2gpu(
     out: &std::path::Path,
 ) -> std::process::Output {
     Command::new(bin())
-        .args([
-            "replay",
-            "--gpus",
-            "2",
-            "--tokens-per-rank",
-            "2048",
-            "--experts",
-            "8",
-            "--top-k",
-            "2",
-            "--hidden-size",
-            "64",
-            "--intermediate-size",
-            "32",
-            "--warmup",
-            "1",
-            "--synthetic",
-            "balanced,95:1",
-            "--min-gemm",
-            "16",
-        ])
+        .args(tiny_layer("2", "2048"))
+        .args(["--synthetic", "balanced,95:1", "--min-gemm", "16"])
         .args(setting)
         .args(flags)
         .arg("--out")
