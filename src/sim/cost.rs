@@ -312,6 +312,17 @@ enum Pricing<'a> {
 impl GroupPricer<'_> {
     /// Time of one group of `tokens` token-copies, ms.
     pub fn ms(&self, tokens: u64) -> f64 {
+        self.ms_units(tokens, None)
+    }
+
+    /// [`GroupPricer::ms`], with the GEMM units' times kept in `memo`
+    /// (bound to this pricer's tables by [`GroupMemo::bind`]): the same
+    /// time.
+    pub fn ms_memo(&self, tokens: u64, memo: &mut GroupMemo) -> f64 {
+        self.ms_units(tokens, Some(&mut memo.units))
+    }
+
+    fn ms_units(&self, tokens: u64, units: Option<&mut model::UnitTimes>) -> f64 {
         if tokens == 0 {
             return 0.0;
         }
@@ -320,7 +331,10 @@ impl GroupPricer<'_> {
         match &self.how {
             Pricing::Curve(points) => interp(points, t),
             Pricing::Tables(tables, chunk) => {
-                let ms = tables.ms(tokens);
+                let ms = match units {
+                    Some(u) => tables.ms_cached(tokens, u),
+                    None => tables.ms(tokens),
+                };
                 // inside a layer, each unit as fitted against the tables
                 match &prof.layer_fit {
                     Some(f) => {
@@ -341,15 +355,27 @@ impl GroupPricer<'_> {
 /// Expert groups' times kept between the prices of one layer-step, by
 /// expert and token count: most experts stay whole at home under every
 /// policy, so their groups are the same under each. Valid for one profile
-/// and shape; whoever holds it clears it when either changes.
+/// and shape; whoever holds it clears it when either changes. It also
+/// keeps GEMM unit times by row count ([`model::UnitTimes`]) across
+/// clears: those check at each price that the tables are the same.
 #[derive(Debug, Default, Clone)]
 pub struct GroupMemo {
     /// `[e]`: the token count whose time `ms[e]` is (`u64::MAX`: none).
     tokens: Vec<u64>,
     ms: Vec<f64>,
+    units: model::UnitTimes,
 }
 
 impl GroupMemo {
+    /// Keep unit times for `pricer`'s GEMM tables (forgetting those of
+    /// other tables); before [`GroupPricer::ms_memo`].
+    pub fn bind(&mut self, pricer: &GroupPricer) {
+        match &pricer.how {
+            Pricing::Tables(t, _) => self.units.bind(t),
+            _ => self.units.clear(),
+        }
+    }
+
     /// Expert `e`'s group time when it was priced at `tokens`.
     pub fn ms(&self, e: usize, tokens: u64) -> Option<f64> {
         (self.tokens.get(e) == Some(&tokens)).then(|| self.ms[e])
@@ -413,13 +439,14 @@ pub fn price_memo(
         if m.tokens.len() != plan.experts {
             m.clear(plan.experts);
         }
+        m.bind(&pricer);
     }
     let mut group = |e: usize, g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
         groups += 1;
         let ms = match memo.as_deref_mut() {
             Some(m) if m.tokens[e] == tokens => m.ms[e],
             Some(m) => {
-                let ms = pricer.ms(tokens);
+                let ms = pricer.ms_memo(tokens, m);
                 (m.tokens[e], m.ms[e]) = (tokens, ms);
                 ms
             }
