@@ -8,6 +8,7 @@ pub mod eplb;
 mod evaluator;
 #[cfg(test)]
 mod golden;
+mod groups;
 pub mod model;
 pub mod overlap;
 pub mod profile;
