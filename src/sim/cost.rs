@@ -21,7 +21,7 @@
 pub use super::groups::{GroupMemo, GroupPricer};
 use super::model::{MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
-use crate::plan::{DispatchMatrix, Plan};
+use crate::plan::{DispatchMatrix, Plan, Range};
 
 /// Model shape the cost model needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,6 +110,29 @@ struct Sums {
     /// On several nodes, per GPU: tokens and messages out and in, within
     /// its node and across nodes (see [`Sums::fill_nodes`]).
     nodes: Vec<NodeSplit>,
+    /// Scratch of [`Sums::moved`]: where each rank's slice of an expert's
+    /// copies starts.
+    starts: Vec<u64>,
+}
+
+/// The row and column sums and the diagonal of a dispatch matrix (no
+/// message counts): what [`price_moved`] starts from.
+#[derive(Debug, Default, Clone)]
+pub struct MatrixSums(Sums);
+
+impl MatrixSums {
+    /// The sums of `dm`.
+    pub fn fill(&mut self, dm: &DispatchMatrix) {
+        self.0.fill(dm, false);
+    }
+}
+
+/// Whether prices under `prof` on `p` GPUs read a plan's dispatch matrix
+/// only through its row and column sums and diagonal (one node, and no
+/// per-message model of the exchange): then [`price_moved`] prices a plan
+/// without building its matrix.
+pub fn prices_from_sums(prof: &Profile, p: usize) -> bool {
+    gpus_per_node(prof, p) >= p && prof.msg_tokens.is_none()
 }
 
 /// One GPU's exchange split by link, as [`split_exchange`] prices it.
@@ -124,6 +147,98 @@ struct NodeSplit {
 }
 
 impl Sums {
+    /// The sums of the dispatch matrix of `plan` on the per-rank counts
+    /// `per_rank` (`[gpus][experts]`), from `native`, the sums of their
+    /// native matrix, without building the matrix. As
+    /// `plan::dispatch_matrix` builds it, each spilled expert's copies,
+    /// rank after rank, tile its order `[0, total)`, and each rank's slice
+    /// leaves the native GPU's column for the columns of the ranges it
+    /// meets. Where the ranges tile `[0, total)` in order (as the planners
+    /// write them) the row sums stay (a rank sends the same copies), a
+    /// range's column gains the range's length, and the diagonal changes
+    /// only at the native GPU's rank and at each range's GPU's rank; other
+    /// ranges are walked rank by rank. The same integers as [`Sums::fill`]
+    /// of that matrix.
+    fn moved(&mut self, native: &Sums, plan: &Plan, per_rank: &[u64]) {
+        self.rows.clone_from(&native.rows);
+        self.cols.clone_from(&native.cols);
+        self.diag.clone_from(&native.diag);
+        self.nz_rows.clear();
+        self.nz_cols.clear();
+        let (p, n) = (plan.gpus, plan.experts);
+        let per = n / p;
+        for (e, ranges) in plan.spilled() {
+            let (e, home) = (e as usize, e as usize / per);
+            if let [only] = ranges {
+                if only.gpu as usize == home {
+                    continue;
+                }
+            }
+            // rank r's slice is [starts[r], starts[r + 1])
+            self.starts.clear();
+            let mut total = 0u64;
+            for r in 0..p {
+                self.starts.push(total);
+                total += per_rank[r * n + e];
+            }
+            self.starts.push(total);
+            let tiled = ranges.first().is_some_and(|r| r.start == 0)
+                && ranges.iter().all(|r| r.start <= r.end)
+                && ranges.windows(2).all(|w| w[0].end == w[1].start)
+                && ranges.last().is_some_and(|r| r.end == total);
+            if !tiled {
+                self.moved_by_rank(home, e, ranges, per_rank, n);
+                continue;
+            }
+            let slice = |r: usize| (self.starts[r], self.starts[r + 1]);
+            self.cols[home] -= total;
+            let (lo, hi) = slice(home);
+            self.diag[home] -= hi - lo;
+            for rg in ranges {
+                let g = rg.gpu as usize;
+                self.cols[g] += total.min(rg.end).saturating_sub(rg.start);
+                let (lo, hi) = slice(g);
+                self.diag[g] += hi.min(rg.end).saturating_sub(lo.max(rg.start));
+            }
+        }
+    }
+
+    /// [`Sums::moved`] of one expert `e` (native GPU `home`) whose ranges
+    /// do not tile its copies in order: `plan::dispatch_matrix`'s walk,
+    /// rank by rank, on the sums.
+    fn moved_by_rank(
+        &mut self,
+        home: usize,
+        e: usize,
+        ranges: &[Range],
+        per_rank: &[u64],
+        n: usize,
+    ) {
+        let mut cum = 0u64;
+        for r in 0..self.rows.len() {
+            let cnt = per_rank[r * n + e];
+            if cnt == 0 {
+                continue;
+            }
+            let (lo, hi) = (cum, cum + cnt);
+            cum = hi;
+            self.rows[r] -= cnt;
+            self.cols[home] -= cnt;
+            if r == home {
+                self.diag[r] -= cnt;
+            }
+            for rg in ranges {
+                let g = rg.gpu as usize;
+                let over = hi.min(rg.end).saturating_sub(lo.max(rg.start));
+                self.rows[r] += over;
+                self.cols[g] += over;
+                if g == r {
+                    self.diag[r] += over;
+                }
+            }
+        }
+    }
+
     fn fill(&mut self, dm: &DispatchMatrix, msgs: bool) {
         let p = dm.gpus;
         self.rows.clear();
@@ -284,11 +399,9 @@ pub fn price_memo(
     shape: &Shape,
     prof: &Profile,
     scratch: &mut CostScratch,
-    mut memo: Option<&mut GroupMemo>,
+    memo: Option<&mut GroupMemo>,
 ) -> Cost {
     let p = plan.gpus;
-    let per = plan.experts / p;
-    let tok_bytes = shape.hidden * shape.dtype_bytes;
     let gpn = gpus_per_node(prof, p);
     let multi = gpn < p;
     let mut sums = std::mem::take(&mut scratch.sums);
@@ -296,6 +409,45 @@ pub fn price_memo(
     if multi {
         sums.fill_nodes(dm, gpn);
     }
+    price_sums(plan, sums, counts, shape, prof, scratch, memo)
+}
+
+/// [`price_memo`] of `plan` on the per-rank counts `per_rank`, whose
+/// native dispatch matrix has the sums `native`, without building the
+/// plan's matrix (see [`Sums::moved`]): the same cost. Only where
+/// [`prices_from_sums`] says a price reads no more of the matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn price_moved(
+    plan: &Plan,
+    native: &MatrixSums,
+    per_rank: &[u64],
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    memo: Option<&mut GroupMemo>,
+) -> Cost {
+    debug_assert!(prices_from_sums(prof, plan.gpus));
+    let mut sums = std::mem::take(&mut scratch.sums);
+    sums.moved(&native.0, plan, per_rank);
+    price_sums(plan, sums, counts, shape, prof, scratch, memo)
+}
+
+/// The price of `plan` whose dispatch matrix has the sums `sums`.
+fn price_sums(
+    plan: &Plan,
+    sums: Sums,
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    mut memo: Option<&mut GroupMemo>,
+) -> Cost {
+    let p = plan.gpus;
+    let per = plan.experts / p;
+    let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
@@ -738,3 +890,7 @@ fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
         + (p as u64 - 1) * mm.nccl_per_peer_bytes
         + buffers.iter().sum::<u64>()
 }
+
+#[cfg(test)]
+#[path = "cost_tests.rs"]
+mod tests;

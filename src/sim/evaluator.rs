@@ -21,17 +21,42 @@ pub struct Evaluator {
     /// The dispatch matrix of the native placement of the loaded
     /// layer-step ([`Evaluator::load`]): every plan's starts from it.
     native: DispatchMatrix,
-    /// Whether the last plan priced by [`Evaluator::eval_loaded`] moved no
-    /// copy off its native GPU: then its dispatch matrix is `native`, and
-    /// `dm` was not filled.
-    dm_is_native: bool,
+    /// Where the dispatch matrix of the last plan priced is.
+    matrix: Matrix,
+    /// [`Evaluator::price_from_sums`]: whether `eval_loaded` prices from
+    /// `native_sums` where the profile allows.
+    from_sums: bool,
+    /// The sums of `native` (when `native_sums_ok`: once per layer-step).
+    native_sums: cost::MatrixSums,
+    native_sums_ok: bool,
     /// Group times of the loaded layer-step, for the profile and shape of
     /// `memo_key` (profile address, D, I).
     memo: cost::GroupMemo,
     memo_key: (usize, u64, u64),
 }
 
+/// Where the last priced plan's dispatch matrix is.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum Matrix {
+    /// In `dm`.
+    #[default]
+    Built,
+    /// `native` itself: the plan moved no copy off its native GPU.
+    Native,
+    /// Not built: the plan was priced from sums.
+    Unbuilt,
+}
+
 impl Evaluator {
+    /// Let [`Evaluator::eval_loaded`] price a plan without building its
+    /// dispatch matrix where the profile reads only the matrix's sums
+    /// ([`cost::prices_from_sums`]: one node, no per-message model): the
+    /// same cost, but no training row ([`Evaluator::row`] with
+    /// `Pass::Train` reads the matrix) can follow such a price.
+    pub fn price_from_sums(&mut self, on: bool) {
+        self.from_sums = on;
+    }
+
     /// Plan and price one layer. Returns the plan (borrowed) and its cost.
     pub fn eval(
         &mut self,
@@ -44,7 +69,7 @@ impl Evaluator {
     ) -> (&Plan, Cost) {
         self.plan_only(global, params, policy, prof);
         dispatch_matrix(&self.plan, per_rank, &mut self.dm);
-        self.dm_is_native = false;
+        self.matrix = Matrix::Built;
         let cost = price(&self.plan, &self.dm, global, shape, prof, &mut self.scratch);
         (&self.plan, cost)
     }
@@ -54,6 +79,7 @@ impl Evaluator {
     /// once, not once per policy and setting.
     pub fn load(&mut self, per_rank: &[u64], gpus: usize) {
         self.memo_key = (0, 0, 0);
+        self.native_sums_ok = false;
         native_dispatch(per_rank, gpus, &mut self.native, None);
     }
 
@@ -61,6 +87,7 @@ impl Evaluator {
     /// global counts per expert (`global`, as `Loads::global_into`).
     pub fn load_with_global(&mut self, per_rank: &[u64], gpus: usize, global: &mut Vec<u64>) {
         self.memo_key = (0, 0, 0);
+        self.native_sums_ok = false;
         native_dispatch(per_rank, gpus, &mut self.native, Some(global));
     }
 
@@ -76,9 +103,6 @@ impl Evaluator {
         prof: &Profile,
     ) -> (&Plan, Cost) {
         self.plan_only(global, params, policy, prof);
-        // a plan that moves no copy (ep) is priced on the native matrix
-        // itself, not a copy of it
-        self.dm_is_native = !dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm);
         // group times carry over between this layer-step's policies only
         // under the same profile and shape
         let key = (
@@ -91,10 +115,26 @@ impl Evaluator {
             self.memo_key = key;
         }
         let memo = Some(&mut self.memo);
-        let dm = if self.dm_is_native {
-            &self.native
+        if self.from_sums && cost::prices_from_sums(prof, self.plan.gpus) {
+            if !self.native_sums_ok {
+                self.native_sums.fill(&self.native);
+                self.native_sums_ok = true;
+            }
+            self.matrix = Matrix::Unbuilt;
+            let (plan, sums, scratch) = (&self.plan, &self.native_sums, &mut self.scratch);
+            let cost = cost::price_moved(plan, sums, per_rank, global, shape, prof, scratch, memo);
+            return (&self.plan, cost);
+        }
+        // a plan that moves no copy (ep) is priced on the native matrix
+        // itself, not a copy of it
+        self.matrix = if dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm) {
+            Matrix::Built
         } else {
-            &self.dm
+            Matrix::Native
+        };
+        let dm = match self.matrix {
+            Matrix::Native => &self.native,
+            _ => &self.dm,
         };
         let cost = cost::price_memo(&self.plan, dm, global, shape, prof, &mut self.scratch, memo);
         (&self.plan, cost)
@@ -127,10 +167,10 @@ impl Evaluator {
     ) -> ResultRow {
         let mut r = row_from(&self.plan, cost, base);
         if pass == train::Pass::Train {
-            let dm = if self.dm_is_native {
-                &self.native
-            } else {
-                &self.dm
+            let dm = match self.matrix {
+                Matrix::Built => &self.dm,
+                Matrix::Native => &self.native,
+                Matrix::Unbuilt => panic!("a training row after a price without its dispatch matrix (Evaluator::price_from_sums)"),
             };
             train::backward(&self.plan, dm, cost, shape, prof, recompute).apply(&mut r);
             r.recompute = recompute;

@@ -135,6 +135,8 @@ fn simulate_range(
         return Vec::new();
     }
     let mut ev = Evaluator::default();
+    // a training row's backward reads each plan's dispatch matrix
+    ev.price_from_sums(cfg.pass == train::Pass::Forward);
     let mut eplb_ev = eplb::EplbEvaluator::default();
     let mut rows = Vec::with_capacity(
         range.len() * (cfg.gates.len() + 2) * cfg.alphas.len() * cfg.min_gemms.len(),
