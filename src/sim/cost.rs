@@ -98,7 +98,7 @@ pub struct CostScratch {
 }
 
 /// Per-GPU sums of a dispatch matrix.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Sums {
     rows: Vec<u64>,
     cols: Vec<u64>,
@@ -117,13 +117,24 @@ struct Sums {
 
 /// The row and column sums and the diagonal of a dispatch matrix (no
 /// message counts): what [`price_moved`] starts from.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct MatrixSums(Sums);
 
 impl MatrixSums {
     /// The sums of `dm`.
     pub fn fill(&mut self, dm: &DispatchMatrix) {
         self.0.fill(dm, false);
+    }
+
+    /// The row sums, column sums and diagonal, emptied, for a caller that
+    /// sums a matrix it does not build.
+    pub fn parts_mut(&mut self) -> [&mut Vec<u64>; 3] {
+        let s = &mut self.0;
+        (s.nz_rows.clear(), s.nz_cols.clear(), s.nodes.clear());
+        for v in [&mut s.rows, &mut s.cols, &mut s.diag] {
+            v.clear();
+        }
+        [&mut s.rows, &mut s.cols, &mut s.diag]
     }
 }
 
@@ -136,7 +147,7 @@ pub fn prices_from_sums(prof: &Profile, p: usize) -> bool {
 }
 
 /// One GPU's exchange split by link, as [`split_exchange`] prices it.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct NodeSplit {
     in_out: u64,
     in_in: u64,

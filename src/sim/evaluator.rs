@@ -29,6 +29,9 @@ pub struct Evaluator {
     /// The sums of `native` (when `native_sums_ok`: once per layer-step).
     native_sums: cost::MatrixSums,
     native_sums_ok: bool,
+    /// Whether `native` is the loaded layer-step's (with `from_sums`, a
+    /// load sums the native matrix without building it).
+    native_ok: bool,
     /// Group times of the loaded layer-step, for the profile and shape of
     /// `memo_key` (profile address, D, I).
     memo: cost::GroupMemo,
@@ -81,14 +84,22 @@ impl Evaluator {
         self.memo_key = (0, 0, 0);
         self.native_sums_ok = false;
         native_dispatch(per_rank, gpus, &mut self.native, None);
+        self.native_ok = true;
     }
 
     /// [`Evaluator::load`], also summing the per-rank counts into the
     /// global counts per expert (`global`, as `Loads::global_into`).
     pub fn load_with_global(&mut self, per_rank: &[u64], gpus: usize, global: &mut Vec<u64>) {
         self.memo_key = (0, 0, 0);
+        if self.from_sums {
+            // the matrix is built only if a price needs it after all
+            native_sums(per_rank, gpus, global, &mut self.native_sums);
+            (self.native_sums_ok, self.native_ok) = (true, false);
+            return;
+        }
         self.native_sums_ok = false;
         native_dispatch(per_rank, gpus, &mut self.native, Some(global));
+        self.native_ok = true;
     }
 
     /// [`Evaluator::eval`] of the loaded layer-step: the same plan and
@@ -125,6 +136,10 @@ impl Evaluator {
             let cost = cost::price_moved(plan, sums, per_rank, global, shape, prof, scratch, memo);
             return (&self.plan, cost);
         }
+        if !self.native_ok {
+            native_dispatch(per_rank, self.plan.gpus, &mut self.native, None);
+            self.native_ok = true;
+        }
         // a plan that moves no copy (ep) is priced on the native matrix
         // itself, not a copy of it
         self.matrix = if dispatch_from_native(&self.plan, per_rank, &self.native, &mut self.dm) {
@@ -154,6 +169,25 @@ impl Evaluator {
         }
     }
 
+    /// [`Evaluator::row`], a forward row taking `cost`'s per-GPU peaks
+    /// (left empty) instead of a copy of them: one allocation less per row.
+    pub fn row_taking_peaks(
+        &self,
+        cost: &mut Cost,
+        base: &ResultRow,
+        shape: &Shape,
+        prof: &Profile,
+        pass: train::Pass,
+        recompute: bool,
+    ) -> ResultRow {
+        if pass == train::Pass::Train {
+            // the backward adds to the forward's peaks
+            return self.row(cost, base, shape, prof, pass, recompute);
+        }
+        let peaks = std::mem::take(&mut cost.peak_mem_per_gpu);
+        row_with_peaks(&self.plan, cost, peaks, base)
+    }
+
     /// The row of the last plan priced with `cost` (its forward cost, or
     /// a bound such as `ideal`'s), with the backward added for training.
     pub fn row(
@@ -177,6 +211,33 @@ impl Evaluator {
         }
         r
     }
+}
+
+/// The global counts (`global`) and the sums of the native dispatch
+/// matrix (see [`native_dispatch`]) in one pass over the per-rank counts,
+/// without the matrix: a rank's row sum is its copies, its diagonal entry
+/// its copies of its own experts, and a GPU's column sum its experts'
+/// global counts.
+fn native_sums(per_rank: &[u64], gpus: usize, global: &mut Vec<u64>, sums: &mut cost::MatrixSums) {
+    let n = per_rank.len() / gpus.max(1);
+    let per = n / gpus.max(1);
+    let [rows, cols, diag] = sums.parts_mut();
+    global.clear();
+    global.resize(n, 0);
+    for (r, row) in per_rank.chunks_exact(n.max(1)).enumerate() {
+        let mut copies = 0u64;
+        for (g, &c) in global.iter_mut().zip(row) {
+            *g += c;
+            copies += c;
+        }
+        rows.push(copies);
+        diag.push(row[r * per..(r + 1) * per].iter().sum());
+    }
+    cols.extend(
+        global
+            .chunks_exact(per.max(1))
+            .map(|b| b.iter().sum::<u64>()),
+    );
 }
 
 /// The dispatch matrix with every expert on its native GPU: rank `r`
@@ -307,6 +368,11 @@ fn dispatch_from_native(
 
 /// Fill a result row from a plan and its cost.
 pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
+    row_with_peaks(plan, cost, cost.peak_mem_per_gpu.clone(), base)
+}
+
+/// [`row_from`] with `peaks` for the cost's per-GPU peaks.
+fn row_with_peaks(plan: &Plan, cost: &Cost, peaks: Vec<u64>, base: &ResultRow) -> ResultRow {
     let mut r = base.clone();
     r.fill_plan_stats(plan);
     r.t_overhead_ms = cost.overhead_ms;
@@ -321,8 +387,8 @@ pub fn row_from(plan: &Plan, cost: &Cost, base: &ResultRow) -> ResultRow {
     r.transfer_bytes = cost.transfer_bytes;
     r.inter_node_bytes = cost.inter_node_bytes;
     r.dispatch_bytes_max = cost.dispatch_bytes_max;
-    r.peak_mem_max_bytes = cost.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
-    r.peak_mem_per_gpu = cost.peak_mem_per_gpu.clone();
+    r.peak_mem_max_bytes = peaks.iter().copied().max().unwrap_or(0);
+    r.peak_mem_per_gpu = peaks;
     r.oom = cost.oom;
     r
 }
@@ -355,6 +421,16 @@ mod tests {
             }
             assert_eq!(global, want_global, "{gpus} GPUs x {per}");
             assert_eq!(ev.native.send, want, "{gpus} GPUs x {per}");
+            // the sums of that matrix, summed without building it
+            let mut sums_of = cost::MatrixSums::default();
+            sums_of.fill(&ev.native);
+            let mut by_sums = Evaluator::default();
+            by_sums.price_from_sums(true);
+            let mut g2 = vec![1u64; 5];
+            by_sums.load_with_global(&per_rank, gpus, &mut g2);
+            assert_eq!(g2, want_global);
+            assert!(by_sums.native_sums_ok && !by_sums.native_ok);
+            assert_eq!(by_sums.native_sums, sums_of, "{gpus} GPUs x {per}");
             let with_global = ev.native.clone();
             ev.load(&per_rank, gpus);
             assert_eq!(ev.native, with_global);

@@ -184,23 +184,25 @@ fn simulate_range(
                     || wants(Policy::Ideal)
                     || wants(Policy::LlepAuto)
                     || wants(Policy::LlepTopo);
-                let row = |ev: &Evaluator, cost: &Cost, policy: Policy| {
-                    let mut r = ev.row(cost, &b, shape, prof, cfg.pass, cfg.recompute);
+                // each cost's per-GPU peaks move into its row (no later use
+                // of the cost reads them)
+                let row = |ev: &Evaluator, cost: &mut Cost, policy: Policy| {
+                    let mut r = ev.row_taking_peaks(cost, &b, shape, prof, cfg.pass, cfg.recompute);
                     r.policy = policy;
                     r
                 };
                 let as_is = |_: &mut ResultRow| {};
-                let (_, ep_cost) =
+                let (_, mut ep_cost) =
                     ev.eval_loaded(per_rank, &global, &params, Policy::Ep, shape, prof);
-                let mut ep_row = Kept::Aside(row(&ev, &ep_cost, Policy::Ep));
+                let mut ep_row = Kept::Aside(row(&ev, &mut ep_cost, Policy::Ep));
                 if wants(Policy::Ep) {
                     ep_row.emit(&mut rows, as_is);
                 }
                 let mut llep_cost = None;
                 if need_llep {
-                    let (_, cost) =
+                    let (_, mut cost) =
                         ev.eval_loaded(per_rank, &global, &params, Policy::Llep, shape, prof);
-                    let mut on = Kept::Aside(row(&ev, &cost, Policy::Llep));
+                    let mut on = Kept::Aside(row(&ev, &mut cost, Policy::Llep));
                     let ratio = on.get(&rows).imbalance_ratio;
                     if wants(Policy::Llep) {
                         for &g in &cfg.gates {
@@ -241,7 +243,7 @@ fn simulate_range(
                     let mut on = Kept::Aside(
                         (prof.nodes > 1)
                             .then(|| {
-                                let (_, c) = ev.eval_loaded(
+                                let (_, mut c) = ev.eval_loaded(
                                     per_rank,
                                     &global,
                                     &params,
@@ -249,7 +251,7 @@ fn simulate_range(
                                     shape,
                                     prof,
                                 );
-                                let r = row(&ev, &c, Policy::LlepTopo);
+                                let r = row(&ev, &mut c, Policy::LlepTopo);
                                 (c, r)
                             })
                             .filter(|(c, _)| {
@@ -275,8 +277,8 @@ fn simulate_range(
                     let (_, cost) =
                         ev.eval_loaded(per_rank, &global, &params, Policy::Ideal, shape, prof);
                     let llep = &llep_cost.as_ref().expect("planned above").0;
-                    let bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
-                    let mut r = row(&ev, &bound, Policy::Ideal);
+                    let mut bound = ideal_bound(cost, &ep_cost, llep, &global, shape, prof, w.gpus);
+                    let mut r = row(&ev, &mut bound, Policy::Ideal);
                     if cfg.pass == train::Pass::Train {
                         let llep_row = llep_cost.as_ref().expect("planned above").1.get(&rows);
                         ideal_train_bound(&mut r, bound.total_ms, ep_row.get(&rows), llep_row);
