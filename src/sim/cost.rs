@@ -588,7 +588,7 @@ fn price_sums(
         overhead + disp_or_xfer + compute + combine
     };
     let (total, compute) = if chunks > 1 {
-        let o = super::overlap::price(plan, chunks, &pricer, memo.as_deref(), &ov);
+        let o = super::overlap::price(plan, chunks, &pricer, memo.as_deref_mut(), &ov);
         (overhead + o.after_overhead_ms, o.compute_ms)
     } else {
         (total, compute)
