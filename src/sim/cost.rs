@@ -130,7 +130,9 @@ impl MatrixSums {
     /// sums a matrix it does not build.
     pub fn parts_mut(&mut self) -> [&mut Vec<u64>; 3] {
         let s = &mut self.0;
-        (s.nz_rows.clear(), s.nz_cols.clear(), s.nodes.clear());
+        s.nz_rows.clear();
+        s.nz_cols.clear();
+        s.nodes.clear();
         for v in [&mut s.rows, &mut s.cols, &mut s.diag] {
             v.clear();
         }
@@ -588,7 +590,7 @@ fn price_sums(
         overhead + disp_or_xfer + compute + combine
     };
     let (total, compute) = if chunks > 1 {
-        let o = super::overlap::price(plan, chunks, &pricer, memo.as_deref_mut(), &ov);
+        let o = super::overlap::price(plan, chunks, &pricer, memo, &ov);
         (overhead + o.after_overhead_ms, o.compute_ms)
     } else {
         (total, compute)
