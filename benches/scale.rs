@@ -190,10 +190,61 @@ fn bench_simulate(
     (ls, secs, ls as f64 / secs, (ls * reps) as f64 / cpu)
 }
 
+/// `-- single-p64`: P = 64 on one node (ep, llep), one thread, `reps`
+/// runs per schedule over 10 steps x 61 layers; the least and the median
+/// microseconds per layer-step. On a shared machine the least of many
+/// runs is the one least disturbed by other programs, so it compares
+/// builds run back to back better than the two-thread rates do.
+fn single_p64(reps: usize) {
+    let w = workload(64, 10);
+    println!("| simulate P=64, 1 node, ep + llep, 1 thread ({reps} runs of {} layer-steps) | least us per layer-step (wall) | median us (wall) | CPU us per layer-step (all runs) | layer-steps/s (least) |", w.loads.layer_steps());
+    println!("| --- | --- | --- | --- | --- |");
+    for overlap in [Overlap::Off, Overlap::On(0)] {
+        let mut profile = Profile::load("h200").unwrap();
+        profile.overlap = overlap;
+        let cfg = SimConfig {
+            policies: vec![Policy::Ep, Policy::Llep],
+            gates: vec![Gate::Always],
+            alphas: vec![1.0],
+            min_gemms: vec![1024],
+            profile,
+            threads: 1,
+            pass: llep_trace::results::Pass::Forward,
+            recompute: false,
+        };
+        let _ = simulate(&w, &cfg, &Silent).unwrap(); // warm
+        let ls = w.loads.layer_steps() as f64;
+        let c0 = cpu_secs();
+        let mut us: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t0 = Instant::now();
+                black_box(simulate(&w, &cfg, &Silent).unwrap());
+                t0.elapsed().as_secs_f64() / ls * 1e6
+            })
+            .collect();
+        let cpu_us = match (c0, cpu_secs()) {
+            (Some(a), Some(b)) => (b - a) / (ls * reps as f64) * 1e6,
+            _ => f64::NAN,
+        };
+        us.sort_by(f64::total_cmp);
+        println!(
+            "| overlap {} | {:.2} | {:.2} | {cpu_us:.2} | {:.0} |",
+            if overlap == Overlap::Off { "off" } else { "on" },
+            us[0],
+            us[reps / 2],
+            1e6 / us[0]
+        );
+    }
+}
+
 fn main() {
     // `cargo test --benches` runs this with --list-like args: skip then
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if args.iter().any(|a| a == "single-p64") {
+        single_p64(30);
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "sweep") {
@@ -214,7 +265,7 @@ fn main() {
     // `-- simulate-only` skips the planner table (for profiling simulate)
     let planner_sizes: &[usize] = if args
         .iter()
-        .any(|a| a == "simulate-only" || a == "profile-p64")
+        .any(|a| a == "simulate-only" || a.starts_with("profile-p64"))
     {
         &[]
     } else {
@@ -227,7 +278,13 @@ fn main() {
     println!();
     // `-- profile-p64`: only P = 64 on one node, simulated many times
     // (for `perf record`: the workload's generation is then a small share)
-    let profile_only = args.iter().any(|a| a == "profile-p64");
+    // (`-- profile-p64-off` / `-- profile-p64-on`: one schedule only)
+    let profile_only = args.iter().any(|a| a.starts_with("profile-p64"));
+    let only_overlap = args.iter().find_map(|a| match a.as_str() {
+        "profile-p64-off" => Some(Overlap::Off),
+        "profile-p64-on" => Some(Overlap::On(0)),
+        _ => None,
+    });
     let reps = if profile_only { 20 } else { SIM_REPS };
     println!("| simulate (DeepSeek-V3 layer, 61 layers, Zipf 1.1) | layer-steps | policies | seconds (wall, 2 threads, median of {reps}) | layer-steps/s (wall, median of {reps}) | layer-steps per CPU-second ({reps} runs) | target |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -251,7 +308,9 @@ fn main() {
             // the sequential schedule, and on one node the pipelined one
             // that `simulate` prices by default (`--overlap on`)
             for overlap in [Overlap::Off, Overlap::On(0)] {
-                if nodes > 1 && overlap != Overlap::Off {
+                if (nodes > 1 && overlap != Overlap::Off)
+                    || only_overlap.is_some_and(|o| o != overlap)
+                {
                     continue;
                 }
                 let (ls, secs, lps, per_cpu) = bench_simulate(&w, nodes, pols, overlap, reps);

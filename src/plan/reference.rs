@@ -366,17 +366,24 @@ impl VisitOrder {
 }
 
 /// Index of the smallest value, ties to the lower index.
+///
+/// Every spilled chunk asks for it, over all P GPUs. One running
+/// (value, index) minimum is a chain of dependent compares; instead the
+/// smallest value is found first, over `LANES` independent minima, and
+/// then its first position.
 #[inline]
 fn argmin(v: &[i64]) -> usize {
-    let mut at = 0;
-    let mut best = v[0];
-    for (i, &x) in v.iter().enumerate().skip(1) {
-        if x < best {
-            best = x;
-            at = i;
+    const LANES: usize = 8;
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder().iter().copied().min().unwrap_or(i64::MAX);
+    let mut lanes = [i64::MAX; LANES];
+    for ch in chunks {
+        for (m, &x) in lanes.iter_mut().zip(ch) {
+            *m = (*m).min(x);
         }
     }
-    at
+    let min = lanes.iter().copied().fold(rest, i64::min);
+    v.iter().position(|&x| x == min).unwrap_or(0)
 }
 
 /// `cap = floor(alpha * (total div P))` if that quotient is positive, else
@@ -504,6 +511,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn argmin_is_the_first_smallest() {
+        let mut rng = crate::trace::tokens::SplitMix64::new(9);
+        for len in 1..70 {
+            for _ in 0..50 {
+                // few distinct values: many ties; i64::MAX as planning sets it
+                let v: Vec<i64> = (0..len)
+                    .map(|_| match rng.below(6) {
+                        0 => i64::MAX,
+                        x => x as i64 - 3,
+                    })
+                    .collect();
+                let min = *v.iter().min().unwrap();
+                let first = v.iter().position(|&x| x == min).unwrap();
+                assert_eq!(argmin(&v), first, "{v:?}");
+            }
+        }
+        assert_eq!(argmin(&[i64::MAX; 40]), 0);
     }
 
     #[test]

@@ -18,9 +18,10 @@
 //! link (`Profile::inter_shared`: pseudo-nodes over one host's sockets)
 //! carries every pair, both directions and the weights on one budget.
 
-use super::model::{self, interp, MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
+pub use super::groups::{GroupMemo, GroupPricer};
+use super::model::{MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
-use crate::plan::{DispatchMatrix, Plan};
+use crate::plan::{DispatchMatrix, Plan, Range};
 
 /// Model shape the cost model needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -102,7 +103,7 @@ pub struct CostScratch {
 }
 
 /// Per-GPU sums of a dispatch matrix.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Sums {
     rows: Vec<u64>,
     cols: Vec<u64>,
@@ -114,10 +115,46 @@ struct Sums {
     /// On several nodes, per GPU: tokens and messages out and in, within
     /// its node and across nodes (see [`Sums::fill_nodes`]).
     nodes: Vec<NodeSplit>,
+    /// Scratch of [`Sums::moved`]: where each rank's slice of an expert's
+    /// copies starts.
+    starts: Vec<u64>,
+}
+
+/// The row and column sums and the diagonal of a dispatch matrix (no
+/// message counts): what [`price_moved`] starts from.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MatrixSums(Sums);
+
+impl MatrixSums {
+    /// The sums of `dm`.
+    pub fn fill(&mut self, dm: &DispatchMatrix) {
+        self.0.fill(dm, false);
+    }
+
+    /// The row sums, column sums and diagonal, emptied, for a caller that
+    /// sums a matrix it does not build.
+    pub fn parts_mut(&mut self) -> [&mut Vec<u64>; 3] {
+        let s = &mut self.0;
+        s.nz_rows.clear();
+        s.nz_cols.clear();
+        s.nodes.clear();
+        for v in [&mut s.rows, &mut s.cols, &mut s.diag] {
+            v.clear();
+        }
+        [&mut s.rows, &mut s.cols, &mut s.diag]
+    }
+}
+
+/// Whether prices under `prof` on `p` GPUs read a plan's dispatch matrix
+/// only through its row and column sums and diagonal (one node, and no
+/// per-message model of the exchange): then [`price_moved`] prices a plan
+/// without building its matrix.
+pub fn prices_from_sums(prof: &Profile, p: usize) -> bool {
+    gpus_per_node(prof, p) >= p && prof.msg_tokens.is_none()
 }
 
 /// One GPU's exchange split by link, as [`split_exchange`] prices it.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct NodeSplit {
     in_out: u64,
     in_in: u64,
@@ -128,6 +165,98 @@ struct NodeSplit {
 }
 
 impl Sums {
+    /// The sums of the dispatch matrix of `plan` on the per-rank counts
+    /// `per_rank` (`[gpus][experts]`), from `native`, the sums of their
+    /// native matrix, without building the matrix. As
+    /// `plan::dispatch_matrix` builds it, each spilled expert's copies,
+    /// rank after rank, tile its order `[0, total)`, and each rank's slice
+    /// leaves the native GPU's column for the columns of the ranges it
+    /// meets. Where the ranges tile `[0, total)` in order (as the planners
+    /// write them) the row sums stay (a rank sends the same copies), a
+    /// range's column gains the range's length, and the diagonal changes
+    /// only at the native GPU's rank and at each range's GPU's rank; other
+    /// ranges are walked rank by rank. The same integers as [`Sums::fill`]
+    /// of that matrix.
+    fn moved(&mut self, native: &Sums, plan: &Plan, per_rank: &[u64]) {
+        self.rows.clone_from(&native.rows);
+        self.cols.clone_from(&native.cols);
+        self.diag.clone_from(&native.diag);
+        self.nz_rows.clear();
+        self.nz_cols.clear();
+        let (p, n) = (plan.gpus, plan.experts);
+        let per = n / p;
+        for (e, ranges) in plan.spilled() {
+            let (e, home) = (e as usize, e as usize / per);
+            if let [only] = ranges {
+                if only.gpu as usize == home {
+                    continue;
+                }
+            }
+            // rank r's slice is [starts[r], starts[r + 1])
+            self.starts.clear();
+            let mut total = 0u64;
+            for r in 0..p {
+                self.starts.push(total);
+                total += per_rank[r * n + e];
+            }
+            self.starts.push(total);
+            let tiled = ranges.first().is_some_and(|r| r.start == 0)
+                && ranges.iter().all(|r| r.start <= r.end)
+                && ranges.windows(2).all(|w| w[0].end == w[1].start)
+                && ranges.last().is_some_and(|r| r.end == total);
+            if !tiled {
+                self.moved_by_rank(home, e, ranges, per_rank, n);
+                continue;
+            }
+            let slice = |r: usize| (self.starts[r], self.starts[r + 1]);
+            self.cols[home] -= total;
+            let (lo, hi) = slice(home);
+            self.diag[home] -= hi - lo;
+            for rg in ranges {
+                let g = rg.gpu as usize;
+                self.cols[g] += total.min(rg.end).saturating_sub(rg.start);
+                let (lo, hi) = slice(g);
+                self.diag[g] += hi.min(rg.end).saturating_sub(lo.max(rg.start));
+            }
+        }
+    }
+
+    /// [`Sums::moved`] of one expert `e` (native GPU `home`) whose ranges
+    /// do not tile its copies in order: `plan::dispatch_matrix`'s walk,
+    /// rank by rank, on the sums.
+    fn moved_by_rank(
+        &mut self,
+        home: usize,
+        e: usize,
+        ranges: &[Range],
+        per_rank: &[u64],
+        n: usize,
+    ) {
+        let mut cum = 0u64;
+        for r in 0..self.rows.len() {
+            let cnt = per_rank[r * n + e];
+            if cnt == 0 {
+                continue;
+            }
+            let (lo, hi) = (cum, cum + cnt);
+            cum = hi;
+            self.rows[r] -= cnt;
+            self.cols[home] -= cnt;
+            if r == home {
+                self.diag[r] -= cnt;
+            }
+            for rg in ranges {
+                let g = rg.gpu as usize;
+                let over = hi.min(rg.end).saturating_sub(lo.max(rg.start));
+                self.rows[r] += over;
+                self.cols[g] += over;
+                if g == r {
+                    self.diag[r] += over;
+                }
+            }
+        }
+    }
+
     fn fill(&mut self, dm: &DispatchMatrix, msgs: bool) {
         let p = dm.gpus;
         self.rows.clear();
@@ -217,36 +346,6 @@ impl Sums {
 }
 
 impl Profile {
-    /// Time of one expert group of `tokens` token-copies (gate_up + down
-    /// GEMMs and the activation), milliseconds. A measured whole-group
-    /// curve for the shape wins; then the per-projection GEMM tables
-    /// (`sim::model`); otherwise an efficiency curve t / (t + half).
-    pub fn gemm_ms(&self, tokens: u64, s: &Shape) -> f64 {
-        self.group_pricer(s).ms(tokens)
-    }
-
-    /// [`Profile::gemm_ms`] for one shape with its curve or tables chosen
-    /// once: pricing a layer-step calls it for every expert group.
-    pub fn group_pricer(&self, s: &Shape) -> GroupPricer<'_> {
-        let how = if let Some(c) = self.gemm_curves.iter().find(|c| {
-            c.hidden_size as u64 == s.hidden && c.intermediate_size as u64 == s.intermediate
-        }) {
-            Pricing::Curve(&c.points)
-        } else {
-            let chunk = self.act_chunk_tokens.max(1);
-            match model::GroupTables::new(&self.gemm_tables, s.hidden, s.intermediate, chunk) {
-                Some(t) => Pricing::Tables(t, chunk),
-                None => Pricing::Flops,
-            }
-        };
-        GroupPricer {
-            prof: self,
-            hidden: s.hidden,
-            intermediate: s.intermediate,
-            how,
-        }
-    }
-
     fn link_ms(&self, bytes: u64) -> f64 {
         if bytes == 0 {
             0.0
@@ -296,79 +395,6 @@ impl Profile {
     }
 }
 
-/// Prices expert groups of one shape under one profile (from
-/// [`Profile::group_pricer`]).
-#[derive(Debug, Clone, Copy)]
-pub struct GroupPricer<'a> {
-    prof: &'a Profile,
-    hidden: u64,
-    intermediate: u64,
-    how: Pricing<'a>,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Pricing<'a> {
-    Curve(&'a [(f64, f64)]),
-    /// The GEMM tables, and the activation chunk they are cut by.
-    Tables(model::GroupTables<'a>, u64),
-    Flops,
-}
-
-impl GroupPricer<'_> {
-    /// Time of one group of `tokens` token-copies, ms.
-    pub fn ms(&self, tokens: u64) -> f64 {
-        if tokens == 0 {
-            return 0.0;
-        }
-        let t = tokens as f64;
-        let prof = self.prof;
-        match &self.how {
-            Pricing::Curve(points) => interp(points, t),
-            Pricing::Tables(tables, chunk) => {
-                let ms = tables.ms(tokens);
-                // inside a layer, each unit as fitted against the tables
-                match &prof.layer_fit {
-                    Some(f) => {
-                        f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(*chunk) as f64
-                    }
-                    None => ms,
-                }
-            }
-            Pricing::Flops => {
-                let flops = 6.0 * t * self.hidden as f64 * self.intermediate as f64;
-                let eff = t / (t + prof.gemm_half_tokens);
-                flops / (prof.gemm_peak_tflops * 1e12 * eff) * 1e3 + prof.gemm_launch_us * 1e-3
-            }
-        }
-    }
-}
-
-/// Expert groups' times kept between the prices of one layer-step, by
-/// expert and token count: most experts stay whole at home under every
-/// policy, so their groups are the same under each. Valid for one profile
-/// and shape; whoever holds it clears it when either changes.
-#[derive(Debug, Default, Clone)]
-pub struct GroupMemo {
-    /// `[e]`: the token count whose time `ms[e]` is (`u64::MAX`: none).
-    tokens: Vec<u64>,
-    ms: Vec<f64>,
-}
-
-impl GroupMemo {
-    /// Expert `e`'s group time when it was priced at `tokens`.
-    pub fn ms(&self, e: usize, tokens: u64) -> Option<f64> {
-        (self.tokens.get(e) == Some(&tokens)).then(|| self.ms[e])
-    }
-
-    /// Forget every time; room for `experts` experts.
-    pub fn clear(&mut self, experts: usize) {
-        self.tokens.clear();
-        self.tokens.resize(experts, u64::MAX);
-        self.ms.clear();
-        self.ms.resize(experts, 0.0);
-    }
-}
-
 /// Price `plan` with dispatch matrix `dm` (per-rank counts already folded
 /// in). `counts[e]` are global counts per expert, needed for plain-EP groups.
 pub fn price(
@@ -391,11 +417,9 @@ pub fn price_memo(
     shape: &Shape,
     prof: &Profile,
     scratch: &mut CostScratch,
-    mut memo: Option<&mut GroupMemo>,
+    memo: Option<&mut GroupMemo>,
 ) -> Cost {
     let p = plan.gpus;
-    let per = plan.experts / p;
-    let tok_bytes = shape.hidden * shape.dtype_bytes;
     let gpn = gpus_per_node(prof, p);
     let multi = gpn < p;
     let mut sums = std::mem::take(&mut scratch.sums);
@@ -403,6 +427,45 @@ pub fn price_memo(
     if multi {
         sums.fill_nodes(dm, gpn);
     }
+    price_sums(plan, sums, counts, shape, prof, scratch, memo)
+}
+
+/// [`price_memo`] of `plan` on the per-rank counts `per_rank`, whose
+/// native dispatch matrix has the sums `native`, without building the
+/// plan's matrix (see [`Sums::moved`]): the same cost. Only where
+/// [`prices_from_sums`] says a price reads no more of the matrix.
+#[allow(clippy::too_many_arguments)]
+pub fn price_moved(
+    plan: &Plan,
+    native: &MatrixSums,
+    per_rank: &[u64],
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    memo: Option<&mut GroupMemo>,
+) -> Cost {
+    debug_assert!(prices_from_sums(prof, plan.gpus));
+    let mut sums = std::mem::take(&mut scratch.sums);
+    sums.moved(&native.0, plan, per_rank);
+    price_sums(plan, sums, counts, shape, prof, scratch, memo)
+}
+
+/// The price of `plan` whose dispatch matrix has the sums `sums`.
+fn price_sums(
+    plan: &Plan,
+    sums: Sums,
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    mut memo: Option<&mut GroupMemo>,
+) -> Cost {
+    let p = plan.gpus;
+    let per = plan.experts / p;
+    let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
 
     // compute: one GEMM group per plan range; without a plan, each expert
     // whole on its native GPU. The largest group sizes the activation scratch.
@@ -415,19 +478,13 @@ pub fn price_memo(
     let mut groups = 0u64;
     let pricer = prof.group_pricer(shape);
     if let Some(m) = memo.as_deref_mut() {
-        if m.tokens.len() != plan.experts {
-            m.clear(plan.experts);
-        }
+        m.fit(plan.experts);
+        m.bind(&pricer);
     }
     let mut group = |e: usize, g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
         groups += 1;
         let ms = match memo.as_deref_mut() {
-            Some(m) if m.tokens[e] == tokens => m.ms[e],
-            Some(m) => {
-                let ms = pricer.ms(tokens);
-                (m.tokens[e], m.ms[e]) = (tokens, ms);
-                ms
-            }
+            Some(m) => m.group_ms(&pricer, e, tokens),
             None => pricer.ms(tokens),
         };
         scratch.compute[g] += ms;
@@ -538,7 +595,7 @@ pub fn price_memo(
         overhead + disp_or_xfer + compute + combine
     };
     let (total, compute) = if chunks > 1 {
-        let o = super::overlap::price(plan, chunks, &pricer, memo.as_deref(), &ov);
+        let o = super::overlap::price(plan, chunks, &pricer, memo, &ov);
         (overhead + o.after_overhead_ms, o.compute_ms)
     } else {
         (total, compute)
@@ -865,3 +922,7 @@ fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
         + (p as u64 - 1) * mm.nccl_per_peer_bytes
         + buffers.iter().sum::<u64>()
 }
+
+#[cfg(test)]
+#[path = "cost_tests.rs"]
+mod tests;

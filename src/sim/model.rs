@@ -488,15 +488,126 @@ impl<'a> GroupTables<'a> {
 
     /// Time of one group of `tokens` rows, ms.
     pub fn ms(&self, tokens: u64) -> f64 {
+        self.ms_with(tokens, |m| self.unit(m))
+    }
+
+    /// [`GroupTables::ms`], a part unit's time read from `units` (bound
+    /// to these tables by [`UnitTimes::bind`]) where it was computed
+    /// before: the same value, the interpolations done once per row count.
+    pub fn ms_cached(&self, tokens: u64, units: &mut UnitTimes) -> f64 {
+        self.ms_with(tokens, |m| match units.ms.get_mut(m as usize) {
+            Some(x) if x.to_bits() != UNIT_UNKNOWN => *x,
+            Some(x) => {
+                *x = self.unit(m);
+                *x
+            }
+            None => self.unit(m),
+        })
+    }
+
+    fn ms_with(&self, tokens: u64, unit: impl FnOnce(u64) -> f64) -> f64 {
         let (full, rest) = (tokens / self.chunk, tokens % self.chunk);
         let mut t = 0.0;
         if full > 0 {
             t += full as f64 * self.full_unit;
         }
         if rest > 0 {
-            t += self.unit(rest);
+            t += unit(rest);
         }
         t
+    }
+
+    /// Everything a unit's time depends on, as bits: the picked tables'
+    /// shapes and points, and how they are combined.
+    fn key_into(&self, out: &mut Vec<u64>) {
+        out.clear();
+        out.push(self.chunk);
+        for pick in [&self.gate_up, &self.down] {
+            pick.key_into(out);
+        }
+    }
+}
+
+/// A NaN no unit time is: the mark of a row count not priced yet.
+const UNIT_UNKNOWN: u64 = u64::MAX;
+
+/// Unit times kept at most for row counts below this (a chunk is 16,384
+/// rows in the built-in profiles): 512 KiB.
+const UNIT_CACHE_ROWS: u64 = 1 << 16;
+
+/// The time of one GEMM unit (gate_up and down) per row count below the
+/// activation chunk, for one [`GroupTables`], filled as asked: a layer's
+/// groups take a few thousand row counts, so over a trace most unit times
+/// are read, not interpolated again. Whoever keeps it (`sim::cost::
+/// GroupMemo`) binds it to the tables of each price; it forgets its times
+/// when the tables differ in any point from those it holds times of.
+#[derive(Debug, Default, Clone)]
+pub struct UnitTimes {
+    key: Vec<u64>,
+    scratch: Vec<u64>,
+    /// `[m]`: the unit time of `m` rows (`UNIT_UNKNOWN`: not priced yet).
+    ms: Vec<f64>,
+}
+
+impl UnitTimes {
+    /// Hold the unit times of `tables`: keep those held if they are of the
+    /// same tables (compared by value, not by address), else forget them.
+    pub fn bind(&mut self, tables: &GroupTables) {
+        tables.key_into(&mut self.scratch);
+        if self.scratch != self.key {
+            std::mem::swap(&mut self.scratch, &mut self.key);
+            self.ms.clear();
+            let rows = tables.chunk.min(UNIT_CACHE_ROWS) as usize;
+            self.ms.resize(rows, f64::from_bits(UNIT_UNKNOWN));
+        }
+    }
+
+    /// Forget every time.
+    pub fn clear(&mut self) {
+        self.key.clear();
+        self.ms.clear();
+    }
+}
+
+impl TablePick<'_> {
+    fn key_into(&self, out: &mut Vec<u64>) {
+        let table = |t: &GemmTable, out: &mut Vec<u64>| {
+            out.extend([t.proj as u64, u64::from(t.n), u64::from(t.k)]);
+            out.push(t.points.len() as u64);
+            for &(m, ms) in &t.points {
+                out.extend([m.to_bits(), ms.to_bits()]);
+            }
+        };
+        match *self {
+            TablePick::Exact(t, sorted) => {
+                out.extend([0, u64::from(sorted)]);
+                table(t, out);
+            }
+            TablePick::Scaled {
+                lo,
+                hi,
+                floor,
+                n,
+                k,
+                sorted,
+            } => {
+                out.extend([
+                    1,
+                    u64::from(sorted),
+                    floor.to_bits(),
+                    n.to_bits(),
+                    k.to_bits(),
+                ]);
+                table(lo, out);
+                match hi {
+                    Some((t, f)) => {
+                        out.extend([1, f.to_bits()]);
+                        table(t, out);
+                    }
+                    None => out.push(0),
+                }
+            }
+        }
     }
 }
 
@@ -602,6 +713,48 @@ mod tests {
         );
         assert_eq!(group_ms(&t[..1], 10, 100, 100, 4096), None);
         assert_eq!(group_ms(&t, 0, 100, 100, 4096), Some(0.0));
+    }
+
+    #[test]
+    fn kept_unit_times_are_the_computed_ones_and_forgotten_for_other_tables() {
+        let exact = vec![
+            table(Proj::GateUp, 200, 100, |m| {
+                0.01 + m * 1e-4 + (m / 90.0).sin().abs()
+            }),
+            table(Proj::Down, 100, 100, |m| 0.02 + m * 3e-5),
+        ];
+        // no table of (200, 150) or (100, 150): both picks are scaled
+        let mut scaled = exact.clone();
+        scaled.push(table(Proj::GateUp, 400, 400, |m| 0.05 + m * 2e-4));
+        scaled.push(table(Proj::Down, 400, 400, |m| 0.04 + m * 1e-4));
+        let mut units = UnitTimes::default();
+        let mut rng = crate::trace::tokens::SplitMix64::new(3);
+        for (tables, i) in [(&exact, 100), (&scaled, 150), (&exact, 100)] {
+            for chunk in [64, 4096, 1 << 17] {
+                let g = GroupTables::new(tables, 100, i, chunk).unwrap();
+                units.bind(&g);
+                // twice over the same counts: computed, then read back
+                let counts: Vec<u64> = (0..400).map(|_| rng.below(3 * chunk)).collect();
+                for &c in counts.iter().chain(&counts) {
+                    let (want, got) = (g.ms(c), g.ms_cached(c, &mut units));
+                    assert_eq!(want.to_bits(), got.to_bits(), "{c} rows, chunk {chunk}");
+                }
+            }
+        }
+        // the same tables again under another profile's copy: times kept
+        let g = GroupTables::new(&exact, 100, 100, 64).unwrap();
+        units.bind(&g);
+        g.ms_cached(10, &mut units);
+        let copy = exact.clone();
+        units.bind(&GroupTables::new(&copy, 100, 100, 64).unwrap());
+        assert!(units.ms.iter().any(|x| x.to_bits() != UNIT_UNKNOWN));
+        // one point changed: every time forgotten
+        let mut moved = exact.clone();
+        moved[1].points[2].1 += 1e-9;
+        let g = GroupTables::new(&moved, 100, 100, 64).unwrap();
+        units.bind(&g);
+        assert!(units.ms.iter().all(|x| x.to_bits() == UNIT_UNKNOWN));
+        assert_eq!(g.ms_cached(10, &mut units).to_bits(), g.ms(10).to_bits());
     }
 
     #[test]

@@ -75,13 +75,36 @@ fn all_groups(plan: &Plan, out: &mut Vec<(u32, bool, u32, u64, u64)>) {
         }
         return;
     }
+    let mut listed = Vec::new();
     for (e, ranges) in plan.iter() {
         for r in ranges.iter().filter(|r| r.end > r.start) {
             let foreign = e as usize / per != r.gpu as usize;
-            out.push((r.gpu, foreign, e, r.start, r.end - r.start));
+            listed.push((r.gpu, foreign, e, r.start, r.end - r.start));
         }
     }
-    out.sort_unstable_by_key(|&(g, f, e, s, _)| (g, f, e, s));
+    // a stable counting sort by (gpu, foreign) keeps the plan's order
+    // within each: experts ascending, each one's ranges as listed. Where
+    // that leaves every key above the one before, it is the sorted order;
+    // else (ranges no planner writes) the list is sorted as before.
+    let bucket = |&(g, f, ..): &(u32, bool, u32, u64, u64)| 2 * g as usize + usize::from(f);
+    let mut at = vec![0usize; 2 * plan.gpus + 1];
+    for x in &listed {
+        at[bucket(x) + 1] += 1;
+    }
+    for b in 1..at.len() {
+        at[b] += at[b - 1];
+    }
+    out.resize(listed.len(), (0, false, 0, 0, 0));
+    for x in &listed {
+        let b = bucket(x);
+        out[at[b]] = *x;
+        at[b] += 1;
+    }
+    let key = |&(g, f, e, s, _): &(u32, bool, u32, u64, u64)| (g, f, e, s);
+    if !out.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+        out.clone_from(&listed);
+        out.sort_unstable_by_key(key);
+    }
 }
 
 /// Per chunk of one GPU's groups: compute ms (groups cut at the chunk
@@ -91,7 +114,7 @@ fn chunk_compute(
     groups: &[(u32, bool, u32, u64, u64)],
     chunks: usize,
     pricer: &GroupPricer<'_>,
-    memo: Option<&GroupMemo>,
+    mut memo: Option<&mut GroupMemo>,
     starts: &mut Vec<u64>,
     out: &mut [(f64, bool)],
 ) {
@@ -108,12 +131,15 @@ fn chunk_compute(
         for c in 0..chunks {
             let (lo, hi) = (a.max(bounds[c]), b.min(bounds[c + 1]));
             if hi > lo {
-                // a whole group costs what the sequential model priced
-                out[c].0 += match memo {
-                    Some(m) if hi - lo == rows => m.ms(e as usize, rows),
-                    _ => None,
-                }
-                .unwrap_or_else(|| pricer.ms(hi - lo));
+                // a whole group costs what the sequential model priced;
+                // a piece is priced with the memo's unit times
+                out[c].0 += match memo.as_deref_mut() {
+                    Some(m) => match m.ms(e as usize, rows).filter(|_| hi - lo == rows) {
+                        Some(ms) => ms,
+                        None => pricer.ms_memo(hi - lo, m),
+                    },
+                    None => pricer.ms(hi - lo),
+                };
                 out[c].1 |= foreign;
             }
         }
@@ -129,7 +155,7 @@ pub fn price(
     plan: &Plan,
     chunks: usize,
     pricer: &GroupPricer<'_>,
-    memo: Option<&GroupMemo>,
+    mut memo: Option<&mut GroupMemo>,
     comm: &[GpuComm],
 ) -> Pipelined {
     let p = plan.gpus;
@@ -145,6 +171,7 @@ pub fn price(
             .iter()
             .take_while(|x| x.0 as usize == g)
             .count();
+        let memo = memo.as_deref_mut();
         chunk_compute(&groups[lo..lo + n], chunks, pricer, memo, &mut starts, out);
         lo += n;
     }
@@ -308,6 +335,35 @@ mod tests {
         let mut cm = [comm(1.0, 0.1, 0.0); 4];
         cm[src].transfer_ms = 500.0;
         assert!(price(&pl, 4, &pricer, None, &cm).after_overhead_ms >= 500.0);
+    }
+
+    #[test]
+    fn groups_come_in_the_sorted_order() {
+        let mut rng = crate::trace::tokens::SplitMix64::new(4);
+        let mut got = Vec::new();
+        for case in 0..200 {
+            let gpus = [2, 4, 8][rng.below(3) as usize];
+            let n = gpus * (1 + rng.below(6) as usize);
+            let counts: Vec<u64> = (0..n).map(|_| rng.below(3000)).collect();
+            let policy = [Policy::Llep, Policy::Ideal][case % 2];
+            let mut pl = plan(&counts, gpus, policy);
+            if case % 5 == 4 && !pl.spill_ranges.is_empty() {
+                // ranges no planner writes: one expert's listed backwards
+                let (_, a, b) = pl.spills[0];
+                pl.spill_ranges[a as usize..b as usize].reverse();
+            }
+            let per = n / gpus;
+            let mut want = Vec::new();
+            for (e, ranges) in pl.iter() {
+                for r in ranges.iter().filter(|r| r.end > r.start) {
+                    let foreign = e as usize / per != r.gpu as usize;
+                    want.push((r.gpu, foreign, e, r.start, r.end - r.start));
+                }
+            }
+            want.sort_unstable_by_key(|&(g, f, e, s, _)| (g, f, e, s));
+            all_groups(&pl, &mut got);
+            assert_eq!(got, want, "case {case}");
+        }
     }
 
     #[test]

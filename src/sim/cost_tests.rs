@@ -1,0 +1,79 @@
+//! Tests of the cost model's private parts (`sim::cost`).
+
+use super::*;
+use crate::plan::topo::{TopoPlanner, Topology};
+use crate::plan::{dispatch_matrix, Gate, PlanParams, Planner, Policy};
+use crate::trace::tokens::SplitMix64;
+
+/// Ranges no planner writes: reversed, with a gap, past the copies.
+fn scramble(plan: &mut Plan, rng: &mut SplitMix64) {
+    let (a, b) = match plan.spills.first() {
+        Some(&(_, a, b)) => (a as usize, b as usize),
+        None => return,
+    };
+    let rs = &mut plan.spill_ranges[a..b];
+    match rng.below(3) {
+        0 => rs.reverse(),
+        1 => rs[0].end = rs[0].start + (rs[0].end - rs[0].start) / 2,
+        _ => rs[rs.len() - 1].end += 1 + rng.below(100),
+    }
+}
+
+#[test]
+fn sums_of_moved_copies_are_those_of_the_built_matrix() {
+    let mut rng = SplitMix64::new(23);
+    let (mut planner, mut topo) = (Planner::new(), TopoPlanner::new());
+    let (mut plan, mut ep) = (Plan::default(), Plan::default());
+    let (mut dm, mut native) = (DispatchMatrix::default(), DispatchMatrix::default());
+    let (mut want, mut base, mut got) = (Sums::default(), Sums::default(), Sums::default());
+    let mut moved = 0;
+    for case in 0..400 {
+        let gpus = [2, 4, 8, 16][rng.below(4) as usize];
+        let n = gpus * (1 + rng.below(8) as usize);
+        let hot = rng.below(n as u64) as usize;
+        // some ranks hold none of an expert
+        let per_rank: Vec<u64> = (0..gpus * n)
+            .map(|i| match rng.below(5) {
+                0 => 0,
+                _ => rng.below(60) + if i % n == hot { 600 } else { 0 },
+            })
+            .collect();
+        let mut global = vec![0u64; n];
+        for (i, c) in per_rank.iter().enumerate() {
+            global[i % n] += c;
+        }
+        let params = PlanParams {
+            gpus,
+            alpha: 1.0,
+            min_gemm: rng.below(64),
+            gate: Gate::Always,
+        };
+        let policy = [Policy::Ep, Policy::Llep, Policy::Ideal, Policy::LlepTopo][case % 4];
+        if policy == Policy::LlepTopo {
+            let t = Topology::new(gpus, 2).unwrap();
+            topo.plan_into(&global, &params, t, &mut plan).unwrap();
+        } else {
+            planner
+                .plan_into(&global, &params, policy, &mut plan)
+                .unwrap();
+        }
+        if case % 8 >= 5 {
+            scramble(&mut plan, &mut rng);
+        }
+        moved += usize::from(!plan.spills.is_empty());
+        dispatch_matrix(&plan, &per_rank, &mut dm);
+        want.fill(&dm, false);
+        planner
+            .plan_into(&global, &params, Policy::Ep, &mut ep)
+            .unwrap();
+        dispatch_matrix(&ep, &per_rank, &mut native);
+        base.fill(&native, false);
+        got.moved(&base, &plan, &per_rank);
+        assert_eq!(
+            (&got.rows, &got.cols, &got.diag),
+            (&want.rows, &want.cols, &want.diag),
+            "case {case}: {gpus} GPUs, {n} experts"
+        );
+    }
+    assert!(moved > 150, "{moved} plans moved copies");
+}

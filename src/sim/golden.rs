@@ -1,0 +1,259 @@
+//! Golden digests of `simulate`'s rows (test only): the hot path's speed
+//! work must leave every simulated figure bit-identical, so a set of runs
+//! covering the bundled traces, a DeepSeek-V3-shaped trace at 64 GPUs,
+//! several nodes, the pipelined schedule, training and EPLB is digested
+//! row by row (every field, f64s by their shortest round-trip text, which
+//! tells any two bit patterns apart) and compared with digests recorded
+//! before that work. The memory columns are left out: the memory model
+//! (`cost::mem_*`, `model::MemModel`) changes on its own schedule.
+//!
+//! A deliberate change of the model changes digests: check the change,
+//! then paste the digests the failure prints into `GOLDEN`.
+
+use super::eplb::{EplbSim, ReplicaSplit};
+use super::{simulate_with, Profile, SimConfig};
+use crate::gpu::Overlap;
+use crate::plan::{Gate, Policy};
+use crate::progress::Silent;
+use crate::results::{Pass, ResultRow};
+use crate::trace::meta::{ModelMeta, RoutingFn};
+use crate::trace::tokens::SplitMix64;
+use crate::trace::Loads;
+use crate::workload::{InputSpec, Workload};
+
+/// (case, rows, digest) recorded with main's code at d34db5c, before the
+/// speed work was merged; the speed work left every one unchanged. (Those
+/// of 0775eb3 differ by the weight-peer columns and the re-stamped
+/// profile's llep-auto margins.)
+const GOLDEN: [(&str, usize, u64); 11] = [
+    ("olmoe ratios", 216, 0x71741f4f8c21068f),
+    ("olmoe overlap on", 90, 0x4d60da1c3af5bf2e),
+    ("olmoe eplb", 108, 0x23b2e24e71f5f8dc),
+    ("mixtral train", 160, 0x854be05728e39ca9),
+    ("mixtral train recompute overlap", 128, 0x5e2618d5ba05d03c),
+    ("flame 2 nodes", 160, 0x534b58f51a15bef4),
+    ("flame 4 nodes overlap", 32, 0x19638c967f6a8ee3),
+    ("dsv3 P64", 120, 0x78c86ecb311d5155),
+    ("dsv3 P64 overlap", 72, 0xfd0fbbe26ca2e869),
+    ("dsv3 P64 8 nodes", 120, 0xfcc0fe28ab2601d8),
+    ("synthetic 32 GPUs 4 nodes", 28, 0x11ea34177455b574),
+];
+
+fn trace(name: &str, gpus: usize) -> InputSpec {
+    let path = format!("{}/traces/{name}.parquet", env!("CARGO_MANIFEST_DIR"));
+    InputSpec::trace(path, gpus)
+}
+
+/// 3 steps x 8 layers of the DeepSeek-V3 MoE shape at 64 ranks, Zipf-like
+/// skew over a random expert order (as `benches/scale.rs` generates).
+fn dsv3_p64() -> Workload {
+    let (p, n, steps, layers) = (64usize, 256usize, 3usize, 8usize);
+    let mut rng = SplitMix64::new(17);
+    let mut loads = Loads::zeros(
+        (0..steps as u32).collect(),
+        (0..layers as u32).collect(),
+        p,
+        n,
+    );
+    for s in 0..steps {
+        for l in 0..layers {
+            let mut perm: Vec<usize> = (0..n).collect();
+            for i in (1..n).rev() {
+                perm.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let w: Vec<f64> = (0..n)
+                .map(|i| (0.8 + 0.4 * rng.unit_f64()) / ((perm[i] + 1) as f64).powf(1.1))
+                .collect();
+            let sum: f64 = w.iter().sum();
+            let total = 4096.0 * 8.0 * p as f64;
+            let block = loads.block_mut(s, l);
+            for (e, x) in w.iter().enumerate() {
+                let c = (x / sum * total) as u64;
+                for r in 0..p {
+                    block[r * n + e] = c / p as u64 + u64::from((r as u64) < c % p as u64);
+                }
+            }
+        }
+    }
+    let model = ModelMeta {
+        name: "deepseek-v3 shape".into(),
+        num_experts: n as u32,
+        top_k: 8,
+        hidden_size: 7168,
+        intermediate_size: 2048,
+        num_layers: 61,
+        dtype: "bf16".into(),
+        routing: RoutingFn::Recorded,
+    };
+    InputSpec::from_loads("dsv3-p64", model, loads).unwrap()
+}
+
+struct Case {
+    name: &'static str,
+    input: Vec<Workload>,
+    policies: Vec<Policy>,
+    gates: Vec<Gate>,
+    nodes: u32,
+    overlap: Overlap,
+    pass: Pass,
+    recompute: bool,
+    alphas: Vec<f64>,
+    min_gemms: Vec<u64>,
+    eplb: Option<EplbSim>,
+}
+
+impl Case {
+    fn new(name: &'static str, input: Vec<Workload>, policies: &[Policy]) -> Case {
+        Case {
+            name,
+            input,
+            policies: policies.to_vec(),
+            gates: vec![Gate::Always, Gate::Ratio(1.3)],
+            nodes: 1,
+            overlap: Overlap::Off,
+            pass: Pass::Forward,
+            recompute: false,
+            alphas: vec![1.0],
+            min_gemms: vec![1024],
+            eplb: None,
+        }
+    }
+
+    fn rows(&self) -> Vec<ResultRow> {
+        let mut profile = Profile::load("h200").unwrap();
+        profile.nodes = self.nodes;
+        profile.overlap = self.overlap;
+        let cfg = SimConfig {
+            policies: self.policies.clone(),
+            gates: self.gates.clone(),
+            alphas: self.alphas.clone(),
+            min_gemms: self.min_gemms.clone(),
+            profile,
+            // two threads: the rows of each thread's share, joined in order
+            threads: 2,
+            pass: self.pass,
+            recompute: self.recompute,
+        };
+        let mut rows = Vec::new();
+        for w in &self.input {
+            rows.extend(simulate_with(w, &cfg, self.eplb.as_ref(), &Silent).unwrap());
+        }
+        rows
+    }
+}
+
+/// FNV-1a over each row's `Debug` text, memory columns blanked.
+fn digest(rows: &[ResultRow]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for r in rows {
+        let mut r = r.clone();
+        r.peak_mem_per_gpu.clear();
+        r.peak_mem_max_bytes = 0;
+        r.oom = false;
+        for b in format!("{r:?}").bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn cases() -> Vec<Case> {
+    use Policy::*;
+    let olmoe = || trace("olmoe-1b-7b", 8).resolve().unwrap();
+    let mut v = Vec::new();
+    let mut c = Case::new("olmoe ratios", olmoe(), &[Ep, Llep, LlepAuto, Ideal]);
+    c.gates = vec![Gate::Always];
+    c.gates
+        .extend((10..30).step_by(2).map(|x| Gate::Ratio(x as f64 / 10.0)));
+    c.gates.truncate(9);
+    v.push(c);
+    let mut c = Case::new("olmoe overlap on", olmoe(), &[Ep, Llep, LlepAuto, Ideal]);
+    c.overlap = Overlap::On(0);
+    c.input = {
+        let mut s = trace("olmoe-1b-7b", 4);
+        s.tokens_per_rank = Some(65536);
+        s.resolve().unwrap()
+    };
+    v.push(c);
+    let mut c = Case::new("olmoe eplb", olmoe(), &[Ep, Eplb, EplbLlep, Llep]);
+    c.eplb = Some(EplbSim {
+        redundant: 16,
+        window: 2,
+        period: 2,
+        oracle: false,
+        split: ReplicaSplit::Sglang,
+        nodes: 1,
+        groups: 1,
+    });
+    v.push(c);
+    let mixtral = || trace("mixtral-8x7b", 8).resolve().unwrap();
+    let mut c = Case::new("mixtral train", mixtral(), &[Ep, Llep, Ideal, LlepAuto]);
+    c.pass = Pass::Train;
+    v.push(c);
+    let mut c = Case::new(
+        "mixtral train recompute overlap",
+        vec![],
+        &[Ep, Llep, Ideal],
+    );
+    c.input = {
+        let mut s = trace("mixtral-8x7b", 8);
+        s.tokens_per_rank = Some(32768);
+        s.resolve().unwrap()
+    };
+    (c.pass, c.recompute, c.overlap) = (Pass::Train, true, Overlap::On(0));
+    v.push(c);
+    let flame = |gpus| trace("flame-moe-290m", gpus).resolve().unwrap();
+    let mut c = Case::new("flame 2 nodes", flame(8), &[LlepTopo, Llep, Ep]);
+    c.nodes = 2;
+    (c.alphas, c.min_gemms) = (vec![1.0, 1.2], vec![64, 1024]);
+    v.push(c);
+    let mut c = Case::new(
+        "flame 4 nodes overlap",
+        flame(16),
+        &[Ep, Llep, LlepTopo, Ideal],
+    );
+    (c.nodes, c.overlap, c.gates) = (4, Overlap::On(0), vec![Gate::Always]);
+    v.push(c);
+    let dsv3 = &[Ep, Llep, Ideal, LlepAuto];
+    v.push(Case::new("dsv3 P64", vec![dsv3_p64()], dsv3));
+    let mut c = Case::new("dsv3 P64 overlap", vec![dsv3_p64()], &[Ep, Llep]);
+    c.overlap = Overlap::On(0);
+    v.push(c);
+    let mut c = Case::new("dsv3 P64 8 nodes", vec![dsv3_p64()], &[Ep, Llep, LlepTopo]);
+    c.nodes = 8;
+    v.push(c);
+    let sc = ["balanced", "30:4", "95:1", "60:2"];
+    let mut spec = InputSpec::synthetic(sc.iter().map(|s| s.parse().unwrap()).collect(), 32);
+    spec.tokens_per_rank = Some(8192);
+    let mut c = Case::new(
+        "synthetic 32 GPUs 4 nodes",
+        spec.resolve().unwrap(),
+        &[Ep, Llep],
+    );
+    c.policies.extend([LlepTopo, LlepAuto, Ideal]);
+    c.nodes = 4;
+    c.gates = vec![Gate::Ratio(1.3), Gate::Always];
+    v.push(c);
+    v
+}
+
+#[test]
+fn simulated_rows_are_bit_identical_to_the_recorded_digests() {
+    let got: Vec<(&str, usize, u64)> = cases()
+        .iter()
+        .map(|c| {
+            let rows = c.rows();
+            (c.name, rows.len(), digest(&rows))
+        })
+        .collect();
+    let text: Vec<String> = got
+        .iter()
+        .map(|(n, k, d)| format!("    ({n:?}, {k}, {d:#018x}),"))
+        .collect();
+    assert_eq!(
+        got,
+        GOLDEN,
+        "simulated rows differ from the recorded ones; if the model was meant to change, record:\n{}",
+        text.join("\n")
+    );
+}

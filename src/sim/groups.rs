@@ -1,0 +1,159 @@
+//! Expert groups' GEMM times: how a profile prices one group of a shape
+//! ([`GroupPricer`]: a measured whole-group curve, the GEMM tables, or the
+//! efficiency formula), and the times a layer-step's prices share
+//! ([`GroupMemo`]).
+
+use super::cost::Shape;
+use super::model::{self, interp};
+use super::profile::Profile;
+
+impl Profile {
+    /// Time of one expert group of `tokens` token-copies (gate_up + down
+    /// GEMMs and the activation), milliseconds. A measured whole-group
+    /// curve for the shape wins; then the per-projection GEMM tables
+    /// (`sim::model`); otherwise an efficiency curve t / (t + half).
+    pub fn gemm_ms(&self, tokens: u64, s: &Shape) -> f64 {
+        self.group_pricer(s).ms(tokens)
+    }
+
+    /// [`Profile::gemm_ms`] for one shape with its curve or tables chosen
+    /// once: pricing a layer-step calls it for every expert group.
+    pub fn group_pricer(&self, s: &Shape) -> GroupPricer<'_> {
+        let how = if let Some(c) = self.gemm_curves.iter().find(|c| {
+            c.hidden_size as u64 == s.hidden && c.intermediate_size as u64 == s.intermediate
+        }) {
+            Pricing::Curve(&c.points)
+        } else {
+            let chunk = self.act_chunk_tokens.max(1);
+            match model::GroupTables::new(&self.gemm_tables, s.hidden, s.intermediate, chunk) {
+                Some(t) => Pricing::Tables(t, chunk),
+                None => Pricing::Flops,
+            }
+        };
+        GroupPricer {
+            prof: self,
+            hidden: s.hidden,
+            intermediate: s.intermediate,
+            how,
+        }
+    }
+}
+
+/// Prices expert groups of one shape under one profile (from
+/// [`Profile::group_pricer`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupPricer<'a> {
+    prof: &'a Profile,
+    hidden: u64,
+    intermediate: u64,
+    how: Pricing<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pricing<'a> {
+    Curve(&'a [(f64, f64)]),
+    /// The GEMM tables, and the activation chunk they are cut by.
+    Tables(model::GroupTables<'a>, u64),
+    Flops,
+}
+
+impl GroupPricer<'_> {
+    /// Time of one group of `tokens` token-copies, ms.
+    pub fn ms(&self, tokens: u64) -> f64 {
+        self.ms_units(tokens, None)
+    }
+
+    /// [`GroupPricer::ms`], with the GEMM units' times kept in `memo`
+    /// (bound to this pricer's tables by [`GroupMemo::bind`]): the same
+    /// time.
+    pub fn ms_memo(&self, tokens: u64, memo: &mut GroupMemo) -> f64 {
+        self.ms_units(tokens, Some(&mut memo.units))
+    }
+
+    fn ms_units(&self, tokens: u64, units: Option<&mut model::UnitTimes>) -> f64 {
+        if tokens == 0 {
+            return 0.0;
+        }
+        let t = tokens as f64;
+        let prof = self.prof;
+        match &self.how {
+            Pricing::Curve(points) => interp(points, t),
+            Pricing::Tables(tables, chunk) => {
+                let ms = match units {
+                    Some(u) => tables.ms_cached(tokens, u),
+                    None => tables.ms(tokens),
+                };
+                // inside a layer, each unit as fitted against the tables
+                match &prof.layer_fit {
+                    Some(f) => {
+                        f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(*chunk) as f64
+                    }
+                    None => ms,
+                }
+            }
+            Pricing::Flops => {
+                let flops = 6.0 * t * self.hidden as f64 * self.intermediate as f64;
+                let eff = t / (t + prof.gemm_half_tokens);
+                flops / (prof.gemm_peak_tflops * 1e12 * eff) * 1e3 + prof.gemm_launch_us * 1e-3
+            }
+        }
+    }
+}
+
+/// Expert groups' times kept between the prices of one layer-step, by
+/// expert and token count: most experts stay whole at home under every
+/// policy, so their groups are the same under each. Valid for one profile
+/// and shape; whoever holds it clears it when either changes. It also
+/// keeps GEMM unit times by row count ([`model::UnitTimes`]) across
+/// clears: those check at each price that the tables are the same.
+#[derive(Debug, Default, Clone)]
+pub struct GroupMemo {
+    /// `[e]`: the token count whose time `ms[e]` is (`u64::MAX`: none).
+    tokens: Vec<u64>,
+    ms: Vec<f64>,
+    units: model::UnitTimes,
+}
+
+impl GroupMemo {
+    /// Keep unit times for `pricer`'s GEMM tables (forgetting those of
+    /// other tables); before [`GroupPricer::ms_memo`].
+    pub fn bind(&mut self, pricer: &GroupPricer) {
+        match &pricer.how {
+            Pricing::Tables(t, _) => self.units.bind(t),
+            _ => self.units.clear(),
+        }
+    }
+
+    /// Expert `e`'s group time when it was priced at `tokens`.
+    pub fn ms(&self, e: usize, tokens: u64) -> Option<f64> {
+        (self.tokens.get(e) == Some(&tokens)).then(|| self.ms[e])
+    }
+
+    /// Expert `e`'s group of `tokens` under `pricer` (bound by
+    /// [`GroupMemo::bind`]): the kept time when it was priced at `tokens`,
+    /// else priced and kept.
+    pub(super) fn group_ms(&mut self, pricer: &GroupPricer, e: usize, tokens: u64) -> f64 {
+        if self.tokens[e] == tokens {
+            return self.ms[e];
+        }
+        let ms = pricer.ms_memo(tokens, self);
+        (self.tokens[e], self.ms[e]) = (tokens, ms);
+        ms
+    }
+
+    /// Room for `experts` experts (forgetting every time if it had
+    /// room for another number).
+    pub(super) fn fit(&mut self, experts: usize) {
+        if self.tokens.len() != experts {
+            self.clear(experts);
+        }
+    }
+
+    /// Forget every time; room for `experts` experts.
+    pub fn clear(&mut self, experts: usize) {
+        self.tokens.clear();
+        self.tokens.resize(experts, u64::MAX);
+        self.ms.clear();
+        self.ms.resize(experts, 0.0);
+    }
+}
