@@ -72,7 +72,7 @@ impl Worker<'_> {
     /// With more than one setting (and `interleave`), the timed runs then
     /// take turns after one untimed round that grows the buffers they
     /// share, one run of each setting per round, so that drift of the
-    /// clocks or the links over the minutes a case takes falls on every
+    /// clocks or the links over the seconds a case takes falls on every
     /// setting alike and their ratios compare like with like. A setting
     /// that runs out of memory only beside the others' buffers sends all of
     /// them back to being timed one after the other.
@@ -137,7 +137,7 @@ impl Worker<'_> {
         // no timed run allocates
         'rounds: for round in 0..=self.cfg.runs {
             for (si, &(policy, gate)) in settings.iter().enumerate() {
-                if extras[si][4] != 0.0 {
+                if extras[si][X_OOM] != 0.0 {
                     continue; // out of memory alone: no timed runs
                 }
                 match self.run_once(case, policy, gate)? {
@@ -262,7 +262,7 @@ impl Worker<'_> {
         let p = self.world;
         let stride = runs * NT + EXTRA;
         let per = |q: usize| &all[q * stride..(q + 1) * stride];
-        let oom = (0..p).any(|q| per(q)[runs * NT + 4] != 0.0);
+        let oom = (0..p).any(|q| per(q)[runs * NT + X_OOM] != 0.0);
         // per run, the phases of the GPU that finished last (they lie on
         // the layer's critical path; the weight transfer, overlapped, is the
         // max over GPUs); then the median over runs
@@ -327,8 +327,12 @@ impl Worker<'_> {
         r.peak_mem_per_gpu = (0..p).map(|q| per(q)[runs * NT] as u64).collect();
         r.driver_mem_per_gpu = (0..p).map(|q| per(q)[runs * NT + 1] as u64).collect();
         r.peak_mem_max_bytes = r.peak_mem_per_gpu.iter().copied().max().unwrap_or(0);
-        r.weight_peers_in_per_gpu = (0..p).map(|q| per(q)[runs * NT + 13] as u64).collect();
-        r.weight_peers_out_per_gpu = (0..p).map(|q| per(q)[runs * NT + 14] as u64).collect();
+        r.weight_peers_in_per_gpu = (0..p)
+            .map(|q| per(q)[runs * NT + X_WPEERS] as u64)
+            .collect();
+        r.weight_peers_out_per_gpu = (0..p)
+            .map(|q| per(q)[runs * NT + X_WPEERS + 1] as u64)
+            .collect();
         if oom {
             let nan = f64::NAN;
             (r.t_overhead_ms, r.t_dispatch_ms, r.t_transfer_ms) = (nan, nan, nan);
@@ -355,6 +359,9 @@ impl Worker<'_> {
 /// check sums, weight-grad max error, saved bytes, experts checked, spilled.
 /// Last, the weight communicator's peers connected in and out so far.
 pub(super) const EXTRA: usize = 15;
+/// Where the OOM flag and the weight peers stand among the [`EXTRA`].
+const X_OOM: usize = 4;
+const X_WPEERS: usize = 13;
 
 /// Linear-interpolated quantile (NaN-free input expected).
 pub fn quantile(v: &[f64], q: f64) -> f64 {
