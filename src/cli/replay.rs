@@ -580,7 +580,8 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         a.gemm.as_str(),
         a.warmup,
         a.runs,
-        if a.interleave == OnOff::On {
+        // training steps are always timed back to back
+        if a.interleave == OnOff::On && !train {
             " (a case's plain settings in turns)"
         } else {
             ""
