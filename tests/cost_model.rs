@@ -577,7 +577,7 @@ fn weight_connections_follow_the_plan_the_rule_and_a_replays_record() {
     let (plan, _) = ev.eval(&l.counts, &global, &params, Policy::Llep, &l.shape, &prof);
     let pairs: std::collections::BTreeSet<(u32, u32)> =
         plan.transfers.iter().map(|t| (t.src, t.dst)).collect();
-    assert!(pairs.len() < plan.transfers.len() || pairs.len() > 1);
+    assert!(!pairs.is_empty(), "this layer's LLEP plan moves weights");
     for g in 0..l.gpus as u32 {
         let lenders = pairs.iter().filter(|p| p.1 == g).count() as u64;
         let borrowers = pairs.iter().filter(|p| p.0 == g).count() as u64;

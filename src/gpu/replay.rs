@@ -122,10 +122,9 @@ fn worker_main(
             rows.extend(w.measure_plain(case, &plain)?.into_iter().flatten());
         }
         for &(policy, gate) in &eplb {
-            for which in super::replicas::variants(cfg, policy) {
-                let r = which.map_or(0, |i| cfg.eplb[i].redundant);
-                status(format!("{policy} R={r}"));
-                if let Some(r) = w.measure_setting(case, policy, gate, which)? {
+            for (i, e) in cfg.eplb.iter().enumerate() {
+                status(format!("{policy} R={}", e.redundant));
+                if let Some(r) = w.measure_eplb(case, policy, gate, i)? {
                     rows.push(r);
                 }
             }

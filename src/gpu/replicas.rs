@@ -35,16 +35,6 @@ pub fn is_eplb(p: Policy) -> bool {
     matches!(p, Policy::Eplb | Policy::EplbLlep)
 }
 
-/// The runs one policy makes on a case: `None` for a plain policy, one
-/// EPLB setting index each for `eplb` and `eplb+llep`.
-pub(super) fn variants(cfg: &ReplayConfig, policy: Policy) -> Vec<Option<usize>> {
-    if is_eplb(policy) {
-        (0..cfg.eplb.len()).map(Some).collect()
-    } else {
-        vec![None]
-    }
-}
-
 /// `case` with every rank's copies sent to replicas of `pl` by `split`:
 /// the same tokens, weights and keys, physical expert ids.
 pub fn physical_case(case: &Case, pl: &EplbPlacement, split: ReplicaSplit) -> Case {
@@ -162,22 +152,17 @@ impl Worker<'_> {
         self.measure_all(case, settings)
     }
 
-    /// Measure one setting of a case: a plain policy on the logical
-    /// experts (`which` None), or an EPLB policy under EPLB setting `which`;
-    /// rank 0 gets the row, keyed and labelled as `simulate` keys it.
-    pub(super) fn measure_setting(
+    /// Measure an EPLB policy on a case under EPLB setting `i` (its
+    /// replicas placed first); rank 0 gets the row, keyed and labelled as
+    /// `simulate` keys it.
+    pub(super) fn measure_eplb(
         &mut self,
         case: &Case,
         policy: Policy,
         gate: Gate,
-        which: Option<usize>,
+        i: usize,
     ) -> Result<Option<ResultRow>, GpuError> {
         let cfg = self.cfg;
-        let Some(i) = which else {
-            let identity: Vec<usize> = (0..cfg.experts).collect();
-            self.place_weights(&identity)?;
-            return self.measure(case, policy, gate);
-        };
         let pl = &case.placements[i];
         let e = &cfg.eplb[i];
         self.place_weights(&pl.phy2log)?;

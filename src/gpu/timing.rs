@@ -85,12 +85,15 @@ impl Worker<'_> {
         let turns = self.cfg.interleave && settings.len() > 1 && !self.cfg.train;
         let mut times: Vec<Vec<Times>> = vec![Vec::new(); settings.len()];
         let mut extras = Vec::with_capacity(settings.len());
+        let mut plans = Vec::with_capacity(settings.len());
         for (si, &(policy, gate)) in settings.iter().enumerate() {
             self.begin_case(case)?;
             let timed = if turns { 0 } else { runs };
             let (tm, oom) = self.runs_of(case, policy, gate, self.cfg.warmup, timed)?;
             times[si] = tm;
             extras.push(self.after_runs(case, oom)?);
+            // the plan the warm-ups ran (the same counts plan the same)
+            plans.push(self.plan.clone());
             self.dev.arena.release_except(&PERSISTENT)?;
         }
         if turns && !self.take_turns(case, settings, &extras, &mut times)? {
@@ -109,15 +112,13 @@ impl Worker<'_> {
             mine.extend_from_slice(&extras[si]);
             let all = self.gather_f64(&mine)?;
             rows.push((self.rank == 0).then(|| {
-                let plan = &self.plans[si];
-                let mut r = self.row(case, policy, gate, plan, &all, runs);
+                let mut r = self.row(case, policy, gate, &plans[si], &all, runs);
                 if self.cfg.train {
                     self.train_row(&mut r, &all, runs);
                 }
                 r
             }));
         }
-        self.plans.clear();
         Ok(rows)
     }
 
@@ -214,7 +215,7 @@ impl Worker<'_> {
     }
 
     /// After a setting's runs: its memory peaks, dense checks, OOM flag and
-    /// weight peers (this rank's [`EXTRA`] numbers); keeps its plan.
+    /// weight peers (this rank's [`EXTRA`] numbers).
     fn after_runs(&mut self, case: &Case, oom: bool) -> Result<[f64; EXTRA], GpuError> {
         // the training step's peak is the run's, not the check's scratch
         let peak = self.dev.arena.peak;
@@ -225,7 +226,6 @@ impl Worker<'_> {
             self.check_bwd(case)?
         };
         self.dev.sync()?;
-        self.plans.push(self.plan.clone());
         let arena_peak = if self.cfg.train {
             peak
         } else {

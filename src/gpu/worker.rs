@@ -134,8 +134,6 @@ pub(super) struct Worker<'a> {
     /// process (NCCL connects a pair on first use and keeps its buffers).
     pub(super) wpeers_in: Vec<bool>,
     pub(super) wpeers_out: Vec<bool>,
-    /// The plan of each setting being measured, from its warm-ups.
-    pub(super) plans: Vec<Plan>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -181,7 +179,6 @@ impl<'a> Worker<'a> {
             pipe_chunks: 1,
             wpeers_in: vec![false; world],
             wpeers_out: vec![false; world],
-            plans: Vec::new(),
         })
     }
 
