@@ -383,6 +383,7 @@ fn fit(overhead_us: f64, per_group_us: f64, per_kcopy_us: f64) -> LayerFit {
         overhead_per_kcopy_us: per_kcopy_us,
         unit_scale: 1.0,
         unit_us: 0.0,
+        unit_floor_us: 0.0,
         contention: 0.0,
         contention_per_peer: 0.0,
         dispatch_wait: 0.0,
@@ -451,6 +452,7 @@ fn layer_fit_prices_units_inside_a_layer_and_link_sharing() {
     prof.layer_fit = Some(LayerFit {
         unit_scale: 0.5,
         unit_us: 10.0,
+        unit_floor_us: 0.0,
         ..fit(0.0, 0.0, 0.0)
     });
     // 40000 rows: 3 units of at most 16384 rows
@@ -636,4 +638,59 @@ fn committed_h200_profile_carries_its_fit_and_error_on_held_out_shapes() {
     // the GPU-count terms: weights priced per message, link sharing per peer
     assert!(prof.msg_weights.is_some());
     assert!(f.contention_on(4) > f.contention_on(2) && f.dispatch_wait > 0.0);
+}
+
+#[test]
+fn host_floor_raises_a_gpu_of_small_units_and_large_units_hide_it() {
+    let (base, l) = tabled();
+    let ds = l.shape;
+    let unfit = {
+        let mut p = base.clone();
+        p.layer_fit = Some(fit(0.0, 0.0, 0.0));
+        p
+    };
+    let mut prof = base.clone();
+    prof.layer_fit = Some(LayerFit {
+        unit_floor_us: 50.0,
+        ..fit(0.0, 0.0, 0.0)
+    });
+    // a group's own price is untouched: the floor is a GPU's, not a unit's
+    assert_eq!(prof.gemm_ms(8, &ds), unfit.gemm_ms(8, &ds));
+    let small = unfit.gemm_ms(8, &ds);
+    assert!(small < 0.05, "{small}");
+    // two GPUs, 16 experts each with 8 rows: every unit is below the floor,
+    // so each GPU's compute is its 16 units at 50 us
+    let (gpus, n) = (2usize, 32usize);
+    let few = Layer {
+        name: "16 small units per GPU",
+        shape: ds,
+        gpus,
+        counts: vec![4; gpus * n],
+    };
+    let c0 = price(&few, &unfit, Policy::Ep);
+    let c1 = price(&few, &prof, Policy::Ep);
+    assert!(
+        (c0.compute_ms - 16.0 * small).abs() < 1e-12,
+        "{}",
+        c0.compute_ms
+    );
+    assert!(
+        (c1.compute_ms - 16.0 * 0.050).abs() < 1e-12,
+        "{}",
+        c1.compute_ms
+    );
+    assert!((c1.total_ms - c0.total_ms - (c1.compute_ms - c0.compute_ms)).abs() < 1e-12);
+    // one large unit beside them: the GPU's own time of the large one hides
+    // the host's time of the small ones (its sum is above 16 x 50 us)
+    let mut hot = few.counts.clone();
+    hot[0] += 2 * 16_000;
+    let big = Layer {
+        name: "one large unit beside 15 small",
+        counts: hot,
+        ..few
+    };
+    let b0 = price(&big, &unfit, Policy::Ep);
+    let b1 = price(&big, &prof, Policy::Ep);
+    assert!(b0.compute_ms > 16.0 * 0.050, "{}", b0.compute_ms);
+    assert_eq!(b1.compute_ms, b0.compute_ms);
 }

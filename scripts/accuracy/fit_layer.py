@@ -11,8 +11,10 @@ this script only chooses its numbers):
   copies/1000: the three features are read by probing compare with one
   term set to 1 and the others to 0, then fitted by least squares, each row
   weighted by 1 / measured layer time (its share of the relative error);
-- GEMM units inside a layer = unit_scale x table time + unit_us: probed the
-  same way on the compute phase of rows that move no weights;
+- GEMM units inside a layer = max(unit_scale x table time + unit_us,
+  unit_floor_us): the first two probed the same way on the compute phase of
+  rows that move no weights, the floor (the host issuing units of a few
+  rows) searched on the same rows;
 - contention (token exchange sharing the link with weight transfers) and
   auto_us (llep-auto's own decision): one-dimensional searches on the rows
   that have them, minimising the median relative error of the layer time.
@@ -41,6 +43,7 @@ NONNEG = [
     "overhead_us",
     "overhead_per_group_us",
     "overhead_per_kcopy_us",
+    "unit_floor_us",
     "contention",
     "contention_per_peer",
     "dispatch_wait",
@@ -99,6 +102,7 @@ def with_fit(base, **terms):
         overhead_per_kcopy_us=0.0,
         unit_scale=1.0,
         unit_us=0.0,
+        unit_floor_us=0.0,
         contention=0.0,
         contention_per_peer=0.0,
         dispatch_wait=0.0,
@@ -149,6 +153,16 @@ def fit(base, cmp, held=None):
         w[still],
     )
     terms.update(unit_scale=scale, unit_us=unit * 1000)
+    # the host's floor under a unit (units of a few rows): a search on the
+    # same rows' compute phase, the error weighted as above
+    if "unit_floor_us" not in held:
+        best = None
+        for fl in np.arange(0.0, 40.01, 1.0):
+            mm, ss = cmp.run(with_fit(base, **dict(terms, unit_floor_us=fl)))
+            e = np.mean(np.abs(ss["t_compute_ms"] - mm["t_compute_ms"])[still] * w[still])
+            if best is None or e < best[0]:
+                best = (e, fl)
+        terms["unit_floor_us"] = best[1]
     # link sharing, on the rows that move weights: the fraction on two
     # GPUs, what each further token peer adds, and every GPU's dispatch
     # waiting on the longest transfer (one-dimensional searches in turn)
@@ -189,6 +203,7 @@ def refine(base, cmp, terms, rounds=3, held=()):
         overhead_per_kcopy_us=0.1,
         unit_scale=0.02,
         unit_us=1.0,
+        unit_floor_us=1.0,
         contention=0.1,
         contention_per_peer=0.05,
         dispatch_wait=0.05,

@@ -80,21 +80,8 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         "act alone: ms per unit of M rows, read cold; its last column is TB/s moved, not TFLOP/s\n",
     );
     for t in &b.tunings {
-        let first = t.cands.first().map_or(f64::NAN, |c| c.1);
-        let best = t.winner.map_or(f64::NAN, |w| t.cands[w].1);
-        s.push_str(&format!(
-            "lt tuned M={} N={} K={}{}{}: {} candidates, winner #{} {:.4} ms vs heuristic's first {:.4} ms ({:+.1}%)\n",
-            t.m,
-            t.n,
-            t.k,
-            if t.ta { " A^T" } else { "" },
-            if t.tb { " B^T" } else { "" },
-            t.cands.len(),
-            t.winner.map_or("-".into(), |w| w.to_string()),
-            best,
-            first,
-            (first / best - 1.0) * 100.0
-        ));
+        s.push_str(&t.summary());
+        s.push('\n');
         if t.m == a.layer_rows {
             for (i, (cfg, ms)) in t.cands.iter().enumerate() {
                 let tf = 2.0 * (t.m * t.n * t.k) as f64 / ms / 1e9;

@@ -330,6 +330,27 @@ pub struct TuneLog {
     pub winner: Option<usize>,
 }
 
+impl TuneLog {
+    /// One line: the shape, the winner against the heuristic's first.
+    pub fn summary(&self) -> String {
+        let first = self.cands.first().map_or(f64::NAN, |c| c.1);
+        let best = self.winner.map_or(f64::NAN, |w| self.cands[w].1);
+        format!(
+            "lt tuned M={} N={} K={}{}{}: {} candidates, winner #{} {:.4} ms vs heuristic's first {:.4} ms ({:+.1}%)",
+            self.m,
+            self.n,
+            self.k,
+            if self.ta { " A^T" } else { "" },
+            if self.tb { " B^T" } else { "" },
+            self.cands.len(),
+            self.winner.map_or("-".into(), |w| w.to_string()),
+            best,
+            first,
+            (first / best - 1.0) * 100.0
+        )
+    }
+}
+
 /// An algorithm's configuration as cuBLASLt numbers it (algorithm id,
 /// tile, stages, split-K, reduction, swizzle, cluster shape ids; `?` where
 /// it does not say).

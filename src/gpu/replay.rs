@@ -134,6 +134,15 @@ fn worker_main(
         }
     }
     w.dev.sync()?;
+    // what the `lt` path chose, for whoever studies a replay's GEMMs
+    if std::env::var_os("LLEP_TRACE_TUNE_LOG").is_some() {
+        for t in w.dev.gemm_tune_log() {
+            eprintln!("rank {rank}: {}", t.summary());
+            if let Some(win) = t.winner {
+                eprintln!("rank {rank}:     winner {}", t.cands[win].0);
+            }
+        }
+    }
     Ok(rows)
 }
 

@@ -74,6 +74,9 @@ pub struct CostScratch {
     compute: Vec<f64>,
     /// Compute of groups whose weights were transferred in.
     foreign: Vec<f64>,
+    /// GEMM units per GPU, all and foreign (the host's floor counts them).
+    units: Vec<u64>,
+    foreign_units: Vec<u64>,
     /// Each GPU's weight transfers alone, ms.
     xfer: Vec<f64>,
     largest: Vec<u64>,
@@ -451,6 +454,23 @@ pub fn price_moved(
     price_sums(plan, sums, counts, shape, prof, scratch, memo)
 }
 
+/// Each GPU's native and foreign compute raised to the host's floor of
+/// their units (`floor_ms` per unit): the host issues a GPU's units one
+/// after another, and the foreign ones only once their weights are in.
+fn host_floor(scratch: &mut CostScratch, floor_ms: f64) {
+    if floor_ms <= 0.0 {
+        return;
+    }
+    for g in 0..scratch.compute.len() {
+        let fu = scratch.foreign_units[g];
+        let nu = scratch.units[g] - fu;
+        let native = (scratch.compute[g] - scratch.foreign[g]).max(nu as f64 * floor_ms);
+        let foreign = scratch.foreign[g].max(fu as f64 * floor_ms);
+        scratch.compute[g] = native + foreign;
+        scratch.foreign[g] = foreign;
+    }
+}
+
 /// The price of `plan` whose dispatch matrix has the sums `sums`.
 fn price_sums(
     plan: &Plan,
@@ -475,6 +495,10 @@ fn price_sums(
     scratch.foreign.resize(p, 0.0);
     scratch.largest.clear();
     scratch.largest.resize(p, 0);
+    scratch.units.clear();
+    scratch.units.resize(p, 0);
+    scratch.foreign_units.clear();
+    scratch.foreign_units.resize(p, 0);
     let mut groups = 0u64;
     let pricer = prof.group_pricer(shape);
     if let Some(m) = memo.as_deref_mut() {
@@ -488,8 +512,11 @@ fn price_sums(
             None => pricer.ms(tokens),
         };
         scratch.compute[g] += ms;
+        let units = pricer.units(tokens);
+        scratch.units[g] += units;
         if foreign {
             scratch.foreign[g] += ms;
+            scratch.foreign_units[g] += units;
         }
         scratch.largest[g] = scratch.largest[g].max(tokens);
     };
@@ -509,6 +536,8 @@ fn price_sums(
             }
         }
     }
+
+    host_floor(scratch, pricer.floor_ms());
 
     let (transfer_bytes, mut inter_node_bytes) = account_weights(plan, shape, gpn, scratch);
 

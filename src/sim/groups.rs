@@ -70,6 +70,25 @@ impl GroupPricer<'_> {
         self.ms_units(tokens, Some(&mut memo.units))
     }
 
+    /// The GEMM units replay issues for a group of `tokens` rows (one per
+    /// activation chunk), which the host's floor is counted in; 1 where
+    /// the group is priced whole.
+    pub fn units(&self, tokens: u64) -> u64 {
+        match &self.how {
+            Pricing::Tables(_, chunk) => tokens.div_ceil(*chunk),
+            _ => 1,
+        }
+    }
+
+    /// The host's floor per unit, ms ([`model::LayerFit::unit_floor_us`]):
+    /// a GPU's units take at least this many times their count.
+    pub fn floor_ms(&self) -> f64 {
+        match (&self.how, &self.prof.layer_fit) {
+            (Pricing::Tables(..), Some(f)) => f.unit_floor_us * 1e-3,
+            _ => 0.0,
+        }
+    }
+
     fn ms_units(&self, tokens: u64, units: Option<&mut model::UnitTimes>) -> f64 {
         if tokens == 0 {
             return 0.0;

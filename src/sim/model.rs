@@ -115,6 +115,15 @@ pub struct LayerFit {
     /// `unit_scale` x table time + `unit_us`.
     pub unit_scale: f64,
     pub unit_us: f64,
+    /// The host's floor per unit, microseconds: replay issues each unit as
+    /// two cuBLASLt calls and an activation launch, and with units of a few
+    /// rows the GPU drains its queue faster than the host fills it. So a
+    /// GPU's native units take at least their count times this, and its
+    /// foreign units (issued once their weights are in) the same; the GPU's
+    /// own time of large units hides the host's time of small ones (0:
+    /// none).
+    #[serde(default)]
+    pub unit_floor_us: f64,
     /// Token exchange and weight transfers share the link: on a GPU that
     /// moves weights, the exchange's link time grows by this fraction, and
     /// its transfer by this fraction of the exchange's link time.
@@ -164,12 +173,14 @@ impl LayerFit {
             self.overhead_per_kcopy_us,
             self.unit_scale,
             self.unit_us,
+            self.unit_floor_us,
             self.contention,
             self.contention_per_peer,
             self.dispatch_wait,
             self.auto_us,
         ];
         let sharing = [
+            self.unit_floor_us,
             self.contention,
             self.contention_per_peer,
             self.dispatch_wait,
@@ -180,7 +191,7 @@ impl LayerFit {
         {
             Ok(())
         } else {
-            Err("layer_fit: terms must be finite, unit_scale > 0, contention, contention_per_peer and dispatch_wait >= 0".into())
+            Err("layer_fit: terms must be finite, unit_scale > 0, unit_floor_us, contention, contention_per_peer and dispatch_wait >= 0".into())
         }
     }
 }
@@ -798,6 +809,7 @@ mod tests {
             overhead_per_kcopy_us: 2.0,
             unit_scale: 1.0,
             unit_us: -1.0,
+            unit_floor_us: 20.0,
             contention: 0.2,
             contention_per_peer: 0.1,
             dispatch_wait: 0.1,
@@ -823,6 +835,12 @@ mod tests {
         .is_err());
         assert!(LayerFit {
             dispatch_wait: -0.1,
+            ..f
+        }
+        .check()
+        .is_err());
+        assert!(LayerFit {
+            unit_floor_us: -1.0,
             ..f
         }
         .check()
