@@ -70,7 +70,8 @@ struct Bufs {
     wd: usize,
     w: u64,
     x: u64,
-    xrows: usize,
+    /// Values x and y each hold.
+    xy: usize,
     h: u64,
     a: u64,
     y: u64,
@@ -122,13 +123,17 @@ fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
         .max(cfg.layer_rows);
     let xrows = mmax.max(cfg.layer_experts * cfg.layer_rows);
     let experts = cfg.layer_experts.max(8);
+    // x and y also stand in for one unit's gate_up output (the activation
+    // alone) and hold the D x 2I weight gradient (the agreement check),
+    // which few rows of D do not
+    let xy = (xrows * d).max(cfg.layer_rows * 2 * i).max(d * 2 * i);
     let w = dev.arena.get(BufKind::CalW, experts * blob * 2)?;
-    let x = dev.arena.get(BufKind::CalX, xrows * d * 2)?;
+    let x = dev.arena.get(BufKind::CalX, xy * 2)?;
     let h = dev.arena.get(BufKind::CalH, mmax * 2 * i * 2)?;
     let a = dev.arena.get(BufKind::CalA, mmax * i * 2)?;
-    let y = dev.arena.get(BufKind::CalSend, xrows * d * 2)?;
+    let y = dev.arena.get(BufKind::CalSend, xy * 2)?;
     gen(dev, w, experts * blob, 78, 1.0 / (d as f32).sqrt())?;
-    gen(dev, x, xrows * d, 77, 1.0)?;
+    gen(dev, x, xy, 77, 1.0)?;
     dev.sync()?;
     Ok(Bufs {
         d,
@@ -139,7 +144,7 @@ fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
         wd,
         w,
         x,
-        xrows,
+        xy,
         h,
         a,
         y,
@@ -311,7 +316,7 @@ fn act_alone(
     what: &'static str,
 ) -> Result<BenchRow, GpuError> {
     let (m, i) = (cfg.layer_rows, b.i);
-    let units = (b.xrows * b.d / (m * 2 * i)).clamp(1, cfg.layer_experts);
+    let units = (b.xy / (m * 2 * i)).clamp(1, cfg.layer_experts);
     let (_, bgu, _) = b.weights(0);
     let ms = time(dev, cfg.reps, &mut || {
         for u in 0..units {
@@ -410,8 +415,8 @@ fn agreement(dev: &mut Dev, b: &Bufs, m: usize) -> Result<Vec<(&'static str, f64
         for path in [GemmImpl::Cublas, GemmImpl::Lt] {
             dev.set_gemm(path)?;
             let mut host = vec![0u16; mm * n];
-            // SAFETY: y holds at least mm x n values (m x D or D x 2I, both
-            // within its xrows x D); the operands are sized as above.
+            // SAFETY: y holds at least mm x n values (m x D or D x 2I, as
+            // `alloc` sized it); the operands are sized as above.
             unsafe {
                 for t in 0..times {
                     let beta = if t == 0 { 0.0 } else { 1.0 };
