@@ -54,6 +54,9 @@ pub const DEFAULT_RATIO: f64 = 1.3;
 /// all cores) and per-stage timing on stderr.
 pub const CAPTURE_THREADS: &str = "LLEP_CAPTURE_THREADS";
 pub const CAPTURE_TIMING: &str = "LLEP_CAPTURE_TIMING";
+/// Set: `replay` prints each rank's GEMM tunings (the `lt` path's winners)
+/// to stderr at the end, for whoever studies a replay's GEMMs.
+pub const TUNE_LOG: &str = "LLEP_TRACE_TUNE_LOG";
 
 /// The raw value of `MOE_ADAPTIVE_LPT_ROUTING_RATIO`, if set; read it with
 /// [`crate::plan::Gate::from_reference`].
@@ -72,6 +75,11 @@ pub fn capture_threads() -> Option<usize> {
 /// Whether `LLEP_CAPTURE_TIMING` is set.
 pub fn capture_timing() -> bool {
     std::env::var_os(CAPTURE_TIMING).is_some()
+}
+
+/// Whether `LLEP_TRACE_TUNE_LOG` is set.
+pub fn tune_log() -> bool {
+    std::env::var_os(TUNE_LOG).is_some()
 }
 
 /// The launcher's view of one variable (`RANK`, `SLURM_PROCID`, ...).

@@ -134,8 +134,7 @@ fn worker_main(
         }
     }
     w.dev.sync()?;
-    // what the `lt` path chose, for whoever studies a replay's GEMMs
-    if std::env::var_os("LLEP_TRACE_TUNE_LOG").is_some() {
+    if crate::env::tune_log() {
         for t in w.dev.gemm_tune_log() {
             eprintln!("rank {rank}: {}", t.summary());
             if let Some(win) = t.winner {
