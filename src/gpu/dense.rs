@@ -1,13 +1,72 @@
 //! The dense fp32 check: sampled tokens of each rank recomputed through
 //! their top-k experts by plain reference kernels (weights regenerated from
-//! their seeds) and compared with what the replayed layer wrote.
+//! their seeds) and compared with what the replayed layer wrote; and what
+//! it shares with the backward's check (`dense_bwd`): how a reference
+//! kernel is launched, and the gather of the sampled rows.
 
 use super::config::{Act, Case};
-use super::runtime::{params, BufKind};
+use super::runtime::{params, BufKind, Dev};
 use super::worker::Worker;
 use super::GpuError;
+use cudarc::driver::sys::CUfunction;
+use std::ffi::c_void;
+
+/// Threads a block of every reference kernel (this check's and the
+/// backward's in `dense_bwd`).
+const REF_BLOCK: usize = 256;
+
+/// Blocks of [`REF_BLOCK`] threads covering `n` elements.
+pub(super) fn ref_blocks(n: usize) -> usize {
+    n.div_ceil(REF_BLOCK)
+}
+
+impl Dev {
+    /// Launch a reference kernel the way both dense checks launch them:
+    /// an (x, y, 1) grid of [`REF_BLOCK`]-thread blocks, no shared memory,
+    /// on the main stream (the one the checks' uploads and downloads use).
+    ///
+    /// # Safety
+    /// As [`Dev::launch`]: `params` match `f`'s signature and point at
+    /// buffers that hold what the grid touches.
+    pub(super) unsafe fn launch_ref(
+        &self,
+        f: CUfunction,
+        grid: (usize, usize),
+        params: &mut [*mut c_void],
+    ) -> Result<(), GpuError> {
+        let grid = (grid.0 as u32, grid.1 as u32, 1);
+        self.launch(f, grid, REF_BLOCK as u32, 0, self.main, params)
+    }
+}
 
 impl Worker<'_> {
+    /// Rows `toks` of the layer's fp32 [tokens, hidden] buffer `src`,
+    /// gathered through the scratch pair (token table `tokb`, rows `got`)
+    /// and downloaded with as many reference rows from `reference`:
+    /// (got, reference).
+    ///
+    /// # Safety
+    /// `src` holds every row `toks` names; `reference` and `got` hold
+    /// `toks.len()` rows, `tokb` `toks.len()` indices.
+    pub(super) unsafe fn sampled_rows(
+        &self,
+        src: u64,
+        toks: &[i32],
+        reference: u64,
+        (tokb, got): (u64, u64),
+    ) -> Result<(Vec<f32>, Vec<f32>), GpuError> {
+        let (s, d) = (toks.len(), self.cfg.hidden);
+        let (si, di) = (s as i32, d as i32);
+        let (mut gv, mut rv) = (vec![0f32; s * d], vec![0f32; s * d]);
+        self.dev.upload(tokb, toks)?;
+        let gather = params!(src, tokb, si, di, got);
+        self.dev
+            .launch_ref(self.dev.k.gather_out, (ref_blocks(d), s), gather)?;
+        self.dev.download(&mut rv, reference)?;
+        self.dev.download(&mut gv, got)?;
+        Ok((gv, rv))
+    }
+
     /// Dense fp32 reference of sampled tokens of this rank against the last
     /// run's output: (sum of squared errors, sum of squared reference).
     pub(super) fn check(&mut self, case: &Case) -> Result<(f64, f64), GpuError> {
@@ -51,7 +110,8 @@ impl Worker<'_> {
                     .iter()
                     .map(|&j| rt.weights[toks[j] as usize * k + slot])
                     .collect();
-                let ns = js.len() as i32;
+                let n = js.len();
+                let ns = n as i32;
                 let (wgu, bgu, wd, bd) = (
                     blob + 2 * b.wgu as u64,
                     blob + 2 * b.bgu as u64,
@@ -64,50 +124,18 @@ impl Worker<'_> {
                     self.dev.upload(tokb, &tl)?;
                     self.dev.upload(rowb, &rl)?;
                     self.dev.upload(wb, &wl)?;
-                    self.dev.launch(
-                        self.dev.k.ref_gate_up,
-                        ((2 * inter).div_ceil(256) as u32, ns as u32, 1),
-                        256,
-                        0,
-                        self.dev.main,
-                        params!(x, tokb, ns, wgu, bgu, di, ii, hbuf),
-                    )?;
-                    self.dev.launch(
-                        self.dev.k.ref_act,
-                        (inter.div_ceil(256) as u32, ns as u32, 1),
-                        256,
-                        0,
-                        self.dev.main,
-                        params!(hbuf, ns, ii, kind, abuf),
-                    )?;
-                    self.dev.launch(
-                        self.dev.k.ref_down,
-                        (d.div_ceil(256) as u32, ns as u32, 1),
-                        256,
-                        0,
-                        self.dev.main,
-                        params!(abuf, ns, wd, bd, di, ii, rowb, wb, refo),
-                    )?;
+                    let dev = &self.dev;
+                    let gate_up = params!(x, tokb, ns, wgu, bgu, di, ii, hbuf);
+                    dev.launch_ref(dev.k.ref_gate_up, (ref_blocks(2 * inter), n), gate_up)?;
+                    let act = params!(hbuf, ns, ii, kind, abuf);
+                    dev.launch_ref(dev.k.ref_act, (ref_blocks(inter), n), act)?;
+                    let down = params!(abuf, ns, wd, bd, di, ii, rowb, wb, refo);
+                    dev.launch_ref(dev.k.ref_down, (ref_blocks(d), n), down)?;
                 }
             }
         }
-        let si = s as i32;
-        let mut rv = vec![0f32; s * d];
-        let mut gv = vec![0f32; s * d];
         // SAFETY: sizes as allocated above.
-        unsafe {
-            self.dev.upload(tokb, &toks)?;
-            self.dev.launch(
-                self.dev.k.gather_out,
-                (d.div_ceil(256) as u32, si as u32, 1),
-                256,
-                0,
-                self.dev.main,
-                params!(out, tokb, si, di, got),
-            )?;
-            self.dev.download(&mut rv, refo)?;
-            self.dev.download(&mut gv, got)?;
-        }
+        let (gv, rv) = unsafe { self.sampled_rows(out, &toks, refo, (tokb, got))? };
         let mut num = 0f64;
         let mut den = 0f64;
         for (a, b) in gv.iter().zip(&rv) {

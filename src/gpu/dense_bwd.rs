@@ -8,6 +8,7 @@
 //! own tokens' part of a weight gradient and an all-reduce sums them.
 
 use super::config::Case;
+use super::dense::ref_blocks;
 use super::runtime::{params, BufKind, Dt};
 use super::worker::Worker;
 use super::GpuError;
@@ -90,14 +91,9 @@ impl Worker<'_> {
         let n = len as i64;
         // SAFETY: blob holds len bf16, w32 len floats.
         unsafe {
-            self.dev.launch(
-                self.dev.k.to_f32,
-                (len.div_ceil(256).min(65_535) as u32, 1, 1),
-                256,
-                0,
-                self.dev.main,
-                params!(blob, n, w32),
-            )?;
+            let grid = (ref_blocks(len).min(65_535), 1);
+            self.dev
+                .launch_ref(self.dev.k.to_f32, grid, params!(blob, n, w32))?;
         }
         let b = self.blob;
         Ok(W32 {
@@ -151,28 +147,21 @@ impl Worker<'_> {
             super::Act::SwiGlu => 1,
         };
         let (di, ii) = (d as i32, i as i32);
-        let main = self.dev.main;
         let f = Dt::F32;
         let mut dws = Vec::with_capacity(tok.len());
         for at in (0..tok.len()).step_by(c) {
             let n = c.min(tok.len() - at);
             let ni = n as i32;
             let mut dwv = vec![0f32; n];
-            let (gx, gi) = (d.div_ceil(256) as u32, i.div_ceil(256) as u32);
+            let (gx, gi) = (ref_blocks(d), ref_blocks(i));
             // SAFETY: every scratch buffer holds REF_CHUNK >= n rows; the
             // tables n entries; weights are whole fp32 blobs.
             unsafe {
                 let dev = &self.dev;
                 dev.upload(tokb, &tok[at..at + n])?;
                 dev.upload(wb, &w[at..at + n])?;
-                dev.launch(
-                    dev.k.gather_rows_f32,
-                    (gx, n as u32, 1),
-                    256,
-                    0,
-                    main,
-                    params!(x, tokb, ni, di, x32),
-                )?;
+                let gather_x = params!(x, tokb, ni, di, x32);
+                dev.launch_ref(dev.k.gather_rows_f32, (gx, n), gather_x)?;
                 dev.gemm(
                     n,
                     2 * i,
@@ -184,55 +173,25 @@ impl Worker<'_> {
                     f,
                 )?;
                 let bgu = w32.bgu;
-                dev.launch(
-                    dev.k.ref_bias_act,
-                    (gi, n as u32, 1),
-                    256,
-                    0,
-                    main,
-                    params!(h32, bgu, ni, ii, kind, a32),
-                )?;
+                let bias_act = params!(h32, bgu, ni, ii, kind, a32);
+                dev.launch_ref(dev.k.ref_bias_act, (gi, n), bias_act)?;
                 dev.gemm(n, d, i, (a32, i, false), (w32.wd, d, false), y32, 0.0, f)?;
-                dev.launch(
-                    dev.k.gather_rows_f32,
-                    (gx, n as u32, 1),
-                    256,
-                    0,
-                    main,
-                    params!(dy, tokb, ni, di, g32),
-                )?;
+                let gather_dy = params!(dy, tokb, ni, di, g32);
+                dev.launch_ref(dev.k.gather_rows_f32, (gx, n), gather_dy)?;
                 let bd = w32.bd;
-                dev.launch(
-                    dev.k.ref_router,
-                    (n as u32, 1, 1),
-                    256,
-                    0,
-                    main,
-                    params!(g32, y32, bd, wb, di, dwb),
-                )?;
+                let router = params!(g32, y32, bd, wb, di, dwb);
+                dev.launch_ref(dev.k.ref_router, (n, 1), router)?;
                 dev.gemm(n, i, d, (g32, d, false), (w32.wd, d, true), da32, 0.0, f)?;
-                dev.launch(
-                    dev.k.ref_act_bwd,
-                    (gi, n as u32, 1),
-                    256,
-                    0,
-                    main,
-                    params!(h32, da32, ni, ii, kind),
-                )?;
+                let act_bwd = params!(h32, da32, ni, ii, kind);
+                dev.launch_ref(dev.k.ref_act_bwd, (gi, n), act_bwd)?;
                 if grad {
                     let (gwd, gbd) = (gradp + 4 * b.wd as u64, gradp + 4 * b.bd as u64);
                     let (gwgu, gbgu) = (gradp + 4 * b.wgu as u64, gradp + 4 * b.bgu as u64);
                     let (ci, c2) = (d as i32, (2 * i) as i32);
-                    let ry = n.div_ceil(256) as u32;
+                    let ry = ref_blocks(n);
                     dev.gemm(i, d, n, (a32, i, true), (g32, d, false), gwd, 1.0, f)?;
-                    dev.launch(
-                        dev.k.colsum_f32,
-                        (gx, ry, 1),
-                        256,
-                        0,
-                        main,
-                        params!(g32, ni, ci, gbd),
-                    )?;
+                    let colsum_g = params!(g32, ni, ci, gbd);
+                    dev.launch_ref(dev.k.colsum_f32, (gx, ry), colsum_g)?;
                     dev.gemm(
                         d,
                         2 * i,
@@ -243,15 +202,8 @@ impl Worker<'_> {
                         1.0,
                         f,
                     )?;
-                    let g2 = (2 * i).div_ceil(256) as u32;
-                    dev.launch(
-                        dev.k.colsum_f32,
-                        (g2, ry, 1),
-                        256,
-                        0,
-                        main,
-                        params!(h32, ni, c2, gbgu),
-                    )?;
+                    let colsum_h = params!(h32, ni, c2, gbgu);
+                    dev.launch_ref(dev.k.colsum_f32, (ref_blocks(2 * i), ry), colsum_h)?;
                 }
                 if let Some(rows) = dx_row {
                     dev.gemm(
@@ -265,14 +217,8 @@ impl Worker<'_> {
                         f,
                     )?;
                     dev.upload(rowb, &rows[at..at + n])?;
-                    dev.launch(
-                        dev.k.scatter_add_f32,
-                        (gx, n as u32, 1),
-                        256,
-                        0,
-                        main,
-                        params!(y32, rowb, ni, di, refdx),
-                    )?;
+                    let scatter = params!(y32, rowb, ni, di, refdx);
+                    dev.launch_ref(dev.k.scatter_add_f32, (gx, n), scatter)?;
                 }
                 dev.download(&mut dwv, dwb)?;
             }
@@ -322,25 +268,13 @@ impl Worker<'_> {
             let tokb = self.dev.arena.get(BufKind::RefTok, s * 4)?;
             let dx = self.ptr(BufKind::DX)?;
             let dwp = self.ptr(BufKind::DW)?;
-            let (si, di) = (s as i32, d as i32);
-            let mut rv = vec![0f32; s * d];
-            let mut gv = vec![0f32; s * d];
             let mut gdw = vec![0f32; rt.ids.len()];
             // SAFETY: sizes as allocated above.
-            unsafe {
-                self.dev.upload(tokb, &toks)?;
-                self.dev.launch(
-                    self.dev.k.gather_out,
-                    (d.div_ceil(256) as u32, si as u32, 1),
-                    256,
-                    0,
-                    self.dev.main,
-                    params!(dx, tokb, si, di, got),
-                )?;
-                self.dev.download(&mut rv, refdx)?;
-                self.dev.download(&mut gv, got)?;
+            let (gv, rv) = unsafe {
+                let rows = self.sampled_rows(dx, &toks, refdx, (tokb, got))?;
                 self.dev.download(&mut gdw, dwp)?;
-            }
+                rows
+            };
             out.dx = err_sums(&gv, &rv);
             let got_dw: Vec<f32> = toks
                 .iter()
@@ -402,14 +336,9 @@ impl Worker<'_> {
                 );
                 // SAFETY: parts lie inside the blobs; acc holds 8 doubles.
                 unsafe {
-                    self.dev.launch(
-                        self.dev.k.err_sums,
-                        (n.div_ceil(256).min(4096) as u32, 1, 1),
-                        256,
-                        0,
-                        self.dev.main,
-                        params!(gp, rp, nn, ap),
-                    )?;
+                    let grid = (ref_blocks(n).min(4096), 1);
+                    self.dev
+                        .launch_ref(self.dev.k.err_sums, grid, params!(gp, rp, nn, ap))?;
                 }
             }
             let mut v = [0f64; 8];
