@@ -114,6 +114,74 @@ impl Shape {
     }
 }
 
+/// One [`Dev::gemm`] call, described once for both paths: its shape (the
+/// `lt` path's plan key), its row-major pointers and beta.
+struct Call {
+    s: Shape,
+    a: u64,
+    b: u64,
+    c: u64,
+    beta: f32,
+}
+
+/// An operand as the column-major libraries take it: pointer, leading
+/// dimension, transposed.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: u64,
+    ld: usize,
+    t: bool,
+}
+
+/// The column-major problem cuBLAS and cuBLASLt are both given for a
+/// row-major C[m,n] = beta C + op(A) op(B): C^T (n x m) = op(B)^T op(A)^T,
+/// so its first operand is B's memory and its second A's.
+struct ColMajor {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: u64,
+    ldc: usize,
+    bf16: bool,
+}
+
+impl Call {
+    /// The one place the row-major to column-major mapping is written.
+    fn col_major(&self) -> ColMajor {
+        let s = &self.s;
+        ColMajor {
+            m: s.n,
+            n: s.m,
+            k: s.k,
+            a: Operand {
+                ptr: self.b,
+                ld: s.ldb,
+                t: s.tb,
+            },
+            b: Operand {
+                ptr: self.a,
+                ld: s.lda,
+                t: s.ta,
+            },
+            c: self.c,
+            ldc: s.n,
+            bf16: s.bf16,
+        }
+    }
+}
+
+impl ColMajor {
+    /// Stored (rows, columns) of the first and second operand: op(A) is
+    /// m x k, op(B) k x n, each stored transposed when `t`.
+    fn stored(&self) -> [(usize, usize); 2] {
+        let (a, b) = ((self.m, self.k), (self.k, self.n));
+        let flip = |(r, c): (usize, usize), t: bool| if t { (c, r) } else { (r, c) };
+        [flip(a, self.a.t), flip(b, self.b.t)]
+    }
+}
+
 /// Descriptors of one exact shape and the algorithm it runs.
 struct Plan {
     desc: lt_sys::cublasLtMatmulDesc_t,
@@ -151,9 +219,10 @@ fn ok(s: lt_sys::cublasStatus_t, what: &'static str) -> Result<(), GpuError> {
 }
 
 impl Plan {
-    /// The column-major problem cuBLASLt sees: C^T (n x m) = op(B)^T op(A)^T.
-    fn new(s: &Shape) -> Result<Plan, GpuError> {
-        let ty = if s.bf16 {
+    /// Descriptors of `cm`'s problem (its pointers play no part: a plan
+    /// serves every call of its shape).
+    fn new(cm: &ColMajor) -> Result<Plan, GpuError> {
+        let ty = if cm.bf16 {
             lt_sys::cudaDataType::CUDA_R_16BF
         } else {
             lt_sys::cudaDataType::CUDA_R_32F
@@ -181,11 +250,11 @@ impl Plan {
             for (attr, t) in [
                 (
                     lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    s.tb,
+                    cm.a.t,
                 ),
                 (
                     lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                    s.ta,
+                    cm.b.t,
                 ),
             ] {
                 let op: i32 = t as i32;
@@ -199,13 +268,11 @@ impl Plan {
                     "cublasLtMatmulDescSetAttribute",
                 )?;
             }
-            // stored (rows, cols) of each column-major operand
-            let (ar, ac) = if s.tb { (s.k, s.n) } else { (s.n, s.k) };
-            let (br, bc) = if s.ta { (s.m, s.k) } else { (s.k, s.m) };
+            let [(ar, ac), (br, bc)] = cm.stored();
             for (l, r, c, ld) in [
-                (&mut p.la, ar, ac, s.ldb),
-                (&mut p.lb, br, bc, s.lda),
-                (&mut p.lc, s.n, s.m, s.n),
+                (&mut p.la, ar, ac, cm.a.ld),
+                (&mut p.lb, br, bc, cm.b.ld),
+                (&mut p.lc, cm.m, cm.n, cm.ldc),
             ] {
                 ok(
                     lt_sys::cublasLtMatrixLayoutCreate(l, ty, r as u64, c as u64, ld as i64),
@@ -437,15 +504,12 @@ impl Lt {
     }
 
     /// # Safety
-    /// The pointers must hold the plan's matrices, on `stream`'s device.
-    #[allow(clippy::too_many_arguments)]
+    /// `cm`'s pointers must hold the plan's matrices, on `stream`'s device.
     unsafe fn run(
         &self,
         p: &Plan,
         algo: &lt_sys::cublasLtMatmulAlgo_t,
-        a: u64,
-        b: u64,
-        c: u64,
+        cm: &ColMajor,
         beta: f32,
         stream: cudarc::driver::sys::CUstream,
     ) -> Result<(), GpuError> {
@@ -455,14 +519,14 @@ impl Lt {
                 self.handle,
                 p.desc,
                 &alpha as *const f32 as *const c_void,
-                b as *const c_void,
+                cm.a.ptr as *const c_void,
                 p.la,
-                a as *const c_void,
+                cm.b.ptr as *const c_void,
                 p.lb,
                 &beta as *const f32 as *const c_void,
-                c as *const c_void,
+                cm.c as *const c_void,
                 p.lc,
-                c as *mut c_void,
+                cm.c as *mut c_void,
                 p.lc,
                 algo,
                 self.ws as *mut c_void,
@@ -567,43 +631,37 @@ impl Dev {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        let call = Call {
+            s: Shape {
+                m,
+                n,
+                k,
+                lda: a.1,
+                ldb: b.1,
+                ta: a.2,
+                tb: b.2,
+                bf16: dt == Dt::Bf16,
+                align: alignment(&[a.0, b.0, c]),
+            },
+            a: a.0,
+            b: b.0,
+            c,
+            beta,
+        };
         match (&self.lt, self.gemm_impl, dt) {
-            (Some(lt), GemmImpl::Lt, Dt::Bf16) => {
-                let s = Shape {
-                    m,
-                    n,
-                    k,
-                    lda: a.1,
-                    ldb: b.1,
-                    ta: a.2,
-                    tb: b.2,
-                    bf16: true,
-                    align: alignment(&[a.0, b.0, c]),
-                };
-                self.gemm_lt(lt, &s, a.0, b.0, c, beta)
-            }
-            _ => self.gemm_cublas(m, n, k, a, b, c, beta, dt),
+            (Some(lt), GemmImpl::Lt, Dt::Bf16) => self.gemm_lt(lt, &call),
+            _ => self.gemm_cublas(&call),
         }
     }
 
-    /// cublasGemmEx, default algorithm, column-major view
-    /// C^T = op(B)^T op(A)^T.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn gemm_cublas(
-        &self,
-        m: usize,
-        n: usize,
-        k: usize,
-        a: (u64, usize, bool),
-        b: (u64, usize, bool),
-        c: u64,
-        beta: f32,
-        dt: Dt,
-    ) -> Result<(), GpuError> {
+    /// cublasGemmEx, default algorithm, on the call's column-major view.
+    unsafe fn gemm_cublas(&self, call: &Call) -> Result<(), GpuError> {
         let alpha = 1.0f32;
-        let ty = match dt {
-            Dt::Bf16 => blas_sys::cudaDataType_t::CUDA_R_16BF,
-            Dt::F32 => blas_sys::cudaDataType_t::CUDA_R_32F,
+        let cm = call.col_major();
+        let ty = if cm.bf16 {
+            blas_sys::cudaDataType_t::CUDA_R_16BF
+        } else {
+            blas_sys::cudaDataType_t::CUDA_R_32F
         };
         let op = |t: bool| {
             if t {
@@ -614,22 +672,22 @@ impl Dev {
         };
         blas::gemm_ex(
             self.blas,
-            op(b.2),
-            op(a.2),
-            n as i32,
-            m as i32,
-            k as i32,
+            op(cm.a.t),
+            op(cm.b.t),
+            cm.m as i32,
+            cm.n as i32,
+            cm.k as i32,
             &alpha as *const f32 as *const c_void,
-            b.0 as *const c_void,
+            cm.a.ptr as *const c_void,
             ty,
-            b.1 as i32,
-            a.0 as *const c_void,
+            cm.a.ld as i32,
+            cm.b.ptr as *const c_void,
             ty,
-            a.1 as i32,
-            &beta as *const f32 as *const c_void,
-            c as *mut c_void,
+            cm.b.ld as i32,
+            &call.beta as *const f32 as *const c_void,
+            cm.c as *mut c_void,
             ty,
-            n as i32,
+            cm.ldc as i32,
             blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
@@ -638,15 +696,9 @@ impl Dev {
 
     /// The `lt` path: the shape's plan (made, and its bucket tuned, at its
     /// first call), then one cublasLtMatmul on the main stream.
-    unsafe fn gemm_lt(
-        &self,
-        lt: &Lt,
-        s: &Shape,
-        a: u64,
-        b: u64,
-        c: u64,
-        beta: f32,
-    ) -> Result<(), GpuError> {
+    unsafe fn gemm_lt(&self, lt: &Lt, call: &Call) -> Result<(), GpuError> {
+        let (s, beta) = (&call.s, call.beta);
+        let cm = call.col_major();
         let ready = lt
             .plans
             .borrow()
@@ -654,10 +706,10 @@ impl Dev {
             .map(|p| (p.algo, p.tuned || beta != 0.0));
         if let Some((algo, true)) = ready {
             let plans = lt.plans.borrow();
-            return lt.run(&plans[s], &algo, a, b, c, beta, self.main);
+            return lt.run(&plans[s], &algo, &cm, beta, self.main);
         }
         if ready.is_none() {
-            let mut p = Plan::new(s)?;
+            let mut p = Plan::new(&cm)?;
             let won = lt.winners.borrow().get(&s.bucket()).copied();
             match won.filter(|w| p.check(lt, w)) {
                 Some(w) => (p.algo, p.tuned) = (w, true),
@@ -670,17 +722,16 @@ impl Dev {
             }
             lt.plans.borrow_mut().insert(*s, p);
         }
-        // bf16 extents: stored rows times stored columns
+        // bf16 extents: stored columns times leading dimension
         let span = |p: u64, elems: usize| (p, p + (elems * 2) as u64);
-        let out = span(c, s.m * s.n);
-        let a_rows = if s.ta { s.k } else { s.m };
-        let b_rows = if s.tb { s.n } else { s.k };
-        let overlaps = [span(a, a_rows * s.lda), span(b, b_rows * s.ldb)]
+        let out = span(cm.c, cm.n * cm.ldc);
+        let [(_, ac), (_, bc)] = cm.stored();
+        let overlaps = [span(cm.a.ptr, ac * cm.a.ld), span(cm.b.ptr, bc * cm.b.ld)]
             .iter()
             .any(|&(lo, hi)| lo < out.1 && out.0 < hi);
         let tunable = beta == 0.0 && !overlaps && !lt.plans.borrow()[s].tuned;
         if tunable {
-            let best = self.tune(lt, s, a, b, c)?;
+            let best = self.tune(lt, call)?;
             let mut plans = lt.plans.borrow_mut();
             let p = plans.get_mut(s).expect("inserted above");
             (p.algo, p.tuned) = (best, true);
@@ -689,22 +740,16 @@ impl Dev {
         }
         let plans = lt.plans.borrow();
         let p = &plans[s];
-        lt.run(p, &p.algo, a, b, c, beta, self.main)
+        lt.run(p, &p.algo, &cm, beta, self.main)
     }
 
-    /// Time the heuristic's candidates for `s` on the call's own buffers
+    /// Time the heuristic's candidates for the call's shape on its own buffers
     /// (the output is overwritten, the inputs untouched) and return the
     /// fastest. Drains the device's streams first so that nothing else
     /// shares the GPU while it times: a warm-up's cost, never a timed
     /// run's (see the module comment).
-    unsafe fn tune(
-        &self,
-        lt: &Lt,
-        s: &Shape,
-        a: u64,
-        b: u64,
-        c: u64,
-    ) -> Result<lt_sys::cublasLtMatmulAlgo_t, GpuError> {
+    unsafe fn tune(&self, lt: &Lt, call: &Call) -> Result<lt_sys::cublasLtMatmulAlgo_t, GpuError> {
+        let (s, cm) = (&call.s, &call.col_major());
         let plans = lt.plans.borrow();
         let p = &plans[s];
         let cands = p.candidates(lt, s.align)?;
@@ -731,7 +776,7 @@ impl Dev {
         for algo in cands {
             log.cands.push((describe(&algo), f64::NAN));
             // an algorithm the library rejects at launch is skipped
-            if lt.run(p, &algo, a, b, c, 0.0, self.main).is_err() {
+            if lt.run(p, &algo, cm, 0.0, self.main).is_err() {
                 continue;
             }
             let mut all = true;
@@ -742,7 +787,7 @@ impl Dev {
                         .map_err(|e| GpuError::Cuda(format!("cuMemset (L2 flush): {e:?}")))?;
                 }
                 e0.record(self.main)?;
-                all &= lt.run(p, &algo, a, b, c, 0.0, self.main).is_ok();
+                all &= lt.run(p, &algo, cm, 0.0, self.main).is_ok();
                 e1.record(self.main)?;
                 e1.sync()?;
                 v.push(e1.ms_since(&e0)?);
@@ -792,6 +837,43 @@ mod tests {
         assert_eq!(alignment(&[4096, 4096 + 128]), 128);
         assert_eq!(alignment(&[4096 + 16, 8192]), 16);
         assert_eq!(alignment(&[2]), 2);
+    }
+
+    #[test]
+    fn column_major_view_swaps_the_operands_and_keeps_dense_leading_dims() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (m, n, k) = (3, 5, 7);
+            // dense row-major storage: A is m x k (k x m when ta), B k x n
+            let lda = if ta { m } else { k };
+            let ldb = if tb { k } else { n };
+            let s = Shape {
+                m,
+                n,
+                k,
+                lda,
+                ldb,
+                ta,
+                tb,
+                bf16: true,
+                align: 256,
+            };
+            let call = Call {
+                s,
+                a: 0x1000,
+                b: 0x2000,
+                c: 0x3000,
+                beta: 0.0,
+            };
+            let cm = call.col_major();
+            assert_eq!((cm.m, cm.n, cm.k, cm.ldc), (n, m, k, n));
+            assert_eq!((cm.a.ptr, cm.a.ld, cm.a.t), (0x2000, ldb, tb));
+            assert_eq!((cm.b.ptr, cm.b.ld, cm.b.t), (0x1000, lda, ta));
+            // a dense operand's leading dimension is its stored row count,
+            // and its extent that of the row-major matrix
+            let [(ar, ac), (br, bc)] = cm.stored();
+            assert_eq!((ar, br), (cm.a.ld, cm.b.ld), "ta={ta} tb={tb}");
+            assert_eq!((ar * ac, br * bc), (k * n, m * k));
+        }
     }
 
     #[test]
