@@ -126,16 +126,32 @@ def rel_err(m, s):
     return (s["t_total_ms"] - m["t_total_ms"]) / m["t_total_ms"]
 
 
+def run_with(base, cmp, terms, **change):
+    """compare's (measured, simulated) with the fit `terms`, `change` over them."""
+    return cmp.run(with_fit(base, **dict(terms, **change)))
+
+
+def search(base, cmp, terms, term, grid, err):
+    """The value of `term` on `grid` (the first on ties) whose run, `terms`
+    otherwise, has the least err(measured, simulated)."""
+    best = None
+    for c in grid:
+        e = err(*run_with(base, cmp, terms, **{term: c}))
+        if best is None or e < best[0]:
+            best = (e, c)
+    return best[1]
+
+
 def fit(base, cmp, held=None):
     held = held or {}
-    m, _ = cmp.run(with_fit(base, **held))
+    m, _ = run_with(base, cmp, held)
     w = 1.0 / m["t_total_ms"]
     auto = np.array([p == "llep-auto" for p in m["policy"]])
     # overhead phase: three probed features, llep-auto rows apart
-    feats = []
-    for term in ["overhead_us", "overhead_per_group_us", "overhead_per_kcopy_us"]:
-        _, s = cmp.run(with_fit(base, **dict(held, **{term: 1000.0})))
-        feats.append(s["t_overhead_ms"][~auto])
+    feats = [
+        run_with(base, cmp, held, **{term: 1000.0})[1]["t_overhead_ms"][~auto]
+        for term in ["overhead_us", "overhead_per_group_us", "overhead_per_kcopy_us"]
+    ]
     a, g, c = wls(feats, m["t_overhead_ms"][~auto], w[~auto])
     terms = dict(
         held,
@@ -144,9 +160,9 @@ def fit(base, cmp, held=None):
         overhead_per_kcopy_us=max(c, 0) * 1000,
     )
     # compute phase of layers that move no weights: scale and per-unit term
-    m0, s_tab = cmp.run(with_fit(base, **terms))
+    m0, s_tab = run_with(base, cmp, terms)
     still = np.array([t == 0 for t in m0["transfers"]])
-    _, s_unit = cmp.run(with_fit(base, **terms, unit_scale=1e-9, unit_us=1000.0))
+    _, s_unit = run_with(base, cmp, terms, unit_scale=1e-9, unit_us=1000.0)
     scale, unit = wls(
         [s_tab["t_compute_ms"][still], s_unit["t_compute_ms"][still]],
         m0["t_compute_ms"][still],
@@ -156,13 +172,14 @@ def fit(base, cmp, held=None):
     # the host's floor under a unit (units of a few rows): a search on the
     # same rows' compute phase, the error weighted as above
     if "unit_floor_us" not in held:
-        best = None
-        for fl in np.arange(0.0, 40.01, 1.0):
-            mm, ss = cmp.run(with_fit(base, **dict(terms, unit_floor_us=fl)))
-            e = np.mean(np.abs(ss["t_compute_ms"] - mm["t_compute_ms"])[still] * w[still])
-            if best is None or e < best[0]:
-                best = (e, fl)
-        terms["unit_floor_us"] = best[1]
+        terms["unit_floor_us"] = search(
+            base,
+            cmp,
+            terms,
+            "unit_floor_us",
+            np.arange(0.0, 40.01, 1.0),
+            lambda mm, ss: np.mean(np.abs(ss["t_compute_ms"] - mm["t_compute_ms"])[still] * w[still]),
+        )
     # link sharing, on the rows that move weights: the fraction on two
     # GPUs, what each further token peer adds, and every GPU's dispatch
     # waiting on the longest transfer (one-dimensional searches in turn)
@@ -175,15 +192,11 @@ def fit(base, cmp, held=None):
     ]:
         if not rows.any() or term in held:
             continue
-        best = None
-        for c in grid:
-            mm, ss = cmp.run(with_fit(base, **dict(terms, **{term: c})))
-            e = np.mean(np.abs(rel_err(mm, ss))[rows])
-            if best is None or e < best[0]:
-                best = (e, c)
-        terms[term] = best[1]
+        # (the error reads `rows` while search runs, within this turn)
+        err = lambda mm, ss: np.mean(np.abs(rel_err(mm, ss))[rows])  # noqa: E731
+        terms[term] = search(base, cmp, terms, term, grid, err)
     # llep-auto's decision: the mean extra overhead its rows measured
-    mm, ss = cmp.run(with_fit(base, **terms))
+    mm, ss = run_with(base, cmp, terms)
     terms["auto_us"] = max(0.0, float(np.mean((mm["t_overhead_ms"] - ss["t_overhead_ms"])[auto])) * 1000)
     return {k: round(float(v), 4) for k, v in terms.items()}
 
@@ -194,8 +207,7 @@ def refine(base, cmp, terms, rounds=3, held=()):
     loss: a few noisy rows do not pull the fit)."""
 
     def loss(t):
-        m, s = cmp.run(with_fit(base, **t))
-        return float(np.mean(np.abs(rel_err(m, s))))
+        return float(np.mean(np.abs(rel_err(*run_with(base, cmp, t)))))
 
     steps = dict(
         overhead_us=8.0,

@@ -537,7 +537,14 @@ fn price_sums(
         }
     }
 
-    host_floor(scratch, pricer.floor_ms());
+    // with `--overlap on` the pipelined schedule prices the layer's total
+    // and compute itself (per chunk, from the group prices, not these sums):
+    // the sequential schedule's are worked out only without it
+    let chunks = super::overlap::chunks(prof, plan);
+    let sequential = chunks <= 1;
+    if sequential {
+        host_floor(scratch, pricer.floor_ms());
+    }
 
     let (transfer_bytes, mut inter_node_bytes) = account_weights(plan, shape, gpn, scratch);
 
@@ -568,8 +575,7 @@ fn price_sums(
     // replay's schedule per GPU: dispatch, native groups, then (once its
     // weights are in) the foreign groups
     let mut compute_end = 0f64;
-    let chunks = super::overlap::chunks(prof, plan);
-    let mut ov = Vec::with_capacity(if chunks > 1 { p } else { 0 });
+    let mut ov = Vec::with_capacity(if sequential { 0 } else { p });
     for g in 0..p {
         let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
@@ -594,10 +600,11 @@ fn price_sums(
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
         transfer = transfer.max(x);
-        disp_or_xfer = disp_or_xfer.max(dsp.max(x));
-        let native = scratch.compute[g] - scratch.foreign[g];
-        compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
-        if chunks > 1 {
+        if sequential {
+            disp_or_xfer = disp_or_xfer.max(dsp.max(x));
+            let native = scratch.compute[g] - scratch.foreign[g];
+            compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
+        } else {
             let link_fixed_ms = match &prof.msg_tokens {
                 _ if multi => 0.0,
                 Some(m) => m.ms(sums.msgs(g), 0),
@@ -613,21 +620,21 @@ fn price_sums(
             });
         }
     }
-    let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
     let overhead = match &prof.layer_fit {
         Some(f) => f.overhead_ms(groups, copies_max),
         None => prof.overhead_us * 1e-3,
     };
-    let total = if prof.transfer_overlaps_native {
-        overhead + compute_end + combine
+    let (total, compute) = if sequential {
+        let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
+        let total = if prof.transfer_overlaps_native {
+            overhead + compute_end + combine
+        } else {
+            overhead + disp_or_xfer + compute + combine
+        };
+        (total, compute)
     } else {
-        overhead + disp_or_xfer + compute + combine
-    };
-    let (total, compute) = if chunks > 1 {
         let o = super::overlap::price(plan, chunks, &pricer, memo, &ov);
         (overhead + o.after_overhead_ms, o.compute_ms)
-    } else {
-        (total, compute)
     };
 
     let mut peak = Vec::with_capacity(p);

@@ -320,55 +320,13 @@ fn dispatch_from_native(
     native: &DispatchMatrix,
     out: &mut DispatchMatrix,
 ) -> bool {
-    let p = plan.gpus;
-    let n = plan.experts;
-    let per = n / p;
-    debug_assert_eq!(native.gpus, p);
+    debug_assert_eq!(native.gpus, plan.gpus);
     if plan.spills.is_empty() {
         return false;
     }
-    out.gpus = p;
+    out.gpus = plan.gpus;
     out.send.clone_from(&native.send);
-    for (e, ranges) in plan.spilled() {
-        let e = e as usize;
-        let native = e / per;
-        if let [only] = ranges {
-            if only.gpu as usize == native {
-                continue;
-            }
-        }
-        // ranges in order and apart (as the planners write them): each
-        // rank's slice [lo, hi) only meets the ranges from the first one
-        // not yet passed, so a cursor replaces the scan of all of them
-        let ordered = ranges.iter().all(|r| r.start <= r.end)
-            && ranges.windows(2).all(|w| w[0].end <= w[1].start);
-        let mut first = 0;
-        let mut cum = 0u64;
-        for r in 0..p {
-            let cnt = per_rank[r * n + e];
-            if cnt == 0 {
-                continue;
-            }
-            let (lo, hi) = (cum, cum + cnt);
-            cum = hi;
-            out.send[r * p + native] -= cnt;
-            if ordered {
-                while first < ranges.len() && ranges[first].end <= lo {
-                    first += 1;
-                }
-            }
-            for rg in &ranges[first..] {
-                if ordered && rg.start >= hi {
-                    break;
-                }
-                let a = lo.max(rg.start);
-                let b = hi.min(rg.end);
-                if b > a {
-                    out.send[r * p + rg.gpu as usize] += b - a;
-                }
-            }
-        }
-    }
+    out.move_spilled(plan, per_rank);
     true
 }
 
