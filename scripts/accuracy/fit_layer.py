@@ -220,6 +220,9 @@ def refine(base, cmp, terms, rounds=3, held=()):
         contention_per_peer=0.05,
         dispatch_wait=0.05,
     )
+    # a term no row could fit (contention_per_peer without a row above 2
+    # GPUs) starts neutral, as with_fit writes it
+    terms = dict(with_fit(base, **terms)["layer_fit"])
     cur = loss(terms)
     for _ in range(rounds):
         for k, step in steps.items():
