@@ -80,13 +80,15 @@ fn sums_of_moved_copies_are_those_of_the_built_matrix() {
 
 #[test]
 fn host_floor_raises_native_and_foreign_units_apart() {
-    let mut s = CostScratch::default();
     // GPU 0: 4 native units of 10 us and 2 foreign of 60 us; GPU 1: one
     // native unit of 500 us
-    s.compute = vec![0.040 + 0.120, 0.500];
-    s.foreign = vec![0.120, 0.0];
-    s.units = vec![6, 1];
-    s.foreign_units = vec![2, 0];
+    let mut s = CostScratch {
+        compute: vec![0.040 + 0.120, 0.500],
+        foreign: vec![0.120, 0.0],
+        units: vec![6, 1],
+        foreign_units: vec![2, 0],
+        ..Default::default()
+    };
     host_floor(&mut s, 0.050);
     // native: 4 x 50 us over 40 us of GPU time; foreign: its 120 us of GPU
     // time hide 2 x 50 us of issuing; GPU 1's large unit hides its floor
