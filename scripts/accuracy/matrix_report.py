@@ -153,6 +153,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         full = pairs(a.bin, a.profile, a.results, tmp)
         ho = pairs(a.bin, a.held_profile, a.results, tmp)
+    counts, _, _ = grid(full, "time", len)
+    counts = sorted({int(c) for c in counts.flatten() if c == c})
+    per_cell = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), dpi=130)
     heat(axes[0], full, "time", med_abs, "layer time, median |error| %\n(every shape's GEMM tables)", 20, "viridis")
     heat(axes[1], ho, "time", med_abs, "layer time, median |error| %\n(held-out shapes without tables)", 20, "viridis")
@@ -166,7 +169,7 @@ def main():
         "# Accuracy matrix by shape and batch size (generated)\n\n"
         f"`scripts/accuracy/matrix_report.py --profile {a.profile} --stem {a.stem}` on "
         f"{', '.join(os.path.basename(r) for r in a.results)}; cells: median / worst |error| of the "
-        "layer time over the skews and settings of that shape and batch (9 rows each); memory: median "
+        f"layer time over the skews and settings of that shape and batch ({per_cell} rows each); memory: median "
         "|error| / lowest signed error.\n\n"
         + table("Layer time, every shape's GEMM tables", full, "time")
         + "\n"
