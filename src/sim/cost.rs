@@ -19,9 +19,13 @@
 //! carries every pair, both directions and the weights on one budget.
 
 pub use super::groups::{GroupMemo, GroupPricer};
-use super::model::{MemModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
+use super::model::{COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
 use crate::plan::{DispatchMatrix, Plan, Range};
+
+#[path = "cost_mem.rs"]
+mod mem;
+use mem::{mem_by_buffer, mem_fixed, mem_lumped};
 
 /// Model shape the cost model needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,7 +96,7 @@ pub struct CostScratch {
     w_nout: Vec<u64>,
     /// The weight communicator's connected peers per GPU (in, out) as a
     /// replay process had them (its row's record), in place of the rule of
-    /// [`weight_links`]; set only while a measured row's twin is priced.
+    /// [`mem::weight_links`]; set only while a measured row's twin is priced.
     pub(crate) recorded_links: Option<(Vec<u64>, Vec<u64>)>,
     /// What every GPU's memory has the same of (see [`mem_fixed`]).
     mem_fixed: u64,
@@ -851,112 +855,6 @@ fn split_exchange(s: &NodeSplit, tok_bytes: u64, prof: &Profile) -> (f64, u64) {
         prof.nic_ms(x_msgs, x_b, prof.msg_tokens.map(|m| m.per_msg_us))
     };
     (intra.max(nic), x_out * tok_bytes)
-}
-
-/// Memory of GPU `g`, as the replay allocates it: baseline (context,
-/// cuBLAS) + communicator buffers per peer + native and received expert
-/// weights + own tokens' input and output + send and receive buffers of the
-/// exchange + one row per computed copy (the down output overwrites its
-/// input) + gate_up and activation scratch for one chunk of the largest
-/// group + routing tables. The profile's lumped baseline, no rounding.
-fn mem_lumped(
-    plan: &Plan,
-    sums: &Sums,
-    shape: &Shape,
-    prof: &Profile,
-    scratch: &CostScratch,
-    g: usize,
-) -> u64 {
-    let (p, per) = (plan.gpus as u64, (plan.experts / plan.gpus) as u64);
-    let (b, i) = (shape.dtype_bytes, shape.intermediate);
-    let tok_bytes = shape.hidden * b;
-    let own = sums.row_sum(g);
-    let own_tokens = own / shape.top_k.max(1);
-    let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
-    let tokens = own_tokens * tok_bytes * 2
-        + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
-    let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
-    let tables = (own + sums.col_sum(g)) * 14;
-    let comm = (p - 1) * prof.mem_per_peer_bytes;
-    prof.mem_baseline_bytes + comm + weights + tokens + act + tables
-}
-
-/// The weight communicator's connections of GPU `g` (peers in, peers
-/// out). NCCL connects a point-to-point pair on its first transfer and
-/// keeps the buffers for the life of the process. A plan that moves no
-/// weights is priced as a process that never did. One that does is priced,
-/// under `xfer_all_peers`, at the steady state of a process running LLEP:
-/// every GPU connected to every peer both ways (over many layers and steps
-/// each GPU both lends and borrows); without it, at this layer's own peers.
-/// A measured row's twin takes the connections its replay recorded.
-fn weight_links(mm: &MemModel, plan: &Plan, scratch: &CostScratch, g: usize) -> (u64, u64) {
-    if let Some((inn, out)) = &scratch.recorded_links {
-        return (inn[g], out[g]);
-    }
-    let all = plan.gpus as u64 - 1;
-    match (plan.transfers.is_empty(), mm.xfer_all_peers) {
-        (true, _) => (0, 0),
-        (false, true) => (all, all),
-        (false, false) => (scratch.w_nin[g], scratch.w_nout[g]),
-    }
-}
-
-/// Memory of GPU `g` buffer by buffer, each rounded to the allocation
-/// grain as the replay's arena does (`gpu::runtime::Arena`), over the
-/// baseline by component: context, cuBLAS workspace, token communicator
-/// buffers for every peer, weight communicator buffers for the peers it
-/// is connected to ([`weight_links`]).
-fn mem_by_buffer(
-    mm: &MemModel,
-    plan: &Plan,
-    sums: &Sums,
-    shape: &Shape,
-    prof: &Profile,
-    scratch: &CostScratch,
-    g: usize,
-) -> u64 {
-    let (b, i) = (shape.dtype_bytes, shape.intermediate);
-    let tok_bytes = shape.hidden * b;
-    let copies = sums.row_sum(g);
-    let own_tokens = copies / shape.top_k.max(1);
-    let rows = scratch.largest[g].min(prof.act_chunk_tokens);
-    let r = |x: u64| mm.round(x);
-    let buffers = [
-        r(scratch.w_count[g] * shape.expert_bytes), // foreign weights
-        r(own_tokens * tok_bytes),                  // input tokens
-        r(own_tokens * tok_bytes),                  // output
-        3 * r(copies * 4),                          // ids, router weights, slots
-        2 * r(copies * 8),                          // result and bias pointers
-        r(sums.sent_off(g) * tok_bytes),            // send
-        r(sums.received(g) * tok_bytes),            // receive
-        r(sums.col_sum(g) * tok_bytes),             // computed rows
-        r(rows * 2 * i * b),                        // gate_up output
-        r(rows * i * b),                            // activation
-        r(copies * 40),                             // pack table (<= one piece per copy)
-        2 * r(sums.received(g) * 32),               // copy tables in and out
-    ];
-    let (inn, out) = weight_links(mm, plan, scratch, g);
-    scratch.mem_fixed + mm.weight_links_bytes(inn, out) + buffers.iter().sum::<u64>()
-}
-
-/// The part of [`mem_by_buffer`] every GPU has: baseline, token
-/// communicators, and the buffers sized by the model alone.
-fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
-    let (p, n) = (plan.gpus, plan.experts as u64);
-    let per = n / p as u64;
-    let tok_bytes = shape.hidden * shape.dtype_bytes;
-    let r = |x: u64| mm.round(x);
-    let buffers = [
-        r(per * shape.expert_bytes),    // native weights
-        r(n * tok_bytes),               // bias table
-        r(n * 4) + r(n * 4 * p as u64), // counts, all ranks' counts
-        r((n + 1) * 4),                 // segment starts
-        2 * r(8 * p as u64),            // gather scratch
-    ];
-    mm.context_bytes
-        + mm.cublas_workspace_bytes
-        + (p as u64 - 1) * mm.nccl_per_peer_bytes
-        + buffers.iter().sum::<u64>()
 }
 
 #[cfg(test)]
