@@ -1,6 +1,49 @@
 //! Step 3 of `planner.md`: which token-copies each rank sends to each GPU.
 
-use super::Plan;
+use super::{Plan, Range};
+
+/// One expert's copies against its plan `ranges`, rank by rank: rank r's
+/// `cnt` copies (of `counts`, in rank order, zero counts skipped) are the
+/// slice [lo, lo + cnt) of the expert's copies in global order. Calls
+/// `moved(r, None, cnt)` for each slice (it leaves the native GPU), then
+/// `moved(r, Some(gpu), over)` for each range the slice meets by `over` > 0
+/// copies. The dispatch matrix and the simulator's matrix sums both move
+/// spilled copies by this walk.
+pub(crate) fn walk_slices(
+    ranges: &[Range],
+    counts: impl Iterator<Item = (usize, u64)>,
+    mut moved: impl FnMut(usize, Option<usize>, u64),
+) {
+    // ranges in order and apart (as the planners write them): each rank's
+    // slice only meets the ranges from the first one not yet passed, so a
+    // cursor replaces the scan of all of them
+    let ordered = ranges.iter().all(|r| r.start <= r.end)
+        && ranges.windows(2).all(|w| w[0].end <= w[1].start);
+    let mut first = 0;
+    let mut cum = 0u64;
+    for (r, cnt) in counts {
+        if cnt == 0 {
+            continue;
+        }
+        let (lo, hi) = (cum, cum + cnt);
+        cum = hi;
+        moved(r, None, cnt);
+        if ordered {
+            while first < ranges.len() && ranges[first].end <= lo {
+                first += 1;
+            }
+        }
+        for rg in &ranges[first..] {
+            if ordered && rg.start >= hi {
+                break;
+            }
+            let (a, b) = (lo.max(rg.start), hi.min(rg.end));
+            if b > a {
+                moved(r, Some(rg.gpu as usize), b - a);
+            }
+        }
+    }
+}
 
 /// `send[r][g]`: token-copies rank `r` sends to GPU `g` (the diagonal is
 /// what stays local). Combine sends the same amounts back.
@@ -42,37 +85,15 @@ impl DispatchMatrix {
                     continue; // kept whole at home: already counted native
                 }
             }
-            // ranges in order and apart (as the planners write them): each
-            // rank's slice [lo, hi) only meets the ranges from the first one
-            // not yet passed, so a cursor replaces the scan of all of them
-            let ordered = ranges.iter().all(|r| r.start <= r.end)
-                && ranges.windows(2).all(|w| w[0].end <= w[1].start);
-            let mut first = 0;
-            let mut cum = 0u64;
-            for r in 0..p {
-                let cnt = per_rank[r * n + e];
-                if cnt == 0 {
-                    continue;
-                }
-                let (lo, hi) = (cum, cum + cnt);
-                cum = hi;
-                self.send[r * p + native] -= cnt;
-                if ordered {
-                    while first < ranges.len() && ranges[first].end <= lo {
-                        first += 1;
-                    }
-                }
-                for rg in &ranges[first..] {
-                    if ordered && rg.start >= hi {
-                        break;
-                    }
-                    let a = lo.max(rg.start);
-                    let b = hi.min(rg.end);
-                    if b > a {
-                        self.send[r * p + rg.gpu as usize] += b - a;
-                    }
-                }
-            }
+            let send = &mut self.send;
+            walk_slices(
+                ranges,
+                (0..p).map(|r| (r, per_rank[r * n + e])),
+                |r, to, c| match to {
+                    None => send[r * p + native] -= c,
+                    Some(g) => send[r * p + g] += c,
+                },
+            );
         }
     }
     /// Copies rank `r` sends to other GPUs.

@@ -23,6 +23,7 @@ mod reference;
 pub mod replica_split;
 pub mod topo;
 
+pub(crate) use dispatch::walk_slices;
 pub use dispatch::{dispatch_matrix, DispatchMatrix};
 pub use gate::{fmt_lambda, Gate, GateError, ReferenceReading};
 pub use reference::{capacity, Planner};

@@ -21,7 +21,7 @@
 pub use super::groups::{GroupMemo, GroupPricer};
 use super::model::{COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
-use crate::plan::{DispatchMatrix, Plan, Range};
+use crate::plan::{walk_slices, DispatchMatrix, Plan, Range};
 
 #[path = "cost_mem.rs"]
 mod mem;
@@ -229,8 +229,8 @@ impl Sums {
     }
 
     /// [`Sums::moved`] of one expert `e` (native GPU `home`) whose ranges
-    /// do not tile its copies in order: `plan::dispatch_matrix`'s walk,
-    /// rank by rank, on the sums.
+    /// do not tile its copies in order: the dispatch matrix's walk
+    /// ([`walk_slices`]), rank by rank, on the sums.
     fn moved_by_rank(
         &mut self,
         home: usize,
@@ -239,29 +239,27 @@ impl Sums {
         per_rank: &[u64],
         n: usize,
     ) {
-        let mut cum = 0u64;
-        for r in 0..self.rows.len() {
-            let cnt = per_rank[r * n + e];
-            if cnt == 0 {
-                continue;
-            }
-            let (lo, hi) = (cum, cum + cnt);
-            cum = hi;
-            self.rows[r] -= cnt;
-            self.cols[home] -= cnt;
-            if r == home {
-                self.diag[r] -= cnt;
-            }
-            for rg in ranges {
-                let g = rg.gpu as usize;
-                let over = hi.min(rg.end).saturating_sub(lo.max(rg.start));
-                self.rows[r] += over;
-                self.cols[g] += over;
-                if g == r {
-                    self.diag[r] += over;
+        let ranks = 0..self.rows.len();
+        walk_slices(
+            ranges,
+            ranks.map(|r| (r, per_rank[r * n + e])),
+            |r, to, c| match to {
+                None => {
+                    self.rows[r] -= c;
+                    self.cols[home] -= c;
+                    if r == home {
+                        self.diag[r] -= c;
+                    }
                 }
-            }
-        }
+                Some(g) => {
+                    self.rows[r] += c;
+                    self.cols[g] += c;
+                    if g == r {
+                        self.diag[r] += c;
+                    }
+                }
+            },
+        );
     }
 
     fn fill(&mut self, dm: &DispatchMatrix, msgs: bool) {
