@@ -25,7 +25,7 @@ use crate::plan::{walk_slices, DispatchMatrix, Plan, Range};
 
 #[path = "cost_mem.rs"]
 mod mem;
-use mem::{mem_by_buffer, mem_fixed, mem_lumped};
+use mem::{mem_fixed, LayerMem};
 
 /// Model shape the cost model needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -644,12 +644,18 @@ fn price_sums(
     if let Some(mm) = &prof.mem_model {
         scratch.mem_fixed = mem_fixed(mm, plan, shape);
     }
+    let layer = LayerMem {
+        plan,
+        sums: &sums,
+        shape,
+        prof,
+        scratch,
+    };
     for g in 0..p {
         let m = match &prof.mem_model {
-            Some(mm) => mem_by_buffer(mm, plan, &sums, shape, prof, scratch, g),
-            None => mem_lumped(plan, &sums, shape, prof, scratch, g),
+            Some(mm) => layer.by_buffer(mm, g),
+            None => layer.lumped(g),
         };
-
         oom |= m > prof.gpu_mem_bytes;
         peak.push(m);
     }

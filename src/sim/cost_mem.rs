@@ -1,39 +1,78 @@
 //! Peak memory of one GPU under a plan, as the replay allocates it: the
-//! profile's lumped baseline ([`mem_lumped`]), or buffer by buffer over the
-//! baseline by component ([`mem_by_buffer`], with a `MemModel`). Part of
-//! the cost model (`sim::cost`), whose scratch and matrix sums it reads.
+//! profile's lumped baseline ([`LayerMem::lumped`]), or buffer by buffer
+//! over the baseline by component ([`LayerMem::by_buffer`], with a
+//! `MemModel`). Part of the cost model (`sim::cost`), whose scratch and
+//! matrix sums it reads.
 
 use super::super::model::MemModel;
 use super::super::profile::Profile;
 use super::{CostScratch, Shape, Sums};
 use crate::plan::Plan;
 
-/// Memory of GPU `g`, as the replay allocates it: baseline (context,
-/// cuBLAS) + communicator buffers per peer + native and received expert
-/// weights + own tokens' input and output + send and receive buffers of the
-/// exchange + one row per computed copy (the down output overwrites its
-/// input) + gate_up and activation scratch for one chunk of the largest
-/// group + routing tables. The profile's lumped baseline, no rounding.
-pub(super) fn mem_lumped(
-    plan: &Plan,
-    sums: &Sums,
-    shape: &Shape,
-    prof: &Profile,
-    scratch: &CostScratch,
-    g: usize,
-) -> u64 {
-    let (p, per) = (plan.gpus as u64, (plan.experts / plan.gpus) as u64);
-    let (b, i) = (shape.dtype_bytes, shape.intermediate);
-    let tok_bytes = shape.hidden * b;
-    let own = sums.row_sum(g);
-    let own_tokens = own / shape.top_k.max(1);
-    let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
-    let tokens = own_tokens * tok_bytes * 2
-        + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
-    let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
-    let tables = (own + sums.col_sum(g)) * 14;
-    let comm = (p - 1) * prof.mem_per_peer_bytes;
-    prof.mem_baseline_bytes + comm + weights + tokens + act + tables
+/// What one layer's memory is priced from.
+pub(super) struct LayerMem<'a> {
+    pub plan: &'a Plan,
+    pub sums: &'a Sums,
+    pub shape: &'a Shape,
+    pub prof: &'a Profile,
+    pub scratch: &'a CostScratch,
+}
+
+impl LayerMem<'_> {
+    /// Memory of GPU `g`, as the replay allocates it: baseline (context,
+    /// cuBLAS) + communicator buffers per peer + native and received expert
+    /// weights + own tokens' input and output + send and receive buffers of the
+    /// exchange + one row per computed copy (the down output overwrites its
+    /// input) + gate_up and activation scratch for one chunk of the largest
+    /// group + routing tables. The profile's lumped baseline, no rounding.
+    pub fn lumped(&self, g: usize) -> u64 {
+        let (plan, sums, shape, prof, scratch) =
+            (self.plan, self.sums, self.shape, self.prof, self.scratch);
+        let (p, per) = (plan.gpus as u64, (plan.experts / plan.gpus) as u64);
+        let (b, i) = (shape.dtype_bytes, shape.intermediate);
+        let tok_bytes = shape.hidden * b;
+        let own = sums.row_sum(g);
+        let own_tokens = own / shape.top_k.max(1);
+        let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
+        let tokens = own_tokens * tok_bytes * 2
+            + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
+        let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
+        let tables = (own + sums.col_sum(g)) * 14;
+        let comm = (p - 1) * prof.mem_per_peer_bytes;
+        prof.mem_baseline_bytes + comm + weights + tokens + act + tables
+    }
+
+    /// Memory of GPU `g` buffer by buffer, each rounded to the allocation
+    /// grain as the replay's arena does (`gpu::runtime::Arena`), over the
+    /// baseline by component: context, cuBLAS workspace, token communicator
+    /// buffers for every peer, weight communicator buffers for the peers it
+    /// is connected to ([`weight_links`]).
+    pub fn by_buffer(&self, mm: &MemModel, g: usize) -> u64 {
+        let (plan, sums, shape, prof, scratch) =
+            (self.plan, self.sums, self.shape, self.prof, self.scratch);
+        let (b, i) = (shape.dtype_bytes, shape.intermediate);
+        let tok_bytes = shape.hidden * b;
+        let copies = sums.row_sum(g);
+        let own_tokens = copies / shape.top_k.max(1);
+        let rows = scratch.largest[g].min(prof.act_chunk_tokens);
+        let r = |x: u64| mm.round(x);
+        let buffers = [
+            r(scratch.w_count[g] * shape.expert_bytes), // foreign weights
+            r(own_tokens * tok_bytes),                  // input tokens
+            r(own_tokens * tok_bytes),                  // output
+            3 * r(copies * 4),                          // ids, router weights, slots
+            2 * r(copies * 8),                          // result and bias pointers
+            r(sums.sent_off(g) * tok_bytes),            // send
+            r(sums.received(g) * tok_bytes),            // receive
+            r(sums.col_sum(g) * tok_bytes),             // computed rows
+            r(rows * 2 * i * b),                        // gate_up output
+            r(rows * i * b),                            // activation
+            r(copies * 40),                             // pack table (<= one piece per copy)
+            2 * r(sums.received(g) * 32),               // copy tables in and out
+        ];
+        let (inn, out) = weight_links(mm, plan, scratch, g);
+        scratch.mem_fixed + mm.weight_links_bytes(inn, out) + buffers.iter().sum::<u64>()
+    }
 }
 
 /// The weight communicator's connections of GPU `g` (peers in, peers
@@ -56,45 +95,7 @@ fn weight_links(mm: &MemModel, plan: &Plan, scratch: &CostScratch, g: usize) -> 
     }
 }
 
-/// Memory of GPU `g` buffer by buffer, each rounded to the allocation
-/// grain as the replay's arena does (`gpu::runtime::Arena`), over the
-/// baseline by component: context, cuBLAS workspace, token communicator
-/// buffers for every peer, weight communicator buffers for the peers it
-/// is connected to ([`weight_links`]).
-pub(super) fn mem_by_buffer(
-    mm: &MemModel,
-    plan: &Plan,
-    sums: &Sums,
-    shape: &Shape,
-    prof: &Profile,
-    scratch: &CostScratch,
-    g: usize,
-) -> u64 {
-    let (b, i) = (shape.dtype_bytes, shape.intermediate);
-    let tok_bytes = shape.hidden * b;
-    let copies = sums.row_sum(g);
-    let own_tokens = copies / shape.top_k.max(1);
-    let rows = scratch.largest[g].min(prof.act_chunk_tokens);
-    let r = |x: u64| mm.round(x);
-    let buffers = [
-        r(scratch.w_count[g] * shape.expert_bytes), // foreign weights
-        r(own_tokens * tok_bytes),                  // input tokens
-        r(own_tokens * tok_bytes),                  // output
-        3 * r(copies * 4),                          // ids, router weights, slots
-        2 * r(copies * 8),                          // result and bias pointers
-        r(sums.sent_off(g) * tok_bytes),            // send
-        r(sums.received(g) * tok_bytes),            // receive
-        r(sums.col_sum(g) * tok_bytes),             // computed rows
-        r(rows * 2 * i * b),                        // gate_up output
-        r(rows * i * b),                            // activation
-        r(copies * 40),                             // pack table (<= one piece per copy)
-        2 * r(sums.received(g) * 32),               // copy tables in and out
-    ];
-    let (inn, out) = weight_links(mm, plan, scratch, g);
-    scratch.mem_fixed + mm.weight_links_bytes(inn, out) + buffers.iter().sum::<u64>()
-}
-
-/// The part of [`mem_by_buffer`] every GPU has: baseline, token
+/// The part of [`LayerMem::by_buffer`] every GPU has: baseline, token
 /// communicators, and the buffers sized by the model alone.
 pub(super) fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
     let (p, n) = (plan.gpus, plan.experts as u64);
