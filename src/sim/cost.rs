@@ -473,24 +473,19 @@ fn host_floor(scratch: &mut CostScratch, floor_ms: f64) {
     }
 }
 
-/// The price of `plan` whose dispatch matrix has the sums `sums`.
-fn price_sums(
+/// Every expert group's GEMM time, summed per GPU into `scratch` (all and
+/// foreign, with their units, and the largest group): one group per plan
+/// range; without a plan, each expert whole on its native GPU. Returns the
+/// number of groups (the overhead's planning grows with it).
+fn price_groups(
     plan: &Plan,
-    sums: Sums,
     counts: &[u64],
-    shape: &Shape,
-    prof: &Profile,
+    pricer: &GroupPricer,
     scratch: &mut CostScratch,
     mut memo: Option<&mut GroupMemo>,
-) -> Cost {
-    let p = plan.gpus;
-    let per = plan.experts / p;
-    let tok_bytes = shape.hidden * shape.dtype_bytes;
-    let gpn = gpus_per_node(prof, p);
-    let multi = gpn < p;
-
-    // compute: one GEMM group per plan range; without a plan, each expert
-    // whole on its native GPU. The largest group sizes the activation scratch.
+) -> u64 {
+    let (p, per) = (plan.gpus, plan.experts / plan.gpus);
+    // the largest group sizes the activation scratch
     scratch.compute.clear();
     scratch.compute.resize(p, 0.0);
     scratch.foreign.clear();
@@ -502,15 +497,14 @@ fn price_sums(
     scratch.foreign_units.clear();
     scratch.foreign_units.resize(p, 0);
     let mut groups = 0u64;
-    let pricer = prof.group_pricer(shape);
     if let Some(m) = memo.as_deref_mut() {
         m.fit(plan.experts);
-        m.bind(&pricer);
+        m.bind(pricer);
     }
     let mut group = |e: usize, g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
         groups += 1;
         let ms = match memo.as_deref_mut() {
-            Some(m) => m.group_ms(&pricer, e, tokens),
+            Some(m) => m.group_ms(pricer, e, tokens),
             None => pricer.ms(tokens),
         };
         scratch.compute[g] += ms;
@@ -538,6 +532,57 @@ fn price_sums(
             }
         }
     }
+    groups
+}
+
+/// Each GPU's peak memory under `plan` and whether any exceeds the card.
+fn peak_memory(
+    plan: &Plan,
+    sums: &Sums,
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+) -> (Vec<u64>, bool) {
+    let mut peak = Vec::with_capacity(plan.gpus);
+    let mut oom = false;
+    if let Some(mm) = &prof.mem_model {
+        scratch.mem_fixed = mem_fixed(mm, plan, shape);
+    }
+    let layer = LayerMem {
+        plan,
+        sums,
+        shape,
+        prof,
+        scratch,
+    };
+    for g in 0..plan.gpus {
+        let m = match &prof.mem_model {
+            Some(mm) => layer.by_buffer(mm, g),
+            None => layer.lumped(g),
+        };
+        oom |= m > prof.gpu_mem_bytes;
+        peak.push(m);
+    }
+    (peak, oom)
+}
+
+/// The price of `plan` whose dispatch matrix has the sums `sums`.
+fn price_sums(
+    plan: &Plan,
+    sums: Sums,
+    counts: &[u64],
+    shape: &Shape,
+    prof: &Profile,
+    scratch: &mut CostScratch,
+    mut memo: Option<&mut GroupMemo>,
+) -> Cost {
+    let p = plan.gpus;
+    let tok_bytes = shape.hidden * shape.dtype_bytes;
+    let gpn = gpus_per_node(prof, p);
+    let multi = gpn < p;
+
+    let pricer = prof.group_pricer(shape);
+    let groups = price_groups(plan, counts, &pricer, scratch, memo.as_deref_mut());
 
     // with `--overlap on` the pipelined schedule prices the layer's total
     // and compute itself (per chunk, from the group prices, not these sums):
@@ -639,26 +684,7 @@ fn price_sums(
         (overhead + o.after_overhead_ms, o.compute_ms)
     };
 
-    let mut peak = Vec::with_capacity(p);
-    let mut oom = false;
-    if let Some(mm) = &prof.mem_model {
-        scratch.mem_fixed = mem_fixed(mm, plan, shape);
-    }
-    let layer = LayerMem {
-        plan,
-        sums: &sums,
-        shape,
-        prof,
-        scratch,
-    };
-    for g in 0..p {
-        let m = match &prof.mem_model {
-            Some(mm) => layer.by_buffer(mm, g),
-            None => layer.lumped(g),
-        };
-        oom |= m > prof.gpu_mem_bytes;
-        peak.push(m);
-    }
+    let (peak, oom) = peak_memory(plan, &sums, shape, prof, scratch);
     scratch.sums = sums;
     Cost {
         overhead_ms: overhead,
