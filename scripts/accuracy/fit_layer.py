@@ -11,10 +11,10 @@ this script only chooses its numbers):
   copies/1000: the three features are read by probing compare with one
   term set to 1 and the others to 0, then fitted by least squares, each row
   weighted by 1 / measured layer time (its share of the relative error);
-- GEMM units inside a layer = max(unit_scale x table time + unit_us,
-  unit_floor_us): the first two probed the same way on the compute phase of
-  rows that move no weights, the floor (the host issuing units of a few
-  rows) searched on the same rows;
+- GEMM units inside a layer = unit_scale x table time + unit_us, and a
+  GPU's units at least their count x unit_floor_us (the host issuing units
+  of a few rows): the first two probed the same way on the compute phase of
+  rows that move no weights, the floor searched on the same rows;
 - contention (token exchange sharing the link with weight transfers) and
   auto_us (llep-auto's own decision): one-dimensional searches on the rows
   that have them, minimising the median relative error of the layer time.

@@ -136,7 +136,6 @@ pub fn dispatch_matrix(plan: &Plan, per_rank: &[u64], out: &mut DispatchMatrix) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::Range;
     use crate::trace::tokens::SplitMix64;
 
     /// The matrix copy by copy: copy `i` of expert `e` (global order, rank

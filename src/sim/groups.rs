@@ -97,16 +97,14 @@ impl GroupPricer<'_> {
         let prof = self.prof;
         match &self.how {
             Pricing::Curve(points) => interp(points, t),
-            Pricing::Tables(tables, chunk) => {
+            Pricing::Tables(tables, _) => {
                 let ms = match units {
                     Some(u) => tables.ms_cached(tokens, u),
                     None => tables.ms(tokens),
                 };
                 // inside a layer, each unit as fitted against the tables
                 match &prof.layer_fit {
-                    Some(f) => {
-                        f.unit_scale * ms + f.unit_us * 1e-3 * tokens.div_ceil(*chunk) as f64
-                    }
+                    Some(f) => f.unit_scale * ms + f.unit_us * 1e-3 * self.units(tokens) as f64,
                     None => ms,
                 }
             }

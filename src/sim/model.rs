@@ -179,7 +179,8 @@ impl LayerFit {
             self.dispatch_wait,
             self.auto_us,
         ];
-        let sharing = [
+        // costs and link-sharing fractions: never negative
+        let nonneg = [
             self.unit_floor_us,
             self.contention,
             self.contention_per_peer,
@@ -187,7 +188,7 @@ impl LayerFit {
         ];
         if all.iter().all(|v| v.is_finite())
             && self.unit_scale > 0.0
-            && sharing.iter().all(|&v| v >= 0.0)
+            && nonneg.iter().all(|&v| v >= 0.0)
         {
             Ok(())
         } else {
