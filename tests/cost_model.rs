@@ -384,6 +384,7 @@ fn fit(overhead_us: f64, per_group_us: f64, per_kcopy_us: f64) -> LayerFit {
         unit_scale: 1.0,
         unit_us: 0.0,
         unit_floor_us: 0.0,
+        graph_floor_us: 0.0,
         contention: 0.0,
         contention_per_peer: 0.0,
         dispatch_wait: 0.0,
@@ -453,6 +454,7 @@ fn layer_fit_prices_units_inside_a_layer_and_link_sharing() {
         unit_scale: 0.5,
         unit_us: 10.0,
         unit_floor_us: 0.0,
+        graph_floor_us: 0.0,
         ..fit(0.0, 0.0, 0.0)
     });
     // 40000 rows: 3 units of at most 16384 rows
@@ -680,6 +682,36 @@ fn host_floor_raises_a_gpu_of_small_units_and_large_units_hide_it() {
         c1.compute_ms
     );
     assert!((c1.total_ms - c0.total_ms - (c1.compute_ms - c0.compute_ms)).abs() < 1e-12);
+    // launched as CUDA graphs, the host's floor gives way to the GPU's
+    // (here 40 us a unit), and the rows say how they were priced
+    let graphed = |floor: f64| {
+        let mut p = prof.clone();
+        p.cuda_graphs = true;
+        p.layer_fit.as_mut().unwrap().graph_floor_us = floor;
+        price(&few, &p, Policy::Ep)
+    };
+    let g = graphed(40.0);
+    assert!(
+        (g.compute_ms - 16.0 * 0.040).abs() < 1e-12,
+        "{}",
+        g.compute_ms
+    );
+    assert!(g.cuda_graphs && !c1.cuda_graphs);
+    assert_eq!(graphed(0.0).compute_ms, c0.compute_ms);
+    // tables timed as graphs price graphed layers, and only those
+    let mut halved = unfit.clone();
+    halved.graph_gemm_tables = unfit.gemm_tables.clone();
+    for t in &mut halved.graph_gemm_tables {
+        t.points.iter_mut().for_each(|p| p.1 *= 0.5);
+    }
+    assert_eq!(price(&few, &halved, Policy::Ep).compute_ms, c0.compute_ms);
+    halved.cuda_graphs = true;
+    let h = price(&few, &halved, Policy::Ep).compute_ms;
+    assert!(
+        (h - 0.5 * c0.compute_ms).abs() < 1e-9,
+        "{h} vs {}",
+        c0.compute_ms
+    );
     // one large unit beside them: the GPU's own time of the large one hides
     // the host's time of the small ones (its sum is above 16 x 50 us)
     let mut hot = few.counts.clone();

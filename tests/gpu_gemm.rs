@@ -121,3 +121,65 @@ fn gemm_flag_rejects_an_unknown_path_before_any_gpu_work() {
     assert_eq!(o.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--warmup 1 or more"), "{stderr}");
 }
+
+/// `calibrate --gemm-only --cuda-graphs on` times its grid with each
+/// sample launched as one CUDA graph and puts the tables in the profile's
+/// `graph_gemm_tables`, leaving `gemm_tables` as the base had them;
+/// without `--gemm-only` it refuses before any GPU work.
+#[test]
+fn calibrate_times_the_grid_as_cuda_graphs_or_fails_cleanly() {
+    let dir = std::env::temp_dir().join(format!("llep-calgraph-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("p.json");
+    let o = Command::new(bin())
+        .args(["calibrate", "--cuda-graphs", "on", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--gemm-only"), "{stderr}");
+    assert!(!out.exists());
+    let o = Command::new(bin())
+        .args([
+            "calibrate",
+            "--gpus",
+            "1",
+            "--gemm-only",
+            "--cuda-graphs",
+            "on",
+        ])
+        .args([
+            "--base",
+            "h200",
+            "--grid-shapes",
+            "256:128",
+            "--grid-rows",
+            "1,16,256",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    if !ran_on_gpu(&o) {
+        assert!(!out.exists());
+        return;
+    }
+    let p = llep_trace::sim::Profile::load(out.to_str().unwrap()).unwrap();
+    let base = llep_trace::sim::Profile::load("h200").unwrap();
+    assert_eq!(p.gemm_tables, base.gemm_tables);
+    let mine: Vec<_> = p
+        .graph_gemm_tables
+        .iter()
+        .filter(|t| (t.n, t.k) == (256, 256) || (t.n, t.k) == (256, 128))
+        .collect();
+    assert_eq!(mine.len(), 2, "{:?}", p.graph_gemm_tables.len());
+    for t in mine {
+        assert_eq!(t.points.len(), 3);
+        assert!(
+            t.points.iter().all(|&(_, ms)| ms > 0.0 && ms < 1.0),
+            "{:?}",
+            t.points
+        );
+    }
+}

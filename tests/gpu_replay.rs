@@ -194,6 +194,84 @@ fn replay_rejects_bad_input_before_any_gpu_work() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("ideal"));
 }
 
+/// `--cuda-graphs on` refuses what it cannot graph honestly, in one line
+/// and before any GPU work: a training step, and fewer than two warm-ups
+/// (the first tunes the GEMMs, the next captures the graphs).
+#[test]
+fn replay_cuda_graphs_refuses_train_and_one_warmup() {
+    let e = one_error(&[
+        "replay",
+        "--synthetic",
+        "balanced",
+        "--pass",
+        "train",
+        "--cuda-graphs",
+        "on",
+    ]);
+    assert!(
+        e.contains("--cuda-graphs on") && e.contains("forward"),
+        "{e}"
+    );
+    let e = one_error(&[
+        "replay",
+        "--synthetic",
+        "balanced",
+        "--cuda-graphs",
+        "on",
+        "--warmup",
+        "1",
+    ]);
+    assert!(e.contains("--warmup 2"), "{e}");
+}
+
+/// Expert units launched as CUDA graphs compute what the eager issue
+/// computes: on 2 GPUs, pipelined in 3 chunks and sequential, EP and LLEP
+/// (foreign units, graphed after their weights' wait), timed in turns,
+/// every row passes the dense fp32 check with the same plan as eagerly,
+/// and says `cuda_graphs` (no timed run fell back). Skipped with fewer
+/// than 2 GPUs.
+#[test]
+fn replay_cuda_graphs_match_the_dense_check_and_say_so() {
+    if gpu_count() < 2 {
+        return;
+    }
+    let dir = temp_dir("gpu-graphs");
+    for flags in [
+        &["--overlap", "on", "--overlap-chunks", "3"][..],
+        &["--overlap", "off"][..],
+    ] {
+        let mut rows = Vec::new();
+        for graphs in ["off", "on"] {
+            let out = dir.join(format!("{graphs}-{}.parquet", flags.len()));
+            // the tiny layer's one warm-up becomes two (tune, then capture)
+            let mut args = tiny_layer("2", "2048").to_vec();
+            args[14] = "2";
+            let o = Command::new(bin())
+                .args(args)
+                .args(["--synthetic", "balanced,95:1", "--min-gemm", "16"])
+                .args(["--runs", "2", "--ratio", "1.3", "--cuda-graphs", graphs])
+                .args(flags)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            rows.push(llep_trace::results::read_results(&out).unwrap().1);
+        }
+        let (eager, graphed) = (&rows[0], &rows[1]);
+        assert_eq!(eager.len(), 4);
+        assert_eq!(graphed.len(), 4);
+        for (e, g) in eager.iter().zip(graphed) {
+            assert!(!e.cuda_graphs && g.cuda_graphs, "{flags:?}");
+            assert_eq!((e.policy, &e.loads_after), (g.policy, &g.loads_after));
+            let err = g.rel_error.expect("checked against the dense reference");
+            assert!(err < 1e-2, "{flags:?}: relative error {err}");
+        }
+        // LLEP at 95:1 spills: its foreign units ran through a graph too
+        assert!(graphed.iter().any(|r| r.transfer_bytes > 0), "{flags:?}");
+    }
+}
+
 // ---- EPLB in the replay (issue 14 part 4) ----
 
 /// Run the binary, expect failure, return its one error line.

@@ -108,6 +108,11 @@ pub struct CalibrateArgs {
     /// GEMM tables time the path replay will run.
     #[arg(long, default_value = "lt", value_parser = |s: &str| s.parse::<GemmImpl>())]
     pub gemm: GemmImpl,
+    /// With --gemm-only: time each grid sample's units launched as one
+    /// CUDA graph, as `replay --cuda-graphs on` launches them; the tables
+    /// go to the profile's graph_gemm_tables, which price that mode.
+    #[arg(long, value_enum, default_value = "off")]
+    pub cuda_graphs: super::replay::OnOff,
 }
 
 /// "D:I" or "D,I" -> (D, I), checked as replay needs it.
@@ -172,10 +177,11 @@ fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCo
 /// The generalising parts of a profile, one line each.
 fn model_summary(prof: &Profile) -> String {
     let mut s = String::new();
-    for t in &prof.gemm_tables {
+    let graphed = prof.graph_gemm_tables.iter().map(|t| (t, " (CUDA graphs)"));
+    for (t, how) in prof.gemm_tables.iter().map(|t| (t, "")).chain(graphed) {
         let at = |m: f64| llep_trace::sim::model::interp(&t.points, m);
         s.push_str(&format!(
-            "  GEMM table {} N={} K={}: {} points, M=1 {:.1} us, M=512 {:.1} us, M=16384 {:.3} ms\n",
+            "  GEMM table{how} {} N={} K={}: {} points, M=1 {:.1} us, M=512 {:.1} us, M=16384 {:.3} ms\n",
             t.proj.as_str(),
             t.n,
             t.k,
@@ -316,6 +322,10 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if (a.bwd || a.bwd_only) && grid_shapes.is_empty() {
         bail!("--bwd, --bwd-only: the grid has no shapes (give --grid-shapes or --shape)");
     }
+    let cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
+    if cuda_graphs && !a.gemm_only {
+        bail!("--cuda-graphs on times the GEMM grid only: give --gemm-only");
+    }
     if a.gemm_only && grid_shapes.is_empty() {
         bail!("--gemm-only: the grid has no shapes (give --grid-shapes or --shape)");
     }
@@ -343,6 +353,7 @@ pub fn run(a: CalibrateArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         bwd: a.bwd,
         bwd_only: a.bwd_only,
         gemm: a.gemm,
+        cuda_graphs,
     };
     let c = calibrate(&cc, p)?;
     for s in &c.skipped {

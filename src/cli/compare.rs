@@ -117,6 +117,22 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         "\nlayer time: median |error| {:.1}%, worst {:.1}%   peak memory: median |error| {:.1}%, worst {:.1}%\n",
         acc.median_abs_time_pct, acc.worst_abs_time_pct, acc.median_abs_mem_pct, acc.worst_abs_mem_pct
     ));
+    // rows replayed with CUDA graphs are priced without the host's floor:
+    // their error apart, when the files hold both kinds
+    let graphed = acc.pairs.iter().filter(|x| x.measured.cuda_graphs).count();
+    if graphed > 0 && graphed < acc.pairs.len() {
+        for (name, graphs) in [("issued one by one", false), ("CUDA graphs", true)] {
+            let x = ErrorStats::of(
+                acc.pairs
+                    .iter()
+                    .filter(|x| x.measured.cuda_graphs == graphs),
+            );
+            s.push_str(&format!(
+                "expert units {name}: {} rows, layer time median |error| {:.1}%, worst {:.1}%\n",
+                x.rows, x.median_abs_time_pct, x.worst_abs_time_pct
+            ));
+        }
+    }
     let split = (!a.held_out.is_empty()).then(|| acc.split(&a.held_out));
     if let Some((cal, held)) = &split {
         let shapes: Vec<String> = a.held_out.iter().map(|(d, i)| format!("{d}x{i}")).collect();
@@ -180,7 +196,8 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             mem_worst_abs_pct: acc.worst_abs_mem_pct,
             rows: acc.pairs.len() as u32,
             report: a.report_path.clone(),
-            by_tokens: acc.by_tokens(),
+            by_tokens: acc.by_tokens(false),
+            graph_by_tokens: acc.by_tokens(true),
             split: split.map(|(cal, held)| {
                 let all = ErrorStats::of(acc.pairs.iter());
                 SplitError {

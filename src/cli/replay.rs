@@ -114,6 +114,15 @@ pub struct ReplayArgs {
     /// priority (measured no faster on 2 x H200; kept to measure it).
     #[arg(long, hide = true)]
     pub overlap_high_priority: bool,
+    /// on: each compute phase's expert units (a GPU's native ones, then its
+    /// foreign ones; per chunk when pipelined) are launched as one CUDA
+    /// graph, captured during the warm-ups, as serving engines launch
+    /// their expert compute as grouped kernels or graphs; off: one host
+    /// call per GEMM and activation, as the reference layer issues them
+    /// (then decode-sized layers measure the host). Forward pass only;
+    /// needs --warmup 2 or more.
+    #[arg(long, value_enum, default_value = "off")]
+    pub cuda_graphs: OnOff,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -410,12 +419,20 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         p.status("--pass train: the backward runs on the sequential schedule; overlap off");
         overlap = Overlap::Off;
     }
+    let cuda_graphs = a.cuda_graphs == OnOff::On;
+    if cuda_graphs && train {
+        bail!("--cuda-graphs on: forward pass only (the backward's GEMMs are issued one by one); use --cuda-graphs off with --pass train");
+    }
+    if cuda_graphs && a.warmup < 2 {
+        bail!("--cuda-graphs on captures its graphs during the warm-up runs (the first tunes the GEMMs, the next captures): give --warmup 2 or more");
+    }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let (launch, nodes) = launch_and_nodes(&a, p)?;
     let prof = match &a.with_sim {
         Some(s) => {
             let mut prof = Profile::load(s)?;
             prof.nodes = nodes as u32;
+            prof.cuda_graphs = cuda_graphs;
             Some(prof)
         }
         None => None,
@@ -459,6 +476,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         let mut profile = Profile::load(a.with_sim.as_deref().unwrap_or(&a.profile))?;
         profile.nodes = nodes as u32;
         profile.overlap = overlap;
+        profile.cuda_graphs = cuda_graphs;
         p.status(&format!(
             "llep-auto decides with profile {}",
             profile.label()
@@ -507,6 +525,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         overlap,
         net_priority: a.overlap_high_priority,
         interleave: a.interleave == OnOff::On,
+        cuda_graphs,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -576,8 +595,13 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}{}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
         a.gemm.as_str(),
+        if a.cuda_graphs == OnOff::On {
+            ", expert units launched as CUDA graphs"
+        } else {
+            ""
+        },
         a.warmup,
         a.runs,
         // training steps are always timed back to back

@@ -53,6 +53,13 @@ pub struct SimInputArgs {
     /// of keeping them (less memory, more compute).
     #[arg(long)]
     pub recompute: bool,
+    /// How the priced replay issues its expert units: off, one host call
+    /// per GEMM and activation (the reference layer; decode-sized layers
+    /// then pay the host's time per unit); on, each compute phase as one
+    /// CUDA graph (`replay --cuda-graphs on`: serving engines' grouped
+    /// kernels or graphs).
+    #[arg(long, value_enum, default_value = "off")]
+    pub cuda_graphs: super::replay::OnOff,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -234,9 +241,13 @@ pub fn run_sweep(
     if a.recompute && a.pass != PassArg::Train {
         bail!("--recompute applies to --pass train only");
     }
+    if a.cuda_graphs == super::replay::OnOff::On && a.pass == PassArg::Train {
+        bail!("--cuda-graphs on prices the forward pass only (replay graphs no backward); use --cuda-graphs off with --pass train");
+    }
     let topo = a.topology()?;
     let mut profile = Profile::load(&a.profile)?;
     profile.nodes = topo.nodes as u32;
+    profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
     // a training step's backward runs the sequential schedule (as replay)
     profile.overlap = if a.pass == PassArg::Train {
         llep_trace::gpu::Overlap::Off

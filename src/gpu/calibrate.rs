@@ -40,6 +40,10 @@ pub struct CalibConfig {
     pub bwd_only: bool,
     /// The library of the bf16 GEMMs, as replay's `--gemm`.
     pub gemm: GemmImpl,
+    /// Time the GEMM grid's samples launched as one CUDA graph each, as
+    /// `replay --cuda-graphs on` launches a compute phase (its tables then
+    /// price that mode: the profile's `graph_gemm_tables`).
+    pub cuda_graphs: bool,
 }
 
 /// Decode-to-prefill rows of one expert GEMM: every power of two and the
@@ -128,6 +132,8 @@ pub struct Calibration {
     pub mem_baseline: u64,
     /// Per-projection GEMM grid per shape.
     pub grid: Vec<GridShape>,
+    /// The grid's samples were launched as CUDA graphs (`--cuda-graphs on`).
+    pub grid_graphs: bool,
     pub msg_tokens: Option<MsgRaw>,
     pub msg_weights: Option<MsgRaw>,
     /// Back-to-back small kernel, host-waited download, small upload, us.
@@ -304,8 +310,7 @@ impl Worker<'_> {
     ) -> Result<f64, GpuError> {
         let main = self.dev.main;
         let mut v = Vec::with_capacity(reps);
-        for rep in 0..reps + 2 {
-            self.ev[E_START].record(main)?;
+        let issue = || -> Result<(), GpuError> {
             for _ in 0..rounds {
                 for e in 0..b.experts {
                     let x0 = b.x + (e * b.rows * b.d * 2) as u64;
@@ -317,6 +322,35 @@ impl Worker<'_> {
                         at += n;
                     }
                 }
+            }
+            Ok(())
+        };
+        // with graphs, the sample is one graph: captured in the untimed
+        // samples (the first may tune instead), launched in the timed ones
+        let key = vec![
+            b.x,
+            b.w,
+            b.d as u64,
+            b.bl.len as u64,
+            t as u64,
+            rounds as u64,
+            u64::from(down),
+        ];
+        for rep in 0..reps + 2 {
+            let missed = self.graphs.borrow().misses;
+            self.ev[E_START].record(main)?;
+            if self.cfg.cuda_graphs {
+                self.graphs
+                    .borrow_mut()
+                    .run(&self.dev, key.clone(), issue)?;
+            } else {
+                issue()?;
+            }
+            if self.cfg.cuda_graphs && rep >= 2 && self.graphs.borrow().misses != missed {
+                return Err(GpuError::Cuda(format!(
+                    "a timed sample of {t} rows (D={}) could not be launched as a CUDA graph",
+                    b.d
+                )));
             }
             self.ev[E_END].record(main)?;
             self.ev[E_END].sync()?;
@@ -355,6 +389,9 @@ impl Worker<'_> {
     ) -> Result<GridShape, GpuError> {
         let experts = grid_experts(BlobLayout::new(d, i).len * 2);
         let mmax = rows.iter().copied().max().unwrap_or(1).min(CHUNK) as usize;
+        // graphs of the last shape point into buffers about to be reused
+        self.dev.sync()?;
+        self.graphs.borrow_mut().clear();
         let b = self.gemm_bufs(d, i, mmax, experts)?;
         let (mut gu, mut dn) = (Vec::new(), Vec::new());
         for &m in rows {
@@ -685,6 +722,7 @@ fn calib_main(
         overlap: super::pipeline::Overlap::Off,
         net_priority: false,
         interleave: false,
+        cuda_graphs: cc.cuda_graphs,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
     let mut out = Calibration {
@@ -692,6 +730,7 @@ fn calib_main(
         driver: driver_version(),
         gpus: world,
         total_mem: w.dev.total_mem as u64,
+        grid_graphs: cc.cuda_graphs,
         ..Default::default()
     };
     if cc.bwd_only {

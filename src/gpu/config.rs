@@ -82,4 +82,7 @@ pub struct ReplayConfig {
     /// Time a case's plain settings in turns, one run of each per round
     /// (see `Worker::measure_all`); off: each setting's runs back to back.
     pub interleave: bool,
+    /// Each compute phase's expert units launched as one CUDA graph
+    /// (`--cuda-graphs on`, forward pass only; see `graphs`).
+    pub cuda_graphs: bool,
 }

@@ -730,6 +730,13 @@ impl Dev {
             .iter()
             .any(|&(lo, hi)| lo < out.1 && out.0 < hi);
         let tunable = beta == 0.0 && !overlaps && !lt.plans.borrow()[s].tuned;
+        if tunable && self.capturing.get() {
+            // tuning synchronises the device: the graph's capture is
+            // abandoned and this GEMM runs (and tunes) eagerly instead
+            return Err(GpuError::Cuda(format!(
+                "{s:?} is not tuned yet: cannot capture it into a graph"
+            )));
+        }
         if tunable {
             let best = self.tune(lt, call)?;
             let mut plans = lt.plans.borrow_mut();

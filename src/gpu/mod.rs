@@ -12,6 +12,7 @@
 //! - `config`: what a replay is asked to do (the layer, its cases);
 //! - `worker`: one rank's GPU, communicators, planner and buffers;
 //! - `phases`: one run of the layer, phase by phase;
+//! - `graphs`: its expert compute launched as CUDA graphs (`--cuda-graphs`);
 //! - [`pipeline`]: its pipelined schedule (`--overlap on`) and chunk rule;
 //! - `backward`: the training step's backward of that run;
 //! - `dense`: the dense fp32 check of sampled tokens;
@@ -31,6 +32,7 @@ mod dense;
 mod dense_bwd;
 pub mod gemm;
 pub mod gemm_bench;
+mod graphs;
 pub mod inputs;
 pub mod layout;
 pub mod overhead;

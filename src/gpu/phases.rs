@@ -681,9 +681,60 @@ impl Worker<'_> {
     /// Run GEMM units on the main stream: gate_up GEMM, activation, down
     /// GEMM (written in place over the unit's input rows; in a training run
     /// to `yout`, with gate_up outputs and activations kept per row unless
-    /// recomputed).
+    /// recomputed). With `--cuda-graphs on`, the native units and the
+    /// foreign ones are each launched as one graph (`graphs`).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn compute(
+        &self,
+        units: &[Unit],
+        rl: &layout::RankLayout,
+        comp: u64,
+        h: u64,
+        act: u64,
+        yout: u64,
+        native: u64,
+        foreign: u64,
+        waited: &mut bool,
+    ) -> Result<(), GpuError> {
+        if !self.cfg.cuda_graphs {
+            return self.issue_units(units, rl, comp, h, act, yout, native, foreign, waited);
+        }
+        // units come native first: each side one graph, the foreign one
+        // queued after the wait for its weights (outside the graph)
+        let split = units.iter().position(|u| u.foreign).unwrap_or(units.len());
+        for part in [&units[..split], &units[split..]] {
+            if part.is_empty() {
+                continue;
+            }
+            if part[0].foreign && !*waited {
+                self.dev.wait(self.dev.main, &self.xev[1])?;
+                *waited = true;
+            }
+            let mut key = vec![comp, h, act, yout];
+            for u in part {
+                let g = &rl.groups[u.group as usize];
+                key.extend([self.weights_of(g.weights, native, foreign), u.row, u.rows]);
+            }
+            self.graphs.borrow_mut().run(&self.dev, key, || {
+                let mut w = true;
+                self.issue_units(part, rl, comp, h, act, yout, native, foreign, &mut w)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A group's weight blob: a native slot or a received one.
+    fn weights_of(&self, src: WeightSrc, native: u64, foreign: u64) -> u64 {
+        let bb = self.blob.len * 2;
+        match src {
+            WeightSrc::Native(j) => native + (j as usize * bb) as u64,
+            WeightSrc::Foreign(i) => foreign + (i as usize * bb) as u64,
+        }
+    }
+
+    /// [`Worker::compute`]'s units, one host call per GEMM and activation.
+    #[allow(clippy::too_many_arguments)]
+    fn issue_units(
         &self,
         units: &[Unit],
         rl: &layout::RankLayout,
@@ -699,7 +750,6 @@ impl Worker<'_> {
         let main = self.dev.main;
         let rb = self.rb();
         let (d, inter) = (self.cfg.hidden, self.cfg.inter);
-        let bb = self.blob.len * 2;
         let b = self.blob;
         let kind: i32 = match self.cfg.act {
             Act::GptOss => 0,
@@ -708,16 +758,11 @@ impl Worker<'_> {
         let inter_i = inter as i32;
         for u in units {
             let g = &rl.groups[u.group as usize];
-            let w = match g.weights {
-                WeightSrc::Native(j) => native + (j as usize * bb) as u64,
-                WeightSrc::Foreign(i) => {
-                    if !*waited {
-                        self.dev.wait(main, &self.xev[1])?;
-                        *waited = true;
-                    }
-                    foreign + (i as usize * bb) as u64
-                }
-            };
+            if u.foreign && !*waited {
+                self.dev.wait(main, &self.xev[1])?;
+                *waited = true;
+            }
+            let w = self.weights_of(g.weights, native, foreign);
             let xg = comp + u.row * rb;
             let (h, act, out) = if !self.cfg.train {
                 (h, act, xg)

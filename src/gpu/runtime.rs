@@ -563,6 +563,9 @@ pub struct Dev {
     /// Blocks of 256 threads `act_rows` launches with: one resident wave
     /// (it is grid-stride; its callers size the grid per element pair).
     pub(crate) act_wave: u32,
+    /// The main stream is being captured into a graph (`graphs`): a GEMM
+    /// that would tune refuses instead (tuning synchronises the device).
+    pub(super) capturing: std::cell::Cell<bool>,
     _module: Arc<CudaModule>,
     pub ctx: Arc<CudaContext>,
 }
@@ -639,6 +642,7 @@ impl Dev {
             total_mem,
             pdl,
             act_wave,
+            capturing: Default::default(),
             _module: module,
             ctx,
         })

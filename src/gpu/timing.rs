@@ -84,22 +84,30 @@ impl Worker<'_> {
         let runs = self.cfg.runs;
         let turns = self.cfg.interleave && settings.len() > 1 && !self.cfg.train;
         let mut times: Vec<Vec<Times>> = vec![Vec::new(); settings.len()];
+        // timed runs' compute phases that launched no kept graph
+        let mut misses = vec![0usize; settings.len()];
         let mut extras = Vec::with_capacity(settings.len());
         let mut plans = Vec::with_capacity(settings.len());
         for (si, &(policy, gate)) in settings.iter().enumerate() {
             self.begin_case(case)?;
             let timed = if turns { 0 } else { runs };
-            let (tm, oom) = self.runs_of(case, policy, gate, self.cfg.warmup, timed)?;
+            let (tm, oom) =
+                self.runs_of(case, policy, gate, self.cfg.warmup, timed, &mut misses[si])?;
             times[si] = tm;
             extras.push(self.after_runs(case, oom)?);
             // the plan the warm-ups ran (the same counts plan the same)
             plans.push(self.plan.clone());
             self.dev.arena.release_except(&PERSISTENT)?;
         }
-        if turns && !self.take_turns(case, settings, &extras, &mut times)? {
+        if turns && !self.take_turns(case, settings, &extras, &mut times, &mut misses)? {
             for (si, &(policy, gate)) in settings.iter().enumerate() {
                 self.begin_case(case)?;
-                times[si] = self.runs_of(case, policy, gate, 0, runs)?.0;
+                misses[si] = 0;
+                // with graphs, one untimed run captures them for these buffers
+                let warm = usize::from(self.cfg.cuda_graphs);
+                times[si] = self
+                    .runs_of(case, policy, gate, warm, runs, &mut misses[si])?
+                    .0;
                 self.dev.arena.release_except(&PERSISTENT)?;
             }
         }
@@ -111,8 +119,16 @@ impl Worker<'_> {
             }
             mine.extend_from_slice(&extras[si]);
             let all = self.gather_f64(&mine)?;
+            let missed: f64 = self.gather_f64(&[misses[si] as f64])?.iter().sum();
             rows.push((self.rank == 0).then(|| {
                 let mut r = self.row(case, policy, gate, &plans[si], &all, runs);
+                r.cuda_graphs = self.cfg.cuda_graphs && missed == 0.0;
+                if self.cfg.cuda_graphs && missed > 0.0 {
+                    eprintln!(
+                        "warning: {} {} {}: {missed} compute phases of timed runs were not launched as graphs; the row says cuda_graphs = false",
+                        case.base.scenario, policy, case.base.tokens_per_rank
+                    );
+                }
                 if self.cfg.train {
                     self.train_row(&mut r, &all, runs);
                 }
@@ -131,22 +147,30 @@ impl Worker<'_> {
         settings: &[(Policy, Gate)],
         extras: &[[f64; EXTRA]],
         times: &mut [Vec<Times>],
+        misses: &mut [usize],
     ) -> Result<bool, GpuError> {
         self.begin_case(case)?;
         let mut ok = true;
         // round 0 is untimed: it grows the buffers every setting needs, so
-        // no timed run allocates
-        'rounds: for round in 0..=self.cfg.runs {
+        // no timed run allocates; with graphs, so is round 1, which
+        // captures them over those buffers (round 0's growth for a later
+        // setting moves an earlier one's)
+        let untimed = 1 + usize::from(self.cfg.cuda_graphs);
+        'rounds: for round in 0..self.cfg.runs + untimed {
             for (si, &(policy, gate)) in settings.iter().enumerate() {
                 if extras[si][X_OOM] != 0.0 {
                     continue; // out of memory alone: no timed runs
                 }
+                let before = self.graphs.borrow().misses;
                 match self.run_once(case, policy, gate)? {
                     RunOut::Oom => {
                         ok = false;
                         break 'rounds;
                     }
-                    RunOut::Done(tm) if round > 0 => times[si].push(tm),
+                    RunOut::Done(tm) if round >= untimed => {
+                        times[si].push(tm);
+                        misses[si] += self.graphs.borrow().misses - before;
+                    }
                     RunOut::Done(_) => {}
                 }
             }
@@ -155,6 +179,7 @@ impl Worker<'_> {
         self.dev.arena.release_except(&PERSISTENT)?;
         if !ok {
             times.iter_mut().for_each(Vec::clear);
+            misses.iter_mut().for_each(|m| *m = 0);
         }
         Ok(ok)
     }
@@ -165,6 +190,9 @@ impl Worker<'_> {
         let rt = &case.routing[self.rank];
         let copies = rt.ids.len();
         let t = copies / k;
+        // the last case's graphs point into buffers about to be reused
+        self.dev.sync()?;
+        self.graphs.borrow_mut().clear();
         self.dev.arena.reset_peak();
         self.driver_peak = self.dev.driver_used();
         self.seen.clear();
@@ -202,12 +230,17 @@ impl Worker<'_> {
         gate: Gate,
         warmup: usize,
         timed: usize,
+        misses: &mut usize,
     ) -> Result<(Vec<Times>, bool), GpuError> {
         let mut times = Vec::with_capacity(timed);
         for i in 0..warmup + timed {
+            let before = self.graphs.borrow().misses;
             match self.run_once(case, policy, gate)? {
                 RunOut::Oom => return Ok((times, true)),
-                RunOut::Done(tm) if i >= warmup => times.push(tm),
+                RunOut::Done(tm) if i >= warmup => {
+                    times.push(tm);
+                    *misses += self.graphs.borrow().misses - before;
+                }
                 RunOut::Done(_) => {}
             }
         }

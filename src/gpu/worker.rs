@@ -134,6 +134,8 @@ pub(super) struct Worker<'a> {
     /// process (NCCL connects a pair on first use and keeps its buffers).
     pub(super) wpeers_in: Vec<bool>,
     pub(super) wpeers_out: Vec<bool>,
+    /// The case's expert-compute graphs (`--cuda-graphs on`).
+    pub(super) graphs: std::cell::RefCell<super::graphs::Graphs>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -179,6 +181,7 @@ impl<'a> Worker<'a> {
             pipe_chunks: 1,
             wpeers_in: vec![false; world],
             wpeers_out: vec![false; world],
+            graphs: Default::default(),
         })
     }
 

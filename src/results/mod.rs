@@ -224,6 +224,11 @@ results_columns! {
     /// row's memory; empty for simulated rows and in older files.
     weight_peers_in_per_gpu: Vec<u64> = "weight_peers_in_per_gpu",
     weight_peers_out_per_gpu: Vec<u64> = "weight_peers_out_per_gpu",
+    /// Each compute phase's expert units launched as one CUDA graph
+    /// (`--cuda-graphs on`): measured rows whose every timed run did so;
+    /// simulated rows priced that way (no host floor per unit). False in
+    /// older files, whose replays issued every GEMM from the host.
+    cuda_graphs: bool = "cuda_graphs",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -243,6 +248,7 @@ const ADDED_LATER: &[&str] = &[
     "t_exposed_comm_ms",
     "weight_peers_in_per_gpu",
     "weight_peers_out_per_gpu",
+    "cuda_graphs",
 ];
 
 fn column_of<'a, T: Column>(

@@ -83,11 +83,17 @@ pub fn is_held_out(r: &ResultRow, held_out: &[(u32, u32)]) -> bool {
 
 impl Accuracy {
     /// Median |error| of the layer time per batch size (tokens per GPU) with
-    /// at least 6 rows, percent, by size: what the cost-aware gate takes as
-    /// its margin at that size (stamped as `MeasuredError::by_tokens`).
-    pub fn by_tokens(&self) -> Vec<(u64, f64)> {
+    /// at least 6 rows, percent, by size, over the rows replayed with CUDA
+    /// graphs (`graphs`) or the others: what the cost-aware gate takes as
+    /// its margin at that size in that mode (stamped as
+    /// `MeasuredError::by_tokens` and `graph_by_tokens`).
+    pub fn by_tokens(&self, graphs: bool) -> Vec<(u64, f64)> {
         let mut by: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
-        for p in &self.pairs {
+        for p in self
+            .pairs
+            .iter()
+            .filter(|p| p.measured.cuda_graphs == graphs)
+        {
             let t = p.measured.tokens_per_rank;
             by.entry(t).or_default().push(p.time_err.abs() * 100.0);
         }
@@ -193,11 +199,12 @@ fn twin_priced(
         crate::gpu::pipeline::Overlap::Off
     };
     let with_sched;
-    let profile = if profile.overlap == sched {
+    let profile = if profile.overlap == sched && profile.cuda_graphs == measured.cuda_graphs {
         profile
     } else {
         with_sched = Profile {
             overlap: sched,
+            cuda_graphs: measured.cuda_graphs,
             ..profile.clone()
         };
         &with_sched

@@ -70,6 +70,9 @@ pub struct Cost {
     /// Chunks of the pipelined schedule priced (`sim::overlap`; 0 or 1:
     /// sequential). Then `compute_ms` is its chunked busy compute.
     pub overlap_chunks: u32,
+    /// Priced with the expert units launched as CUDA graphs (the profile's
+    /// `cuda_graphs`): no host floor per unit.
+    pub cuda_graphs: bool,
 }
 
 /// Scratch buffers reused between calls.
@@ -699,6 +702,7 @@ fn price_sums(
         peak_mem_per_gpu: peak,
         oom,
         overlap_chunks: chunks as u32,
+        cuda_graphs: prof.cuda_graphs,
     }
 }
 

@@ -25,7 +25,13 @@ impl Profile {
             Pricing::Curve(&c.points)
         } else {
             let chunk = self.act_chunk_tokens.max(1);
-            match model::GroupTables::new(&self.gemm_tables, s.hidden, s.intermediate, chunk) {
+            // launched as graphs, the tables timed that way (where measured)
+            let tables = if self.cuda_graphs && !self.graph_gemm_tables.is_empty() {
+                &self.graph_gemm_tables
+            } else {
+                &self.gemm_tables
+            };
+            match model::GroupTables::new(tables, s.hidden, s.intermediate, chunk) {
                 Some(t) => Pricing::Tables(t, chunk),
                 None => Pricing::Flops,
             }
@@ -80,10 +86,13 @@ impl GroupPricer<'_> {
         }
     }
 
-    /// The host's floor per unit, ms ([`model::LayerFit::unit_floor_us`]):
-    /// a GPU's units take at least this many times their count.
+    /// The floor per unit, ms: a GPU's units take at least this many times
+    /// their count. Issued one by one, the host's
+    /// ([`model::LayerFit::unit_floor_us`]); launched as CUDA graphs, the
+    /// GPU's own ([`model::LayerFit::graph_floor_us`]).
     pub fn floor_ms(&self) -> f64 {
         match (&self.how, &self.prof.layer_fit) {
+            (Pricing::Tables(..), Some(f)) if self.prof.cuda_graphs => f.graph_floor_us * 1e-3,
             (Pricing::Tables(..), Some(f)) => f.unit_floor_us * 1e-3,
             _ => 0.0,
         }

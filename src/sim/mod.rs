@@ -396,15 +396,20 @@ pub fn auto_margin(prof: &Profile) -> f64 {
 /// The margin at a batch size of `tokens_per_gpu`: the stamped median
 /// error of the replayed batch size nearest it (in ratio), else
 /// [`auto_margin`]. At decode sizes the model is less sure (launch-bound
-/// GEMMs, small messages), so LLEP must win by more there.
+/// GEMMs, small messages), so LLEP must win by more there. Priced with
+/// CUDA graphs, the errors stamped on rows replayed that way, where any.
 pub fn auto_margin_at(prof: &Profile, tokens_per_gpu: u64) -> f64 {
     let Some(e) = &prof.measured_error else {
         return auto_margin(prof);
     };
+    let by = if prof.cuda_graphs && !e.graph_by_tokens.is_empty() {
+        &e.graph_by_tokens
+    } else {
+        &e.by_tokens
+    };
     let x = (tokens_per_gpu.max(1) as f64).ln();
     let off = |t: u64| ((t.max(1) as f64).ln() - x).abs();
-    e.by_tokens
-        .iter()
+    by.iter()
         .min_by(|a, b| off(a.0).total_cmp(&off(b.0)))
         .map_or(auto_margin(prof), |&(_, pct)| pct / 100.0)
 }

@@ -124,6 +124,11 @@ pub struct LayerFit {
     /// none).
     #[serde(default)]
     pub unit_floor_us: f64,
+    /// The same floor with each compute phase's units launched as one CUDA
+    /// graph (`--cuda-graphs on`): no host call per unit, only the GPU's
+    /// own gap between kernels (0: none).
+    #[serde(default)]
+    pub graph_floor_us: f64,
     /// Token exchange and weight transfers share the link: on a GPU that
     /// moves weights, the exchange's link time grows by this fraction, and
     /// its transfer by this fraction of the exchange's link time.
@@ -174,6 +179,7 @@ impl LayerFit {
             self.unit_scale,
             self.unit_us,
             self.unit_floor_us,
+            self.graph_floor_us,
             self.contention,
             self.contention_per_peer,
             self.dispatch_wait,
@@ -182,6 +188,7 @@ impl LayerFit {
         // costs and link-sharing fractions: never negative
         let nonneg = [
             self.unit_floor_us,
+            self.graph_floor_us,
             self.contention,
             self.contention_per_peer,
             self.dispatch_wait,
@@ -192,7 +199,7 @@ impl LayerFit {
         {
             Ok(())
         } else {
-            Err("layer_fit: terms must be finite, unit_scale > 0, unit_floor_us, contention, contention_per_peer and dispatch_wait >= 0".into())
+            Err("layer_fit: terms must be finite, unit_scale > 0, the floors, contention, contention_per_peer and dispatch_wait >= 0".into())
         }
     }
 }
@@ -811,6 +818,7 @@ mod tests {
             unit_scale: 1.0,
             unit_us: -1.0,
             unit_floor_us: 20.0,
+            graph_floor_us: 5.0,
             contention: 0.2,
             contention_per_peer: 0.1,
             dispatch_wait: 0.1,
@@ -842,6 +850,12 @@ mod tests {
         .is_err());
         assert!(LayerFit {
             unit_floor_us: -1.0,
+            ..f
+        }
+        .check()
+        .is_err());
+        assert!(LayerFit {
+            graph_floor_us: -1.0,
             ..f
         }
         .check()

@@ -39,6 +39,12 @@ pub struct MeasuredError {
     /// size (decode-sized layers are priced less surely than prefill ones).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub by_tokens: Vec<(u64, f64)>,
+    /// The same over rows replayed with `--cuda-graphs on` (then
+    /// `by_tokens` is over the others): the gate's margin when the layer
+    /// is priced in that mode, where decode-sized layers no longer measure
+    /// the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_by_tokens: Vec<(u64, f64)>,
 }
 
 /// Error on the calibration shapes' rows and on the held-out shapes' rows.
@@ -103,6 +109,11 @@ pub struct Profile {
     /// `nodes`: sequential, or pipelined in chunks (`sim::overlap`).
     #[serde(skip)]
     pub overlap: crate::gpu::pipeline::Overlap,
+    /// How replay issues the expert units (`--cuda-graphs`), a setting of
+    /// the run: one host call per GEMM (false), or each compute phase as
+    /// one CUDA graph (true), which prices no host floor per unit.
+    #[serde(skip)]
+    pub cuda_graphs: bool,
     /// Count exchange, planning and synchronisation per layer, microseconds.
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
@@ -134,6 +145,12 @@ pub struct Profile {
     /// shapes without a whole-group curve, instead of the efficiency formula.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gemm_tables: Vec<GemmTable>,
+    /// The same tables timed with each sample's units launched as one CUDA
+    /// graph (`calibrate --gemm-only --cuda-graphs on`): they price
+    /// `--cuda-graphs on`, where the host no longer issues each GEMM
+    /// (without them, `gemm_tables` do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub graph_gemm_tables: Vec<GemmTable>,
     /// Token exchange (dispatch and combine) priced per message; without it,
     /// `link_gbps` and `link_latency_us`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -241,6 +258,7 @@ impl Profile {
         let mut prof: Profile =
             serde_json::from_str(&text).map_err(|e| ProfileError::Parse(src.clone(), e))?;
         model::monotone_tables(&mut prof.gemm_tables);
+        model::monotone_tables(&mut prof.graph_gemm_tables);
         prof.validate().map_err(|e| match e {
             ProfileError::Invalid(_, m) => ProfileError::Invalid(src, m),
             other => other,
@@ -275,6 +293,7 @@ impl Profile {
             return Err("gpu_mem_bytes must be > 0".into());
         }
         model::check_tables(&self.gemm_tables)?;
+        model::check_tables(&self.graph_gemm_tables)?;
         bwd::check(self)?;
         for (n, m) in [
             ("msg_tokens", &self.msg_tokens),
@@ -403,6 +422,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         inter_shared: false,
         nodes: 1,
         overlap: Default::default(),
+        cuda_graphs: false,
         overhead_us: c.overhead_ms * 1e3,
         // one calibration sees one GPU count, so it cannot split its
         // baseline into context and per-peer communicator buffers
@@ -414,6 +434,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         bwd_wgrad_factor: 1.0,
         bwd_tables: Vec::new(),
         gemm_tables: Vec::new(),
+        graph_gemm_tables: Vec::new(),
         msg_tokens: None,
         msg_weights: None,
         launches: None,
@@ -452,17 +473,21 @@ pub fn grid_tables(c: &Calibration) -> Vec<GemmTable> {
 }
 
 /// Put `new` tables into `tables`, replacing any of the same projection and
-/// (N, K).
-fn upsert_tables(tables: &mut Vec<GemmTable>, new: &[GemmTable]) {
+/// (N, K); whether any table changed.
+fn upsert_tables(tables: &mut Vec<GemmTable>, new: &[GemmTable]) -> bool {
+    let mut changed = false;
     for t in new {
         match tables
             .iter_mut()
             .find(|x| x.proj == t.proj && x.n == t.n && x.k == t.k)
         {
+            Some(x) if x == t => continue,
             Some(x) => *x = t.clone(),
             None => tables.push(t.clone()),
         }
+        changed = true;
     }
+    changed
 }
 
 /// Weighted least-squares line y = a + b x minimising relative residuals
@@ -527,7 +552,11 @@ pub fn apply_measured(
         p.transfer_overlaps_native = true;
         set.push("transfer_overlaps_native");
     }
-    if !c.grid.is_empty() {
+    if !c.grid.is_empty() && c.grid_graphs {
+        upsert_tables(&mut p.graph_gemm_tables, &grid_tables(c));
+        model::monotone_tables(&mut p.graph_gemm_tables);
+        set.push("graph_gemm_tables");
+    } else if !c.grid.is_empty() {
         upsert_tables(&mut p.gemm_tables, &grid_tables(c));
         model::monotone_tables(&mut p.gemm_tables);
         set.push("gemm_tables");
@@ -592,11 +621,15 @@ pub fn apply_measured(
 pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &str) -> Profile {
     let mut out = base.clone();
     let mut set: Vec<&str> = Vec::new();
-    if !new.gemm_tables.is_empty() {
-        upsert_tables(&mut out.gemm_tables, &new.gemm_tables);
+    // tables the base already has (a calibration measured into it carries
+    // them) change nothing and are not named
+    if upsert_tables(&mut out.gemm_tables, &new.gemm_tables) {
         set.push("gemm_tables");
     }
-    if !new.bwd_tables.is_empty() {
+    if upsert_tables(&mut out.graph_gemm_tables, &new.graph_gemm_tables) {
+        set.push("graph_gemm_tables");
+    }
+    if !new.bwd_tables.is_empty() && new.bwd_tables != out.bwd_tables {
         bwd::set(&mut out, &new.bwd_tables);
         set.push("bwd_tables");
     }
