@@ -1,0 +1,42 @@
+#!/bin/bash
+# Session 7, call 5 (2 x H200): the committed build (e8b9cc7 + the replay header line): the README's
+# decode example with and without CUDA graphs; passes G5 (graphs) and E3 (one by one) of the matrix
+# with the final profile, in processes no stamp saw: 128-8,192 tokens/GPU, then 32,768 with graphs.
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
+export NCCL_NVLS_ENABLE=0
+D=.dev-gpu/graphs5; B=$D/llep-trace
+t0=$(date +%s)
+{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } > $OUT/smi.txt
+mkdir -p /work/main/target/release; cp $B /work/main/target/release/llep-trace
+timeout 100 $D/gpu_replay --test-threads 1 cuda_graphs > $OUT/gpu-tests.txt 2>&1; echo "gpu_replay rc=$?" >> $OUT/gpu-tests.txt
+grep -E "test result|rc=|panicked" $OUT/gpu-tests.txt
+for g in on off; do
+  timeout 60 $B replay --gpus 2 --synthetic balanced,30:4,95:1 --experts 128 --top-k 8 --hidden-size 2048 \
+    --intermediate-size 768 --tokens-per-rank 512 --ratio 1.3 --cuda-graphs $g --with-sim h200 \
+    --out $OUT/decode-graphs-$g.parquet > $OUT/decode-graphs-$g.txt 2>$OUT/decode-graphs-$g.err
+  echo "decode example $g rc=$?" >> $OUT/matrix.log
+done
+M=/tmp/m; rm -rf $M; mkdir -p $M/g5 $M/e3
+run() { # pass graphs name E k D I T
+  timeout 90 $B replay -q --gpus 2 --synthetic balanced,30:4,95:1 --policy ep,llep --ratio 1.3,auto \
+    --experts $4 --top-k $5 --hidden-size $6 --intermediate-size $7 --tokens-per-rank $8 \
+    --samples 8 --runs 10 --warmup 3 --cuda-graphs $2 --out $M/$1/$3-$8.parquet > $M/$1/$3-$8.txt 2>&1 \
+    || echo "FAILED $1 $3 $8: $(tail -2 $M/$1/$3-$8.txt)" >> $OUT/matrix.log
+  echo "$1 $3 $8 $(( $(date +%s) - t0 ))s" >> $OUT/matrix.log
+}
+S=("gptoss 128 4 2880 2880" "qwen3 128 8 2048 768" "olmoe 64 8 2048 1024" "deepseek 256 8 7168 2048" "mixtral 8 2 4096 14336")
+for t in 128 512 2048 8192; do for shape in "${S[@]}"; do [ $(( $(date +%s) - t0 )) -gt 400 ] && break 2; run g5 on $shape $t; run e3 off $shape $t; done; done
+for shape in "${S[@]}"; do [ $(( $(date +%s) - t0 )) -gt 500 ] && break; run g5 on $shape 32768; done
+python3 - <<'PY' >> $OUT/matrix.log 2>&1
+import glob, os, pyarrow as pa, pyarrow.parquet as pq
+for p in ['g5', 'e3']:
+    fs = sorted(glob.glob(f'/tmp/m/{p}/*.parquet'))
+    if not fs: continue
+    ts = [pq.read_table(f) for f in fs]
+    t = pa.concat_tables(ts)
+    pq.write_table(t.replace_schema_metadata(ts[0].schema.metadata), os.environ['OUT'] + f'/matrix-{p}.parquet')
+    print(p, 'rows', t.num_rows)
+PY
+echo "total $(( $(date +%s) - t0 ))s" >> $OUT/matrix.log
+grep -E "FAILED|rows|total|decode" $OUT/matrix.log
+grep -h warning $M/*/*.txt | head -5
