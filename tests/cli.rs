@@ -529,3 +529,73 @@ fn the_cost_aware_gate_and_the_training_pass() {
         "{e}"
     );
 }
+
+/// `--cuda-graphs on` prices a decode-sized layer without the host's time
+/// per unit (graph tables, no floor) in `simulate`, says so in the rows,
+/// and moves `plan`'s gate to the graph margins; a training step is
+/// refused in one line.
+#[test]
+fn cuda_graphs_price_decode_layers_without_the_host_floor() {
+    let dir = tmpdir("graphs");
+    let mut totals = Vec::new();
+    for g in ["off", "on"] {
+        let out = dir.join(format!("{g}.parquet"));
+        ok(&[
+            "simulate",
+            "--synthetic",
+            "balanced",
+            "--gpus",
+            "2",
+            "--experts",
+            "128",
+            "--top-k",
+            "8",
+            "--hidden-size",
+            "2048",
+            "--intermediate-size",
+            "768",
+            "--tokens-per-rank",
+            "512",
+            "--policy",
+            "ep",
+            "--cuda-graphs",
+            g,
+            "-q",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let rows = llep_trace::results::read_results(&out).unwrap().1;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].cuda_graphs, g == "on");
+        totals.push(rows[0].t_total_ms);
+    }
+    // 64 units of 64 rows per GPU: issued one by one, the host's floor
+    // (23 us a unit) sets the compute; as graphs, the GEMM tables do
+    assert!(totals[1] < 0.9 * totals[0], "{totals:?}");
+    let e = fails(&["simulate", "--pass", "train", "--cuda-graphs", "on"]);
+    assert!(
+        e.contains("--cuda-graphs on") && e.contains("forward"),
+        "{e}"
+    );
+    let margin = |g: &str| -> f64 {
+        let out = ok(&[
+            "plan",
+            "--counts",
+            "900,20,20,20,20,20,20,20",
+            "--gpus",
+            "2",
+            "--ratio",
+            "auto",
+            "--hidden-size",
+            "2048",
+            "--intermediate-size",
+            "768",
+            "--cuda-graphs",
+            g,
+        ]);
+        let at = out.find("margin ").unwrap_or_else(|| panic!("{out}")) + 7;
+        out[at..].split('%').next().unwrap().parse().unwrap()
+    };
+    let (off, on) = (margin("off"), margin("on"));
+    assert!(off > 0.0 && on > 0.0 && off != on, "{off} {on}");
+}

@@ -66,6 +66,10 @@ pub struct PlanArgs {
     /// llep-auto: the hardware profile (h100, h200 or a JSON file).
     #[arg(long, default_value = "h200")]
     profile: String,
+    /// llep-auto: price the layer with its expert units launched as CUDA
+    /// graphs (as `simulate --cuda-graphs on`), or issued one by one.
+    #[arg(long, value_enum, default_value = "off")]
+    cuda_graphs: super::replay::OnOff,
     /// Print JSON instead of a table: one object, or a list of objects when
     /// several lambdas, alphas or minimum GEMM sizes are given.
     #[arg(long)]
@@ -249,7 +253,8 @@ fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
     let (Some(d), Some(i)) = (a.hidden_size, a.intermediate_size) else {
         bail!("llep-auto (--ratio auto) prices both plans with the cost model: give --hidden-size and --intermediate-size (and --profile)");
     };
-    let profile = Profile::load(&a.profile)?;
+    let mut profile = Profile::load(&a.profile)?;
+    profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
     let g = a.gpus as u64;
     let n = counts.len();
     let mut per_rank = vec![0u64; a.gpus * n];
