@@ -65,6 +65,34 @@ pub(super) struct LayoutBufs {
     pub(super) segs_yin: u64,
 }
 
+impl LayoutBufs {
+    /// Where this layout's expert units read and write, with the GPU's
+    /// native weights at `native`.
+    pub(super) fn units(&self, native: u64) -> UnitBufs {
+        UnitBufs {
+            comp: self.comp,
+            h: self.h,
+            act: self.act,
+            yout: self.yout,
+            native,
+            foreign: self.foreign,
+        }
+    }
+}
+
+/// Where a GPU's expert units read and write: its compute rows, the
+/// gate_up and activation scratch, a training run's outputs (0 otherwise),
+/// and its native and received weight blobs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UnitBufs {
+    pub(super) comp: u64,
+    pub(super) h: u64,
+    pub(super) act: u64,
+    pub(super) yout: u64,
+    pub(super) native: u64,
+    pub(super) foreign: u64,
+}
+
 /// The remote copies the segment tables move: table entries and rows.
 pub(super) struct Remote {
     nseg: i32,
@@ -480,17 +508,7 @@ impl Worker<'_> {
         let mut waited = false;
         self.dev.wait(main, &self.ev[E_DISPATCHED])?;
         self.ev[E_BS].record(main)?;
-        self.compute(
-            &units,
-            rl,
-            lb.comp,
-            lb.h,
-            lb.act,
-            lb.yout,
-            native,
-            lb.foreign,
-            &mut waited,
-        )?;
+        self.compute(&units, rl, lb.units(native), &mut waited)?;
         self.ev[E_BE].record(main)?;
         Ok(())
     }
@@ -683,21 +701,15 @@ impl Worker<'_> {
     /// to `yout`, with gate_up outputs and activations kept per row unless
     /// recomputed). With `--cuda-graphs on`, the native units and the
     /// foreign ones are each launched as one graph (`graphs`).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn compute(
         &self,
         units: &[Unit],
         rl: &layout::RankLayout,
-        comp: u64,
-        h: u64,
-        act: u64,
-        yout: u64,
-        native: u64,
-        foreign: u64,
+        b: UnitBufs,
         waited: &mut bool,
     ) -> Result<(), GpuError> {
         if !self.cfg.cuda_graphs {
-            return self.issue_units(units, rl, comp, h, act, yout, native, foreign, waited);
+            return self.issue_units(units, rl, b, waited);
         }
         // units come native first: each side one graph, the foreign one
         // queued after the wait for its weights (outside the graph)
@@ -710,40 +722,34 @@ impl Worker<'_> {
                 self.dev.wait(self.dev.main, &self.xev[1])?;
                 *waited = true;
             }
-            let mut key = vec![comp, h, act, yout];
+            let mut key = vec![b.comp, b.h, b.act, b.yout];
             for u in part {
                 let g = &rl.groups[u.group as usize];
-                key.extend([self.weights_of(g.weights, native, foreign), u.row, u.rows]);
+                key.extend([self.weights_of(g.weights, b), u.row, u.rows]);
             }
             self.graphs.borrow_mut().run(&self.dev, key, || {
                 let mut w = true;
-                self.issue_units(part, rl, comp, h, act, yout, native, foreign, &mut w)
+                self.issue_units(part, rl, b, &mut w)
             })?;
         }
         Ok(())
     }
 
     /// A group's weight blob: a native slot or a received one.
-    fn weights_of(&self, src: WeightSrc, native: u64, foreign: u64) -> u64 {
+    fn weights_of(&self, src: WeightSrc, b: UnitBufs) -> u64 {
         let bb = self.blob.len * 2;
         match src {
-            WeightSrc::Native(j) => native + (j as usize * bb) as u64,
-            WeightSrc::Foreign(i) => foreign + (i as usize * bb) as u64,
+            WeightSrc::Native(j) => b.native + (j as usize * bb) as u64,
+            WeightSrc::Foreign(i) => b.foreign + (i as usize * bb) as u64,
         }
     }
 
     /// [`Worker::compute`]'s units, one host call per GEMM and activation.
-    #[allow(clippy::too_many_arguments)]
     fn issue_units(
         &self,
         units: &[Unit],
         rl: &layout::RankLayout,
-        comp: u64,
-        h: u64,
-        act: u64,
-        yout: u64,
-        native: u64,
-        foreign: u64,
+        bufs: UnitBufs,
         waited: &mut bool,
     ) -> Result<(), GpuError> {
         let saves = self.saves_act();
@@ -762,15 +768,20 @@ impl Worker<'_> {
                 self.dev.wait(main, &self.xev[1])?;
                 *waited = true;
             }
-            let w = self.weights_of(g.weights, native, foreign);
-            let xg = comp + u.row * rb;
+            let w = self.weights_of(g.weights, bufs);
+            let xg = bufs.comp + u.row * rb;
+            let (h, act) = (bufs.h, bufs.act);
             let (h, act, out) = if !self.cfg.train {
                 (h, act, xg)
             } else if saves {
                 let i = inter as u64;
-                (h + u.row * 4 * i, act + u.row * 2 * i, yout + u.row * rb)
+                (
+                    h + u.row * 4 * i,
+                    act + u.row * 2 * i,
+                    bufs.yout + u.row * rb,
+                )
             } else {
-                (h, act, yout + u.row * rb)
+                (h, act, bufs.yout + u.row * rb)
             };
             let rows = u.rows as usize;
             let rows_i = u.rows as i64;

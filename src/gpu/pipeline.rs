@@ -143,17 +143,7 @@ impl Worker<'_> {
             self.dev.wait(main, &self.pev[c * PE + DE])?;
             self.pev[c * PE + CS].record(main)?;
             let units = self.units_in(lay, r, cr.bounds[c], cr.bounds[c + 1]);
-            self.compute(
-                &units,
-                rl,
-                lb.comp,
-                lb.h,
-                lb.act,
-                lb.yout,
-                cb.native,
-                lb.foreign,
-                &mut waited,
-            )?;
+            self.compute(&units, rl, lb.units(cb.native), &mut waited)?;
             self.pev[c * PE + CC].record(main)?;
             let part = remote.parts[c];
             if part.rows > 0 {
