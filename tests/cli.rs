@@ -540,7 +540,7 @@ fn cuda_graphs_price_decode_layers_without_the_host_floor() {
     let mut totals = Vec::new();
     for g in ["off", "on"] {
         let out = dir.join(format!("{g}.parquet"));
-        ok(&[
+        let printed = ok(&[
             "simulate",
             "--synthetic",
             "balanced",
@@ -567,6 +567,11 @@ fn cuda_graphs_price_decode_layers_without_the_host_floor() {
         let rows = llep_trace::results::read_results(&out).unwrap().1;
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].cuda_graphs, g == "on");
+        assert_eq!(
+            printed.contains("expert units: launched as CUDA graphs"),
+            g == "on",
+            "{printed}"
+        );
         totals.push(rows[0].t_total_ms);
     }
     // 64 units of 64 rows per GPU: issued one by one, the host's floor

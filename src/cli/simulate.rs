@@ -432,10 +432,12 @@ fn policy_label(s: &Summary) -> String {
     llep_trace::results::setting_label(s.policy, s.gate)
 }
 
-/// The line saying what a training step's rows are, for `--pass train`.
+/// The lines saying what was priced beyond the defaults: a training step
+/// (`--pass train`), expert units launched as CUDA graphs.
 pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
-    (a.pass == PassArg::Train).then(|| {
-        format!(
+    let mut s = String::new();
+    if a.pass == PassArg::Train {
+        s.push_str(&format!(
             "pass: train (forward + backward{}); {}\n",
             if a.recompute {
                 ", gate_up recomputed"
@@ -443,8 +445,19 @@ pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
                 ", activations saved"
             },
             llep_trace::sim::bwd::describe(prof)
-        )
-    })
+        ));
+    }
+    if prof.cuda_graphs {
+        s.push_str(&format!(
+            "expert units: launched as CUDA graphs ({}; no host time per unit)\n",
+            if prof.graph_gemm_tables.is_empty() {
+                "the profile has no GEMM tables timed that way: its others price them"
+            } else {
+                "GEMM tables timed that way"
+            }
+        ));
+    }
+    (!s.is_empty()).then_some(s)
 }
 
 /// One layer's simulated peak is not what a GPU holds for the whole model:
