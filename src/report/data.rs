@@ -18,6 +18,9 @@ pub struct SetupKey {
     /// How the per-rank loads were made (`input_note`): the same trace
     /// rescaled to another batch size is another setup.
     pub input: String,
+    /// Expert units launched as CUDA graphs (`--cuda-graphs on`): the same
+    /// routing issued one by one is another setup.
+    pub cuda_graphs: bool,
 }
 
 impl SetupKey {
@@ -29,6 +32,7 @@ impl SetupKey {
             alpha_bits: r.alpha.to_bits(),
             min_gemm: r.min_gemm,
             input: r.input_note.clone(),
+            cuda_graphs: r.cuda_graphs,
         }
     }
     /// The same setup whatever the input note says (for joining measured
@@ -49,6 +53,9 @@ impl SetupKey {
             s.push_str(&format!(" [{}]", self.scenario));
         }
         s.push_str(&format!(", {} GPUs", self.gpus));
+        if self.cuda_graphs {
+            s.push_str(", CUDA graphs");
+        }
         if with_knobs {
             s.push_str(&format!(", α={} m={}", self.alpha(), self.min_gemm));
             if !self.input.is_empty() {
@@ -100,6 +107,7 @@ impl SeriesKey {
             && s.alpha_bits == r.alpha.to_bits()
             && s.min_gemm == r.min_gemm
             && s.input == r.input_note
+            && s.cuda_graphs == r.cuda_graphs
     }
     pub fn label(&self, with_knobs: bool) -> String {
         let how = if self.measured() {
@@ -580,4 +588,36 @@ pub fn in_user_order(rows: Vec<ResultRow>, commands: &[&str]) -> Vec<ResultRow> 
     let mut keyed: Vec<_> = rows.into_iter().map(|r| (rank(&r), r)).collect();
     keyed.sort_by_key(|k| k.0);
     keyed.into_iter().map(|k| k.1).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same routing replayed with its expert units launched as CUDA
+    /// graphs and issued one by one are two setups, and the label says
+    /// which; a measured graph row and its simulated twin share the setup.
+    #[test]
+    fn cuda_graph_rows_are_a_setup_of_their_own() {
+        let eager = ResultRow {
+            trace: "synthetic".into(),
+            scenario: "95:1".into(),
+            gpus: 2,
+            ..Default::default()
+        };
+        let graphed = ResultRow {
+            cuda_graphs: true,
+            ..eager.clone()
+        };
+        let (e, g) = (SetupKey::of(&eager), SetupKey::of(&graphed));
+        assert_ne!(e, g);
+        assert!(g.label(false).contains("CUDA graphs") && !e.label(false).contains("CUDA"));
+        let twin = ResultRow {
+            source: Source::Simulated,
+            ..graphed.clone()
+        };
+        assert_eq!(SetupKey::of(&twin).loose(), g.loose());
+        assert!(!SeriesKey::of(&graphed).is(&eager));
+        assert!(SeriesKey::of(&graphed).is(&graphed));
+    }
 }
