@@ -603,4 +603,22 @@ fn cuda_graphs_price_decode_layers_without_the_host_floor() {
     };
     let (off, on) = (margin("off"), margin("on"));
     assert!(off > 0.0 && on > 0.0 && off != on, "{off} {on}");
+    // at a decode-sized batch, tune says how it priced the units
+    for g in ["off", "on"] {
+        let out = ok(&[
+            "tune",
+            "--synthetic",
+            "95:1",
+            "--gpus",
+            "2",
+            "--tokens-per-rank",
+            "512",
+            "--ratio",
+            "1.0:2.0:0.5",
+            "--cuda-graphs",
+            g,
+            "-q",
+        ]);
+        assert_eq!(out.contains("add --cuda-graphs on"), g == "off", "{out}");
+    }
 }

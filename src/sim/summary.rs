@@ -32,6 +32,8 @@ pub struct Summary {
     /// layer-steps (0 for forward rows).
     pub saved_act_max_bytes: u64,
     pub pass: train::Pass,
+    /// The largest batch among the rows, tokens per GPU.
+    pub max_tokens_per_rank: u64,
 }
 
 /// Aggregate rows per (scenario, policy, lambda, alpha, m), in first-seen
@@ -92,6 +94,7 @@ impl Summarizer {
                         inter_node_bytes: 0,
                         saved_act_max_bytes: 0,
                         pass: r.pass,
+                        max_tokens_per_rank: 0,
                     });
                     self.out.len() - 1
                 }
@@ -101,6 +104,7 @@ impl Summarizer {
         let s = &mut self.out[idx];
         s.layer_steps += 1;
         s.total_ms += r.t_total_ms;
+        s.max_tokens_per_rank = s.max_tokens_per_rank.max(r.tokens_per_rank);
         s.mean_ratio_before += r.imbalance_ratio;
         s.mean_ratio_after += if r.mean_load > 0.0 {
             r.max_load_after as f64 / r.mean_load
