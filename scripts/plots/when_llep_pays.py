@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Speedup of LLEP over EP against the batch size, from `llep-trace simulate`
-results files (one per tokens-per-rank), for the README's "when does LLEP
-pay" figure. Usage: when_llep_pays.py OUT.png RESULTS.parquet...
+results files (one per tokens-per-rank, and per way of launching the expert
+units: rows priced with `--cuda-graphs on` are their own series, dotted),
+for the README's "when does LLEP pay" figure.
+Usage: when_llep_pays.py OUT.png RESULTS.parquet...
 """
 import sys
 
@@ -12,16 +14,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 
 out, files = sys.argv[1], sys.argv[2:]
-rows = pl.concat([pl.read_parquet(f) for f in files])
-ep = rows.filter(pl.col("policy") == "ep").select(
-    "scenario", "tokens_per_rank", pl.col("t_total_ms").alias("ep_ms")
-)
-other = rows.filter(pl.col("policy") != "ep").join(ep, on=["scenario", "tokens_per_rank"])
-other = other.with_columns(
-    (pl.col("ep_ms") / pl.col("t_total_ms")).alias("speedup"),
+rows = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+# files written before the column: their units were issued one by one
+if "cuda_graphs" not in rows.columns:
+    rows = rows.with_columns(pl.lit(False).alias("cuda_graphs"))
+rows = rows.with_columns(pl.col("cuda_graphs").fill_null(False))
+key = ["scenario", "tokens_per_rank", "cuda_graphs"]
+ep = rows.filter(pl.col("policy") == "ep").select(*key, pl.col("t_total_ms").alias("ep_ms"))
+other = rows.filter(pl.col("policy") != "ep").join(ep, on=key)
+setting = (
     pl.when(pl.col("policy") == "llep")
     .then(pl.format("LLEP λ={}", pl.col("lambda")))
     .otherwise(pl.col("policy"))
+)
+other = other.with_columns(
+    (pl.col("ep_ms") / pl.col("t_total_ms")).alias("speedup"),
+    pl.when(pl.col("cuda_graphs"))
+    .then(pl.format("{}, CUDA graphs", setting))
+    .otherwise(setting)
     .alias("setting"),
 )
 fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=130)
@@ -31,7 +41,7 @@ for (scenario, setting), g in sorted(other.group_by(["scenario", "setting"]), ke
     ax.plot(
         g["tokens_per_rank"],
         g["speedup"],
-        styles.get(setting, "-"),
+        ":" if setting.endswith("CUDA graphs") else styles.get(setting, "-"),
         marker="o",
         label=f"{scenario}: {setting}",
     )
