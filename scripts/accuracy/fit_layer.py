@@ -51,13 +51,24 @@ NONNEG = [
 
 
 def measured_rows(files, held):
-    """Measured rows of the held-out shapes (held=True) or the others."""
+    """Measured rows of the held-out shapes (held=True) or the others,
+    of units issued one by one: layer_fit's terms (the host's floor above
+    all) describe that mode, and rows replayed with --cuda-graphs on are
+    priced from their own tables without the floor."""
     out = []
     for f in files:
         t = pq.read_table(f)
         src = t.column("source").to_pylist()
         shp = zip(t.column("hidden_size").to_pylist(), t.column("intermediate_size").to_pylist())
-        keep = [s == "measured" and ((h, i) in HELD_OUT) == held for s, (h, i) in zip(src, shp)]
+        graphs = (
+            t.column("cuda_graphs").to_pylist()
+            if "cuda_graphs" in t.column_names
+            else [False] * t.num_rows
+        )
+        keep = [
+            s == "measured" and ((h, i) in HELD_OUT) == held and not g
+            for s, (h, i), g in zip(src, shp, graphs)
+        ]
         if any(keep):
             out.append(t.filter(pa.array(keep)))
     # files of different schema ages stay apart (compare reads each)
