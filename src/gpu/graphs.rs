@@ -20,7 +20,7 @@
 //! launch a kept graph counts as a miss, which `timing` reports for timed
 //! runs.
 
-use super::runtime::Dev;
+use super::runtime::{drv_err, Dev};
 use super::GpuError;
 use cudarc::driver::sys as drv_sys;
 use std::collections::HashMap;
@@ -47,18 +47,17 @@ impl Drop for Graph {
 #[derive(Default)]
 pub(super) struct Graphs {
     kept: HashMap<Vec<u64>, Graph>,
-    /// Compute phases that launched a kept graph ...
-    pub(super) hits: usize,
-    /// ... and those that were captured or ran eagerly.
+    /// Compute phases that launched no kept graph (captured one, or ran
+    /// eagerly).
     pub(super) misses: usize,
 }
 
-fn cu(what: &'static str, r: drv_sys::CUresult) -> Result<(), GpuError> {
-    if r == drv_sys::CUresult::CUDA_SUCCESS {
-        Ok(())
-    } else {
-        Err(GpuError::Cuda(format!("{what}: {r:?}")))
-    }
+/// Launch `g` on the main stream.
+fn launch(dev: &Dev, g: &Graph) -> Result<(), GpuError> {
+    // SAFETY: a live graph whose buffers the caller's key pins.
+    unsafe { drv_sys::cuGraphLaunch(g.exec, dev.main) }
+        .result()
+        .map_err(drv_err("cuGraphLaunch"))
 }
 
 impl Graphs {
@@ -79,19 +78,12 @@ impl Graphs {
         issue: impl Fn() -> Result<(), GpuError>,
     ) -> Result<(), GpuError> {
         if let Some(g) = self.kept.get(&key) {
-            self.hits += 1;
-            // SAFETY: a live graph whose buffers the key pins.
-            return cu("cuGraphLaunch", unsafe {
-                drv_sys::cuGraphLaunch(g.exec, dev.main)
-            });
+            return launch(dev, g);
         }
         self.misses += 1;
         match capture(dev, &issue) {
             Some(g) => {
-                // SAFETY: as above.
-                cu("cuGraphLaunch", unsafe {
-                    drv_sys::cuGraphLaunch(g.exec, dev.main)
-                })?;
+                launch(dev, &g)?;
                 self.kept.insert(key, g);
                 Ok(())
             }

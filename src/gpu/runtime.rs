@@ -23,7 +23,7 @@ pub(super) use params;
 /// The kernels, as CUDA C source embedded in the binary.
 pub const KERNEL_SRC: &str = include_str!("../../kernels/moe.cu");
 
-fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> GpuError + '_ {
+pub(super) fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> GpuError + '_ {
     move |e| {
         if e.0 == drv_sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
             GpuError::Oom(what.to_string())

@@ -161,17 +161,16 @@ impl Worker<'_> {
                 if extras[si][X_OOM] != 0.0 {
                     continue; // out of memory alone: no timed runs
                 }
-                let before = self.graphs.borrow().misses;
-                match self.run_once(case, policy, gate)? {
-                    RunOut::Oom => {
+                match self.run_counting_misses(case, policy, gate)? {
+                    (RunOut::Oom, _) => {
                         ok = false;
                         break 'rounds;
                     }
-                    RunOut::Done(tm) if round >= untimed => {
+                    (RunOut::Done(tm), missed) if round >= untimed => {
                         times[si].push(tm);
-                        misses[si] += self.graphs.borrow().misses - before;
+                        misses[si] += missed;
                     }
-                    RunOut::Done(_) => {}
+                    (RunOut::Done(_), _) => {}
                 }
             }
         }
@@ -234,17 +233,29 @@ impl Worker<'_> {
     ) -> Result<(Vec<Times>, bool), GpuError> {
         let mut times = Vec::with_capacity(timed);
         for i in 0..warmup + timed {
-            let before = self.graphs.borrow().misses;
-            match self.run_once(case, policy, gate)? {
-                RunOut::Oom => return Ok((times, true)),
-                RunOut::Done(tm) if i >= warmup => {
+            match self.run_counting_misses(case, policy, gate)? {
+                (RunOut::Oom, _) => return Ok((times, true)),
+                (RunOut::Done(tm), missed) if i >= warmup => {
                     times.push(tm);
-                    *misses += self.graphs.borrow().misses - before;
+                    *misses += missed;
                 }
-                RunOut::Done(_) => {}
+                (RunOut::Done(_), _) => {}
             }
         }
         Ok((times, false))
+    }
+
+    /// One run, and how many of its compute phases launched no kept graph
+    /// (`--cuda-graphs on`; 0 otherwise).
+    fn run_counting_misses(
+        &mut self,
+        case: &Case,
+        policy: Policy,
+        gate: Gate,
+    ) -> Result<(RunOut, usize), GpuError> {
+        let before = self.graphs.borrow().misses;
+        let out = self.run_once(case, policy, gate)?;
+        Ok((out, self.graphs.borrow().misses - before))
     }
 
     /// After a setting's runs: its memory peaks, dense checks, OOM flag and
