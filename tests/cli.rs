@@ -534,6 +534,65 @@ fn the_cost_aware_gate_and_the_training_pass() {
 /// per unit (graph tables, no floor) in `simulate`, says so in the rows,
 /// and moves `plan`'s gate to the graph margins; a training step is
 /// refused in one line.
+/// `simulate --exchange copy-engine` prices the copy engines' exchange
+/// (the rows and the header say so, and the layer is faster than NCCL's on
+/// H200), and refuses what the copy engines cannot carry or a profile
+/// cannot price, in one line.
+#[test]
+fn copy_engine_exchange_is_priced_and_refused_where_it_cannot_run() {
+    let dir = tmpdir("copy-engine");
+    let mut totals = Vec::new();
+    for x in ["nccl", "copy-engine"] {
+        let out = dir.join(format!("{x}.parquet"));
+        let printed = ok(&[
+            "simulate",
+            "--synthetic",
+            "30:4",
+            "--gpus",
+            "2",
+            "--tokens-per-rank",
+            "8192",
+            "--policy",
+            "ep",
+            "--exchange",
+            x,
+            "-q",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let rows = llep_trace::results::read_results(&out).unwrap().1;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].exchange, x);
+        assert_eq!(
+            printed.contains("exchange: tokens pushed and weights pulled by the copy engines"),
+            x == "copy-engine",
+            "{printed}"
+        );
+        totals.push(rows[0].t_total_ms);
+    }
+    assert!(totals[1] < totals[0], "{totals:?}");
+    let e = fails(&["simulate", "--pass", "train", "--exchange", "copy-engine"]);
+    assert!(
+        e.contains("--exchange copy-engine") && e.contains("forward"),
+        "{e}"
+    );
+    let e = fails(&[
+        "simulate",
+        "--nodes",
+        "2",
+        "--gpus",
+        "4",
+        "--exchange",
+        "copy-engine",
+    ]);
+    assert!(e.contains("one node"), "{e}");
+    let e = fails(&["simulate", "--profile", "h100", "--exchange", "copy-engine"]);
+    assert!(
+        e.contains("h100") && e.contains("copy-engine measurements"),
+        "{e}"
+    );
+}
+
 #[test]
 fn cuda_graphs_price_decode_layers_without_the_host_floor() {
     let dir = tmpdir("graphs");

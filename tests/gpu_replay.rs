@@ -224,6 +224,25 @@ fn replay_cuda_graphs_refuses_train_and_one_warmup() {
     assert!(e.contains("--warmup 2"), "{e}");
 }
 
+/// `--exchange copy-engine` refuses a training step in one line, before
+/// any GPU work (the backward's exchange is NCCL's).
+#[test]
+fn replay_copy_engine_refuses_train() {
+    let e = one_error(&[
+        "replay",
+        "--synthetic",
+        "balanced",
+        "--pass",
+        "train",
+        "--exchange",
+        "copy-engine",
+    ]);
+    assert!(
+        e.contains("--exchange copy-engine") && e.contains("forward"),
+        "{e}"
+    );
+}
+
 /// Expert units launched as CUDA graphs compute what the eager issue
 /// computes: on 2 GPUs, pipelined in 3 chunks and sequential, EP and LLEP
 /// (foreign units, graphed after their weights' wait), timed in turns,
@@ -618,6 +637,50 @@ fn replay_overlap_matches_the_dense_check() {
                 assert!((x - seq).abs() < 1e-6 + 1e-3 * seq, "{x} vs {seq}");
             }
         }
+    }
+}
+
+/// Tokens and weights moved by the copy engines (`--exchange
+/// copy-engine`) give the same layer as NCCL's exchange: on 2 GPUs,
+/// pipelined in 3 chunks and sequential, EP and LLEP at 95:1 (weights
+/// pulled from the lender), the same plans and bit for bit the same output
+/// (the same dense-check error, GEMMs through cuBLAS's fixed choice), and
+/// rows that say which exchange ran. Skipped with fewer than 2 GPUs.
+#[test]
+fn replay_copy_engine_exchange_matches_nccl_bit_for_bit() {
+    if gpu_count() < 2 {
+        return;
+    }
+    let dir = temp_dir("gpu-copy-engine");
+    for (tag, flags) in [
+        ("on", &["--overlap", "on", "--overlap-chunks", "3"][..]),
+        ("off", &["--overlap", "off"][..]),
+    ] {
+        let mut rows = Vec::new();
+        for x in ["nccl", "copy-engine"] {
+            let out = dir.join(format!("{tag}-{x}.parquet"));
+            let setting = ["--runs", "2", "--ratio", "1.3", "--gemm", "cublas"];
+            let o = tiny_replay_2gpu(&setting, &[flags, &["--exchange", x]].concat(), &out);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            rows.push(llep_trace::results::read_results(&out).unwrap().1);
+        }
+        assert_eq!(rows[0].len(), 4);
+        assert_eq!(rows[1].len(), 4);
+        for (n, c) in rows[0].iter().zip(&rows[1]) {
+            assert_eq!(
+                (n.exchange.as_str(), c.exchange.as_str()),
+                ("nccl", "copy-engine")
+            );
+            assert_eq!((n.policy, &n.loads_after), (c.policy, &c.loads_after));
+            let (en, ec) = (n.rel_error.unwrap(), c.rel_error.unwrap());
+            assert!(ec < 1e-2, "overlap {tag}: relative error {ec}");
+            assert_eq!(en, ec, "overlap {tag} {}: the outputs differ", c.policy);
+            assert_eq!(c.overlap, tag == "on");
+        }
+        assert!(
+            rows[1].iter().any(|r| r.transfer_bytes > 0),
+            "LLEP moved weights"
+        );
     }
 }
 

@@ -195,6 +195,8 @@ fn model_summary(prof: &Profile) -> String {
     for (name, m) in [
         ("token exchange", prof.msg_tokens),
         ("weight transfer", prof.msg_weights),
+        ("token exchange by copy engine", prof.ce_tokens),
+        ("weight transfer by copy engine", prof.ce_weights),
     ] {
         if let Some(m) = m {
             s.push_str(&format!(

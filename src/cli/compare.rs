@@ -5,9 +5,10 @@ use super::table::{gib, Table};
 use super::Printer;
 use anyhow::bail;
 use clap::Args;
+use llep_trace::gpu::Exchange;
 use llep_trace::io::write_atomic;
 use llep_trace::results::{read_results, write_results};
-use llep_trace::sim::accuracy::{compare, default_trace_dirs, ErrorStats};
+use llep_trace::sim::accuracy::{compare, default_trace_dirs, ErrorStats, Pair};
 use llep_trace::sim::profile::{MeasuredError, SplitError};
 use llep_trace::sim::Profile;
 use std::path::PathBuf;
@@ -130,6 +131,18 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             s.push_str(&format!(
                 "expert units {name}: {} rows, layer time median |error| {:.1}%, worst {:.1}%\n",
                 x.rows, x.median_abs_time_pct, x.worst_abs_time_pct
+            ));
+        }
+    }
+    // and the exchange: NCCL's, or the copy engines' (`--exchange`)
+    let by_ce = |x: &&Pair| Exchange::parse(&x.measured.exchange) == Some(Exchange::CopyEngine);
+    let ce = acc.pairs.iter().filter(by_ce).count();
+    if ce > 0 && ce < acc.pairs.len() {
+        for (name, want) in [("NCCL", false), ("copy engines", true)] {
+            let x = ErrorStats::of(acc.pairs.iter().filter(|x| by_ce(x) == want));
+            s.push_str(&format!(
+                "exchange by {name}: {} rows, layer time median |error| {:.1}%, worst {:.1}%; peak memory median |error| {:.1}%, worst {:.1}%\n",
+                x.rows, x.median_abs_time_pct, x.worst_abs_time_pct, x.median_abs_mem_pct, x.worst_abs_mem_pct
             ));
         }
     }

@@ -70,6 +70,10 @@ pub struct PlanArgs {
     /// graphs (as `simulate --cuda-graphs on`), or issued one by one.
     #[arg(long, value_enum, default_value = "off")]
     cuda_graphs: super::replay::OnOff,
+    /// llep-auto: price the exchange through NCCL or the copy engines (as
+    /// `simulate --exchange`).
+    #[arg(long, value_enum, default_value = "nccl")]
+    exchange: super::replay::ExchangeArg,
     /// Print JSON instead of a table: one object, or a list of objects when
     /// several lambdas, alphas or minimum GEMM sizes are given.
     #[arg(long)]
@@ -255,6 +259,8 @@ fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
     };
     let mut profile = Profile::load(&a.profile)?;
     profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
+    profile.exchange = a.exchange.into();
+    super::simulate::check_exchange(&profile, false)?;
     let g = a.gpus as u64;
     let n = counts.len();
     let mut per_rank = vec![0u64; a.gpus * n];

@@ -12,7 +12,9 @@ use llep_trace::env;
 use llep_trace::gpu::gemm::GemmImpl;
 use llep_trace::gpu::rendezvous::{self, ProcessRank};
 use llep_trace::gpu::replicas::is_eplb;
-use llep_trace::gpu::{inputs, replay, Act, Case, EplbReplay, Launch, Overlap, ReplayConfig};
+use llep_trace::gpu::{
+    inputs, replay, Act, Case, EplbReplay, Exchange, Launch, Overlap, ReplayConfig,
+};
 use llep_trace::plan::{Arbiter, Gate, Policy};
 use llep_trace::results::{write_results, ResultRow};
 use llep_trace::results::{Pass, Source};
@@ -123,6 +125,28 @@ pub struct ReplayArgs {
     /// needs --warmup 2 or more.
     #[arg(long, value_enum, default_value = "off")]
     pub cuda_graphs: OnOff,
+    /// How tokens and expert weights move between GPUs: nccl (grouped
+    /// send/recv, kernels on the SMs, as the reference layer and most
+    /// engines) or copy-engine (peer-to-peer copies over NVLink that leave
+    /// the SMs to the GEMMs; every GPU in this one process, forward pass
+    /// only).
+    #[arg(long, value_enum, default_value = "nccl")]
+    pub exchange: ExchangeArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExchangeArg {
+    Nccl,
+    CopyEngine,
+}
+
+impl From<ExchangeArg> for Exchange {
+    fn from(a: ExchangeArg) -> Self {
+        match a {
+            ExchangeArg::Nccl => Exchange::Nccl,
+            ExchangeArg::CopyEngine => Exchange::CopyEngine,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -428,11 +452,20 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let (launch, nodes) = launch_and_nodes(&a, p)?;
+    let exchange: Exchange = a.exchange.into();
+    if let (Exchange::CopyEngine, Launch::Process(pr)) = (exchange, &launch) {
+        bail!(
+            "--exchange copy-engine needs every GPU in this one process (the default launch), not one process per GPU under {}; use --exchange nccl",
+            pr.launcher
+        );
+    }
     let prof = match &a.with_sim {
         Some(s) => {
             let mut prof = Profile::load(s)?;
             prof.nodes = nodes as u32;
             prof.cuda_graphs = cuda_graphs;
+            prof.exchange = exchange;
+            super::simulate::check_exchange(&prof, train)?;
             Some(prof)
         }
         None => None,
@@ -477,6 +510,8 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         profile.nodes = nodes as u32;
         profile.overlap = overlap;
         profile.cuda_graphs = cuda_graphs;
+        profile.exchange = exchange;
+        super::simulate::check_exchange(&profile, train)?;
         p.status(&format!(
             "llep-auto decides with profile {}",
             profile.label()
@@ -526,6 +561,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         net_priority: a.overlap_high_priority,
         interleave: a.interleave == OnOff::On,
         cuda_graphs,
+        exchange,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -595,10 +631,15 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}{}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}{}{}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
         a.gemm.as_str(),
         if a.cuda_graphs == OnOff::On {
             ", expert units launched as CUDA graphs"
+        } else {
+            ""
+        },
+        if a.exchange == ExchangeArg::CopyEngine {
+            "; tokens and weights moved by the copy engines"
         } else {
             ""
         },

@@ -60,6 +60,33 @@ pub struct SimInputArgs {
     /// kernels or graphs).
     #[arg(long, value_enum, default_value = "off")]
     pub cuda_graphs: super::replay::OnOff,
+    /// How the priced replay moves tokens and weights: nccl, or
+    /// copy-engine (`replay --exchange copy-engine`: priced with the
+    /// profile's copy-engine measurements; one node, forward pass).
+    #[arg(long, value_enum, default_value = "nccl")]
+    pub exchange: super::replay::ExchangeArg,
+}
+
+/// The profile's copy-engine measurements exist when `exchange` asks for
+/// them, and the run is one the copy engines can carry.
+pub fn check_exchange(prof: &Profile, train: bool) -> anyhow::Result<()> {
+    use llep_trace::gpu::Exchange;
+    if prof.exchange != Exchange::CopyEngine {
+        return Ok(());
+    }
+    if train {
+        bail!("--exchange copy-engine prices the forward pass only (replay moves a backward's tokens through NCCL); use --exchange nccl with --pass train");
+    }
+    if prof.nodes > 1 {
+        bail!("--exchange copy-engine is one node's (peer copies over NVLink); use --exchange nccl with --nodes");
+    }
+    if prof.ce_tokens.is_none() || prof.ce_weights.is_none() {
+        bail!(
+            "--exchange copy-engine: profile {} has no copy-engine measurements (ce_tokens, ce_weights); calibrate it on 2+ GPUs",
+            prof.name
+        );
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -248,6 +275,8 @@ pub fn run_sweep(
     let mut profile = Profile::load(&a.profile)?;
     profile.nodes = topo.nodes as u32;
     profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
+    profile.exchange = a.exchange.into();
+    check_exchange(&profile, a.pass == PassArg::Train)?;
     // a training step's backward runs the sequential schedule (as replay)
     profile.overlap = if a.pass == PassArg::Train {
         llep_trace::gpu::Overlap::Off
@@ -446,6 +475,9 @@ pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
             },
             llep_trace::sim::bwd::describe(prof)
         ));
+    }
+    if prof.exchange == llep_trace::gpu::Exchange::CopyEngine {
+        s.push_str("exchange: tokens pushed and weights pulled by the copy engines (the profile's ce_tokens and ce_weights)\n");
     }
     if prof.cuda_graphs {
         s.push_str(&format!(

@@ -136,6 +136,11 @@ pub struct Calibration {
     pub grid_graphs: bool,
     pub msg_tokens: Option<MsgRaw>,
     pub msg_weights: Option<MsgRaw>,
+    /// The same sweeps through the copy engines (2+ GPUs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ce_tokens: Option<MsgRaw>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ce_weights: Option<MsgRaw>,
     /// Back-to-back small kernel, host-waited download, small upload, us.
     pub launch_us: f64,
     pub host_sync_us: f64,
@@ -631,26 +636,13 @@ impl Worker<'_> {
     /// models of both communicators, and the weight communicator's memory
     /// for one connected peer (measured around its first use).
     fn measure_comm(&mut self, out: &mut Calibration, reps: usize) -> Result<(), GpuError> {
-        let p = self.world;
         const MIB: usize = 1 << 20;
         for mb in [1usize, 4, 16, 64, 256] {
             let b = mb * MIB;
             out.link
                 .push((b as f64, self.time_exchange(b, false, 1, reps)?));
         }
-        let mut tok = MsgRaw {
-            msgs_base: 2 * (p as u64 - 1),
-            ..Default::default()
-        };
-        for b in [4096usize, 65536, MIB, 16 * MIB, 64 * MIB] {
-            tok.bytes
-                .push((b as f64, self.time_exchange(b, false, 1, reps)?));
-        }
-        for split in [1usize, 2, 4, 8, 16] {
-            let ms = self.time_exchange(MIB, false, split, reps)?;
-            tok.split.push(((tok.msgs_base * split as u64) as f64, ms));
-        }
-        out.msg_tokens = Some(tok);
+        out.msg_tokens = Some(self.msg_sweep(false, false, reps)?);
         let before = self.used_beyond_arena()?;
         let bb = self.blob.len * 2;
         for nb in [1usize, 2, 4, 8] {
@@ -665,25 +657,126 @@ impl Worker<'_> {
         out.mem.xfer_per_peer = Some(all.iter().copied().fold(0.0, f64::max) as u64);
         out.mem.xfer_send_per_peer = Some(all[0] as u64);
         out.mem.xfer_recv_per_peer = Some(all[1] as u64);
-        let mut wt = MsgRaw {
-            msgs_base: 1,
-            ..Default::default()
-        };
-        for mb in [1usize, 4, 16, 64, 256] {
-            let b = mb * MIB;
-            wt.bytes
-                .push((b as f64, self.time_exchange(b, true, 1, reps)?));
+        out.msg_weights = Some(self.msg_sweep(true, false, reps)?);
+        if self.link.is_some() {
+            // the same sweeps through the copy engines (`--exchange
+            // copy-engine`): tokens pushed, weights pulled
+            out.ce_tokens = Some(self.msg_sweep(false, true, reps)?);
+            out.ce_weights = Some(self.msg_sweep(true, true, reps)?);
         }
-        for split in [1usize, 2, 4, 8, 16] {
-            let ms = self.time_exchange(64 * MIB, true, split, reps)?;
-            wt.split.push((split as f64, ms));
-        }
-        out.msg_weights = Some(wt);
         self.dev.arena.release_except(&PERSISTENT)?;
         Ok(())
     }
+
+    /// One message model's measurements: the token exchange (every rank
+    /// to every peer, 4 KiB to 64 MiB per peer; 1 MiB cut into up to 16
+    /// messages) or a weight transfer (one way, 1 to 256 MiB; 64 MiB cut
+    /// alike), through NCCL or the copy engines (`ce`).
+    fn msg_sweep(&mut self, one_way: bool, ce: bool, reps: usize) -> Result<MsgRaw, GpuError> {
+        const MIB: usize = 1 << 20;
+        let (sizes, cut, base) = if one_way {
+            (
+                vec![MIB, 4 * MIB, 16 * MIB, 64 * MIB, 256 * MIB],
+                64 * MIB,
+                1,
+            )
+        } else {
+            let base = 2 * (self.world as u64 - 1);
+            (vec![4096, 65536, MIB, 16 * MIB, 64 * MIB], MIB, base)
+        };
+        let mut raw = MsgRaw {
+            msgs_base: base,
+            ..Default::default()
+        };
+        for b in sizes {
+            let ms = if ce {
+                self.time_copies(b, one_way, 1, reps)?
+            } else {
+                self.time_exchange(b, one_way, 1, reps)?
+            };
+            raw.bytes.push((b as f64, ms));
+        }
+        for split in [1usize, 2, 4, 8, 16] {
+            let ms = if ce {
+                self.time_copies(cut, one_way, split, reps)?
+            } else {
+                self.time_exchange(cut, one_way, split, reps)?
+            };
+            raw.split.push(((base * split as u64) as f64, ms));
+        }
+        Ok(raw)
+    }
+
+    /// [`Self::time_exchange`]'s two cases moved by the copy engines of
+    /// linked ranks: every rank pushing `bytes` into each peer's receive
+    /// buffer, or rank 1 pulling `bytes` from rank 0 (as a weight transfer
+    /// is pulled), each cut into `split` copies. The slowest rank's median,
+    /// ms.
+    fn time_copies(
+        &mut self,
+        bytes: usize,
+        one_way: bool,
+        split: usize,
+        reps: usize,
+    ) -> Result<f64, GpuError> {
+        use super::copy_engine::copy;
+        let p = self.world;
+        let split = split.max(1);
+        let sb = self.dev.arena.get(BufKind::CalSend, bytes * p.max(1))?;
+        let rbuf = self.dev.arena.get(BufKind::CalRecv, bytes * p.max(1))?;
+        let link = self.link.clone().expect("linked ranks");
+        link.publish(self.rank, |sl| {
+            sl.send = sb;
+            sl.recv = rbuf;
+        });
+        link.meet()?;
+        let peers: Vec<_> = (0..p).map(|q| link.slot(q)).collect();
+        let s = if one_way { self.dev.xfer } else { self.dev.net };
+        let pieces: Vec<(u64, u64)> = (0..split)
+            .map(|j| {
+                let lo = bytes * j / split;
+                let hi = bytes * (j + 1) / split;
+                (lo as u64, (hi - lo) as u64)
+            })
+            .collect();
+        let mut v = Vec::new();
+        for rep in 0..reps + 2 {
+            self.dev.sync()?;
+            let _ = self.gather_f64(&[0.0])?; // line the ranks up
+            self.ev[E_START].record(s)?;
+            // SAFETY: both buffers hold bytes * p on every rank (published
+            // above); each piece lies in its `bytes`.
+            unsafe {
+                if one_way {
+                    if self.rank == 1 {
+                        for &(off, n) in &pieces {
+                            copy(rbuf + off, peers[0].send + off, n, s)?;
+                        }
+                    }
+                } else {
+                    let mine = (self.rank * bytes) as u64;
+                    for q in (0..p).filter(|&q| q != self.rank) {
+                        let (to, from) = (peers[q].recv + mine, sb + (q * bytes) as u64);
+                        for &(off, n) in &pieces {
+                            copy(to + off, from + off, n, s)?;
+                        }
+                    }
+                }
+            }
+            self.ev[E_END].record(s)?;
+            self.ev[E_END].sync()?;
+            if rep >= 2 {
+                v.push(self.ev[E_END].ms_since(&self.ev[E_START])?);
+            }
+        }
+        let mine = quantile(&v, 0.5);
+        let all = self.gather_f64(&[mine])?;
+        link.meet()?;
+        Ok(all.into_iter().fold(0.0, f64::max))
+    }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn calib_main(
     rank: usize,
     world: usize,
@@ -692,6 +785,7 @@ fn calib_main(
     ptx: &cudarc::nvrtc::Ptx,
     cc: &CalibConfig,
     progress: &dyn Progress,
+    link: Option<std::sync::Arc<super::PeerLink>>,
 ) -> Result<Calibration, GpuError> {
     let (d0, i0) = cc
         .shapes
@@ -723,8 +817,9 @@ fn calib_main(
         net_priority: false,
         interleave: false,
         cuda_graphs: cc.cuda_graphs,
+        exchange: super::Exchange::Nccl,
     };
-    let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg)?;
+    let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg, link)?;
     let mut out = Calibration {
         card: w.dev.name.clone(),
         driver: driver_version(),
@@ -874,11 +969,19 @@ pub fn calibrate(cc: &CalibConfig, progress: &dyn Progress) -> Result<Calibratio
     }
     let ptx = runtime::compile_kernels_for_device0()?;
     let ids = vec![runtime::nccl_new_id()?, runtime::nccl_new_id()?];
+    // linked for the copy-engine sweeps only; the layer runs use NCCL
+    let link = (cc.gpus > 1).then(|| std::sync::Arc::new(super::PeerLink::new(cc.gpus)));
     let results: Vec<Result<Calibration, GpuError>> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..cc.gpus)
             .map(|rank| {
-                let (ids, ptx) = (&ids, &ptx);
-                s.spawn(move || calib_main(rank, cc.gpus, rank, ids, ptx, cc, progress))
+                let (ids, ptx, link) = (&ids, &ptx, link.clone());
+                s.spawn(move || {
+                    let r = calib_main(rank, cc.gpus, rank, ids, ptx, cc, progress, link.clone());
+                    if let (Err(_), Some(l)) = (&r, &link) {
+                        l.abort();
+                    }
+                    r
+                })
             })
             .collect();
         hs.into_iter()

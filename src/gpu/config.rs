@@ -85,4 +85,6 @@ pub struct ReplayConfig {
     /// Each compute phase's expert units launched as one CUDA graph
     /// (`--cuda-graphs on`, forward pass only; see `graphs`).
     pub cuda_graphs: bool,
+    /// How tokens and weights move between GPUs (`--exchange`).
+    pub exchange: super::copy_engine::Exchange,
 }

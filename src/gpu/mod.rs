@@ -14,6 +14,8 @@
 //! - `phases`: one run of the layer, phase by phase;
 //! - `graphs`: its expert compute launched as CUDA graphs (`--cuda-graphs`);
 //! - [`pipeline`]: its pipelined schedule (`--overlap on`) and chunk rule;
+//! - [`copy_engine`]: tokens and weights moved by the copy engines
+//!   (`--exchange copy-engine`) instead of NCCL;
 //! - `backward`: the training step's backward of that run;
 //! - `dense`: the dense fp32 check of sampled tokens;
 //! - `dense_bwd`: its backward counterpart (token and weight gradients);
@@ -28,6 +30,7 @@
 mod backward;
 pub mod calibrate;
 mod config;
+pub mod copy_engine;
 mod dense;
 mod dense_bwd;
 pub mod gemm;
@@ -45,6 +48,7 @@ pub mod runtime;
 mod timing;
 mod worker;
 
+pub use copy_engine::{Exchange, PeerLink};
 pub use pipeline::Overlap;
 pub use replay::{replay, Act, Case, EplbReplay, Launch, RankRouting, ReplayConfig};
 pub use timing::{driver_version, quantile};

@@ -95,8 +95,8 @@ pub(super) struct UnitBufs {
 
 /// The remote copies the segment tables move: table entries and rows.
 pub(super) struct Remote {
-    nseg: i32,
-    rows: i64,
+    pub(super) nseg: i32,
+    pub(super) rows: i64,
     /// Per pipeline chunk (one without overlap): its entries of the tables
     /// (first, count) and its rows, numbered from 0 within the chunk.
     pub(super) parts: Vec<SegPart>,
@@ -134,10 +134,20 @@ impl Worker<'_> {
         };
         let lb = self.layout_bufs()?;
         let remote = self.upload_tables(&lay, &cb, &lb)?;
+        if self.ce() {
+            self.ce_publish(&cb, &lb)?;
+        }
         let has_x = self.transfer_weights(&lay, cb.native, lb.foreign)?;
-        self.note_weight_peers(&lay.ranks[self.rank], false);
+        if !self.ce() {
+            // copy-engine pulls connect no NCCL pair
+            self.note_weight_peers(&lay.ranks[self.rank], false);
+        }
         self.pipe_chunks = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
-        if lay.chunks.is_empty() {
+        if lay.chunks.is_empty() && self.ce() {
+            self.ce_dispatch(&lay, &cb, &lb, &remote, copies)?;
+            self.expert_compute(&lay, &lb, cb.native)?;
+            self.ce_combine(&lay, &cb, &lb, &remote, t)?;
+        } else if lay.chunks.is_empty() {
             self.dispatch(&lay, &cb, &lb, &remote, copies)?;
             self.expert_compute(&lay, &lb, cb.native)?;
             self.combine(&lay, &cb, &lb, &remote, t)?;
@@ -401,7 +411,10 @@ impl Worker<'_> {
         let bb = self.blob.len * 2;
         let per = n / p;
         let has_x = !rl.send_transfers.is_empty() || !rl.recv_transfers.is_empty();
-        if has_x {
+        if has_x && self.ce() {
+            // pulled once the lenders' first token pushes are issued
+            // (`copy_engine::Worker::ce_pull_weights`)
+        } else if has_x {
             self.dev.wait(self.dev.xfer, &self.ev[E_PLANNED])?;
             self.xev[0].record(self.dev.xfer)?;
             Comm::group_start()?;
@@ -500,7 +513,12 @@ impl Worker<'_> {
     /// (overlapping the exchange with local compute was measured slower on
     /// 2 x H200: NCCL's kernels and the split GEMMs cost more than the
     /// overlap saved).
-    fn expert_compute(&self, lay: &Layout, lb: &LayoutBufs, native: u64) -> Result<(), GpuError> {
+    pub(super) fn expert_compute(
+        &self,
+        lay: &Layout,
+        lb: &LayoutBufs,
+        native: u64,
+    ) -> Result<(), GpuError> {
         let r = self.rank;
         let main = self.dev.main;
         let rl = &lay.ranks[r];

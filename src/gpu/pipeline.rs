@@ -103,8 +103,9 @@ pub(super) fn chunks_for(lay: &Layout, overlap: Overlap) -> usize {
 
 /// Pipeline events per chunk (index `c * PE + k`): dispatch round start and
 /// end (net), compute start and end, results copied out (main), combine
-/// round start and end (net).
-pub(super) const PE: usize = 7;
+/// round start and end (net); with copy-engine exchange, also the placing
+/// of the chunk's received rows (main), start and end.
+pub(super) const PE: usize = 9;
 pub(super) const DS: usize = 0;
 pub(super) const DE: usize = 1;
 pub(super) const CS: usize = 2;
@@ -112,6 +113,8 @@ pub(super) const CC: usize = 3;
 pub(super) const CE: usize = 4;
 pub(super) const CQ: usize = 5;
 pub(super) const CR: usize = 6;
+pub(super) const PS: usize = 7;
+pub(super) const PL: usize = 8;
 
 impl Worker<'_> {
     /// The pipelined layer after planning: pack everything once, then the
@@ -138,9 +141,25 @@ impl Worker<'_> {
         for c in 0..n {
             self.round(lay, lb, remote, c, true)?;
         }
+        let ce = self.ce();
+        if ce {
+            // every rank's pushes are issued before any rank waits on them;
+            // then each chunk's rows are placed on the side stream as soon
+            // as its peers' pushes land, beside the previous chunk's GEMMs
+            self.linked().meet()?;
+            self.ce_pull_weights(lay, lb.foreign)?;
+            let side = self.dev.side;
+            for c in 0..n {
+                self.ce_wait_pushed(lay, Some(c), side)?;
+                self.pev[c * PE + PS].record(side)?;
+                self.place(remote, lb, c, side)?;
+                self.pev[c * PE + PL].record(side)?;
+            }
+        }
         let mut waited = false;
         for c in 0..n {
-            self.dev.wait(main, &self.pev[c * PE + DE])?;
+            let arrived = if ce { PL } else { DE };
+            self.dev.wait(main, &self.pev[c * PE + arrived])?;
             self.pev[c * PE + CS].record(main)?;
             let units = self.units_in(lay, r, cr.bounds[c], cr.bounds[c + 1]);
             self.compute(&units, rl, lb.units(cb.native), &mut waited)?;
@@ -157,8 +176,30 @@ impl Worker<'_> {
             self.round(lay, lb, remote, c, false)?;
         }
         self.ev[E_RETURNED].record(net)?;
+        if ce {
+            self.linked().meet()?;
+            self.ce_wait_returned(lay, main)?;
+        }
         self.dev.wait(main, &self.ev[E_RETURNED])?;
         self.combine_rows(cb, t)
+    }
+
+    /// Place chunk `c`'s received rows into the compute buffer on stream
+    /// `s`.
+    fn place(
+        &self,
+        remote: &Remote,
+        lb: &LayoutBufs,
+        c: usize,
+        s: cudarc::driver::sys::CUstream,
+    ) -> Result<(), GpuError> {
+        let part = remote.parts[c];
+        if part.rows > 0 {
+            // SAFETY: the chunk's entries of the table, rows in recv and
+            // comp.
+            unsafe { self.copy_rows(seg_at(lb.segs_in, part.first), part.nseg, part.rows, s)? };
+        }
+        Ok(())
     }
 
     /// Exchange round `c` on the net stream: a dispatch (then its received
@@ -181,22 +222,25 @@ impl Worker<'_> {
             recv_off: &cr.recv_off[c],
         };
         let rb = self.rb();
+        let ce = self.ce();
         if dispatch {
             self.pev[c * PE + DS].record(net)?;
-            self.exchange_ranges(&x, lb.send, lb.recv, rb, net, true)?;
-            let part = remote.parts[c];
-            if part.rows > 0 {
-                // SAFETY: the chunk's entries of the table, rows in recv
-                // and comp.
-                unsafe {
-                    self.copy_rows(seg_at(lb.segs_in, part.first), part.nseg, part.rows, net)?
-                };
+            if ce {
+                // placed on the main stream once the peers' pushes are in
+                self.ce_push(lay, lb, Some(c), true, net)?;
+            } else {
+                self.exchange_ranges(&x, lb.send, lb.recv, rb, net, true)?;
+                self.place(remote, lb, c, net)?;
             }
             self.pev[c * PE + DE].record(net)?;
         } else {
             self.dev.wait(net, &self.pev[c * PE + CE])?;
             self.pev[c * PE + CQ].record(net)?;
-            self.exchange_ranges(&x, lb.send, lb.recv, rb, net, false)?;
+            if ce {
+                self.ce_push(lay, lb, Some(c), false, net)?;
+            } else {
+                self.exchange_ranges(&x, lb.send, lb.recv, rb, net, false)?;
+            }
             self.pev[c * PE + CR].record(net)?;
         }
         Ok(())
@@ -217,6 +261,9 @@ impl Worker<'_> {
         for c in 0..chunks {
             let at = |k: usize| &p[c * PE + k];
             b[0] += at(DE).ms_since(at(DS))?;
+            if self.ce() {
+                b[0] += at(PL).ms_since(at(PS))?;
+            }
             b[1] += at(CC).ms_since(at(CS))?;
             b[2] += at(CE).ms_since(at(CC))? + at(CR).ms_since(at(CQ))?;
         }

@@ -6,6 +6,7 @@
 //! gathers everyone's numbers over NCCL and builds the rows (`timing`).
 
 pub use super::config::{Act, Case, EplbReplay, RankRouting, ReplayConfig};
+use super::copy_engine::{Exchange, PeerLink};
 use super::rendezvous::{self, ProcessRank};
 use super::runtime::{self, NcclId};
 use super::worker::Worker;
@@ -13,6 +14,7 @@ use super::GpuError;
 use crate::plan::Policy;
 use crate::progress::Progress;
 use crate::results::ResultRow;
+use std::sync::Arc;
 
 /// How the ranks are started.
 #[derive(Debug, Clone)]
@@ -39,6 +41,11 @@ pub fn validate(cfg: &ReplayConfig, cases: &[Case]) -> Result<(), GpuError> {
     }
     if cfg.runs == 0 {
         return Err(GpuError::Input("--runs must be at least 1".into()));
+    }
+    if cfg.exchange == Exchange::CopyEngine && cfg.train {
+        return Err(GpuError::Input(
+            "--exchange copy-engine: forward pass only (the backward's exchange is NCCL's); use --exchange nccl with --pass train".into(),
+        ));
     }
     if cfg.settings.iter().any(|(p, _)| *p == Policy::Ideal) {
         return Err(GpuError::Input(
@@ -82,8 +89,9 @@ fn worker_main(
     cfg: &ReplayConfig,
     cases: &[Case],
     progress: &dyn Progress,
+    link: Option<Arc<PeerLink>>,
 ) -> Result<Vec<ResultRow>, GpuError> {
-    let mut w = Worker::new(rank, world, ordinal, ids, ptx, cfg)?;
+    let mut w = Worker::new(rank, world, ordinal, ids, ptx, cfg, link)?;
     let max_t = cases
         .iter()
         .map(|c| c.routing[rank].ids.len() / cfg.top_k)
@@ -175,14 +183,31 @@ pub fn replay(
                 )));
             }
             let ids = vec![runtime::nccl_new_id()?, runtime::nccl_new_id()?];
+            let link = (cfg.exchange == Exchange::CopyEngine && cfg.gpus > 1)
+                .then(|| Arc::new(PeerLink::new(cfg.gpus)));
             let results: Vec<Result<Vec<ResultRow>, GpuError>> = std::thread::scope(|s| {
                 let hs: Vec<_> = ords
                     .iter()
                     .enumerate()
                     .map(|(rank, &o)| {
-                        let (ids, ptx) = (&ids, &ptx);
+                        let (ids, ptx, link) = (&ids, &ptx, link.clone());
                         s.spawn(move || {
-                            worker_main(rank, cfg.gpus, o, ids, ptx, cfg, cases, progress)
+                            let r = worker_main(
+                                rank,
+                                cfg.gpus,
+                                o,
+                                ids,
+                                ptx,
+                                cfg,
+                                cases,
+                                progress,
+                                link.clone(),
+                            );
+                            if let (Err(_), Some(l)) = (&r, &link) {
+                                // the others would wait for it at a barrier
+                                l.abort();
+                            }
+                            r
                         })
                     })
                     .collect();
@@ -205,6 +230,12 @@ pub fn replay(
             Ok(first)
         }
         Launch::Process(pr) => {
+            if cfg.exchange == Exchange::CopyEngine {
+                return Err(GpuError::Input(format!(
+                    "--exchange copy-engine needs every GPU in one process (the default launch), not one process per GPU under {}; use --exchange nccl",
+                    pr.launcher
+                )));
+            }
             if pr.world != cfg.gpus {
                 return Err(GpuError::Input(format!(
                     "{} started {} processes but --gpus {}",
@@ -226,7 +257,9 @@ pub fn replay(
                 None
             };
             let ids = rendezvous::exchange(pr, mine, 2).map_err(GpuError::Launch)?;
-            let rows = worker_main(pr.rank, pr.world, ordinal, &ids, &ptx, cfg, cases, progress)?;
+            let rows = worker_main(
+                pr.rank, pr.world, ordinal, &ids, &ptx, cfg, cases, progress, None,
+            )?;
             Ok(if pr.rank == 0 { Some(rows) } else { None })
         }
     }

@@ -554,6 +554,9 @@ pub struct Dev {
     pub xfer: drv_sys::CUstream,
     /// Token exchange (dispatch and combine), overlapped with compute.
     pub net: drv_sys::CUstream,
+    /// Copy-engine exchange, pipelined: the received rows placed into the
+    /// compute buffer, chunk after chunk, beside the running GEMMs.
+    pub side: drv_sys::CUstream,
     pub name: String,
     pub total_mem: usize,
     /// Launch the kernels that open with `pdl_wait()` (`act_rows`) as
@@ -615,6 +618,7 @@ impl Dev {
         let main = mk()?;
         let xfer = mk()?;
         let net = mk()?;
+        let side = mk()?;
         let handle = blas::create_handle().map_err(blas_err("cublasCreate"))?;
         // SAFETY: live handle and stream.
         unsafe { blas::set_stream(handle, main as _) }.map_err(blas_err("cublasSetStream"))?;
@@ -638,6 +642,7 @@ impl Dev {
             main,
             xfer,
             net,
+            side,
             name,
             total_mem,
             pdl,
@@ -766,6 +771,7 @@ impl Drop for Dev {
             let _ = drv::stream::destroy(self.main);
             let _ = drv::stream::destroy(self.xfer);
             let _ = drv::stream::destroy(self.net);
+            let _ = drv::stream::destroy(self.side);
         }
     }
 }

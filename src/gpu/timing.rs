@@ -361,6 +361,7 @@ impl Worker<'_> {
         r.profile = String::new();
         r.driver = driver_version();
         r.fill_plan_stats(plan);
+        r.exchange = self.cfg.exchange.as_str().into();
         r.overlap = piped;
         r.overlap_chunks = if piped { self.pipe_chunks as u32 } else { 0 };
         let (d, i) = (self.cfg.hidden as u64, self.cfg.inter as u64);

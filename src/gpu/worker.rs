@@ -136,6 +136,11 @@ pub(super) struct Worker<'a> {
     pub(super) wpeers_out: Vec<bool>,
     /// The case's expert-compute graphs (`--cuda-graphs on`).
     pub(super) graphs: std::cell::RefCell<super::graphs::Graphs>,
+    /// The other ranks of this process, for `--exchange copy-engine`
+    /// (`None`: NCCL moves tokens and weights).
+    pub(super) link: Option<std::sync::Arc<super::copy_engine::PeerLink>>,
+    /// The ranks' slots as of this run's meeting (copy-engine exchange).
+    pub(super) peers: std::cell::RefCell<Vec<super::copy_engine::Slot>>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -143,7 +148,8 @@ pub(super) const PERSISTENT: [BufKind; 3] = [BufKind::Native, BufKind::BiasTable
 
 impl<'a> Worker<'a> {
     /// Open GPU `ordinal` as rank `rank` of `world`, on the communicators
-    /// of `ids` (tokens, then weights).
+    /// of `ids` (tokens, then weights); with `link`, also linked to the
+    /// process's other GPUs for copy-engine exchange.
     pub(super) fn new(
         rank: usize,
         world: usize,
@@ -151,6 +157,7 @@ impl<'a> Worker<'a> {
         ids: &[NcclId],
         ptx: &cudarc::nvrtc::Ptx,
         cfg: &'a ReplayConfig,
+        link: Option<std::sync::Arc<super::copy_engine::PeerLink>>,
     ) -> Result<Self, GpuError> {
         let mut dev = Dev::new(ordinal, ptx)?.with_gemm(cfg.gemm)?;
         if cfg.overlap != super::pipeline::Overlap::Off && cfg.net_priority {
@@ -158,7 +165,7 @@ impl<'a> Worker<'a> {
         }
         let comm = Comm::init(world, rank, &ids[0])?;
         let xcomm = Comm::init(world, rank, &ids[1])?;
-        Ok(Worker {
+        let w = Worker {
             dev,
             comm,
             xcomm,
@@ -182,7 +189,13 @@ impl<'a> Worker<'a> {
             wpeers_in: vec![false; world],
             wpeers_out: vec![false; world],
             graphs: Default::default(),
-        })
+            link,
+            peers: Default::default(),
+        };
+        if w.link.is_some() {
+            w.link_peers(ordinal)?;
+        }
+        Ok(w)
     }
 
     pub(super) fn rb(&self) -> u64 {

@@ -229,6 +229,11 @@ results_columns! {
     /// simulated rows priced that way (no host floor per unit). False in
     /// older files, whose replays issued every GEMM from the host.
     cuda_graphs: bool = "cuda_graphs",
+    /// How tokens and weights moved between GPUs: "nccl" (send/recv
+    /// kernels on the SMs) or "copy-engine" (peer copies, `--exchange
+    /// copy-engine`); for simulated rows, the exchange priced. Empty in
+    /// older files, whose replays all used NCCL.
+    exchange: String = "exchange",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -249,6 +254,7 @@ const ADDED_LATER: &[&str] = &[
     "weight_peers_in_per_gpu",
     "weight_peers_out_per_gpu",
     "cuda_graphs",
+    "exchange",
 ];
 
 fn column_of<'a, T: Column>(

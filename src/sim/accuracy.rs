@@ -198,13 +198,29 @@ fn twin_priced(
     } else {
         crate::gpu::pipeline::Overlap::Off
     };
+    let exchange = crate::gpu::Exchange::parse(&measured.exchange).ok_or_else(|| {
+        AccuracyError::Input(format!(
+            "{}: unknown exchange {:?} (nccl or copy-engine)",
+            measured.trace, measured.exchange
+        ))
+    })?;
+    if exchange == crate::gpu::Exchange::CopyEngine && profile.ce_tokens.is_none() {
+        return Err(AccuracyError::Input(format!(
+            "profile {} has no copy-engine measurements (ce_tokens) to price a row whose tokens moved by copy engine; calibrate it on 2+ GPUs",
+            profile.name
+        )));
+    }
     let with_sched;
-    let profile = if profile.overlap == sched && profile.cuda_graphs == measured.cuda_graphs {
+    let profile = if profile.overlap == sched
+        && profile.cuda_graphs == measured.cuda_graphs
+        && profile.exchange == exchange
+    {
         profile
     } else {
         with_sched = Profile {
             overlap: sched,
             cuda_graphs: measured.cuda_graphs,
+            exchange,
             ..profile.clone()
         };
         &with_sched

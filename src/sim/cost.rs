@@ -19,7 +19,7 @@
 //! carries every pair, both directions and the weights on one budget.
 
 pub use super::groups::{GroupMemo, GroupPricer};
-use super::model::{COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
+use super::model::{MsgModel, COMBINE_LAUNCHES, DISPATCH_LAUNCHES};
 use super::profile::Profile;
 use crate::plan::{walk_slices, DispatchMatrix, Plan, Range};
 
@@ -73,6 +73,8 @@ pub struct Cost {
     /// Priced with the expert units launched as CUDA graphs (the profile's
     /// `cuda_graphs`): no host floor per unit.
     pub cuda_graphs: bool,
+    /// The exchange priced (the profile's `exchange`).
+    pub exchange: crate::gpu::Exchange,
 }
 
 /// Scratch buffers reused between calls.
@@ -160,7 +162,7 @@ impl MatrixSums {
 /// per-message model of the exchange): then [`price_moved`] prices a plan
 /// without building its matrix.
 pub fn prices_from_sums(prof: &Profile, p: usize) -> bool {
-    gpus_per_node(prof, p) >= p && prof.msg_tokens.is_none()
+    gpus_per_node(prof, p) >= p && prof.token_msgs().is_none()
 }
 
 /// One GPU's exchange split by link, as [`split_exchange`] prices it.
@@ -354,6 +356,15 @@ impl Sums {
 }
 
 impl Profile {
+    /// The token exchange's message model under the run's exchange (the
+    /// copy engines' when `exchange` says so).
+    pub fn token_msgs(&self) -> Option<&MsgModel> {
+        match self.exchange {
+            crate::gpu::Exchange::Nccl => self.msg_tokens.as_ref(),
+            crate::gpu::Exchange::CopyEngine => self.ce_tokens.as_ref(),
+        }
+    }
+
     fn link_ms(&self, bytes: u64) -> f64 {
         if bytes == 0 {
             0.0
@@ -431,7 +442,7 @@ pub fn price_memo(
     let gpn = gpus_per_node(prof, p);
     let multi = gpn < p;
     let mut sums = std::mem::take(&mut scratch.sums);
-    sums.fill(dm, !multi && prof.msg_tokens.is_some());
+    sums.fill(dm, !multi && prof.token_msgs().is_some());
     if multi {
         sums.fill_nodes(dm, gpn);
     }
@@ -549,7 +560,7 @@ fn peak_memory(
     let mut peak = Vec::with_capacity(plan.gpus);
     let mut oom = false;
     if let Some(mm) = &prof.mem_model {
-        scratch.mem_fixed = mem_fixed(mm, plan, shape);
+        scratch.mem_fixed = mem_fixed(mm, plan, shape, prof.exchange);
     }
     let layer = LayerMem {
         plan,
@@ -634,28 +645,46 @@ fn price_sums(
             inter_node_bytes += 2 * crossed;
             link
         } else {
-            match &prof.msg_tokens {
+            match prof.token_msgs() {
                 Some(m) => m.ms(sums.msgs(g), link_b),
                 None => prof.link_ms(link_b),
             }
         };
         copies_max = copies_max.max(sums.row_sum(g));
         let copy = prof.copy_ms(2 * sums.row_sum(g) * tok_bytes);
-        // the exchange shares the link with this GPU's weight transfers
+        // the exchange shares the link with this GPU's weight transfers;
+        // copy engines pull the weights after the first round of tokens
+        // instead (`gpu::copy_engine`), then share the link only with the
+        // later rounds
         let moves = scratch.w_sent[g] + scratch.w_recv[g] > 0;
-        let shared = if moves { contention * link } else { 0.0 };
+        let ce = prof.exchange == crate::gpu::Exchange::CopyEngine;
+        let shared = if moves && !(ce && sequential) {
+            contention * link
+        } else {
+            0.0
+        };
         let dsp = link + shared + waits + copy + DISPATCH_LAUNCHES as f64 * launch_ms;
         let cmb = link + copy + COMBINE_LAUNCHES as f64 * launch_ms;
+        let first_round = match prof.token_msgs() {
+            Some(m) if ce && moves && !sequential => {
+                let fixed = m.ms(sums.msgs(g), 0);
+                fixed + (link - fixed).max(0.0) / chunks as f64
+            }
+            _ if ce && moves => link,
+            _ => 0.0,
+        };
         let x = shared + scratch.xfer[g];
+        // when this GPU's weights are in, from the end of planning
+        let x_in = x + first_round;
         dispatch = dispatch.max(dsp);
         combine = combine.max(cmb);
         transfer = transfer.max(x);
         if sequential {
-            disp_or_xfer = disp_or_xfer.max(dsp.max(x));
+            disp_or_xfer = disp_or_xfer.max(dsp.max(x_in));
             let native = scratch.compute[g] - scratch.foreign[g];
-            compute_end = compute_end.max((dsp + native).max(x) + scratch.foreign[g]);
+            compute_end = compute_end.max((dsp + native).max(x_in) + scratch.foreign[g]);
         } else {
-            let link_fixed_ms = match &prof.msg_tokens {
+            let link_fixed_ms = match prof.token_msgs() {
                 _ if multi => 0.0,
                 Some(m) => m.ms(sums.msgs(g), 0),
                 None => prof.link_latency_us * 1e-3,
@@ -665,7 +694,7 @@ fn price_sums(
                 link_fixed_ms,
                 shared_ms: shared,
                 copy_ms: copy,
-                transfer_ms: x - shared,
+                transfer_ms: x_in - shared,
                 launch_ms,
             });
         }
@@ -703,6 +732,7 @@ fn price_sums(
         oom,
         overlap_chunks: chunks as u32,
         cuda_graphs: prof.cuda_graphs,
+        exchange: prof.exchange,
     }
 }
 
@@ -720,6 +750,12 @@ fn weights_ms(
 ) -> f64 {
     let Some((split, tok_bytes)) = nodes else {
         let xb = scratch.w_sent[g].max(scratch.w_recv[g]);
+        if prof.exchange == crate::gpu::Exchange::CopyEngine {
+            // each borrower pulls its blobs: its own copies, one per blob
+            return prof
+                .ce_weights
+                .map_or(0.0, |m| m.ms(scratch.w_count[g], scratch.w_recv[g]));
+        }
         return match &prof.msg_weights {
             Some(m) => m.ms(scratch.w_nsent[g] + scratch.w_count[g], xb),
             None => prof.p2p_ms(xb),

@@ -38,7 +38,11 @@ impl LayerMem<'_> {
             + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
         let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
         let tables = (own + sums.col_sum(g)) * 14;
-        let comm = (p - 1) * prof.mem_per_peer_bytes;
+        let comm = if prof.exchange == crate::gpu::Exchange::CopyEngine {
+            0
+        } else {
+            (p - 1) * prof.mem_per_peer_bytes
+        };
         prof.mem_baseline_bytes + comm + weights + tokens + act + tables
     }
 
@@ -70,7 +74,7 @@ impl LayerMem<'_> {
             r(copies * 40),                             // pack table (<= one piece per copy)
             2 * r(sums.received(g) * 32),               // copy tables in and out
         ];
-        let (inn, out) = weight_links(mm, plan, scratch, g);
+        let (inn, out) = weight_links(mm, plan, scratch, g, prof.exchange);
         scratch.mem_fixed + mm.weight_links_bytes(inn, out) + buffers.iter().sum::<u64>()
     }
 }
@@ -82,10 +86,21 @@ impl LayerMem<'_> {
 /// under `xfer_all_peers`, at the steady state of a process running LLEP:
 /// every GPU connected to every peer both ways (over many layers and steps
 /// each GPU both lends and borrows); without it, at this layer's own peers.
-/// A measured row's twin takes the connections its replay recorded.
-fn weight_links(mm: &MemModel, plan: &Plan, scratch: &CostScratch, g: usize) -> (u64, u64) {
+/// Copy-engine transfers connect none. A measured row's twin takes the connections its replay recorded.
+fn weight_links(
+    mm: &MemModel,
+    plan: &Plan,
+    scratch: &CostScratch,
+    g: usize,
+    exchange: crate::gpu::Exchange,
+) -> (u64, u64) {
     if let Some((inn, out)) = &scratch.recorded_links {
         return (inn[g], out[g]);
+    }
+    if exchange == crate::gpu::Exchange::CopyEngine {
+        // weights pulled by the copy engines: the weight communicator
+        // never connects
+        return (0, 0);
     }
     let all = plan.gpus as u64 - 1;
     match (plan.transfers.is_empty(), mm.xfer_all_peers) {
@@ -96,8 +111,14 @@ fn weight_links(mm: &MemModel, plan: &Plan, scratch: &CostScratch, g: usize) -> 
 }
 
 /// The part of [`LayerMem::by_buffer`] every GPU has: baseline, token
-/// communicators, and the buffers sized by the model alone.
-pub(super) fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
+/// communicators (their point-to-point buffers under NCCL's exchange), and
+/// the buffers sized by the model alone.
+pub(super) fn mem_fixed(
+    mm: &MemModel,
+    plan: &Plan,
+    shape: &Shape,
+    exchange: crate::gpu::Exchange,
+) -> u64 {
     let (p, n) = (plan.gpus, plan.experts as u64);
     let per = n / p as u64;
     let tok_bytes = shape.hidden * shape.dtype_bytes;
@@ -109,8 +130,11 @@ pub(super) fn mem_fixed(mm: &MemModel, plan: &Plan, shape: &Shape) -> u64 {
         r((n + 1) * 4),                 // segment starts
         2 * r(8 * p as u64),            // gather scratch
     ];
-    mm.context_bytes
-        + mm.cublas_workspace_bytes
-        + (p as u64 - 1) * mm.nccl_per_peer_bytes
-        + buffers.iter().sum::<u64>()
+    // NCCL's point-to-point buffers: the copy engines' exchange never
+    // connects the pairs (its communicator only gathers the counts)
+    let p2p = match exchange {
+        crate::gpu::Exchange::Nccl => (p as u64 - 1) * mm.nccl_per_peer_bytes,
+        crate::gpu::Exchange::CopyEngine => 0,
+    };
+    mm.context_bytes + mm.cublas_workspace_bytes + p2p + buffers.iter().sum::<u64>()
 }

@@ -104,3 +104,74 @@ fn host_floor_raises_native_and_foreign_units_apart() {
     host_floor(&mut s, 0.0);
     assert_eq!(s.compute, before);
 }
+
+/// The copy engines' exchange (`--exchange copy-engine`) is priced with the
+/// profile's copy-engine links: faster than NCCL's on H200, the same plan
+/// and compute, none of NCCL's point-to-point or weight-communicator
+/// buffers, and a borrower's weights in only after its first round of
+/// tokens.
+#[test]
+fn copy_engine_exchange_prices_its_own_links_and_buffers() {
+    use crate::gpu::{Exchange, Overlap};
+    let shape = Shape {
+        hidden: 2880,
+        intermediate: 2880,
+        dtype_bytes: 2,
+        expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
+        top_k: 4,
+    };
+    let (p, n) = (2usize, 128usize);
+    // 95:1-like: rank 0's experts hot, so LLEP lends weights
+    let per_rank: Vec<u64> = (0..p * n)
+        .map(|i| if i % n < n / p { 7_600 } else { 600 })
+        .collect();
+    let mut counts = vec![0u64; n];
+    for (i, c) in per_rank.iter().enumerate() {
+        counts[i % n] += c;
+    }
+    let params = PlanParams {
+        gpus: p,
+        alpha: 1.0,
+        min_gemm: 1024,
+        gate: Gate::Always,
+    };
+    let nccl = Profile::load("h200").unwrap();
+    assert!(nccl.ce_tokens.is_some() && nccl.ce_weights.is_some());
+    let ce = Profile {
+        exchange: Exchange::CopyEngine,
+        ..nccl.clone()
+    };
+    let mut dm = DispatchMatrix::default();
+    let mut scratch = CostScratch::default();
+    for policy in [Policy::Ep, Policy::Llep] {
+        let plan = Planner::new().plan(&counts, &params, policy).unwrap();
+        dispatch_matrix(&plan, &per_rank, &mut dm);
+        for overlap in [Overlap::Off, Overlap::On(0)] {
+            let price_with = |prof: &Profile, s: &mut CostScratch| {
+                let prof = Profile {
+                    overlap,
+                    ..prof.clone()
+                };
+                price(&plan, &dm, &counts, &shape, &prof, s)
+            };
+            let a = price_with(&nccl, &mut scratch);
+            let b = price_with(&ce, &mut scratch);
+            assert_eq!(
+                (a.exchange, b.exchange),
+                (Exchange::Nccl, Exchange::CopyEngine)
+            );
+            assert!(b.dispatch_ms < a.dispatch_ms, "{policy:?} {overlap:?}");
+            assert!(b.total_ms < a.total_ms, "{policy:?} {overlap:?}");
+            assert_eq!(a.compute_ms, b.compute_ms);
+            let mm = nccl.mem_model.unwrap();
+            for (x, y) in a.peak_mem_per_gpu.iter().zip(&b.peak_mem_per_gpu) {
+                // the token communicator's pairs, and (LLEP) the weight
+                // communicator's, which a copy engine never connects
+                assert!(x - y >= mm.nccl_per_peer_bytes, "{x} vs {y}");
+            }
+            if policy == Policy::Llep {
+                assert!(!plan.transfers.is_empty());
+            }
+        }
+    }
+}

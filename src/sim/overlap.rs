@@ -46,9 +46,12 @@ pub struct Pipelined {
 }
 
 /// Fraction of the communication running beside a GEMM that the GEMM
-/// loses: NCCL's kernels move the rows with SMs, taken from the GEMMs.
-/// Measured on 4 x H200 (gpt-oss layer, 32,768 tokens per GPU): expert
-/// compute grew by about 0.43 ms per ms of exchange it overlapped.
+/// loses. Measured on 4 x H200 (gpt-oss layer, 32,768 tokens per GPU):
+/// expert compute grew by about 0.43 ms per ms of NCCL exchange it
+/// overlapped. Not only NCCL's use of SMs: with the copy engines moving
+/// the rows (`--exchange copy-engine`, no SMs taken) the same fit on the
+/// gpt-oss rows of 2 x H200 chose 0.43 again (0.3 and 0.6 were worse;
+/// `reports/replay-floor/session8-ce/`).
 pub const COMM_DRAG: f64 = 0.43;
 
 /// Launches per exchange round (the grouped send/recv and the copy).

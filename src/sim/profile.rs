@@ -114,6 +114,11 @@ pub struct Profile {
     /// one CUDA graph (true), which prices no host floor per unit.
     #[serde(skip)]
     pub cuda_graphs: bool,
+    /// How tokens and weights move (`--exchange`), a setting of the run:
+    /// NCCL, or the copy engines (priced with `ce_tokens` and
+    /// `ce_weights`).
+    #[serde(skip)]
+    pub exchange: crate::gpu::Exchange,
     /// Count exchange, planning and synchronisation per layer, microseconds.
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
@@ -159,6 +164,13 @@ pub struct Profile {
     /// it, `p2p_gbps` and `p2p_latency_us`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msg_weights: Option<MsgModel>,
+    /// The token exchange pushed by the copy engines (`--exchange
+    /// copy-engine`), per copy as `msg_tokens` is per message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_tokens: Option<MsgModel>,
+    /// Weight transfers pulled by the copy engines, one copy per blob.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ce_weights: Option<MsgModel>,
     /// Kernel launches of dispatch and combine; without it they are unpriced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launches: Option<Launches>,
@@ -298,6 +310,8 @@ impl Profile {
         for (n, m) in [
             ("msg_tokens", &self.msg_tokens),
             ("msg_weights", &self.msg_weights),
+            ("ce_tokens", &self.ce_tokens),
+            ("ce_weights", &self.ce_weights),
         ] {
             if let Some(m) = m {
                 pos(m.gbps, &format!("{n}.gbps"))?;
@@ -423,6 +437,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         nodes: 1,
         overlap: Default::default(),
         cuda_graphs: false,
+        exchange: Default::default(),
         overhead_us: c.overhead_ms * 1e3,
         // one calibration sees one GPU count, so it cannot split its
         // baseline into context and per-peer communicator buffers
@@ -437,6 +452,8 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         graph_gemm_tables: Vec::new(),
         msg_tokens: None,
         msg_weights: None,
+        ce_tokens: None,
+        ce_weights: None,
         launches: None,
         mem_model: None,
         layer_fit: None,
@@ -573,6 +590,14 @@ pub fn apply_measured(
         p.msg_weights = Some(m);
         set.push("msg_weights");
     }
+    if let Some(m) = c.ce_tokens.as_ref().and_then(fit_msg) {
+        p.ce_tokens = Some(m);
+        set.push("ce_tokens");
+    }
+    if let Some(m) = c.ce_weights.as_ref().and_then(fit_msg) {
+        p.ce_weights = Some(m);
+        set.push("ce_weights");
+    }
     if c.launch_us > 0.0 {
         p.launches = Some(Launches {
             launch_us: c.launch_us,
@@ -636,6 +661,8 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
     for (dst, src, name) in [
         (&mut out.msg_tokens, new.msg_tokens, "msg_tokens"),
         (&mut out.msg_weights, new.msg_weights, "msg_weights"),
+        (&mut out.ce_tokens, new.ce_tokens, "ce_tokens"),
+        (&mut out.ce_weights, new.ce_weights, "ce_weights"),
     ] {
         if src.is_some() {
             *dst = src;
