@@ -232,24 +232,8 @@ pub(super) fn wait_on(s: ds::CUstream, ev: usize) -> Result<(), GpuError> {
 /// one pipeline chunk's.
 fn ranges_of(lay: &Layout, q: usize, chunk: Option<usize>) -> Ranges<'_> {
     match chunk {
-        None => {
-            let rl = &lay.ranks[q];
-            Ranges {
-                send_rows: &rl.send_rows,
-                send_off: &rl.send_off,
-                recv_rows: &rl.recv_rows,
-                recv_off: &rl.recv_off,
-            }
-        }
-        Some(c) => {
-            let cr = &lay.chunks[q];
-            Ranges {
-                send_rows: &cr.send_rows[c],
-                send_off: &cr.send_off[c],
-                recv_rows: &cr.recv_rows[c],
-                recv_off: &cr.recv_off[c],
-            }
-        }
+        None => Ranges::of_rank(&lay.ranks[q]),
+        Some(c) => Ranges::of_chunk(&lay.chunks[q], c),
     }
 }
 

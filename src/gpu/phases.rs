@@ -23,6 +23,28 @@ pub(super) struct Ranges<'a> {
     pub(super) recv_off: &'a [u64],
 }
 
+impl<'a> Ranges<'a> {
+    /// A rank's whole layer.
+    pub(super) fn of_rank(rl: &'a layout::RankLayout) -> Self {
+        Ranges {
+            send_rows: &rl.send_rows,
+            send_off: &rl.send_off,
+            recv_rows: &rl.recv_rows,
+            recv_off: &rl.recv_off,
+        }
+    }
+
+    /// Pipeline chunk `c` of a rank's layer.
+    pub(super) fn of_chunk(cr: &'a layout::ChunkRanges, c: usize) -> Self {
+        Ranges {
+            send_rows: &cr.send_rows[c],
+            send_off: &cr.send_off[c],
+            recv_rows: &cr.recv_rows[c],
+            recv_off: &cr.recv_off[c],
+        }
+    }
+}
+
 /// A run of rows of one group computed by one GEMM pair.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Unit {
@@ -616,13 +638,7 @@ impl Worker<'_> {
         s: cudarc::driver::sys::CUstream,
         dispatch: bool,
     ) -> Result<(), GpuError> {
-        let ranges = Ranges {
-            send_rows: &rl.send_rows,
-            send_off: &rl.send_off,
-            recv_rows: &rl.recv_rows,
-            recv_off: &rl.recv_off,
-        };
-        self.exchange_ranges(&ranges, send, recv, rb, s, dispatch)
+        self.exchange_ranges(&Ranges::of_rank(rl), send, recv, rb, s, dispatch)
     }
 
     /// The token exchange of [`Self::exchange`] over the given per-peer

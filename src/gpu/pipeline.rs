@@ -214,13 +214,7 @@ impl Worker<'_> {
         dispatch: bool,
     ) -> Result<(), GpuError> {
         let net = self.dev.net;
-        let cr = &lay.chunks[self.rank];
-        let x = Ranges {
-            send_rows: &cr.send_rows[c],
-            send_off: &cr.send_off[c],
-            recv_rows: &cr.recv_rows[c],
-            recv_off: &cr.recv_off[c],
-        };
+        let x = Ranges::of_chunk(&lay.chunks[self.rank], c);
         let rb = self.rb();
         let ce = self.ce();
         if dispatch {
