@@ -224,25 +224,6 @@ fn replay_cuda_graphs_refuses_train_and_one_warmup() {
     assert!(e.contains("--warmup 2"), "{e}");
 }
 
-/// `--exchange copy-engine` refuses a training step in one line, before
-/// any GPU work (the backward's exchange is NCCL's).
-#[test]
-fn replay_copy_engine_refuses_train() {
-    let e = one_error(&[
-        "replay",
-        "--synthetic",
-        "balanced",
-        "--pass",
-        "train",
-        "--exchange",
-        "copy-engine",
-    ]);
-    assert!(
-        e.contains("--exchange copy-engine") && e.contains("forward"),
-        "{e}"
-    );
-}
-
 /// Expert units launched as CUDA graphs compute what the eager issue
 /// computes: on 2 GPUs, pipelined in 3 chunks and sequential, EP and LLEP
 /// (foreign units, graphed after their weights' wait), timed in turns,
@@ -643,7 +624,10 @@ fn replay_overlap_matches_the_dense_check() {
 /// Tokens and weights moved by the copy engines (`--exchange
 /// copy-engine`) give the same layer as NCCL's exchange: on 2 GPUs,
 /// pipelined in 3 chunks and sequential, EP and LLEP at 95:1 (weights
-/// pulled from the lender), the same plans and bit for bit the same output
+/// pulled from the lender), EPLB's replicas with and without LLEP, and a
+/// training step (LLEP's weight gradients returned), the same plans and bit
+/// for bit the same output (the training step's check within 5%: it varies
+/// between processes through NCCL alone)
 /// (the same dense-check error, GEMMs through cuBLAS's fixed choice), and
 /// rows that say which exchange ran. Skipped with fewer than 2 GPUs.
 #[test]
@@ -652,15 +636,46 @@ fn replay_copy_engine_exchange_matches_nccl_bit_for_bit() {
         return;
     }
     let dir = temp_dir("gpu-copy-engine");
-    for (tag, flags) in [
-        ("on", &["--overlap", "on", "--overlap-chunks", "3"][..]),
-        ("off", &["--overlap", "off"][..]),
+    let plain = &["--runs", "2", "--ratio", "1.3", "--gemm", "cublas"][..];
+    // EPLB's replicas (weights placed per slot), with LLEP on top
+    let eplb = &[
+        "--runs",
+        "2",
+        "--ratio",
+        "always",
+        "--gemm",
+        "cublas",
+        "--policy",
+        "eplb,eplb+llep",
+        "--redundant",
+        "2",
+        "--eplb-oracle",
+        "--replica-split",
+        "even",
+    ][..];
+    // a training step: the backward's exchanges and the weight gradients'
+    // return through the copy engines too (its check covers the gradients)
+    let train = &[
+        "--runs", "2", "--ratio", "1.3", "--gemm", "cublas", "--pass", "train",
+    ][..];
+    for (tag, flags, setting) in [
+        (
+            "on",
+            &["--overlap", "on", "--overlap-chunks", "3"][..],
+            plain,
+        ),
+        ("off", &["--overlap", "off"][..], plain),
+        (
+            "eplb",
+            &["--overlap", "on", "--overlap-chunks", "3"][..],
+            eplb,
+        ),
+        ("train", &[][..], train),
     ] {
         let mut rows = Vec::new();
         for x in ["nccl", "copy-engine"] {
             let out = dir.join(format!("{tag}-{x}.parquet"));
-            let setting = ["--runs", "2", "--ratio", "1.3", "--gemm", "cublas"];
-            let o = tiny_replay_2gpu(&setting, &[flags, &["--exchange", x]].concat(), &out);
+            let o = tiny_replay_2gpu(setting, &[flags, &["--exchange", x]].concat(), &out);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             rows.push(llep_trace::results::read_results(&out).unwrap().1);
         }
@@ -674,13 +689,31 @@ fn replay_copy_engine_exchange_matches_nccl_bit_for_bit() {
             assert_eq!((n.policy, &n.loads_after), (c.policy, &c.loads_after));
             let (en, ec) = (n.rel_error.unwrap(), c.rel_error.unwrap());
             assert!(ec < 1e-2, "overlap {tag}: relative error {ec}");
-            assert_eq!(en, ec, "overlap {tag} {}: the outputs differ", c.policy);
-            assert_eq!(c.overlap, tag == "on");
+            if tag == "train" {
+                // a training step's check is not reproducible bit for bit
+                // between processes: EP's moved by up to 2e-6 and LLEP's,
+                // through NCCL alone, by 1.5% (2 x H200, 2026-11-30); both
+                // exchanges' checks pass and stay that close
+                assert!(
+                    (en - ec).abs() <= 0.05 * en,
+                    "train {}: the gradients differ ({en} vs {ec})",
+                    c.policy
+                );
+            } else {
+                assert_eq!(en, ec, "overlap {tag} {}: the outputs differ", c.policy);
+            }
+            assert_eq!(c.overlap, tag == "on" || tag == "eplb");
         }
-        assert!(
-            rows[1].iter().any(|r| r.transfer_bytes > 0),
-            "LLEP moved weights"
-        );
+        if tag != "eplb" {
+            assert!(
+                rows[1].iter().any(|r| r.transfer_bytes > 0),
+                "LLEP moved weights"
+            );
+        }
+        if tag == "train" {
+            // LLEP's weight gradients went home through the copy engines
+            assert!(rows[1].iter().any(|r| r.t_grad_return_ms > 0.0));
+        }
     }
 }
 

@@ -260,7 +260,7 @@ fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
     let mut profile = Profile::load(&a.profile)?;
     profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
     profile.exchange = a.exchange.into();
-    super::simulate::check_exchange(&profile, false)?;
+    super::simulate::check_exchange(&profile)?;
     let g = a.gpus as u64;
     let n = counts.len();
     let mut per_rank = vec![0u64; a.gpus * n];

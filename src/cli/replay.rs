@@ -128,8 +128,7 @@ pub struct ReplayArgs {
     /// How tokens and expert weights move between GPUs: nccl (grouped
     /// send/recv, kernels on the SMs, as the reference layer and most
     /// engines) or copy-engine (peer-to-peer copies over NVLink that leave
-    /// the SMs to the GEMMs; every GPU in this one process, forward pass
-    /// only).
+    /// the SMs to the GEMMs; every GPU in this one process).
     #[arg(long, value_enum, default_value = "nccl")]
     pub exchange: ExchangeArg,
 }
@@ -465,7 +464,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             prof.nodes = nodes as u32;
             prof.cuda_graphs = cuda_graphs;
             prof.exchange = exchange;
-            super::simulate::check_exchange(&prof, train)?;
+            super::simulate::check_exchange(&prof)?;
             Some(prof)
         }
         None => None,
@@ -511,7 +510,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         profile.overlap = overlap;
         profile.cuda_graphs = cuda_graphs;
         profile.exchange = exchange;
-        super::simulate::check_exchange(&profile, train)?;
+        super::simulate::check_exchange(&profile)?;
         p.status(&format!(
             "llep-auto decides with profile {}",
             profile.label()

@@ -62,20 +62,17 @@ pub struct SimInputArgs {
     pub cuda_graphs: super::replay::OnOff,
     /// How the priced replay moves tokens and weights: nccl, or
     /// copy-engine (`replay --exchange copy-engine`: priced with the
-    /// profile's copy-engine measurements; one node, forward pass).
+    /// profile's copy-engine measurements; one node).
     #[arg(long, value_enum, default_value = "nccl")]
     pub exchange: super::replay::ExchangeArg,
 }
 
 /// The profile's copy-engine measurements exist when `exchange` asks for
 /// them, and the run is one the copy engines can carry.
-pub fn check_exchange(prof: &Profile, train: bool) -> anyhow::Result<()> {
+pub fn check_exchange(prof: &Profile) -> anyhow::Result<()> {
     use llep_trace::gpu::Exchange;
     if prof.exchange != Exchange::CopyEngine {
         return Ok(());
-    }
-    if train {
-        bail!("--exchange copy-engine prices the forward pass only (replay moves a backward's tokens through NCCL); use --exchange nccl with --pass train");
     }
     if prof.nodes > 1 {
         bail!("--exchange copy-engine is one node's (peer copies over NVLink); use --exchange nccl with --nodes");
@@ -276,7 +273,7 @@ pub fn run_sweep(
     profile.nodes = topo.nodes as u32;
     profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
     profile.exchange = a.exchange.into();
-    check_exchange(&profile, a.pass == PassArg::Train)?;
+    check_exchange(&profile)?;
     // a training step's backward runs the sequential schedule (as replay)
     profile.overlap = if a.pass == PassArg::Train {
         llep_trace::gpu::Overlap::Off

@@ -30,14 +30,18 @@ use crate::results::{Pass, ResultRow};
 const B_SCAT: usize = 0;
 /// On the net stream: every copy's dY in `Yout` where it is computed.
 const B_COMBINED: usize = 1;
-const B_WG: usize = 2;
+pub(super) const B_WG: usize = 2;
 const B_BBE: usize = 3;
 const B_RET: usize = 4;
 /// On the net stream: every dX row home.
 const B_RETURNED: usize = 5;
 const B_DISP: usize = 6;
 const B_END: usize = 7;
-const N_BEV: usize = 8;
+/// Copy-engine exchange (`--exchange copy-engine`), on the net stream: this
+/// rank's pushes of the combine's backward, and of the dispatch's.
+pub(super) const B_PUSHED: usize = 8;
+pub(super) const B_PUSHED_BACK: usize = 9;
+const N_BEV: usize = 10;
 
 /// Backward phase times of one run, ms: combine-bwd, dgrad (recompute
 /// included), wgrad, dispatch-bwd, weight-gradient return, forward +
@@ -211,14 +215,30 @@ impl Worker<'_> {
         }
         self.bwd.ev[B_SCAT].record(main)?;
         self.dev.wait(net, &self.bwd.ev[B_SCAT])?;
-        self.exchange(&rl, send, recv, rb, net, true)?;
-        // SAFETY: the table lists rows inside recv and Yout.
-        unsafe { self.copy_rows(segs_yin, nseg, remote_rows, net)? };
-        self.bwd.ev[B_COMBINED].record(net)?;
+        let ce = self.ce();
+        if ce {
+            // pushed as the forward's dispatch, placed once the peers' are in
+            self.ce_push(lay, send, recv, None, true, net)?;
+            self.bwd.ev[B_PUSHED].record(net)?;
+            self.ce_publish_bwd()?;
+            self.ce_wait_peers(lay, B_PUSHED, true, main)?;
+            // SAFETY: the table lists rows inside recv and Yout.
+            unsafe { self.copy_rows(segs_yin, nseg, remote_rows, main)? };
+            self.bwd.ev[B_COMBINED].record(main)?;
+        } else {
+            self.exchange(&rl, send, recv, rb, net, true)?;
+            // SAFETY: the table lists rows inside recv and Yout.
+            unsafe { self.copy_rows(segs_yin, nseg, remote_rows, net)? };
+            self.bwd.ev[B_COMBINED].record(net)?;
+        }
         self.dev.wait(main, &self.bwd.ev[B_COMBINED])?;
 
         self.expert_backward(lay)?;
-        let has_g = self.return_grads(&rl)?;
+        let has_g = if ce {
+            !rl.send_transfers.is_empty() || !rl.recv_transfers.is_empty()
+        } else {
+            self.return_grads(&rl)?
+        };
 
         // dispatch backward: dX rows home, the k copies of each token summed
         let dx = self.ptr(BufKind::DX)?;
@@ -226,8 +246,20 @@ impl Worker<'_> {
         unsafe { self.copy_rows(segs_out, nseg, remote_rows, main)? };
         self.bwd.ev[B_RET].record(main)?;
         self.dev.wait(net, &self.bwd.ev[B_RET])?;
-        self.exchange(&rl, send, recv, rb, net, false)?;
-        self.bwd.ev[B_RETURNED].record(net)?;
+        if ce {
+            self.ce_push(lay, send, recv, None, false, net)?;
+            self.bwd.ev[B_PUSHED_BACK].record(net)?;
+            self.bwd.ev[B_RETURNED].record(net)?;
+            // one meeting for the dX rows and the weight gradients
+            self.linked().meet()?;
+            if has_g {
+                self.ce_pull_grads(lay)?;
+            }
+            self.ce_wait_peers(lay, B_PUSHED_BACK, false, main)?;
+        } else {
+            self.exchange(&rl, send, recv, rb, net, false)?;
+            self.bwd.ev[B_RETURNED].record(net)?;
+        }
         self.dev.wait(main, &self.bwd.ev[B_RETURNED])?;
         // SAFETY: ret_ptr points at every copy's dX row; dx holds t x D.
         unsafe {
@@ -546,6 +578,101 @@ impl Worker<'_> {
         }
         self.xev[3].record(xfer)?;
         Ok(true)
+    }
+
+    /// `return_grads` through the copy engines: each lender pulls the
+    /// gradient blobs of its experts from the borrowers' foreign-gradient
+    /// buffers once their weight gradients are done, then adds them to its
+    /// own, on the transfer stream (between `xev[2]` and `xev[3]`).
+    fn ce_pull_grads(&mut self, lay: &Layout) -> Result<(), GpuError> {
+        let rl = &lay.ranks[self.rank];
+        let per = self.cfg.experts / self.world;
+        let bb = self.blob.len * 2;
+        let xfer = self.dev.xfer;
+        let (ngrad, grecv) = (self.ptr(BufKind::NGrad)?, self.ptr(BufKind::GRecv)?);
+        let peers = self.peers.borrow().clone();
+        let mut borrowers: Vec<usize> = rl.send_transfers.iter().map(|m| m.peer as usize).collect();
+        borrowers.sort_unstable();
+        borrowers.dedup();
+        // this rank's own weight gradients first: its first unit of an
+        // expert writes the blob the pulled gradients are added to
+        self.dev.wait(xfer, &self.bwd.ev[B_WG])?;
+        for &q in &borrowers {
+            super::copy_engine::wait_on(xfer, peers[q].bwd[2])?;
+        }
+        self.xev[2].record(xfer)?;
+        let n = self.blob.len as i64;
+        for (j, m) in rl.send_transfers.iter().enumerate() {
+            let q = m.peer as usize;
+            // the blob's place in the borrower's list of received weights
+            let i = lay.ranks[q]
+                .recv_transfers
+                .iter()
+                .position(|x| x.peer as usize == self.rank && x.expert == m.expert)
+                .ok_or_else(|| {
+                    GpuError::Cuda(
+                        "copy-engine gradient return: a lent expert no peer received".into(),
+                    )
+                })?;
+            let (src, tmp) = (peers[q].fgrad + (i * bb) as u64, grecv + (j * bb) as u64);
+            let dst = ngrad + ((m.expert as usize % per) * bb) as u64;
+            // SAFETY: whole gradient blobs: the borrower's i-th foreign one
+            // (published this run) and this rank's j-th receive slot.
+            unsafe {
+                super::copy_engine::copy(tmp, src, bb as u64, xfer)?;
+                self.dev.launch(
+                    self.dev.k.add_bf16,
+                    ((self.blob.len.div_ceil(256)).min(8192) as u32, 1, 1),
+                    256,
+                    0,
+                    xfer,
+                    params!(dst, tmp, n),
+                )?;
+            }
+        }
+        self.xev[3].record(xfer)
+    }
+
+    /// Copy-engine backward: show the others this run's foreign-gradient
+    /// buffer and the backward's events, once this rank's first pushes
+    /// are issued, and read theirs.
+    fn ce_publish_bwd(&mut self) -> Result<(), GpuError> {
+        let fgrad = self.ptr(BufKind::FGrad)?;
+        let evs = [B_PUSHED, B_PUSHED_BACK, B_WG].map(|k| self.bwd.ev[k].0 as usize);
+        let link = self.linked();
+        link.publish(self.rank, |sl| {
+            sl.fgrad = fgrad;
+            sl.bwd = evs.to_vec();
+        });
+        link.meet()?;
+        *self.peers.borrow_mut() = (0..self.world).map(|q| link.slot(q)).collect();
+        Ok(())
+    }
+
+    /// Stream `s` waits for the backward pushes (`B_PUSHED` or
+    /// `B_PUSHED_BACK`) of every peer that sends this rank rows in them:
+    /// in the dispatch's direction (`forward_dir`) or the combine's.
+    fn ce_wait_peers(
+        &self,
+        lay: &Layout,
+        which: usize,
+        forward_dir: bool,
+        s: cudarc::driver::sys::CUstream,
+    ) -> Result<(), GpuError> {
+        let k = if which == B_PUSHED { 0 } else { 1 };
+        let rl = &lay.ranks[self.rank];
+        let peers = self.peers.borrow();
+        for q in (0..self.world).filter(|&q| q != self.rank) {
+            let rows = if forward_dir {
+                rl.recv_rows[q]
+            } else {
+                rl.send_rows[q]
+            };
+            if rows > 0 {
+                super::copy_engine::wait_on(s, peers[q].bwd[k])?;
+            }
+        }
+        Ok(())
     }
 
     /// Backward phase times of the run just finished (after `run_times`

@@ -1,17 +1,23 @@
 //! The token exchange and weight transfers through the GPUs' copy engines
 //! (`replay --exchange copy-engine`): peer-to-peer copies over NVLink that
-//! take no SMs from the expert GEMMs, where NCCL's send/recv kernels do
-//! (about 0.43 ms of GEMM time lost per ms of exchange they overlap, on
-//! H200). One process holds every GPU (the default launch), so each rank
-//! sees the others' buffers and events directly.
+//! take no SMs from the expert GEMMs, where NCCL's send/recv kernels do.
+//! (The GEMMs beside them still lose time: at the power cap, NVLink and
+//! the copy engines take power the SMs then lack; see
+//! `reports/replay-floor/session8-ce/`.) One process holds every GPU (the
+//! default launch), so each rank sees the others' buffers and events
+//! directly.
 //!
 //! - Tokens are pushed: a rank copies its send ranges into each peer's
 //!   receive buffer (dispatch) and its results back into the owner's send
 //!   buffer (combine), at the offsets the peer's side of the shared layout
 //!   names. A receiver waits on the sender's event before placing rows.
 //! - Weights are pulled: a borrower copies the lender's native blob into its
-//!   foreign slot. Native blobs are written only at set-up, so a pull waits
-//!   on nothing of the lender's.
+//!   foreign slot, once the lender's first round of tokens is out. Native
+//!   blobs are written only at set-up.
+//! - A training step's backward mirrors the forward: its two exchanges are
+//!   pushed the same way (`backward`), and each lender pulls its experts'
+//!   gradient blobs from the borrowers once their weight gradients are
+//!   done.
 //! - `cuStreamWaitEvent` waits for the event's last record *issued so far*,
 //!   so a rank may wait on a peer's event only once the peer has issued
 //!   this run's record. The ranks meet at a host barrier ([`PeerLink::meet`])
@@ -70,6 +76,10 @@ pub(super) struct Slot {
     pub(super) pushed: Vec<usize>,
     /// The rank's combine pushes are done (every chunk's).
     pub(super) returned: usize,
+    /// Training step: the foreign experts' gradient blobs, and the
+    /// backward's events (its two pushes done, weight gradients done).
+    pub(super) fgrad: u64,
+    pub(super) bwd: Vec<usize>,
 }
 
 struct State {
@@ -335,7 +345,8 @@ impl Worker<'_> {
     pub(super) fn ce_push(
         &self,
         lay: &Layout,
-        lb: &LayoutBufs,
+        send: u64,
+        recv: u64,
         chunk: Option<usize>,
         dispatch: bool,
         s: ds::CUstream,
@@ -349,14 +360,14 @@ impl Worker<'_> {
                 debug_assert_eq!(mine.send_rows[q], theirs.recv_rows[me]);
                 (
                     mine.send_rows[q],
-                    lb.send + mine.send_off[q] * rb,
+                    send + mine.send_off[q] * rb,
                     peers[q].recv + theirs.recv_off[me] * rb,
                 )
             } else {
                 debug_assert_eq!(mine.recv_rows[q], theirs.send_rows[me]);
                 (
                     mine.recv_rows[q],
-                    lb.recv + mine.recv_off[q] * rb,
+                    recv + mine.recv_off[q] * rb,
                     peers[q].send + theirs.send_off[me] * rb,
                 )
             };
@@ -406,7 +417,7 @@ impl Worker<'_> {
         let (main, net) = (self.dev.main, self.dev.net);
         self.pack(cb, lb, copies)?;
         self.dev.wait(net, &self.ev[E_PACKED])?;
-        self.ce_push(lay, lb, None, true, net)?;
+        self.ce_push(lay, lb.send, lb.recv, None, true, net)?;
         self.pev[DE].record(net)?;
         self.linked().meet()?;
         self.ce_pull_weights(lay, lb.foreign)?;
@@ -431,7 +442,7 @@ impl Worker<'_> {
         unsafe { self.copy_rows(lb.segs_out, remote.nseg, remote.rows, main)? };
         self.ev[E_RET].record(main)?;
         self.dev.wait(net, &self.ev[E_RET])?;
-        self.ce_push(lay, lb, None, false, net)?;
+        self.ce_push(lay, lb.send, lb.recv, None, false, net)?;
         self.ev[E_RETURNED].record(net)?;
         self.linked().meet()?;
         self.dev.wait(main, &self.ev[E_RETURNED])?;

@@ -221,7 +221,7 @@ impl Worker<'_> {
             self.pev[c * PE + DS].record(net)?;
             if ce {
                 // placed on the main stream once the peers' pushes are in
-                self.ce_push(lay, lb, Some(c), true, net)?;
+                self.ce_push(lay, lb.send, lb.recv, Some(c), true, net)?;
             } else {
                 self.exchange_ranges(&x, lb.send, lb.recv, rb, net, true)?;
                 self.place(remote, lb, c, net)?;
@@ -231,7 +231,7 @@ impl Worker<'_> {
             self.dev.wait(net, &self.pev[c * PE + CE])?;
             self.pev[c * PE + CQ].record(net)?;
             if ce {
-                self.ce_push(lay, lb, Some(c), false, net)?;
+                self.ce_push(lay, lb.send, lb.recv, Some(c), false, net)?;
             } else {
                 self.exchange_ranges(&x, lb.send, lb.recv, rb, net, false)?;
             }

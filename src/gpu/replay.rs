@@ -42,11 +42,6 @@ pub fn validate(cfg: &ReplayConfig, cases: &[Case]) -> Result<(), GpuError> {
     if cfg.runs == 0 {
         return Err(GpuError::Input("--runs must be at least 1".into()));
     }
-    if cfg.exchange == Exchange::CopyEngine && cfg.train {
-        return Err(GpuError::Input(
-            "--exchange copy-engine: forward pass only (the backward's exchange is NCCL's); use --exchange nccl with --pass train".into(),
-        ));
-    }
     if cfg.settings.iter().any(|(p, _)| *p == Policy::Ideal) {
         return Err(GpuError::Input(
             "the ideal policy has free weight transfers and cannot be replayed; use ep and llep"
