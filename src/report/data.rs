@@ -21,6 +21,14 @@ pub struct SetupKey {
     /// Expert units launched as CUDA graphs (`--cuda-graphs on`): the same
     /// routing issued one by one is another setup.
     pub cuda_graphs: bool,
+    /// Tokens and weights moved by the copy engines (`--exchange
+    /// copy-engine`): the same routing through NCCL is another setup.
+    pub copy_engines: bool,
+}
+
+/// A row's exchange was the copy engines (older rows: NCCL).
+fn by_copy_engines(r: &ResultRow) -> bool {
+    crate::gpu::Exchange::parse(&r.exchange) == Some(crate::gpu::Exchange::CopyEngine)
 }
 
 impl SetupKey {
@@ -33,6 +41,7 @@ impl SetupKey {
             min_gemm: r.min_gemm,
             input: r.input_note.clone(),
             cuda_graphs: r.cuda_graphs,
+            copy_engines: by_copy_engines(r),
         }
     }
     /// The same setup whatever the input note says (for joining measured
@@ -55,6 +64,9 @@ impl SetupKey {
         s.push_str(&format!(", {} GPUs", self.gpus));
         if self.cuda_graphs {
             s.push_str(", CUDA graphs");
+        }
+        if self.copy_engines {
+            s.push_str(", copy engines");
         }
         if with_knobs {
             s.push_str(&format!(", α={} m={}", self.alpha(), self.min_gemm));
@@ -108,6 +120,7 @@ impl SeriesKey {
             && s.min_gemm == r.min_gemm
             && s.input == r.input_note
             && s.cuda_graphs == r.cuda_graphs
+            && s.copy_engines == by_copy_engines(r)
     }
     pub fn label(&self, with_knobs: bool) -> String {
         let how = if self.measured() {
@@ -619,5 +632,30 @@ mod tests {
         assert_eq!(SetupKey::of(&twin).loose(), g.loose());
         assert!(!SeriesKey::of(&graphed).is(&eager));
         assert!(SeriesKey::of(&graphed).is(&graphed));
+    }
+
+    #[test]
+    fn copy_engine_rows_are_a_setup_of_their_own() {
+        let older = ResultRow {
+            trace: "synthetic".into(),
+            scenario: "80:4".into(),
+            gpus: 2,
+            ..Default::default()
+        };
+        let nccl = ResultRow {
+            exchange: "nccl".into(),
+            ..older.clone()
+        };
+        let ce = ResultRow {
+            exchange: "copy-engine".into(),
+            ..older.clone()
+        };
+        // a file written before the column is NCCL's
+        assert_eq!(SetupKey::of(&older), SetupKey::of(&nccl));
+        assert_ne!(SetupKey::of(&nccl), SetupKey::of(&ce));
+        assert!(SetupKey::of(&ce).label(false).contains("copy engines"));
+        assert!(!SetupKey::of(&nccl).label(false).contains("copy"));
+        assert!(!SeriesKey::of(&ce).is(&nccl));
+        assert!(SeriesKey::of(&ce).is(&ce));
     }
 }
