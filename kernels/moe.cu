@@ -37,29 +37,77 @@ extern "C" __global__ void gen_bf16(bf16_t* out, u64 n, u64 seed, float scale) {
 }
 
 // For every token-copy c: its index among this rank's copies of the same
-// expert (slot[c]) and the per-expert counts. A shared-memory histogram per
-// block keeps a hot expert from serialising on one global atomic.
-// counts must be zeroed; dynamic shared memory: 2 * n_experts ints.
-extern "C" __global__ void route_slots(const int* ids, int n_copies, int n_experts,
-                                       int* counts, int* slot) {
-    extern __shared__ int sh[];
-    int* local = sh;
-    int* base = sh + n_experts;
+// expert (slot[c]), in copy order, so that the same copies land in the same
+// rows on every run (a split expert's helper always computes the same
+// copies, and a training step's weight gradients are reproducible), and
+// the per-expert counts. Three passes over blocks of blockDim copies:
+// route_count (each block's count per expert, and the totals), route_scan
+// (per expert, the copies in the blocks before each block), route_slots.
+
+// Pass 1: block_counts[block * n_experts + e] and counts[e] (zeroed by the
+// caller; integer sums, so their order does not matter). Dynamic shared
+// memory: n_experts ints.
+extern "C" __global__ void route_count(const int* ids, int n_copies, int n_experts,
+                                       int* counts, int* block_counts) {
+    extern __shared__ int local[];
     for (int e = threadIdx.x; e < n_experts; e += blockDim.x) local[e] = 0;
     __syncthreads();
     int c = blockIdx.x * blockDim.x + threadIdx.x;
-    int e = -1, li = 0;
-    if (c < n_copies) {
-        e = ids[c];
-        li = atomicAdd(&local[e], 1);
-    }
+    if (c < n_copies) atomicAdd(&local[ids[c]], 1);
     __syncthreads();
-    for (int x = threadIdx.x; x < n_experts; x += blockDim.x) {
-        int n = local[x];
-        base[x] = n ? atomicAdd(&counts[x], n) : 0;
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+        int n = local[e];
+        block_counts[(long long)blockIdx.x * n_experts + e] = n;
+        if (n) atomicAdd(&counts[e], n);
     }
+}
+
+// Pass 2, one block per expert: block_counts[b][e] becomes the copies of e
+// in blocks before b (an exclusive scan, tile by tile). blockDim a power of
+// two; dynamic shared memory: blockDim ints.
+extern "C" __global__ void route_scan(int n_blocks, int n_experts, int* block_counts) {
+    extern __shared__ int t[];
+    int e = blockIdx.x;
+    int carry = 0;
+    for (int lo = 0; lo < n_blocks; lo += blockDim.x) {
+        int b = lo + threadIdx.x;
+        long long at = (long long)b * n_experts + e;
+        int v = b < n_blocks ? block_counts[at] : 0;
+        t[threadIdx.x] = v;
+        __syncthreads();
+        for (int off = 1; off < blockDim.x; off <<= 1) {
+            int x = threadIdx.x >= off ? t[threadIdx.x - off] : 0;
+            __syncthreads();
+            t[threadIdx.x] += x;
+            __syncthreads();
+        }
+        if (b < n_blocks) block_counts[at] = carry + t[threadIdx.x] - v;
+        carry += t[blockDim.x - 1];
+        __syncthreads();
+    }
+}
+
+// Pass 3: slot[c] = the copies of c's expert in earlier blocks, in earlier
+// warps of this block, and in earlier lanes of this warp. blockDim a
+// multiple of 32, as in pass 1; dynamic shared memory: (blockDim / 32) *
+// n_experts ints.
+extern "C" __global__ void route_slots(const int* ids, int n_copies, int n_experts,
+                                       const int* block_counts, int* slot) {
+    extern __shared__ int per_warp[];
+    int warps = blockDim.x >> 5, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int i = threadIdx.x; i < warps * n_experts; i += blockDim.x) per_warp[i] = 0;
     __syncthreads();
-    if (c < n_copies) slot[c] = base[e] + li;
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int e = c < n_copies ? ids[c] : -1;
+    unsigned same = __match_any_sync(0xffffffffu, e);
+    int before = __popc(same & ((1u << lane) - 1u));
+    if (e >= 0 && before == 0) per_warp[w * n_experts + e] = __popc(same);
+    __syncthreads();
+    if (e >= 0) {
+        int r = block_counts[(long long)blockIdx.x * n_experts + e] + before;
+        for (int v = 0; v < w; ++v) r += per_warp[v * n_experts + e];
+        slot[c] = r;
+    }
 }
 
 // One segment of an expert's copies on this rank: local in-expert indices

@@ -131,6 +131,11 @@ pub(super) struct SegPart {
     pub(super) rows: i64,
 }
 
+/// Copies per block of the slot-numbering kernels (`route_count`,
+/// `route_slots`); the block counts buffer holds one row of counts per
+/// block.
+pub(super) const ROUTE_BLOCK: usize = 256;
+
 impl Worker<'_> {
     /// One run of the layer on this rank, phase after phase, each queued on
     /// its stream between the events `run_times` reads; the host waits only
@@ -257,21 +262,45 @@ impl Worker<'_> {
         let (p, n) = (self.world, self.experts());
         let main = self.dev.main;
         let (ids, slot, counts, counts_all) = (cb.ids, cb.slot, cb.counts, cb.counts_all);
+        let blocks_of = self.ptr(BufKind::BlockCounts)?;
 
         self.ev[E_START].record(main)?;
         self.dev.memset0(counts, n * 4)?;
         let (nc, ni) = (copies as i32, n as i32);
-        // SAFETY: ids/slot hold `copies` ints, counts n ints; shared memory
-        // is 2n ints as the kernel expects.
+        let nb = copies.div_ceil(ROUTE_BLOCK);
+        let nbi = nb as i32;
+        // SAFETY: ids/slot hold `copies` ints, counts n ints, block counts
+        // nb * n ints; shared memory as each kernel expects (n ints, a
+        // tile, a row of n per warp).
         unsafe {
-            self.dev.launch(
-                self.dev.k.route_slots,
-                (copies.div_ceil(256) as u32, 1, 1),
-                256,
-                (2 * n * 4) as u32,
-                main,
-                params!(ids, nc, ni, counts, slot),
-            )?;
+            if nb > 0 {
+                let b = ROUTE_BLOCK as u32;
+                let k = &self.dev.k;
+                self.dev.launch(
+                    k.route_count,
+                    (nb as u32, 1, 1),
+                    b,
+                    (n * 4) as u32,
+                    main,
+                    params!(ids, nc, ni, counts, blocks_of),
+                )?;
+                self.dev.launch(
+                    k.route_scan,
+                    (n as u32, 1, 1),
+                    b,
+                    b * 4,
+                    main,
+                    params!(nbi, ni, blocks_of),
+                )?;
+                self.dev.launch(
+                    k.route_slots,
+                    (nb as u32, 1, 1),
+                    b,
+                    (b / 32) * (n * 4) as u32,
+                    main,
+                    params!(ids, nc, ni, blocks_of, slot),
+                )?;
+            }
             self.comm
                 .all_gather(counts, counts_all, n, ncclDataType_t::ncclInt32, main)?;
         }

@@ -103,6 +103,8 @@ pub fn compile_kernels(cc: (i32, i32)) -> Result<cudarc::nvrtc::Ptx, GpuError> {
 
 pub struct Kernels {
     pub gen_bf16: drv_sys::CUfunction,
+    pub route_count: drv_sys::CUfunction,
+    pub route_scan: drv_sys::CUfunction,
     pub route_slots: drv_sys::CUfunction,
     pub pack_rows: drv_sys::CUfunction,
     pub copy_rows: drv_sys::CUfunction,
@@ -173,9 +175,12 @@ pub enum BufKind {
     Ids,
     W,
     Slot,
-    /// Per-expert counts of this rank and of all ranks.
+    /// Per-expert counts of this rank and of all ranks, and per block of
+    /// 256 copies (then copies before the block) while the slots are
+    /// numbered.
     Counts,
     CountsAll,
+    BlockCounts,
     /// Per copy: where its result lands and its expert's bias.
     RetPtr,
     BiasPtr,
@@ -251,6 +256,7 @@ impl BufKind {
             BufKind::W => "w",
             BufKind::Slot => "slot",
             BufKind::Counts => "counts",
+            BufKind::BlockCounts => "block counts",
             BufKind::CountsAll => "counts_all",
             BufKind::RetPtr => "ret_ptr",
             BufKind::BiasPtr => "bias_ptr",
@@ -588,6 +594,8 @@ impl Dev {
         };
         let k = Kernels {
             gen_bf16: f("gen_bf16")?,
+            route_count: f("route_count")?,
+            route_scan: f("route_scan")?,
             route_slots: f("route_slots")?,
             pack_rows: f("pack_rows")?,
             copy_rows: f("copy_rows")?,
@@ -787,6 +795,8 @@ mod tests {
     fn embedded_kernels_and_tables_match_the_host() {
         for k in [
             "gen_bf16",
+            "route_count",
+            "route_scan",
             "route_slots",
             "pack_rows",
             "copy_rows",

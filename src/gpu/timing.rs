@@ -202,6 +202,10 @@ impl Worker<'_> {
             (BufKind::Slot, copies * 4),
             (BufKind::Counts, n * 4),
             (BufKind::CountsAll, n * 4 * self.world),
+            (
+                BufKind::BlockCounts,
+                copies.div_ceil(super::phases::ROUTE_BLOCK).max(1) * n * 4,
+            ),
             (BufKind::RetPtr, copies * 8),
             (BufKind::BiasPtr, copies * 8),
             (BufKind::Out, t * self.cfg.hidden * 2),

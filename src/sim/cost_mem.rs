@@ -65,6 +65,7 @@ impl LayerMem<'_> {
             r(own_tokens * tok_bytes),                  // input tokens
             r(own_tokens * tok_bytes),                  // output
             3 * r(copies * 4),                          // ids, router weights, slots
+            r(copies.div_ceil(256).max(1) * plan.experts as u64 * 4), // per-block counts
             2 * r(copies * 8),                          // result and bias pointers
             r(sums.sent_off(g) * tok_bytes),            // send
             r(sums.received(g) * tok_bytes),            // receive
