@@ -67,23 +67,9 @@ pub struct SimInputArgs {
     pub exchange: super::replay::ExchangeArg,
 }
 
-/// The profile's copy-engine measurements exist when `exchange` asks for
-/// them, and the run is one the copy engines can carry.
+/// The profile can price the exchange asked for (`Profile::check_exchange`).
 pub fn check_exchange(prof: &Profile) -> anyhow::Result<()> {
-    use llep_trace::gpu::Exchange;
-    if prof.exchange != Exchange::CopyEngine {
-        return Ok(());
-    }
-    if prof.nodes > 1 {
-        bail!("--exchange copy-engine is one node's (peer copies over NVLink); use --exchange nccl with --nodes");
-    }
-    if prof.ce_tokens.is_none() || prof.ce_weights.is_none() {
-        bail!(
-            "--exchange copy-engine: profile {} has no copy-engine measurements (ce_tokens, ce_weights); calibrate it on 2+ GPUs",
-            prof.name
-        );
-    }
-    Ok(())
+    prof.check_exchange().map_err(anyhow::Error::msg)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

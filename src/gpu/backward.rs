@@ -221,7 +221,8 @@ impl Worker<'_> {
             self.ce_push(lay, send, recv, None, true, net)?;
             self.bwd.ev[B_PUSHED].record(net)?;
             self.ce_publish_bwd()?;
-            self.ce_wait_peers(lay, B_PUSHED, true, main)?;
+            // the peers that send this rank rows, as in the dispatch
+            self.ce_wait(main, &rl.recv_rows, |sl| sl.bwd[0])?;
             // SAFETY: the table lists rows inside recv and Yout.
             unsafe { self.copy_rows(segs_yin, nseg, remote_rows, main)? };
             self.bwd.ev[B_COMBINED].record(main)?;
@@ -255,7 +256,8 @@ impl Worker<'_> {
             if has_g {
                 self.ce_pull_grads(lay)?;
             }
-            self.ce_wait_peers(lay, B_PUSHED_BACK, false, main)?;
+            // the peers that return this rank rows, as in the combine
+            self.ce_wait(main, &rl.send_rows, |sl| sl.bwd[1])?;
         } else {
             self.exchange(&rl, send, recv, rb, net, false)?;
             self.bwd.ev[B_RETURNED].record(net)?;
@@ -639,40 +641,10 @@ impl Worker<'_> {
     fn ce_publish_bwd(&mut self) -> Result<(), GpuError> {
         let fgrad = self.ptr(BufKind::FGrad)?;
         let evs = [B_PUSHED, B_PUSHED_BACK, B_WG].map(|k| self.bwd.ev[k].0 as usize);
-        let link = self.linked();
-        link.publish(self.rank, |sl| {
+        self.ce_share(|sl| {
             sl.fgrad = fgrad;
             sl.bwd = evs.to_vec();
-        });
-        link.meet()?;
-        *self.peers.borrow_mut() = (0..self.world).map(|q| link.slot(q)).collect();
-        Ok(())
-    }
-
-    /// Stream `s` waits for the backward pushes (`B_PUSHED` or
-    /// `B_PUSHED_BACK`) of every peer that sends this rank rows in them:
-    /// in the dispatch's direction (`forward_dir`) or the combine's.
-    fn ce_wait_peers(
-        &self,
-        lay: &Layout,
-        which: usize,
-        forward_dir: bool,
-        s: cudarc::driver::sys::CUstream,
-    ) -> Result<(), GpuError> {
-        let k = if which == B_PUSHED { 0 } else { 1 };
-        let rl = &lay.ranks[self.rank];
-        let peers = self.peers.borrow();
-        for q in (0..self.world).filter(|&q| q != self.rank) {
-            let rows = if forward_dir {
-                rl.recv_rows[q]
-            } else {
-                rl.send_rows[q]
-            };
-            if rows > 0 {
-                super::copy_engine::wait_on(s, peers[q].bwd[k])?;
-            }
-        }
-        Ok(())
+        })
     }
 
     /// Backward phase times of the run just finished (after `run_times`

@@ -569,52 +569,57 @@ impl Worker<'_> {
         reps: usize,
     ) -> Result<f64, GpuError> {
         let p = self.world;
-        let split = split.max(1);
         let sb = self.dev.arena.get(BufKind::CalSend, bytes * p.max(1))?;
         let rbuf = self.dev.arena.get(BufKind::CalRecv, bytes * p.max(1))?;
         let s = if one_way { self.dev.xfer } else { self.dev.net };
-        let pieces = |base: u64| {
-            (0..split).map(move |j| {
-                let lo = bytes * j / split;
-                let hi = bytes * (j + 1) / split;
-                (base + lo as u64, hi - lo)
-            })
-        };
-        let mut v = Vec::new();
-        for rep in 0..reps + 2 {
-            self.dev.sync()?;
-            let _ = self.gather_f64(&[0.0])?; // line the ranks up
-            self.ev[E_START].record(s)?;
+        let pieces = pieces(bytes, split);
+        self.time_reps(s, reps, |w| {
             Comm::group_start()?;
             // SAFETY: both buffers hold bytes * p; every piece lies in its
             // peer's `bytes`.
             let res = (|| unsafe {
                 if one_way {
-                    if self.rank == 0 && p > 1 {
-                        for (at, n) in pieces(sb) {
-                            self.xcomm.send(at, n, 1, s)?;
+                    if w.rank == 0 && p > 1 {
+                        for &(off, n) in &pieces {
+                            w.xcomm.send(sb + off, n as usize, 1, s)?;
                         }
-                    } else if self.rank == 1 {
-                        for (at, n) in pieces(rbuf) {
-                            self.xcomm.recv(at, n, 0, s)?;
+                    } else if w.rank == 1 {
+                        for &(off, n) in &pieces {
+                            w.xcomm.recv(rbuf + off, n as usize, 0, s)?;
                         }
                     }
                 } else {
-                    for q in 0..p {
-                        if q != self.rank {
-                            for (at, n) in pieces(sb + (q * bytes) as u64) {
-                                self.comm.send(at, n, q, s)?;
-                            }
-                            for (at, n) in pieces(rbuf + (q * bytes) as u64) {
-                                self.comm.recv(at, n, q, s)?;
-                            }
+                    for q in (0..p).filter(|&q| q != w.rank) {
+                        let at = (q * bytes) as u64;
+                        for &(off, n) in &pieces {
+                            w.comm.send(sb + at + off, n as usize, q, s)?;
+                        }
+                        for &(off, n) in &pieces {
+                            w.comm.recv(rbuf + at + off, n as usize, q, s)?;
                         }
                     }
                 }
                 Ok(())
             })();
             Comm::group_end()?;
-            res?;
+            res
+        })
+    }
+
+    /// `reps` timed runs (after 2 untimed) of what `issue` queues on stream
+    /// `s`, the ranks lined up before each: the median ms, max over ranks.
+    fn time_reps(
+        &mut self,
+        s: cudarc::driver::sys::CUstream,
+        reps: usize,
+        issue: impl Fn(&Self) -> Result<(), GpuError>,
+    ) -> Result<f64, GpuError> {
+        let mut v = Vec::new();
+        for rep in 0..reps + 2 {
+            self.dev.sync()?;
+            let _ = self.gather_f64(&[0.0])?; // line the ranks up
+            self.ev[E_START].record(s)?;
+            issue(self)?;
             self.ev[E_END].record(s)?;
             self.ev[E_END].sync()?;
             if rep >= 2 {
@@ -688,20 +693,16 @@ impl Worker<'_> {
             msgs_base: base,
             ..Default::default()
         };
+        let time = if ce {
+            Self::time_copies
+        } else {
+            Self::time_exchange
+        };
         for b in sizes {
-            let ms = if ce {
-                self.time_copies(b, one_way, 1, reps)?
-            } else {
-                self.time_exchange(b, one_way, 1, reps)?
-            };
-            raw.bytes.push((b as f64, ms));
+            raw.bytes.push((b as f64, time(self, b, one_way, 1, reps)?));
         }
         for split in [1usize, 2, 4, 8, 16] {
-            let ms = if ce {
-                self.time_copies(cut, one_way, split, reps)?
-            } else {
-                self.time_exchange(cut, one_way, split, reps)?
-            };
+            let ms = time(self, cut, one_way, split, reps)?;
             raw.split.push(((base * split as u64) as f64, ms));
         }
         Ok(raw)
@@ -721,41 +722,28 @@ impl Worker<'_> {
     ) -> Result<f64, GpuError> {
         use super::copy_engine::copy;
         let p = self.world;
-        let split = split.max(1);
         let sb = self.dev.arena.get(BufKind::CalSend, bytes * p.max(1))?;
         let rbuf = self.dev.arena.get(BufKind::CalRecv, bytes * p.max(1))?;
-        let link = self.link.clone().expect("linked ranks");
-        link.publish(self.rank, |sl| {
+        self.ce_share(|sl| {
             sl.send = sb;
             sl.recv = rbuf;
-        });
-        link.meet()?;
-        let peers: Vec<_> = (0..p).map(|q| link.slot(q)).collect();
+        })?;
+        let peers = self.peers.borrow().clone();
         let s = if one_way { self.dev.xfer } else { self.dev.net };
-        let pieces: Vec<(u64, u64)> = (0..split)
-            .map(|j| {
-                let lo = bytes * j / split;
-                let hi = bytes * (j + 1) / split;
-                (lo as u64, (hi - lo) as u64)
-            })
-            .collect();
-        let mut v = Vec::new();
-        for rep in 0..reps + 2 {
-            self.dev.sync()?;
-            let _ = self.gather_f64(&[0.0])?; // line the ranks up
-            self.ev[E_START].record(s)?;
-            // SAFETY: both buffers hold bytes * p on every rank (published
+        let pieces = pieces(bytes, split);
+        let ms = self.time_reps(s, reps, |w| {
+            // SAFETY: both buffers hold bytes * p on every rank (shared
             // above); each piece lies in its `bytes`.
             unsafe {
                 if one_way {
-                    if self.rank == 1 {
+                    if w.rank == 1 {
                         for &(off, n) in &pieces {
                             copy(rbuf + off, peers[0].send + off, n, s)?;
                         }
                     }
                 } else {
-                    let mine = (self.rank * bytes) as u64;
-                    for q in (0..p).filter(|&q| q != self.rank) {
+                    let mine = (w.rank * bytes) as u64;
+                    for q in (0..p).filter(|&q| q != w.rank) {
                         let (to, from) = (peers[q].recv + mine, sb + (q * bytes) as u64);
                         for &(off, n) in &pieces {
                             copy(to + off, from + off, n, s)?;
@@ -763,17 +751,23 @@ impl Worker<'_> {
                     }
                 }
             }
-            self.ev[E_END].record(s)?;
-            self.ev[E_END].sync()?;
-            if rep >= 2 {
-                v.push(self.ev[E_END].ms_since(&self.ev[E_START])?);
-            }
-        }
-        let mine = quantile(&v, 0.5);
-        let all = self.gather_f64(&[mine])?;
-        link.meet()?;
-        Ok(all.into_iter().fold(0.0, f64::max))
+            Ok(())
+        })?;
+        // no rank regrows its buffers while a peer may still copy into them
+        self.linked().meet()?;
+        Ok(ms)
     }
+}
+
+/// `bytes` cut into `split` near-equal pieces: (offset, length).
+fn pieces(bytes: usize, split: usize) -> Vec<(u64, u64)> {
+    let split = split.max(1);
+    (0..split)
+        .map(|j| {
+            let (lo, hi) = (bytes * j / split, bytes * (j + 1) / split);
+            (lo as u64, (hi - lo) as u64)
+        })
+        .collect()
 }
 
 #[allow(clippy::too_many_arguments)]

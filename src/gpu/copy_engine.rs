@@ -289,18 +289,24 @@ impl Worker<'_> {
         r
     }
 
-    /// Show this run's buffers (they move when the arena grows) and read
-    /// the others' once all have shown theirs.
-    pub(super) fn ce_publish(&self, cb: &CaseBufs, lb: &LayoutBufs) -> Result<(), GpuError> {
+    /// Change this rank's slot, meet, and keep every rank's slot as then
+    /// shown (in `peers`).
+    pub(super) fn ce_share(&self, f: impl FnOnce(&mut Slot)) -> Result<(), GpuError> {
         let link = self.linked();
-        link.publish(self.rank, |sl| {
-            sl.send = lb.send;
-            sl.recv = lb.recv;
-            sl.native = cb.native;
-        });
+        link.publish(self.rank, f);
         link.meet()?;
         *self.peers.borrow_mut() = (0..self.world).map(|q| link.slot(q)).collect();
         Ok(())
+    }
+
+    /// Show this run's buffers (they move when the arena grows) and read
+    /// the others' once all have shown theirs.
+    pub(super) fn ce_publish(&self, cb: &CaseBufs, lb: &LayoutBufs) -> Result<(), GpuError> {
+        self.ce_share(|sl| {
+            sl.send = lb.send;
+            sl.recv = lb.recv;
+            sl.native = cb.native;
+        })
     }
 
     /// Pull this rank's borrowed expert weights from their owners' native
@@ -378,6 +384,21 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Stream `s` waits for the event `ev` picks from the slot of every peer
+    /// `q` with `rows[q] > 0` (the peers whose pushes this rank waits for).
+    pub(super) fn ce_wait(
+        &self,
+        s: ds::CUstream,
+        rows: &[u64],
+        ev: impl Fn(&Slot) -> usize,
+    ) -> Result<(), GpuError> {
+        let peers = self.peers.borrow();
+        for q in (0..self.world).filter(|&q| q != self.rank && rows[q] > 0) {
+            wait_on(s, ev(&peers[q]))?;
+        }
+        Ok(())
+    }
+
     /// Stream `s` waits for the dispatch pushes of `chunk` (0: the layer)
     /// from every peer that sends this rank rows in it.
     pub(super) fn ce_wait_pushed(
@@ -386,22 +407,15 @@ impl Worker<'_> {
         chunk: Option<usize>,
         s: ds::CUstream,
     ) -> Result<(), GpuError> {
-        let mine = ranges_of(lay, self.rank, chunk);
-        let peers = self.peers.borrow();
-        for q in (0..self.world).filter(|&q| q != self.rank && mine.recv_rows[q] > 0) {
-            wait_on(s, peers[q].pushed[chunk.unwrap_or(0)])?;
-        }
-        Ok(())
+        let c = chunk.unwrap_or(0);
+        self.ce_wait(s, ranges_of(lay, self.rank, chunk).recv_rows, |sl| {
+            sl.pushed[c]
+        })
     }
 
     /// Stream `s` waits for every peer that returns this rank results.
     pub(super) fn ce_wait_returned(&self, lay: &Layout, s: ds::CUstream) -> Result<(), GpuError> {
-        let mine = ranges_of(lay, self.rank, None);
-        let peers = self.peers.borrow();
-        for q in (0..self.world).filter(|&q| q != self.rank && mine.send_rows[q] > 0) {
-            wait_on(s, peers[q].returned)?;
-        }
-        Ok(())
+        self.ce_wait(s, &lay.ranks[self.rank].send_rows, |sl| sl.returned)
     }
 
     /// The sequential dispatch through the copy engines: pack, push, meet,

@@ -204,12 +204,6 @@ fn twin_priced(
             measured.trace, measured.exchange
         ))
     })?;
-    if exchange == crate::gpu::Exchange::CopyEngine && profile.ce_tokens.is_none() {
-        return Err(AccuracyError::Input(format!(
-            "profile {} has no copy-engine measurements (ce_tokens) to price a row whose tokens moved by copy engine; calibrate it on 2+ GPUs",
-            profile.name
-        )));
-    }
     let with_sched;
     let profile = if profile.overlap == sched
         && profile.cuda_graphs == measured.cuda_graphs
@@ -225,6 +219,9 @@ fn twin_priced(
         };
         &with_sched
     };
+    profile
+        .check_exchange()
+        .map_err(|e| AccuracyError::Input(format!("{}: {e}", measured.trace)))?;
     let policy = measured.policy;
     let params = PlanParams {
         gpus: w.gpus,

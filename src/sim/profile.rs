@@ -278,6 +278,24 @@ impl Profile {
         Ok(prof)
     }
 
+    /// Whether this profile can price its run's `exchange`: the copy
+    /// engines' needs one node and the profile's copy-engine measurements.
+    pub fn check_exchange(&self) -> Result<(), String> {
+        if self.exchange != crate::gpu::Exchange::CopyEngine {
+            return Ok(());
+        }
+        if self.nodes > 1 {
+            return Err("--exchange copy-engine is one node's (peer copies over NVLink); use --exchange nccl with --nodes".into());
+        }
+        if self.ce_tokens.is_none() || self.ce_weights.is_none() {
+            return Err(format!(
+                "--exchange copy-engine: profile {} has no copy-engine measurements (ce_tokens, ce_weights); calibrate it on 2+ GPUs",
+                self.name
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ProfileError> {
         self.check()
             .map_err(|m| ProfileError::Invalid(self.name.clone(), m))
