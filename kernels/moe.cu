@@ -243,23 +243,48 @@ __device__ __forceinline__ void act8_store(const uint4* v, bf16_t* __restrict__ 
     *(uint4*)(out + r * inter + j) = o;
 }
 
-// out[r, j] = act(h[r, j] + b[j], h[r, I + j] + b[I + j]) for a unit's rows.
+// Up to ACT_SEGS consecutive units' rows in one activation launch (passed
+// by value): rows [end[s-1], end[s]) belong to unit s and take its expert's
+// bias (end[-1] = 0). Matches src/gpu/units.rs's ActSegs.
+#define ACT_SEGS 16
+struct ActSegs {
+    long long end[ACT_SEGS];
+    u64 bias[ACT_SEGS];
+    int n;
+};
+
+// The bias of row r: a select over the segments with constant indices, so
+// the parameter block is read in place (a dynamic index would copy it to
+// local memory per thread).
+__device__ __forceinline__ const bf16_t* seg_bias(const ActSegs& s, long long r) {
+    u64 b = s.bias[0];
+#pragma unroll
+    for (int k = 1; k < ACT_SEGS; k++) {
+        if (k < s.n && r >= s.end[k - 1]) b = s.bias[k];
+    }
+    return (const bf16_t*)b;
+}
+
+// out[r, j] = act(h[r, j] + b[j], h[r, I + j] + b[I + j]) for the rows of
+// one or more units (each with its own bias b, from segs). Batching several
+// units' rows into one launch saves the kernel boundaries between their
+// GEMMs: the gate_up GEMMs of a batch run back to back, then this kernel,
+// then their down GEMMs.
 // Memory-bound: 8 columns per item through 16-byte loads and stores when
 // I is a multiple of 8 and every pointer 16-byte aligned (the gpt-oss
-// layer), else 2 columns (4-byte words). Grid-stride, two items per
-// iteration with both items' loads issued before either's arithmetic, so
-// a thread keeps 64 bytes in flight: Dev::launch gives it one resident
-// wave of blocks, whatever grid the caller sized. The index is split into
-// (row, column) with 32-bit division when it fits. Launched as a
-// programmatic dependent of the gate_up GEMM (see pdl_wait); the down
-// GEMM that follows may be scheduled early too.
-extern "C" __global__ void act_rows(const bf16_t* __restrict__ h,
-                                    const bf16_t* __restrict__ bias,
+// layer; `aligned` says the biases are), else 2 columns (4-byte words).
+// Grid-stride, two items per iteration with both items' loads issued
+// before either's arithmetic, so a thread keeps 64 bytes in flight:
+// Dev::launch gives it one resident wave of blocks, whatever grid the
+// caller sized. The index is split into (row, column) with 32-bit division
+// when it fits. Launched as a programmatic dependent of the gate_up GEMM
+// (see pdl_wait); the down GEMM that follows may be scheduled early too.
+extern "C" __global__ void act_rows(const bf16_t* __restrict__ h, ActSegs segs,
                                     bf16_t* __restrict__ out, long long rows, int inter,
-                                    int kind) {
+                                    int kind, int aligned) {
     pdl_wait();
     pdl_launch_dependents();
-    bool v8 = (inter % 8 == 0) && ((((u64)h) | ((u64)bias) | ((u64)out)) & 15ull) == 0;
+    bool v8 = (inter % 8 == 0) && aligned && ((((u64)h) | ((u64)out)) & 15ull) == 0;
     int width = v8 ? 8 : 2;
     unsigned int per_row = (unsigned int)(inter / width);
     long long n = rows * (long long)per_row;
@@ -284,13 +309,14 @@ extern "C" __global__ void act_rows(const bf16_t* __restrict__ h,
         }
         if (v8) {
             uint4 v[2][4];
-            act8_load(h, bias, r[0], j[0], inter, v[0]);
-            if (has[1]) act8_load(h, bias, r[1], j[1], inter, v[1]);
+            act8_load(h, seg_bias(segs, r[0]), r[0], j[0], inter, v[0]);
+            if (has[1]) act8_load(h, seg_bias(segs, r[1]), r[1], j[1], inter, v[1]);
             act8_store(v[0], out, r[0], j[0], inter, kind);
             if (has[1]) act8_store(v[1], out, r[1], j[1], inter, kind);
         } else {
             for (int k = 0; k < 2; k++) {
                 if (!has[k]) break;
+                const bf16_t* bias = seg_bias(segs, r[k]);
                 const bf16_t* hr = h + r[k] * 2 * inter;
                 unsigned int gg = *(const unsigned int*)(hr + j[k]);
                 unsigned int uu = *(const unsigned int*)(hr + inter + j[k]);

@@ -98,7 +98,10 @@ fn price(l: &Layer, prof: &Profile, policy: Policy) -> Cost {
 
 /// (layer, policy, total ms, compute ms, dispatch ms, transfer ms, max
 /// peak bytes) with the built-in h200 profile, printed by the model as it
-/// was before issue 12 (commit c71f805, this same test code).
+/// was before issue 12 (commit c71f805, this same test code). The decode
+/// layer's two peaks grew when replay began batching units under one
+/// activation launch (its gate_up scratch holds a batch, not one unit):
+/// 5,441,330,594 and 5,472,697,600 bytes before.
 const GOLDEN: [(&str, Policy, f64, f64, f64, f64, u64); 8] = [
     (
         "gpt-oss 2 GPUs decode 30% hot",
@@ -107,7 +110,7 @@ const GOLDEN: [(&str, Policy, f64, f64, f64, f64, u64); 8] = [
         1.993445849247759,
         0.06099917567545466,
         0.0,
-        5441330594,
+        5457487394,
     ),
     (
         "gpt-oss 2 GPUs decode 30% hot",
@@ -116,7 +119,7 @@ const GOLDEN: [(&str, Policy, f64, f64, f64, f64, u64); 8] = [
         1.9700223881825096,
         0.05055922666523289,
         0.17115179491153903,
-        5472697600,
+        5498565760,
     ),
     (
         "gpt-oss 2 GPUs prefill 80% hot",
@@ -633,10 +636,12 @@ fn committed_h200_profile_carries_its_fit_and_error_on_held_out_shapes() {
     assert!(prof.label().contains("held out"), "{}", prof.label());
     // the gate's margin per batch size: decode sizes are priced less surely
     assert!(e.by_tokens.len() >= 3, "{:?}", e.by_tokens);
+    // (each size takes the stamped error of the nearest measured one)
     let decode = llep_trace::sim::auto_margin_at(&prof, 100);
     let prefill = llep_trace::sim::auto_margin_at(&prof, 30_000);
     assert_eq!(decode, e.by_tokens[0].1 / 100.0);
-    assert!(decode > prefill, "{decode} vs {prefill}");
+    assert_eq!(prefill, e.by_tokens.last().unwrap().1 / 100.0);
+    assert_ne!(decode, prefill);
     // the GPU-count terms: weights priced per message, link sharing per peer
     assert!(prof.msg_weights.is_some());
     assert!(f.contention_on(4) > f.contention_on(2) && f.dispatch_wait > 0.0);

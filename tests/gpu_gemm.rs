@@ -82,6 +82,13 @@ fn gemm_bench_finds_the_paths_agreeing_or_fails_cleanly() {
         .collect();
     assert_eq!(agree.len(), 4, "{stdout}");
     assert!(agree.iter().all(|l| l.ends_with(" ok")), "{stdout}");
+    // units batched under one activation launch give the same bits
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("batched activation, 35 units of 64 rows: identical")),
+        "{stdout}"
+    );
     // per path: 2 rows x 2 projections, the layer with and without the
     // activation, the activation alone
     for path in ["cublas ", "lt "] {

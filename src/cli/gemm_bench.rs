@@ -59,12 +59,12 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         s.push_str(&format!("{}: {n} shape buckets tuned\n", path.as_str()));
     }
     s.push_str(&format!(
-        "{:<7} {:<14} {:>6} {:>6} {:>6} {:>6} {:>10} {:>9}\n",
+        "{:<7} {:<22} {:>6} {:>6} {:>6} {:>6} {:>10} {:>9}\n",
         "path", "what", "M", "N", "K", "count", "ms", "TFLOP/s"
     ));
     for r in &b.rows {
         s.push_str(&format!(
-            "{:<7} {:<14} {:>6} {:>6} {:>6} {:>6} {:>10.4} {:>9.1}\n",
+            "{:<7} {:<22} {:>6} {:>6} {:>6} {:>6} {:>10.4} {:>9.1}\n",
             r.path.as_str(),
             r.what,
             r.m,
@@ -100,6 +100,16 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             if ok { "ok" } else { "FAIL (>= 1e-2)" }
         ));
     }
+    let (units, rows, differ) = b.batched;
+    bad |= differ > 0;
+    s.push_str(&format!(
+        "batched activation, {units} units of {rows} rows: {}\n",
+        if differ == 0 {
+            "identical to one launch per unit".to_string()
+        } else {
+            format!("FAIL ({differ} output values differ from one launch per unit)")
+        }
+    ));
     p.out(&s)?;
     Ok(if bad {
         ExitCode::FAILURE

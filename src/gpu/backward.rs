@@ -22,6 +22,7 @@
 use super::layout::{self, Layout, WeightSrc};
 use super::runtime::{params, BufKind, Comm, Dt, Event};
 use super::timing::{quantile, EXTRA};
+use super::units;
 use super::worker::{Worker, CHUNK, E_END, E_START, NT};
 use super::GpuError;
 use crate::results::{Pass, ResultRow};
@@ -109,12 +110,17 @@ impl Worker<'_> {
     }
 
     /// Rows the H and Act buffers hold on rank `q`: every computed row when
-    /// the forward saves them, else one GEMM unit.
+    /// the forward saves them, else one batch of GEMM units.
     pub(super) fn act_rows_held(&self, rl: &layout::RankLayout) -> usize {
         if self.saves_act() {
             rl.compute_rows as usize
         } else {
-            rl.max_group_rows.min(CHUNK) as usize
+            units::reused_rows(
+                rl.max_group_rows.min(CHUNK),
+                rl.compute_rows,
+                self.cfg.inter as u64,
+                self.dev.batching,
+            ) as usize
         }
     }
 
@@ -393,10 +399,7 @@ impl Worker<'_> {
     }
 
     fn act_kind(&self) -> i32 {
-        match self.cfg.act {
-            super::Act::GptOss => 0,
-            super::Act::SwiGlu => 1,
-        }
+        self.unit_shape().kind
     }
 
     /// `--recompute`: gate_up output and activation of the unit again.
@@ -404,20 +407,11 @@ impl Worker<'_> {
         let (d, i) = (self.cfg.hidden, self.cfg.inter);
         let b = self.blob;
         let (h, a, bgu) = (u.h, u.a, u.w + 2 * b.bgu as u64);
-        let (rows_i, ii, kind) = (u.rows as i64, i as i32, self.act_kind());
-        let pairs = u.rows * i / 2;
         // SAFETY: as in the forward's compute: h and a hold one unit.
         unsafe {
             self.dev
                 .gemm_bf16(u.rows, 2 * i, d, u.x, u.w + 2 * b.wgu as u64, h)?;
-            self.dev.launch(
-                self.dev.k.act_rows,
-                (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
-                256,
-                0,
-                self.dev.main,
-                params!(h, bgu, a, rows_i, ii, kind),
-            )
+            units::activation_one(&self.dev, &self.unit_shape(), h, bgu, a, u.rows)
         }
     }
 

@@ -7,8 +7,9 @@
 
 use super::config::{Act, ReplayConfig};
 use super::gemm::GemmImpl;
-use super::runtime::{self, params, BufKind, Comm, Dev, Dt, NcclId};
+use super::runtime::{self, BufKind, Comm, Dev, Dt, NcclId};
 use super::timing::{driver_version, quantile};
+use super::units::{self, ExpertUnit, Scratch, UnitShape};
 use super::worker::{BlobLayout, Worker, CHUNK, E_END, E_START, PERSISTENT};
 use super::{Gate, GpuError};
 use crate::plan::Policy;
@@ -230,6 +231,8 @@ struct GemmBufs {
     i: usize,
     experts: usize,
     rows: usize,
+    /// Rows the gate_up and activation scratch hold (a batch of units).
+    held: usize,
     x: u64,
     w: u64,
     h: u64,
@@ -245,11 +248,13 @@ impl Worker<'_> {
         experts: usize,
     ) -> Result<GemmBufs, GpuError> {
         let bl = BlobLayout::new(d, i);
-        let unit = rows.min(CHUNK as usize).max(1);
+        let unit = rows.min(CHUNK as usize).max(1) as u64;
+        let held =
+            units::reused_rows(unit, (experts * rows) as u64, i as u64, self.dev.batching) as usize;
         let x = self.dev.arena.get(BufKind::CalX, experts * rows * d * 2)?;
         let w = self.dev.arena.get(BufKind::CalW, experts * bl.len * 2)?;
-        let h = self.dev.arena.get(BufKind::CalH, unit * 2 * i * 2)?;
-        let a = self.dev.arena.get(BufKind::CalA, unit * i * 2)?;
+        let h = self.dev.arena.get(BufKind::CalH, held * 2 * i * 2)?;
+        let a = self.dev.arena.get(BufKind::CalA, held * i * 2)?;
         self.gen(x, experts * rows * d, 77, 1.0)?;
         self.gen(w, experts * bl.len, 78, 1.0 / (d as f32).sqrt())?;
         Ok(GemmBufs {
@@ -258,6 +263,7 @@ impl Worker<'_> {
             i,
             experts,
             rows,
+            held,
             x,
             w,
             h,
@@ -265,41 +271,48 @@ impl Worker<'_> {
         })
     }
 
-    /// One GEMM unit of `n <= CHUNK` rows at `xg` with expert blob `w`,
-    /// exactly as `phases::compute` issues it: gate_up GEMM into h, the
-    /// activation kernel into a, and (with `down`) the down GEMM written
-    /// over the unit's input rows.
-    fn gemm_unit(
+    /// GEMM units of `n <= CHUNK` rows each, (rows, input rows, expert
+    /// blob), exactly as `phases::compute` issues them (`units`): gate_up
+    /// GEMMs, activation, and (with `down`) the down GEMMs written over the
+    /// units' input rows.
+    fn gemm_units(
         &self,
         b: &GemmBufs,
-        n: usize,
-        xg: u64,
-        w: u64,
+        part: &[(usize, u64, u64)],
         down: bool,
     ) -> Result<(), GpuError> {
-        let (d, i, bl) = (b.d, b.i, b.bl);
-        let (h, a, main) = (b.h, b.a, self.dev.main);
-        let (rows_i, inter_i, kind) = (n as i64, i as i32, 0i32);
-        let bgu = w + 2 * bl.bgu as u64;
-        let pairs = n * i / 2;
-        // SAFETY: the buffers of `gemm_bufs` hold n <= CHUNK rows of this
-        // shape, xg lies inside x and w is a full blob.
+        let bl = b.bl;
+        let us: Vec<ExpertUnit> = part
+            .iter()
+            .map(|&(n, xg, w)| ExpertUnit {
+                rows: n,
+                x: xg,
+                wgu: w + 2 * bl.wgu as u64,
+                bgu: w + 2 * bl.bgu as u64,
+                wd: w + 2 * bl.wd as u64,
+                out: xg,
+                row: 0,
+            })
+            .collect();
+        let shape = UnitShape {
+            hidden: b.d,
+            inter: b.i,
+            kind: 0,
+        };
+        let scratch = Scratch::Reused {
+            h: b.h,
+            act: b.a,
+            rows: b.held,
+        };
+        // SAFETY: the buffers of `gemm_bufs` hold a batch of units of this
+        // shape; each unit's rows lie inside x and its w is a full blob.
         unsafe {
-            self.dev
-                .gemm_bf16(n, 2 * i, d, xg, w + 2 * bl.wgu as u64, h)?;
-            self.dev.launch(
-                self.dev.k.act_rows,
-                (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
-                256,
-                0,
-                main,
-                params!(h, bgu, a, rows_i, inter_i, kind),
-            )?;
             if down {
-                self.dev.gemm_bf16(n, d, i, a, w + 2 * bl.wd as u64, xg)?;
+                units::issue(&self.dev, &shape, &us, &scratch, self.dev.batching)
+            } else {
+                units::issue_gate_up(&self.dev, &shape, &us, &scratch, self.dev.batching)
             }
         }
-        Ok(())
     }
 
     /// Median ms of one sample: `rounds` passes over the experts, each
@@ -315,18 +328,20 @@ impl Worker<'_> {
     ) -> Result<f64, GpuError> {
         let main = self.dev.main;
         let mut v = Vec::with_capacity(reps);
+        let mut pass = Vec::new();
+        for e in 0..b.experts {
+            let x0 = b.x + (e * b.rows * b.d * 2) as u64;
+            let w = b.w + (e * b.bl.len * 2) as u64;
+            let mut at = 0;
+            while at < t {
+                let n = (t - at).min(CHUNK as usize);
+                pass.push((n, x0 + (at * b.d * 2) as u64, w));
+                at += n;
+            }
+        }
         let issue = || -> Result<(), GpuError> {
             for _ in 0..rounds {
-                for e in 0..b.experts {
-                    let x0 = b.x + (e * b.rows * b.d * 2) as u64;
-                    let w = b.w + (e * b.bl.len * 2) as u64;
-                    let mut at = 0;
-                    while at < t {
-                        let n = (t - at).min(CHUNK as usize);
-                        self.gemm_unit(b, n, x0 + (at * b.d * 2) as u64, w, down)?;
-                        at += n;
-                    }
-                }
+                self.gemm_units(b, &pass, down)?;
             }
             Ok(())
         };
@@ -541,7 +556,7 @@ impl Worker<'_> {
         let b = self.gemm_bufs(64, 64, 8, 1)?;
         self.dev.sync()?;
         let before = self.dev.driver_used().saturating_sub(self.dev.arena.held);
-        self.gemm_unit(&b, 8, b.x, b.w, true)?;
+        self.gemm_units(&b, &[(8, b.x, b.w)], true)?;
         self.dev.sync()?;
         let after = self.dev.driver_used().saturating_sub(self.dev.arena.held);
         self.dev.arena.release_except(&PERSISTENT)?;

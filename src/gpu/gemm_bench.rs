@@ -4,11 +4,13 @@
 //! different expert's weights each (cold, as in a layer); and a layer's
 //! worth of expert units back to back (gate_up, activation, down per
 //! expert, as `phases::compute` issues them), with and without the
-//! activation kernel.
+//! activation kernel, one activation launch per unit or batched as replay
+//! batches them (`units`), and a check that batching changes no output bit.
 
 use super::gemm::GemmImpl;
 use super::runtime::{self, params, BufKind, Dev, Event};
 use super::timing::quantile;
+use super::units::{self, Batching, ExpertUnit, Scratch, UnitShape, ACT_SEGS};
 use super::GpuError;
 use crate::progress::Progress;
 
@@ -55,6 +57,10 @@ pub struct Bench {
     pub tuned: Vec<(GemmImpl, usize)>,
     pub rows: Vec<BenchRow>,
     pub agree: Vec<(&'static str, f64)>,
+    /// Units batched as replay batches them against one activation launch
+    /// per unit, on the same inputs: (units, rows each, output values that
+    /// differ). The activation is elementwise, so none may.
+    pub batched: (usize, usize, usize),
     /// The `lt` path's tunings.
     pub tunings: Vec<super::gemm::TuneLog>,
 }
@@ -74,10 +80,20 @@ struct Bufs {
     xy: usize,
     h: u64,
     a: u64,
+    /// Rows h and a hold: the largest single GEMM, or a batch of units.
+    held: usize,
     y: u64,
 }
 
 impl Bufs {
+    fn shape(&self) -> UnitShape {
+        UnitShape {
+            hidden: self.d,
+            inter: self.i,
+            kind: 0,
+        }
+    }
+
     fn weights(&self, e: usize) -> (u64, u64, u64) {
         let base = self.w + (e * self.blob * 2) as u64;
         (
@@ -87,6 +103,10 @@ impl Bufs {
         )
     }
 }
+
+/// The largest batch bound the layer run tries: [`ACT_SEGS`] units of the
+/// gpt-oss expert's 4,096 rows.
+const BENCH_BATCH_MAX: usize = ACT_SEGS * 4096 * 4 * 2880;
 
 /// Round up to 128 elements (256 bytes), so each part starts aligned.
 fn pad(n: usize) -> usize {
@@ -121,7 +141,10 @@ fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
         .max()
         .unwrap_or(1)
         .max(cfg.layer_rows);
-    let xrows = mmax.max(cfg.layer_experts * cfg.layer_rows);
+    // (and the batched check's units, `batched_matches`)
+    let xrows = mmax
+        .max(cfg.layer_experts * cfg.layer_rows)
+        .max((2 * ACT_SEGS + 3) * 64);
     let experts = cfg.layer_experts.max(8);
     // x and y also stand in for one unit's gate_up output (the activation
     // alone) and hold the D x 2I weight gradient (the agreement check),
@@ -129,8 +152,15 @@ fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
     let xy = (xrows * d).max(cfg.layer_rows * 2 * i).max(d * 2 * i);
     let w = dev.arena.get(BufKind::CalW, experts * blob * 2)?;
     let x = dev.arena.get(BufKind::CalX, xy * 2)?;
-    let h = dev.arena.get(BufKind::CalH, mmax * 2 * i * 2)?;
-    let a = dev.arena.get(BufKind::CalA, mmax * i * 2)?;
+    let batch = units::reused_rows(
+        cfg.layer_rows as u64,
+        (cfg.layer_experts * cfg.layer_rows) as u64,
+        i as u64,
+        Batching::UpTo(BENCH_BATCH_MAX),
+    ) as usize;
+    let held = mmax.max(batch);
+    let h = dev.arena.get(BufKind::CalH, held * 2 * i * 2)?;
+    let a = dev.arena.get(BufKind::CalA, held * i * 2)?;
     let y = dev.arena.get(BufKind::CalSend, xy * 2)?;
     gen(dev, w, experts * blob, 78, 1.0 / (d as f32).sqrt())?;
     gen(dev, x, xy, 77, 1.0)?;
@@ -147,6 +177,7 @@ fn alloc(dev: &mut Dev, cfg: &BenchConfig) -> Result<Bufs, GpuError> {
         xy,
         h,
         a,
+        held,
         y,
     })
 }
@@ -174,21 +205,15 @@ fn time(
 }
 
 /// The activation kernel over `rows` rows of gate_up output `h` into `a`,
-/// launched as `phases::compute` launches it.
+/// launched as `units` launches it for one unit.
 fn act(dev: &Dev, h: u64, bias: u64, a: u64, rows: usize, i: usize) -> Result<(), GpuError> {
-    let (rows_i, inter_i, kind) = (rows as i64, i as i32, 0i32);
-    let pairs = rows * i / 2;
+    let shape = UnitShape {
+        hidden: 0,
+        inter: i,
+        kind: 0,
+    };
     // SAFETY: h holds rows x 2I values, a rows x I, bias 2I.
-    unsafe {
-        dev.launch(
-            dev.k.act_rows,
-            (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
-            256,
-            0,
-            dev.main,
-            params!(h, bias, a, rows_i, inter_i, kind),
-        )
-    }
+    unsafe { units::activation_one(dev, &shape, h, bias, a, rows) }
 }
 
 /// One expert unit of `m` rows at input `x`, output `y`: gate_up GEMM,
@@ -259,30 +284,74 @@ fn sweep(
     // kernel boundaries alone), without PDL, and each expert's rows in
     // pieces whose gate_up output stays in the L2 cache
     let pdl = dev.pdl;
+    let per = Batching::PerUnit;
     let variants = [
-        ("layer", 0, m, pdl),
-        ("layer+act", usize::MAX, m, pdl),
-        ("layer+act1row", 1, m, pdl),
-        ("layer+act noPDL", usize::MAX, m, false),
-        ("layer+act/2048", usize::MAX, 2048, pdl),
+        ("layer", 0, m, pdl, per),
+        ("layer+act", usize::MAX, m, pdl, per),
+        ("layer+act1row", 1, m, pdl, per),
+        ("layer+act noPDL", usize::MAX, m, false, per),
+        ("layer+act/2048", usize::MAX, 2048, pdl, per),
+        // units batched as replay batches them, and with larger bounds
+        ("layer+act batched", usize::MAX, m, pdl, Batching::default()),
+        (
+            "layer+act batch 64MiB",
+            usize::MAX,
+            m,
+            pdl,
+            Batching::UpTo(64 << 20),
+        ),
+        (
+            "layer+act batch 16x",
+            usize::MAX,
+            m,
+            pdl,
+            Batching::UpTo(BENCH_BATCH_MAX),
+        ),
     ];
-    for (what, act_rows, piece, with_pdl) in variants {
+    for (what, act_rows, piece, with_pdl, how) in variants {
         if piece > m || (piece == m && what.contains('/')) || (what.contains("PDL") && !pdl) {
             continue;
         }
         dev.pdl = with_pdl;
         let dv: &Dev = dev;
-        let ms = time(dv, cfg.reps, &mut || {
-            for e in 0..ne {
-                let mut at = 0;
-                while at < m {
-                    let rows = piece.min(m - at);
-                    let off = ((e * m + at) * d * 2) as u64;
-                    unit(dv, b, e, rows, b.x + off, b.y + off, act_rows)?;
-                    at += rows;
-                }
+        let mut pieces = Vec::new();
+        for e in 0..ne {
+            let mut at = 0;
+            while at < m {
+                let rows = piece.min(m - at);
+                pieces.push((e, rows, ((e * m + at) * d * 2) as u64));
+                at += rows;
             }
-            Ok(())
+        }
+        let ms = time(dv, cfg.reps, &mut || {
+            if how == per {
+                for &(e, rows, off) in &pieces {
+                    unit(dv, b, e, rows, b.x + off, b.y + off, act_rows)?;
+                }
+                return Ok(());
+            }
+            let us: Vec<ExpertUnit> = pieces
+                .iter()
+                .map(|&(e, rows, off)| {
+                    let (wgu, bgu, wd) = b.weights(e);
+                    ExpertUnit {
+                        rows,
+                        x: b.x + off,
+                        wgu,
+                        bgu,
+                        wd,
+                        out: b.y + off,
+                        row: 0,
+                    }
+                })
+                .collect();
+            let scratch = Scratch::Reused {
+                h: b.h,
+                act: b.a,
+                rows: b.held,
+            };
+            // SAFETY: h and a hold `held` rows, at least a batch (`alloc`).
+            unsafe { units::issue(dv, &b.shape(), &us, &scratch, how) }
         })?;
         dev.pdl = pdl;
         out.push(BenchRow {
@@ -366,6 +435,7 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
         tuned: Vec::new(),
         rows: Vec::new(),
         agree: Vec::new(),
+        batched: (0, 0, 0),
         tunings: Vec::new(),
     };
     for &path in &cfg.paths {
@@ -378,9 +448,59 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
         progress.status("lt against cublas on every GEMM form");
         res.agree = agreement(&mut dev, &b, cfg.layer_rows)?;
     }
+    progress.status("units batched against one activation each");
+    res.batched = batched_matches(&dev, &b, cfg)?;
     res.tunings = dev.gemm_tune_log();
     dev.sync()?;
     Ok(res)
+}
+
+/// The layer's experts in units small enough to batch (at most 64 rows
+/// each, rows of every expert in turn), issued per unit and then batched
+/// as replay batches them: the down outputs, compared value by value.
+fn batched_matches(
+    dev: &Dev,
+    b: &Bufs,
+    cfg: &BenchConfig,
+) -> Result<(usize, usize, usize), GpuError> {
+    let d = b.d;
+    let rows = cfg.layer_rows.min(64);
+    let n = (2 * ACT_SEGS + 3)
+        .min(b.xy / (rows * d))
+        .min(b.held * ACT_SEGS / rows.max(1));
+    let us: Vec<ExpertUnit> = (0..n)
+        .map(|k| {
+            let (wgu, bgu, wd) = b.weights(k % cfg.layer_experts.max(8));
+            let off = (k * rows * d * 2) as u64;
+            ExpertUnit {
+                rows,
+                x: b.x + off,
+                wgu,
+                bgu,
+                wd,
+                out: b.y + off,
+                row: 0,
+            }
+        })
+        .collect();
+    let scratch = Scratch::Reused {
+        h: b.h,
+        act: b.a,
+        rows: b.held,
+    };
+    let mut got: Vec<Vec<u16>> = Vec::new();
+    for how in [Batching::PerUnit, Batching::default()] {
+        let mut host = vec![0u16; n * rows * d];
+        // SAFETY: n units of `rows` rows lie inside x and y (n is bounded by
+        // xy); h and a hold `held` rows, at least one batch.
+        unsafe {
+            units::issue(dev, &b.shape(), &us, &scratch, how)?;
+            dev.download(&mut host, b.y)?;
+        }
+        got.push(host);
+    }
+    let differ = got[0].iter().zip(&got[1]).filter(|(a, b)| a != b).count();
+    Ok((n, rows, differ))
 }
 
 /// The forms of GEMM the replay issues (forward; backward dgrad, wgrad,

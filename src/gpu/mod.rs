@@ -16,6 +16,8 @@
 //! - [`pipeline`]: its pipelined schedule (`--overlap on`) and chunk rule;
 //! - [`copy_engine`]: tokens and weights moved by the copy engines
 //!   (`--exchange copy-engine`) instead of NCCL;
+//! - [`units`]: expert units (gate_up, activation, down) issued in
+//!   batches that share one activation launch;
 //! - `backward`: the training step's backward of that run;
 //! - `dense`: the dense fp32 check of sampled tokens;
 //! - `dense_bwd`: its backward counterpart (token and weight gradients);
@@ -46,6 +48,7 @@ pub mod replay;
 pub mod replicas;
 pub mod runtime;
 mod timing;
+pub mod units;
 mod worker;
 
 pub use copy_engine::{Exchange, PeerLink};

@@ -6,6 +6,7 @@
 use super::config::{Act, Case};
 use super::layout::{self, Layout, WeightSrc};
 use super::runtime::{params, BufKind, Comm};
+use super::units::{self, ExpertUnit, Scratch, UnitShape};
 use super::worker::{
     CopySeg, PackSeg, RunOut, Worker, CHUNK, E_BE, E_BS, E_DISPATCHED, E_END, E_PACKED, E_PLANNED,
     E_RET, E_RETURNED, E_START,
@@ -807,7 +808,9 @@ impl Worker<'_> {
         }
     }
 
-    /// [`Worker::compute`]'s units, one host call per GEMM and activation.
+    /// [`Worker::compute`]'s units, in `units`' batches: native and
+    /// foreign units apart, the foreign ones after the wait for their
+    /// weights, so that the native ones never wait for a transfer.
     fn issue_units(
         &self,
         units: &[Unit],
@@ -815,58 +818,77 @@ impl Worker<'_> {
         bufs: UnitBufs,
         waited: &mut bool,
     ) -> Result<(), GpuError> {
-        let saves = self.saves_act();
-        let main = self.dev.main;
         let rb = self.rb();
-        let (d, inter) = (self.cfg.hidden, self.cfg.inter);
         let b = self.blob;
-        let kind: i32 = match self.cfg.act {
-            Act::GptOss => 0,
-            Act::SwiGlu => 1,
+        let scratch = if self.cfg.train && self.saves_act() {
+            Scratch::Saved {
+                h: bufs.h,
+                act: bufs.act,
+            }
+        } else {
+            Scratch::Reused {
+                h: bufs.h,
+                act: bufs.act,
+                rows: self.act_rows_held(rl),
+            }
         };
-        let inter_i = inter as i32;
-        for u in units {
-            let g = &rl.groups[u.group as usize];
-            if u.foreign && !*waited {
-                self.dev.wait(main, &self.xev[1])?;
+        let mut at = 0;
+        while at < units.len() {
+            let foreign = units[at].foreign;
+            let run = units[at..]
+                .iter()
+                .position(|u| u.foreign != foreign)
+                .unwrap_or(units.len() - at);
+            if foreign && !*waited {
+                self.dev.wait(self.dev.main, &self.xev[1])?;
                 *waited = true;
             }
-            let w = self.weights_of(g.weights, bufs);
-            let xg = bufs.comp + u.row * rb;
-            let (h, act) = (bufs.h, bufs.act);
-            let (h, act, out) = if !self.cfg.train {
-                (h, act, xg)
-            } else if saves {
-                let i = inter as u64;
-                (
-                    h + u.row * 4 * i,
-                    act + u.row * 2 * i,
-                    bufs.yout + u.row * rb,
-                )
-            } else {
-                (h, act, bufs.yout + u.row * rb)
-            };
-            let rows = u.rows as usize;
-            let rows_i = u.rows as i64;
-            let bgu = w + 2 * b.bgu as u64;
-            let pairs = rows * inter / 2;
-            // SAFETY: xg holds rows x D inside comp; h holds CHUNK x 2I and
-            // act CHUNK x I (rows <= CHUNK); w is a full blob.
+            let part: Vec<ExpertUnit> = units[at..at + run]
+                .iter()
+                .map(|u| {
+                    let w = self.weights_of(rl.groups[u.group as usize].weights, bufs);
+                    let x = bufs.comp + u.row * rb;
+                    ExpertUnit {
+                        rows: u.rows as usize,
+                        x,
+                        wgu: w + 2 * b.wgu as u64,
+                        bgu: w + 2 * b.bgu as u64,
+                        wd: w + 2 * b.wd as u64,
+                        // a training step keeps its inputs for the backward
+                        out: if self.cfg.train {
+                            bufs.yout + u.row * rb
+                        } else {
+                            x
+                        },
+                        row: u.row,
+                    }
+                })
+                .collect();
+            // SAFETY: each unit's rows lie inside comp (and yout), its blob
+            // is a full one; the scratch holds a batch (act_rows_held).
             unsafe {
-                self.dev
-                    .gemm_bf16(rows, 2 * inter, d, xg, w + 2 * b.wgu as u64, h)?;
-                self.dev.launch(
-                    self.dev.k.act_rows,
-                    (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
-                    256,
-                    0,
-                    main,
-                    params!(h, bgu, act, rows_i, inter_i, kind),
-                )?;
-                self.dev
-                    .gemm_bf16(rows, d, inter, act, w + 2 * b.wd as u64, out)?;
-            }
+                units::issue(
+                    &self.dev,
+                    &self.unit_shape(),
+                    &part,
+                    &scratch,
+                    self.dev.batching,
+                )?
+            };
+            at += run;
         }
         Ok(())
+    }
+
+    /// The expert shape and activation of this layer's units.
+    pub(super) fn unit_shape(&self) -> UnitShape {
+        UnitShape {
+            hidden: self.cfg.hidden,
+            inter: self.cfg.inter,
+            kind: match self.cfg.act {
+                Act::GptOss => 0,
+                Act::SwiGlu => 1,
+            },
+        }
     }
 }

@@ -36,7 +36,7 @@ impl LayerMem<'_> {
         let weights = (per + scratch.w_count[g]) * shape.expert_bytes;
         let tokens = own_tokens * tok_bytes * 2
             + (sums.sent_off(g) + sums.received(g) + sums.col_sum(g)) * tok_bytes;
-        let act = scratch.largest[g].min(prof.act_chunk_tokens) * 3 * i * b;
+        let act = self.scratch_rows(g) * 3 * i * b;
         let tables = (own + sums.col_sum(g)) * 14;
         let comm = if prof.exchange == crate::gpu::Exchange::CopyEngine {
             0
@@ -44,6 +44,18 @@ impl LayerMem<'_> {
             (p - 1) * prof.mem_per_peer_bytes
         };
         prof.mem_baseline_bytes + comm + weights + tokens + act + tables
+    }
+
+    /// Rows of gate_up and activation scratch GPU `g` holds: a batch of
+    /// its units (`gpu::units`), at least its largest unit.
+    fn scratch_rows(&self, g: usize) -> u64 {
+        let (largest, computed) = (self.scratch.largest[g], self.sums.col_sum(g));
+        crate::gpu::units::reused_rows(
+            largest.min(self.prof.act_chunk_tokens),
+            computed,
+            self.shape.intermediate,
+            crate::gpu::units::Batching::default(),
+        )
     }
 
     /// Memory of GPU `g` buffer by buffer, each rounded to the allocation
@@ -58,7 +70,7 @@ impl LayerMem<'_> {
         let tok_bytes = shape.hidden * b;
         let copies = sums.row_sum(g);
         let own_tokens = copies / shape.top_k.max(1);
-        let rows = scratch.largest[g].min(prof.act_chunk_tokens);
+        let rows = self.scratch_rows(g);
         let r = |x: u64| mm.round(x);
         let buffers = [
             r(scratch.w_count[g] * shape.expert_bytes), // foreign weights

@@ -1,0 +1,345 @@
+//! Expert units on one GPU's main stream. A unit is one expert's rows
+//! through the gate_up GEMM, the activation and the down GEMM.
+//!
+//! Consecutive units are issued in batches: the batch's gate_up GEMMs back
+//! to back, one activation launch over all their rows (each unit with its
+//! own expert's bias), then their down GEMMs. A kernel between two GEMMs
+//! costs more than its own run time (the next GEMM cannot start early), so
+//! fewer activation launches save time where units are many and small. A
+//! batch is bounded by the gate_up output it holds ([`Batching`]), because
+//! an output that stays in L2 is read back by the activation at L2 speed.
+//!
+//! One issuing path for every caller: replay's compute phase
+//! (`phases::compute`), calibrate's GEMM tables and `gemm-bench`, so the
+//! tables the cost model prices units with are timed the way replay runs
+//! them.
+
+use std::ops::Range;
+
+use super::runtime::{params, Dev};
+use super::GpuError;
+
+/// Most units one activation launch serves (its parameter block holds one
+/// row bound and bias per unit; `ACT_SEGS` in kernels/moe.cu).
+pub const ACT_SEGS: usize = 16;
+
+/// The units' row bounds and biases, passed by value to `act_rows`:
+/// rows `[end[s-1], end[s])` of the launch belong to unit `s`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct ActSegs {
+    end: [i64; ACT_SEGS],
+    bias: [u64; ACT_SEGS],
+    n: i32,
+}
+
+/// One unit: `rows` rows at `x` (D values each) through the expert whose
+/// gate_up weight, its bias and down weight are at `wgu`, `bgu`, `wd`,
+/// written to `out`. `row` places it in [`Scratch::Saved`] buffers.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ExpertUnit {
+    pub rows: usize,
+    pub x: u64,
+    pub wgu: u64,
+    pub bgu: u64,
+    pub wd: u64,
+    pub out: u64,
+    pub row: u64,
+}
+
+/// Where gate_up outputs (2I values a row) and activations (I) go.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Scratch {
+    /// One batch at a time, reused: room for `rows` rows.
+    Reused { h: u64, act: u64, rows: usize },
+    /// A place per computed row (a training step keeps them for its
+    /// backward): unit rows `row..row + rows`.
+    Saved { h: u64, act: u64 },
+}
+
+/// How many units one activation launch may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// One launch per unit.
+    PerUnit,
+    /// Consecutive units while their gate_up output fits in this many bytes
+    /// (a unit larger than that goes alone), at most [`ACT_SEGS`] units.
+    UpTo(usize),
+}
+
+/// The bound replay and calibrate use: half of an H100/H200's 50 MB L2,
+/// so the activation reads a batch's gate_up output back from the cache.
+pub const BATCH_BYTES: usize = 24 << 20;
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching::UpTo(BATCH_BYTES)
+    }
+}
+
+/// Rows a [`Scratch::Reused`] buffer needs for a GPU whose largest unit
+/// has `largest` rows, `total` rows in all, intermediate size `inter`: one
+/// batch's worth. The cost model's memory sizes it by the same rule.
+pub fn reused_rows(largest: u64, total: u64, inter: u64, how: Batching) -> u64 {
+    match how {
+        Batching::PerUnit => largest,
+        Batching::UpTo(bytes) => (bytes as u64 / (4 * inter).max(1))
+            .max(largest)
+            .min(total.max(largest)),
+    }
+}
+
+/// The expert shape and activation the units share.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UnitShape {
+    pub hidden: usize,
+    pub inter: usize,
+    /// 0: gpt-oss's clamped SwiGLU; 1: plain SwiGLU.
+    pub kind: i32,
+}
+
+/// Consecutive runs of `units` that share one activation launch. Under
+/// [`Scratch::Saved`] a run's rows must also be contiguous; under
+/// [`Scratch::Reused`] it must fit the buffers.
+pub(super) fn batches(
+    units: &[ExpertUnit],
+    s: &UnitShape,
+    scratch: &Scratch,
+    how: Batching,
+) -> Vec<Range<usize>> {
+    let h_row = 4 * s.inter;
+    let cap_rows = match (how, scratch) {
+        (Batching::PerUnit, _) => 0,
+        (Batching::UpTo(bytes), Scratch::Reused { rows, .. }) => (bytes / h_row).min(*rows),
+        (Batching::UpTo(bytes), Scratch::Saved { .. }) => bytes / h_row,
+    };
+    let mut out: Vec<Range<usize>> = Vec::new();
+    let mut rows = 0;
+    for (k, u) in units.iter().enumerate() {
+        let joins = match out.last() {
+            Some(r) if r.end == k => {
+                let prev = &units[k - 1];
+                let contiguous = match scratch {
+                    Scratch::Saved { .. } => prev.row + prev.rows as u64 == u.row,
+                    Scratch::Reused { .. } => true,
+                };
+                contiguous && r.len() < ACT_SEGS && rows + u.rows <= cap_rows
+            }
+            _ => false,
+        };
+        if joins {
+            out.last_mut().expect("joined a batch").end = k + 1;
+            rows += u.rows;
+        } else {
+            out.push(k..k + 1);
+            rows = u.rows;
+        }
+    }
+    out
+}
+
+/// Issue `units` on the device's main stream in [`batches`].
+///
+/// # Safety
+/// Each unit's pointers must hold its rows and expert; `scratch` must
+/// hold every batch (a [`Scratch::Reused`] buffer at least the largest
+/// unit, as `batches` never splits one).
+pub(super) unsafe fn issue(
+    dev: &Dev,
+    s: &UnitShape,
+    units: &[ExpertUnit],
+    scratch: &Scratch,
+    how: Batching,
+) -> Result<(), GpuError> {
+    issue_parts(dev, s, units, scratch, how, true)
+}
+
+/// [`issue`] without the down GEMMs: calibrate times the down GEMM as the
+/// difference between the two.
+///
+/// # Safety
+/// As for [`issue`].
+pub(super) unsafe fn issue_gate_up(
+    dev: &Dev,
+    s: &UnitShape,
+    units: &[ExpertUnit],
+    scratch: &Scratch,
+    how: Batching,
+) -> Result<(), GpuError> {
+    issue_parts(dev, s, units, scratch, how, false)
+}
+
+unsafe fn issue_parts(
+    dev: &Dev,
+    s: &UnitShape,
+    units: &[ExpertUnit],
+    scratch: &Scratch,
+    how: Batching,
+    down: bool,
+) -> Result<(), GpuError> {
+    let (d, i) = (s.hidden, s.inter);
+    let (h_row, a_row) = (4 * i as u64, 2 * i as u64);
+    for r in batches(units, s, scratch, how) {
+        let batch = &units[r];
+        // where unit k's gate_up output and activation go
+        let (h0, a0, base) = match *scratch {
+            Scratch::Reused { h, act, .. } => (h, act, None),
+            Scratch::Saved { h, act } => (h, act, Some(batch[0].row)),
+        };
+        let mut at = base.unwrap_or(0);
+        let mut places = Vec::with_capacity(batch.len());
+        for u in batch {
+            places.push((h0 + at * h_row, a0 + at * a_row));
+            at += u.rows as u64;
+        }
+        for (u, &(h, _)) in batch.iter().zip(&places) {
+            dev.gemm_bf16(u.rows, 2 * i, d, u.x, u.wgu, h)?;
+        }
+        let mut segs = ActSegs {
+            end: [0; ACT_SEGS],
+            bias: [0; ACT_SEGS],
+            n: batch.len() as i32,
+        };
+        let mut total = 0usize;
+        for (k, u) in batch.iter().enumerate() {
+            total += u.rows;
+            segs.end[k] = total as i64;
+            segs.bias[k] = u.bgu;
+        }
+        activation(dev, places[0].0, &segs, places[0].1, total, s)?;
+        if !down {
+            continue;
+        }
+        for (u, &(_, a)) in batch.iter().zip(&places) {
+            dev.gemm_bf16(u.rows, d, i, a, u.wd, u.out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The activation of one unit alone: `rows` rows of gate_up output at `h`
+/// with bias `bgu` into `act`.
+///
+/// # Safety
+/// `h` must hold rows x 2I values, `act` rows x I, `bgu` 2I.
+pub(super) unsafe fn activation_one(
+    dev: &Dev,
+    s: &UnitShape,
+    h: u64,
+    bgu: u64,
+    act: u64,
+    rows: usize,
+) -> Result<(), GpuError> {
+    let mut segs = ActSegs {
+        end: [0; ACT_SEGS],
+        bias: [0; ACT_SEGS],
+        n: 1,
+    };
+    segs.end[0] = rows as i64;
+    segs.bias[0] = bgu;
+    activation(dev, h, &segs, act, rows, s)
+}
+
+unsafe fn activation(
+    dev: &Dev,
+    h: u64,
+    segs: &ActSegs,
+    act: u64,
+    rows: usize,
+    s: &UnitShape,
+) -> Result<(), GpuError> {
+    let pairs = rows * s.inter / 2;
+    let aligned = i32::from(segs.bias[..segs.n as usize].iter().all(|b| b % 16 == 0));
+    let (rows_i, inter_i, kind) = (rows as i64, s.inter as i32, s.kind);
+    let segs = *segs;
+    dev.launch(
+        dev.k.act_rows,
+        (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
+        256,
+        0,
+        dev.main,
+        params!(h, segs, act, rows_i, inter_i, kind, aligned),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(rows: usize, row: u64) -> ExpertUnit {
+        ExpertUnit {
+            rows,
+            x: 0,
+            wgu: 0,
+            bgu: 0,
+            wd: 0,
+            out: 0,
+            row,
+        }
+    }
+
+    fn shape(inter: usize) -> UnitShape {
+        UnitShape {
+            hidden: 64,
+            inter,
+            kind: 0,
+        }
+    }
+
+    #[test]
+    fn batches_fill_up_to_the_byte_bound_and_never_split_a_unit() {
+        // I = 256: 1 KiB of gate_up output a row; a 4 KiB bound is 4 rows
+        let s = shape(256);
+        let us: Vec<_> = [2, 2, 1, 3, 9, 1].iter().map(|&r| unit(r, 0)).collect();
+        let sc = Scratch::Reused {
+            h: 0,
+            act: 0,
+            rows: 100,
+        };
+        assert_eq!(
+            batches(&us, &s, &sc, Batching::UpTo(4096)),
+            vec![0..2, 2..4, 4..5, 5..6]
+        );
+        assert_eq!(
+            batches(&us, &s, &sc, Batching::PerUnit),
+            (0..6).map(|k| k..k + 1).collect::<Vec<_>>()
+        );
+        // the reused buffer bounds it too
+        let small = Scratch::Reused {
+            h: 0,
+            act: 0,
+            rows: 3,
+        };
+        assert_eq!(
+            batches(&us, &s, &small, Batching::UpTo(1 << 30)),
+            vec![0..1, 1..3, 3..4, 4..5, 5..6]
+        );
+    }
+
+    #[test]
+    fn batches_hold_at_most_act_segs_units() {
+        let s = shape(8);
+        let us: Vec<_> = (0..40).map(|k| unit(1, k)).collect();
+        let sc = Scratch::Saved { h: 0, act: 0 };
+        let b = batches(&us, &s, &sc, Batching::UpTo(1 << 30));
+        assert_eq!(b, vec![0..16, 16..32, 32..40]);
+    }
+
+    #[test]
+    fn saved_rows_batch_only_where_contiguous() {
+        let s = shape(8);
+        let us = [unit(4, 0), unit(4, 4), unit(2, 10), unit(2, 12)];
+        let sc = Scratch::Saved { h: 0, act: 0 };
+        assert_eq!(
+            batches(&us, &s, &sc, Batching::UpTo(1 << 30)),
+            vec![0..2, 2..4]
+        );
+    }
+
+    #[test]
+    fn act_segs_is_the_kernels_parameter_block() {
+        // kernels/moe.cu: long long end[16]; u64 bias[16]; int n; (8-aligned)
+        assert_eq!(std::mem::size_of::<ActSegs>(), 16 * 8 * 2 + 8);
+        assert_eq!(std::mem::align_of::<ActSegs>(), 8);
+    }
+}
