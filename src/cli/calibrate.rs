@@ -158,6 +158,8 @@ fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCo
     if a.tables_only || a.bwd_only {
         newp.msg_tokens = None;
         newp.msg_weights = None;
+        newp.ce_tokens = None;
+        newp.ce_weights = None;
         newp.launches = None;
         newp.mem_model = None;
         newp.transfer_overlaps_native = false;
@@ -426,6 +428,7 @@ fn gemm_only_profile(a: &CalibrateArgs, c: &Calibration, name: &str) -> anyhow::
         0
     };
     finish_merge(&mut prof, &set, dropped, &utc_date());
+    prof.measured = set.iter().map(|s| s.to_string()).collect();
     prof.raw_merged.push(serde_json::to_value(c)?);
     Ok(prof)
 }

@@ -469,6 +469,9 @@ fn describe(algo: &lt_sys::cublasLtMatmulAlgo_t) -> String {
 pub struct Lt {
     handle: lt_sys::cublasLtHandle_t,
     ws: u64,
+    /// A second workspace for GEMMs on a stream other than `main`, made at
+    /// the first such GEMM (concurrent matmuls must not share one).
+    ws_other: Cell<u64>,
     plans: RefCell<HashMap<Shape, Plan>>,
     winners: RefCell<HashMap<Shape, lt_sys::cublasLtMatmulAlgo_t>>,
     /// Buckets tuned so far (each a device sync and a few dozen GEMMs).
@@ -496,6 +499,7 @@ impl Lt {
         Ok(Lt {
             handle,
             ws,
+            ws_other: Cell::new(0),
             plans: RefCell::new(HashMap::new()),
             winners: RefCell::new(HashMap::new()),
             tuned: Cell::new(0),
@@ -512,6 +516,7 @@ impl Lt {
         cm: &ColMajor,
         beta: f32,
         stream: cudarc::driver::sys::CUstream,
+        ws: u64,
     ) -> Result<(), GpuError> {
         let alpha = 1.0f32;
         ok(
@@ -529,7 +534,7 @@ impl Lt {
                 cm.c as *mut c_void,
                 p.lc,
                 algo,
-                self.ws as *mut c_void,
+                ws as *mut c_void,
                 LT_WORKSPACE_BYTES,
                 stream as lt_sys::cudaStream_t,
             ),
@@ -545,6 +550,9 @@ impl Drop for Lt {
         // once, before the context (field order in Dev).
         unsafe {
             let _ = drv::free_sync(self.ws);
+            if self.ws_other.get() != 0 {
+                let _ = drv::free_sync(self.ws_other.get());
+            }
             lt_sys::cublasLtDestroy(self.handle);
         }
     }
@@ -609,6 +617,50 @@ impl Dev {
         self.gemm(m, n, k, (a, k, false), (b, n, false), c, 0.0, Dt::Bf16)
     }
 
+    /// [`Dev::gemm_bf16`] on another stream than `main`, through `lt` only
+    /// (its own workspace; cuBLAS's handle is bound to `main`).
+    ///
+    /// # Safety
+    /// As for [`Dev::gemm_bf16`]; `stream` must be one of this device's.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_bf16_on(
+        &self,
+        stream: cudarc::driver::sys::CUstream,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<(), GpuError> {
+        let Some(lt) = self.lt.as_ref().filter(|_| self.gemm_impl == GemmImpl::Lt) else {
+            return Err(GpuError::Input(
+                "GEMMs on a second stream need the lt path".into(),
+            ));
+        };
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let call = Call {
+            s: Shape {
+                m,
+                n,
+                k,
+                lda: k,
+                ldb: n,
+                ta: false,
+                tb: false,
+                bf16: true,
+                align: alignment(&[a, b, c]),
+            },
+            a,
+            b,
+            c,
+            beta: 0.0,
+        };
+        self.gemm_lt(lt, &call, stream)
+    }
+
     /// Row-major GEMM with transposes, C[m,n] = beta C + op(A) op(B), fp32
     /// accumulation, every matrix of element type `dt`. Each operand is
     /// given as (pointer, columns as stored, transposed). bf16 GEMMs take
@@ -649,7 +701,7 @@ impl Dev {
             beta,
         };
         match (&self.lt, self.gemm_impl, dt) {
-            (Some(lt), GemmImpl::Lt, Dt::Bf16) => self.gemm_lt(lt, &call),
+            (Some(lt), GemmImpl::Lt, Dt::Bf16) => self.gemm_lt(lt, &call, self.main),
             _ => self.gemm_cublas(&call),
         }
     }
@@ -696,7 +748,22 @@ impl Dev {
 
     /// The `lt` path: the shape's plan (made, and its bucket tuned, at its
     /// first call), then one cublasLtMatmul on the main stream.
-    unsafe fn gemm_lt(&self, lt: &Lt, call: &Call) -> Result<(), GpuError> {
+    unsafe fn gemm_lt(
+        &self,
+        lt: &Lt,
+        call: &Call,
+        stream: cudarc::driver::sys::CUstream,
+    ) -> Result<(), GpuError> {
+        let ws = if stream == self.main {
+            lt.ws
+        } else {
+            if lt.ws_other.get() == 0 {
+                let p = drv::malloc_sync(LT_WORKSPACE_BYTES)
+                    .map_err(|e| GpuError::Oom(format!("cuBLASLt workspace: {e:?}")))?;
+                lt.ws_other.set(p);
+            }
+            lt.ws_other.get()
+        };
         let (s, beta) = (&call.s, call.beta);
         let cm = call.col_major();
         let ready = lt
@@ -706,7 +773,7 @@ impl Dev {
             .map(|p| (p.algo, p.tuned || beta != 0.0));
         if let Some((algo, true)) = ready {
             let plans = lt.plans.borrow();
-            return lt.run(&plans[s], &algo, &cm, beta, self.main);
+            return lt.run(&plans[s], &algo, &cm, beta, stream, ws);
         }
         if ready.is_none() {
             let mut p = Plan::new(&cm)?;
@@ -747,7 +814,7 @@ impl Dev {
         }
         let plans = lt.plans.borrow();
         let p = &plans[s];
-        lt.run(p, &p.algo, &cm, beta, self.main)
+        lt.run(p, &p.algo, &cm, beta, stream, ws)
     }
 
     /// Time the heuristic's candidates for the call's shape on its own buffers
@@ -783,7 +850,7 @@ impl Dev {
         for algo in cands {
             log.cands.push((describe(&algo), f64::NAN));
             // an algorithm the library rejects at launch is skipped
-            if lt.run(p, &algo, cm, 0.0, self.main).is_err() {
+            if lt.run(p, &algo, cm, 0.0, self.main, lt.ws).is_err() {
                 continue;
             }
             let mut all = true;
@@ -794,7 +861,7 @@ impl Dev {
                         .map_err(|e| GpuError::Cuda(format!("cuMemset (L2 flush): {e:?}")))?;
                 }
                 e0.record(self.main)?;
-                all &= lt.run(p, &algo, cm, 0.0, self.main).is_ok();
+                all &= lt.run(p, &algo, cm, 0.0, self.main, lt.ws).is_ok();
                 e1.record(self.main)?;
                 e1.sync()?;
                 v.push(e1.ms_since(&e0)?);

@@ -365,6 +365,9 @@ fn sweep(
             tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
         });
     }
+    if path == GemmImpl::Lt && 2 * m <= b.held {
+        out.push(two_streams(dev, b, cfg, path)?);
+    }
     out.push(act_alone(dev, b, cfg, path, "act alone")?);
     // the grid its callers size (one item per thread), for comparison
     let wave = std::mem::replace(&mut dev.act_wave, 0);
@@ -372,6 +375,52 @@ fn sweep(
     dev.act_wave = wave;
     out.push(caller?);
     Ok(out)
+}
+
+/// The layer's units alternating between the main and the side stream
+/// (each stream its own gate_up and activation buffers, `lt` only), so that
+/// one unit's activation and kernel boundaries overlap the other's GEMMs.
+fn two_streams(
+    dev: &Dev,
+    b: &Bufs,
+    cfg: &BenchConfig,
+    path: GemmImpl,
+) -> Result<BenchRow, GpuError> {
+    let (ne, m, d, i) = (cfg.layer_experts, cfg.layer_rows, b.d, b.i);
+    let (fork, join) = (Event::new()?, Event::new()?);
+    let streams = [dev.main, dev.side];
+    let scratch = [
+        (b.h, b.a),
+        (b.h + (m * 2 * i * 2) as u64, b.a + (m * i * 2) as u64),
+    ];
+    let ms = time(dev, cfg.reps, &mut || {
+        fork.record(dev.main)?;
+        dev.wait(dev.side, &fork)?;
+        for e in 0..ne {
+            let (s, (h, a)) = (streams[e % 2], scratch[e % 2]);
+            let (wgu, bgu, wd) = b.weights(e);
+            let off = ((e * m) * d * 2) as u64;
+            // SAFETY: h and a hold two units of m rows (checked by the
+            // caller: 2m <= held); x and y hold the layer's rows.
+            unsafe {
+                dev.gemm_bf16_on(s, m, 2 * i, d, b.x + off, wgu, h)?;
+                units::activation_one_on(dev, &b.shape(), h, bgu, a, m, s)?;
+                dev.gemm_bf16_on(s, m, d, i, a, wd, b.y + off)?;
+            }
+        }
+        join.record(dev.side)?;
+        dev.wait(dev.main, &join)
+    })?;
+    Ok(BenchRow {
+        path,
+        what: "layer+act 2 streams",
+        m,
+        n: 3 * i,
+        k: d,
+        count: ne,
+        ms,
+        tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
+    })
 }
 
 /// The activation alone over units of the layer's rows, reading cold

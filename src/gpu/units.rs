@@ -206,7 +206,7 @@ unsafe fn issue_parts(
             segs.end[k] = total as i64;
             segs.bias[k] = u.bgu;
         }
-        activation(dev, places[0].0, &segs, places[0].1, total, s)?;
+        activation(dev, places[0].0, &segs, places[0].1, total, s, dev.main)?;
         if !down {
             continue;
         }
@@ -218,7 +218,7 @@ unsafe fn issue_parts(
 }
 
 /// The activation of one unit alone: `rows` rows of gate_up output at `h`
-/// with bias `bgu` into `act`.
+/// with bias `bgu` into `act`, on the main stream.
 ///
 /// # Safety
 /// `h` must hold rows x 2I values, `act` rows x I, `bgu` 2I.
@@ -230,6 +230,22 @@ pub(super) unsafe fn activation_one(
     act: u64,
     rows: usize,
 ) -> Result<(), GpuError> {
+    activation_one_on(dev, s, h, bgu, act, rows, dev.main)
+}
+
+/// [`activation_one`] on `stream`.
+///
+/// # Safety
+/// As for [`activation_one`]; `stream` must be one of `dev`'s.
+pub(super) unsafe fn activation_one_on(
+    dev: &Dev,
+    s: &UnitShape,
+    h: u64,
+    bgu: u64,
+    act: u64,
+    rows: usize,
+    stream: cudarc::driver::sys::CUstream,
+) -> Result<(), GpuError> {
     let mut segs = ActSegs {
         end: [0; ACT_SEGS],
         bias: [0; ACT_SEGS],
@@ -237,7 +253,7 @@ pub(super) unsafe fn activation_one(
     };
     segs.end[0] = rows as i64;
     segs.bias[0] = bgu;
-    activation(dev, h, &segs, act, rows, s)
+    activation(dev, h, &segs, act, rows, s, stream)
 }
 
 unsafe fn activation(
@@ -247,6 +263,7 @@ unsafe fn activation(
     act: u64,
     rows: usize,
     s: &UnitShape,
+    stream: cudarc::driver::sys::CUstream,
 ) -> Result<(), GpuError> {
     let pairs = rows * s.inter / 2;
     let aligned = i32::from(segs.bias[..segs.n as usize].iter().all(|b| b % 16 == 0));
@@ -257,7 +274,7 @@ unsafe fn activation(
         (pairs.div_ceil(256).min(1 << 20) as u32, 1, 1),
         256,
         0,
-        dev.main,
+        stream,
         params!(h, segs, act, rows_i, inter_i, kind, aligned),
     )
 }

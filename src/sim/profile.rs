@@ -156,6 +156,12 @@ pub struct Profile {
     /// (without them, `gemm_tables` do).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_gemm_tables: Vec<GemmTable>,
+    /// The parts the calibration that wrote this file measured into its
+    /// base (e.g. "graph_gemm_tables", "launches"): `calibrate --merge`
+    /// takes only these, not the base's parts the file carries. Empty (files
+    /// written before it, merged profiles): every part.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<String>,
     /// Token exchange (dispatch and combine) priced per message; without it,
     /// `link_gbps` and `link_latency_us`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -468,6 +474,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         bwd_tables: Vec::new(),
         gemm_tables: Vec::new(),
         graph_gemm_tables: Vec::new(),
+        measured: Vec::new(),
         msg_tokens: None,
         msg_weights: None,
         ce_tokens: None,
@@ -663,16 +670,22 @@ pub fn apply_measured(
 /// was merged.
 pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &str) -> Profile {
     let mut out = base.clone();
+    out.measured.clear();
+    // a calibration measured into a base names what it measured; the
+    // base's other parts it carries are not merged
+    let takes = |part: &str| new.measured.is_empty() || new.measured.iter().any(|m| m == part);
     let mut set: Vec<&str> = Vec::new();
     // tables the base already has (a calibration measured into it carries
     // them) change nothing and are not named
-    if upsert_tables(&mut out.gemm_tables, &new.gemm_tables) {
+    if takes("gemm_tables") && upsert_tables(&mut out.gemm_tables, &new.gemm_tables) {
         set.push("gemm_tables");
     }
-    if upsert_tables(&mut out.graph_gemm_tables, &new.graph_gemm_tables) {
+    if takes("graph_gemm_tables")
+        && upsert_tables(&mut out.graph_gemm_tables, &new.graph_gemm_tables)
+    {
         set.push("graph_gemm_tables");
     }
-    if !new.bwd_tables.is_empty() && new.bwd_tables != out.bwd_tables {
+    if takes("bwd_tables") && !new.bwd_tables.is_empty() && new.bwd_tables != out.bwd_tables {
         bwd::set(&mut out, &new.bwd_tables);
         set.push("bwd_tables");
     }
@@ -682,20 +695,23 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
         (&mut out.ce_tokens, new.ce_tokens, "ce_tokens"),
         (&mut out.ce_weights, new.ce_weights, "ce_weights"),
     ] {
-        if src.is_some() {
+        if src.is_some() && takes(name) {
             *dst = src;
             set.push(name);
         }
     }
-    if new.transfer_overlaps_native && !out.transfer_overlaps_native {
+    if new.transfer_overlaps_native
+        && !out.transfer_overlaps_native
+        && takes("transfer_overlaps_native")
+    {
         out.transfer_overlaps_native = true;
         set.push("transfer_overlaps_native");
     }
-    if new.launches.is_some() {
+    if new.launches.is_some() && takes("launches") {
         out.launches = new.launches;
         set.push("launches");
     }
-    if new.mem_model.is_some() {
+    if new.mem_model.is_some() && takes("mem_model") {
         out.mem_model = new.mem_model;
         set.push("mem_model");
     }
@@ -991,6 +1007,55 @@ mod tests {
         assert!(m.gemm_curves.iter().all(|c| c.hidden_size != 2880));
         assert!(m.measured_error.is_none());
         m.validate().unwrap();
+    }
+
+    #[test]
+    fn merge_takes_only_what_a_calibration_measured_not_the_base_it_carries() {
+        // two one-GPU grids measured into the same base, which has an eager
+        // table of the shape: eager tables, then graph tables; each file
+        // carries the base's other table
+        let mut base = Profile::load(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/profiles/h200-curves-2026-11-28.json"
+        ))
+        .unwrap();
+        let grid = |ms: f64, graphs: bool| {
+            let mut c = calibration_with_model();
+            c.grid = vec![(7168, 2048, vec![(1.0, ms)], vec![(1.0, ms)])];
+            c.grid_graphs = graphs;
+            c
+        };
+        apply_measured(&mut base, &grid(0.05, false), None);
+        let measured_into = |c: &Calibration| {
+            let mut p = base.clone();
+            let set = apply_measured(&mut p, c, Some(&base));
+            p.measured = set.iter().map(|s| s.to_string()).collect();
+            p
+        };
+        let (eager, graphs) = (
+            measured_into(&grid(0.02, false)),
+            measured_into(&grid(0.01, true)),
+        );
+        assert!(graphs.measured.contains(&"graph_gemm_tables".to_string()));
+        assert!(!graphs.measured.contains(&"gemm_tables".to_string()));
+        let m = merge_profiles(&base, &eager, false, "2026-11-30");
+        let m = merge_profiles(&m, &graphs, false, "2026-11-30");
+        let at = |ts: &[GemmTable]| ts.iter().find(|t| t.k == 7168).map(|t| t.points[0].1);
+        assert_eq!(
+            at(&m.gemm_tables),
+            Some(0.02),
+            "the eager file's tables kept"
+        );
+        assert_eq!(at(&m.graph_gemm_tables), Some(0.01));
+        assert!(
+            m.measured.is_empty(),
+            "a merged profile is no calibration's"
+        );
+        // a file without the list (older ones) merges every part, as before
+        let mut old = graphs.clone();
+        old.measured.clear();
+        let m2 = merge_profiles(&m, &old, false, "2026-11-30");
+        assert_eq!(at(&m2.gemm_tables), Some(0.05));
     }
 
     #[test]
