@@ -119,7 +119,7 @@ impl Worker<'_> {
                 rl.max_group_rows.min(CHUNK),
                 rl.compute_rows,
                 self.cfg.inter as u64,
-                self.dev.batching,
+                units::Batching::default(),
             ) as usize
         }
     }

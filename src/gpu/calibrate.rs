@@ -249,8 +249,12 @@ impl Worker<'_> {
     ) -> Result<GemmBufs, GpuError> {
         let bl = BlobLayout::new(d, i);
         let unit = rows.min(CHUNK as usize).max(1) as u64;
-        let held =
-            units::reused_rows(unit, (experts * rows) as u64, i as u64, self.dev.batching) as usize;
+        let held = units::reused_rows(
+            unit,
+            (experts * rows) as u64,
+            i as u64,
+            units::Batching::default(),
+        ) as usize;
         let x = self.dev.arena.get(BufKind::CalX, experts * rows * d * 2)?;
         let w = self.dev.arena.get(BufKind::CalW, experts * bl.len * 2)?;
         let h = self.dev.arena.get(BufKind::CalH, held * 2 * i * 2)?;
@@ -281,18 +285,9 @@ impl Worker<'_> {
         part: &[(usize, u64, u64)],
         down: bool,
     ) -> Result<(), GpuError> {
-        let bl = b.bl;
         let us: Vec<ExpertUnit> = part
             .iter()
-            .map(|&(n, xg, w)| ExpertUnit {
-                rows: n,
-                x: xg,
-                wgu: w + 2 * bl.wgu as u64,
-                bgu: w + 2 * bl.bgu as u64,
-                wd: w + 2 * bl.wd as u64,
-                out: xg,
-                row: 0,
-            })
+            .map(|&(n, xg, w)| ExpertUnit::of_blob(n, xg, w, &b.bl, xg, 0))
             .collect();
         let shape = UnitShape {
             hidden: b.d,
@@ -308,9 +303,9 @@ impl Worker<'_> {
         // shape; each unit's rows lie inside x and its w is a full blob.
         unsafe {
             if down {
-                units::issue(&self.dev, &shape, &us, &scratch, self.dev.batching)
+                units::issue(&self.dev, &shape, &us, &scratch, units::Batching::default())
             } else {
-                units::issue_gate_up(&self.dev, &shape, &us, &scratch, self.dev.batching)
+                units::issue_gate_up(&self.dev, &shape, &us, &scratch, units::Batching::default())
             }
         }
     }

@@ -86,6 +86,29 @@ struct Bufs {
 }
 
 impl Bufs {
+    /// Expert `e`'s unit of `rows` rows at byte offset `off` of x (in) and
+    /// y (out).
+    fn unit(&self, e: usize, rows: usize, off: u64) -> ExpertUnit {
+        let (wgu, bgu, wd) = self.weights(e);
+        ExpertUnit {
+            rows,
+            x: self.x + off,
+            wgu,
+            bgu,
+            wd,
+            out: self.y + off,
+            row: 0,
+        }
+    }
+
+    fn scratch(&self) -> Scratch {
+        Scratch::Reused {
+            h: self.h,
+            act: self.a,
+            rows: self.held,
+        }
+    }
+
     fn shape(&self) -> UnitShape {
         UnitShape {
             hidden: self.d,
@@ -332,26 +355,10 @@ fn sweep(
             }
             let us: Vec<ExpertUnit> = pieces
                 .iter()
-                .map(|&(e, rows, off)| {
-                    let (wgu, bgu, wd) = b.weights(e);
-                    ExpertUnit {
-                        rows,
-                        x: b.x + off,
-                        wgu,
-                        bgu,
-                        wd,
-                        out: b.y + off,
-                        row: 0,
-                    }
-                })
+                .map(|&(e, rows, off)| b.unit(e, rows, off))
                 .collect();
-            let scratch = Scratch::Reused {
-                h: b.h,
-                act: b.a,
-                rows: b.held,
-            };
             // SAFETY: h and a hold `held` rows, at least a batch (`alloc`).
-            unsafe { units::issue(dv, &b.shape(), &us, &scratch, how) }
+            unsafe { units::issue(dv, &b.shape(), &us, &b.scratch(), how) }
         })?;
         dev.pdl = pdl;
         out.push(BenchRow {
@@ -519,31 +526,20 @@ fn batched_matches(
         .min(b.held * ACT_SEGS / rows.max(1));
     let us: Vec<ExpertUnit> = (0..n)
         .map(|k| {
-            let (wgu, bgu, wd) = b.weights(k % cfg.layer_experts.max(8));
-            let off = (k * rows * d * 2) as u64;
-            ExpertUnit {
+            b.unit(
+                k % cfg.layer_experts.max(8),
                 rows,
-                x: b.x + off,
-                wgu,
-                bgu,
-                wd,
-                out: b.y + off,
-                row: 0,
-            }
+                (k * rows * d * 2) as u64,
+            )
         })
         .collect();
-    let scratch = Scratch::Reused {
-        h: b.h,
-        act: b.a,
-        rows: b.held,
-    };
     let mut got: Vec<Vec<u16>> = Vec::new();
     for how in [Batching::PerUnit, Batching::default()] {
         let mut host = vec![0u16; n * rows * d];
         // SAFETY: n units of `rows` rows lie inside x and y (n is bounded by
         // xy); h and a hold `held` rows, at least one batch.
         unsafe {
-            units::issue(dev, &b.shape(), &us, &scratch, how)?;
+            units::issue(dev, &b.shape(), &us, &b.scratch(), how)?;
             dev.download(&mut host, b.y)?;
         }
         got.push(host);

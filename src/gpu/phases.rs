@@ -848,20 +848,13 @@ impl Worker<'_> {
                 .map(|u| {
                     let w = self.weights_of(rl.groups[u.group as usize].weights, bufs);
                     let x = bufs.comp + u.row * rb;
-                    ExpertUnit {
-                        rows: u.rows as usize,
-                        x,
-                        wgu: w + 2 * b.wgu as u64,
-                        bgu: w + 2 * b.bgu as u64,
-                        wd: w + 2 * b.wd as u64,
-                        // a training step keeps its inputs for the backward
-                        out: if self.cfg.train {
-                            bufs.yout + u.row * rb
-                        } else {
-                            x
-                        },
-                        row: u.row,
-                    }
+                    // a training step keeps its inputs for the backward
+                    let out = if self.cfg.train {
+                        bufs.yout + u.row * rb
+                    } else {
+                        x
+                    };
+                    ExpertUnit::of_blob(u.rows as usize, x, w, &b, out, u.row)
                 })
                 .collect();
             // SAFETY: each unit's rows lie inside comp (and yout), its blob
@@ -872,7 +865,7 @@ impl Worker<'_> {
                     &self.unit_shape(),
                     &part,
                     &scratch,
-                    self.dev.batching,
+                    units::Batching::default(),
                 )?
             };
             at += run;

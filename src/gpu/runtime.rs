@@ -572,8 +572,6 @@ pub struct Dev {
     /// Blocks of 256 threads `act_rows` launches with: one resident wave
     /// (it is grid-stride; its callers size the grid per element pair).
     pub(crate) act_wave: u32,
-    /// How many expert units share one activation launch (`units`).
-    pub batching: super::units::Batching,
     /// The main stream is being captured into a graph (`graphs`): a GEMM
     /// that would tune refuses instead (tuning synchronises the device).
     pub(super) capturing: std::cell::Cell<bool>,
@@ -657,7 +655,6 @@ impl Dev {
             total_mem,
             pdl,
             act_wave,
-            batching: Default::default(),
             capturing: Default::default(),
             _module: module,
             ctx,

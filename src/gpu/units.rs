@@ -47,6 +47,28 @@ pub(super) struct ExpertUnit {
     pub row: u64,
 }
 
+impl ExpertUnit {
+    /// A unit whose expert is the weight blob at `w` laid out as `bl`.
+    pub(super) fn of_blob(
+        rows: usize,
+        x: u64,
+        w: u64,
+        bl: &super::worker::BlobLayout,
+        out: u64,
+        row: u64,
+    ) -> ExpertUnit {
+        ExpertUnit {
+            rows,
+            x,
+            wgu: w + 2 * bl.wgu as u64,
+            bgu: w + 2 * bl.bgu as u64,
+            wd: w + 2 * bl.wd as u64,
+            out,
+            row,
+        }
+    }
+}
+
 /// Where gate_up outputs (2I values a row) and activations (I) go.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Scratch {
