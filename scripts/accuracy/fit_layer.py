@@ -50,11 +50,13 @@ NONNEG = [
 ]
 
 
-def measured_rows(files, held):
+def measured_rows(files, held, with_graphs=False):
     """Measured rows of the held-out shapes (held=True) or the others,
     of units issued one by one: layer_fit's terms (the host's floor above
     all) describe that mode, and rows replayed with --cuda-graphs on are
-    priced from their own tables without the floor."""
+    priced from their own tables without the floor. With `with_graphs`
+    (--with-graphs) those rows are fitted on too: every term but the
+    floor prices them as well."""
     out = []
     for f in files:
         t = pq.read_table(f)
@@ -66,7 +68,7 @@ def measured_rows(files, held):
             else [False] * t.num_rows
         )
         keep = [
-            s == "measured" and ((h, i) in HELD_OUT) == held and not g
+            s == "measured" and ((h, i) in HELD_OUT) == held and (with_graphs or not g)
             for s, (h, i), g in zip(src, shp, graphs)
         ]
         if any(keep):
@@ -278,6 +280,12 @@ def main():
         help="keep the base's layer_fit TERM as it is, not fitted (e.g. "
         "contention_per_peer when no row has more than 2 GPUs)",
     )
+    ap.add_argument(
+        "--with-graphs",
+        action="store_true",
+        help="fit on rows launched as CUDA graphs too (every term but the "
+        "host's floor prices them)",
+    )
     ap.add_argument("results", nargs="+", help="results files with measured rows")
     a = ap.parse_args()
     base = json.load(open(a.base))
@@ -289,13 +297,13 @@ def main():
         base[field] = other[field]
         base["note"] = base.get("note", "") + f" {field} taken from {os.path.basename(path)}."
     with tempfile.TemporaryDirectory() as tmp:
-        cal = Compare(a.bin, measured_rows(a.results, False), tmp, "cal")
+        cal = Compare(a.bin, measured_rows(a.results, False, a.with_graphs), tmp, "cal")
         held = {t: base["layer_fit"][t] for t in a.hold}
         terms = refine(base, cal, fit(base, cal, held), held=held)
         prof = with_fit(base, **terms)
         print("layer_fit:", json.dumps(terms))
         print(score("calibration shapes (fitted on)", cal, prof))
-        held = measured_rows(a.results, True)
+        held = measured_rows(a.results, True, a.with_graphs)
         if held:
             print(score("held-out shapes (not fitted on)", Compare(a.bin, held, tmp, "held"), prof))
         print(f"compare runs: {cal.n}", file=sys.stderr)
