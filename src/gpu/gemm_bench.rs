@@ -299,14 +299,13 @@ fn sweep(
         }
     }
     let (ne, m) = (cfg.layer_experts, cfg.layer_rows);
-    // each expert's rows whole, then (as smaller units would) in pieces
-    // whose gate_up output stays in the L2 cache for the activation
     // (name, activation rows per unit, rows per unit, programmatic
-    // dependent launch of the activation): the layer without and with the
-    // activation, with an activation of one row (its launch and the
-    // kernel boundaries alone), without PDL, and each expert's rows in
-    // pieces whose gate_up output stays in the L2 cache
-    let pdl = dev.pdl;
+    // dependent launch of the activation, batching): the layer without and
+    // with the activation, with an activation of one row (its launch and
+    // the kernel boundaries alone), without PDL, each expert's rows in
+    // pieces whose gate_up output stays in the L2 cache, and units batched
+    // under one activation launch (replay's bound and larger ones)
+    let pdl = dev.pdl.get();
     let per = Batching::PerUnit;
     let variants = [
         ("layer", 0, m, pdl, per),
@@ -314,7 +313,6 @@ fn sweep(
         ("layer+act1row", 1, m, pdl, per),
         ("layer+act noPDL", usize::MAX, m, false, per),
         ("layer+act/2048", usize::MAX, 2048, pdl, per),
-        // units batched as replay batches them, and with larger bounds
         ("layer+act batched", usize::MAX, m, pdl, Batching::default()),
         (
             "layer+act batch 64MiB",
@@ -331,12 +329,13 @@ fn sweep(
             Batching::UpTo(BENCH_BATCH_MAX),
         ),
     ];
+    let dv: &Dev = dev;
+    let mut names = Vec::new();
+    let mut runs: Vec<Box<dyn FnMut() -> Result<(), GpuError> + '_>> = Vec::new();
     for (what, act_rows, piece, with_pdl, how) in variants {
         if piece > m || (piece == m && what.contains('/')) || (what.contains("PDL") && !pdl) {
             continue;
         }
-        dev.pdl = with_pdl;
-        let dv: &Dev = dev;
         let mut pieces = Vec::new();
         for e in 0..ne {
             let mut at = 0;
@@ -346,21 +345,34 @@ fn sweep(
                 at += rows;
             }
         }
-        let ms = time(dv, cfg.reps, &mut || {
-            if how == per {
-                for &(e, rows, off) in &pieces {
-                    unit(dv, b, e, rows, b.x + off, b.y + off, act_rows)?;
-                }
-                return Ok(());
-            }
-            let us: Vec<ExpertUnit> = pieces
-                .iter()
-                .map(|&(e, rows, off)| b.unit(e, rows, off))
-                .collect();
-            // SAFETY: h and a hold `held` rows, at least a batch (`alloc`).
-            unsafe { units::issue(dv, &b.shape(), &us, &b.scratch(), how) }
-        })?;
-        dev.pdl = pdl;
+        let us: Vec<ExpertUnit> = pieces
+            .iter()
+            .map(|&(e, rows, off)| b.unit(e, rows, off))
+            .collect();
+        names.push(what);
+        runs.push(Box::new(move || {
+            dv.pdl.set(with_pdl);
+            let r = if how == per {
+                pieces.iter().try_for_each(|&(e, rows, off)| {
+                    unit(dv, b, e, rows, b.x + off, b.y + off, act_rows)
+                })
+            } else {
+                // SAFETY: h and a hold `held` rows, at least a batch (`alloc`).
+                unsafe { units::issue(dv, &b.shape(), &us, &b.scratch(), how) }
+            };
+            dv.pdl.set(pdl);
+            r
+        }));
+    }
+    if path == GemmImpl::Lt && 2 * m <= b.held {
+        names.push("layer+act 2 streams");
+        runs.push(two_streams(dv, b, cfg)?);
+    }
+    // in rounds, every variant once a round, so that the card's drift over
+    // the run (clocks under the power cap) falls on all of them alike
+    let ms = time_rounds(dv, cfg.reps, &mut runs)?;
+    drop(runs);
+    for (what, ms) in names.into_iter().zip(ms) {
         out.push(BenchRow {
             path,
             what,
@@ -371,9 +383,6 @@ fn sweep(
             ms,
             tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
         });
-    }
-    if path == GemmImpl::Lt && 2 * m <= b.held {
-        out.push(two_streams(dev, b, cfg, path)?);
     }
     out.push(act_alone(dev, b, cfg, path, "act alone")?);
     // the grid its callers size (one item per thread), for comparison
@@ -387,12 +396,12 @@ fn sweep(
 /// The layer's units alternating between the main and the side stream
 /// (each stream its own gate_up and activation buffers, `lt` only), so that
 /// one unit's activation and kernel boundaries overlap the other's GEMMs.
-fn two_streams(
-    dev: &Dev,
-    b: &Bufs,
+#[allow(clippy::type_complexity)]
+fn two_streams<'a>(
+    dev: &'a Dev,
+    b: &'a Bufs,
     cfg: &BenchConfig,
-    path: GemmImpl,
-) -> Result<BenchRow, GpuError> {
+) -> Result<Box<dyn FnMut() -> Result<(), GpuError> + 'a>, GpuError> {
     let (ne, m, d, i) = (cfg.layer_experts, cfg.layer_rows, b.d, b.i);
     let (fork, join) = (Event::new()?, Event::new()?);
     let streams = [dev.main, dev.side];
@@ -400,7 +409,7 @@ fn two_streams(
         (b.h, b.a),
         (b.h + (m * 2 * i * 2) as u64, b.a + (m * i * 2) as u64),
     ];
-    let ms = time(dev, cfg.reps, &mut || {
+    Ok(Box::new(move || {
         fork.record(dev.main)?;
         dev.wait(dev.side, &fork)?;
         for e in 0..ne {
@@ -417,17 +426,31 @@ fn two_streams(
         }
         join.record(dev.side)?;
         dev.wait(dev.main, &join)
-    })?;
-    Ok(BenchRow {
-        path,
-        what: "layer+act 2 streams",
-        m,
-        n: 3 * i,
-        k: d,
-        count: ne,
-        ms,
-        tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
-    })
+    }))
+}
+
+/// Median ms of each of `runs` over `reps` rounds after two untimed ones
+/// (the first tunes the `lt` path's buckets), every run once a round.
+fn time_rounds(
+    dev: &Dev,
+    reps: usize,
+    runs: &mut [Box<dyn FnMut() -> Result<(), GpuError> + '_>],
+) -> Result<Vec<f64>, GpuError> {
+    let (e0, e1) = (Event::new()?, Event::new()?);
+    let mut v = vec![Vec::with_capacity(reps); runs.len()];
+    for rep in 0..reps + 2 {
+        for (f, samples) in runs.iter_mut().zip(&mut v) {
+            dev.sync()?;
+            e0.record(dev.main)?;
+            f()?;
+            e1.record(dev.main)?;
+            e1.sync()?;
+            if rep >= 2 {
+                samples.push(e1.ms_since(&e0)?);
+            }
+        }
+    }
+    Ok(v.iter().map(|s| quantile(s, 0.5)).collect())
 }
 
 /// The activation alone over units of the layer's rows, reading cold

@@ -568,7 +568,7 @@ pub struct Dev {
     /// Launch the kernels that open with `pdl_wait()` (`act_rows`) as
     /// programmatic dependents of the kernel before them (sm_90+; on by
     /// default there).
-    pub pdl: bool,
+    pub pdl: std::cell::Cell<bool>,
     /// Blocks of 256 threads `act_rows` launches with: one resident wave
     /// (it is grid-stride; its callers size the grid per element pair).
     pub(crate) act_wave: u32,
@@ -653,7 +653,7 @@ impl Dev {
             side,
             name,
             total_mem,
-            pdl,
+            pdl: std::cell::Cell::new(pdl),
             act_wave,
             capturing: Default::default(),
             _module: module,
@@ -684,7 +684,7 @@ impl Dev {
         if f == self.k.act_rows && block == 256 && self.act_wave > 0 {
             grid.0 = grid.0.min(self.act_wave);
         }
-        if self.pdl && f == self.k.act_rows {
+        if self.pdl.get() && f == self.k.act_rows {
             // SAFETY: a plain-old-data union, zero is a valid value
             let mut value: drv_sys::CUlaunchAttributeValue = std::mem::zeroed();
             value.programmaticStreamSerializationAllowed = 1;
