@@ -272,6 +272,98 @@ fn replay_cuda_graphs_match_the_dense_check_and_say_so() {
     }
 }
 
+#[test]
+fn replay_two_compute_streams_refuse_graphs_and_cublas() {
+    let e = one_error(&[
+        "replay",
+        "--synthetic",
+        "balanced",
+        "--compute-streams",
+        "2",
+        "--cuda-graphs",
+        "on",
+    ]);
+    assert!(
+        e.contains("--compute-streams 2") && e.contains("--cuda-graphs off"),
+        "{e}"
+    );
+    let e = one_error(&[
+        "replay",
+        "--synthetic",
+        "balanced",
+        "--compute-streams",
+        "2",
+        "--gemm",
+        "cublas",
+    ]);
+    assert!(
+        e.contains("--compute-streams 2") && e.contains("--gemm lt"),
+        "{e}"
+    );
+    let e = one_error(&[
+        "replay",
+        "--synthetic",
+        "balanced",
+        "--compute-streams",
+        "3",
+    ]);
+    assert!(e.contains("compute-streams"), "{e}");
+}
+
+/// Large units alternating between two compute streams compute what one
+/// stream computes, bit for bit: on 2 GPUs, sequential and pipelined, EP
+/// and LLEP with weights moved (foreign units on both streams), the same
+/// dense-check error as one stream, and the rows say which ran. Units of
+/// 16,384 rows of I = 512 (32 MiB of gate_up output each; 16 MiB per
+/// chunk when pipelined in 2) alternate.
+/// Skipped with fewer than 2 GPUs.
+#[test]
+fn replay_two_compute_streams_match_one_bit_for_bit() {
+    if gpu_count() < 2 {
+        return;
+    }
+    let dir = temp_dir("gpu-streams");
+    for flags in [
+        &["--overlap", "off"][..],
+        &["--overlap", "on", "--overlap-chunks", "2"][..],
+    ] {
+        let mut rows = Vec::new();
+        for streams in ["1", "2"] {
+            let out = dir.join(format!("s{streams}-{}.parquet", flags[1]));
+            let o = Command::new(bin())
+                .args(["replay", "--gpus", "2", "--tokens-per-rank", "32768"])
+                .args(["--experts", "8", "--top-k", "2", "--hidden-size", "256"])
+                .args(["--intermediate-size", "512", "--warmup", "1", "--runs", "2"])
+                .args(["--synthetic", "balanced,95:1", "--ratio", "1.3"])
+                .args(["--compute-streams", streams])
+                .args(flags)
+                .arg("--out")
+                .arg(&out)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert_eq!(
+                stdout.contains("large expert units on two compute streams"),
+                streams == "2",
+                "{stdout}"
+            );
+            rows.push(llep_trace::results::read_results(&out).unwrap().1);
+        }
+        let (one, two) = (&rows[0], &rows[1]);
+        assert_eq!(one.len(), 4);
+        assert_eq!(two.len(), 4);
+        for (a, b) in one.iter().zip(two) {
+            assert_eq!((a.compute_streams, b.compute_streams), (1, 2));
+            assert_eq!((a.policy, &a.loads_after), (b.policy, &b.loads_after));
+            let (ea, eb) = (a.rel_error.unwrap(), b.rel_error.unwrap());
+            assert!(ea < 1e-2, "{flags:?}: relative error {ea}");
+            assert_eq!(ea, eb, "{flags:?}: {:?}", a.policy);
+        }
+        assert!(two.iter().any(|r| r.transfer_bytes > 0), "{flags:?}");
+    }
+}
+
 // ---- EPLB in the replay (issue 14 part 4) ----
 
 /// Run the binary, expect failure, return its one error line.

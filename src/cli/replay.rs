@@ -131,6 +131,14 @@ pub struct ReplayArgs {
     /// the SMs to the GEMMs; every GPU in this one process).
     #[arg(long, value_enum, default_value = "nccl")]
     pub exchange: ExchangeArg,
+    /// Compute streams: 2 alternates the large expert units (a batch of
+    /// 12 MiB of gate_up output or more, e.g. gpt-oss-120b's from about
+    /// 1,100 rows) between two streams, each with its own scratch, so one
+    /// unit's activation overlaps the other's GEMMs; small units stay on
+    /// one. Needs --gemm lt and --cuda-graphs off. `simulate` prices one
+    /// stream.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub compute_streams: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -449,6 +457,12 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     if cuda_graphs && a.warmup < 2 {
         bail!("--cuda-graphs on captures its graphs during the warm-up runs (the first tunes the GEMMs, the next captures): give --warmup 2 or more");
     }
+    if a.compute_streams == 2 && cuda_graphs {
+        bail!("--compute-streams 2: expert units on two streams are issued from the host; use --cuda-graphs off");
+    }
+    if a.compute_streams == 2 && a.gemm != GemmImpl::Lt {
+        bail!("--compute-streams 2: the second stream's GEMMs go through cuBLASLt with their own workspace; use --gemm lt");
+    }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let (launch, nodes) = launch_and_nodes(&a, p)?;
     let exchange: Exchange = a.exchange.into();
@@ -561,6 +575,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         interleave: a.interleave == OnOff::On,
         cuda_graphs,
         exchange,
+        compute_streams: a.compute_streams as usize,
     };
     // check the output location before spending GPU time
     if let Some(out) = &a.out {
@@ -637,10 +652,11 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         } else {
             ""
         },
-        if a.exchange == ExchangeArg::CopyEngine {
-            "; tokens and weights moved by the copy engines"
-        } else {
-            ""
+        match (a.exchange, a.compute_streams) {
+            (ExchangeArg::CopyEngine, 2) => "; tokens and weights moved by the copy engines; large expert units on two compute streams",
+            (ExchangeArg::CopyEngine, _) => "; tokens and weights moved by the copy engines",
+            (_, 2) => "; large expert units on two compute streams",
+            _ => "",
         },
         a.warmup,
         a.runs,

@@ -124,6 +124,16 @@ impl Worker<'_> {
         }
     }
 
+    /// Gate_up and activation scratch sets the forward keeps: two with a
+    /// second compute stream, unless every row has its own place anyway.
+    pub(super) fn scratch_sets(&self) -> usize {
+        if self.cfg.compute_streams == 2 && !self.saves_act() {
+            2
+        } else {
+            1
+        }
+    }
+
     /// Saved activation bytes of rank `q`: input rows, plus gate_up output
     /// and activation unless recomputed (as `sim::train` counts them).
     pub(super) fn saved_bytes(&self, rl: &layout::RankLayout) -> u64 {

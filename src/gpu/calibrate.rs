@@ -822,6 +822,7 @@ fn calib_main(
         interleave: false,
         cuda_graphs: cc.cuda_graphs,
         exchange: super::Exchange::Nccl,
+        compute_streams: 1,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg, link)?;
     let mut out = Calibration {

@@ -87,4 +87,7 @@ pub struct ReplayConfig {
     pub cuda_graphs: bool,
     /// How tokens and weights move between GPUs (`--exchange`).
     pub exchange: super::copy_engine::Exchange,
+    /// Compute streams (`--compute-streams`): 2 alternates the large expert
+    /// units between two streams (`units::TwoStreams`).
+    pub compute_streams: usize,
 }

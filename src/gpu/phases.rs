@@ -6,7 +6,7 @@
 use super::config::{Act, Case};
 use super::layout::{self, Layout, WeightSrc};
 use super::runtime::{params, BufKind, Comm};
-use super::units::{self, ExpertUnit, Scratch, UnitShape};
+use super::units::{self, ExpertUnit, Scratch, TwoStreams, UnitShape};
 use super::worker::{
     CopySeg, PackSeg, RunOut, Worker, CHUNK, E_BE, E_BS, E_DISPATCHED, E_END, E_PACKED, E_PLANNED,
     E_RET, E_RETURNED, E_START,
@@ -820,6 +820,7 @@ impl Worker<'_> {
     ) -> Result<(), GpuError> {
         let rb = self.rb();
         let b = self.blob;
+        let held = self.act_rows_held(rl);
         let scratch = if self.cfg.train && self.saves_act() {
             Scratch::Saved {
                 h: bufs.h,
@@ -829,8 +830,23 @@ impl Worker<'_> {
             Scratch::Reused {
                 h: bufs.h,
                 act: bufs.act,
-                rows: self.act_rows_held(rl),
+                rows: held,
             }
+        };
+        // the second stream's scratch follows the first (`needs`)
+        let second = match scratch {
+            Scratch::Saved { .. } => scratch,
+            Scratch::Reused { h, act, rows } => Scratch::Reused {
+                h: h + (rows * 4 * self.cfg.inter) as u64,
+                act: act + (rows * 2 * self.cfg.inter) as u64,
+                rows,
+            },
+        };
+        let two = TwoStreams {
+            stream: self.dev.comp2,
+            scratch: second,
+            fork: &self.cev[0],
+            join: &self.cev[1],
         };
         let mut at = 0;
         while at < units.len() {
@@ -860,13 +876,24 @@ impl Worker<'_> {
             // SAFETY: each unit's rows lie inside comp (and yout), its blob
             // is a full one; the scratch holds a batch (act_rows_held).
             unsafe {
-                units::issue(
-                    &self.dev,
-                    &self.unit_shape(),
-                    &part,
-                    &scratch,
-                    units::Batching::default(),
-                )?
+                if self.cfg.compute_streams == 2 {
+                    units::issue_two(
+                        &self.dev,
+                        &self.unit_shape(),
+                        &part,
+                        &scratch,
+                        units::Batching::default(),
+                        &two,
+                    )?
+                } else {
+                    units::issue(
+                        &self.dev,
+                        &self.unit_shape(),
+                        &part,
+                        &scratch,
+                        units::Batching::default(),
+                    )?
+                }
             };
             at += run;
         }

@@ -563,6 +563,9 @@ pub struct Dev {
     /// Copy-engine exchange, pipelined: the received rows placed into the
     /// compute buffer, chunk after chunk, beside the running GEMMs.
     pub side: drv_sys::CUstream,
+    /// A second compute stream (`replay --compute-streams 2`): large expert
+    /// units alternate between it and `main`.
+    pub comp2: drv_sys::CUstream,
     pub name: String,
     pub total_mem: usize,
     /// Launch the kernels that open with `pdl_wait()` (`act_rows`) as
@@ -627,6 +630,7 @@ impl Dev {
         let xfer = mk()?;
         let net = mk()?;
         let side = mk()?;
+        let comp2 = mk()?;
         let handle = blas::create_handle().map_err(blas_err("cublasCreate"))?;
         // SAFETY: live handle and stream.
         unsafe { blas::set_stream(handle, main as _) }.map_err(blas_err("cublasSetStream"))?;
@@ -651,6 +655,7 @@ impl Dev {
             xfer,
             net,
             side,
+            comp2,
             name,
             total_mem,
             pdl: std::cell::Cell::new(pdl),
@@ -718,6 +723,8 @@ impl Dev {
         unsafe {
             drv::stream::synchronize(self.main).map_err(drv_err("cuStreamSynchronize"))?;
             drv::stream::synchronize(self.net).map_err(drv_err("cuStreamSynchronize"))?;
+            drv::stream::synchronize(self.side).map_err(drv_err("cuStreamSynchronize"))?;
+            drv::stream::synchronize(self.comp2).map_err(drv_err("cuStreamSynchronize"))?;
             drv::stream::synchronize(self.xfer).map_err(drv_err("cuStreamSynchronize"))
         }
     }
@@ -780,6 +787,7 @@ impl Drop for Dev {
             let _ = drv::stream::destroy(self.xfer);
             let _ = drv::stream::destroy(self.net);
             let _ = drv::stream::destroy(self.side);
+            let _ = drv::stream::destroy(self.comp2);
         }
     }
 }

@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::runtime::{params, Dev};
+use super::runtime::{params, Dev, Event};
 use super::GpuError;
 
 /// Most units one activation launch serves (its parameter block holds one
@@ -99,6 +99,23 @@ impl Default for Batching {
     }
 }
 
+/// A second compute stream for the large units (`replay --compute-streams
+/// 2`): batches holding at least [`ALTERNATE_BYTES`] of gate_up output
+/// alternate between the main stream and `stream`, which has its own
+/// scratch, so one unit's activation and kernel boundaries overlap the
+/// other's GEMMs. Small batches stay on the main stream (a second stream
+/// slowed decode-sized units in `gemm-bench`). `fork` and `join` bracket
+/// the second stream's work inside the main stream's order.
+pub(super) struct TwoStreams<'a> {
+    pub stream: cudarc::driver::sys::CUstream,
+    pub scratch: Scratch,
+    pub fork: &'a Event,
+    pub join: &'a Event,
+}
+
+/// Batches this large or larger alternate between two compute streams.
+pub const ALTERNATE_BYTES: usize = BATCH_BYTES / 2;
+
 /// Rows a [`Scratch::Reused`] buffer needs for a GPU whose largest unit
 /// has `largest` rows, `total` rows in all, intermediate size `inter`: one
 /// batch's worth. The cost model's memory sizes it by the same rule.
@@ -160,6 +177,34 @@ pub(super) fn batches(
     out
 }
 
+/// [`batches`], each with whether it runs on the second stream: with
+/// `two`, the large batches (at least [`ALTERNATE_BYTES`] of gate_up
+/// output) take turns, the first on the main stream; where fewer than two
+/// are large, everything stays on the main stream.
+pub(super) fn stream_turns(
+    units: &[ExpertUnit],
+    s: &UnitShape,
+    scratch: &Scratch,
+    how: Batching,
+    two: bool,
+) -> Vec<(Range<usize>, bool)> {
+    let runs = batches(units, s, scratch, how);
+    let large = |r: &Range<usize>| {
+        units[r.clone()].iter().map(|u| u.rows).sum::<usize>() * 4 * s.inter >= ALTERNATE_BYTES
+    };
+    let two = two && runs.iter().filter(|r| large(r)).count() >= 2;
+    let mut second = false;
+    runs.into_iter()
+        .map(|r| {
+            let on_second = two && large(&r) && {
+                second = !second;
+                !second
+            };
+            (r, on_second)
+        })
+        .collect()
+}
+
 /// Issue `units` on the device's main stream in [`batches`].
 ///
 /// # Safety
@@ -173,7 +218,23 @@ pub(super) unsafe fn issue(
     scratch: &Scratch,
     how: Batching,
 ) -> Result<(), GpuError> {
-    issue_parts(dev, s, units, scratch, how, true)
+    issue_parts(dev, s, units, scratch, how, true, None)
+}
+
+/// [`issue`] with the large batches alternating between the main stream
+/// and `two`'s (see [`TwoStreams`]).
+///
+/// # Safety
+/// As for [`issue`]; `two.scratch` must hold a batch as `scratch` does.
+pub(super) unsafe fn issue_two(
+    dev: &Dev,
+    s: &UnitShape,
+    units: &[ExpertUnit],
+    scratch: &Scratch,
+    how: Batching,
+    two: &TwoStreams,
+) -> Result<(), GpuError> {
+    issue_parts(dev, s, units, scratch, how, true, Some(two))
 }
 
 /// [`issue`] without the down GEMMs: calibrate times the down GEMM as the
@@ -188,9 +249,10 @@ pub(super) unsafe fn issue_gate_up(
     scratch: &Scratch,
     how: Batching,
 ) -> Result<(), GpuError> {
-    issue_parts(dev, s, units, scratch, how, false)
+    issue_parts(dev, s, units, scratch, how, false, None)
 }
 
+#[allow(clippy::too_many_arguments)]
 unsafe fn issue_parts(
     dev: &Dev,
     s: &UnitShape,
@@ -198,11 +260,22 @@ unsafe fn issue_parts(
     scratch: &Scratch,
     how: Batching,
     down: bool,
+    two: Option<&TwoStreams>,
 ) -> Result<(), GpuError> {
     let (d, i) = (s.hidden, s.inter);
     let (h_row, a_row) = (4 * i as u64, 2 * i as u64);
-    for r in batches(units, s, scratch, how) {
+    let runs = stream_turns(units, s, scratch, how, two.is_some());
+    let two = two.filter(|_| runs.iter().any(|&(_, second)| second));
+    if let Some(t) = two {
+        t.fork.record(dev.main)?;
+        dev.wait(t.stream, t.fork)?;
+    }
+    for (r, on_second) in runs {
         let batch = &units[r];
+        let (stream, scratch) = match two {
+            Some(t) if on_second => (t.stream, &t.scratch),
+            _ => (dev.main, scratch),
+        };
         // where unit k's gate_up output and activation go
         let (h0, a0, base) = match *scratch {
             Scratch::Reused { h, act, .. } => (h, act, None),
@@ -214,8 +287,15 @@ unsafe fn issue_parts(
             places.push((h0 + at * h_row, a0 + at * a_row));
             at += u.rows as u64;
         }
+        let gemm = |m: usize, n: usize, k: usize, a: u64, b: u64, c: u64| {
+            if stream == dev.main {
+                dev.gemm_bf16(m, n, k, a, b, c)
+            } else {
+                dev.gemm_bf16_on(stream, m, n, k, a, b, c)
+            }
+        };
         for (u, &(h, _)) in batch.iter().zip(&places) {
-            dev.gemm_bf16(u.rows, 2 * i, d, u.x, u.wgu, h)?;
+            gemm(u.rows, 2 * i, d, u.x, u.wgu, h)?;
         }
         let mut segs = ActSegs {
             end: [0; ACT_SEGS],
@@ -228,13 +308,17 @@ unsafe fn issue_parts(
             segs.end[k] = total as i64;
             segs.bias[k] = u.bgu;
         }
-        activation(dev, places[0].0, &segs, places[0].1, total, s, dev.main)?;
+        activation(dev, places[0].0, &segs, places[0].1, total, s, stream)?;
         if !down {
             continue;
         }
         for (u, &(_, a)) in batch.iter().zip(&places) {
-            dev.gemm_bf16(u.rows, d, i, a, u.wd, u.out)?;
+            gemm(u.rows, d, i, a, u.wd, u.out)?;
         }
+    }
+    if let Some(t) = two {
+        t.join.record(t.stream)?;
+        dev.wait(dev.main, t.join)?;
     }
     Ok(())
 }
@@ -373,6 +457,34 @@ mod tests {
             batches(&us, &s, &sc, Batching::UpTo(1 << 30)),
             vec![0..2, 2..4]
         );
+    }
+
+    #[test]
+    fn large_batches_take_turns_and_small_ones_stay_on_the_main_stream() {
+        // I = 1024: 4 KiB of gate_up output a row, 12 MiB from 3,072 rows;
+        let s = shape(1024);
+        let sc = Scratch::Reused {
+            h: 0,
+            act: 0,
+            rows: 1 << 20,
+        };
+        // (24 MiB batches: 6,144 rows) 5,000 rows alone; 2,000 (8 MiB) small
+        let us: Vec<_> = [5000, 2000, 5000, 5000]
+            .iter()
+            .map(|&r| unit(r, 0))
+            .collect();
+        let turns = stream_turns(&us, &s, &sc, Batching::default(), true);
+        let second: Vec<bool> = turns.iter().map(|t| t.1).collect();
+        assert_eq!(turns.len(), 4);
+        assert_eq!(second, [false, false, true, false]);
+        // one stream asked: all on main; one large batch: nothing to pair
+        assert!(stream_turns(&us, &s, &sc, Batching::default(), false)
+            .iter()
+            .all(|t| !t.1));
+        let one = [unit(5000, 0), unit(2000, 0)];
+        assert!(stream_turns(&one, &s, &sc, Batching::default(), true)
+            .iter()
+            .all(|t| !t.1));
     }
 
     #[test]

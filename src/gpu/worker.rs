@@ -117,6 +117,8 @@ pub(super) struct Worker<'a> {
     pub(super) plan: Plan,
     pub(super) ev: Vec<Event>,
     pub(super) xev: Vec<Event>,
+    /// Fork and join of the second compute stream (`--compute-streams 2`).
+    pub(super) cev: [Event; 2],
     /// Largest buffer sizes seen so far in this case, per rank, so every
     /// rank agrees on when buffers grow (and an OOM check is needed).
     pub(super) seen: Vec<Vec<usize>>,
@@ -178,6 +180,7 @@ impl<'a> Worker<'a> {
             ev: (0..N_EV).map(|_| Event::new()).collect::<Result<_, _>>()?,
             // weight transfer, then (training) weight-gradient return
             xev: (0..4).map(|_| Event::new()).collect::<Result<_, _>>()?,
+            cev: [Event::new()?, Event::new()?],
             seen: Vec::new(),
             driver_peak: 0,
             bwd: Default::default(),
@@ -295,7 +298,8 @@ impl<'a> Worker<'a> {
         let i = self.cfg.inter;
         let npack = lay.pieces.iter().filter(|p| p.src as usize == q).count();
         let nin = lay.remote_in(q).count();
-        let held = self.act_rows_held(rl);
+        // a second compute stream has a second scratch beside the first
+        let held = self.act_rows_held(rl) * self.scratch_sets();
         let mut v = vec![
             (BufKind::Send, rl.send_total as usize * rb),
             (BufKind::Recv, rl.recv_total as usize * rb),

@@ -234,6 +234,10 @@ results_columns! {
     /// copy-engine`); for simulated rows, the exchange priced. Empty in
     /// older files, whose replays all used NCCL.
     exchange: String = "exchange",
+    /// Measured rows: compute streams the expert units ran on (1, or 2
+    /// with `--compute-streams 2`). 0 for simulated rows, which price one,
+    /// and in older files, whose replays all used one.
+    compute_streams: u64 = "compute_streams",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -255,6 +259,7 @@ const ADDED_LATER: &[&str] = &[
     "weight_peers_out_per_gpu",
     "cuda_graphs",
     "exchange",
+    "compute_streams",
 ];
 
 fn column_of<'a, T: Column>(
