@@ -359,6 +359,13 @@ fn replay_two_compute_streams_match_one_bit_for_bit() {
             let (ea, eb) = (a.rel_error.unwrap(), b.rel_error.unwrap());
             assert!(ea < 1e-2, "{flags:?}: relative error {ea}");
             assert_eq!(ea, eb, "{flags:?}: {:?}", a.policy);
+            // the second stream's scratch was there (the arena's peak)
+            assert!(
+                b.peak_mem_max_bytes > a.peak_mem_max_bytes,
+                "{flags:?}: {} vs {}",
+                b.peak_mem_max_bytes,
+                a.peak_mem_max_bytes
+            );
         }
         assert!(two.iter().any(|r| r.transfer_bytes > 0), "{flags:?}");
     }

@@ -147,16 +147,11 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         }
     }
     // the model prices one compute stream (`replay --compute-streams 2`)
-    let two = acc
-        .pairs
-        .iter()
-        .filter(|x| x.measured.compute_streams == 2)
-        .count();
-    if two > 0 {
-        let x = ErrorStats::of(acc.pairs.iter().filter(|x| x.measured.compute_streams == 2));
+    let two = ErrorStats::of(acc.pairs.iter().filter(|x| x.measured.compute_streams == 2));
+    if two.rows > 0 {
         s.push_str(&format!(
             "two compute streams: {} rows, priced as one stream (memory without the second stream's scratch and workspace), layer time median |error| {:.1}%, worst {:.1}%\n",
-            two, x.median_abs_time_pct, x.worst_abs_time_pct
+            two.rows, two.median_abs_time_pct, two.worst_abs_time_pct
         ));
     }
     let split = (!a.held_out.is_empty()).then(|| acc.split(&a.held_out));

@@ -645,18 +645,22 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         .map(|r| format!("{} x {} ({})", a.gpus, r.device, r.driver))
         .unwrap_or_default();
     p.out(&format!(
-        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}{}{}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
+        "measured on {dev}; D={d} I={i} E={n} k={k}; GEMMs through {}{}{}{}; {} warm-up + {} timed runs{}, medians; total = slowest GPU, phases = the GPU whose compute ends last (pipelined rows: busy times, overlapping; exposed = total - overhead - compute)\n\n{}",
         a.gemm.as_str(),
         if a.cuda_graphs == OnOff::On {
             ", expert units launched as CUDA graphs"
         } else {
             ""
         },
-        match (a.exchange, a.compute_streams) {
-            (ExchangeArg::CopyEngine, 2) => "; tokens and weights moved by the copy engines; large expert units on two compute streams",
-            (ExchangeArg::CopyEngine, _) => "; tokens and weights moved by the copy engines",
-            (_, 2) => "; large expert units on two compute streams",
-            _ => "",
+        if a.exchange == ExchangeArg::CopyEngine {
+            "; tokens and weights moved by the copy engines"
+        } else {
+            ""
+        },
+        if a.compute_streams == 2 {
+            "; large expert units on two compute streams"
+        } else {
+            ""
         },
         a.warmup,
         a.runs,

@@ -408,10 +408,6 @@ impl Worker<'_> {
         Ok(())
     }
 
-    fn act_kind(&self) -> i32 {
-        self.unit_shape().kind
-    }
-
     /// `--recompute`: gate_up output and activation of the unit again.
     fn recompute(&self, u: &UnitPtrs) -> Result<(), GpuError> {
         let (d, i) = (self.cfg.hidden, self.cfg.inter);
@@ -432,7 +428,7 @@ impl Worker<'_> {
         let b = self.blob;
         let da = self.ptr(BufKind::DA)?;
         let (h, bgu) = (u.h, u.w + 2 * b.bgu as u64);
-        let (rows_i, ii, kind) = (u.rows as i64, i as i32, self.act_kind());
+        let (rows_i, ii, kind) = (u.rows as i64, i as i32, self.unit_shape().kind);
         let n = u.rows * i / 2;
         // SAFETY: y holds rows x D, da rows x I (rows <= CHUNK), h rows x 2I.
         unsafe {

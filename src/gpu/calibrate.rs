@@ -303,7 +303,14 @@ impl Worker<'_> {
         // shape; each unit's rows lie inside x and its w is a full blob.
         unsafe {
             if down {
-                units::issue(&self.dev, &shape, &us, &scratch, units::Batching::default())
+                units::issue(
+                    &self.dev,
+                    &shape,
+                    &us,
+                    &scratch,
+                    units::Batching::default(),
+                    None,
+                )
             } else {
                 units::issue_gate_up(&self.dev, &shape, &us, &scratch, units::Batching::default())
             }

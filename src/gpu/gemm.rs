@@ -148,6 +148,38 @@ struct ColMajor {
 }
 
 impl Call {
+    /// Row-major C[m,n] = beta C + op(A) op(B), each operand (pointer,
+    /// columns as stored, transposed), as [`Dev::gemm`] takes them.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: (u64, usize, bool),
+        b: (u64, usize, bool),
+        c: u64,
+        beta: f32,
+        dt: Dt,
+    ) -> Call {
+        Call {
+            s: Shape {
+                m,
+                n,
+                k,
+                lda: a.1,
+                ldb: b.1,
+                ta: a.2,
+                tb: b.2,
+                bf16: dt == Dt::Bf16,
+                align: alignment(&[a.0, b.0, c]),
+            },
+            a: a.0,
+            b: b.0,
+            c,
+            beta,
+        }
+    }
+
     /// The one place the row-major to column-major mapping is written.
     fn col_major(&self) -> ColMajor {
         let s = &self.s;
@@ -641,23 +673,7 @@ impl Dev {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let call = Call {
-            s: Shape {
-                m,
-                n,
-                k,
-                lda: k,
-                ldb: n,
-                ta: false,
-                tb: false,
-                bf16: true,
-                align: alignment(&[a, b, c]),
-            },
-            a,
-            b,
-            c,
-            beta: 0.0,
-        };
+        let call = Call::new(m, n, k, (a, k, false), (b, n, false), c, 0.0, Dt::Bf16);
         self.gemm_lt(lt, &call, stream)
     }
 
@@ -683,23 +699,7 @@ impl Dev {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let call = Call {
-            s: Shape {
-                m,
-                n,
-                k,
-                lda: a.1,
-                ldb: b.1,
-                ta: a.2,
-                tb: b.2,
-                bf16: dt == Dt::Bf16,
-                align: alignment(&[a.0, b.0, c]),
-            },
-            a: a.0,
-            b: b.0,
-            c,
-            beta,
-        };
+        let call = Call::new(m, n, k, a, b, c, beta, dt);
         match (&self.lt, self.gemm_impl, dt) {
             (Some(lt), GemmImpl::Lt, Dt::Bf16) => self.gemm_lt(lt, &call, self.main),
             _ => self.gemm_cublas(&call),
@@ -747,7 +747,8 @@ impl Dev {
     }
 
     /// The `lt` path: the shape's plan (made, and its bucket tuned, at its
-    /// first call), then one cublasLtMatmul on the main stream.
+    /// first call), then one cublasLtMatmul on `stream` (the main stream's
+    /// workspace, or the other one for any other stream).
     unsafe fn gemm_lt(
         &self,
         lt: &Lt,

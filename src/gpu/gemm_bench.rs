@@ -212,19 +212,8 @@ fn time(
     reps: usize,
     f: &mut dyn FnMut() -> Result<(), GpuError>,
 ) -> Result<f64, GpuError> {
-    let (e0, e1) = (Event::new()?, Event::new()?);
-    let mut v = Vec::with_capacity(reps);
-    for rep in 0..reps + 2 {
-        dev.sync()?;
-        e0.record(dev.main)?;
-        f()?;
-        e1.record(dev.main)?;
-        e1.sync()?;
-        if rep >= 2 {
-            v.push(e1.ms_since(&e0)?);
-        }
-    }
-    Ok(quantile(&v, 0.5))
+    let mut runs: Vec<Box<dyn FnMut() -> Result<(), GpuError> + '_>> = vec![Box::new(f)];
+    Ok(time_rounds(dev, reps, &mut runs)?[0])
 }
 
 /// The activation kernel over `rows` rows of gate_up output `h` into `a`,
@@ -358,7 +347,7 @@ fn sweep(
                 })
             } else {
                 // SAFETY: h and a hold `held` rows, at least a batch (`alloc`).
-                unsafe { units::issue(dv, &b.shape(), &us, &b.scratch(), how) }
+                unsafe { units::issue(dv, &b.shape(), &us, &b.scratch(), how, None) }
             };
             dv.pdl.set(pdl);
             r
@@ -562,7 +551,7 @@ fn batched_matches(
         // SAFETY: n units of `rows` rows lie inside x and y (n is bounded by
         // xy); h and a hold `held` rows, at least one batch.
         unsafe {
-            units::issue(dev, &b.shape(), &us, &b.scratch(), how)?;
+            units::issue(dev, &b.shape(), &us, &b.scratch(), how, None)?;
             dev.download(&mut host, b.y)?;
         }
         got.push(host);

@@ -842,12 +842,12 @@ impl Worker<'_> {
                 rows,
             },
         };
-        let two = TwoStreams {
+        let two = (self.cfg.compute_streams == 2).then(|| TwoStreams {
             stream: self.dev.comp2,
             scratch: second,
             fork: &self.cev[0],
             join: &self.cev[1],
-        };
+        });
         let mut at = 0;
         while at < units.len() {
             let foreign = units[at].foreign;
@@ -876,24 +876,14 @@ impl Worker<'_> {
             // SAFETY: each unit's rows lie inside comp (and yout), its blob
             // is a full one; the scratch holds a batch (act_rows_held).
             unsafe {
-                if self.cfg.compute_streams == 2 {
-                    units::issue_two(
-                        &self.dev,
-                        &self.unit_shape(),
-                        &part,
-                        &scratch,
-                        units::Batching::default(),
-                        &two,
-                    )?
-                } else {
-                    units::issue(
-                        &self.dev,
-                        &self.unit_shape(),
-                        &part,
-                        &scratch,
-                        units::Batching::default(),
-                    )?
-                }
+                units::issue(
+                    &self.dev,
+                    &self.unit_shape(),
+                    &part,
+                    &scratch,
+                    units::Batching::default(),
+                    two.as_ref(),
+                )?
             };
             at += run;
         }

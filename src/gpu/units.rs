@@ -205,36 +205,23 @@ pub(super) fn stream_turns(
         .collect()
 }
 
-/// Issue `units` on the device's main stream in [`batches`].
+/// Issue `units` in [`batches`]: on the device's main stream, or with
+/// `two`, the large batches taking turns with its stream (see
+/// [`TwoStreams`]).
 ///
 /// # Safety
-/// Each unit's pointers must hold its rows and expert; `scratch` must
-/// hold every batch (a [`Scratch::Reused`] buffer at least the largest
-/// unit, as `batches` never splits one).
+/// Each unit's pointers must hold its rows and expert; `scratch` (and
+/// `two`'s) must hold every batch (a [`Scratch::Reused`] buffer at least
+/// the largest unit, as `batches` never splits one).
 pub(super) unsafe fn issue(
     dev: &Dev,
     s: &UnitShape,
     units: &[ExpertUnit],
     scratch: &Scratch,
     how: Batching,
+    two: Option<&TwoStreams>,
 ) -> Result<(), GpuError> {
-    issue_parts(dev, s, units, scratch, how, true, None)
-}
-
-/// [`issue`] with the large batches alternating between the main stream
-/// and `two`'s (see [`TwoStreams`]).
-///
-/// # Safety
-/// As for [`issue`]; `two.scratch` must hold a batch as `scratch` does.
-pub(super) unsafe fn issue_two(
-    dev: &Dev,
-    s: &UnitShape,
-    units: &[ExpertUnit],
-    scratch: &Scratch,
-    how: Batching,
-    two: &TwoStreams,
-) -> Result<(), GpuError> {
-    issue_parts(dev, s, units, scratch, how, true, Some(two))
+    issue_parts(dev, s, units, scratch, how, true, two)
 }
 
 /// [`issue`] without the down GEMMs: calibrate times the down GEMM as the
