@@ -57,6 +57,9 @@ pub const CAPTURE_TIMING: &str = "LLEP_CAPTURE_TIMING";
 /// Set: `replay` prints each rank's GEMM tunings (the `lt` path's winners)
 /// to stderr at the end, for whoever studies a replay's GEMMs.
 pub const TUNE_LOG: &str = "LLEP_TRACE_TUNE_LOG";
+/// Set: `replay` prints, per case and setting, rank 0's host time in each
+/// step of the overhead phase (medians of the timed runs) to stderr.
+pub const HOST_TIMING: &str = "LLEP_TRACE_HOST_TIMING";
 
 /// The raw value of `MOE_ADAPTIVE_LPT_ROUTING_RATIO`, if set; read it with
 /// [`crate::plan::Gate::from_reference`].
@@ -75,6 +78,11 @@ pub fn capture_threads() -> Option<usize> {
 /// Whether `LLEP_CAPTURE_TIMING` is set.
 pub fn capture_timing() -> bool {
     std::env::var_os(CAPTURE_TIMING).is_some()
+}
+
+/// Whether `LLEP_TRACE_HOST_TIMING` is set.
+pub fn host_timing() -> bool {
+    std::env::var_os(HOST_TIMING).is_some()
 }
 
 /// Whether `LLEP_TRACE_TUNE_LOG` is set.

@@ -136,6 +136,13 @@ pub(super) struct SegPart {
 /// `route_slots`); the block counts buffer holds one row of counts per
 /// block.
 pub(super) const ROUTE_BLOCK: usize = 256;
+/// Host checkpoints of the overhead phase (`LLEP_TRACE_HOST_TIMING`),
+/// microseconds from the count all-gather's launch: waiting starts,
+/// counts downloaded, planned, decided (`llep-auto`), laid out, tables
+/// queued.
+pub(super) const HOST_MARKS: usize = 6;
+/// Threads per block of `combine_rows` (each takes 8 columns of a row).
+const COMBINE_THREADS: usize = 128;
 
 impl Worker<'_> {
     /// One run of the layer on this rank, phase after phase, each queued on
@@ -305,19 +312,24 @@ impl Worker<'_> {
             self.comm
                 .all_gather(counts, counts_all, n, ncclDataType_t::ncclInt32, main)?;
         }
-        let mut host_counts = vec![0i32; p * n];
-        // SAFETY: counts_all holds p*n ints; this is the one host sync.
-        unsafe { self.dev.download(&mut host_counts, counts_all)? };
-        let per_rank: Vec<u64> = host_counts.iter().map(|&c| c as u64).collect();
-        let global: Vec<u64> = (0..n)
-            .map(|e| (0..p).map(|q| per_rank[q * n + e]).sum())
-            .collect();
         let params = PlanParams {
             gpus: p,
             alpha: self.cfg.alpha,
             min_gemm: self.cfg.min_gemm,
             gate,
         };
+        let clock = std::time::Instant::now();
+        let mark = |m: &mut [f64; HOST_MARKS], i: usize| m[i] = clock.elapsed().as_secs_f64() * 1e6;
+        let mut marks = [0f64; HOST_MARKS];
+        mark(&mut marks, 0);
+        let mut host_counts = vec![0i32; p * n];
+        // SAFETY: counts_all holds p*n ints; this is the one host sync.
+        unsafe { self.dev.download(&mut host_counts, counts_all)? };
+        mark(&mut marks, 1);
+        let per_rank: Vec<u64> = host_counts.iter().map(|&c| c as u64).collect();
+        let global: Vec<u64> = (0..n)
+            .map(|e| (0..p).map(|q| per_rank[q * n + e]).sum())
+            .collect();
         let mut plan = std::mem::take(&mut self.plan);
         self.planner
             .plan_into(&global, &params, policy, &mut plan)
@@ -331,10 +343,14 @@ impl Worker<'_> {
             self.planner
                 .plan_into(&global, &params, Policy::Ep, &mut ep)
                 .map_err(|e| GpuError::Input(e.to_string()))?;
+            mark(&mut marks, 2);
             if !arbiter.prefers_llep(&ep, &plan, &per_rank, &global) {
                 plan = ep;
             }
+        } else {
+            mark(&mut marks, 2);
         }
+        mark(&mut marks, 3);
         let mut lay =
             layout::build(&plan, &per_rank).map_err(|e| GpuError::Input(e.to_string()))?;
         // a training run's backward needs the sequential tables
@@ -343,7 +359,12 @@ impl Worker<'_> {
             lay.chunk(chunks, super::pipeline::ALIGN);
         }
         self.plan = plan;
-        if !self.ensure(&lay)? {
+        let fits = self.ensure(&lay)?;
+        mark(&mut marks, 4);
+        if crate::env::host_timing() {
+            self.host_marks.push((policy, marks, clock));
+        }
+        if !fits {
             return Ok(None);
         }
         Ok(Some(lay))
@@ -443,6 +464,9 @@ impl Worker<'_> {
             }
         }
         self.ev[E_PLANNED].record(main)?;
+        if let Some((_, m, clock)) = self.host_marks.last_mut() {
+            m[5] = clock.elapsed().as_secs_f64() * 1e6;
+        }
         Ok(Remote {
             nseg: sin.len() as i32,
             rows: remote_rows,
@@ -616,13 +640,17 @@ impl Worker<'_> {
         let (d, k) = (self.cfg.hidden, self.cfg.top_k);
         let (ret_ptr, bias_ptr, wts, out) = (cb.ret_ptr, cb.bias_ptr, cb.wts, cb.out);
         let (topk, di) = (k as i32, d as i32);
+        // a thread per 8 columns (2 when D is not a multiple of 8), a block
+        // per 128 threads of a row: the grid is tokens x slices of a row
+        let width = if d % 8 == 0 { 8 } else { 2 };
+        let slices = d.div_ceil(width * COMBINE_THREADS) as u32;
         // SAFETY: ret_ptr/bias_ptr were filled by pack_rows for every copy
         // and point at result rows written above; out holds t x D.
         unsafe {
             self.dev.launch(
                 self.dev.k.combine_rows,
-                (t as u32, 1, 1),
-                (d / 2).min(256) as u32,
+                (t as u32, slices, 1),
+                COMBINE_THREADS as u32,
                 0,
                 self.dev.main,
                 params!(ret_ptr, bias_ptr, wts, topk, di, out),

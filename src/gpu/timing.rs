@@ -76,6 +76,51 @@ impl Worker<'_> {
     /// setting alike and their ratios compare like with like. A setting
     /// that runs out of memory only beside the others' buffers sends all of
     /// them back to being timed one after the other.
+    /// Rank 0's host checkpoints of the overhead phase, median per
+    /// setting over this case's runs (warm-ups included), then cleared.
+    fn print_host_marks(&mut self, case: &Case, settings: &[(Policy, Gate)]) {
+        let marks = std::mem::take(&mut self.host_marks);
+        // the CPUs this worker thread may run on (NCCL pins the threads it
+        // starts; a worker sharing a core with them waits its turn)
+        let cpus = std::fs::read_to_string("/proc/thread-self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Cpus_allowed_list"))
+                    .map(|l| l.to_string())
+            })
+            .unwrap_or_default();
+        eprintln!("host: rank 0 worker thread {cpus}");
+        for &(policy, _) in settings {
+            let mine: Vec<_> = marks
+                .iter()
+                .filter(|m| m.0 == policy)
+                .map(|m| m.1)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let med = |i: usize| {
+                let mut v: Vec<f64> = mine.iter().map(|m| m[i]).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            eprintln!(
+                "host us {} {} {}: wait from {:.1} counts {:.1} planned {:.1} decided {:.1} laid out {:.1} tables {:.1} ({} runs)",
+                case.base.scenario,
+                case.base.tokens_per_rank,
+                policy,
+                med(0),
+                med(1),
+                med(2),
+                med(3),
+                med(4),
+                med(5),
+                mine.len()
+            );
+        }
+    }
+
     pub(super) fn measure_all(
         &mut self,
         case: &Case,
@@ -110,6 +155,9 @@ impl Worker<'_> {
                     .0;
                 self.dev.arena.release_except(&PERSISTENT)?;
             }
+        }
+        if crate::env::host_timing() && self.rank == 0 {
+            self.print_host_marks(case, settings);
         }
         let mut rows = Vec::with_capacity(settings.len());
         for (si, &(policy, gate)) in settings.iter().enumerate() {
