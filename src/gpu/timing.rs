@@ -65,17 +65,6 @@ impl Worker<'_> {
         Ok(self.measure_all(case, &[(policy, gate)])?.pop().flatten())
     }
 
-    /// Run one case under several settings; rank 0 gets a row per setting.
-    ///
-    /// Each setting first runs its warm-ups alone, from released buffers,
-    /// which gives its memory peaks, its dense check and its weight peers.
-    /// With more than one setting (and `interleave`), the timed runs then
-    /// take turns after one untimed round that grows the buffers they
-    /// share, one run of each setting per round, so that drift of the
-    /// clocks or the links over the seconds a case takes falls on every
-    /// setting alike and their ratios compare like with like. A setting
-    /// that runs out of memory only beside the others' buffers sends all of
-    /// them back to being timed one after the other.
     /// Rank 0's host checkpoints of the overhead phase, median per
     /// setting over this case's runs (warm-ups included), then cleared.
     fn print_host_marks(&mut self, case: &Case, settings: &[(Policy, Gate)]) {
@@ -121,6 +110,18 @@ impl Worker<'_> {
         }
     }
 
+    /// Run one case under several settings; rank 0 gets a row per setting.
+    ///
+    /// Each setting first runs its warm-ups alone, from released buffers,
+    /// which gives its memory peaks, its dense check and its weight peers.
+    /// With more than one setting (and `interleave`), the timed runs then
+    /// take turns after one untimed round that grows the buffers they
+    /// share, one run of each setting per round in an order shuffled each
+    /// round ([`TurnOrder`]), so that drift of the
+    /// clocks or the links over the seconds a case takes falls on every
+    /// setting alike and their ratios compare like with like. A setting
+    /// that runs out of memory only beside the others' buffers sends all of
+    /// them back to being timed one after the other.
     pub(super) fn measure_all(
         &mut self,
         case: &Case,
@@ -204,8 +205,10 @@ impl Worker<'_> {
         // captures them over those buffers (round 0's growth for a later
         // setting moves an earlier one's)
         let untimed = 1 + usize::from(self.cfg.cuda_graphs);
+        let mut order = TurnOrder::new(settings.len());
         'rounds: for round in 0..self.cfg.runs + untimed {
-            for (si, &(policy, gate)) in settings.iter().enumerate() {
+            for &si in order.next_round() {
+                let (policy, gate) = settings[si];
                 if extras[si][X_OOM] != 0.0 {
                     continue; // out of memory alone: no timed runs
                 }
@@ -503,9 +506,69 @@ fn kernel_module_version(text: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The order settings take their turns in, round after round: shuffled
+/// anew each round, from a fixed seed (every rank runs the same order, as
+/// their collectives must match). In a fixed order each setting always
+/// follows the same other one, and the run after an LLEP run that moved
+/// weights starts slower: on 2 x H200 a llep-auto run that chose EP paid
+/// 10-40 us more overhead than EP's own runs, growing with the weights
+/// moved by the LLEP run before it, where without weight moves the two
+/// differed by 2 us. Shuffled, every setting follows every other alike.
+pub(super) struct TurnOrder {
+    order: Vec<usize>,
+    rng: crate::trace::tokens::SplitMix64,
+}
+
+impl TurnOrder {
+    pub(super) fn new(settings: usize) -> TurnOrder {
+        TurnOrder {
+            order: (0..settings).collect(),
+            rng: crate::trace::tokens::SplitMix64::new(0x007e_450f_5e77_1265),
+        }
+    }
+
+    /// The next round's order (a permutation of the settings).
+    pub(super) fn next_round(&mut self) -> &[usize] {
+        for i in (1..self.order.len()).rev() {
+            let j = self.rng.below(i as u64 + 1) as usize;
+            self.order.swap(i, j);
+        }
+        &self.order
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn turns_are_permutations_the_same_on_every_rank_and_vary_who_goes_before_whom() {
+        let (n, rounds) = (3, 12);
+        let mut a = TurnOrder::new(n);
+        let mut b = TurnOrder::new(n);
+        let mut seq = Vec::new();
+        for _ in 0..rounds {
+            let ra = a.next_round().to_vec();
+            assert_eq!(ra, b.next_round(), "every rank must run the same order");
+            let mut sorted = ra.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+            seq.extend(ra);
+        }
+        // each setting follows each other one at least twice: none is
+        // always timed right after the same other setting
+        let mut after = vec![vec![0; n]; n];
+        for w in seq.windows(2) {
+            after[w[1]][w[0]] += 1;
+        }
+        for (s, row) in after.iter().enumerate() {
+            for (prev, &c) in row.iter().enumerate() {
+                if prev != s {
+                    assert!(c >= 2, "setting {s} follows {prev} {c} times: {after:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn driver_version_is_read_from_the_kernel_module_line() {

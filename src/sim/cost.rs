@@ -112,6 +112,14 @@ pub struct CostScratch {
     /// Row and column sums of the dispatch matrix, computed once per price
     /// (each is O(P), and every GPU's terms use them several times).
     sums: Sums,
+    /// Each GPU's communication terms for the pipelined schedule, and that
+    /// schedule's own buffers.
+    comm: Vec<super::overlap::GpuComm>,
+    overlap: super::overlap::OverlapScratch,
+    /// Price the layer time only: no peak memory (`Cost::peak_mem_per_gpu`
+    /// left empty, `oom` false). `llep-auto`'s decision reads the times
+    /// alone, on the replayed layer's critical path.
+    pub(crate) time_only: bool,
 }
 
 /// Per-GPU sums of a dispatch matrix.
@@ -636,7 +644,8 @@ fn price_sums(
     // replay's schedule per GPU: dispatch, native groups, then (once its
     // weights are in) the foreign groups
     let mut compute_end = 0f64;
-    let mut ov = Vec::with_capacity(if sequential { 0 } else { p });
+    let mut ov = std::mem::take(&mut scratch.comm);
+    ov.clear();
     for g in 0..p {
         let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
@@ -712,11 +721,16 @@ fn price_sums(
         };
         (total, compute)
     } else {
-        let o = super::overlap::price(plan, chunks, &pricer, memo, &ov);
+        let o = super::overlap::price_in(plan, chunks, &pricer, memo, &ov, &mut scratch.overlap);
         (overhead + o.after_overhead_ms, o.compute_ms)
     };
 
-    let (peak, oom) = peak_memory(plan, &sums, shape, prof, scratch);
+    scratch.comm = ov;
+    let (peak, oom) = if scratch.time_only {
+        (Vec::new(), false)
+    } else {
+        peak_memory(plan, &sums, shape, prof, scratch)
+    };
     scratch.sums = sums;
     Cost {
         overhead_ms: overhead,

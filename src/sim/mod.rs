@@ -443,6 +443,8 @@ impl CostArbiter {
         }
         SCRATCH.with(|s| {
             let (scratch, dm, memo) = &mut *s.borrow_mut();
+            // the decision reads the layer times alone
+            scratch.time_only = true;
             memo.clear(ep.experts);
             let mut cost = |plan: &Plan| {
                 dispatch_matrix(plan, per_rank, dm);
@@ -557,6 +559,56 @@ mod tests {
         let mut spec = InputSpec::synthetic(vec![sc.parse().unwrap()], gpus);
         spec.tokens_per_rank = Some(tokens);
         spec.resolve().unwrap().remove(0)
+    }
+
+    #[test]
+    fn the_gates_time_only_prices_are_the_full_prices() {
+        // the arbiter skips peak memory and reuses its buffers from call
+        // to call: its layer times must be simulate's, bit for bit, with
+        // the pipelined schedule and without, decode to prefill sizes
+        let mut rng = SplitMix64::new(77);
+        for overlap in [
+            crate::gpu::pipeline::Overlap::Off,
+            crate::gpu::pipeline::Overlap::On(0),
+        ] {
+            let mut profile = Profile::load("h200").unwrap();
+            profile.overlap = overlap;
+            let arb = CostArbiter {
+                shape: Shape {
+                    hidden: 2048,
+                    intermediate: 768,
+                    dtype_bytes: 2,
+                    expert_bytes: crate::trace::meta::expert_bytes(2048, 768, 2),
+                    top_k: 8,
+                },
+                profile,
+            };
+            for tokens in [128u64, 2048, 8192, 32768] {
+                let w = workload(&mut rng, 2, tokens);
+                let per_rank = w.loads.block(0, 0).to_vec();
+                let global = w.loads.global(0, 0);
+                let params = PlanParams {
+                    gpus: 2,
+                    alpha: 1.0,
+                    min_gemm: 64,
+                    gate: Gate::Always,
+                };
+                let mut planner = Planner::new();
+                let ep = planner.plan(&global, &params, Policy::Ep).unwrap();
+                let llep = planner.plan(&global, &params, Policy::Llep).unwrap();
+                let (e, l) = arb.predict(&ep, &llep, &per_rank, &global);
+                let full = |plan: &Plan| {
+                    let mut dm = DispatchMatrix::default();
+                    dispatch_matrix(plan, &per_rank, &mut dm);
+                    let mut sc = CostScratch::default();
+                    let c = cost::price(plan, &dm, &global, &arb.shape, &arb.profile, &mut sc);
+                    assert!(!c.peak_mem_per_gpu.is_empty());
+                    c.total_ms
+                };
+                assert_eq!(e.to_bits(), full(&ep).to_bits(), "{overlap:?} {tokens}");
+                assert_eq!(l.to_bits(), full(&llep).to_bits(), "{overlap:?} {tokens}");
+            }
+        }
     }
 
     #[test]

@@ -66,7 +66,11 @@ pub fn chunks(prof: &Profile, plan: &Plan) -> usize {
 /// Every GPU's groups in replay's order (by GPU; native first, then
 /// foreign, each by expert and start), in one pass over the plan:
 /// (gpu, foreign, expert, start, rows).
-fn all_groups(plan: &Plan, out: &mut Vec<(u32, bool, u32, u64, u64)>) {
+fn all_groups(
+    plan: &Plan,
+    out: &mut Vec<(u32, bool, u32, u64, u64)>,
+    listed: &mut Vec<(u32, bool, u32, u64, u64)>,
+) {
     let per = (plan.experts / plan.gpus).max(1);
     out.clear();
     if plan.spills.is_empty() {
@@ -78,7 +82,7 @@ fn all_groups(plan: &Plan, out: &mut Vec<(u32, bool, u32, u64, u64)>) {
         }
         return;
     }
-    let mut listed = Vec::new();
+    listed.clear();
     for (e, ranges) in plan.iter() {
         for r in ranges.iter().filter(|r| r.end > r.start) {
             let foreign = e as usize / per != r.gpu as usize;
@@ -91,21 +95,21 @@ fn all_groups(plan: &Plan, out: &mut Vec<(u32, bool, u32, u64, u64)>) {
     // else (ranges no planner writes) the list is sorted as before.
     let bucket = |&(g, f, ..): &(u32, bool, u32, u64, u64)| 2 * g as usize + usize::from(f);
     let mut at = vec![0usize; 2 * plan.gpus + 1];
-    for x in &listed {
+    for x in listed.iter() {
         at[bucket(x) + 1] += 1;
     }
     for b in 1..at.len() {
         at[b] += at[b - 1];
     }
     out.resize(listed.len(), (0, false, 0, 0, 0));
-    for x in &listed {
+    for x in listed.iter() {
         let b = bucket(x);
         out[at[b]] = *x;
         at[b] += 1;
     }
     let key = |&(g, f, e, s, _): &(u32, bool, u32, u64, u64)| (g, f, e, s);
     if !out.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
-        out.clone_from(&listed);
+        out.clone_from(listed);
         out.sort_unstable_by_key(key);
     }
 }
@@ -158,16 +162,51 @@ pub fn price(
     plan: &Plan,
     chunks: usize,
     pricer: &GroupPricer<'_>,
+    memo: Option<&mut GroupMemo>,
+    comm: &[GpuComm],
+) -> Pipelined {
+    price_in(
+        plan,
+        chunks,
+        pricer,
+        memo,
+        comm,
+        &mut OverlapScratch::default(),
+    )
+}
+
+/// The buffers [`price_in`] fills, kept between calls: `llep-auto` prices
+/// two plans on the layer's critical path in replay, where each fresh
+/// allocation costs more than the arithmetic around it.
+#[derive(Debug, Default, Clone)]
+pub struct OverlapScratch {
+    groups: Vec<(u32, bool, u32, u64, u64)>,
+    listed: Vec<(u32, bool, u32, u64, u64)>,
+    per_chunk: Vec<(f64, bool)>,
+    starts: Vec<u64>,
+    weights_in: Vec<f64>,
+    main: Vec<f64>,
+    arrived: Vec<f64>,
+    busy: Vec<(f64, f64)>,
+}
+
+/// [`price`] with its buffers in `sc`.
+pub fn price_in(
+    plan: &Plan,
+    chunks: usize,
+    pricer: &GroupPricer<'_>,
     mut memo: Option<&mut GroupMemo>,
     comm: &[GpuComm],
+    sc: &mut OverlapScratch,
 ) -> Pipelined {
     let p = plan.gpus;
     let cf = chunks as f64;
-    let mut groups = Vec::new();
-    all_groups(plan, &mut groups);
+    all_groups(plan, &mut sc.groups, &mut sc.listed);
+    let groups = &sc.groups;
     // per GPU, its chunks: (compute ms, holds foreign rows)
-    let mut per_chunk = vec![(0.0, false); p * chunks];
-    let mut starts = Vec::new();
+    let per_chunk = &mut sc.per_chunk;
+    per_chunk.clear();
+    per_chunk.resize(p * chunks, (0.0, false));
     let mut lo = 0;
     for (g, out) in per_chunk.chunks_mut(chunks).enumerate() {
         let n = groups[lo..]
@@ -175,7 +214,14 @@ pub fn price(
             .take_while(|x| x.0 as usize == g)
             .count();
         let memo = memo.as_deref_mut();
-        chunk_compute(&groups[lo..lo + n], chunks, pricer, memo, &mut starts, out);
+        chunk_compute(
+            &groups[lo..lo + n],
+            chunks,
+            pricer,
+            memo,
+            &mut sc.starts,
+            out,
+        );
         lo += n;
     }
     let compute = per_chunk
@@ -196,7 +242,9 @@ pub fn price(
     // every GPU sending it weights are done: a sender's link (a NIC across
     // nodes) carries all its sends one after the other
     let xfer = |g: usize| comm.get(g).map_or(0.0, |c| c.transfer_ms);
-    let mut weights_in: Vec<f64> = (0..p).map(xfer).collect();
+    let weights_in = &mut sc.weights_in;
+    weights_in.clear();
+    weights_in.extend((0..p).map(xfer));
     for t in &plan.transfers {
         let (src, dst) = (t.src as usize, t.dst as usize);
         if dst < p {
@@ -205,13 +253,17 @@ pub fn price(
     }
     // each GPU's main stream, and the one order of rounds: every dispatch,
     // then the combines
-    let mut main: Vec<f64> = (0..p).map(pack).collect();
+    let main = &mut sc.main;
+    main.clear();
+    main.extend((0..p).map(pack));
     let start = main.iter().copied().fold(0.0, f64::max);
-    let arrived: Vec<f64> = (1..=chunks).map(|c| start + c as f64 * round).collect();
+    let arrived = &mut sc.arrived;
+    arrived.clear();
+    arrived.extend((1..=chunks).map(|c| start + c as f64 * round));
     // the net stream's busy intervals so far
-    let mut busy: Vec<(f64, f64)> = (0..chunks)
-        .map(|c| (arrived[c] - round, arrived[c]))
-        .collect();
+    let busy = &mut sc.busy;
+    busy.clear();
+    busy.extend((0..chunks).map(|c| (arrived[c] - round, arrived[c])));
     let mut net = start + cf * round;
     for c in 0..chunks {
         for (g, m) in main.iter_mut().enumerate() {
@@ -364,7 +416,7 @@ mod tests {
                 }
             }
             want.sort_unstable_by_key(|&(g, f, e, s, _)| (g, f, e, s));
-            all_groups(&pl, &mut got);
+            all_groups(&pl, &mut got, &mut Vec::new());
             assert_eq!(got, want, "case {case}");
         }
     }
