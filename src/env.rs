@@ -57,8 +57,9 @@ pub const CAPTURE_TIMING: &str = "LLEP_CAPTURE_TIMING";
 /// Set: `replay` prints each rank's GEMM tunings (the `lt` path's winners)
 /// to stderr at the end, for whoever studies a replay's GEMMs.
 pub const TUNE_LOG: &str = "LLEP_TRACE_TUNE_LOG";
-/// Set: `replay` prints, per case and setting, rank 0's host time in each
-/// step of the overhead phase (medians of the timed runs) to stderr.
+/// Set: `replay` prints, per case and setting, rank 0's host time through
+/// the overhead phase (medians over the case's runs, warm-ups included) to
+/// stderr.
 pub const HOST_TIMING: &str = "LLEP_TRACE_HOST_TIMING";
 
 /// The raw value of `MOE_ADAPTIVE_LPT_ROUTING_RATIO`, if set; read it with

@@ -137,10 +137,9 @@ pub(super) struct SegPart {
 /// block.
 pub(super) const ROUTE_BLOCK: usize = 256;
 /// Host checkpoints of the overhead phase (`LLEP_TRACE_HOST_TIMING`),
-/// microseconds from the count all-gather's launch: waiting starts,
-/// counts downloaded, planned, decided (`llep-auto`), laid out, tables
-/// queued.
-pub(super) const HOST_MARKS: usize = 6;
+/// microseconds from the count all-gather's launch: counts downloaded,
+/// planned, decided (`llep-auto`), laid out, tables queued.
+pub(super) const HOST_MARKS: usize = 5;
 /// Threads per block of `combine_rows` (each takes 8 columns of a row).
 const COMBINE_THREADS: usize = 128;
 
@@ -321,11 +320,10 @@ impl Worker<'_> {
         let clock = std::time::Instant::now();
         let mark = |m: &mut [f64; HOST_MARKS], i: usize| m[i] = clock.elapsed().as_secs_f64() * 1e6;
         let mut marks = [0f64; HOST_MARKS];
-        mark(&mut marks, 0);
         let mut host_counts = vec![0i32; p * n];
         // SAFETY: counts_all holds p*n ints; this is the one host sync.
         unsafe { self.dev.download(&mut host_counts, counts_all)? };
-        mark(&mut marks, 1);
+        mark(&mut marks, 0);
         let per_rank: Vec<u64> = host_counts.iter().map(|&c| c as u64).collect();
         let global: Vec<u64> = (0..n)
             .map(|e| (0..p).map(|q| per_rank[q * n + e]).sum())
@@ -343,14 +341,14 @@ impl Worker<'_> {
             self.planner
                 .plan_into(&global, &params, Policy::Ep, &mut ep)
                 .map_err(|e| GpuError::Input(e.to_string()))?;
-            mark(&mut marks, 2);
+            mark(&mut marks, 1);
             if !arbiter.prefers_llep(&ep, &plan, &per_rank, &global) {
                 plan = ep;
             }
         } else {
-            mark(&mut marks, 2);
+            mark(&mut marks, 1);
         }
-        mark(&mut marks, 3);
+        mark(&mut marks, 2);
         let mut lay =
             layout::build(&plan, &per_rank).map_err(|e| GpuError::Input(e.to_string()))?;
         // a training run's backward needs the sequential tables
@@ -360,7 +358,7 @@ impl Worker<'_> {
         }
         self.plan = plan;
         let fits = self.ensure(&lay)?;
-        mark(&mut marks, 4);
+        mark(&mut marks, 3);
         if crate::env::host_timing() {
             self.host_marks.push((policy, marks, clock));
         }
@@ -465,7 +463,7 @@ impl Worker<'_> {
         }
         self.ev[E_PLANNED].record(main)?;
         if let Some((_, m, clock)) = self.host_marks.last_mut() {
-            m[5] = clock.elapsed().as_secs_f64() * 1e6;
+            m[4] = clock.elapsed().as_secs_f64() * 1e6;
         }
         Ok(Remote {
             nseg: sin.len() as i32,

@@ -95,7 +95,7 @@ impl Worker<'_> {
                 v[v.len() / 2]
             };
             eprintln!(
-                "host us {} {} {}: wait from {:.1} counts {:.1} planned {:.1} decided {:.1} laid out {:.1} tables {:.1} ({} runs)",
+                "host us {} {} {}: counts {:.1} planned {:.1} decided {:.1} laid out {:.1} tables {:.1} ({} runs)",
                 case.base.scenario,
                 case.base.tokens_per_rank,
                 policy,
@@ -104,7 +104,6 @@ impl Worker<'_> {
                 med(2),
                 med(3),
                 med(4),
-                med(5),
                 mine.len()
             );
         }
@@ -509,11 +508,9 @@ fn kernel_module_version(text: &str) -> Option<String> {
 /// The order settings take their turns in, round after round: shuffled
 /// anew each round, from a fixed seed (every rank runs the same order, as
 /// their collectives must match). In a fixed order each setting always
-/// follows the same other one, and the run after an LLEP run that moved
-/// weights starts slower: on 2 x H200 a llep-auto run that chose EP paid
-/// 10-40 us more overhead than EP's own runs, growing with the weights
-/// moved by the LLEP run before it, where without weight moves the two
-/// differed by 2 us. Shuffled, every setting follows every other alike.
+/// follows the same other one and inherits whatever that run leaves
+/// behind (a llep-auto run always came right after an LLEP run that may
+/// have moved weights); shuffled, every setting follows every other alike.
 pub(super) struct TurnOrder {
     order: Vec<usize>,
     rng: crate::trace::tokens::SplitMix64,
