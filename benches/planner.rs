@@ -3,12 +3,15 @@
 //! (a) reference planner time per plan on skewed loads, for the sizes the
 //!     reference's Python planner is compared at and the larger EP sizes;
 //! (b) `simulate` throughput in (step, layer, ratio) evaluations per second,
-//!     cost model included, on a generated load-level trace.
+//!     cost model included, on a generated load-level trace;
+//! (c) `llep-auto`'s decision as `replay` makes it per layer (plan LLEP,
+//!     plan EP, price both: `CostArbiter::decide`), on the matrix's five
+//!     expert shapes, warm and with every cache flushed first.
 //!
 //! Prints a Markdown report to stdout; the committed copy is
 //! `reports/bench/planner.md`. The built binary also runs on its own (it
 //! needs no cargo), with options after `--bench`:
-//! - `--planner-only`: skip (b);
+//! - `--planner-only`: skip (b) and (c); `--decision-only`: only (c);
 //! - `--vectors FILE`: write every load vector that (a) plans, one JSON
 //!   object a line (`n`, `gpus`, `alpha`, `min_gemm`, `counts`), so
 //!   `scripts/bench/reference_planner_timing.py` times the reference's
@@ -22,7 +25,7 @@
 use llep_trace::plan::Gate;
 use llep_trace::plan::{PlanParams, Planner, Policy};
 use llep_trace::progress::Silent;
-use llep_trace::sim::{simulate, Profile, SimConfig};
+use llep_trace::sim::{simulate, CostArbiter, Profile, Shape, SimConfig};
 use llep_trace::trace::meta::{ModelMeta, RoutingFn};
 use llep_trace::trace::tokens::SplitMix64;
 use llep_trace::trace::Loads;
@@ -122,6 +125,68 @@ fn bench_planner(vectors: &[Vec<u64>], p: usize) -> PlannerBench {
         dup_share: dups as f64 / vectors.len() as f64,
         transfers: transfers as f64 / vectors.len() as f64,
     }
+}
+
+/// (c): microseconds per `llep-auto` decision of one layer on 2 GPUs, as
+/// replay's host makes it after the count exchange (the LLEP plan, the EP
+/// plan, both priced with the profile replay decides with: pipelined
+/// schedule, CUDA graphs): warm (the same layer decided over and over) and
+/// cold (64 MiB streamed through the caches before each decision, closer
+/// to a host that ran the rest of a layer in between).
+fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> (f64, f64, bool) {
+    let mut spec = InputSpec::synthetic(vec!["30:4".parse().unwrap()], 2);
+    spec.tokens_per_rank = Some(tokens);
+    spec.dims.experts = Some(n as u32);
+    spec.dims.top_k = Some(k as u32);
+    let w = spec.resolve().unwrap().remove(0);
+    let per_rank = w.loads.block(0, 0).to_vec();
+    let global = w.loads.global(0, 0);
+    let mut profile = Profile::load("h200").unwrap();
+    profile.overlap = llep_trace::gpu::pipeline::Overlap::On(0);
+    profile.cuda_graphs = true;
+    let arb = CostArbiter {
+        shape: Shape {
+            hidden: d,
+            intermediate: i,
+            dtype_bytes: 2,
+            expert_bytes: llep_trace::trace::meta::expert_bytes(d, i, 2),
+            top_k: k,
+        },
+        profile,
+    };
+    let prm = PlanParams {
+        gpus: 2,
+        alpha: 1.0,
+        min_gemm: 1024,
+        gate: Gate::Ratio(1.3),
+    };
+    let mut pl = Planner::new();
+    let (mut llep, mut ep) = (Default::default(), Default::default());
+    let mut decide = |pl: &mut Planner| {
+        pl.plan_into(black_box(&global), &prm, Policy::LlepAuto, &mut llep)
+            .unwrap();
+        pl.plan_into(&global, &prm, Policy::Ep, &mut ep).unwrap();
+        arb.decide(&ep, &llep, &per_rank, &global).2
+    };
+    let use_llep = decide(&mut pl);
+    let reps = 20_000;
+    let t0 = Instant::now();
+    for _ in 0..reps {
+        black_box(decide(&mut pl));
+    }
+    let warm = t0.elapsed().as_secs_f64() / reps as f64 * 1e6;
+    let mut junk = vec![1u64; 8 << 20];
+    let (mut cold, cold_reps) = (0.0, 200);
+    for r in 0..cold_reps {
+        for (j, v) in junk.iter_mut().enumerate() {
+            *v = v.wrapping_add(j as u64 ^ r);
+        }
+        black_box(&junk);
+        let t = Instant::now();
+        black_box(decide(&mut pl));
+        cold += t.elapsed().as_secs_f64() * 1e6;
+    }
+    (warm, cold / cold_reps as f64, use_llep)
 }
 
 fn bench_simulate() -> (usize, usize, f64, f64) {
@@ -256,6 +321,25 @@ fn main() {
         write_file(path, &tsv);
     }
     if std::env::var("LLEP_BENCH_REPS").is_ok() || args.iter().any(|a| a == "--planner-only") {
+        return;
+    }
+    println!();
+    println!("| llep-auto decision, 2 GPUs, 30:4 | tokens per GPU | warm, us | caches flushed, us | llep-auto takes |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, d, i, n, k) in [
+        ("gpt-oss-120b", 2880, 2880, 128, 4),
+        ("Qwen3-30B-A3B", 2048, 768, 128, 8),
+        ("OLMoE", 2048, 1024, 64, 8),
+        ("DeepSeek-V3", 7168, 2048, 256, 8),
+        ("Mixtral-8x7B", 4096, 14336, 8, 2),
+    ] {
+        for tokens in [128u64, 2048] {
+            let (warm, cold, llep) = bench_decision(d, i, n, k, tokens);
+            let llep = if llep { "LLEP" } else { "EP" };
+            println!("| {name} | {tokens} | {warm:.2} | {cold:.1} | {llep} |");
+        }
+    }
+    if args.iter().any(|a| a == "--decision-only") {
         return;
     }
     let (ls, rows, secs, eps) = bench_simulate();
