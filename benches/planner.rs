@@ -145,13 +145,7 @@ fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> (f64, f64, b
     profile.overlap = llep_trace::gpu::pipeline::Overlap::On(0);
     profile.cuda_graphs = true;
     let arb = CostArbiter {
-        shape: Shape {
-            hidden: d,
-            intermediate: i,
-            dtype_bytes: 2,
-            expert_bytes: llep_trace::trace::meta::expert_bytes(d, i, 2),
-            top_k: k,
-        },
+        shape: Shape::bf16(d, i, k),
         profile,
     };
     let prm = PlanParams {

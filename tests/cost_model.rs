@@ -11,7 +11,6 @@ use llep_trace::results::ResultRow;
 use llep_trace::sim::cost::charge_auto;
 use llep_trace::sim::model::{GemmTable, Launches, LayerFit, MemModel, MsgModel, Proj};
 use llep_trace::sim::{Cost, Evaluator, Profile, Shape};
-use llep_trace::trace::meta::expert_bytes;
 
 /// A layer: shape, GPUs, experts, per-rank counts `[P][N]`.
 struct Layer {
@@ -19,16 +18,6 @@ struct Layer {
     shape: Shape,
     gpus: usize,
     counts: Vec<u64>,
-}
-
-fn shape(d: u64, i: u64, k: u64) -> Shape {
-    Shape {
-        hidden: d,
-        intermediate: i,
-        dtype_bytes: 2,
-        expert_bytes: expert_bytes(d, i, 2),
-        top_k: k,
-    }
 }
 
 /// Per-rank counts with `hot` of the copies on expert 0 and the rest
@@ -55,25 +44,25 @@ fn layers() -> Vec<Layer> {
     vec![
         Layer {
             name: "gpt-oss 2 GPUs decode 30% hot",
-            shape: shape(2880, 2880, 4),
+            shape: Shape::bf16(2880, 2880, 4),
             gpus: 2,
             counts: counts(2, 128, 512 * 4, 30),
         },
         Layer {
             name: "gpt-oss 2 GPUs prefill 80% hot",
-            shape: shape(2880, 2880, 4),
+            shape: Shape::bf16(2880, 2880, 4),
             gpus: 2,
             counts: counts(2, 128, 32768 * 4, 80),
         },
         Layer {
             name: "mixtral 4 GPUs balanced-ish",
-            shape: shape(4096, 14336, 2),
+            shape: Shape::bf16(4096, 14336, 2),
             gpus: 4,
             counts: counts(4, 8, 16384 * 2, 0),
         },
         Layer {
             name: "deepseek-v3 8 GPUs 50% hot (no curve)",
-            shape: shape(7168, 2048, 8),
+            shape: Shape::bf16(7168, 2048, 8),
             gpus: 8,
             counts: counts(8, 256, 2048 * 8, 50),
         },
@@ -260,7 +249,7 @@ fn tables_price_shapes_without_a_curve_and_curves_still_win() {
         "/tests/data/profiles/h200-curves-2026-11-28.json"
     ))
     .unwrap();
-    let ds = shape(7168, 2048, 8);
+    let ds = Shape::bf16(7168, 2048, 8);
     let formula = prof.gemm_ms(512, &ds);
     prof.gemm_tables = tables(&[(7168, 2048)]);
     let unit = |m: f64| {
@@ -284,7 +273,7 @@ fn tables_price_shapes_without_a_curve_and_curves_still_win() {
         "/tests/data/profiles/h200-curves-2026-11-28.json"
     ))
     .unwrap();
-    let go = shape(2880, 2880, 4);
+    let go = Shape::bf16(2880, 2880, 4);
     prof.gemm_tables = tables(&[(2880, 2880), (7168, 2048)]);
     assert_eq!(prof.gemm_ms(777, &go), before.gemm_ms(777, &go));
 }

@@ -319,7 +319,6 @@ fn calibrate_nodes_must_split_the_gpus_and_measure_a_link() {
 fn a_shared_inter_node_link_prices_both_directions_of_an_exchange() {
     use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, PlanParams, Planner, Policy};
     use llep_trace::sim::{price, CostScratch, Profile, Shape};
-    use llep_trace::trace::meta::expert_bytes;
     let (p, n) = (2usize, 8usize);
     // both ranks route mostly to expert 0 (GPU 0): lopsided traffic
     let mut per_rank = vec![0u64; p * n];
@@ -341,13 +340,7 @@ fn a_shared_inter_node_link_prices_both_directions_of_an_exchange() {
         min_gemm: 0,
         gate: Gate::Always,
     };
-    let shape = Shape {
-        hidden: 2880,
-        intermediate: 2880,
-        dtype_bytes: 2,
-        expert_bytes: expert_bytes(2880, 2880, 2),
-        top_k: 4,
-    };
+    let shape = Shape::bf16(2880, 2880, 4);
     let tok = shape.hidden * shape.dtype_bytes;
     let mut full = Profile::load("h200").unwrap();
     full.nodes = 2;

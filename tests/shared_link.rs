@@ -8,20 +8,13 @@
 use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, PlanParams, Planner, Policy};
 use llep_trace::sim::model::MsgModel;
 use llep_trace::sim::{price, CostScratch, Profile, Shape};
-use llep_trace::trace::meta::expert_bytes;
 
 const LAT_US: f64 = 50.0;
 const SHARED_GBPS: f64 = 4.0;
 const ONE_WAY_GBPS: f64 = 3.0;
 
 fn shape() -> Shape {
-    Shape {
-        hidden: 2880,
-        intermediate: 2880,
-        dtype_bytes: 2,
-        expert_bytes: expert_bytes(2880, 2880, 2),
-        top_k: 4,
-    }
+    Shape::bf16(2880, 2880, 4)
 }
 
 /// A profile whose exchange and transfers are only the link: no message

@@ -8,7 +8,6 @@ use llep_trace::plan::topo::Topology;
 use llep_trace::plan::{dispatch_matrix, DispatchMatrix, Gate, PlanParams, Planner, Policy};
 use llep_trace::results::read_results;
 use llep_trace::sim::{price, CostScratch, Profile, Shape};
-use llep_trace::trace::meta::expert_bytes;
 use std::path::Path;
 use std::process::Command;
 
@@ -163,13 +162,7 @@ fn every_gpu_its_own_node_sends_everything_over_the_nic() {
         min_gemm: 0,
         gate: Gate::Always,
     };
-    let shape = Shape {
-        hidden: 7168,
-        intermediate: 2048,
-        dtype_bytes: 2,
-        expert_bytes: expert_bytes(7168, 2048, 2),
-        top_k: 8,
-    };
+    let shape = Shape::bf16(7168, 2048, 8);
     let plan = Planner::new().plan(&global, &params, Policy::Llep).unwrap();
     assert!(!plan.transfers.is_empty());
     let mut dm = DispatchMatrix::default();

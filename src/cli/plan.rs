@@ -269,13 +269,7 @@ fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
             per_rank[r * n + e] = c / g + u64::from((r as u64) < c % g);
         }
     }
-    let shape = Shape {
-        hidden: d as u64,
-        intermediate: i as u64,
-        dtype_bytes: 2,
-        expert_bytes: llep_trace::trace::meta::expert_bytes(d as u64, i as u64, 2),
-        top_k: 1,
-    };
+    let shape = Shape::bf16(d as u64, i as u64, 1);
     Ok(AutoJudge {
         arbiter: CostArbiter { shape, profile },
         per_rank,

@@ -317,8 +317,12 @@ impl Worker<'_> {
             min_gemm: self.cfg.min_gemm,
             gate,
         };
-        let clock = std::time::Instant::now();
-        let mark = |m: &mut [f64; HOST_MARKS], i: usize| m[i] = clock.elapsed().as_secs_f64() * 1e6;
+        let clock = self.host_timing.then(std::time::Instant::now);
+        let mark = |m: &mut [f64; HOST_MARKS], i: usize| {
+            if let Some(c) = clock {
+                m[i] = c.elapsed().as_secs_f64() * 1e6;
+            }
+        };
         let mut marks = [0f64; HOST_MARKS];
         let mut host_counts = vec![0i32; p * n];
         // SAFETY: counts_all holds p*n ints; this is the one host sync.
@@ -359,8 +363,9 @@ impl Worker<'_> {
         self.plan = plan;
         let fits = self.ensure(&lay)?;
         mark(&mut marks, 3);
-        if crate::env::host_timing() {
-            self.host_marks.push((policy, marks, clock));
+        if clock.is_some() {
+            self.host_clock = clock;
+            self.host_marks.push((policy, marks));
         }
         if !fits {
             return Ok(None);
@@ -462,8 +467,8 @@ impl Worker<'_> {
             }
         }
         self.ev[E_PLANNED].record(main)?;
-        if let Some((_, m, clock)) = self.host_marks.last_mut() {
-            m[4] = clock.elapsed().as_secs_f64() * 1e6;
+        if let (Some(c), Some((_, m))) = (self.host_clock, self.host_marks.last_mut()) {
+            m[4] = c.elapsed().as_secs_f64() * 1e6;
         }
         Ok(Remote {
             nseg: sin.len() as i32,

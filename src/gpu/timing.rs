@@ -89,11 +89,7 @@ impl Worker<'_> {
             if mine.is_empty() {
                 continue;
             }
-            let med = |i: usize| {
-                let mut v: Vec<f64> = mine.iter().map(|m| m[i]).collect();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
+            let med = |i: usize| quantile(&mine.iter().map(|m| m[i]).collect::<Vec<_>>(), 0.5);
             eprintln!(
                 "host us {} {} {}: counts {:.1} planned {:.1} decided {:.1} laid out {:.1} tables {:.1} ({} runs)",
                 case.base.scenario,
@@ -156,7 +152,7 @@ impl Worker<'_> {
                 self.dev.arena.release_except(&PERSISTENT)?;
             }
         }
-        if crate::env::host_timing() && self.rank == 0 {
+        if self.host_timing && self.rank == 0 {
             self.print_host_marks(case, settings);
         }
         let mut rows = Vec::with_capacity(settings.len());

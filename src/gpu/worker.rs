@@ -143,13 +143,13 @@ pub(super) struct Worker<'a> {
     pub(super) link: Option<std::sync::Arc<super::copy_engine::PeerLink>>,
     /// The ranks' slots as of this run's meeting (copy-engine exchange).
     pub(super) peers: std::cell::RefCell<Vec<super::copy_engine::Slot>>,
-    /// Host checkpoints of each run's overhead phase
-    /// (`LLEP_TRACE_HOST_TIMING`; see `phases::HOST_MARKS`).
-    pub(super) host_marks: Vec<(
-        crate::plan::Policy,
-        [f64; super::phases::HOST_MARKS],
-        std::time::Instant,
-    )>,
+    /// `LLEP_TRACE_HOST_TIMING` is set (read once: the overhead phase is
+    /// on every run's critical path).
+    pub(super) host_timing: bool,
+    /// With it, each run's host checkpoints of the overhead phase (see
+    /// `phases::HOST_MARKS`), and when the current run's started.
+    pub(super) host_marks: Vec<(crate::plan::Policy, [f64; super::phases::HOST_MARKS])>,
+    pub(super) host_clock: Option<std::time::Instant>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -201,7 +201,9 @@ impl<'a> Worker<'a> {
             graphs: Default::default(),
             link,
             peers: Default::default(),
+            host_timing: crate::env::host_timing(),
             host_marks: Vec::new(),
+            host_clock: None,
         };
         if w.link.is_some() {
             w.link_peers(ordinal)?;

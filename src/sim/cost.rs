@@ -39,6 +39,18 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// A bf16 expert of `hidden` x `intermediate` (gate_up and down), top-k
+    /// `top_k`: the shape `plan --hidden-size` and the tests price.
+    pub fn bf16(hidden: u64, intermediate: u64, top_k: u64) -> Shape {
+        Shape {
+            hidden,
+            intermediate,
+            dtype_bytes: 2,
+            expert_bytes: crate::trace::meta::expert_bytes(hidden, intermediate, 2),
+            top_k,
+        }
+    }
+
     pub fn from_model(m: &crate::trace::ModelMeta) -> Shape {
         Shape {
             hidden: m.hidden_size as u64,

@@ -113,13 +113,7 @@ fn host_floor_raises_native_and_foreign_units_apart() {
 #[test]
 fn copy_engine_exchange_prices_its_own_links_and_buffers() {
     use crate::gpu::{Exchange, Overlap};
-    let shape = Shape {
-        hidden: 2880,
-        intermediate: 2880,
-        dtype_bytes: 2,
-        expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
-        top_k: 4,
-    };
+    let shape = Shape::bf16(2880, 2880, 4);
     let (p, n) = (2usize, 128usize);
     // 95:1-like: rank 0's experts hot, so LLEP lends weights
     let per_rank: Vec<u64> = (0..p * n)

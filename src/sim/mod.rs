@@ -574,13 +574,7 @@ mod tests {
             let mut profile = Profile::load("h200").unwrap();
             profile.overlap = overlap;
             let arb = CostArbiter {
-                shape: Shape {
-                    hidden: 2048,
-                    intermediate: 768,
-                    dtype_bytes: 2,
-                    expert_bytes: crate::trace::meta::expert_bytes(2048, 768, 2),
-                    top_k: 8,
-                },
+                shape: Shape::bf16(2048, 768, 8),
                 profile,
             };
             for tokens in [128u64, 2048, 8192, 32768] {
@@ -616,13 +610,7 @@ mod tests {
         use crate::plan::Arbiter;
         let (d, i) = (2880u64, 2880u64);
         let arb = CostArbiter {
-            shape: Shape {
-                hidden: d,
-                intermediate: i,
-                dtype_bytes: 2,
-                expert_bytes: crate::trace::meta::expert_bytes(d, i, 2),
-                top_k: 4,
-            },
+            shape: Shape::bf16(d, i, 4),
             profile: Profile::load("h200").unwrap(),
         };
         let p = 4;

@@ -311,13 +311,7 @@ mod tests {
 
     /// The gpt-oss-120b expert shape every test here prices.
     fn gptoss() -> crate::sim::Shape {
-        crate::sim::Shape {
-            hidden: 2880,
-            intermediate: 2880,
-            dtype_bytes: 2,
-            expert_bytes: crate::trace::meta::expert_bytes(2880, 2880, 2),
-            top_k: 4,
-        }
+        crate::sim::Shape::bf16(2880, 2880, 4)
     }
 
     fn comm(link: f64, copy: f64, transfer: f64) -> GpuComm {
