@@ -74,16 +74,32 @@ pub fn chunks(overlap: Overlap, rows: u64, gpus: usize) -> usize {
 /// (a whole group stays one GEMM), else at the even cut rounded down to
 /// `align` rows. The cost model cuts its groups the same way.
 pub fn cuts(starts: &[u64], rows: u64, chunks: usize, align: u64) -> Vec<u64> {
+    let mut b = Vec::with_capacity(chunks + 1);
+    cuts_into(starts, rows, chunks, align, &mut b);
+    b
+}
+
+/// [`cuts`] into `b` (cleared first): the cost model cuts every plan's
+/// groups on `llep-auto`'s decision, on the replayed layer's critical path.
+pub fn cuts_into(starts: &[u64], rows: u64, chunks: usize, align: u64, b: &mut Vec<u64>) {
     let step = rows as f64 / chunks as f64;
     let align = align.max(1);
-    let mut b = vec![0u64];
+    // group starts come in increasing order from both callers: then the
+    // nearest one is beside the even cut (a binary search, not a scan)
+    let sorted = starts.windows(2).all(|w| w[0] < w[1]);
+    b.clear();
+    b.push(0);
     for c in 1..chunks {
         let even = (step * c as f64) as u64;
-        let near = starts
-            .iter()
-            .copied()
-            .filter(|&r| r > 0)
-            .min_by_key(|&r| r.abs_diff(even));
+        let near = if sorted {
+            nearest_sorted(starts, even)
+        } else {
+            starts
+                .iter()
+                .copied()
+                .filter(|&r| r > 0)
+                .min_by_key(|&r| r.abs_diff(even))
+        };
         let cut = match near {
             Some(r) if (r.abs_diff(even) as f64) <= step / 4.0 => r,
             _ => even / align * align,
@@ -92,7 +108,19 @@ pub fn cuts(starts: &[u64], rows: u64, chunks: usize, align: u64) -> Vec<u64> {
         b.push(cut.clamp(prev, rows));
     }
     b.push(rows);
-    b
+}
+
+/// The positive start nearest `even` in strictly increasing `starts`, the
+/// lower on a tie: what the scan in [`cuts_into`] finds (its first least).
+fn nearest_sorted(starts: &[u64], even: u64) -> Option<u64> {
+    let i = starts.partition_point(|&r| r <= even);
+    let below = i.checked_sub(1).map(|j| starts[j]).filter(|&r| r > 0);
+    let above = starts.get(i).copied();
+    match (below, above) {
+        (Some(a), Some(b)) if b.abs_diff(even) < a.abs_diff(even) => Some(b),
+        (Some(a), _) => Some(a),
+        (None, b) => b,
+    }
 }
 
 /// [`chunks`] for a built layout.
@@ -301,6 +329,64 @@ fn seg_at(segs: u64, i: i32) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The scan every cut used to be: the first positive start nearest
+    /// the even cut.
+    fn cuts_by_scan(starts: &[u64], rows: u64, chunks: usize, align: u64) -> Vec<u64> {
+        let step = rows as f64 / chunks as f64;
+        let mut b = vec![0u64];
+        for c in 1..chunks {
+            let even = (step * c as f64) as u64;
+            let near = starts
+                .iter()
+                .copied()
+                .filter(|&r| r > 0)
+                .min_by_key(|&r| r.abs_diff(even));
+            let cut = match near {
+                Some(r) if (r.abs_diff(even) as f64) <= step / 4.0 => r,
+                _ => even / align * align,
+            };
+            let prev = *b.last().unwrap();
+            b.push(cut.clamp(prev, rows));
+        }
+        b.push(rows);
+        b
+    }
+
+    #[test]
+    fn cuts_by_search_are_the_cuts_by_scan() {
+        let mut rng = crate::trace::tokens::SplitMix64::new(11);
+        for case in 0..3000 {
+            let n = rng.below(40) as usize;
+            // group sizes, some of one row and some equal, so that ties
+            // between the starts below and above an even cut occur
+            let mut starts = Vec::with_capacity(n);
+            let mut at = 0u64;
+            for _ in 0..n {
+                starts.push(at);
+                at += [1, 64, 128, 1 + rng.below(3000)][rng.below(4) as usize];
+            }
+            let rows = at + rng.below(3);
+            if case % 7 == 6 && n > 2 {
+                // not increasing: the scan itself
+                starts.swap(0, n - 1);
+            }
+            for chunks in 1..=MAX_CHUNKS {
+                for align in [1, ALIGN] {
+                    if case == 0 {
+                        // an even cut at 400 with starts 50 below and above it: the lower
+                        assert_eq!(cuts(&[0, 350, 450], 800, 2, align), [0, 350, 800]);
+                    }
+                    let want = cuts_by_scan(&starts, rows, chunks, align);
+                    assert_eq!(
+                        cuts(&starts, rows, chunks, align),
+                        want,
+                        "{starts:?} {rows} {chunks}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn chunk_counts_follow_size_and_setting() {

@@ -535,34 +535,41 @@ fn price_groups(
         m.fit(plan.experts);
         m.bind(pricer);
     }
-    let mut group = |e: usize, g: usize, tokens: u64, foreign: bool, scratch: &mut CostScratch| {
-        groups += 1;
-        let ms = match memo.as_deref_mut() {
-            Some(m) => m.group_ms(pricer, e, tokens),
-            None => pricer.ms(tokens),
-        };
-        scratch.compute[g] += ms;
-        let units = pricer.units(tokens);
-        scratch.units[g] += units;
-        if foreign {
-            scratch.foreign[g] += ms;
-            scratch.foreign_units[g] += units;
-        }
-        scratch.largest[g] = scratch.largest[g].max(tokens);
+    let mut ms_of = |e: usize, tokens: u64| match memo.as_deref_mut() {
+        Some(m) => m.group_ms(pricer, e, tokens),
+        None => pricer.ms(tokens),
     };
     if plan.spills.is_empty() {
+        // each GPU's own experts whole, summed in registers in the order
+        // the plan's ranges would add them (the same sums, bit for bit)
         for (g, block) in counts.chunks_exact(per).enumerate() {
+            let (mut ms, mut units, mut largest) = (0.0, 0u64, 0u64);
             for (j, &c) in block.iter().enumerate().filter(|&(_, &c)| c > 0) {
-                group(g * per + j, g, c, false, scratch);
+                groups += 1;
+                ms += ms_of(g * per + j, c);
+                units += pricer.units(c);
+                largest = largest.max(c);
             }
+            scratch.compute[g] = ms;
+            scratch.units[g] = units;
+            scratch.largest[g] = largest;
         }
     } else {
         // every expert with copies, those that do not spill as one native range
         for (e, ranges) in plan.iter() {
+            let e = e as usize;
             for r in ranges {
-                let g = r.gpu as usize;
-                let e = e as usize;
-                group(e, g, r.end - r.start, e / per != g, scratch);
+                let (g, tokens) = (r.gpu as usize, r.end - r.start);
+                groups += 1;
+                let ms = ms_of(e, tokens);
+                let units = pricer.units(tokens);
+                scratch.compute[g] += ms;
+                scratch.units[g] += units;
+                if e / per != g {
+                    scratch.foreign[g] += ms;
+                    scratch.foreign_units[g] += units;
+                }
+                scratch.largest[g] = scratch.largest[g].max(tokens);
             }
         }
     }

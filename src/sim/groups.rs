@@ -81,6 +81,8 @@ impl GroupPricer<'_> {
     /// the group is priced whole.
     pub fn units(&self, tokens: u64) -> u64 {
         match &self.how {
+            // most groups fit one unit: no division
+            Pricing::Tables(_, chunk) if tokens <= *chunk => u64::from(tokens > 0),
             Pricing::Tables(_, chunk) => tokens.div_ceil(*chunk),
             _ => 1,
         }

@@ -525,6 +525,10 @@ impl<'a> GroupTables<'a> {
     }
 
     fn ms_with(&self, tokens: u64, unit: impl FnOnce(u64) -> f64) -> f64 {
+        if tokens < self.chunk {
+            // one part unit (most groups): no division; `0.0 +` as below
+            return if tokens > 0 { 0.0 + unit(tokens) } else { 0.0 };
+        }
         let (full, rest) = (tokens / self.chunk, tokens % self.chunk);
         let mut t = 0.0;
         if full > 0 {

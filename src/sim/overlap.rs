@@ -123,6 +123,7 @@ fn chunk_compute(
     pricer: &GroupPricer<'_>,
     mut memo: Option<&mut GroupMemo>,
     starts: &mut Vec<u64>,
+    bounds: &mut Vec<u64>,
     out: &mut [(f64, bool)],
 ) {
     starts.clear();
@@ -131,11 +132,17 @@ fn chunk_compute(
         starts.push(at);
         at += rows;
     }
-    let bounds = pipeline::cuts(starts, at, chunks, pipeline::ALIGN);
+    pipeline::cuts_into(starts, at, chunks, pipeline::ALIGN, bounds);
     out.fill((0.0, false));
+    // the groups and the chunks both ascend: walk them together, each
+    // group over the chunks it overlaps (most lie in one)
+    let mut first = 0;
     for (&(_, foreign, e, _, rows), &s) in groups.iter().zip(starts.iter()) {
         let (a, b) = (s, s + rows);
-        for c in 0..chunks {
+        while first + 1 < chunks && bounds[first + 1] <= a {
+            first += 1;
+        }
+        for c in (first..chunks).take_while(|&c| bounds[c] < b) {
             let (lo, hi) = (a.max(bounds[c]), b.min(bounds[c + 1]));
             if hi > lo {
                 // a whole group costs what the sequential model priced;
@@ -184,6 +191,7 @@ pub struct OverlapScratch {
     listed: Vec<(u32, bool, u32, u64, u64)>,
     per_chunk: Vec<(f64, bool)>,
     starts: Vec<u64>,
+    bounds: Vec<u64>,
     weights_in: Vec<f64>,
     main: Vec<f64>,
     arrived: Vec<f64>,
@@ -220,6 +228,7 @@ pub fn price_in(
             pricer,
             memo,
             &mut sc.starts,
+            &mut sc.bounds,
             out,
         );
         lo += n;
