@@ -154,6 +154,18 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             two.rows, two.median_abs_time_pct, two.worst_abs_time_pct
         ));
     }
+    // the signed error where the schedule or the imbalance differ between
+    // rows: a bias of the model shows there, not in |error|
+    let bias = acc.bias();
+    if bias.len() > 1 {
+        s.push_str("layer time, median signed error (+: priced slow) by schedule and imbalance:\n");
+        for b in &bias {
+            s.push_str(&format!(
+                "  {}, {}: {} rows, {:+.1}% ({:+.1}% to {:+.1}%)\n",
+                b.schedule, b.imbalance, b.rows, b.median_pct, b.min_pct, b.max_pct
+            ));
+        }
+    }
     let split = (!a.held_out.is_empty()).then(|| acc.split(&a.held_out));
     if let Some((cal, held)) = &split {
         let shapes: Vec<String> = a.held_out.iter().map(|(d, i)| format!("{d}x{i}")).collect();

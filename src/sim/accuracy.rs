@@ -114,6 +114,74 @@ impl Accuracy {
     }
 }
 
+/// One group of [`Accuracy::bias`]: the signed layer-time error of its
+/// rows, percent (positive: priced slow).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bias {
+    /// "sequential", or "pipelined, N chunks" and the exchange.
+    pub schedule: String,
+    /// The imbalance band of the layer's loads before planning (max/mean).
+    pub imbalance: &'static str,
+    pub rows: usize,
+    pub median_pct: f64,
+    pub min_pct: f64,
+    pub max_pct: f64,
+}
+
+/// Imbalance bands (max/mean of the GPUs' loads before planning) that
+/// [`Accuracy::bias`] groups by: near balance, moderate, strong.
+fn imbalance_band(ratio: f64) -> (u8, &'static str) {
+    if ratio < 1.1 {
+        (0, "max/mean < 1.1")
+    } else if ratio < 1.5 {
+        (1, "max/mean 1.1-1.5")
+    } else {
+        (2, "max/mean >= 1.5")
+    }
+}
+
+impl Accuracy {
+    /// The signed layer-time error by schedule (sequential, or pipelined
+    /// by chunk count and exchange) and imbalance band: where the model
+    /// leans one way, which |error| alone hides. Groups in order of
+    /// schedule, then band.
+    pub fn bias(&self) -> Vec<Bias> {
+        // (chunks, copy engines, band) -> (schedule, band name, errors)
+        type Group = (String, &'static str, Vec<f64>);
+        let mut by: std::collections::BTreeMap<(u32, bool, u8), Group> = Default::default();
+        for p in &self.pairs {
+            let m = &p.measured;
+            let chunks = if m.overlap_chunks > 1 {
+                m.overlap_chunks
+            } else {
+                0
+            };
+            let ce =
+                crate::gpu::Exchange::parse(&m.exchange) == Some(crate::gpu::Exchange::CopyEngine);
+            let schedule = match (chunks, ce) {
+                (0, _) => "sequential".to_string(),
+                (n, false) => format!("pipelined, {n} chunks, NCCL"),
+                (n, true) => format!("pipelined, {n} chunks, copy engines"),
+            };
+            let (band, name) = imbalance_band(m.imbalance_ratio);
+            by.entry((chunks, ce, band))
+                .or_insert_with(|| (schedule, name, Vec::new()))
+                .2
+                .push(p.time_err * 100.0);
+        }
+        by.into_values()
+            .map(|(schedule, imbalance, mut v)| Bias {
+                schedule,
+                imbalance,
+                rows: v.len(),
+                min_pct: v.iter().cloned().fold(f64::INFINITY, f64::min),
+                max_pct: v.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+                median_pct: median(&mut v),
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AccuracyError {
     #[error("no measured rows (source = measured) in the input")]
@@ -587,5 +655,64 @@ mod tests {
         assert_eq!((cal.mem_below_3pct, held.mem_below_3pct), (1, 0));
         assert!((cal.mem_lowest_pct + 10.0).abs() < 1e-12);
         assert!(is_held_out(&rows[1], &[(2048, 768)]) && !is_held_out(&rows[0], &[(2048, 768)]));
+    }
+
+    #[test]
+    fn bias_is_the_signed_error_by_schedule_and_imbalance() {
+        let prof = Profile::load("h200").unwrap();
+        let row = |ratio: f64, chunks: u32, exchange: &str| ResultRow {
+            trace: "synthetic".into(),
+            scenario: "30:4".into(),
+            policy: Policy::Ep,
+            gate: Gate::Never,
+            alpha: 1.0,
+            min_gemm: 1024,
+            gpus: 2,
+            tokens_per_rank: 512,
+            hidden_size: 2048,
+            intermediate_size: 768,
+            experts: 128,
+            top_k: 8,
+            source: Source::Measured,
+            t_total_ms: 1.0,
+            peak_mem_max_bytes: 1,
+            imbalance_ratio: ratio,
+            overlap_chunks: chunks,
+            exchange: exchange.into(),
+            ..Default::default()
+        };
+        let rows = [
+            row(1.02, 0, "nccl"),
+            row(1.05, 1, "nccl"),
+            row(1.9, 0, "nccl"),
+            row(1.02, 6, "nccl"),
+            row(1.02, 6, "nccl"),
+            row(1.02, 6, "copy-engine"),
+        ];
+        let mut acc = compare(&rows, &prof, &[]).unwrap();
+        for (p, e) in acc
+            .pairs
+            .iter_mut()
+            .zip([-0.04, 0.0, 0.09, -0.12, -0.10, -0.01])
+        {
+            p.time_err = e;
+        }
+        let b = acc.bias();
+        let got: Vec<_> = b
+            .iter()
+            .map(|x| (x.schedule.as_str(), x.imbalance, x.rows))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("sequential", "max/mean < 1.1", 2),
+                ("sequential", "max/mean >= 1.5", 1),
+                ("pipelined, 6 chunks, NCCL", "max/mean < 1.1", 2),
+                ("pipelined, 6 chunks, copy engines", "max/mean < 1.1", 1),
+            ]
+        );
+        assert!((b[0].median_pct + 2.0).abs() < 1e-9);
+        assert!((b[2].median_pct + 11.0).abs() < 1e-9);
+        assert!((b[2].min_pct + 12.0).abs() < 1e-9 && (b[2].max_pct + 10.0).abs() < 1e-9);
     }
 }
