@@ -36,6 +36,18 @@ extern "C" __global__ void gen_bf16(bf16_t* out, u64 n, u64 seed, float scale) {
     }
 }
 
+// One thread busy for `ns` nanoseconds of the GPU's global timer and
+// nothing else: an interval of light load between GEMMs, for calibrate's
+// power measurement (how fast a GEMM runs when the GPU rests part of the
+// time).
+extern "C" __global__ void spin_ns(u64 ns) {
+    u64 t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
 // For every token-copy c: its index among this rank's copies of the same
 // expert (slot[c]), in copy order, so that the same copies land in the same
 // rows on every run (a split expert's helper always computes the same

@@ -127,6 +127,7 @@ pub struct Kernels {
     pub colsum_f32: drv_sys::CUfunction,
     pub scatter_add_f32: drv_sys::CUfunction,
     pub err_sums: drv_sys::CUfunction,
+    pub spin_ns: drv_sys::CUfunction,
 }
 
 /// Element type of a [`Dev::gemm`].
@@ -621,6 +622,7 @@ impl Dev {
             colsum_f32: f("colsum_f32")?,
             scatter_add_f32: f("scatter_add_f32")?,
             err_sums: f("err_sums")?,
+            spin_ns: f("spin_ns")?,
         };
         let mk = || {
             drv::stream::create(drv::stream::StreamKind::NonBlocking)
@@ -827,6 +829,7 @@ mod tests {
             "colsum_f32",
             "scatter_add_f32",
             "err_sums",
+            "spin_ns",
         ] {
             assert!(
                 KERNEL_SRC.contains(&format!("extern \"C\" __global__ void {k}(")),
