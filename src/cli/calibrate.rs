@@ -207,6 +207,12 @@ fn model_summary(prof: &Profile) -> String {
             ));
         }
     }
+    if let Some(f) = prof.power {
+        s.push_str(&format!(
+            "  power cap: a large GEMM {:.0} TFLOP/s in a burst, {:.3}x its burst time under sustained load; no slowdown up to a duty of {:.2}, all of it from {:.2}; the exchange weighs {:.2} in the duty\n",
+            f.burst_tflops, f.sustained_over_burst, f.duty_onset, f.duty_full, f.comm_weight
+        ));
+    }
     if let Some(l) = prof.launches {
         s.push_str(&format!(
             "  kernel launch {:.2} us, host-waited download {:.1} us, table upload {:.1} us\n",

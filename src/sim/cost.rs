@@ -128,6 +128,10 @@ pub struct CostScratch {
     /// schedule's own buffers.
     comm: Vec<super::overlap::GpuComm>,
     overlap: super::overlap::OverlapScratch,
+    /// Sequential schedule, per GPU: (its dispatch, its weights in), ms.
+    seq: Vec<(f64, f64)>,
+    /// Each GPU's compute multiplier under the power cap.
+    power_scale: Vec<f64>,
     /// Price the layer time only: no peak memory (`Cost::peak_mem_per_gpu`
     /// left empty, `oom` false). `llep-auto`'s decision reads the times
     /// alone, on the replayed layer's critical path.
@@ -665,6 +669,7 @@ fn price_sums(
     let mut compute_end = 0f64;
     let mut ov = std::mem::take(&mut scratch.comm);
     ov.clear();
+    scratch.seq.clear();
     for g in 0..p {
         let link_b = sums.sent_off(g).max(sums.received(g)) * tok_bytes;
         dispatch_bytes_max = dispatch_bytes_max.max(link_b);
@@ -711,6 +716,7 @@ fn price_sums(
             disp_or_xfer = disp_or_xfer.max(dsp.max(x_in));
             let native = scratch.compute[g] - scratch.foreign[g];
             compute_end = compute_end.max((dsp + native).max(x_in) + scratch.foreign[g]);
+            scratch.seq.push((dsp, x_in));
         } else {
             let link_fixed_ms = match prof.token_msgs() {
                 _ if multi => 0.0,
@@ -731,7 +737,7 @@ fn price_sums(
         Some(f) => f.overhead_ms(groups, copies_max),
         None => prof.overhead_us * 1e-3,
     };
-    let (total, compute) = if sequential {
+    let (mut total, mut compute) = if sequential {
         let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
         let total = if prof.transfer_overlaps_native {
             overhead + compute_end + combine
@@ -743,6 +749,43 @@ fn price_sums(
         let o = super::overlap::price_in(plan, chunks, &pricer, memo, &ov, &mut scratch.overlap);
         (overhead + o.after_overhead_ms, o.compute_ms)
     };
+    if let Some(pw) = prof.power {
+        // the tables are burst speeds: each GPU pays the power cap by how
+        // much of the layer its GEMMs fill, which its slowdown lengthens
+        // in turn; two rounds settle it within a fraction of a percent
+        let mut scale = std::mem::take(&mut scratch.power_scale);
+        for round in 0..2 {
+            scale.clear();
+            for (g, &rows) in plan.gpu_loads.iter().enumerate() {
+                let c = if sequential {
+                    scratch.compute[g]
+                } else {
+                    super::overlap::gpu_compute(&scratch.overlap, chunks, g)
+                };
+                let w = pw.work_ms(rows as f64, shape.hidden, shape.intermediate);
+                let extra = pw.extra_ms(w.min(c), dispatch + combine, total);
+                scale.push(if c > 0.0 { 1.0 + extra / c } else { 1.0 });
+            }
+            // no GPU busy enough to meet the cap (decode-sized layers):
+            // the burst prices stand as they are
+            if round == 0 && scale.iter().all(|&s| s == 1.0) {
+                break;
+            }
+            (total, compute) = if sequential {
+                let (end, busiest) = sequential_scaled(scratch, &scale);
+                let total = if prof.transfer_overlaps_native {
+                    overhead + end + combine
+                } else {
+                    overhead + disp_or_xfer + busiest + combine
+                };
+                (total, busiest)
+            } else {
+                let o = super::overlap::rescale_in(plan, chunks, &ov, &mut scratch.overlap, &scale);
+                (overhead + o.after_overhead_ms, o.compute_ms)
+            };
+        }
+        scratch.power_scale = scale;
+    }
 
     scratch.comm = ov;
     let (peak, oom) = if scratch.time_only {
@@ -767,6 +810,23 @@ fn price_sums(
         cuda_graphs: prof.cuda_graphs,
         exchange: prof.exchange,
     }
+}
+
+/// The sequential layer's latest compute end and busiest compute, GPU
+/// `g`'s groups taking `scale[g]` times their price (its dispatch and
+/// weights in from `scratch.seq`).
+fn sequential_scaled(scratch: &CostScratch, scale: &[f64]) -> (f64, f64) {
+    let (mut end, mut busiest) = (0f64, 0f64);
+    for (g, &(dsp, x_in)) in scratch.seq.iter().enumerate() {
+        let s = scale[g];
+        let (native, foreign) = (
+            (scratch.compute[g] - scratch.foreign[g]) * s,
+            scratch.foreign[g] * s,
+        );
+        end = end.max((dsp + native).max(x_in) + foreign);
+        busiest = busiest.max(scratch.compute[g] * s);
+    }
+    (end, busiest)
 }
 
 /// GPU `g`'s weight transfers (from [`account_weights`]), ms: the larger

@@ -169,3 +169,61 @@ fn copy_engine_exchange_prices_its_own_links_and_buffers() {
         }
     }
 }
+
+/// The power cap: a GPU whose GEMMs fill the layer pays the measured
+/// slowdown on its compute, one that rests most of the layer pays nothing,
+/// and without a power fit the tables price the layer as before.
+#[test]
+fn power_cap_slows_busy_gpus_by_duty_only() {
+    use crate::gpu::Overlap;
+    let shape = Shape::bf16(4096, 14336, 2);
+    let (p, n) = (2usize, 8usize);
+    let params = PlanParams {
+        gpus: p,
+        alpha: 1.0,
+        min_gemm: 1024,
+        gate: Gate::Always,
+    };
+    let with = Profile::load("h200").unwrap();
+    let pw = with
+        .power
+        .expect("the built-in profile carries a power fit");
+    let without = Profile {
+        power: None,
+        ..with.clone()
+    };
+    let mut dm = DispatchMatrix::default();
+    let mut scratch = CostScratch::default();
+    // large balanced layer (busy GEMMs) and a decode-sized one (the
+    // exchange and launches fill most of it)
+    for (rows, busy) in [(16_384u64, true), (16u64, false)] {
+        let per_rank = vec![rows; p * n];
+        let counts: Vec<u64> = (0..n).map(|_| rows * p as u64).collect();
+        let plan = Planner::new().plan(&counts, &params, Policy::Ep).unwrap();
+        dispatch_matrix(&plan, &per_rank, &mut dm);
+        for overlap in [Overlap::Off, Overlap::On(0)] {
+            let price_with = |prof: &Profile, s: &mut CostScratch| {
+                let prof = Profile {
+                    overlap,
+                    ..prof.clone()
+                };
+                price(&plan, &dm, &counts, &shape, &prof, s)
+            };
+            let a = price_with(&without, &mut scratch);
+            let b = price_with(&with, &mut scratch);
+            if busy {
+                // most of the compute at the sustained speed
+                let r = b.compute_ms / a.compute_ms;
+                assert!(
+                    r > 1.0 + 0.5 * (pw.sustained_over_burst - 1.0)
+                        && r <= pw.sustained_over_burst + 1e-9,
+                    "{overlap:?}: {r}"
+                );
+                assert!(b.total_ms > a.total_ms);
+            } else {
+                assert_eq!(a.total_ms, b.total_ms, "{overlap:?}");
+            }
+            assert_eq!(a.dispatch_ms, b.dispatch_ms);
+        }
+    }
+}

@@ -11,6 +11,7 @@ mod golden;
 mod groups;
 pub mod model;
 pub mod overlap;
+pub mod power;
 pub mod profile;
 mod stream;
 mod summary;
@@ -519,12 +520,23 @@ pub fn ideal_bound(
 ) -> Cost {
     let pricer = prof.group_pricer(shape);
     let whole: f64 = global.iter().map(|&c| pricer.ms(c)).sum();
-    let compute = (whole / gpus as f64)
-        .min(ep.compute_ms)
-        .min(llep.compute_ms);
     let dispatch = ep.dispatch_ms.min(llep.dispatch_ms);
     let combine = ep.combine_ms.min(llep.combine_ms);
     let overhead = ep.overhead_ms.min(llep.overhead_ms);
+    // the tables are burst speeds: a GPU doing its even share pays the
+    // power cap by its duty as every plan's GPUs do (`cost::price_sums`)
+    let mut compute = whole / gpus as f64;
+    if let Some(pw) = prof.power {
+        let rows = global.iter().sum::<u64>() as f64 / gpus as f64;
+        let work = pw
+            .work_ms(rows, shape.hidden, shape.intermediate)
+            .min(compute);
+        let (burst, fixed) = (compute, overhead + dispatch + combine);
+        for _ in 0..2 {
+            compute = burst + pw.extra_ms(work, dispatch + combine, fixed + compute);
+        }
+    }
+    let compute = compute.min(ep.compute_ms).min(llep.compute_ms);
     Cost {
         overhead_ms: overhead,
         dispatch_ms: dispatch,

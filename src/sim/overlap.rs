@@ -203,12 +203,44 @@ pub fn price_in(
     plan: &Plan,
     chunks: usize,
     pricer: &GroupPricer<'_>,
-    mut memo: Option<&mut GroupMemo>,
+    memo: Option<&mut GroupMemo>,
     comm: &[GpuComm],
     sc: &mut OverlapScratch,
 ) -> Pipelined {
+    price_chunks(plan, chunks, pricer, memo, sc);
+    schedule(plan, chunks, comm, sc, None)
+}
+
+/// The last [`price_in`]'s schedule again (same plan, chunks and
+/// communication), with GPU `g`'s chunks taking `scale[g]` times their
+/// priced compute, the groups not priced again.
+pub fn rescale_in(
+    plan: &Plan,
+    chunks: usize,
+    comm: &[GpuComm],
+    sc: &mut OverlapScratch,
+    scale: &[f64],
+) -> Pipelined {
+    schedule(plan, chunks, comm, sc, Some(scale))
+}
+
+/// GPU `g`'s compute over its chunks in the last [`price_in`], unscaled.
+pub fn gpu_compute(sc: &OverlapScratch, chunks: usize, g: usize) -> f64 {
+    sc.per_chunk[g * chunks..(g + 1) * chunks]
+        .iter()
+        .map(|c| c.0)
+        .sum()
+}
+
+/// Every GPU's compute per chunk into `sc.per_chunk`.
+fn price_chunks(
+    plan: &Plan,
+    chunks: usize,
+    pricer: &GroupPricer<'_>,
+    mut memo: Option<&mut GroupMemo>,
+    sc: &mut OverlapScratch,
+) {
     let p = plan.gpus;
-    let cf = chunks as f64;
     all_groups(plan, &mut sc.groups, &mut sc.listed);
     let groups = &sc.groups;
     // per GPU, its chunks: (compute ms, holds foreign rows)
@@ -233,9 +265,25 @@ pub fn price_in(
         );
         lo += n;
     }
+}
+
+/// The schedule of the chunks `price_chunks` priced, each GPU's scaled by
+/// `scale` when given.
+fn schedule(
+    plan: &Plan,
+    chunks: usize,
+    comm: &[GpuComm],
+    sc: &mut OverlapScratch,
+    scale: Option<&[f64]>,
+) -> Pipelined {
+    let p = plan.gpus;
+    let cf = chunks as f64;
+    let per_chunk = &sc.per_chunk;
+    let times = |g: usize| scale.map_or(1.0, |s| s[g]);
     let compute = per_chunk
         .chunks(chunks)
-        .map(|v| v.iter().map(|c| c.0).sum::<f64>())
+        .enumerate()
+        .map(|(g, v)| v.iter().map(|c| c.0).sum::<f64>() * times(g))
         .fold(0.0, f64::max);
     let round = comm
         .iter()
@@ -277,6 +325,7 @@ pub fn price_in(
     for c in 0..chunks {
         for (g, m) in main.iter_mut().enumerate() {
             let (k, foreign) = per_chunk[g * chunks + c];
+            let k = k * times(g);
             let mut at = m.max(arrived[c]);
             if foreign {
                 at = at.max(weights_in[g]);

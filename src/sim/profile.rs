@@ -190,6 +190,11 @@ pub struct Profile {
     /// the tables as measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_fit: Option<LayerFit>,
+    /// The power cap's slowdown by how busy a GPU's GEMMs keep it; its
+    /// presence says the GEMM tables were timed in bursts, on a rested GPU
+    /// (`sim::power`). Without it, the tables as measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<super::power::PowerFit>,
     /// Weight transfers overlap the native groups' compute too, as replay
     /// schedules a GPU's work (dispatch, native groups, a wait for the
     /// transfers, foreign groups); off, they overlap dispatch only and
@@ -347,6 +352,9 @@ impl Profile {
         if let Some(f) = &self.layer_fit {
             f.check()?;
         }
+        if let Some(f) = &self.power {
+            f.check()?;
+        }
         if let Some(l) = &self.launches {
             if ![l.launch_us, l.host_sync_us, l.upload_us]
                 .iter()
@@ -482,6 +490,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         launches: None,
         mem_model: None,
         layer_fit: None,
+        power: c.power.as_ref().and_then(super::power::PowerFit::fit),
         transfer_overlaps_native: true,
         measured_error: None,
         driver: c.driver.clone(),
@@ -607,6 +616,12 @@ pub fn apply_measured(
         bwd::set(p, &bwd::tables(&c.bwd_grid));
         set.push("bwd_tables");
     }
+    if let Some(mut f) = c.power.as_ref().and_then(super::power::PowerFit::fit) {
+        // the exchange's weight is fitted to replays, not measured here
+        f.comm_weight = p.power.map_or(0.0, |b| b.comm_weight);
+        p.power = Some(f);
+        set.push("power");
+    }
     if let Some(m) = c.msg_tokens.as_ref().and_then(fit_msg) {
         p.msg_tokens = Some(m);
         set.push("msg_tokens");
@@ -668,6 +683,20 @@ pub fn apply_measured(
 /// The measured error is cleared when anything but new tables changed
 /// (the stamped rows would be priced differently), and the note says what
 /// was merged.
+/// `p`'s power fit; else one fitted to the newest power measurement in its
+/// raw records (a calibration written before the fit was part of it).
+fn power_of(p: &Profile) -> Option<super::power::PowerFit> {
+    p.power.or_else(|| {
+        p.raw_merged
+            .iter()
+            .rev()
+            .chain(p.raw.iter())
+            .filter_map(|v| v.get("power"))
+            .find_map(|v| serde_json::from_value(v.clone()).ok())
+            .and_then(|raw| super::power::PowerFit::fit(&raw))
+    })
+}
+
 pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &str) -> Profile {
     let mut out = base.clone();
     out.measured.clear();
@@ -706,6 +735,21 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
     {
         out.transfer_overlaps_native = true;
         set.push("transfer_overlaps_native");
+    }
+    // a fit the calibration's raw record gives was measured by it
+    // the exchange's weight is fitted to replays: the base keeps its own
+    let power = power_of(new).map(|mut f| {
+        f.comm_weight = out.power.map_or(f.comm_weight, |b| b.comm_weight);
+        f
+    });
+    let measured = if new.power.is_some() {
+        takes("power")
+    } else {
+        power.is_some()
+    };
+    if measured && power != out.power {
+        out.power = power;
+        set.push("power");
     }
     if new.launches.is_some() && takes("launches") {
         out.launches = new.launches;
@@ -1079,5 +1123,36 @@ mod tests {
             points: vec![(4.0, 1.0), (2.0, 2.0)],
         }];
         assert!(p.validate().is_err());
+    }
+
+    #[test]
+    fn a_power_measurement_is_fitted_and_keeps_the_bases_exchange_weight() {
+        use crate::gpu::calibrate::PowerRaw;
+        let base = Profile::load("h200").unwrap();
+        let w = base.power.expect("built-in power fit").comm_weight;
+        assert!(w > 0.0);
+        let mut c = calibration_with_model();
+        c.power = Some(PowerRaw {
+            m: 8192,
+            n: 5760,
+            k: 2880,
+            burst_ms: 0.3,
+            sustained_ms: 0.36,
+            duty: vec![(0.5, 0.3, 0.3), (0.7, 0.1286, 0.3), (0.9, 0.0333, 0.36)],
+        });
+        let mut p = base.clone();
+        let set = apply_measured(&mut p, &c, None);
+        assert!(set.contains(&"power"));
+        let f = p.power.unwrap();
+        assert_eq!(f.comm_weight, w);
+        assert!((f.sustained_over_burst - 1.2).abs() < 1e-9);
+        // a calibration written before the fit existed: its raw record only
+        let mut old = base.clone();
+        old.power = None;
+        old.measured = vec!["gemm_tables".into()];
+        old.raw_merged = vec![serde_json::to_value(&c).unwrap()];
+        let m = merge_profiles(&base, &old, false, "2026-11-30");
+        assert_eq!(m.power, Some(f));
+        assert!(m.note.contains("power"), "{}", m.note);
     }
 }
