@@ -756,7 +756,9 @@ fn price_sums(
         let mut scale = std::mem::take(&mut scratch.power_scale);
         for round in 0..2 {
             scale.clear();
-            for (g, &rows) in plan.gpu_loads.iter().enumerate() {
+            for g in 0..p {
+                // (a plan without loads computes nothing more)
+                let rows = plan.gpu_loads.get(g).copied().unwrap_or(0);
                 let c = if sequential {
                     scratch.compute[g]
                 } else {
