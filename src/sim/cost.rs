@@ -7,6 +7,9 @@
 //! transfer) + foreign groups) + combine. Every term is kept. A profile's
 //! `layer_fit` adds what replayed layers pay beyond the calibrated parts
 //! (overhead by groups and copies, GEMM units inside a layer, link sharing).
+//! A profile's `power` (GEMM tables timed in bursts) slows each GPU's
+//! compute by how much of the layer it computes, the card's power cap
+//! (`sim::power`).
 //!
 //! Topology: with the GPUs split over several nodes (`Profile::nodes`),
 //! each GPU's token exchange and weight transfers are split into what
