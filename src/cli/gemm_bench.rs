@@ -79,6 +79,10 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     s.push_str(
         "act alone: ms per unit of M rows, read cold; its last column is TB/s moved, not TFLOP/s\n",
     );
+    // the rows above are timed sample after sample (session 12, call 1)
+    s.push_str(
+        "timed back to back: after 20-150 ms of large GEMMs a GPU meets its power cap and they run about 1.15x slower; calibrate times its tables in bursts, after light load, and measures the cap apart\n",
+    );
     for t in &b.tunings {
         s.push_str(&t.summary());
         s.push('\n');
