@@ -110,6 +110,26 @@ fn host_floor_raises_native_and_foreign_units_apart() {
 /// and compute, none of NCCL's point-to-point or weight-communicator
 /// buffers, and a borrower's weights in only after its first round of
 /// tokens.
+/// `plan` priced under two profiles, each with the overlap setting given.
+fn price_pair(
+    plan: &Plan,
+    dm: &DispatchMatrix,
+    counts: &[u64],
+    shape: &Shape,
+    profs: (&Profile, &Profile),
+    overlap: crate::gpu::Overlap,
+    scratch: &mut CostScratch,
+) -> (Cost, Cost) {
+    let mut with = |prof: &Profile| {
+        let prof = Profile {
+            overlap,
+            ..prof.clone()
+        };
+        price(plan, dm, counts, shape, &prof, scratch)
+    };
+    (with(profs.0), with(profs.1))
+}
+
 #[test]
 fn copy_engine_exchange_prices_its_own_links_and_buffers() {
     use crate::gpu::{Exchange, Overlap};
@@ -141,15 +161,15 @@ fn copy_engine_exchange_prices_its_own_links_and_buffers() {
         let plan = Planner::new().plan(&counts, &params, policy).unwrap();
         dispatch_matrix(&plan, &per_rank, &mut dm);
         for overlap in [Overlap::Off, Overlap::On(0)] {
-            let price_with = |prof: &Profile, s: &mut CostScratch| {
-                let prof = Profile {
-                    overlap,
-                    ..prof.clone()
-                };
-                price(&plan, &dm, &counts, &shape, &prof, s)
-            };
-            let a = price_with(&nccl, &mut scratch);
-            let b = price_with(&ce, &mut scratch);
+            let (a, b) = price_pair(
+                &plan,
+                &dm,
+                &counts,
+                &shape,
+                (&nccl, &ce),
+                overlap,
+                &mut scratch,
+            );
             assert_eq!(
                 (a.exchange, b.exchange),
                 (Exchange::Nccl, Exchange::CopyEngine)
@@ -202,15 +222,15 @@ fn power_cap_slows_busy_gpus_by_duty_only() {
         let plan = Planner::new().plan(&counts, &params, Policy::Ep).unwrap();
         dispatch_matrix(&plan, &per_rank, &mut dm);
         for overlap in [Overlap::Off, Overlap::On(0)] {
-            let price_with = |prof: &Profile, s: &mut CostScratch| {
-                let prof = Profile {
-                    overlap,
-                    ..prof.clone()
-                };
-                price(&plan, &dm, &counts, &shape, &prof, s)
-            };
-            let a = price_with(&without, &mut scratch);
-            let b = price_with(&with, &mut scratch);
+            let (a, b) = price_pair(
+                &plan,
+                &dm,
+                &counts,
+                &shape,
+                (&without, &with),
+                overlap,
+                &mut scratch,
+            );
             if busy {
                 // most of the compute at the sustained speed
                 let r = b.compute_ms / a.compute_ms;
