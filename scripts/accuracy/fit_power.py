@@ -4,39 +4,28 @@ counts toward a GPU's GEMM duty under the power cap, `src/sim/power.rs`)
 on measured rows of the CALIBRATION shapes only, and print the held-out
 shapes' error apart.
 
-For each candidate weight, `llep-trace compare` prices every measured row
-with the profile carrying that weight; the weight with the lowest median
-|error| of the layer time over the calibration shapes' rows is written to
---out. The held-out shapes (DeepSeek-V3 and Qwen3-30B-A3B experts) never
+For each candidate weight, `llep-trace compare` (through `fit_layer.py`'s
+`Compare`) prices every measured row with the profile carrying that
+weight; the weight with the lowest median |error| of the layer time over
+the calibration shapes' rows is written to --out. The held-out shapes (DeepSeek-V3 and Qwen3-30B-A3B experts) never
 choose anything.
 
 Usage: fit_power.py --bin target/release/llep-trace --base PROFILE.json \
           --out FITTED.json RESULTS.parquet...
 """
 import argparse
+import copy
 import json
 import os
-import subprocess
+import sys
 import tempfile
 
 import numpy as np
-import pyarrow.parquet as pq
 
-HELD_OUT = {(7168, 2048), (2048, 768)}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fit_layer import Compare, measured_rows, rel_err  # noqa: E402
+
 WEIGHTS = [0.0, 0.5, 1.0, 1.25, 1.5, 1.75, 2.0, 3.0]
-
-
-def errors(binary, profile, files):
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "cmp.parquet")
-        subprocess.run([binary, "compare", *files, "--profile", profile, "--out", out],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t = pq.read_table(out).to_pandas()
-    m = t[t.source == "measured"].reset_index(drop=True)
-    s = t[t.source == "simulated"].reset_index(drop=True)
-    err = np.abs(s.t_total_ms.values / m.t_total_ms.values - 1) * 100
-    held = np.array([(h, i) in HELD_OUT for h, i in zip(m.hidden_size, m.intermediate_size)])
-    return err, held
 
 
 def main():
@@ -50,19 +39,21 @@ def main():
     if not base.get("power"):
         raise SystemExit(f"{a.base}: no power fit (calibrate --gemm-only measures it)")
     best = None
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as tmp:
+        # every measured row, units issued one by one and as CUDA graphs
+        cal = Compare(a.bin, measured_rows(a.files, False, with_graphs=True), tmp, "cal")
+        held = Compare(a.bin, measured_rows(a.files, True, with_graphs=True), tmp, "held")
         for w in WEIGHTS:
-            p = dict(base, power=dict(base["power"], comm_weight=w))
-            path = os.path.join(d, "p.json")
-            json.dump(p, open(path, "w"))
-            err, held = errors(a.bin, path, a.files)
-            cal, ho = np.median(err[~held]), np.median(err[held])
-            print(f"comm_weight {w:5.2f}: calibration shapes {cal:.2f}% ({(~held).sum()} rows), "
-                  f"held-out shapes {ho:.2f}% ({held.sum()} rows)")
-            if best is None or cal < best[0]:
-                best = (cal, w)
+            p = copy.deepcopy(base)
+            p["power"]["comm_weight"] = w
+            ce, he = (np.abs(rel_err(*c.run(p))) * 100 for c in (cal, held))
+            print(f"comm_weight {w:5.2f}: calibration shapes {np.median(ce):.2f}% ({len(ce)} rows), "
+                  f"held-out shapes {np.median(he):.2f}% ({len(he)} rows)")
+            if best is None or np.median(ce) < best[0]:
+                best = (np.median(ce), w)
     print(f"chosen on the calibration shapes: comm_weight {best[1]}")
-    out = dict(base, power=dict(base["power"], comm_weight=best[1]))
+    out = copy.deepcopy(base)
+    out["power"]["comm_weight"] = best[1]
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(out, f, indent=2)

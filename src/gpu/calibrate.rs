@@ -359,7 +359,8 @@ impl Worker<'_> {
 
     /// Median ms of one sample: `rounds` passes over the experts, each
     /// expert's `t` rows cut into units as replay cuts them. Timed samples
-    /// follow two untimed ones.
+    /// follow an eager probe (which tunes the lt path's buckets and sizes
+    /// the sample) and two untimed ones.
     ///
     /// Every sample is timed in a burst, on a GPU that rested: a GPU kept
     /// busy with large GEMMs for more than about 20-150 ms meets its power
@@ -479,7 +480,7 @@ impl Worker<'_> {
 
     /// [`PowerRaw`] of shape (d, i).
     fn time_power(&mut self, d: usize, i: usize) -> Result<PowerRaw, GpuError> {
-        use super::runtime::{params, Event};
+        use super::runtime::Event;
         const EXPERTS: usize = 8;
         const TAIL: usize = 16;
         const REST_MS: f64 = 300.0;
@@ -495,20 +496,16 @@ impl Worker<'_> {
             // expert's D x 2I gate_up weights, h at least POWER_ROWS rows of 2I.
             unsafe { dev.gemm_bf16(m, n, k, x, w, b.h) }
         };
-        let spin = |ns: u64| -> Result<(), GpuError> {
-            // SAFETY: the kernel takes one u64 and touches no memory.
-            unsafe { dev.launch(dev.k.spin_ns, (1, 1, 1), 32, 0, main, params!(ns)) }
-        };
         let (e0, e1) = (Event::new()?, Event::new()?);
-        // GEMMs `from..to` of a run of `count`, each after `gap_ns` of spin,
-        // timed as one block: ms per GEMM (gaps included when gap_ns > 0)
-        let block = |count: usize, from: usize, gap_ns: u64| -> Result<f64, GpuError> {
+        // GEMMs `from..count` of a run of `count`, each after `gap_ms` of
+        // light load, timed as one block: ms per GEMM (gaps included)
+        let block = |count: usize, from: usize, gap_ms: f64| -> Result<f64, GpuError> {
             for j in 0..count {
                 if j == from {
                     e0.record(main)?;
                 }
-                if gap_ns > 0 {
-                    spin(gap_ns)?;
+                if gap_ms > 0.0 {
+                    self.light_load(gap_ms)?;
                 }
                 gemm(j)?;
             }
@@ -517,17 +514,17 @@ impl Worker<'_> {
             Ok(e1.ms_since(&e0)? / (count - from) as f64)
         };
         // tunes the bucket, then an estimate
-        block(4, 0, 0)?;
-        let est = block(4, 0, 0)?;
+        block(4, 0, 0.0)?;
+        let est = block(4, 0, 0.0)?;
         let mut bursts = Vec::new();
         for _ in 0..3 {
             self.light_load(REST_MS)?;
-            bursts.push(block((6.0 / est).ceil().max(2.0) as usize, 0, 0)?);
+            bursts.push(block((6.0 / est).ceil().max(2.0) as usize, 0, 0.0)?);
         }
         let burst_ms = quantile(&bursts, 0.5);
         self.light_load(REST_MS)?;
         let count = (POWER_LOAD_MS / burst_ms).ceil() as usize + TAIL;
-        let sustained_ms = block(count, count - TAIL, 0)?;
+        let sustained_ms = block(count, count - TAIL, 0.0)?;
         let mut duty = Vec::new();
         for dt in [0.5, 0.6, 0.7, 0.8, 0.9] {
             let gap_ms = burst_ms * (1.0 - dt) / dt;
@@ -535,7 +532,7 @@ impl Worker<'_> {
             self.light_load(REST_MS)?;
             // the block's time per GEMM holds one interval: the GEMM alone is
             // the rest (a spin lasts its interval, give or take a launch)
-            let per = block(count, count - TAIL, (gap_ms * 1e6) as u64)?;
+            let per = block(count, count - TAIL, gap_ms)?;
             duty.push((dt, gap_ms, (per - gap_ms).max(0.0)));
         }
         Ok(PowerRaw {

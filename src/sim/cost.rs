@@ -668,8 +668,7 @@ fn price_sums(
     let (mut dispatch, mut combine, mut transfer, mut disp_or_xfer) = (0f64, 0f64, 0f64, 0f64);
     let mut dispatch_bytes_max = 0u64;
     // replay's schedule per GPU: dispatch, native groups, then (once its
-    // weights are in) the foreign groups
-    let mut compute_end = 0f64;
+    // weights are in) the foreign groups (`sequential_scaled`)
     let mut ov = std::mem::take(&mut scratch.comm);
     ov.clear();
     scratch.seq.clear();
@@ -717,8 +716,6 @@ fn price_sums(
         transfer = transfer.max(x);
         if sequential {
             disp_or_xfer = disp_or_xfer.max(dsp.max(x_in));
-            let native = scratch.compute[g] - scratch.foreign[g];
-            compute_end = compute_end.max((dsp + native).max(x_in) + scratch.foreign[g]);
             scratch.seq.push((dsp, x_in));
         } else {
             let link_fixed_ms = match prof.token_msgs() {
@@ -740,14 +737,19 @@ fn price_sums(
         Some(f) => f.overhead_ms(groups, copies_max),
         None => prof.overhead_us * 1e-3,
     };
-    let (mut total, mut compute) = if sequential {
-        let compute = scratch.compute.iter().cloned().fold(0.0, f64::max);
+    // the sequential layer's (total, busiest compute), GPU g's groups
+    // taking scale(g) times their price
+    let sequential_total = |scratch: &CostScratch, scale: &dyn Fn(usize) -> f64| {
+        let (end, busiest) = sequential_scaled(scratch, scale);
         let total = if prof.transfer_overlaps_native {
-            overhead + compute_end + combine
+            overhead + end + combine
         } else {
-            overhead + disp_or_xfer + compute + combine
+            overhead + disp_or_xfer + busiest + combine
         };
-        (total, compute)
+        (total, busiest)
+    };
+    let (mut total, mut compute) = if sequential {
+        sequential_total(scratch, &|_| 1.0)
     } else {
         let o = super::overlap::price_in(plan, chunks, &pricer, memo, &ov, &mut scratch.overlap);
         (overhead + o.after_overhead_ms, o.compute_ms)
@@ -777,13 +779,7 @@ fn price_sums(
                 break;
             }
             (total, compute) = if sequential {
-                let (end, busiest) = sequential_scaled(scratch, &scale);
-                let total = if prof.transfer_overlaps_native {
-                    overhead + end + combine
-                } else {
-                    overhead + disp_or_xfer + busiest + combine
-                };
-                (total, busiest)
+                sequential_total(scratch, &|g| scale[g])
             } else {
                 let o = super::overlap::rescale_in(plan, chunks, &ov, &mut scratch.overlap, &scale);
                 (overhead + o.after_overhead_ms, o.compute_ms)
@@ -818,12 +814,13 @@ fn price_sums(
 }
 
 /// The sequential layer's latest compute end and busiest compute, GPU
-/// `g`'s groups taking `scale[g]` times their price (its dispatch and
-/// weights in from `scratch.seq`).
-fn sequential_scaled(scratch: &CostScratch, scale: &[f64]) -> (f64, f64) {
+/// `g`'s groups taking `scale(g)` times their price: each GPU's dispatch
+/// (from `scratch.seq`), its native groups, then, once its weights are in,
+/// its foreign groups.
+fn sequential_scaled(scratch: &CostScratch, scale: &dyn Fn(usize) -> f64) -> (f64, f64) {
     let (mut end, mut busiest) = (0f64, 0f64);
     for (g, &(dsp, x_in)) in scratch.seq.iter().enumerate() {
-        let s = scale[g];
+        let s = scale(g);
         let (native, foreign) = (
             (scratch.compute[g] - scratch.foreign[g]) * s,
             scratch.foreign[g] * s,

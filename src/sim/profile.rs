@@ -676,13 +676,6 @@ pub fn apply_measured(
     set
 }
 
-/// `base` with the generalising parts of `new` (GEMM tables upserted,
-/// message models, launches and memory model where `new` has them). With
-/// `drop_curves`, whole-group curves whose shape now has exact tables of
-/// both projections are removed, so those shapes are priced by the tables.
-/// The measured error is cleared when anything but new tables changed
-/// (the stamped rows would be priced differently), and the note says what
-/// was merged.
 /// `p`'s power fit; else one fitted to the newest power measurement in its
 /// raw records (a calibration written before the fit was part of it).
 fn power_of(p: &Profile) -> Option<super::power::PowerFit> {
@@ -697,6 +690,13 @@ fn power_of(p: &Profile) -> Option<super::power::PowerFit> {
     })
 }
 
+/// `base` with the generalising parts of `new` (GEMM tables upserted,
+/// message models, launches and memory model where `new` has them). With
+/// `drop_curves`, whole-group curves whose shape now has exact tables of
+/// both projections are removed, so those shapes are priced by the tables.
+/// The measured error is cleared when anything but new tables changed
+/// (the stamped rows would be priced differently), and the note says what
+/// was merged.
 pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &str) -> Profile {
     let mut out = base.clone();
     out.measured.clear();
@@ -736,8 +736,8 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
         out.transfer_overlaps_native = true;
         set.push("transfer_overlaps_native");
     }
-    // a fit the calibration's raw record gives was measured by it
-    // the exchange's weight is fitted to replays: the base keeps its own
+    // the exchange's weight is fitted to replays: the base keeps its own;
+    // a fit only the raw record gives was measured by that calibration
     let power = power_of(new).map(|mut f| {
         f.comm_weight = out.power.map_or(f.comm_weight, |b| b.comm_weight);
         f
