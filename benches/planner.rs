@@ -6,7 +6,8 @@
 //!     cost model included, on a generated load-level trace;
 //! (c) `llep-auto`'s decision as `replay` makes it per layer (plan LLEP,
 //!     plan EP, price both: `CostArbiter::decide`), on the matrix's five
-//!     expert shapes, warm and with every cache flushed first.
+//!     expert shapes, warm and with every cache flushed first, inline and
+//!     through the warm helper thread (`gpu::decider`).
 //!
 //! Prints a Markdown report to stdout; the committed copy is
 //! `reports/bench/planner.md`. The built binary also runs on its own (it
@@ -22,8 +23,9 @@
 //! sets the passes over the vectors (and skips (b)): what `valgrind
 //! --tool=callgrind` needs.
 
+use llep_trace::gpu::decider::Decider;
 use llep_trace::plan::Gate;
-use llep_trace::plan::{PlanParams, Planner, Policy};
+use llep_trace::plan::{Plan, PlanParams, Planner, Policy};
 use llep_trace::progress::Silent;
 use llep_trace::sim::{simulate, CostArbiter, Profile, Shape, SimConfig};
 use llep_trace::trace::meta::{ModelMeta, RoutingFn};
@@ -31,6 +33,7 @@ use llep_trace::trace::tokens::SplitMix64;
 use llep_trace::trace::Loads;
 use llep_trace::workload::InputSpec;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Zipf-like skew (exponent 1.1) over a random permutation of experts, plus
@@ -130,10 +133,22 @@ fn bench_planner(vectors: &[Vec<u64>], p: usize) -> PlannerBench {
 /// (c): microseconds per `llep-auto` decision of one layer on 2 GPUs, as
 /// replay's host makes it after the count exchange (the LLEP plan, the EP
 /// plan, both priced with the profile replay decides with: pipelined
-/// schedule, CUDA graphs): warm (the same layer decided over and over) and
-/// cold (64 MiB streamed through the caches before each decision, closer
-/// to a host that ran the rest of a layer in between).
-fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> (f64, f64, bool) {
+/// schedule, CUDA graphs).
+struct DecisionBench {
+    /// The same layer decided over and over, inline.
+    warm: f64,
+    /// Medians, 64 MiB streamed through the caches before each run (closer to a
+    /// host that ran the rest of a layer in between): the LLEP plan alone
+    /// (what the `llep` setting pays), the decision inline (`replay
+    /// --decision-thread off`), and through the warm helper thread while
+    /// this thread plans (`--decision-thread on`).
+    cold_plan: f64,
+    cold_inline: f64,
+    cold_thread: f64,
+    use_llep: bool,
+}
+
+fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> DecisionBench {
     let mut spec = InputSpec::synthetic(vec!["30:4".parse().unwrap()], 2);
     spec.tokens_per_rank = Some(tokens);
     spec.dims.experts = Some(n as u32);
@@ -170,17 +185,52 @@ fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> (f64, f64, b
     }
     let warm = t0.elapsed().as_secs_f64() / reps as f64 * 1e6;
     let mut junk = vec![1u64; 8 << 20];
-    let (mut cold, cold_reps) = (0.0, 200);
-    for r in 0..cold_reps {
+    let mut flushed = |r: u64, f: &mut dyn FnMut()| {
         for (j, v) in junk.iter_mut().enumerate() {
             *v = v.wrapping_add(j as u64 ^ r);
         }
         black_box(&junk);
         let t = Instant::now();
-        black_box(decide(&mut pl));
-        cold += t.elapsed().as_secs_f64() * 1e6;
+        f();
+        t.elapsed().as_secs_f64() * 1e6
+    };
+    let helper = Decider::start(Arc::new(arb.clone())).unwrap();
+    let mut own = Plan::default();
+    let (mut plan, mut inline, mut thread) = (vec![], vec![], vec![]);
+    let cold_reps = 200;
+    for r in 0..cold_reps {
+        // in turns, so drift falls on all three alike
+        plan.push(flushed(r, &mut || {
+            pl.plan_into(black_box(&global), &prm, Policy::LlepAuto, &mut own)
+                .unwrap();
+        }));
+        inline.push(flushed(r, &mut || {
+            black_box(decide(&mut pl));
+        }));
+        thread.push(flushed(r, &mut || {
+            helper.post(&per_rank, &global, prm);
+            pl.plan_into(black_box(&global), &prm, Policy::LlepAuto, &mut own)
+                .unwrap();
+            if own.use_llep && helper.answer() == Some(false) {
+                pl.plan_into(&global, &prm, Policy::Ep, &mut own).unwrap();
+            } else if !own.use_llep {
+                black_box(helper.answer());
+            }
+        }));
     }
-    (warm, cold / cold_reps as f64, use_llep)
+    // medians: on a machine of few cores, a spinning helper and the
+    // bench share them with the OS, which preempts either now and then
+    let per = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    DecisionBench {
+        warm,
+        cold_plan: per(plan),
+        cold_inline: per(inline),
+        cold_thread: per(thread),
+        use_llep,
+    }
 }
 
 fn bench_simulate() -> (usize, usize, f64, f64) {
@@ -318,8 +368,8 @@ fn main() {
         return;
     }
     println!();
-    println!("| llep-auto decision, 2 GPUs, 30:4 | tokens per GPU | warm, us | caches flushed, us | llep-auto takes |");
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| llep-auto decision, 2 GPUs, 30:4 | tokens per GPU | warm, us | flushed: LLEP plan alone, us | flushed: inline, us | flushed: warm thread, us | llep-auto takes |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (name, d, i, n, k) in [
         ("gpt-oss-120b", 2880, 2880, 128, 4),
         ("Qwen3-30B-A3B", 2048, 768, 128, 8),
@@ -328,9 +378,12 @@ fn main() {
         ("Mixtral-8x7B", 4096, 14336, 8, 2),
     ] {
         for tokens in [128u64, 2048] {
-            let (warm, cold, llep) = bench_decision(d, i, n, k, tokens);
-            let llep = if llep { "LLEP" } else { "EP" };
-            println!("| {name} | {tokens} | {warm:.2} | {cold:.1} | {llep} |");
+            let b = bench_decision(d, i, n, k, tokens);
+            let llep = if b.use_llep { "LLEP" } else { "EP" };
+            println!(
+                "| {name} | {tokens} | {:.2} | {:.1} | {:.1} | {:.1} | {llep} |",
+                b.warm, b.cold_plan, b.cold_inline, b.cold_thread
+            );
         }
     }
     if args.iter().any(|a| a == "--decision-only") {

@@ -877,3 +877,50 @@ fn replay_in_turns_keeps_plans_memory_and_checks_and_records_weight_peers() {
         assert_eq!(a.peak_mem_per_gpu, b.peak_mem_per_gpu, "{:?}", key(a));
     }
 }
+
+/// llep-auto decides the same on its warm helper thread (`--decision-thread
+/// on`, the default) as inline on the worker (`off`): every llep-auto row
+/// of both runs chose the same plan, passes the dense check, and its plan
+/// is the one the decision's side (EP or LLEP) ran. Skipped with fewer
+/// than 2 GPUs.
+#[test]
+fn llep_auto_decides_the_same_on_its_warm_thread() {
+    if gpu_count() < 2 {
+        return;
+    }
+    let dir = temp_dir("gpu-decider");
+    let mut chose = Vec::new();
+    for mode in ["on", "off"] {
+        let out = dir.join(format!("{mode}.parquet"));
+        let o = tiny_replay_2gpu(
+            &["--runs", "2", "--policy", "ep,llep", "--ratio", "1.3,auto"],
+            &["--decision-thread", mode],
+            &out,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let rows = llep_trace::results::read_results(&out).unwrap().1;
+        let auto: Vec<_> = rows
+            .iter()
+            .filter(|r| r.policy == Policy::LlepAuto)
+            .collect();
+        assert_eq!(auto.len(), 2, "{mode}");
+        for r in &auto {
+            assert!(r.rel_error.expect("checked") < 1e-2);
+            // the row's loads after are those of the plan it chose
+            let same = rows
+                .iter()
+                .find(|x| {
+                    x.scenario == r.scenario
+                        && x.policy == if r.use_llep { Policy::Llep } else { Policy::Ep }
+                })
+                .unwrap();
+            assert_eq!(r.loads_after, same.loads_after, "{mode} {}", r.scenario);
+        }
+        chose.push(
+            auto.iter()
+                .map(|r| (r.scenario.clone(), r.use_llep))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(chose[0], chose[1]);
+}

@@ -13,7 +13,8 @@
 #   TOKENS    tokens per GPU, by default 128 512 2048 8192 (cells run by
 #             size, every shape at one size before the next size)
 # Each cell has 90 s; a failed cell prints FAILED and the pass goes on.
-# DRY_RUN=1 prints the replay commands instead of running them.
+# DRY_RUN=1 prints the replay commands instead of running them; EXTRA adds
+# replay flags to every cell (e.g. EXTRA="--decision-thread off").
 set -u
 [ $# -ge 4 ] || { sed -n 2,17p "$0"; exit 2; }
 B=$1; PASS=$2; GRAPHS=$3; DEADLINE=$4; shift 4
@@ -30,7 +31,7 @@ for t in "${TOKENS[@]}"; do
     cmd=(timeout 90 "$B" replay -q --gpus 2 --synthetic balanced,30:4,95:1 --policy ep,llep
          --ratio 1.3,auto --experts "$2" --top-k "$3" --hidden-size "$4" --intermediate-size "$5"
          --tokens-per-rank "$t" --samples 8 --runs 10 --warmup 3 --cuda-graphs "$GRAPHS"
-         --out "$M/$1-$t.parquet")
+         --out "$M/$1-$t.parquet" ${EXTRA:-})
     if [ "${DRY_RUN:-0}" = 1 ]; then echo "${cmd[*]}"; continue; fi
     "${cmd[@]}" > "$M/$1-$t.txt" 2>&1 || echo "FAILED $PASS $1 $t: $(tail -2 "$M/$1-$t.txt")"
     echo "$PASS $1 $t $(( $(date +%s) - T0 ))s" >> "$OUT/matrix.log"

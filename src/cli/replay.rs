@@ -116,6 +116,13 @@ pub struct ReplayArgs {
     /// priority (measured no faster on 2 x H200; kept to measure it).
     #[arg(long, hide = true)]
     pub overlap_high_priority: bool,
+    /// llep-auto: on, each GPU's decision (plan both, price both) runs on
+    /// a helper thread that keeps it warm by deciding the last layer again
+    /// while idle (one busy CPU core per GPU), while the worker plans; off,
+    /// on the worker thread after planning, cold. The same decisions
+    /// either way; on the layer's critical path, on is faster.
+    #[arg(long, value_enum, default_value = "on")]
+    pub decision_thread: OnOff,
     /// on: each compute phase's expert units (a GPU's native ones, then its
     /// foreign ones; per chunk when pipelined) are launched as one CUDA
     /// graph, captured during the warm-ups, as serving engines launch
@@ -573,6 +580,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         overlap,
         net_priority: a.overlap_high_priority,
         interleave: a.interleave == OnOff::On,
+        decision_thread: a.decision_thread == OnOff::On,
         cuda_graphs,
         exchange,
         compute_streams: a.compute_streams as usize,

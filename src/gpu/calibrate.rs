@@ -992,6 +992,7 @@ fn calib_main(
         cuda_graphs: cc.cuda_graphs,
         exchange: super::Exchange::Nccl,
         compute_streams: 1,
+        decision_thread: false,
     };
     let mut w = Worker::new(rank, world, ordinal, ids, ptx, &cfg, link)?;
     let mut out = Calibration {

@@ -90,4 +90,7 @@ pub struct ReplayConfig {
     /// Compute streams (`--compute-streams`): 2 alternates the large expert
     /// units between two streams (`units::TwoStreams`).
     pub compute_streams: usize,
+    /// llep-auto decides on a helper thread kept warm (`--decision-thread
+    /// on`, `decider`), or inline on the worker thread.
+    pub decision_thread: bool,
 }

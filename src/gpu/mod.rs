@@ -12,6 +12,7 @@
 //! - `config`: what a replay is asked to do (the layer, its cases);
 //! - `worker`: one rank's GPU, communicators, planner and buffers;
 //! - `phases`: one run of the layer, phase by phase;
+//! - [`decider`]: llep-auto's decision on a helper thread kept warm;
 //! - `graphs`: its expert compute launched as CUDA graphs (`--cuda-graphs`);
 //! - [`pipeline`]: its pipelined schedule (`--overlap on`) and chunk rule;
 //! - [`copy_engine`]: tokens and weights moved by the copy engines
@@ -33,6 +34,7 @@ mod backward;
 pub mod calibrate;
 mod config;
 pub mod copy_engine;
+pub mod decider;
 mod dense;
 mod dense_bwd;
 pub mod gemm;

@@ -332,25 +332,46 @@ impl Worker<'_> {
         let global: Vec<u64> = (0..n)
             .map(|e| (0..p).map(|q| per_rank[q * n + e]).sum())
             .collect();
+        // llep-auto: the warm helper decides while this thread plans
+        let decider = self.decider.as_ref().filter(|_| policy == Policy::LlepAuto);
+        if let Some(d) = decider {
+            d.post(&per_rank, &global, params);
+        }
         let mut plan = std::mem::take(&mut self.plan);
         self.planner
             .plan_into(&global, &params, policy, &mut plan)
             .map_err(|e| GpuError::Input(e.to_string()))?;
-        if policy == Policy::LlepAuto && plan.use_llep {
-            // the same decision `simulate` makes: price both plans
-            let arbiter = self.cfg.arbiter.clone().ok_or_else(|| {
-                GpuError::Input("llep-auto needs a cost model (a profile)".into())
-            })?;
+        let plan_ep = |planner: &mut crate::plan::Planner| {
             let mut ep = Plan::default();
-            self.planner
+            planner
                 .plan_into(&global, &params, Policy::Ep, &mut ep)
-                .map_err(|e| GpuError::Input(e.to_string()))?;
+                .map(|_| ep)
+                .map_err(|e| GpuError::Input(e.to_string()))
+        };
+        let answer = decider.map(|d| {
             mark(&mut marks, 1);
-            if !arbiter.prefers_llep(&ep, &plan, &per_rank, &global) {
-                plan = ep;
+            d.answer()
+        });
+        match answer {
+            // the helper's answer is the arbiter's on these counts; its
+            // LLEP plan is this one (one planner, the same counts)
+            Some(Some(llep)) => {
+                if plan.use_llep && !llep {
+                    plan = plan_ep(&mut self.planner)?;
+                }
             }
-        } else {
-            mark(&mut marks, 1);
+            _ if policy == Policy::LlepAuto && plan.use_llep => {
+                // the same decision `simulate` makes: price both plans
+                let arbiter = self.cfg.arbiter.clone().ok_or_else(|| {
+                    GpuError::Input("llep-auto needs a cost model (a profile)".into())
+                })?;
+                let ep = plan_ep(&mut self.planner)?;
+                mark(&mut marks, 1);
+                if !arbiter.prefers_llep(&ep, &plan, &per_rank, &global) {
+                    plan = ep;
+                }
+            }
+            _ => mark(&mut marks, 1),
         }
         mark(&mut marks, 2);
         let mut lay =

@@ -150,6 +150,8 @@ pub(super) struct Worker<'a> {
     /// `phases::HOST_MARKS`), and when the current run's started.
     pub(super) host_marks: Vec<(crate::plan::Policy, [f64; super::phases::HOST_MARKS])>,
     pub(super) host_clock: Option<std::time::Instant>,
+    /// llep-auto's warm decision thread (`--decision-thread on`).
+    pub(super) decider: Option<super::decider::Decider>,
 }
 
 /// Buffers kept from one case to the next (weights, inputs).
@@ -174,7 +176,7 @@ impl<'a> Worker<'a> {
         }
         let comm = Comm::init(world, rank, &ids[0])?;
         let xcomm = Comm::init(world, rank, &ids[1])?;
-        let w = Worker {
+        let mut w = Worker {
             dev,
             comm,
             xcomm,
@@ -204,9 +206,19 @@ impl<'a> Worker<'a> {
             host_timing: crate::env::host_timing(),
             host_marks: Vec::new(),
             host_clock: None,
+            decider: None,
         };
         if w.link.is_some() {
             w.link_peers(ordinal)?;
+        }
+        let auto = cfg
+            .settings
+            .iter()
+            .any(|s| s.0 == crate::plan::Policy::LlepAuto);
+        if let (true, true, Some(arb)) = (auto, cfg.decision_thread, &cfg.arbiter) {
+            let d = super::decider::Decider::start(arb.clone())
+                .map_err(|e| GpuError::Input(format!("cannot start llep-auto's thread: {e}")))?;
+            w.decider = Some(d);
         }
         Ok(w)
     }

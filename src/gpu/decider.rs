@@ -1,0 +1,277 @@
+//! `llep-auto`'s decision on a helper thread kept warm (`--decision-thread
+//! on`).
+//!
+//! The decision (plan LLEP and EP, price both) runs on the layer's critical
+//! path, between the count download and the tables' upload. On the worker
+//! thread it runs cold: the worker spent the layer waiting on the GPU and
+//! queueing kernels, so the profile's tables, the pricer's code and its
+//! scratch come from memory. On the lent hosts that made it 5-10 times
+//! slower than the same code run warm (session 10: 4-15 us against 0.9 us
+//! for Mixtral at 128 tokens per GPU), and it was most of llep-auto's
+//! losses against the better of EP and LLEP.
+//!
+//! Here one thread per GPU owns its own planner and the arbiter's
+//! thread-local scratch. While no layer waits for it, it decides the last
+//! layer it saw again every [`REHEARSE_EVERY`], which keeps its caches (and
+//! its core's clock) warm, and otherwise spins. The worker posts the counts
+//! as soon as they are on the host, plans the LLEP plan it runs itself in
+//! the meantime (as the `llep` setting does), then spins for the answer.
+//! The answer is the arbiter's, on the same counts: the same decision as
+//! deciding inline, only sooner. The cost is one busy CPU core per GPU while
+//! a replay with llep-auto runs.
+
+use crate::plan::{Arbiter, Plan, PlanParams, Planner, Policy};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often an idle helper decides its last layer again.
+const REHEARSE_EVERY: Duration = Duration::from_micros(50);
+
+const IDLE: u8 = 0;
+const POSTED: u8 = 1;
+const EP: u8 = 2;
+const LLEP: u8 = 3;
+const FAILED: u8 = 4;
+const QUIT: u8 = 5;
+
+/// A layer's inputs to the decision, owned (as posted, and the helper's
+/// copy of the last one).
+#[derive(Default)]
+struct Posted {
+    per_rank: Vec<u64>,
+    global: Vec<u64>,
+    params: Option<PlanParams>,
+}
+
+impl Posted {
+    fn layer(&self) -> Option<Layer<'_>> {
+        Some(Layer {
+            per_rank: &self.per_rank,
+            global: &self.global,
+            params: self.params?,
+        })
+    }
+}
+
+/// A layer's inputs to the decision: the counts per rank (`[P][N]`) and
+/// per expert, and the planner's parameters.
+pub struct Layer<'a> {
+    pub per_rank: &'a [u64],
+    pub global: &'a [u64],
+    pub params: PlanParams,
+}
+
+struct Shared {
+    state: AtomicU8,
+    posted: Mutex<Posted>,
+}
+
+/// One worker's warm decision thread.
+pub struct Decider {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Decider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decider")
+    }
+}
+
+/// The decision itself, as the worker made it inline before: `Some(true)`
+/// when LLEP is planned and the arbiter prefers it, `Some(false)` for EP
+/// (or an LLEP plan the gate left off), `None` if planning failed (the
+/// worker then plans inline and reports the error).
+pub fn decide(
+    arbiter: &dyn Arbiter,
+    planner: &mut Planner,
+    c: &Layer<'_>,
+    llep: &mut Plan,
+    ep: &mut Plan,
+) -> Option<bool> {
+    planner
+        .plan_into(c.global, &c.params, Policy::LlepAuto, llep)
+        .ok()?;
+    if !llep.use_llep {
+        return Some(false);
+    }
+    planner
+        .plan_into(c.global, &c.params, Policy::Ep, ep)
+        .ok()?;
+    Some(arbiter.prefers_llep(ep, llep, c.per_rank, c.global))
+}
+
+impl Decider {
+    pub fn start(arbiter: Arc<dyn Arbiter>) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            state: AtomicU8::new(IDLE),
+            posted: Mutex::new(Posted::default()),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("llep-auto-decider".into())
+            .spawn(move || helper(&s, &*arbiter))?;
+        Ok(Decider {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hand a layer's counts to the helper; [`Decider::answer`] collects
+    /// the decision.
+    pub fn post(&self, per_rank: &[u64], global: &[u64], params: PlanParams) {
+        let mut c = self.shared.posted.lock().unwrap_or_else(|e| e.into_inner());
+        c.per_rank.clear();
+        c.per_rank.extend_from_slice(per_rank);
+        c.global.clear();
+        c.global.extend_from_slice(global);
+        c.params = Some(params);
+        drop(c);
+        self.shared.state.store(POSTED, Ordering::Release);
+    }
+
+    /// The posted layer's decision (spinning until it is made): see
+    /// [`decide`].
+    pub fn answer(&self) -> Option<bool> {
+        loop {
+            match self.shared.state.load(Ordering::Acquire) {
+                EP | LLEP | FAILED => break,
+                _ => std::hint::spin_loop(),
+            }
+        }
+        let s = self.shared.state.swap(IDLE, Ordering::AcqRel);
+        match s {
+            LLEP => Some(true),
+            EP => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Decider {
+    fn drop(&mut self) {
+        self.shared.state.store(QUIT, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn helper(s: &Shared, arbiter: &dyn Arbiter) {
+    let mut planner = Planner::new();
+    let (mut llep, mut ep) = (Plan::default(), Plan::default());
+    let mut last = Posted::default();
+    let mut rehearsed = Instant::now();
+    loop {
+        match s.state.load(Ordering::Acquire) {
+            QUIT => return,
+            POSTED => {
+                {
+                    let c = s.posted.lock().unwrap_or_else(|e| e.into_inner());
+                    last.per_rank.clone_from(&c.per_rank);
+                    last.global.clone_from(&c.global);
+                    last.params = c.params;
+                }
+                let d = last
+                    .layer()
+                    .and_then(|c| decide(arbiter, &mut planner, &c, &mut llep, &mut ep));
+                let to = match d {
+                    Some(true) => LLEP,
+                    Some(false) => EP,
+                    None => FAILED,
+                };
+                // the worker may have quit meanwhile: keep its QUIT
+                let _ = s
+                    .state
+                    .compare_exchange(POSTED, to, Ordering::AcqRel, Ordering::Acquire);
+                rehearsed = Instant::now();
+            }
+            _ => {
+                if rehearsed.elapsed() < REHEARSE_EVERY {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if let Some(c) = last.layer() {
+                    std::hint::black_box(decide(arbiter, &mut planner, &c, &mut llep, &mut ep));
+                }
+                rehearsed = Instant::now();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::Gate;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Prefers LLEP when expert 0 has more than `hot` copies; counts calls.
+    #[derive(Debug)]
+    struct Hot {
+        hot: u64,
+        calls: AtomicUsize,
+    }
+    impl Arbiter for Hot {
+        fn prefers_llep(&self, _: &Plan, _: &Plan, _: &[u64], global: &[u64]) -> bool {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            global[0] > self.hot
+        }
+    }
+
+    #[test]
+    fn the_helper_answers_as_deciding_inline_does() {
+        let arb = Arc::new(Hot {
+            hot: 5000,
+            calls: AtomicUsize::new(0),
+        });
+        let d = Decider::start(arb.clone()).unwrap();
+        let params = PlanParams {
+            gpus: 2,
+            alpha: 1.0,
+            min_gemm: 16,
+            gate: Gate::Auto,
+        };
+        let mut planner = Planner::new();
+        let (mut llep, mut ep) = (Plan::default(), Plan::default());
+        for hot in [100u64, 4000, 6000, 9000, 300] {
+            // 4 experts on 2 GPUs, expert 0 hot on GPU 0's side
+            let per_rank = vec![hot / 2, 10, 10, 10, hot / 2, 10, 10, 10];
+            let global: Vec<u64> = (0..4).map(|e| per_rank[e] + per_rank[4 + e]).collect();
+            d.post(&per_rank, &global, params);
+            // rehearsals in between must not change answers
+            std::thread::sleep(Duration::from_micros(200));
+            let warm = d.answer();
+            let c = Layer {
+                per_rank: &per_rank,
+                global: &global,
+                params,
+            };
+            let inline = decide(&*arb, &mut planner, &c, &mut llep, &mut ep);
+            assert_eq!(warm, inline, "hot expert with {hot} copies");
+        }
+        // one hot layer is judged, and the idle helper rehearsed it again
+        let calls = arb.calls.load(Ordering::Relaxed);
+        assert!(calls >= 3, "the arbiter judged {calls} times");
+        drop(d);
+    }
+
+    #[test]
+    fn a_failed_plan_is_reported_not_guessed() {
+        let arb = Arc::new(Hot {
+            hot: 0,
+            calls: AtomicUsize::new(0),
+        });
+        let d = Decider::start(arb).unwrap();
+        // 3 experts cannot be spread over 2 GPUs
+        let params = PlanParams {
+            gpus: 2,
+            alpha: 1.0,
+            min_gemm: 16,
+            gate: Gate::Auto,
+        };
+        d.post(&[1, 2, 3, 4, 5, 6], &[5, 7, 9], params);
+        assert_eq!(d.answer(), None);
+    }
+}
