@@ -623,11 +623,29 @@ fn committed_h200_profile_carries_its_fit_and_error_on_held_out_shapes() {
         e.median_abs_pct / 100.0
     );
     assert!(prof.label().contains("held out"), "{}", prof.label());
-    // the gate's margin per batch size: decode sizes are priced less surely
+    // the gate's margin per launch mode, chosen on measured pairs: a
+    // constant there, whatever the batch size
+    let (eager, graphs) = (e.gate_margin.unwrap(), e.graph_gate_margin.unwrap());
+    assert!(eager.inputs > 0 && graphs.inputs > 0);
+    let mut g = prof.clone();
+    g.cuda_graphs = true;
+    for t in [100, 30_000] {
+        assert_eq!(
+            llep_trace::sim::auto_margin_at(&prof, t),
+            eager.margin_pct / 100.0
+        );
+        assert_eq!(
+            llep_trace::sim::auto_margin_at(&g, t),
+            graphs.margin_pct / 100.0
+        );
+    }
+    // without them (profiles stamped before), the stamped error of the
+    // nearest measured batch size
+    let mut old = prof.clone();
+    old.measured_error.as_mut().unwrap().gate_margin = None;
     assert!(e.by_tokens.len() >= 3, "{:?}", e.by_tokens);
-    // (each size takes the stamped error of the nearest measured one)
-    let decode = llep_trace::sim::auto_margin_at(&prof, 100);
-    let prefill = llep_trace::sim::auto_margin_at(&prof, 30_000);
+    let decode = llep_trace::sim::auto_margin_at(&old, 100);
+    let prefill = llep_trace::sim::auto_margin_at(&old, 30_000);
     assert_eq!(decode, e.by_tokens[0].1 / 100.0);
     assert_eq!(prefill, e.by_tokens.last().unwrap().1 / 100.0);
     assert_ne!(decode, prefill);

@@ -8,9 +8,11 @@ use clap::Args;
 use llep_trace::gpu::Exchange;
 use llep_trace::io::write_atomic;
 use llep_trace::results::{read_results, write_results};
-use llep_trace::sim::accuracy::{compare, default_trace_dirs, ErrorStats, Pair};
+use llep_trace::sim::accuracy::{
+    compare, decisions, default_trace_dirs, Decision, ErrorStats, Pair, GATE_LOSS_PCT,
+};
 use llep_trace::sim::profile::{MeasuredError, SplitError};
-use llep_trace::sim::Profile;
+use llep_trace::sim::{auto_margin_at, Profile};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -189,6 +191,33 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             ));
         }
     }
+    // llep-auto's gate on the inputs both plans ran: at the profile's
+    // margin, and at the margin these rows support (what a stamp records)
+    for (name, graphs) in [("issued one by one", false), ("as CUDA graphs", true)] {
+        let d = decisions(&acc.pairs, graphs);
+        if d.is_empty() {
+            continue;
+        }
+        let mut mode = profile.clone();
+        mode.cuda_graphs = graphs;
+        let lost = |m: &dyn Fn(&Decision) -> f64| {
+            d.iter()
+                .filter(|x| x.loss(m(x)) * 100.0 > GATE_LOSS_PCT)
+                .count()
+        };
+        let now = lost(&|x: &Decision| auto_margin_at(&mode, x.tokens_per_gpu) * 100.0);
+        s.push_str(&format!(
+            "llep-auto's gate, {name}: {} inputs with both plans measured; at the profile's margin {now} take a plan more than {GATE_LOSS_PCT}% slower than the other",
+            d.len()
+        ));
+        match acc.gate_margin(graphs) {
+            Some(g) => s.push_str(&format!(
+                ", at the margin these rows support ({:.1}%) {}\n",
+                g.margin_pct, g.losses
+            )),
+            None => s.push('\n'),
+        }
+    }
     if cards.iter().any(|c| {
         !c.contains(
             profile
@@ -231,6 +260,8 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             report: a.report_path.clone(),
             by_tokens: acc.by_tokens(false),
             graph_by_tokens: acc.by_tokens(true),
+            gate_margin: acc.gate_margin(false),
+            graph_gate_margin: acc.gate_margin(true),
             split: split.map(|(cal, held)| {
                 let all = ErrorStats::of(acc.pairs.iter());
                 SplitError {

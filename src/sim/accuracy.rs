@@ -4,6 +4,7 @@
 
 use super::cost::charge_auto;
 use super::eplb::{EplbEvaluator, EplbSim};
+use super::profile::GateMargin;
 use super::{auto_prefers_llep_at, row_from, simulated_base, Evaluator, Profile, Shape};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
@@ -111,6 +112,135 @@ impl Accuracy {
             ErrorStats::of(self.pairs.iter().filter(|p| !held(p))),
             ErrorStats::of(self.pairs.iter().filter(held)),
         )
+    }
+}
+
+/// Margins, percent, at which [`Accuracy::gate_margin`] tries the gate.
+const GATE_MARGINS_PCT: [f64; 21] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0,
+    9.5, 10.0,
+];
+
+/// The gate loses an input when the plan it takes measured more than this
+/// much slower than the other (issue 12's bound for llep-auto), percent.
+pub const GATE_LOSS_PCT: f64 = 3.0;
+
+/// One input both plans were measured on: (EP, LLEP) layer times,
+/// measured and simulated, ms.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    pub measured: (f64, f64),
+    pub simulated: (f64, f64),
+    pub tokens_per_gpu: u64,
+}
+
+impl Decision {
+    /// What the gate at `margin_pct` loses on this input: the plan it
+    /// takes over the faster one, measured, minus 1.
+    pub fn loss(&self, margin_pct: f64) -> f64 {
+        let (e, l) = self.simulated;
+        let takes_llep = l * (1.0 + margin_pct / 100.0) < e;
+        let (me, ml) = self.measured;
+        let got = if takes_llep { ml } else { me };
+        got / me.min(ml) - 1.0
+    }
+}
+
+/// The inputs of `pairs` with a measured EP row and a measured LLEP row
+/// whose plan switched on (rows of one input matched by everything but
+/// the policy, in file order: the k-th LLEP row at a lambda with the k-th
+/// EP row), replayed as CUDA graphs or not (`graphs`).
+pub fn decisions(pairs: &[Pair], graphs: bool) -> Vec<Decision> {
+    let key = |r: &ResultRow| {
+        format!(
+            "{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
+            r.trace,
+            r.scenario,
+            r.step,
+            r.layer,
+            r.gpus,
+            r.tokens_per_rank,
+            r.hidden_size,
+            r.intermediate_size,
+            r.experts,
+            r.top_k,
+            r.alpha,
+            r.min_gemm,
+            r.overlap,
+            r.exchange,
+            r.compute_streams,
+            r.pass,
+            r.device
+        )
+    };
+    let mut ep: HashMap<String, Vec<&Pair>> = HashMap::new();
+    let mut llep: Vec<(String, &Pair)> = Vec::new();
+    for p in pairs.iter().filter(|p| p.measured.cuda_graphs == graphs) {
+        match p.measured.policy {
+            Policy::Ep => ep.entry(key(&p.measured)).or_default().push(p),
+            Policy::Llep => llep.push((key(&p.measured), p)),
+            _ => {}
+        }
+    }
+    let mut seen: HashMap<(String, String), usize> = HashMap::new();
+    let mut out = Vec::new();
+    for (k, l) in llep {
+        let lambda = format!("{:?}", l.measured.gate);
+        let n = seen.entry((k.clone(), lambda)).or_default();
+        let e = ep.get(&k).and_then(|v| v.get(*n));
+        *n += 1;
+        if let (Some(e), true) = (e, l.measured.use_llep) {
+            out.push(Decision {
+                measured: (e.measured.t_total_ms, l.measured.t_total_ms),
+                simulated: (e.simulated.t_total_ms, l.simulated.t_total_ms),
+                tokens_per_gpu: e.measured.tokens_per_rank,
+            });
+        }
+    }
+    out
+}
+
+impl Accuracy {
+    /// The cost-aware gate's margin these rows support, for layers replayed
+    /// as CUDA graphs (`graphs`) or not: over the inputs both plans were
+    /// measured on ([`decisions`]), the gate is tried at every margin of
+    /// 0-10% in steps of 0.5; of the margins that lose the fewest inputs
+    /// (more than [`GATE_LOSS_PCT`] slower than the faster plan), the
+    /// middle one. A margin as large as the model's error per row misses
+    /// LLEP's clear gains: the errors of EP's and LLEP's prices on one
+    /// input go together. None with fewer than 6 such inputs.
+    pub fn gate_margin(&self, graphs: bool) -> Option<GateMargin> {
+        let d = decisions(&self.pairs, graphs);
+        if d.len() < 6 {
+            return None;
+        }
+        let score = |m: f64| {
+            let losses: Vec<f64> = d.iter().map(|x| x.loss(m)).collect();
+            let lost = losses
+                .iter()
+                .filter(|&&l| l * 100.0 > GATE_LOSS_PCT)
+                .count();
+            (
+                lost,
+                losses.iter().sum::<f64>() / losses.len() as f64 * 100.0,
+            )
+        };
+        let scored: Vec<(f64, usize, f64)> = GATE_MARGINS_PCT
+            .iter()
+            .map(|&m| {
+                let (lost, mean) = score(m);
+                (m, lost, mean)
+            })
+            .collect();
+        let least = scored.iter().map(|s| s.1).min()?;
+        let best: Vec<&(f64, usize, f64)> = scored.iter().filter(|s| s.1 == least).collect();
+        let &(margin_pct, losses, mean_loss_pct) = best[(best.len() - 1) / 2];
+        Some(GateMargin {
+            margin_pct,
+            inputs: d.len() as u32,
+            losses: losses as u32,
+            mean_loss_pct,
+        })
     }
 }
 
@@ -714,5 +844,82 @@ mod tests {
         assert!((b[0].median_pct + 2.0).abs() < 1e-9);
         assert!((b[2].median_pct + 11.0).abs() < 1e-9);
         assert!((b[2].min_pct + 12.0).abs() < 1e-9 && (b[2].max_pct + 10.0).abs() < 1e-9);
+    }
+
+    /// A pair with the given measured and simulated layer times.
+    fn timed(policy: Policy, scenario: &str, graphs: bool, measured: f64, simulated: f64) -> Pair {
+        let mut m = fixture_95_1(policy, Gate::Ratio(1.3));
+        m.scenario = scenario.into();
+        m.cuda_graphs = graphs;
+        m.use_llep = policy == Policy::Llep;
+        m.t_total_ms = measured;
+        let mut sim = m.clone();
+        sim.source = Source::Simulated;
+        sim.t_total_ms = simulated;
+        pair(&m, sim)
+    }
+
+    #[test]
+    fn inputs_pair_ep_with_switched_on_llep_in_file_order() {
+        let mut off = timed(Policy::Llep, "c", false, 1.0, 1.0);
+        off.measured.use_llep = false;
+        let pairs = vec![
+            // file 1
+            timed(Policy::Ep, "a", false, 1.0, 1.1),
+            timed(Policy::Llep, "a", false, 0.8, 0.9),
+            timed(Policy::Ep, "c", false, 1.0, 1.0),
+            off.clone(),
+            // another mode: not this one's
+            timed(Policy::Ep, "a", true, 1.0, 1.0),
+            // file 2: the same input again
+            timed(Policy::Ep, "a", false, 2.0, 2.1),
+            timed(Policy::Llep, "a", false, 1.9, 2.2),
+            // an LLEP row with no EP row
+            timed(Policy::Llep, "b", false, 1.0, 1.0),
+        ];
+        let d = decisions(&pairs, false);
+        assert_eq!(d.len(), 2, "{d:?}");
+        assert_eq!((d[0].measured, d[0].simulated), ((1.0, 0.8), (1.1, 0.9)));
+        assert_eq!((d[1].measured, d[1].simulated), ((2.0, 1.9), (2.1, 2.2)));
+        assert_eq!(d[0].tokens_per_gpu, 4096);
+        // file 1: LLEP predicted 18% faster and measured 25% faster
+        assert_eq!(d[0].loss(10.0), 0.0);
+        assert!((d[0].loss(25.0) - 0.25).abs() < 1e-12);
+        // file 2: EP predicted faster and taken; LLEP measured 5% faster
+        assert!((d[1].loss(0.0) - (2.0 / 1.9 - 1.0)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_gate_margin_is_the_middle_of_those_that_lose_least() {
+        let acc = |pairs: Vec<Pair>| Accuracy {
+            pairs,
+            median_abs_time_pct: 0.0,
+            worst_abs_time_pct: 0.0,
+            median_abs_mem_pct: 0.0,
+            worst_abs_mem_pct: 0.0,
+        };
+        let input = |name: &str, (me, ml): (f64, f64), (se, sl): (f64, f64)| {
+            vec![
+                timed(Policy::Ep, name, false, me, se),
+                timed(Policy::Llep, name, false, ml, sl),
+            ]
+        };
+        let mut pairs = Vec::new();
+        // predicted 2% faster, measured 10% slower: lost at margins below 2%
+        pairs.extend(input("a", (1.0, 1.1), (1.02, 1.0)));
+        // predicted 5% faster, measured 8% faster: lost at 5% and above
+        pairs.extend(input("b", (1.08, 1.0), (1.05, 1.0)));
+        // four inputs LLEP wins by far: never lost below 10%
+        for n in ["c", "d", "e", "f"] {
+            pairs.extend(input(n, (2.0, 1.0), (2.0, 1.0)));
+        }
+        let g = acc(pairs.clone()).gate_margin(false).unwrap();
+        // margins 2.0-4.5% lose nothing: the middle of them
+        assert_eq!(g.margin_pct, 3.0);
+        assert_eq!((g.inputs, g.losses, g.mean_loss_pct), (6, 0, 0.0));
+        // no inputs replayed as graphs
+        assert_eq!(acc(pairs.clone()).gate_margin(true), None);
+        // fewer than six inputs: none
+        assert_eq!(acc(pairs[..10].to_vec()).gate_margin(false), None);
     }
 }

@@ -41,10 +41,13 @@ use crate::workload::{InputSpec, Workload};
 /// power cap's slowdown by duty, in every plan and in ideal's bound, the
 /// re-stamp); with the profile before it
 /// the code that prices the power cap left every digest unchanged.
+/// Re-recorded when the profile gained the gate's margins chosen on
+/// measured pairs (session 13): only the CUDA-graph case's llep-auto rows
+/// can change (the graphs margin 1%, from 4.1% at 128 tokens).
 const GOLDEN: [(&str, usize, u64); 12] = [
     ("olmoe ratios", 216, 0xd51253b3a0d6ba80),
     ("olmoe overlap on", 90, 0xe9fddf884acb9694),
-    ("qwen3 decode cuda graphs", 15, 0xf6aa25a73f89bff6),
+    ("qwen3 decode cuda graphs", 15, 0x93a60a2640d3c418),
     ("olmoe eplb", 108, 0x53a76db3ae7b78b2),
     ("mixtral train", 160, 0xc667926fab2425f4),
     ("mixtral train recompute overlap", 128, 0x6f8aa8d8ee0c0502),

@@ -394,15 +394,28 @@ pub fn auto_margin(prof: &Profile) -> f64 {
         .map_or(0.05, |e| e.median_abs_pct / 100.0)
 }
 
-/// The margin at a batch size of `tokens_per_gpu`: the stamped median
-/// error of the replayed batch size nearest it (in ratio), else
-/// [`auto_margin`]. At decode sizes the model is less sure (launch-bound
-/// GEMMs, small messages), so LLEP must win by more there. Priced with
-/// CUDA graphs, the errors stamped on rows replayed that way, where any.
+/// The margin at a batch size of `tokens_per_gpu`, for the launch mode
+/// priced (CUDA graphs or not):
+/// - the margin stamped for that mode, chosen on measured inputs where both
+///   plans ran (`MeasuredError::gate_margin`): it sends the fewest of them
+///   to the slower plan;
+/// - else, in profiles stamped before that, the median error of the
+///   replayed batch size nearest it (in ratio): a margin that large keeps
+///   LLEP off where it measured 5-20% faster, since EP's and LLEP's prices
+///   of one input err together;
+/// - else [`auto_margin`].
 pub fn auto_margin_at(prof: &Profile, tokens_per_gpu: u64) -> f64 {
     let Some(e) = &prof.measured_error else {
         return auto_margin(prof);
     };
+    let chosen = if prof.cuda_graphs {
+        e.graph_gate_margin
+    } else {
+        e.gate_margin
+    };
+    if let Some(g) = chosen {
+        return g.margin_pct / 100.0;
+    }
     let by = if prof.cuda_graphs && !e.graph_by_tokens.is_empty() {
         &e.graph_by_tokens
     } else {

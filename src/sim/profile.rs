@@ -45,6 +45,32 @@ pub struct MeasuredError {
     /// the host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_by_tokens: Vec<(u64, f64)>,
+    /// The cost-aware gate's margin chosen on the stamped rows' inputs
+    /// where both EP and a switched-on LLEP were measured (issued one by
+    /// one; `graph_gate_margin`: as CUDA graphs). When present it is the
+    /// gate's margin in that mode, in place of `by_tokens`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_margin: Option<GateMargin>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub graph_gate_margin: Option<GateMargin>,
+}
+
+/// A margin for the cost-aware gate, chosen on measured inputs
+/// (`sim::accuracy::Accuracy::gate_margin`): of the margins tried, those
+/// that send the fewest inputs to a plan more than 3% slower than the
+/// other, and the middle one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GateMargin {
+    /// llep-auto takes LLEP when its predicted time times (1 + margin)
+    /// is below EP's; percent.
+    pub margin_pct: f64,
+    /// Inputs it was chosen on.
+    pub inputs: u32,
+    /// Of those, how many the gate at this margin sends to the plan that
+    /// measured more than 3% slower than the other, and their mean loss
+    /// over all inputs, percent.
+    pub losses: u32,
+    pub mean_loss_pct: f64,
 }
 
 /// Error on the calibration shapes' rows and on the held-out shapes' rows.
