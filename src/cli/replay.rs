@@ -117,8 +117,9 @@ pub struct ReplayArgs {
     #[arg(long, hide = true)]
     pub overlap_high_priority: bool,
     /// llep-auto: on, each GPU's decision (plan both, price both) runs on
-    /// a helper thread that keeps it warm by deciding the last layer again
-    /// while idle (one busy CPU core per GPU), while the worker plans; off,
+    /// a helper thread that keeps it warm by deciding the last layer again,
+    /// experts rotated, while idle (one busy CPU core per GPU), while the
+    /// worker plans; off,
     /// on the worker thread after planning, cold. The same decisions
     /// either way; on the layer's critical path, on is faster.
     #[arg(long, value_enum, default_value = "on")]

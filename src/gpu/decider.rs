@@ -11,9 +11,13 @@
 //! losses against the better of EP and LLEP.
 //!
 //! Here one thread per GPU owns its own planner and the arbiter's
-//! thread-local scratch. While no layer waits for it, it decides the last
-//! layer it saw again every [`REHEARSE_EVERY`], which keeps its caches (and
-//! its core's clock) warm, and otherwise spins. The worker posts the counts
+//! thread-local scratch. While no layer waits for it, it rehearses every
+//! [`REHEARSE_EVERY`]: it decides the last layer it saw again with the
+//! experts rotated, which keeps its code, the profile's tables and its
+//! scratch in its caches (and its core's clock up), and otherwise spins.
+//! Rotated, because replay runs each input again and again: rehearsing the
+//! very counts that come next would also warm what depends on the input
+//! (which experts, which branches), which a model's next layer would not. The worker posts the counts
 //! as soon as they are on the host, plans the LLEP plan it runs itself in
 //! the meantime (as the `llep` setting does), then spins for the answer.
 //! The answer is the arbiter's, on the same counts: the same decision as
@@ -25,7 +29,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// How often an idle helper decides its last layer again.
+/// How often an idle helper rehearses (decides its last layer again,
+/// experts rotated).
 const REHEARSE_EVERY: Duration = Duration::from_micros(50);
 
 const IDLE: u8 = 0;
@@ -162,6 +167,7 @@ fn helper(s: &Shared, arbiter: &dyn Arbiter) {
     let mut planner = Planner::new();
     let (mut llep, mut ep) = (Plan::default(), Plan::default());
     let mut last = Posted::default();
+    let mut rehearsal = Posted::default();
     let mut rehearsed = Instant::now();
     loop {
         match s.state.load(Ordering::Acquire) {
@@ -185,6 +191,7 @@ fn helper(s: &Shared, arbiter: &dyn Arbiter) {
                 let _ = s
                     .state
                     .compare_exchange(POSTED, to, Ordering::AcqRel, Ordering::Acquire);
+                rotate(&last, &mut rehearsal);
                 rehearsed = Instant::now();
             }
             _ => {
@@ -192,12 +199,29 @@ fn helper(s: &Shared, arbiter: &dyn Arbiter) {
                     std::hint::spin_loop();
                     continue;
                 }
-                if let Some(c) = last.layer() {
+                if let Some(c) = rehearsal.layer() {
                     std::hint::black_box(decide(arbiter, &mut planner, &c, &mut llep, &mut ep));
                 }
                 rehearsed = Instant::now();
             }
         }
+    }
+}
+
+/// `from`'s layer with expert `e`'s counts moved to expert `e + N/2 + 1`
+/// (mod N) on every rank: another layer of the same size and skew.
+fn rotate(from: &Posted, to: &mut Posted) {
+    let n = from.global.len();
+    to.params = from.params;
+    to.global.clone_from(&from.global);
+    to.per_rank.clone_from(&from.per_rank);
+    if n < 2 {
+        return;
+    }
+    let k = n - (n / 2 + 1) % n;
+    to.global.rotate_left(k % n);
+    for block in to.per_rank.chunks_exact_mut(n) {
+        block.rotate_left(k % n);
     }
 }
 
@@ -255,6 +279,20 @@ mod tests {
         let calls = arb.calls.load(Ordering::Relaxed);
         assert!(calls >= 3, "the arbiter judged {calls} times");
         drop(d);
+    }
+
+    #[test]
+    fn a_rehearsal_is_another_layer_of_the_same_counts() {
+        let from = Posted {
+            per_rank: vec![1, 2, 3, 4, 10, 20, 30, 40],
+            global: vec![11, 22, 33, 44],
+            params: None,
+        };
+        let mut to = Posted::default();
+        rotate(&from, &mut to);
+        // expert e's counts go to expert e + 3 (mod 4)
+        assert_eq!(to.global, [22, 33, 44, 11]);
+        assert_eq!(to.per_rank, [2, 3, 4, 1, 20, 30, 40, 10]);
     }
 
     #[test]
