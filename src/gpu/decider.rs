@@ -25,7 +25,7 @@
 //! a replay with llep-auto runs.
 
 use crate::plan::{Arbiter, Plan, PlanParams, Planner, Policy};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,6 +76,8 @@ struct Shared {
 pub struct Decider {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// A layer was posted and its answer not yet collected.
+    pending: AtomicBool,
 }
 
 impl std::fmt::Debug for Decider {
@@ -120,12 +122,18 @@ impl Decider {
         Ok(Decider {
             shared,
             thread: Some(thread),
+            pending: AtomicBool::new(false),
         })
     }
 
     /// Hand a layer's counts to the helper; [`Decider::answer`] collects
     /// the decision.
     pub fn post(&self, per_rank: &[u64], global: &[u64], params: PlanParams) {
+        // an earlier layer's answer nobody collected (its run failed before
+        // it): wait it out, so it is not taken for this layer's
+        if self.pending.load(Ordering::Relaxed) {
+            let _ = self.answer();
+        }
         let mut c = self.shared.posted.lock().unwrap_or_else(|e| e.into_inner());
         c.per_rank.clear();
         c.per_rank.extend_from_slice(per_rank);
@@ -134,11 +142,15 @@ impl Decider {
         c.params = Some(params);
         drop(c);
         self.shared.state.store(POSTED, Ordering::Release);
+        self.pending.store(true, Ordering::Relaxed);
     }
 
     /// The posted layer's decision (spinning until it is made): see
-    /// [`decide`].
+    /// [`decide`]; `None` also when nothing was posted.
     pub fn answer(&self) -> Option<bool> {
+        if !self.pending.swap(false, Ordering::Relaxed) {
+            return None;
+        }
         loop {
             match self.shared.state.load(Ordering::Acquire) {
                 EP | LLEP | FAILED => break,
@@ -279,6 +291,35 @@ mod tests {
         let calls = arb.calls.load(Ordering::Relaxed);
         assert!(calls >= 3, "the arbiter judged {calls} times");
         drop(d);
+    }
+
+    #[test]
+    fn an_uncollected_answer_is_never_taken_for_the_next_layers() {
+        let arb = Arc::new(Hot {
+            hot: 5000,
+            calls: AtomicUsize::new(0),
+        });
+        let d = Decider::start(arb).unwrap();
+        assert_eq!(d.answer(), None, "nothing posted");
+        let params = PlanParams {
+            gpus: 2,
+            alpha: 1.0,
+            min_gemm: 16,
+            gate: Gate::Auto,
+        };
+        let layer = |hot: u64| {
+            let per_rank = vec![hot / 2, 10, 10, 10, hot / 2, 10, 10, 10];
+            let global: Vec<u64> = (0..4).map(|e| per_rank[e] + per_rank[4 + e]).collect();
+            (per_rank, global)
+        };
+        for (first, second) in [(9000, 100), (100, 9000)] {
+            let (p1, g1) = layer(first);
+            d.post(&p1, &g1, params);
+            // that run failed before collecting its answer
+            let (p2, g2) = layer(second);
+            d.post(&p2, &g2, params);
+            assert_eq!(d.answer(), Some(second > 5000));
+        }
     }
 
     #[test]
