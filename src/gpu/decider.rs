@@ -86,10 +86,30 @@ impl std::fmt::Debug for Decider {
     }
 }
 
-/// The decision itself, as the worker made it inline before: `Some(true)`
-/// when LLEP is planned and the arbiter prefers it, `Some(false)` for EP
-/// (or an LLEP plan the gate left off), `None` if planning failed (the
-/// worker then plans inline and reports the error).
+/// The decision on a layer's LLEP plan `llep`: `Some(true)` when it
+/// switched on and the arbiter prefers it to the EP plan (planned into
+/// `ep`), `Some(false)` for EP, `None` if planning EP failed. What the
+/// worker decides inline (`--decision-thread off`) and the helper after
+/// planning LLEP itself ([`decide`]).
+pub fn judge(
+    arbiter: &dyn Arbiter,
+    planner: &mut Planner,
+    c: &Layer<'_>,
+    llep: &Plan,
+    ep: &mut Plan,
+) -> Option<bool> {
+    if !llep.use_llep {
+        return Some(false);
+    }
+    planner
+        .plan_into(c.global, &c.params, Policy::Ep, ep)
+        .ok()?;
+    Some(arbiter.prefers_llep(ep, llep, c.per_rank, c.global))
+}
+
+/// The whole decision from the counts: plan LLEP, then [`judge`]; `None`
+/// if planning failed (the worker then plans inline and reports the
+/// error).
 pub fn decide(
     arbiter: &dyn Arbiter,
     planner: &mut Planner,
@@ -100,13 +120,7 @@ pub fn decide(
     planner
         .plan_into(c.global, &c.params, Policy::LlepAuto, llep)
         .ok()?;
-    if !llep.use_llep {
-        return Some(false);
-    }
-    planner
-        .plan_into(c.global, &c.params, Policy::Ep, ep)
-        .ok()?;
-    Some(arbiter.prefers_llep(ep, llep, c.per_rank, c.global))
+    judge(arbiter, planner, c, llep, ep)
 }
 
 impl Decider {

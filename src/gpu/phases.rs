@@ -365,10 +365,17 @@ impl Worker<'_> {
                 let arbiter = self.cfg.arbiter.clone().ok_or_else(|| {
                     GpuError::Input("llep-auto needs a cost model (a profile)".into())
                 })?;
-                let ep = plan_ep(&mut self.planner)?;
                 mark(&mut marks, 1);
-                if !arbiter.prefers_llep(&ep, &plan, &per_rank, &global) {
-                    plan = ep;
+                let layer = super::decider::Layer {
+                    per_rank: &per_rank,
+                    global: &global,
+                    params,
+                };
+                let mut ep = Plan::default();
+                match super::decider::judge(&*arbiter, &mut self.planner, &layer, &plan, &mut ep) {
+                    Some(true) => {}
+                    Some(false) => plan = ep,
+                    None => return Err(GpuError::Input("llep-auto: planning EP failed".into())),
                 }
             }
             _ => mark(&mut marks, 1),
