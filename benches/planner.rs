@@ -5,7 +5,7 @@
 //! (b) `simulate` throughput in (step, layer, ratio) evaluations per second,
 //!     cost model included, on a generated load-level trace;
 //! (c) `llep-auto`'s decision as `replay` makes it per layer (plan LLEP,
-//!     plan EP, price both: `CostArbiter::decide`), on the matrix's five
+//!     plan EP, price both: `gpu::decider::decide`), on the matrix's five
 //!     expert shapes, warm and with every cache flushed first, inline and
 //!     through the warm helper thread (`gpu::decider`).
 //!
@@ -23,7 +23,7 @@
 //! sets the passes over the vectors (and skips (b)): what `valgrind
 //! --tool=callgrind` needs.
 
-use llep_trace::gpu::decider::Decider;
+use llep_trace::gpu::decider::{self, Decider, Layer};
 use llep_trace::plan::Gate;
 use llep_trace::plan::{Plan, PlanParams, Planner, Policy};
 use llep_trace::progress::Silent;
@@ -163,19 +163,24 @@ fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> DecisionBenc
         shape: Shape::bf16(d, i, k),
         profile,
     };
+    // replay plans llep-auto's LLEP plan under the auto gate (always
+    // planned; the arbiter decides)
     let prm = PlanParams {
         gpus: 2,
         alpha: 1.0,
         min_gemm: 1024,
-        gate: Gate::Ratio(1.3),
+        gate: Gate::Auto,
+    };
+    let layer = Layer {
+        per_rank: &per_rank,
+        global: &global,
+        params: prm,
     };
     let mut pl = Planner::new();
-    let (mut llep, mut ep) = (Default::default(), Default::default());
+    let (mut llep, mut ep) = (Plan::default(), Plan::default());
+    // the decision inline, as `replay --decision-thread off` makes it
     let mut decide = |pl: &mut Planner| {
-        pl.plan_into(black_box(&global), &prm, Policy::LlepAuto, &mut llep)
-            .unwrap();
-        pl.plan_into(&global, &prm, Policy::Ep, &mut ep).unwrap();
-        arb.decide(&ep, &llep, &per_rank, &global).2
+        decider::decide(&arb, pl, black_box(&layer), &mut llep, &mut ep).unwrap()
     };
     let use_llep = decide(&mut pl);
     let reps = 20_000;
@@ -207,14 +212,13 @@ fn bench_decision(d: u64, i: u64, n: usize, k: u64, tokens: u64) -> DecisionBenc
         inline.push(flushed(r, &mut || {
             black_box(decide(&mut pl));
         }));
+        // as `replay --decision-thread on`: post, plan, collect the answer
         thread.push(flushed(r, &mut || {
             helper.post(&per_rank, &global, prm);
             pl.plan_into(black_box(&global), &prm, Policy::LlepAuto, &mut own)
                 .unwrap();
             if own.use_llep && helper.answer() == Some(false) {
                 pl.plan_into(&global, &prm, Policy::Ep, &mut own).unwrap();
-            } else if !own.use_llep {
-                black_box(helper.answer());
             }
         }));
     }

@@ -9,7 +9,7 @@ use llep_trace::gpu::Exchange;
 use llep_trace::io::write_atomic;
 use llep_trace::results::{read_results, write_results};
 use llep_trace::sim::accuracy::{
-    compare, decisions, default_trace_dirs, Decision, ErrorStats, Pair, GATE_LOSS_PCT,
+    compare, decisions, default_trace_dirs, gate_margin_of, ErrorStats, Pair, GATE_LOSS_PCT,
 };
 use llep_trace::sim::profile::{MeasuredError, SplitError};
 use llep_trace::sim::{auto_margin_at, Profile};
@@ -200,17 +200,15 @@ pub fn run(a: CompareArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         }
         let mut mode = profile.clone();
         mode.cuda_graphs = graphs;
-        let lost = |m: &dyn Fn(&Decision) -> f64| {
-            d.iter()
-                .filter(|x| x.loss(m(x)) * 100.0 > GATE_LOSS_PCT)
-                .count()
-        };
-        let now = lost(&|x: &Decision| auto_margin_at(&mode, x.tokens_per_gpu) * 100.0);
+        let now = d
+            .iter()
+            .filter(|x| x.lost(auto_margin_at(&mode, x.tokens_per_gpu) * 100.0))
+            .count();
         s.push_str(&format!(
             "llep-auto's gate, {name}: {} inputs with both plans measured; at the profile's margin {now} take a plan more than {GATE_LOSS_PCT}% slower than the other",
             d.len()
         ));
-        match acc.gate_margin(graphs) {
+        match gate_margin_of(&d) {
             Some(g) => s.push_str(&format!(
                 ", at the margin these rows support ({:.1}%) {}\n",
                 g.margin_pct, g.losses

@@ -17,15 +17,16 @@
 //! scratch in its caches (and its core's clock up), and otherwise spins.
 //! Rotated, because replay runs each input again and again: rehearsing the
 //! very counts that come next would also warm what depends on the input
-//! (which experts, which branches), which a model's next layer would not. The worker posts the counts
-//! as soon as they are on the host, plans the LLEP plan it runs itself in
-//! the meantime (as the `llep` setting does), then spins for the answer.
-//! The answer is the arbiter's, on the same counts: the same decision as
-//! deciding inline, only sooner. The cost is one busy CPU core per GPU while
-//! a replay with llep-auto runs.
+//! (which experts, which branches), which a model's next layer would not.
+//!
+//! The worker posts the counts as soon as they are on the host, plans the
+//! LLEP plan it runs itself in the meantime (as the `llep` setting does),
+//! then spins for the answer. The answer is the arbiter's, on the same
+//! counts: the same decision as deciding inline, only sooner. The cost is
+//! one busy CPU core per GPU while a replay with llep-auto runs.
 
 use crate::plan::{Arbiter, Plan, PlanParams, Planner, Policy};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -76,8 +77,6 @@ struct Shared {
 pub struct Decider {
     shared: Arc<Shared>,
     thread: Option<std::thread::JoinHandle<()>>,
-    /// A layer was posted and its answer not yet collected.
-    pending: AtomicBool,
 }
 
 impl std::fmt::Debug for Decider {
@@ -136,7 +135,6 @@ impl Decider {
         Ok(Decider {
             shared,
             thread: Some(thread),
-            pending: AtomicBool::new(false),
         })
     }
 
@@ -145,9 +143,7 @@ impl Decider {
     pub fn post(&self, per_rank: &[u64], global: &[u64], params: PlanParams) {
         // an earlier layer's answer nobody collected (its run failed before
         // it): wait it out, so it is not taken for this layer's
-        if self.pending.load(Ordering::Relaxed) {
-            let _ = self.answer();
-        }
+        let _ = self.answer();
         let mut c = self.shared.posted.lock().unwrap_or_else(|e| e.into_inner());
         c.per_rank.clear();
         c.per_rank.extend_from_slice(per_rank);
@@ -156,13 +152,13 @@ impl Decider {
         c.params = Some(params);
         drop(c);
         self.shared.state.store(POSTED, Ordering::Release);
-        self.pending.store(true, Ordering::Relaxed);
     }
 
     /// The posted layer's decision (spinning until it is made): see
     /// [`decide`]; `None` also when nothing was posted.
     pub fn answer(&self) -> Option<bool> {
-        if !self.pending.swap(false, Ordering::Relaxed) {
+        // only this worker moves the state off IDLE, by posting
+        if self.shared.state.load(Ordering::Acquire) == IDLE {
             return None;
         }
         loop {

@@ -341,13 +341,6 @@ impl Worker<'_> {
         self.planner
             .plan_into(&global, &params, policy, &mut plan)
             .map_err(|e| GpuError::Input(e.to_string()))?;
-        let plan_ep = |planner: &mut crate::plan::Planner| {
-            let mut ep = Plan::default();
-            planner
-                .plan_into(&global, &params, Policy::Ep, &mut ep)
-                .map(|_| ep)
-                .map_err(|e| GpuError::Input(e.to_string()))
-        };
         let answer = decider.map(|d| {
             mark(&mut marks, 1);
             d.answer()
@@ -357,7 +350,9 @@ impl Worker<'_> {
             // LLEP plan is this one (one planner, the same counts)
             Some(Some(llep)) => {
                 if plan.use_llep && !llep {
-                    plan = plan_ep(&mut self.planner)?;
+                    self.planner
+                        .plan_into(&global, &params, Policy::Ep, &mut plan)
+                        .map_err(|e| GpuError::Input(e.to_string()))?;
                 }
             }
             _ if policy == Policy::LlepAuto && plan.use_llep => {

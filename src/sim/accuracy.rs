@@ -5,7 +5,9 @@
 use super::cost::charge_auto;
 use super::eplb::{EplbEvaluator, EplbSim};
 use super::profile::GateMargin;
-use super::{auto_prefers_llep_at, row_from, simulated_base, Evaluator, Profile, Shape};
+use super::{
+    auto_prefers_llep_at, prefers_llep_by, row_from, simulated_base, Evaluator, Profile, Shape,
+};
 use crate::plan::PlanParams;
 use crate::plan::Policy;
 use crate::results::{ResultRow, Source};
@@ -115,11 +117,11 @@ impl Accuracy {
     }
 }
 
-/// Margins, percent, at which [`Accuracy::gate_margin`] tries the gate.
-const GATE_MARGINS_PCT: [f64; 21] = [
-    0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0,
-    9.5, 10.0,
-];
+/// Margins, percent, at which [`gate_margin_of`] tries the gate: 0-10 in
+/// steps of 0.5.
+fn gate_margins_pct() -> impl Iterator<Item = f64> {
+    (0..=20).map(|i| f64::from(i) * 0.5)
+}
 
 /// The gate loses an input when the plan it takes measured more than this
 /// much slower than the other (issue 12's bound for llep-auto), percent.
@@ -139,10 +141,19 @@ impl Decision {
     /// takes over the faster one, measured, minus 1.
     pub fn loss(&self, margin_pct: f64) -> f64 {
         let (e, l) = self.simulated;
-        let takes_llep = l * (1.0 + margin_pct / 100.0) < e;
         let (me, ml) = self.measured;
-        let got = if takes_llep { ml } else { me };
+        let got = if prefers_llep_by(e, l, margin_pct / 100.0) {
+            ml
+        } else {
+            me
+        };
         got / me.min(ml) - 1.0
+    }
+
+    /// Whether the gate at `margin_pct` loses this input: takes the plan
+    /// that measured more than [`GATE_LOSS_PCT`] slower than the other.
+    pub fn lost(&self, margin_pct: f64) -> bool {
+        self.loss(margin_pct) * 100.0 > GATE_LOSS_PCT
     }
 }
 
@@ -200,47 +211,39 @@ pub fn decisions(pairs: &[Pair], graphs: bool) -> Vec<Decision> {
     out
 }
 
-impl Accuracy {
-    /// The cost-aware gate's margin these rows support, for layers replayed
-    /// as CUDA graphs (`graphs`) or not: over the inputs both plans were
-    /// measured on ([`decisions`]), the gate is tried at every margin of
-    /// 0-10% in steps of 0.5; of the margins that lose the fewest inputs
-    /// (more than [`GATE_LOSS_PCT`] slower than the faster plan), the
-    /// middle one. A margin as large as the model's error per row misses
-    /// LLEP's clear gains: the errors of EP's and LLEP's prices on one
-    /// input go together. None with fewer than 6 such inputs.
-    pub fn gate_margin(&self, graphs: bool) -> Option<GateMargin> {
-        let d = decisions(&self.pairs, graphs);
-        if d.len() < 6 {
-            return None;
-        }
-        let score = |m: f64| {
-            let losses: Vec<f64> = d.iter().map(|x| x.loss(m)).collect();
-            let lost = losses
-                .iter()
-                .filter(|&&l| l * 100.0 > GATE_LOSS_PCT)
-                .count();
-            (
-                lost,
-                losses.iter().sum::<f64>() / losses.len() as f64 * 100.0,
-            )
-        };
-        let scored: Vec<(f64, usize, f64)> = GATE_MARGINS_PCT
-            .iter()
-            .map(|&m| {
-                let (lost, mean) = score(m);
-                (m, lost, mean)
-            })
-            .collect();
-        let least = scored.iter().map(|s| s.1).min()?;
-        let best: Vec<&(f64, usize, f64)> = scored.iter().filter(|s| s.1 == least).collect();
-        let &(margin_pct, losses, mean_loss_pct) = best[(best.len() - 1) / 2];
-        Some(GateMargin {
-            margin_pct,
-            inputs: d.len() as u32,
-            losses: losses as u32,
-            mean_loss_pct,
+/// The cost-aware gate's margin that the inputs `d` support: the gate is
+/// tried at every margin of 0-10% in steps of 0.5; of the margins that
+/// lose the fewest inputs ([`Decision::lost`]), the middle one. A margin
+/// as large as the model's error per row misses LLEP's clear gains: the
+/// errors of EP's and LLEP's prices on one input go together. None with
+/// fewer than 6 inputs.
+pub fn gate_margin_of(d: &[Decision]) -> Option<GateMargin> {
+    if d.len() < 6 {
+        return None;
+    }
+    let scored: Vec<(f64, usize, f64)> = gate_margins_pct()
+        .map(|m| {
+            let lost = d.iter().filter(|x| x.lost(m)).count();
+            let mean = d.iter().map(|x| x.loss(m)).sum::<f64>() / d.len() as f64 * 100.0;
+            (m, lost, mean)
         })
+        .collect();
+    let least = scored.iter().map(|s| s.1).min()?;
+    let best: Vec<&(f64, usize, f64)> = scored.iter().filter(|s| s.1 == least).collect();
+    let &(margin_pct, losses, mean_loss_pct) = best[(best.len() - 1) / 2];
+    Some(GateMargin {
+        margin_pct,
+        inputs: d.len() as u32,
+        losses: losses as u32,
+        mean_loss_pct,
+    })
+}
+
+impl Accuracy {
+    /// [`gate_margin_of`] the inputs both plans were measured on
+    /// ([`decisions`]), replayed as CUDA graphs (`graphs`) or not.
+    pub fn gate_margin(&self, graphs: bool) -> Option<GateMargin> {
+        gate_margin_of(&decisions(&self.pairs, graphs))
     }
 }
 

@@ -433,7 +433,13 @@ pub fn auto_margin_at(prof: &Profile, tokens_per_gpu: u64) -> f64 {
 /// time (a layer's forward, or a training step), inflated by the margin at
 /// this batch size, still beats EP's.
 pub fn auto_prefers_llep_at(ep_ms: f64, llep_ms: f64, prof: &Profile, tokens_per_gpu: u64) -> bool {
-    llep_ms * (1.0 + auto_margin_at(prof, tokens_per_gpu)) < ep_ms
+    prefers_llep_by(ep_ms, llep_ms, auto_margin_at(prof, tokens_per_gpu))
+}
+
+/// The gate's rule at a given margin (a fraction): LLEP's time, inflated
+/// by it, still beats EP's.
+pub fn prefers_llep_by(ep_ms: f64, llep_ms: f64, margin: f64) -> bool {
+    llep_ms * (1.0 + margin) < ep_ms
 }
 
 /// [`crate::plan::Arbiter`] by the cost model, for the replay's `llep-auto`.
