@@ -61,11 +61,22 @@ pub const TUNE_LOG: &str = "LLEP_TRACE_TUNE_LOG";
 /// the overhead phase (medians over the case's runs, warm-ups included) to
 /// stderr.
 pub const HOST_TIMING: &str = "LLEP_TRACE_HOST_TIMING";
+/// `--gemm fused`'s kernel variant, for whoever studies it: `staged` (the
+/// default) or `noepi` (the epilogue warps skip their work: what it costs;
+/// outputs are left unwritten). Unset: the default.
+pub const FUSED_KERNEL: &str = "LLEP_TRACE_FUSED_KERNEL";
 
 /// The raw value of `MOE_ADAPTIVE_LPT_ROUTING_RATIO`, if set; read it with
 /// [`crate::plan::Gate::from_reference`].
 pub fn routing_ratio_raw() -> Option<String> {
     std::env::var(ROUTING_RATIO).ok()
+}
+
+/// `LLEP_TRACE_FUSED_KERNEL`, if set.
+pub fn fused_kernel() -> Option<String> {
+    std::env::var(FUSED_KERNEL)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// `LLEP_CAPTURE_THREADS` if set to a positive integer.

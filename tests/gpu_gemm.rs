@@ -103,6 +103,86 @@ fn gemm_bench_finds_the_paths_agreeing_or_fails_cleanly() {
     }
 }
 
+/// `--gemm fused` (the own Hopper kernel with the activation in the gate_up
+/// epilogue) on a layer whose shape ends mid-tile everywhere (D = 64: one
+/// K-slice; I = 40: a third of a column tile): the forward passes the
+/// dense check, and a training step (whose units run unfused) too. On a
+/// GPU other than Hopper it refuses with one clear line.
+#[test]
+fn replay_through_the_fused_kernel_passes_the_dense_check_or_fails_cleanly() {
+    let dir = std::env::temp_dir().join(format!("llep-fused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for pass in ["forward", "train"] {
+        let out = dir.join(format!("{pass}.parquet"));
+        let o = Command::new(bin())
+            .args(["replay", "--gpus", "1", "--tokens-per-rank", "300"])
+            .args(["--experts", "8", "--top-k", "2", "--hidden-size", "64"])
+            .args(["--intermediate-size", "40", "--runs", "2", "--warmup", "1"])
+            .args(["--synthetic", "balanced,95:1", "--ratio", "1.3"])
+            .args(["--min-gemm", "16", "--gemm", "fused", "--pass", pass])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        if gpu_present() && stderr.contains("sm_90a (Hopper) kernel") {
+            assert_eq!(o.status.code(), Some(1), "{stderr}");
+            return;
+        }
+        if !ran_on_gpu(&o) {
+            assert!(!out.exists());
+            continue;
+        }
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(stdout.contains("GEMMs through fused"), "{stdout}");
+        let rows = read_results(&out).unwrap().1;
+        assert_eq!(rows.len(), 4);
+        for r in &rows {
+            let e = r.rel_error.expect("checked against the dense reference");
+            assert!(e < 1e-2, "{pass}: relative error {e}");
+        }
+    }
+}
+
+/// `gemm-bench --gemm lt,fused`: units of uneven rows (1, 77, 129, ...,
+/// more than one launch's worth) through the fused kernel agree with lt's.
+#[test]
+fn gemm_bench_finds_the_fused_kernel_agreeing_with_lt_or_fails_cleanly() {
+    let o = Command::new(bin())
+        .args(["gemm-bench", "--shape", "2880:2880", "--rows", "256"])
+        .args([
+            "--layer-experts",
+            "8",
+            "--layer-rows",
+            "1024",
+            "--reps",
+            "2",
+        ])
+        .args(["--gemm", "lt,fused"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    if gpu_present() && stderr.contains("sm_90a (Hopper) kernel") {
+        return;
+    }
+    if !ran_on_gpu(&o) {
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let agree: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("fused vs lt"))
+        .collect();
+    assert_eq!(agree.len(), 10, "{stdout}");
+    assert!(agree.iter().all(|l| l.ends_with(" ok")), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("fused ") && l.contains("layer+act fused")),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn gemm_flag_rejects_an_unknown_path_before_any_gpu_work() {
     let o = Command::new(bin())
@@ -111,7 +191,7 @@ fn gemm_flag_rejects_an_unknown_path_before_any_gpu_work() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("lt or cublas"), "{stderr}");
+    assert!(stderr.contains("lt, fused or cublas"), "{stderr}");
     let o = Command::new(bin())
         .args([
             "replay",

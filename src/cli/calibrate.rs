@@ -104,8 +104,8 @@ pub struct CalibrateArgs {
     /// now has exact GEMM tables, so the tables price those shapes too.
     #[arg(long)]
     pub drop_curves: bool,
-    /// Library of the bf16 GEMMs, as replay's --gemm (lt or cublas): the
-    /// GEMM tables time the path replay will run.
+    /// Library of the bf16 GEMMs, as replay's --gemm (lt, fused or cublas):
+    /// the GEMM tables time the path replay will run.
     #[arg(long, default_value = "lt", value_parser = |s: &str| s.parse::<GemmImpl>())]
     pub gemm: GemmImpl,
     /// With --gemm-only: time each grid sample's units launched as one

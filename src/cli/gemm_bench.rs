@@ -28,7 +28,9 @@ pub struct GemmBenchArgs {
     /// Timed samples per point (medians).
     #[arg(long, default_value_t = 10)]
     pub reps: usize,
-    /// GEMM paths to compare.
+    /// GEMM paths to compare (cublas, lt, fused). Under fused the gate_up
+    /// rows time the fused kernel (gate_up with its activation) and a
+    /// check compares its outputs with lt's.
     #[arg(long, value_delimiter = ',', default_value = "cublas,lt", value_parser = |s: &str| s.parse::<GemmImpl>())]
     pub gemm: Vec<GemmImpl>,
 }
@@ -55,6 +57,9 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         llep_trace::gpu::driver_version(),
         a.reps
     );
+    if let Some(v) = &b.fused_variant {
+        s.push_str(&format!("fused: kernel variant {v}\n"));
+    }
     for (path, n) in &b.tuned {
         s.push_str(&format!("{}: {n} shape buckets tuned\n", path.as_str()));
     }
@@ -114,6 +119,14 @@ pub fn run(a: GemmBenchArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             format!("FAIL ({differ} output values differ from one launch per unit)")
         }
     ));
+    for (rows, err) in &b.fused_agree {
+        let ok = err.is_finite() && *err < 1e-2;
+        bad |= !ok;
+        s.push_str(&format!(
+            "fused vs lt, a unit of {rows} rows: relative error of its output {err:.2e} {}\n",
+            if ok { "ok" } else { "FAIL (>= 1e-2)" }
+        ));
+    }
     p.out(&s)?;
     Ok(if bad {
         ExitCode::FAILURE

@@ -78,8 +78,10 @@ pub struct ReplayArgs {
     pub eplb: super::simulate::EplbArgs,
     #[command(flatten)]
     pub planner: PlannerArgs,
-    /// Library of the bf16 expert GEMMs: cublas (default algorithm) or lt
-    /// (cuBLASLt, algorithm autotuned per shape during the warm-ups).
+    /// Library of the bf16 expert GEMMs: cublas (default algorithm), lt
+    /// (cuBLASLt, algorithm autotuned per shape during the warm-ups), or
+    /// fused (lt, except the forward gate_up GEMM: an own Hopper kernel
+    /// with the activation in its epilogue; H100/H200 only).
     #[arg(long, default_value = "lt", value_parser = gemm_path)]
     pub gemm: GemmImpl,
     /// Untimed warm-up runs per case.
@@ -469,7 +471,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
         bail!("--compute-streams 2: expert units on two streams are issued from the host; use --cuda-graphs off");
     }
     if a.compute_streams == 2 && a.gemm != GemmImpl::Lt {
-        bail!("--compute-streams 2: the second stream's GEMMs go through cuBLASLt with their own workspace; use --gemm lt");
+        bail!("--compute-streams 2: the second stream's GEMMs go through cuBLASLt with their own workspace, and it overlaps the activation kernel --gemm fused does not have; use --gemm lt");
     }
     let (policies, gates) = expand_auto(&a.policy, &a.planner.gates(p)?);
     let (launch, nodes) = launch_and_nodes(&a, p)?;
@@ -544,9 +546,10 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    if a.gemm == GemmImpl::Lt && a.warmup == 0 {
+    if a.gemm.uses_lt() && a.warmup == 0 {
         bail!(
-            "--gemm lt (the default) tunes its GEMM algorithms during the warm-up runs: give --warmup 1 or more, or --gemm cublas"
+            "--gemm {} tunes its GEMM algorithms during the warm-up runs: give --warmup 1 or more, or --gemm cublas",
+            a.gemm.as_str()
         );
     }
     let cfg = ReplayConfig {

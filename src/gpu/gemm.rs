@@ -1,5 +1,7 @@
-//! The replay's GEMMs, row-major with fp32 accumulation, through one of two
-//! paths every caller shares (forward, backward, calibration):
+//! The replay's GEMMs, row-major with fp32 accumulation, through one of the
+//! paths every caller shares (forward, backward, calibration); `fused`
+//! (`super::fused`) is `lt` here, its own kernel serving only the expert
+//! units' forward gate_up:
 //!
 //! - `cublas`: `cublasGemmEx` with its default algorithm;
 //! - `lt`: cuBLASLt with the algorithm chosen per shape by a small
@@ -52,6 +54,9 @@ pub enum GemmImpl {
     /// cuBLASLt, autotuned algorithm per shape bucket.
     #[default]
     Lt,
+    /// `lt`, except the forward gate_up GEMM of expert units: an own Hopper
+    /// kernel with the activation in its epilogue (`super::fused`).
+    Fused,
 }
 
 impl GemmImpl {
@@ -59,7 +64,13 @@ impl GemmImpl {
         match self {
             GemmImpl::Cublas => "cublas",
             GemmImpl::Lt => "lt",
+            GemmImpl::Fused => "fused",
         }
+    }
+
+    /// Whether plain GEMMs go through cuBLASLt (`lt` and `fused`).
+    pub fn uses_lt(self) -> bool {
+        matches!(self, GemmImpl::Lt | GemmImpl::Fused)
     }
 }
 
@@ -69,7 +80,8 @@ impl std::str::FromStr for GemmImpl {
         match s {
             "cublas" => Ok(GemmImpl::Cublas),
             "lt" => Ok(GemmImpl::Lt),
-            _ => Err(format!("'{s}' is not a GEMM path (lt or cublas)")),
+            "fused" => Ok(GemmImpl::Fused),
+            _ => Err(format!("'{s}' is not a GEMM path (lt, fused or cublas)")),
         }
     }
 }
@@ -604,8 +616,11 @@ impl Dev {
     /// Use `which` for the bf16 GEMMs from now on (creating the cuBLASLt
     /// handle and its [`LT_WORKSPACE_BYTES`] workspace at the first `lt`).
     pub fn set_gemm(&mut self, which: GemmImpl) -> Result<(), GpuError> {
-        if which == GemmImpl::Lt && self.lt.is_none() {
+        if which.uses_lt() && self.lt.is_none() {
             self.lt = Some(Lt::new()?);
+        }
+        if which == GemmImpl::Fused && self.fused.is_none() {
+            self.fused = Some(super::fused::Fused::load(self)?);
         }
         self.gemm_impl = which;
         Ok(())
@@ -665,7 +680,7 @@ impl Dev {
         b: u64,
         c: u64,
     ) -> Result<(), GpuError> {
-        let Some(lt) = self.lt.as_ref().filter(|_| self.gemm_impl == GemmImpl::Lt) else {
+        let Some(lt) = self.lt.as_ref().filter(|_| self.gemm_impl.uses_lt()) else {
             return Err(GpuError::Input(
                 "GEMMs on a second stream need the lt path".into(),
             ));
@@ -701,7 +716,9 @@ impl Dev {
         }
         let call = Call::new(m, n, k, a, b, c, beta, dt);
         match (&self.lt, self.gemm_impl, dt) {
-            (Some(lt), GemmImpl::Lt, Dt::Bf16) => self.gemm_lt(lt, &call, self.main),
+            (Some(lt), GemmImpl::Lt | GemmImpl::Fused, Dt::Bf16) => {
+                self.gemm_lt(lt, &call, self.main)
+            }
             _ => self.gemm_cublas(&call),
         }
     }
@@ -955,10 +972,13 @@ mod tests {
     fn paths_parse_by_name_and_default_to_lt() {
         assert_eq!("lt".parse::<GemmImpl>(), Ok(GemmImpl::Lt));
         assert_eq!("cublas".parse::<GemmImpl>(), Ok(GemmImpl::Cublas));
+        assert_eq!("fused".parse::<GemmImpl>(), Ok(GemmImpl::Fused));
+        assert!(GemmImpl::Fused.uses_lt() && GemmImpl::Lt.uses_lt());
+        assert!(!GemmImpl::Cublas.uses_lt());
         assert!("cutlass"
             .parse::<GemmImpl>()
             .unwrap_err()
-            .contains("lt or cublas"));
+            .contains("lt, fused or cublas"));
         assert_eq!(GemmImpl::default(), GemmImpl::Lt);
         assert_eq!(LT_WORKSPACE_BYTES, 32 << 20);
     }

@@ -63,6 +63,12 @@ pub struct Bench {
     pub batched: (usize, usize, usize),
     /// The `lt` path's tunings.
     pub tunings: Vec<super::gemm::TuneLog>,
+    /// With `fused` among the paths: units of uneven rows through the
+    /// fused kernel against `lt` on the same inputs: per unit (rows,
+    /// ||fused - lt|| / ||lt|| of its down output).
+    pub fused_agree: Vec<(usize, f64)>,
+    /// The fused kernel's variant, if `fused` ran.
+    pub fused_variant: Option<String>,
 }
 
 /// Device buffers: `experts` weight sets [Wgu (D x 2I) | bgu (2I) | Wd
@@ -266,7 +272,17 @@ fn sweep(
                     // SAFETY: x holds m rows of D, h m rows of 2I, a m rows
                     // of I, y m rows of D.
                     unsafe {
-                        if what == "gate_up" {
+                        if what == "gate_up" && path == GemmImpl::Fused {
+                            // the fused kernel: gate_up and its activation
+                            let u = [b.unit(e, m, 0)];
+                            units::issue_gate_up(
+                                dev,
+                                &b.shape(),
+                                &u,
+                                &b.scratch(),
+                                Batching::PerUnit,
+                            )?;
+                        } else if what == "gate_up" {
                             dev.gemm_bf16(m, n, k, b.x, wgu, b.h)?;
                         } else {
                             dev.gemm_bf16(m, n, k, b.a, wd, b.y)?;
@@ -296,6 +312,12 @@ fn sweep(
     // under one activation launch (replay's bound and larger ones)
     let pdl = dev.pdl.get();
     let per = Batching::PerUnit;
+    // under `fused` the GEMMs without activation (lt's), and the layer
+    // through the fused kernel (units::issue)
+    let fused_variants = [
+        ("layer", 0, m, pdl, per),
+        ("layer+act fused", usize::MAX, m, pdl, Batching::default()),
+    ];
     let variants = [
         ("layer", 0, m, pdl, per),
         ("layer+act", usize::MAX, m, pdl, per),
@@ -318,10 +340,15 @@ fn sweep(
             Batching::UpTo(BENCH_BATCH_MAX),
         ),
     ];
+    let variants: &[_] = if path == GemmImpl::Fused {
+        &fused_variants
+    } else {
+        &variants
+    };
     let dv: &Dev = dev;
     let mut names = Vec::new();
     let mut runs: Vec<Box<dyn FnMut() -> Result<(), GpuError> + '_>> = Vec::new();
-    for (what, act_rows, piece, with_pdl, how) in variants {
+    for &(what, act_rows, piece, with_pdl, how) in variants {
         if piece > m || (piece == m && what.contains('/')) || (what.contains("PDL") && !pdl) {
             continue;
         }
@@ -372,6 +399,9 @@ fn sweep(
             ms,
             tflops: 6.0 * (ne * m * d * i) as f64 / ms / 1e9,
         });
+    }
+    if path == GemmImpl::Fused {
+        return Ok(out);
     }
     out.push(act_alone(dev, b, cfg, path, "act alone")?);
     // the grid its callers size (one item per thread), for comparison
@@ -505,11 +535,16 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
         agree: Vec::new(),
         batched: (0, 0, 0),
         tunings: Vec::new(),
+        fused_agree: Vec::new(),
+        fused_variant: None,
     };
     for &path in &cfg.paths {
         progress.status(&format!("GEMMs through {}", path.as_str()));
         dev.set_gemm(path)?;
         res.rows.extend(sweep(&mut dev, &b, cfg, path)?);
+        if path == GemmImpl::Fused {
+            res.fused_variant = dev.fused.as_ref().map(|f| f.to_string());
+        }
         res.tuned.push((path, dev.gemm_tuned()));
     }
     if cfg.paths.contains(&GemmImpl::Lt) && cfg.paths.contains(&GemmImpl::Cublas) {
@@ -517,7 +552,12 @@ pub fn bench(cfg: &BenchConfig, progress: &dyn Progress) -> Result<Bench, GpuErr
         res.agree = agreement(&mut dev, &b, cfg.layer_rows)?;
     }
     progress.status("units batched against one activation each");
+    dev.set_gemm(GemmImpl::Lt)?;
     res.batched = batched_matches(&dev, &b, cfg)?;
+    if cfg.paths.contains(&GemmImpl::Fused) {
+        progress.status("the fused kernel against lt, units of uneven rows");
+        res.fused_agree = fused_agrees(&mut dev, &b, cfg)?;
+    }
     res.tunings = dev.gemm_tune_log();
     dev.sync()?;
     Ok(res)
@@ -610,6 +650,80 @@ fn agreement(dev: &mut Dev, b: &Bufs, m: usize) -> Result<Vec<(&'static str, f64
             den += f(*r).powi(2);
         }
         out.push((name, (num / den.max(f64::MIN_POSITIVE)).sqrt()));
+    }
+    Ok(out)
+}
+
+/// Units of uneven rows (the layer's, one row, rows that end mid-tile, and
+/// more units than one fused launch serves) through `lt` and through
+/// `fused` on the same inputs: per unit, its rows and the relative error of
+/// its down output against `lt`'s. The fused kernel keeps the gate_up sums
+/// in fp32 through the activation where `lt` rounds them to bf16 first,
+/// so outputs differ by rounding, not bit for bit.
+fn fused_agrees(dev: &mut Dev, b: &Bufs, cfg: &BenchConfig) -> Result<Vec<(usize, f64)>, GpuError> {
+    let d = b.d;
+    let mut rows = vec![
+        cfg.layer_rows.min(b.held),
+        1,
+        77,
+        129,
+        300,
+        64,
+        255,
+        513,
+        2,
+        1000,
+    ];
+    // every unit's rows inside x and y, each unit within the scratch
+    let cap = b.xy / d;
+    let mut at = 0;
+    rows.retain(|&r| {
+        let fits = at + r <= cap && r <= b.held;
+        if fits {
+            at += r;
+        }
+        fits
+    });
+    let mut us = Vec::new();
+    let mut off = 0u64;
+    for (k, &r) in rows.iter().enumerate() {
+        us.push(b.unit(k % cfg.layer_experts.max(8), r, off));
+        off += (r * d * 2) as u64;
+    }
+    let mut got: Vec<Vec<u16>> = Vec::new();
+    for path in [GemmImpl::Lt, GemmImpl::Fused] {
+        dev.set_gemm(path)?;
+        let mut host = vec![0u16; at * d];
+        // SAFETY: the units' rows lie inside x and y (at <= cap); each unit
+        // fits the scratch (r <= held).
+        unsafe {
+            dev.memset0(b.y, at * d * 2)?;
+            units::issue(
+                dev,
+                &b.shape(),
+                &us,
+                &b.scratch(),
+                Batching::default(),
+                None,
+            )?;
+            dev.download(&mut host, b.y)?;
+        }
+        got.push(host);
+    }
+    let f = |u: u16| f64::from(f32::from_bits(u32::from(u) << 16));
+    let mut out = Vec::new();
+    let mut start = 0;
+    for &r in &rows {
+        let (mut num, mut den) = (0.0, 0.0);
+        for (l, x) in got[0][start * d..(start + r) * d]
+            .iter()
+            .zip(&got[1][start * d..(start + r) * d])
+        {
+            num += (f(*x) - f(*l)).powi(2);
+            den += f(*l).powi(2);
+        }
+        out.push((r, (num / den.max(f64::MIN_POSITIVE)).sqrt()));
+        start += r;
     }
     Ok(out)
 }

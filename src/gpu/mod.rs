@@ -37,6 +37,7 @@ pub mod copy_engine;
 pub mod decider;
 mod dense;
 mod dense_bwd;
+pub mod fused;
 pub mod gemm;
 pub mod gemm_bench;
 mod graphs;

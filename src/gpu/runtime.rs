@@ -555,6 +555,8 @@ pub struct Dev {
     /// the cuBLASLt state once `lt` was chosen (dropped before the context).
     pub(super) gemm_impl: super::gemm::GemmImpl,
     pub(super) lt: Option<super::gemm::Lt>,
+    /// The fused gate_up kernel once `fused` was chosen.
+    pub(super) fused: Option<super::fused::Fused>,
     pub k: Kernels,
     pub blas: blas_sys::cublasHandle_t,
     pub main: drv_sys::CUstream,
@@ -651,6 +653,7 @@ impl Dev {
             arena: Arena::default(),
             gemm_impl: super::gemm::GemmImpl::Cublas,
             lt: None,
+            fused: None,
             k,
             blas: handle,
             main,

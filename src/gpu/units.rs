@@ -16,6 +16,8 @@
 
 use std::ops::Range;
 
+use super::fused::{self, Fused, FusedUnit, FUSED_UNITS};
+use super::gemm::GemmImpl;
 use super::runtime::{params, Dev, Event};
 use super::GpuError;
 
@@ -249,6 +251,16 @@ unsafe fn issue_parts(
     down: bool,
     two: Option<&TwoStreams>,
 ) -> Result<(), GpuError> {
+    if dev.gemm_impl == GemmImpl::Fused {
+        if let (Some(f), Scratch::Reused { h, act, rows }) = (dev.fused.as_ref(), *scratch) {
+            if two.is_some() {
+                return Err(GpuError::Input(
+                    "--gemm fused runs its units on one stream (no --compute-streams 2)".into(),
+                ));
+            }
+            return issue_fused(dev, f, s, units, [(act, rows), (h, 2 * rows)], down);
+        }
+    }
     let (d, i) = (s.hidden, s.inter);
     let (h_row, a_row) = (4 * i as u64, 2 * i as u64);
     let runs = stream_turns(units, s, scratch, how, two.is_some());
@@ -306,6 +318,71 @@ unsafe fn issue_parts(
     if let Some(t) = two {
         t.join.record(t.stream)?;
         dev.wait(dev.main, t.join)?;
+    }
+    Ok(())
+}
+
+/// [`issue_parts`] through the fused gate_up kernel (`--gemm fused`): one
+/// launch per run of up to [`FUSED_UNITS`] consecutive units, then their
+/// down GEMMs. The kernel writes no gate_up output, so a launch's
+/// activation rows may fill both reused buffers: `regions` are (address,
+/// activation rows it holds): the activation buffer, then the gate_up
+/// buffer (4I bytes a row: two activation rows). Fewer launches than
+/// units means fewer tails of partly filled waves.
+///
+/// # Safety
+/// As for [`issue`]; each region must hold the rows stated.
+unsafe fn issue_fused(
+    dev: &Dev,
+    f: &Fused,
+    s: &UnitShape,
+    units: &[ExpertUnit],
+    regions: [(u64, usize); 2],
+    down: bool,
+) -> Result<(), GpuError> {
+    let a_row = 2 * s.inter as u64;
+    let mut used = [0usize; 2];
+    let mut batch: Vec<(FusedUnit, &ExpertUnit)> = Vec::with_capacity(FUSED_UNITS);
+    let flush = |batch: &mut Vec<(FusedUnit, &ExpertUnit)>| -> Result<(), GpuError> {
+        let fu: Vec<FusedUnit> = batch.iter().map(|b| b.0).collect();
+        fused::launch(dev, f, &fu, s.hidden, s.inter, s.kind, dev.main)?;
+        if down {
+            for (fu, u) in batch.iter() {
+                dev.gemm_bf16(u.rows, s.hidden, s.inter, fu.act, u.wd, u.out)?;
+            }
+        }
+        batch.clear();
+        Ok(())
+    };
+    for u in units.iter().filter(|u| u.rows > 0) {
+        let fits = |used: &[usize; 2]| (0..2).find(|&r| used[r] + u.rows <= regions[r].1);
+        let mut slot = fits(&used).filter(|_| batch.len() < FUSED_UNITS);
+        if slot.is_none() {
+            flush(&mut batch)?;
+            used = [0, 0];
+            slot = fits(&used);
+        }
+        let Some(r) = slot else {
+            return Err(GpuError::Input(format!(
+                "a unit of {} rows is larger than the activation scratch",
+                u.rows
+            )));
+        };
+        let act = regions[r].0 + used[r] as u64 * a_row;
+        used[r] += u.rows;
+        batch.push((
+            FusedUnit {
+                rows: u.rows,
+                x: u.x,
+                wgu: u.wgu,
+                bgu: u.bgu,
+                act,
+            },
+            u,
+        ));
+    }
+    if !batch.is_empty() {
+        flush(&mut batch)?;
     }
     Ok(())
 }

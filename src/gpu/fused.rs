@@ -1,0 +1,347 @@
+//! `--gemm fused`: the gate_up GEMM of expert units with the activation in
+//! its epilogue (`kernels/hopper_gate_up.cu`, an own sm_90a kernel), the
+//! down GEMM and every other GEMM through cuBLASLt as under `lt`.
+//!
+//! Why: cuBLASLt has no clamped-SwiGLU epilogue, so under `lt` the
+//! activation is a kernel between the two GEMMs, and its traffic and
+//! kernel boundaries cost 1.1-1.9 ms of a 10-11 ms gpt-oss layer
+//! (reports/replay-floor). Here the gate_up output stays in registers.
+//!
+//! One launch is a grouped GEMM over up to [`FUSED_UNITS`] units: each
+//! unit's rows and weights get their own TMA descriptors, encoded on the
+//! host per launch and passed by value, and the kernel's persistent CTAs
+//! walk all the units' tiles, so a launch has one tail, not one per unit.
+//!
+//! Forward only: a training step keeps the gate_up output for its
+//! backward, so its units run unfused.
+
+use std::ffi::c_void;
+use std::sync::{Arc, OnceLock};
+
+use cudarc::driver::{result as drv, sys as drv_sys, CudaModule};
+
+use super::runtime::{params, Dev};
+
+use super::GpuError;
+
+/// The kernel's source, compiled for sm_90a (wgmma and TMA are
+/// Hopper-only).
+pub const FUSED_SRC: &str = include_str!("../../kernels/hopper_gate_up.cu");
+
+/// Units one launch serves (`FUSED_UNITS` in the kernel).
+pub const FUSED_UNITS: usize = 8;
+/// Tile rows, activation columns per tile, K per stage, stages (the
+/// kernel's FG_BM, FG_TN, FG_BK, FG_STAGES).
+const BM: usize = 128;
+const TN: usize = 128;
+const BK: usize = 64;
+const STAGES: usize = 3;
+/// Dynamic shared memory: the stages, the staged tile (gate and up, bf16),
+/// 1,024 bytes to align them for the 128-byte swizzle, the stages' two
+/// mbarriers each and the staging buffer's two.
+const SMEM_BYTES: usize =
+    STAGES * (BM * BK * 2 + 4 * 64 * BK * 2) + 2 * BM * TN * 2 + 1024 + STAGES * 16 + 16;
+const THREADS: u32 = 384;
+// one CTA fits an H100/H200 SM's 227 KiB of shared memory
+const _: () = assert!(SMEM_BYTES <= 227 * 1024);
+
+/// A CUtensorMap, opaque to the host.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct TmaMap([u64; 16]);
+
+/// The kernel's parameter block (`FusedUnits` in the kernel), by value.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FusedUnits {
+    a: [TmaMap; FUSED_UNITS],
+    b: [TmaMap; FUSED_UNITS],
+    out: [u64; FUSED_UNITS],
+    bias: [u64; FUSED_UNITS],
+    rows: [i32; FUSED_UNITS],
+    tile_end: [i32; FUSED_UNITS],
+    n: i32,
+    d: i32,
+    inter: i32,
+    kind: i32,
+}
+
+/// The loaded kernel of one GPU.
+pub struct Fused {
+    func: drv_sys::CUfunction,
+    /// CTAs of a launch at most: one per SM (the stages fill an SM's
+    /// shared memory).
+    ctas: u32,
+    /// The variant's name, as `LLEP_TRACE_FUSED_KERNEL` spells it.
+    pub variant: &'static str,
+    _module: Arc<CudaModule>,
+}
+
+/// The kernel's variants: (name, entry point).
+const VARIANTS: [(&str, &str); 2] = [
+    ("staged", "gate_up_act_fused"),
+    ("noepi", "gate_up_act_fused_noepi"),
+];
+
+impl std::fmt::Display for Fused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} CTAs at most)", self.variant, self.ctas)
+    }
+}
+
+/// The variant replay runs unless `LLEP_TRACE_FUSED_KERNEL` says.
+pub const DEFAULT_VARIANT: &str = "staged";
+
+/// One unit of a launch: `rows` rows at `x` (D values each) through the
+/// gate_up weight `wgu` (D x 2I) and bias `bgu` (2I), activation to `act`
+/// (I values a row).
+#[derive(Debug, Clone, Copy)]
+pub struct FusedUnit {
+    pub rows: usize,
+    pub x: u64,
+    pub wgu: u64,
+    pub bgu: u64,
+    pub act: u64,
+}
+
+/// The PTX, compiled once per process (every GPU is the same card).
+fn ptx() -> Result<cudarc::nvrtc::Ptx, GpuError> {
+    static PTX: OnceLock<Result<cudarc::nvrtc::Ptx, String>> = OnceLock::new();
+    PTX.get_or_init(|| {
+        let opts = cudarc::nvrtc::CompileOptions {
+            arch: Some("sm_90a"),
+            use_fast_math: Some(false),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(FUSED_SRC, opts).map_err(|e| format!("{e:?}"))
+    })
+    .clone()
+    .map_err(|e| GpuError::Compile(format!("kernels/hopper_gate_up.cu: {e}")))
+}
+
+/// Why the fused kernel cannot serve this shape, if it cannot: TMA needs
+/// 16-byte row strides (D a multiple of 8), the epilogue moves 8 columns
+/// at a time (I a multiple of 8).
+pub fn shape_refusal(hidden: usize, inter: usize) -> Option<String> {
+    if hidden % 8 != 0 || inter % 8 != 0 || hidden == 0 || inter == 0 {
+        return Some(format!(
+            "the fused gate_up kernel needs D and I multiples of 8 (D = {hidden}, I = {inter})"
+        ));
+    }
+    None
+}
+
+impl Fused {
+    /// Compile (once) and load the kernel into `dev`'s context.
+    pub(super) fn load(dev: &Dev) -> Result<Fused, GpuError> {
+        let cc = dev
+            .ctx
+            .compute_capability()
+            .map_err(|e| GpuError::Cuda(format!("{e:?}")))?;
+        if cc != (9, 0) {
+            return Err(GpuError::Input(format!(
+                "--gemm fused runs an sm_90a (Hopper) kernel; {} is sm_{}{}: use --gemm lt",
+                dev.name, cc.0, cc.1
+            )));
+        }
+        let name = crate::env::fused_kernel().unwrap_or_else(|| DEFAULT_VARIANT.into());
+        let Some(&(variant, entry)) = VARIANTS.iter().find(|v| v.0 == name.trim()) else {
+            return Err(GpuError::Input(format!(
+                "{}={name}: not a variant of the fused kernel (staged, noepi)",
+                crate::env::FUSED_KERNEL
+            )));
+        };
+        let module = dev
+            .ctx
+            .load_module(ptx()?)
+            .map_err(|e| GpuError::Cuda(format!("loading the fused gate_up kernel: {e:?}")))?;
+        let func = module
+            .load_function(entry)
+            .map_err(|e| GpuError::Cuda(format!("kernel {entry}: {e:?}")))?
+            .cu_function();
+        // SAFETY: a loaded kernel of this context.
+        unsafe {
+            drv::function::set_function_attribute(
+                func,
+                drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                SMEM_BYTES as i32,
+            )
+        }
+        .map_err(|e| GpuError::Cuda(format!("cuFuncSetAttribute (fused smem): {e:?}")))?;
+        let sms = dev
+            .ctx
+            .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+            .unwrap_or(1)
+            .max(1) as u32;
+        Ok(Fused {
+            func,
+            ctas: sms,
+            variant,
+            _module: module,
+        })
+    }
+}
+
+/// Tiles of a unit of `rows` rows: row tiles times activation-column tiles.
+pub fn tiles(rows: usize, inter: usize) -> usize {
+    rows.div_ceil(BM) * inter.div_ceil(TN)
+}
+
+fn encode(
+    ptr: u64,
+    inner: u64,
+    outer: u64,
+    box_inner: u32,
+    box_outer: u32,
+) -> Result<TmaMap, GpuError> {
+    let mut map = std::mem::MaybeUninit::<drv_sys::CUtensorMap>::zeroed();
+    let dims = [inner, outer];
+    let strides = [inner * 2];
+    let boxes = [box_inner, box_outer];
+    let elem = [1u32, 1];
+    // SAFETY: plain host call filling `map`; the arrays outlive it.
+    unsafe {
+        drv_sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            drv_sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            drv_sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            drv_sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            drv_sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            drv_sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+        .map_err(|e| GpuError::Cuda(format!("cuTensorMapEncodeTiled: {e:?}")))?;
+        // SAFETY: both are 128 opaque bytes, the driver filled them
+        Ok(std::mem::transmute::<drv_sys::CUtensorMap, TmaMap>(
+            map.assume_init(),
+        ))
+    }
+}
+
+/// Launch the fused kernel over `units` (at most [`FUSED_UNITS`]) on
+/// `stream`: D = `hidden`, I = `inter`, activation `kind` (0: gpt-oss's
+/// clamped SwiGLU, 1: plain).
+///
+/// # Safety
+/// Each unit's pointers must hold its rows, weight, bias and activation
+/// rows, each 16-byte aligned.
+pub(super) unsafe fn launch(
+    dev: &Dev,
+    f: &Fused,
+    units: &[FusedUnit],
+    hidden: usize,
+    inter: usize,
+    kind: i32,
+    stream: drv_sys::CUstream,
+) -> Result<(), GpuError> {
+    let units: Vec<&FusedUnit> = units.iter().filter(|u| u.rows > 0).collect();
+    if units.is_empty() {
+        return Ok(());
+    }
+    if units.len() > FUSED_UNITS {
+        return Err(GpuError::Input(format!(
+            "a fused launch serves at most {FUSED_UNITS} units, not {}",
+            units.len()
+        )));
+    }
+    if let Some(why) = shape_refusal(hidden, inter) {
+        return Err(GpuError::Input(why));
+    }
+    let empty = TmaMap([0; 16]);
+    let mut p = FusedUnits {
+        a: [empty; FUSED_UNITS],
+        b: [empty; FUSED_UNITS],
+        out: [0; FUSED_UNITS],
+        bias: [0; FUSED_UNITS],
+        rows: [0; FUSED_UNITS],
+        tile_end: [0; FUSED_UNITS],
+        n: units.len() as i32,
+        d: hidden as i32,
+        inter: inter as i32,
+        kind,
+    };
+    let mut total = 0usize;
+    for (k, u) in units.iter().enumerate() {
+        if (u.x | u.wgu | u.act | u.bgu) % 16 != 0 {
+            return Err(GpuError::Input(
+                "the fused gate_up kernel needs 16-byte aligned rows, weights and biases".into(),
+            ));
+        }
+        p.a[k] = encode(u.x, hidden as u64, u.rows as u64, BK as u32, BM as u32)?;
+        p.b[k] = encode(u.wgu, 2 * inter as u64, hidden as u64, 64, BK as u32)?;
+        p.out[k] = u.act;
+        p.bias[k] = u.bgu;
+        p.rows[k] = u.rows as i32;
+        total += tiles(u.rows, inter);
+        p.tile_end[k] = total as i32;
+    }
+    let grid = (total as u32).min(f.ctas);
+    dev.launch(
+        f.func,
+        (grid, 1, 1),
+        THREADS,
+        SMEM_BYTES as u32,
+        stream,
+        params!(p),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parameter_block_is_the_kernels() {
+        // kernels/hopper_gate_up.cu: TmaMap a[8], b[8] (128 bytes, 64-aligned);
+        // u64 out[8], bias[8]; int rows[8], tile_end[8]; int n, d, inter, kind
+        assert_eq!(std::mem::size_of::<TmaMap>(), 128);
+        assert_eq!(std::mem::align_of::<FusedUnits>(), 64);
+        let p = std::mem::MaybeUninit::<FusedUnits>::uninit();
+        let base = p.as_ptr() as usize;
+        // SAFETY: field addresses only, nothing read
+        let off = |f: *const u8| f as usize - base;
+        unsafe {
+            let q = p.as_ptr();
+            assert_eq!(off(std::ptr::addr_of!((*q).b) as _), 1024);
+            assert_eq!(off(std::ptr::addr_of!((*q).out) as _), 2048);
+            assert_eq!(off(std::ptr::addr_of!((*q).rows) as _), 2176);
+            assert_eq!(off(std::ptr::addr_of!((*q).n) as _), 2240);
+            assert_eq!(off(std::ptr::addr_of!((*q).kind) as _), 2252);
+        }
+        // under the 4 KiB kernel parameter limit of every driver
+        assert!(std::mem::size_of::<FusedUnits>() <= 4096);
+    }
+
+    #[test]
+    fn the_kernel_source_agrees_on_its_constants() {
+        for (name, v) in [
+            ("FUSED_UNITS", FUSED_UNITS),
+            ("FG_BM", BM),
+            ("FG_BK", BK),
+            ("FG_TN", TN),
+            ("FG_STAGES", STAGES),
+        ] {
+            assert!(
+                FUSED_SRC.contains(&format!("#define {name} {v}\n")),
+                "{name} differs from the kernel's"
+            );
+        }
+    }
+
+    #[test]
+    fn tiles_count_partial_tiles() {
+        // gpt-oss: I = 2,880 is 22.5 tiles of 128 columns
+        assert_eq!(tiles(4096, 2880), 32 * 23);
+        assert_eq!(tiles(1, 2880), 23);
+        assert_eq!(tiles(129, 256), 4);
+        assert!(shape_refusal(2880, 2880).is_none());
+        assert!(shape_refusal(2884, 2880).is_some());
+        assert!(shape_refusal(2880, 2884).is_some());
+    }
+}
