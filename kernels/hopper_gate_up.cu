@@ -25,10 +25,9 @@
 // them. Rows past a unit's end and K past D are zeros from TMA's bounds;
 // columns past I are not stored.
 //
-// Matches src/gpu/fused.rs's FusedUnits.
+// Matches src/gpu/fused.rs's FusedUnits. Compiled after kernels/bf16_act.cuh
+// (conversions, the activation), which the Rust side prepends.
 
-typedef unsigned short bf16_t;
-typedef unsigned long long u64;
 typedef unsigned int u32;
 
 #define FUSED_UNITS 8
@@ -58,28 +57,6 @@ struct FusedUnits {
     int tile_end[FUSED_UNITS];  // tiles of units 0..=u
     int n, d, inter, kind;
 };
-
-__device__ __forceinline__ float bf2f(bf16_t h) {
-    return __uint_as_float(((unsigned int)h) << 16);
-}
-
-// Round to nearest even; NaN stays NaN (as kernels/moe.cu).
-__device__ __forceinline__ bf16_t f2bf(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
-
-// kernels/moe.cu's swiglu_fast: gpt-oss clamped SwiGLU (kind 0) or plain.
-__device__ __forceinline__ float fg_swiglu(float g, float u, int kind) {
-    if (kind == 0) {
-        g = fminf(g, 7.0f);
-        u = fminf(fmaxf(u, -7.0f), 7.0f);
-        return (u + 1.0f) * __fdividef(g, 1.0f + __expf(-1.702f * g));
-    }
-    return __fdividef(g, 1.0f + __expf(-g)) * u;
-}
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
     u32 a;
@@ -240,16 +217,6 @@ __device__ __forceinline__ uint4 ldg_v4(const bf16_t* p) {
     return v;
 }
 
-// Activation of one bf16 pair (gate, up words) with the bias pair added,
-// as kernels/moe.cu's act_pair.
-__device__ __forceinline__ u32 fg_act_pair(u32 gg, u32 uu, u32 bg, u32 bu, int kind) {
-    float g0 = bf2f(gg & 0xffff) + bf2f(bg & 0xffff);
-    float g1 = bf2f(gg >> 16) + bf2f(bg >> 16);
-    float u0 = bf2f(uu & 0xffff) + bf2f(bu & 0xffff);
-    float u1 = bf2f(uu >> 16) + bf2f(bu >> 16);
-    return (u32)f2bf(fg_swiglu(g0, u0, kind)) | ((u32)f2bf(fg_swiglu(g1, u1, kind)) << 16);
-}
-
 // EPILOGUE false leaves the staged tiles unprocessed (a measurement of
 // the epilogue's cost only; the MMAs and the staging still run).
 template <bool EPILOGUE>
@@ -332,10 +299,10 @@ __device__ __forceinline__ void gate_up_act_body(const FusedUnits& p) {
                     uint4 bg = ldg_v4(bias + j);
                     uint4 bu = ldg_v4(bias + inter + j);
                     uint4 o;
-                    o.x = fg_act_pair(g.x, v.x, bg.x, bu.x, kind);
-                    o.y = fg_act_pair(g.y, v.y, bg.y, bu.y, kind);
-                    o.z = fg_act_pair(g.z, v.z, bg.z, bu.z, kind);
-                    o.w = fg_act_pair(g.w, v.w, bg.w, bu.w, kind);
+                    o.x = act_pair(g.x, v.x, bg.x, bu.x, kind);
+                    o.y = act_pair(g.y, v.y, bg.y, bu.y, kind);
+                    o.z = act_pair(g.z, v.z, bg.z, bu.z, kind);
+                    o.w = act_pair(g.w, v.w, bg.w, bu.w, kind);
                     *(uint4*)(out + row * inter + j) = o;
                 }
             }

@@ -51,7 +51,11 @@ def nvrtc_lib(cache):
 
 def compile_ptx(lib_path, src_path, arch):
     lib = ctypes.CDLL(lib_path)
-    src = open(src_path, "rb").read()
+    # as src/gpu/runtime.rs and src/gpu/fused.rs embed them: the shared
+    # conversions and activation first
+    prelude = os.path.join(os.path.dirname(os.path.abspath(src_path)), "bf16_act.cuh")
+    src = open(prelude, "rb").read() if os.path.exists(prelude) else b""
+    src += open(src_path, "rb").read()
     prog = ctypes.c_void_p()
     name = os.path.basename(src_path).encode()
     if lib.nvrtcCreateProgram(ctypes.byref(prog), src, name, 0, None, None) != 0:

@@ -25,8 +25,11 @@ use super::runtime::{params, Dev};
 use super::GpuError;
 
 /// The kernel's source, compiled for sm_90a (wgmma and TMA are
-/// Hopper-only).
-pub const FUSED_SRC: &str = include_str!("../../kernels/hopper_gate_up.cu");
+/// Hopper-only), after the activation it shares with `act_rows`.
+pub const FUSED_SRC: &str = concat!(
+    include_str!("../../kernels/bf16_act.cuh"),
+    include_str!("../../kernels/hopper_gate_up.cu")
+);
 
 /// Units one launch serves (`FUSED_UNITS` in the kernel).
 pub const FUSED_UNITS: usize = 8;

@@ -20,8 +20,12 @@ macro_rules! params {
 }
 pub(super) use params;
 
-/// The kernels, as CUDA C source embedded in the binary.
-pub const KERNEL_SRC: &str = include_str!("../../kernels/moe.cu");
+/// The kernels, as CUDA C source embedded in the binary: the shared bf16
+/// conversions and activation, then the layer's kernels.
+pub const KERNEL_SRC: &str = concat!(
+    include_str!("../../kernels/bf16_act.cuh"),
+    include_str!("../../kernels/moe.cu")
+);
 
 pub(super) fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> GpuError + '_ {
     move |e| {
