@@ -66,6 +66,23 @@ pub const HOST_TIMING: &str = "LLEP_TRACE_HOST_TIMING";
 /// outputs are left unwritten). Unset: the default.
 pub const FUSED_KERNEL: &str = "LLEP_TRACE_FUSED_KERNEL";
 
+/// `--exchange copy-engine`'s forward token path, for whoever measures it:
+/// `direct` (the default: each piece pushed straight into the peer's
+/// compute rows, results straight into the owner's send rows) or `staged`
+/// (one push per peer into its receive buffer, then a copy kernel placing
+/// the rows; results copied out by a kernel first). Unset: the default.
+pub const CE_ROWS: &str = "LLEP_TRACE_CE_ROWS";
+
+/// The pipeline's end-chunk weight (`gpu::pipeline::END_WEIGHT`), for
+/// whoever measures it: a number in (0, 1]; replay and the cost model
+/// both follow it.
+pub const CHUNK_ENDS: &str = "LLEP_TRACE_CHUNK_ENDS";
+
+/// The cost model's drag of the copy engines' exchange on the GEMMs beside
+/// it (`sim::overlap::COMM_DRAG_CE`), for whoever fits it again: a number
+/// in [0, 1].
+pub const CE_DRAG: &str = "LLEP_TRACE_CE_DRAG";
+
 /// The raw value of `MOE_ADAPTIVE_LPT_ROUTING_RATIO`, if set; read it with
 /// [`crate::plan::Gate::from_reference`].
 pub fn routing_ratio_raw() -> Option<String> {
@@ -77,6 +94,28 @@ pub fn fused_kernel() -> Option<String> {
     std::env::var(FUSED_KERNEL)
         .ok()
         .filter(|s| !s.trim().is_empty())
+}
+
+/// Whether `LLEP_TRACE_CE_ROWS` asks for the staged copy-engine rows
+/// (anything else, or unset: direct).
+pub fn ce_rows_staged() -> bool {
+    std::env::var(CE_ROWS).is_ok_and(|s| s.trim() == "staged")
+}
+
+/// `LLEP_TRACE_CHUNK_ENDS` if set to a number in (0, 1].
+pub fn chunk_ends() -> Option<f64> {
+    std::env::var(CHUNK_ENDS)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|w| *w > 0.0 && *w <= 1.0)
+}
+
+/// `LLEP_TRACE_CE_DRAG` if set to a number in [0, 1].
+pub fn ce_drag() -> Option<f64> {
+    std::env::var(CE_DRAG)
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|d| (0.0..=1.0).contains(d))
 }
 
 /// `LLEP_CAPTURE_THREADS` if set to a positive integer.

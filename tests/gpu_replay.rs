@@ -673,7 +673,18 @@ fn tiny_replay_2gpu(
     flags: &[&str],
     out: &std::path::Path,
 ) -> std::process::Output {
+    tiny_replay_2gpu_env(setting, flags, out, &[])
+}
+
+/// [`tiny_replay_2gpu`] with environment variables set.
+fn tiny_replay_2gpu_env(
+    setting: &[&str],
+    flags: &[&str],
+    out: &std::path::Path,
+    env: &[(&str, &str)],
+) -> std::process::Output {
     Command::new(bin())
+        .envs(env.iter().copied())
         .args(tiny_layer("2", "2048"))
         .args(["--synthetic", "balanced,95:1", "--min-gemm", "16"])
         .args(setting)
@@ -728,7 +739,9 @@ fn replay_overlap_matches_the_dense_check() {
 /// for bit the same output (the training step's check to 1e-6: its fp32
 /// reference sums with atomics)
 /// (the same dense-check error, GEMMs through cuBLAS's fixed choice), and
-/// rows that say which exchange ran. Skipped with fewer than 2 GPUs.
+/// rows that say which exchange ran; both the direct pushes (the default)
+/// and the staged path (`LLEP_TRACE_CE_ROWS=staged`). Skipped with fewer
+/// than 2 GPUs.
 #[test]
 fn replay_copy_engine_exchange_matches_nccl_bit_for_bit() {
     if gpu_count() < 2 {
@@ -772,15 +785,26 @@ fn replay_copy_engine_exchange_matches_nccl_bit_for_bit() {
         ("train", &[][..], train),
     ] {
         let mut rows = Vec::new();
-        for x in ["nccl", "copy-engine"] {
-            let out = dir.join(format!("{tag}-{x}.parquet"));
-            let o = tiny_replay_2gpu(setting, &[flags, &["--exchange", x]].concat(), &out);
+        // the copy engines' direct pushes (the default), then the staged
+        // path through the receive buffer (LLEP_TRACE_CE_ROWS=staged)
+        for (x, rows_env) in [
+            ("nccl", "direct"),
+            ("copy-engine", "direct"),
+            ("copy-engine", "staged"),
+        ] {
+            let out = dir.join(format!("{tag}-{x}-{rows_env}.parquet"));
+            let o = tiny_replay_2gpu_env(
+                setting,
+                &[flags, &["--exchange", x]].concat(),
+                &out,
+                &[("LLEP_TRACE_CE_ROWS", rows_env)],
+            );
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             rows.push(llep_trace::results::read_results(&out).unwrap().1);
         }
-        assert_eq!(rows[0].len(), 4);
-        assert_eq!(rows[1].len(), 4);
-        for (n, c) in rows[0].iter().zip(&rows[1]) {
+        assert!(rows.iter().all(|r| r.len() == 4));
+        let (nccl, staged) = (&rows[0], &rows[2]);
+        for (n, c) in nccl.iter().zip(staged).chain(nccl.iter().zip(&rows[1])) {
             assert_eq!(
                 (n.exchange.as_str(), c.exchange.as_str()),
                 ("nccl", "copy-engine")
@@ -803,15 +827,17 @@ fn replay_copy_engine_exchange_matches_nccl_bit_for_bit() {
             }
             assert_eq!(c.overlap, tag == "on" || tag == "eplb");
         }
-        if tag != "eplb" {
-            assert!(
-                rows[1].iter().any(|r| r.transfer_bytes > 0),
-                "LLEP moved weights"
-            );
-        }
-        if tag == "train" {
-            // LLEP's weight gradients went home through the copy engines
-            assert!(rows[1].iter().any(|r| r.t_grad_return_ms > 0.0));
+        for ce in &rows[1..] {
+            if tag != "eplb" {
+                assert!(
+                    ce.iter().any(|r| r.transfer_bytes > 0),
+                    "LLEP moved weights"
+                );
+            }
+            if tag == "train" {
+                // LLEP's weight gradients went home through the copy engines
+                assert!(ce.iter().any(|r| r.t_grad_return_ms > 0.0));
+            }
         }
     }
 }

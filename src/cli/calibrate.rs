@@ -105,7 +105,9 @@ pub struct CalibrateArgs {
     #[arg(long)]
     pub drop_curves: bool,
     /// Library of the bf16 GEMMs, as replay's --gemm (lt, fused or cublas):
-    /// the GEMM tables time the path replay will run.
+    /// the GEMM tables time the path replay will run (with fused, the
+    /// --gemm-only grid goes to the profile's fused_gemm_tables, which
+    /// price --gemm fused).
     #[arg(long, default_value = "lt", value_parser = |s: &str| s.parse::<GemmImpl>())]
     pub gemm: GemmImpl,
     /// With --gemm-only: time each grid sample's units launched as one
@@ -180,7 +182,14 @@ fn merge_cmd(a: &CalibrateArgs, new: &str, p: &Printer) -> anyhow::Result<ExitCo
 fn model_summary(prof: &Profile) -> String {
     let mut s = String::new();
     let graphed = prof.graph_gemm_tables.iter().map(|t| (t, " (CUDA graphs)"));
-    for (t, how) in prof.gemm_tables.iter().map(|t| (t, "")).chain(graphed) {
+    let fused = prof.fused_gemm_tables.iter().map(|t| (t, " (fused)"));
+    for (t, how) in prof
+        .gemm_tables
+        .iter()
+        .map(|t| (t, ""))
+        .chain(graphed)
+        .chain(fused)
+    {
         let at = |m: f64| llep_trace::sim::model::interp(&t.points, m);
         s.push_str(&format!(
             "  GEMM table{how} {} N={} K={}: {} points, M=1 {:.1} us, M=512 {:.1} us, M=16384 {:.3} ms\n",

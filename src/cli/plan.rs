@@ -74,6 +74,10 @@ pub struct PlanArgs {
     /// `simulate --exchange`).
     #[arg(long, value_enum, default_value = "nccl")]
     exchange: super::replay::ExchangeArg,
+    /// llep-auto: price the expert GEMMs through lt or fused (as
+    /// `simulate --gemm`).
+    #[arg(long, default_value = "lt", value_parser = super::simulate::parse_gemm)]
+    gemm: llep_trace::gpu::GemmImpl,
     /// Print JSON instead of a table: one object, or a list of objects when
     /// several lambdas, alphas or minimum GEMM sizes are given.
     #[arg(long)]
@@ -171,7 +175,7 @@ fn run_planner(a: &PlanArgs, policy: Policy, p: &Printer) -> anyhow::Result<Exit
     let mut objects = Vec::new();
     let mut sections = Vec::new();
     let judge = (policy == Policy::LlepAuto || gates.contains(&Gate::Auto))
-        .then(|| auto_judge(a, &counts))
+        .then(|| auto_judge(a, &counts, p))
         .transpose()?;
     for gate in &gates {
         let (policy, gate) = match (policy, *gate) {
@@ -253,13 +257,14 @@ impl AutoJudge {
     }
 }
 
-fn auto_judge(a: &PlanArgs, counts: &[u64]) -> anyhow::Result<AutoJudge> {
+fn auto_judge(a: &PlanArgs, counts: &[u64], p: &Printer) -> anyhow::Result<AutoJudge> {
     let (Some(d), Some(i)) = (a.hidden_size, a.intermediate_size) else {
         bail!("llep-auto (--ratio auto) prices both plans with the cost model: give --hidden-size and --intermediate-size (and --profile)");
     };
     let mut profile = Profile::load(&a.profile)?;
     profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
     profile.exchange = a.exchange.into();
+    super::simulate::set_gemm(&mut profile, a.gemm, p);
     super::simulate::check_exchange(&profile)?;
     let g = a.gpus as u64;
     let n = counts.len();

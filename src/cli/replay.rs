@@ -488,6 +488,7 @@ pub fn run(a: ReplayArgs, p: &Printer) -> anyhow::Result<ExitCode> {
             prof.nodes = nodes as u32;
             prof.cuda_graphs = cuda_graphs;
             prof.exchange = exchange;
+            super::simulate::set_gemm(&mut prof, a.gemm, p);
             super::simulate::check_exchange(&prof)?;
             Some(prof)
         }

@@ -65,6 +65,33 @@ pub struct SimInputArgs {
     /// profile's copy-engine measurements; one node).
     #[arg(long, value_enum, default_value = "nccl")]
     pub exchange: super::replay::ExchangeArg,
+    /// The priced replay's GEMM path (as `replay --gemm`): lt, or fused
+    /// (priced with the profile's tables timed through the fused kernel;
+    /// a profile without them prices lt's tables, and says so).
+    #[arg(long, default_value = "lt", value_parser = parse_gemm)]
+    pub gemm: llep_trace::gpu::GemmImpl,
+}
+
+/// `--gemm` of the pricing commands: the paths a profile has tables for.
+pub fn parse_gemm(s: &str) -> Result<llep_trace::gpu::GemmImpl, String> {
+    match s.parse()? {
+        llep_trace::gpu::GemmImpl::Cublas => {
+            Err("the profiles price lt and fused (cublas has no tables)".into())
+        }
+        g => Ok(g),
+    }
+}
+
+/// Set the run's GEMM path on `profile`, warning when it has no tables for
+/// it.
+pub fn set_gemm(profile: &mut Profile, gemm: llep_trace::gpu::GemmImpl, p: &Printer) {
+    profile.gemm = gemm;
+    if gemm == llep_trace::gpu::GemmImpl::Fused && !profile.prices_fused() {
+        p.warn(&format!(
+            "--gemm fused: profile {} has no tables timed through the fused kernel (calibrate --gemm-only --gemm fused); priced with its lt tables",
+            profile.name
+        ));
+    }
 }
 
 /// The profile can price the exchange asked for (`Profile::check_exchange`).
@@ -259,6 +286,7 @@ pub fn run_sweep(
     profile.nodes = topo.nodes as u32;
     profile.cuda_graphs = a.cuda_graphs == super::replay::OnOff::On;
     profile.exchange = a.exchange.into();
+    set_gemm(&mut profile, a.gemm, p);
     check_exchange(&profile)?;
     // a training step's backward runs the sequential schedule (as replay)
     profile.overlap = if a.pass == PassArg::Train {

@@ -135,6 +135,10 @@ pub struct Calibration {
     pub grid: Vec<GridShape>,
     /// The grid's samples were launched as CUDA graphs (`--cuda-graphs on`).
     pub grid_graphs: bool,
+    /// The grid's gate_up ran through the fused kernel (`--gemm fused`):
+    /// its tables price `--gemm fused` (the profile's `fused_gemm_tables`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grid_fused: bool,
     pub msg_tokens: Option<MsgRaw>,
     pub msg_weights: Option<MsgRaw>,
     /// The same sweeps through the copy engines (2+ GPUs).
@@ -1001,6 +1005,7 @@ fn calib_main(
         gpus: world,
         total_mem: w.dev.total_mem as u64,
         grid_graphs: cc.cuda_graphs,
+        grid_fused: cc.gemm == GemmImpl::Fused,
         ..Default::default()
     };
     if cc.bwd_only {

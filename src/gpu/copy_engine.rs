@@ -7,10 +7,16 @@
 //! default launch), so each rank sees the others' buffers and events
 //! directly.
 //!
-//! - Tokens are pushed: a rank copies its send ranges into each peer's
-//!   receive buffer (dispatch) and its results back into the owner's send
-//!   buffer (combine), at the offsets the peer's side of the shared layout
-//!   names. A receiver waits on the sender's event before placing rows.
+//! - Tokens are pushed, piece by piece, straight where they are used: a
+//!   rank copies each piece of its send rows into the peer's compute rows
+//!   (dispatch), and each piece of its results into the owner's send rows
+//!   (combine), at the rows the shared layout names ([`Layout::pushes`]).
+//!   A receiver waits on the sender's event, then computes. No kernel
+//!   places or copies out the rows, so the exchange takes no SMs from the
+//!   GEMMs and adds nothing to the main stream. (`LLEP_TRACE_CE_ROWS=staged`
+//!   keeps the earlier path for comparison: one push per peer through the
+//!   receive buffer, rows placed and copied out by a kernel. The training
+//!   step's backward always takes that path.)
 //! - Weights are pulled: a borrower copies the lender's native blob into its
 //!   foreign slot, once the lender's first round of tokens is out. Native
 //!   blobs are written only at set-up.
@@ -70,6 +76,8 @@ pub(super) struct Slot {
     pub(super) ctx: usize,
     pub(super) send: u64,
     pub(super) recv: u64,
+    /// Compute rows (the forward's direct pushes land there).
+    pub(super) comp: u64,
     pub(super) native: u64,
     /// Per pipeline chunk (chunk 0 for the sequential schedule): the
     /// rank's dispatch pushes of that chunk are done (`CUevent`s).
@@ -305,6 +313,7 @@ impl Worker<'_> {
         self.ce_share(|sl| {
             sl.send = lb.send;
             sl.recv = lb.recv;
+            sl.comp = lb.comp;
             sl.native = cb.native;
         })
     }
@@ -418,8 +427,54 @@ impl Worker<'_> {
         self.ce_wait(s, &lay.ranks[self.rank].send_rows, |sl| sl.returned)
     }
 
+    /// The forward's token pushes take the direct path (the default; see
+    /// the module's notes).
+    pub(super) fn ce_direct(&self) -> bool {
+        self.ce() && !self.ce_staged
+    }
+
+    /// Push this rank's pieces of the layer (`chunk` None) or of one chunk
+    /// on stream `s`, straight where they are used: send rows into the
+    /// peers' compute rows (dispatch), or result rows (at `results`,
+    /// numbered as compute rows) into their owners' send rows (combine).
+    pub(super) fn ce_push_direct(
+        &self,
+        lay: &Layout,
+        chunk: Option<usize>,
+        dispatch: bool,
+        send: u64,
+        results: u64,
+        s: ds::CUstream,
+    ) -> Result<(), GpuError> {
+        let rb = self.rb();
+        let peers = self.peers.borrow();
+        for p in lay.pushes(self.rank, chunk, dispatch) {
+            let q = &peers[p.peer as usize];
+            let (src, dst) = if dispatch {
+                (send + p.from * rb, q.comp + p.to * rb)
+            } else {
+                (results + p.from * rb, q.send + p.to * rb)
+            };
+            // SAFETY: rows of pieces of the shared layout, inside buffers
+            // sized by it on both ranks (published this run).
+            unsafe { copy(dst, src, p.rows * rb, s)? };
+        }
+        Ok(())
+    }
+
+    /// Where this run's expert results are, numbered as compute rows (a
+    /// training step keeps its inputs and writes results to Yout).
+    pub(super) fn results(&self, lb: &LayoutBufs) -> u64 {
+        if self.cfg.train {
+            lb.yout
+        } else {
+            lb.comp
+        }
+    }
+
     /// The sequential dispatch through the copy engines: pack, push, meet,
-    /// wait for the peers' pushes, place the received rows (main stream).
+    /// wait for the peers' pushes (staged: then place the received rows),
+    /// on the main stream.
     pub(super) fn ce_dispatch(
         &self,
         lay: &Layout,
@@ -431,18 +486,25 @@ impl Worker<'_> {
         let (main, net) = (self.dev.main, self.dev.net);
         self.pack(cb, lb, copies)?;
         self.dev.wait(net, &self.ev[E_PACKED])?;
-        self.ce_push(lay, lb.send, lb.recv, None, true, net)?;
+        if self.ce_direct() {
+            self.ce_push_direct(lay, None, true, lb.send, self.results(lb), net)?;
+        } else {
+            self.ce_push(lay, lb.send, lb.recv, None, true, net)?;
+        }
         self.pev[DE].record(net)?;
         self.linked().meet()?;
         self.ce_pull_weights(lay, lb.foreign)?;
         self.ce_wait_pushed(lay, None, main)?;
-        // SAFETY: segment tables list rows inside recv and comp.
-        unsafe { self.copy_rows(lb.segs_in, remote.nseg, remote.rows, main)? };
+        if !self.ce_direct() {
+            // SAFETY: segment tables list rows inside recv and comp.
+            unsafe { self.copy_rows(lb.segs_in, remote.nseg, remote.rows, main)? };
+        }
         self.ev[E_DISPATCHED].record(main)
     }
 
-    /// The sequential combine through the copy engines: results copied
-    /// out, pushed home, meet, wait for the peers' results, weighted sum.
+    /// The sequential combine through the copy engines: results pushed
+    /// home (staged: copied out first), meet, wait for the peers' results,
+    /// weighted sum.
     pub(super) fn ce_combine(
         &self,
         lay: &Layout,
@@ -452,11 +514,17 @@ impl Worker<'_> {
         t: usize,
     ) -> Result<(), GpuError> {
         let (main, net) = (self.dev.main, self.dev.net);
-        // SAFETY: as for dispatch, with source and destination swapped.
-        unsafe { self.copy_rows(lb.segs_out, remote.nseg, remote.rows, main)? };
+        if !self.ce_direct() {
+            // SAFETY: as for dispatch, with source and destination swapped.
+            unsafe { self.copy_rows(lb.segs_out, remote.nseg, remote.rows, main)? };
+        }
         self.ev[E_RET].record(main)?;
         self.dev.wait(net, &self.ev[E_RET])?;
-        self.ce_push(lay, lb.send, lb.recv, None, false, net)?;
+        if self.ce_direct() {
+            self.ce_push_direct(lay, None, false, lb.send, self.results(lb), net)?;
+        } else {
+            self.ce_push(lay, lb.send, lb.recv, None, false, net)?;
+        }
         self.ev[E_RETURNED].record(net)?;
         self.linked().meet()?;
         self.dev.wait(main, &self.ev[E_RETURNED])?;

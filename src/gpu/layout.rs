@@ -60,6 +60,16 @@ impl Piece {
     }
 }
 
+/// One copy-engine push of [`Layout::pushes`]: `rows` rows from row `from`
+/// of the pushing rank's buffer to row `to` of peer `peer`'s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Push {
+    pub peer: u32,
+    pub from: u64,
+    pub to: u64,
+    pub rows: u64,
+}
+
 /// One weight transfer as a GPU sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightMove {
@@ -447,6 +457,57 @@ impl Layout {
         v
     }
 
+    /// Rank `r`'s copy-engine pushes that put rows straight where they are
+    /// used (no receive buffer, no placing kernel): for the dispatch, its
+    /// send rows into each peer's compute rows; for the combine, its result
+    /// rows (numbered as its compute rows) into each owner's send rows. Of
+    /// the whole layer (`chunk` None) or of the pieces in pipeline chunk `c`
+    /// of the computing GPU. Pieces adjacent on both sides are merged into
+    /// one push (each copy costs the copy engine a few microseconds).
+    pub fn pushes(&self, r: usize, chunk: Option<usize>, dispatch: bool) -> Vec<Push> {
+        let mut v: Vec<Push> = self
+            .pieces
+            .iter()
+            .filter(|pc| pc.src != pc.dst && pc.rows() > 0)
+            .filter(|pc| (if dispatch { pc.src } else { pc.dst }) as usize == r)
+            .filter(|pc| match (chunk, self.chunks.get(pc.dst as usize)) {
+                (None, _) => true,
+                (Some(c), Some(cr)) => cr.of(pc.comp_row) == c,
+                (Some(c), None) => c == 0,
+            })
+            .map(|pc| {
+                if dispatch {
+                    Push {
+                        peer: pc.dst,
+                        from: pc.send_row,
+                        to: pc.comp_row,
+                        rows: pc.rows(),
+                    }
+                } else {
+                    Push {
+                        peer: pc.src,
+                        from: pc.comp_row,
+                        to: pc.send_row,
+                        rows: pc.rows(),
+                    }
+                }
+            })
+            .collect();
+        v.sort_unstable_by_key(|p| (p.peer, p.from));
+        let mut out: Vec<Push> = Vec::with_capacity(v.len());
+        for p in v {
+            match out.last_mut() {
+                Some(q)
+                    if q.peer == p.peer && q.from + q.rows == p.from && q.to + q.rows == p.to =>
+                {
+                    q.rows += p.rows
+                }
+                _ => out.push(p),
+            }
+        }
+        out
+    }
+
     /// Pieces GPU `g` receives from other ranks.
     pub fn remote_in(&self, g: usize) -> impl Iterator<Item = &Piece> + '_ {
         self.pieces
@@ -670,6 +731,105 @@ mod tests {
                 check_chunks(&per_rank, p, n, Policy::Llep, chunks);
             }
         }
+    }
+
+    /// Replays `pushes` on row labels: every remote copy lands once, where
+    /// its piece says (dispatch: the source's send row into the
+    /// destination's compute row; combine: back again), each push of chunk
+    /// `c` inside chunk `c`'s compute rows, and nothing else is written.
+    fn check_pushes(lay: &Layout, p: usize) {
+        let chunks = lay.chunks.first().map_or(1, |c| c.bounds.len() - 1);
+        let rounds: Vec<Option<usize>> = if lay.chunks.is_empty() {
+            vec![None]
+        } else {
+            (0..chunks).map(Some).collect()
+        };
+        for dispatch in [true, false] {
+            // (rank, row) -> (rank, row) it was written from
+            let mut got = std::collections::HashMap::new();
+            let mut pushes = 0;
+            for r in 0..p {
+                for &c in &rounds {
+                    for ps in lay.pushes(r, c, dispatch) {
+                        pushes += 1;
+                        assert_ne!(ps.peer as usize, r);
+                        assert!(ps.rows > 0);
+                        // a chunk's pushes stay inside its compute rows
+                        if let (Some(c), Some(cr)) = (c, lay.chunks.first()) {
+                            let (g, row) = if dispatch {
+                                (ps.peer as usize, ps.to)
+                            } else {
+                                (r, ps.from)
+                            };
+                            let b = &lay.chunks[g].bounds;
+                            assert!(row >= b[c] && row + ps.rows <= b[c + 1], "{cr:?}");
+                        }
+                        for i in 0..ps.rows {
+                            let old = got.insert((ps.peer, ps.to + i), (r as u32, ps.from + i));
+                            assert!(old.is_none(), "a row written twice");
+                        }
+                    }
+                }
+            }
+            let mut want = std::collections::HashMap::new();
+            let mut pieces = 0;
+            for pc in lay
+                .pieces
+                .iter()
+                .filter(|pc| pc.src != pc.dst && pc.rows() > 0)
+            {
+                pieces += 1;
+                for i in 0..pc.rows() {
+                    let (d, s) = if dispatch {
+                        ((pc.dst, pc.comp_row + i), (pc.src, pc.send_row + i))
+                    } else {
+                        ((pc.src, pc.send_row + i), (pc.dst, pc.comp_row + i))
+                    };
+                    want.insert(d, s);
+                }
+            }
+            assert_eq!(got, want);
+            assert!(pushes <= pieces, "merging never adds pushes");
+        }
+    }
+
+    #[test]
+    fn pushes_put_every_remote_row_where_its_piece_says_once() {
+        let mut rng = SplitMix64::new(23);
+        for case in 0..80 {
+            let p = [2usize, 4, 8][case % 3];
+            let n = p * (1 + (case % 4)) * 2;
+            let mut per_rank = vec![0u64; p * n];
+            let hot = rng.below(n as u64) as usize;
+            for r in 0..p {
+                for e in 0..n {
+                    let base = rng.below(40);
+                    per_rank[r * n + e] = if e == hot { base * 25 } else { base };
+                }
+            }
+            for policy in [Policy::Ep, Policy::Llep] {
+                let plan = plan_of(&per_rank, p, n, policy);
+                let mut lay = build(&plan, &per_rank).unwrap();
+                check_pushes(&lay, p);
+                lay.chunk(1 + case % 5, 8);
+                check_pushes(&lay, p);
+            }
+        }
+    }
+
+    #[test]
+    fn pushes_merge_pieces_adjacent_on_both_sides() {
+        // one expert per GPU, one sender: each round is one push per peer
+        let (p, n) = (2usize, 2usize);
+        let per_rank = vec![5, 7, 11, 13];
+        let plan = plan_of(&per_rank, p, n, Policy::Ep);
+        let lay = build(&plan, &per_rank).unwrap();
+        let d0 = lay.pushes(0, None, true);
+        assert_eq!(d0.len(), 1);
+        assert_eq!((d0[0].peer, d0[0].rows), (1, 7));
+        let c1 = lay.pushes(1, None, false);
+        assert_eq!(c1.len(), 1);
+        assert_eq!((c1[0].peer, c1[0].rows), (0, 7));
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub mod units;
 mod worker;
 
 pub use copy_engine::{Exchange, PeerLink};
+pub use gemm::GemmImpl;
 pub use pipeline::Overlap;
 pub use replay::{replay, Act, Case, EplbReplay, Launch, RankRouting, ReplayConfig};
 pub use timing::{driver_version, quantile};

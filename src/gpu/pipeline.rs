@@ -5,10 +5,12 @@
 //! one `net` stream and token communicator in a fixed order (all dispatch
 //! rounds d0, d1, ..., then the combines c0, c1, ..., each once its chunk
 //! is computed; the same on every rank, as NCCL needs), joined to the main
-//! stream by events. A round moves one contiguous range per peer (the
-//! chunk tables of `layout`), then a copy kernel places the received rows
-//! (one send/recv per piece straight into compute rows was measured slower:
-//! NCCL's cost per operation). Weight transfers keep their own stream and
+//! stream by events. Through NCCL a round moves one contiguous range per
+//! peer (the chunk tables of `layout`), then a copy kernel places the
+//! received rows (one send/recv per piece straight into compute rows was
+//! measured slower: NCCL's cost per operation). The copy engines push each
+//! piece of the chunk straight into the peer's compute rows, and results
+//! straight home (`copy_engine`). Weight transfers keep their own stream and
 //! communicator. Also the rule choosing the chunk count, shared with the
 //! cost model so that `simulate` prices the schedule the replay runs.
 
@@ -68,11 +70,42 @@ pub fn chunks(overlap: Overlap, rows: u64, gpus: usize) -> usize {
     }
 }
 
+/// Size of the first and of the last chunk against each middle one's
+/// (1: equal chunks). What no compute hides is the first dispatch round
+/// and the last combine round: smaller end chunks shorten both.
+/// `LLEP_TRACE_CHUNK_ENDS` overrides it (a developer's knob: the cost
+/// model follows, as both cut through [`cuts_into`]).
+pub const END_WEIGHT: f64 = 1.0;
+
+/// The end chunks' weight in force ([`END_WEIGHT`] unless overridden).
+pub fn end_weight() -> f64 {
+    static W: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *W.get_or_init(|| crate::env::chunk_ends().unwrap_or(END_WEIGHT))
+}
+
+/// Chunk `c`'s weight among `chunks`.
+fn weight(c: usize, chunks: usize, ends: f64) -> f64 {
+    if chunks > 2 && (c == 0 || c + 1 == chunks) {
+        ends
+    } else {
+        1.0
+    }
+}
+
+/// The layer's rows over chunk `c`'s nominal rows (the cuts before
+/// snapping): `chunks` for equal chunks.
+pub fn parts(c: usize, chunks: usize) -> f64 {
+    let ends = end_weight();
+    let total: f64 = (0..chunks).map(|j| weight(j, chunks, ends)).sum();
+    total / weight(c, chunks, ends)
+}
+
 /// Where `rows` compute rows whose groups start at `starts` are cut into
-/// `chunks` near-equal chunks (`chunks + 1` bounds, 0 first, `rows` last):
-/// at a group start when one lies within a quarter chunk of the even cut
-/// (a whole group stays one GEMM), else at the even cut rounded down to
-/// `align` rows. The cost model cuts its groups the same way.
+/// `chunks` chunks (`chunks + 1` bounds, 0 first, `rows` last), each near
+/// its nominal share ([`parts`]: equal, or smaller at the ends): at a group
+/// start when one lies within a quarter chunk of the nominal cut (a whole
+/// group stays one GEMM), else at the nominal cut rounded down to `align`
+/// rows. The cost model cuts its groups the same way.
 pub fn cuts(starts: &[u64], rows: u64, chunks: usize, align: u64) -> Vec<u64> {
     let mut b = Vec::with_capacity(chunks + 1);
     cuts_into(starts, rows, chunks, align, &mut b);
@@ -82,22 +115,38 @@ pub fn cuts(starts: &[u64], rows: u64, chunks: usize, align: u64) -> Vec<u64> {
 /// [`cuts`] into `b` (cleared first): the cost model cuts every plan's
 /// groups on `llep-auto`'s decision, on the replayed layer's critical path.
 pub fn cuts_into(starts: &[u64], rows: u64, chunks: usize, align: u64, b: &mut Vec<u64>) {
-    let step = rows as f64 / chunks as f64;
+    cuts_weighted(starts, rows, chunks, align, end_weight(), b)
+}
+
+fn cuts_weighted(
+    starts: &[u64],
+    rows: u64,
+    chunks: usize,
+    align: u64,
+    ends: f64,
+    b: &mut Vec<u64>,
+) {
+    let total: f64 = (0..chunks).map(|j| weight(j, chunks, ends)).sum();
+    let unit = rows as f64 / total;
     let align = align.max(1);
     // group starts come in increasing order from both callers: then the
     // nearest one is beside the even cut (a binary search, not a scan)
     let sorted = starts.windows(2).all(|w| w[0] < w[1]);
     b.clear();
     b.push(0);
+    let mut at = 0.0;
     for c in 1..chunks {
-        let even = (step * c as f64) as u64;
+        at += weight(c - 1, chunks, ends);
+        let even = (unit * at) as u64;
+        // a quarter of the smaller chunk beside the cut
+        let tol = unit * weight(c - 1, chunks, ends).min(weight(c, chunks, ends)) / 4.0;
         let near = if sorted {
             nearest_sorted(starts, even)
         } else {
             nearest_by_scan(starts, even)
         };
         let cut = match near {
-            Some(r) if (r.abs_diff(even) as f64) <= step / 4.0 => r,
+            Some(r) if (r.abs_diff(even) as f64) <= tol => r,
             _ => even / align * align,
         };
         let prev = *b.last().unwrap_or(&0);
@@ -175,12 +224,16 @@ impl Worker<'_> {
             self.round(lay, lb, remote, c, true)?;
         }
         let ce = self.ce();
+        let direct = self.ce_direct();
         if ce {
-            // every rank's pushes are issued before any rank waits on them;
-            // then each chunk's rows are placed on the side stream as soon
-            // as its peers' pushes land, beside the previous chunk's GEMMs
+            // every rank's pushes are issued before any rank waits on them
             self.linked().meet()?;
             self.ce_pull_weights(lay, lb.foreign)?;
+        }
+        if ce && !direct {
+            // staged: each chunk's rows are placed on the side stream as
+            // soon as its peers' pushes land, beside the previous chunk's
+            // GEMMs
             let side = self.dev.side;
             for c in 0..n {
                 self.ce_wait_pushed(lay, Some(c), side)?;
@@ -191,14 +244,19 @@ impl Worker<'_> {
         }
         let mut waited = false;
         for c in 0..n {
-            let arrived = if ce { PL } else { DE };
-            self.dev.wait(main, &self.pev[c * PE + arrived])?;
+            if direct {
+                // the peers pushed chunk c's rows into place themselves
+                self.ce_wait_pushed(lay, Some(c), main)?;
+            } else {
+                let arrived = if ce { PL } else { DE };
+                self.dev.wait(main, &self.pev[c * PE + arrived])?;
+            }
             self.pev[c * PE + CS].record(main)?;
             let units = self.units_in(lay, r, cr.bounds[c], cr.bounds[c + 1]);
             self.compute(&units, rl, lb.units(cb.native), &mut waited)?;
             self.pev[c * PE + CC].record(main)?;
             let part = remote.parts[c];
-            if part.rows > 0 {
+            if part.rows > 0 && !direct {
                 // SAFETY: the chunk's entries of the table, rows in comp
                 // and recv.
                 unsafe {
@@ -252,8 +310,11 @@ impl Worker<'_> {
         let ce = self.ce();
         if dispatch {
             self.pev[c * PE + DS].record(net)?;
-            if ce {
-                // placed on the main stream once the peers' pushes are in
+            if self.ce_direct() {
+                // into the peers' compute rows: nothing to place
+                self.ce_push_direct(lay, Some(c), true, lb.send, self.results(lb), net)?;
+            } else if ce {
+                // placed on the side stream once the peers' pushes are in
                 self.ce_push(lay, lb.send, lb.recv, Some(c), true, net)?;
             } else {
                 self.exchange_ranges(&x, lb.send, lb.recv, rb, net, true)?;
@@ -263,7 +324,9 @@ impl Worker<'_> {
         } else {
             self.dev.wait(net, &self.pev[c * PE + CE])?;
             self.pev[c * PE + CQ].record(net)?;
-            if ce {
+            if self.ce_direct() {
+                self.ce_push_direct(lay, Some(c), false, lb.send, self.results(lb), net)?;
+            } else if ce {
                 self.ce_push(lay, lb.send, lb.recv, Some(c), false, net)?;
             } else {
                 self.exchange_ranges(&x, lb.send, lb.recv, rb, net, false)?;
@@ -288,7 +351,7 @@ impl Worker<'_> {
         for c in 0..chunks {
             let at = |k: usize| &p[c * PE + k];
             b[0] += at(DE).ms_since(at(DS))?;
-            if self.ce() {
+            if self.ce() && !self.ce_direct() {
                 b[0] += at(PL).ms_since(at(PS))?;
             }
             b[1] += at(CC).ms_since(at(CS))?;
@@ -358,6 +421,24 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn smaller_end_chunks_shrink_the_first_and_last_cut() {
+        let mut b = Vec::new();
+        // 6 groups of 100 rows, 4 chunks at end weight 0.5: shares 1:2:2:1
+        let starts: Vec<u64> = (0..8).map(|i| i * 100).collect();
+        cuts_weighted(&starts[..6], 600, 4, 64, 0.5, &mut b);
+        assert_eq!(b, [0, 100, 300, 500, 600]);
+        // weight 1 is the even cut
+        cuts_weighted(&starts, 800, 4, 64, 1.0, &mut b);
+        assert_eq!(b, [0, 200, 400, 600, 800]);
+        // two chunks stay halves whatever the weight
+        cuts_weighted(&[0], 1000, 2, 1, 0.25, &mut b);
+        assert_eq!(b, [0, 500, 1000]);
+        // one group: cuts at the weighted rows, aligned down
+        cuts_weighted(&[0], 6000, 6, 128, 0.5, &mut b);
+        assert_eq!(b, [0, 512, 1792, 2944, 4096, 5376, 6000]);
     }
 
     #[test]

@@ -412,6 +412,7 @@ impl Worker<'_> {
         r.driver = driver_version();
         r.fill_plan_stats(plan);
         r.exchange = self.cfg.exchange.as_str().into();
+        r.gemm = self.cfg.gemm.as_str().into();
         r.compute_streams = self.cfg.compute_streams as u64;
         r.overlap = piped;
         r.overlap_chunks = if piped { self.pipe_chunks as u32 } else { 0 };

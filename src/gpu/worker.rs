@@ -146,6 +146,9 @@ pub(super) struct Worker<'a> {
     /// `LLEP_TRACE_HOST_TIMING` is set (read once: the overhead phase is
     /// on every run's critical path).
     pub(super) host_timing: bool,
+    /// `LLEP_TRACE_CE_ROWS=staged`: the copy-engine forward pushes whole
+    /// ranges through the receive buffer and places them by kernel.
+    pub(super) ce_staged: bool,
     /// With it, each run's host checkpoints of the overhead phase (see
     /// `phases::HOST_MARKS`), and when the current run's started.
     pub(super) host_marks: Vec<(crate::plan::Policy, [f64; super::phases::HOST_MARKS])>,
@@ -204,6 +207,7 @@ impl<'a> Worker<'a> {
             link,
             peers: Default::default(),
             host_timing: crate::env::host_timing(),
+            ce_staged: crate::env::ce_rows_staged(),
             host_marks: Vec::new(),
             host_clock: None,
             decider: None,

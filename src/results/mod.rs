@@ -238,6 +238,11 @@ results_columns! {
     /// with `--compute-streams 2`). 0 for simulated rows, which price one,
     /// and in older files, whose replays all used one.
     compute_streams: u64 = "compute_streams",
+    /// The expert GEMMs' path: measured rows, replay's `--gemm` ("lt",
+    /// "fused" or "cublas"); simulated rows, the tables priced ("fused":
+    /// the profile's tables timed through the fused kernel; "lt" its
+    /// cuBLASLt tables). Empty in older files.
+    gemm: String = "gemm",
 }
 
 /// Columns added after schema version 1's first files: files written before
@@ -260,6 +265,7 @@ const ADDED_LATER: &[&str] = &[
     "cuda_graphs",
     "exchange",
     "compute_streams",
+    "gemm",
 ];
 
 fn column_of<'a, T: Column>(

@@ -405,10 +405,18 @@ fn twin_priced(
             measured.trace, measured.exchange
         ))
     })?;
+    // the GEMM path the row ran (older files name none: cuBLASLt's)
+    let gemm = match measured.gemm.as_str() {
+        "" => crate::gpu::GemmImpl::Lt,
+        g => g
+            .parse()
+            .map_err(|e| AccuracyError::Input(format!("{}: {e}", measured.trace)))?,
+    };
     let with_sched;
     let profile = if profile.overlap == sched
         && profile.cuda_graphs == measured.cuda_graphs
         && profile.exchange == exchange
+        && profile.gemm == gemm
     {
         profile
     } else {
@@ -416,6 +424,7 @@ fn twin_priced(
             overlap: sched,
             cuda_graphs: measured.cuda_graphs,
             exchange,
+            gemm,
             ..profile.clone()
         };
         &with_sched

@@ -90,6 +90,8 @@ pub struct Cost {
     pub cuda_graphs: bool,
     /// The exchange priced (the profile's `exchange`).
     pub exchange: crate::gpu::Exchange,
+    /// Priced with the tables timed through `--gemm fused`.
+    pub fused: bool,
 }
 
 /// Scratch buffers reused between calls.
@@ -703,7 +705,7 @@ fn price_sums(
         let first_round = match prof.token_msgs() {
             Some(m) if ce && moves && !sequential => {
                 let fixed = m.ms(sums.msgs(g), 0);
-                fixed + (link - fixed).max(0.0) / chunks as f64
+                fixed + (link - fixed).max(0.0) / crate::gpu::pipeline::parts(0, chunks)
             }
             _ if ce && moves => link,
             _ => 0.0,
@@ -730,6 +732,7 @@ fn price_sums(
                 copy_ms: copy,
                 transfer_ms: x_in - shared,
                 launch_ms,
+                drag: super::overlap::comm_drag(prof.exchange),
             });
         }
     }
@@ -810,6 +813,7 @@ fn price_sums(
         overlap_chunks: chunks as u32,
         cuda_graphs: prof.cuda_graphs,
         exchange: prof.exchange,
+        fused: prof.prices_fused(),
     }
 }
 

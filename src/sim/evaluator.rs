@@ -349,6 +349,7 @@ fn row_with_peaks(plan: &Plan, cost: &Cost, peaks: Vec<u64>, base: &ResultRow) -
     r.overlap_chunks = if r.overlap { cost.overlap_chunks } else { 0 };
     r.cuda_graphs = cost.cuda_graphs;
     r.exchange = cost.exchange.as_str().into();
+    r.gemm = if cost.fused { "fused" } else { "lt" }.into();
     r.t_exposed_comm_ms = Some(cost.total_ms - cost.overhead_ms - cost.compute_ms);
     r.transfer_bytes = cost.transfer_bytes;
     r.inter_node_bytes = cost.inter_node_bytes;

@@ -16,6 +16,12 @@ impl Profile {
         self.group_pricer(s).ms(tokens)
     }
 
+    /// Whether expert GEMMs are priced through `--gemm fused`'s tables:
+    /// the run's setting, where the profile has them.
+    pub fn prices_fused(&self) -> bool {
+        self.gemm == crate::gpu::GemmImpl::Fused && !self.fused_gemm_tables.is_empty()
+    }
+
     /// [`Profile::gemm_ms`] for one shape with its curve or tables chosen
     /// once: pricing a layer-step calls it for every expert group.
     pub fn group_pricer(&self, s: &Shape) -> GroupPricer<'_> {
@@ -25,8 +31,11 @@ impl Profile {
             Pricing::Curve(&c.points)
         } else {
             let chunk = self.act_chunk_tokens.max(1);
-            // launched as graphs, the tables timed that way (where measured)
-            let tables = if self.cuda_graphs && !self.graph_gemm_tables.is_empty() {
+            // through the fused kernel, or launched as graphs, the tables
+            // timed that way (where measured)
+            let tables = if self.prices_fused() {
+                &self.fused_gemm_tables
+            } else if self.cuda_graphs && !self.graph_gemm_tables.is_empty() {
                 &self.graph_gemm_tables
             } else {
                 &self.gemm_tables
@@ -183,5 +192,43 @@ impl GroupMemo {
         self.tokens.resize(experts, u64::MAX);
         self.ms.clear();
         self.ms.resize(experts, 0.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::GemmImpl;
+
+    /// `--gemm fused` is priced with the tables timed through the fused
+    /// kernel where the profile has them, and with lt's otherwise.
+    #[test]
+    fn fused_runs_are_priced_with_the_fused_tables() {
+        let mut prof = Profile::load("h200").unwrap();
+        // the built-in profile's own fused tables (session 15) priced
+        // below the lt ones for this shape
+        prof.gemm = GemmImpl::Fused;
+        let s = Shape::bf16(2880, 2880, 4);
+        let own = prof.gemm_ms(4096, &s);
+        prof.gemm = GemmImpl::Lt;
+        assert!(own < prof.gemm_ms(4096, &s));
+        prof.fused_gemm_tables.clear();
+        let lt = prof.gemm_ms(4096, &s);
+        prof.gemm = GemmImpl::Fused;
+        // no fused tables: lt's, and the profile says it does not price fused
+        assert!(!prof.prices_fused());
+        assert_eq!(prof.gemm_ms(4096, &s), lt);
+        prof.fused_gemm_tables = prof.gemm_tables.clone();
+        for t in &mut prof.fused_gemm_tables {
+            for p in &mut t.points {
+                p.1 *= 0.5;
+            }
+        }
+        assert!(prof.prices_fused());
+        let fused = prof.gemm_ms(4096, &s);
+        assert!(fused < 0.75 * lt, "{fused} vs {lt}");
+        // the run's setting picks the tables, not their presence
+        prof.gemm = GemmImpl::Lt;
+        assert_eq!(prof.gemm_ms(4096, &s), lt);
     }
 }

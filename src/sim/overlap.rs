@@ -34,6 +34,9 @@ pub struct GpuComm {
     pub transfer_ms: f64,
     /// One kernel launch.
     pub launch_ms: f64,
+    /// Fraction of the exchange beside a GEMM that the GEMM loses
+    /// ([`comm_drag`] of the run's exchange).
+    pub drag: f64,
 }
 
 /// The pipelined layer after planning.
@@ -53,6 +56,27 @@ pub struct Pipelined {
 /// gpt-oss rows of 2 x H200 chose 0.43 again (0.3 and 0.6 were worse;
 /// `reports/replay-floor/session8-ce/`).
 pub const COMM_DRAG: f64 = 0.43;
+
+/// [`COMM_DRAG`] for the copy engines' direct pushes (`--exchange
+/// copy-engine`): no kernel places or copies out the rows, so the GEMMs
+/// beside the exchange lose little. Chosen on 10 rows of the gpt-oss layer
+/// on 2 x H200 (32,768 tokens per GPU, `--gemm fused`, equal chunks; median
+/// |error| 0.43 -> 6.7%, 0.2 -> 2.2%, 0.1 -> 1.1%, 0 -> 2.3%), and checked
+/// on the same scenarios cut in unequal chunks and on other shapes and
+/// sizes (`reports/replay-floor/session15/`). `LLEP_TRACE_CE_DRAG`
+/// overrides it, for fitting it again.
+pub const COMM_DRAG_CE: f64 = 0.1;
+
+/// The drag in force for `exchange`.
+pub fn comm_drag(exchange: crate::gpu::Exchange) -> f64 {
+    match exchange {
+        crate::gpu::Exchange::Nccl => COMM_DRAG,
+        crate::gpu::Exchange::CopyEngine => {
+            static D: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+            *D.get_or_init(|| crate::env::ce_drag().unwrap_or(COMM_DRAG_CE))
+        }
+    }
+}
 
 /// Launches per exchange round (the grouped send/recv and the copy).
 const ROUND_LAUNCHES: f64 = 2.0;
@@ -196,6 +220,7 @@ pub struct OverlapScratch {
     main: Vec<f64>,
     arrived: Vec<f64>,
     busy: Vec<(f64, f64)>,
+    rounds: Vec<f64>,
 }
 
 /// [`price`] with its buffers in `sc`.
@@ -277,23 +302,32 @@ fn schedule(
     scale: Option<&[f64]>,
 ) -> Pipelined {
     let p = plan.gpus;
-    let cf = chunks as f64;
     let per_chunk = &sc.per_chunk;
     let times = |g: usize| scale.map_or(1.0, |s| s[g]);
+    let drag = comm.first().map_or(COMM_DRAG, |c| c.drag);
     let compute = per_chunk
         .chunks(chunks)
         .enumerate()
         .map(|(g, v)| v.iter().map(|c| c.0).sum::<f64>() * times(g))
         .fold(0.0, f64::max);
-    let round = comm
-        .iter()
-        .map(|c| {
-            c.link_fixed_ms
-                + (c.link_ms - c.link_fixed_ms).max(0.0) / cf
-                + c.shared_ms / cf
-                + ROUND_LAUNCHES * c.launch_ms
-        })
-        .fold(0.0, f64::max);
+    // a round moves its chunk's share of the rows (smaller at the ends
+    // when `pipeline::END_WEIGHT` says so) and pays the fixed costs whole
+    // (`parts`: the rows over the chunk's, so equal chunks divide by
+    // their count, as the closed form below multiplies by it)
+    let round_of = |parts: f64| {
+        comm.iter()
+            .map(|c| {
+                c.link_fixed_ms
+                    + (c.link_ms - c.link_fixed_ms).max(0.0) / parts
+                    + c.shared_ms / parts
+                    + ROUND_LAUNCHES * c.launch_ms
+            })
+            .fold(0.0, f64::max)
+    };
+    let rounds = &mut sc.rounds;
+    rounds.clear();
+    rounds.extend((0..chunks).map(|c| round_of(pipeline::parts(c, chunks))));
+    let equal = rounds.iter().all(|&r| r == rounds[0]);
     let pack = |g: usize| comm.get(g).map_or(0.0, |c| c.copy_ms);
     // a GPU's foreign weights are in once its own transfers and those of
     // every GPU sending it weights are done: a sender's link (a NIC across
@@ -316,12 +350,23 @@ fn schedule(
     let start = main.iter().copied().fold(0.0, f64::max);
     let arrived = &mut sc.arrived;
     arrived.clear();
-    arrived.extend((1..=chunks).map(|c| start + c as f64 * round));
+    let mut at = start;
+    arrived.extend(rounds.iter().enumerate().map(|(c, r)| {
+        at += r;
+        if equal {
+            start + (c + 1) as f64 * r
+        } else {
+            at
+        }
+    }));
+    if equal {
+        at = start + chunks as f64 * rounds[0];
+    }
     // the net stream's busy intervals so far
     let busy = &mut sc.busy;
     busy.clear();
-    busy.extend((0..chunks).map(|c| (arrived[c] - round, arrived[c])));
-    let mut net = start + cf * round;
+    busy.extend((0..chunks).map(|c| (arrived[c] - rounds[c], arrived[c])));
+    let mut net = at;
     for c in 0..chunks {
         for (g, m) in main.iter_mut().enumerate() {
             let (k, foreign) = per_chunk[g * chunks + c];
@@ -335,11 +380,11 @@ fn schedule(
                 .iter()
                 .map(|&(a, b)| (b.min(at + k) - a.max(at)).max(0.0))
                 .sum();
-            *m = at + k + COMM_DRAG * beside;
+            *m = at + k + drag * beside;
         }
         // this chunk's combine round once every GPU's results are in
         let from = net.max(main.iter().copied().fold(0.0, f64::max));
-        net = from + round;
+        net = from + rounds[c];
         busy.push((from, net));
     }
     let end = (0..p)
@@ -380,6 +425,7 @@ mod tests {
             copy_ms: copy,
             transfer_ms: transfer,
             launch_ms: 0.005,
+            drag: COMM_DRAG,
         }
     }
 

@@ -145,6 +145,10 @@ pub struct Profile {
     /// `ce_weights`).
     #[serde(skip)]
     pub exchange: crate::gpu::Exchange,
+    /// The expert GEMMs' path (`--gemm`), a setting of the run: `fused`
+    /// is priced with `fused_gemm_tables` where the profile has them.
+    #[serde(skip)]
+    pub gemm: crate::gpu::GemmImpl,
     /// Count exchange, planning and synchronisation per layer, microseconds.
     pub overhead_us: f64,
     /// Memory in use before the layer runs (context, allocator), bytes.
@@ -182,6 +186,11 @@ pub struct Profile {
     /// (without them, `gemm_tables` do).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub graph_gemm_tables: Vec<GemmTable>,
+    /// The same tables timed through `--gemm fused` (gate_up and its
+    /// activation in the own Hopper kernel, `calibrate --gemm-only --gemm
+    /// fused`): they price `--gemm fused` (without them, `gemm_tables` do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fused_gemm_tables: Vec<GemmTable>,
     /// The parts the calibration that wrote this file measured into its
     /// base (e.g. "graph_gemm_tables", "launches"): `calibrate --merge`
     /// takes only these, not the base's parts the file carries. Empty (files
@@ -308,6 +317,7 @@ impl Profile {
             serde_json::from_str(&text).map_err(|e| ProfileError::Parse(src.clone(), e))?;
         model::monotone_tables(&mut prof.gemm_tables);
         model::monotone_tables(&mut prof.graph_gemm_tables);
+        model::monotone_tables(&mut prof.fused_gemm_tables);
         prof.validate().map_err(|e| match e {
             ProfileError::Invalid(_, m) => ProfileError::Invalid(src, m),
             other => other,
@@ -361,6 +371,7 @@ impl Profile {
         }
         model::check_tables(&self.gemm_tables)?;
         model::check_tables(&self.graph_gemm_tables)?;
+        model::check_tables(&self.fused_gemm_tables)?;
         bwd::check(self)?;
         for (n, m) in [
             ("msg_tokens", &self.msg_tokens),
@@ -496,6 +507,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         overlap: Default::default(),
         cuda_graphs: false,
         exchange: Default::default(),
+        gemm: Default::default(),
         overhead_us: c.overhead_ms * 1e3,
         // one calibration sees one GPU count, so it cannot split its
         // baseline into context and per-peer communicator buffers
@@ -508,6 +520,7 @@ pub fn fit_profile(c: &Calibration, name: &str, date: &str) -> Profile {
         bwd_tables: Vec::new(),
         gemm_tables: Vec::new(),
         graph_gemm_tables: Vec::new(),
+        fused_gemm_tables: Vec::new(),
         measured: Vec::new(),
         msg_tokens: None,
         msg_weights: None,
@@ -629,7 +642,11 @@ pub fn apply_measured(
         p.transfer_overlaps_native = true;
         set.push("transfer_overlaps_native");
     }
-    if !c.grid.is_empty() && c.grid_graphs {
+    if !c.grid.is_empty() && c.grid_fused {
+        upsert_tables(&mut p.fused_gemm_tables, &grid_tables(c));
+        model::monotone_tables(&mut p.fused_gemm_tables);
+        set.push("fused_gemm_tables");
+    } else if !c.grid.is_empty() && c.grid_graphs {
         upsert_tables(&mut p.graph_gemm_tables, &grid_tables(c));
         model::monotone_tables(&mut p.graph_gemm_tables);
         set.push("graph_gemm_tables");
@@ -740,6 +757,11 @@ pub fn merge_profiles(base: &Profile, new: &Profile, drop_curves: bool, date: &s
     {
         set.push("graph_gemm_tables");
     }
+    if takes("fused_gemm_tables")
+        && upsert_tables(&mut out.fused_gemm_tables, &new.fused_gemm_tables)
+    {
+        set.push("fused_gemm_tables");
+    }
     if takes("bwd_tables") && !new.bwd_tables.is_empty() && new.bwd_tables != out.bwd_tables {
         bwd::set(&mut out, &new.bwd_tables);
         set.push("bwd_tables");
@@ -825,10 +847,11 @@ pub fn drop_covered_curves(p: &mut Profile) -> usize {
 
 /// Note what a merge set, and clear a stamped error it made stale.
 pub fn finish_merge(out: &mut Profile, set: &[&str], dropped_curves: usize, date: &str) {
-    // backward tables price no forward row: the stamped error stays valid
+    // backward tables price no forward row, fused tables only rows run
+    // through the fused kernel: the stamped error stays valid
     if set
         .iter()
-        .any(|s| *s != "gemm_tables" && *s != "bwd_tables")
+        .any(|s| !matches!(*s, "gemm_tables" | "bwd_tables" | "fused_gemm_tables"))
         || dropped_curves > 0
     {
         out.measured_error = None;
@@ -1126,6 +1149,16 @@ mod tests {
         old.measured.clear();
         let m2 = merge_profiles(&m, &old, false, "2026-11-30");
         assert_eq!(at(&m2.gemm_tables), Some(0.05));
+        // a grid timed through the fused kernel goes to its own tables
+        let mut f = grid(0.03, false);
+        f.grid_fused = true;
+        let fused = measured_into(&f);
+        assert!(fused.measured.contains(&"fused_gemm_tables".to_string()));
+        assert!(!fused.measured.contains(&"gemm_tables".to_string()));
+        let m3 = merge_profiles(&m, &fused, false, "2026-11-30");
+        assert_eq!(at(&m3.fused_gemm_tables), Some(0.03));
+        assert_eq!(at(&m3.gemm_tables), Some(0.02), "lt's tables untouched");
+        assert_eq!(at(&m3.graph_gemm_tables), Some(0.01));
     }
 
     #[test]
