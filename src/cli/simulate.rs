@@ -490,6 +490,9 @@ pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
     if prof.exchange == llep_trace::gpu::Exchange::CopyEngine {
         s.push_str("exchange: tokens pushed and weights pulled by the copy engines (the profile's ce_tokens and ce_weights)\n");
     }
+    if prof.prices_fused() {
+        s.push_str("GEMMs: gate_up and its activation through the fused kernel (the profile's fused_gemm_tables)\n");
+    }
     if prof.cuda_graphs {
         s.push_str(&format!(
             "expert units: launched as CUDA graphs ({}; no host time per unit)\n",
