@@ -58,13 +58,16 @@ pub struct Pipelined {
 pub const COMM_DRAG: f64 = 0.43;
 
 /// [`COMM_DRAG`] for the copy engines' direct pushes (`--exchange
-/// copy-engine`): no kernel places or copies out the rows, so the GEMMs
-/// beside the exchange lose little. Chosen on 10 rows of the gpt-oss layer
-/// on 2 x H200 (32,768 tokens per GPU, `--gemm fused`, equal chunks; median
-/// |error| 0.43 -> 6.7%, 0.2 -> 2.2%, 0.1 -> 1.1%, 0 -> 2.3%), and checked
-/// on the same scenarios cut in unequal chunks and on other shapes and
-/// sizes (`reports/replay-floor/session15/`). `LLEP_TRACE_CE_DRAG`
-/// overrides it, for fitting it again.
+/// copy-engine`), where no kernel places or copies out the rows. An
+/// empirical fit, chosen on 10 rows of the gpt-oss layer on 2 x H200
+/// (32,768 tokens per GPU, `--gemm fused`, equal chunks; median |error|
+/// 0.43 -> 6.7%, 0.2 -> 2.2%, 0.1 -> 1.1%, 0 -> 2.3%) and checked on the
+/// same scenarios cut in unequal chunks and on other shapes and sizes
+/// (`reports/replay-floor/session15/`). It is not the GEMMs' whole loss:
+/// there they ran 0.5-0.7 ms slower pipelined than sequential, and the
+/// model prices their sequential time about as much slow (GEMM tables
+/// timed back to back, under the power cap), which a small drag offsets.
+/// `LLEP_TRACE_CE_DRAG` overrides it, for fitting it again.
 pub const COMM_DRAG_CE: f64 = 0.1;
 
 /// The drag in force for `exchange`.
