@@ -65,7 +65,7 @@ pub const COMM_DRAG: f64 = 0.43;
 /// same scenarios cut in unequal chunks and on other shapes and sizes
 /// (`reports/replay-floor/session15/`). It is not the GEMMs' whole loss:
 /// there they ran 0.5-0.7 ms slower pipelined than sequential, and the
-/// model prices their sequential time about as much slow (GEMM tables
+/// model priced their sequential time up to 0.8 ms slow (GEMM tables
 /// timed back to back, under the power cap), which a small drag offsets.
 /// `LLEP_TRACE_CE_DRAG` overrides it, for fitting it again.
 pub const COMM_DRAG_CE: f64 = 0.1;
