@@ -102,20 +102,19 @@ pub fn ce_rows_staged() -> bool {
     std::env::var(CE_ROWS).is_ok_and(|s| s.trim() == "staged")
 }
 
+/// Variable `name` read as a number, if set to one.
+fn number(name: &str) -> Option<f64> {
+    std::env::var(name).ok()?.trim().parse().ok()
+}
+
 /// `LLEP_TRACE_CHUNK_ENDS` if set to a number in (0, 1].
 pub fn chunk_ends() -> Option<f64> {
-    std::env::var(CHUNK_ENDS)
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|w| *w > 0.0 && *w <= 1.0)
+    number(CHUNK_ENDS).filter(|w| *w > 0.0 && *w <= 1.0)
 }
 
 /// `LLEP_TRACE_CE_DRAG` if set to a number in [0, 1].
 pub fn ce_drag() -> Option<f64> {
-    std::env::var(CE_DRAG)
-        .ok()
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|d| (0.0..=1.0).contains(d))
+    number(CE_DRAG).filter(|d| (0.0..=1.0).contains(d))
 }
 
 /// `LLEP_CAPTURE_THREADS` if set to a positive integer.

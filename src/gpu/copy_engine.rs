@@ -433,25 +433,30 @@ impl Worker<'_> {
         self.ce() && !self.ce_staged
     }
 
-    /// Push this rank's pieces of the layer (`chunk` None) or of one chunk
-    /// on stream `s`, straight where they are used: send rows into the
-    /// peers' compute rows (dispatch), or result rows (at `results`,
-    /// numbered as compute rows) into their owners' send rows (combine).
-    pub(super) fn ce_push_direct(
+    /// The forward's token pushes of the layer (`chunk` None) or of one
+    /// chunk on stream `s`, dispatch or combine: the direct pushes, or
+    /// (staged) one push per peer through the receive buffer.
+    pub(super) fn ce_push_rows(
         &self,
         lay: &Layout,
+        lb: &LayoutBufs,
         chunk: Option<usize>,
         dispatch: bool,
-        send: u64,
-        results: u64,
         s: ds::CUstream,
     ) -> Result<(), GpuError> {
+        if !self.ce_direct() {
+            return self.ce_push(lay, lb.send, lb.recv, chunk, dispatch, s);
+        }
         let rb = self.rb();
+        let results = self.results(lb);
         let peers = self.peers.borrow();
+        // straight where the rows are used: send rows into the peers'
+        // compute rows (dispatch), result rows (numbered as compute rows)
+        // into their owners' send rows (combine)
         for p in lay.pushes(self.rank, chunk, dispatch) {
             let q = &peers[p.peer as usize];
             let (src, dst) = if dispatch {
-                (send + p.from * rb, q.comp + p.to * rb)
+                (lb.send + p.from * rb, q.comp + p.to * rb)
             } else {
                 (results + p.from * rb, q.send + p.to * rb)
             };
@@ -486,11 +491,7 @@ impl Worker<'_> {
         let (main, net) = (self.dev.main, self.dev.net);
         self.pack(cb, lb, copies)?;
         self.dev.wait(net, &self.ev[E_PACKED])?;
-        if self.ce_direct() {
-            self.ce_push_direct(lay, None, true, lb.send, self.results(lb), net)?;
-        } else {
-            self.ce_push(lay, lb.send, lb.recv, None, true, net)?;
-        }
+        self.ce_push_rows(lay, lb, None, true, net)?;
         self.pev[DE].record(net)?;
         self.linked().meet()?;
         self.ce_pull_weights(lay, lb.foreign)?;
@@ -520,11 +521,7 @@ impl Worker<'_> {
         }
         self.ev[E_RET].record(main)?;
         self.dev.wait(net, &self.ev[E_RET])?;
-        if self.ce_direct() {
-            self.ce_push_direct(lay, None, false, lb.send, self.results(lb), net)?;
-        } else {
-            self.ce_push(lay, lb.send, lb.recv, None, false, net)?;
-        }
+        self.ce_push_rows(lay, lb, None, false, net)?;
         self.ev[E_RETURNED].record(net)?;
         self.linked().meet()?;
         self.dev.wait(main, &self.ev[E_RETURNED])?;

@@ -607,20 +607,27 @@ mod tests {
         assert_eq!(sent, plan.transfers.len());
     }
 
+    /// Per-rank counts (`p` ranks x `n` experts) below `below`, one
+    /// random expert's `hot` times as large.
+    fn skewed_loads(rng: &mut SplitMix64, p: usize, n: usize, below: u64, hot: u64) -> Vec<u64> {
+        let h = rng.below(n as u64) as usize;
+        let mut per_rank = vec![0u64; p * n];
+        for r in 0..p {
+            for e in 0..n {
+                let base = rng.below(below);
+                per_rank[r * n + e] = if e == h { base * hot } else { base };
+            }
+        }
+        per_rank
+    }
+
     #[test]
     fn layout_agrees_with_dispatch_matrix_on_random_skewed_loads() {
         let mut rng = SplitMix64::new(7);
         for case in 0..200 {
             let p = [1usize, 2, 4, 8][case % 4];
             let n = p * (1 + (case % 5)) * 2;
-            let mut per_rank = vec![0u64; p * n];
-            let hot = rng.below(n as u64) as usize;
-            for r in 0..p {
-                for e in 0..n {
-                    let base = rng.below(50);
-                    per_rank[r * n + e] = if e == hot { base * 20 } else { base };
-                }
-            }
+            let per_rank = skewed_loads(&mut rng, p, n, 50, 20);
             check(&per_rank, p, n, Policy::Ep);
             check(&per_rank, p, n, Policy::Llep);
         }
@@ -718,14 +725,7 @@ mod tests {
         for case in 0..120 {
             let p = [2usize, 4, 8][case % 3];
             let n = p * (1 + (case % 4)) * 2;
-            let mut per_rank = vec![0u64; p * n];
-            let hot = rng.below(n as u64) as usize;
-            for r in 0..p {
-                for e in 0..n {
-                    let base = rng.below(60);
-                    per_rank[r * n + e] = if e == hot { base * 30 } else { base };
-                }
-            }
+            let per_rank = skewed_loads(&mut rng, p, n, 60, 30);
             for chunks in [1, 2, 3, 4] {
                 check_chunks(&per_rank, p, n, Policy::Ep, chunks);
                 check_chunks(&per_rank, p, n, Policy::Llep, chunks);
@@ -799,14 +799,7 @@ mod tests {
         for case in 0..80 {
             let p = [2usize, 4, 8][case % 3];
             let n = p * (1 + (case % 4)) * 2;
-            let mut per_rank = vec![0u64; p * n];
-            let hot = rng.below(n as u64) as usize;
-            for r in 0..p {
-                for e in 0..n {
-                    let base = rng.below(40);
-                    per_rank[r * n + e] = if e == hot { base * 25 } else { base };
-                }
-            }
+            let per_rank = skewed_loads(&mut rng, p, n, 40, 25);
             for policy in [Policy::Ep, Policy::Llep] {
                 let plan = plan_of(&per_rank, p, n, policy);
                 let mut lay = build(&plan, &per_rank).unwrap();

@@ -414,7 +414,7 @@ impl Worker<'_> {
             (lb.packsegs, lb.segs_in, lb.segs_out, lb.seg_start);
 
         // a training run keeps the input rows: results go to Yout
-        let ybase = if self.cfg.train { lb.yout } else { comp };
+        let ybase = self.results(lb);
         let pieces = lay.pack_pieces(r);
         let mut starts = vec![0i32; n + 1];
         let mut segs = Vec::with_capacity(pieces.len());

@@ -310,12 +310,10 @@ impl Worker<'_> {
         let ce = self.ce();
         if dispatch {
             self.pev[c * PE + DS].record(net)?;
-            if self.ce_direct() {
-                // into the peers' compute rows: nothing to place
-                self.ce_push_direct(lay, Some(c), true, lb.send, self.results(lb), net)?;
-            } else if ce {
-                // placed on the side stream once the peers' pushes are in
-                self.ce_push(lay, lb.send, lb.recv, Some(c), true, net)?;
+            if ce {
+                // direct: into the peers' compute rows; staged: placed on
+                // the side stream once the peers' pushes are in
+                self.ce_push_rows(lay, lb, Some(c), true, net)?;
             } else {
                 self.exchange_ranges(&x, lb.send, lb.recv, rb, net, true)?;
                 self.place(remote, lb, c, net)?;
@@ -324,10 +322,8 @@ impl Worker<'_> {
         } else {
             self.dev.wait(net, &self.pev[c * PE + CE])?;
             self.pev[c * PE + CQ].record(net)?;
-            if self.ce_direct() {
-                self.ce_push_direct(lay, Some(c), false, lb.send, self.results(lb), net)?;
-            } else if ce {
-                self.ce_push(lay, lb.send, lb.recv, Some(c), false, net)?;
+            if ce {
+                self.ce_push_rows(lay, lb, Some(c), false, net)?;
             } else {
                 self.exchange_ranges(&x, lb.send, lb.recv, rb, net, false)?;
             }
