@@ -66,6 +66,13 @@ pub const HOST_TIMING: &str = "LLEP_TRACE_HOST_TIMING";
 /// outputs are left unwritten). Unset: the default.
 pub const FUSED_KERNEL: &str = "LLEP_TRACE_FUSED_KERNEL";
 
+/// `--gemm fused`'s down GEMMs, for whoever measures them: `split` (the
+/// default: units under `gpu::fused::DOWN_GROUPED_ROWS` rows through one
+/// launch of the own grouped kernel, larger ones one cuBLASLt GEMM each),
+/// `grouped` (every unit through the own kernel) or `lt` (every unit
+/// through cuBLASLt, as before the grouped kernel). Unset: the default.
+pub const FUSED_DOWN: &str = "LLEP_TRACE_FUSED_DOWN";
+
 /// `--exchange copy-engine`'s forward token path, for whoever measures it:
 /// `direct` (the default: each piece pushed straight into the peer's
 /// compute rows, results straight into the owner's send rows) or `staged`
@@ -92,6 +99,13 @@ pub fn routing_ratio_raw() -> Option<String> {
 /// `LLEP_TRACE_FUSED_KERNEL`, if set.
 pub fn fused_kernel() -> Option<String> {
     std::env::var(FUSED_KERNEL)
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// `LLEP_TRACE_FUSED_DOWN`, if set.
+pub fn fused_down() -> Option<String> {
+    std::env::var(FUSED_DOWN)
         .ok()
         .filter(|s| !s.trim().is_empty())
 }

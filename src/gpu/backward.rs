@@ -119,7 +119,7 @@ impl Worker<'_> {
                 rl.max_group_rows.min(CHUNK),
                 rl.compute_rows,
                 self.cfg.inter as u64,
-                units::Batching::default(),
+                units::scratch_batching(self.cfg.gemm),
             ) as usize
         }
     }

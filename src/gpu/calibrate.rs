@@ -297,7 +297,7 @@ impl Worker<'_> {
             unit,
             (experts * rows) as u64,
             i as u64,
-            units::Batching::default(),
+            units::scratch_batching(self.dev.gemm_impl),
         ) as usize;
         let x = self.dev.arena.get(BufKind::CalX, experts * rows * d * 2)?;
         let w = self.dev.arena.get(BufKind::CalW, experts * bl.len * 2)?;

@@ -1,6 +1,6 @@
 //! `--gemm fused`: the gate_up GEMM of expert units with the activation in
-//! its epilogue (`kernels/hopper_gate_up.cu`, an own sm_90a kernel), the
-//! down GEMM and every other GEMM through cuBLASLt as under `lt`.
+//! its epilogue, and their down GEMMs grouped (`kernels/hopper_gate_up.cu`,
+//! own sm_90a kernels); every other GEMM through cuBLASLt as under `lt`.
 //!
 //! Why: cuBLASLt has no clamped-SwiGLU epilogue, so under `lt` the
 //! activation is a kernel between the two GEMMs, and its traffic and
@@ -11,6 +11,10 @@
 //! unit's rows and weights get their own TMA descriptors, encoded on the
 //! host per launch and passed by value, and the kernel's persistent CTAs
 //! walk all the units' tiles, so a launch has one tail, not one per unit.
+//! The down GEMMs of a launch's units follow as one launch of the same
+//! schedule, except units of [`DOWN_GROUPED_ROWS`] rows or more: those go
+//! through cuBLASLt, one GEMM each (`LLEP_TRACE_FUSED_DOWN` changes the
+//! rule, for measuring it).
 //!
 //! Forward only: a training step keeps the gate_up output for its
 //! backward, so its units run unfused.
@@ -44,9 +48,16 @@ const STAGES: usize = 3;
 /// mbarriers each and the staging buffer's two.
 const SMEM_BYTES: usize =
     STAGES * (BM * BK * 2 + 4 * 64 * BK * 2) + 2 * BM * TN * 2 + 1024 + STAGES * 16 + 16;
+/// The down kernel's output columns per tile and stages (FD_TN,
+/// FD_STAGES), and its shared memory as above: a stage holds 128 rows and
+/// three 64-column blocks of the weight, the staged tile 128 x 192.
+const DOWN_TN: usize = 192;
+const DOWN_STAGES: usize = 4;
+const DOWN_SMEM_BYTES: usize =
+    DOWN_STAGES * (BM * BK * 2 + 3 * 64 * BK * 2) + BM * DOWN_TN * 2 + 1024 + DOWN_STAGES * 16 + 16;
 const THREADS: u32 = 384;
 // one CTA fits an H100/H200 SM's 227 KiB of shared memory
-const _: () = assert!(SMEM_BYTES <= 227 * 1024);
+const _: () = assert!(SMEM_BYTES <= 227 * 1024 && DOWN_SMEM_BYTES <= 227 * 1024);
 
 /// A CUtensorMap, opaque to the host.
 #[repr(C, align(64))]
@@ -69,9 +80,13 @@ struct FusedUnits {
     kind: i32,
 }
 
-/// The loaded kernel of one GPU.
+/// The loaded kernels of one GPU.
 pub struct Fused {
     func: drv_sys::CUfunction,
+    /// The grouped down GEMM.
+    down: drv_sys::CUfunction,
+    /// Which units' down GEMMs it runs.
+    pub down_path: DownPath,
     /// CTAs of a launch at most: one per SM (the stages fill an SM's
     /// shared memory).
     ctas: u32,
@@ -88,7 +103,13 @@ const VARIANTS: [(&str, &str); 2] = [
 
 impl std::fmt::Display for Fused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({} CTAs at most)", self.variant, self.ctas)
+        write!(
+            f,
+            "{} ({} CTAs at most), down GEMMs {}",
+            self.variant,
+            self.ctas,
+            self.down_path.name()
+        )
     }
 }
 
@@ -105,6 +126,61 @@ pub struct FusedUnit {
     pub wgu: u64,
     pub bgu: u64,
     pub act: u64,
+}
+
+/// Units of this many rows or more run their down GEMM through cuBLASLt
+/// under the default [`DownPath::Split`]. Timed per M on an H200 (session
+/// 16, `reports/replay-floor/session16`), the own kernel levels off near
+/// 770 TFLOP/s for gpt-oss's down GEMM from 1,536 rows on, where cuBLASLt's
+/// (256-row tiles, clusters of two) goes on to 790-890 from 4,096 rows;
+/// below that, the shared tail and single launch win (713 against 674
+/// TFLOP/s at 1,024 rows, 782 against 754 at 3,072).
+pub const DOWN_GROUPED_ROWS: usize = 4096;
+
+/// Which units' down GEMMs the grouped kernel runs (`LLEP_TRACE_FUSED_DOWN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownPath {
+    /// Units under [`DOWN_GROUPED_ROWS`] rows; larger ones through cuBLASLt.
+    Split,
+    /// Every unit.
+    Grouped,
+    /// None: one cuBLASLt GEMM per unit.
+    Lt,
+}
+
+impl DownPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            DownPath::Split => "split",
+            DownPath::Grouped => "grouped",
+            DownPath::Lt => "lt",
+        }
+    }
+
+    fn parse(s: &str) -> Option<DownPath> {
+        [DownPath::Split, DownPath::Grouped, DownPath::Lt]
+            .into_iter()
+            .find(|p| p.name() == s.trim())
+    }
+
+    /// Whether a unit of `rows` rows runs through the grouped kernel.
+    pub fn groups(self, rows: usize) -> bool {
+        match self {
+            DownPath::Split => rows < DOWN_GROUPED_ROWS,
+            DownPath::Grouped => true,
+            DownPath::Lt => false,
+        }
+    }
+}
+
+/// One unit of a down launch: `rows` activation rows at `act` (I values
+/// each) through the down weight `wd` (I x D) to `out` (D values a row).
+#[derive(Debug, Clone, Copy)]
+pub struct DownUnit {
+    pub rows: usize,
+    pub act: u64,
+    pub wd: u64,
+    pub out: u64,
 }
 
 /// The PTX, compiled once per process (every GPU is the same card).
@@ -158,19 +234,33 @@ impl Fused {
             .ctx
             .load_module(ptx()?)
             .map_err(|e| GpuError::Cuda(format!("loading the fused gate_up kernel: {e:?}")))?;
-        let func = module
-            .load_function(entry)
-            .map_err(|e| GpuError::Cuda(format!("kernel {entry}: {e:?}")))?
-            .cu_function();
-        // SAFETY: a loaded kernel of this context.
-        unsafe {
-            drv::function::set_function_attribute(
-                func,
-                drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                SMEM_BYTES as i32,
-            )
-        }
-        .map_err(|e| GpuError::Cuda(format!("cuFuncSetAttribute (fused smem): {e:?}")))?;
+        let load = |entry: &str, smem: usize| -> Result<drv_sys::CUfunction, GpuError> {
+            let func = module
+                .load_function(entry)
+                .map_err(|e| GpuError::Cuda(format!("kernel {entry}: {e:?}")))?
+                .cu_function();
+            // SAFETY: a loaded kernel of this context.
+            unsafe {
+                drv::function::set_function_attribute(
+                    func,
+                    drv_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+            }
+            .map_err(|e| GpuError::Cuda(format!("cuFuncSetAttribute ({entry} smem): {e:?}")))?;
+            Ok(func)
+        };
+        let down_path = match crate::env::fused_down() {
+            None => DownPath::Split,
+            Some(v) => DownPath::parse(&v).ok_or_else(|| {
+                GpuError::Input(format!(
+                    "{}={v}: not a rule for the fused down GEMMs (split, grouped, lt)",
+                    crate::env::FUSED_DOWN
+                ))
+            })?,
+        };
+        let func = load(entry, SMEM_BYTES)?;
+        let down = load("down_grouped", DOWN_SMEM_BYTES)?;
         let sms = dev
             .ctx
             .attribute(drv_sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
@@ -178,6 +268,8 @@ impl Fused {
             .max(1) as u32;
         Ok(Fused {
             func,
+            down,
+            down_path,
             ctas: sms,
             variant,
             _module: module,
@@ -188,6 +280,11 @@ impl Fused {
 /// Tiles of a unit of `rows` rows: row tiles times activation-column tiles.
 pub fn tiles(rows: usize, inter: usize) -> usize {
     rows.div_ceil(BM) * inter.div_ceil(TN)
+}
+
+/// Tiles of a down GEMM of `rows` rows: row tiles times output-column tiles.
+pub fn down_tiles(rows: usize, hidden: usize) -> usize {
+    rows.div_ceil(BM) * hidden.div_ceil(DOWN_TN)
 }
 
 fn encode(
@@ -227,6 +324,77 @@ fn encode(
     }
 }
 
+/// One unit of a grouped launch as the kernel takes it: TMA maps of its
+/// rows (A) and weight (B), where its output goes, its bias (0: none),
+/// rows, tiles.
+struct Grouped {
+    a: TmaMap,
+    b: TmaMap,
+    out: u64,
+    bias: u64,
+    rows: usize,
+    tiles: usize,
+}
+
+/// Launch `func` (`smem` bytes of shared memory) over `units` on `stream`.
+///
+/// # Safety
+/// Each unit's maps and pointers must address buffers of its shape.
+#[allow(clippy::too_many_arguments)]
+unsafe fn launch_grouped(
+    dev: &Dev,
+    f: &Fused,
+    func: drv_sys::CUfunction,
+    smem: usize,
+    units: &[Grouped],
+    hidden: usize,
+    inter: usize,
+    kind: i32,
+    stream: drv_sys::CUstream,
+) -> Result<(), GpuError> {
+    let empty = TmaMap([0; 16]);
+    let mut p = FusedUnits {
+        a: [empty; FUSED_UNITS],
+        b: [empty; FUSED_UNITS],
+        out: [0; FUSED_UNITS],
+        bias: [0; FUSED_UNITS],
+        rows: [0; FUSED_UNITS],
+        tile_end: [0; FUSED_UNITS],
+        n: units.len() as i32,
+        d: hidden as i32,
+        inter: inter as i32,
+        kind,
+    };
+    let mut total = 0usize;
+    for (k, u) in units.iter().enumerate() {
+        p.a[k] = u.a;
+        p.b[k] = u.b;
+        p.out[k] = u.out;
+        p.bias[k] = u.bias;
+        p.rows[k] = u.rows as i32;
+        total += u.tiles;
+        p.tile_end[k] = total as i32;
+    }
+    let grid = (total as u32).min(f.ctas);
+    dev.launch(func, (grid, 1, 1), THREADS, smem as u32, stream, params!(p))
+}
+
+/// Why a launch of `n` units of these shapes cannot run, if it cannot.
+fn launch_refusal(n: usize, hidden: usize, inter: usize, ptrs: &[u64]) -> Option<String> {
+    if n > FUSED_UNITS {
+        return Some(format!(
+            "a fused launch serves at most {FUSED_UNITS} units, not {n}"
+        ));
+    }
+    if let Some(why) = shape_refusal(hidden, inter) {
+        return Some(why);
+    }
+    if ptrs.iter().any(|p| p % 16 != 0) {
+        return Some("the fused kernels need 16-byte aligned rows, weights and biases".into());
+    }
+    None
+}
+
 /// Launch the fused kernel over `units` (at most [`FUSED_UNITS`]) on
 /// `stream`: D = `hidden`, I = `inter`, activation `kind` (0: gpt-oss's
 /// clamped SwiGLU, 1: plain).
@@ -247,52 +415,81 @@ pub(super) unsafe fn launch(
     if units.is_empty() {
         return Ok(());
     }
-    if units.len() > FUSED_UNITS {
-        return Err(GpuError::Input(format!(
-            "a fused launch serves at most {FUSED_UNITS} units, not {}",
-            units.len()
-        )));
-    }
-    if let Some(why) = shape_refusal(hidden, inter) {
+    let ptrs: Vec<u64> = units
+        .iter()
+        .flat_map(|u| [u.x, u.wgu, u.act, u.bgu])
+        .collect();
+    if let Some(why) = launch_refusal(units.len(), hidden, inter, &ptrs) {
         return Err(GpuError::Input(why));
     }
-    let empty = TmaMap([0; 16]);
-    let mut p = FusedUnits {
-        a: [empty; FUSED_UNITS],
-        b: [empty; FUSED_UNITS],
-        out: [0; FUSED_UNITS],
-        bias: [0; FUSED_UNITS],
-        rows: [0; FUSED_UNITS],
-        tile_end: [0; FUSED_UNITS],
-        n: units.len() as i32,
-        d: hidden as i32,
-        inter: inter as i32,
-        kind,
-    };
-    let mut total = 0usize;
-    for (k, u) in units.iter().enumerate() {
-        if (u.x | u.wgu | u.act | u.bgu) % 16 != 0 {
-            return Err(GpuError::Input(
-                "the fused gate_up kernel needs 16-byte aligned rows, weights and biases".into(),
-            ));
-        }
-        p.a[k] = encode(u.x, hidden as u64, u.rows as u64, BK as u32, BM as u32)?;
-        p.b[k] = encode(u.wgu, 2 * inter as u64, hidden as u64, 64, BK as u32)?;
-        p.out[k] = u.act;
-        p.bias[k] = u.bgu;
-        p.rows[k] = u.rows as i32;
-        total += tiles(u.rows, inter);
-        p.tile_end[k] = total as i32;
+    let mut grouped = Vec::with_capacity(units.len());
+    for u in units {
+        grouped.push(Grouped {
+            a: encode(u.x, hidden as u64, u.rows as u64, BK as u32, BM as u32)?,
+            b: encode(u.wgu, 2 * inter as u64, hidden as u64, 64, BK as u32)?,
+            out: u.act,
+            bias: u.bgu,
+            rows: u.rows,
+            tiles: tiles(u.rows, inter),
+        });
     }
-    let grid = (total as u32).min(f.ctas);
-    dev.launch(
-        f.func,
-        (grid, 1, 1),
-        THREADS,
-        SMEM_BYTES as u32,
-        stream,
-        params!(p),
+    launch_grouped(
+        dev, f, f.func, SMEM_BYTES, &grouped, hidden, inter, kind, stream,
     )
+}
+
+/// The down GEMMs of `units` (at most [`FUSED_UNITS`]) on `stream`: those
+/// [`DownPath::groups`] picks through one launch of the grouped down
+/// kernel, then the others through cuBLASLt, one GEMM each on the main
+/// stream.
+///
+/// # Safety
+/// Each unit's pointers must hold its activation rows, down weight and
+/// output rows, each 16-byte aligned.
+pub(super) unsafe fn launch_down(
+    dev: &Dev,
+    f: &Fused,
+    units: &[DownUnit],
+    hidden: usize,
+    inter: usize,
+    stream: drv_sys::CUstream,
+) -> Result<(), GpuError> {
+    let (grouped, alone): (Vec<&DownUnit>, Vec<&DownUnit>) = units
+        .iter()
+        .filter(|u| u.rows > 0)
+        .partition(|u| f.down_path.groups(u.rows));
+    if !grouped.is_empty() {
+        let ptrs: Vec<u64> = grouped.iter().flat_map(|u| [u.act, u.wd, u.out]).collect();
+        if let Some(why) = launch_refusal(grouped.len(), hidden, inter, &ptrs) {
+            return Err(GpuError::Input(why));
+        }
+        let mut g = Vec::with_capacity(grouped.len());
+        for u in grouped {
+            g.push(Grouped {
+                a: encode(u.act, inter as u64, u.rows as u64, BK as u32, BM as u32)?,
+                b: encode(u.wd, hidden as u64, inter as u64, 64, BK as u32)?,
+                out: u.out,
+                bias: 0,
+                rows: u.rows,
+                tiles: down_tiles(u.rows, hidden),
+            });
+        }
+        launch_grouped(
+            dev,
+            f,
+            f.down,
+            DOWN_SMEM_BYTES,
+            &g,
+            hidden,
+            inter,
+            0,
+            stream,
+        )?;
+    }
+    for u in alone {
+        dev.gemm_bf16(u.rows, hidden, inter, u.act, u.wd, u.out)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -329,6 +526,8 @@ mod tests {
             ("FG_BK", BK),
             ("FG_TN", TN),
             ("FG_STAGES", STAGES),
+            ("FD_TN", DOWN_TN),
+            ("FD_STAGES", DOWN_STAGES),
         ] {
             assert!(
                 FUSED_SRC.contains(&format!("#define {name} {v}\n")),
@@ -338,11 +537,28 @@ mod tests {
     }
 
     #[test]
+    fn the_split_rule_sends_large_units_to_cublaslt() {
+        assert!(DownPath::Split.groups(1));
+        assert!(DownPath::Split.groups(DOWN_GROUPED_ROWS - 1));
+        assert!(!DownPath::Split.groups(DOWN_GROUPED_ROWS));
+        assert!(DownPath::Grouped.groups(16_384));
+        assert!(!DownPath::Lt.groups(1));
+        for p in [DownPath::Split, DownPath::Grouped, DownPath::Lt] {
+            assert_eq!(DownPath::parse(p.name()), Some(p));
+        }
+        assert_eq!(DownPath::parse("fast"), None);
+    }
+
+    #[test]
     fn tiles_count_partial_tiles() {
         // gpt-oss: I = 2,880 is 22.5 tiles of 128 columns
         assert_eq!(tiles(4096, 2880), 32 * 23);
         assert_eq!(tiles(1, 2880), 23);
         assert_eq!(tiles(129, 256), 4);
+        // the down GEMM: D = 2,880 is 15 tiles of 192 columns
+        assert_eq!(down_tiles(4096, 2880), 32 * 15);
+        assert_eq!(down_tiles(1, 2880), 15);
+        assert_eq!(down_tiles(129, 200), 4);
         assert!(shape_refusal(2880, 2880).is_none());
         assert!(shape_refusal(2884, 2880).is_some());
         assert!(shape_refusal(2880, 2884).is_some());

@@ -7,6 +7,7 @@
 //! activation kernel, one activation launch per unit or batched as replay
 //! batches them (`units`), and a check that batching changes no output bit.
 
+use super::fused::{self, DownUnit};
 use super::gemm::GemmImpl;
 use super::runtime::{self, params, BufKind, Dev, Event};
 use super::timing::quantile;
@@ -284,6 +285,17 @@ fn sweep(
                             )?;
                         } else if what == "gate_up" {
                             dev.gemm_bf16(m, n, k, b.x, wgu, b.h)?;
+                        } else if let Some(f) =
+                            dev.fused.as_ref().filter(|_| path == GemmImpl::Fused)
+                        {
+                            // the grouped down kernel, one unit a launch
+                            let u = [DownUnit {
+                                rows: m,
+                                act: b.a,
+                                wd,
+                                out: b.y,
+                            }];
+                            fused::launch_down(dev, f, &u, d, i, dev.main)?;
                         } else {
                             dev.gemm_bf16(m, n, k, b.a, wd, b.y)?;
                         }

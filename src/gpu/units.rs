@@ -16,7 +16,7 @@
 
 use std::ops::Range;
 
-use super::fused::{self, Fused, FusedUnit, FUSED_UNITS};
+use super::fused::{self, DownUnit, Fused, FusedUnit, FUSED_UNITS};
 use super::gemm::GemmImpl;
 use super::runtime::{params, Dev, Event};
 use super::GpuError;
@@ -98,6 +98,24 @@ pub const BATCH_BYTES: usize = 24 << 20;
 impl Default for Batching {
     fn default() -> Self {
         Batching::UpTo(BATCH_BYTES)
+    }
+}
+
+/// The bound of the reused scratch under `--gemm fused`. Its launches group
+/// up to [`FUSED_UNITS`] units whose activations fill both buffers
+/// ([`issue_fused`]), so a launch's tail of partly filled waves is shared
+/// by more units: 96 MiB of gate_up buffer hold about 26,000 activation
+/// rows of gpt-oss, eight units of 2,048 rows with slack for packing them
+/// (under [`BATCH_BYTES`] a launch held three). Keeping the activations in
+/// L2 matters less here: the down GEMM reading them is compute-bound.
+pub const FUSED_BATCH_BYTES: usize = 96 << 20;
+
+/// The bound of the reused scratch (rows it holds: [`reused_rows`]) under
+/// GEMM path `gemm`; replay, calibrate and the memory model size it alike.
+pub fn scratch_batching(gemm: GemmImpl) -> Batching {
+    match gemm {
+        GemmImpl::Fused => Batching::UpTo(FUSED_BATCH_BYTES),
+        _ => Batching::default(),
     }
 }
 
@@ -323,8 +341,8 @@ unsafe fn issue_parts(
 }
 
 /// [`issue_parts`] through the fused gate_up kernel (`--gemm fused`): one
-/// launch per run of up to [`FUSED_UNITS`] consecutive units, then their
-/// down GEMMs. The kernel writes no gate_up output, so a launch's
+/// launch per run of up to [`FUSED_UNITS`] consecutive units, then one
+/// launch of their down GEMMs. The kernel writes no gate_up output, so a launch's
 /// activation rows may fill both reused buffers: `regions` are (address,
 /// activation rows it holds): the activation buffer, then the gate_up
 /// buffer (4I bytes a row: two activation rows). Fewer launches than
@@ -347,9 +365,16 @@ unsafe fn issue_fused(
         let fu: Vec<FusedUnit> = batch.iter().map(|b| b.0).collect();
         fused::launch(dev, f, &fu, s.hidden, s.inter, s.kind, dev.main)?;
         if down {
-            for (fu, u) in batch.iter() {
-                dev.gemm_bf16(u.rows, s.hidden, s.inter, fu.act, u.wd, u.out)?;
-            }
+            let du: Vec<DownUnit> = batch
+                .iter()
+                .map(|(fu, u)| DownUnit {
+                    rows: u.rows,
+                    act: fu.act,
+                    wd: u.wd,
+                    out: u.out,
+                })
+                .collect();
+            fused::launch_down(dev, f, &du, s.hidden, s.inter, dev.main)?;
         }
         batch.clear();
         Ok(())

@@ -54,7 +54,7 @@ impl LayerMem<'_> {
             largest.min(self.prof.act_chunk_tokens),
             computed,
             self.shape.intermediate,
-            crate::gpu::units::Batching::default(),
+            crate::gpu::units::scratch_batching(self.prof.gemm),
         )
     }
 
