@@ -37,7 +37,7 @@
 
 typedef unsigned int u32;
 
-#define FUSED_UNITS 8
+#define FUSED_UNITS 16
 #define FG_BM 128
 #define FG_BK 64
 #define FG_TN 128
