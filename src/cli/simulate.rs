@@ -491,7 +491,10 @@ pub fn pass_note(a: &SimInputArgs, prof: &Profile) -> Option<String> {
         s.push_str("exchange: tokens pushed and weights pulled by the copy engines (the profile's ce_tokens and ce_weights)\n");
     }
     if prof.prices_fused() {
-        s.push_str("GEMMs: gate_up and its activation through the fused kernel (the profile's fused_gemm_tables)\n");
+        s.push_str(&format!(
+            "GEMMs: through the fused kernels, gate_up with its activation, the down GEMMs of units under {} rows grouped (the profile's fused_gemm_tables)\n",
+            llep_trace::gpu::fused::DOWN_GROUPED_ROWS
+        ));
     }
     if prof.cuda_graphs {
         s.push_str(&format!(
