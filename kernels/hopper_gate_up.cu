@@ -13,8 +13,8 @@
 // so each thread holds a gate value and its up value in the same registers.
 //
 // Persistent warp-specialised schedule: one CTA per SM walks the launch's
-// tiles (all units', rows fastest, so the CTAs of a wave share weight
-// columns in L2). Warp 0 (one thread) loads K-slices of 64 through TMA into
+// tiles (all units', in groups of FG_GROUP row tiles taken column by column,
+// so the CTAs of a wave share rows and weight columns in L2: fg_locate). Warp 0 (one thread) loads K-slices of 64 through TMA into
 // a ring of FG_STAGES stages. Warpgroups 1 and 2 each multiply 64 of the
 // tile's rows with wgmma (m64n256k16: A from shared memory K-major, B
 // MN-major, both with the 128-byte swizzle TMA writes), keeping one k-slice
@@ -30,7 +30,9 @@
 // 128 x FD_TN (m64n192k16; its smaller stages leave room for FD_STAGES),
 // staged and stored by the epilogue warps. Under cuBLASLt each unit's down
 // GEMM was a launch of its own, with a tail of its own: at 2,048 rows a
-// unit it ran at about 610 TFLOP/s where the gate_up ran at 640-770.
+// unit it ran at about 610 TFLOP/s where the gate_up ran at 640-770. Units
+// of DOWN_GROUPED_ROWS rows or more keep cuBLASLt's down GEMM, faster there
+// (src/gpu/fused.rs).
 //
 // Matches src/gpu/fused.rs's FusedUnits. Compiled after kernels/bf16_act.cuh
 // (conversions, the activation), which the Rust side prepends.

@@ -106,8 +106,9 @@ impl Default for Batching {
 /// ([`issue_fused`]), so a launch's tail of partly filled waves is shared
 /// by more units: 96 MiB of gate_up buffer hold about 26,000 activation
 /// rows of gpt-oss, twelve units of 2,048 rows (under [`BATCH_BYTES`] a
-/// launch held three), a pipelined chunk of its balanced layer. Keeping the activations in
-/// L2 matters less here: the down GEMM reading them is compute-bound.
+/// launch held three), a pipelined chunk of its balanced layer. Keeping
+/// the activations in L2 matters less here: the down GEMM reading them is
+/// compute-bound.
 pub const FUSED_BATCH_BYTES: usize = 96 << 20;
 
 /// The bound of the reused scratch (rows it holds: [`reused_rows`]) under
